@@ -1,0 +1,42 @@
+"""Tokenizers behind one small interface: ``encode(str) -> list[int]``, ``decode(ids) -> str``."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol, Sequence
+
+
+class Tokenizer(Protocol):
+  vocab_size: int
+  bos_id: int | None
+  eos_id: int | None
+
+  def encode(self, text: str) -> list[int]: ...
+  def decode(self, ids: Sequence[int]) -> str: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ByteTokenizer:
+  """UTF-8 bytes 0..255 plus one document separator (id 256), used as BOS and EOS."""
+  vocab_size: int = 257
+  bos_id: int = 256
+  eos_id: int = 256
+
+  def encode(self, text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+
+
+_REGISTRY = {"bytes": ByteTokenizer}
+
+
+def get_tokenizer(name: str) -> Tokenizer:
+  if name not in _REGISTRY:
+    raise ValueError(f"data.tokenizer: unknown tokenizer {name!r} (known: {', '.join(sorted(_REGISTRY))})")
+  return _REGISTRY[name]()
+
+
+def register(name: str, factory) -> None:
+  """Add a tokenizer factory (used by later modules: GPT-2 BPE, symbol vocabularies)."""
+  _REGISTRY[name] = factory

@@ -1,0 +1,1 @@
+"""Mesh, sharded state, optimizer, checkpoints, metrics and the train loop."""

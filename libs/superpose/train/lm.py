@@ -1,0 +1,90 @@
+"""Next-token language modelling: the trainer of the default job and of every plain LM config."""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from superpose.data import lm as lm_data
+from superpose.data.tokenizers import get_tokenizer
+from superpose.nn import Transformer, config as nn_config
+from superpose.train import config as config_lib, flops, loop
+
+log = logging.getLogger(__name__)
+
+
+def model_config(config: Mapping) -> nn_config.TransformerConfig:
+  try:
+    return nn_config.from_dict(config["model"])
+  except (TypeError, ValueError) as e:
+    raise config_lib.ConfigError(" ".join(str(e).split())) from None
+
+
+def lm_loss(logits_BTV: jax.Array, targets_BT: jax.Array, weights_BT: jax.Array, z_loss: float = 0.0):
+  """Mean cross-entropy over weighted targets (f32), optional z-loss; returns (loss, metrics)."""
+  logits = logits_BTV.astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets_BT)
+  denom = jnp.maximum(weights_BT.sum(), 1.0)
+  loss = (ce * weights_BT).sum() / denom
+  metrics = {"accuracy": ((logits.argmax(-1) == targets_BT) * weights_BT).sum() / denom}
+  if z_loss:
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    zl = z_loss * (jnp.square(log_z) * weights_BT).sum() / denom
+    metrics.update({"ce": loss, "z_loss": zl})
+    loss = loss + zl
+  return loss, metrics
+
+
+class LMTask:
+  """Byte/BPE language modelling on a document file, validated on held-out documents."""
+
+  def __init__(self, config: Mapping):
+    self.config = config
+    t, d = config["train"], config["data"]
+    self.model_cfg = model_config(config)
+    tok = get_tokenizer(d["tokenizer"])
+    if self.model_cfg.vocab_size < tok.vocab_size:
+      raise config_lib.ConfigError(f"config.model.vocab_size={self.model_cfg.vocab_size} is smaller than the "
+                                   f"{d['tokenizer']!r} tokenizer's vocabulary ({tok.vocab_size})")
+    if t["seq_len"] > self.model_cfg.max_seq_len:
+      raise config_lib.ConfigError(f"config.train.seq_len={t['seq_len']} exceeds model.max_seq_len="
+                                   f"{self.model_cfg.max_seq_len}")
+    docs = lm_data.load_documents(d["path"])
+    train_docs, val_docs = lm_data.split_documents(docs, d["val_documents"])
+    self.train_stream = lm_data.TrainStream(lm_data.tokenize(train_docs, tok), t["seq_len"], t["batch_size"],
+                                            config["seed"])
+    self.eval_set = (lm_data.EvalSet(lm_data.tokenize(val_docs, tok), t["seq_len"], t["batch_size"],
+                                     t["eval_batches"]) if val_docs and t["eval_batches"] else None)
+    self.batch_axes = {"inputs": ("batch", "length"), "targets": ("batch", "length"), "weights": ("batch", "length")}
+    self.tokens_per_step = t["batch_size"] * t["seq_len"]
+    self.flops_per_step = flops.train_flops_per_token(self.model_cfg, t["seq_len"]) * self.tokens_per_step
+    self.z_loss = t["z_loss"]
+    log.info("data: %d training windows, %s validation batches of %d×%d tokens", len(self.train_stream.windows),
+             self.eval_set.num_batches if self.eval_set else 0, t["batch_size"], t["seq_len"])
+
+  def make_model(self) -> nnx.Module:
+    return Transformer(self.model_cfg, rngs=nnx.Rngs(self.config["seed"]))
+
+  def loss(self, model, batch):
+    out = model(batch["inputs"])
+    return lm_loss(out.logits_BTV, batch["targets"], batch["weights"], self.z_loss)
+
+  def train_batch(self, step: int, process_index: int, process_count: int):
+    return self.train_stream.batch(step - 1, process_index, process_count)
+
+
+def run(config: Any, workdir: str) -> loop.Result:
+  cfg = config_lib.to_dict(config)
+  result = loop.train(cfg, workdir, LMTask(cfg))
+  if result.eval:
+    loss = result.eval.get("eval/loss", float("nan"))
+    bits = loss / math.log(2)
+    unit = "bits/byte" if cfg["data"]["tokenizer"] == "bytes" else "bits/token"
+    print(f"final step {result.step}: val loss {loss:.4f} nats/token ({bits:.3f} {unit}), "
+          f"perplexity {math.exp(loss):.3f}; {result.tokens_per_s:,.0f} tokens/s, MFU {result.mfu:.1%}")
+  return result

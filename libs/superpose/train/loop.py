@@ -1,0 +1,253 @@
+"""The train loop shared by every project: resume, steps, eval, metrics, checkpoints, profiling.
+
+A project supplies a *task* (see :class:`Task`): how to build the model, the loss, and host batches
+as a pure function of the step. Everything else — mesh, sharded state, the jitted step, orbax
+checkpoints, SIGTERM, NaN guard, metrics and MFU — lives here once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import pathlib
+import statistics
+import time
+from typing import Any, Callable, Mapping, Protocol
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from superpose.nn import sharding as shd
+from superpose.train import checkpoint as ckpt_lib
+from superpose.train import config as config_lib
+from superpose.train import flops as flops_lib
+from superpose.train import metrics as metrics_lib
+from superpose.train import optim, state as state_lib, step as step_lib
+from superpose.train.mesh import make_mesh
+
+log = logging.getLogger(__name__)
+
+
+class EvalSet(Protocol):
+  num_batches: int
+  def batch(self, i: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]: ...
+
+
+class Task(Protocol):
+  """What a project gives the loop."""
+  def make_model(self) -> nnx.Module: ...
+  def loss(self, model: nnx.Module, batch: dict) -> tuple[jax.Array, dict]: ...
+  def train_batch(self, step: int, process_index: int, process_count: int) -> dict[str, np.ndarray]: ...
+  eval_set: EvalSet | None
+  batch_axes: Mapping[str, tuple]      # logical axes of each batch entry
+  tokens_per_step: int                 # for tokens/s
+  flops_per_step: float                # model FLOPs of one optimizer step (for MFU)
+
+
+class NonFiniteLoss(FloatingPointError):
+  pass
+
+
+@dataclasses.dataclass
+class Result:
+  step: int
+  eval: dict[str, float]
+  tokens_per_s: float
+  mfu: float
+  resumed_from: int | None
+
+
+def _global_batch(host: dict[str, np.ndarray], shardings: Mapping[str, NamedSharding], process_count: int):
+  out = {}
+  for k, x in host.items():
+    shape = (x.shape[0] * process_count,) + x.shape[1:]
+    out[k] = jax.make_array_from_process_local_data(shardings[k], x, shape)
+  return out
+
+
+def _batch_shardings(task: Task, example: dict[str, np.ndarray], mesh, process_count: int):
+  out = {}
+  for k, x in example.items():
+    axes = task.batch_axes.get(k, ("batch",) + (None,) * (x.ndim - 1))
+    shape = (x.shape[0] * process_count,) + x.shape[1:]
+    out[k] = NamedSharding(mesh, shd.spec_for(axes, shape, mesh, what=f"batch/{k}"))
+  return out
+
+
+def evaluate(eval_fn, params, eval_set: EvalSet, shardings, pidx: int, pcount: int) -> dict[str, float]:
+  sums: dict[str, float] = {}
+  for i in range(eval_set.num_batches):
+    m = jax.device_get(eval_fn(params, _global_batch(eval_set.batch(i, pidx, pcount), shardings, pcount)))
+    for k, v in m.items():
+      sums[k] = sums.get(k, 0.0) + float(v)
+  out = {f"eval/{k}": v / eval_set.num_batches for k, v in sums.items()}
+  if "eval/loss" in out:
+    out["eval/perplexity"] = math.exp(min(out["eval/loss"], 50.0))
+  return out
+
+
+def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
+  cfg = config_lib.to_dict(config)
+  t = cfg["train"]
+  workdir = pathlib.Path(workdir)
+  pidx, pcount = jax.process_index(), jax.process_count()
+  config_lib.check_mesh(cfg, jax.device_count())
+  mesh = make_mesh(cfg["mesh"]["ici"], cfg["mesh"]["dcn"])
+  rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in cfg["sharding"]["rules"])
+  metrics_lib.write_run_metadata(workdir, cfg, mesh)
+  writer = metrics_lib.MetricWriter(workdir)
+  guard = ckpt_lib.PreemptionGuard()
+  checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), max_to_keep=t["keep_checkpoints"],
+                                       async_save=t["async_checkpoint"])
+  with jax.set_mesh(mesh), shd.axis_rules(rules):
+    graphdef, abs_params, _ = state_lib.split_model(task.make_model, mesh)
+    tx, lr_schedule = optim.make_optimizer(cfg["optim"], abs_params, t["steps"])
+    resumed_from = checkpointer.latest_step()
+    if resumed_from is None:
+      params = None
+      if t["init_from"]:
+        params = ckpt_lib.load_params(t["init_from"], abs_params)
+        log.info("init_from: loaded parameters from %s", t["init_from"])
+      state, state_sh = state_lib.create(task.make_model, tx, abs_params, mesh, params=params)
+    else:
+      abstract = state_lib.abstract_state(tx, abs_params, mesh)
+      state_sh = jax.tree.map(lambda a: a.sharding, abstract)
+      resumed_from, state, _ = checkpointer.restore(abstract)
+      log.info("resumed from checkpoint step %d", resumed_from)
+    start = int(jax.device_get(state["step"]))
+    writer.write(start, {"event": "start", "resumed_from": resumed_from if resumed_from is not None else -1})
+
+    example = task.train_batch(start + 1, pidx, pcount)
+    batch_sh = _batch_shardings(task, example, mesh, pcount)
+    train_step = step_lib.jit_train_step(step_lib.make_train_step(graphdef, task.loss, tx, t["accum_steps"]),
+                                         state_sh, batch_sh)
+    eval_fn = jax.jit(step_lib.make_eval_step(graphdef, task.loss), in_shardings=(state_sh["params"], batch_sh))
+    peak, peak_src = flops_lib.device_peak_flops()
+    peak_total = peak * jax.device_count()
+    log.info("mesh %s; %d parameters; FLOPs/step %.3g; peak %.3g FLOP/s (%s)", dict(mesh.shape),
+             sum(math.prod(a.shape) for a in jax.tree.leaves(abs_params)), task.flops_per_step, peak_total,
+             peak_src)
+
+    reporter = _Reporter(writer, _progress(t, start, pidx), t, lr_schedule, task, peak_total)
+    pending = None
+    last_eval: dict[str, float] = {}
+    profiling = False
+    p_first, p_last = tuple(t["profile_steps"])
+    try:
+      for step in range(start + 1, t["steps"] + 1):
+        if p_last and step == p_first:
+          jax.profiler.start_trace(str(workdir / "profile"))
+          profiling = True
+        host = example if step == start + 1 else task.train_batch(step, pidx, pcount)
+        batch = _global_batch(host, batch_sh, pcount)
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+          state, metrics = train_step(state, batch)
+        # Fetch the metrics of the previous step only now, so the host never waits on the device.
+        reporter.report(pending)
+        pending = (step, metrics, step_lib.hash_batch(host) if t["log_batch_hash"] else None)
+        if profiling and step == p_last:
+          jax.block_until_ready(state)
+          jax.profiler.stop_trace()
+          profiling = False
+          log.info("profiler trace of steps %d..%d written to %s", p_first, p_last, workdir / "profile")
+        stop = guard.should_stop(step)
+        is_last = step == t["steps"]
+        if task.eval_set is not None and t["eval_every"] and (step % t["eval_every"] == 0 or is_last or stop):
+          reporter.report(pending)
+          pending = None
+          last_eval = evaluate(eval_fn, state["params"], task.eval_set, batch_sh, pidx, pcount)
+          writer.write(step, last_eval)
+          reporter.print(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+          reporter.interrupted()
+        if (t["checkpoint_every"] and step % t["checkpoint_every"] == 0) or is_last or stop:
+          reporter.report(pending)
+          pending = None
+          checkpointer.save(step, state, meta={"step": step, "seed": cfg["seed"], "next_step": step + 1},
+                            force=True)
+          reporter.interrupted()
+        if stop:
+          log.warning("stopping at step %d on SIGTERM; checkpoint saved", step)
+          break
+      reporter.report(pending)
+    finally:
+      if profiling:
+        jax.profiler.stop_trace()
+      reporter.close()
+      checkpointer.wait()
+      checkpointer.close()
+      writer.close()
+      guard.uninstall()
+
+  step_time = statistics.median(reporter.step_times) if reporter.step_times else float("nan")
+  tok_s = task.tokens_per_step / step_time
+  mfu = task.flops_per_step / step_time / peak_total
+  return Result(step=int(jax.device_get(state["step"])), eval=last_eval, tokens_per_s=tok_s, mfu=mfu,
+                resumed_from=resumed_from)
+
+
+def _progress(t, start, pidx):
+  if not t["progress"] or pidx != 0:
+    return None
+  from tqdm.auto import tqdm
+  return tqdm(total=t["steps"], initial=start, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
+
+
+class _Reporter:
+  """Turns step metrics into JSONL/TensorBoard rows, the progress bar and step times.
+
+  A step's time is the wall time between two successive metric fetches; intervals that contain a
+  compilation, an eval or a checkpoint are marked by :meth:`interrupted` and not timed."""
+
+  def __init__(self, writer, bar, t, lr_schedule, task, peak_total):
+    self.writer, self.bar, self.t, self.lr, self.task, self.peak = writer, bar, t, lr_schedule, task, peak_total
+    self.step_times: list[float] = []
+    self.t_last = time.perf_counter()
+    self.clean = False
+
+  def interrupted(self) -> None:
+    self.clean, self.t_last = False, time.perf_counter()
+
+  def print(self, msg: str) -> None:
+    if self.bar is not None:
+      self.bar.write(msg)
+    else:
+      log.info(msg)
+
+  def report(self, pending) -> None:
+    """Fetch and log the metrics of a finished step (``pending`` = (step, metrics, batch hash))."""
+    if pending is None:
+      return
+    step, metrics, batch_hash = pending
+    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    now = time.perf_counter()
+    dt, timed = now - self.t_last, self.clean
+    self.clean, self.t_last = True, now
+    if not m.pop("finite", 1):
+      raise NonFiniteLoss(f"non-finite loss or gradient at step {step} (loss {m.get('loss')}, grad_norm "
+                          f"{m.get('grad_norm')}): the update was skipped and training stopped; the last "
+                          "checkpoint on disk is the last good state")
+    m["lr"] = float(self.lr(step - 1))
+    if timed:
+      self.step_times.append(dt)
+      m.update({"perf/step_time_s": dt, "perf/tokens_per_s": self.task.tokens_per_step / dt,
+                "perf/mfu": self.task.flops_per_step / dt / self.peak})
+    if batch_hash is not None:
+      m["batch_hash"] = batch_hash
+    self.writer.write(step, m)
+    if self.bar is not None:
+      self.bar.update(step - self.bar.n)
+      post = {"loss": f"{m['loss']:.4f}"}
+      if timed:
+        post.update({"tok/s": f"{m['perf/tokens_per_s']:.0f}", "mfu": f"{m['perf/mfu']:.1%}"})
+      self.bar.set_postfix(post, refresh=False)
+    elif self.t["log_every"] and step % self.t["log_every"] == 0:
+      msg = f"step {step}: loss {m['loss']:.4f} grad_norm {m['grad_norm']:.3f} lr {m['lr']:.2e}"
+      if timed:
+        msg += f" {m['perf/tokens_per_s']:.0f} tok/s mfu {m['perf/mfu']:.1%}"
+      log.info(msg)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
