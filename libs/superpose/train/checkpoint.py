@@ -1,0 +1,341 @@
+"""Checkpoints of the train state, and stopping cleanly on SIGTERM. The only module that imports orbax.
+
+A train state is a dict ``{'params': ..., 'opt_state': ..., 'step': ...}`` of jax.Arrays. A step
+directory holds one orbax item per part, so that ``params`` can be read alone (``init_from``):
+
+    WORKDIR/checkpoints/<step>/params     model weights
+                              /opt_state  optimizer state
+                              /extra      every other top-level entry of the state (``step``, ...)
+                              /meta       JSON: the step, the data position, anything json-able
+
+orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames it when every item is committed,
+so a process killed mid-save leaves only a tmp folder, which step listing ignores and the next writer
+deletes. Restore reads straight onto the shardings of an abstract target, which may live on another
+mesh than the one that saved.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import signal
+import threading
+from typing import Any, Iterable
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from jax.sharding import AbstractMesh, NamedSharding
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_SUBDIR = "checkpoints"
+PARAMS, OPT_STATE, EXTRA, META = "params", "opt_state", "extra", "meta"
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint of a directory could be read."""
+
+
+def checkpoint_dir(workdir: str | os.PathLike) -> pathlib.Path:
+  """Where a run keeps its checkpoints: ``WORKDIR/checkpoints``."""
+  return pathlib.Path(workdir) / CHECKPOINT_SUBDIR
+
+
+# --- logging: orbax logs several INFO lines per save through absl, which floods runs under absl.app.
+
+_ORBAX_DIR = os.path.dirname(ocp.__file__)
+
+
+class _DropOrbaxInfo(logging.Filter):
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not record.pathname.startswith(_ORBAX_DIR)
+
+
+_ORBAX_FILTER = _DropOrbaxInfo()
+
+
+def set_orbax_verbose(verbose: bool) -> None:
+  """Show (True) or hide (False, the default) orbax's records below WARNING."""
+  for name in ("absl", ""):  # most of orbax logs through absl, a few modules through the root logger
+    logger = logging.getLogger(name)
+    if verbose:
+      logger.removeFilter(_ORBAX_FILTER)
+    elif _ORBAX_FILTER not in logger.filters:
+      logger.addFilter(_ORBAX_FILTER)
+
+
+set_orbax_verbose(False)
+
+
+# --- state <-> orbax items
+
+def _to_items(state: dict[str, Any]) -> dict[str, Any]:
+  if not isinstance(state, dict) or PARAMS not in state:
+    raise TypeError(f"a train state is a dict with a '{PARAMS}' entry, got {type(state).__name__}")
+  items = {k: state[k] for k in (PARAMS, OPT_STATE) if k in state}
+  extra = {k: v for k, v in state.items() if k not in items}
+  if extra:  # StandardSave refuses bare arrays (the step scalar), so they travel inside a dict
+    items[EXTRA] = extra
+  return items
+
+
+def _from_items(items: dict[str, Any]) -> dict[str, Any]:
+  state = {k: items[k] for k in (PARAMS, OPT_STATE) if k in items}
+  state.update(items.get(EXTRA, {}))
+  return state
+
+
+def _check_target(target: Any) -> None:
+  """Fail with a readable message where orbax would fail with an obscure one."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
+    where = jax.tree_util.keystr(path)
+    sharding = getattr(leaf, "sharding", None)
+    if sharding is None:
+      raise ValueError(f"restore target {where} has no sharding; pass jax.ShapeDtypeStruct(..., sharding=...)")
+    if isinstance(sharding, NamedSharding) and isinstance(sharding.mesh, AbstractMesh):
+      raise ValueError(f"restore target {where} is sharded on an AbstractMesh; build it on a concrete "
+                       "Mesh (nnx.get_abstract_model(fn, mesh) or NamedSharding(mesh, spec))")
+
+
+def _short(err: BaseException) -> str:
+  # tensorstore errors carry a whole JSON spec; the first line names the failure.
+  text = str(err).strip().splitlines()
+  return f"{type(err).__name__}: {text[0][:300] if text else ''}"
+
+
+def _all_processes(ok: bool) -> bool:
+  """True when ``ok`` holds on every process, so that all of them take the same branch."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _any_process(flag: bool) -> bool:
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
+class Checkpointer:
+  """Saves and restores train states in one directory, keeping the newest ``max_to_keep`` steps.
+
+  ``save_interval_steps``: when set, ``save`` skips steps that are not a multiple of it unless
+  ``force``; when None, every call saves. ``read_only``: never writes nor cleans up (for readers of
+  a directory that a live run may be writing). Every process of a multi-process job calls every method.
+  """
+
+  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 3, async_save: bool = True,
+               save_interval_steps: int | None = None, read_only: bool = False):
+    self.directory = pathlib.Path(directory).absolute()
+    self._interval = save_interval_steps
+    self._read_only = read_only
+    self._last_saved: int | None = None
+    self._unreadable: set[int] = set()  # newer steps skipped by the last restore
+    # Read-only is enforced here rather than with orbax's read_only option, which warns on every use.
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=not read_only,
+        # tmp folders of saves killed mid-way; a reader must not delete a live writer's save in progress
+        cleanup_tmp_directories=not read_only,
+        enable_async_checkpointing=async_save)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  # -- steps
+
+  def all_steps(self) -> list[int]:
+    """Steps saved (finalised, or being saved asynchronously by this object), oldest first."""
+    if self._read_only:  # another process may be writing: list the disk again
+      self._manager.reload()
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  # -- save
+
+  def save(self, step: int, state: dict[str, Any], *, meta: dict | None = None, force: bool = False) -> bool:
+    """Start saving ``state`` as ``step``; returns whether a save was started.
+
+    Returns once the arrays are copied off the devices, so the caller may donate them to the next
+    train step; the files are written in the background (see ``wait``).
+    """
+    if self._read_only:
+      raise ValueError(f"{self.directory} was opened read-only")
+    step = int(step)
+    if step == self._last_saved:  # e.g. a periodic save and the save on stop at the same step
+      return False
+    if not force and self._interval and step % self._interval:
+      return False
+    meta = {"step": step, **(meta or {})}
+    json.dumps(meta)  # a non-json value fails here, not later in a background thread
+    self._drop_unreadable()
+    latest = self.latest_step()
+    if latest is not None and step <= latest:
+      # orbax would skip such a save silently (or refuse it when forced).
+      raise ValueError(f"cannot save step {step} in {self.directory}: it already holds step {latest}. "
+                       "Resume from the newest step or use a new workdir.")
+    # a part without arrays (optax.sgd's EmptyStates) is rebuilt from the restore target instead
+    args = {k: ocp.args.StandardSave(v) for k, v in _to_items(state).items() if jax.tree.leaves(v)}
+    self._manager.save(step, args=ocp.args.Composite(**args, **{META: ocp.args.JsonSave(meta)}), force=True)
+    self._last_saved = step
+    return True
+
+  def _drop_unreadable(self) -> None:
+    # Steps that the restore fell back past would hide the steps this run saves now (orbax lists by
+    # step number), so the first save after such a restore deletes them.
+    for step in sorted(self._unreadable & set(self.all_steps())):
+      log.warning("deleting unreadable checkpoint step %d in %s before saving newer work", step, self.directory)
+      self._manager.delete(step)
+    self._unreadable.clear()
+
+  # -- restore
+
+  def restore(self, target: dict[str, Any], step: int | None = None) -> tuple[int, dict[str, Any], dict]:
+    """Read a step onto ``target`` (jax.ShapeDtypeStructs with shardings); returns (step, state, meta).
+
+    ``target`` names the parts to read (``{'params': ...}`` alone reads only the weights). With
+    ``step=None`` the newest readable step is read: an unreadable one is logged and skipped.
+    """
+    _check_target(target)
+    self._manager.wait_until_finished()
+    steps = self.all_steps()
+    if step is not None and step not in steps:
+      raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory} (steps: {steps})")
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    candidates = [step] if step is not None else steps[::-1]
+    failures = []
+    for s in candidates:
+      error = None
+      try:
+        state, meta = self._restore_step(s, target)
+      except Exception as e:  # noqa: BLE001 - any failure to read makes the step unreadable
+        error = e
+      if _all_processes(error is None):
+        self._unreadable = {f for f, _ in failures}
+        return s, state, meta
+      reason = _short(error) if error else "another process could not read it"
+      if step is not None:
+        raise CheckpointError(f"checkpoint step {s} in {self.directory} is unreadable: {reason}") from error
+      log.warning("checkpoint step %d in %s is unreadable (%s); falling back to an older step",
+                  s, self.directory, reason)
+      failures.append((s, reason))
+    raise CheckpointError(f"no readable checkpoint in {self.directory}: "
+                          + "; ".join(f"step {s}: {r}" for s, r in failures))
+
+  def _restore_step(self, step: int, target: dict[str, Any]) -> tuple[dict[str, Any], dict]:
+    items = _to_items(target)
+    args = {k: ocp.args.StandardRestore(v) for k, v in items.items() if jax.tree.leaves(v)}
+    restored = self._manager.restore(step, args=ocp.args.Composite(**args, **{META: ocp.args.JsonRestore()}))
+    return _from_items({k: restored[k] if k in args else v for k, v in items.items()}), dict(restored[META])
+
+  # -- lifetime
+
+  def wait(self) -> None:
+    """Block until the background writes are committed."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def _resolve(path: pathlib.Path) -> tuple[pathlib.Path, int | None]:
+  """(checkpoint directory, step or None) for a workdir, a checkpoint directory or a step directory."""
+  if not path.exists():
+    raise FileNotFoundError(f"init_from: {path} does not exist")
+  if checkpoint_dir(path).is_dir():
+    return checkpoint_dir(path), None
+  if path.name.isdigit() and (path / PARAMS).is_dir():
+    return path.parent, int(path.name)
+  if path.is_dir() and any(p.name.isdigit() and p.is_dir() for p in path.iterdir()):
+    return path, None
+  raise FileNotFoundError(f"init_from: no checkpoint found at {path} (expected a workdir holding "
+                          f"{CHECKPOINT_SUBDIR}/, a checkpoint directory of step folders, or a step folder)")
+
+
+def load_params(path: str | os.PathLike, target_params: Any) -> Any:
+  """Only the weights of a checkpoint (``init_from``), read onto ``target_params``' shardings.
+
+  ``path``: a workdir, its checkpoint directory (newest readable step) or one step's directory.
+  """
+  directory, step = _resolve(pathlib.Path(path).absolute())
+  with Checkpointer(directory, read_only=True) as ckpt:
+    _, state, _ = ckpt.restore({PARAMS: target_params}, step=step)
+  return state[PARAMS]
+
+
+# --- preemption
+
+class PreemptionGuard:
+  """Turns SIGTERM (by default) into a request to stop that every process honours at the same step.
+
+  Call ``should_stop(step)`` once per step, on every process, with the same steps. One process: it
+  is True from the first step after the signal. Several processes: every ``sync_every`` steps the
+  processes all-gather their flags (``process_allgather``), and all stop at the first such step at
+  which any process was signalled; as all evaluate the same steps and see the same gathered flags,
+  they agree by construction. jax's own preemption service (``reached_preemption_sync_point``) is
+  not used: its C++ SIGTERM handler is replaced by ours, which also works without
+  ``jax.distributed``. ``sync_every > 1`` trades a later stop for fewer host syncs.
+  """
+
+  def __init__(self, signals: Iterable[int] = (signal.SIGTERM,), sync_every: int = 1):
+    self._flag = threading.Event()
+    self._stopping = False
+    self._sync_every = max(1, int(sync_every))
+    self._previous = {sig: signal.signal(sig, self._handle) for sig in signals}
+
+  def _handle(self, signum, frame) -> None:
+    self._flag.set()
+    previous = self._previous.get(signum)
+    if callable(previous):  # keep a handler installed before ours working
+      previous(signum, frame)
+
+  def request_stop(self) -> None:
+    """Ask to stop as a signal would (for other triggers, e.g. a time limit)."""
+    self._flag.set()
+
+  @property
+  def requested(self) -> bool:
+    """Whether this process was asked to stop (no agreement with the others)."""
+    return self._flag.is_set()
+
+  def should_stop(self, step: int) -> bool:
+    if self._stopping:
+      return True
+    if jax.process_count() == 1:
+      stop = self._flag.is_set()
+    elif int(step) % self._sync_every:
+      return False
+    else:
+      stop = _any_process(self._flag.is_set())
+    if stop:
+      self._stopping = True
+      log.warning("stop requested (signal or request_stop); stopping at step %d", int(step))
+    return stop
+
+  def uninstall(self) -> None:
+    """Put back the handlers that were installed before."""
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+    self._previous = {}
+
+  def __enter__(self) -> "PreemptionGuard":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.uninstall()
+
+
+def install_sigterm_handler(sync_every: int = 1) -> PreemptionGuard:
+  """A PreemptionGuard on SIGTERM (must be called from the main thread)."""
+  return PreemptionGuard((signal.SIGTERM,), sync_every=sync_every)
