@@ -121,3 +121,20 @@ def test_truncated_newest_checkpoint_falls_back(tmp_path):
   assert "checkpoint step 10" in r.stderr and "falling back" in r.stderr, r.stderr[-3000:]
   starts = [row for row in read_metrics(w) if row.get("event") == "start"]
   assert starts[-1]["resumed_from"] == 5
+
+
+def test_sigterm_saves_one_checkpoint_at_the_stop_step(tmp_path):
+  w = tmp_path / "w"
+  proc = subprocess.Popen(_cmd(w, "--config.train.steps=100000", "--config.train.checkpoint_every=1000",
+                               "--config.train.eval_every=0"),
+                          cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and not any(r["step"] >= 5 for r in _rows(w)):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-3000:]
+  steps = sorted(int(p.name) for p in (w / "checkpoints").iterdir() if p.name.isdigit())
+  last_logged = max(r["step"] for r in _rows(w))
+  assert steps == [last_logged] and 5 <= last_logged < 1000
+  assert f"stopping at step {last_logged} on SIGTERM" in err
