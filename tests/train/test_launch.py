@@ -138,3 +138,38 @@ def test_sigterm_saves_one_checkpoint_at_the_stop_step(tmp_path):
   last_logged = max(r["step"] for r in _rows(w))
   assert steps == [last_logged] and 5 <= last_logged < 1000
   assert f"stopping at step {last_logged} on SIGTERM" in err
+
+
+def test_sample_from_a_trained_workdir(tmp_path):
+  from configs.lm import tiny
+  from flax import nnx
+  from superpose import nn
+  from superpose.data.tokenizers import ByteTokenizer
+  from superpose.train import config as config_lib, state as state_lib
+  from superpose.train.mesh import make_mesh
+
+  w = tmp_path / "w"
+  assert _run(w, "--config.train.steps=30").returncode == 0
+  cmd = [sys.executable, "-m", "launch.sample", f"--workdir={w}", "--prompt=ROMEO:", "--prompt=To be, or",
+         "--max_new_tokens=12", "--temperature=0"]
+  r = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  outs = r.stdout.split("-" * 40 + "\n")
+  assert outs[0].startswith("ROMEO:") and outs[1].startswith("To be, or")
+
+  # Greedy decoding through the KV cache (batched prompts of different lengths) equals greedy
+  # decoding by repeated full forwards of one prompt at a time.
+  tok = ByteTokenizer()
+  cfg = nn.from_dict(config_lib.to_dict(tiny.get_config("smoke"))["model"])
+  mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  with jax.set_mesh(mesh):
+    graphdef, abs_params, _ = state_lib.split_model(lambda: nn.Transformer(cfg, rngs=nnx.Rngs(0)), mesh)
+    params = checkpoint.load_params(w, abs_params)
+    logits = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x).logits_BTV)
+    for prompt, out in zip(["ROMEO:", "To be, or"], outs):
+      ids = [tok.bos_id] + tok.encode(prompt)
+      for _ in range(12):
+        padded = np.zeros((1, cfg.max_seq_len), np.int32)
+        padded[0, :len(ids)] = ids
+        ids.append(int(np.argmax(logits(params, padded)[0, len(ids) - 1])))
+      assert out[:-1] == prompt + tok.decode(ids[1 + len(prompt):])   # print() added one "\n"
