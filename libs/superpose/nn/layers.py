@@ -1,0 +1,74 @@
+"""Small building blocks: mixed-precision einsum, norms, sinusoidal and rotary positions."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from superpose.nn import sharding
+from superpose.nn.config import TransformerConfig
+
+
+def einsum(equation: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
+  """``einsum`` with both operands in the compute dtype and an f32 accumulator.
+
+  Asking for an f32 result is also what makes bf16 matmuls fast on CPU (bf16-out is slower than f32).
+  """
+  out = jnp.einsum(equation, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+  return out.astype(dtype)
+
+
+class Norm(nnx.Module):
+  """LayerNorm, RMSNorm or l2 (x/‖x‖, no centering, no affine); statistics in f32."""
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    self.kind = cfg.norm
+    self.eps = cfg.norm_eps
+    if self.kind in ("layernorm", "rmsnorm"):
+      self.scale = sharding.param(rngs, nnx.initializers.ones, (cfg.d_model,), ("norm",), cfg.params_dtype)
+    if self.kind == "layernorm" and cfg.use_bias:
+      self.bias = sharding.param(rngs, nnx.initializers.zeros, (cfg.d_model,), ("norm",), cfg.params_dtype)
+    else:
+      self.bias = None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = x.astype(jnp.float32)
+    if self.kind == "layernorm":
+      mean = y.mean(-1, keepdims=True)
+      var = jnp.square(y - mean).mean(-1, keepdims=True)
+      y = (y - mean) * jax.lax.rsqrt(var + self.eps)
+    elif self.kind == "rmsnorm":
+      y = y * jax.lax.rsqrt(jnp.square(y).mean(-1, keepdims=True) + self.eps)
+    elif self.kind == "l2":
+      # max(‖x‖, eps) rather than sqrt(‖x‖² + eps): exact for any non-tiny vector, which hand-set
+      # constructions rely on (they compare thoughts to ideal unit vectors to 1e-6).
+      norm = jnp.sqrt(jnp.square(y).sum(-1, keepdims=True))
+      y = y / jnp.maximum(norm, self.eps)
+    else:
+      raise ValueError(f"Norm: unknown kind {self.kind!r}")
+    if self.kind in ("layernorm", "rmsnorm"):
+      y = y * self.scale[...].astype(jnp.float32)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+def sinusoidal(positions_BT: jax.Array, dim: int, base: float = 10_000.0) -> jax.Array:
+  """Vaswani et al. table, interleaved: [sin(p·ω_0), cos(p·ω_0), sin(p·ω_1), ...], ω_i = base^(-2i/dim)."""
+  freqs = base ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
+  angles = positions_BT.astype(jnp.float32)[..., None] * jnp.asarray(freqs, jnp.float32)
+  table = jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+  return table.reshape(*positions_BT.shape, dim)
+
+
+def rope(x_BTHD: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding, rotate-half layout (Llama / HF): pair i is (x[i], x[i + D/2]), angle p·θ^(-2i/D)."""
+  dim = x_BTHD.shape[-1]
+  freqs = theta ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
+  angles_BTF = positions_BT.astype(jnp.float32)[..., None] * jnp.asarray(freqs, jnp.float32)
+  cos, sin = jnp.cos(angles_BTF)[:, :, None, :], jnp.sin(angles_BTF)[:, :, None, :]
+  x = x_BTHD.astype(jnp.float32)
+  first, second = x[..., : dim // 2], x[..., dim // 2:]
+  out = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
+  return out.astype(x_BTHD.dtype)

@@ -1,0 +1,65 @@
+"""The feed-forward layer: wi → activation → wo, or SwiGLU (silu(x·wg) ⊙ x·wi) → wo."""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from superpose.nn import layers, sharding
+from superpose.nn.config import TransformerConfig
+
+
+def activate(h: jax.Array, kind: str, step_threshold: float = 0.0) -> jax.Array:
+  """Element-wise non-linearity of the non-gated MLPs (computed in f32)."""
+  x = h.astype(jnp.float32)
+  if kind == "gelu":
+    y = jax.nn.gelu(x, approximate=False)
+  elif kind == "gelu_tanh":
+    y = jax.nn.gelu(x, approximate=True)
+  elif kind == "relu":
+    y = jax.nn.relu(x)
+  elif kind == "step":  # Heaviside: hand-set threshold units; its gradient is zero everywhere
+    y = (x > step_threshold).astype(jnp.float32)
+  else:
+    raise ValueError(f"activate: unknown activation {kind!r}")
+  return y.astype(h.dtype)
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d, f, pdt = cfg.d_model, cfg.d_ff, cfg.params_dtype
+    init = nnx.initializers.normal(cfg.init_std)
+    out_init = nnx.initializers.normal(cfg.init_std / math.sqrt(2 * cfg.num_layers))  # GPT-2 scaling
+    zeros = nnx.initializers.zeros
+    self.wi = sharding.param(rngs, init, (d, f), ("embed", "mlp"), pdt)
+    self.wg = sharding.param(rngs, init, (d, f), ("embed", "mlp"), pdt) if cfg.activation == "swiglu" else None
+    self.wo = sharding.param(rngs, out_init, (f, d), ("mlp", "embed"), pdt)
+    if cfg.use_bias:
+      self.wi_bias = sharding.param(rngs, zeros, (f,), ("mlp",), pdt)
+      self.wg_bias = sharding.param(rngs, zeros, (f,), ("mlp",), pdt) if self.wg is not None else None
+      self.wo_bias = sharding.param(rngs, zeros, (d,), ("embed",), pdt)
+    else:
+      self.wi_bias = self.wg_bias = self.wo_bias = None
+
+  def _in(self, x_BTD, kernel, bias):
+    h = layers.einsum("btd,df->btf", x_BTD, kernel[...], self.cfg.compute_dtype)
+    if bias is not None:
+      h = h + bias[...].astype(h.dtype)
+    return sharding.constrain(h, ("batch", "length", "act_mlp"))
+
+  def __call__(self, x_BTD: jax.Array) -> jax.Array:
+    cfg = self.cfg
+    h_BTF = self._in(x_BTD, self.wi, self.wi_bias)
+    if cfg.activation == "swiglu":
+      gate_BTF = self._in(x_BTD, self.wg, self.wg_bias)
+      h_BTF = (jax.nn.silu(gate_BTF.astype(jnp.float32)) * h_BTF.astype(jnp.float32)).astype(h_BTF.dtype)
+    else:
+      h_BTF = activate(h_BTF, cfg.activation, cfg.step_threshold)
+    y_BTD = layers.einsum("btf,fd->btd", h_BTF, self.wo[...], cfg.compute_dtype)
+    if self.wo_bias is not None:
+      y_BTD = y_BTD + self.wo_bias[...].astype(y_BTD.dtype)
+    return y_BTD
