@@ -203,4 +203,10 @@ def from_dict(values: Mapping[str, Any] | Any) -> TransformerConfig:
     if key not in FIELDS:
       raise ValueError(f"model: unknown key {key!r} (known: preset, {', '.join(FIELDS)})")
   values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+  scale = values.get("attn_scale")
+  if isinstance(scale, str) and scale not in ("default", "one"):
+    try:  # a number given as text (command-line overrides of a string field)
+      values["attn_scale"] = float(scale)
+    except ValueError:
+      pass  # __post_init__ reports it
   return PRESETS[preset](**values)

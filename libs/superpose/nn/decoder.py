@@ -223,7 +223,7 @@ def stack_layers(state):
   ``out_sharding``) and on the plain nested dict of ``nnx.to_pure_dict``.
   """
   blocks = state["blocks"]
-  per_layer = [blocks[i] for i in sorted(blocks.keys())]
+  per_layer = [blocks[i] for i in sorted(blocks.keys(), key=int)]  # "10" after "9" for str keys
   stacked = jax.tree.map(_stack, *per_layer, is_leaf=_is_variable)
   return _with_blocks(state, stacked)
 

@@ -9,7 +9,9 @@ import math
 from typing import Any, Mapping
 
 import ml_collections
+from ml_collections import config_dict
 
+from superpose.nn import config as nn_config
 from superpose.nn.sharding import DEFAULT_RULES
 
 
@@ -21,7 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.trainer = "superpose.train.lm"   # module with run(config, workdir)
   c.seed = 0
-  c.model = ml_collections.ConfigDict({"preset": "gpt2"})  # preset name + TransformerConfig overrides
+  c.model = model_section("gpt2")  # preset name + every TransformerConfig field
   c.data = ml_collections.ConfigDict({
       "path": "sample:shakespeare.jsonl.gz",  # jsonl(.gz) of {"text"} documents, or .txt
       "tokenizer": "bytes",
@@ -50,6 +52,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.sharding = ml_collections.ConfigDict({"rules": tuple((k, v) for k, v in DEFAULT_RULES)})
   c.distributed = "auto"          # 'auto' | 'true' | 'false': jax.distributed.initialize()
   return c
+
+
+def model_section(preset: str = "gpt2", **overrides) -> ml_collections.ConfigDict:
+  """Every TransformerConfig field, resolved from ``preset``, so that each one can be overridden from
+  the command line (``--config.model.num_kv_heads=2``). Optional ints become typed placeholders; the
+  attention scale is text ('default', 'one' or a number)."""
+  values = {"preset": preset}
+  for key, value in nn_config.PRESETS[preset](**overrides).to_dict().items():
+    if value is None:
+      value = config_dict.placeholder(int)   # num_kv_heads, head_dim
+    elif key == "attn_scale":
+      value = str(value)
+    values[key] = value
+  return ml_collections.ConfigDict(values)
 
 
 def _check_keys(cfg: Mapping, ref: Mapping, where: str) -> None:

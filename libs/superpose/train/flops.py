@@ -36,7 +36,7 @@ def train_flops_per_token(cfg, seq_len: int) -> float:
 
 
 @functools.lru_cache(maxsize=None)
-def measured_cpu_peak(n: int = 1024, repeats: int = 5) -> float:
+def measured_cpu_peak(n: int = 2048, repeats: int = 4) -> float:
   """f32 matmul FLOP/s of this CPU, measured (CPUs have no published peak to quote)."""
   x = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   f = jax.jit(lambda a: a @ a)

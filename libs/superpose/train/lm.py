@@ -85,6 +85,8 @@ def run(config: Any, workdir: str) -> loop.Result:
     loss = result.eval.get("eval/loss", float("nan"))
     bits = loss / math.log(2)
     unit = "bits/byte" if cfg["data"]["tokenizer"] == "bytes" else "bits/token"
+    speed = (f"; {result.tokens_per_s:,.0f} tokens/s, MFU {result.mfu:.1%}" if math.isfinite(result.tokens_per_s)
+             else "")
     print(f"final step {result.step}: val loss {loss:.4f} nats/token ({bits:.3f} {unit}), "
-          f"perplexity {math.exp(loss):.3f}; {result.tokens_per_s:,.0f} tokens/s, MFU {result.mfu:.1%}")
+          f"perplexity {math.exp(loss):.3f}{speed}")
   return result

@@ -171,6 +171,9 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
           log.warning("stopping at step %d on SIGTERM; checkpoint saved", step)
           break
       reporter.report(pending)
+      if start >= t["steps"] and task.eval_set is not None:  # a finished run, rerun: evaluate it again
+        last_eval = evaluate(eval_fn, state["params"], task.eval_set, batch_sh, pidx, pcount)
+        reporter.print(f"step {start} (finished run): " + "  ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
     finally:
       if profiling:
         jax.profiler.stop_trace()
