@@ -9,19 +9,11 @@ from flax import nnx
 
 from superpose import nn
 from superpose.nn import attention, sharding
+from superpose.nn.testing import random_model as build
 from superpose.train.mesh import make_mesh
 
 V = 40
 SMALL = dict(vocab_size=V, d_model=32, num_layers=2, num_heads=4, max_seq_len=128, d_ff=64)
-
-
-def build(cfg, seed=0):
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: nn.Transformer(cfg, rngs=nnx.Rngs(0))))
-  rng = np.random.default_rng(seed)
-  state = jax.tree_util.tree_map_with_path(
-      lambda p, a: jnp.asarray(("scale" in jax.tree_util.keystr(p)) + 0.3 * rng.standard_normal(a.shape), a.dtype),
-      abstract)
-  return nnx.merge(graphdef, state)
 
 
 def same_weights(model, **changes):

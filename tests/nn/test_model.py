@@ -8,20 +8,14 @@ import pytest
 from flax import nnx
 
 from superpose import nn
+from superpose.nn.testing import random_model
 from superpose.nn import cache as cache_lib
 
 V, D, T = 50, 32, 12
 
 
-def build(cfg, seed=0, scale=0.2):
-  """Model with numpy-random weights (norm scales around 1): no PRNG compiles, non-trivial biases."""
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: nn.Transformer(cfg, rngs=nnx.Rngs(0))))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, a):
-    centre = 1.0 if "scale" in jax.tree_util.keystr(path) else 0.0
-    return jnp.asarray(centre + scale * rng.standard_normal(a.shape), a.dtype)
-  return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(fill, abstract))
+def build(cfg, seed=0):
+  return random_model(cfg, seed, scale=0.2)
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("return_hidden", "return_attention", "hook"))

@@ -42,14 +42,20 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, devices8):
   assert steps == [1, 2]   # step 3 is reported by the exception, not logged as a result
 
 
-def test_non_finite_step_leaves_state_unchanged(devices8):
-  cfg = _cfg()
-  task = lm.LMTask(cfg)
+def _single_device(optim_cfg):
+  """(task, mesh, graphdef, tx, fresh state) on one device."""
+  task = lm.LMTask(_cfg())
   mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
   with jax.set_mesh(mesh):
     graphdef, abs_params, _ = state_lib.split_model(task.make_model, mesh)
-    tx, _ = optim.make_optimizer({"lr": 1e-2}, abs_params, 10)
+    tx, _ = optim.make_optimizer(optim_cfg, abs_params, 10)
     state, _ = state_lib.create(task.make_model, tx, abs_params, mesh)
+  return task, mesh, graphdef, tx, state
+
+
+def test_non_finite_step_leaves_state_unchanged(devices8):
+  task, mesh, graphdef, tx, state = _single_device({"lr": 1e-2})
+  with jax.set_mesh(mesh):
     step = jax.jit(step_lib.make_train_step(graphdef, task.loss, tx))
     b = task.train_batch(1, 0, 1)
     b["weights"] = np.full_like(b["weights"], np.inf)
@@ -60,13 +66,8 @@ def test_non_finite_step_leaves_state_unchanged(devices8):
 
 
 def test_gradient_accumulation_matches_full_batch(devices8):
-  cfg = _cfg()
-  task = lm.LMTask(cfg)
-  mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  task, mesh, graphdef, tx, state = _single_device({"lr": 1e-2, "schedule": "constant"})
   with jax.set_mesh(mesh):
-    graphdef, abs_params, _ = state_lib.split_model(task.make_model, mesh)
-    tx, _ = optim.make_optimizer({"lr": 1e-2, "schedule": "constant"}, abs_params, 10)
-    state, _ = state_lib.create(task.make_model, tx, abs_params, mesh)
     b = task.train_batch(1, 0, 1)
     full, m1 = jax.jit(step_lib.make_train_step(graphdef, task.loss, tx, 1))(state, b)
     acc, m4 = jax.jit(step_lib.make_train_step(graphdef, task.loss, tx, 4))(state, b)

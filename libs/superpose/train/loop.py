@@ -123,7 +123,9 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
     batch_sh = _batch_shardings(task, example, mesh, pcount)
     train_step = step_lib.jit_train_step(step_lib.make_train_step(graphdef, task.loss, tx, t["accum_steps"]),
                                          state_sh, batch_sh)
-    eval_fn = jax.jit(step_lib.make_eval_step(graphdef, task.loss), in_shardings=(state_sh["params"], batch_sh))
+    eval_sh = (_batch_shardings(task, task.eval_set.batch(0, pidx, pcount), mesh, pcount)
+               if task.eval_set is not None else None)
+    eval_fn = jax.jit(step_lib.make_eval_step(graphdef, task.loss), in_shardings=(state_sh["params"], eval_sh))
     peak, peak_src = flops_lib.device_peak_flops()
     peak_total = peak * jax.device_count()
     log.info("mesh %s; %d parameters; FLOPs/step %.3g; peak %.3g FLOP/s (%s)", dict(mesh.shape),
@@ -157,7 +159,7 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
         if task.eval_set is not None and t["eval_every"] and (step % t["eval_every"] == 0 or is_last or stop):
           reporter.report(pending)
           pending = None
-          last_eval = evaluate(eval_fn, state["params"], task.eval_set, batch_sh, pidx, pcount)
+          last_eval = evaluate(eval_fn, state["params"], task.eval_set, eval_sh, pidx, pcount)
           writer.write(step, last_eval)
           reporter.print(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
           reporter.interrupted()
@@ -172,7 +174,7 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
           break
       reporter.report(pending)
       if start >= t["steps"] and task.eval_set is not None:  # a finished run, rerun: evaluate it again
-        last_eval = evaluate(eval_fn, state["params"], task.eval_set, batch_sh, pidx, pcount)
+        last_eval = evaluate(eval_fn, state["params"], task.eval_set, eval_sh, pidx, pcount)
         reporter.print(f"step {start} (finished run): " + "  ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
     finally:
       if profiling:

@@ -1,6 +1,7 @@
 """The pure train and eval steps (jitted by the loop with shardings and donation)."""
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Callable
 
 import jax
@@ -70,7 +71,6 @@ def jit_train_step(step_fn, state_shardings, batch_shardings):
 
 def hash_batch(batch: dict[str, Any]) -> str:
   """A short content hash of a host batch (for determinism checks across restarts)."""
-  import hashlib
   h = hashlib.sha1()
   for k in sorted(batch):
     h.update(k.encode())
