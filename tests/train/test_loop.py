@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from configs.lm import tiny
+from superpose.data import packing
 from superpose.train import checkpoint, config as config_lib, lm, loop, optim, state as state_lib, step as step_lib
 from superpose.train.mesh import make_mesh
 from superpose.train.metrics import read_metrics
@@ -108,3 +109,22 @@ def test_run_outputs_and_init_from(tmp_path, devices8):
     p2 = jax.device_get(checkpoint.load_params(second, abs_params))
   for x, y in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):   # lr 0: weights unchanged by the step
     np.testing.assert_array_equal(x, y)
+
+
+def test_packed_documents_train_on_a_mesh(tmp_path, devices8):
+  cfg = _cfg(steps=3, eval_every=3)
+  cfg["data"]["packing"] = True
+  task = lm.LMTask(cfg)
+  b = task.train_batch(1, 0, 1)
+  assert b["segment_ids"].min() >= 1 and b["positions"].shape == b["inputs"].shape
+  # Rows where one play ends and another begins: positions restart, the last input has no target.
+  stream = task.train_stream
+  rows = np.flatnonzero(stream.segments.max(1) >= 2)
+  assert len(rows) > 0
+  f = packing.row_features(stream.tokens[rows[:1]], stream.segments[rows[:1]])
+  ends = np.flatnonzero(np.diff(f["segment_ids"][0]) > 0)
+  assert len(ends) >= 1
+  for e in ends:
+    assert f["weights"][0, e] == 0 and f["positions"][0, e + 1] == 0
+  res = loop.train(cfg, tmp_path, task)
+  assert res.step == 3 and math.isfinite(res.eval["eval/loss"])

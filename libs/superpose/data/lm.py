@@ -94,6 +94,10 @@ class TrainStream:
     self.batch_size = batch_size
     self.dataset = grain.MapDataset.source(self.windows).shuffle(seed=seed).repeat()
 
+  def __len__(self) -> int:
+    """Windows per epoch."""
+    return len(self.windows)
+
   def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
     """Rows of global batch ``step`` that belong to ``process_index``."""
     if self.batch_size % process_count:

@@ -28,15 +28,26 @@ class ByteTokenizer:
     return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
 
 
-_REGISTRY = {"bytes": ByteTokenizer}
+def _gpt2() -> Tokenizer:
+  from superpose.data import bpe          # imported on use: it needs tiktoken and may download
+  return bpe.gpt2()
 
 
-def get_tokenizer(name: str) -> Tokenizer:
+def _symbols(**kwargs) -> Tokenizer:
+  from superpose.data import symbols
+  return symbols.symbol_tokenizer(**kwargs)
+
+
+_REGISTRY = {"bytes": ByteTokenizer, "gpt2": _gpt2, "symbols": _symbols}
+
+
+def get_tokenizer(name: str, **kwargs) -> Tokenizer:
+  """The tokenizer registered as ``name``; keyword arguments go to its factory (e.g. ``symbols=``)."""
   if name not in _REGISTRY:
     raise ValueError(f"data.tokenizer: unknown tokenizer {name!r} (known: {', '.join(sorted(_REGISTRY))})")
-  return _REGISTRY[name]()
+  return _REGISTRY[name](**kwargs)
 
 
 def register(name: str, factory) -> None:
-  """Add a tokenizer factory (used by later modules: GPT-2 BPE, symbol vocabularies)."""
+  """Add a tokenizer factory (e.g. superpose.data.symbols.register_vocabulary for a fixed vocabulary)."""
   _REGISTRY[name] = factory

@@ -28,6 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
       "path": "sample:shakespeare.jsonl.gz",  # jsonl(.gz) of {"text"} documents, or .txt
       "tokenizer": "bytes",
       "val_documents": 2,                     # whole documents held out for validation
+      "packing": False,                       # pack whole documents with segment ids (else windows)
   })
   c.optim = ml_collections.ConfigDict({
       "name": "adamw", "lr": 1e-3, "schedule": "warmup_cosine", "warmup_steps": 100,

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from superpose.data import lm as lm_data
+from superpose.data import lm as lm_data, packing
 from superpose.data.tokenizers import get_tokenizer
 from superpose.nn import Transformer, config as nn_config
 from superpose.train import config as config_lib, flops, loop
@@ -56,22 +56,29 @@ class LMTask:
                                    f"{self.model_cfg.max_seq_len}")
     docs = lm_data.load_documents(d["path"])
     train_docs, val_docs = lm_data.split_documents(docs, d["val_documents"])
-    self.train_stream = lm_data.TrainStream(lm_data.tokenize(train_docs, tok), t["seq_len"], t["batch_size"],
-                                            config["seed"])
-    self.eval_set = (lm_data.EvalSet(lm_data.tokenize(val_docs, tok), t["seq_len"], t["batch_size"],
-                                     t["eval_batches"]) if val_docs and t["eval_batches"] else None)
-    self.batch_axes = {"inputs": ("batch", "length"), "targets": ("batch", "length"), "weights": ("batch", "length")}
+    self.batch_axes = {k: ("batch", "length") for k in ("inputs", "targets", "weights", "segment_ids", "positions")}
+    if d["packing"]:  # whole documents packed into rows; attention and positions stay inside each one
+      self.train_stream = packing.PackedStream(packing.tokenize_documents(train_docs, tok), t["seq_len"],
+                                               t["batch_size"], config["seed"])
+      self.eval_set = (packing.PackedEvalSet(packing.tokenize_documents(val_docs, tok), t["seq_len"],
+                                             t["batch_size"], t["eval_batches"])
+                       if val_docs and t["eval_batches"] else None)
+    else:  # one token stream cut into windows (documents separated by BOS)
+      self.train_stream = lm_data.TrainStream(lm_data.tokenize(train_docs, tok), t["seq_len"], t["batch_size"],
+                                              config["seed"])
+      self.eval_set = (lm_data.EvalSet(lm_data.tokenize(val_docs, tok), t["seq_len"], t["batch_size"],
+                                       t["eval_batches"]) if val_docs and t["eval_batches"] else None)
     self.tokens_per_step = t["batch_size"] * t["seq_len"]
     self.flops_per_step = flops.train_flops_per_token(self.model_cfg, t["seq_len"]) * self.tokens_per_step
     self.z_loss = t["z_loss"]
-    log.info("data: %d training windows, %s validation batches of %d×%d tokens", len(self.train_stream.windows),
+    log.info("data: %d training rows, %s validation batches of %d×%d tokens", len(self.train_stream),
              self.eval_set.num_batches if self.eval_set else 0, t["batch_size"], t["seq_len"])
 
   def make_model(self) -> nnx.Module:
     return Transformer(self.model_cfg, rngs=nnx.Rngs(self.config["seed"]))
 
   def loss(self, model, batch):
-    out = model(batch["inputs"])
+    out = model(batch["inputs"], positions_BT=batch.get("positions"), segment_ids_BT=batch.get("segment_ids"))
     return lm_loss(out.logits_BTV, batch["targets"], batch["weights"], self.z_loss)
 
   def train_batch(self, step: int, process_index: int, process_count: int):
