@@ -45,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
       "init_from": "",            # workdir or checkpoint: load parameters only into a new run
       "progress": True,           # progress bar on process 0
       "log_batch_hash": True,     # record a hash of each batch in metrics.jsonl
+      # Multi-process runs agree on a SIGTERM stop step by an all-gather every this many steps (a host
+      # sync); one process checks its flag every step at no cost.
+      "preemption_check_every": 10,
   })
   c.mesh = ml_collections.ConfigDict({
       "ici": (-1, 1, 1),          # (data, fsdp, tensor) within a slice; one -1 is filled in

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import pathlib
 import statistics
 import time
@@ -25,6 +26,7 @@ from superpose.train import config as config_lib
 from superpose.train import flops as flops_lib
 from superpose.train import metrics as metrics_lib
 from superpose.train import optim, state as state_lib, step as step_lib
+from superpose.train.batch_record import RECORD_BATCHES_ENV, BatchRecorder
 from superpose.train.mesh import make_mesh
 
 log = logging.getLogger(__name__)
@@ -98,7 +100,7 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
   rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in cfg["sharding"]["rules"])
   metrics_lib.write_run_metadata(workdir, cfg, mesh)
   writer = metrics_lib.MetricWriter(workdir)
-  guard = ckpt_lib.PreemptionGuard()
+  guard = ckpt_lib.PreemptionGuard(sync_every=t["preemption_check_every"])
   checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), max_to_keep=t["keep_checkpoints"],
                                        async_save=t["async_checkpoint"])
   with jax.set_mesh(mesh), shd.axis_rules(rules):
@@ -133,6 +135,9 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
              peak_src)
 
     reporter = _Reporter(writer, _progress(t, start, pidx), t, lr_schedule, task, peak_total)
+    recorder = BatchRecorder(workdir, pidx, pcount) if os.environ.get(RECORD_BATCHES_ENV) else None
+    # Processes that share a host (and so a hostname) would overwrite each other's trace files.
+    profile_dir = workdir / "profile" if pcount == 1 else workdir / "profile" / f"process_{pidx}"
     pending = None
     last_eval: dict[str, float] = {}
     profiling = False
@@ -140,9 +145,11 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
     try:
       for step in range(start + 1, t["steps"] + 1):
         if p_last and step == p_first:
-          jax.profiler.start_trace(str(workdir / "profile"))
+          jax.profiler.start_trace(str(profile_dir))
           profiling = True
         host = example if step == start + 1 else task.train_batch(step, pidx, pcount)
+        if recorder is not None:
+          recorder.record(step, host, batch_sh)
         batch = _global_batch(host, batch_sh, pcount)
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
           state, metrics = train_step(state, batch)
@@ -153,7 +160,7 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
           jax.block_until_ready(state)
           jax.profiler.stop_trace()
           profiling = False
-          log.info("profiler trace of steps %d..%d written to %s", p_first, p_last, workdir / "profile")
+          log.info("profiler trace of steps %d..%d written to %s", p_first, p_last, profile_dir)
         stop = guard.should_stop(step)
         is_last = step == t["steps"]
         if task.eval_set is not None and t["eval_every"] and (step % t["eval_every"] == 0 or is_last or stop):
@@ -180,6 +187,8 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
       if profiling:
         jax.profiler.stop_trace()
       reporter.close()
+      if recorder is not None:
+        recorder.close()
       checkpointer.wait()
       checkpointer.close()
       writer.close()

@@ -1,0 +1,150 @@
+"""LM train-step benchmark at a fixed shape: L6 d512 H8 T256 B8 V4096, f32, one device.
+
+    python benchmarks/lm_step.py [--rounds 7] [--steps 4]
+
+Prints, measured side by side in one run:
+  * the machine's f32 matmul peak (best of 2048³ and 4096³ matmuls, before and after the rounds);
+  * tokens/s and MFU of superpose's train step, driven as the train loop drives it (host batch →
+    global array → jitted step with shardings, donation and the non-finite guard → metrics fetched
+    one step late);
+  * the same model, loss and optimizer stepped by a plain ``jax.jit`` over the split state;
+  * their ratio (plain time / superpose time; ≥ 0.97 means ≤ 3 % framework overhead).
+Rounds alternate the two (ABBA order) and the medians of per-round values are reported.
+Targets (issue 3): overhead ratio ≥ 0.97, MFU ≥ 36 %.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from superpose import nn
+from superpose.train import flops, optim, state as state_lib, step as step_lib
+from superpose.train.lm import lm_loss
+from superpose.train.mesh import make_mesh
+
+L, D, H, T, B, V = 6, 512, 8, 256, 8, 4096
+
+
+def matmul_peak(sizes=(2048, 4096), repeats=5) -> float:
+  best = 0.0
+  for n in sizes:
+    x = jax.random.normal(jax.random.key(n), (n, n), jnp.float32).block_until_ready()
+    f = jax.jit(lambda a: a @ a)
+    f(x).block_until_ready()
+    for _ in range(repeats):
+      t = time.perf_counter()
+      f(x).block_until_ready()
+      best = max(best, 2 * n ** 3 / (time.perf_counter() - t))
+  return best
+
+
+def batches(n: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n):
+    rows = rng.integers(0, V, (B, T + 1), dtype=np.int32)
+    out.append({"inputs": rows[:, :-1], "targets": rows[:, 1:], "weights": np.ones((B, T), np.float32)})
+  return out
+
+
+def loss_fn(model, batch):
+  return lm_loss(model(batch["inputs"]).logits_BTV, batch["targets"], batch["weights"])
+
+
+OPTIM = {"lr": 1e-3, "warmup_steps": 10, "weight_decay": 0.1, "clip_norm": 1.0}
+
+
+def superpose_runner(cfg, mesh):
+  make = lambda: nn.Transformer(cfg, rngs=nnx.Rngs(0))
+  graphdef, abs_params, _ = state_lib.split_model(make, mesh)
+  tx, _ = optim.make_optimizer(OPTIM, abs_params, 1000)
+  state, state_sh = state_lib.create(make, tx, abs_params, mesh)
+  batch_sh = {k: NamedSharding(mesh, P()) for k in ("inputs", "targets", "weights")}
+  step = step_lib.jit_train_step(step_lib.make_train_step(graphdef, loss_fn, tx), state_sh, batch_sh)
+  holder = {"state": state}
+
+  def run(host_batches):
+    pending = None
+    for host in host_batches:
+      batch = {k: jax.make_array_from_process_local_data(batch_sh[k], v, v.shape) for k, v in host.items()}
+      holder["state"], metrics = step(holder["state"], batch)
+      if pending is not None:
+        float(pending["loss"])   # the loop fetches the previous step's metrics
+      pending = metrics
+    jax.block_until_ready(holder["state"])
+    return float(pending["loss"])
+  return run
+
+
+def plain_runner(cfg):
+  graphdef, params = nnx.split(nn.Transformer(cfg, rngs=nnx.Rngs(0)))
+  tx, _ = optim.make_optimizer(OPTIM, params, 1000)
+  holder = {"params": params, "opt": tx.init(params)}
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(params, opt_state, batch):
+    loss, grads = jax.value_and_grad(lambda p: loss_fn(nnx.merge(graphdef, p), batch)[0])(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  def run(host_batches):
+    loss = None
+    for host in host_batches:
+      holder["params"], holder["opt"], loss = step(holder["params"], holder["opt"], host)
+    jax.block_until_ready(holder["params"])
+    return float(loss)
+  return run
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--rounds", type=int, default=7)
+  parser.add_argument("--steps", type=int, default=4, help="train steps per timed block")
+  args = parser.parse_args()
+
+  device = jax.devices()[0]
+  print(f"device: {device.device_kind} ({device.platform}), {jax.local_device_count()} local device(s); "
+        f"jax {jax.__version__}")
+  cfg = nn.gpt2(vocab_size=V, d_model=D, num_layers=L, num_heads=H, max_seq_len=T, d_ff=4 * D)
+  mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  flops_per_step = flops.train_flops_per_token(cfg, T) * B * T
+  peak_before = matmul_peak()
+  print(f"f32 matmul peak (best of 2048³, 4096³): {peak_before / 1e9:.0f} GFLOP/s")
+
+  with jax.set_mesh(mesh):
+    runners = {"superpose": superpose_runner(cfg, mesh), "plain jit": plain_runner(cfg)}
+    data = batches(args.steps)
+    for run in runners.values():   # compile and warm up
+      run(data[:2])
+    times = {name: [] for name in runners}
+    for r in range(args.rounds):
+      order = list(runners) if r % 2 == 0 else list(reversed(runners))
+      for name in order:
+        t0 = time.perf_counter()
+        runners[name](data)
+        times[name].append((time.perf_counter() - t0) / args.steps)
+  peak = max(peak_before, matmul_peak())
+
+  print(f"model: L{L} d{D} H{H} T{T} B{B} V{V} f32, {flops_per_step / 1e9:.1f} GFLOP per step "
+        "(6N + 6·L·T·D, N incl. unembedding)")
+  for name, ts in times.items():
+    step_time = statistics.median(ts)
+    print(f"{name:>10}: {step_time * 1e3:7.1f} ms/step  {B * T / step_time:8.0f} tokens/s  "
+          f"MFU {flops_per_step / step_time / peak:5.1%}")
+  ratios = [p / s for p, s in zip(times["plain jit"], times["superpose"])]
+  print(f"overhead ratio (plain / superpose step time, median of {args.rounds} rounds): "
+        f"{statistics.median(ratios):.3f}  [min {min(ratios):.3f}, max {max(ratios):.3f}]")
+  print(f"peak used for MFU: {peak / 1e9:.0f} GFLOP/s (best of the measurements before and after)")
+
+
+if __name__ == "__main__":
+  main()
