@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs.lm import tiny
-from superpose.data import packing
+from superpose.data import lm as lm_data, packing
 from superpose.train import checkpoint, config as config_lib, lm, loop, optim, state as state_lib, step as step_lib
 from superpose.train.mesh import make_mesh
 from superpose.train.metrics import read_metrics
@@ -128,3 +128,18 @@ def test_packed_documents_train_on_a_mesh(tmp_path, devices8):
     assert f["weights"][0, e] == 0 and f["positions"][0, e + 1] == 0
   res = loop.train(cfg, tmp_path, task)
   assert res.step == 3 and math.isfinite(res.eval["eval/loss"])
+
+
+def test_separate_validation_file(tmp_path):
+  import gzip
+  val = tmp_path / "val.jsonl.gz"
+  with gzip.open(val, "wt") as f:
+    f.write(json.dumps({"title": "v", "text": "abc " * 400}) + "\n")
+  cfg = _cfg()
+  cfg["data"]["val_path"] = str(val)
+  task = lm.LMTask(cfg)
+  # Every document of data.path trains, and validation windows come from the given file only.
+  docs = lm_data.load_documents(cfg["data"]["path"])
+  assert len(task.train_stream.windows.tokens) == sum(len(d["text"]) + 1 for d in docs)
+  b = task.eval_set.batch(0)
+  assert set(np.unique(b["inputs"])) <= {256, ord("a"), ord("b"), ord("c"), ord(" ")}

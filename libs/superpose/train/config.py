@@ -27,7 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict({
       "path": "sample:shakespeare.jsonl.gz",  # jsonl(.gz) of {"text"} documents, or .txt
       "tokenizer": "bytes",
-      "val_documents": 2,                     # whole documents held out for validation
+      "val_documents": 2,                     # whole documents held out for validation (without val_path)
+      "val_path": "",                         # a separate validation file (e.g. a corpus's val split)
       "packing": False,                       # pack whole documents with segment ids (else windows)
   })
   c.optim = ml_collections.ConfigDict({

@@ -55,7 +55,10 @@ class LMTask:
       raise config_lib.ConfigError(f"config.train.seq_len={t['seq_len']} exceeds model.max_seq_len="
                                    f"{self.model_cfg.max_seq_len}")
     docs = lm_data.load_documents(d["path"])
-    train_docs, val_docs = lm_data.split_documents(docs, d["val_documents"])
+    if d["val_path"]:
+      train_docs, val_docs = docs, lm_data.load_documents(d["val_path"])
+    else:
+      train_docs, val_docs = lm_data.split_documents(docs, d["val_documents"])
     self.batch_axes = {k: ("batch", "length") for k in ("inputs", "targets", "weights", "segment_ids", "positions")}
     if d["packing"]:  # whole documents packed into rows; attention and positions stay inside each one
       self.train_stream = packing.PackedStream(packing.tokenize_documents(train_docs, tok), t["seq_len"],
