@@ -13,6 +13,8 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SCRIPT=gpu.sh
+source "$REPO/launch/lib.sh"
 
 usage() {
   cat <<'EOF'
@@ -66,8 +68,6 @@ PYTHON="${PYTHON:-}"
 DRY_RUN=0
 ARGS=()
 
-die() { echo "gpu.sh: $*" >&2; exit 2; }
-need_value() { (($2 >= 2)) || die "$1 needs a value"; }
 
 while (($#)); do
   case "$1" in
@@ -116,18 +116,6 @@ if [[ -z $PYTHON ]]; then
   if [[ -x $REPO/.venv/bin/python ]]; then PYTHON=$REPO/.venv/bin/python; else PYTHON=python3; fi
 fi
 
-# Words shell-quoted only where needed, so that the printed commands stay readable and can be pasted.
-quoted() {
-  local out="" word
-  for word in "$@"; do
-    if [[ $word =~ ^[A-Za-z0-9_./:=,+@%-]+$ ]]; then
-      out+="$word "
-    else
-      out+="'${word//\'/\'\\\'\'}' "
-    fi
-  done
-  echo "${out% }"
-}
 
 if ((DRY_RUN)); then
   [[ -n $XLA ]] && echo "export XLA_FLAGS=$(quoted "$XLA")"

@@ -19,6 +19,8 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SCRIPT=multiprocess.sh
+source "$REPO/launch/lib.sh"
 
 usage() {
   cat <<'EOF'
@@ -57,9 +59,6 @@ QUIET=0
 DRY_RUN=0
 ARGS=()
 
-need_value() {  # option name, number of remaining arguments
-  if (($2 < 2)); then echo "multiprocess.sh: $1 needs a value" >&2; exit 2; fi
-}
 
 while (($#)); do
   case "$1" in
@@ -87,7 +86,6 @@ while (($#)); do
   esac
 done
 
-die() { echo "multiprocess.sh: $*" >&2; exit 2; }
 is_count() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
 
 [[ -n $WORKDIR ]] || die "--workdir is required (logs go to WORKDIR/logs)"
@@ -124,18 +122,6 @@ for flag in ${XLA_FLAGS:-}; do
   [[ $flag == --xla_force_host_platform_device_count=* ]] || XLA_BASE+="$flag "
 done
 
-# Words shell-quoted only where needed, so that the printed commands stay readable and can be pasted.
-quoted() {
-  local out="" word
-  for word in "$@"; do
-    if [[ $word =~ ^[A-Za-z0-9_./:=,+@%-]+$ ]]; then
-      out+="$word "
-    else
-      out+="'${word//\'/\'\\\'\'}' "
-    fi
-  done
-  echo "${out% }"
-}
 
 # The command of process $1, as an argument vector in CMD.
 command_of() {

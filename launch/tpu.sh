@@ -17,6 +17,8 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SCRIPT=tpu.sh
+source "$REPO/launch/lib.sh"
 
 usage() {
   cat <<'EOF'
@@ -64,8 +66,6 @@ COMMAND=""
 TRAIN_ARGS=()
 MEGASCALE_PORT=8080
 
-die() { echo "tpu.sh: $*" >&2; exit 2; }
-need_value() { (($2 >= 2)) || die "$1 needs a value"; }
 
 while (($#)); do
   case "$1" in
@@ -110,18 +110,6 @@ if [[ -z $RUNTIME ]]; then
   esac
 fi
 
-# Words shell-quoted only where needed, so that the printed commands stay readable and can be pasted.
-quoted() {
-  local out="" word
-  for word in "$@"; do
-    if [[ $word =~ ^[A-Za-z0-9_./:=,+@%-]+$ ]]; then
-      out+="$word "
-    else
-      out+="'${word//\'/\'\\\'\'}' "
-    fi
-  done
-  echo "${out% }"
-}
 
 # Print a command (dry run) or run it.
 run() {
