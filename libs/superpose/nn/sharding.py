@@ -40,6 +40,9 @@ DEFAULT_RULES: Rules = (
     ("head_dim", None),
     ("mlp", "tensor"),
     ("norm", None),
+    ("bottleneck", "tensor"),     # autoencoder bottleneck (superposed experts)
+    ("control", None),            # spline control points
+    ("experts", None),            # stacked experts / blend weights per expert
     ("layers", None),
     ("cache_length", None),
 )

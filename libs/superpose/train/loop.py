@@ -46,6 +46,8 @@ class Task(Protocol):
   batch_axes: Mapping[str, tuple]      # logical axes of each batch entry
   tokens_per_step: int                 # for tokens/s
   flops_per_step: float                # model FLOPs of one optimizer step (for MFU)
+  # Optional: initial_params(abstract_params) -> params (sharded like the abstract target) for a
+  # fresh run, e.g. experts loaded from other runs' checkpoints with superpose.train.checkpoint.
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -112,6 +114,8 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
       if t["init_from"]:
         params = ckpt_lib.load_params(t["init_from"], abs_params)
         log.info("init_from: loaded parameters from %s", t["init_from"])
+      elif hasattr(task, "initial_params"):  # e.g. frozen experts loaded from other runs
+        params = task.initial_params(abs_params)
       state, state_sh = state_lib.create(task.make_model, tx, abs_params, mesh, params=params)
     else:
       abstract = state_lib.abstract_state(tx, abs_params, mesh)
