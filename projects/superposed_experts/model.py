@@ -1,0 +1,320 @@
+"""Superposed experts (p1 §3): K frozen transformers whose hidden states are blended layer by layer.
+
+Two graphs over the same parameters:
+
+* ``train_forward`` — the teacher-forced graph of p1 §3.4. Every expert runs end-to-end on the raw
+  input under ``stop_gradient`` (frozen: no backward pass through them). Their states are blended
+  per layer, autoencoded at ``train_ae_layers`` independently of each other, and each reconstruction
+  is pulled towards the state of the expert named by the row's label.
+* ``__call__`` — the sequential inference graph of p1 §3.5. Per layer every expert's block reads the
+  same input, their outputs are blended, autoencoded at ``ae_layers`` and fed to the next layer.
+
+States follow Hugging Face's ``hidden_states`` convention (p1 §7.1): state 0 is the embedding (blended
+with the mean over layers of the blend weights), state l + 1 the output of block l, and the last state
+is taken *after* each expert's final norm. The final norm is therefore part of the last layer in both
+graphs: each expert normalises its own last-block output before the blend, and the unembedding reads
+the blended (or reconstructed) normalised state directly. (The notebook instead blends post-norm
+states in training but applies the base model's norm to a blended pre-norm state at inference.)
+The unembedding is blended with the last layer's weights — logits are linear in the table, so this is
+the blend of the experts' own heads on one state — which makes α = 0 / 1 reproduce the base / expert
+exactly when the autoencoders are bypassed.
+
+Blend weights are held as W (L, K, X): layer, expert, and X = 1 (one weight per layer) or X = D
+(the 2-D model, one per hidden dimension); rows sum to one over K.
+
+Router (``router=True``, beyond the paper; p1 §8 asks for input-dependent switching): a small MLP
+reads the residual state that enters block ``router_layer`` — for the default 0, the blended
+embedding, which is the same in both graphs — as [rms(s_t), mean_{τ≤t} rms(s_τ)]: the token and a
+causal running summary of the prefix, so it can tell the domain from the context seen so far without
+looking ahead. It outputs per-token logit offsets r (B, T, L, K) and the routed weights are
+softmax_K(log W + r) for layers ≥ ``router_layer`` and the head (earlier layers have already run).
+The output layer starts at zero, so training starts from exactly the learned static blend. The
+running mean crosses packed-document boundaries: use it on one document per row.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from superpose.blend import Autoencoder, SimplexBlend, SplineBlend, SplineBlend2D
+from superpose.nn import sharding
+from superpose.nn import cache as cache_lib
+from superpose.nn.block import RESIDUAL_AXES
+from superpose.nn.config import TransformerConfig
+from superpose.nn.decoder import VOCAB_PAD_LOGIT, Transformer, default_positions
+
+BLENDS = ("1d", "2d", "simplex")
+EMBED_BLENDS = ("mean", "base")
+_LOG_FLOOR = 1e-6   # log of a zero blend weight (a clamped α) for the router's logit space
+
+
+@dataclasses.dataclass(frozen=True)
+class SuperposedConfig:
+  expert: TransformerConfig            # every expert has this architecture (one vocabulary)
+  num_experts: int = 2                 # K; K = 2 is the paper (expert 0 = base, 1 = fine-tuned)
+  ae_layers: tuple[int, ...] = ()      # 0-based block indices whose blended output is autoencoded (inference)
+  train_ae_layers: tuple[int, ...] | None = None  # trained AEs (paper: one more, the post-final-norm state); None = ae_layers
+  bottleneck: int = 0                  # 0 = int(0.75 · d_model)
+  ae_decoder: str = "conv"             # 'conv' (Conv1d over T, the paper's) | 'linear'
+  ae_kernel: int = 3
+  ae_causal: bool = True               # False = the paper's symmetric padding (leaks token t+1)
+  blend: str = "1d"                    # '1d' (SplineBlend) | '2d' (SplineBlend2D) | 'simplex' (K ≥ 3 forces it)
+  num_control: int = 16
+  degree: int = 3
+  blend_init: tuple[float, float] = (0.45, 0.55)  # 1-D control-point init range
+  bias_scale: float = 0.0              # 0 = the blend's own default (1-D 0.1, 2-D 0.01)
+  quantize: bool = False               # 2-D: round α to 0.1 steps with a straight-through gradient
+  embed_blend: str = "mean"            # 'mean' (1-D notebook: mean α over layers) | 'base' (Bench notebook)
+  router: bool = False                 # input-dependent weights (module docstring)
+  router_layer: int = 0
+  router_hidden: int = 64
+
+  def __post_init__(self):
+    for name in ("ae_layers", "train_ae_layers", "blend_init"):
+      value = getattr(self, name)
+      if isinstance(value, list):
+        object.__setattr__(self, name, tuple(value))
+    errors = []
+    L = self.expert.num_layers
+    if not (isinstance(self.num_experts, int) and self.num_experts >= 2):
+      errors.append(f"num_experts={self.num_experts!r}: need at least 2 experts")
+    if self.blend not in BLENDS:
+      errors.append(f"blend={self.blend!r}: must be one of {', '.join(BLENDS)}")
+    elif self.blend == "2d" and self.num_experts > 2:
+      errors.append(f"blend='2d' blends two experts; with num_experts={self.num_experts} use 'simplex'")
+    for name in ("ae_layers", "train_ae_layers"):
+      bad = [l for l in (getattr(self, name) or ()) if not (isinstance(l, int) and 0 <= l < L)]
+      if bad:
+        errors.append(f"{name}={getattr(self, name)}: block indices must lie in [0, {L})")
+    missing = sorted(set(self.ae_layers) - set(self.trained_ae_layers))
+    if missing:
+      errors.append(f"ae_layers {missing} are not in train_ae_layers={self.train_ae_layers}: they would never be trained")
+    if self.bottleneck < 0:
+      errors.append(f"bottleneck={self.bottleneck}: must be ≥ 0 (0 = 0.75·d_model)")
+    if self.ae_decoder not in ("conv", "linear"):
+      errors.append(f"ae_decoder={self.ae_decoder!r}: must be 'conv' or 'linear'")
+    if self.ae_kernel < 1 or (self.ae_decoder == "conv" and not self.ae_causal and self.ae_kernel % 2 == 0):
+      errors.append(f"ae_kernel={self.ae_kernel}: must be ≥ 1 (and odd for a non-causal conv)")
+    if self.num_control < self.degree + 1:
+      errors.append(f"num_control={self.num_control}: a degree-{self.degree} spline needs ≥ {self.degree + 1}")
+    if self.embed_blend not in EMBED_BLENDS:
+      errors.append(f"embed_blend={self.embed_blend!r}: must be one of {', '.join(EMBED_BLENDS)}")
+    if self.router:
+      if self.blend_kind == "2d":
+        errors.append("router=True needs one weight per layer and expert (blend '1d' or 'simplex', not '2d')")
+      if not 0 <= self.router_layer < L:
+        errors.append(f"router_layer={self.router_layer}: must lie in [0, {L})")
+      if self.router_hidden < 1:
+        errors.append(f"router_hidden={self.router_hidden}: must be ≥ 1")
+    if self.expert.scan_layers:
+      errors.append("expert.scan_layers=True: the inference graph steps through the blocks one by one; "
+                    "use the looped layout (superpose.nn.unstack_layers converts checkpoints)")
+    if errors:
+      raise ValueError("invalid superposed config:\n  " + "\n  ".join(errors))
+
+  @property
+  def trained_ae_layers(self) -> tuple[int, ...]:
+    return tuple(self.ae_layers if self.train_ae_layers is None else self.train_ae_layers)
+
+  @property
+  def bottleneck_size(self) -> int:
+    return self.bottleneck or int(0.75 * self.expert.d_model)
+
+  @property
+  def blend_kind(self) -> str:
+    return "simplex" if self.num_experts > 2 else self.blend
+
+  @classmethod
+  def from_dict(cls, expert: TransformerConfig, values: Mapping[str, Any]) -> "SuperposedConfig":
+    """From a config section; keys that are not fields (data, loss weights, paths) are ignored."""
+    names = {f.name for f in dataclasses.fields(cls)} - {"expert"}
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in dict(values).items() if k in names}
+    return cls(expert=expert, **kwargs)
+
+
+class Router(nnx.Module):
+  """Per-token logit offsets (B, T, L, K) from a residual state and its causal running mean."""
+
+  def __init__(self, d_model: int, num_layers: int, num_experts: int, hidden: int, *, rngs: nnx.Rngs):
+    self.num_layers, self.num_experts = num_layers, num_experts
+    self.w_in = sharding.param(rngs, nnx.initializers.lecun_normal(), (2 * d_model, hidden), (None, None))
+    self.b_in = sharding.param(rngs, nnx.initializers.zeros, (hidden,), (None,))
+    # Zero output layer: the routed weights start equal to the static blend.
+    self.w_out = sharding.param(rngs, nnx.initializers.zeros, (hidden, num_layers * num_experts), (None, None))
+    self.b_out = sharding.param(rngs, nnx.initializers.zeros, (num_layers * num_experts,), (None,))
+
+  def __call__(self, s_BTD: jax.Array) -> jax.Array:
+    x = s_BTD.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + 1e-6)  # GPT-2 states reach norms of 1e3
+    prefix = jnp.cumsum(x, axis=1) / jnp.arange(1, x.shape[1] + 1, dtype=jnp.float32)[None, :, None]
+    h = jax.nn.gelu(jnp.concatenate([x, prefix], -1) @ self.w_in[...] + self.b_in[...])
+    r = h @ self.w_out[...] + self.b_out[...]
+    return r.reshape(*r.shape[:2], self.num_layers, self.num_experts)
+
+
+class Superposed(nnx.Module):
+  """Parameters: ``experts/<k>/...`` (superpose.nn.Transformer), ``blend/...``, ``autoencoders/<layer>/...``
+  and, with ``router``, ``router/...``."""
+
+  def __init__(self, cfg: SuperposedConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    e, L, K = cfg.expert, cfg.expert.num_layers, cfg.num_experts
+    self.experts = nnx.List([Transformer(e, rngs=rngs) for _ in range(K)])
+    scale = {"bias_scale": cfg.bias_scale} if cfg.bias_scale else {}
+    if cfg.blend_kind == "1d":
+      self.blend = SplineBlend(L, num_control=cfg.num_control, degree=cfg.degree, init_range=cfg.blend_init,
+                               rngs=rngs, **scale)
+    elif cfg.blend_kind == "2d":
+      self.blend = SplineBlend2D(L, e.d_model, num_control=cfg.num_control, degree=cfg.degree,
+                                 quantize=cfg.quantize, rngs=rngs, **scale)
+    else:
+      self.blend = SimplexBlend(L, K, num_control=cfg.num_control, degree=cfg.degree, rngs=rngs)
+    self.autoencoders = nnx.Dict({
+        str(l): Autoencoder(e.d_model, cfg.bottleneck_size, decoder=cfg.ae_decoder, kernel_size=cfg.ae_kernel,
+                            causal=cfg.ae_causal, rngs=rngs)
+        for l in sorted(set(cfg.trained_ae_layers) | set(cfg.ae_layers))})
+    self.router = (Router(e.d_model, L, K, cfg.router_hidden, rngs=rngs) if cfg.router else None)
+
+  # Blend weights ---------------------------------------------------------------------------------
+  def alphas(self) -> jax.Array:
+    """The learned blend: α (L,) for '1d', α (L, D) for '2d' (weight of expert 1), weights (L, K) for 'simplex'."""
+    return self.blend()
+
+  def weights(self, alpha=None) -> jax.Array:
+    """Blend weights W (L, K, X), X ∈ {1, D}, learned (``alpha=None``) or forced (see ``__call__``)."""
+    cfg = self.cfg
+    L, K = cfg.expert.num_layers, cfg.num_experts
+    if alpha is None:
+      a = self.blend().astype(jnp.float32)
+      if cfg.blend_kind == "simplex":
+        return a[..., None]
+      w = jnp.stack([1.0 - a, a], axis=1)          # (L, 2) or (L, 2, D)
+      return w[..., None] if a.ndim == 1 else w
+    a = jnp.asarray(alpha, jnp.float32)
+    if K == 2 and a.ndim <= 1 and a.shape in ((), (L,)):
+      a = jnp.broadcast_to(a, (L,))
+      return jnp.stack([1.0 - a, a], axis=1)[..., None]
+    if K == 2 and a.shape == (L, cfg.expert.d_model) and a.shape != (L, K):
+      return jnp.stack([1.0 - a, a], axis=1)
+    if a.shape in ((K,), (L, K)):
+      return jnp.broadcast_to(a, (L, K))[..., None]
+    raise ValueError(f"alpha of shape {a.shape}: expected a scalar or ({L},) α for 2 experts, or a ({K},) / "
+                     f"({L}, {K}) weight array")
+
+  def _embed_weights(self, w_LKX: jax.Array) -> jax.Array:
+    if self.cfg.embed_blend == "base":
+      return jnp.zeros_like(w_LKX[0]).at[0].set(1.0)
+    return w_LKX.mean(0)
+
+  def _route(self, w_LKX: jax.Array, s_BTD: jax.Array) -> jax.Array:
+    """Per-token weights (B, T, L, K, 1) = softmax_K(log W + router offsets)."""
+    logits = jnp.log(jnp.maximum(w_LKX[..., 0], _LOG_FLOOR)) + self.router(s_BTD)
+    return jax.nn.softmax(logits, axis=-1)[..., None]
+
+  # Pieces ----------------------------------------------------------------------------------------
+  @staticmethod
+  def _mix(w_KX: jax.Array, states) -> jax.Array:
+    """Σ_k w_k ⊙ h_k; w is (K, X) or per token (B, T, K, X)."""
+    out = sum(w_KX[..., k, :] * h.astype(jnp.float32) for k, h in enumerate(states))
+    return sharding.constrain(out.astype(states[0].dtype), RESIDUAL_AXES)
+
+  def _unembed(self, h_BTD: jax.Array, w_KX: jax.Array, frozen: bool) -> jax.Array:
+    """Logits of the blended head: Σ_k h · (w_k ⊙ E_k)ᵀ, with the padded vocabulary ids masked."""
+    e = self.cfg.expert
+    dtype = e.compute_dtype
+    tables = [x.token_embedding[...] if e.tie_embeddings else x.unembedding[...].T for x in self.experts]
+    if frozen:
+      tables = [jax.lax.stop_gradient(t) for t in tables]
+    if w_KX.ndim == 2:   # one table: the cost of a single head
+      table = sum(w_KX[k][None, :] * t.astype(jnp.float32) for k, t in enumerate(tables))
+      logits = jnp.einsum("btd,vd->btv", h_BTD.astype(dtype), table.astype(dtype),
+                          preferred_element_type=jnp.float32)
+    else:                # per-token weights: contract over (expert, dim) in one matmul
+      x_BTKD = (w_KX * h_BTD.astype(jnp.float32)[:, :, None, :]).astype(dtype)
+      logits = jnp.einsum("btkd,kvd->btv", x_BTKD, jnp.stack(tables).astype(dtype),
+                          preferred_element_type=jnp.float32)
+    if e.padded_vocab > e.vocab_size:
+      logits = jnp.where(jnp.arange(e.padded_vocab) < e.vocab_size, logits, VOCAB_PAD_LOGIT)
+    return sharding.constrain(logits, ("batch", "length", "act_vocab"))
+
+  def _positions(self, tokens_BT, positions_BT):
+    return default_positions(*tokens_BT.shape) if positions_BT is None else positions_BT
+
+  # Teacher-forced training graph (p1 §3.4) --------------------------------------------------------
+  def expert_states(self, tokens_BT, *, positions_BT=None, segment_ids_BT=None) -> jax.Array:
+    """(K, L + 1, B, T, D): every expert run alone, HF convention (last state after its final norm)."""
+    positions_BT = self._positions(tokens_BT, positions_BT)
+    out = []
+    for expert in self.experts:
+      x = expert.embed(tokens_BT, positions_BT)
+      last, hidden, _, _ = expert.run_blocks(x, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT,
+                                             return_hidden=True)
+      out.append(jnp.concatenate([hidden[:-1], expert.apply_final_norm(last)[None]], axis=0))
+    return jnp.stack(out)
+
+  def train_forward(self, tokens_BT, labels_B, *, mask_BT=None, positions_BT=None, segment_ids_BT=None):
+    """Returns (logits_BTV, recon_loss, aux).
+
+    recon_loss = Σ over ``train_ae_layers`` of the mean squared error between the reconstruction and
+    the state of expert ``labels_B[b]`` of each row, averaged over the positions where ``mask_BT``
+    (default: all) and the hidden dimension. aux: ``recon/<layer>`` per layer and ``weights`` (L, K, X).
+    """
+    cfg = self.cfg
+    L, K = cfg.expert.num_layers, cfg.num_experts
+    states = jax.lax.stop_gradient(self.expert_states(tokens_BT, positions_BT=positions_BT,
+                                                      segment_ids_BT=segment_ids_BT))
+    w = self.weights()
+    onehot_BK = jax.nn.one_hot(labels_B, K, dtype=jnp.float32)
+    mask = jnp.ones(tokens_BT.shape, jnp.float32) if mask_BT is None else mask_BT.astype(jnp.float32)
+    denom = jnp.maximum(mask.sum(), 1.0) * cfg.expert.d_model
+    state = self._mix(self._embed_weights(w), states[:, 0])   # what block 0 would read
+    routed, aux, recon_loss = None, {}, jnp.zeros((), jnp.float32)
+    for l in range(L):
+      if self.router is not None and l == cfg.router_layer:
+        routed = self._route(w, state)
+      w_l = w[l] if routed is None else routed[:, :, l]
+      state = self._mix(w_l, states[:, l + 1])
+      if l in cfg.trained_ae_layers:
+        state = self.autoencoders[str(l)](state)
+        target = jnp.einsum("bk,kbtd->btd", onehot_BK, states[:, l + 1].astype(jnp.float32))
+        err = jnp.square(state.astype(jnp.float32) - target).sum(-1)
+        aux[f"recon/{l}"] = (err * mask).sum() / denom
+        recon_loss = recon_loss + aux[f"recon/{l}"]
+    head_w = w[L - 1] if routed is None else routed[:, :, L - 1]
+    aux["weights"] = w
+    return self._unembed(state, head_w, frozen=True), recon_loss, aux
+
+  # Sequential inference graph (p1 §3.5) -----------------------------------------------------------
+  def __call__(self, tokens_BT, *, alpha=None, use_autoencoders=True, positions_BT=None,
+               segment_ids_BT=None) -> jax.Array:
+    """Logits (B, T, V_pad) of the superposed model.
+
+    alpha: None = the learned blend (and router); for 2 experts a scalar or (L,) α (0 = base, 1 = expert)
+      or (L, D) per dimension; for K experts a (K,) or (L, K) weight array. A traced array is fine:
+      one compiled function serves every forced blend.
+    use_autoencoders: False bypasses the autoencoders (plain activation blending).
+    """
+    cfg = self.cfg
+    L = cfg.expert.num_layers
+    positions_BT = self._positions(tokens_BT, positions_BT)
+    w = self.weights(alpha)
+    mask_BTS = cache_lib.self_mask(segment_ids_BT, tokens_BT.shape[1], cfg.expert.causal)
+    state = self._mix(self._embed_weights(w), [x.embed(tokens_BT, positions_BT) for x in self.experts])
+    routed = None
+    for l in range(L):
+      if self.router is not None and alpha is None and l == cfg.router_layer:
+        routed = self._route(w, state)
+      outs = []
+      for expert in self.experts:
+        h, _, _ = expert.blocks[l](state, positions_BT=positions_BT, mask_BTS=mask_BTS,
+                                   segment_ids_BT=segment_ids_BT)
+        outs.append(expert.apply_final_norm(h) if l == L - 1 else h)
+      state = self._mix(w[l] if routed is None else routed[:, :, l], outs)
+      if use_autoencoders and l in cfg.ae_layers:
+        state = self.autoencoders[str(l)](state)
+    head_w = w[L - 1] if routed is None else routed[:, :, L - 1]
+    return self._unembed(state, head_w, frozen=False)

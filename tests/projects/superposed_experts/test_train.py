@@ -1,0 +1,160 @@
+"""The superposition trainer: a smoke run through the loop, the masked loss, optimizer checks, the configs
+(tiny variants; the paper's GPT-2 setting, built from the tiny HF fixture and at full size)."""
+import gzip
+import json
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs.superposed_experts import gpt2 as gpt2_config, tiny
+from projects.superposed_experts import data, train
+from projects.superposed_experts.model import Superposed
+from superpose.data.lm import load_documents
+from superpose.nn.testing import random_model
+from superpose.train import checkpoint, config as config_lib, state as state_lib
+from superpose.train.mesh import make_mesh
+from superpose.train.metrics import read_metrics
+
+FIXTURE = pathlib.Path(__file__).resolve().parents[2] / "fixtures" / "hf_gpt2_tiny"
+
+
+def _write(path: pathlib.Path, docs) -> str:
+  with gzip.open(path, "wt", encoding="utf-8") as f:
+    for d in docs:
+      f.write(json.dumps(d) + "\n")
+  return str(path)
+
+
+def _pure(tree):
+  return {str(k): _pure(v) for k, v in tree.items()} if hasattr(tree, "items") else np.asarray(tree)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+  """The tiny config's smoke variant on two small domains (plays as written / shouted in capitals)
+  and two numpy-drawn experts saved as our checkpoints."""
+  root = tmp_path_factory.mktemp("superposed")
+  plays = [{"title": d["title"], "text": d["text"][:12_000]} for d in load_documents("sample:shakespeare.jsonl.gz")]
+  domains = {"english": plays[:8], "french": [{**d, "text": d["text"].upper()} for d in plays[8:16]]}
+  cfg = tiny.get_config("smoke").to_dict()
+  model_cfg = train.superposed_config(cfg).expert
+  experts = []
+  for k, name in enumerate(domains):
+    params = _pure(nnx.to_pure_dict(nnx.state(random_model(model_cfg, seed=k, scale=0.1), nnx.Param)))
+    with checkpoint.Checkpointer(checkpoint.checkpoint_dir(root / name), async_save=False) as ckpt:
+      ckpt.save(1, {"params": params}, force=True)
+    experts.append((str(root / name), params))
+  cfg["superposed"].update(
+      experts=tuple(p for p, _ in experts),
+      train_paths=tuple(_write(root / f"{n}.train.jsonl.gz", d[:-2]) for n, d in domains.items()),
+      val_paths=tuple(_write(root / f"{n}.val.jsonl.gz", d[-2:]) for n, d in domains.items()))
+  cfg["train"].update(batch_size=8, checkpoint_every=0)   # one row per fake device; the final checkpoint only
+  return cfg, [p for _, p in experts], root
+
+
+def test_smoke_run_trains_blend_and_autoencoders_only(smoke, devices8):
+  cfg, expert_params, root = smoke
+  workdir = root / "run"
+  result = train.run(cfg, str(workdir))
+  assert result.step == cfg["train"]["steps"]
+  ev = result.eval
+  assert math.isfinite(ev["eval/loss"])
+  # Equal batches per domain: the overall loss is the mean of the per-domain ones.
+  np.testing.assert_allclose(ev["eval/loss"], (ev["eval/ce/english"] + ev["eval/ce/french"]) / 2, rtol=1e-5)
+  rows = [r for r in read_metrics(workdir) if "lm_loss" in r]
+  assert [r["step"] for r in rows] == list(range(1, cfg["train"]["steps"] + 1))
+  assert all(r["recon_loss"] > 0 and "recon/0" in r and "recon/1" in r and "alpha/1" in r for r in rows)
+  assert rows[-1]["loss"] == pytest.approx(rows[-1]["lm_loss"] + 3.0 * rows[-1]["recon_loss"], rel=1e-5)
+  # The experts in the final checkpoint are bit-identical to the runs they came from.
+  task = train.SuperposedTask(cfg, stream=object(), eval_sets={})
+  mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  with jax.set_mesh(mesh):
+    _, abs_params, _ = state_lib.split_model(task.make_model, mesh)
+    final = checkpoint.load_params(workdir, abs_params)
+  for k, want in enumerate(expert_params):
+    jax.tree.map(np.testing.assert_array_equal, _pure(final["experts"][str(k)]), want)
+  assert float(np.abs(np.asarray(final["blend"]["bias"])).max()) > 0   # initialised at zero, then trained
+
+
+def test_loss_masks_padding(smoke):
+  cfg, _, _ = smoke
+  task = train.SuperposedTask(cfg, stream=object(), eval_sets={})
+  model = task.make_model()
+  for k, expert in enumerate(model.experts):
+    nnx.update(expert, nnx.state(random_model(task.model_cfg.expert, seed=k, scale=0.1)))
+  batch = data.domain_stream(cfg).batch(0)
+  batch["weights"][1, 20:] = 0.0            # row 1 ends at position 19
+  loss = nnx.jit(lambda m, b: task.loss(m, b))
+  base, metrics = loss(model, batch)
+  changed = {k: v.copy() for k, v in batch.items()}
+  changed["targets"][1, 20:] = (changed["targets"][1, 20:] + 5) % 257
+  changed["inputs"][1, 21:] = (changed["inputs"][1, 21:] + 5) % 257
+  again, _ = loss(model, changed)
+  assert float(again) == float(base)
+  changed["targets"][1, 19] = (changed["targets"][1, 19] + 5) % 257
+  assert float(loss(model, changed)[0]) != float(base)
+  assert set(metrics) >= {"lm_loss", "recon_loss", "accuracy", "recon/0", "recon/1", "alpha/0", "alpha/1"}
+
+
+def test_optimizer_checks(smoke):
+  cfg, _, _ = smoke
+  model_cfg = train.superposed_config(cfg)
+  with pytest.raises(config_lib.ConfigError, match="leaves expert parameters trainable"):
+    train._checked_optim({**cfg, "optim": {**cfg["optim"], "frozen": ("experts/0/.*",)}}, model_cfg)
+  blend_only = tiny.get_config("blend_only").to_dict()
+  checked = train._checked_optim(blend_only, train.superposed_config(blend_only))
+  assert [g["pattern"] for g in checked["optim"]["groups"]] == ["(blend|router)/.*"]
+  with pytest.raises(config_lib.ConfigError, match="name one run per expert"):
+    train.check_experts(("a", ""), 2)
+
+
+@pytest.mark.parametrize("module, variants", [(tiny, tiny.VARIANTS), (gpt2_config, gpt2_config.VARIANTS)])
+def test_configs_validate(module, variants):
+  for variant in variants:
+    config = module.get_config(variant)
+    cfg = config.to_dict()
+    config_lib.check_schema(cfg, config.extra_sections)   # what launch/common.py does
+    config_lib.check_train(cfg)
+    if cfg["trainer"] == "projects.superposed_experts.train":
+      train.superposed_config(cfg)
+  cfg["superposed"]["ae_layerz"] = (1,)
+  with pytest.raises(config_lib.ConfigError, match="ae_layerz"):
+    config_lib.check_schema(cfg, train.extra_sections())
+
+
+def test_gpt2_config_has_the_paper_sizes():
+  cfg = gpt2_config.get_config().to_dict()
+  model_cfg = train.superposed_config(cfg)
+  abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Superposed(model_cfg, rngs=nnx.Rngs(0))), nnx.Param))
+  count = lambda tree: sum(math.prod(a.shape) for a in jax.tree.leaves(tree))
+  assert sorted(abstract["autoencoders"], key=int) == [str(l) for l in range(2, 12)]
+  assert {count(ae) for ae in abstract["autoencoders"].values()} == {1_770_816}   # p1 §3.3
+  assert count(abstract["blend"]) == 16 + 12
+  assert train.train_flops_per_token(model_cfg, 128) > 0
+
+
+def test_gpt2_experts_load_from_hf_directories(smoke):
+  """The gpt2 config shrunk to the HF fixture's architecture: both experts read from it; with the
+  autoencoders bypassed the superposed logits are transformers' own."""
+  cfg = gpt2_config.get_config().to_dict()
+  cfg["model"].update(vocab_size=100, d_model=32, num_layers=2, num_heads=4, d_ff=128, max_seq_len=32)
+  cfg["superposed"].update(experts=(str(FIXTURE), str(FIXTURE)), ae_layers=(0,), train_ae_layers=(0, 1),
+                           bottleneck=0)
+  cfg["train"]["seq_len"] = 32
+  task = train.SuperposedTask(cfg, stream=object(), eval_sets={})
+  mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  with jax.set_mesh(mesh):
+    graphdef, abs_params, _ = state_lib.split_model(task.make_model, mesh)
+    params = task.initial_params(abs_params)
+  model = nnx.merge(graphdef, params)
+  logits = model(jnp.asarray(np.load(FIXTURE / "inputs.npy")), use_autoencoders=False)[..., :100]
+  np.testing.assert_allclose(logits, np.load(FIXTURE / "logits.npy"), atol=1e-4)
+  cfg["model"]["d_ff"] = 64
+  with pytest.raises(config_lib.ConfigError, match="does not match config.model"):
+    train.SuperposedTask(cfg, stream=object(), eval_sets={}).initial_params(
+        state_lib.split_model(lambda: Superposed(train.superposed_config(cfg), rngs=nnx.Rngs(0)), mesh)[1])
