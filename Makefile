@@ -21,8 +21,8 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -n 2 -q
 
-test-slow: $(VENV)/.installed   # also installs the hf extra (torch CPU + transformers) for the live HF parity test
-	$(VENV)/bin/python -m pip install -q $(PIP_C) -e ".[test,hf]"
+test-slow: $(VENV)/.installed   # also installs the hf (torch CPU + transformers) and tracr extras for the live parity tests
+	$(VENV)/bin/python -m pip install -q $(PIP_C) -e ".[test,hf,tracr]"
 	$(VENV)/bin/python -m pytest -n 2 -q -m slow
 
 clean:
