@@ -81,6 +81,21 @@ def test_sinusoidal_table_matches_numpy():
   np.testing.assert_allclose(layers.sinusoidal(jnp.asarray(pos), d)[0], ref, atol=1e-5)
 
 
+def test_sinusoidal_position_dims_fill_only_the_last_dimensions():
+  cfg = nn.TransformerConfig(vocab_size=8, d_model=12, num_layers=1, num_heads=2, d_ff=8, max_seq_len=16,
+                             positions="sinusoidal", position_dims=4, vocab_multiple=8)
+  model = nn.Transformer(cfg, rngs=nnx.Rngs(0))
+  tokens = jnp.array([[1, 2, 3, 4, 5]])
+  x = np.asarray(model.embed(tokens))
+  table = np.asarray(model.token_embedding[...])[np.asarray(tokens[0])]
+  np.testing.assert_allclose(x[0, :, :8], table[:, :8], atol=1e-6)    # content untouched
+  np.testing.assert_allclose(x[0, :, 8:] - table[:, 8:], layers.sinusoidal(jnp.arange(5)[None], 4)[0], atol=1e-6)
+  with pytest.raises(ValueError, match="position_dims"):
+    nn.TransformerConfig(d_model=12, num_heads=2, positions="sinusoidal", position_dims=14)
+  with pytest.raises(ValueError, match="position_dims"):
+    nn.TransformerConfig(d_model=12, num_heads=2, positions="learned", position_dims=4)
+
+
 def test_activations():
   x = jnp.array([-2.0, -0.1, 0.0, 0.3, 0.5, 2.0])
   xs = np.asarray(x, np.float64)

@@ -57,6 +57,7 @@ class TransformerConfig:
   # Positions and embeddings.
   positions: str = "learned"
   rope_theta: float = 10_000.0
+  position_dims: int = 0               # sinusoidal only: the table fills the last position_dims dims (0 = all)
   tie_embeddings: bool = True
   use_bias: bool = True
   vocab_multiple: int = 128
@@ -106,7 +107,12 @@ class TransformerConfig:
     if self.positions == "rope" and head_size_known:
       check(self.head_size % 2 == 0, f"model.head_dim={self.head_size}: rope needs an even head dimension")
     if self.positions == "sinusoidal":
-      check(self.d_model % 2 == 0, f"model.d_model={self.d_model}: sinusoidal positions need an even d_model")
+      dims = self.position_dims or self.d_model
+      check(isinstance(dims, int) and 0 < dims <= self.d_model and dims % 2 == 0,
+            f"model.position_dims={self.position_dims!r}: sinusoidal positions need an even number of "
+            f"dimensions, at most d_model={self.d_model} (0 = all)")
+    elif self.position_dims:
+      check(False, f"model.position_dims={self.position_dims!r}: only sinusoidal positions take position_dims")
     if errors:
       raise ValueError("invalid model config:\n  " + "\n  ".join(errors))
 

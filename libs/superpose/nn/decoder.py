@@ -74,7 +74,10 @@ class Transformer(nnx.Module):
     if cfg.positions == "learned":
       x_BTD = x_BTD + jnp.take(self.position_embedding[...], positions_BT, axis=0).astype(dtype)
     elif cfg.positions == "sinusoidal":
-      x_BTD = x_BTD + layers.sinusoidal(positions_BT, cfg.d_model).astype(dtype)
+      # position_dims < d_model keeps the table in its own subspace (hand-set constructions).
+      dims = cfg.position_dims or cfg.d_model
+      table_BTP = layers.sinusoidal(positions_BT, dims).astype(dtype)
+      x_BTD = x_BTD.at[..., cfg.d_model - dims:].add(table_BTP)
     return sharding.constrain(x_BTD, RESIDUAL_AXES)
 
   def run_blocks(self, x_BTD, *, positions_BT, segment_ids_BT=None, cache: KVCache | None = None,
