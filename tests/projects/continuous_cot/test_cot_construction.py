@@ -8,14 +8,6 @@ LENGTH = 184  # one padded shape for every call below: one compilation
 
 
 @pytest.fixture(scope="module")
-def released(shared_data):
-  folder = shared_data / "prosqa"
-  if not all((folder / name).exists() for name in data.RELEASED.values()):
-    pytest.skip(f"released ProsQA files not found under {folder}")
-  return {name: data.load(folder / file) for name, file in data.RELEASED.items()}
-
-
-@pytest.fixture(scope="module")
 def model():
   return construction.build(construction.Construction())
 

@@ -8,14 +8,6 @@ from projects.continuous_cot import data, graphs
 
 
 @pytest.fixture(scope="module")
-def released(shared_data):
-  folder = shared_data / "prosqa"
-  if not all((folder / name).exists() for name in data.RELEASED.values()):
-    pytest.skip(f"released ProsQA files not found under {folder}")
-  return {name: data.load(folder / file) for name, file in data.RELEASED.items()}
-
-
-@pytest.fixture(scope="module")
 def generated():
   rng = random.Random(123)
   return [graphs.generate_problem(rng) for _ in range(400)]
