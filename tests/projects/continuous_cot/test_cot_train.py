@@ -8,6 +8,7 @@ import pytest
 
 from configs.continuous_cot import paper as paper_cfg, scaled as scaled_cfg
 from projects.continuous_cot import data, graphs, thoughts as th, train
+from projects.continuous_cot import evaluate as cot_eval
 from projects.continuous_cot.graphs import Problem
 from superpose.nn.testing import random_model
 
@@ -137,6 +138,18 @@ def test_smoke_run(method, gen_dir, tmp_path):
   assert ("eval/acc_fixed" in result.eval) == (method == "coconut")
   sel = json.loads((tmp_path / "selection.json").read_text())
   assert sel["step"] == 2 and sel["split"] == "generated validation" and sel["checkpoint"]
+  # The released-split evaluator, given the generated validation problems, reproduces the in-training numbers.
+  scored = cot_eval.evaluate_run(tmp_path, data.load(gen_dir / "valid.json"))
+  assert scored["method"] == method and scored["checkpoint"] == sel["checkpoint"]
+  for metric, (k, n) in scored["counts"].items():
+    assert n == 8 and k / n == pytest.approx(result.eval[f"eval/{metric}"], abs=1e-6)
+
+
+def test_wilson_interval():
+  lo, hi = cot_eval.wilson(5, 10)
+  assert (round(lo, 4), round(hi, 4)) == (0.2366, 0.7634)
+  lo, hi = cot_eval.wilson(257, 257)
+  assert hi == pytest.approx(1.0) and 0.985 < lo < 0.986
 
 
 def test_resume_gives_same_batches(gen_dir, tmp_path):

@@ -1,0 +1,124 @@
+"""Accuracy of trained runs on a released ProsQA split, with 95% intervals, side by side.
+
+    python -m projects.continuous_cot.evaluate --workdir W/coconut W/cot W/nocot \\
+        [--data ../shared/data/prosqa] [--split graph4_shuffled] [--out results.md]
+
+Each run is read at the step its ``selection.json`` names (chosen on *generated* validation data by
+train.py; the newest checkpoint where there is none) and scored on the released split with the same
+rows and metrics as its in-training evaluation: Coconut with the gold hop count of thoughts and with
+the fixed count (``config.cot.eval_fixed_thoughts``), CoT by greedy decoding, No-CoT at ``[A]``.
+Intervals are Wilson score intervals. Nothing here feeds back into selection.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import sys
+
+import jax
+import numpy as np
+from flax import nnx
+
+from projects.continuous_cot import data as data_lib
+from projects.continuous_cot import train as train_lib
+from superpose.train import checkpoint as ckpt_lib
+from superpose.train import config as config_lib
+
+DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "prosqa"
+
+
+def wilson(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+  """95% Wilson score interval of a proportion."""
+  if n == 0:
+    return float("nan"), float("nan")
+  p = correct / n
+  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+  return centre - half, centre + half
+
+
+def _str_keys(tree):
+  """A pure dict with string keys throughout (how checkpoints store the layer lists)."""
+  return {str(k): _str_keys(v) for k, v in tree.items()} if hasattr(tree, "items") else tree
+
+
+def selected_checkpoint(workdir: pathlib.Path) -> tuple[pathlib.Path, str]:
+  """(checkpoint to read, how it was chosen)."""
+  selection = workdir / "selection.json"
+  if selection.exists():
+    sel = json.loads(selection.read_text())
+    if sel.get("checkpoint") and pathlib.Path(sel["checkpoint"]).exists():
+      return pathlib.Path(sel["checkpoint"]), f"step {sel['step']} (best {sel['metric']} {sel['value']:.3f} on generated validation)"
+  return ckpt_lib.checkpoint_dir(workdir), "newest checkpoint (no selection.json)"
+
+
+def evaluate_run(workdir: str | pathlib.Path, problems: list) -> dict:
+  """Correct counts of one run on ``problems``: {'acc': (k, n), 'acc_fixed': (k, n) for Coconut}."""
+  workdir = pathlib.Path(workdir)
+  config = json.loads((workdir / "config.json").read_text("utf-8"))
+  task = train_lib.CotTask(config, valid=problems)
+  graphdef, abstract, _ = nnx.split(nnx.eval_shape(task.make_model), nnx.Param, ...)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                        _str_keys(nnx.to_pure_dict(abstract)))
+  path, how = selected_checkpoint(workdir)
+  params = ckpt_lib.load_params(path, target)
+  eval_set = train_lib._EvalSet(task)
+
+  @jax.jit
+  def metrics(params, batch):
+    model = nnx.merge(graphdef, params)
+    return task.loss(model, batch)[1]
+
+  totals: dict[str, float] = {}
+  for i in range(eval_set.num_batches):
+    batch = eval_set.batch(i)
+    for k, v in metrics(params, batch).items():   # each is Σ correct · num_batches / n over the batch
+      totals[k] = totals.get(k, 0.0) + float(v)
+  n = len(problems)
+  counts = {k: (int(round(v / eval_set.num_batches * n)), n) for k, v in totals.items()}
+  return {"method": task.method, "checkpoint": str(path), "chosen": how, "counts": counts}
+
+
+def markdown(split: str, results: dict[str, dict]) -> str:
+  lines = [f"# Accuracy on the released split `{split}` (95% Wilson intervals)", "",
+           "| run | method | metric | accuracy | 95% interval | correct / n | checkpoint |", "|---|---|---|---|---|---|---|"]
+  for name, r in results.items():
+    for metric, (k, n) in r["counts"].items():
+      lo, hi = wilson(k, n)
+      label = {"acc": "gold hop count" if r["method"] == "coconut" else "answer",
+               "acc_fixed": "fixed thought count"}.get(metric, metric)
+      lines.append(f"| {name} | {r['method']} | {label} | {k / n:.1%} | {lo:.1%}–{hi:.1%} | {k} / {n} | {r['chosen']} |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(prog="python -m projects.continuous_cot.evaluate", description=__doc__.split("\n")[0])
+  ap.add_argument("--workdir", nargs="+", required=True, type=pathlib.Path)
+  ap.add_argument("--data", type=pathlib.Path, default=DEFAULT_DATA, help="folder of the released ProsQA files")
+  ap.add_argument("--split", default="graph4_shuffled", choices=sorted(data_lib.RELEASED))
+  ap.add_argument("--out", type=pathlib.Path, help="also write the Markdown table here")
+  args = ap.parse_args(argv)
+  path = args.data / data_lib.RELEASED[args.split]
+  if not path.exists():
+    print(f"error: {path} not found (--data names the folder of the released ProsQA files)", file=sys.stderr)
+    return 2
+  problems = data_lib.load(path)
+  results = {}
+  for workdir in args.workdir:
+    try:
+      results[workdir.name] = evaluate_run(workdir, problems)
+    except (FileNotFoundError, config_lib.ConfigError) as e:
+      print(f"error: {workdir}: {e}", file=sys.stderr)
+      return 2
+  text = markdown(args.split, results)
+  print(text)
+  if args.out:
+    args.out.write_text(text, "utf-8")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
