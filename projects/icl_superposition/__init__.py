@@ -1,0 +1,12 @@
+"""Everything Everywhere All at Once: in-context learning of tasks in superposition (spec: ../shared/papers/p4_icl.md).
+
+tasks.py   the task families as seeded generators: character retrieval (8 tasks) and ``x>(x+k) mod 10``
+           (10 tasks) for the from-scratch models; the paper's four LLM families (addition as numerals /
+           English / French / Spanish words, copy-or-add ``A@B=``, country → capital / continent / upper
+           case, word → first / last letter in lower / upper case); the ``FAMILIES``/``TASKS``
+           registries; single-task, two-task mixed (exact fraction d) and K-task prompts
+tables.py  the lookup tables (number words, country tables) read from a configurable folder (default
+           ../shared/data/icl_tables), and the local word list that replaces the ``random-word`` package
+chars.py   one token per character for the from-scratch models: the 96-character vocabulary (a
+           character tokenizer, registered as ``"icl_chars"``) and answer-only loss masks
+"""
