@@ -25,6 +25,7 @@ from projects.continuous_cot import data as data_lib
 from projects.continuous_cot import train as train_lib
 from superpose.train import checkpoint as ckpt_lib
 from superpose.train import config as config_lib
+from superpose.train import state as state_lib
 
 DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "prosqa"
 
@@ -37,11 +38,6 @@ def wilson(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
   centre = (p + z * z / (2 * n)) / (1 + z * z / n)
   half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
   return centre - half, centre + half
-
-
-def _str_keys(tree):
-  """A pure dict with string keys throughout (how checkpoints store the layer lists)."""
-  return {str(k): _str_keys(v) for k, v in tree.items()} if hasattr(tree, "items") else tree
 
 
 def selected_checkpoint(workdir: pathlib.Path) -> tuple[pathlib.Path, str]:
@@ -62,7 +58,7 @@ def evaluate_run(workdir: str | pathlib.Path, problems: list) -> dict:
   graphdef, abstract, _ = nnx.split(nnx.eval_shape(task.make_model), nnx.Param, ...)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                        _str_keys(nnx.to_pure_dict(abstract)))
+                        state_lib.pure_dict(abstract))
   path, how = selected_checkpoint(workdir)
   params = ckpt_lib.load_params(path, target)
   eval_set = train_lib._EvalSet(task)

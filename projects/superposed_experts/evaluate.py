@@ -31,6 +31,7 @@ from projects.superposed_experts import data as data_lib
 from superpose.nn import Transformer, hf_gpt2
 from superpose.train import checkpoint as ckpt_lib
 from superpose.train import lm as lm_train
+from superpose.train import state as state_lib
 
 EVAL_VERSION = 1             # bump when scoring changes: invalidates the per-seed caches
 EVAL_BATCH = 64
@@ -42,10 +43,6 @@ TIES_DENSITY = 0.2
 
 
 # --- loading and scoring ---------------------------------------------------------------------------
-
-def _pure(tree):
-  return {str(k): _pure(v) for k, v in tree.items()} if hasattr(tree, "items") else tree
-
 
 def is_hf_dir(path: pathlib.Path) -> bool:
   """A Hugging Face GPT-2 directory (weights beside config.json), not one of our workdirs."""
@@ -72,7 +69,7 @@ def load_run(workdir: str | pathlib.Path):
   graphdef, abstract, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                        _pure(nnx.to_pure_dict(abstract)))
+                        state_lib.pure_dict(abstract))
   return graphdef, ckpt_lib.load_params(workdir, target), cfg
 
 

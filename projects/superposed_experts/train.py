@@ -29,6 +29,7 @@ from ml_collections import config_dict
 from superpose.nn import hf_gpt2
 from superpose.train import checkpoint as ckpt_lib
 from superpose.train import config as config_lib, flops, loop, optim
+from superpose.train import state as state_lib
 from superpose.train.lm import lm_loss, model_config
 from projects.superposed_experts.model import Superposed, SuperposedConfig
 
@@ -107,12 +108,6 @@ def load_expert(path: str, abs_params, expert_cfg) -> Any:
   if diff:
     raise config_lib.ConfigError(f"config.superposed.experts: {p} does not match config.model ({'; '.join(diff)})")
   return jax.tree.map(lambda x, a: jax.device_put(jnp.asarray(x, a.dtype), a.sharding), params, abs_params)
-
-
-def _pure(state) -> dict:
-  def convert(x):
-    return {str(k): convert(v) for k, v in x.items()} if hasattr(x, "items") else x
-  return convert(nnx.to_pure_dict(state))
 
 
 # --- evaluation data --------------------------------------------------------------------------------
@@ -211,7 +206,7 @@ class SuperposedTask:
 
     def init():  # only the non-expert parameters are outputs, so XLA never draws the experts' weights
       _, params, _ = nnx.split(self.make_model(), nnx.Param, ...)
-      return {k: v for k, v in _pure(params).items() if k in fresh_sh}
+      return {k: v for k, v in state_lib.pure_dict(params).items() if k in fresh_sh}
     params = jax.jit(init, out_shardings=fresh_sh)()
     params["experts"] = {str(k): load_expert(p, abs_params["experts"][str(k)], self.model_cfg.expert)
                          for k, p in enumerate(paths)}
@@ -240,7 +235,7 @@ def train_flops_per_token(cfg: SuperposedConfig, seq_len: int) -> float:
 def _checked_optim(config: dict, model_cfg: SuperposedConfig) -> dict:
   """Experts must be frozen (weight decay would otherwise shrink them although their gradient is zero);
   a group that matches no parameter (the autoencoder group of a blend-only run) is dropped."""
-  abs_params = _pure(jax.eval_shape(lambda: nnx.split(Superposed(model_cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)[1]))
+  abs_params = state_lib.pure_dict(jax.eval_shape(lambda: nnx.split(Superposed(model_cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)[1]))
   paths = jax.tree.leaves(optim.param_paths(abs_params))
   o = dict(config["optim"])
   frozen = list(o.get("frozen") or ())

@@ -14,7 +14,7 @@ from flax import nnx
 from superpose import nn
 from superpose.nn import hf_gpt2
 from superpose.nn.testing import random_model
-from superpose.train.state import _pure
+from superpose.train.state import pure_dict as _pure
 
 FIXTURE = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "hf_gpt2_tiny"
 TOL = 1e-4

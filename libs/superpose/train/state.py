@@ -17,7 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from superpose.nn import sharding as shd
 
 
-def _pure(tree) -> Any:
+def pure_dict(tree) -> Any:
   """nnx.State → nested dict with string keys (orbax and optax want plain containers)."""
   def convert(x):
     if isinstance(x, dict) or hasattr(x, "items"):
@@ -33,9 +33,9 @@ def split_model(make_model: Callable[[], nnx.Module], mesh, rules=None):
   if jax.tree.leaves(rest):
     raise ValueError(f"model holds non-parameter state {jax.tree.map(lambda v: v.shape, rest)}; "
                      "the train state only carries nnx.Param")
-  shardings = _pure(shd.state_shardings(abs_state, mesh, rules))
+  shardings = pure_dict(shd.state_shardings(abs_state, mesh, rules))
   abs_params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            _pure(abs_state), shardings)
+                            pure_dict(abs_state), shardings)
   return graphdef, abs_params, shardings
 
 
@@ -48,7 +48,7 @@ def init_params(make_model: Callable[[], nnx.Module], shardings) -> Any:
   """Materialise parameters directly in their shardings (no unsharded copy on any device)."""
   def init():
     _, params, _ = nnx.split(make_model(), nnx.Param, ...)
-    return _pure(params)
+    return pure_dict(params)
   return jax.jit(init, out_shardings=shardings)()
 
 
