@@ -1,0 +1,58 @@
+"""ICL task superposition from scratch (spec §2): character retrieval, one task per training sequence.
+
+Commands (W=workdirs/icl):
+  python -m launch.train --config configs/icl_superposition/retrieval.py:uniform --workdir $W/uniform
+  python -m launch.train --config configs/icl_superposition/retrieval.py:skewed  --workdir $W/skewed
+  python -m launch.train --config configs/icl_superposition/retrieval.py:heads1  --workdir $W/heads1   (heads2, heads3;
+                                                                   heads 6 is `uniform`)
+  python -m projects.icl_superposition.calibrate --workdir $W/uniform $W/skewed --out $W/calibration
+  (the paper's recipe: paper, paper_skewed; a 4-step run for the tests: smoke)
+
+Scaled CPU recipe (uniform, skewed, heads*): the llama preset at 3 layers, d 96, 6 heads (d_head 16),
+d_ff 384, untied, RoPE, RMSNorm, SwiGLU; 40 in-context lines per row (T = 1 + 40·11 = 441 → 448 columns)
+instead of the paper's 100; AdamW lr 1e-3, β = (0.9, 0.98), ε 1e-12, weight decay 0.01, clipping 1;
+warmup-stable-decay (10% warmup, linear decay over the last 10%). Budget: STEPS × BATCH rows ×
+448 columns (see the README for the measured tokens/s and wall time). Skewed: 90% of rows take k ∈ 0..3.
+
+Paper recipe (GPU/TPU): 6 layers, d 384, 6 heads, d_ff 1536, 100 lines per row (T 1,112), lr 5e-4,
+5,000 steps × 400 rows (warmup 500, decay over the last 500), spec §2.3.
+"""
+from superpose.train.config import base_config, model_section
+
+from projects.icl_superposition.train import attach_schema, icl_section
+
+VARIANTS = ("uniform", "skewed", "heads1", "heads2", "heads3", "paper", "paper_skewed", "smoke")
+STEPS = 1500
+BATCH = 16
+N_EXAMPLES = 40
+
+
+def get_config(variant: str = "uniform"):
+  variant = variant or "uniform"
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/icl_superposition/retrieval.py: unknown variant {variant!r} "
+                     f"(known: {', '.join(VARIANTS)})")
+  c = base_config()
+  c.trainer = "projects.icl_superposition.train"
+  skewed = variant in ("skewed", "paper_skewed")
+  paper = variant.startswith("paper")
+  c.icl = icl_section(family="retrieval", n_examples=100 if paper else N_EXAMPLES,
+                      task_weights="skewed" if skewed else "uniform", skew=0.9, eval_prompts=64)
+  steps = 5000 if paper else STEPS
+  c.optim.update(dict(lr=5e-4 if paper else 1e-3, schedule="wsd", warmup_steps=steps // 10, decay_fraction=0.1,
+                      min_lr_ratio=0.0, b1=0.9, b2=0.98, eps=1e-12, weight_decay=0.01, clip_norm=1.0))
+  c.train.update(dict(steps=steps, batch_size=400 if paper else BATCH, eval_every=steps // 10,
+                      checkpoint_every=steps // 10, keep_checkpoints=3, log_every=25 if not paper else 50))
+  heads = {"heads1": 1, "heads2": 2, "heads3": 3}.get(variant, 6)
+  if paper:
+    size = dict(num_layers=6, d_model=384, num_heads=6, num_kv_heads=6, d_ff=1536, max_seq_len=1112 + 8)
+  else:
+    size = dict(num_layers=3, d_model=96, num_heads=heads, num_kv_heads=heads, d_ff=384, max_seq_len=448)
+  if variant == "smoke":
+    c.icl.update(dict(n_examples=6, eval_prompts=4))
+    c.optim.update(dict(warmup_steps=1))
+    c.train.update(dict(steps=4, batch_size=4, eval_every=2, checkpoint_every=2, log_every=1,
+                        async_checkpoint=False, progress=False))
+    size = dict(num_layers=2, d_model=32, num_heads=2, num_kv_heads=2, d_ff=64, max_seq_len=72)
+  c.model = model_section("llama", vocab_size=99, vocab_multiple=8, **size)
+  return attach_schema(c)

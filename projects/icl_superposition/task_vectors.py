@@ -1,0 +1,155 @@
+"""Task vectors of a from-scratch model (spec §3): extraction, best layer, convex combinations vs real mixed prompts.
+
+  python -m projects.icl_superposition.task_vectors --workdir workdirs/icl/uniform --out workdirs/icl/task_vectors
+
+1. v_t[ℓ] = the residual stream after block ℓ at the final ``>`` of a single-task prompt, averaged over
+   ``--prompts`` prompts of task t (the run's number of lines), for the test pair (retrieve2, retrieve6).
+2. Best layer: v_t[ℓ] is written over the residual stream after block ℓ at the ``>`` of a query-only
+   prompt ``<bos>x1..x8>``; ℓ* = argmax over ℓ of the mean (over both tasks and ``--prompts`` queries) of
+   P(answer of t). The unpatched query-only prompt is the zero-shot baseline.
+3. Convex combinations (1 − λ)·v_0 + λ·v_1 at ℓ*, λ ∈ linspace(0, 1, 30): P(answer of task 0),
+   P(answer of task 1), P(elsewhere) on the query-only prompts, beside real mixed prompts with a fraction
+   1 − λ of task-0 lines (7 values of λ, bernoulli mixing as in calibrate.py).
+Writes task_vectors.json, task_vectors.md and task_vectors_<run>.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+from projects.icl_superposition import calibrate, chars, scoring, tasks as tasks_lib
+
+LAMBDAS = np.linspace(0.0, 1.0, 30)
+ICL_LAMBDAS = np.linspace(0.0, 1.0, 7)
+
+
+def _score(model, prompts, **kw):
+  return scoring.score(model, [p.text for p in prompts], [p.answers for p in prompts], chars.VOCAB.encode,
+                       prefix=[chars.VOCAB.bos_id], batch_size=kw.pop("batch_size", 50), **kw)
+
+
+def query_only(task0: str, task1: str, n: int, rng: np.random.Generator) -> list[tasks_lib.Prompt]:
+  """Zero-example prompts ``x1..x8>`` whose answers are (task 0's, task 1's)."""
+  return [tasks_lib.multi_task_prompt([task0, task1], [0.5, 0.5], 0, rng) for _ in range(n)]
+
+
+def extract(model, task: str, n_examples: int, n: int, rng: np.random.Generator) -> np.ndarray:
+  """(L+1, D) mean residual stream at the final separator over ``n`` single-task prompts ([0] = embeddings)."""
+  prompts = [tasks_lib.single_task_prompt(task, n_examples, rng) for _ in range(n)]
+  s = _score(model, prompts, want_hidden=True)
+  return s.last_hidden.mean(axis=1)
+
+
+def analyse(model, config: dict, n: int = 100, seed: int = 0) -> dict:
+  task0, task1 = config["icl"]["test_pair"].split(",")
+  n_examples = config["icl"]["n_examples"]
+  rng = np.random.default_rng([seed, 5])
+  vecs = {t: extract(model, t, n_examples, n, rng) for t in (task0, task1)}
+  queries = query_only(task0, task1, n, rng)
+  zero = _score(model, queries).answer_prob.mean(0)
+  num_layers = model.cfg.num_layers
+  by_layer = []
+  for layer in range(num_layers):
+    p0 = _score(model, queries, patch_layer=layer, patch=vecs[task0][layer + 1]).answer_prob.mean(0)
+    p1 = _score(model, queries, patch_layer=layer, patch=vecs[task1][layer + 1]).answer_prob.mean(0)
+    by_layer.append({"layer": layer, "p_task0_with_v0": float(p0[0]), "p_task1_with_v1": float(p1[1]),
+                     "mean": float((p0[0] + p1[1]) / 2)})
+  best = max(by_layer, key=lambda r: r["mean"])["layer"]
+  interp = []
+  for lam in LAMBDAS:
+    v = (1 - lam) * vecs[task0][best + 1] + lam * vecs[task1][best + 1]
+    p = _score(model, queries, patch_layer=best, patch=v).answer_prob
+    interp.append({"lambda": float(lam), "p_task0": float(p[:, 0].mean()), "p_task1": float(p[:, 1].mean()),
+                   "p_other": float(1 - p.sum(1).mean())})
+  icl = []
+  for j, lam in enumerate(ICL_LAMBDAS):
+    prompts = calibrate.mixed_prompts(task0, task1, n_examples, float(1 - lam), n,
+                                      np.random.default_rng([seed, j, 41]))
+    p = _score(model, prompts).answer_prob
+    icl.append({"lambda": float(lam), "p_task0": float(p[:, 0].mean()), "p_task1": float(p[:, 1].mean()),
+                "p_other": float(1 - p.sum(1).mean())})
+  cos = [float(np.dot(vecs[task0][i], vecs[task1][i]) /
+               (np.linalg.norm(vecs[task0][i]) * np.linalg.norm(vecs[task1][i]) + 1e-12))
+         for i in range(num_layers + 1)]
+  return {"tasks": [task0, task1], "prompts": n, "zero_shot": {"p_task0": float(zero[0]), "p_task1": float(zero[1])},
+          "by_layer": by_layer, "best_layer": best, "cosine_v0_v1": cos, "interpolation": interp, "icl": icl}
+
+
+def plot(name: str, res: dict, path: pathlib.Path) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+  layers = [r["layer"] for r in res["by_layer"]]
+  axes[0].plot(layers, [r["p_task0_with_v0"] for r in res["by_layer"]], "o-", label="P(task 0 answer | v0)")
+  axes[0].plot(layers, [r["p_task1_with_v1"] for r in res["by_layer"]], "o-", label="P(task 1 answer | v1)")
+  axes[0].axhline(res["zero_shot"]["p_task0"], color="C0", ls=":", label="zero-shot, no patch")
+  axes[0].axhline(res["zero_shot"]["p_task1"], color="C1", ls=":")
+  axes[0].set(xlabel="patched after block", ylabel="probability", title=f"{name}: patch layer", ylim=(0, 1))
+  axes[0].legend(fontsize=7)
+  for ax, key, title in ((axes[1], "interpolation", f"(1−λ)·v0 + λ·v1 at block {res['best_layer']}"),
+                         (axes[2], "icl", "real mixed prompts (1−λ task-0 lines)")):
+    lam = [r["lambda"] for r in res[key]]
+    ax.stackplot(lam, [r["p_task0"] for r in res[key]], [r["p_task1"] for r in res[key]],
+                 [max(r["p_other"], 0.0) for r in res[key]], labels=["task 0 (retrieve2)", "task 1 (retrieve6)", "elsewhere"],
+                 colors=["C0", "C1", "0.8"])
+    ax.set(xlabel="λ", ylim=(0, 1), xlim=(0, 1), title=title)
+    ax.legend(fontsize=7, loc="center right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def markdown(results: dict) -> str:
+  lines = []
+  for name, r in results.items():
+    lines += [f"### {name}: task vectors ({r['prompts']} prompts each)", "",
+              f"zero-shot (no patch): P(task 0) {r['zero_shot']['p_task0']:.3f}, P(task 1) {r['zero_shot']['p_task1']:.3f}; "
+              f"best layer: after block {r['best_layer']}", "",
+              "| patched after block | P(task 0 ans \\| v0) | P(task 1 ans \\| v1) | cos(v0, v1) |", "|---|---|---|---|"]
+    for row in r["by_layer"]:
+      lines.append(f"| {row['layer']} | {row['p_task0_with_v0']:.3f} | {row['p_task1_with_v1']:.3f} | "
+                   f"{r['cosine_v0_v1'][row['layer'] + 1]:.3f} |")
+    lines += ["", "| λ | patched P0 / P1 / elsewhere | real mixed prompt P0 / P1 / elsewhere |", "|---|---|---|"]
+    by_lam = {round(x["lambda"], 3): x for x in r["interpolation"]}
+    for x in r["icl"]:
+      near = min(by_lam, key=lambda k: abs(k - x["lambda"]))
+      p = by_lam[near]
+      lines.append(f"| {x['lambda']:.2f} (patched λ={near:.2f}) | {p['p_task0']:.3f} / {p['p_task1']:.3f} / "
+                   f"{p['p_other']:.3f} | {x['p_task0']:.3f} / {x['p_task1']:.3f} / {x['p_other']:.3f} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--workdir", nargs="+", required=True)
+  ap.add_argument("--out", required=True)
+  ap.add_argument("--prompts", type=int, default=100)
+  ap.add_argument("--seed", type=int, default=0)
+  args = ap.parse_args(argv)
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  results = {}
+  try:
+    for wd in args.workdir:
+      config, model = calibrate.load_run(wd)
+      name = pathlib.Path(wd).name
+      results[name] = analyse(model, config, args.prompts, args.seed)
+      plot(name, results[name], out / f"task_vectors_{name}.png")
+      print(f"{name}: best layer {results[name]['best_layer']}", flush=True)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  (out / "task_vectors.json").write_text(json.dumps(results, indent=1))
+  (out / "task_vectors.md").write_text(markdown(results))
+  print(markdown(results))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,192 @@
+"""ICL from-scratch training rows and loss masks, a smoke run, teacher-forced scoring against full forwards,
+residual patching, the calibration and task-vector CLIs on the smoke run."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.icl_superposition import retrieval as retrieval_cfg
+from projects.icl_superposition import calibrate, chars, scoring, task_vectors, tasks, train
+from superpose.nn import config as nn_config
+from superpose.nn.testing import random_model
+from superpose.train import config as config_lib
+
+NL = chars.VOCAB.id_of("\n")
+
+
+def _cfg(variant="smoke", **icl):
+  c = retrieval_cfg.get_config(variant)
+  c.icl.update(icl)
+  return config_lib.to_dict(c)
+
+
+def test_rows_hold_one_task_and_mask_only_answers():
+  task = train.IclTask(_cfg())
+  for g in range(20):
+    name, (tokens, targets, weights) = task.train_row(g)
+    k = int(name.removeprefix("retrieve"))
+    assert tokens[0] == chars.VOCAB.bos_id and len(tokens) == task.T
+    text = chars.VOCAB.decode(tokens)
+    lines = text.split("\n")[:-1]
+    assert len(lines) == task.n_examples
+    for line in lines:
+      x, y = line.split(">")
+      assert len(x) == 8 and len(set(x)) == 8 and y == x[k]
+    np.testing.assert_array_equal(targets[:-1][tokens[1:] != chars.VOCAB.pad_id],
+                                  tokens[1:][tokens[1:] != chars.VOCAB.pad_id])
+    # weights: exactly the answer letters and their newlines (2 per line), as next-token targets
+    hot = np.flatnonzero(weights)
+    assert len(hot) == 2 * task.n_examples
+    got = chars.VOCAB.decode(targets[hot])
+    assert got == "".join(line.split(">")[1] + "\n" for line in lines)
+    assert all(tokens[i] == chars.VOCAB.id_of(">") for i in hot[::2])   # predicted from the separator
+  assert task.train_row(3)[0] == train.IclTask(_cfg()).train_row(3)[0]
+  np.testing.assert_array_equal(task.train_row(3)[1][0], train.IclTask(_cfg()).train_row(3)[1][0])
+
+
+def test_skewed_weights_and_bad_configs():
+  task = train.IclTask(_cfg(task_weights="skewed", n_examples=1))
+  names = [task.train_row(g)[0] for g in range(2000)]
+  first_half = np.mean([int(n[-1]) < 4 for n in names])
+  assert 0.88 < first_half < 0.92                      # 0.9 ± 2 standard errors (0.0067)
+  assert len(set(names)) == 8
+  with pytest.raises(config_lib.ConfigError, match="family"):
+    train.IclTask(_cfg(family="country"))
+  with pytest.raises(config_lib.ConfigError, match="max_seq_len"):
+    train.IclTask(_cfg(n_examples=100))
+  with pytest.raises(config_lib.ConfigError, match="task_weights"):
+    train.IclTask(_cfg(task_weights="zipf"))
+
+
+def test_configs():
+  for v in retrieval_cfg.VARIANTS:
+    c = retrieval_cfg.get_config(v)
+    t = train.IclTask(config_lib.to_dict(c) | {"icl": {**c.icl.to_dict(), "eval_prompts": 0}})
+    assert t.T <= c.model.max_seq_len
+  p = retrieval_cfg.get_config("paper")
+  assert (p.model.num_layers, p.model.d_model, p.model.num_heads, p.model.d_ff) == (6, 384, 6, 1536)
+  assert (p.icl.n_examples, p.train.batch_size, p.train.steps, p.optim.schedule) == (100, 400, 5000, "wsd")
+  assert retrieval_cfg.get_config("heads2").model.num_heads == 2
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("icl_smoke")
+  result = train.run(retrieval_cfg.get_config("smoke"), str(workdir))
+  return workdir, result
+
+
+def test_smoke_run(smoke_run):
+  workdir, result = smoke_run
+  assert result.step == 4
+  assert set(result.eval) >= {"eval/loss", "eval/acc", "eval/acc_late"}
+  assert np.isfinite(result.eval["eval/loss"]) and 0 <= result.eval["eval/acc"] <= 1
+  config, model = calibrate.load_run(workdir)
+  assert config["icl"]["n_examples"] == 6 and model.cfg.num_layers == 2
+
+
+def _tiny_model():
+  cfg = nn_config.llama(vocab_size=chars.VOCAB.vocab_size, vocab_multiple=8, d_model=32, num_layers=2, num_heads=2,
+                        num_kv_heads=2, d_ff=64, max_seq_len=128)
+  return random_model(cfg, seed=1, scale=1.0)
+
+
+def _full_logp(model, ids, start):
+  lp = jax.nn.log_softmax(model(jnp.asarray([ids])).logits_BTV[0])
+  return sum(float(lp[t - 1, ids[t]]) for t in range(start, len(ids)))
+
+
+def test_scoring_equals_full_forward_and_counts_r():
+  model = _tiny_model()
+  rng = np.random.default_rng(0)
+  prompts = [tasks.mixed_prompt("retrieve6", "retrieve2", n, 0.5, rng) for n in (2, 3, 5)]
+  answers = [p.answers + ("xy",) for p in prompts]     # a 2-character answer too
+  s = scoring.score(model, [p.text for p in prompts], answers, chars.VOCAB.encode, prefix=[chars.VOCAB.bos_id],
+                    batch_size=2, top_first=3, max_new=4)
+  for i, p in enumerate(prompts):
+    start = 1 + len(p.text)
+    for k, a in enumerate(answers[i]):
+      ids = [chars.VOCAB.bos_id] + chars.VOCAB.encode(p.text + a + "\n")
+      assert s.answer_prob[i, k] == pytest.approx(np.exp(_full_logp(model, ids, start)), rel=1e-4)
+    # greedy candidates: their probabilities are full-forward products too, and r follows its definition
+    for out, prob in s.top_outputs[i]:
+      assert out[-1] == NL
+      ids = [chars.VOCAB.bos_id] + chars.VOCAB.encode(p.text) + list(out)
+      assert prob == pytest.approx(np.exp(_full_logp(model, ids, start)), rel=1e-3)   # token-by-token decode
+    pool = sorted({**{tuple(chars.VOCAB.encode(a + "\n")): q for a, q in zip(answers[i], s.answer_prob[i])},
+                   **dict(s.top_outputs[i])}.values(), reverse=True)
+    assert s.k_prob[i] == pytest.approx(pool[2]) and s.r[i] == int((s.answer_prob[i] >= s.k_prob[i]).sum())
+  assert np.all(s.other == 1 - s.answer_prob.sum(1))
+  with pytest.raises(ValueError, match="same number"):
+    scoring.score(model, ["ab>", "cd>"], [("a",), ("b", "c")], chars.VOCAB.encode)
+
+
+def test_patching_and_hidden_states():
+  model = _tiny_model()
+  texts, answers = ["abcdefgh>", "ijklmnop>"], [("c", "g"), ("k", "o")]
+  enc, bos = chars.VOCAB.encode, [chars.VOCAB.bos_id]
+  s = scoring.score(model, texts, answers, enc, prefix=bos, want_hidden=True)
+  for i, t in enumerate(texts):
+    out = model(jnp.asarray([bos + enc(t)]), return_hidden=True)
+    np.testing.assert_allclose(s.last_hidden[:, i], np.asarray(out.hidden[:, 0, -1]), rtol=1e-3, atol=1e-3)
+  v = np.random.default_rng(0).normal(size=32).astype(np.float32)
+  patched = scoring.score(model, texts, answers, enc, prefix=bos, patch_layer=0, patch=v)
+  for i, t in enumerate(texts):
+    ids = bos + enc(t)
+    def hook(index, x):
+      return x.at[:, len(ids) - 1].set(jnp.where(index == 0, v, x[:, len(ids) - 1]))
+    for k, a in enumerate(answers[i]):
+      full = ids + enc(a + "\n")
+      lp = jax.nn.log_softmax(model(jnp.asarray([full]), hook=hook).logits_BTV[0])
+      want = float(lp[len(ids) - 1, full[len(ids)]] + lp[len(ids), full[len(ids) + 1]])
+      assert np.log(patched.answer_prob[i, k]) == pytest.approx(want, rel=1e-3, abs=1e-3)
+      assert abs(np.log(patched.answer_prob[i, k]) - np.log(s.answer_prob[i, k])) > 1e-2
+
+
+def test_kl_target_model():
+  kl = scoring.kl_target_model(np.array([[0.3, 0.7], [1.0, 0.0]]), np.array([[0.3, 0.7], [0.5, 0.2]]))
+  assert kl[0] == pytest.approx(0.0, abs=1e-12) and kl[1] == pytest.approx(np.log(2))
+
+
+def test_mixed_prompts_fractions():
+  rng = np.random.default_rng(0)
+  ps = calibrate.mixed_prompts("retrieve2", "retrieve6", 40, 0.3, 300, rng)
+  frac = np.mean([np.mean(np.asarray(p.labels) == 0) for p in ps])
+  assert abs(frac - 0.3) < 0.02 and len({sum(np.asarray(p.labels) == 0) for p in ps}) > 3
+  for p in ps[:20]:
+    assert p.tasks == ("retrieve2", "retrieve6") and p.answers == (p.query[2], p.query[6])
+    for (x, y), lab in zip(p.examples, p.labels):
+      assert y == x[2 if lab == 0 else 6]
+  exact = calibrate.mixed_prompts("retrieve2", "retrieve6", 40, 0.3, 5, rng, mixing="exact")
+  assert all(sum(np.asarray(p.labels) == 0) == 12 for p in exact)
+
+
+def test_reference_curve_and_compare(shared_data):
+  ref = calibrate.reference_curve("eval_copy_6_384_6_mix_1",
+                                  shared_data / "icl_tables/from_scratch_reference/icl_pretraining_calibration_curves.csv")
+  assert sorted(ref) == list(calibrate.MIXING)
+  assert ref[0.3][0] == pytest.approx(0.132882)
+  rows = [{"d": d, "p_task0": {"mean": ref[d][0] + 0.01}, "p_task1": {"mean": ref[d][1] - 0.03}} for d in ref]
+  cmp_ = calibrate.compare(rows, ref)
+  assert cmp_["mean_abs_delta"] == pytest.approx(0.02) and cmp_["points"] == 11
+
+
+def test_calibrate_and_task_vector_clis(smoke_run, shared_data, tmp_path, monkeypatch):
+  workdir, _ = smoke_run
+  monkeypatch.setattr(calibrate, "MIXING", (0.0, 0.5, 1.0))
+  monkeypatch.setattr(task_vectors, "LAMBDAS", np.linspace(0, 1, 3))
+  monkeypatch.setattr(task_vectors, "ICL_LAMBDAS", np.linspace(0, 1, 2))
+  rc = calibrate.main(["--workdir", str(workdir), "--out", str(tmp_path / "cal"), "--prompts", "6",
+                       "--tables-dir", str(shared_data / "icl_tables")])
+  assert rc == 0
+  res = json.loads((tmp_path / "cal/calibration.json").read_text())[workdir.name]
+  assert [r["d"] for r in res["rows"]] == [0.0, 0.5, 1.0] and res["reference"] == "eval_copy_6_384_6_mix_1"
+  for r in res["rows"]:
+    assert r["p_other"]["mean"] == pytest.approx(1 - r["p_task0"]["mean"] - r["p_task1"]["mean"], abs=1e-6)
+  assert (tmp_path / f"cal/calibration_{workdir.name}.png").stat().st_size > 0
+  assert task_vectors.main(["--workdir", str(workdir), "--out", str(tmp_path / "tv"), "--prompts", "4"]) == 0
+  tv = json.loads((tmp_path / "tv/task_vectors.json").read_text())[workdir.name]
+  assert len(tv["by_layer"]) == 2 and len(tv["interpolation"]) == 3 and 0 <= tv["best_layer"] < 2
+  assert calibrate.main(["--workdir", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
