@@ -24,12 +24,13 @@ import jax
 import numpy as np
 from flax import nnx
 
+from superpose import nn
+from superpose.nn import config as nn_config
 from superpose.train import checkpoint as ckpt_lib
 from superpose.train import state as state_lib
 from superpose.train.config import ConfigError
 
 from projects.icl_superposition import chars, scoring, tables, tasks as tasks_lib
-from projects.icl_superposition import train as train_lib
 
 MIXING = tuple(round(0.1 * i, 1) for i in range(11))
 REFERENCE_RUNS = {"uniform": "eval_copy_6_384_6_mix_1", "skewed": "eval_copy_9010_6_384_6_mix_1"}
@@ -37,21 +38,19 @@ Z95 = 1.959964
 
 
 def load_run(workdir: str | pathlib.Path) -> tuple[dict, nnx.Module]:
-  """(config, model with the newest checkpoint's parameters) of a training run."""
+  """(config, model with the newest checkpoint's parameters) of any training run of this repository."""
   workdir = pathlib.Path(workdir)
   config_path = workdir / "config.json"
   if not config_path.exists():
     raise FileNotFoundError(f"{workdir}: no config.json (not a training run directory)")
   config = json.loads(config_path.read_text("utf-8"))
-  task = train_lib.IclTask({**config, "icl": {**config["icl"], "eval_prompts": 0}})
-  model = nnx.eval_shape(task.make_model)
-  graphdef, abstract, rest = nnx.split(model, nnx.Param, ...)
+  cfg = nn_config.from_dict(config["model"])
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: nn.Transformer(cfg, rngs=nnx.Rngs(0))))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                         state_lib.pure_dict(abstract))
   params = ckpt_lib.load_params(ckpt_lib.checkpoint_dir(workdir), target)
-  abstract.replace_by_pure_dict(params)
-  return config, nnx.merge(graphdef, abstract, rest)
+  return config, nnx.merge(graphdef, params)
 
 
 def mixed_prompts(task0: str, task1: str, n_examples: int, d: float, n: int, rng: np.random.Generator,
@@ -80,7 +79,7 @@ def curve(model, config: dict, n_prompts: int, seed: int = 0, mixing: str = "ber
                       prefix=[chars.VOCAB.bos_id], batch_size=batch_size, top_first=4,
                       progress=bar.update if bar else None)
     p0, p1, other = s.answer_prob[:, 0], s.answer_prob[:, 1], s.other
-    kl = scoring.kl_target_model(np.stack([np.full(n_prompts, d), np.full(n_prompts, 1 - d)], 1), s.answer_prob)
+    kl = scoring.kl_target_model(np.stack([np.full(n_prompts, d), np.full(n_prompts, 1 - d)], 1), s.answer_logp)
     def stat(x):
       return {"mean": float(x.mean()), "ci95": float(Z95 * x.std(ddof=1) / np.sqrt(len(x)))}
     rows.append({"d": d, "p_task0": stat(p0), "p_task1": stat(p1), "p_other": stat(other), "kl": stat(kl),

@@ -34,6 +34,7 @@ Encode = Callable[[str], Sequence[int]]
 @dataclasses.dataclass
 class Scores:
   answer_prob: np.ndarray    # (N, K) P(answer_k + terminator | prompt)
+  answer_logp: np.ndarray    # (N, K) its natural log (finite where the probability underflows)
   k_prob: np.ndarray         # (N,) the K-th largest complete-output probability among the candidates
   r: np.ndarray              # (N,) task answers with P ≥ k_prob
   top_outputs: list          # per prompt: [(output token ids, probability)] of the greedy candidates
@@ -121,12 +122,15 @@ def _strip(tokens: Sequence[int], terminator: int) -> tuple[int, ...]:
 
 
 def score(model: nnx.Module, prompts: Sequence[str], answers: Sequence[Sequence[str]], encode: Encode, *,
-          prefix: Sequence[int] = (), terminator: str = "\n", batch_size: int = 64, top_first: int = 4,
+          prefix: Sequence[int] = (), terminator: str = "\n", answer_terminator: bool = True,
+          batch_size: int = 64, top_first: int = 4,
           max_new: int | None = None, patch_layer: int | None = None, patch: np.ndarray | None = None,
           want_hidden: bool = False, length_multiple: int = 64, progress: Callable | None = None) -> Scores:
   """Scores for ``prompts`` (texts) and their task ``answers`` (same K per prompt; see the module docstring).
 
-  ``encode`` maps text to token ids; ``prefix`` (e.g. ``[bos]``) goes before every prompt. ``patch``:
+  ``encode`` maps text to token ids; ``prefix`` (e.g. ``[bos]``) goes before every prompt. The answers are
+  scored with the terminator after them (the from-scratch protocol) or, with ``answer_terminator=False``,
+  without it (the LLM protocol; greedy outputs are then compared without their terminator). ``patch``:
   (D,) or (N, D) vectors written after block ``patch_layer`` at each prompt's last token.
   """
   if len(prompts) != len(answers) or not prompts:
@@ -145,7 +149,7 @@ def score(model: nnx.Module, prompts: Sequence[str], answers: Sequence[Sequence[
     prompt_ids.append(p)
     row = []
     for a in ans:
-      full = list(prefix) + list(encode(text + a + terminator))
+      full = list(prefix) + list(encode(text + a + (terminator if answer_terminator else "")))
       if full[:len(p)] != p:
         raise ValueError(f"the prompt's tokens are not a prefix of prompt + answer {a!r}; score with a "
                          "tokenizer that splits at the separator")
@@ -159,7 +163,7 @@ def score(model: nnx.Module, prompts: Sequence[str], answers: Sequence[Sequence[
   graphdef, state = nnx.split(model)
   D = model.cfg.d_model
   patch_all = np.zeros((N, D), np.float32) if patch is None else np.broadcast_to(np.asarray(patch, np.float32), (N, D))
-  probs, k_prob, r, tops, hidden = [], [], [], [], []
+  probs, logps, k_prob, r, tops, hidden = [], [], [], [], [], []
   for start in range(0, N, batch_size):
     idx = list(range(start, min(start + batch_size, N)))
     rows = idx + [idx[0]] * (batch_size - len(idx))     # fixed batch shape: one compile
@@ -177,16 +181,18 @@ def score(model: nnx.Module, prompts: Sequence[str], answers: Sequence[Sequence[
         graphdef, state, prompt_BT, lengths_B, ans_BKL, ans_len_BK, np.int32(term_ids[0]),
         patch_all[rows], top_first=top_first, max_new=max_new, patch_layer=patch_layer, want_hidden=want_hidden))
     for b, i in enumerate(idx):
-      p_answers = np.exp(a_lp[b])
+      p_answers = np.exp(a_lp[b].astype(np.float64))
       candidates = {tuple(a): float(p) for a, p in zip(answer_ids[i], p_answers)}
       greedy = []
       for m in range(outs.shape[1]):
         if np.isfinite(out_lp[b, m]):
           key = _strip(outs[b, m], term_ids[0])
+          key = key if answer_terminator else key[:-1]
           candidates.setdefault(key, float(np.exp(out_lp[b, m])))
           greedy.append((key, float(np.exp(out_lp[b, m]))))
       kth = sorted(candidates.values(), reverse=True)[min(K, len(candidates)) - 1]
       probs.append(p_answers)
+      logps.append(a_lp[b])
       k_prob.append(kth)
       r.append(int((p_answers >= kth).sum()))
       tops.append(greedy)
@@ -194,14 +200,13 @@ def score(model: nnx.Module, prompts: Sequence[str], answers: Sequence[Sequence[
         hidden.append(hid[:, b])
     if progress is not None:
       progress(len(idx))
-  return Scores(answer_prob=np.asarray(probs), k_prob=np.asarray(k_prob), r=np.asarray(r), top_outputs=tops,
+  return Scores(answer_prob=np.asarray(probs), answer_logp=np.asarray(logps), k_prob=np.asarray(k_prob), r=np.asarray(r), top_outputs=tops,
                 last_hidden=np.stack(hidden, axis=1) if want_hidden else None)
 
 
-def kl_target_model(target: np.ndarray, answer_prob: np.ndarray, eps: float = 1e-30) -> np.ndarray:
-  """KL(target ‖ P) = Σ_i t_i log(t_i / P_i) per prompt (spec §1.3: P unnormalised, 0·log 0 = 0)."""
+def kl_target_model(target: np.ndarray, answer_logp: np.ndarray) -> np.ndarray:
+  """KL(target ‖ P) = Σ_i t_i (log t_i − log P_i) per prompt, from log P (spec §1.3: P unnormalised, 0·log 0 = 0)."""
   t = np.asarray(target, np.float64)
-  p = np.maximum(np.asarray(answer_prob, np.float64), eps)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    terms = np.where(t > 0, t * (np.log(np.maximum(t, eps)) - np.log(p)), 0.0)
-  return terms.sum(-1)
+  with np.errstate(divide="ignore"):
+    log_t = np.log(t)
+  return np.where(t > 0, t * (log_t - np.asarray(answer_logp, np.float64)), 0.0).sum(-1)

@@ -146,7 +146,7 @@ def test_patching_and_hidden_states():
 
 
 def test_kl_target_model():
-  kl = scoring.kl_target_model(np.array([[0.3, 0.7], [1.0, 0.0]]), np.array([[0.3, 0.7], [0.5, 0.2]]))
+  kl = scoring.kl_target_model(np.array([[0.3, 0.7], [1.0, 0.0]]), np.log(np.array([[0.3, 0.7], [0.5, 0.2]])))
   assert kl[0] == pytest.approx(0.0, abs=1e-12) and kl[1] == pytest.approx(np.log(2))
 
 
