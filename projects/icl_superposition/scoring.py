@@ -207,6 +207,5 @@ def score(model: nnx.Module, prompts: Sequence[str], answers: Sequence[Sequence[
 def kl_target_model(target: np.ndarray, answer_logp: np.ndarray) -> np.ndarray:
   """KL(target ‖ P) = Σ_i t_i (log t_i − log P_i) per prompt, from log P (spec §1.3: P unnormalised, 0·log 0 = 0)."""
   t = np.asarray(target, np.float64)
-  with np.errstate(divide="ignore"):
-    log_t = np.log(t)
-  return np.where(t > 0, t * (log_t - np.asarray(answer_logp, np.float64)), 0.0).sum(-1)
+  log_t = np.log(np.where(t > 0, t, 1.0))
+  return (t * (log_t - np.asarray(answer_logp, np.float64))).sum(-1)
