@@ -28,26 +28,33 @@ N_EXAMPLES = 40
 
 
 def get_config(variant: str = "uniform"):
+  return make_config("retrieval", variant, n_examples=N_EXAMPLES, test_pair="retrieve2,retrieve6", eps=1e-12,
+                     paper_batch=400, max_len=448, paper_max_len=1112 + 8)
+
+
+def make_config(family: str, variant: str, *, n_examples: int, test_pair: str, eps: float, paper_batch: int,
+                max_len: int, paper_max_len: int):
+  """The shared recipe of the from-scratch configs (this file's docstring), for ``family``."""
   variant = variant or "uniform"
   if variant not in VARIANTS:
-    raise ValueError(f"configs/icl_superposition/retrieval.py: unknown variant {variant!r} "
+    raise ValueError(f"configs/icl_superposition/{family}.py: unknown variant {variant!r} "
                      f"(known: {', '.join(VARIANTS)})")
   c = base_config()
   c.trainer = "projects.icl_superposition.train"
   skewed = variant in ("skewed", "paper_skewed")
   paper = variant.startswith("paper")
-  c.icl = icl_section(family="retrieval", n_examples=100 if paper else N_EXAMPLES,
+  c.icl = icl_section(family=family, n_examples=100 if paper else n_examples, test_pair=test_pair,
                       task_weights="skewed" if skewed else "uniform", skew=0.9, eval_prompts=64)
   steps = 5000 if paper else STEPS
   c.optim.update(dict(lr=5e-4 if paper else 1e-3, schedule="wsd", warmup_steps=steps // 10, decay_fraction=0.1,
-                      min_lr_ratio=0.0, b1=0.9, b2=0.98, eps=1e-12, weight_decay=0.01, clip_norm=1.0))
-  c.train.update(dict(steps=steps, batch_size=400 if paper else BATCH, eval_every=steps // 10,
+                      min_lr_ratio=0.0, b1=0.9, b2=0.98, eps=eps, weight_decay=0.01, clip_norm=1.0))
+  c.train.update(dict(steps=steps, batch_size=paper_batch if paper else BATCH, eval_every=steps // 10,
                       checkpoint_every=steps // 10, keep_checkpoints=3, log_every=25 if not paper else 50))
   heads = {"heads1": 1, "heads2": 2, "heads3": 3}.get(variant, 6)
   if paper:
-    size = dict(num_layers=6, d_model=384, num_heads=6, num_kv_heads=6, d_ff=1536, max_seq_len=1112 + 8)
+    size = dict(num_layers=6, d_model=384, num_heads=6, num_kv_heads=6, d_ff=1536, max_seq_len=paper_max_len)
   else:
-    size = dict(num_layers=3, d_model=96, num_heads=heads, num_kv_heads=heads, d_ff=384, max_seq_len=448)
+    size = dict(num_layers=3, d_model=96, num_heads=heads, num_kv_heads=heads, d_ff=384, max_seq_len=max_len)
   if variant == "smoke":
     c.icl.update(dict(n_examples=6, eval_prompts=4))
     c.optim.update(dict(warmup_steps=1))

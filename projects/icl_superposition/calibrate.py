@@ -4,13 +4,14 @@
       --out workdirs/icl/calibration [--prompts 1000] [--mixing bernoulli|exact]
 
 For each mixing value d ∈ {0, 0.1, …, 1}: ``--prompts`` prompts whose in-context lines are each task 0
-(``config.icl.test_pair[0]``, retrieve2) with probability d and task 1 (retrieve6) otherwise (``bernoulli``,
+(``config.icl.test_pair[0]``, retrieve2; ``random``: a random pair of the family's tasks per prompt, as the
+paper's mod-10 runs) with probability d and task 1 (retrieve6) otherwise (``bernoulli``,
 the reference code's protocol; ``exact`` uses exactly round(d·N) lines of task 0), with the run's own
 number of lines; a fresh query. Per d: mean P(answer of task 0), P(answer of task 1) (each the teacher-forced
 P(letter, "\\n")) with 95% intervals (1.96 standard errors), P(elsewhere) = 1 − their sum, KL(target ‖ P) with
 target (d, 1 − d), and r (task answers among the top-2 complete outputs). Reference: the run of
-``from_scratch_reference/icl_pretraining_calibration_curves.csv`` named by ``--reference`` (default: copy for
-uniform training, copy_9010 for skewed). Writes ``calibration.json``, ``calibration.md`` and one PNG per run.
+``from_scratch_reference/icl_pretraining_calibration_curves.csv`` named by ``--reference`` (default: copy /
+copy_9010 for uniform / skewed retrieval training, bias_add_simple / bias_add_simple_9010 for mod_add). Writes ``calibration.json``, ``calibration.md`` and one PNG per run.
 """
 from __future__ import annotations
 
@@ -33,7 +34,10 @@ from superpose.train.config import ConfigError
 from projects.icl_superposition import chars, scoring, tables, tasks as tasks_lib
 
 MIXING = tuple(round(0.1 * i, 1) for i in range(11))
-REFERENCE_RUNS = {"uniform": "eval_copy_6_384_6_mix_1", "skewed": "eval_copy_9010_6_384_6_mix_1"}
+REFERENCE_RUNS = {("retrieval", "uniform"): "eval_copy_6_384_6_mix_1",
+                  ("retrieval", "skewed"): "eval_copy_9010_6_384_6_mix_1",
+                  ("mod_add", "uniform"): "eval_bias_add_simple_6_384_6_mix_1",
+                  ("mod_add", "skewed"): "eval_bias_add_simple_9010_6_384_6_mix_1"}
 Z95 = 1.959964
 
 
@@ -54,19 +58,31 @@ def load_run(workdir: str | pathlib.Path) -> tuple[dict, nnx.Module]:
 
 
 def mixed_prompts(task0: str, task1: str, n_examples: int, d: float, n: int, rng: np.random.Generator,
-                  mixing: str = "bernoulli") -> list[tasks_lib.Prompt]:
-  """``n`` prompts with task 0 at fraction d; ``answers == (answer of task 0, answer of task 1)``."""
+                  mixing: str = "bernoulli", family: str | None = None) -> list[tasks_lib.Prompt]:
+  """``n`` prompts with task 0 at fraction d; ``answers == (answer of task 0, answer of task 1)``.
+  ``task0 == task1 == 'random'``: a fresh pair of distinct tasks of ``family`` per prompt."""
   out = []
+  names = tasks_lib.FAMILIES[family].task_names if task0 == "random" else None
   for _ in range(n):
+    if names is not None:
+      task0, task1 = (names[int(i)] for i in rng.choice(len(names), size=2, replace=False))
     k0 = int(rng.binomial(n_examples, d)) if mixing == "bernoulli" else int(round(d * n_examples))
     out.append(tasks_lib.multi_task_prompt([task0, task1], [k0 / n_examples, 1 - k0 / n_examples], n_examples, rng))
   return out
 
 
+def evaluation_pair(config: dict) -> tuple[str, str]:
+  pair = config["icl"]["test_pair"]
+  if pair == "random":
+    return "random", "random"
+  task0, task1 = pair.split(",")
+  return task0, task1
+
+
 def curve(model, config: dict, n_prompts: int, seed: int = 0, mixing: str = "bernoulli",
           batch_size: int = 50, progress: bool = True) -> list[dict]:
-  task0, task1 = config["icl"]["test_pair"].split(",")
-  n_examples = config["icl"]["n_examples"]
+  task0, task1 = evaluation_pair(config)
+  n_examples, family = config["icl"]["n_examples"], config["icl"]["family"]
   rows = []
   bar = None
   if progress:
@@ -74,7 +90,7 @@ def curve(model, config: dict, n_prompts: int, seed: int = 0, mixing: str = "ber
     bar = tqdm(total=n_prompts * len(MIXING), desc="calibration", unit="prompt", file=sys.stderr)
   for j, d in enumerate(MIXING):
     rng = np.random.default_rng([seed, j, 31])
-    prompts = mixed_prompts(task0, task1, n_examples, d, n_prompts, rng, mixing)
+    prompts = mixed_prompts(task0, task1, n_examples, d, n_prompts, rng, mixing, family)
     s = scoring.score(model, [p.text for p in prompts], [p.answers for p in prompts], chars.VOCAB.encode,
                       prefix=[chars.VOCAB.bos_id], batch_size=batch_size, top_first=4,
                       progress=bar.update if bar else None)
@@ -118,8 +134,8 @@ def plot(name: str, rows: list[dict], ref: dict | None, ref_name: str, path: pat
   import matplotlib.pyplot as plt
   d = np.array([r["d"] for r in rows])
   fig, ax = plt.subplots(figsize=(5.5, 4))
-  for key, label, color in (("p_task0", "P(answer of task 0: retrieve2)", "C0"),
-                            ("p_task1", "P(answer of task 1: retrieve6)", "C1"),
+  for key, label, color in (("p_task0", "P(answer of task 0)", "C0"),
+                            ("p_task1", "P(answer of task 1)", "C1"),
                             ("p_other", "P(elsewhere)", "C7")):
     m = np.array([r[key]["mean"] for r in rows])
     e = np.array([r[key]["ci95"] for r in rows])
@@ -178,7 +194,7 @@ def main(argv=None) -> int:
       config, model = load_run(wd)
       name = pathlib.Path(wd).name
       rows = curve(model, config, args.prompts, args.seed, args.mixing)
-      ref_name = args.reference or REFERENCE_RUNS[config["icl"]["task_weights"]]
+      ref_name = args.reference or REFERENCE_RUNS[config["icl"]["family"], config["icl"]["task_weights"]]
       ref = reference_curve(ref_name)
       results[name] = {"workdir": str(wd), "mixing": args.mixing, "rows": rows, "reference": ref_name,
                        "reference_curve": {str(k): v for k, v in ref.items()}, "compare": compare(rows, ref)}

@@ -3,9 +3,10 @@
   python -m projects.icl_superposition.task_vectors --workdir workdirs/icl/uniform --out workdirs/icl/task_vectors
 
 1. v_t[ℓ] = the residual stream after block ℓ at the final ``>`` of a single-task prompt, averaged over
-   ``--prompts`` prompts of task t (the run's number of lines), for the test pair (retrieve2, retrieve6).
+   ``--prompts`` prompts of task t (the run's number of lines), for the run's test pair (retrieve2,
+   retrieve6), or the family's tasks 2 and 6 when the run evaluates random pairs (plus2, plus6).
 2. Best layer: v_t[ℓ] is written over the residual stream after block ℓ at the ``>`` of a query-only
-   prompt ``<bos>x1..x8>``; ℓ* = argmax over ℓ of the mean (over both tasks and ``--prompts`` queries) of
+   prompt ``<bos>x>``; ℓ* = argmax over ℓ of the mean (over both tasks and ``--prompts`` queries) of
    P(answer of t). The unpatched query-only prompt is the zero-shot baseline.
 3. Convex combinations (1 − λ)·v_0 + λ·v_1 at ℓ*, λ ∈ linspace(0, 1, 30): P(answer of task 0),
    P(answer of task 1), P(elsewhere) on the query-only prompts, beside real mixed prompts with a fraction
@@ -45,7 +46,10 @@ def extract(model, task: str, n_examples: int, n: int, rng: np.random.Generator)
 
 
 def analyse(model, config: dict, n: int = 100, seed: int = 0) -> dict:
-  task0, task1 = config["icl"]["test_pair"].split(",")
+  task0, task1 = calibrate.evaluation_pair(config)
+  if task0 == "random":   # a fixed pair for vectors: the family's tasks 2 and 6 (retrieve2/6, plus2/6)
+    names = tasks_lib.FAMILIES[config["icl"]["family"]].task_names
+    task0, task1 = names[2], names[6]
   n_examples = config["icl"]["n_examples"]
   rng = np.random.default_rng([seed, 5])
   vecs = {t: extract(model, t, n_examples, n, rng) for t in (task0, task1)}
@@ -95,7 +99,7 @@ def plot(name: str, res: dict, path: pathlib.Path) -> None:
                          (axes[2], "icl", "real mixed prompts (1−λ task-0 lines)")):
     lam = [r["lambda"] for r in res[key]]
     ax.stackplot(lam, [r["p_task0"] for r in res[key]], [r["p_task1"] for r in res[key]],
-                 [max(r["p_other"], 0.0) for r in res[key]], labels=["task 0 (retrieve2)", "task 1 (retrieve6)", "elsewhere"],
+                 [max(r["p_other"], 0.0) for r in res[key]], labels=[f"task 0 ({res['tasks'][0]})", f"task 1 ({res['tasks'][1]})", "elsewhere"],
                  colors=["C0", "C1", "0.8"])
     ax.set(xlabel="λ", ylim=(0, 1), xlim=(0, 1), title=title)
     ax.legend(fontsize=7, loc="center right")

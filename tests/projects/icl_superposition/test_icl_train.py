@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.icl_superposition import retrieval as retrieval_cfg
+from configs.icl_superposition import mod_add as mod_add_cfg, retrieval as retrieval_cfg
 from projects.icl_superposition import calibrate, chars, scoring, task_vectors, tasks, train
 from superpose.nn import config as nn_config
 from superpose.nn.testing import random_model
@@ -69,6 +69,9 @@ def test_configs():
   assert (p.model.num_layers, p.model.d_model, p.model.num_heads, p.model.d_ff) == (6, 384, 6, 1536)
   assert (p.icl.n_examples, p.train.batch_size, p.train.steps, p.optim.schedule) == (100, 400, 5000, "wsd")
   assert retrieval_cfg.get_config("heads2").model.num_heads == 2
+  m = mod_add_cfg.get_config("uniform")
+  assert (m.icl.family, m.icl.n_examples, m.icl.test_pair, m.optim.eps) == ("mod_add", 100, "random", 1e-8)
+  assert train.IclTask(config_lib.to_dict(m)).T == 408
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +164,18 @@ def test_mixed_prompts_fractions():
       assert y == x[2 if lab == 0 else 6]
   exact = calibrate.mixed_prompts("retrieve2", "retrieve6", 40, 0.3, 5, rng, mixing="exact")
   assert all(sum(np.asarray(p.labels) == 0) == 12 for p in exact)
+
+
+def test_random_pairs_for_mod_add():
+  rng = np.random.default_rng(1)
+  ps = calibrate.mixed_prompts("random", "random", 20, 0.5, 50, rng, family="mod_add")
+  assert len({p.tasks for p in ps}) > 10
+  for p in ps:
+    k = [int(t.removeprefix("plus")) for t in p.tasks]
+    assert k[0] != k[1] and p.answers == tuple(str((int(p.query) + j) % 10) for j in k)
+    for (x, y), lab in zip(p.examples, p.labels):
+      assert int(y) == (int(x) + k[lab]) % 10
+  assert calibrate.evaluation_pair(config_lib.to_dict(mod_add_cfg.get_config("smoke"))) == ("random", "random")
 
 
 def test_reference_curve_and_compare(shared_data):

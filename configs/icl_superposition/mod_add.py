@@ -1,0 +1,19 @@
+"""ICL task superposition from scratch (spec §2.1 ``bias_add_simple``): ``x>(x+k) mod 10``, one k per sequence.
+
+Commands (W=workdirs/icl):
+  python -m launch.train --config configs/icl_superposition/mod_add.py:uniform --workdir $W/mod_add_uniform
+  python -m launch.train --config configs/icl_superposition/mod_add.py:skewed  --workdir $W/mod_add_skewed
+  python -m projects.icl_superposition.calibrate --workdir $W/mod_add_uniform $W/mod_add_skewed --out $W/calibration_mod_add
+
+The recipe of configs/icl_superposition/retrieval.py (same scaled model, schedule and variants) with the
+paper's 100 lines per row (T = 1 + 100·4 = 401 → 408 columns), AdamW ε 1e-8 (the paper's non-copy runs),
+the paper recipe's batch 800 (200 × 4). Skewed: 90% of rows take k ∈ 0..4. Evaluation: a random pair of
+distinct k per prompt (spec §2.1), scored against the reference runs bias_add_simple (uniform) and
+bias_add_simple_9010 (skewed).
+"""
+from configs.icl_superposition.retrieval import VARIANTS, make_config  # noqa: F401
+
+
+def get_config(variant: str = "uniform"):
+  return make_config("mod_add", variant, n_examples=100, test_pair="random", eps=1e-8, paper_batch=800,
+                     max_len=408, paper_max_len=408)
