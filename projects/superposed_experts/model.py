@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from superpose.blend import Autoencoder, SimplexBlend, SplineBlend, SplineBlend2D
+from superpose import kernels as kernel_lib
 from superpose.nn import sharding
 from superpose.nn import cache as cache_lib
 from superpose.nn.block import RESIDUAL_AXES
@@ -49,6 +50,7 @@ from superpose.nn.decoder import VOCAB_PAD_LOGIT, Transformer, default_positions
 
 BLENDS = ("1d", "2d", "simplex")
 EMBED_BLENDS = ("mean", "base")
+KERNELS = kernel_lib.IMPLS
 _LOG_FLOOR = 1e-6   # log of a zero blend weight (a clamped α) for the router's logit space
 
 
@@ -72,6 +74,8 @@ class SuperposedConfig:
   router: bool = False                 # input-dependent weights (module docstring)
   router_layer: int = 0
   router_hidden: int = 64
+  kernel: str = "reference"            # 'reference' | 'pallas': the fused blend + autoencoder step (2 experts)
+  kernel_block_rows: int = 128
 
   def __post_init__(self):
     for name in ("ae_layers", "train_ae_layers", "blend_init"):
@@ -110,6 +114,10 @@ class SuperposedConfig:
         errors.append(f"router_layer={self.router_layer}: must lie in [0, {L})")
       if self.router_hidden < 1:
         errors.append(f"router_hidden={self.router_hidden}: must be ≥ 1")
+    if self.kernel not in KERNELS:
+      errors.append(f"kernel={self.kernel!r}: must be one of {', '.join(KERNELS)}")
+    elif self.kernel == "pallas" and self.ae_decoder == "conv" and not self.ae_causal and self.ae_kernel > 1:
+      errors.append("kernel='pallas' fuses the causal conv decoder only (ae_causal=False)")
     if self.expert.scan_layers:
       errors.append("expert.scan_layers=True: the inference graph steps through the blocks one by one; "
                     "use the looped layout (superpose.nn.unstack_layers converts checkpoints)")
@@ -222,6 +230,26 @@ class Superposed(nnx.Module):
     out = sum(w_KX[..., k, :] * h.astype(jnp.float32) for k, h in enumerate(states))
     return sharding.constrain(out.astype(states[0].dtype), RESIDUAL_AXES)
 
+  def _alpha_form(self, alpha) -> bool:
+    """Whether the weights are (1 − α, α) of two experts (what the fused kernel computes)."""
+    cfg = self.cfg
+    if cfg.num_experts != 2 or cfg.blend_kind == "simplex":
+      return False
+    L, D = cfg.expert.num_layers, cfg.expert.d_model
+    return alpha is None or jnp.shape(alpha) in ((), (L,), (L, D))
+
+  def _blend_step(self, l: int, w_KX: jax.Array, states, *, encode: bool, fused: bool) -> jax.Array:
+    """The blended state of layer l, autoencoded when ``encode``; with ``cfg.kernel == 'pallas'`` and
+    ``fused`` (two experts, weights (1 − α, α)) one fused kernel does both."""
+    if encode and fused and self.cfg.kernel == "pallas":
+      a = w_KX[1]
+      a = a[0] if a.shape == (1,) else a
+      params = kernel_lib.autoencoder_params(self.autoencoders[str(l)])
+      return kernel_lib.superpose_step(states[0], states[1], a, **params, impl="pallas",
+                                       config=kernel_lib.KernelConfig(block_rows=self.cfg.kernel_block_rows))
+    state = self._mix(w_KX, states)
+    return self.autoencoders[str(l)](state) if encode else state
+
   def _unembed(self, h_BTD: jax.Array, w_KX: jax.Array, frozen: bool) -> jax.Array:
     """Logits of the blended head: Σ_k h · (w_k ⊙ E_k)ᵀ, with the padded vocabulary ids masked."""
     e = self.cfg.expert
@@ -277,9 +305,10 @@ class Superposed(nnx.Module):
       if self.router is not None and l == cfg.router_layer:
         routed = self._route(w, state)
       w_l = w[l] if routed is None else routed[:, :, l]
-      state = self._mix(w_l, states[:, l + 1])
-      if l in cfg.trained_ae_layers:
-        state = self.autoencoders[str(l)](state)
+      encode = l in cfg.trained_ae_layers
+      state = self._blend_step(l, w_l, [states[k, l + 1] for k in range(K)], encode=encode,
+                               fused=routed is None and self._alpha_form(None))
+      if encode:
         target = jnp.einsum("bk,kbtd->btd", onehot_BK, states[:, l + 1].astype(jnp.float32))
         err = jnp.square(state.astype(jnp.float32) - target).sum(-1)
         aux[f"recon/{l}"] = (err * mask).sum() / denom
@@ -313,8 +342,8 @@ class Superposed(nnx.Module):
         h, _, _ = expert.blocks[l](state, positions_BT=positions_BT, mask_BTS=mask_BTS,
                                    segment_ids_BT=segment_ids_BT)
         outs.append(expert.apply_final_norm(h) if l == L - 1 else h)
-      state = self._mix(w[l] if routed is None else routed[:, :, l], outs)
-      if use_autoencoders and l in cfg.ae_layers:
-        state = self.autoencoders[str(l)](state)
+      state = self._blend_step(l, w[l] if routed is None else routed[:, :, l], outs,
+                               encode=use_autoencoders and l in cfg.ae_layers,
+                               fused=routed is None and self._alpha_form(alpha))
     head_w = w[L - 1] if routed is None else routed[:, :, L - 1]
     return self._unembed(state, head_w, frozen=False)

@@ -53,6 +53,7 @@ def superposed_section(**overrides) -> ml_collections.ConfigDict:
       "blend": "1d", "num_control": 16, "degree": 3, "blend_init": (0.45, 0.55), "bias_scale": 0.0,
       "quantize": False, "embed_blend": "mean",
       "router": False, "router_layer": 0, "router_hidden": 64,
+      "kernel": "reference", "kernel_block_rows": 128,   # 'pallas': the fused blend + AE kernel (superpose.kernels)
       # Loss.
       "recon_weight": 3.0, "lm_weight": 1.0,
       "mask_recon": True,        # False: MSE over every position incl. padding, as the notebook

@@ -189,3 +189,30 @@ def test_alpha_shapes_and_parameter_paths(paper):
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   assert sorted(params) == ["autoencoders", "blend", "experts"]
   assert sorted(params["autoencoders"]) == ["0", "1", "2"] and sorted(params["experts"]) == [0, 1]
+
+
+@pytest.mark.parametrize("blend", ["1d", "2d"])
+def test_pallas_kernel_switch_equals_reference(blend):
+  """config.kernel='pallas' (interpret mode on CPU) gives the reference's logits, reconstruction loss and
+  gradients, in the inference graph (learned and forced α) and the teacher-forced training graph."""
+  import dataclasses
+  ref_cfg = SuperposedConfig(expert=EXPERT, ae_layers=(0, 1), train_ae_layers=(0, 1, 2), blend=blend)
+  ref = _model(ref_cfg)
+  graphdef, state = nnx.split(ref)
+  fused = nnx.merge(nnx.graphdef(Superposed(dataclasses.replace(ref_cfg, kernel="pallas", kernel_block_rows=8),
+                                            rngs=nnx.Rngs(0))), state)
+  tokens = _tokens(3)
+  for alpha in (None, 0.3):
+    np.testing.assert_allclose(fused(tokens, alpha=alpha), ref(tokens, alpha=alpha), atol=2e-5, rtol=0)
+
+  def loss(model, s):
+    logits, recon, _ = nnx.merge(nnx.graphdef(model), s).train_forward(tokens, jnp.array([0, 1]))
+    return lm_loss(logits[:, :-1], tokens[:, 1:], jnp.ones((B, T - 1)))[0] + recon
+  (l_ref, g_ref), (l_fused, g_fused) = (jax.value_and_grad(lambda s, m=m: loss(m, s))(state) for m in (ref, fused))
+  assert float(l_fused) == pytest.approx(float(l_ref), abs=1e-5)
+  for a, b in zip(jax.tree.leaves(g_fused), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, atol=5e-5, rtol=1e-4)
+  with pytest.raises(ValueError, match="kernel"):
+    SuperposedConfig(expert=EXPERT, ae_layers=(0,), kernel="triton")
+  with pytest.raises(ValueError, match="causal"):
+    SuperposedConfig(expert=EXPERT, ae_layers=(0,), kernel="pallas", ae_causal=False)
