@@ -1,6 +1,12 @@
 """LM train-step benchmark at a fixed shape: L6 d512 H8 T256 B8 V4096, f32, one device.
 
     python benchmarks/lm_step.py [--rounds 7] [--steps 4]
+    python benchmarks/lm_step.py --size 350m     # gpt2 L24 d1024 H16 T1024 B8 V50304, bf16 (accelerators)
+
+``--size 350m`` is the accelerator benchmark (issue 8): bf16 compute and parameters in f32, MFU against
+the chip's bf16 dense peak from ``superpose.train.flops.PEAK_FLOPS`` (device named in the output). On a
+CPU it says so and runs the default shape instead (``--force`` runs the 350M shape anyway: minutes per
+step on 2 cores).
 
 Prints, measured side by side in one run:
   * the machine's f32 matmul peak (best of 2048³ and 4096³ matmuls, before and after the rounds);
@@ -32,6 +38,8 @@ from superpose.train.lm import lm_loss
 from superpose.train.mesh import make_mesh
 
 L, D, H, T, B, V = 6, 512, 8, 256, 8, 4096
+DTYPE = "float32"
+SIZES = {"default": (6, 512, 8, 256, 8, 4096, "float32"), "350m": (24, 1024, 16, 1024, 8, 50304, "bfloat16")}
 
 
 def matmul_peak(sizes=(2048, 4096), repeats=5) -> float:
@@ -109,12 +117,20 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--steps", type=int, default=4, help="train steps per timed block")
+  parser.add_argument("--size", choices=tuple(SIZES), default="default")
+  parser.add_argument("--force", action="store_true", help="run --size 350m on a CPU too")
   args = parser.parse_args()
 
+  global L, D, H, T, B, V, DTYPE
   device = jax.devices()[0]
   print(f"device: {device.device_kind} ({device.platform}), {jax.local_device_count()} local device(s); "
         f"jax {jax.__version__}")
-  cfg = nn.gpt2(vocab_size=V, d_model=D, num_layers=L, num_heads=H, max_seq_len=T, d_ff=4 * D)
+  size = args.size
+  if size != "default" and device.platform == "cpu" and not args.force:
+    print(f"--size {size} is the accelerator benchmark; this is a CPU, so the default shape runs (--force to override)")
+    size = "default"
+  L, D, H, T, B, V, DTYPE = SIZES[size]
+  cfg = nn.gpt2(vocab_size=V, d_model=D, num_layers=L, num_heads=H, max_seq_len=T, d_ff=4 * D, dtype=DTYPE)
   mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
   flops_per_step = flops.train_flops_per_token(cfg, T) * B * T
   peak_before = matmul_peak()
@@ -133,8 +149,13 @@ def main():
         runners[name](data)
         times[name].append((time.perf_counter() - t0) / args.steps)
   peak = max(peak_before, matmul_peak())
+  if device.platform != "cpu":
+    table_peak, source = flops.device_peak_flops(device)
+    if table_peak == table_peak:   # known chip: MFU against its bf16 dense peak
+      peak = table_peak
+      print(f"MFU against the {source}: {peak / 1e12:.0f} TFLOP/s")
 
-  print(f"model: L{L} d{D} H{H} T{T} B{B} V{V} f32, {flops_per_step / 1e9:.1f} GFLOP per step "
+  print(f"model: L{L} d{D} H{H} T{T} B{B} V{V} {DTYPE}, {flops_per_step / 1e9:.1f} GFLOP per step "
         "(6N + 6·L·T·D, N incl. unembedding)")
   for name, ts in times.items():
     step_time = statistics.median(ts)
@@ -143,7 +164,8 @@ def main():
   ratios = [p / s for p, s in zip(times["plain jit"], times["superpose"])]
   print(f"overhead ratio (plain / superpose step time, median of {args.rounds} rounds): "
         f"{statistics.median(ratios):.3f}  [min {min(ratios):.3f}, max {max(ratios):.3f}]")
-  print(f"peak used for MFU: {peak / 1e9:.0f} GFLOP/s (best of the measurements before and after)")
+  print(f"peak used for MFU: {peak / 1e9:.0f} GFLOP/s" + (" (best of the measurements before and after)"
+                                                           if device.platform == "cpu" else ""))
 
 
 if __name__ == "__main__":
