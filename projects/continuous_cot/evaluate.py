@@ -61,7 +61,7 @@ def evaluate_run(workdir: str | pathlib.Path, problems: list) -> dict:
                         state_lib.pure_dict(abstract))
   path, how = selected_checkpoint(workdir)
   params = ckpt_lib.load_params(path, target)
-  eval_set = train_lib._EvalSet(task)
+  eval_set = task.eval_set
 
   @jax.jit
   def metrics(params, batch):

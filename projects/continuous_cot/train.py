@@ -277,7 +277,7 @@ class CotTask:
     self.batch_axes = {}
     self.tokens_per_step = self.batch_size * self.T
     self.flops_per_step = flops.train_flops_per_token(self.model_cfg, self.T) * self.tokens_per_step
-    self.eval_set = _EvalSet(self)
+    self.eval_set = loop.RowsEvalSet([self.eval_row(i) for i in range(len(self.valid))], self.batch_size)
     log.info("cot task: method %s, %d train / %d valid problems, P=%d K=%d T=%d (eval K=%d T=%d)", self.method,
              len(self.train), len(self.valid), self.P, self.K, self.T, self.K_eval, self.T_eval)
 
@@ -394,25 +394,6 @@ class CotTask:
     first = jnp.argmax(is_a, axis=1)
     answer = jnp.take_along_axis(gen_BG, (first + 1)[:, None], axis=1)[:, 0]
     return jnp.where(is_a.any(axis=1), answer, -1)
-
-
-class _EvalSet:
-  """The generated validation problems in batches of ``batch_size``; padding rows have scale 0, others
-  ``num_batches / n`` so that the loop's mean over batches is the mean over problems."""
-
-  def __init__(self, task: CotTask):
-    self.task, self.n = task, len(task.valid)
-    self.num_batches = math.ceil(self.n / task.batch_size)
-    self._rows = [task.eval_row(i) for i in range(self.n)]
-
-  def batch(self, i: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
-    size = self.task.batch_size
-    local = size // process_count
-    idx = [i * size + process_index * local + r for r in range(local)]
-    rows = [self._rows[j if j < self.n else 0] for j in idx]
-    out = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-    out["scale"] = np.array([self.num_batches / self.n if j < self.n else 0.0 for j in idx], np.float32)
-    return out
 
 
 def select_checkpoint(workdir: str | pathlib.Path, metric: str = "eval/acc") -> dict:

@@ -128,7 +128,8 @@ class IclTask:
     self.batch_axes = {}
     self.tokens_per_step = self.batch_size * self.T
     self.flops_per_step = flops.train_flops_per_token(self.model_cfg, self.T) * self.tokens_per_step
-    self.eval_set = _EvalSet(self, c["eval_prompts"]) if c["eval_prompts"] > 0 else None
+    self.eval_set = (loop.RowsEvalSet(eval_rows(self, c["eval_prompts"]), self.batch_size)
+                     if c["eval_prompts"] > 0 else None)
     log.info("icl task: family %s (%s weights), %d examples per row, T=%d", c["family"], c["task_weights"],
              self.n_examples, self.T)
 
@@ -164,29 +165,18 @@ class IclTask:
                   "acc_late": (row_mean(correct, letters * late) * scale).sum()}
 
 
-class _EvalSet:
-  """``n`` fixed single-task rows (task i mod K of the family, seeds disjoint from training)."""
-
-  def __init__(self, task: IclTask, n: int):
-    self.task, self.n = task, n
-    self.num_batches = math.ceil(n / task.batch_size)
-    fam, line = task.family, line_length(task.config["icl"]["family"])
-    first_late = 1 + (task.n_examples - max(task.n_examples // 4, 1)) * line
-    self._rows = []
-    for i in range(n):
-      rng = np.random.default_rng([task.seed, i, 977])
-      tokens, targets, weights = example_row(fam.tasks[i % len(fam.tasks)], task.n_examples, rng, task.T)
-      late = (np.arange(task.T) >= first_late - 1).astype(np.float32)
-      self._rows.append({"tokens": tokens, "targets": targets, "weights": weights, "late": late})
-
-  def batch(self, i: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
-    size = self.task.batch_size
-    local = size // process_count
-    idx = [i * size + process_index * local + r for r in range(local)]
-    rows = [self._rows[j if j < self.n else 0] for j in idx]
-    out = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-    out["scale"] = np.array([self.num_batches / self.n if j < self.n else 0.0 for j in idx], np.float32)
-    return out
+def eval_rows(task: IclTask, n: int) -> list[dict[str, np.ndarray]]:
+  """``n`` fixed single-task rows (task i mod K of the family, seeds disjoint from training); ``late``
+  marks the columns of the last quarter of the lines."""
+  fam, line = task.family, line_length(task.config["icl"]["family"])
+  first_late = 1 + (task.n_examples - max(task.n_examples // 4, 1)) * line
+  late = (np.arange(task.T) >= first_late - 1).astype(np.float32)
+  rows = []
+  for i in range(n):
+    rng = np.random.default_rng([task.seed, i, 977])
+    tokens, targets, weights = example_row(fam.tasks[i % len(fam.tasks)], task.n_examples, rng, task.T)
+    rows.append({"tokens": tokens, "targets": targets, "weights": weights, "late": late})
+  return rows
 
 
 def run(config: Any, workdir: str) -> loop.Result:

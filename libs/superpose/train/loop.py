@@ -37,6 +37,27 @@ class EvalSet(Protocol):
   def batch(self, i: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]: ...
 
 
+class RowsEvalSet:
+  """Fixed evaluation rows (dicts of equally shaped arrays) in batches of ``batch_size``. Each batch gets a
+  ``scale`` entry: ``num_batches / n`` on real rows and 0 on the padding rows (copies of row 0) that
+  fill the last batch, so the loop's mean over batches of a task's Σ(metric · scale) is the mean over
+  the ``n`` rows."""
+
+  def __init__(self, rows: list[dict[str, np.ndarray]], batch_size: int):
+    if not rows:
+      raise ValueError("RowsEvalSet: no rows")
+    self.rows, self.n, self.batch_size = rows, len(rows), batch_size
+    self.num_batches = math.ceil(self.n / batch_size)
+
+  def batch(self, i: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+    local = self.batch_size // process_count
+    idx = [i * self.batch_size + process_index * local + r for r in range(local)]
+    picked = [self.rows[j if j < self.n else 0] for j in idx]
+    out = {k: np.stack([r[k] for r in picked]) for k in picked[0]}
+    out["scale"] = np.array([self.num_batches / self.n if j < self.n else 0.0 for j in idx], np.float32)
+    return out
+
+
 class Task(Protocol):
   """What a project gives the loop."""
   def make_model(self) -> nnx.Module: ...

@@ -7,20 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from projects.icl_superposition import chars, llm_eval, tables, tasks
+from projects.icl_superposition import llm_eval, tasks
 from superpose.data import tokenizers
 from superpose.nn import config as nn_config, hf_gpt2
 from superpose.nn.testing import random_model
-
-
-@pytest.fixture(scope="module")
-def icl_tables_dir(shared_data):
-  folder = shared_data / "icl_tables"
-  if not (folder / "en_dict.json").exists():
-    pytest.skip(f"ICL tables not found under {folder}")
-  tables.set_tables_dir(folder)
-  yield folder
-  tables.set_tables_dir(None)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +20,7 @@ def tiny_bytes_model():
 
 
 @pytest.mark.parametrize("family", tasks.LLM_FAMILIES)
-def test_families_on_a_tiny_random_model(family, icl_tables_dir, tiny_bytes_model):
+def test_families_on_a_tiny_random_model(family, icl_tables, tiny_bytes_model):
   enc = tokenizers.get_tokenizer("bytes").encode
   k = len(tasks.FAMILIES[family].tasks)
   res = llm_eval.evaluate_family(tiny_bytes_model, enc, family, 3, np.random.default_rng(0), n_examples=2 * k,
@@ -43,7 +33,7 @@ def test_families_on_a_tiny_random_model(family, icl_tables_dir, tiny_bytes_mode
   assert res["fractions"] == pytest.approx([1 / k] * k, abs=0.13)
 
 
-def test_answer_probability_is_a_full_forward_product(icl_tables_dir, tiny_bytes_model):
+def test_answer_probability_is_a_full_forward_product(icl_tables, tiny_bytes_model):
   enc = tokenizers.get_tokenizer("bytes").encode
   prompt = tasks.family_prompt("AB", np.random.default_rng(1), n_examples=3)
   from projects.icl_superposition import scoring
@@ -56,7 +46,7 @@ def test_answer_probability_is_a_full_forward_product(icl_tables_dir, tiny_bytes
     assert np.log(s.answer_prob[0, i]) == pytest.approx(want, rel=1e-3)
 
 
-def test_cli_on_an_hf_checkpoint(icl_tables_dir, tiny_bytes_model, tmp_path):
+def test_cli_on_an_hf_checkpoint(icl_tables, tiny_bytes_model, tmp_path):
   from flax import nnx
   from superpose.train.state import pure_dict
   params = pure_dict(nnx.split(tiny_bytes_model)[1])

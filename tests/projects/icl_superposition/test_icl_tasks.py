@@ -19,17 +19,6 @@ LINE_RE = {
 LANG = {"add_or": "or", "add_en": "en", "add_fr": "fr", "add_es": "es"}
 
 
-@pytest.fixture(scope="module")
-def icl_tables(shared_data):
-  folder = shared_data / "icl_tables"
-  if not (folder / "en_dict.json").exists():
-    pytest.skip(f"ICL tables not found under {folder}")
-  tables.set_tables_dir(folder)
-  raw = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in folder.glob("*.json")}
-  yield raw
-  tables.set_tables_dir(None)
-
-
 def _expected(task, x, raw):
   """The answer computed without the module: int arithmetic and the JSON tables read here."""
   if task.family == "retrieval":
