@@ -38,7 +38,6 @@ REFERENCE_RUNS = {("retrieval", "uniform"): "eval_copy_6_384_6_mix_1",
                   ("retrieval", "skewed"): "eval_copy_9010_6_384_6_mix_1",
                   ("mod_add", "uniform"): "eval_bias_add_simple_6_384_6_mix_1",
                   ("mod_add", "skewed"): "eval_bias_add_simple_9010_6_384_6_mix_1"}
-Z95 = 1.959964
 
 
 def load_run(workdir: str | pathlib.Path) -> tuple[dict, nnx.Module]:
@@ -96,10 +95,9 @@ def curve(model, config: dict, n_prompts: int, seed: int = 0, mixing: str = "ber
                       progress=bar.update if bar else None)
     p0, p1, other = s.answer_prob[:, 0], s.answer_prob[:, 1], s.other
     kl = scoring.kl_target_model(np.stack([np.full(n_prompts, d), np.full(n_prompts, 1 - d)], 1), s.answer_logp)
-    def stat(x):
-      return {"mean": float(x.mean()), "ci95": float(Z95 * x.std(ddof=1) / np.sqrt(len(x)))}
-    rows.append({"d": d, "p_task0": stat(p0), "p_task1": stat(p1), "p_other": stat(other), "kl": stat(kl),
-                 "r": stat(s.r.astype(float)), "n": n_prompts})
+    stats = {key: scoring.mean_ci(x) for key, x in
+             (("p_task0", p0), ("p_task1", p1), ("p_other", other), ("kl", kl), ("r", s.r))}
+    rows.append({"d": d, **stats, "n": n_prompts})
   if bar:
     bar.close()
   return rows

@@ -28,7 +28,6 @@ from superpose.nn import hf_gpt2
 from projects.icl_superposition import calibrate, scoring, tables, tasks as tasks_lib
 from projects.icl_superposition import chars  # noqa: F401  (registers the "icl_chars" tokenizer)
 
-Z95 = 1.959964
 
 
 def evaluate_family(model, encode: Callable[[str], Sequence[int]], family: str, n_prompts: int,
@@ -44,15 +43,12 @@ def evaluate_family(model, encode: Callable[[str], Sequence[int]], family: str, 
   counts = np.asarray(tasks_lib.example_counts(fractions, n_examples or fam.n_examples), float)
   target = counts / counts.sum()
   kl = scoring.kl_target_model(np.broadcast_to(target, s.answer_prob.shape), s.answer_logp)
-  def stat(x):
-    x = np.asarray(x, float)
-    return {"mean": float(x.mean()), "ci95": float(Z95 * x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0}
   return {"family": family, "tasks": list(fam.task_names), "fractions": target.tolist(),
           "n_examples": n_examples or fam.n_examples, "prompts": n_prompts,
-          "p_task": {t: stat(s.answer_prob[:, i]) for i, t in enumerate(fam.task_names)},
+          "p_task": {t: scoring.mean_ci(s.answer_prob[:, i]) for i, t in enumerate(fam.task_names)},
           "mean_log_p_task": {t: float(s.answer_logp[:, i].mean()) for i, t in enumerate(fam.task_names)},
-          "p_other": stat(s.other), "kl": stat(kl), "r": stat(s.r), "example_prompt": prompts[0].text[-200:],
-          "example_answers": list(prompts[0].answers)}
+          "p_other": scoring.mean_ci(s.other), "kl": scoring.mean_ci(kl), "r": scoring.mean_ci(s.r),
+          "example_prompt": prompts[0].text[-200:], "example_answers": list(prompts[0].answers)}
 
 
 def markdown(res: dict, model_name: str) -> str:
