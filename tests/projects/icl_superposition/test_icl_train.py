@@ -1,5 +1,5 @@
 """ICL from-scratch training rows and loss masks, a smoke run, teacher-forced scoring against full forwards,
-residual patching, the calibration and task-vector CLIs on the smoke run."""
+residual patching, the calibration, task-vector and task-mass CLIs on the smoke run."""
 import json
 
 import jax
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs.icl_superposition import mod_add as mod_add_cfg, retrieval as retrieval_cfg
-from projects.icl_superposition import calibrate, chars, scoring, task_vectors, tasks, train
+from projects.icl_superposition import calibrate, chars, scoring, task_mass, task_vectors, tasks, train
 from superpose.nn import config as nn_config
 from superpose.nn.testing import random_model
 from superpose.train import config as config_lib
@@ -205,3 +205,25 @@ def test_calibrate_and_task_vector_clis(smoke_run, shared_data, tmp_path, monkey
   tv = json.loads((tmp_path / "tv/task_vectors.json").read_text())[workdir.name]
   assert len(tv["by_layer"]) == 2 and len(tv["interpolation"]) == 3 and 0 <= tv["best_layer"] < 2
   assert calibrate.main(["--workdir", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+  assert task_mass.main(["--workdir", str(workdir), "--pairs", "retrieve2,retrieve6", "--out", str(tmp_path / "tm"),
+                         "--prompts", "4"]) == 0
+  tm = json.loads((tmp_path / "tm/task_mass.json").read_text())[workdir.name]["pairs"]["retrieve2,retrieve6"]
+  m = np.asarray(tm["mass"])
+  assert m.shape == (3, 8) and (m >= 0).all() and (m.sum(1) <= 1 + 1e-5).all()
+  # the two pair columns are the calibration scores of the same prompts
+  config, model = calibrate.load_run(workdir)
+  for j, d in enumerate(calibrate.MIXING):
+    ps = calibrate.mixed_prompts("retrieve2", "retrieve6", 6, d, 4, np.random.default_rng([0, j, 53]), mixing="exact")
+    s = scoring.score(model, [p.text for p in ps], [p.answers for p in ps], chars.VOCAB.encode,
+                      prefix=[chars.VOCAB.bos_id], batch_size=4)
+    np.testing.assert_allclose(m[j, [2, 6]], s.answer_prob.mean(0), rtol=1e-4, atol=1e-6)
+  assert task_mass.main(["--workdir", str(workdir), "--pairs", "retrieve2", "--out", str(tmp_path / "tm")]) == 2
+
+
+def test_task_mass_offsets():
+  res = {"tasks": [f"plus{k}" for k in range(10)], "d": [1.0, 0.5, 0.0], "mass": np.zeros((3, 10))}
+  res["mass"][0, 2] = res["mass"][1, 9] = res["mass"][1, 1] = res["mass"][2, 8] = 0.5
+  o = task_mass.offsets(res, "plus2", "plus8")          # the shorter arc from 8 to 2 passes 9, 0, 1
+  assert [r["interpolated"] for r in o] == pytest.approx([2.0, 0.0, 8.0])
+  assert [r["mean_offset"] for r in o] == pytest.approx([2.0, 0.0, 8.0], abs=1e-9)
+  assert o[0]["argmax_task"] == "plus2" and o[2]["argmax_task"] == "plus8"

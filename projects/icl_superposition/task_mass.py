@@ -1,0 +1,152 @@
+"""Where the probability of a mixed prompt goes: the mass on the answer of EVERY task of the family.
+
+  python -m projects.icl_superposition.task_mass --workdir workdirs/icl/mod_add_skewed \\
+      --pairs plus2,plus6 plus1,plus3 plus6,plus8 --out workdirs/icl/task_mass [--prompts 100]
+
+The calibration curves only look at the two tasks in the prompt, so probability on a third task's answer
+counts as "elsewhere". Here, for fixed pairs (task 0, task 1) and d ∈ {0, 0.1, …, 1} (exactly round(d·N)
+lines of task 0, the rest task 1, shuffled; the run's own N), every task's answer to the query is scored
+(teacher-forced P(answer, "\\n"), the calibration protocol) and averaged over ``--prompts`` prompts. For
+the from-scratch families the tasks' answers to one query are distinct (8 distinct letters; x + k mod 10),
+so the masses add up to at most 1. For ``mod_add`` the table also gives the circular mean offset k̄ of the
+mass (the k a model predicts "on average") beside the interpolation d·k0 + (1 − d)·k1 along the shorter arc.
+Writes ``task_mass.json``, ``task_mass.md`` and one heat map per run and pair.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+from superpose.train.config import ConfigError
+
+from projects.icl_superposition import calibrate, chars, scoring, tables, tasks as tasks_lib
+
+DISTINCT_FAMILIES = ("retrieval", "mod_add")
+
+
+def mass(model, config: dict, task0: str, task1: str, n_prompts: int, seed: int = 0,
+         batch_size: int = 50) -> dict:
+  """{'tasks': family task names, 'd': mixing values, 'mass': (len(d), n_tasks) mean probabilities}."""
+  family = config["icl"]["family"]
+  if family not in DISTINCT_FAMILIES:
+    raise ValueError(f"task_mass: family {family!r} can give two tasks the same answer; only "
+                     f"{', '.join(DISTINCT_FAMILIES)} are supported")
+  names = tasks_lib.FAMILIES[family].task_names
+  for t in (task0, task1):
+    if t not in names:
+      raise ValueError(f"task_mass: {t!r} is not a task of {family} ({', '.join(names)})")
+  n_examples = config["icl"]["n_examples"]
+  rows = []
+  for j, d in enumerate(calibrate.MIXING):
+    prompts = calibrate.mixed_prompts(task0, task1, n_examples, d, n_prompts,
+                                      np.random.default_rng([seed, j, 53]), mixing="exact")
+    answers = [tuple(tasks_lib.get_task(t).answer(p.query) for t in names) for p in prompts]
+    s = scoring.score(model, [p.text for p in prompts], answers, chars.VOCAB.encode,
+                      prefix=[chars.VOCAB.bos_id], batch_size=min(batch_size, n_prompts), top_first=1)
+    rows.append(s.answer_prob.mean(0))
+  return {"tasks": list(names), "d": list(calibrate.MIXING), "mass": np.asarray(rows)}
+
+
+def _circular(k: np.ndarray, w: np.ndarray, period: int = 10) -> float:
+  """Circular weighted mean of offsets k (mod ``period``), in [0, period)."""
+  ang = 2 * np.pi * np.asarray(k, float) / period
+  z = (np.asarray(w) * np.exp(1j * ang)).sum()
+  return float(np.round(np.angle(z) / (2 * np.pi) * period % period, 6) % period)
+
+
+def offsets(res: dict, task0: str, task1: str) -> list[dict]:
+  """mod_add: per d, the circular mean offset of the mass and the interpolation of the two tasks' k."""
+  ks = np.array([int(t.removeprefix("plus")) for t in res["tasks"]])
+  k0, k1 = int(task0.removeprefix("plus")), int(task1.removeprefix("plus"))
+  diff = (k0 - k1 + 5) % 10 - 5                 # k0 − k1 along the shorter arc
+  out = []
+  for d, m in zip(res["d"], res["mass"]):
+    out.append({"d": d, "mean_offset": _circular(ks, m), "interpolated": float((k1 + d * diff) % 10),
+                "argmax_task": res["tasks"][int(np.argmax(m))]})
+  return out
+
+
+def plot(name: str, res: dict, task0: str, task1: str, path: pathlib.Path) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  im = ax.imshow(res["mass"], aspect="auto", origin="lower", vmin=0, vmax=1, cmap="viridis",
+                 extent=(-0.5, len(res["tasks"]) - 0.5, -0.05, 1.05))
+  ax.set_xticks(range(len(res["tasks"])), res["tasks"], rotation=45, fontsize=7)
+  for t, c in ((task0, "C1"), (task1, "C3")):
+    ax.axvline(res["tasks"].index(t), color=c, lw=1, ls="--")
+  ax.set(xlabel="answer of task", ylabel=f"d = fraction of {task0} lines",
+         title=f"{name}: mass per task, {task0} × {task1}")
+  fig.colorbar(im, ax=ax, label="mean probability")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def markdown(results: dict) -> str:
+  lines = []
+  for name, runs in results.items():
+    for pair, res in runs["pairs"].items():
+      task0, task1 = pair.split(",")
+      lines += [f"### {name}: {task0} (fraction d) × {task1} ({runs['prompts']} prompts per d, exact mixing)", "",
+                "| d | " + " | ".join(res["tasks"]) + (" | mean offset | interpolated |" if "offsets" in res else " |"),
+                "|---" * (len(res["tasks"]) + 1 + 2 * ("offsets" in res)) + "|"]
+      for i, (d, m) in enumerate(zip(res["d"], res["mass"])):
+        cells = " | ".join(f"**{x:.2f}**" if t in (task0, task1) else f"{x:.2f}" for t, x in zip(res["tasks"], m))
+        extra = ""
+        if "offsets" in res:
+          o = res["offsets"][i]
+          extra = f" {o['mean_offset']:.1f} | {o['interpolated']:.1f} |"
+        lines.append(f"| {d:.1f} | {cells} |" + extra)
+      lines.append("")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--workdir", nargs="+", required=True, help="training run directories")
+  ap.add_argument("--pairs", nargs="+", required=True, help="task pairs TASK0,TASK1 (e.g. plus2,plus6)")
+  ap.add_argument("--out", required=True)
+  ap.add_argument("--prompts", type=int, default=100)
+  ap.add_argument("--tables-dir", default=None, help="icl_tables directory (default ../shared/data/icl_tables)")
+  ap.add_argument("--seed", type=int, default=0)
+  args = ap.parse_args(argv)
+  if args.tables_dir:
+    tables.set_tables_dir(args.tables_dir)
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  results = {}
+  try:
+    pairs = []
+    for p in args.pairs:
+      if p.count(",") != 1:
+        raise ValueError(f"--pairs: {p!r} is not TASK0,TASK1")
+      pairs.append(tuple(p.split(",")))
+    for wd in args.workdir:
+      config, model = calibrate.load_run(wd)
+      name = pathlib.Path(wd).name
+      runs = {"workdir": str(wd), "prompts": args.prompts, "pairs": {}}
+      for task0, task1 in pairs:
+        res = mass(model, config, task0, task1, args.prompts, args.seed)
+        if config["icl"]["family"] == "mod_add":
+          res["offsets"] = offsets(res, task0, task1)
+        plot(name, res, task0, task1, out / f"task_mass_{name}_{task0}_{task1}.png")
+        runs["pairs"][f"{task0},{task1}"] = {**res, "mass": res["mass"].tolist()}
+        print(f"{name} {task0}×{task1} done", file=sys.stderr, flush=True)
+      results[name] = runs
+  except (FileNotFoundError, ValueError, ConfigError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  (out / "task_mass.json").write_text(json.dumps(results, indent=1))
+  (out / "task_mass.md").write_text(markdown(results))
+  print(markdown(results))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
