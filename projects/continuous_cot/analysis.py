@@ -2,6 +2,10 @@
 
     python -m projects.continuous_cot.analysis --model construction --data ../shared/data/prosqa --out /tmp/sig \
         [--split graph4 --split graph4_shuffled] [--limit N]
+    python -m projects.continuous_cot.analysis --workdir workdirs/cot_scaled/coconut --out /tmp/sig_trained
+
+``--workdir`` reads a trained Coconut run at the checkpoint its selection.json names (as evaluate.py) and
+analyses it with its own prompt layout, layer 2, all heads summed.
 
 For a model and its prompt layout, :func:`trace` runs the gold-hop thoughts (KV-cached, then one full
 forward with the thoughts in place that returns the attention probabilities) and returns, per problem,
@@ -28,6 +32,7 @@ import argparse
 import dataclasses
 import functools
 import pathlib
+import random
 import sys
 from typing import Sequence
 
@@ -140,6 +145,13 @@ def _trace(graphdef, state, tokens_BT, latent_start_B, *, num_thoughts: int, lay
   return out.thoughts_BKD, made_BKD, jnp.swapaxes(attn_BHKS, 1, 2), answer_logits
 
 
+def candidate_order(problem: graphs.Problem, i: int) -> tuple[int, int]:
+  """(target, neg) or (neg, target), a fixed coin per problem index: a trained model saw both orders, so the
+  file's target-first order would be a biased prompt (edges keep file order: the triplet positions need it)."""
+  pair = (problem.target, problem.neg_target)
+  return pair[::-1] if random.Random(i).random() < 0.5 else pair
+
+
 def trace(subject: Subject, problems: Sequence[graphs.Problem], batch_size: int = 64) -> list[Trace]:
   """Gold-hop thoughts, the attention rows that make them and the answer, per problem (input order)."""
   graphdef, state = nnx.split(subject.model)
@@ -147,7 +159,8 @@ def trace(subject: Subject, problems: Sequence[graphs.Problem], batch_size: int 
   by_hops: dict[int, list[int]] = {}
   for i, p in enumerate(problems):
     by_hops.setdefault(p.hops, []).append(i)
-  seqs = {i: data_lib.question_tokens(problems[i], problems[i].hops, layout=subject.layout) for i in range(len(problems))}
+  seqs = {i: data_lib.question_tokens(problems[i], problems[i].hops, layout=subject.layout,
+                                     candidates=candidate_order(problems[i], i)) for i in range(len(problems))}
   length = 8 * -(-max(len(s) for s in seqs.values()) // 8)             # one padded width: few compilations
   if length > subject.model.cfg.max_seq_len:
     raise ValueError(f"a prompt has {length} tokens; the model's max_seq_len is {subject.model.cfg.max_seq_len}")
@@ -286,6 +299,15 @@ def subject_for(name: str) -> Subject:
   raise ValueError(f"--model {name!r}: only 'construction' is available here (pass a Subject to the API otherwise)")
 
 
+def subject_from_run(workdir: str | pathlib.Path) -> Subject:
+  """A trained Coconut run (selected checkpoint) with its own prompt layout; layer 2, all heads."""
+  from projects.continuous_cot import evaluate
+  config, model, _, how = evaluate.load_trained(workdir)
+  if config["cot"]["method"] != "coconut":
+    raise ValueError(f"{workdir}: method {config['cot']['method']!r}; the signature needs continuous thoughts (coconut)")
+  return Subject(f"{pathlib.Path(workdir).name} ({how})", model, layout=config["cot"]["layout"], layer=1, heads=None)
+
+
 def analyse(subject: Subject, problems: Sequence[graphs.Problem], out: pathlib.Path, tag: str) -> dict:
   result = signature(subject, trace(subject, problems))
   out.mkdir(parents=True, exist_ok=True)
@@ -298,13 +320,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m projects.continuous_cot.analysis", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model", default="construction", choices=("construction",))
+  parser.add_argument("--workdir", default=None, help="a trained Coconut run to analyse instead of --model")
   parser.add_argument("--data", default=str(data_lib.DEFAULT_DATA), help="directory of the released ProsQA files")
   parser.add_argument("--out", required=True, help="directory for the Markdown tables and PNG plots")
   parser.add_argument("--split", action="append", choices=tuple(data_lib.RELEASED),
                       help="released split(s); default graph4 and graph4_shuffled")
   parser.add_argument("--limit", type=int, default=0, help="first N problems of each split (0 = all)")
   args = parser.parse_args(argv)
-  subject = subject_for(args.model)
+  try:
+    subject = subject_from_run(args.workdir) if args.workdir else subject_for(args.model)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   out = pathlib.Path(args.out)
   report = []
   for split in args.split or ("graph4", "graph4_shuffled"):

@@ -22,6 +22,8 @@ import numpy as np
 from flax import nnx
 
 from projects.continuous_cot import data as data_lib
+from superpose import nn
+from superpose.nn import config as nn_config
 from projects.continuous_cot import train as train_lib
 from superpose.train import checkpoint as ckpt_lib
 from superpose.train import config as config_lib
@@ -50,17 +52,27 @@ def selected_checkpoint(workdir: pathlib.Path) -> tuple[pathlib.Path, str]:
   return ckpt_lib.checkpoint_dir(workdir), "newest checkpoint (no selection.json)"
 
 
-def evaluate_run(workdir: str | pathlib.Path, problems: list) -> dict:
-  """Correct counts of one run on ``problems``: {'acc': (k, n), 'acc_fixed': (k, n) for Coconut}."""
+def load_trained(workdir: str | pathlib.Path) -> tuple[dict, nnx.Module, pathlib.Path, str]:
+  """(config, model with the selected checkpoint's parameters, checkpoint path, how it was chosen) of a run."""
   workdir = pathlib.Path(workdir)
-  config = json.loads((workdir / "config.json").read_text("utf-8"))
-  task = train_lib.CotTask(config, valid=problems)
-  graphdef, abstract, _ = nnx.split(nnx.eval_shape(task.make_model), nnx.Param, ...)
+  config_path = workdir / "config.json"
+  if not config_path.exists():
+    raise FileNotFoundError(f"{workdir}: no config.json (not a training run directory)")
+  config = json.loads(config_path.read_text("utf-8"))
+  model_cfg = nn_config.from_dict(config["model"])
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: nn.Transformer(model_cfg, rngs=nnx.Rngs(0))))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                         state_lib.pure_dict(abstract))
   path, how = selected_checkpoint(workdir)
-  params = ckpt_lib.load_params(path, target)
+  return config, nnx.merge(graphdef, ckpt_lib.load_params(path, target)), path, how
+
+
+def evaluate_run(workdir: str | pathlib.Path, problems: list) -> dict:
+  """Correct counts of one run on ``problems``: {'acc': (k, n), 'acc_fixed': (k, n) for Coconut}."""
+  config, model, path, how = load_trained(workdir)
+  task = train_lib.CotTask(config, valid=problems)
+  graphdef, params = nnx.split(model)
   eval_set = task.eval_set
 
   @jax.jit

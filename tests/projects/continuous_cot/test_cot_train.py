@@ -8,7 +8,7 @@ import pytest
 
 from configs.continuous_cot import paper as paper_cfg, scaled as scaled_cfg
 from projects.continuous_cot import data, graphs, thoughts as th, train
-from projects.continuous_cot import evaluate as cot_eval
+from projects.continuous_cot import analysis, evaluate as cot_eval
 from projects.continuous_cot.graphs import Problem
 from superpose.nn.testing import random_model
 
@@ -143,6 +143,15 @@ def test_smoke_run(method, gen_dir, tmp_path):
   assert scored["method"] == method and scored["checkpoint"] == sel["checkpoint"]
   for metric, (k, n) in scored["counts"].items():
     assert n == 8 and k / n == pytest.approx(result.eval[f"eval/{metric}"], abs=1e-6)
+  # The signature analysis reads the same selected checkpoint (continuous thoughts only).
+  if method == "coconut":
+    problems = data.load(gen_dir / "valid.json")[:4]
+    res = analysis.analyse(analysis.subject_from_run(tmp_path), problems, tmp_path / "sig", "gen")
+    assert res["count"] == 4 and 0 <= res["accuracy"] <= 1
+    assert res["inner"]["reachable"][1][2] > 0 and (tmp_path / "sig/gen.png").stat().st_size > 0
+  else:
+    with pytest.raises(ValueError, match="coconut"):
+      analysis.subject_from_run(tmp_path)
 
 
 def test_wilson_interval():
