@@ -1,15 +1,21 @@
-"""Superposition-step benchmark: the fused Pallas kernel against the jitted plain-JAX reference.
+"""Superposition-step benchmark: the fused Pallas kernel (with either backward) against the jitted
+plain-JAX reference.
 
     python -m benchmarks.superpose_kernel [--rounds 5] [--iters 10] [--decoder conv] [--dtype float32]
-                                          [--block-rows 128] [--shape B,T,D,K]
+                                          [--block-rows 128] [--shape B,T,D,K] [--platform tpu|gpu|cpu]
+    quick check: python -m benchmarks.superpose_kernel --rounds 1 --iters 1 --shape 1,64,64,32
 
-Prints, measured side by side in one run (compile excluded by a warm-up call, every call
-block_until_ready, rounds alternating the two implementations, medians reported):
-  * forward time of ``fused`` and ``reference`` and their ratio (reference / fused; > 1: kernel faster);
-  * forward + backward (``jax.value_and_grad`` of a scalar loss with respect to every input) likewise.
-The backward of ``fused`` is a plain-JAX recompute, so fwd+bwd measures the forward kernel inside it.
-On a CPU, Pallas runs in interpret mode (a jitted scan over the grid), so the ratio says nothing about
-a TPU; the default shape there is small. Elsewhere the default is the p1 shape d768 / bottleneck 576.
+Prints one table, measured side by side in one run (compile excluded by a warm-up call, every call
+block_until_ready, rounds rotating the order of the implementations, medians reported):
+  rows: ``reference``; ``fused-recompute`` (Pallas forward, plain-JAX recompute backward,
+  ``KernelConfig(backward='recompute')``); ``fused-pallas`` (Pallas forward and Pallas backward, the
+  default); columns: forward time, forward + backward time (``jax.value_and_grad`` of a scalar loss with
+  respect to every input), and each one's ratio reference / row (> 1: faster than the reference).
+The two fused rows share the forward kernel, so their fwd columns measure the same thing.
+On a CPU, Pallas runs in interpret mode (a jitted scan over the grid): the table then checks that the
+paths run and agree, it is NOT a speed measure (nothing about a TPU or GPU); the default shape there is
+small. Elsewhere the default is the p1 shape d768 / bottleneck 576 (on a GPU the Triton kernel needs
+power-of-two D and K: pass e.g. --shape 8,1024,512,256 or 8,1024,1024,512).
 """
 from __future__ import annotations
 
@@ -55,48 +61,68 @@ def main():
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   parser.add_argument("--block-rows", type=int, default=128)
   parser.add_argument("--shape", type=str, default=None, help="B,T,D,K (default: by device)")
+  parser.add_argument("--platform", choices=("tpu", "gpu", "cpu"), default=None,
+                      help="kernel variant (default: the backend's)")
   args = parser.parse_args()
 
   device = jax.devices()[0]
   on_cpu = device.platform == "cpu"
   print(f"device: {device.device_kind} ({device.platform}), {jax.local_device_count()} local device(s); "
         f"jax {jax.__version__}")
-  config = KernelConfig(block_rows=args.block_rows)
-  if config.use_interpret():
-    print("note: Pallas runs in interpret mode on this backend (the kernel is a jitted scan over its grid, "
-          "not Mosaic), so the fused/reference ratio is not meaningful here")
+  configs = {bwd: KernelConfig(block_rows=args.block_rows, backward=bwd, platform=args.platform)
+             for bwd in ("recompute", "pallas")}
+  config = configs["pallas"]
+  interpret = config.use_interpret()
+  if interpret:
+    print("NOTE: Pallas runs in INTERPRET MODE here (each kernel is a jitted scan over its grid, no "
+          "Mosaic/Triton): the times below are NOT a speed measure of the kernels, only a check that all "
+          "paths run and agree")
   shape = tuple(int(s) for s in args.shape.split(",")) if args.shape else (CPU_SHAPE if on_cpu else DEVICE_SHAPE)
   dtype = jnp.dtype(args.dtype)
   inputs = make_args(shape, args.decoder, args.kernel_size, dtype)
   B, T, D, K = shape
   W = 1 if args.decoder == "linear" else args.kernel_size
   print(f"shape: B{B} T{T} D{D} K{K}, decoder {args.decoder} (W={W}), α per feature, {args.dtype}; "
-        f"block_rows {config.block_rows}, interpret {config.use_interpret()}")
+        f"block_rows {config.block_rows}, platform {config.resolved_platform()}, interpret {interpret}")
 
   argnums = tuple(range(7))
   loss = lambda fn: (lambda *a: jnp.sum(fn(*a).astype(jnp.float32) ** 2))
-  fns = {
-      "fwd": {"fused": jax.jit(lambda *a: fused(*a, config=config)), "reference": reference},
-      "fwd+bwd": {"fused": jax.jit(jax.value_and_grad(loss(lambda *a: fused(*a, config=config)), argnums)),
-                  "reference": jax.jit(jax.value_and_grad(loss(reference), argnums))},
-  }
-  y_f, y_r = fns["fwd"]["fused"](*inputs), fns["fwd"]["reference"](*inputs)
-  err = float(jnp.max(jnp.abs(y_f.astype(jnp.float32) - y_r.astype(jnp.float32))))
-  print(f"max |fused − reference| (forward): {err:.2e}")
+  impls = {"reference": reference}
+  impls.update({f"fused-{bwd}": (lambda c: lambda *a: fused(*a, config=c))(c) for bwd, c in configs.items()})
+  fns = {"fwd": {name: jax.jit(f) for name, f in impls.items()},
+         "fwd+bwd": {name: jax.jit(jax.value_and_grad(loss(f), argnums)) for name, f in impls.items()}}
 
-  for what, pair in fns.items():
-    for f in pair.values():   # compile and warm up
+  # Agreement with the reference (forward output and every gradient), max |difference| / max |reference|.
+  outs = {name: f(*inputs) for name, f in fns["fwd+bwd"].items()}
+  ref_leaves = jax.tree.leaves(outs["reference"])
+  for name in impls:
+    if name == "reference":
+      continue
+    rel = max(float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)))
+                    / max(float(jnp.max(jnp.abs(b.astype(jnp.float32)))), 1e-30))
+              for a, b in zip(jax.tree.leaves(outs[name]), ref_leaves))
+    print(f"{name}: max relative |difference| from reference over the loss and all 7 gradients: {rel:.2e}")
+
+  med, ratio = {}, {}
+  for what, group in fns.items():
+    for f in group.values():   # compile and warm up
       jax.block_until_ready(f(*inputs))
-    times = {name: [] for name in pair}
+    times = {name: [] for name in group}
+    names = list(group)
     for r in range(args.rounds):
-      order = list(pair) if r % 2 == 0 else list(reversed(pair))
-      for name in order:
-        times[name].append(time_call(pair[name], inputs, args.iters))
-    med = {name: statistics.median(ts) for name, ts in times.items()}
-    ratios = [ref / fu for ref, fu in zip(times["reference"], times["fused"])]
-    print(f"{what:>8}: fused {med['fused'] * 1e3:8.3f} ms   reference {med['reference'] * 1e3:8.3f} ms   "
-          f"ratio (reference / fused, median of {args.rounds} rounds) {statistics.median(ratios):.3f}  "
-          f"[min {min(ratios):.3f}, max {max(ratios):.3f}]")
+      for name in names[r % len(names):] + names[:r % len(names)]:
+        times[name].append(time_call(group[name], inputs, args.iters))
+    for name, ts in times.items():
+      med[what, name] = statistics.median(ts)
+      ratio[what, name] = statistics.median([ref / t for ref, t in zip(times["reference"], ts)])
+
+  title = "INTERPRET MODE, not a speed measure" if interpret else device.device_kind
+  print(f"\n| impl ({title}) | fwd ms | ref/fwd | fwd+bwd ms | ref/(fwd+bwd) |")
+  print("|---|---:|---:|---:|---:|")
+  for name in impls:
+    print(f"| {name} | {med['fwd', name] * 1e3:.3f} | {ratio['fwd', name]:.2f} | "
+          f"{med['fwd+bwd', name] * 1e3:.3f} | {ratio['fwd+bwd', name]:.2f} |")
+  print(f"(medians of {args.rounds} rounds × {args.iters} calls; ratio = median over rounds of reference / impl)")
 
 
 if __name__ == "__main__":

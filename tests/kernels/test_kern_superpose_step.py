@@ -1,13 +1,25 @@
-"""The fused superposition-step kernel (Pallas, interpret mode on CPU) against its plain-JAX reference
-and against ``superpose.blend.Autoencoder`` applied to the blended state; TPU lowering on the CPU host."""
+"""The fused superposition-step kernel (Pallas, interpret mode on CPU), forward and Pallas backward,
+against its plain-JAX reference (values and ``jax.grad``) and against ``superpose.blend.Autoencoder``
+applied to the blended state; the GPU (Triton) variant's math in interpret mode; TPU (Mosaic) and CUDA
+(Triton) lowering of forward and backward on the CPU host."""
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+try:
+  from jax.experimental.pallas import triton as pltriton
+except ImportError:   # a jax without the (deprecated) Pallas Triton backend
+  pltriton = None
 
 from superpose.blend import Autoencoder
 from superpose.kernels import KernelConfig, autoencoder_params, fused, reference, superpose_step
+kernel_module = importlib.import_module("superpose.kernels.superpose_step")   # the name is also the function
 
 B, T, D, K = 2, 37, 20, 12     # T spans 5 blocks of 8 rows (the last one partial); D, K not multiples of 8
 CFG = KernelConfig(block_rows=8)
@@ -18,8 +30,9 @@ def _normal(rng, shape, scale=1.0, dtype=jnp.float32):
   return jnp.asarray(scale * rng.normal(size=shape), dtype)
 
 
-def _args(decoder="conv", alpha="scalar", kernel_size=3, dtype=jnp.float32, t=T, seed=0):
+def _args(decoder="conv", alpha="scalar", kernel_size=3, dtype=jnp.float32, t=T, seed=0, b=B, d=D, k=K):
   """h_base, h_expert, alpha, enc, enc_bias, dec, dec_bias at the Autoencoder's initial scale."""
+  B, D, K = b, d, k
   rng = np.random.default_rng(seed)
   a = {"scalar": jnp.float32(0.3),
        "feature": jax.nn.sigmoid(_normal(rng, (D,))),
@@ -37,13 +50,14 @@ def _close(actual, expected, tol):
   np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * max(1.0, float(np.abs(expected).max())))
 
 
-def _grads(fn, args, seed=1):
-  """Gradients of Σ y·c + Σ h·c' (a fixed random cotangent) with respect to every argument."""
+def _grads(fn, args, seed=1, return_h=True):
+  """Gradients of Σ y·c + Σ h·c' (fixed random cotangents; without ``return_h``, fn returns y only and
+  the loss is Σ y·c) with respect to every argument."""
   rng = np.random.default_rng(seed)
   c_y, c_h = _normal(rng, args[0].shape), _normal(rng, args[0].shape)
 
   def loss(*a):
-    y, h = fn(*a)
+    y, h = fn(*a) if return_h else (fn(*a), jnp.zeros_like(c_h))
     return jnp.sum(y.astype(jnp.float32) * c_y) + jnp.sum(h.astype(jnp.float32) * c_h)
   return jax.grad(loss, argnums=ARGNUMS)(*args)
 
@@ -129,17 +143,129 @@ def test_bad_shapes_raise():
     fused(h_base, h_expert, 0.5, enc, enc_bias, wide, dec_bias, config=CFG)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_lowers_for_tpu_on_cpu_host(dtype):
-  """Mosaic lowering only (the module is compiled by libtpu on a TPU, which this does not exercise)."""
+# Backward ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("decoder,alpha,kernel_size,t,block_rows,return_h", [
+    ("conv", "position", 4, 50, 16, False),   # 8-row halos inside 16-row blocks: the halo after is not the next block
+    ("conv", "scalar", 9, 50, 8, True),       # W − 1 = 8: the halo is a whole block
+    ("linear", "position", 1, 37, 16, False), # B·T = 74 rows: a partial last block
+    ("conv", "feature", 3, 5, 8, True),       # one partial block, no halo
+])
+def test_pallas_backward_matches_reference_grads(decoder, alpha, kernel_size, t, block_rows, return_h):
+  args = _args(decoder, alpha, kernel_size, t=t, seed=2)
+  config = KernelConfig(block_rows=block_rows)
+  fn = lambda *a: fused(*a, config=config, return_h=return_h)
+  ref = lambda *a: reference(*a, return_h=return_h)
+  for g, g_ref in zip(_grads(fn, args, return_h=return_h), _grads(ref, args, return_h=return_h)):
+    _close(g, g_ref, 1e-5)
+
+
+def test_pallas_and_recompute_backwards_agree():
+  args = _args("conv", "position", 3, dtype=jnp.bfloat16)
+  grads = {bwd: _grads(lambda *a: fused(*a, config=KernelConfig(block_rows=16, backward=bwd), return_h=True),
+                       args) for bwd in ("pallas", "recompute")}
+  for g_p, g_r in zip(grads["pallas"], grads["recompute"]):
+    assert g_p.dtype == g_r.dtype
+    _close(g_p, g_r, 2e-2)
+
+
+def test_backward_ignores_padding_rows_and_future_cotangents():
+  """The cotangent of y at row t reaches only inputs at rows ≤ t; rows past T contribute nothing."""
+  args = _args("conv", "scalar", 4, t=21)
+  c = jnp.zeros((B, 21, D)).at[:, 10].set(1.0)
+  g = jax.grad(lambda hb: jnp.sum(fused(hb, *args[1:], config=CFG) * c))(args[0])
+  assert np.all(np.isfinite(np.asarray(g)))
+  assert np.abs(np.asarray(g[:, 11:])).max() == 0 and np.abs(np.asarray(g[:, 7:11])).min() > 0
+
+
+# GPU (Triton) variant -------------------------------------------------------------------------------
+
+GPU_D, GPU_K = 32, 16      # powers of two ≥ 16: Triton's constraint
+
+
+def test_rational_erf_matches_lax_erf():
+  x = jnp.linspace(-6.0, 6.0, 4001, dtype=jnp.float32)
+  np.testing.assert_allclose(kernel_module._erf_rational(x), jax.lax.erf(x), atol=5e-7)
+
+
+@pytest.mark.parametrize("decoder,alpha,kernel_size", [("conv", "position", 3), ("linear", "feature", 1)])
+def test_gpu_variant_in_interpret_mode(decoder, alpha, kernel_size):
+  """The GPU variant's math (rational erf, selection-matmul row shifts, 16-row halos, zero padding of
+  the row axis to whole blocks) in interpret mode on the CPU, forward and gradients."""
+  args = _args(decoder, alpha, kernel_size, t=37, d=GPU_D, k=GPU_K, seed=3)
+  config = KernelConfig(block_rows=16, platform="gpu", interpret=True)
+  fn = lambda *a: fused(*a, config=config, return_h=True)
+  (y, h), (y_ref, h_ref) = fn(*args), _reference(*args)
+  _close(y, y_ref, 1e-5)
+  _close(h, h_ref, 1e-6)
+  for g, g_ref in zip(_grads(fn, args), _grads(_reference, args)):
+    _close(g, g_ref, 1e-5)
+
+
+def test_gpu_constraints_raise():
+  args = _args("conv", "scalar")      # D = 20, K = 12
+  with pytest.raises(ValueError, match="powers of two"):
+    fused(*args, config=KernelConfig(block_rows=16, platform="gpu", interpret=True))
+  with pytest.raises(ValueError, match="block_rows = 24"):
+    fused(*_args("conv", "scalar", d=GPU_D, k=GPU_K), config=KernelConfig(block_rows=24, platform="gpu"))
+  with pytest.raises(ValueError, match="platform"):
+    KernelConfig(platform="cuda")
+  with pytest.raises(ValueError, match="backward"):
+    KernelConfig(backward="jvp")
+
+
+# Lowering on the CPU host ---------------------------------------------------------------------------
+
+
+def _lowering_args(dtype, W):
   s = lambda *shape: jax.ShapeDtypeStruct(shape, dtype)
-  args = (s(2, 256, 256), s(2, 256, 256), jax.ShapeDtypeStruct((256,), jnp.float32), s(256, 128), s(128),
-          s(3, 128, 256), s(256))
-  config = KernelConfig(block_rows=128, interpret=False)
-  f = lambda *a: jax.value_and_grad(lambda *b: fused(*b, config=config).astype(jnp.float32).sum(),
-                                    argnums=ARGNUMS)(*a)
+  dec = s(W, 128, 256) if W > 1 else s(128, 256)
+  return (s(2, 256, 256), s(2, 256, 256), jax.ShapeDtypeStruct((256,), jnp.float32), s(256, 128), s(128),
+          dec, s(256))
+
+
+def _lower_fwd_bwd(config, dtype, W, return_h, platform):
+  def loss(*b):
+    out = fused(*b, config=config, return_h=return_h)
+    return sum(o.astype(jnp.float32).sum() for o in (out if return_h else (out,)))
+  f = lambda *a: jax.value_and_grad(loss, argnums=ARGNUMS)(*a)
+  return jax.jit(f).trace(*_lowering_args(dtype, W)).lower(lowering_platforms=(platform,)).as_text()
+
+
+def _host_can_lower(platform, compiler_params):
+  """Whether this jax lowers a trivial Pallas kernel for ``platform`` on this host (else: skip)."""
+  def k(x_ref, o_ref):
+    o_ref[...] = x_ref[...] + 1.0
+  f = lambda x: pl.pallas_call(k, out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype),
+                               compiler_params=compiler_params)(x)
   try:
-    lowered = jax.jit(f).trace(*args).lower(lowering_platforms=("tpu",))
-  except Exception as e:   # noqa: BLE001 - a jax that cannot lower Mosaic on this host
-    pytest.skip(f"TPU lowering unavailable on this host: {type(e).__name__}: {e}")
-  assert "tpu_custom_call" in lowered.as_text()
+    jax.jit(f).trace(jax.ShapeDtypeStruct((16, 128), jnp.float32)).lower(lowering_platforms=(platform,))
+  except Exception as e:   # noqa: BLE001
+    return f"{type(e).__name__}: {e}"
+  return None
+
+
+@pytest.mark.parametrize("dtype,W,return_h", [(jnp.float32, 3, False), (jnp.bfloat16, 4, True),
+                                              (jnp.float32, 1, True)])
+def test_lowers_for_tpu_on_cpu_host(dtype, W, return_h):
+  """Mosaic lowering of forward and Pallas backward (compiled by libtpu on a TPU, not exercised here)."""
+  why = _host_can_lower("tpu", pltpu.CompilerParams())
+  if why:
+    pytest.skip(f"this jax cannot lower Pallas for TPU on this host: {why}")
+  text = _lower_fwd_bwd(KernelConfig(block_rows=128, platform="tpu"), dtype, W, return_h, "tpu")
+  assert text.count("tpu_custom_call") == 2            # the forward and the backward kernel
+  assert "superpose_step_bwd" in text
+
+
+@pytest.mark.parametrize("dtype,W,return_h", [(jnp.float32, 3, False), (jnp.bfloat16, 4, True),
+                                              (jnp.float32, 1, True)])
+def test_lowers_for_cuda_triton_on_cpu_host(dtype, W, return_h):
+  """Pallas Triton lowering of forward and backward for ('cuda',) (Triton IR; ptxas runs on a GPU only)."""
+  if pltriton is None:
+    pytest.skip("jax.experimental.pallas.triton is not importable in this jax")
+  why = _host_can_lower("cuda", pltriton.CompilerParams(num_warps=4, num_stages=2))
+  if why:
+    pytest.skip(f"this jax cannot lower Pallas Triton for CUDA on this host: {why}")
+  text = _lower_fwd_bwd(KernelConfig(block_rows=64, platform="gpu"), dtype, W, return_h, "cuda")
+  assert text.count("__gpu$xla.gpu.triton") == 2       # the forward and the backward kernel
