@@ -56,6 +56,8 @@ def test_plan_paper_config(plans, name, n):
   assert set(p["fits"]) == set(rep.CHIPS) and set(p["estimate"]) == set(rep.CHIPS)
   assert all(e["compute_s"] > 0 for e in p["estimate"].values())
   assert p["verdict"].startswith(f"**TPU v5p × {n} chips: ")
+  # data × fsdp meshes: no SPMD "involuntary full rematerialization" (the embedding gathers once had them)
+  assert not [note for note in p["notes"] if "rematerialization" in note], p["notes"]
   text = rep.markdown(p)
   assert "memory_analysis" in text and "H200" in text
 
