@@ -91,3 +91,15 @@ def test_dimension_that_does_not_divide_is_replicated(devices8, caplog):
     spec = shd.spec_for(("embed", "mlp"), (12, 64), mesh, what="odd/weight")
   assert spec == jax.sharding.PartitionSpec()
   assert "odd/weight" in caplog.text and "does not divide" in caplog.text
+
+
+def test_lookup_tables_all_gather_only_where_batch_and_table_axes_collide():
+  """Embedding tables: all-gather the fsdp-sharded model dim only when the batch is sharded over fsdp AND
+  more (data × fsdp), where XLA would otherwise fully rematerialize the gather (launch.plan notes it)."""
+  on = {"data": 2, "fsdp": 2, "tensor": 2}
+  assert shd.lookup_axes(("vocab", "embed"), on) == ("vocab", None)
+  assert shd.lookup_axes((None, "embed"), on) == (None, None)
+  assert shd.lookup_axes(("vocab", "embed"), {"data": 1, "fsdp": 8, "tensor": 1}) is None   # FSDP only
+  assert shd.lookup_axes(("vocab", "embed"), {"data": 8, "fsdp": 1, "tensor": 1}) is None   # no overlap
+  assert shd.lookup_axes(("vocab", "embed"), {"data": 4, "fsdp": 2}, rules=(("batch", "data"), ("vocab", None),
+                                                                           ("embed", "fsdp"))) is None

@@ -63,9 +63,7 @@ class Transformer(nnx.Module):
         raise ValueError("Transformer.embed: pass tokens_BT, embeds_BTD or both")
       x_BTD = embeds_BTD.astype(dtype)
     else:
-      # All-gather the table's FSDP-sharded model dim first (as FSDP does for every weight): a gather from a
-      # table sharded on D into a batch-sharded output has no efficient SPMD lowering (full remat).
-      table_VD = sharding.constrain(self.token_embedding[...], ("vocab", "act_embed"))
+      table_VD = sharding.for_lookup(self.token_embedding[...], ("vocab", "embed"))
       x_BTD = jnp.take(table_VD, tokens_BT, axis=0).astype(dtype)
       if embeds_BTD is not None:
         if embeds_mask_BT is None:
@@ -75,7 +73,7 @@ class Transformer(nnx.Module):
     if positions_BT is None:
       positions_BT = self._default_positions(*x_BTD.shape[:2])
     if cfg.positions == "learned":
-      table_PD = sharding.constrain(self.position_embedding[...], (None, "act_embed"))   # as above
+      table_PD = sharding.for_lookup(self.position_embedding[...], (None, "embed"))
       x_BTD = x_BTD + jnp.take(table_PD, positions_BT, axis=0).astype(dtype)
     elif cfg.positions == "sinusoidal":
       # position_dims < d_model keeps the table in its own subspace (hand-set constructions).

@@ -128,6 +128,34 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, spec_for(axes, x.shape, mesh))
 
 
+def for_lookup(table: jax.Array, axes: Sequence[str | None], index_axis: str = "batch") -> jax.Array:
+  """``table`` (logical ``axes``) ready for a gather by indices sharded like ``index_axis``.
+
+  When the indices are sharded over mesh axes that also shard the table's non-gathered dims AND over
+  further axes (data × fsdp batches against an fsdp-sharded embedding), XLA's SPMD partitioner cannot
+  reshard the gather's output and falls back to an involuntary full rematerialization; the shared axes
+  are then all-gathered first (what FSDP does for every weight). Otherwise — one batch axis, or no
+  overlap — the table is returned as it is: XLA partitions that gather well, with less memory.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return table
+  axes_for_gather = lookup_axes(axes, dict(mesh.shape), index_axis=index_axis)
+  return table if axes_for_gather is None else constrain(table, axes_for_gather)
+
+
+def lookup_axes(axes: Sequence[str | None], sizes: dict[str, int], rules: Rules | None = None,
+                index_axis: str = "batch") -> tuple[str | None, ...] | None:
+  """The logical axes :func:`for_lookup` constrains a table to on a mesh of ``sizes`` (None: leave it)."""
+  rules = current_rules() if rules is None else rules
+  index_mesh = {a for a in _lookup(index_axis, rules) if sizes.get(a, 1) > 1}
+  table_mesh = {a for name in axes[1:] for a in _lookup(name, rules) if sizes.get(a, 1) > 1}
+  shared = index_mesh & table_mesh
+  if not shared or index_mesh == shared:
+    return None
+  return (axes[0], *(None if name is None or set(_lookup(name, rules)) & shared else name for name in axes[1:]))
+
+
 def param(rngs: nnx.Rngs, init: Callable, shape: Sequence[int], axes: Sequence[str | None],
           dtype=jnp.float32) -> nnx.Param:
   """A parameter with logical axis names; sharded later from the abstract state, never eagerly."""
