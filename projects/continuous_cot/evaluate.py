@@ -18,7 +18,6 @@ import pathlib
 import sys
 
 import jax
-import numpy as np
 from flax import nnx
 
 from projects.continuous_cot import data as data_lib
@@ -27,7 +26,6 @@ from superpose.nn import config as nn_config
 from projects.continuous_cot import train as train_lib
 from superpose.train import checkpoint as ckpt_lib
 from superpose.train import config as config_lib
-from superpose.train import state as state_lib
 
 DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "prosqa"
 
@@ -60,12 +58,9 @@ def load_trained(workdir: str | pathlib.Path) -> tuple[dict, nnx.Module, pathlib
     raise FileNotFoundError(f"{workdir}: no config.json (not a training run directory)")
   config = json.loads(config_path.read_text("utf-8"))
   model_cfg = nn_config.from_dict(config["model"])
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: nn.Transformer(model_cfg, rngs=nnx.Rngs(0))))
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                        state_lib.pure_dict(abstract))
   path, how = selected_checkpoint(workdir)
-  return config, nnx.merge(graphdef, ckpt_lib.load_params(path, target)), path, how
+  graphdef, params = ckpt_lib.restore_module(lambda: nn.Transformer(model_cfg, rngs=nnx.Rngs(0)), path)
+  return config, nnx.merge(graphdef, params), path, how
 
 
 def evaluate_run(workdir: str | pathlib.Path, problems: list) -> dict:

@@ -21,14 +21,12 @@ import json
 import pathlib
 import sys
 
-import jax
 import numpy as np
 from flax import nnx
 
 from superpose import nn
 from superpose.nn import config as nn_config
 from superpose.train import checkpoint as ckpt_lib
-from superpose.train import state as state_lib
 from superpose.train.config import ConfigError
 
 from projects.icl_superposition import chars, scoring, tables, tasks as tasks_lib
@@ -48,11 +46,8 @@ def load_run(workdir: str | pathlib.Path) -> tuple[dict, nnx.Module]:
     raise FileNotFoundError(f"{workdir}: no config.json (not a training run directory)")
   config = json.loads(config_path.read_text("utf-8"))
   cfg = nn_config.from_dict(config["model"])
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: nn.Transformer(cfg, rngs=nnx.Rngs(0))))
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                        state_lib.pure_dict(abstract))
-  params = ckpt_lib.load_params(ckpt_lib.checkpoint_dir(workdir), target)
+  graphdef, params = ckpt_lib.restore_module(lambda: nn.Transformer(cfg, rngs=nnx.Rngs(0)),
+                                             ckpt_lib.checkpoint_dir(workdir))
   return config, nnx.merge(graphdef, params)
 
 

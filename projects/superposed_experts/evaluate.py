@@ -31,7 +31,6 @@ from projects.superposed_experts import data as data_lib
 from superpose.nn import Transformer, hf_gpt2
 from superpose.train import checkpoint as ckpt_lib
 from superpose.train import lm as lm_train
-from superpose.train import state as state_lib
 
 EVAL_VERSION = 1             # bump when scoring changes: invalidates the per-seed caches
 EVAL_BATCH = 64
@@ -66,11 +65,8 @@ def load_run(workdir: str | pathlib.Path):
   else:
     model_cfg = lm_train.model_config(cfg)
     make = lambda: Transformer(model_cfg, rngs=nnx.Rngs(0))
-  graphdef, abstract, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                        state_lib.pure_dict(abstract))
-  return graphdef, ckpt_lib.load_params(workdir, target), cfg
+  graphdef, params = ckpt_lib.restore_module(make, workdir)
+  return graphdef, params, cfg
 
 
 def target_logp(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:

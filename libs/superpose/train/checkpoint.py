@@ -21,7 +21,7 @@ import os
 import pathlib
 import signal
 import threading
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import jax
 import numpy as np
@@ -272,6 +272,19 @@ def load_params(path: str | os.PathLike, target_params: Any) -> Any:
   with Checkpointer(directory, read_only=True) as ckpt:
     _, state, _ = ckpt.restore({PARAMS: target_params}, step=step)
   return state[PARAMS]
+
+
+def restore_module(make: Callable[[], Any], path: str | os.PathLike) -> tuple[Any, Any]:
+  """(graphdef, params) of the module ``make()`` builds (traced abstractly, never initialised) with the
+  parameters of the checkpoint at ``path`` (as :func:`load_params`), on the first local device.
+  ``nnx.merge(graphdef, params)`` gives the module."""
+  from flax import nnx
+  from superpose.train import state as state_lib
+  graphdef, abstract, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                        state_lib.pure_dict(abstract))
+  return graphdef, load_params(path, target)
 
 
 # --- preemption
