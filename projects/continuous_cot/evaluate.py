@@ -53,10 +53,7 @@ def selected_checkpoint(workdir: pathlib.Path) -> tuple[pathlib.Path, str]:
 def load_trained(workdir: str | pathlib.Path) -> tuple[dict, nnx.Module, pathlib.Path, str]:
   """(config, model with the selected checkpoint's parameters, checkpoint path, how it was chosen) of a run."""
   workdir = pathlib.Path(workdir)
-  config_path = workdir / "config.json"
-  if not config_path.exists():
-    raise FileNotFoundError(f"{workdir}: no config.json (not a training run directory)")
-  config = json.loads(config_path.read_text("utf-8"))
+  config = ckpt_lib.run_config(workdir)
   model_cfg = nn_config.from_dict(config["model"])
   path, how = selected_checkpoint(workdir)
   graphdef, params = ckpt_lib.restore_module(lambda: nn.Transformer(model_cfg, rngs=nnx.Rngs(0)), path)

@@ -41,10 +41,7 @@ REFERENCE_RUNS = {("retrieval", "uniform"): "eval_copy_6_384_6_mix_1",
 def load_run(workdir: str | pathlib.Path) -> tuple[dict, nnx.Module]:
   """(config, model with the newest checkpoint's parameters) of any training run of this repository."""
   workdir = pathlib.Path(workdir)
-  config_path = workdir / "config.json"
-  if not config_path.exists():
-    raise FileNotFoundError(f"{workdir}: no config.json (not a training run directory)")
-  config = json.loads(config_path.read_text("utf-8"))
+  config = ckpt_lib.run_config(workdir)
   cfg = nn_config.from_dict(config["model"])
   graphdef, params = ckpt_lib.restore_module(lambda: nn.Transformer(cfg, rngs=nnx.Rngs(0)),
                                              ckpt_lib.checkpoint_dir(workdir))

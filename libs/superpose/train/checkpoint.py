@@ -274,6 +274,14 @@ def load_params(path: str | os.PathLike, target_params: Any) -> Any:
   return state[PARAMS]
 
 
+def run_config(workdir: str | os.PathLike) -> dict:
+  """The config.json a training run wrote into its workdir."""
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{workdir}: no config.json (not a training run directory)")
+  return json.loads(path.read_text("utf-8"))
+
+
 def restore_module(make: Callable[[], Any], path: str | os.PathLike) -> tuple[Any, Any]:
   """(graphdef, params) of the module ``make()`` builds (traced abstractly, never initialised) with the
   parameters of the checkpoint at ``path`` (as :func:`load_params`), on the first local device.
