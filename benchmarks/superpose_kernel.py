@@ -14,8 +14,8 @@ block_until_ready, rounds rotating the order of the implementations, medians rep
 The two fused rows share the forward kernel, so their fwd columns measure the same thing.
 On a CPU, Pallas runs in interpret mode (a jitted scan over the grid): the table then checks that the
 paths run and agree, it is NOT a speed measure (nothing about a TPU or GPU); the default shape there is
-small. Elsewhere the default is the p1 shape d768 / bottleneck 576 (on a GPU the Triton kernel needs
-power-of-two D and K: pass e.g. --shape 8,1024,512,256 or 8,1024,1024,512).
+small. On a TPU the default is the p1 shape d768 / bottleneck 576; on a GPU, where the Triton kernel needs
+power-of-two D and K, it is B8 T1024 D512 K256 (or pass e.g. --shape 8,1024,1024,512).
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ import numpy as np
 from superpose.kernels import KernelConfig, fused, reference
 
 CPU_SHAPE = (2, 256, 128, 96)        # B, T, D, K
-DEVICE_SHAPE = (8, 1024, 768, 576)
+DEVICE_SHAPE = (8, 1024, 768, 576)    # p1's GPT-2 width and bottleneck (TPU)
+GPU_SHAPE = (8, 1024, 512, 256)       # Triton needs power-of-two D and K
 
 
 def make_args(shape, decoder: str, kernel_size: int, dtype, seed: int = 0):
@@ -77,7 +78,8 @@ def main():
     print("NOTE: Pallas runs in INTERPRET MODE here (each kernel is a jitted scan over its grid, no "
           "Mosaic/Triton): the times below are NOT a speed measure of the kernels, only a check that all "
           "paths run and agree")
-  shape = tuple(int(s) for s in args.shape.split(",")) if args.shape else (CPU_SHAPE if on_cpu else DEVICE_SHAPE)
+  default = CPU_SHAPE if on_cpu else GPU_SHAPE if config.resolved_platform() == "gpu" else DEVICE_SHAPE
+  shape = tuple(int(s) for s in args.shape.split(",")) if args.shape else default
   dtype = jnp.dtype(args.dtype)
   inputs = make_args(shape, args.decoder, args.kernel_size, dtype)
   B, T, D, K = shape
