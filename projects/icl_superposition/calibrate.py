@@ -11,7 +11,8 @@ number of lines; a fresh query. Per d: mean P(answer of task 0), P(answer of tas
 P(letter, "\\n")) with 95% intervals (1.96 standard errors), P(elsewhere) = 1 − their sum, KL(target ‖ P) with
 target (d, 1 − d), and r (task answers among the top-2 complete outputs). Reference: the run of
 ``from_scratch_reference/icl_pretraining_calibration_curves.csv`` named by ``--reference`` (default: copy /
-copy_9010 for uniform / skewed retrieval training, bias_add_simple / bias_add_simple_9010 for mod_add). Writes ``calibration.json``, ``calibration.md`` and one PNG per run.
+copy_9010 for uniform / skewed retrieval training, bias_add_simple / bias_add_simple_9010 for mod_add). Writes ``calibration.json``, ``calibration.md``, one PNG per run and, for several runs, ``calibration_runs.png``
+(P(task 0) of every run in one plot).
 """
 from __future__ import annotations
 
@@ -143,6 +144,31 @@ def plot(name: str, rows: list[dict], ref: dict | None, ref_name: str, path: pat
   plt.close(fig)
 
 
+def overlay(results: dict, path: pathlib.Path) -> None:
+  """P(answer of task 0) against d for several runs in one plot, each with its reference curve dashed."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  refs_drawn = set()
+  for i, (name, res) in enumerate(results.items()):
+    rows = res["rows"]
+    ax.errorbar([r["d"] for r in rows], [r["p_task0"]["mean"] for r in rows],
+                yerr=[r["p_task0"]["ci95"] for r in rows], color=f"C{i}", marker="o", ms=3, capsize=2,
+                label=f"{name} (mean |Δ| {res['compare']['mean_abs_delta']:.3f})")
+    if res["reference"] not in refs_drawn:
+      refs_drawn.add(res["reference"])
+      ref = sorted((float(d), v[0]) for d, v in res["reference_curve"].items())
+      ax.plot([d for d, _ in ref], [p for _, p in ref], "--", color="k", alpha=0.6, label=f"reference {res['reference']}")
+  ax.plot([0, 1], [0, 1], ":", color="k", lw=0.8, label="calibrated (P = d)")
+  ax.set(xlabel="d = fraction of task-0 lines in context", ylabel="P(answer of task 0)", ylim=(-0.02, 1.02),
+         title="task superposition: runs side by side")
+  ax.legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def markdown(results: dict) -> str:
   lines = []
   for name, res in results.items():
@@ -194,6 +220,8 @@ def main(argv=None) -> int:
   except (FileNotFoundError, ValueError, ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  if len(results) > 1:
+    overlay(results, out / "calibration_runs.png")
   (out / "calibration.json").write_text(json.dumps(results, indent=1))
   (out / "calibration.md").write_text(markdown(results))
   print(markdown(results))

@@ -201,6 +201,8 @@ def test_calibrate_and_task_vector_clis(smoke_run, shared_data, tmp_path, monkey
   for r in res["rows"]:
     assert r["p_other"]["mean"] == pytest.approx(1 - r["p_task0"]["mean"] - r["p_task1"]["mean"], abs=1e-6)
   assert (tmp_path / f"cal/calibration_{workdir.name}.png").stat().st_size > 0
+  calibrate.overlay({"a": res, "b": res}, tmp_path / "runs.png")
+  assert (tmp_path / "runs.png").read_bytes()[:4] == b"\x89PNG"
   assert task_vectors.main(["--workdir", str(workdir), "--out", str(tmp_path / "tv"), "--prompts", "4"]) == 0
   tv = json.loads((tmp_path / "tv/task_vectors.json").read_text())[workdir.name]
   assert len(tv["by_layer"]) == 2 and len(tv["interpolation"]) == 3 and 0 <= tv["best_layer"] < 2
