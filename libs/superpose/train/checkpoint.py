@@ -26,8 +26,11 @@ from typing import Any, Callable, Iterable
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import AbstractMesh, NamedSharding
+
+from superpose.train import state as state_lib
 
 log = logging.getLogger(__name__)
 
@@ -286,8 +289,6 @@ def restore_module(make: Callable[[], Any], path: str | os.PathLike) -> tuple[An
   """(graphdef, params) of the module ``make()`` builds (traced abstractly, never initialised) with the
   parameters of the checkpoint at ``path`` (as :func:`load_params`), on the first local device.
   ``nnx.merge(graphdef, params)`` gives the module."""
-  from flax import nnx
-  from superpose.train import state as state_lib
   graphdef, abstract, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
