@@ -3,6 +3,11 @@
 Commands (W=workdirs/icl):
   python -m launch.train --config configs/icl_superposition/mod_add.py:uniform --workdir $W/mod_add_uniform
   python -m launch.train --config configs/icl_superposition/mod_add.py:skewed  --workdir $W/mod_add_skewed
+  python -m launch.train --config configs/icl_superposition/mod_add.py:uniform_short --workdir $W/mod_add_uniform_short
+  python -m launch.train --config configs/icl_superposition/mod_add.py:uniform_long  --workdir $W/mod_add_uniform_long
+                                                 (20 lines × 6,000 steps, then 100 lines × 400 steps; see retrieval.py)
+  python -m launch.train --config configs/icl_superposition/mod_add.py:uniform_from_skewed --workdir $W/mod_add_uniform_ws
+                                                 (600 uniform steps from the skewed run's parameters; see retrieval.py)
   python -m projects.icl_superposition.calibrate --workdir $W/mod_add_uniform $W/mod_add_skewed --out $W/calibration_mod_add
 
 The recipe of configs/icl_superposition/retrieval.py (same scaled model, schedule and variants) with the

@@ -7,12 +7,27 @@ Commands (W=workdirs/icl):
                                                                    heads 6 is `uniform`)
   python -m projects.icl_superposition.calibrate --workdir $W/uniform $W/skewed --out $W/calibration
   (the paper's recipe: paper, paper_skewed; a 4-step run for the tests: smoke)
+  Short-row curriculum (below), e.g. uniform:
+  python -m launch.train --config configs/icl_superposition/retrieval.py:uniform_short --workdir $W/retrieval_uniform_short
+  python -m launch.train --config configs/icl_superposition/retrieval.py:uniform_long  --workdir $W/retrieval_uniform_long
+  python -m launch.train --config configs/icl_superposition/retrieval.py:uniform_from_skewed --workdir $W/uniform_from_skewed
 
 Scaled CPU recipe (uniform, skewed, heads*): the llama preset at 3 layers, d 96, 6 heads (d_head 16),
 d_ff 384, untied, RoPE, RMSNorm, SwiGLU; 40 in-context lines per row (T = 1 + 40·11 = 441 → 448 columns)
 instead of the paper's 100; AdamW lr 1e-3, β = (0.9, 0.98), ε 1e-12, weight decay 0.01, clipping 1;
 warmup-stable-decay (10% warmup, linear decay over the last 10%). Budget: STEPS × BATCH rows ×
 448 columns (see the README for the measured tokens/s and wall time). Skewed: 90% of rows take k ∈ 0..3.
+
+Uniform training at full rows stays on the 1/8 (retrieval) or 1/10 (mod_add) chance plateau in this budget
+(1,500 steps): with uniform tasks no in-weights prior gives the first gradient toward the in-context mechanism,
+which appears only after many updates. Two ways past it on a CPU:
+* ``{uniform,skewed}_short`` then ``{uniform,skewed}_long`` — from scratch, short rows first: SHORT_LINES lines per
+  row (cheap steps, so SHORT_STEPS updates fit the budget), then LONG_STEPS steps at the full row length starting
+  from the short run's parameters (``train.init_from``, default ``workdirs/icl/<family>_<weights>_short``) with a
+  fresh optimizer and schedule. The task distribution is the variant's throughout.
+* ``uniform_from_skewed`` — FINETUNE_STEPS uniform steps from the finished ``skewed`` run
+  (default ``workdirs/icl/skewed`` or ``workdirs/icl/mod_add_skewed``): it measures what uniform training does to
+  a network that learned the tasks under the skewed prior, not a from-scratch uniform model.
 
 Paper recipe (GPU/TPU): 6 layers, d 384, 6 heads, d_ff 1536, 100 lines per row (T 1,112), lr 5e-4,
 5,000 steps × 400 rows (warmup 500, decay over the last 500), spec §2.3.
@@ -21,7 +36,12 @@ from superpose.train.config import base_config, model_section
 
 from projects.icl_superposition.train import attach_schema, icl_section
 
-VARIANTS = ("uniform", "skewed", "heads1", "heads2", "heads3", "paper", "paper_skewed", "smoke")
+VARIANTS = ("uniform", "skewed", "uniform_short", "skewed_short", "uniform_long", "skewed_long", "uniform_from_skewed",
+            "heads1", "heads2", "heads3", "paper", "paper_skewed", "smoke")
+FINETUNE_STEPS = 600
+SHORT_LINES = {"retrieval": 12, "mod_add": 20}     # short-row stage: T = 1 + 12·11 → 136, 1 + 20·4 → 88 columns
+SHORT_STEPS = {"retrieval": 8000, "mod_add": 6000}
+LONG_STEPS = 400
 STEPS = 1500
 BATCH = 16
 N_EXAMPLES = 40
@@ -41,15 +61,27 @@ def make_config(family: str, variant: str, *, n_examples: int, test_pair: str, e
                      f"(known: {', '.join(VARIANTS)})")
   c = base_config()
   c.trainer = "projects.icl_superposition.train"
-  skewed = variant in ("skewed", "paper_skewed")
+  skewed = variant in ("skewed", "paper_skewed") or variant.startswith("skewed_")
+  short, long_ = variant.endswith("_short"), variant.endswith("_long")
+  finetune = variant == "uniform_from_skewed"
   paper = variant.startswith("paper")
-  c.icl = icl_section(family=family, n_examples=100 if paper else n_examples, test_pair=test_pair,
+  lines = 100 if paper else SHORT_LINES[family] if short else n_examples
+  c.icl = icl_section(family=family, n_examples=lines, test_pair=test_pair,
                       task_weights="skewed" if skewed else "uniform", skew=0.9, eval_prompts=64)
-  steps = 5000 if paper else STEPS
+  steps = (5000 if paper else FINETUNE_STEPS if finetune else SHORT_STEPS[family] if short else LONG_STEPS if long_
+           else STEPS)
   c.optim.update(dict(lr=5e-4 if paper else 1e-3, schedule="wsd", warmup_steps=steps // 10, decay_fraction=0.1,
                       min_lr_ratio=0.0, b1=0.9, b2=0.98, eps=eps, weight_decay=0.01, clip_norm=1.0))
   c.train.update(dict(steps=steps, batch_size=paper_batch if paper else BATCH, eval_every=steps // 10,
                       checkpoint_every=steps // 10, keep_checkpoints=3, log_every=25 if not paper else 50))
+  if short:
+    c.optim.warmup_steps = steps // 20
+    c.train.update(dict(eval_every=500, checkpoint_every=500))
+  if long_:
+    c.train.update(dict(eval_every=100, checkpoint_every=100))
+    c.train.init_from = f"workdirs/icl/{family}_{'skewed' if skewed else 'uniform'}_short"
+  if finetune:
+    c.train.init_from = "workdirs/icl/" + ("skewed" if family == "retrieval" else f"{family}_skewed")
   heads = {"heads1": 1, "heads2": 2, "heads3": 3}.get(variant, 6)
   if paper:
     size = dict(num_layers=6, d_model=384, num_heads=6, num_kv_heads=6, d_ff=1536, max_seq_len=paper_max_len)

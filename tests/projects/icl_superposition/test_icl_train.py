@@ -69,6 +69,13 @@ def test_configs():
   assert (p.model.num_layers, p.model.d_model, p.model.num_heads, p.model.d_ff) == (6, 384, 6, 1536)
   assert (p.icl.n_examples, p.train.batch_size, p.train.steps, p.optim.schedule) == (100, 400, 5000, "wsd")
   assert retrieval_cfg.get_config("heads2").model.num_heads == 2
+  ft = mod_add_cfg.get_config("uniform_from_skewed")
+  assert (ft.icl.task_weights, ft.train.init_from, ft.train.steps) == ("uniform", "workdirs/icl/mod_add_skewed", 600)
+  assert retrieval_cfg.get_config("uniform_from_skewed").train.init_from == "workdirs/icl/skewed"
+  short, long_ = mod_add_cfg.get_config("skewed_short"), mod_add_cfg.get_config("skewed_long")
+  assert (short.icl.n_examples, short.icl.task_weights, short.train.steps, short.train.init_from) == (20, "skewed", 6000, "")
+  assert (long_.icl.n_examples, long_.train.steps, long_.train.init_from) == (100, 400, "workdirs/icl/mod_add_skewed_short")
+  assert train.IclTask(config_lib.to_dict(short)).T == 88
   m = mod_add_cfg.get_config("uniform")
   assert (m.icl.family, m.icl.n_examples, m.icl.test_pair, m.optim.eps) == ("mod_add", 100, "random", 1e-8)
   assert train.IclTask(config_lib.to_dict(m)).T == 408
