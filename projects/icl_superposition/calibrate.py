@@ -157,9 +157,11 @@ def overlay(results: dict, path: pathlib.Path) -> None:
                 yerr=[r["p_task0"]["ci95"] for r in rows], color=f"C{i}", marker="o", ms=3, capsize=2,
                 label=f"{name} (mean |Δ| {res['compare']['mean_abs_delta']:.3f})")
     if res["reference"] not in refs_drawn:
+      style = ("--", "-.", (0, (5, 1, 1, 1, 1, 1)))[len(refs_drawn) % 3]     # one line style per reference run
       refs_drawn.add(res["reference"])
       ref = sorted((float(d), v[0]) for d, v in res["reference_curve"].items())
-      ax.plot([d for d, _ in ref], [p for _, p in ref], "--", color="k", alpha=0.6, label=f"reference {res['reference']}")
+      ax.plot([d for d, _ in ref], [p for _, p in ref], linestyle=style, color="k", alpha=0.6,
+              label=f"reference {res['reference']}")
   ax.plot([0, 1], [0, 1], ":", color="k", lw=0.8, label="calibrated (P = d)")
   ax.set(xlabel="d = fraction of task-0 lines in context", ylabel="P(answer of task 0)", ylim=(-0.02, 1.02),
          title="task superposition: runs side by side")

@@ -11,6 +11,12 @@ the from-scratch families the tasks' answers to one query are distinct (8 distin
 so the masses add up to at most 1. For ``mod_add`` the table also gives the circular mean offset k̄ of the
 mass (the k a model predicts "on average") beside the interpolation d·k0 + (1 − d)·k1 along the shorter arc.
 Writes ``task_mass.json``, ``task_mass.md`` and one heat map per run and pair.
+
+``--copy-source`` (mod_add, whose queries repeat context inputs): per prompt, which in-context line with the
+query's input x the model's choice between the two answers agrees with — the last such line, the first, or the
+majority of them — against the majority task of the whole prompt. A model that copies the answer of one
+matching line agrees with that line's task on every prompt; one that estimates the task from all lines follows
+the prompt majority.
 """
 from __future__ import annotations
 
@@ -49,6 +55,38 @@ def mass(model, config: dict, task0: str, task1: str, n_prompts: int, seed: int 
                       prefix=[chars.VOCAB.bos_id], batch_size=min(batch_size, n_prompts), top_first=1)
     rows.append(s.answer_prob.mean(0))
   return {"tasks": list(names), "d": list(calibrate.MIXING), "mass": np.asarray(rows)}
+
+
+def copy_source(model, config: dict, task0: str, task1: str, n_prompts: int, seed: int = 0,
+                batch_size: int = 50) -> list[dict]:
+  """mod_add: per d (0 < d < 1), how often argmax(P(task 0 answer), P(task 1 answer)) names the task of the last /
+  first / majority of the in-context lines whose input is the query's, and of the prompt's majority."""
+  if config["icl"]["family"] != "mod_add":
+    raise ValueError("copy_source: only mod_add repeats the query's input in the context")
+  n_examples = config["icl"]["n_examples"]
+  rows = []
+  for j, d in enumerate(calibrate.MIXING):
+    if not 0 < d < 1:
+      continue
+    prompts = calibrate.mixed_prompts(task0, task1, n_examples, d, n_prompts,
+                                      np.random.default_rng([seed, j, 59]), mixing="exact")
+    matches = [[lab for (x, _), lab in zip(p.examples, p.labels) if x == p.query] for p in prompts]
+    keep = [i for i, m in enumerate(matches) if m]
+    if not keep:
+      continue
+    prompts, matches = [prompts[i] for i in keep], [matches[i] for i in keep]
+    s = scoring.score(model, [p.text for p in prompts], [p.answers for p in prompts], chars.VOCAB.encode,
+                      prefix=[chars.VOCAB.bos_id], batch_size=min(batch_size, len(prompts)), top_first=1)
+    choice = np.argmax(s.answer_prob, axis=1)                 # 0 = task 0's answer, 1 = task 1's
+    frac1 = np.array([np.mean(m) for m in matches])
+    decided = frac1 != 0.5
+    prompt_major = 0 if d > 0.5 else 1 if d < 0.5 else -1
+    rows.append({"d": d, "prompts": len(prompts), "mean_matches": float(np.mean([len(m) for m in matches])),
+                 "last": float(np.mean(choice == [m[-1] for m in matches])),
+                 "first": float(np.mean(choice == [m[0] for m in matches])),
+                 "match_majority": float(np.mean(choice[decided] == (frac1[decided] > 0.5))) if decided.any() else None,
+                 "prompt_majority": float(np.mean(choice == prompt_major)) if prompt_major >= 0 else None})
+  return rows
 
 
 def _circular(k: np.ndarray, w: np.ndarray, period: int = 10) -> float:
@@ -104,6 +142,16 @@ def markdown(results: dict) -> str:
           extra = f" {o['mean_offset']:.1f} | {o['interpolated']:.1f} |"
         lines.append(f"| {d:.1f} | {cells} |" + extra)
       lines.append("")
+      if res.get("copy_source"):
+        fmt = lambda v: "–" if v is None else f"{v:.2f}"
+        lines += [f"Copy source ({task0} × {task1}): the fraction of prompts whose choice between the two answers "
+                  "is the task of the last / first / majority of the lines with the query's input, or of the "
+                  "prompt's majority.", "",
+                  "| d | prompts | matching lines | last | first | majority of matching | prompt majority |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['d']:.1f} | {r['prompts']} | {r['mean_matches']:.1f} | {r['last']:.2f} | {r['first']:.2f} | "
+                  f"{fmt(r['match_majority'])} | {fmt(r['prompt_majority'])} |" for r in res["copy_source"]]
+        lines.append("")
   return "\n".join(lines)
 
 
@@ -115,6 +163,7 @@ def main(argv=None) -> int:
   ap.add_argument("--prompts", type=int, default=100)
   ap.add_argument("--tables-dir", default=None, help="icl_tables directory (default ../shared/data/icl_tables)")
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--copy-source", action="store_true", help="mod_add: which matching line the choice follows")
   args = ap.parse_args(argv)
   if args.tables_dir:
     tables.set_tables_dir(args.tables_dir)
@@ -135,6 +184,8 @@ def main(argv=None) -> int:
         res = mass(model, config, task0, task1, args.prompts, args.seed)
         if config["icl"]["family"] == "mod_add":
           res["offsets"] = offsets(res, task0, task1)
+        if args.copy_source:
+          res["copy_source"] = copy_source(model, config, task0, task1, args.prompts, args.seed)
         plot(name, res, task0, task1, out / f"task_mass_{name}_{task0}_{task1}.png")
         runs["pairs"][f"{task0},{task1}"] = {**res, "mass": res["mass"].tolist()}
         print(f"{name} {task0}×{task1} done", file=sys.stderr, flush=True)

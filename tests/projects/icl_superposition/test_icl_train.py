@@ -1,6 +1,7 @@
 """ICL from-scratch training rows and loss masks, a smoke run, teacher-forced scoring against full forwards,
 residual patching, the calibration, task-vector and task-mass CLIs on the smoke run."""
 import json
+import types
 
 import jax
 import jax.numpy as jnp
@@ -236,3 +237,25 @@ def test_task_mass_offsets():
   assert [r["interpolated"] for r in o] == pytest.approx([2.0, 0.0, 8.0])
   assert [r["mean_offset"] for r in o] == pytest.approx([2.0, 0.0, 8.0], abs=1e-9)
   assert o[0]["argmax_task"] == "plus2" and o[2]["argmax_task"] == "plus8"
+
+
+def test_task_mass_copy_source(monkeypatch):
+  """A scorer that copies the answer of the LAST in-context line with the query's input agrees with 'last' on every
+  prompt, and with the prompt majority less often; the retrieval family (fresh queries) is refused."""
+  def fake_score(model, texts, answers, encode, **kw):
+    probs = []
+    for text, ans in zip(texts, answers):
+      *lines, query = text.split("\n")
+      x = query[:-1]
+      last = [ln[2] for ln in lines if ln[0] == x][-1]
+      probs.append([float(last == a) for a in ans])
+    return types.SimpleNamespace(answer_prob=np.asarray(probs))
+  monkeypatch.setattr(task_mass.scoring, "score", fake_score)
+  config = {"icl": {"family": "mod_add", "n_examples": 30}}
+  rows = task_mass.copy_source(None, config, "plus2", "plus6", n_prompts=60)
+  assert [r["d"] for r in rows] == pytest.approx([0.1 * i for i in range(1, 10)])
+  assert all(r["last"] == 1.0 for r in rows)
+  assert np.mean([r["prompt_majority"] for r in rows if r["prompt_majority"] is not None]) < 0.9
+  assert all(0 <= r["first"] <= 1 and r["mean_matches"] >= 1 for r in rows)
+  with pytest.raises(ValueError, match="mod_add"):
+    task_mass.copy_source(None, {"icl": {"family": "retrieval", "n_examples": 6}}, "retrieve2", "retrieve6", 4)
