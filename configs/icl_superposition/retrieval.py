@@ -68,8 +68,14 @@ def make_config(family: str, variant: str, *, n_examples: int, test_pair: str, e
   lines = 100 if paper else SHORT_LINES[family] if short else n_examples
   c.icl = icl_section(family=family, n_examples=lines, test_pair=test_pair,
                       task_weights="skewed" if skewed else "uniform", skew=0.9, eval_prompts=64)
-  steps = (5000 if paper else FINETUNE_STEPS if finetune else SHORT_STEPS[family] if short else LONG_STEPS if long_
-           else STEPS)
+  if paper:
+    steps = 5000
+  elif finetune:
+    steps = FINETUNE_STEPS
+  elif short:
+    steps = SHORT_STEPS[family]
+  else:
+    steps = LONG_STEPS if long_ else STEPS
   c.optim.update(dict(lr=5e-4 if paper else 1e-3, schedule="wsd", warmup_steps=steps // 10, decay_fraction=0.1,
                       min_lr_ratio=0.0, b1=0.9, b2=0.98, eps=eps, weight_decay=0.01, clip_norm=1.0))
   c.train.update(dict(steps=steps, batch_size=paper_batch if paper else BATCH, eval_every=steps // 10,

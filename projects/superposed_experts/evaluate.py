@@ -56,7 +56,7 @@ def load_run(workdir: str | pathlib.Path):
     model_cfg, params = hf_gpt2.load_hf_gpt2(workdir)
     graphdef = nnx.split(nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0))), nnx.Param, ...)[0]
     return graphdef, jax.tree.map(jnp.asarray, params), {"hf": str(workdir)}
-  cfg = json.loads((pathlib.Path(workdir) / "config.json").read_text("utf-8"))
+  cfg = ckpt_lib.run_config(workdir)
   if "superposed" in cfg and cfg.get("trainer", "").endswith("superposed_experts.train"):
     from projects.superposed_experts import train as sx_train
     from projects.superposed_experts.model import Superposed
