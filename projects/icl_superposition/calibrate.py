@@ -145,7 +145,7 @@ def plot(name: str, rows: list[dict], ref: dict | None, ref_name: str, path: pat
 
 
 def overlay(results: dict, path: pathlib.Path) -> None:
-  """P(answer of task 0) against d for several runs in one plot, with each reference curve once (black, one line style each)."""
+  """P(answer of task 0) against d for several runs in one plot; each reference curve once (black, own line style)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
