@@ -32,9 +32,10 @@ which appears only after many updates. Two ways past it on a CPU:
 Character retrieval leaves its plateau only with 3 heads (d_head 32) and many short-row steps; measured chain
 (results README, "Character retrieval"; 56.6M tokens, ≈ 1.5 h on 2 cores): H="--config.model.num_heads=3
 --config.model.num_kv_heads=3"
-  python -m launch.train --config configs/icl_superposition/retrieval.py:uniform_short $H --workdir $W/r3
+  python -m launch.train --config configs/icl_superposition/retrieval.py:uniform_short $H --workdir $W/retrieval_uniform_short_heads3
   python -m launch.train --config configs/icl_superposition/retrieval.py:uniform_short $H --config.train.steps=10000 \\
-      --config.train.init_from=$W/r3 --workdir $W/r3_cont          (then steps=8000 from r3_cont → r3_cont2)
+      --config.train.init_from=$W/retrieval_uniform_short_heads3 --workdir $W/retrieval_uniform_short_heads3_cont
+  (then steps=8000 from …_cont → …_cont2)
   → 77 % single-task accuracy at 12 lines, sharpened mixing (P0 / (P0 + P1) = 0.09 at d = 0.3). The same chain
   with skewed_short (12,000 + 8,000 + 6,000 steps) learns the majority tasks only.
 
