@@ -118,8 +118,8 @@ def plot(name: str, res: dict, task0: str, task1: str, path: pathlib.Path) -> No
   ax.set_xticks(range(len(res["tasks"])), res["tasks"], rotation=45, fontsize=7)
   for t, c in ((task0, "C1"), (task1, "C3")):
     ax.axvline(res["tasks"].index(t), color=c, lw=1, ls="--")
-  ax.set(xlabel="answer of task", ylabel=f"d = fraction of {task0} lines",
-         title=f"{name}: mass per task, {task0} × {task1}")
+  ax.set(xlabel="answer of task", ylabel=f"d = fraction of {task0} lines")
+  ax.set_title(f"{name}\nmass per task, {task0} × {task1}", fontsize=9)  # two lines: run names are long
   fig.colorbar(im, ax=ax, label="mean probability")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
