@@ -11,7 +11,8 @@ number of lines; a fresh query. Per d: mean P(answer of task 0), P(answer of tas
 P(letter, "\\n")) with 95% intervals (1.96 standard errors), P(elsewhere) = 1 − their sum, KL(target ‖ P) with
 target (d, 1 − d), and r (task answers among the top-2 complete outputs). Reference: the run of
 ``from_scratch_reference/icl_pretraining_calibration_curves.csv`` named by ``--reference`` (default: copy /
-copy_9010 for uniform / skewed retrieval training, bias_add_simple / bias_add_simple_9010 for mod_add). Writes ``calibration.json``, ``calibration.md``, one PNG per run and, for several runs, ``calibration_runs.png``
+copy_9010 for uniform / skewed retrieval training, bias_add_simple / bias_add_simple_9010 for mod_add) and the
+mean |Δ| to it over the 22 points, with a 95 % interval from resampling the prompts (``compare``). Writes ``calibration.json``, ``calibration.md``, one PNG per run and, for several runs, ``calibration_runs.png``
 (P(task 0) of every run in one plot).
 """
 from __future__ import annotations
@@ -90,7 +91,7 @@ def curve(model, config: dict, n_prompts: int, seed: int = 0, mixing: str = "ber
     kl = scoring.kl_target_model(np.stack([np.full(n_prompts, d), np.full(n_prompts, 1 - d)], 1), s.answer_logp)
     stats = {key: scoring.mean_ci(x) for key, x in
              (("p_task0", p0), ("p_task1", p1), ("p_other", other), ("kl", kl), ("r", s.r))}
-    rows.append({"d": d, **stats, "n": n_prompts})
+    rows.append({"d": d, **stats, "n": n_prompts, "samples": np.stack([p0, p1], 1)})  # per prompt, for `compare`
   if bar:
     bar.close()
   return rows
@@ -111,12 +112,27 @@ def reference_curve(run: str, path: str | pathlib.Path | None = None) -> dict[fl
   return out
 
 
-def compare(rows: list[dict], ref: dict) -> dict:
-  """Mean over the mixing values of |P_ours − P_ref| for task 0 and task 1 (and both together)."""
-  d0 = [abs(r["p_task0"]["mean"] - ref[r["d"]][0]) for r in rows if r["d"] in ref]
-  d1 = [abs(r["p_task1"]["mean"] - ref[r["d"]][1]) for r in rows if r["d"] in ref]
-  return {"mean_abs_delta_task0": float(np.mean(d0)), "mean_abs_delta_task1": float(np.mean(d1)),
-          "mean_abs_delta": float(np.mean(d0 + d1)), "max_abs_delta": float(max(d0 + d1)), "points": len(d0)}
+def compare(rows: list[dict], ref: dict, draws: int = 2000, seed: int = 0) -> dict:
+  """Mean over the mixing values of |P_ours − P_ref| for task 0 and task 1 (and both together).
+
+  Rows that carry their per-prompt ``samples`` ((n, 2) P(task 0), P(task 1); what ``curve`` returns) also give
+  ``mean_abs_delta_ci95``: the 2.5 / 97.5 percentiles of the mean |Δ| over ``draws`` bootstrap resamples of the
+  prompts (independently per mixing value, P(task 0) and P(task 1) resampled together)."""
+  pts = [r for r in rows if r["d"] in ref]
+  d0 = [abs(r["p_task0"]["mean"] - ref[r["d"]][0]) for r in pts]
+  d1 = [abs(r["p_task1"]["mean"] - ref[r["d"]][1]) for r in pts]
+  out = {"mean_abs_delta_task0": float(np.mean(d0)), "mean_abs_delta_task1": float(np.mean(d1)),
+         "mean_abs_delta": float(np.mean(d0 + d1)), "max_abs_delta": float(max(d0 + d1)), "points": len(d0)}
+  if pts and all("samples" in r for r in pts):
+    rng = np.random.default_rng(seed)
+    total = np.zeros(draws)
+    for r in pts:
+      x = np.asarray(r["samples"], np.float64)
+      means = x[rng.integers(0, len(x), (draws, len(x)))].mean(1)           # (draws, 2)
+      total += np.abs(means - np.asarray(ref[r["d"]][:2])).sum(1)
+    lo, hi = np.percentile(total / (2 * len(pts)), [2.5, 97.5])
+    out["mean_abs_delta_ci95"] = [float(lo), float(hi)]
+  return out
 
 
 def plot(name: str, rows: list[dict], ref: dict | None, ref_name: str, path: pathlib.Path) -> None:
@@ -177,7 +193,9 @@ def markdown(results: dict) -> str:
     cmp_ = res.get("compare")
     lines += [f"### {name} ({res['workdir']}, {res['rows'][0]['n']} prompts per d, {res['mixing']} mixing)", ""]
     if cmp_:
-      lines += [f"reference {res['reference']}: mean |Δ| = {cmp_['mean_abs_delta']:.3f} "
+      ci = cmp_.get("mean_abs_delta_ci95")
+      lines += [f"reference {res['reference']}: mean |Δ| = {cmp_['mean_abs_delta']:.3f}"
+                + (f" (95 % bootstrap {ci[0]:.3f}–{ci[1]:.3f})" if ci else "") + " "
                 f"(task 0 {cmp_['mean_abs_delta_task0']:.3f}, task 1 {cmp_['mean_abs_delta_task1']:.3f}; "
                 f"max {cmp_['max_abs_delta']:.3f}) over {cmp_['points']} mixing values", ""]
     lines += ["| d | P(task 0) ± 95% | P(task 1) ± 95% | P(elsewhere) | KL(target‖P) | r (of 2) | reference P0 / P1 |",
@@ -214,10 +232,13 @@ def main(argv=None) -> int:
       rows = curve(model, config, args.prompts, args.seed, args.mixing)
       ref_name = args.reference or REFERENCE_RUNS[config["icl"]["family"], config["icl"]["task_weights"]]
       ref = reference_curve(ref_name)
+      cmp_ = compare(rows, ref)
+      rows = [{k: v for k, v in r.items() if k != "samples"} for r in rows]
       results[name] = {"workdir": str(wd), "mixing": args.mixing, "rows": rows, "reference": ref_name,
-                       "reference_curve": {str(k): v for k, v in ref.items()}, "compare": compare(rows, ref)}
+                       "reference_curve": {str(k): v for k, v in ref.items()}, "compare": cmp_}
       plot(name, rows, ref, ref_name, out / f"calibration_{name}.png")
-      print(f"{name}: mean |Δ| to {ref_name} = {results[name]['compare']['mean_abs_delta']:.3f}; "
+      print(f"{name}: mean |Δ| to {ref_name} = {cmp_['mean_abs_delta']:.3f} "
+            f"(95 % {cmp_['mean_abs_delta_ci95'][0]:.3f}–{cmp_['mean_abs_delta_ci95'][1]:.3f}); "
             f"P(elsewhere) max {max(r['p_other']['mean'] for r in rows):.3f}", flush=True)
   except (FileNotFoundError, ValueError, ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)

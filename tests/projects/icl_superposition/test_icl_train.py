@@ -194,6 +194,27 @@ def test_reference_curve_and_compare(shared_data):
   rows = [{"d": d, "p_task0": {"mean": ref[d][0] + 0.01}, "p_task1": {"mean": ref[d][1] - 0.03}} for d in ref]
   cmp_ = calibrate.compare(rows, ref)
   assert cmp_["mean_abs_delta"] == pytest.approx(0.02) and cmp_["points"] == 11
+  assert "mean_abs_delta_ci95" not in cmp_                      # summary rows only: no per-prompt samples
+
+
+def test_compare_bootstrap_interval():
+  """With every mean 0.1 above its reference, |Δ| keeps its sign, so the mean |Δ| is a plain mean of 22 independent
+  sample means: its 95 % interval is ±1.96·sqrt(Σ var_i / n) / 22 around 0.1."""
+  rng = np.random.default_rng(0)
+  ref = {d: (0.2, 0.5, 0.3) for d in calibrate.MIXING}
+  n, sd = 400, 0.2
+  rows = []
+  for d in calibrate.MIXING:
+    x = np.stack([rng.normal(0.3, sd, n), rng.normal(0.6, sd, n)], 1)
+    rows.append({"d": d, "p_task0": {"mean": x[:, 0].mean()}, "p_task1": {"mean": x[:, 1].mean()}, "samples": x})
+  cmp_ = calibrate.compare(rows, ref, draws=4000)
+  lo, hi = cmp_["mean_abs_delta_ci95"]
+  half = 1.96 * np.sqrt(22 * sd**2 / n) / 22
+  assert lo < cmp_["mean_abs_delta"] < hi
+  assert (hi - lo) / 2 == pytest.approx(half, rel=0.1)
+  assert cmp_["mean_abs_delta"] == pytest.approx(0.1, abs=3 * half)
+  rows0 = [dict(r, samples=np.tile(r["samples"].mean(0), (n, 1))) for r in rows]   # no spread: a point interval
+  assert calibrate.compare(rows0, ref)["mean_abs_delta_ci95"] == pytest.approx([cmp_["mean_abs_delta"]] * 2)
 
 
 def test_calibrate_and_task_vector_clis(smoke_run, shared_data, tmp_path, monkeypatch):
