@@ -12,8 +12,9 @@ P(letter, "\\n")) with 95% intervals (1.96 standard errors), P(elsewhere) = 1 �
 target (d, 1 − d), and r (task answers among the top-2 complete outputs). Reference: the run of
 ``from_scratch_reference/icl_pretraining_calibration_curves.csv`` named by ``--reference`` (default: copy /
 copy_9010 for uniform / skewed retrieval training, bias_add_simple / bias_add_simple_9010 for mod_add) and the
-mean |Δ| to it over the 22 points, with a 95 % interval from resampling the prompts (``compare``). Writes ``calibration.json``, ``calibration.md``, one PNG per run and, for several runs, ``calibration_runs.png``
-(P(task 0) of every run in one plot).
+mean |Δ| to it over the 22 points, with a 95 % interval from resampling the prompts (``compare``). Writes
+``calibration.json``, ``calibration.md``, one PNG per run and, for several runs, ``calibration_runs.png`` (P(task 0)
+of every run in one plot).
 """
 from __future__ import annotations
 
