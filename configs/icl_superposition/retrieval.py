@@ -37,7 +37,9 @@ Character retrieval leaves its plateau only with 3 heads (d_head 32) and many sh
       --config.train.init_from=$W/retrieval_uniform_short_heads3 --workdir $W/retrieval_uniform_short_heads3_cont
   (then steps=8000 from …_cont → …_cont2)
   → 77 % single-task accuracy at 12 lines, sharpened mixing (P0 / (P0 + P1) = 0.09 at d = 0.3). The same chain
-  with skewed_short (12,000 + 8,000 + 6,000 steps) learns the majority tasks only.
+  with skewed_short (12,000 + 8,000 + 6,000 steps) learns the majority tasks only. With wider heads
+  (``$H --config.model.head_dim=64``; steps 16,000 → …_h3hd64, then 10,000 and 6,000 more by init_from →
+  …_h3hd64_cont, …_h3hd64_cont2): 91 % at 32,000 steps and calibrated mixing (0.30 at d = 0.3).
 
 Paper recipe (GPU/TPU): 6 layers, d 384, 6 heads, d_ff 1536, 100 lines per row (T 1,112), lr 5e-4,
 5,000 steps × 400 rows (warmup 500, decay over the last 500), spec §2.3.
