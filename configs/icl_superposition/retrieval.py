@@ -29,7 +29,7 @@ which appears only after many updates. Two ways past it on a CPU:
   (default ``workdirs/icl/skewed`` or ``workdirs/icl/mod_add_skewed``): it measures what uniform training does to
   a network that learned the tasks under the skewed prior, not a from-scratch uniform model.
 
-Character retrieval leaves its plateau only with 3 heads (d_head 32) and many short-row steps; measured chain
+Character retrieval leaves its plateau only with 3 heads (d_head 32, or 64 below) and many short-row steps; measured chain
 (results README, "Character retrieval"; 56.6M tokens, ≈ 1.5 h on 2 cores): H="--config.model.num_heads=3
 --config.model.num_kv_heads=3"
   python -m launch.train --config configs/icl_superposition/retrieval.py:uniform_short $H --workdir $W/retrieval_uniform_short_heads3
