@@ -39,7 +39,11 @@ Character retrieval leaves its plateau only with 3 heads (d_head 32, or 64 below
   → 77 % single-task accuracy at 12 lines, sharpened mixing (P0 / (P0 + P1) = 0.09 at d = 0.3). The same chain
   with skewed_short (12,000 + 8,000 + 6,000 steps) learns the majority tasks only. With wider heads
   (``$H --config.model.head_dim=64``; steps 16,000 → …_h3hd64, then 10,000 and 6,000 more by init_from →
-  …_h3hd64_cont, …_h3hd64_cont2): 91 % at 32,000 steps and calibrated mixing (0.30 at d = 0.3).
+  …_h3hd64_cont, …_h3hd64_cont2, then 6,000 more → …_h3hd64_cont3): 91 % at 32,000 steps, 93 % at 38,000, and calibrated
+  mixing (0.29 at d = 0.3; mean |Δ| 0.024 to the paper's copy_9010 curve). Skewed fine-tune of it:
+  python -m launch.train --config configs/icl_superposition/retrieval.py:skewed_short $H --config.model.head_dim=64 \\
+      --config.train.steps=3000 --config.train.init_from=$W/retrieval_uniform_short_h3hd64_cont2 --workdir $W/retrieval_skewed_from_uniform_h3hd64
+  (then steps=6000 from it → …_h3hd64_cont): mean |Δ| 0.034 to copy_9010.
 
 Paper recipe (GPU/TPU): 6 layers, d 384, 6 heads, d_ff 1536, 100 lines per row (T 1,112), lr 5e-4,
 5,000 steps × 400 rows (warmup 500, decay over the last 500), spec §2.3.
