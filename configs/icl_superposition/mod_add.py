@@ -16,7 +16,9 @@ the paper recipe's batch 800 (200 × 4). Skewed: 90% of rows take k ∈ 0..4. Ev
 distinct k per prompt (spec §2.1), scored against the reference runs bias_add_simple (uniform) and
 bias_add_simple_9010 (skewed).
 """
-from configs.icl_superposition.retrieval import VARIANTS, make_config  # noqa: F401
+from configs.icl_superposition.retrieval import VARIANTS as _RETRIEVAL_VARIANTS, make_config
+
+VARIANTS = tuple(v for v in _RETRIEVAL_VARIANTS if not v.endswith("_wide"))
 
 
 def get_config(variant: str = "uniform"):

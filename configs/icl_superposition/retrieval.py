@@ -53,10 +53,11 @@ from superpose.train.config import base_config, model_section
 from projects.icl_superposition.train import attach_schema, icl_section
 
 VARIANTS = ("uniform", "skewed", "uniform_short", "skewed_short", "uniform_long", "skewed_long", "uniform_from_skewed",
-            "heads1", "heads2", "heads3", "paper", "paper_skewed", "smoke")
+            "uniform_wide", "skewed_wide", "heads1", "heads2", "heads3", "paper", "paper_skewed", "smoke")
 FINETUNE_STEPS = 600
 SHORT_LINES = {"retrieval": 12, "mod_add": 20}     # short-row stage: T = 1 + 12·11 → 136, 1 + 20·4 → 88 columns
 SHORT_STEPS = {"retrieval": 8000, "mod_add": 6000}
+WIDE_STEPS = 24000           # *_wide: short rows, 3 heads of d_head 64, one schedule (warmup 400, eval/ckpt every 1,000)
 LONG_STEPS = 400
 STEPS = 1500
 BATCH = 16
@@ -78,7 +79,10 @@ def make_config(family: str, variant: str, *, n_examples: int, test_pair: str, e
   c = base_config()
   c.trainer = "projects.icl_superposition.train"
   skewed = variant in ("skewed", "paper_skewed") or variant.startswith("skewed_")
-  short, long_ = variant.endswith("_short"), variant.endswith("_long")
+  wide = variant.endswith("_wide")
+  if wide and family != "retrieval":
+    raise ValueError(f"configs/icl_superposition/{family}.py: {variant!r} is character retrieval's recipe only")
+  short, long_ = variant.endswith("_short") or wide, variant.endswith("_long")
   finetune = variant == "uniform_from_skewed"
   paper = variant.startswith("paper")
   lines = 100 if paper else SHORT_LINES[family] if short else n_examples
@@ -88,6 +92,8 @@ def make_config(family: str, variant: str, *, n_examples: int, test_pair: str, e
     steps = 5000
   elif finetune:
     steps = FINETUNE_STEPS
+  elif wide:
+    steps = WIDE_STEPS
   elif short:
     steps = SHORT_STEPS[family]
   else:
@@ -97,8 +103,8 @@ def make_config(family: str, variant: str, *, n_examples: int, test_pair: str, e
   c.train.update(dict(steps=steps, batch_size=paper_batch if paper else BATCH, eval_every=steps // 10,
                       checkpoint_every=steps // 10, keep_checkpoints=3, log_every=25 if not paper else 50))
   if short:
-    c.optim.warmup_steps = steps // 20
-    c.train.update(dict(eval_every=500, checkpoint_every=500))
+    c.optim.warmup_steps = SHORT_STEPS[family] // 20
+    c.train.update(dict(eval_every=1000 if wide else 500, checkpoint_every=1000 if wide else 500))
   if long_:
     c.train.update(dict(eval_every=100, checkpoint_every=100))
     c.train.init_from = f"workdirs/icl/{family}_{'skewed' if skewed else 'uniform'}_short"
@@ -107,6 +113,8 @@ def make_config(family: str, variant: str, *, n_examples: int, test_pair: str, e
   heads = {"heads1": 1, "heads2": 2, "heads3": 3}.get(variant, 6)
   if paper:
     size = dict(num_layers=6, d_model=384, num_heads=6, num_kv_heads=6, d_ff=1536, max_seq_len=paper_max_len)
+  elif wide:
+    size = dict(num_layers=3, d_model=96, num_heads=3, num_kv_heads=3, head_dim=64, d_ff=384, max_seq_len=max_len)
   else:
     size = dict(num_layers=3, d_model=96, num_heads=heads, num_kv_heads=heads, d_ff=384, max_seq_len=max_len)
   if variant == "smoke":

@@ -70,6 +70,12 @@ def test_configs():
   assert (p.model.num_layers, p.model.d_model, p.model.num_heads, p.model.d_ff) == (6, 384, 6, 1536)
   assert (p.icl.n_examples, p.train.batch_size, p.train.steps, p.optim.schedule) == (100, 400, 5000, "wsd")
   assert retrieval_cfg.get_config("heads2").model.num_heads == 2
+  wide = retrieval_cfg.get_config("skewed_wide")
+  assert (wide.model.num_heads, wide.model.num_kv_heads, wide.model.head_dim, wide.model.d_model) == (3, 3, 64, 96)
+  assert (wide.icl.n_examples, wide.icl.task_weights, wide.train.steps, wide.optim.warmup_steps) == (12, "skewed", 24000, 400)
+  assert "skewed_wide" not in mod_add_cfg.VARIANTS
+  with pytest.raises(ValueError, match="retrieval's recipe"):
+    mod_add_cfg.get_config("skewed_wide")
   ft = mod_add_cfg.get_config("uniform_from_skewed")
   assert (ft.icl.task_weights, ft.train.init_from, ft.train.steps) == ("uniform", "workdirs/icl/mod_add_skewed", 600)
   assert retrieval_cfg.get_config("uniform_from_skewed").train.init_from == "workdirs/icl/skewed"
