@@ -115,13 +115,12 @@ def make_config(family: str, variant: str, *, n_examples: int, test_pair: str, e
     c.train.init_from = f"workdirs/icl/{family}_{'skewed' if skewed else 'uniform'}_short"
   if finetune:
     c.train.init_from = "workdirs/icl/" + ("skewed" if family == "retrieval" else f"{family}_skewed")
-  heads = {"heads1": 1, "heads2": 2, "heads3": 3}.get(variant, 6)
+  heads = 3 if wide else {"heads1": 1, "heads2": 2, "heads3": 3}.get(variant, 6)
   if paper:
     size = dict(num_layers=6, d_model=384, num_heads=6, num_kv_heads=6, d_ff=1536, max_seq_len=paper_max_len)
-  elif wide:
-    size = dict(num_layers=3, d_model=96, num_heads=3, num_kv_heads=3, head_dim=64, d_ff=384, max_seq_len=max_len)
   else:
-    size = dict(num_layers=3, d_model=96, num_heads=heads, num_kv_heads=heads, d_ff=384, max_seq_len=max_len)
+    size = dict(num_layers=3, d_model=96, num_heads=heads, num_kv_heads=heads, d_ff=384, max_seq_len=max_len,
+                **({"head_dim": 64} if wide else {}))
   if variant == "smoke":
     c.icl.update(dict(n_examples=6, eval_prompts=4))
     c.optim.update(dict(warmup_steps=1))
