@@ -184,7 +184,7 @@ def make_task(cfg: Mapping[str, Any]):
   if trainer == "projects.superposed_experts.train":
     from projects.superposed_experts import train as sx
     task = sx.SuperposedTask(cfg, stream=object(), eval_sets={})   # no data: experts and batches are abstract
-    return task, sx._checked_optim(cfg, task.model_cfg)["optim"]    # as sx.run: experts frozen, empty groups dropped
+    return task, sx.checked_optim(cfg, task)["optim"]    # as sx.run: experts frozen, empty groups dropped
   if trainer == "projects.continuous_cot.train":
     from projects.continuous_cot import train as cot
     from superpose.nn import config as nn_config

@@ -39,7 +39,8 @@ from projects.superposed_experts.train import attach_schema, superposed_section
 WORKDIR = "workdirs/superposed_tiny"
 DATA_ROOT = "workdirs/superposed_data"
 DOMAINS = ("english", "french")         # domain k trains expert k (data.DOMAINS names their corpora)
-VARIANTS = ("base", "expert", "superpose", "blend_only", "router", "faithful", "smoke")
+VARIANTS = ("base", "expert", "superpose", "blend_only", "router", "teacher_forced", "faithful", "merge", "trunk",
+            "smoke", "smoke_merge", "smoke_trunk")
 
 
 def _domain_file(name: str, split: str) -> str:
@@ -49,9 +50,9 @@ def _domain_file(name: str, split: str) -> str:
 def get_config(variant: str = "superpose"):
   variant = variant or "superpose"
   stage, smoke = variant, False
-  if variant == "smoke":
-    stage, smoke = "superpose", True
-  elif variant not in VARIANTS:
+  if variant.startswith("smoke"):
+    stage, smoke = variant.removeprefix("smoke").lstrip("_") or "superpose", True
+  if variant not in VARIANTS:
     raise ValueError(f"configs/superposed_experts/tiny.py: unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
 
   c = base_config()
@@ -69,12 +70,25 @@ def get_config(variant: str = "superpose"):
     c.data.path = _domain_file(name, "train")
     c.data.val_path = _domain_file(name, "val")
     if stage == "base":
-      c.optim.update(dict(lr=3e-3, schedule="warmup_cosine", warmup_steps=40, min_lr_ratio=0.1, weight_decay=0.1))
-      c.train.update(dict(steps=300, eval_every=150, checkpoint_every=150))
+      c.optim.update(dict(lr=3e-3, schedule="warmup_cosine", warmup_steps=100, min_lr_ratio=0.1, weight_decay=0.1))
+      c.train.update(dict(steps=3000, eval_every=500, checkpoint_every=500, log_every=100))
     else:
       c.train.init_from = f"{WORKDIR}/base"
-      c.optim.update(dict(lr=1e-3, schedule="warmup_cosine", warmup_steps=20, min_lr_ratio=0.1, weight_decay=0.1))
-      c.train.update(dict(steps=150, eval_every=75, checkpoint_every=75))
+      c.optim.update(dict(lr=1e-3, schedule="warmup_cosine", warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.1))
+      c.train.update(dict(steps=1000, eval_every=500, checkpoint_every=500, log_every=100))
+  elif stage == "merge":
+    c.trainer = "projects.superposed_experts.train"
+    c.superposed.update(dict(method="merge", ae_layers=(), train_ae_layers=()))
+    c.optim.update(dict(lr=5e-3, schedule="constant", warmup_steps=0, weight_decay=0.0, clip_norm=1.0,
+                        frozen=("experts/.*",)))
+    c.train.update(dict(steps=300, eval_every=150, checkpoint_every=150))
+  elif stage == "trunk":
+    c.trainer = "projects.superposed_experts.train"
+    c.superposed.update(dict(method="trunk", ae_layers=(), train_ae_layers=()))
+    c.optim.update(dict(lr=1e-3, schedule="warmup_cosine", warmup_steps=20, min_lr_ratio=0.1, weight_decay=0.0,
+                        clip_norm=1.0, frozen=("trunk/.*",),
+                        groups=({"pattern": "gate/.*", "lr": 3e-3},)))
+    c.train.update(dict(steps=300, eval_every=150, checkpoint_every=150))
   else:
     c.trainer = "projects.superposed_experts.train"
     c.optim.update(dict(
@@ -83,17 +97,21 @@ def get_config(variant: str = "superpose"):
         frozen=("experts/.*",),
         groups=({"pattern": "(blend|router)/.*", "lr": 5e-3, "clip_norm": 1.0},
                 {"pattern": "autoencoders/.*", "lr": 1e-3, "clip_norm": 1.0})))
-    c.train.update(dict(steps=150, eval_every=75, checkpoint_every=75))
+    c.train.update(dict(steps=300, eval_every=150, checkpoint_every=150))
     if stage == "blend_only":
       c.superposed.update(dict(ae_layers=(), train_ae_layers=()))
     elif stage == "router":
       c.superposed.router = True
+    elif stage == "teacher_forced":
+      c.superposed.train_graph = "teacher_forced"
     elif stage == "faithful":
-      c.superposed.update(dict(ae_causal=False, mask_recon=False))
+      c.superposed.update(dict(ae_causal=False, mask_recon=False, train_graph="teacher_forced"))
 
   if smoke:
     model.update(d_model=32, num_layers=2, num_heads=2, d_ff=64, max_seq_len=32)
-    c.superposed.update(dict(ae_layers=(0,), train_ae_layers=(0, 1), eval_batches=1))
+    if stage == "superpose":
+      c.superposed.update(dict(ae_layers=(0,), train_ae_layers=(0, 1)))
+    c.superposed.update(dict(eval_batches=1, rank=2, gate_hidden=8))
     c.train.update(dict(steps=4, batch_size=4, seq_len=32, eval_every=2, eval_batches=1, checkpoint_every=2,
                         log_every=1, async_checkpoint=False))
   c.model = model_section("gpt2", **model)

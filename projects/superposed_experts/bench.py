@@ -1,6 +1,13 @@
-"""Superposed inference vs one expert: tokens/s of jitted forwards at fixed shapes, side by side.
+"""Inference speed of every method vs one expert: tokens/s of jitted forwards at fixed shapes, side by side.
 
+    python -m projects.superposed_experts.bench --workdir DIR [--rounds 7] [--steps 4]   # a pipeline's methods
     python -m projects.superposed_experts.bench [--sizes tiny,medium] [--rounds 7] [--steps 4]
+
+``--workdir`` (what pipeline.py runs): every learned run of the pipeline's first seed (built from its own
+config with random weights — speed does not depend on the values), the ensemble of the K experts (their
+forwards plus the mixture of their target probabilities: every output-space mixture costs this) and one
+expert, timed in alternating rounds in one process; writes ``DIR/bench.json`` with each method's median
+per-round time per token ÷ one expert's (``cost_ratio``), which evaluate.py puts in the cost column.
 
 For each size, one run builds a K = 2 superposed model (learned 1-D α, causal conv autoencoders at
 the size's ``ae_layers``, both experts running every layer) and a single expert of the same
@@ -88,13 +95,89 @@ def bench(size: str, rounds: int, steps: int) -> dict:
           "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
 
 
+def _filled(module_factory, seed: int = 0, scale: float = 0.02):
+  """(graphdef, state) of a module with numpy-drawn weights (no PRNG compiles)."""
+  graphdef, abstract = nnx.split(nnx.eval_shape(module_factory))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, a):
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    centre = 1.0 if name.endswith("scale") else 0.5 if name.startswith("blend/") else 0.0
+    return jnp.asarray(centre + scale * rng.standard_normal(a.shape), a.dtype)
+  return graphdef, jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def rounds_of(runners: dict, tokens, rounds: int, steps: int) -> dict[str, list[float]]:
+  """Seconds per call of every runner, measured in alternating order (forward, then reversed) each round."""
+  for fn, s in runners.values():   # compile and warm up
+    jax.block_until_ready(fn(s, tokens))
+    jax.block_until_ready(fn(s, tokens))
+  times = {name: [] for name in runners}
+  for r in range(rounds):
+    for name in (list(runners) if r % 2 == 0 else list(reversed(runners))):
+      fn, s = runners[name]
+      times[name].append(timed(fn, s, tokens, steps=steps))
+  return times
+
+
+def bench_pipeline(workdir, rounds: int = 7, steps: int = 4, batch: int = 16, log=print) -> dict:
+  """Times the methods of ``workdir/pipeline.json`` (module docstring); writes and returns bench.json."""
+  import json
+  import pathlib
+  from projects.superposed_experts import train as sx_train
+  from superpose.train import checkpoint as ckpt_lib
+  workdir = pathlib.Path(workdir)
+  layout = json.loads((workdir / "pipeline.json").read_text("utf-8"))
+  runs = next(iter(layout["seeds"].values()))
+  K, seq_len = len(layout["domains"]), int(layout["seq_len"])
+  tasks = {name: sx_train.SuperposedTask(ckpt_lib.run_config(path), stream=object(), eval_sets={})
+           for name, path in runs["learned"].items()}
+  expert_cfg = next(iter(tasks.values())).model_cfg.expert
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.integers(0, expert_cfg.vocab_size, (batch, seq_len)), jnp.int32)
+  targets = jnp.roll(tokens, -1, axis=1)
+  single_g, single_s = nnx.split(random_model(expert_cfg, seed=1, scale=0.02))
+  runners = {"single": (jax.jit(lambda s, t: nnx.merge(single_g, s)(t).logits_BTV), single_s)}
+  ens_states = [nnx.split(random_model(expert_cfg, seed=2 + k, scale=0.02))[1] for k in range(K)]
+
+  def ensemble(states, t):   # K forwards and the mixture of their target probabilities
+    logps = [jax.nn.log_softmax(nnx.merge(single_g, s)(t).logits_BTV, -1) for s in states]
+    picked = jnp.stack([jnp.take_along_axis(lp, targets[..., None], -1)[..., 0] for lp in logps])
+    return jax.nn.logsumexp(picked - jnp.log(K), axis=0)
+  runners["ensemble"] = (jax.jit(ensemble), ens_states)
+  for name, task in tasks.items():
+    graphdef, state = _filled(task.make_model, seed=10)
+    if task.method == "merge":   # inference runs the merged transformer
+      merged = nnx.merge(graphdef, state).merged_model()
+      mg, ms = nnx.split(merged)
+      runners[name] = (jax.jit(lambda s, t, mg=mg: nnx.merge(mg, s)(t).logits_BTV), ms)
+    else:
+      runners[name] = (jax.jit(lambda s, t, g=graphdef: nnx.merge(g, s)(t)), state)
+  times = rounds_of(runners, tokens, rounds, steps)
+  out = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "shape": [batch, seq_len],
+         "rounds": rounds, "steps": steps, "single_tok_s": tokens.size / statistics.median(times["single"]),
+         "methods": {}}
+  for name in runners:
+    ratios = [t / s for t, s in zip(times[name], times["single"])]
+    out["methods"][name] = {"tok_s": tokens.size / statistics.median(times[name]), "cost_ratio": statistics.median(ratios),
+                            "cost_ratio_min": min(ratios), "cost_ratio_max": max(ratios)}
+    log(f"  bench {name:>18}: {out['methods'][name]['tok_s']:>9,.0f} tok/s, time per token ÷ one expert's "
+        f"{statistics.median(ratios):.3f} [min {min(ratios):.3f}, max {max(ratios):.3f}]")
+  (workdir / "bench.json").write_text(json.dumps(out, indent=1) + "\n", "utf-8")
+  return out
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", help="a pipeline workdir: time its methods, write bench.json")
   parser.add_argument("--sizes", default=None, help=f"comma-separated of {', '.join(SIZES)} "
                       "(default: tiny,medium on CPU; tiny,medium,gpt2 on accelerators)")
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--steps", type=int, default=4, help="forwards per timed block")
   args = parser.parse_args()
+  if args.workdir:
+    bench_pipeline(args.workdir, args.rounds, args.steps)
+    return
   device = jax.devices()[0]
   sizes = args.sizes.split(",") if args.sizes else (
       ["tiny", "medium"] if device.platform == "cpu" else ["tiny", "medium", "gpt2"])

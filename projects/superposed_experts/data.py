@@ -13,6 +13,8 @@ de-duplication). Its index is the index of its expert: domain 0 is the base mode
 * Held-out sequences (val for checkpoint selection, test for evaluation) are rows of the val/test
   documents in a seeded order, skipping rows with few targets, exact repeats and rows whose text occurs
   verbatim in any domain's training text; they are cached as .npy with their sha256 in a manifest.
+* ``switch_rows(test, pairs, count, bos_id=...)``: the switch set, held-out sequences that change domain
+  half-way (the first half of a test row of domain a, then the first half of one of domain b).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import pathlib
 import sys
 import sysconfig
 import time
+import zlib
 from typing import Mapping, Sequence
 
 import grain
@@ -40,6 +43,7 @@ HELDOUT_VERSION = 1         # bump when held-out sequence selection changes (reb
 HELDOUT_SEED = 1234         # fixed: every seed and method is evaluated on the same sequences
 MIN_TARGETS = 16            # a held-out row with fewer targets is skipped
 VAL_SEQUENCES = 256         # validation sequences per domain
+SWITCH_SEED = 4321          # fixed like HELDOUT_SEED: every seed and method is scored on the same switch rows
 
 
 # --- corpora and domain files ----------------------------------------------------------------------
@@ -368,6 +372,60 @@ def heldout(s: Spec, count: int, cache: str | pathlib.Path | None = None,
   manifest_path.write_text(json.dumps(manifest, indent=1) + "\n", "utf-8")
   log(f"held-out sequences in {cache}: " + ", ".join(f"{n} {st['kept']}" for n, st in stats.items()))
   return out, manifest
+
+
+def switch_name(a: str, b: str) -> str:
+  return f"{a}→{b}"
+
+
+def switch_rows(test: Mapping[str, np.ndarray], pairs: Sequence[tuple[str, str]], count: int,
+                seed: int = SWITCH_SEED, *, bos_id: int | None) -> dict[str, tuple[np.ndarray, int]]:
+  """The switch set: ``{'a→b': (rows int32 [count, seq_len + 1], s)}``, sequences whose domain changes
+  half-way, to see which methods can follow a change of domain inside one sequence (a sequence router
+  or a posterior mixture commits to one expert; a per-token mechanism need not).
+
+  A row is the first s + 1 tokens of a test row of domain a followed by the first seq_len − s tokens of a
+  test row of domain b after its BOS (``bos_id``, the tokenizer's; a row that starts a document starts
+  with it, and a BOS in the middle would announce the switch), with s = seq_len // 2. As everywhere,
+  ``rows[:, :-1]`` are the inputs and ``rows[:, 1:]`` the targets, target t being token t + 1. So targets
+  0..s − 1 are a's tokens, and **s is the index of the first target that belongs to b**: target s is b's
+  first token, predicted from a's tokens only; targets s..seq_len − 1 (seq_len − s of them) are b's.
+
+  Only rows without padding in the part used are eligible, so every target is real. For each pair the
+  a-rows and b-rows are drawn in an order seeded by (``seed``, the pair's name), so a pair's rows do not
+  depend on which other pairs are asked for; within a pair a source row is used at most once (also when
+  a == b). ``test`` is the de-duplicated held-out test rows (:func:`heldout`); too few eligible rows is an
+  error rather than a smaller set."""
+  out: dict[str, tuple[np.ndarray, int]] = {}
+  for a, b in pairs:
+    name = switch_name(a, b)
+    if name in out:
+      raise ValueError(f"switch pair {name} asked for twice")
+    missing = [d for d in (a, b) if d not in test]
+    if missing:
+      raise KeyError(f"switch pair {name}: no test rows for {missing}; have {list(test)}")
+    rows_a, rows_b = np.asarray(test[a]), np.asarray(test[b])
+    if rows_a.ndim != 2 or rows_b.ndim != 2 or rows_a.shape[1] != rows_b.shape[1]:
+      raise ValueError(f"switch pair {name}: rows {rows_a.shape} and {rows_b.shape} need one length seq_len + 1")
+    seq_len = rows_a.shape[1] - 1
+    s = seq_len // 2
+    if s < 1:
+      raise ValueError(f"seq_len {seq_len} is too short to switch domain half-way")
+    head = rows_a[:, :s + 1]
+    skip = (rows_b[:, 0] == bos_id).astype(np.int64) if bos_id is not None else np.zeros(len(rows_b), np.int64)
+    tail = np.take_along_axis(rows_b, skip[:, None] + np.arange(seq_len - s), 1)
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    pick_a = rng.permutation(np.flatnonzero((head != PAD).all(1)))[:count]
+    pick_b = rng.permutation(np.flatnonzero((tail != PAD).all(1)))
+    if a == b:
+      pick_b = pick_b[~np.isin(pick_b, pick_a)]
+    pick_b = pick_b[:count]
+    if min(len(pick_a), len(pick_b)) < count:
+      raise ValueError(f"switch pair {name}: {count} rows asked for, but only {len(pick_a)} {a} rows without "
+                       f"padding in their first {s + 1} tokens and {len(pick_b)} {b} rows without padding in "
+                       f"their first {seq_len - s} tokens after BOS are available")
+    out[name] = (np.concatenate([head[pick_a], tail[pick_b]], 1).astype(np.int32), s)
+  return out
 
 
 def _file_digest(path: str) -> str:

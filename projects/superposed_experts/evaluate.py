@@ -1,16 +1,23 @@
-"""Every method on the same held-out sequences: perplexity per domain and the gap closed (issue §4).
+"""Every method on the same held-out target tokens: NLL per domain and on the switch set, gap closed,
+forgetting, and what each method costs at inference.
 
     python -m projects.superposed_experts.evaluate --workdir DIR      # DIR laid out by pipeline.py
 
 ``DIR/pipeline.json`` names the domains, their data files and, per seed, the runs: ``experts`` (one
-workdir per domain, expert 0 = the base) and ``superposed`` ({method name: workdir}). The test
-sequences are selected once into ``DIR/eval_sequences`` (.npy + sha256 manifest) and reused; each
-seed's scores are cached in ``DIR/eval/seed_<s>.json`` under a key of its runs' checkpoints and the
-sequences' hashes. Writes ``DIR/results.{json,md}`` and the plots, and prints the table.
+workdir per domain, expert 0 = the base) and ``learned`` ({method name: workdir} of superpose.train
+runs: the paper's model, the learned merge, the one-trunk models …). Test sequences are selected once
+into ``DIR/eval_sequences``; the switch set (sequences whose domain changes half-way) is built from
+them. Each seed's per-sequence NLLs are cached in ``DIR/eval/seed_<s>.npz`` under a key of its runs'
+checkpoints and the sequences' hashes. Writes ``DIR/results.{json,md}`` and the plots.
 
-Perplexity = exp(token-weighted mean NLL over a domain's sequences, padding masked). Every method
-scores every token of every sequence; the sequence router reads the first ROUTER_PREFIX tokens and
-its chosen expert then scores the whole sequence, those tokens included.
+Scoring rules (issue §2): every method scores exactly the same targets; NLL is token-weighted within a
+domain, in nats per token (bytes for the byte tokenizer); a method that decides from the input never
+scores a token it has read — the sequence router reads the first ROUTER_PREFIX tokens and its choice
+scores only what follows (before that its default expert, the best single one on validation), the
+posterior and fixed-share mixtures weigh experts by the targets already seen. Everything chosen (the
+interpolation weights, task-arithmetic / TIES λ, fixed mixture weights, the fixed-share rate, the
+router's default) is chosen on the validation sequences, never on test, by the lowest mean NLL over
+domains. Intervals: stats.summarise (paired bootstrap over seeds and sequences).
 """
 from __future__ import annotations
 
@@ -27,18 +34,27 @@ import numpy as np
 from flax import nnx
 
 from projects.superposed_experts import baselines as bl
+from projects.superposed_experts import cost as cost_lib
 from projects.superposed_experts import data as data_lib
+from projects.superposed_experts import stats
 from superpose.nn import Transformer, hf_gpt2
 from superpose.train import checkpoint as ckpt_lib
 from superpose.train import lm as lm_train
 
-EVAL_VERSION = 1             # bump when scoring changes: invalidates the per-seed caches
+EVAL_VERSION = 2             # bump when scoring changes: invalidates the per-seed caches
 EVAL_BATCH = 64
 ROUTER_PREFIX = 32           # tokens the sequence router reads
 ROUTER_TRAIN = 256           # training sequences per domain that fit the router
-TA_LAMBDAS = (1 / 3, 0.5, 0.75, 1.0)        # task arithmetic: 1/3 with 3 experts is the plain average
-TIES_LAMBDAS = (0.5, 0.75, 1.0, 1.25)
+SWITCH_SEQUENCES = 200       # per switch pair
+TA_LAMBDAS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+TIES_LAMBDAS = (0.5, 0.75, 1.0, 1.25, 1.5)
 TIES_DENSITY = 0.2
+
+
+def switch_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+  """en→fr and fr→en; with a third domain also en→(third)."""
+  pairs = [(names[0], names[1]), (names[1], names[0])]
+  return pairs + [(names[0], n) for n in names[2:]]
 
 
 # --- loading and scoring ---------------------------------------------------------------------------
@@ -50,8 +66,8 @@ def is_hf_dir(path: pathlib.Path) -> bool:
 
 
 def load_run(workdir: str | pathlib.Path):
-  """(graphdef, params, config) of a run's newest checkpoint (a plain LM or a superposed model) or of
-  a Hugging Face GPT-2 directory (the paper's experts)."""
+  """(graphdef, params, config) of a run's newest checkpoint (a plain LM or any superposed_experts
+  method) or of a Hugging Face GPT-2 directory (the paper's experts)."""
   if is_hf_dir(pathlib.Path(workdir)):
     model_cfg, params = hf_gpt2.load_hf_gpt2(workdir)
     graphdef = nnx.split(nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0))), nnx.Param, ...)[0]
@@ -59,14 +75,18 @@ def load_run(workdir: str | pathlib.Path):
   cfg = ckpt_lib.run_config(workdir)
   if "superposed" in cfg and cfg.get("trainer", "").endswith("superposed_experts.train"):
     from projects.superposed_experts import train as sx_train
-    from projects.superposed_experts.model import Superposed
-    model_cfg = sx_train.superposed_config(cfg)
-    make = lambda: Superposed(model_cfg, rngs=nnx.Rngs(0))
+    task = sx_train.SuperposedTask(cfg, stream=object(), eval_sets={})
+    make = task.make_model
   else:
     model_cfg = lm_train.model_config(cfg)
     make = lambda: Transformer(model_cfg, rngs=nnx.Rngs(0))
   graphdef, params = ckpt_lib.restore_module(make, workdir)
   return graphdef, params, cfg
+
+
+def method_of(cfg: Mapping) -> str:
+  """'lm' for a plain LM or HF directory, else the superposed run's method."""
+  return cfg.get("superposed", {}).get("method", "superpose") if "superposed" in cfg else "lm"
 
 
 def target_logp(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
@@ -75,8 +95,8 @@ def target_logp(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
 
 
 def lm_scorer(graphdef) -> Callable:
-  """jit(params, inputs, targets) -> (target log-probs, mean final state over the first
-  ROUTER_PREFIX real inputs: the router's features)."""
+  """jit(params, inputs, targets, real) -> (target log-probs, mean final state over the first
+  ROUTER_PREFIX real inputs: the sequence router's features)."""
   def fn(params, inputs, targets, real):
     out = nnx.merge(graphdef, params)(inputs)
     prefix = (real & (jnp.arange(inputs.shape[1]) < ROUTER_PREFIX))[..., None].astype(jnp.float32)
@@ -85,15 +105,17 @@ def lm_scorer(graphdef) -> Callable:
   return jax.jit(fn)
 
 
-def superposed_scorer(graphdef) -> Callable:
-  def fn(params, inputs, targets, real, alpha, use_autoencoders):
-    logits = nnx.merge(graphdef, params)(inputs, alpha=alpha, use_autoencoders=use_autoencoders)
+def model_scorer(graphdef, **call) -> Callable:
+  """jit(params, inputs, targets, real, **kwargs) for a model whose call returns logits."""
+  def fn(params, inputs, targets, real, **kwargs):
+    logits = nnx.merge(graphdef, params)(inputs, **call, **kwargs)
     return target_logp(logits, targets), jnp.zeros((inputs.shape[0], 1))
   return jax.jit(fn, static_argnames=("use_autoencoders",))
 
 
-def score(fn: Callable, params, rows: np.ndarray, **kwargs) -> tuple[np.ndarray, np.ndarray]:
-  """(target log-probs [N, T], features [N, D]) in fixed-size batches (one compilation)."""
+def score(fn: Callable, params, rows: np.ndarray, per_row: Callable | None = None, **kwargs):
+  """(target log-probs [N, T], features [N, D]) in fixed-size batches (one compilation).
+  ``per_row(chunk) -> dict`` adds row-dependent keyword arrays (an oracle gate)."""
   logps, feats = [], []
   for i in range(0, len(rows), EVAL_BATCH):
     chunk = rows[i:i + EVAL_BATCH]
@@ -101,7 +123,8 @@ def score(fn: Callable, params, rows: np.ndarray, **kwargs) -> tuple[np.ndarray,
     if n < EVAL_BATCH:
       chunk = np.concatenate([chunk, np.full((EVAL_BATCH - n,) + chunk.shape[1:], data_lib.PAD, chunk.dtype)])
     b = data_lib.to_batch(chunk, np.zeros(len(chunk)))
-    lp, f = fn(params, b["inputs"], b["targets"], chunk[:, :-1] != data_lib.PAD, **kwargs)
+    extra = per_row(i, EVAL_BATCH) if per_row else {}
+    lp, f = fn(params, b["inputs"], b["targets"], chunk[:, :-1] != data_lib.PAD, **kwargs, **extra)
     logps.append(np.asarray(lp)[:n])
     feats.append(np.asarray(f)[:n])
   return np.concatenate(logps), np.concatenate(feats)
@@ -111,101 +134,196 @@ def weights(rows: np.ndarray) -> np.ndarray:
   return (rows[:, 1:] != data_lib.PAD).astype(np.float32)
 
 
-# --- one seed --------------------------------------------------------------------------------------
+# --- the evaluation sets -----------------------------------------------------------------------------
 
-def evaluate_seed(runs: Mapping, names: Sequence[str], test: Mapping[str, np.ndarray], val: Mapping[str, np.ndarray],
-                  router_rows: np.ndarray, router_labels: np.ndarray, interp_steps: int, log=print) -> dict:
-  """Perplexity per method and domain for one seed's runs, plus what each method chose."""
+class Sets:
+  """The scored rows: test sequences per domain and switch sequences per pair, as named sets, and the
+  groups the table reports: a domain, or one half of a switch pair (``'a→b/1'``, ``'a→b/2'``)."""
+
+  def __init__(self, test: Mapping[str, np.ndarray], switch: Mapping[str, tuple[np.ndarray, int]]):
+    self.rows = {**{d: r for d, r in test.items()}, **{p: r for p, (r, _) in switch.items()}}
+    self.domains, self.switch = list(test), {p: s for p, (_, s) in switch.items()}
+    self.masks = {name: weights(r) for name, r in self.rows.items()}
+
+  def groups(self, logps: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    out = {d: stats.sequence_nll(logps[d], self.masks[d]) for d in self.domains}
+    for p, s in self.switch.items():
+      mask = self.masks[p]
+      first = mask * (np.arange(mask.shape[1]) < s)
+      out[f"{p}/1"] = stats.sequence_nll(logps[p], first)
+      out[f"{p}/2"] = stats.sequence_nll(logps[p], mask - first)
+    return out
+
+  def target_domains(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per set, the domain index of every target [N, T] (what an oracle knows)."""
+    out = {d: np.full(self.masks[d].shape, k, np.int32) for k, d in enumerate(self.domains)}
+    for p, s in self.switch.items():
+      a, b = p.split("→")
+      t = np.arange(self.masks[p].shape[1])
+      out[p] = np.broadcast_to(np.where(t < s, names.index(a), names.index(b)), self.masks[p].shape).astype(np.int32)
+    return out
+
+
+def _val_nll(logps: Mapping[str, np.ndarray], val: Mapping[str, np.ndarray]) -> float:
+  """Mean over domains of the token-weighted NLL on validation (the selection criterion)."""
+  return float(np.mean([bl.nll(logps[d], weights(val[d])) for d in val]))
+
+
+# --- one seed ----------------------------------------------------------------------------------------
+
+class ExpertCache:
+  """Each expert's target log-probs on every set, computed once per expert run (seeds share experts)."""
+
+  def __init__(self, sets: Sets, val: Mapping[str, np.ndarray], router_rows: np.ndarray):
+    self.sets, self.val, self.router_rows = sets, val, router_rows
+    self.entries: dict[str, dict] = {}
+
+  def get(self, path: str) -> dict:
+    if path not in self.entries:
+      graphdef, params, _ = load_run(path)
+      fn = lm_scorer(graphdef)
+      test = {name: score(fn, params, rows) for name, rows in self.sets.rows.items()}
+      self.entries[path] = {
+          "graphdef": graphdef, "params": params,
+          "test": {name: lp for name, (lp, _) in test.items()},
+          "features": {name: f for name, (_, f) in test.items()},
+          "val": {d: score(fn, params, rows)[0] for d, rows in self.val.items()},
+          "router_features": score(fn, params, self.router_rows)[1]}
+    return self.entries[path]
+
+
+def evaluate_seed(runs: Mapping, names: Sequence[str], sets: Sets, val: Mapping[str, np.ndarray],
+                  router_labels: np.ndarray, experts: ExpertCache, interp_steps: int, log=print) -> dict:
+  """Per-sequence NLL sums per method and group for one seed's runs, plus what each method chose."""
   K = len(names)
-  ppl = lambda lps: {d: bl.perplexity(lps[d], weights(test[d])) for d in names}
-  experts = [load_run(p) for p in runs["experts"]]
-  graphdef, thetas = experts[0][0], [p for _, p, _ in experts]
-  lm = lm_scorer(graphdef)
-  base_test = {d: score(lm, thetas[0], test[d]) for d in names}     # log-probs and router features
-  test_lp = [{d: base_test[d][0] for d in names}] + [{d: score(lm, th, test[d])[0] for d in names}
-                                                     for th in thetas[1:]]
-  val_lp = [{d: score(lm, th, val[d])[0] for d in names} for th in thetas]
-  out = {"ppl": {}, "info": {}}
-  P = out["ppl"]
-  P["base"] = ppl(test_lp[0])
+  E = [experts.get(str(p)) for p in runs["experts"]]
+  thetas = [e["params"] for e in E]
+  lm = lm_scorer(E[0]["graphdef"])
+  scores, info = {}, {}
+
+  def add(method, test_logps):
+    scores[method] = sets.groups(test_logps)
+
+  def per_set(fn):
+    return {name: fn(name) for name in sets.rows}
+
+  add("base", E[0]["test"])
   for k in range(1, K):
-    P[f"expert:{names[k]}"] = ppl(test_lp[k])
-  P["oracle"] = {d: P["base" if k == 0 else f"expert:{names[k]}"][d] for k, d in enumerate(names)}
+    add(f"expert:{names[k]}", E[k]["test"])
+  owner = sets.target_domains(names)
+  stacked = {name: np.stack([e["test"][name] for e in E]) for name in sets.rows}
+  add("oracle", per_set(lambda n: np.take_along_axis(stacked[n], owner[n][None], 0)[0]))
 
-  # Sequence router: logistic regression on the base model's prefix states.
-  router = bl.fit_router(score(lm, thetas[0], router_rows)[1], router_labels, K)
-  choice = {d: router.predict(base_test[d][1]) for d in names}
-  P["router"] = ppl({d: bl.route([lp[d] for lp in test_lp], choice[d]) for d in names})
-  out["info"]["router_accuracy"] = {d: float((choice[d] == k).mean()) for k, d in enumerate(names)}
+  # The best single expert on validation: the router's default before it has read its prefix.
+  default = int(np.argmin([_val_nll(e["val"], val) for e in E]))
+  router = bl.fit_router(E[0]["router_features"], router_labels, K)
+  choice = {name: router.predict(E[0]["features"][name]) for name in sets.rows}
+  add("router", per_set(lambda n: bl.causal_route([e["test"][n] for e in E], choice[n], ROUTER_PREFIX, default)))
+  info["router_accuracy"] = {d: float((choice[d] == k).mean()) for k, d in enumerate(names)}
+  info["router_default"] = names[default]
 
-  # Mixtures of next-token distributions: uniform, and the best fixed weights on validation.
-  P["mixture uniform"] = ppl({d: bl.mixture_logprobs([lp[d] for lp in test_lp], [1 / K] * K) for d in names})
-  w_mix, _ = bl.best_mixture({d: ([lp[d] for lp in val_lp], weights(val[d])) for d in names})
-  P["mixture best"] = ppl({d: bl.mixture_logprobs([lp[d] for lp in test_lp], w_mix) for d in names})
-  out["info"]["mixture_weights"] = list(w_mix)
+  val_by_domain = {d: ([e["val"][d] for e in E], weights(val[d])) for d in names}
+  add("mixture uniform", per_set(lambda n: bl.mixture_logprobs([e["test"][n] for e in E], [1 / K] * K)))
+  w_mix = min(bl.simplex_grid(K, 10), key=lambda w: _val_nll(
+      {d: bl.mixture_logprobs(val_by_domain[d][0], w) for d in names}, val))
+  add("mixture best", per_set(lambda n: bl.mixture_logprobs([e["test"][n] for e in E], w_mix)))
+  info["mixture_weights"] = list(w_mix)
+  add("posterior mixture", per_set(lambda n: bl.posterior_mixture([e["test"][n] for e in E], sets.masks[n])[0]))
+  rate, _ = bl.best_rate(val_by_domain)
+  add("fixed share", per_set(lambda n: bl.fixed_share([e["test"][n] for e in E], sets.masks[n], rate)[0]))
+  info["fixed_share_rate"] = rate
 
-  # Weight interpolation on the simplex grid (vertices are the experts themselves).
-  interp = {}
-  for w in bl.simplex_grid(K, interp_steps):
+  # Weight merges: the interpolation grid, task arithmetic, TIES; each chosen on validation.
+  def merged(theta):
+    return {"test": per_set(lambda n: score(lm, theta, sets.rows[n])[0]),
+            "val": _val_nll({d: score(lm, theta, val[d])[0] for d in names}, val)}
+
+  def best_of(candidates: Mapping, make) -> tuple:
+    results = {c: merged(make(c)) for c in candidates}
+    best = min(results, key=lambda c: results[c]["val"])
+    return best, results[best]["test"], {str(c): r["val"] for c, r in results.items()}
+
+  def interp(w):
     vertex = [k for k, x in enumerate(w) if x == 1.0]
-    if vertex:
-      interp[w] = ppl(test_lp[vertex[0]])
-    else:
-      theta = bl.interpolate(thetas, w)
-      interp[w] = ppl({d: score(lm, theta, test[d])[0] for d in names})
-    P[interp_name(w)] = interp[w]
-  best = bl.best_interpolation(interp)
-  P["interp best"] = interp[best]
-  out["info"]["best_interp"] = list(best)
-
-  if K >= 3:   # with one task vector both merges are points of the interpolation line
+    return thetas[vertex[0]] if vertex else bl.interpolate(thetas, w)
+  best_w, lp, grid = best_of(bl.simplex_grid(K, interp_steps), interp)
+  add("interp best", lp)
+  info["best_interp"], info["interp_val_nll"] = list(best_w), grid
+  lam, lp, _ = best_of(TA_LAMBDAS, lambda l: bl.task_arithmetic(thetas[0], thetas[1:], l))
+  add("task arithmetic", lp)
+  info["task arithmetic λ"] = lam
+  if K >= 3:
     delta = bl.ties_merged_delta(thetas[0], thetas[1:], TIES_DENSITY)
-    for name, make, lams in (("task arithmetic", lambda l: bl.task_arithmetic(thetas[0], thetas[1:], l), TA_LAMBDAS),
-                             ("TIES", lambda l: bl.add_scaled(thetas[0], delta, l), TIES_LAMBDAS)):
-      val_ppl = {l: np.mean([bl.perplexity(score(lm, make(l), val[d])[0], weights(val[d])) for d in names])
-                 for l in lams}
-      lam = min(val_ppl, key=val_ppl.get)
-      P[name] = ppl({d: score(lm, make(lam), test[d])[0] for d in names})
-      out["info"][f"{name} λ"] = lam
+    lam, lp, _ = best_of(TIES_LAMBDAS, lambda l: bl.add_scaled(thetas[0], delta, l))
+    add("TIES", lp)
+    info["TIES λ"] = lam
 
-  out["alphas"] = {}
-  for method, workdir in runs.get("superposed", {}).items():
-    g, theta, _ = load_run(workdir)
-    sup = superposed_scorer(g)
-    P[method] = ppl({d: score(sup, theta, test[d], alpha=None, use_autoencoders=True)[0] for d in names})
-    out["alphas"][method] = np.asarray(nnx.merge(g, theta).alphas()).tolist()
-    if method != "superposed":
+  # Learned methods (superpose.train runs).
+  info["alphas"], info["gates"] = {}, {}
+  for name, workdir in runs.get("learned", {}).items():
+    graphdef, theta, cfg = load_run(workdir)
+    model = nnx.merge(graphdef, theta)
+    method = method_of(cfg)
+    if method == "merge":   # one transformer with the merged weights
+      merged_graphdef, merged_params = nnx.split(model.merged_model(), nnx.Param, ...)[:2]
+      fn = lm_scorer(merged_graphdef)
+      add(name, per_set(lambda n: score(fn, merged_params, sets.rows[n])[0]))
+      info["alphas"][name] = np.asarray(model.lam[...]).tolist()
       continue
-    for k in range(K):   # each expert forced everywhere: with the AEs, and (a check) without
-      alpha = forced_alpha(k, K)
-      P[f"superposed {forced_name(k, K)}"] = ppl({d: score(sup, theta, test[d], alpha=alpha, use_autoencoders=True)[0]
-                                                  for d in names})
-      d0 = names[0]
-      bypass = score(sup, theta, val[d0][:EVAL_BATCH], alpha=alpha, use_autoencoders=False)[0]
-      diff = np.abs(bypass - val_lp[k][d0][:EVAL_BATCH]) * weights(val[d0][:EVAL_BATCH])
-      out["info"][f"bypass {forced_name(k, K)} max |Δ log p| vs expert {k}"] = float(diff.max())
-  log(f"  seed done: " + ", ".join(f"{m} {np.mean(list(v.values())):.3f}" for m, v in P.items()
-                                     if not m.startswith("interp λ") and not m.startswith("interp w")))
+    fn = model_scorer(graphdef)
+    add(name, per_set(lambda n: score(fn, theta, sets.rows[n])[0]))
+    if method == "trunk":   # the same deltas under an oracle gate: the ceiling of the learned gate
+      onehot = {n: np.eye(K, dtype=np.float32)[owner[n]] for n in sets.rows}
+      oracle_fn = model_scorer(graphdef)
+      add(f"{name} (oracle gate)", per_set(lambda n: score(
+          oracle_fn, theta, sets.rows[n], per_row=lambda i, b, n=n: {"gate_BTK": _pad_rows(onehot[n][i:i + b], b)})[0]))
+      info["gates"][name] = gate_trace(model, sets, names)
+    else:
+      info["alphas"][name] = np.asarray(model.alphas()).tolist()
+      if name == "superposed":
+        for k in range(K):   # each expert forced everywhere with the AEs bypassed reproduces that expert
+          alpha = jnp.float32(k) if K == 2 else jnp.eye(K, dtype=jnp.float32)[k]
+          d0 = names[0]
+          bypass = score(fn, theta, val[d0][:EVAL_BATCH], alpha=alpha, use_autoencoders=False)[0]
+          diff = np.abs(bypass - E[k]["val"][d0][:EVAL_BATCH]) * weights(val[d0][:EVAL_BATCH])
+          info[f"bypass expert {k} max |Δ log p|"] = float(diff.max())
+  info["posterior_trace"] = posterior_trace(E, sets, names)
+  log("  seed done: " + ", ".join(f"{m} {np.mean([g[0].sum() / g[1].sum() for d, g in s.items() if d in names]):.3f}"
+                                  for m, s in scores.items()))
+  return {"scores": scores, "info": info}
+
+
+def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+  return x if len(x) == rows else np.concatenate([x, np.zeros((rows - len(x),) + x.shape[1:], x.dtype)])
+
+
+SWITCH_TRACE_ROWS = 4
+
+
+def gate_trace(model, sets: Sets, names) -> dict:
+  """The trunk's gate probabilities on the first few sequences of each switch pair (for the plot)."""
+  out = {}
+  for p, s in sets.switch.items():
+    rows = sets.rows[p][:SWITCH_TRACE_ROWS]
+    probs = jax.jit(lambda m, t: m.gate_probs(t))(model, jnp.asarray(np.maximum(rows[:, :-1], 0)))
+    out[p] = {"switch": int(s), "probs": np.asarray(probs).round(4).tolist()}
   return out
 
 
-def forced_alpha(k: int, K: int):
-  return jnp.float32(k) if K == 2 else jnp.eye(K, dtype=jnp.float32)[k]
+def posterior_trace(E, sets: Sets, names) -> dict:
+  out = {}
+  for p, s in sets.switch.items():
+    lps = [e["test"][p][:SWITCH_TRACE_ROWS] for e in E]
+    _, w = bl.posterior_mixture(lps, sets.masks[p][:SWITCH_TRACE_ROWS])
+    out[p] = {"switch": int(s), "probs": np.asarray(w).round(4).tolist()}
+  return out
 
 
-def forced_name(k: int, K: int) -> str:
-  return f"α={k}" if K == 2 else f"w=e{k}"
-
-
-def interp_name(w: Sequence[float]) -> str:
-  return f"interp λ={w[1]:.1f}" if len(w) == 2 else "interp w=(" + ",".join(f"{x:.2f}" for x in w) + ")"
-
-
-# --- the whole evaluation --------------------------------------------------------------------------
+# --- the whole evaluation ------------------------------------------------------------------------------
 
 def run(workdir: str | pathlib.Path, *, interp_steps: int | None = None, log=print) -> dict:
   """Evaluates every seed of ``workdir/pipeline.json`` (cached per seed), writes and prints the results."""
-  from projects.superposed_experts import plots
+  from projects.superposed_experts import plots, report
   workdir = pathlib.Path(workdir)
   layout = json.loads((workdir / "pipeline.json").read_text("utf-8"))
   names = layout["domains"]
@@ -216,151 +334,64 @@ def run(workdir: str | pathlib.Path, *, interp_steps: int | None = None, log=pri
   val, val_manifest = data_lib.heldout(spec, data_lib.VAL_SEQUENCES, log=log)
   test, test_manifest = data_lib.heldout(spec.with_heldout(layout["test_paths"]), layout["eval_sequences"],
                                          cache=workdir / "eval_sequences", log=log)
-  train_rows = None            # read only when a seed is not cached (the router's training sequences)
+  from superpose.data.tokenizers import get_tokenizer
+  switch = data_lib.switch_rows(test, switch_pairs(names), min(SWITCH_SEQUENCES, layout["eval_sequences"]),
+                                bos_id=get_tokenizer(layout["tokenizer"]).bos_id)
+  sets = Sets(test, switch)
+  switch_digest = hashlib.sha256(b"".join(r.tobytes() for r, _ in switch.values())).hexdigest()
+  experts = None
   per_seed = {}
   for seed, runs in layout["seeds"].items():
-    key = _cache_key(runs, test_manifest, val_manifest, interp_steps)
+    key = _cache_key(runs, test_manifest, val_manifest, switch_digest, interp_steps)
     cache = workdir / "eval" / f"seed_{seed}.json"
     if cache.exists() and json.loads(cache.read_text("utf-8")).get("key") == key:
-      per_seed[seed] = json.loads(cache.read_text("utf-8"))
+      per_seed[seed] = _load(json.loads(cache.read_text("utf-8")))
       log(f"seed {seed}: cached evaluation")
       continue
     start = time.time()
-    log(f"seed {seed}: evaluating {len(runs['experts'])} experts and {len(runs.get('superposed', {}))} superposed runs")
-    train_rows = train_rows or data_lib.training_rows(spec)
-    stream = data_lib.DomainStream(train_rows, K * ROUTER_TRAIN, 10_000 + int(seed))
-    rows, labels = stream.rows_at(0)
-    result = evaluate_seed(runs, names, test, val, rows, labels, interp_steps, log=log)
+    log(f"seed {seed}: evaluating {len(runs['experts'])} experts and {len(runs.get('learned', {}))} learned runs")
+    if experts is None:
+      stream = data_lib.DomainStream(data_lib.training_rows(spec), K * ROUTER_TRAIN, 10_000)
+      router_rows, router_labels = stream.rows_at(0)
+      experts = ExpertCache(sets, val, router_rows)
+    result = evaluate_seed(runs, names, sets, val, router_labels, experts, interp_steps, log=log)
     result.update(key=key, seconds=round(time.time() - start, 1))
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(result, indent=1) + "\n", "utf-8")
+    cache.write_text(json.dumps(_dump(result)) + "\n", "utf-8")
     per_seed[seed] = result
-  results = summarise(per_seed, names, test, test_manifest, val_manifest)
+  costs = cost_lib.method_costs(layout, per_seed, workdir)
+  results = report.summarise(per_seed, names, sets, costs, test_manifest, val_manifest)
   (workdir / "results.json").write_text(json.dumps(results, indent=1) + "\n", "utf-8")
-  text = markdown(results)
+  text = report.markdown(results)
   (workdir / "results.md").write_text(text, "utf-8")
   results["plots"] = plots.write_all(results, workdir, log=log)
   log(text)
   return results
 
 
-# --- summary and table -----------------------------------------------------------------------------
-
-def _stats(xs: Sequence[float]) -> dict:
-  return {"mean": float(np.mean(xs)), "min": float(np.min(xs)), "max": float(np.max(xs)),
-          "values": list(map(float, xs))}
-
-
-def summarise(per_seed: Mapping[str, dict], names: Sequence[str], test: Mapping[str, np.ndarray], test_manifest: dict,
-              val_manifest: dict) -> dict:
-  """Mean and min–max over seeds of each method's perplexity per domain, of its mean over domains
-  and of the fraction of the gap it closes (each seed against its own best interpolation and oracle)."""
-  seeds = sorted(per_seed, key=int)
-  methods = [m for m in per_seed[seeds[0]]["ppl"] if all(m in per_seed[s]["ppl"] for s in seeds)]
-  table = {}
-  for m in methods:
-    per = [per_seed[s]["ppl"][m] for s in seeds]
-    gaps = [bl.gap_fraction(per_seed[s]["ppl"][m], per_seed[s]["ppl"]["interp best"], per_seed[s]["ppl"]["oracle"])
-            for s in seeds]
-    by_domain = {d: _stats([bl.gap_fraction({d: p[d]}, {d: per_seed[s]["ppl"]["interp best"][d]},
-                                            {d: per_seed[s]["ppl"]["oracle"][d]}) for s, p in zip(seeds, per)])
-                 for d in names}
-    table[m] = {"ppl": {d: _stats([p[d] for p in per]) for d in names},
-                "mean_ppl": _stats([np.mean([p[d] for d in names]) for p in per]), "gap": _stats(gaps),
-                "gap_per_domain": by_domain}
-  tokens = {d: int(weights(test[d]).sum()) for d in names}
-  return {"domains": list(names), "seeds": seeds, "methods": table, "order": _order(methods, names),
-          "per_seed": {s: {k: v for k, v in per_seed[s].items() if k != "key"} for s in seeds},
-          "test_sequences": {"stats": test_manifest["stats"], "sha256": test_manifest["sha256"], "tokens": tokens},
-          "val_sequences": {"stats": val_manifest["stats"], "sha256": val_manifest["sha256"]},
-          "spread": "min–max over seeds"}
-
-
-def _order(methods: Sequence[str], names: Sequence[str]) -> list[str]:
-  first = (["base"] + [f"expert:{d}" for d in names[1:]] + ["oracle", "router", "mixture best", "mixture uniform",
-           "superposed", "superposed_router"] + [m for m in methods if m.startswith("superposed ")] +
-           ["blend_only", "task arithmetic", "TIES", "interp best"])
-  known = [m for m in first if m in methods]
-  return known + [m for m in methods if m not in known]
-
-
-LABELS = {"base": "base (expert 0)", "oracle": "oracle routing (own domain's expert)",
-          "router": "sequence router (logistic regression on the prefix)", "mixture best":
-          "mixture of distributions, best fixed weights (val)", "mixture uniform": "mixture of distributions, uniform",
-          "superposed": "**superposed (learned α)**", "superposed_router": "superposed, per-token router α",
-          "blend_only": "blend only (no autoencoders)", "task arithmetic": "task arithmetic (λ on val)",
-          "TIES": "TIES (top 20 %, λ on val)", "interp best": "best linear interpolation"}
-
-
-def markdown(results: Mapping) -> str:
-  names, table, per_seed = results["domains"], results["methods"], results["per_seed"]
-  fmt = lambda st, p=3: f"{st['mean']:.{p}f} ({st['min']:.{p}f}–{st['max']:.{p}f})"
-  head = "| method | " + " | ".join(f"{d} ppl" for d in names) + " | mean ppl | gap closed |"
-  lines = [f"# Superposed experts: {len(names)} domains, {len(results['seeds'])} seeds", "",
-           f"Perplexity per domain (token-weighted, padding masked) on the same held-out test sequences for "
-           f"every method; each cell is the mean over seeds ({results['spread']}). *Gap closed* = mean over "
-           f"domains of (ppl_best_interp − ppl_method) / (ppl_best_interp − ppl_oracle), per seed; the best "
-           f"interpolation is the grid point with the lowest arithmetic mean of the domains' perplexities "
-           f"(chosen on test, so the baseline is as strong as it can be).", "", head,
-           "|" + "---|" * (len(names) + 3)]
-  for m in results["order"]:
-    r = table[m]
-    label = LABELS.get(m, m.replace("expert:", "expert: "))
-    if m == "interp best":
-      label += " (" + ", ".join(sorted({_w(per_seed[s]["info"]["best_interp"]) for s in results["seeds"]})) + ")"
-    lines.append(f"| {label} | " + " | ".join(fmt(r["ppl"][d]) for d in names) +
-                 f" | {fmt(r['mean_ppl'])} | {fmt(r['gap'], 2)} |")
-  lines += ["", "## What the numbers say", ""] + _verdict(results) + ["", "## Details", ""]
-  for s in results["seeds"]:
-    info = per_seed[s]["info"]
-    extras = "; ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()
-                       if k not in ("router_accuracy", "best_interp", "mixture_weights"))
-    lines.append(f"- seed {s}: best interpolation {_w(info['best_interp'])}; mixture weights (val) "
-                 f"{_w(info['mixture_weights'])}; router accuracy " +
-                 ", ".join(f"{d} {a:.1%}" for d, a in info["router_accuracy"].items()) +
-                 (f"; {extras}" if extras else "") + f"; {per_seed[s].get('seconds', 0):.0f} s")
-  ts = results["test_sequences"]
-  lines.append("- test sequences per domain: " + ", ".join(
-      f"{d} {st['kept']} ({ts['tokens'][d]:,} target tokens; of {st['candidates']:,} rows: {st['short']} short, "
-      f"{st['repeated']} repeated, {st['verbatim_in_train']} found verbatim in training text; sha256 "
-      f"{ts['sha256'][d][:12]})" for d, st in ts["stats"].items()))
-  return "\n".join(lines) + "\n"
-
-
-def _w(w) -> str:
-  """λ (the expert's weight) for two models, the weight vector otherwise."""
-  return f"λ={w[1]:.1f}" if len(w) == 2 else "w=(" + ", ".join(f"{x:.2f}" for x in w) + ")"
-
-
-def _verdict(results: Mapping) -> list[str]:
-  """Plain sentences: the headline fraction, and where the superposition loses to the output-space methods."""
-  names, table = results["domains"], results["methods"]
-  if "superposed" not in table:
-    return ["No superposed run was evaluated."]
-  sup = table["superposed"]
-  g = sup["gap"]
-  out = [f"- Headline: the superposed model (learned α) closes **{g['mean']:.0%}** of the gap between the best "
-         f"linear interpolation and oracle routing (seeds: {', '.join(f'{v:.0%}' for v in g['values'])})."]
-  for m in ("mixture best", "mixture uniform", "router", "oracle", "superposed_router", "blend_only"):
-    if m not in table:
-      continue
-    worse = [d for d in names if sup["ppl"][d]["mean"] > table[m]["ppl"][d]["mean"]]
-    pairs = ", ".join(f"{d} {sup['ppl'][d]['mean']:.3f} vs {table[m]['ppl'][d]['mean']:.3f}" for d in (worse or names))
-    verb = f"loses to the {LABELS[m].strip('*')} on {', '.join(worse)}" if worse else \
-        f"is at least as good as the {LABELS[m].strip('*')} on every domain"
-    out.append(f"- The superposed model {verb} ({pairs}); gap closed {g['mean']:.0%} vs {table[m]['gap']['mean']:.0%}.")
+def _dump(result: dict) -> dict:
+  out = dict(result)
+  out["scores"] = {m: {g: [s.tolist(), c.tolist()] for g, (s, c) in groups.items()}
+                   for m, groups in result["scores"].items()}
   return out
 
 
-def _cache_key(runs: Mapping, test_manifest: dict, val_manifest: dict, interp_steps: int) -> str:
+def _load(cached: dict) -> dict:
+  out = dict(cached)
+  out["scores"] = {m: {g: (np.asarray(s, np.float64), np.asarray(c, np.int64)) for g, (s, c) in groups.items()}
+                   for m, groups in cached["scores"].items()}
+  return out
+
+
+def _cache_key(runs: Mapping, test_manifest: dict, val_manifest: dict, switch_digest: str, interp_steps: int) -> str:
   """The runs' newest checkpoint steps and the sequences' hashes: a retrained run or new sequences
   invalidate a seed's cached scores."""
   def steps(workdir):
     d = ckpt_lib.checkpoint_dir(workdir)
     return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
-  paths = list(runs["experts"]) + list(runs.get("superposed", {}).values())
+  paths = list(runs["experts"]) + list(runs.get("learned", {}).values())
   key = {"version": EVAL_VERSION, "runs": runs, "steps": [steps(p) for p in paths], "interp_steps": interp_steps,
-         "test": test_manifest["sha256"], "val": val_manifest["sha256"]}
+         "test": test_manifest["sha256"], "val": val_manifest["sha256"], "switch": switch_digest}
   return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 

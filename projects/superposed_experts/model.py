@@ -2,12 +2,20 @@
 
 Two graphs over the same parameters:
 
-* ``train_forward`` — the teacher-forced graph of p1 §3.4. Every expert runs end-to-end on the raw
-  input under ``stop_gradient`` (frozen: no backward pass through them). Their states are blended
-  per layer, autoencoded at ``train_ae_layers`` independently of each other, and each reconstruction
-  is pulled towards the state of the expert named by the row's label.
-* ``__call__`` — the sequential inference graph of p1 §3.5. Per layer every expert's block reads the
-  same input, their outputs are blended, autoencoded at ``ae_layers`` and fed to the next layer.
+* ``__call__`` — the sequential inference graph of p1 §3.5 (Algorithm 1 unrolled). Per layer every
+  expert's block reads the same input, their outputs are blended, autoencoded at ``ae_layers`` and fed
+  to the next layer.
+* ``train_forward`` — what training differentiates, chosen by ``train_graph``:
+  - ``'sequential'`` (default): the inference graph itself, with the experts' parameters under
+    ``stop_gradient`` (frozen; gradients still flow through their activations), so the LM loss reaches
+    the blend weight of EVERY layer and the model trained is the model evaluated. Each autoencoded state
+    is also pulled towards the state the row's labelled expert reaches when it runs alone.
+  - ``'teacher_forced'``: the notebook's graph of p1 §3.4. Every expert runs end-to-end on the raw input
+    under ``stop_gradient``; their states are blended per layer and autoencoded at ``train_ae_layers``
+    independently of each other. Blended states reach the loss only through a reconstruction term, so
+    the α of a layer without an autoencoder — and of every layer but the last in a blend-only run —
+    receives no gradient at all (measured: ``tests/projects/superposed_experts/test_sx_gradients.py``).
+    Kept for the faithful reproduction only.
 
 States follow Hugging Face's ``hidden_states`` convention (p1 §7.1): state 0 is the embedding (blended
 with the mean over layers of the blend weights), state l + 1 the output of block l, and the last state
@@ -38,9 +46,10 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from superpose.blend import Autoencoder, SimplexBlend, SplineBlend, SplineBlend2D
+from superpose.blend import Autoencoder, SimplexBlend, SplineBlend, SplineBlend2D, layer_basis
 from superpose import kernels as kernel_lib
 from superpose.nn import sharding
 from superpose.nn import cache as cache_lib
@@ -49,6 +58,7 @@ from superpose.nn.config import TransformerConfig
 from superpose.nn.decoder import VOCAB_PAD_LOGIT, Transformer, default_positions
 
 BLENDS = ("1d", "2d", "simplex")
+TRAIN_GRAPHS = ("sequential", "teacher_forced")
 EMBED_BLENDS = ("mean", "base")
 KERNELS = kernel_lib.IMPLS
 _LOG_FLOOR = 1e-6   # log of a zero blend weight (a clamped α) for the router's logit space
@@ -65,7 +75,7 @@ class SuperposedConfig:
   ae_kernel: int = 3
   ae_causal: bool = True               # False = the paper's symmetric padding (leaks token t+1)
   blend: str = "1d"                    # '1d' (SplineBlend) | '2d' (SplineBlend2D) | 'simplex' (K ≥ 3 forces it)
-  num_control: int = 16
+  num_control: int = 0                 # 0 = min(16, L) (and degree ≤ L − 1): the paper's 16 at L = 12, none dead at small L
   degree: int = 3
   blend_init: tuple[float, float] = (0.45, 0.55)  # 1-D control-point init range
   bias_scale: float = 0.0              # 0 = the blend's own default (1-D 0.1, 2-D 0.01)
@@ -76,6 +86,7 @@ class SuperposedConfig:
   router_hidden: int = 64
   kernel: str = "reference"            # 'reference' | 'pallas': the fused blend + autoencoder step (2 experts)
   kernel_block_rows: int = 128
+  train_graph: str = "sequential"      # 'sequential' (every α gets a gradient) | 'teacher_forced' (the notebook's)
 
   def __post_init__(self):
     for name in ("ae_layers", "train_ae_layers", "blend_init"):
@@ -103,8 +114,15 @@ class SuperposedConfig:
       errors.append(f"ae_decoder={self.ae_decoder!r}: must be 'conv' or 'linear'")
     if self.ae_kernel < 1 or (self.ae_decoder == "conv" and not self.ae_causal and self.ae_kernel % 2 == 0):
       errors.append(f"ae_kernel={self.ae_kernel}: must be ≥ 1 (and odd for a non-causal conv)")
-    if self.num_control < self.degree + 1:
+    if self.control_points < self.spline_degree + 1:
       errors.append(f"num_control={self.num_control}: a degree-{self.degree} spline needs ≥ {self.degree + 1}")
+    else:
+      dead = np.flatnonzero(np.abs(layer_basis(L, self.control_points, self.spline_degree)).sum(0) == 0)
+      if len(dead):
+        errors.append(f"num_control={self.num_control} with {L} layers: control points {dead.tolist()} affect no "
+                      f"layer's weight, so they could never train; use 0 (automatic)")
+    if self.train_graph not in TRAIN_GRAPHS:
+      errors.append(f"train_graph={self.train_graph!r}: must be one of {', '.join(TRAIN_GRAPHS)}")
     if self.embed_blend not in EMBED_BLENDS:
       errors.append(f"embed_blend={self.embed_blend!r}: must be one of {', '.join(EMBED_BLENDS)}")
     if self.router:
@@ -127,6 +145,15 @@ class SuperposedConfig:
   @property
   def trained_ae_layers(self) -> tuple[int, ...]:
     return tuple(self.ae_layers if self.train_ae_layers is None else self.train_ae_layers)
+
+  @property
+  def control_points(self) -> int:
+    return self.num_control or min(16, self.expert.num_layers)
+
+  @property
+  def spline_degree(self) -> int:
+    """``degree``, lowered to control_points − 1 when the number of control points is automatic."""
+    return self.degree if self.num_control else min(self.degree, self.control_points - 1)
 
   @property
   def bottleneck_size(self) -> int:
@@ -174,18 +201,20 @@ class Superposed(nnx.Module):
     self.experts = nnx.List([Transformer(e, rngs=rngs) for _ in range(K)])
     scale = {"bias_scale": cfg.bias_scale} if cfg.bias_scale else {}
     if cfg.blend_kind == "1d":
-      self.blend = SplineBlend(L, num_control=cfg.num_control, degree=cfg.degree, init_range=cfg.blend_init,
+      self.blend = SplineBlend(L, num_control=cfg.control_points, degree=cfg.spline_degree, init_range=cfg.blend_init,
                                rngs=rngs, **scale)
     elif cfg.blend_kind == "2d":
-      self.blend = SplineBlend2D(L, e.d_model, num_control=cfg.num_control, degree=cfg.degree,
+      self.blend = SplineBlend2D(L, e.d_model, num_control=cfg.control_points, degree=cfg.spline_degree,
                                  quantize=cfg.quantize, rngs=rngs, **scale)
     else:
-      self.blend = SimplexBlend(L, K, num_control=cfg.num_control, degree=cfg.degree, rngs=rngs)
+      self.blend = SimplexBlend(L, K, num_control=cfg.control_points, degree=cfg.spline_degree, rngs=rngs)
     self.autoencoders = nnx.Dict({
         str(l): Autoencoder(e.d_model, cfg.bottleneck_size, decoder=cfg.ae_decoder, kernel_size=cfg.ae_kernel,
                             causal=cfg.ae_causal, rngs=rngs)
         for l in sorted(set(cfg.trained_ae_layers) | set(cfg.ae_layers))})
-    self.router = (Router(e.d_model, L, K, cfg.router_hidden, rngs=rngs) if cfg.router else None)
+    # Offsets only for the layers the router can still change (≥ router_layer): no output is dead.
+    self.router = (Router(e.d_model, L - cfg.router_layer, K, cfg.router_hidden, rngs=rngs)
+                   if cfg.router else None)
 
   # Blend weights ---------------------------------------------------------------------------------
   def alphas(self) -> jax.Array:
@@ -219,8 +248,10 @@ class Superposed(nnx.Module):
     return w_LKX.mean(0)
 
   def _route(self, w_LKX: jax.Array, s_BTD: jax.Array) -> jax.Array:
-    """Per-token weights (B, T, L, K, 1) = softmax_K(log W + router offsets)."""
-    logits = jnp.log(jnp.maximum(w_LKX[..., 0], _LOG_FLOOR)) + self.router(s_BTD)
+    """Per-token weights (B, T, L − router_layer, K, 1) = softmax_K(log W + router offsets) of the layers
+    from ``router_layer`` on."""
+    w = w_LKX[self.cfg.router_layer:, :, 0]
+    logits = jnp.log(jnp.maximum(w, _LOG_FLOOR)) + self.router(s_BTD)
     return jax.nn.softmax(logits, axis=-1)[..., None]
 
   # Pieces ----------------------------------------------------------------------------------------
@@ -285,37 +316,49 @@ class Superposed(nnx.Module):
     return jnp.stack(out)
 
   def train_forward(self, tokens_BT, labels_B, *, mask_BT=None, positions_BT=None, segment_ids_BT=None):
-    """Returns (logits_BTV, recon_loss, aux).
+    """Returns (logits_BTV, recon_loss, aux) of the graph ``cfg.train_graph`` (module docstring).
 
     recon_loss = Σ over ``train_ae_layers`` of the mean squared error between the reconstruction and
-    the state of expert ``labels_B[b]`` of each row, averaged over the positions where ``mask_BT``
-    (default: all) and the hidden dimension. aux: ``recon/<layer>`` per layer and ``weights`` (L, K, X).
+    the state of expert ``labels_B[b]`` of each row (run alone), averaged over the positions where
+    ``mask_BT`` (default: all) and the hidden dimension. aux: ``recon/<layer>`` per layer and
+    ``weights`` (L, K, X).
     """
     cfg = self.cfg
-    L, K = cfg.expert.num_layers, cfg.num_experts
-    states = jax.lax.stop_gradient(self.expert_states(tokens_BT, positions_BT=positions_BT,
-                                                      segment_ids_BT=segment_ids_BT))
-    w = self.weights()
-    onehot_BK = jax.nn.one_hot(labels_B, K, dtype=jnp.float32)
+    encoded = cfg.trained_ae_layers
+    targets, states = None, None
+    if encoded or cfg.train_graph == "teacher_forced":
+      states = jax.lax.stop_gradient(self.expert_states(tokens_BT, positions_BT=positions_BT,
+                                                        segment_ids_BT=segment_ids_BT))
+      onehot_BK = jax.nn.one_hot(labels_B, cfg.num_experts, dtype=jnp.float32)
+    if encoded:
+      targets = {l: jnp.einsum("bk,kbtd->btd", onehot_BK, states[:, l + 1].astype(jnp.float32)) for l in encoded}
     mask = jnp.ones(tokens_BT.shape, jnp.float32) if mask_BT is None else mask_BT.astype(jnp.float32)
-    denom = jnp.maximum(mask.sum(), 1.0) * cfg.expert.d_model
+    recon = _Recon(targets or {}, mask, cfg.expert.d_model)
+    if cfg.train_graph == "teacher_forced":
+      logits = self._teacher_forced(states, recon)
+    else:
+      logits = self._sequential(tokens_BT, None, use_autoencoders=True, positions_BT=positions_BT,
+                                segment_ids_BT=segment_ids_BT, recon=recon, frozen=True)
+    return logits, recon.total, {**recon.parts, "weights": self.weights()}
+
+  def _teacher_forced(self, states, recon: "_Recon") -> jax.Array:
+    """The notebook's graph (p1 §3.4): every layer blends the experts' own states (K, L + 1, B, T, D)."""
+    cfg = self.cfg
+    L, K = cfg.expert.num_layers, cfg.num_experts
+    w = self.weights()
     state = self._mix(self._embed_weights(w), states[:, 0])   # what block 0 would read
-    routed, aux, recon_loss = None, {}, jnp.zeros((), jnp.float32)
+    routed = None
     for l in range(L):
       if self.router is not None and l == cfg.router_layer:
         routed = self._route(w, state)
-      w_l = w[l] if routed is None else routed[:, :, l]
+      w_l = w[l] if routed is None else routed[:, :, l - cfg.router_layer]
       encode = l in cfg.trained_ae_layers
       state = self._blend_step(l, w_l, [states[k, l + 1] for k in range(K)], encode=encode,
                                fused=routed is None and self._alpha_form(None))
       if encode:
-        target = jnp.einsum("bk,kbtd->btd", onehot_BK, states[:, l + 1].astype(jnp.float32))
-        err = jnp.square(state.astype(jnp.float32) - target).sum(-1)
-        aux[f"recon/{l}"] = (err * mask).sum() / denom
-        recon_loss = recon_loss + aux[f"recon/{l}"]
-    head_w = w[L - 1] if routed is None else routed[:, :, L - 1]
-    aux["weights"] = w
-    return self._unembed(state, head_w, frozen=True), recon_loss, aux
+        recon.add(l, state)
+    head_w = w[L - 1] if routed is None else routed[:, :, L - 1 - cfg.router_layer]
+    return self._unembed(state, head_w, frozen=True)
 
   # Sequential inference graph (p1 §3.5) -----------------------------------------------------------
   def __call__(self, tokens_BT, *, alpha=None, use_autoencoders=True, positions_BT=None,
@@ -327,23 +370,58 @@ class Superposed(nnx.Module):
       one compiled function serves every forced blend.
     use_autoencoders: False bypasses the autoencoders (plain activation blending).
     """
+    return self._sequential(tokens_BT, alpha, use_autoencoders=use_autoencoders, positions_BT=positions_BT,
+                            segment_ids_BT=segment_ids_BT)
+
+  def _sequential(self, tokens_BT, alpha, *, use_autoencoders, positions_BT, segment_ids_BT,
+                  recon: "_Recon | None" = None, frozen: bool = False) -> jax.Array:
+    """The inference graph. With ``recon``, autoencoders at ``train_ae_layers`` also report their
+    reconstruction error (those outside ``ae_layers`` as a side branch that does not feed forward);
+    ``frozen`` stops the gradient into the experts' parameters (not through their activations)."""
     cfg = self.cfg
     L = cfg.expert.num_layers
     positions_BT = self._positions(tokens_BT, positions_BT)
     w = self.weights(alpha)
+    experts = [_stopped(x) for x in self.experts] if frozen else list(self.experts)
     mask_BTS = cache_lib.self_mask(segment_ids_BT, tokens_BT.shape[1], cfg.expert.causal)
-    state = self._mix(self._embed_weights(w), [x.embed(tokens_BT, positions_BT) for x in self.experts])
+    state = self._mix(self._embed_weights(w), [x.embed(tokens_BT, positions_BT) for x in experts])
     routed = None
     for l in range(L):
       if self.router is not None and alpha is None and l == cfg.router_layer:
         routed = self._route(w, state)
       outs = []
-      for expert in self.experts:
+      for expert in experts:
         h, _, _ = expert.blocks[l](state, positions_BT=positions_BT, mask_BTS=mask_BTS,
                                    segment_ids_BT=segment_ids_BT)
         outs.append(expert.apply_final_norm(h) if l == L - 1 else h)
-      state = self._blend_step(l, w[l] if routed is None else routed[:, :, l], outs,
-                               encode=use_autoencoders and l in cfg.ae_layers,
-                               fused=routed is None and self._alpha_form(alpha))
-    head_w = w[L - 1] if routed is None else routed[:, :, L - 1]
-    return self._unembed(state, head_w, frozen=False)
+      w_l = w[l] if routed is None else routed[:, :, l - cfg.router_layer]
+      encode = use_autoencoders and l in cfg.ae_layers
+      fused = routed is None and self._alpha_form(alpha)
+      if recon is not None and l in cfg.trained_ae_layers and not encode:
+        recon.add(l, self._blend_step(l, w_l, outs, encode=True, fused=fused))   # training-only autoencoder
+      state = self._blend_step(l, w_l, outs, encode=encode, fused=fused)
+      if recon is not None and encode:
+        recon.add(l, state)
+    head_w = w[L - 1] if routed is None else routed[:, :, L - 1 - cfg.router_layer]
+    return self._unembed(state, head_w, frozen=frozen)
+
+
+def _stopped(module: nnx.Module) -> nnx.Module:
+  """A view of ``module`` whose parameters are constants for autodiff (activations still carry gradients)."""
+  graphdef, state = nnx.split(module)
+  return nnx.merge(graphdef, jax.tree.map(jax.lax.stop_gradient, state))
+
+
+class _Recon:
+  """Accumulates Σ_layers masked MSE(reconstruction, target state) for ``train_forward``."""
+
+  def __init__(self, targets: dict, mask_BT: jax.Array, d_model: int):
+    self.targets, self.mask = targets, mask_BT
+    self.denom = jnp.maximum(mask_BT.sum(), 1.0) * d_model
+    self.parts: dict[str, jax.Array] = {}
+    self.total = jnp.zeros((), jnp.float32)
+
+  def add(self, layer: int, state_BTD: jax.Array) -> None:
+    err = jnp.square(state_BTD.astype(jnp.float32) - self.targets[layer]).sum(-1)
+    self.parts[f"recon/{layer}"] = (err * self.mask).sum() / self.denom
+    self.total = self.total + self.parts[f"recon/{layer}"]

@@ -1,25 +1,32 @@
-"""The whole experiment in one command (issue §3): data, then per seed (a) base, (b) experts, (c)
-superpositions, then (d) evaluation of every method.
+"""The whole experiment in one command: data, the experts (once), then per seed every learned way of
+combining them, then the evaluation of every method and a side-by-side speed benchmark.
 
-    python -m projects.superposed_experts.pipeline --config configs/superposed_experts/tiny.py \\
-        --workdir workdirs/sx_k2 [--seeds 3] [--experts 2|3] [--router]
-    python -m projects.superposed_experts.pipeline --config configs/superposed_experts/gpt2.py \\
-        --workdir workdirs/sx_gpt2 --expert-dirs /path/to/gpt2 /path/to/gpt2-french   # skips (a), (b)
+    python -m projects.superposed_experts.pipeline --config configs/superposed_experts/tiny.py \
+        --workdir workdirs/sx_k2 [--seeds 3] [--experts 2|3] [--router] [--trunk-ranks 4 8 16]
+    python -m projects.superposed_experts.pipeline --config configs/superposed_experts/tiny.py \
+        --workdir workdirs/sx_k3 --experts 3 --expert-dirs A B C      # reuse experts trained before
 
-Stages run as ``python -m launch.train`` subprocesses (a clean JAX state each) with the config's
-variants ``base``, ``expert`` (trained from the base with ``init_from``), ``superpose`` (or the
-config's default variant where it has none), ``blend_only`` and ``router``; the overrides name the
-seed, the domain files and the runs each stage builds on. Layout::
+Stages run as ``python -m launch.train`` subprocesses (a clean JAX state each). The experts — the base
+(variant ``base``) and one fine-tune per other domain (``expert``, ``init_from`` the base) — are trained
+ONCE, with seed 0, and shared by every seed: the question is how well each method combines given
+experts, so the seeds vary what each method learns (its initialisation and data order), not the
+experts. (Retraining them per seed would add expert-to-expert variance to every row alike; the paired
+intervals of evaluate.py would then also cover it. A K = 3 run may reuse the K = 2 run's base and French
+expert with ``--expert-dirs``.) Per seed: ``superposed`` (the paper's model, sequential training),
+``superposed_tf`` (the same, teacher-forced as the notebook: the "before" of the α plot), ``blend_only``,
+``merge`` (learned per-layer merge), ``trunk_r<r>`` (one trunk, rank r deltas, for each --trunk-ranks)
+and with --router ``superposed_router``. Layout::
 
     DIR/config.py                         the config file, copied: every stage reads this copy
     DIR/pipeline.json                     what evaluate.py reads (domains, files, runs per seed)
-    DIR/seed_<s>/<stage>/                 one workdir per stage: base, expert_<domain>, superpose, ...
-    DIR/seed_<s>/<stage>.log              the stage's output
+    DIR/experts/<stage>/, .log            base, expert_<domain>
+    DIR/seed_<s>/<stage>/, .log           one workdir per learned stage
     DIR/eval_sequences/, DIR/eval/        the test sequences and cached scores (evaluate.py)
+    DIR/bench.json                        time per token of every method ÷ one expert's (bench.py)
     DIR/results.{md,json}, DIR/*.png      the results
 
-A stage whose workdir holds ``DONE`` is skipped; an interrupted one resumes from its last
-checkpoint (launch.train's own resume). Delete a stage's folder to retrain it.
+A stage whose workdir holds ``DONE`` is skipped; an interrupted one resumes from its last checkpoint
+(launch.train's own resume). Delete a stage's folder to retrain it.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ import shlex
 import subprocess
 import sys
 import time
+from typing import Sequence
 
 DATA_ROOT = "workdirs/superposed_data"
 DOMAIN_ORDER = ("english", "french", "python")
@@ -55,46 +63,43 @@ def snapshot_config(path: str, workdir: pathlib.Path) -> str:
   return str(copy)
 
 
-def superpose_variant(module) -> str:
-  """``superpose`` where the config has it (tiny.py), else its default variant (gpt2.py)."""
-  try:
-    module.get_config("superpose")
-    return "superpose"
-  except ValueError:
-    return ""
+LEARNED = {"superposed": "superpose", "superposed_tf": "teacher_forced", "blend_only": "blend_only",
+           "merge": "merge", "superposed_router": "router"}
 
 
-def stage_commands(config: str, variant: str, workdir: pathlib.Path, seed: int, names, data_root: pathlib.Path,
-                   router: bool, overrides: dict[str, list[str]], expert_dirs=None) -> list[tuple[str, list[str]]]:
-  """(stage name, argv) of every training stage of one seed, in order."""
+def expert_commands(config: str, workdir: pathlib.Path, names, data_root: pathlib.Path,
+                    overrides: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
+  """(stage, argv) of the experts: the base on domain 0, then each other domain's fine-tune of it."""
+  from projects.superposed_experts import data as data_lib
+  w = workdir / "experts"
+
+  def cmd(variant, stage, name, *extra):
+    return (stage, [sys.executable, "-m", "launch.train", f"--config={config}:{variant}", f"--workdir={w / stage}",
+                    "--config.seed=0", f"--config.data.path={data_lib.domain_file(data_root, name, 'train')}",
+                    f"--config.data.val_path={data_lib.domain_file(data_root, name, 'val')}", *extra,
+                    *overrides.get(stage, []), *overrides.get("*", [])])
+  return [cmd("base", "base", names[0])] + [cmd("expert", f"expert_{n}", n, f"--config.train.init_from={w / 'base'}")
+                                            for n in names[1:]]
+
+
+def learned_commands(config: str, workdir: pathlib.Path, seed: int, names, data_root: pathlib.Path, experts,
+                     stages: Sequence[str], overrides: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
+  """(stage, argv) of one seed's learned methods (``LEARNED`` names, ``trunk_r<rank>``)."""
   from projects.superposed_experts import data as data_lib
   w = workdir / f"seed_{seed}"
   files = lambda split: tuple(str(data_lib.domain_file(data_root, n, split)) for n in names)
   common = [f"--config.seed={seed}", f"--config.superposed.domains={tuple(names)}",
             f"--config.superposed.train_paths={files('train')}", f"--config.superposed.val_paths={files('val')}",
-            f"--config.superposed.num_experts={len(names)}"]
-
-  def cmd(variant, stage, *extra):
-    return (stage, [sys.executable, "-m", "launch.train", f"--config={config}:{variant}", f"--workdir={w / stage}",
-                    *common, *extra, *overrides.get(stage, []), *overrides.get("*", [])])
-
-  def lm_data(name):
-    return (f"--config.data.path={data_lib.domain_file(data_root, name, 'train')}",
-            f"--config.data.val_path={data_lib.domain_file(data_root, name, 'val')}")
-
-  stages = []
-  if not expert_dirs:
-    stages.append(cmd("base", "base", *lm_data(names[0])))
-    stages += [cmd("expert", f"expert_{n}", *lm_data(n), f"--config.train.init_from={w / 'base'}") for n in names[1:]]
-  experts = f"--config.superposed.experts={tuple(map(str, expert_dirs or expert_workdirs(w, names)))}"
-  stages += [cmd(variant, "superpose", experts), cmd("blend_only", "blend_only", experts)]
-  if router:
-    stages.append(cmd("router", "router", experts))
-  return stages
-
-
-def expert_workdirs(w: pathlib.Path, names) -> list[pathlib.Path]:
-  return [w / "base"] + [w / f"expert_{n}" for n in names[1:]]
+            f"--config.superposed.num_experts={len(names)}", f"--config.superposed.experts={tuple(map(str, experts))}"]
+  out = []
+  for stage in stages:
+    if stage.startswith("trunk_r"):
+      variant, extra = "trunk", [f"--config.superposed.rank={int(stage.removeprefix('trunk_r'))}"]
+    else:
+      variant, extra = LEARNED[stage], []
+    out.append((stage, [sys.executable, "-m", "launch.train", f"--config={config}:{variant}", f"--workdir={w / stage}",
+                        *common, *extra, *overrides.get(stage, []), *overrides.get("*", [])]))
+  return out
 
 
 def run_stage(stage: str, argv: list[str], workdir: pathlib.Path, log=print) -> float:
@@ -121,15 +126,16 @@ def run_stage(stage: str, argv: list[str], workdir: pathlib.Path, log=print) -> 
 
 
 def print_forgetting(experts, names, spec, log=print) -> None:
-  """The base's and the experts' perplexity on each domain's validation sequences: fine-tuning on
-  another domain must visibly raise the base domain's perplexity."""
+  """The experts' NLL on each domain's validation sequences (nats/token; bits for bytes): fine-tuning on
+  another domain must visibly raise the base domain's NLL."""
+  import math
   from projects.superposed_experts import baselines as bl, data as data_lib, evaluate
   val, _ = data_lib.heldout(spec, data_lib.VAL_SEQUENCES, log=log)
   for label, path in zip(["base"] + [f"expert_{n}" for n in names[1:]], experts):
     graphdef, params, _ = evaluate.load_run(path)
     fn = evaluate.lm_scorer(graphdef)
-    ppl = {d: bl.perplexity(evaluate.score(fn, params, val[d])[0], evaluate.weights(val[d])) for d in names}
-    log(f"  val perplexity of {label:<16}" + "  ".join(f"{d} {p:7.3f}" for d, p in ppl.items()))
+    nll = {d: bl.nll(evaluate.score(fn, params, val[d])[0], evaluate.weights(val[d])) for d in names}
+    log(f"  val NLL of {label:<16}" + "  ".join(f"{d} {x:.3f} ({x / math.log(2):.3f} bits)" for d, x in nll.items()))
 
 
 def parse_overrides(items: list[str]) -> dict[str, list[str]]:
@@ -144,19 +150,22 @@ def parse_overrides(items: list[str]) -> dict[str, list[str]]:
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(prog="python -m projects.superposed_experts.pipeline",
                                description=__doc__.split("\n")[0])
-  ap.add_argument("--config", required=True, help="config file with the variants base, expert, superpose, blend_only")
+  ap.add_argument("--config", required=True, help="config file with the variants base, expert, superpose, "
+                  "teacher_forced, blend_only, merge, trunk (and router)")
   ap.add_argument("--workdir", required=True, type=pathlib.Path)
   ap.add_argument("--seeds", type=int, default=3)
   ap.add_argument("--experts", type=int, default=2, choices=(2, 3), help="2: English + French; 3: + Python")
-  ap.add_argument("--router", action="store_true", help="also train the per-token router variant")
+  ap.add_argument("--router", action="store_true", help="also train the paper's model with a per-token router")
+  ap.add_argument("--trunk-ranks", type=int, nargs="*", default=[8], help="one-trunk runs, one per delta rank")
   ap.add_argument("--expert-dirs", nargs="+", type=pathlib.Path,
-                  help="existing experts (our workdirs or HF GPT-2 directories), base first: skips (a) and (b)")
+                  help="existing experts (our workdirs or HF GPT-2 directories), base first: skips training them")
   ap.add_argument("--data", type=pathlib.Path, default=pathlib.Path(DATA_ROOT), help="corpora and domain files")
   ap.add_argument("--eval-sequences", type=int, default=1000, help="test sequences per domain")
+  ap.add_argument("--no-bench", action="store_true", help="skip the speed benchmark (costs shown as FLOPs)")
   ap.add_argument("--override", action="append", default=[], metavar="[STAGE:]KEY=VALUE",
-                  help="extra --config.KEY=VALUE for one stage (base, expert_french, superpose, ...) or all")
+                  help="extra --config.KEY=VALUE for one stage (base, expert_french, superposed, trunk_r8, ...) or all")
   args = ap.parse_args(argv)
-  from projects.superposed_experts import data as data_lib, evaluate
+  from projects.superposed_experts import bench, data as data_lib, evaluate
 
   start = time.time()
   names = DOMAIN_ORDER[:args.experts]
@@ -168,9 +177,7 @@ def main(argv=None) -> int:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  module = load_config_module(config)
-  variant = superpose_variant(module)
-  reference = module.get_config(variant)
+  reference = load_config_module(config).get_config("superpose")
   print(f"data: building corpora and domain files under {args.data} (cached after the first time)")
   data_lib.prepare(args.data, {n: data_lib.DOMAINS[n] for n in names})
   files = {s: [str(data_lib.domain_file(args.data, n, s)) for n in names] for s in ("train", "val", "test")}
@@ -181,28 +188,39 @@ def main(argv=None) -> int:
             "test_paths": files["test"], "tokenizer": tokenizer, "seq_len": seq_len,
             "eval_sequences": args.eval_sequences, "config": config, "seeds": {}}
   times = {}
+  if args.expert_dirs:
+    experts = [str(p) for p in args.expert_dirs]
+  else:
+    print("experts (once, shared by every seed):")
+    (args.workdir / "experts").mkdir(exist_ok=True)
+    for stage, cmd in expert_commands(config, args.workdir, names, args.data, overrides):
+      times[f"experts/{stage}"] = run_stage(stage, cmd, args.workdir / "experts")
+    experts = [str(args.workdir / "experts" / "base")] + [str(args.workdir / "experts" / f"expert_{n}")
+                                                          for n in names[1:]]
+  print_forgetting(experts, names, spec)
+  stages = ["superposed", "superposed_tf", "blend_only", "merge"] + [f"trunk_r{r}" for r in args.trunk_ranks]
+  if args.router:
+    stages.append("superposed_router")
   for seed in range(args.seeds):
     w = args.workdir / f"seed_{seed}"
     w.mkdir(parents=True, exist_ok=True)
-    experts = [str(p) for p in (args.expert_dirs or expert_workdirs(w, names))]
     print(f"seed {seed}:")
-    for stage, cmd in stage_commands(config, variant, args.workdir, seed, names, args.data, args.router,
-                                     overrides, args.expert_dirs):
-      if stage == "superpose" and (seed == 0 or not args.expert_dirs):
-        print_forgetting(experts, names, spec)
+    for stage, cmd in learned_commands(config, args.workdir, seed, names, args.data, experts, stages, overrides):
       times[f"{seed}/{stage}"] = run_stage(stage, cmd, w)
-    runs = {"experts": experts, "superposed": {"superposed": str(w / "superpose"), "blend_only": str(w / "blend_only")}}
-    if args.router:
-      runs["superposed"]["superposed_router"] = str(w / "router")
-    layout["seeds"][str(seed)] = runs
+    layout["seeds"][str(seed)] = {"experts": experts, "learned": {st: str(w / st) for st in stages}}
   (args.workdir / "pipeline.json").write_text(json.dumps(layout, indent=1) + "\n", "utf-8")
   train_s = sum(times.values())
+  bench_s = 0.0
+  if not args.no_bench:
+    t0 = time.time()
+    bench.bench_pipeline(args.workdir)
+    bench_s = time.time() - t0
   eval_start = time.time()
   evaluate.run(args.workdir)
   eval_s = time.time() - eval_start
   total = time.time() - start
   print(f"wall time {total / 60:.1f} min: training {train_s / 60:.1f} min ({sum(t > 0 for t in times.values())} of "
-        f"{len(times)} stages run now), evaluation {eval_s / 60:.1f} min")
+        f"{len(times)} stages run now), benchmark {bench_s / 60:.1f} min, evaluation {eval_s / 60:.1f} min")
   return 0
 
 

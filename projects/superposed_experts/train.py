@@ -1,15 +1,23 @@
-"""Trainer of the superposed model (p1 §3.4): frozen experts, trained blend weights and autoencoders.
+"""Trainer of every learned way of combining the experts (a superpose.train.loop Task), by
+``config.superposed.method``:
+
+* ``superpose`` — the paper's model (p1 §3.4; model.py): frozen experts, trained blend weights and
+  autoencoders. Loss = ``lm_weight`` · cross-entropy of ``train_forward``'s logits (the sequential graph
+  by default, so every layer's α is trained) + ``recon_weight`` · Σ_layers MSE(reconstruction, state of
+  the row's labelled expert).
+* ``merge`` — the learned per-layer weight merge (merge.py): LM loss only.
+* ``trunk`` — one trunk plus per-expert low-rank deltas behind a causal per-token gate (trunk.py): LM
+  loss + ``gate_label_weight`` · cross-entropy of the gate against the row's domain label.
 
     python -m launch.train --config configs/superposed_experts/tiny.py:superpose --workdir DIR
 
-Loss = ``lm_weight`` · cross-entropy of the teacher-forced logits (padding masked by the batch
-weights) + ``recon_weight`` · Σ_layers MSE(reconstruction, state of the row's labelled expert).
-The experts are loaded from the runs named in ``config.superposed.experts`` (one per expert, expert
-0 = the base): a workdir or checkpoint of ours, or a Hugging Face GPT-2 directory. They are frozen
-by ``config.optim.frozen``, which must cover every ``experts/...`` parameter.
+Every method trains on the same balanced, labelled domain batches (data.py) with frozen experts. The
+experts are loaded from the runs named in ``config.superposed.experts`` (one per expert, expert 0 = the
+base): a workdir or checkpoint of ours, or a Hugging Face GPT-2 directory. ``config.optim.frozen`` must
+cover every parameter that came from them.
 
-Evaluation runs the *sequential inference graph* — the merged model a user gets — so ``eval/loss``
-and ``eval/perplexity`` are its LM loss, and ``eval/ce/<domain>`` splits it by domain.
+Evaluation runs the model a user gets (the sequential inference graph; the merged weights; the gated
+trunk), so ``eval/loss`` and ``eval/perplexity`` are its LM loss, and ``eval/ce/<domain>`` splits it.
 """
 from __future__ import annotations
 
@@ -50,10 +58,17 @@ def superposed_section(**overrides) -> ml_collections.ConfigDict:
       "ae_layers": (),
       "train_ae_layers": config_dict.placeholder(tuple),   # None = ae_layers
       "bottleneck": 0, "ae_decoder": "conv", "ae_kernel": 3, "ae_causal": True,
-      "blend": "1d", "num_control": 16, "degree": 3, "blend_init": (0.45, 0.55), "bias_scale": 0.0,
+      "blend": "1d", "num_control": 0, "degree": 3, "blend_init": (0.45, 0.55), "bias_scale": 0.0,
       "quantize": False, "embed_blend": "mean",
       "router": False, "router_layer": 0, "router_hidden": 64,
       "kernel": "reference", "kernel_block_rows": 128,   # 'pallas': the fused blend + AE kernel (superpose.kernels)
+      "train_graph": "sequential",   # 'teacher_forced': the notebook's graph (leaves α untrained; p1 §3.4)
+      # What is trained: 'superpose' (the paper's model), 'merge' (learned per-layer weight merge),
+      # 'trunk' (one trunk + low-rank expert deltas + causal gate).
+      "method": "superpose",
+      # method='trunk' (trunk.py): the trunk is expert 0, or the merged weights of a 'merge' run.
+      "trunk_from": "", "rank": 8, "delta_vectors": "full", "delta_embeddings": "lowrank",
+      "gate_hidden": 32, "gate_decays": (0.0, 0.9, 0.98), "gate_label_weight": 0.1,
       # Loss.
       "recon_weight": 3.0, "lm_weight": 1.0,
       "mask_recon": True,        # False: MSE over every position incl. padding, as the notebook
@@ -140,23 +155,33 @@ class DomainEvalSet:
 
 # --- the task ----------------------------------------------------------------------------------------
 
+METHODS = ("superpose", "merge", "trunk")
+
+
 class SuperposedTask:
-  """A superpose.train.loop Task."""
+  """A superpose.train.loop Task for every ``config.superposed.method``."""
 
   def __init__(self, config: Mapping, stream=None, eval_sets: Mapping[str, Any] | None = None):
     """``stream`` / ``eval_sets`` default to projects.superposed_experts.data on ``config``."""
     self.config = config
     s, t = config["superposed"], config["train"]
+    self.method = s["method"]
+    if self.method not in METHODS:
+      raise config_lib.ConfigError(f"config.superposed.method={self.method!r}: must be one of {', '.join(METHODS)}")
     self.model_cfg = superposed_config(config)
+    self.num_experts = self.model_cfg.num_experts
     e = self.model_cfg.expert
     if t["seq_len"] > e.max_seq_len:
       raise config_lib.ConfigError(f"config.train.seq_len={t['seq_len']} exceeds model.max_seq_len={e.max_seq_len}")
-    if len(s["domains"]) != self.model_cfg.num_experts:
+    if len(s["domains"]) != self.num_experts:
       raise config_lib.ConfigError(f"config.superposed.domains={tuple(s['domains'])}: one domain per expert "
-                                   f"(num_experts={self.model_cfg.num_experts}; domain k is expert k's)")
+                                   f"(num_experts={self.num_experts}; domain k is expert k's)")
     if t["init_from"]:
       raise config_lib.ConfigError("config.train.init_from: a superposed run loads its experts from "
-                                   "config.superposed.experts (blend and autoencoders start fresh)")
+                                   "config.superposed.experts (what it trains starts fresh)")
+    if self.method == "trunk":
+      from projects.superposed_experts import trunk as trunk_lib
+      self.trunk_cfg = trunk_lib.trunk_config(config, e)
     if stream is None or eval_sets is None:
       from projects.superposed_experts import data as data_lib
       stream = data_lib.domain_stream(config) if stream is None else stream
@@ -167,18 +192,50 @@ class SuperposedTask:
     self.batch_axes = {k: ("batch", "length") for k in ("inputs", "targets", "weights", "segment_ids", "positions")}
     self.batch_axes.update(labels=("batch",), domain_scale=("batch",))
     self.tokens_per_step = t["batch_size"] * t["seq_len"]
-    self.flops_per_step = train_flops_per_token(self.model_cfg, t["seq_len"]) * self.tokens_per_step
+    self.flops_per_step = self.train_flops_per_token(t["seq_len"]) * self.tokens_per_step
     self.recon_weight, self.lm_weight, self.mask_recon = s["recon_weight"], s["lm_weight"], s["mask_recon"]
+    self.gate_label_weight = s["gate_label_weight"]
+    # Leaves whose every element must receive a gradient (superpose.train.gradcheck): one α per layer.
+    self.gradient_elementwise = ("blend/.*", "router/b_out", "lam") if self.method != "trunk" else ("gate/b_out",)
+
+  @property
+  def frozen_prefix(self) -> str:
+    """Parameters that come from the experts' runs and must stay frozen."""
+    return "trunk/" if self.method == "trunk" else "experts/"
 
   def make_model(self) -> nnx.Module:
-    return Superposed(self.model_cfg, rngs=nnx.Rngs(self.config["seed"]))
+    rngs = nnx.Rngs(self.config["seed"])
+    if self.method == "merge":
+      from projects.superposed_experts.merge import LayerMerge
+      return LayerMerge(self.model_cfg.expert, self.num_experts, rngs=rngs)
+    if self.method == "trunk":
+      from projects.superposed_experts.trunk import OneTrunk
+      return OneTrunk(self.trunk_cfg, rngs=rngs)
+    return Superposed(self.model_cfg, rngs=rngs)
 
-  def loss(self, model: Superposed, batch: dict):
+  def loss(self, model, batch: dict):
     if "domain_scale" in batch:  # an evaluation batch (a static fact: the batch's keys)
       return self._eval_loss(model, batch)
+    kw = dict(positions_BT=batch.get("positions"), segment_ids_BT=batch.get("segment_ids"))
+    if self.method == "merge":
+      ce, metrics = lm_loss(model(batch["inputs"], stop_experts=True, **kw), batch["targets"], batch["weights"])
+      for k in range(self.num_experts - 1):
+        metrics[f"lambda/{k + 1}"] = model.lam[...][:, k].mean()
+      return ce, metrics
+    if self.method == "trunk":
+      logits, gate_BTK = model.forward(batch["inputs"], stop_trunk=True, **kw)
+      ce, metrics = lm_loss(logits, batch["targets"], batch["weights"])
+      w = batch["weights"]
+      logp = jax.nn.log_softmax(gate_BTK.astype(jnp.float32), -1)
+      label_nll = -jnp.take_along_axis(logp, batch["labels"][:, None, None].repeat(logp.shape[1], 1), -1)[..., 0]
+      gate_ce = (label_nll * w).sum() / jnp.maximum(w.sum(), 1.0)
+      probs = jnp.exp(logp)
+      metrics.update({"lm_loss": ce, "gate_ce": gate_ce})
+      for k in range(self.num_experts):
+        metrics[f"gate/{k}"] = (probs[..., k] * w).sum() / jnp.maximum(w.sum(), 1.0)
+      return self.lm_weight * ce + self.gate_label_weight * gate_ce, metrics
     logits, recon, aux = model.train_forward(
-        batch["inputs"], batch["labels"], mask_BT=batch["weights"] if self.mask_recon else None,
-        positions_BT=batch.get("positions"), segment_ids_BT=batch.get("segment_ids"))
+        batch["inputs"], batch["labels"], mask_BT=batch["weights"] if self.mask_recon else None, **kw)
     ce, metrics = lm_loss(logits, batch["targets"], batch["weights"])
     loss = self.lm_weight * ce + self.recon_weight * recon
     metrics.update({"lm_loss": ce, "recon_loss": recon})
@@ -188,7 +245,7 @@ class SuperposedTask:
       metrics[f"alpha/{l}"] = w[l, -1].mean()
     return loss, metrics
 
-  def _eval_loss(self, model: Superposed, batch: dict):
+  def _eval_loss(self, model, batch: dict):
     logits = model(batch["inputs"], positions_BT=batch.get("positions"), segment_ids_BT=batch.get("segment_ids"))
     ce, metrics = lm_loss(logits, batch["targets"], batch["weights"])
     for k, name in enumerate(self.domains):
@@ -199,20 +256,40 @@ class SuperposedTask:
     return self.stream.batch(step - 1, process_index, process_count)
 
   def initial_params(self, abs_params):
-    """Blend, autoencoders and router freshly initialised; each expert read from its run."""
+    """What the method trains freshly initialised; the experts (or the trunk and the deltas' SVD
+    initialisation) read from their runs."""
     paths = self.config["superposed"]["experts"]
-    check_experts(paths, self.model_cfg.num_experts)
+    check_experts(paths, self.num_experts)
     shardings = jax.tree.map(lambda a: a.sharding, abs_params)
-    fresh_sh = {k: v for k, v in shardings.items() if k != "experts"}
+    top = self.frozen_prefix.rstrip("/")
+    fresh_sh = {k: v for k, v in shardings.items() if k != top}
 
     def init():  # only the non-expert parameters are outputs, so XLA never draws the experts' weights
       _, params, _ = nnx.split(self.make_model(), nnx.Param, ...)
       return {k: v for k, v in state_lib.pure_dict(params).items() if k in fresh_sh}
     params = jax.jit(init, out_shardings=fresh_sh)()
-    params["experts"] = {str(k): load_expert(p, abs_params["experts"][str(k)], self.model_cfg.expert)
-                         for k, p in enumerate(paths)}
+    if self.method == "trunk":
+      from projects.superposed_experts import trunk as trunk_lib
+      trunk_abs = abs_params["trunk"]
+      experts = [load_expert(p, trunk_abs, self.model_cfg.expert) for p in paths]
+      params.update(trunk_lib.initial_values(self.trunk_cfg, experts, self.config["superposed"]["trunk_from"],
+                                             abs_params))
+    else:
+      params["experts"] = {str(k): load_expert(p, abs_params["experts"][str(k)], self.model_cfg.expert)
+                           for k, p in enumerate(paths)}
     log.info("experts loaded from %s", ", ".join(map(str, paths)))
     return params
+
+  def train_flops_per_token(self, seq_len: int) -> float:
+    e = self.model_cfg.expert
+    expert_fwd = 2.0 * flops.matmul_params(e) + 2.0 * e.num_layers * seq_len * e.num_heads * e.head_size
+    if self.method == "merge":      # one merged model, forward and backward through activations (no dW)
+      return 2.0 * expert_fwd
+    if self.method == "trunk":
+      from projects.superposed_experts import trunk as trunk_lib
+      extra = trunk_lib.extra_flops_per_token(self.trunk_cfg)
+      return 2.0 * expert_fwd + 3.0 * extra
+    return train_flops_per_token(self.model_cfg, seq_len)
 
 
 def check_experts(paths, num_experts: int) -> None:
@@ -222,28 +299,36 @@ def check_experts(paths, num_experts: int) -> None:
 
 
 def train_flops_per_token(cfg: SuperposedConfig, seq_len: int) -> float:
-  """Forward of K experts (2·N + attention) + forward and backward (6·N) of the autoencoders and the
-  head; the experts' backward is never run (stop_gradient)."""
+  """The paper's model. Teacher-forced: forward of K experts (2·N + attention) + forward and backward
+  (6·N) of the autoencoders and the head; the experts' backward is never run. Sequential (default):
+  the K experts' forward for the reconstruction targets (when there are autoencoders) + the
+  sequential graph's forward and its backward through the experts' activations (2× forward, no dW)."""
   e = cfg.expert
   expert_fwd = 2.0 * (flops.matmul_params(e) - e.d_model * e.padded_vocab) + 2.0 * e.num_layers * seq_len * e.num_heads * e.head_size
   b, kernel = cfg.bottleneck_size, (cfg.ae_kernel if cfg.ae_decoder == "conv" else 1)
   ae = len(cfg.trained_ae_layers) * (e.d_model * b + b * e.d_model * kernel)
-  return cfg.num_experts * expert_fwd + 6.0 * (ae + e.d_model * e.padded_vocab)
+  head = e.d_model * e.padded_vocab
+  if cfg.train_graph == "teacher_forced":
+    return cfg.num_experts * expert_fwd + 6.0 * (ae + head)
+  targets = cfg.num_experts * expert_fwd if cfg.trained_ae_layers else 0.0
+  return targets + 3.0 * cfg.num_experts * expert_fwd + 6.0 * (ae + head)
 
 
 # --- optimizer checks ---------------------------------------------------------------------------------
 
-def _checked_optim(config: dict, model_cfg: SuperposedConfig) -> dict:
-  """Experts must be frozen (weight decay would otherwise shrink them although their gradient is zero);
-  a group that matches no parameter (the autoencoder group of a blend-only run) is dropped."""
-  abs_params = state_lib.pure_dict(jax.eval_shape(lambda: nnx.split(Superposed(model_cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)[1]))
+def checked_optim(config: dict, task: SuperposedTask) -> dict:
+  """What came from the experts must be frozen (weight decay would otherwise shrink it although its
+  gradient is zero); a group that matches no trainable parameter (the autoencoder group of a
+  blend-only run, the blend group of a merge) is dropped."""
+  abs_params = state_lib.pure_dict(jax.eval_shape(lambda: nnx.split(task.make_model(), nnx.Param, ...)[1]))
   paths = jax.tree.leaves(optim.param_paths(abs_params))
   o = dict(config["optim"])
   frozen = list(o.get("frozen") or ())
-  loose = [p for p in paths if p.startswith("experts/") and not any(re.fullmatch(f, p) for f in frozen)]
+  prefix = task.frozen_prefix
+  loose = [p for p in paths if p.startswith(prefix) and not any(re.fullmatch(f, p) for f in frozen)]
   if loose:
     raise config_lib.ConfigError(f"config.optim.frozen={tuple(frozen)} leaves expert parameters trainable "
-                                 f"(e.g. {loose[0]}); use 'experts/.*'")
+                                 f"(e.g. {loose[0]}); use '{prefix}.*'")
   groups = []
   for g in o.get("groups") or ():
     trainable = [p for p in paths if not any(re.fullmatch(f, p) for f in frozen)]
@@ -261,11 +346,11 @@ def run(config: Any, workdir: str) -> loop.Result:
   config_lib.check_train(cfg)
   check_experts(cfg["superposed"]["experts"], superposed_config(cfg).num_experts)
   task = SuperposedTask(cfg)
-  cfg = _checked_optim(cfg, task.model_cfg)
+  cfg = checked_optim(cfg, task)
   result = loop.train(cfg, workdir, task)
   if result.eval:
     parts = "  ".join(f"{k.removeprefix('eval/ce/')} {v:.4f}" for k, v in result.eval.items() if k.startswith("eval/ce/"))
     loss = result.eval.get("eval/loss", float("nan"))
-    print(f"final step {result.step}: superposed val loss {loss:.4f} (perplexity {math.exp(min(loss, 50)):.3f}); "
+    print(f"final step {result.step}: {task.method} val loss {loss:.4f} (perplexity {math.exp(min(loss, 50)):.3f}); "
           f"per domain: {parts}")
   return result

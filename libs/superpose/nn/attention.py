@@ -24,7 +24,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from superpose.nn import cache as cache_lib
-from superpose.nn import layers, sharding
+from superpose.nn import deltas, layers, sharding
 from superpose.nn.config import TransformerConfig
 
 log = logging.getLogger(__name__)
@@ -52,19 +52,24 @@ class Attention(nnx.Module):
     else:
       self.q_bias = self.k_bias = self.v_bias = self.o_bias = None
 
-  def _project(self, x_BTD, kernel, bias, heads_axis):
+  def _project(self, x_BTD, kernel, bias, heads_axis, delta, name):
     y = layers.einsum("btd,dhk->bthk", x_BTD, kernel[...], self.cfg.compute_dtype)
+    y = deltas.add_linear(y, x_BTD, delta, name, 1, self.cfg.compute_dtype)
     if bias is not None:
-      y = y + bias[...].astype(y.dtype)
+      y = deltas.add_vector(y + bias[...].astype(y.dtype), delta, f"{name}_bias")
     return sharding.constrain(y, ("batch", "length", heads_axis, None))
 
   def __call__(self, x_BTD, *, positions_BT, mask_BTS, segment_ids_BT=None, kv_cache=None,
-               return_probs=False):
-    """Returns (out_BTD, updated (k, v) cache of this layer or None, probs_BHTS or None)."""
+               return_probs=False, delta: deltas.Delta | None = None):
+    """Returns (out_BTD, updated (k, v) cache of this layer or None, probs_BHTS or None).
+
+    delta: per-token deltas of this layer's parameters. Keys and values are computed with each
+    token's own gate before they enter the cache, so a cached decode needs nothing more.
+    """
     cfg = self.cfg
-    q_BTHD = self._project(x_BTD, self.q, self.q_bias, "act_heads")
-    k_BTKD = self._project(x_BTD, self.k, self.k_bias, "act_kv_heads")
-    v_BTKD = self._project(x_BTD, self.v, self.v_bias, "act_kv_heads")
+    q_BTHD = self._project(x_BTD, self.q, self.q_bias, "act_heads", delta, "q")
+    k_BTKD = self._project(x_BTD, self.k, self.k_bias, "act_kv_heads", delta, "k")
+    v_BTKD = self._project(x_BTD, self.v, self.v_bias, "act_kv_heads", delta, "v")
     if cfg.positions == "rope":
       q_BTHD = layers.rope(q_BTHD, positions_BT, cfg.rope_theta)
       k_BTKD = layers.rope(k_BTKD, positions_BT, cfg.rope_theta)
@@ -79,8 +84,9 @@ class Attention(nnx.Module):
     out_BTHD, probs = attend(cfg, q_BTHD, k_BTKD, v_BTKD, mask_BTS=mask_BTS, segment_ids_BT=segment_ids_BT,
                              uses_cache=kv_cache is not None, return_probs=return_probs)
     y_BTD = layers.einsum("bthk,hkd->btd", out_BTHD, self.o[...], cfg.compute_dtype)
+    y_BTD = deltas.add_linear(y_BTD, out_BTHD, delta, "o", 2, cfg.compute_dtype)
     if self.o_bias is not None:
-      y_BTD = y_BTD + self.o_bias[...].astype(y_BTD.dtype)
+      y_BTD = deltas.add_vector(y_BTD + self.o_bias[...].astype(y_BTD.dtype), delta, "o_bias")
     return y_BTD, new_cache, probs
 
 

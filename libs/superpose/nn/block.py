@@ -4,7 +4,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from superpose.nn import sharding
+from superpose.nn import deltas, sharding
 from superpose.nn.attention import Attention
 from superpose.nn.config import TransformerConfig
 from superpose.nn.layers import Norm
@@ -24,23 +24,28 @@ class Block(nnx.Module):
     self.mlp = MLP(cfg, rngs=rngs)
 
   def __call__(self, x_BTD, *, positions_BT, mask_BTS, segment_ids_BT=None, kv_cache=None,
-               return_probs=False):
-    """Returns (x_BTD, updated (k, v) of this layer or None, attention probs or None)."""
+               return_probs=False, delta: deltas.Delta | None = None):
+    """Returns (x_BTD, updated (k, v) of this layer or None, attention probs or None).
+
+    delta: per-token deltas of this block's parameters (``attn/…``, ``mlp/…``, ``*_norm/…``).
+    """
     cfg = self.cfg
+    attn_norm_delta, mlp_norm_delta = deltas.sub(delta, "attn_norm"), deltas.sub(delta, "mlp_norm")
     pre = self.attn_norm is not None and cfg.attn_norm == "pre"
-    h = self.attn_norm(x_BTD) if pre else x_BTD
+    h = self.attn_norm(x_BTD, attn_norm_delta) if pre else x_BTD
     h, kv_cache, probs = self.attn(h, positions_BT=positions_BT, mask_BTS=mask_BTS,
-                                   segment_ids_BT=segment_ids_BT, kv_cache=kv_cache, return_probs=return_probs)
+                                   segment_ids_BT=segment_ids_BT, kv_cache=kv_cache, return_probs=return_probs,
+                                   delta=deltas.sub(delta, "attn"))
     x_BTD = x_BTD + h
     if self.attn_norm is not None and cfg.attn_norm == "post":
-      x_BTD = self.attn_norm(x_BTD)
+      x_BTD = self.attn_norm(x_BTD, attn_norm_delta)
     x_BTD = sharding.constrain(x_BTD, RESIDUAL_AXES)
 
     pre = self.mlp_norm is not None and cfg.mlp_norm == "pre"
-    h = self.mlp(self.mlp_norm(x_BTD) if pre else x_BTD)
+    h = self.mlp(self.mlp_norm(x_BTD, mlp_norm_delta) if pre else x_BTD, deltas.sub(delta, "mlp"))
     x_BTD = x_BTD + h if cfg.mlp_residual else h
     if self.mlp_norm is not None and cfg.mlp_norm == "post":
-      x_BTD = self.mlp_norm(x_BTD)
+      x_BTD = self.mlp_norm(x_BTD, mlp_norm_delta)
     return sharding.constrain(x_BTD, RESIDUAL_AXES), kv_cache, probs
 
 

@@ -3,6 +3,9 @@
 Parameter paths: ``token_embedding`` (V_pad, D), ``position_embedding`` (max_seq_len, D) for learned
 positions, ``blocks`` (an ``nnx.List`` of Blocks, or one Block whose params carry a leading
 ``layers`` axis with ``scan_layers``), ``final_norm``, ``unembedding`` (D, V_pad) when untied.
+
+Every forward piece takes an optional ``delta`` (``superpose.nn.deltas.Delta``): per-token gated
+parameter deltas, θ + Σ_k gate[b, t, k] · Δ_k, mirroring these paths; None computes exactly as before.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from superpose.nn import cache as cache_lib
-from superpose.nn import layers, sharding
+from superpose.nn import deltas, layers, sharding
 from superpose.nn.block import RESIDUAL_AXES, Block, remat_policy
 from superpose.nn.cache import KVCache
 from superpose.nn.config import TransformerConfig
@@ -55,8 +58,13 @@ class Transformer(nnx.Module):
                         sharding.param(rngs, init, (cfg.d_model, cfg.padded_vocab), ("embed", "vocab"), pdt))
 
   # Pieces -----------------------------------------------------------------------------------------
-  def embed(self, tokens_BT=None, positions_BT=None, embeds_BTD=None, embeds_mask_BT=None) -> jax.Array:
-    """Token embeddings (or given input embeddings where ``embeds_mask_BT``) plus absolute positions."""
+  def embed(self, tokens_BT=None, positions_BT=None, embeds_BTD=None, embeds_mask_BT=None,
+            delta: deltas.Delta | None = None) -> jax.Array:
+    """Token embeddings (or given input embeddings where ``embeds_mask_BT``) plus absolute positions.
+
+    delta: the token table's delta applies to looked-up tokens only (not to given embeddings); the
+    learned position table's delta to every position.
+    """
     cfg, dtype = self.cfg, self.cfg.compute_dtype
     if tokens_BT is None:
       if embeds_BTD is None:
@@ -65,6 +73,8 @@ class Transformer(nnx.Module):
     else:
       table_VD = sharding.for_lookup(self.token_embedding[...], ("vocab", "embed"))
       x_BTD = jnp.take(table_VD, tokens_BT, axis=0).astype(dtype)
+      if (token_delta := deltas.entry(delta, "token_embedding")) is not None:
+        x_BTD = x_BTD + deltas.lookup(tokens_BT, token_delta, delta.gate_BTK, dtype)
       if embeds_BTD is not None:
         if embeds_mask_BT is None:
           raise ValueError("Transformer.embed: with both tokens_BT and embeds_BTD, embeds_mask_BT says "
@@ -75,6 +85,8 @@ class Transformer(nnx.Module):
     if cfg.positions == "learned":
       table_PD = sharding.for_lookup(self.position_embedding[...], (None, "embed"))
       x_BTD = x_BTD + jnp.take(table_PD, positions_BT, axis=0).astype(dtype)
+      if (position_delta := deltas.entry(delta, "position_embedding")) is not None:
+        x_BTD = x_BTD + deltas.lookup(positions_BT, position_delta, delta.gate_BTK, dtype)
     elif cfg.positions == "sinusoidal":
       # position_dims < d_model keeps the table in its own subspace (hand-set constructions).
       dims = cfg.position_dims or cfg.d_model
@@ -83,9 +95,12 @@ class Transformer(nnx.Module):
     return sharding.constrain(x_BTD, RESIDUAL_AXES)
 
   def run_blocks(self, x_BTD, *, positions_BT, segment_ids_BT=None, cache: KVCache | None = None,
-                 return_hidden=False, return_attention=False, hook: Hook | None = None):
+                 return_hidden=False, return_attention=False, hook: Hook | None = None,
+                 delta: deltas.Delta | None = None):
     """All blocks, with the hook after each.
 
+    delta: its ``blocks`` sub-dict gives each block its deltas; with ``scan_layers`` the stacked
+    leaves (leading layer axis) are scanned over with the block params, the gate is shared.
     Returns (x_BTD, hidden (L+1, B, T, D) with [0] = the input x_BTD, or None; attention (L, B, H, T, S)
     or None; the updated cache or None).
     """
@@ -102,34 +117,37 @@ class Transformer(nnx.Module):
       cache = cache_lib.write_segments(cache, query_segments_BT, positions_BT)
       mask_BTS = cache_lib.cache_mask(cache, positions_BT, query_segments_BT)
 
-    def apply_block(graphdef, block_state, x, kv):
+    def apply_block(graphdef, block_state, x, kv, block_delta):
       block = nnx.merge(graphdef, block_state)
       return block(x, positions_BT=positions_BT, mask_BTS=mask_BTS, segment_ids_BT=segment_ids_BT,
-                   kv_cache=kv, return_probs=return_attention)
+                   kv_cache=kv, return_probs=return_attention, delta=block_delta)
 
     if cfg.remat != "none":
       apply_block = jax.checkpoint(apply_block, policy=remat_policy(cfg.remat), static_argnums=(0,),
                                    prevent_cse=not cfg.scan_layers)
     kv_in = None if cache is None else (cache.k, cache.v)
+    blocks_delta = deltas.sub(delta, "blocks")
 
     if cfg.scan_layers:
       graphdef, stacked_state = nnx.split(self.blocks)
 
       def body(x, xs):
-        block_state, index, kv = xs
-        x, kv, probs = apply_block(graphdef, block_state, x, kv)
+        block_state, index, kv, layer_params = xs
+        block_delta = None if layer_params is None else deltas.Delta(blocks_delta.gate_BTK, layer_params)
+        x, kv, probs = apply_block(graphdef, block_state, x, kv, block_delta)
         if hook is not None:
           x = hook(index, x)
         return x, (kv, probs, x if return_hidden else None)
 
       x_BTD, (kv_out, attention, hidden) = jax.lax.scan(
-          body, x_BTD, (stacked_state, jnp.arange(cfg.num_layers), kv_in))
+          body, x_BTD, (stacked_state, jnp.arange(cfg.num_layers), kv_in,
+                        None if blocks_delta is None else blocks_delta.params))
     else:
       kvs, probs_list, hidden_list = [], [], []
       for index, block in enumerate(self.blocks):
         graphdef, block_state = nnx.split(block)
         kv = None if kv_in is None else (kv_in[0][index], kv_in[1][index])
-        x_BTD, kv, probs = apply_block(graphdef, block_state, x_BTD, kv)
+        x_BTD, kv, probs = apply_block(graphdef, block_state, x_BTD, kv, deltas.sub(blocks_delta, index))
         if hook is not None:
           x_BTD = hook(index, x_BTD)
         kvs.append(kv)
@@ -145,26 +163,35 @@ class Transformer(nnx.Module):
       cache = cache.replace(k=kv_out[0], v=kv_out[1])
     return x_BTD, hidden, attention, cache
 
-  def apply_final_norm(self, x_BTD: jax.Array) -> jax.Array:
-    return x_BTD if self.final_norm is None else self.final_norm(x_BTD)
+  def apply_final_norm(self, x_BTD: jax.Array, delta: deltas.Delta | None = None) -> jax.Array:
+    return x_BTD if self.final_norm is None else self.final_norm(x_BTD, deltas.sub(delta, "final_norm"))
 
-  def logits(self, h_BTD: jax.Array) -> jax.Array:
-    """Unembedding of final hidden states (no norm), f32, padded vocab ids masked."""
+  def logits(self, h_BTD: jax.Array, delta: deltas.Delta | None = None) -> jax.Array:
+    """Unembedding of final hidden states (no norm), f32, padded vocab ids masked.
+
+    delta: the head's delta; with tied embeddings that is the token table's, transposed
+    (h · (E + Σ_k g_k ΔE_k)ᵀ).
+    """
     cfg = self.cfg
     h = h_BTD.astype(cfg.compute_dtype)
     if cfg.tie_embeddings:
       table = self.token_embedding[...].astype(cfg.compute_dtype)
       logits_BTV = jnp.einsum("btd,vd->btv", h, table, preferred_element_type=jnp.float32)
+      if (head_delta := deltas.entry(delta, "token_embedding")) is not None:
+        head_delta = deltas.transpose(head_delta, 1)
     else:
       table = self.unembedding[...].astype(cfg.compute_dtype)
       logits_BTV = jnp.einsum("btd,dv->btv", h, table, preferred_element_type=jnp.float32)
+      head_delta = deltas.entry(delta, "unembedding")
+    if head_delta is not None:
+      logits_BTV = logits_BTV + deltas.linear(h, head_delta, delta.gate_BTK, 1, cfg.compute_dtype, jnp.float32)
     if cfg.padded_vocab > cfg.vocab_size:
       logits_BTV = jnp.where(jnp.arange(cfg.padded_vocab) < cfg.vocab_size, logits_BTV, VOCAB_PAD_LOGIT)
     return sharding.constrain(logits_BTV, ("batch", "length", "act_vocab"))
 
-  def unembed(self, x_BTD: jax.Array) -> jax.Array:
+  def unembed(self, x_BTD: jax.Array, delta: deltas.Delta | None = None) -> jax.Array:
     """Final norm + unembedding + vocab mask: residual stream → logits."""
-    return self.logits(self.apply_final_norm(x_BTD))
+    return self.logits(self.apply_final_norm(x_BTD, delta), delta)
 
   def _default_positions(self, batch: int, length: int) -> jax.Array:
     if self.cfg.positions == "learned" and length > self.cfg.max_seq_len:
@@ -175,7 +202,7 @@ class Transformer(nnx.Module):
   # Forward ----------------------------------------------------------------------------------------
   def __call__(self, tokens_BT=None, *, positions_BT=None, segment_ids_BT=None, embeds_BTD=None,
                embeds_mask_BT=None, cache: KVCache | None = None, return_hidden=False,
-               return_attention=False, hook: Hook | None = None) -> Output:
+               return_attention=False, hook: Hook | None = None, delta: deltas.Delta | None = None) -> Output:
     """Forward pass.
 
     positions_BT: absolute positions (default ``arange(T)`` per row; required with a cache).
@@ -187,6 +214,9 @@ class Transformer(nnx.Module):
       returned in ``Output.cache``.
     hook(layer_index, x_BTD) -> x_BTD edits the residual stream after each block (the index is a
       traced int32 with scan_layers, a Python int otherwise).
+    delta: per-token gated parameter deltas (superpose.nn.deltas); gate_BTK is (B, T, K) for the
+      tokens of this call, so a cached decode step passes the gate of its new tokens. Checked against
+      the model's parameters (paths, shapes) when traced.
     """
     if positions_BT is None:
       if cache is not None:
@@ -195,12 +225,17 @@ class Transformer(nnx.Module):
       if reference is None:
         raise ValueError("Transformer: pass tokens_BT, embeds_BTD or both")
       positions_BT = self._default_positions(*reference.shape[:2])
-    x_BTD = self.embed(tokens_BT, positions_BT, embeds_BTD, embeds_mask_BT)
+    if delta is not None:
+      if tuple(delta.gate_BTK.shape[:-1]) != tuple(positions_BT.shape):
+        raise ValueError(f"Transformer: delta.gate_BTK {tuple(delta.gate_BTK.shape)} does not match "
+                         f"the {tuple(positions_BT.shape)} tokens of this call")
+      deltas.validate(delta, nnx.state(self, nnx.Param))
+    x_BTD = self.embed(tokens_BT, positions_BT, embeds_BTD, embeds_mask_BT, delta)
     x_out, hidden, attention, cache = self.run_blocks(
         x_BTD, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT, cache=cache,
-        return_hidden=return_hidden, return_attention=return_attention, hook=hook)
-    final_hidden_BTD = self.apply_final_norm(x_out)
-    return Output(logits_BTV=self.logits(final_hidden_BTD), final_hidden_BTD=final_hidden_BTD,
+        return_hidden=return_hidden, return_attention=return_attention, hook=hook, delta=delta)
+    final_hidden_BTD = self.apply_final_norm(x_out, delta)
+    return Output(logits_BTV=self.logits(final_hidden_BTD, delta), final_hidden_BTD=final_hidden_BTD,
                   hidden=hidden, attention=attention, cache=cache)
 
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from superpose.nn import sharding
+from superpose.nn import deltas, sharding
 from superpose.nn.config import TransformerConfig
 
 
@@ -32,7 +32,8 @@ class Norm(nnx.Module):
     else:
       self.bias = None
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, delta: deltas.Delta | None = None) -> jax.Array:
+    """``delta``: per-token deltas of ``scale`` / ``bias`` (y = n(x)·(scale + Σ g Δscale) + (bias + Σ g Δbias))."""
     y = x.astype(jnp.float32)
     if self.kind == "layernorm":
       mean = y.mean(-1, keepdims=True)
@@ -48,9 +49,9 @@ class Norm(nnx.Module):
     else:
       raise ValueError(f"Norm: unknown kind {self.kind!r}")
     if self.kind in ("layernorm", "rmsnorm"):
-      y = y * self.scale[...].astype(jnp.float32)
+      y = y * deltas.add_vector(self.scale[...].astype(jnp.float32), delta, "scale")
     if self.bias is not None:
-      y = y + self.bias[...].astype(jnp.float32)
+      y = deltas.add_vector(y + self.bias[...].astype(jnp.float32), delta, "bias")
     return y.astype(x.dtype)
 
 

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from superpose.nn import layers, sharding
+from superpose.nn import deltas, layers, sharding
 from superpose.nn.config import TransformerConfig
 
 
@@ -45,21 +45,24 @@ class MLP(nnx.Module):
     else:
       self.wi_bias = self.wg_bias = self.wo_bias = None
 
-  def _in(self, x_BTD, kernel, bias):
+  def _in(self, x_BTD, kernel, bias, delta, name):
     h = layers.einsum("btd,df->btf", x_BTD, kernel[...], self.cfg.compute_dtype)
+    h = deltas.add_linear(h, x_BTD, delta, name, 1, self.cfg.compute_dtype)
     if bias is not None:
-      h = h + bias[...].astype(h.dtype)
+      h = deltas.add_vector(h + bias[...].astype(h.dtype), delta, f"{name}_bias")
     return sharding.constrain(h, ("batch", "length", "act_mlp"))
 
-  def __call__(self, x_BTD: jax.Array) -> jax.Array:
+  def __call__(self, x_BTD: jax.Array, delta: deltas.Delta | None = None) -> jax.Array:
+    """``delta``: per-token deltas of this MLP's parameters (see superpose.nn.deltas)."""
     cfg = self.cfg
-    h_BTF = self._in(x_BTD, self.wi, self.wi_bias)
+    h_BTF = self._in(x_BTD, self.wi, self.wi_bias, delta, "wi")
     if cfg.activation == "swiglu":
-      gate_BTF = self._in(x_BTD, self.wg, self.wg_bias)
+      gate_BTF = self._in(x_BTD, self.wg, self.wg_bias, delta, "wg")
       h_BTF = (jax.nn.silu(gate_BTF.astype(jnp.float32)) * h_BTF.astype(jnp.float32)).astype(h_BTF.dtype)
     else:
       h_BTF = activate(h_BTF, cfg.activation, cfg.step_threshold)
     y_BTD = layers.einsum("btf,fd->btd", h_BTF, self.wo[...], cfg.compute_dtype)
+    y_BTD = deltas.add_linear(y_BTD, h_BTF, delta, "wo", 1, cfg.compute_dtype)
     if self.wo_bias is not None:
-      y_BTD = y_BTD + self.wo_bias[...].astype(y_BTD.dtype)
+      y_BTD = deltas.add_vector(y_BTD + self.wo_bias[...].astype(y_BTD.dtype), delta, "wo_bias")
     return y_BTD

@@ -1,1 +1,1 @@
-"""Mesh, sharded state, optimizer, checkpoints, metrics and the train loop."""
+"""Mesh, sharded state, optimizer, checkpoints, metrics, the train loop and a gradient-flow check (``gradcheck``)."""

@@ -93,3 +93,119 @@ def test_gap_fraction_and_best_interpolation():
   assert bl.gap_fraction({"a": 18.0, "b": 18.0}, interp[best], oracle) == pytest.approx(-0.5)
   # A domain without a gap is left out of the mean.
   assert bl.gap_fraction({"a": 12.0, "b": 5.0}, {"a": 14.0, "b": 9.0}, oracle) == pytest.approx(0.5)
+
+
+def _random_logps(k=3, n=4, t=9, seed=0):
+  rng = np.random.default_rng(seed)
+  return [np.log(rng.uniform(0.05, 0.95, (n, t))).astype(np.float32) for _ in range(k)]
+
+
+def _mask(n=4, t=9):
+  mask = np.ones((n, t), np.float32)
+  mask[1, 6:] = 0                          # trailing padding
+  mask[2, 3] = 0                           # a hole: must not update the posterior
+  return mask
+
+
+def _share_by_hand(logps, mask, rate, prior):
+  """The definition in probability space, one position at a time (small sizes: no underflow)."""
+  p = np.exp(np.stack(logps, -1).astype(np.float64))
+  n, t_len, k = p.shape
+  mix, weights = np.zeros((n, t_len)), np.zeros((n, t_len, k))
+  for i in range(n):
+    w = np.asarray(prior, np.float64) / np.sum(prior)
+    for t in range(t_len):
+      weights[i, t] = w
+      if mask[i, t]:
+        mix[i, t] = np.log(w @ p[i, t])
+        w = w * p[i, t] / (w @ p[i, t])
+        w = (1 - rate) * w + rate / k
+  return mix, weights
+
+
+def test_posterior_mixture_is_the_bayesian_mixture_and_causal():
+  logps, mask, prior = _random_logps(), _mask(), (0.5, 0.3, 0.2)
+  mix, weights = bl.posterior_mixture(logps, mask, prior)
+  want_mix, want_w = _share_by_hand(logps, mask, 0.0, prior)
+  assert mix.dtype == np.float32 and mix.shape == (4, 9) and weights.shape == (4, 9, 3)
+  np.testing.assert_allclose(mix, want_mix, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(weights, want_w, rtol=1e-5, atol=1e-7)
+  assert (mix[mask == 0] == 0).all()
+  np.testing.assert_array_equal(weights[2, 3], weights[2, 4])      # the hole left the weights alone
+  np.testing.assert_allclose(weights[:, 0], np.broadcast_to(np.array(prior, np.float32), (4, 3)), rtol=1e-6)
+  # Strict causality: changing targets t.. changes nothing before t, nor the weights at t.
+  changed = [l.copy() for l in logps]
+  for l in changed:
+    l[:, 5:] = np.log(0.5)
+  mix2, weights2 = bl.posterior_mixture(changed, mask, prior)
+  np.testing.assert_array_equal(mix2[:, :5], mix[:, :5])
+  np.testing.assert_array_equal(weights2[:, :6], weights[:, :6])
+  # Uniform prior by default; NaN log-probs at padding do not leak into real positions.
+  nan_pad = [np.where(mask > 0, l, np.nan) for l in logps]
+  np.testing.assert_array_equal(bl.posterior_mixture(nan_pad, mask)[0], bl.posterior_mixture(logps, mask, (1, 1, 1))[0])
+
+
+def test_fixed_share_matches_its_definition_and_rate_zero_is_the_posterior():
+  logps, mask, prior = _random_logps(seed=1), _mask(), (0.2, 0.2, 0.6)
+  for rate in (0.05, 0.5):
+    mix, weights = bl.fixed_share(logps, mask, rate, prior)
+    want_mix, want_w = _share_by_hand(logps, mask, rate, prior)
+    np.testing.assert_allclose(mix, want_mix, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(weights, want_w, rtol=1e-5, atol=1e-7)
+  for got, want in zip(bl.fixed_share(logps, mask, 0.0, prior), bl.posterior_mixture(logps, mask, prior)):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  # rate 1 forgets everything: after the first real target the weights are uniform.
+  mix, weights = bl.fixed_share(logps, mask, 1.0, prior)
+  np.testing.assert_allclose(weights[:, 1:], 1 / 3, rtol=1e-6)
+  np.testing.assert_allclose(mix[0, 1:], bl.mixture_logprobs([l[0, 1:] for l in logps], [1 / 3] * 3), rtol=1e-6)
+  with pytest.raises(ValueError, match="rate"):
+    bl.fixed_share(logps, mask, 1.5)
+
+
+def test_fixed_share_follows_a_domain_switch_and_best_rate_finds_it():
+  # Expert 0 predicts the first half well, expert 1 the second: a switch half-way.
+  good, bad = np.log(0.8), np.log(0.05)
+  t = 64
+  e0 = np.where(np.arange(t) < 32, good, bad) * np.ones((5, 1))
+  e1 = np.where(np.arange(t) < 32, bad, good) * np.ones((5, 1))
+  mask = np.ones((5, t))
+  post, _ = bl.posterior_mixture([e0, e1], mask)
+  share, w = bl.fixed_share([e0, e1], mask, 0.01)
+  assert share[:, 32:].sum() > post[:, 32:].sum() + 5 * 20      # the posterior needs ~32 tokens to switch
+  assert w[0, 40, 1] > 0.9 and w[0, 31, 0] > 0.9
+  val_switch = {"switch": ([e0, e1], mask)}
+  rate, value = bl.best_rate(val_switch)
+  assert rate > bl.FIXED_SHARE_RATES[0]
+  assert value == pytest.approx(bl.nll(bl.fixed_share([e0, e1], mask, rate)[0], mask))
+  assert value == min(bl.nll(bl.fixed_share([e0, e1], mask, r)[0], mask) for r in bl.FIXED_SHARE_RATES)
+  # Without a switch, sharing only costs: the smallest rate wins.
+  stay = {"a": ([np.full((5, t), good), np.full((5, t), bad)], mask)}
+  assert bl.best_rate(stay)[0] == bl.FIXED_SHARE_RATES[0]
+
+
+def test_causal_route_never_scores_what_the_router_read():
+  n, t_len = 3, 8
+  logps = [np.full((n, t_len), -float(k), np.float32) for k in range(3)]
+  choice = np.array([2, 1, 0])
+  rows = np.arange(t_len + 1)                      # tokens x_0..x_T: target t is x_{t+1}
+  for prefix in range(t_len + 1):
+    got = bl.causal_route(logps, choice, prefix, default=1)
+    assert got.shape == (n, t_len) and got.dtype == np.float32
+    read = set(rows[:-1][:prefix].tolist())       # the inputs the router has seen
+    unseen = np.array([rows[t + 1] not in read for t in range(t_len)])
+    for i, c in enumerate(choice):
+      want = np.where(unseen, -float(c), -1.0)    # the chosen expert exactly on unseen targets
+      np.testing.assert_array_equal(got[i], want, err_msg=f"prefix {prefix}, row {i}")
+  np.testing.assert_array_equal(bl.causal_route(logps, choice, 1, 1), bl.route(logps, choice))
+  with pytest.raises(ValueError, match="prefix"):
+    bl.causal_route(logps, choice, t_len + 1, 0)
+  with pytest.raises(ValueError, match="choice"):
+    bl.causal_route(logps, np.array([0, 3, 1]), 2, 0)
+
+
+def test_gap_closed_on_mean_nll():
+  assert bl.gap_closed(2.0, 2.0, 1.0) == 0.0
+  assert bl.gap_closed(1.0, 2.0, 1.0) == 1.0
+  assert bl.gap_closed(1.75, 2.0, 1.0) == pytest.approx(0.25)
+  assert bl.gap_closed(2.5, 2.0, 1.0) == pytest.approx(-0.5)      # worse than the interpolation
+  assert np.isnan(bl.gap_closed(1.5, 2.0, 2.0))

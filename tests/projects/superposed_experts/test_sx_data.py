@@ -117,3 +117,62 @@ def test_python_corpus_split_and_dedup(tmp_path):
   assert sum(s["documents"] for s in m["splits"].values()) <= 36    # test/ folders left out
   assert m["splits"]["train"]["documents"] > 0 and not m["cached"]
   assert data.build_python_corpus(tmp_path / "out", stdlib=lib, val_frac=0.2, test_frac=0.2)["cached"]
+
+
+def _switch_test_rows(seq_len=24):
+  """Held-out-like rows of two domains with disjoint alphabets (English lowercase, French uppercase), cut
+  by ``data.Rows`` so that document-first rows start with BOS and last rows are padded."""
+  rng = np.random.default_rng(0)
+  tok = ByteTokenizer()
+  out = {}
+  for name, letters in (("english", "abcdefghij"), ("french", "ABCDEFGHIJ")):
+    docs = [{"text": "".join(rng.choice(list(letters), int(rng.integers(20, 90))))} for _ in range(12)]
+    rows = data.Rows(data.encode(docs, tok), seq_len)
+    out[name] = rows.get(rng.permutation(len(rows)))
+  return out
+
+
+def test_switch_rows_change_domain_at_the_switch_position():
+  test = _switch_test_rows()
+  bos = ByteTokenizer().bos_id
+  assert (test["french"][:, 0] == bos).any() and (test["english"] == data.PAD).any()   # the cases to handle
+  got = data.switch_rows(test, [("english", "french"), ("french", "english"), ("english", "english")], 6, bos_id=bos)
+  assert list(got) == ["english→french", "french→english", "english→english"]
+  for name, (rows, s) in got.items():
+    a, b = name.split("→")
+    assert rows.shape == (6, 25) and rows.dtype == np.int32 and s == 12
+    assert (rows != data.PAD).all() and (rows[:, 1:] != bos).all()   # no padding; BOS only as the first token
+    targets = rows[:, 1:]
+    lower = (targets >= ord("a")) & (targets <= ord("z"))
+    if a != b:   # targets before s are a's letters, targets from s on are b's
+      assert (lower[:, :s] == (a == "english")).all() and (lower[:, s:] == (b == "english")).all()
+    # Each half is the first half of one source row (b's after its BOS), and no source row is used twice.
+    src_a = [i for r in rows for i, t in enumerate(test[a]) if np.array_equal(t[:s + 1], r[:s + 1])]
+    src_b = [i for r in rows for i, t in enumerate(test[b])
+             if np.array_equal(t[int(t[0] == bos):][:24 - s], r[s + 1:])]
+    assert len(src_a) == len(set(src_a)) == 6 and len(src_b) == len(set(src_b)) == 6
+    if a == b:
+      assert not set(src_a) & set(src_b)
+
+
+def test_switch_rows_are_deterministic_and_skip_padded_halves():
+  test = _switch_test_rows()
+  bos = ByteTokenizer().bos_id
+  first = data.switch_rows(test, [("english", "french")], 5, bos_id=bos)["english→french"][0]
+  again = data.switch_rows(test, [("french", "english"), ("english", "french")], 5, bos_id=bos)["english→french"][0]
+  np.testing.assert_array_equal(first, again)                       # independent of the other pairs asked for
+  other = data.switch_rows(test, [("english", "french")], 5, seed=7, bos_id=bos)["english→french"][0]
+  assert not np.array_equal(first, other)
+  # Every eligible row can be used (padding after the used half is fine); one more is an error.
+  eligible = int((test["english"][:, :13] != data.PAD).all(1).sum())
+  assert eligible < len(test["english"])
+  rows, _ = data.switch_rows(test, [("english", "english")], eligible // 2, bos_id=bos)["english→english"]
+  assert rows.shape[0] == eligible // 2
+  full = data.switch_rows({"english": test["english"], "french": test["french"]}, [("english", "french")],
+                          eligible, bos_id=bos)["english→french"][0]
+  heads = {r[:13].tobytes() for r in test["english"] if (r[:13] != data.PAD).all()}
+  assert {r[:13].tobytes() for r in full} == heads
+  with pytest.raises(ValueError, match="only"):
+    data.switch_rows(test, [("english", "french")], eligible + 1, bos_id=bos)
+  with pytest.raises(KeyError, match="python"):
+    data.switch_rows(test, [("english", "python")], 2, bos_id=bos)

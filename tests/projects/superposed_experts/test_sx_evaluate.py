@@ -7,12 +7,11 @@ import numpy as np
 from flax import nnx
 
 from projects.superposed_experts import data, evaluate
-from projects.superposed_experts.model import Superposed
-from projects.superposed_experts.train import superposed_config, superposed_section
+from projects.superposed_experts.train import SuperposedTask, superposed_section
 from superpose.data.corpora import text as text_lib
 from superpose.nn.testing import random_model
 from superpose.train import checkpoint as ckpt_lib
-from superpose.train.config import model_section
+from superpose.train.config import base_config, model_section
 from superpose.train.lm import model_config
 
 SEQ = 16
@@ -50,77 +49,96 @@ def _pure(model):
 
 
 def make_runs(root: pathlib.Path, seed: int, k: int = 2) -> dict:
-  """Expert workdirs (random models) and a superposed workdir holding copies of them."""
+  """Expert workdirs (random models) and, holding copies of them, a superposed, a merge and a trunk run."""
   lm_cfg = {"trainer": "superpose.train.lm", "model": model_section("gpt2", **MODEL).to_dict()}
   experts = [random_model(model_config(lm_cfg), seed=10 * seed + i, scale=0.2) for i in range(k)]
   paths = [_save(root / f"seed{seed}" / f"expert{i}", lm_cfg, _pure(m)) for i, m in enumerate(experts)]
-  sup_cfg = {**lm_cfg, "trainer": "projects.superposed_experts.train",
-             "superposed": superposed_section(num_experts=k, ae_layers=(0,), train_ae_layers=(0,),
-                                              bottleneck=8).to_dict()}
-  sup = Superposed(superposed_config(sup_cfg), rngs=nnx.Rngs(seed))
-  params = _pure(sup)
-  params["experts"] = {str(i): _pure(m) for i, m in enumerate(experts)}
-  return {"experts": paths, "superposed": {"superposed": _save(root / f"seed{seed}" / "sup", sup_cfg, params)}}
+  learned = {}
+  for name, section in (("superposed", dict(ae_layers=(0,), train_ae_layers=(0,), bottleneck=8)),
+                        ("merge", dict(method="merge")), ("trunk_r2", dict(method="trunk", rank=2, gate_hidden=4))):
+    cfg = {**base_config().to_dict(), **lm_cfg, "trainer": "projects.superposed_experts.train", "seed": seed,
+           "superposed": superposed_section(num_experts=k, domains=("english", "french", "python")[:k],
+                                            **section).to_dict()}
+    cfg["train"]["seq_len"] = SEQ
+    task = SuperposedTask(cfg, stream=object(), eval_sets={})
+    params = _pure(task.make_model())
+    if task.method == "trunk":
+      params["trunk"] = _pure(experts[0])
+    else:
+      params["experts"] = {str(i): _pure(m) for i, m in enumerate(experts)}
+    learned[name] = _save(root / f"seed{seed}" / name, cfg, params)
+  return {"experts": paths, "learned": learned}
+
+
+def _layout(tmp_path, names, seeds, eval_sequences, k):
+  paths = write_domains(tmp_path / "data", names)
+  layout = {"domains": list(names), "train_paths": paths["train"], "val_paths": paths["val"],
+            "test_paths": paths["test"], "tokenizer": "bytes", "seq_len": SEQ, "eval_sequences": eval_sequences,
+            "seeds": {str(s): make_runs(tmp_path / "runs", s, k) for s in seeds}}
+  work = tmp_path / "work"
+  work.mkdir()
+  (work / "pipeline.json").write_text(json.dumps(layout))
+  return work
 
 
 def test_evaluate_end_to_end(tmp_path, monkeypatch):
   monkeypatch.setattr(evaluate, "ROUTER_TRAIN", 16)
+  monkeypatch.setattr(evaluate, "ROUTER_PREFIX", 8)
+  monkeypatch.setattr(evaluate, "SWITCH_SEQUENCES", 8)
   monkeypatch.setattr(data, "VAL_SEQUENCES", 24)
-  paths = write_domains(tmp_path / "data")
-  layout = {"domains": ["english", "french"], "train_paths": paths["train"], "val_paths": paths["val"],
-            "test_paths": paths["test"], "tokenizer": "bytes", "seq_len": SEQ, "eval_sequences": 40,
-            "seeds": {str(s): make_runs(tmp_path / "runs", s) for s in (0, 1)}}
-  work = tmp_path / "work"
-  work.mkdir()
-  (work / "pipeline.json").write_text(json.dumps(layout))
+  work = _layout(tmp_path, ("english", "french"), (0, 1), 40, 2)
   logs = []
   results = evaluate.run(work, interp_steps=2, log=logs.append)
-  table = results["methods"]
-  # Every method on every domain, with the arithmetic that defines the headline.
-  for m in ("base", "expert:french", "oracle", "router", "mixture uniform", "mixture best", "interp λ=0.5",
-            "interp best", "superposed", "superposed α=0", "superposed α=1"):
-    assert set(table[m]["ppl"]) == {"english", "french"}, m
-  assert table["oracle"]["gap"]["mean"] == 1.0 and table["interp best"]["gap"]["mean"] == 0.0
+  T = results["table"]["methods"]
+  groups = {"english", "french", "english→french/1", "english→french/2", "french→english/1", "french→english/2"}
+  for m in ("base", "expert:french", "oracle", "router", "mixture uniform", "mixture best", "posterior mixture",
+            "fixed share", "interp best", "task arithmetic", "superposed", "merge", "trunk_r2",
+            "trunk_r2 (oracle gate)"):
+    assert set(T[m]["nll"]) == groups, m
+  assert T["oracle"]["gap"]["value"] == 1.0 and T["interp best"]["gap"]["value"] == 0.0
+  # Oracle routing is each domain's own expert, also on each half of a switch sequence.
+  for g, m in (("english", "base"), ("french", "expert:french"), ("english→french/1", "base"),
+               ("english→french/2", "expert:french"), ("french→english/1", "expert:french")):
+    assert T["oracle"]["nll"][g]["value"] == T[m]["nll"][g]["value"], g
+  assert T["expert:french"]["forgetting"]["french"]["value"] == 0.0
   for s in ("0", "1"):
-    info = results["per_seed"][s]["info"]
-    ppl = results["per_seed"][s]["ppl"]
-    assert ppl["oracle"] == {"english": ppl["base"]["english"], "french": ppl["expert:french"]["french"]}
-    assert ppl["interp λ=0.0"] == ppl["base"] and ppl["interp λ=1.0"] == ppl["expert:french"]
-    # The alphabets are disjoint, so the prefix router is (nearly) always right.
-    assert min(info["router_accuracy"].values()) > 0.9
-    # With the autoencoders bypassed, α = 0 / 1 is the base / the expert.
-    assert info["bypass α=0 max |Δ log p| vs expert 0"] < 1e-4
-    assert info["bypass α=1 max |Δ log p| vs expert 1"] < 1e-4
-  assert (work / "results.md").read_text().count("| superposed") >= 1
-  assert all(pathlib.Path(p).exists() for p in results["plots"]) and len(results["plots"]) == 3
+    info = results["info"][s]
+    assert min(info["router_accuracy"].values()) > 0.8    # the alphabets are disjoint (8 tokens read)
+    assert info["bypass expert 0 max |Δ log p|"] < 1e-4 and info["bypass expert 1 max |Δ log p|"] < 1e-4
+    assert set(info["gates"]) == {"trunk_r2"} and set(info["alphas"]) == {"superposed", "merge"}
+  # Costs: one model 1×, the ensembles K×, the paper's model about K× (FLOPs, no bench.json here).
+  C = results["costs"]
+  assert C["merge"]["flops_ratio"] == 1.0 and C["posterior mixture"]["flops_ratio"] == 2.0
+  assert 1.0 < C["trunk_r2"]["flops_ratio"] < C["superposed"]["flops_ratio"] < 2.0   # the head is shared
+  assert C["merge"]["param_bytes"] * 2 == C["posterior mixture"]["param_bytes"]
+  text = (work / "results.md").read_text()
+  assert "## Who wins at each cost" in text and "one trunk" in text and "posterior mixture" in text
+  assert all(pathlib.Path(p).exists() for p in results["plots"]) and len(results["plots"]) == 4
   saved = sorted(p.name for p in (work / "eval_sequences").iterdir())
   assert saved == ["english.npy", "french.npy", "manifest.json"]
   # A second run reuses the cached sequences and per-seed scores.
   logs.clear()
   again = evaluate.run(work, interp_steps=2, log=logs.append)
   assert sum("cached evaluation" in line for line in logs) == 2
-  assert again["methods"]["superposed"]["ppl"] == table["superposed"]["ppl"]
+  assert again["table"]["methods"]["superposed"]["nll"] == T["superposed"]["nll"]
 
 
-def test_three_experts_add_task_arithmetic_and_ties(tmp_path, monkeypatch):
+def test_three_experts_add_ties(tmp_path, monkeypatch):
   monkeypatch.setattr(evaluate, "ROUTER_TRAIN", 8)
+  monkeypatch.setattr(evaluate, "ROUTER_PREFIX", 8)
+  monkeypatch.setattr(evaluate, "SWITCH_SEQUENCES", 4)
   monkeypatch.setattr(data, "VAL_SEQUENCES", 16)
-  names = ["english", "french", "python"]
-  paths = write_domains(tmp_path / "data", names)
-  layout = {"domains": names, "train_paths": paths["train"], "val_paths": paths["val"], "test_paths": paths["test"],
-            "tokenizer": "bytes", "seq_len": SEQ, "eval_sequences": 20,
-            "seeds": {"0": make_runs(tmp_path / "runs", 0, k=3)}}
-  work = tmp_path / "work"
-  work.mkdir()
-  (work / "pipeline.json").write_text(json.dumps(layout))
+  names = ("english", "french", "python")
+  work = _layout(tmp_path, names, (0,), 20, 3)
   results = evaluate.run(work, interp_steps=1, log=lambda *a: None)
-  table = results["methods"]
-  for m in ("task arithmetic", "TIES", "superposed w=e0", "superposed w=e2", "expert:python"):
-    assert set(table[m]["ppl"]) == set(names), m
-  info = results["per_seed"]["0"]["info"]
+  T = results["table"]["methods"]
+  for m in ("task arithmetic", "TIES", "expert:python", "trunk_r2"):
+    assert {"english", "french", "python", "english→python/2"} <= set(T[m]["nll"]), m
+  info = results["info"]["0"]
   assert info["task arithmetic λ"] in evaluate.TA_LAMBDAS and info["TIES λ"] in evaluate.TIES_LAMBDAS
-  assert info["bypass w=e2 max |Δ log p| vs expert 2"] < 1e-4
-  assert np.asarray(results["per_seed"]["0"]["alphas"]["superposed"]).shape == (MODEL["num_layers"], 3)
+  assert info["bypass expert 2 max |Δ log p|"] < 1e-4
+  assert np.asarray(info["alphas"]["superposed"]).shape == (MODEL["num_layers"], 3)
+  assert results["costs"]["fixed share"]["flops_ratio"] == 3.0
 
 
 def test_pipeline_stages_and_overrides(tmp_path):
@@ -129,17 +147,19 @@ def test_pipeline_stages_and_overrides(tmp_path):
   assert overrides == {"*": ["--config.train.steps=5", "--config.superposed.ae_layers=(0,)"],
                        "base": ["--config.optim.lr=0.1"]}
   names = ("english", "french", "python")
-  stages = pipeline.stage_commands("c.py", "superpose", tmp_path, 1, names, tmp_path / "d", True, overrides)
-  assert [s for s, _ in stages] == ["base", "expert_french", "expert_python", "superpose", "blend_only", "router"]
-  argv = dict(stages)
-  w = tmp_path / "seed_1"
-  assert f"--config.train.init_from={w / 'base'}" in argv["expert_python"]
-  assert any(a.endswith("python/train.jsonl.gz") for a in argv["expert_python"] if a.startswith("--config.data.path"))
-  experts = str((str(w / "base"), str(w / "expert_french"), str(w / "expert_python")))
-  assert f"--config.superposed.experts={experts}" in argv["router"] and "--config=c.py:router" in argv["router"]
-  assert "--config.seed=1" in argv["superpose"] and "--config.optim.lr=0.1" in argv["base"]
-  given = pipeline.stage_commands("g.py", "", tmp_path, 0, names[:2], tmp_path / "d", False, {}, ["/a", "/b"])
-  assert [s for s, _ in given] == ["superpose", "blend_only"] and "--config=g.py:" in dict(given)["superpose"]
+  experts = dict(pipeline.expert_commands("c.py", tmp_path, names, tmp_path / "d", overrides))
+  assert list(experts) == ["base", "expert_french", "expert_python"]
+  assert f"--config.train.init_from={tmp_path / 'experts' / 'base'}" in experts["expert_python"]
+  assert any(a.endswith("python/train.jsonl.gz") for a in experts["expert_python"] if a.startswith("--config.data.path"))
+  assert "--config.seed=0" in experts["expert_french"] and "--config.optim.lr=0.1" in experts["base"]
+  stages = ["superposed", "superposed_tf", "blend_only", "merge", "trunk_r4", "superposed_router"]
+  learned = dict(pipeline.learned_commands("c.py", tmp_path, 1, names, tmp_path / "d", ["/a", "/b", "/c"], stages,
+                                           overrides))
+  assert list(learned) == stages
+  assert "--config.superposed.experts=('/a', '/b', '/c')" in learned["merge"]
+  assert "--config=c.py:router" in learned["superposed_router"] and "--config=c.py:teacher_forced" in learned["superposed_tf"]
+  assert "--config.superposed.rank=4" in learned["trunk_r4"] and "--config=c.py:trunk" in learned["trunk_r4"]
+  assert "--config.seed=1" in learned["superposed"] and f"--workdir={tmp_path / 'seed_1' / 'merge'}" in learned["merge"]
 
 
 def test_load_run_reads_hugging_face_gpt2_directories(tmp_path):

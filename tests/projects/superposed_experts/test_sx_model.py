@@ -76,8 +76,11 @@ def test_non_causal_autoencoder_leaks():
   assert float(jnp.abs(a[:, 8] - b[:, 8]).max()) > 1e-4
 
 
-def test_train_forward_trains_blend_and_autoencoders_only(paper):
-  _, graphdef, state, _, _ = paper
+@pytest.mark.parametrize("graph", ["sequential", "teacher_forced"])
+def test_train_forward_trains_blend_and_autoencoders_only(paper, graph):
+  import dataclasses
+  model, graphdef, state, _, _ = paper
+  graphdef = nnx.graphdef(Superposed(dataclasses.replace(model.cfg, train_graph=graph), rngs=nnx.Rngs(0)))
   params = nnx.state(nnx.merge(graphdef, state), nnx.Param)
   tokens = _tokens(3)
   targets = jnp.roll(tokens, -1, axis=1)
@@ -93,31 +96,49 @@ def test_train_forward_trains_blend_and_autoencoders_only(paper):
   for layer in ("0", "1", "2"):
     assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads["autoencoders"][layer]))
   assert set(k for k in aux if k.startswith("recon/")) == {"recon/0", "recon/1", "recon/2"}
-  # The experts' backward is not even in the program: only the blend/AE side is differentiated.
-  jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: loss(p)[0]))(params))
-  assert jaxpr.count("dot_general") < 2 * str(jax.make_jaxpr(lambda p: loss(p)[0])(params)).count("dot_general")
+  forward_dots = str(jax.make_jaxpr(lambda p: loss(p)[0])(params)).count("dot_general")
+  backward_dots = str(jax.make_jaxpr(jax.grad(lambda p: loss(p)[0]))(params)).count("dot_general") - forward_dots
+  # Teacher-forced: the experts' backward is not in the program at all. Sequential: it runs through their
+  # activations (dx) but never computes their weight gradients (dW), which would double it.
+  assert 0 < backward_dots < forward_dots
 
 
-def test_recon_target_is_the_labelled_expert(paper):
-  """recon/<last> equals the MSE to the expert named by each row's label, computed by hand."""
-  _, graphdef, state, _, _ = paper
+@pytest.mark.parametrize("graph, ae_layers, train_ae_layers, live", [
+    ("sequential", (), (), "all"),                 # blend only: the LM loss reaches every layer's α
+    ("sequential", (1,), (1, 2), "all"),
+    ("teacher_forced", (), (), "last"),            # the notebook's graph: only the head's α is trained
+    ("teacher_forced", (1,), (1, 2), "autoencoded"),
+])
+def test_every_alpha_gets_a_gradient(graph, ae_layers, train_ae_layers, live):
+    """dL/dα_l per layer (through the per-layer bias b_l, α_l = spline + 0.1·b_l): in the sequential
+    graph every layer's α is trained; the teacher-forced graph leaves the α of layers without an
+    autoencoder untouched — the bug this graph choice fixes."""
+    cfg = SuperposedConfig(expert=EXPERT, ae_layers=ae_layers, train_ae_layers=train_ae_layers, train_graph=graph)
+    model = _model(cfg)
+    graphdef, params = nnx.split(model, nnx.Param)
+    tokens = _tokens(8)
 
-  @jax.jit
-  def parts(s, tokens, labels):
-    m = nnx.merge(graphdef, s)
-    _, _, aux = m.train_forward(tokens, labels)
-    states = m.expert_states(tokens)       # (K, L + 1, B, T, D)
-    w = m.weights()[-1, :, 0]
-    recon = m.autoencoders["2"](w[0] * states[0, -1] + w[1] * states[1, -1])
-    own = m.experts[1](tokens, return_hidden=True)
-    return aux["recon/2"], states, recon, own.final_hidden_BTD, own.hidden
+    def loss(p):
+      logits, recon, _ = nnx.merge(graphdef, p).train_forward(tokens, jnp.array([0, 1]))
+      return lm_loss(logits[:, :-1], tokens[:, 1:], jnp.ones((B, T - 1)))[0] + 3.0 * recon
+    g = np.abs(np.asarray(nnx.to_pure_dict(jax.jit(jax.grad(loss))(params))["blend"]["bias"]))
+    L = EXPERT.num_layers
+    want = {"all": set(range(L)), "last": {L - 1}, "autoencoded": set(train_ae_layers)}[live]
+    assert set(np.flatnonzero(g > 0).tolist()) == want, g
 
-  recon_loss, states, recon, final_hidden, hidden = parts(state, _tokens(4), jnp.array([1, 0]))
-  target = jnp.stack([states[1, -1, 0], states[0, -1, 1]])
-  np.testing.assert_allclose(recon_loss, jnp.mean(jnp.square(recon - target)), rtol=1e-5)
-  # HF convention: state 0 = embeddings, the last one after the expert's own final norm.
-  np.testing.assert_allclose(states[1, -1], final_hidden, atol=1e-5)
-  np.testing.assert_allclose(states[1, :-1], hidden[:-1], atol=1e-5)
+
+def test_sequential_recon_of_a_training_only_autoencoder():
+  """In the sequential graph an autoencoder outside ``ae_layers`` is a side branch: with two copies of
+  one expert the blended last state is that expert's own, so recon = MSE(AE(own), own)."""
+  L = EXPERT.num_layers
+  cfg = SuperposedConfig(expert=EXPERT, ae_layers=(), train_ae_layers=(L - 1,))
+  model = _model(cfg, seeds=(5, 5))
+  tokens = _tokens(4)
+  logits, recon, aux = nnx.jit(lambda m, t: m.train_forward(t, jnp.array([0, 1])))(model, tokens)
+  own = model.experts[0](tokens).final_hidden_BTD
+  want = jnp.mean(jnp.square(model.autoencoders[str(L - 1)](own) - own))
+  np.testing.assert_allclose(recon, want, rtol=1e-5)
+  np.testing.assert_allclose(logits, model.experts[0](tokens).logits_BTV, atol=1e-5)   # not fed forward
 
 
 def test_teacher_forced_equals_sequential_for_equal_experts():
@@ -173,6 +194,8 @@ def test_2d_blend_forced_per_dimension():
     (dict(router=True, blend="2d"), "router=True needs"),
     (dict(ae_decoder="mlp"), "ae_decoder='mlp'"),
     (dict(expert=EXPERT.replace(scan_layers=True)), "scan_layers=True"),
+    (dict(num_control=16), "control points [1, 2, 3, 4, 5, 10, 11, 12, 13, 14] affect no layer"),
+    (dict(train_graph="unrolled"), "train_graph='unrolled'"),
 ])
 def test_config_errors(changes, message):
   with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):

@@ -23,38 +23,8 @@ from superpose.train.metrics import read_metrics
 FIXTURE = pathlib.Path(__file__).resolve().parents[2] / "fixtures" / "hf_gpt2_tiny"
 
 
-def _write(path: pathlib.Path, docs) -> str:
-  with gzip.open(path, "wt", encoding="utf-8") as f:
-    for d in docs:
-      f.write(json.dumps(d) + "\n")
-  return str(path)
-
-
 def _pure(tree):
   return {str(k): _pure(v) for k, v in tree.items()} if hasattr(tree, "items") else np.asarray(tree)
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-  """The tiny config's smoke variant on two small domains (plays as written / shouted in capitals)
-  and two numpy-drawn experts saved as our checkpoints."""
-  root = tmp_path_factory.mktemp("superposed")
-  plays = [{"title": d["title"], "text": d["text"][:12_000]} for d in load_documents("sample:shakespeare.jsonl.gz")]
-  domains = {"english": plays[:8], "french": [{**d, "text": d["text"].upper()} for d in plays[8:16]]}
-  cfg = tiny.get_config("smoke").to_dict()
-  model_cfg = train.superposed_config(cfg).expert
-  experts = []
-  for k, name in enumerate(domains):
-    params = _pure(nnx.to_pure_dict(nnx.state(random_model(model_cfg, seed=k, scale=0.1), nnx.Param)))
-    with checkpoint.Checkpointer(checkpoint.checkpoint_dir(root / name), async_save=False) as ckpt:
-      ckpt.save(1, {"params": params}, force=True)
-    experts.append((str(root / name), params))
-  cfg["superposed"].update(
-      experts=tuple(p for p, _ in experts),
-      train_paths=tuple(_write(root / f"{n}.train.jsonl.gz", d[:-2]) for n, d in domains.items()),
-      val_paths=tuple(_write(root / f"{n}.val.jsonl.gz", d[-2:]) for n, d in domains.items()))
-  cfg["train"].update(batch_size=8, checkpoint_every=0)   # one row per fake device; the final checkpoint only
-  return cfg, [p for _, p in experts], root
 
 
 def test_smoke_run_trains_blend_and_autoencoders_only(smoke, devices8):
@@ -103,12 +73,16 @@ def test_loss_masks_padding(smoke):
 
 def test_optimizer_checks(smoke):
   cfg, _, _ = smoke
-  model_cfg = train.superposed_config(cfg)
+  task = train.SuperposedTask(cfg, stream=object(), eval_sets={})
   with pytest.raises(config_lib.ConfigError, match="leaves expert parameters trainable"):
-    train._checked_optim({**cfg, "optim": {**cfg["optim"], "frozen": ("experts/0/.*",)}}, model_cfg)
+    train.checked_optim({**cfg, "optim": {**cfg["optim"], "frozen": ("experts/0/.*",)}}, task)
   blend_only = tiny.get_config("blend_only").to_dict()
-  checked = train._checked_optim(blend_only, train.superposed_config(blend_only))
+  checked = train.checked_optim(blend_only, train.SuperposedTask(blend_only, stream=object(), eval_sets={}))
   assert [g["pattern"] for g in checked["optim"]["groups"]] == ["(blend|router)/.*"]
+  trunk = {**tiny.get_config("smoke_trunk").to_dict()}
+  with pytest.raises(config_lib.ConfigError, match="use 'trunk/.\\*'"):
+    train.checked_optim({**trunk, "optim": {**trunk["optim"], "frozen": ("experts/.*",)}},
+                        train.SuperposedTask(trunk, stream=object(), eval_sets={}))
   with pytest.raises(config_lib.ConfigError, match="name one run per expert"):
     train.check_experts(("a", ""), 2)
 
@@ -143,7 +117,7 @@ def test_gpt2_experts_load_from_hf_directories(smoke):
   autoencoders bypassed the superposed logits are transformers' own."""
   cfg = gpt2_config.get_config().to_dict()
   cfg["model"].update(vocab_size=100, d_model=32, num_layers=2, num_heads=4, d_ff=128, max_seq_len=32)
-  cfg["superposed"].update(experts=(str(FIXTURE), str(FIXTURE)), ae_layers=(0,), train_ae_layers=(0, 1),
+  cfg["superposed"].update(experts=(str(FIXTURE), str(FIXTURE)), ae_layers=(0,), train_ae_layers=(0, 1), num_control=0,
                            bottleneck=0)
   cfg["train"]["seq_len"] = 32
   task = train.SuperposedTask(cfg, stream=object(), eval_sets={})
@@ -158,3 +132,31 @@ def test_gpt2_experts_load_from_hf_directories(smoke):
   with pytest.raises(config_lib.ConfigError, match="does not match config.model"):
     train.SuperposedTask(cfg, stream=object(), eval_sets={}).initial_params(
         state_lib.split_model(lambda: Superposed(train.superposed_config(cfg), rngs=nnx.Rngs(0)), mesh)[1])
+
+
+@pytest.mark.parametrize("variant", ["smoke_merge", "smoke_trunk"])
+def test_merge_and_trunk_train_through_the_loop(smoke, variant):
+  """The learned merge and the one trunk train with the loop on the same data: what came from the experts
+  stays bit-identical (the trunk is expert 0), what the method learns moves, the eval is finite."""
+  cfg, expert_params, root = smoke
+  cfg = {**cfg, **{k: v for k, v in tiny.get_config(variant).to_dict().items() if k in ("optim", "trainer")}}
+  cfg["superposed"] = {**cfg["superposed"], **{k: tiny.get_config(variant).to_dict()["superposed"][k]
+                                               for k in ("method", "rank", "gate_hidden", "ae_layers", "train_ae_layers")}}
+  workdir = root / variant
+  result = train.run(cfg, str(workdir))
+  assert result.step == cfg["train"]["steps"] and math.isfinite(result.eval["eval/loss"])
+  task = train.SuperposedTask(cfg, stream=object(), eval_sets={})
+  mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  with jax.set_mesh(mesh):
+    _, abs_params, _ = state_lib.split_model(task.make_model, mesh)
+    final = _pure(checkpoint.load_params(workdir, abs_params))
+    start = _pure(task.initial_params(abs_params))
+  if variant == "smoke_merge":
+    for k, want in enumerate(expert_params):
+      jax.tree.map(np.testing.assert_array_equal, final["experts"][str(k)], want)
+    assert np.abs(final["lam"] - 0.5).max() > 0     # started at the plain average, then trained
+  else:
+    jax.tree.map(np.testing.assert_array_equal, final["trunk"], expert_params[0])
+    moved = lambda name: max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(final[name]),
+                                                                         jax.tree.leaves(start[name])))
+    assert moved("deltas") > 0 and moved("gate") > 0
