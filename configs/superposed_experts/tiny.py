@@ -84,11 +84,11 @@ def get_config(variant: str = "superpose"):
     c.train.update(dict(steps=300, eval_every=150, checkpoint_every=150))
   elif stage == "trunk":
     c.trainer = "projects.superposed_experts.train"
-    c.superposed.update(dict(method="trunk", ae_layers=(), train_ae_layers=()))
+    c.superposed.update(dict(method="trunk", ae_layers=(), train_ae_layers=(), distill_weight=1.0))
     c.optim.update(dict(lr=1e-3, schedule="warmup_cosine", warmup_steps=20, min_lr_ratio=0.1, weight_decay=0.0,
-                        clip_norm=1.0, frozen=("trunk/.*",),
+                        clip_norm=1.0, frozen=("trunk/.*", "teachers/.*"),
                         groups=({"pattern": "gate/.*", "lr": 3e-3},)))
-    c.train.update(dict(steps=300, eval_every=150, checkpoint_every=150))
+    c.train.update(dict(steps=400, eval_every=200, checkpoint_every=200))
   else:
     c.trainer = "projects.superposed_experts.train"
     c.optim.update(dict(

@@ -120,7 +120,7 @@ def rounds_of(runners: dict, tokens, rounds: int, steps: int) -> dict[str, list[
   return times
 
 
-def bench_pipeline(workdir, rounds: int = 7, steps: int = 4, batch: int = 16, log=print) -> dict:
+def bench_pipeline(workdir, rounds: int = 15, steps: int = 8, batch: int = 16, log=print) -> dict:
   """Times the methods of ``workdir/pipeline.json`` (module docstring); writes and returns bench.json."""
   import json
   import pathlib

@@ -66,9 +66,9 @@ def learned_cost(task, seq_len: int) -> tuple[float, int]:
   single = param_count(lambda: Transformer(e, rngs=nnx.Rngs(0)))
   if task.method == "merge":
     return expert_flops(e, seq_len), single
-  if task.method == "trunk":
-    extra = param_count(task.make_model) - single
-    return expert_flops(e, seq_len) + trunk_lib.extra_flops_per_token(task.trunk_cfg), single + extra
+  if task.method == "trunk":   # the teachers of a distilled run are training-only
+    return (expert_flops(e, seq_len) + trunk_lib.extra_flops_per_token(task.trunk_cfg),
+            single + trunk_lib.extra_params(task.trunk_cfg))
   return superposed_flops(task.model_cfg, seq_len), param_count(task.make_model)
 
 

@@ -335,7 +335,7 @@ def run(workdir: str | pathlib.Path, *, interp_steps: int | None = None, log=pri
   test, test_manifest = data_lib.heldout(spec.with_heldout(layout["test_paths"]), layout["eval_sequences"],
                                          cache=workdir / "eval_sequences", log=log)
   from superpose.data.tokenizers import get_tokenizer
-  switch = data_lib.switch_rows(test, switch_pairs(names), min(SWITCH_SEQUENCES, layout["eval_sequences"]),
+  switch = data_lib.switch_rows(test, switch_pairs(names), min(SWITCH_SEQUENCES, layout["eval_sequences"] // 2),
                                 bos_id=get_tokenizer(layout["tokenizer"]).bos_id)
   sets = Sets(test, switch)
   switch_digest = hashlib.sha256(b"".join(r.tobytes() for r, _ in switch.values())).hexdigest()

@@ -69,6 +69,7 @@ def superposed_section(**overrides) -> ml_collections.ConfigDict:
       # method='trunk' (trunk.py): the trunk is expert 0, or the merged weights of a 'merge' run.
       "trunk_from": "", "rank": 8, "delta_vectors": "full", "delta_embeddings": "lowrank",
       "gate_hidden": 32, "gate_decays": (0.0, 0.9, 0.98), "gate_label_weight": 0.1,
+      "distill_weight": 0.0,     # > 0: + weight · KL(row's expert ‖ model), the experts held as frozen teachers
       # Loss.
       "recon_weight": 3.0, "lm_weight": 1.0,
       "mask_recon": True,        # False: MSE over every position incl. padding, as the notebook
@@ -194,14 +195,14 @@ class SuperposedTask:
     self.tokens_per_step = t["batch_size"] * t["seq_len"]
     self.flops_per_step = self.train_flops_per_token(t["seq_len"]) * self.tokens_per_step
     self.recon_weight, self.lm_weight, self.mask_recon = s["recon_weight"], s["lm_weight"], s["mask_recon"]
-    self.gate_label_weight = s["gate_label_weight"]
+    self.gate_label_weight, self.distill_weight = s["gate_label_weight"], s["distill_weight"]
     # Leaves whose every element must receive a gradient (superpose.train.gradcheck): one α per layer.
     self.gradient_elementwise = ("blend/.*", "router/b_out", "lam") if self.method != "trunk" else ("gate/b_out",)
 
   @property
-  def frozen_prefix(self) -> str:
+  def frozen_prefixes(self) -> tuple[str, ...]:
     """Parameters that come from the experts' runs and must stay frozen."""
-    return "trunk/" if self.method == "trunk" else "experts/"
+    return ("trunk/", "teachers/") if self.method == "trunk" else ("experts/",)
 
   def make_model(self) -> nnx.Module:
     rngs = nnx.Rngs(self.config["seed"])
@@ -226,6 +227,13 @@ class SuperposedTask:
       logits, gate_BTK = model.forward(batch["inputs"], stop_trunk=True, **kw)
       ce, metrics = lm_loss(logits, batch["targets"], batch["weights"])
       w = batch["weights"]
+      loss = self.lm_weight * ce
+      if self.distill_weight:
+        teacher = model.teacher_logprobs(batch["inputs"], batch["labels"], **kw)
+        logp_model = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+        kl = (jnp.exp(teacher) * (teacher - logp_model)).sum(-1)
+        metrics["distill_kl"] = (kl * w).sum() / jnp.maximum(w.sum(), 1.0)
+        loss = loss + self.distill_weight * metrics["distill_kl"]
       logp = jax.nn.log_softmax(gate_BTK.astype(jnp.float32), -1)
       label_nll = -jnp.take_along_axis(logp, batch["labels"][:, None, None].repeat(logp.shape[1], 1), -1)[..., 0]
       gate_ce = (label_nll * w).sum() / jnp.maximum(w.sum(), 1.0)
@@ -233,7 +241,7 @@ class SuperposedTask:
       metrics.update({"lm_loss": ce, "gate_ce": gate_ce})
       for k in range(self.num_experts):
         metrics[f"gate/{k}"] = (probs[..., k] * w).sum() / jnp.maximum(w.sum(), 1.0)
-      return self.lm_weight * ce + self.gate_label_weight * gate_ce, metrics
+      return loss + self.gate_label_weight * gate_ce, metrics
     logits, recon, aux = model.train_forward(
         batch["inputs"], batch["labels"], mask_BT=batch["weights"] if self.mask_recon else None, **kw)
     ce, metrics = lm_loss(logits, batch["targets"], batch["weights"])
@@ -261,8 +269,8 @@ class SuperposedTask:
     paths = self.config["superposed"]["experts"]
     check_experts(paths, self.num_experts)
     shardings = jax.tree.map(lambda a: a.sharding, abs_params)
-    top = self.frozen_prefix.rstrip("/")
-    fresh_sh = {k: v for k, v in shardings.items() if k != top}
+    tops = {p.rstrip("/") for p in self.frozen_prefixes}
+    fresh_sh = {k: v for k, v in shardings.items() if k not in tops}
 
     def init():  # only the non-expert parameters are outputs, so XLA never draws the experts' weights
       _, params, _ = nnx.split(self.make_model(), nnx.Param, ...)
@@ -288,7 +296,8 @@ class SuperposedTask:
     if self.method == "trunk":
       from projects.superposed_experts import trunk as trunk_lib
       extra = trunk_lib.extra_flops_per_token(self.trunk_cfg)
-      return 2.0 * expert_fwd + 3.0 * extra
+      teachers = self.num_experts * expert_fwd if self.trunk_cfg.distill else 0.0
+      return 2.0 * expert_fwd + 3.0 * extra + teachers
     return train_flops_per_token(self.model_cfg, seq_len)
 
 
@@ -324,9 +333,9 @@ def checked_optim(config: dict, task: SuperposedTask) -> dict:
   paths = jax.tree.leaves(optim.param_paths(abs_params))
   o = dict(config["optim"])
   frozen = list(o.get("frozen") or ())
-  prefix = task.frozen_prefix
-  loose = [p for p in paths if p.startswith(prefix) and not any(re.fullmatch(f, p) for f in frozen)]
+  loose = [p for p in paths if p.startswith(task.frozen_prefixes) and not any(re.fullmatch(f, p) for f in frozen)]
   if loose:
+    prefix = next(x for x in task.frozen_prefixes if loose[0].startswith(x))
     raise config_lib.ConfigError(f"config.optim.frozen={tuple(frozen)} leaves expert parameters trainable "
                                  f"(e.g. {loose[0]}); use '{prefix}.*'")
   groups = []

@@ -15,11 +15,15 @@ weighs "no delta" when the trunk is the base.
 
 Training (train.py, ``method='trunk'``): the trunk is frozen; the deltas and the gate learn from the LM
 loss on the same balanced domain batches as every other method, plus ``gate_label_weight`` · the
-cross-entropy of the gate against the row's domain label (the labels the paper's method also uses).
+cross-entropy of the gate against the row's domain label (the labels the paper's method also uses) and,
+with ``distill_weight`` > 0, · KL(expert ‖ model) to the next-token distribution of the row's own expert
+(the experts are then held as frozen ``teachers`` during training only: they are in the checkpoint but
+never in the inference forward, and cost.py does not count them).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 from typing import Mapping, Sequence
 
@@ -47,6 +51,7 @@ class TrunkConfig:
   delta_embeddings: str = "lowrank"
   gate_hidden: int = 32
   gate_decays: tuple[float, ...] = (0.0, 0.9, 0.98)
+  distill: bool = False                 # hold the K experts as frozen teachers (training only)
 
   def __post_init__(self):
     errors = []
@@ -75,14 +80,15 @@ def trunk_config(config: Mapping, expert: TransformerConfig) -> TrunkConfig:
     return TrunkConfig(expert=expert, num_experts=K,
                        delta_experts=tuple(range(K)) if s["trunk_from"] else tuple(range(1, K)),
                        rank=int(s["rank"]), delta_vectors=s["delta_vectors"], delta_embeddings=s["delta_embeddings"],
-                       gate_hidden=int(s["gate_hidden"]), gate_decays=tuple(float(d) for d in s["gate_decays"]))
+                       gate_hidden=int(s["gate_hidden"]), gate_decays=tuple(float(d) for d in s["gate_decays"]),
+                       distill=float(s["distill_weight"]) > 0)
   except ValueError as e:
     raise config_lib.ConfigError(f"config.superposed: {e}") from None
 
 
 class OneTrunk(nnx.Module):
   """Parameters: ``trunk/...`` (a superpose.nn.Transformer, frozen), ``deltas/...`` (ExpertDeltas at the
-  trunk's paths) and ``gate/...`` (CausalGate)."""
+  trunk's paths), ``gate/...`` (CausalGate) and, with ``distill``, ``teachers/<k>/...`` (frozen experts)."""
 
   def __init__(self, cfg: TrunkConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -92,6 +98,15 @@ class OneTrunk(nnx.Module):
                                vector_mode=cfg.delta_vectors, embedding_mode=cfg.delta_embeddings)
     self.gate = CausalGate(cfg.expert.d_model, cfg.num_experts, hidden=cfg.gate_hidden, decays=cfg.gate_decays,
                            rngs=rngs)
+    self.teachers = (nnx.List([Transformer(cfg.expert, rngs=rngs) for _ in range(cfg.num_experts)])
+                     if cfg.distill else None)
+
+  def teacher_logprobs(self, tokens_BT, labels_B, *, positions_BT=None, segment_ids_BT=None) -> jax.Array:
+    """log p of each row's own expert (B, T, V), as constants (training only)."""
+    logits = jnp.stack([_stopped(t)(tokens_BT, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT).logits_BTV
+                        for t in self.teachers])
+    picked = jnp.take_along_axis(logits, labels_B[None, :, None, None], axis=0)[0]
+    return jax.lax.stop_gradient(jax.nn.log_softmax(picked.astype(jnp.float32), -1))
 
   def gate_logits(self, tokens_BT, *, positions_BT=None, segment_ids_BT=None, trunk=None) -> jax.Array:
     """(B, T, K): the gate reads the trunk's input embedding (no delta) and its causal averages."""
@@ -127,6 +142,12 @@ def extra_flops_per_token(cfg: TrunkConfig) -> float:
   return float(model.deltas.flops_per_token() + model.gate.flops_per_token())
 
 
+def extra_params(cfg: TrunkConfig) -> int:
+  """Parameters held at inference beyond the trunk's: the deltas and the gate (not the teachers)."""
+  model = nnx.eval_shape(lambda: OneTrunk(cfg, rngs=nnx.Rngs(0)))
+  return sum(math.prod(x.shape) for part in (model.deltas, model.gate) for x in jax.tree.leaves(nnx.state(part, nnx.Param)))
+
+
 def trunk_params(experts: Sequence, trunk_from: str):
   """The trunk's parameter values: expert 0's, or the merged weights of the ``merge`` run ``trunk_from``."""
   if not trunk_from:
@@ -141,11 +162,15 @@ def trunk_params(experts: Sequence, trunk_from: str):
 
 
 def initial_values(cfg: TrunkConfig, experts: Sequence, trunk_from: str, abs_params) -> dict:
-  """{'trunk': the trunk's values, 'deltas': the truncated SVD of each delta expert minus the trunk},
-  placed with ``abs_params``' shardings."""
+  """{'trunk': the trunk's values, 'deltas': the truncated SVD of each delta expert minus the trunk, and with
+  ``distill`` 'teachers': the experts}, placed with ``abs_params``' shardings."""
   trunk = trunk_params(experts, trunk_from)
   deltas = values_from_experts(trunk, [experts[k] for k in cfg.delta_experts], cfg.rank,
                                vector_mode=cfg.delta_vectors, embedding_mode=cfg.delta_embeddings)
   place = lambda tree, abstract: jax.tree.map(lambda x, a: jax.device_put(jnp.asarray(x, a.dtype), a.sharding),
                                               tree, abstract)
-  return {"trunk": place(trunk, abs_params["trunk"]), "deltas": place(deltas, abs_params["deltas"])}
+  out = {"trunk": place(trunk, abs_params["trunk"]), "deltas": place(deltas, abs_params["deltas"])}
+  if cfg.distill:
+    # Copies: teacher 0 may be the trunk itself, and one buffer must not be donated twice by the train step.
+    out["teachers"] = {str(k): place(jax.tree.map(jnp.copy, x), abs_params["teachers"][str(k)]) for k, x in enumerate(experts)}
+  return out

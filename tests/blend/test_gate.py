@@ -98,6 +98,17 @@ def test_zero_output_layer_starts_uniform_and_one_sgd_step_reaches_every_paramet
 
 def test_flops_and_bad_decays():
   gate = CausalGate(D, K, hidden=8, rngs=nnx.Rngs(0))
-  assert gate.flops_per_token() == 2 * (3 * D * 8 + 8 * K) + 3 * D * 2  # two EMAs with β > 0
+  assert gate.flops_per_token() == 2 * (3 * D * 8 + 8 * K) + 3 * 8 * 2  # two EMAs with β > 0, at width 8
   with pytest.raises(ValueError, match="decays"):
     CausalGate(D, K, decays=(0.5, 1.0), rngs=nnx.Rngs(0))
+
+
+def test_projecting_before_averaging_equals_the_features_formula():
+  """The forward averages s·W instead of s (the EMA is linear): the logits of the written formula
+  dense(concat of the EMAs of the normalised states) are unchanged."""
+  gate = trained_gate(3)
+  s, segments = states(4), jnp.asarray([[1, 1, 1, 2, 2, 2, 2, 3]] * B)
+  f_BTND = gate.features(s, segments)
+  h = jax.nn.gelu(jnp.einsum("btnd,ndh->bth", f_BTND, gate.w_in[...]) + gate.b_in[...], approximate=False)
+  want = h @ gate.w_out[...] + gate.b_out[...]
+  np.testing.assert_allclose(run(gate, s, segments), want, atol=1e-5, rtol=1e-5)

@@ -11,7 +11,8 @@ computed with ``jax.lax.associative_scan`` (O(T log T) work, log T depth, causal
 restarted at packed-document boundaries when ``segment_ids_BT`` is given (t then counts from the
 document's first token). The bias correction is the same scan run on ones: the EMA of a constant is
 that constant from the first token on. Concatenated over decays → dense(hidden) → exact GELU →
-dense(K) = logits. The output layer starts at zero, so the gate starts uniform after a softmax;
+dense(K) = logits. The EMA is linear, so EMA(s)·W = EMA(s·W): the forward projects each position to the
+hidden width first and averages there (hidden ≪ d_model: a few times less scan work, the same logits). The output layer starts at zero, so the gate starts uniform after a softmax;
 its first step moves the output layer only (the hidden layer's gradient goes through it).
 """
 from __future__ import annotations
@@ -27,17 +28,21 @@ from superpose.nn import sharding
 
 
 def causal_ema(x_BTD: jax.Array, decays: Sequence[float], segment_ids_BT: jax.Array | None = None) -> jax.Array:
-  """Bias-corrected EMAs of x over time, one per decay, restarted where the segment id changes: (B, T, N, D) f32."""
+  """Bias-corrected EMAs of x over time, one per decay, restarted where the segment id changes: (B, T, N, D) f32.
+
+  ``x`` may also be (B, T, N, D) with N = len(decays): decay n then averages x[:, :, n] only."""
   x = x_BTD.astype(jnp.float32)
-  batch, length, dim = x.shape
+  if x.ndim == 3:
+    x = jnp.broadcast_to(x[:, :, None, :], x.shape[:2] + (len(decays),) + x.shape[2:])
+  batch, length, _, dim = x.shape
   beta_N = jnp.asarray(decays, jnp.float32)
   start_BT = jnp.zeros((batch, length), bool).at[:, 0].set(True)
   if segment_ids_BT is not None:
     start_BT = start_BT.at[:, 1:].set(segment_ids_BT[:, 1:] != segment_ids_BT[:, :-1])
   # h_t = A_t · h_{t−1} + u_t with A_t = β (0 at a document start) and u_t = (1 − β)·[x_t, 1].
   decay_BTN = jnp.where(start_BT[..., None], 0.0, beta_N)
-  ones = jnp.ones((batch, length, 1), jnp.float32)
-  u_BTNE = (1.0 - beta_N)[:, None] * jnp.concatenate([x, ones], axis=-1)[:, :, None, :]
+  ones = jnp.ones((batch, length, len(decays), 1), jnp.float32)
+  u_BTNE = (1.0 - beta_N)[:, None] * jnp.concatenate([x, ones], axis=-1)
 
   def combine(earlier, later):
     a1, u1 = earlier
@@ -73,16 +78,18 @@ class CausalGate(nnx.Module):
     return causal_ema(s, self.decays, segment_ids_BT)
 
   def __call__(self, s_BTD: jax.Array, segment_ids_BT: jax.Array | None = None) -> jax.Array:
-    f_BTND = self.features(s_BTD, segment_ids_BT)
-    h_BTH = jnp.einsum("btnd,ndh->bth", f_BTND, self.w_in[...].astype(jnp.float32))
+    s = s_BTD.astype(jnp.float32)
+    s = s * jax.lax.rsqrt(jnp.mean(jnp.square(s), axis=-1, keepdims=True) + self.eps)
+    p_BTNH = jnp.einsum("btd,ndh->btnh", s, self.w_in[...].astype(jnp.float32))   # project, then average
+    h_BTH = causal_ema(p_BTNH, self.decays, segment_ids_BT).sum(2)
     h_BTH = jax.nn.gelu(h_BTH + self.b_in[...].astype(jnp.float32), approximate=False)
     return jnp.einsum("bth,hk->btk", h_BTH, self.w_out[...].astype(jnp.float32)) + self.b_out[...].astype(jnp.float32)
 
   def flops_per_token(self) -> int:
-    """2 per multiply-add of the two dense layers, plus 3·D per non-zero decay (EMA multiply-add, divide).
+    """2 per multiply-add of the two dense layers, plus 3·hidden per non-zero decay (EMA multiply-add, divide).
 
     The RMS norm, the GELU and the associative scan's extra log T combine steps are not counted.
     """
     n = len(self.decays)
-    ema = 3 * self.d_model * sum(1 for b in self.decays if b > 0)
+    ema = 3 * self.hidden * sum(1 for b in self.decays if b > 0)
     return 2 * (n * self.d_model * self.hidden + self.hidden * self.num_experts) + ema

@@ -124,11 +124,17 @@ def linear(x, entry: LowRank | Full, gate_BTK, n_in: int, dtype, out_dtype=None)
 
 
 def vector(entry: Full, gate_BTK, dtype) -> jax.Array:
-  """Σ_k g_k · d_k: (B, T, *param_shape)."""
+  """Σ_k g_k · d_k: (B, T, *param_shape).
+
+  Written as K element-wise products (K is a handful of experts), not a dot: XLA fuses them into the add
+  that consumes them, where a dot would write a (B, T, *shape) array of its own for every bias and norm."""
   if not isinstance(entry, Full):
     raise TypeError(f"deltas: a vector parameter takes a Full delta, got {type(entry).__name__}")
-  dims = _letters("u", entry.d.ndim - 1)
-  return _einsum(f"...k,k{dims}->...{dims}", gate_BTK, entry.d, dtype)
+  d = entry.d.astype(jnp.float32)
+  g = gate_BTK.astype(jnp.float32)
+  extra = (1,) * (d.ndim - 1)
+  out = sum(g[..., k].reshape(g.shape[:-1] + extra) * d[k] for k in range(d.shape[0]))
+  return out.astype(dtype)
 
 
 def lookup(ids_BT, entry: LowRank | Full, gate_BTK, dtype) -> jax.Array:
