@@ -2,7 +2,7 @@
 combining them, then the evaluation of every method and a side-by-side speed benchmark.
 
     python -m projects.superposed_experts.pipeline --config configs/superposed_experts/tiny.py \
-        --workdir workdirs/sx_k2 [--seeds 3] [--experts 2|3] [--router] [--trunk-ranks 4 8 16]
+        --workdir workdirs/sx_k2 [--seeds 3] [--experts 2|3] [--router] [--trunks trunk_r4 trunk_r8 ...]
     python -m projects.superposed_experts.pipeline --config configs/superposed_experts/tiny.py \
         --workdir workdirs/sx_k3 --experts 3 --expert-dirs A B C      # reuse experts trained before
 
@@ -14,7 +14,7 @@ experts. (Retraining them per seed would add expert-to-expert variance to every 
 intervals of evaluate.py would then also cover it. A K = 3 run may reuse the K = 2 run's base and French
 expert with ``--expert-dirs``.) Per seed: ``superposed`` (the paper's model, sequential training),
 ``superposed_tf`` (the same, teacher-forced as the notebook: the "before" of the α plot), ``blend_only``,
-``merge`` (learned per-layer merge), ``trunk_r<r>`` (one trunk, rank r deltas, for each --trunk-ranks)
+``merge`` (learned per-layer merge), one-trunk runs (``--trunks``, default ``trunk_r8``: rank-8 deltas)
 and with --router ``superposed_router``. Layout::
 
     DIR/config.py                         the config file, copied: every stage reads this copy
@@ -82,6 +82,22 @@ def expert_commands(config: str, workdir: pathlib.Path, names, data_root: pathli
                                             for n in names[1:]]
 
 
+TRUNK_ABLATIONS = {"novec": "--config.superposed.delta_vectors=none",
+                   "fullemb": "--config.superposed.delta_embeddings=full",
+                   "nokd": "--config.superposed.distill_weight=0.0"}
+
+
+def trunk_overrides(stage: str) -> list[str]:
+  """``trunk_r<rank>[_novec][_fullemb][_nokd]`` → the overrides of the ``trunk`` variant: the delta rank, no
+  bias/norm deltas, full embedding deltas, no distillation."""
+  rank, *flags = stage.removeprefix("trunk_r").split("_")
+  unknown = [f for f in flags if f not in TRUNK_ABLATIONS]
+  if not rank.isdigit() or unknown:
+    raise ValueError(f"stage {stage!r}: expected trunk_r<rank> followed by any of "
+                     f"{', '.join('_' + f for f in TRUNK_ABLATIONS)}")
+  return [f"--config.superposed.rank={int(rank)}"] + [TRUNK_ABLATIONS[f] for f in flags]
+
+
 def learned_commands(config: str, workdir: pathlib.Path, seed: int, names, data_root: pathlib.Path, experts,
                      stages: Sequence[str], overrides: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
   """(stage, argv) of one seed's learned methods (``LEARNED`` names, ``trunk_r<rank>``)."""
@@ -94,7 +110,7 @@ def learned_commands(config: str, workdir: pathlib.Path, seed: int, names, data_
   out = []
   for stage in stages:
     if stage.startswith("trunk_r"):
-      variant, extra = "trunk", [f"--config.superposed.rank={int(stage.removeprefix('trunk_r'))}"]
+      variant, extra = "trunk", trunk_overrides(stage)
     else:
       variant, extra = LEARNED[stage], []
     out.append((stage, [sys.executable, "-m", "launch.train", f"--config={config}:{variant}", f"--workdir={w / stage}",
@@ -156,7 +172,9 @@ def main(argv=None) -> int:
   ap.add_argument("--seeds", type=int, default=3)
   ap.add_argument("--experts", type=int, default=2, choices=(2, 3), help="2: English + French; 3: + Python")
   ap.add_argument("--router", action="store_true", help="also train the paper's model with a per-token router")
-  ap.add_argument("--trunk-ranks", type=int, nargs="*", default=[8], help="one-trunk runs, one per delta rank")
+  ap.add_argument("--trunks", nargs="*", default=["trunk_r8"],
+                  help="one-trunk runs: trunk_r<rank>[_novec][_fullemb][_nokd] (no bias/norm deltas, full embedding "
+                       "deltas, no distillation)")
   ap.add_argument("--expert-dirs", nargs="+", type=pathlib.Path,
                   help="existing experts (our workdirs or HF GPT-2 directories), base first: skips training them")
   ap.add_argument("--data", type=pathlib.Path, default=pathlib.Path(DATA_ROOT), help="corpora and domain files")
@@ -198,7 +216,12 @@ def main(argv=None) -> int:
     experts = [str(args.workdir / "experts" / "base")] + [str(args.workdir / "experts" / f"expert_{n}")
                                                           for n in names[1:]]
   print_forgetting(experts, names, spec)
-  stages = ["superposed", "superposed_tf", "blend_only", "merge"] + [f"trunk_r{r}" for r in args.trunk_ranks]
+  for stage in args.trunks:
+    try:
+      trunk_overrides(stage)
+    except ValueError as e:
+      ap.error(str(e))
+  stages = ["superposed", "superposed_tf", "blend_only", "merge", *args.trunks]
   if args.router:
     stages.append("superposed_router")
   for seed in range(args.seeds):

@@ -1,7 +1,8 @@
 """Per-sequence NLL and a paired, hierarchical bootstrap: how sure are the table's numbers?
 
-Two sources of noise sit under every number in the results table: which seeds were trained (the
-experts and the superposition are retrained per seed) and which held-out sequences were drawn. A
+Two sources of noise sit under every number in the results table: which seeds were trained (every
+learned method is retrained per seed; pipeline.py shares the experts between seeds, so their own
+training noise is not in the intervals) and which held-out sequences were drawn. A
 replicate of the bootstrap resamples both, independently: the seeds with replacement, and each group's
 sequence indices with replacement. Every method is scored on the same sequences, so one replicate uses
 the same resampled indices for every method (a *paired* bootstrap): the noise the methods share (an

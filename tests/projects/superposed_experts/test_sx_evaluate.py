@@ -4,6 +4,7 @@ import pathlib
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from projects.superposed_experts import data, evaluate
@@ -123,6 +124,7 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
   assert again["table"]["methods"]["superposed"]["nll"] == T["superposed"]["nll"]
 
 
+@pytest.mark.slow   # K = 3 through the same code as K = 2 (test_evaluate_end_to_end); 40-50 s on 2 cores
 def test_three_experts_add_ties(tmp_path, monkeypatch):
   monkeypatch.setattr(evaluate, "ROUTER_TRAIN", 8)
   monkeypatch.setattr(evaluate, "ROUTER_PREFIX", 8)
@@ -160,6 +162,10 @@ def test_pipeline_stages_and_overrides(tmp_path):
   assert "--config=c.py:router" in learned["superposed_router"] and "--config=c.py:teacher_forced" in learned["superposed_tf"]
   assert "--config.superposed.rank=4" in learned["trunk_r4"] and "--config=c.py:trunk" in learned["trunk_r4"]
   assert "--config.seed=1" in learned["superposed"] and f"--workdir={tmp_path / 'seed_1' / 'merge'}" in learned["merge"]
+  assert pipeline.trunk_overrides("trunk_r16_novec_nokd") == [
+      "--config.superposed.rank=16", "--config.superposed.delta_vectors=none", "--config.superposed.distill_weight=0.0"]
+  with pytest.raises(ValueError, match="trunk_r<rank>"):
+    pipeline.trunk_overrides("trunk_r8_wide")
 
 
 def test_load_run_reads_hugging_face_gpt2_directories(tmp_path):
