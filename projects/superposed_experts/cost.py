@@ -83,7 +83,7 @@ def method_costs(layout: Mapping, per_seed: Mapping, workdir: pathlib.Path) -> d
   e = hf_gpt2.load_hf_gpt2(first)[0] if evaluate.is_hf_dir(first) else model_config(ckpt_lib.run_config(first))
   f1 = expert_flops(e, seq_len)
   n1 = param_count(lambda: Transformer(e, rngs=nnx.Rngs(0)))
-  bench = _bench(workdir)
+  bench, tok_s = _bench(workdir)
   out = {}
   methods = next(iter(per_seed.values()))["scores"]
   for m in methods:
@@ -101,15 +101,15 @@ def method_costs(layout: Mapping, per_seed: Mapping, workdir: pathlib.Path) -> d
       f, n = learned_cost(task, seq_len)
       key = name
     out[m] = {"flops": f, "flops_ratio": f / f1, "param_bytes": 4 * n,
-              "measured_ratio": bench.get(key) if key else None}
+              "measured_ratio": bench.get(key) if key else None, "tok_s": tok_s.get(key) if key else None}
   return out
 
 
-def _bench(workdir: pathlib.Path) -> dict:
-  """{learned run name | 'single' | 'ensemble': one expert's measured tokens/s ÷ that method's (its time per
-  token in units of one expert's)} from bench.json."""
+def _bench(workdir: pathlib.Path) -> tuple[dict, dict]:
+  """From bench.json, per learned run name | 'single' | 'ensemble': one expert's measured tokens/s ÷ that
+  method's (its time per token in units of one expert's), and the method's tokens/s."""
   path = pathlib.Path(workdir) / "bench.json"
   if not path.exists():
-    return {}
+    return {}, {}
   data = json.loads(path.read_text("utf-8"))
-  return {k: v["cost_ratio"] for k, v in data["methods"].items()}
+  return ({k: v["cost_ratio"] for k, v in data["methods"].items()}, {k: v["tok_s"] for k, v in data["methods"].items()})

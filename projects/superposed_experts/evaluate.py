@@ -41,12 +41,12 @@ from superpose.nn import Transformer, hf_gpt2
 from superpose.train import checkpoint as ckpt_lib
 from superpose.train import lm as lm_train
 
-EVAL_VERSION = 3             # bump when scoring changes: invalidates the per-seed caches
+EVAL_VERSION = 2             # bump when scoring changes: invalidates the per-seed caches
 EVAL_BATCH = 64
 ROUTER_PREFIX = 32           # tokens the sequence router reads
 ROUTER_TRAIN = 256           # training sequences per domain that fit the router
 SWITCH_SEQUENCES = 200       # per switch pair
-TA_LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+TA_LAMBDAS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)   # λ = 0 is the base, a row of its own
 TIES_LAMBDAS = (0.5, 0.75, 1.0, 1.25, 1.5)
 TIES_DENSITY = 0.2
 

@@ -135,6 +135,10 @@ def markdown(results: Mapping) -> str:
       f"{st['repeated']} repeated, {st['verbatim_in_train']} found verbatim in training text; sha256 "
       f"{ts['sha256'][d][:12]})" for d, st in ts["stats"].items()))
   lines.append("- switch set: " + ", ".join(f"{p} {table['sequences'][p + '/1']} sequences" for p in pairs))
+  speeds = {m: c["tok_s"] for m, c in costs.items() if c.get("tok_s") and not m.endswith("(oracle gate)")}
+  if speeds:
+    lines.append("- measured inference speed (bench.py, batch 16 × the sequence length, tokens/s): " +
+                 ", ".join(f"{label(m).strip('*')} {v:,.0f}" for m, v in sorted(speeds.items(), key=lambda kv: -kv[1])))
   return "\n".join(lines) + "\n"
 
 
