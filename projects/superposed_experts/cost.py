@@ -101,7 +101,8 @@ def method_costs(layout: Mapping, per_seed: Mapping, workdir: pathlib.Path) -> d
       f, n = learned_cost(task, seq_len)
       key = name
     out[m] = {"flops": f, "flops_ratio": f / f1, "param_bytes": 4 * n,
-              "measured_ratio": bench.get(key) if key else None, "tok_s": tok_s.get(key) if key else None}
+              "measured_ratio": bench.get(key) if key else None, "tok_s": tok_s.get(key) if key else None,
+              "bench": key}
   return out
 
 

@@ -177,6 +177,7 @@ class ExpertCache:
   def __init__(self, sets: Sets, val: Mapping[str, np.ndarray], router_rows: np.ndarray):
     self.sets, self.val, self.router_rows = sets, val, router_rows
     self.entries: dict[str, dict] = {}
+    self.baselines: dict[tuple, tuple[dict, dict]] = {}   # experts' paths → training_free(...)
 
   def get(self, path: str) -> dict:
     if path not in self.entries:
@@ -194,9 +195,62 @@ class ExpertCache:
 
 def evaluate_seed(runs: Mapping, names: Sequence[str], sets: Sets, val: Mapping[str, np.ndarray],
                   router_labels: np.ndarray, experts: ExpertCache, interp_steps: int, log=print) -> dict:
-  """Per-sequence NLL sums per method and group for one seed's runs, plus what each method chose."""
+  """Per-sequence NLL sums per method and group for one seed's runs, plus what each method chose. The
+  training-free methods depend on the experts alone: seeds that share them (pipeline.py) share those."""
   K = len(names)
   E = [experts.get(str(p)) for p in runs["experts"]]
+  key = tuple(map(str, runs["experts"]))
+  if key not in experts.baselines:
+    experts.baselines[key] = training_free(E, names, sets, val, router_labels, interp_steps)
+  scores, info = (dict(x) for x in experts.baselines[key])
+  owner = sets.target_domains(names)
+
+  def add(method, test_logps):
+    scores[method] = sets.groups(test_logps)
+
+  def per_set(fn):
+    return {name: fn(name) for name in sets.rows}
+
+  # Learned methods (superpose.train runs).
+  info["alphas"], info["gates"] = {}, {}
+  for name, workdir in runs.get("learned", {}).items():
+    graphdef, theta, cfg = load_run(workdir)
+    model = nnx.merge(graphdef, theta)
+    method = method_of(cfg)
+    if method == "merge":   # one transformer with the merged weights
+      merged_graphdef, merged_params = nnx.split(model.merged_model(), nnx.Param, ...)[:2]
+      fn = lm_scorer(merged_graphdef)
+      add(name, per_set(lambda n: score(fn, merged_params, sets.rows[n])[0]))
+      info["alphas"][name] = np.asarray(model.lam[...]).tolist()
+      continue
+    fn = model_scorer(graphdef)
+    add(name, per_set(lambda n: score(fn, theta, sets.rows[n])[0]))
+    if method == "trunk":   # the same deltas under an oracle gate: the ceiling of the learned gate
+      onehot = {n: np.eye(K, dtype=np.float32)[owner[n]] for n in sets.rows}
+      oracle_fn = model_scorer(graphdef)
+      add(f"{name} (oracle gate)", per_set(lambda n: score(
+          oracle_fn, theta, sets.rows[n], per_row=lambda i, b, n=n: {"gate_BTK": _pad_rows(onehot[n][i:i + b], b)})[0]))
+      info["gates"][name] = gate_trace(model, sets, names)
+    else:
+      info["alphas"][name] = np.asarray(model.alphas()).tolist()
+      if name == "superposed":
+        for k in range(K):   # each expert forced everywhere with the AEs bypassed reproduces that expert
+          alpha = jnp.float32(k) if K == 2 else jnp.eye(K, dtype=jnp.float32)[k]
+          d0 = names[0]
+          bypass = score(fn, theta, val[d0][:EVAL_BATCH], alpha=alpha, use_autoencoders=False)[0]
+          diff = np.abs(bypass - E[k]["val"][d0][:EVAL_BATCH]) * weights(val[d0][:EVAL_BATCH])
+          info[f"bypass expert {k} max |Δ log p|"] = float(diff.max())
+  info["posterior_trace"] = posterior_trace(E, sets, names)
+  log("  seed done: " + ", ".join(f"{m} {np.mean([g[0].sum() / g[1].sum() for d, g in s.items() if d in names]):.3f}"
+                                  for m, s in scores.items()))
+  return {"scores": scores, "info": info}
+
+
+def training_free(E: Sequence[dict], names: Sequence[str], sets: Sets, val: Mapping[str, np.ndarray],
+                  router_labels: np.ndarray, interp_steps: int) -> tuple[dict, dict]:
+  """(scores, info) of every method built from the experts without training: the experts, oracle routing,
+  the causal sequence router, the mixtures, interpolation, task arithmetic and TIES."""
+  K = len(names)
   thetas = [e["params"] for e in E]
   lm = lm_scorer(E[0]["graphdef"])
   scores, info = {}, {}
@@ -258,39 +312,7 @@ def evaluate_seed(runs: Mapping, names: Sequence[str], sets: Sets, val: Mapping[
     add("TIES", lp)
     info["TIES λ"] = lam
 
-  # Learned methods (superpose.train runs).
-  info["alphas"], info["gates"] = {}, {}
-  for name, workdir in runs.get("learned", {}).items():
-    graphdef, theta, cfg = load_run(workdir)
-    model = nnx.merge(graphdef, theta)
-    method = method_of(cfg)
-    if method == "merge":   # one transformer with the merged weights
-      merged_graphdef, merged_params = nnx.split(model.merged_model(), nnx.Param, ...)[:2]
-      fn = lm_scorer(merged_graphdef)
-      add(name, per_set(lambda n: score(fn, merged_params, sets.rows[n])[0]))
-      info["alphas"][name] = np.asarray(model.lam[...]).tolist()
-      continue
-    fn = model_scorer(graphdef)
-    add(name, per_set(lambda n: score(fn, theta, sets.rows[n])[0]))
-    if method == "trunk":   # the same deltas under an oracle gate: the ceiling of the learned gate
-      onehot = {n: np.eye(K, dtype=np.float32)[owner[n]] for n in sets.rows}
-      oracle_fn = model_scorer(graphdef)
-      add(f"{name} (oracle gate)", per_set(lambda n: score(
-          oracle_fn, theta, sets.rows[n], per_row=lambda i, b, n=n: {"gate_BTK": _pad_rows(onehot[n][i:i + b], b)})[0]))
-      info["gates"][name] = gate_trace(model, sets, names)
-    else:
-      info["alphas"][name] = np.asarray(model.alphas()).tolist()
-      if name == "superposed":
-        for k in range(K):   # each expert forced everywhere with the AEs bypassed reproduces that expert
-          alpha = jnp.float32(k) if K == 2 else jnp.eye(K, dtype=jnp.float32)[k]
-          d0 = names[0]
-          bypass = score(fn, theta, val[d0][:EVAL_BATCH], alpha=alpha, use_autoencoders=False)[0]
-          diff = np.abs(bypass - E[k]["val"][d0][:EVAL_BATCH]) * weights(val[d0][:EVAL_BATCH])
-          info[f"bypass expert {k} max |Δ log p|"] = float(diff.max())
-  info["posterior_trace"] = posterior_trace(E, sets, names)
-  log("  seed done: " + ", ".join(f"{m} {np.mean([g[0].sum() / g[1].sum() for d, g in s.items() if d in names]):.3f}"
-                                  for m, s in scores.items()))
-  return {"scores": scores, "info": info}
+  return scores, info
 
 
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:

@@ -135,10 +135,12 @@ def markdown(results: Mapping) -> str:
       f"{st['repeated']} repeated, {st['verbatim_in_train']} found verbatim in training text; sha256 "
       f"{ts['sha256'][d][:12]})" for d, st in ts["stats"].items()))
   lines.append("- switch set: " + ", ".join(f"{p} {table['sequences'][p + '/1']} sequences" for p in pairs))
-  speeds = {m: c["tok_s"] for m, c in costs.items() if c.get("tok_s") and not m.endswith("(oracle gate)")}
+  speeds = {c["bench"]: c["tok_s"] for c in costs.values() if c.get("tok_s")}
   if speeds:
+    names_of = {"single": "one expert (every single-model method)", "ensemble": "every expert + their mixture"}
     lines.append("- measured inference speed (bench.py, batch 16 × the sequence length, tokens/s): " +
-                 ", ".join(f"{label(m).strip('*')} {v:,.0f}" for m, v in sorted(speeds.items(), key=lambda kv: -kv[1])))
+                 ", ".join(f"{names_of.get(k) or label(k).strip('*')} {v:,.0f}"
+                           for k, v in sorted(speeds.items(), key=lambda kv: -kv[1])))
   return "\n".join(lines) + "\n"
 
 
@@ -166,7 +168,7 @@ def verdict(results: Mapping) -> list[str]:
     outcome = "beats it: met" if d["high"] < 0 else "matches it (0 inside the interval): met" if d["low"] <= 0 \
         else "loses to it: not met"
     out.append(f"- Target (the best method at ≤ 2.2× matches or beats the posterior mixture): {label(best).strip('*')} "
-               f"− posterior mixture = {_iv(d)} nats, paired — **{outcome}**.")
+               f"− posterior mixture = {_iv(d, 4)} nats, paired — **{outcome}**.")
   for m in ("superposed", "superposed_tf", "blend_only"):
     if m in T:
       out.append(f"- {label(m)}: gap closed {_iv(T[m]['gap'], 2)} at {cost_of(costs[m]):.2f}×, forgetting " +
