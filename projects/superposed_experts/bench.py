@@ -6,8 +6,9 @@
 ``--workdir`` (what pipeline.py runs): every learned run of the pipeline's first seed (built from its own
 config with random weights — speed does not depend on the values), the ensemble of the K experts (their
 forwards plus the mixture of their target probabilities: every output-space mixture costs this) and one
-expert, timed in alternating rounds in one process; writes ``DIR/bench.json`` with each method's median
-per-round time per token ÷ one expert's (``cost_ratio``), which evaluate.py puts in the cost column.
+expert, timed in one process; writes ``DIR/bench.json`` with each method's median per-round time per token
+÷ one expert's (``cost_ratio``; each round times the method beside one expert in ABBA order), which
+evaluate.py puts in the cost column.
 
 For each size, one run builds a K = 2 superposed model (learned 1-D α, causal conv autoencoders at
 the size's ``ae_layers``, both experts running every layer) and a single expert of the same
@@ -107,20 +108,33 @@ def _filled(module_factory, seed: int = 0, scale: float = 0.02):
   return graphdef, jax.tree_util.tree_map_with_path(fill, abstract)
 
 
-def rounds_of(runners: dict, tokens, rounds: int, steps: int) -> dict[str, list[float]]:
-  """Seconds per call of every runner, measured in alternating order (forward, then reversed) each round."""
+def paired_ratios(runners: dict, tokens, rounds: int, steps: int, reference: str = "single",
+                  seed: int = 0) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+  """(per-round time ratios to ``reference``, per-call seconds) of every runner, each round timing every
+  method right beside the reference in ABBA order (reference, method, method, reference) and the
+  methods in a fresh random order: a drift of the machine's speed (another tenant, the clock) hits a
+  method and the reference it is divided by alike, where one long pass over all methods lets it bias
+  the methods timed early against those timed late."""
   for fn, s in runners.values():   # compile and warm up
     jax.block_until_ready(fn(s, tokens))
     jax.block_until_ready(fn(s, tokens))
-  times = {name: [] for name in runners}
-  for r in range(rounds):
-    for name in (list(runners) if r % 2 == 0 else list(reversed(runners))):
+  rng = np.random.default_rng(seed)
+  ratios = {name: [] for name in runners if name != reference}
+  seconds = {name: [] for name in runners}
+  ref_fn, ref_s = runners[reference]
+  for _ in range(rounds):
+    for name in rng.permutation(list(ratios)):
       fn, s = runners[name]
-      times[name].append(timed(fn, s, tokens, steps=steps))
-  return times
+      a = timed(ref_fn, ref_s, tokens, steps=steps)
+      m = timed(fn, s, tokens, steps=steps) + timed(fn, s, tokens, steps=steps)
+      a += timed(ref_fn, ref_s, tokens, steps=steps)
+      ratios[name].append(m / a)
+      seconds[name].append(m / 2)
+      seconds[reference].append(a / 2)
+  return ratios, seconds
 
 
-def bench_pipeline(workdir, rounds: int = 15, steps: int = 8, batch: int = 16, log=print) -> dict:
+def bench_pipeline(workdir, rounds: int = 9, steps: int = 4, batch: int = 16, log=print) -> dict:
   """Times the methods of ``workdir/pipeline.json`` (module docstring); writes and returns bench.json."""
   import json
   import pathlib
@@ -153,12 +167,13 @@ def bench_pipeline(workdir, rounds: int = 15, steps: int = 8, batch: int = 16, l
       runners[name] = (jax.jit(lambda s, t, mg=mg: nnx.merge(mg, s)(t).logits_BTV), ms)
     else:
       runners[name] = (jax.jit(lambda s, t, g=graphdef: nnx.merge(g, s)(t)), state)
-  times = rounds_of(runners, tokens, rounds, steps)
+  paired, times = paired_ratios(runners, tokens, rounds, steps)
   out = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "shape": [batch, seq_len],
          "rounds": rounds, "steps": steps, "single_tok_s": tokens.size / statistics.median(times["single"]),
+         "timing": "per round: one expert, the method twice, one expert (ABBA), methods in random order",
          "methods": {}}
   for name in runners:
-    ratios = [t / s for t, s in zip(times[name], times["single"])]
+    ratios = paired.get(name, [1.0] * rounds)
     out["methods"][name] = {"tok_s": tokens.size / statistics.median(times[name]), "cost_ratio": statistics.median(ratios),
                             "cost_ratio_min": min(ratios), "cost_ratio_max": max(ratios)}
     log(f"  bench {name:>18}: {out['methods'][name]['tok_s']:>9,.0f} tok/s, time per token ÷ one expert's "

@@ -163,7 +163,9 @@ class SuperposedTask:
   """A superpose.train.loop Task for every ``config.superposed.method``."""
 
   def __init__(self, config: Mapping, stream=None, eval_sets: Mapping[str, Any] | None = None):
-    """``stream`` / ``eval_sets`` default to projects.superposed_experts.data on ``config``."""
+    """``stream`` / ``eval_sets`` default to projects.superposed_experts.data on ``config``. Keys missing
+    from ``config.superposed`` (a run written before they existed) take their defaults."""
+    config = {**config, "superposed": {**superposed_section().to_dict(), **config["superposed"]}}
     self.config = config
     s, t = config["superposed"], config["train"]
     self.method = s["method"]
