@@ -56,6 +56,7 @@ from superpose.nn import cache as cache_lib
 from superpose.nn.block import RESIDUAL_AXES
 from superpose.nn.config import TransformerConfig
 from superpose.nn.decoder import VOCAB_PAD_LOGIT, Transformer, default_positions
+from superpose.train import state as state_lib
 
 BLENDS = ("1d", "2d", "simplex")
 TRAIN_GRAPHS = ("sequential", "teacher_forced")
@@ -329,8 +330,8 @@ class Superposed(nnx.Module):
     if encoded or cfg.train_graph == "teacher_forced":
       states = jax.lax.stop_gradient(self.expert_states(tokens_BT, positions_BT=positions_BT,
                                                         segment_ids_BT=segment_ids_BT))
-      onehot_BK = jax.nn.one_hot(labels_B, cfg.num_experts, dtype=jnp.float32)
     if encoded:
+      onehot_BK = jax.nn.one_hot(labels_B, cfg.num_experts, dtype=jnp.float32)
       targets = {l: jnp.einsum("bk,kbtd->btd", onehot_BK, states[:, l + 1].astype(jnp.float32)) for l in encoded}
     mask = jnp.ones(tokens_BT.shape, jnp.float32) if mask_BT is None else mask_BT.astype(jnp.float32)
     recon = _Recon(targets or {}, mask, cfg.expert.d_model)
@@ -382,7 +383,7 @@ class Superposed(nnx.Module):
     L = cfg.expert.num_layers
     positions_BT = self._positions(tokens_BT, positions_BT)
     w = self.weights(alpha)
-    experts = [_stopped(x) for x in self.experts] if frozen else list(self.experts)
+    experts = [state_lib.frozen_view(x) for x in self.experts] if frozen else list(self.experts)
     mask_BTS = cache_lib.self_mask(segment_ids_BT, tokens_BT.shape[1], cfg.expert.causal)
     state = self._mix(self._embed_weights(w), [x.embed(tokens_BT, positions_BT) for x in experts])
     routed = None
@@ -404,12 +405,6 @@ class Superposed(nnx.Module):
         recon.add(l, state)
     head_w = w[L - 1] if routed is None else routed[:, :, L - 1 - cfg.router_layer]
     return self._unembed(state, head_w, frozen=frozen)
-
-
-def _stopped(module: nnx.Module) -> nnx.Module:
-  """A view of ``module`` whose parameters are constants for autodiff (activations still carry gradients)."""
-  graphdef, state = nnx.split(module)
-  return nnx.merge(graphdef, jax.tree.map(jax.lax.stop_gradient, state))
 
 
 class _Recon:

@@ -36,6 +36,7 @@ from superpose.blend.lowrank import values_from_experts
 from superpose.nn.config import TransformerConfig
 from superpose.nn.decoder import Transformer
 from superpose.train import config as config_lib
+from superpose.train import state as state_lib
 
 DELTA_VECTORS = ("full", "none")
 DELTA_EMBEDDINGS = ("lowrank", "full", "none")
@@ -103,8 +104,8 @@ class OneTrunk(nnx.Module):
 
   def teacher_logprobs(self, tokens_BT, labels_B, *, positions_BT=None, segment_ids_BT=None) -> jax.Array:
     """log p of each row's own expert (B, T, V), as constants (training only)."""
-    logits = jnp.stack([_stopped(t)(tokens_BT, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT).logits_BTV
-                        for t in self.teachers])
+    logits = jnp.stack([state_lib.frozen_view(t)(tokens_BT, positions_BT=positions_BT,
+                                                 segment_ids_BT=segment_ids_BT).logits_BTV for t in self.teachers])
     picked = jnp.take_along_axis(logits, labels_B[None, :, None, None], axis=0)[0]
     return jax.lax.stop_gradient(jax.nn.log_softmax(picked.astype(jnp.float32), -1))
 
@@ -120,7 +121,7 @@ class OneTrunk(nnx.Module):
               segment_ids_BT=None) -> tuple[jax.Array, jax.Array]:
     """(logits_BTV, gate logits (B, T, K)). ``gate_BTK`` forces the expert weights (an oracle gate);
     ``stop_trunk`` makes the trunk's parameters constants for autodiff (training: it is frozen)."""
-    trunk = _stopped(self.trunk) if stop_trunk else self.trunk
+    trunk = state_lib.frozen_view(self.trunk) if stop_trunk else self.trunk
     logits_BTK = self.gate_logits(tokens_BT, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT, trunk=trunk)
     probs = jax.nn.softmax(logits_BTK.astype(jnp.float32), -1) if gate_BTK is None else gate_BTK.astype(jnp.float32)
     delta = self.deltas(probs[..., jnp.asarray(self.cfg.delta_experts)])
@@ -129,11 +130,6 @@ class OneTrunk(nnx.Module):
 
   def __call__(self, tokens_BT, *, gate_BTK=None, positions_BT=None, segment_ids_BT=None) -> jax.Array:
     return self.forward(tokens_BT, gate_BTK=gate_BTK, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT)[0]
-
-
-def _stopped(module: nnx.Module) -> nnx.Module:
-  graphdef, state = nnx.split(module)
-  return nnx.merge(graphdef, jax.tree.map(jax.lax.stop_gradient, state))
 
 
 def extra_flops_per_token(cfg: TrunkConfig) -> float:

@@ -44,6 +44,13 @@ def merge(graphdef, params) -> nnx.Module:
   return nnx.merge(graphdef, params)
 
 
+def frozen_view(module: nnx.Module) -> nnx.Module:
+  """``module`` with its state under ``stop_gradient``: a frozen part of a model whose activations still
+  carry gradients to what comes before it, but whose own weight gradients are never computed."""
+  graphdef, state = nnx.split(module)
+  return nnx.merge(graphdef, jax.tree.map(jax.lax.stop_gradient, state))
+
+
 def init_params(make_model: Callable[[], nnx.Module], shardings) -> Any:
   """Materialise parameters directly in their shardings (no unsharded copy on any device)."""
   def init():
