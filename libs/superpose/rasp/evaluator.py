@@ -4,7 +4,10 @@
 - ``Map``/``SequenceMap`` propagate ``None``: any ``None`` input gives ``None``.
 - ``Select`` gives ``out[q][k] = bool(predicate(key_k, query_q))``; ``SelectorWidth`` the row sums.
 - ``Aggregate`` takes, per query row, the selected values: none → ``default``; exactly one → that
-  value, whatever its type; several → their mean if all are int/bool/float, else ``ValueError``.
+  value, whatever its type; several → their mean if all are int/bool/float, else their common value
+  if all are equal (of one type), else ``ValueError``. The equal-values rule departs from tracr's
+  evaluator, which raises: a compiled categorical Aggregate averages equal one-hots to that value
+  (``Aggregate(Select(tokens, tokens, EQ), tokens)`` on "aab" is ``["a", "a", "b"]``).
   The encoding (categorical/numerical) does not change evaluation; it only matters to the compiler
   (``validate`` says where a compiled model would disagree).
 - The causal evaluator ANDs every selector with the lower triangle (key position ≤ query position),
@@ -69,7 +72,10 @@ def mean(values: Sequence[Value], default: Value) -> Value:
     return values[0]
   if all(isinstance(v, (int, float, bool)) for v in values):
     return sum(values) / len(values)
-  raise ValueError(f"Aggregate: cannot average several selected values unless all are numbers, got {list(values)}")
+  if all(_same(v, values[0]) for v in values[1:]):
+    return values[0]
+  raise ValueError(f"Aggregate: cannot average several selected values unless all are numbers or all are "
+                   f"equal, got {list(values)}")
 
 
 class Evaluator:

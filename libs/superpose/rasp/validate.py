@@ -2,24 +2,29 @@
 
 - ``static_issues(program)``: the encoding rules of p2 §1.3 (numerical tokens/indices, Aggregate
   and SequenceMap encodings, numerical Select keys, composite selectors, non-compilable
-  primitives, a program without ``tokens``).
+  primitives, a program without ``tokens``, a program that is a selector rather than an S-Op).
 - ``value_issues(program, vocab, max_seq_len)``: the above plus the rules that need value sets
-  (a numerical Aggregate must average values in {0, 1}).
-- ``dynamic_issues(program, xs)``: on one input, the aggregates whose compiled form would differ
-  from the evaluator: a categorical Aggregate selecting several distinct values (a model would mix
-  their one-hots) and a numerical Aggregate over a non-binary value.
+  (a numerical Aggregate must average values in {0, 1}; a numerical Map must give a finite number
+  for every value of its input, as one residual direction holds neither None nor NaN; no S-Op may
+  take the value NaN, which equals no direction's value).
+- ``dynamic_issues(program, xs)``: on one input, where the compiled form would differ from the
+  evaluator: a categorical Aggregate selecting several distinct values (a model would mix their
+  one-hots), a numerical Aggregate over a non-binary value, and a numerical S-Op that is None at
+  some position (its input was None there; the model holds 0).
 - ``check_compilable`` raises ``UnsupportedProgramError`` (a NotImplementedError) listing them.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Collection
 
 from superpose.rasp import evaluator, graph, value_sets
 from superpose.rasp.expr import RASPExpr, is_categorical, is_numerical
 from superpose.rasp.selectors import (Aggregate, ConstantSelector, Select, SelectorAnd, SelectorNot, SelectorOr)
-from superpose.rasp.sops import (ConstantSOp, Full, IndicesType, LengthType, LinearSequenceMap, SequenceMap,
-                                 TokensType)
+from superpose.rasp.sops import (ConstantSOp, Full, IndicesType, LengthType, LinearSequenceMap, Map, SequenceMap,
+                                 SOp, TokensType)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +86,10 @@ def static_issues(program: RASPExpr) -> list[Issue]:
   issues = [Issue(e, m) for e in nodes for m in _static_issues_of(e)]
   if not any(isinstance(e, TokensType) for e in nodes):
     issues.append(Issue(program, "the program never reads `tokens`; a compiled model has no input"))
+  if not isinstance(program, SOp):
+    issues.append(Issue(program, f"a program must end in an S-Op, not a {type(program).__name__}: a compiled "
+                                 "model reads out one value per position (wrap a selector in SelectorWidth or "
+                                 "Aggregate)"))
   return issues
 
 
@@ -93,7 +102,33 @@ def value_issues(program: RASPExpr, vocab: Collection, max_seq_len: int) -> list
       shown = sorted(map(repr, sets[expr.sop]))[:8]
       issues.append(Issue(expr, f"a numerical Aggregate can only average values in {{0, 1}}; "
                                 f"{expr.sop.label} takes {shown}"))
+    if isinstance(expr, Map) and is_numerical(expr):
+      bad = _non_numbers(expr.f, sets[expr.inner])
+      if bad:
+        shown = ", ".join(f"f({x!r}) = {y!r}" for x, y in bad[:4])
+        issues.append(Issue(expr, f"a numerical Map must give a finite number for every value of its input "
+                                  f"(one residual direction holds neither None nor NaN); {shown}"))
+    elif isinstance(expr, SOp) and any(_is_nan(v) for v in sets[expr]):
+      issues.append(Issue(expr, "takes the value NaN, which equals no value (NaN != NaN), so no one-hot "
+                                "direction can hold it"))
   return issues
+
+
+def _is_nan(v) -> bool:
+  return isinstance(v, numbers.Real) and math.isnan(v)
+
+
+def _non_numbers(f, inputs) -> list[tuple]:
+  """(x, f(x)) for the inputs where f gives None, a non-number or a non-finite number."""
+  bad = []
+  for x in sorted(inputs, key=repr):
+    try:
+      y = f(x)
+    except ArithmeticError:  # skipped, as value-set inference does
+      continue
+    if not isinstance(y, numbers.Real) or not math.isfinite(y):
+      bad.append((x, y))
+  return bad
 
 
 def check_compilable(program: RASPExpr, vocab: Collection | None = None, max_seq_len: int | None = None):
@@ -107,10 +142,15 @@ def check_compilable(program: RASPExpr, vocab: Collection | None = None, max_seq
 
 
 def dynamic_issues(program: RASPExpr, xs, *, causal: bool = False, **input_checks) -> list[Issue]:
-  """Aggregates whose compiled output would differ from the evaluator's on ``xs``."""
+  """The S-Ops whose compiled output would differ from the evaluator's on ``xs``."""
   values = evaluator.trace(program, xs, causal=causal, **input_checks)
   issues = []
   for expr in graph.walk(program):
+    if isinstance(expr, SOp) and is_numerical(expr) and any(v is None for v in values[expr]):
+      position = [v is None for v in values[expr]].index(True)
+      issues.append(Issue(expr, f"position {position} is None (its input is None there); a numerical S-Op "
+                                f"holds a number, and the compiled model gives 0 there"))
+      continue
     if not isinstance(expr, Aggregate):
       continue
     sop_values = values[expr.sop]

@@ -3,7 +3,11 @@
 Same rules as tracr's basis inference except for one fix: a numerical Aggregate of {0, 1} values
 can produce any ``k/n`` with ``0 ≤ k ≤ n ≤ max_seq_len``, where tracr lists only ``1/n`` and 0 (its
 TODO b/255936408), which makes numerical MLPs downstream of ``frac_prevs`` discretise on the wrong
-grid. Map/SequenceMap skip inputs where ``f`` raises an ArithmeticError, and drop ``None`` results.
+grid. Map/SequenceMap skip inputs where ``f`` raises an ArithmeticError, and drop ``None`` results;
+any other exception keeps its type and gains a note naming the expression and the argument.
+
+``may_be_none`` says which S-Ops can hold ``None`` at run time (the compiler gives a Select a
+``None`` row or column only where its queries or keys can be ``None``).
 """
 from __future__ import annotations
 
@@ -38,6 +42,10 @@ def _apply(f, args_iter, label: str) -> frozenset:
       y = f(*args)
     except ArithmeticError:
       continue
+    except Exception as e:
+      shown = args[0] if len(args) == 1 else args
+      e.add_note(f"while inferring the values of {label}: its function raised on {shown!r}")
+      raise
     if y is None:
       continue
     try:
@@ -86,3 +94,38 @@ def infer_value_sets(program: RASPExpr, vocab: Collection, max_seq_len: int) -> 
       raise NotImplementedError(f"no value-set rule for {type(expr).__name__} ({expr.label})")
     sets[expr] = out
   return sets
+
+
+def may_be_none(program: RASPExpr, sets: dict[RASPExpr, frozenset]) -> dict[RASPExpr, bool]:
+  """``expr -> whether it can evaluate to None`` for every S-Op of ``program`` (``sets`` from
+  ``infer_value_sets``). Conservative: a categorical Aggregate may always select nothing."""
+  out: dict[RASPExpr, bool] = {}
+  for expr in graph.topological_order(program):
+    if not isinstance(expr, SOp):
+      continue
+    if isinstance(expr, (TokensType, ConstantSOp)):
+      out[expr] = any(v is None for v in sets[expr])
+    elif isinstance(expr, (IndicesType, LengthType, SelectorWidth)):
+      out[expr] = False
+    elif isinstance(expr, Full):
+      out[expr] = expr.fill is None
+    elif isinstance(expr, Map):
+      out[expr] = out[expr.inner] or _returns_none(expr.f, ((x,) for x in sets[expr.inner]))
+    elif isinstance(expr, SequenceMap):
+      out[expr] = (out[expr.fst] or out[expr.snd]
+                   or _returns_none(expr.f, itertools.product(sets[expr.fst], sets[expr.snd])))
+    elif isinstance(expr, Aggregate):
+      out[expr] = expr.default is None or out[expr.sop]
+    else:
+      raise NotImplementedError(f"no None rule for {type(expr).__name__} ({expr.label})")
+  return out
+
+
+def _returns_none(f, args_iter) -> bool:
+  for args in args_iter:
+    try:
+      if f(*args) is None:
+        return True
+    except ArithmeticError:
+      continue
+  return False

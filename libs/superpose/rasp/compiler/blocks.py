@@ -5,9 +5,13 @@ Departures from tracr, each for a silent failure or a cleaner model:
   BOS position (BOS stays clean for later selectors without tracr's separate BOS-cleanup units).
 - A categorical→numerical Map with negative outputs gets a second, negated unit (tracr's single
   ReLU unit turns f(x) < 0 into 0, issue #24).
-- Discretising MLPs use a step centred between grid points and a sharpness ``L`` of at least
-  ``10 / smallest gap`` (tracr: a fixed L, wrong for fine grids such as selector widths ≥ 10, #7/#14);
-  steps between equal outputs are left out.
+- Discretising MLPs with a categorical output use a step centred between grid points and a sharpness
+  ``L`` of at least ``10 / smallest gap`` (tracr: a fixed L, wrong for fine grids such as selector
+  widths ≥ 10, #7/#14); steps between equal outputs are left out; a None output writes nothing.
+  Numerical outputs of a numerical input are ``piecewise.numerical_mlp`` (no float32 cancellation on
+  fine grids).
+- A Select whose queries or keys may be None scores them with the predicate, as the evaluator does
+  (tracr: a None query matches nothing).
 """
 from __future__ import annotations
 
@@ -86,7 +90,7 @@ def discretising_mlp(node: str, in_dir: Dir, points: Sequence[tuple[float, objec
   Output = write(y_0)·start + Σ_k (write(y_k) − write(y_{k−1}))·step_k(x), where step_k rises from 0
   to 1 over a width 1/L centred on the midpoint t_k between grid points k−1 and k.
   """
-  points = _merge_close(sorted(points, key=lambda p: float(p[0])))
+  points = merge_close(sorted(points, key=lambda p: float(p[0])))
   if not points:
     return MLPBlock(node, 0, [], [])
   xs = [float(x) for x, _ in points]
@@ -114,7 +118,7 @@ def discretising_mlp(node: str, in_dir: Dir, points: Sequence[tuple[float, objec
   return MLPBlock(node, h, w_in, w_out)
 
 
-def _merge_close(points, rel: float = 1e-9):
+def merge_close(points, rel: float = 1e-9):
   """Grid points equal up to float rounding (1/3 − 1/6 vs 1/6) are one point: the first one's f."""
   out = []
   for x, y in points:
@@ -134,22 +138,44 @@ def categorical_writer(out_dirs: Sequence[Dir]):
 
 
 def select_head(node: str, q_dirs: Sequence[Dir], k_dirs: Sequence[Dir], predicate: Callable,
-                ov: list[tuple[Dir, Dir, float]], bos: Dir, coldness: float, bos_weight: float) -> AttentionHead:
+                ov: list[tuple[Dir, Dir, float]], bos: Dir, coldness: float, bos_weight: float, *,
+                none_queries: bool = False, none_keys: bool = False) -> AttentionHead:
   """Attention for ``Select(keys, queries, predicate)``: matching keys score ``coldness``, BOS scores
   ``bos_weight·coldness`` (0.5: a fallback read only by rows with no match, giving the default; 1: BOS
-  ties with the matches, as selector width needs), every other key 0."""
+  ties with the matches, as selector width needs), every other key 0.
+
+  A None query or key (an S-Op that may be None: all of its directions 0) is a direction of its own,
+  ``one − tokens:BOS − Σ its value directions`` (1 where it is None, 0 at BOS and elsewhere), scored
+  with ``predicate(key, None)`` etc. as the evaluator does; where the predicate raises on None (as
+  ``Comparison`` does) it selects nothing, and ``CompiledModel.apply`` refuses such inputs.
+  """
+  queries = [(q.value, [(q, 1.0)]) for q in q_dirs]
+  keys = [(k.value, [(k, 1.0)]) for k in k_dirs]
+  if none_queries:
+    queries.append((None, _none_indicator(q_dirs, bos)))
+  if none_keys:
+    keys.append((None, _none_indicator(k_dirs, bos)))
   qk = []
-  for q in q_dirs:
-    for k in k_dirs:
-      try:
-        hit = predicate(k.value, q.value)
-      except Exception as e:
-        e.add_note(f"while compiling the selector of {node}: predicate(key={k.value!r}, query={q.value!r})")
-        raise
-      if hit:
-        qk.append((q, k, coldness))
+  for q_value, q_terms in queries:
+    for k_value, k_terms in keys:
+      if _selects(node, predicate, k_value, q_value):
+        qk += [(q, k, coldness * a * b) for q, a in q_terms for k, b in k_terms]
   qk.append((ONE_DIR, bos, bos_weight * coldness))
   return AttentionHead(node, qk, ov)
+
+
+def _none_indicator(dirs: Sequence[Dir], bos: Dir) -> list[tuple[Dir, float]]:
+  return [(ONE_DIR, 1.0), (bos, -1.0)] + [(d, -1.0) for d in dirs]
+
+
+def _selects(node: str, predicate: Callable, key, query) -> bool:
+  try:
+    return bool(predicate(key, query))
+  except Exception as e:
+    if key is None or query is None:
+      return False
+    e.add_note(f"while compiling the selector of {node}: predicate(key={key!r}, query={query!r})")
+    raise
 
 
 def selector_width_grid(max_seq_len: int) -> list[tuple[float, int]]:

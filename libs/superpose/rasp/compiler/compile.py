@@ -21,11 +21,12 @@ from superpose.rasp.compiler.allocate import allocate
 from superpose.rasp.compiler.assemble import assemble
 from superpose.rasp.compiler.bases import Dir, categorical_dirs, dirs_of, sorted_values
 from superpose.rasp.compiler.model import CompiledModel
+from superpose.rasp.compiler.piecewise import numerical_mlp
 from superpose.rasp.expr import is_numerical
 from superpose.rasp.graph import extract_graph
 from superpose.rasp.selectors import Aggregate, Select, SelectorWidth
 from superpose.rasp.sops import IndicesType, LinearSequenceMap, Map, SequenceMap, SOp, TokensType
-from superpose.rasp.value_sets import infer_value_sets
+from superpose.rasp.value_sets import infer_value_sets, may_be_none
 
 COLDNESS = 100.0
 
@@ -40,7 +41,12 @@ def compile_rasp(program: SOp, vocab: Collection, max_seq_len: int, *, causal: b
   """
   start = time.perf_counter()
   vocab = frozenset(vocab)
+  if any(v is None for v in vocab):
+    raise ValueError("None cannot be a vocab token: RASP uses None for 'no value' (Map and SequenceMap pass "
+                     "it through without calling their function, Comparison refuses it); use another token")
   for name, special in (("compiler_bos", compiler_bos), ("compiler_pad", compiler_pad)):
+    if special is None:
+      raise ValueError(f"{name} cannot be None (None is RASP's 'no value'); pick another token")
     if special in vocab:
       raise ValueError(f"{name}={special!r} is also in the vocab; pick a token outside it")
   if compiler_bos == compiler_pad:
@@ -48,6 +54,7 @@ def compile_rasp(program: SOp, vocab: Collection, max_seq_len: int, *, causal: b
   validate.check_compilable(program, vocab, max_seq_len)
   graph = extract_graph(program)
   sets = infer_value_sets(program, vocab, max_seq_len)
+  nullable = may_be_none(program, sets)
   bos, pad = Dir("tokens", compiler_bos), Dir("tokens", compiler_pad)
   token_dirs = [bos, pad] + categorical_dirs("tokens", vocab)
   index_dirs = categorical_dirs("indices", range(max_seq_len))
@@ -66,7 +73,7 @@ def compile_rasp(program: SOp, vocab: Collection, max_seq_len: int, *, causal: b
   extra_dirs: dict[str, list[Dir]] = {}
   for label, expr in graph.nodes.items():
     if isinstance(expr, SOp) and not isinstance(expr, (TokensType, IndicesType)):
-      made = _blocks_for(expr, space, sets, graph, bos, max_seq_len, mlp_exactness, coldness)
+      made = _blocks_for(expr, space, sets, nullable, bos, max_seq_len, mlp_exactness, coldness)
       for b in made:
         B.check_finite(b)
       node_blocks[label] = made
@@ -104,15 +111,28 @@ def _sw_dir(label: str) -> Dir:
   return Dir(f"{label}_selector_width_attn_output")
 
 
-def _blocks_for(expr, space, sets, graph, bos, max_seq_len, exactness, coldness) -> list:
+def _grid(f, values) -> list[tuple]:
+  """(x, f(x)) for every x where f does not raise an ArithmeticError (f(x) may be None)."""
+  out = []
+  for x in sorted_values(values):
+    try:
+      out.append((x, f(x)))
+    except ArithmeticError:
+      continue
+  return out
+
+
+def _blocks_for(expr, space, sets, nullable, bos, max_seq_len, exactness, coldness) -> list:
   label = expr.label
   out = space[label]
   if isinstance(expr, Map):
     inner = expr.inner
     if is_numerical(inner):
-      points = [(x, y) for x in sorted_values(sets[inner]) if (y := B._call(expr.f, x)) is not None]
-      write = B.numerical_writer(out[0]) if is_numerical(expr) else B.categorical_writer(out)
-      return [B.discretising_mlp(label, space[inner.label][0], points, write, bos, exactness)]
+      points = _grid(expr.f, sets[inner])
+      if is_numerical(expr):  # validate refused a None or non-finite f(x)
+        return [numerical_mlp(label, space[inner.label][0], out[0], points, bos)]
+      return [B.discretising_mlp(label, space[inner.label][0], points, B.categorical_writer(out), bos,
+                                 exactness)]
     if is_numerical(expr):
       return [B.categorical_to_numerical_map(label, space[inner.label], out[0], expr.f)]
     return [B.categorical_map(label, space[inner.label], out, expr.f)]
@@ -128,16 +148,19 @@ def _blocks_for(expr, space, sets, graph, bos, max_seq_len, exactness, coldness)
     sel = expr.selector
     assert isinstance(sel, Select)  # validate refuses composite selectors
     q_dirs, k_dirs = space[sel.queries.label], space[sel.keys.label]
+    nones = {"none_queries": nullable[sel.queries], "none_keys": nullable[sel.keys]}
     if isinstance(expr, SelectorWidth):
       hidden = _sw_dir(label)
-      head = B.select_head(label, q_dirs, k_dirs, sel.predicate, [(bos, hidden, 1.0)], bos, coldness, 1.0)
-      write = B.numerical_writer(out[0]) if is_numerical(expr) else B.categorical_writer(out)
-      mlp = B.discretising_mlp(label, hidden, B.selector_width_grid(max_seq_len), write, bos, exactness)
-      return [head, mlp]
+      head = B.select_head(label, q_dirs, k_dirs, sel.predicate, [(bos, hidden, 1.0)], bos, coldness, 1.0,
+                           **nones)
+      grid = B.selector_width_grid(max_seq_len)
+      if is_numerical(expr):
+        return [head, numerical_mlp(label, hidden, out[0], grid, bos)]
+      return [head, B.discretising_mlp(label, hidden, grid, B.categorical_writer(out), bos, exactness)]
     if is_numerical(expr):
       ov = [(space[expr.sop.label][0], out[0], 1.0)]
     else:
       by_value = {d.value: d for d in out}
       ov = [(d, by_value[d.value], 1.0) for d in space[expr.sop.label] if d.value in by_value]
-    return [B.select_head(label, q_dirs, k_dirs, sel.predicate, ov, bos, coldness, 0.5)]
+    return [B.select_head(label, q_dirs, k_dirs, sel.predicate, ov, bos, coldness, 0.5, **nones)]
   raise validate.UnsupportedProgramError([validate.Issue(expr, f"no compiled block for {type(expr).__name__}")])

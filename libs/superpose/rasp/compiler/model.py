@@ -121,8 +121,12 @@ class CompiledModel:
       return _forward(self.device_params if params is None else params, ids_BT, segments_BT,
                       cfg=self.config, return_hidden=return_hidden)
 
-  def apply_batch(self, batch, *, check: bool = False, length: int | None = None) -> list[list]:
-    """Decoded outputs for a batch of inputs (without BOS), one forward pass."""
+  def apply_batch(self, batch, *, check: bool = True, length: int | None = None) -> list[list]:
+    """Decoded outputs for a batch of inputs (without BOS), one forward pass.
+
+    ``check`` (as in ``apply``) runs the evaluator on every input first; pass ``check=False`` to skip
+    it where the inputs are known to be fine (e.g. when comparing against the evaluator anyway).
+    """
     batch = [list(xs) for xs in batch]
     if check:
       for xs in batch:
@@ -135,7 +139,8 @@ class CompiledModel:
 
     ``check`` refuses inputs on which the compiled model would silently differ from RASP (a
     categorical Aggregate selecting several distinct values, a numerical one averaging non-binary
-    values), with ``UnsupportedProgramError``.
+    values, a numerical S-Op that is None somewhere), with ``UnsupportedProgramError``, and passes
+    on the evaluator's own errors (e.g. a ``Comparison`` given None), which name the expression.
     """
     return self.apply_batch([xs], check=check)[0]
 
