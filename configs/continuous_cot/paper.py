@@ -13,6 +13,8 @@ code's optimiser uses β2 = 0.999: variant ``rs_code``), no clipping. Global bat
 300 epochs (STEPS = 300 · 15,000 / 256), 25 epochs per stage, earlier stages mixed in w.p. 0.1 (the RS-repo
 curriculum: the final stage starts at epoch 75 for 3-hop and epoch 100 for 4-hop problems).
 Differences: no dropout (the paper has 0.1), no Coconut edge/candidate tokens beyond the 40-token vocabulary.
+Batches: length-bucketed with the compact forward (cot.batching='bucketed', the default; 'padded' pads every row
+to T as before) — the same loss and gradients, ≈ 5 % padding instead of ≈ 40 %.
 Evaluation and a checkpoint every 5 epochs (295 steps; every one kept: 60 × ≈ 170 MB of parameters and
 AdamW state) on 500 generated validation problems: eval/acc (gold hop count of thoughts, as the
 paper) and eval/acc_fixed (4 thoughts); selection.json names the best step — the paper picks the best-val

@@ -16,17 +16,20 @@ Budget: STEPS = 3,500 steps × batch 32 = 112k rows ≈ 7.5 epochs of the 15k ge
 every method. Coconut stages advance every STEPS_PER_STAGE = 400 steps (stage 0 = steps 1–400, …; the final
 stage begins at step 1,201 for 3-hop and 1,601 for 4-hop problems), earlier stages mixed in w.p. 0.1.
 Evaluation every 500 steps on 500 generated validation problems: eval/acc (gold hop count of thoughts) and
-eval/acc_fixed (4 thoughts for every problem); selection.json names the best step (generated validation).
+eval/acc_fixed (4 thoughts for every problem), with the two-candidate accuracy, the fraction of answers that
+are a candidate and the floors (projects/continuous_cot/metrics.py); selection.json names the best step.
 
-Tokens: rows are padded to T = 200 columns on the default generated data (P = 192 prompt columns, the longest
-prompt rounded up to 8, + K = 4 thought slots + [A] + answer; mean prompt ≈ 113 tokens, so ~40% is padding),
-so the budget is 3,500 × 32 × 200 = 22.4M padded token positions (≈ 13M real tokens: mean row ≈ 117).
-Measured on this 2-core CPU shared with other jobs (padded token positions per second, after compilation):
-  coconut, 60 steps, load average 6–9: ≈ 3,500 tokens/s (1.8 s/step, MFU ≈ 40% of the measured matmul peak);
-  coconut, 12 steps, load average ≈ 4: ≈ 6,500 tokens/s (1.0 s/step); one evaluation (500 problems, gold and
-  fixed thought counts) ≈ 10–15 s; cot, 40 steps, load average ≈ 4–5: ≈ 4,100 tokens/s (1.6 s/step).
-ESTIMATE, not a measured full run: 22.4M positions at 3,500–6,500 tokens/s = 1.0–1.8 h per method, plus 7
-evaluations (≈ 2 min) and ≈ 1 min of compilation: ≲ 2 h per method at the loads measured here.
+Batches: length-bucketed (cot.batching = 'bucketed', the default): windows of 32 batches of the seeded row order
+sorted by prompt length, widths = the batch's longest prompt rounded up to 8 (≈ 12 widths, one compile each)
++ K + 2; the compact forward computes the last layer only where a loss can be. Padding ≈ 5 % of the columns
+(the previous layout, cot.batching = 'padded', pads every row to T = 200 on the default generated data: ≈ 40 %).
+The budget is 3,500 × 32 rows ≈ 13M real tokens (mean row ≈ 117–121 tokens; the loop's perf/tokens_per_s is
+the expected real tokens per step; metrics.jsonl logs data/row_tokens and data/pad_fraction per step, and run()
+prints the measured real tokens/s). Side by side (`python -m projects.continuous_cot.bench --train`, same rows,
+ABBA rounds): see projects/continuous_cot/results/README.md.
+Earlier measurements of the padded path on this 2-core CPU shared with other jobs (padded positions per second):
+  coconut, 60 steps, load average 6–9: ≈ 3,500 positions/s (1.8 s/step); load ≈ 4: ≈ 6,500 (1.0 s/step); cot,
+  load ≈ 4–5: ≈ 4,100 (1.6 s/step); one evaluation (500 problems, gold and fixed thought counts) ≈ 10–15 s.
 
 Variants: coconut (default), coconut_bfs (Coconut-BFS labels), cot, nocot, smoke (tiny model, 4 steps, the
 test-suite size; needs --config.cot.data_dir pointing at a small generated set).
@@ -59,7 +62,7 @@ def get_config(variant: str = "coconut"):
   size = SIZES["small"]
   if variant == "smoke":
     size = SIZES["tiny"]
-    c.cot.update(dict(steps_per_stage=1, eval_limit=8))
+    c.cot.update(dict(steps_per_stage=1, eval_limit=8, bucket_multiple=64))   # few bucket widths: few compiles
     c.train.update(dict(steps=4, batch_size=8, eval_every=2, checkpoint_every=2, log_every=1,
                         async_checkpoint=False))
   c.model = model_section("gpt2", vocab_size=40, vocab_multiple=8, max_seq_len=256, **size)

@@ -5,8 +5,14 @@ graphs.py        ProsQA-style DAGs: Coconut's Algorithm 1 generator, BFS answers
 data.py          the ProsQA JSON loader, the 40-token vocabulary, the prompt layouts, generated splits (CLI)
 construction.py  the paper's hand-set 2-layer construction as superpose.nn weights, and its evaluation (CLI)
 thoughts.py      the model sizes (gpt2 preset from scratch) and the continuous-thought forward: KV-cached
-                 (one new position per thought) and the full re-forward reference
-train.py         the trainer: Coconut curriculum, CoT and No-CoT baselines on one budget
+                 (one new position per thought), the full re-forward reference, and the compact training
+                 forward (logits only where a loss can be; the last layer only there)
+train.py         the trainer: Coconut curriculum, CoT and No-CoT baselines on one budget; length-bucketed
+                 batches (a pure function of (seed, step)) or the padded reference; real tokens per step
+metrics.py       answer metrics (full-vocabulary, two-candidate, answer-is-a-candidate), the floors (first
+                 candidate, more ancestors), Wilson intervals, Markdown tables
 analysis.py      the superposition signature (node-group inner products, layer-2 edge attention)
-bench.py         questions/s of KV-cached thoughts vs a full re-forward per thought
+evaluate.py      released-split metrics of trained runs with Wilson intervals
+bench.py         questions/s of KV-cached thoughts vs a full re-forward per thought; ``--train``: real
+                 tokens/s of the train step, the previous padded path vs the bucketed compact one (ABBA)
 """

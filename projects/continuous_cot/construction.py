@@ -34,6 +34,7 @@ from superpose import nn
 
 from projects.continuous_cot import data as data_lib
 from projects.continuous_cot import graphs
+from projects.continuous_cot import metrics as metrics_lib
 
 V = data_lib.VOCAB.vocab_size
 
@@ -151,12 +152,14 @@ def build(c: Construction = Construction()) -> nn.Transformer:
 
 
 # The continuous-thought loop (un-cached: one full forward per thought) -------------------------------------------
-def batch(problems: Sequence[graphs.Problem], length: int, layout: str):
-  """Right-padded question sequences with gold-hop thought slots: (tokens, root position, thoughts)."""
+def batch(problems: Sequence[graphs.Problem], length: int, layout: str,
+          orders: Sequence[tuple[int, int]] | None = None):
+  """Right-padded question sequences with gold-hop thought slots: (tokens, root position, thoughts).
+  ``orders``: the candidates of each prompt in order (default: target first)."""
   tokens = np.full((len(problems), length), data_lib.EOS, np.int32)
   root_pos, counts = np.zeros(len(problems), np.int32), np.zeros(len(problems), np.int32)
   for i, p in enumerate(problems):
-    seq = data_lib.question_tokens(p, p.hops, layout=layout)
+    seq = data_lib.question_tokens(p, p.hops, layout=layout, candidates=None if orders is None else orders[i])
     if len(seq) > length:
       raise ValueError(f"problem {i}: {len(seq)} tokens exceed {length}")
     tokens[i, :len(seq)] = seq
@@ -172,9 +175,11 @@ def _forward(graphdef, state, tokens, embeds, mask):
   return out.final_hidden_BTD, out.logits_BTV
 
 
-def run_thoughts(model: nn.Transformer, tokens: np.ndarray, root_pos: np.ndarray, counts: np.ndarray):
+def run_thoughts(model: nn.Transformer, tokens: np.ndarray, root_pos: np.ndarray, counts: np.ndarray,
+                 return_logits: bool = False):
   """Feeds back the post-final-norm state of position t0+c−1 as the input at t0+c, c = 1..C per row,
-  re-running the whole sequence each time; returns (thoughts (B, Cmax, D), predicted answer ids (B,))."""
+  re-running the whole sequence each time; returns (thoughts (B, Cmax, D), predicted answer ids (B,)),
+  and the answer logits over the 40 tokens (B, 40) with ``return_logits``."""
   graphdef, state = nnx.split(model)
   b, t = tokens.shape
   rows = np.arange(b)
@@ -190,8 +195,10 @@ def run_thoughts(model: nn.Transformer, tokens: np.ndarray, root_pos: np.ndarray
     embeds = embeds.at[rows, slot].set(jnp.where(live[:, None], thought, embeds[rows, slot]))
     mask[rows[live], slot[live]] = True
   _, logits = _forward(graphdef, state, jnp.asarray(tokens), embeds, jnp.asarray(mask))
-  answers = np.asarray(jnp.argmax(logits[rows, root_pos + counts + 1, :V], -1))
-  return np.stack([np.asarray(x) for x in thoughts], 1), answers
+  answer_logits = logits[rows, root_pos + counts + 1, :V]
+  answers = np.asarray(jnp.argmax(answer_logits, -1))
+  out = np.stack([np.asarray(x) for x in thoughts], 1), answers
+  return out + (np.asarray(answer_logits),) if return_logits else out
 
 
 def ideal_thought(problem: graphs.Problem, step: int, d_model: int) -> np.ndarray:
@@ -203,16 +210,25 @@ def ideal_thought(problem: graphs.Problem, step: int, d_model: int) -> np.ndarra
 
 def evaluate(problems: Sequence[graphs.Problem], c: Construction = Construction(), model=None,
              batch_size: int = 128) -> dict:
-  """Accuracy against the BFS answer, and thought c vs (1/√|V_c|) Σ_{V_c} u_v for every thought."""
+  """Accuracy against the BFS answer, and thought c vs (1/√|V_c|) Σ_{V_c} u_v for every thought; ``counts``:
+  the answer metrics and floors of :mod:`metrics` ({name: (k, n)}), candidates in a coin order per problem."""
   model = model or build(c)
   correct, max_dev, min_cos, n_thoughts = 0, 0.0, 1.0, 0
   per_step: dict[int, list[float]] = {}
+  sums = dict.fromkeys(metrics_lib.MODEL_METRICS + metrics_lib.FLOORS, 0.0)
   length = min(c.max_seq_len, 8 * (-(-max(len(data_lib.question_tokens(p, p.hops)) + 1 for p in problems) // 8)))
   for start in range(0, len(problems), batch_size):
     chunk = problems[start:start + batch_size]
-    tokens, root_pos, counts = batch(chunk, length, c.layout)
-    thoughts, answers = run_thoughts(model, tokens, root_pos, counts)
+    orders = [metrics_lib.coin_order(p, start + i) for i, p in enumerate(chunk)]
+    tokens, root_pos, counts = batch(chunk, length, c.layout, orders)
+    thoughts, answers, logits = run_thoughts(model, tokens, root_pos, counts, return_logits=True)
+    per_row = metrics_lib.answer_metrics(jnp.asarray(logits), jnp.asarray([p.target for p in chunk]),
+                                         jnp.asarray(orders, jnp.int32))
+    for k, v in per_row.items():
+      sums[k] += float(np.sum(v))
     for i, p in enumerate(chunk):
+      for k, v in metrics_lib.floors(p, *orders[i]).items():
+        sums[k] += v
       correct += int(answers[i] == p.answer())
       for step in range(1, p.hops + 1):
         got, want = thoughts[i, step - 1].astype(np.float64), ideal_thought(p, step, c.d_model)
@@ -220,9 +236,11 @@ def evaluate(problems: Sequence[graphs.Problem], c: Construction = Construction(
         cos = float(got @ want / (np.linalg.norm(got) * np.linalg.norm(want)))
         max_dev, min_cos, n_thoughts = max(max_dev, dev), min(min_cos, cos), n_thoughts + 1
         per_step.setdefault(step, []).append(dev)
-  return {"count": len(problems), "accuracy": correct / len(problems), "thoughts": n_thoughts,
+  n = len(problems)
+  return {"count": n, "accuracy": correct / n, "thoughts": n_thoughts,
           "max_abs_deviation": max_dev, "min_cosine": min_cos,
-          "max_abs_deviation_by_step": {k: max(v) for k, v in sorted(per_step.items())}}
+          "max_abs_deviation_by_step": {k: max(v) for k, v in sorted(per_step.items())},
+          "counts": {k: (int(round(v)), n) for k, v in sums.items()}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -236,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   print(f"construction: d_model={Construction().d_model}, η={eta:.3f}, ξ={xi:.2f}, τ={Construction().tau}, "
         f"ε1={Construction().eps1:.4f}, ε2={Construction().eps2:.4f}")
   status = 0
+  tables: dict[str, dict] = {}
   for layout in (("code", "theory") if args.layout == "both" else (args.layout,)):
     c = Construction(layout=layout)
     model = build(c)
@@ -252,6 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{r['count']}); {r['thoughts']} thoughts, max |thought − ideal| {r['max_abs_deviation']:.2e}, "
             f"min cosine {r['min_cosine']:.8f}; max deviation by step {{{steps}}}")
       status |= int(r["accuracy"] < 1.0)
+      tables[f"{layout}: {path.name}"] = r["counts"]
+  if tables:
+    print("\nAnswer metrics (95% Wilson intervals; candidates in a coin order per problem):\n"
+          + metrics_lib.table(tables))
   return status
 
 

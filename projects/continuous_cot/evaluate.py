@@ -6,14 +6,16 @@
 Each run is read at the step its ``selection.json`` names (chosen on *generated* validation data by
 train.py; the newest checkpoint where there is none) and scored on the released split with the same
 rows and metrics as its in-training evaluation: Coconut with the gold hop count of thoughts and with
-the fixed count (``config.cot.eval_fixed_thoughts``), CoT by greedy decoding, No-CoT at ``[A]``.
-Intervals are Wilson score intervals. Nothing here feeds back into selection.
+the fixed count (``config.cot.eval_fixed_thoughts``), CoT by greedy decoding, No-CoT at ``[A]``. Every
+row of the table gives the metrics of :mod:`projects.continuous_cot.metrics`: full-vocabulary accuracy
+(the paper's), two-candidate accuracy, the fraction of answers that are a candidate, and the floors
+"always the first candidate" and "the candidate with more ancestors" (per question, in the prompt's
+candidate order). Intervals are 95 % Wilson score intervals. Nothing here feeds back into selection.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import pathlib
 import sys
 
@@ -21,6 +23,7 @@ import jax
 from flax import nnx
 
 from projects.continuous_cot import data as data_lib
+from projects.continuous_cot import metrics as metrics_lib
 from superpose import nn
 from superpose.nn import config as nn_config
 from projects.continuous_cot import train as train_lib
@@ -30,14 +33,7 @@ from superpose.train import config as config_lib
 DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "prosqa"
 
 
-def wilson(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-  """95% Wilson score interval of a proportion."""
-  if n == 0:
-    return float("nan"), float("nan")
-  p = correct / n
-  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-  return centre - half, centre + half
+wilson = metrics_lib.wilson
 
 
 def selected_checkpoint(workdir: pathlib.Path) -> tuple[pathlib.Path, str]:
@@ -61,7 +57,8 @@ def load_trained(workdir: str | pathlib.Path) -> tuple[dict, nnx.Module, pathlib
 
 
 def evaluate_run(workdir: str | pathlib.Path, problems: list) -> dict:
-  """Correct counts of one run on ``problems``: {'acc': (k, n), 'acc_fixed': (k, n) for Coconut}."""
+  """Counts of one run on ``problems``: {metric: (k, n)} for every metric of its evaluation (``acc``,
+  ``acc_two``, ``is_cand``, Coconut's ``*_fixed``, the floors)."""
   config, model, path, how = load_trained(workdir)
   task = train_lib.CotTask(config, valid=problems)
   graphdef, params = nnx.split(model)
@@ -83,15 +80,15 @@ def evaluate_run(workdir: str | pathlib.Path, problems: list) -> dict:
 
 
 def markdown(split: str, results: dict[str, dict]) -> str:
-  lines = [f"# Accuracy on the released split `{split}` (95% Wilson intervals)", "",
-           "| run | method | metric | accuracy | 95% interval | correct / n | checkpoint |", "|---|---|---|---|---|---|---|"]
+  rows, chosen = {}, []
   for name, r in results.items():
-    for metric, (k, n) in r["counts"].items():
-      lo, hi = wilson(k, n)
-      label = {"acc": "gold hop count" if r["method"] == "coconut" else "answer",
-               "acc_fixed": "fixed thought count"}.get(metric, metric)
-      lines.append(f"| {name} | {r['method']} | {label} | {k / n:.1%} | {lo:.1%}–{hi:.1%} | {k} / {n} | {r['chosen']} |")
-  return "\n".join(lines) + "\n"
+    labels = {"": "gold hop count" if r["method"] == "coconut" else "answer", "_fixed": "fixed thought count"}
+    for variant, counts in metrics_lib.by_variant(r["counts"]).items():
+      rows[f"{name}: {r['method']}, {labels[variant]}"] = counts
+    chosen.append(f"- {name}: {r['chosen']} (`{r['checkpoint']}`)")
+  return (f"# Answers on the released split `{split}` (95% Wilson intervals)\n\n" + metrics_lib.table(rows)
+          + "\n\nFloors are per question in the prompt's candidate order; ties in ancestors go to the first "
+          "candidate.\n\nCheckpoints:\n" + "\n".join(chosen) + "\n")
 
 
 def main(argv=None) -> int:

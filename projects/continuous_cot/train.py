@@ -21,19 +21,37 @@ Edges and the candidate order are re-shuffled every time a row is built (spec §
 function of (seed, step): row g = (step − 1)·B + r is problem ``perm_e[g mod N]`` of the epoch-e
 permutation (e = g // N), and its random choices come from ``random.Random`` seeded by (seed, g).
 
-Layout: right-padded, fixed shapes (one compile for training, one for evaluation). Every row's prompt
-fits in ``P`` columns (the longest prompt of the data, rounded up to 8); thoughts start at the row's own
-prompt length (``latent_start``) and rows carry their own thought count, up to ``K`` (static). The thought
-forward (:func:`rowwise_thought_forward`) is the KV-cached one of :mod:`thoughts` with per-row counts: the
-k-th single-position step feeds the previous post-norm hidden state where k < the row's count and the
-row's own token otherwise.
+Batching (``config.cot.batching``):
 
-Evaluation (generated validation split only; never the released files): answer accuracy with
-(a) the gold hop count of thoughts (``eval/acc``, as the paper) and (b) ``eval_fixed_thoughts`` thoughts
-for every problem (``eval/acc_fixed``, does not leak the solution length); the answer is the argmax over
-the 40 real tokens after ``[A]``. CoT is decoded greedily (``max hops + 2`` tokens) and the answer is
-the token after the first generated ``[A]``. ``run`` writes ``selection.json``: the evaluated step with
-the best ``eval/acc`` (the checkpoint to use), chosen on the generated validation split.
+* ``bucketed`` (default): length-bucketed batches. The seeded row order above is cut into windows of
+  ``bucket_window`` batches; each window's rows are sorted by prompt length (ties: row index), cut into
+  batches, and the batches of a window run in an order drawn from (seed, window). So a step's rows are
+  still a pure function of (seed, step), every row of the unbucketed order is used exactly once per
+  window, and a batch holds prompts of nearly one length. The batch is right-padded to
+  ``Wp + K + R + 1`` columns, ``Wp`` its longest prompt rounded up to ``bucket_multiple`` (one compile per
+  width; ``Wp`` ≤ ``P``), and the loss reads logits only where a loss can be: the last prompt column,
+  the K thought columns and the R = 1 (Coconut), max hops + 2 (CoT) or 2 (No-CoT) columns after the
+  thoughts (:func:`thoughts.compact_forward`: the last layer runs only there; equal to the full forward).
+* ``padded``: the previous path, kept as the reference and the benchmark's baseline: every row padded to
+  ``T`` columns (prompt in ``P``), the full forward over all of them (:func:`rowwise_thought_forward`).
+
+Every row's prompt fits in ``P`` columns (the longest prompt of the data, rounded up to 8); thoughts start
+at the row's own prompt length (``latent_start``) and rows carry their own thought count, up to ``K``
+(static). The thought forward is KV-cached with per-row counts: the k-th single-position step feeds the
+previous post-norm hidden state where k < the row's count. Each step logs ``data/row_tokens`` (real
+tokens per row: prompt, thoughts and answer tokens, no padding) and ``data/pad_fraction`` (padding
+columns / all columns of the batch); ``tokens_per_step`` (the loop's ``perf/tokens_per_s``) is the expected
+number of real tokens per step (final-stage rows), not padded positions.
+
+Evaluation (generated validation split only; never the released files): with (a) the gold hop count of
+thoughts (as the paper) and (b) ``eval_fixed_thoughts`` thoughts for every problem (suffix ``_fixed``; does
+not leak the solution length), the metrics of :mod:`metrics`: ``acc`` (argmax over the 40 real tokens
+after ``[A]`` == target), ``acc_two`` (the candidate with the larger logit), ``is_cand`` (the answer is a
+candidate), and the floors ``floor_first`` / ``floor_ancestors``. CoT is decoded greedily (``max hops + 2``
+tokens); its answer is the token after the first generated ``[A]`` and its two-candidate choice reads the
+logits there (the last decoded position when there is no ``[A]``). ``run`` writes ``selection.json``: the
+evaluated step with the best ``eval/acc`` (the checkpoint to use), chosen on the generated validation
+split, and prints the final metrics with 95 % Wilson intervals and the measured real tokens/s.
 """
 from __future__ import annotations
 
@@ -59,11 +77,14 @@ from superpose.train import checkpoint as ckpt_lib, config as config_lib, flops,
 from superpose.train.lm import lm_loss
 
 from projects.continuous_cot import data as data_lib
+from projects.continuous_cot import metrics as metrics_lib
+from projects.continuous_cot import thoughts as thoughts_lib
 from projects.continuous_cot.graphs import Problem
 
 log = logging.getLogger(__name__)
 
 METHODS = ("coconut", "cot", "nocot")
+BATCHINGS = ("bucketed", "padded")
 LABELS = ("path", "bfs")
 VOCAB_SIZE = data_lib.VOCAB.vocab_size  # 40 real tokens; argmax is taken over these only
 
@@ -85,6 +106,9 @@ def cot_section(**overrides) -> ml_collections.ConfigDict:
       "max_thoughts": 0,            # K, thought slots in training rows (0 = the largest hop count in train)
       "eval_fixed_thoughts": 4,     # the fixed thought count of eval/acc_fixed
       "prompt_len": 0,              # P, columns for the prompt (0 = longest prompt of the data, rounded to 8)
+      "batching": "bucketed",       # bucketed (length-bucketed batches, compact forward) | padded (every row at T)
+      "bucket_window": 32,          # bucketed: batches per window of the seeded order sorted by prompt length
+      "bucket_multiple": 8,         # bucketed: prompt widths rounded up to this (one compile per width)
   })
   s.update(overrides)
   return s
@@ -232,6 +256,8 @@ class CotTask:
   """The loop Task of the three methods (see the module docstring)."""
 
   def __init__(self, config: Mapping, train: list[Problem] | None = None, valid: list[Problem] | None = None):
+    # Keys added since a run was made (e.g. an older run's config.json read by evaluate.py) take their defaults.
+    config = {**config, "cot": {**cot_section().to_dict(), **config["cot"]}}
     self.config = config
     c, t = config["cot"], config["train"]
     self.method, self.labels, self.seed = c["method"], c["labels"], config["seed"]
@@ -274,12 +300,31 @@ class CotTask:
     if max(self.T, self.T_eval) > self.model_cfg.max_seq_len:
       raise config_lib.ConfigError(f"config.model.max_seq_len={self.model_cfg.max_seq_len} < the "
                                    f"{max(self.T, self.T_eval)} columns these rows need")
+    self.batching = c["batching"]
+    if self.batching not in BATCHINGS:
+      raise config_lib.ConfigError(f"config.cot.batching={self.batching!r}: must be one of {', '.join(BATCHINGS)}")
+    if self.batching == "bucketed" and (self.model_cfg.scan_layers or not self.model_cfg.causal):
+      raise config_lib.ConfigError("config.cot.batching='bucketed' (the compact forward) needs model.scan_layers "
+                                   "False and a causal model; use batching='padded'")
+    if c["bucket_window"] < 1 or c["bucket_multiple"] < 1:
+      raise config_lib.ConfigError("config.cot.bucket_window and bucket_multiple must be >= 1")
+    self.window, self.multiple = c["bucket_window"], c["bucket_multiple"]
+    # The compact forward's static bounds: thought steps, and columns after the thoughts that carry a loss.
+    self.K_fwd = self.K if self.method == "coconut" else 0
+    self.R = {"coconut": 1, "cot": self.gen_steps, "nocot": 2}[self.method]
+    self.prompt_lens = np.array([len(data_lib.prompt_tokens(p, layout=c["layout"])) for p in self.train], np.int64)
+    self._windows: dict[int, np.ndarray] = {}
+    # Expected real tokens per row at the final stage (prompt + thoughts or path + the answer tokens).
+    after = {"coconut": 2, "cot": 3, "nocot": 3}[self.method]
+    hops = np.array([p.hops for p in self.train]) if self.method != "nocot" else 0
+    self.row_tokens = float(np.mean(self.prompt_lens + hops + after))
     self.batch_axes = {}
-    self.tokens_per_step = self.batch_size * self.T
-    self.flops_per_step = flops.train_flops_per_token(self.model_cfg, self.T) * self.tokens_per_step
+    self.tokens_per_step = int(round(self.batch_size * self.row_tokens))
+    self.flops_per_step = flops.train_flops_per_token(self.model_cfg, round(self.row_tokens)) * self.tokens_per_step
     self.eval_set = loop.RowsEvalSet([self.eval_row(i) for i in range(len(self.valid))], self.batch_size)
-    log.info("cot task: method %s, %d train / %d valid problems, P=%d K=%d T=%d (eval K=%d T=%d)", self.method,
-             len(self.train), len(self.valid), self.P, self.K, self.T, self.K_eval, self.T_eval)
+    log.info("cot task: method %s, %s batches, %d train / %d valid problems, P=%d K=%d T=%d (eval K=%d T=%d), "
+             "%.1f real tokens per row", self.method, self.batching, len(self.train), len(self.valid), self.P,
+             self.K, self.T, self.K_eval, self.T_eval, self.row_tokens)
 
   # schedule ------------------------------------------------------------------------------------------------
   def scheduled_stage(self, step: int) -> int:
@@ -292,9 +337,46 @@ class CotTask:
   def _prompt(self, problem: Problem, rng: random.Random) -> list[int]:
     return data_lib.prompt_tokens(problem, layout=self.config["cot"]["layout"], rng=rng)
 
+  # the row order -------------------------------------------------------------------------------------------
+  def problem_index(self, rows: np.ndarray) -> np.ndarray:
+    """The training problem of each global row index g: ``perm_e[g mod N]`` with e = g // N."""
+    n, rows = len(self.train), np.asarray(rows, np.int64)
+    out = np.empty_like(rows)
+    for epoch in np.unique(rows // n):
+      at = rows // n == epoch
+      out[at] = _permutation(self.seed, int(epoch), n)[rows[at] % n]
+    return out
+
+  def _window(self, w: int) -> np.ndarray:
+    """(bucket_window, B) global rows of window w: its rows sorted by prompt length (ties: row index), cut
+    into batches, the batches in an order drawn from (seed, w)."""
+    if w not in self._windows:
+      per = self.window * self.batch_size
+      rows = np.arange(w * per, (w + 1) * per, dtype=np.int64)
+      order = np.lexsort((rows, self.prompt_lens[self.problem_index(rows)]))
+      batches = rows[order].reshape(self.window, self.batch_size)
+      self._windows = {w: batches[np.random.default_rng([self.seed, w, 11]).permutation(self.window)]}
+    return self._windows[w]
+
+  def step_rows(self, step: int) -> np.ndarray:
+    """The B global row indices of step ``step`` (1-based), in batch order: a pure function of (seed, step)."""
+    if self.batching == "padded":
+      return np.arange((step - 1) * self.batch_size, step * self.batch_size, dtype=np.int64)
+    w, j = divmod(step - 1, self.window)
+    return self._window(w)[j]
+
+  def width(self, rows: np.ndarray) -> int:
+    """Columns of a batch of these global rows: T (padded), or Wp + K + R + 1 with Wp the longest prompt
+    rounded up to ``bucket_multiple`` (at most P)."""
+    if self.batching == "padded":
+      return self.T
+    longest = int(self.prompt_lens[self.problem_index(rows)].max())
+    return min(_round_up(longest, self.multiple), self.P) + self.K_fwd + self.R + 1
+
   # rows ----------------------------------------------------------------------------------------------------
-  def train_row(self, step: int, g: int) -> dict[str, np.ndarray]:
-    """Row g (global index) of step ``step``: a pure function of (seed, step, g)."""
+  def row_tokens_of(self, step: int, g: int) -> tuple[list[int], int, int, int, int]:
+    """(tokens, first and last supervised column, latent_start, thought count) of global row g at step
+    ``step``: a pure function of (seed, step, g)."""
     n = len(self.train)
     problem = self.train[int(_permutation(self.seed, g // n, n)[g % n])]
     rng = random.Random(self.seed * (1 << 40) + g)
@@ -302,28 +384,40 @@ class CotTask:
     if self.method == "coconut":
       s = coconut_stage(problem, self.scheduled_stage(step), rng, self.config["cot"]["uniform_prob"])
       tokens, count, col = coconut_row(problem, s, prompt, rng, self.labels)
-      row = pad_row(tokens, self.T)
-      targets, weights = shifted(row, col, col)
-      return {"tokens": row, "targets": targets, "weights": weights,
-              "latent_start": np.int32(len(prompt)), "num_thoughts": np.int32(count)}
+      return tokens, col, col, len(prompt), count
     tokens, first = language_row(problem, prompt, rng, self.method)
-    row = pad_row(tokens, self.T)
-    targets, weights = shifted(row, first, len(tokens) - 2)
-    return {"tokens": row, "targets": targets, "weights": weights}
+    return tokens, first, len(tokens) - 2, len(prompt), 0
+
+  def train_row(self, step: int, g: int, width: int | None = None) -> dict[str, np.ndarray]:
+    """Row g (global index) of step ``step``, padded to ``width`` columns (default T)."""
+    tokens, first, last, start, count = self.row_tokens_of(step, g)
+    row = pad_row(tokens, width or self.T)
+    targets, weights = shifted(row, first, last)
+    out = {"tokens": row, "targets": targets, "weights": weights, "length": np.int32(len(tokens))}
+    if self.batching == "bucketed":   # the compact forward reads only these columns: every loss must be there
+      covered = {start - 1, *range(start, start + count), *range(start + count, start + count + self.R)}
+      if not set(range(first, last + 1)) <= covered:
+        raise AssertionError(f"row {g}: supervised columns {first}..{last} outside the compact columns")
+    if self.method == "coconut" or self.batching == "bucketed":
+      out["latent_start"], out["num_thoughts"] = np.int32(start), np.int32(count)
+    return out
 
   def train_batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
     if self.batch_size % process_count:
       raise config_lib.ConfigError(f"batch_size {self.batch_size} not divisible by {process_count} processes")
     local = self.batch_size // process_count
-    base = (step - 1) * self.batch_size + process_index * local
-    rows = [self.train_row(step, base + r) for r in range(local)]
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    rows = self.step_rows(step)
+    width = self.width(rows)
+    mine = [self.train_row(step, int(g), width) for g in rows[process_index * local:(process_index + 1) * local]]
+    return {k: np.stack([r[k] for r in mine]) for k in mine[0]}
 
   def eval_row(self, i: int) -> dict[str, np.ndarray]:
     problem = self.valid[i]
     rng = random.Random(10_007 * self.seed + i + 1)  # a fixed edge/candidate order per problem
     prompt = self._prompt(problem, rng)
-    out = {"target": np.int32(problem.target)}
+    c1, c2 = metrics_lib.candidates(prompt)
+    out = {"target": np.int32(problem.target), "cands": np.array([c1, c2], np.int32),
+           **{k: np.float32(v) for k, v in metrics_lib.floors(problem, c1, c2).items()}}
     if self.method == "coconut":
       for name, count in (("gold", problem.hops), ("fixed", self.fixed)):
         tokens = prompt + [data_lib.LATENT] * count + [data_lib.ANSWER, problem.target]
@@ -354,18 +448,44 @@ class CotTask:
   def loss(self, model, batch):
     if "target" in batch:
       return self._eval_loss(model, batch)
-    logits = self._logits(model, batch["tokens"], batch, "num_thoughts", self.K)
-    return lm_loss(logits, batch["targets"], batch["weights"])
+    if self.batching == "bucketed":
+      K, R = self.K_fwd, self.R
+      prefix = batch["tokens"].shape[1] - K - R - 1
+      logits = thoughts_lib.compact_forward(model, batch["tokens"], batch["latent_start"], batch["num_thoughts"],
+                                            max_thoughts=K, prefix_len=prefix, rest_len=R)
+      cols, valid = thoughts_lib.compact_columns(batch["latent_start"], batch["num_thoughts"], max_thoughts=K,
+                                                 rest_len=R)
+      targets = jnp.take_along_axis(batch["targets"], cols, axis=1)
+      weights = jnp.take_along_axis(batch["weights"], cols, axis=1) * valid
+      loss, metrics = lm_loss(logits, targets, weights)
+    else:
+      loss, metrics = lm_loss(self._logits(model, batch["tokens"], batch, "num_thoughts", self.K),
+                              batch["targets"], batch["weights"])
+    length = batch["length"].astype(jnp.float32)
+    metrics["data/row_tokens"] = length.mean()
+    metrics["data/pad_fraction"] = 1.0 - length.sum() / (length.shape[0] * batch["tokens"].shape[1])
+    return loss, metrics
+
+  def _coconut_answer_logits(self, model, batch, name: str):
+    """Logits at [A] after the row's ``name`` (gold | fixed) number of thoughts, the 40 real tokens."""
+    if self.batching == "bucketed":
+      logits = thoughts_lib.compact_forward(model, batch[f"tokens_{name}"], batch["latent_start"], batch[f"num_{name}"],
+                                            max_thoughts=self.K_eval, prefix_len=self.P, rest_len=1)
+      return logits[:, 1 + self.K_eval, :VOCAB_SIZE].astype(jnp.float32)
+    logits = self._logits(model, batch[f"tokens_{name}"], batch, f"num_{name}", self.K_eval)
+    return _answer_logits(logits, batch[f"col_{name}"])
 
   def _eval_loss(self, model, batch):
-    scale, target = batch["scale"], batch["target"]
-    metrics = {}
+    scale, target, cands = batch["scale"], batch["target"], batch["cands"]
+    metrics = {f: (batch[f] * scale).sum() for f in metrics_lib.FLOORS}
+
+    def add(per_row: dict, suffix: str = ""):
+      metrics.update({k + suffix: (v * scale).sum() for k, v in per_row.items()})
+
     if self.method == "coconut":
-      for name in ("gold", "fixed"):
-        logits = self._logits(model, batch[f"tokens_{name}"], batch, f"num_{name}", self.K_eval)
-        answer = _answer_logits(logits, batch[f"col_{name}"])
-        correct = (answer.argmax(-1) == target).astype(jnp.float32)
-        metrics["acc" if name == "gold" else "acc_fixed"] = (correct * scale).sum()
+      for name, suffix in (("gold", ""), ("fixed", "_fixed")):
+        answer = self._coconut_answer_logits(model, batch, name)
+        add(metrics_lib.answer_metrics(answer, target, cands), suffix)
         if name == "gold":
           loss = (optax.softmax_cross_entropy_with_integer_labels(answer, target) * scale).sum()
       return loss, metrics
@@ -374,26 +494,31 @@ class CotTask:
     per_row = (ce * batch["weights"]).sum(-1) / jnp.maximum(batch["weights"].sum(-1), 1.0)
     loss = (per_row * scale).sum()
     if self.method == "nocot":
-      correct = _answer_logits(logits, batch["col_answer"]).argmax(-1) == target
+      add(metrics_lib.answer_metrics(_answer_logits(logits, batch["col_answer"]), target, cands))
     else:
-      correct = self._greedy_answer(model, batch["prompt"], batch["prompt_len"]) == target
-    metrics["acc"] = (correct.astype(jnp.float32) * scale).sum()
+      answer, answer_logits = self._greedy_answer(model, batch["prompt"], batch["prompt_len"])
+      add(metrics_lib.answer_metrics(answer_logits, target, cands, answer_B=answer))
     return loss, metrics
 
   def _greedy_answer(self, model, tokens_BT, start_B):
-    """Greedy decoding of ``gen_steps`` tokens after the prompt (a full forward per token); the answer is
-    the token after the first generated [A] (−1 when there is none)."""
+    """Greedy decoding of ``gen_steps`` tokens after the prompt (a full forward per token). Returns (the
+    token after the first generated [A], −1 when there is none; the logits that chose it, or those of the
+    last decoded position when there is no [A])."""
     start_B = start_B.astype(jnp.int32)
+    step_logits = []
     for g in range(self.gen_steps):
       pos_B1 = (start_B + g)[:, None]
       logits = model(tokens_BT).logits_BTV
-      nxt = _take_rows(logits, pos_B1 - 1)[:, 0, :VOCAB_SIZE].argmax(-1).astype(jnp.int32)
-      tokens_BT = write_rows(tokens_BT, nxt[:, None], pos_B1)
+      step = _take_rows(logits, pos_B1 - 1)[:, 0, :VOCAB_SIZE].astype(jnp.float32)
+      step_logits.append(step)
+      tokens_BT = write_rows(tokens_BT, step.argmax(-1).astype(jnp.int32)[:, None], pos_B1)
     gen_BG = _take_rows(tokens_BT, start_B[:, None] + jnp.arange(self.gen_steps, dtype=jnp.int32))
     is_a = gen_BG[:, :-1] == data_lib.ANSWER
-    first = jnp.argmax(is_a, axis=1)
-    answer = jnp.take_along_axis(gen_BG, (first + 1)[:, None], axis=1)[:, 0]
-    return jnp.where(is_a.any(axis=1), answer, -1)
+    has_a = is_a.any(axis=1)
+    at_B = jnp.where(has_a, jnp.argmax(is_a, axis=1) + 1, self.gen_steps - 1)
+    answer = jnp.take_along_axis(gen_BG, at_B[:, None], axis=1)[:, 0]
+    logits_BV = jnp.take_along_axis(jnp.stack(step_logits, axis=1), at_B[:, None, None], axis=1)[:, 0]
+    return jnp.where(has_a, answer, -1), logits_BV
 
 
 def select_checkpoint(workdir: str | pathlib.Path, metric: str = "eval/acc") -> dict:
@@ -412,6 +537,27 @@ def select_checkpoint(workdir: str | pathlib.Path, metric: str = "eval/acc") -> 
   return out
 
 
+def throughput(workdir: str | pathlib.Path, batch_size: int) -> dict:
+  """Measured real tokens/s of a run from its metrics.jsonl: the median over timed steps of
+  ``data/row_tokens`` × batch / ``perf/step_time_s``, and the mean padding fraction of all logged steps."""
+  rows = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+          if line.strip()]
+  timed = [r["data/row_tokens"] * batch_size / r["perf/step_time_s"] for r in rows
+           if "perf/step_time_s" in r and "data/row_tokens" in r]
+  pads = [r["data/pad_fraction"] for r in rows if "data/pad_fraction" in r]
+  return {"real_tokens_per_s": float(np.median(timed)) if timed else float("nan"), "timed_steps": len(timed),
+          "pad_fraction": float(np.mean(pads)) if pads else float("nan")}
+
+
+def eval_table(task: CotTask, values: Mapping[str, float], name: str) -> str:
+  """The final evaluation as a Markdown table (95 % Wilson intervals) on the task's validation rows."""
+  counts = metrics_lib.counts_from_means({k[len("eval/"):]: v for k, v in values.items()
+                                          if k.startswith("eval/") and k not in ("eval/loss", "eval/perplexity")},
+                                         task.eval_set.n)
+  labels = {"": "gold hop count" if task.method == "coconut" else "answer", "_fixed": "fixed thought count"}
+  return metrics_lib.table({f"{name} ({labels[v]})": row for v, row in metrics_lib.by_variant(counts).items()})
+
+
 def run(config: Any, workdir: str) -> loop.Result:
   cfg = config_lib.to_dict(config)
   config_lib.check_schema(cfg, extra_sections())
@@ -421,8 +567,12 @@ def run(config: Any, workdir: str) -> loop.Result:
   if jax.process_index() == 0 and (pathlib.Path(workdir) / "metrics.jsonl").exists():
     sel = select_checkpoint(workdir)
     if sel:
+      speed = throughput(workdir, task.batch_size)
       print(f"method {task.method}: best eval/acc {sel['value']:.4f} at step {sel['step']} "
-            f"(generated validation, {task.eval_set.n} problems); final: "
-            + "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
-            + (f"; {result.tokens_per_s:,.0f} tokens/s" if math.isfinite(result.tokens_per_s) else ""))
+            f"(generated validation, {task.eval_set.n} problems); {task.batching} batches, padding "
+            f"{speed['pad_fraction']:.1%}"
+            + (f", {speed['real_tokens_per_s']:,.0f} real tokens/s (median of {speed['timed_steps']} timed steps)"
+               if math.isfinite(speed["real_tokens_per_s"]) else ""))
+      if result.eval:
+        print(f"final evaluation, step {result.step}:\n" + eval_table(task, result.eval, task.method))
   return result

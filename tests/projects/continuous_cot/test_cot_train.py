@@ -64,12 +64,17 @@ def _config(method, gen_dir, **train_overrides):
   return c
 
 
-def test_loss_mask_and_schedule(gen_dir):
-  cfg = _config("coconut", gen_dir).to_dict()
+@pytest.mark.parametrize("batching", train.BATCHINGS)
+def test_loss_mask_and_schedule(gen_dir, batching):
+  config = _config("coconut", gen_dir)
+  config.cot.batching = batching
+  cfg = config.to_dict()
   task = train.CotTask(cfg)
   for step in (1, 2, 3, 4, 5, 6):
     b = task.train_batch(step)
-    assert b["tokens"].shape == (8, task.T) and (b["weights"].sum(1) == 1).all()
+    width = task.T if batching == "padded" else task.width(task.step_rows(step))
+    assert width <= task.T
+    assert b["tokens"].shape == (8, width) and (b["weights"].sum(1) == 1).all()
     assert task.scheduled_stage(step) == step - 1       # smoke: one step per stage
     for r in range(8):
       col = int(np.flatnonzero(b["weights"][r])[0])
