@@ -307,3 +307,115 @@ def test_preemption_guard_in_process():
     assert guard.requested
     assert guard.should_stop(2) and guard.should_stop(3)
   assert signal.getsignal(signal.SIGTERM) == previous
+
+
+# --- content checksums
+
+def _flip(path, offset, n=16):
+  data = bytearray(path.read_bytes())
+  for i in range(offset, min(offset + n, len(data))):
+    data[i] ^= 0xFF
+  path.write_bytes(bytes(data))
+
+
+def _silently_corrupt(step_dir, directory, target, expected):
+  """Flip 16 bytes inside the largest parameter data file of ``step_dir`` where the step still reads
+  without error but with other values (what only a checksum can tell); returns the offset."""
+  data = max((p for p in (step_dir / "params").rglob("*") if p.is_file() and p.parent.name == "d"),
+             key=lambda p: p.stat().st_size)
+  original = data.read_bytes()
+  size = len(original)
+  for offset in [size // 2] + list(range(size // 8, size - 16, max(1, size // 64))):
+    _flip(data, offset)
+    with ckpt.Checkpointer(directory, read_only=True, checksums=False) as ck:   # what orbax alone sees
+      try:
+        _, got, _ = ck.restore(target, step=int(step_dir.name))
+      except ckpt.CheckpointError:
+        got = None
+    if got is not None and any(not np.array_equal(np.asarray(a), b)
+                               for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected))):
+      return offset
+    data.write_bytes(original)
+  pytest.fail(f"no offset of {data} reads back silently corrupted")
+
+
+def _big_state(mesh, seed):
+  # Arrays above OCDBT's inline limit (1 KiB) live in data files that no CRC protects; smaller ones
+  # sit inside checksummed b-tree nodes.
+  w = jax.random.normal(jax.random.key(seed), (256, 128))
+  params = {"w": jax.device_put(w, NamedSharding(mesh, P("fsdp"))), "b": jnp.full((4,), float(seed))}
+  opt_state = optax.adam(1e-2).init(params)
+  return {"params": params, "opt_state": opt_state, "step": jnp.int32(seed)}
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax's echoes of failed reads
+def test_flipped_bytes_fail_the_checksum_and_the_previous_step_is_restored(tmp_path, devices8, caplog):
+  """F1: bytes flipped inside a parameter file of the newest step read back as other numbers without any
+  error from orbax; the checksum catches it, the step is skipped with the reason, the previous one used."""
+  mesh = make_mesh((1, 8, 1))
+  states = {s: _big_state(mesh, s) for s in (1, 2)}
+  with ckpt.Checkpointer(tmp_path) as ck:
+    for s, state in states.items():
+      ck.save(s, state)
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), states[1])
+  _silently_corrupt(tmp_path / "2", tmp_path, {"params": target["params"]}, host(states[2]["params"]))
+  _settle()
+  with caplog.at_level(logging.WARNING, logger=ckpt.__name__):
+    with ckpt.Checkpointer(tmp_path) as ck:
+      step, restored, _ = ck.restore(target)
+  assert step == 1
+  assert_restored(restored, host(states[1]), target)
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert any("step 2" in w and "checksum mismatch in ['params']['w']" in w for w in warnings), warnings
+  with ckpt.Checkpointer(tmp_path, read_only=True) as ck:
+    with pytest.raises(ckpt.CheckpointError, match="step 2 .* checksum mismatch"):
+      ck.restore(target, step=2)
+  # load_params (init_from, launch.sample) verifies the weights it reads too
+  with pytest.raises(ckpt.CheckpointError, match="checksum mismatch"):
+    ckpt.load_params(tmp_path / "2", target["params"])
+
+
+def test_checksums_do_not_depend_on_the_layout_and_see_one_bit(devices8):
+  from superpose.train import integrity
+  state = make_state(make_mesh((1, 8, 1)))
+  state["extra"] = {"half": jnp.arange(12, dtype=jnp.bfloat16).reshape(3, 4), "flags": jnp.array([True, False]),
+                    "key": jax.random.key(5), "bytes": jnp.arange(7, dtype=jnp.uint8)}
+  sums = integrity.checksums(state)
+  other = jax.tree.map(lambda x: jax.device_put(x, NamedSharding(make_mesh((2, 2, 2)), P())), state)
+  assert integrity.checksums(other) == sums
+  assert integrity.mismatches(other, sums) == []
+  for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
+    words = np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.extended) else x).copy()
+    words.reshape(-1).view(np.uint8)[-1] ^= 1           # one bit of the last element
+    flipped = jax.random.wrap_key_data(words) if jnp.issubdtype(x.dtype, jax.dtypes.extended) else jnp.asarray(words)
+    changed = jax.tree_util.tree_map_with_path(lambda p, y: flipped if p == path else y, state)
+    assert integrity.mismatches(changed, sums) == [jax.tree_util.keystr(path)]
+
+
+def test_a_step_of_other_shapes_is_a_mismatch_not_a_broken_step(tmp_path, devices8):
+  mesh = make_mesh((1, 8, 1))
+  with ckpt.Checkpointer(tmp_path) as ck:
+    ck.save(1, make_state(mesh, step=1))
+    ck.save(2, make_state(mesh, step=2))
+  wider = {"params": {"layer": {"embed": jax.ShapeDtypeStruct((32, 32), jnp.float32, sharding=NamedSharding(mesh, P())),
+                                "w": jax.ShapeDtypeStruct((32, 64), jnp.float32, sharding=NamedSharding(mesh, P())),
+                                "b": jax.ShapeDtypeStruct((64,), jnp.float32, sharding=NamedSharding(mesh, P()))}}}
+  with ckpt.Checkpointer(tmp_path) as ck:
+    with pytest.raises(ckpt.CheckpointMismatch, match=r"step 2 .* other shapes .*\['params'\]\['layer'\]\['embed'\] "
+                                                      r"saved \(32, 16\), wanted \(32, 32\) \(and 1 more\)"):
+      ck.restore(wider)
+    assert ck.all_steps() == [1, 2]
+
+
+def test_a_step_saved_without_checksums_is_read_unverified(tmp_path, devices8, caplog):
+  mesh = make_mesh((1, 8, 1))
+  state = make_state(mesh, step=4)
+  with ckpt.Checkpointer(tmp_path, checksums=False) as ck:    # as an older version saved
+    ck.save(4, state)
+  assert not (tmp_path / "4" / "checksums").exists()
+  with caplog.at_level(logging.WARNING, logger=ckpt.__name__):
+    with ckpt.Checkpointer(tmp_path) as ck:
+      step, restored, _ = ck.restore(abstract(state, mesh))
+  assert step == 4
+  assert_restored(restored, host(state), abstract(state, mesh))
+  assert any("no checksums" in r.getMessage() for r in caplog.records)

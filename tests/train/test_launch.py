@@ -1,7 +1,10 @@
-"""launch.train end to end in subprocesses: one-line errors, kill -9 and resume, checkpoint fallback."""
+"""launch.train end to end in subprocesses: one-line errors and exit statuses, kill -9 and resume,
+checkpoint fallback over broken and corrupt steps, the workdir's config as the contract of a resume."""
+import hashlib
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,22 +38,46 @@ def _run(workdir, *overrides, devices=1, timeout=300):
                         timeout=timeout)
 
 
-@pytest.mark.parametrize("override,message", [
-    ("--config.train.stepz=3", "stepz"),
-    ("--config.mesh.ici=(3,1,1)", "config.mesh: data×fsdp×tensor = 3×1×1 = 3 devices, but 1 are available"),
-    ("--config.data.path=/nonexistent/corpus.jsonl", "error: data file not found: /nonexistent/corpus.jsonl"),
-    ("--config.model.num_heads=3", "error: "),
+def _error_lines(stderr):
+  return [l for l in stderr.splitlines() if l.strip() and not l.startswith(("I", "W"))]
+
+
+@pytest.mark.parametrize("override,message,devices", [
+    ("--config.train.stepz=3", "stepz", 1),
+    ("--config.mesh.ici=(3,1,1)", "config.mesh: data×fsdp×tensor = 3×1×1 = 3 devices, but 1 are available", 1),
+    ("--config.data.path=/nonexistent/corpus.jsonl", "error: data file not found: /nonexistent/corpus.jsonl", 1),
+    ("--config.model.num_heads=3", "error: invalid model config: model.head_dim=None: d_model=64 is not divisible", 1),
+    ("--config.optim.lr=-1e-3", "error: config.optim.lr=-0.001: must be a number > 0", 1),                   # F2
+    ("--config.train.batch_size=6", "error: config.train.batch_size=6 is not divisible by the data-parallel "
+                                    "size 4 (data 4)", 4),                                                     # F3
+    ("--config.train.accum_steps=0", "error: config.train.accum_steps=0: must be an integer ≥ 1", 1),        # F4
+    ("--config.train.batch_size=0", "error: config.train.batch_size=0: must be an integer ≥ 1", 1),          # F4
 ])
-def test_bad_input_fails_with_one_line(tmp_path, override, message):
+def test_bad_input_fails_with_one_line(tmp_path, override, message, devices):
   t0 = time.perf_counter()
-  r = _run(tmp_path / "w", override)
-  assert r.returncode != 0
-  err_lines = [l for l in r.stderr.splitlines() if l.strip() and not l.startswith(("I", "W"))]
+  r = _run(tmp_path / "w", override, devices=devices)
+  assert r.returncode == 2, r.stderr[-2000:]
+  err_lines = _error_lines(r.stderr)
   assert len(err_lines) == 1, r.stderr[-2000:]
   assert message in err_lines[0]
   assert "Traceback" not in r.stderr
-  assert not (tmp_path / "w" / "checkpoints").exists() or not any((tmp_path / "w" / "checkpoints").iterdir())
+  assert not (tmp_path / "w").exists()          # nothing written for a refused run
   assert time.perf_counter() - t0 < 60
+
+
+def test_workdir_that_is_a_file_fails_with_one_line(tmp_path):
+  """F5 (a workdir that is not writable: test_workdir.py, which can fake it for root too)."""
+  (tmp_path / "w").write_text("not a directory")
+  r = _run(tmp_path / "w")
+  assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert _error_lines(r.stderr) == [f"error: workdir {tmp_path / 'w'} is a file, not a directory"]
+
+
+def test_verbose_adds_the_traceback(tmp_path):
+  r = subprocess.run(_cmd(tmp_path / "w", "--config.optim.lr=0", "--verbose"), cwd=REPO, env=_env(),
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and "Traceback" in r.stderr
+  assert r.stderr.strip().splitlines()[-1] == "error: config.optim.lr=0.0: must be a number > 0"
 
 
 def _rows(workdir):
@@ -77,6 +104,8 @@ def test_kill_9_then_resume_is_bitwise_identical(tmp_path):
 
   r = _run(crash, *steps)
   assert r.returncode == 0, r.stderr[-3000:]
+  logged = [row["step"] for row in _rows(crash)]
+  assert logged == list(range(1, 41))                     # each step once (F10): the re-run steps replace
   starts = [row for row in read_metrics(crash) if row.get("event") == "start"]
   assert starts[-1]["resumed_from"] == starts[-1]["step"] == last_ckpt
   resumed = starts[-1]["step"]
@@ -107,9 +136,37 @@ def _restore_params(workdir):
     return jax.device_get(checkpoint.load_params(workdir, abs_params))
 
 
-def test_truncated_newest_checkpoint_falls_back(tmp_path):
+TEN = ("--config.train.steps=10", "--config.train.checkpoint_every=5")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A finished 10-step run with checkpoints 5 and 10; tests take copies."""
+  w = tmp_path_factory.mktemp("trained") / "w"
+  r = _run(w, *TEN)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return w
+
+
+def _copy(trained, tmp_path):
   w = tmp_path / "w"
-  assert _run(w, "--config.train.steps=10", "--config.train.checkpoint_every=5").returncode == 0
+  shutil.copytree(trained, w)
+  return w
+
+
+def _digest(workdir):
+  """Every file under a workdir, with a hash of its bytes."""
+  return {str(p.relative_to(workdir)): hashlib.sha1(p.read_bytes()).hexdigest()
+          for p in sorted(pathlib.Path(workdir).rglob("*")) if p.is_file()}
+
+
+def _largest_params_file(step_dir):
+  return max((p for p in (step_dir / "params").rglob("*") if p.is_file() and p.parent.name == "d"),
+             key=lambda p: p.stat().st_size)
+
+
+def test_truncated_newest_checkpoint_falls_back(trained, tmp_path):
+  w = _copy(trained, tmp_path)
   newest = w / "checkpoints" / "10"
   files = sorted((p for p in newest.rglob("*") if p.is_file() and p.stat().st_size > 0 and "params" in str(p)),
                  key=lambda p: -p.stat().st_size)
@@ -119,8 +176,106 @@ def test_truncated_newest_checkpoint_falls_back(tmp_path):
   r = _run(w, "--config.train.steps=12", "--config.train.checkpoint_every=5")
   assert r.returncode == 0, r.stderr[-3000:]
   assert "checkpoint step 10" in r.stderr and "falling back" in r.stderr, r.stderr[-3000:]
+  assert "Traceback" not in r.stderr                      # orbax's echoes of the failed reads are dropped
   starts = [row for row in read_metrics(w) if row.get("event") == "start"]
   assert starts[-1]["resumed_from"] == 5
+
+
+def test_flipped_bytes_in_the_newest_checkpoint_fall_back(trained, tmp_path):
+  """F1: 16 bytes flipped inside a parameter data file read back as other numbers without an error from
+  orbax; the content checksum finds it, the step is skipped with the reason and the previous one used."""
+  w = _copy(trained, tmp_path)
+  data = _largest_params_file(w / "checkpoints" / "10")
+  raw = bytearray(data.read_bytes())
+  middle = len(raw) // 2
+  raw[middle:middle + 16] = bytes(b ^ 0xFF for b in raw[middle:middle + 16])
+  data.write_bytes(bytes(raw))
+  r = _run(w, "--config.train.steps=12", "--config.train.checkpoint_every=5")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "checkpoint step 10" in r.stderr and "checksum mismatch in ['params']" in r.stderr, r.stderr[-3000:]
+  assert "falling back" in r.stderr
+  starts = [row for row in read_metrics(w) if row.get("event") == "start"]
+  assert starts[-1]["resumed_from"] == 5
+  assert [row["step"] for row in _rows(w)] == list(range(1, 13))    # F10: steps 6..10 once, from this run
+
+
+def test_no_readable_checkpoint_ends_with_one_line(trained, tmp_path):
+  """F9: every step broken (a data file deleted from each): one line, status 4, nothing changed on disk."""
+  w = _copy(trained, tmp_path)
+  for step in (5, 10):
+    _largest_params_file(w / "checkpoints" / str(step)).unlink()
+  before = _digest(w)
+  r = _run(w, *TEN)
+  assert r.returncode == 4, r.stderr[-3000:]
+  assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr[-3000:]
+  err = _error_lines(r.stderr)
+  assert len(err) == 1 and err[0].startswith(f"error: no readable checkpoint in {w / 'checkpoints'}"), err
+  assert "step 10: " in err[0] and "step 5: " in err[0]
+  assert _digest(w) == before
+
+
+@pytest.mark.parametrize("overrides,keys", [
+    (("--config.model.activation=relu", "--config.model.attn_scale=one"),                                # F6
+     "model.activation ('gelu_tanh' → 'relu'), model.attn_scale ('default' → 'one')"),
+    (("--config.model.d_model=128",), "model.d_model (64 → 128)"),                                       # F7
+    (("--config.data.val_documents=3", "--config.train.allow_changes=True"), "data.val_documents (2 → 3)"),
+])
+def test_resume_with_another_config_is_refused_and_writes_nothing(trained, tmp_path, overrides, keys):
+  w = _copy(trained, tmp_path)
+  before = _digest(w)
+  r = _run(w, *TEN, *overrides)
+  assert r.returncode == 2, r.stderr[-3000:]
+  assert "Traceback" not in r.stderr
+  err = _error_lines(r.stderr)
+  assert len(err) == 1 and f"cannot change on resume: {keys}." in err[0], err
+  assert _digest(w) == before                             # config.json and run.json still the run's own
+
+
+def test_state_preserving_changes_resume_only_with_the_flag(trained, tmp_path):
+  w = _copy(trained, tmp_path)
+  before = _digest(w)
+  r = _run(w, "--config.train.steps=12", "--config.train.checkpoint_every=5", "--config.optim.lr=1e-3")
+  assert r.returncode == 2
+  assert _error_lines(r.stderr) == [f"error: workdir {w} holds a run with another config: optim.lr (0.003 → 0.001); "
+                                    "rerun with --config.train.allow_changes=True to continue it with these values"]
+  assert _digest(w) == before
+  r = _run(w, "--config.train.steps=12", "--config.train.checkpoint_every=5", "--config.optim.lr=1e-3",
+           "--config.train.allow_changes=True")
+  assert r.returncode == 0, r.stderr[-3000:]
+  start = [row for row in read_metrics(w) if row.get("event") == "start"][-1]
+  assert start["resumed_from"] == 10
+  assert start["config_changes"] == {"optim.lr": [0.003, 0.001], "train.allow_changes": [False, True],
+                                     "train.steps": [10, 12]}
+  assert json.loads((w / "config.json").read_text())["optim"]["lr"] == 0.001     # the record follows
+
+
+def test_non_finite_loss_ends_with_one_line_saying_what_is_on_disk(tmp_path):
+  """F8: status 3, no traceback, and no "last good checkpoint" where none was saved."""
+  w = tmp_path / "w"
+  r = _run(w, "--config.optim.lr=1e6", "--config.train.checkpoint_every=1000", "--config.train.eval_every=0")
+  assert r.returncode == 3, r.stderr[-3000:]
+  assert "Traceback" not in r.stderr
+  err = _error_lines(r.stderr)
+  assert len(err) == 1 and err[0].startswith("error: non-finite loss or gradient at step "), err
+  assert err[0].endswith(f"no checkpoint on disk in {w / 'checkpoints'} (none was saved before this step)")
+  assert "last good" not in r.stderr
+  assert not (w / "checkpoints").exists() or not any((w / "checkpoints").iterdir())
+
+
+def test_metrics_are_rewritten_from_the_resumed_step(trained, tmp_path):
+  """F10: a run that logged steps 6..10 but whose checkpoint 10 never reached the disk (killed during the
+  save) resumes at 5; metrics.jsonl then holds each step once, the later ones from the resumed run."""
+  w = _copy(trained, tmp_path)
+  shutil.rmtree(w / "checkpoints" / "10")
+  old = {row["step"]: row["time"] for row in _rows(w)}
+  r = _run(w, *TEN)
+  assert r.returncode == 0, r.stderr[-3000:]
+  rows = _rows(w)
+  assert [row["step"] for row in rows] == list(range(1, 11))
+  assert all(row["time"] == old[row["step"]] for row in rows if row["step"] <= 5)
+  assert all(row["time"] > old[10] for row in rows if row["step"] > 5)
+  evals = [row["step"] for row in read_metrics(w) if "eval/loss" in row]
+  assert evals == [10]
 
 
 def test_sigterm_saves_one_checkpoint_at_the_stop_step(tmp_path):

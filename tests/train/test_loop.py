@@ -34,7 +34,8 @@ class PoisonedTask(lm.LMTask):
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, devices8):
   cfg = _cfg(steps=6, checkpoint_every=2)
-  with pytest.raises(loop.NonFiniteLoss, match="non-finite loss or gradient at step 3"):
+  with pytest.raises(loop.NonFiniteLoss, match="non-finite loss or gradient at step 3 .* training stopped; "
+                                               "the newest checkpoint on disk is step 2"):
     loop.train(cfg, tmp_path, PoisonedTask(cfg))
   ck = checkpoint.Checkpointer(checkpoint.checkpoint_dir(tmp_path))
   assert ck.all_steps() == [2]
@@ -143,3 +144,57 @@ def test_separate_validation_file(tmp_path):
   assert len(task.train_stream.windows.tokens) == sum(len(d["text"]) + 1 for d in docs)
   b = task.eval_set.batch(0)
   assert set(np.unique(b["inputs"])) <= {256, ord("a"), ord("b"), ord("c"), ord(" ")}
+
+
+def test_mfu_never_above_100_percent_when_the_start_up_peak_was_under_measured(tmp_path, devices8, monkeypatch):
+  """F11: a CPU peak measured while other work loaded the cores (here: 1 MFLOP/s) must not give MFU
+  above 100 %: the rates that the steps reach raise the peak."""
+  from superpose.train import flops
+  monkeypatch.setattr(flops, "device_peak_flops", lambda device=None: (1e6, "measured f32 matmul peak (busy)"))
+  cfg = _cfg(steps=6)
+  res = loop.train(cfg, tmp_path, lm.LMTask(cfg))
+  mfus = [r["perf/mfu"] for r in read_metrics(tmp_path) if "perf/mfu" in r]
+  assert mfus and all(0 < m <= 1.0 for m in mfus), mfus
+  assert 0 < res.mfu <= 1.0
+
+
+def test_peak_is_the_best_of_start_up_and_later_measurements(monkeypatch):
+  from superpose.train import flops
+  monkeypatch.setattr(flops, "device_peak_flops", lambda device=None: (1e9, "measured f32 matmul peak"))
+  rates = iter([5e9, 2e9])
+  monkeypatch.setattr(flops, "measure_cpu_peak", lambda *a, **k: next(rates))
+  monkeypatch.setattr(flops.jax, "local_device_count", lambda: 1)
+  peak = flops.Peak(num_devices=1, remeasure_every_s=0)
+  assert peak.mfu(5e8) == 0.5
+  peak.remeasure()                       # 5e9 measured later: the start-up figure was low
+  assert peak.total == 5e9
+  peak.remeasure()                       # a lower later figure never lowers it
+  assert peak.total == 5e9
+  assert peak.mfu(1e10) == 1.0 and peak.total == 1e10
+  monkeypatch.setattr(flops, "device_peak_flops", lambda device=None: (989e12, "NVIDIA H100 bf16 dense peak"))
+  table = flops.Peak(num_devices=8, remeasure_every_s=0)
+  table.remeasure()                      # a chip of the table is never measured
+  assert table.total == 8 * 989e12 and table.mfu(989e12) == 0.125
+
+
+def test_metrics_of_steps_after_the_restart_point_are_dropped(tmp_path, devices8):
+  """F10 (the writer): a run that got to step 7 but resumes from checkpoint 5 rewrites metrics.jsonl
+  without steps 6 and 7 (and a torn last line), so every step appears once."""
+  from superpose.train.metrics import MetricWriter
+  w = MetricWriter(tmp_path, tensorboard=False)
+  w.write(0, {"event": "start", "resumed_from": -1})
+  for step in range(1, 8):
+    w.write(step, {"loss": float(step)})
+  w.write(5, {"eval/loss": 1.0})
+  w.close()
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 8, "lo')                 # killed mid-line
+  w = MetricWriter(tmp_path, tensorboard=False, start_step=5)
+  w.write(5, {"event": "start", "resumed_from": 5})
+  for step in (6, 7):
+    w.write(step, {"loss": -float(step)})
+  w.close()
+  rows = read_metrics(tmp_path)
+  assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6, 7]
+  assert [r["loss"] for r in rows if r["step"] in (6, 7) and "loss" in r] == [-6.0, -7.0]
+  assert [r["resumed_from"] for r in rows if r.get("event") == "start"] == [-1, 5]

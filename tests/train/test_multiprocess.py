@@ -18,6 +18,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from superpose.train import checkpoint
 from superpose.train.loop import RECORD_BATCHES_ENV
@@ -194,6 +195,40 @@ def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path):
   stop = int(stops[0][0])
   assert _steps(w) == [stop]
   assert max(_losses(w)) == stop and 3 <= stop < 1000
+
+
+@pytest.mark.slow
+def test_a_dead_peer_ends_the_others_with_one_line(tmp_path):
+  """kill -9 of process 1: process 0, waiting in a collective, notices within config.peer_timeout_s that
+  its peer shows no sign of life and exits with status 5 and one line naming the newest checkpoint
+  (instead of jax's abort with a C++ stack trace after the 100 s heartbeat timeout)."""
+  w = tmp_path / "w"
+  err_path = tmp_path / "launcher.err"
+  with open(err_path, "w") as err:
+    proc = _start(w, "--config.train.steps=100000", "--config.train.checkpoint_every=3",
+                  "--config.train.eval_every=0", "--config.peer_timeout_s=10", stderr=err)
+  try:
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and max(_losses(w), default=0) < 5:
+      time.sleep(0.05)
+    assert proc.poll() is None, err_path.read_text()[-3000:] + _logs(w)
+    pids = re.search(r"\(pids (\d+) (\d+)\)", err_path.read_text())
+    os.kill(int(pids.group(2)), signal.SIGKILL)
+    t0 = time.time()
+    rc, _ = _finish(proc, timeout=180)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  err = err_path.read_text()
+  assert rc == 137, err[-3000:]                            # the launcher reports the first failure: the kill
+  assert "process 0 exited with status 5" in err, err[-3000:] + _logs(w)
+  assert time.time() - t0 < 60                            # not jax's 100 s heartbeat
+  last = (w / "logs" / "process_0.log").read_text().strip().splitlines()[-1]
+  newest = _steps(w)[-1]
+  assert re.fullmatch(re.escape("error: process 0: process 1 of 2 has shown no sign of life for ") + r"1\d s"
+                      + re.escape(f" (dead or hung), so this process stops; the newest checkpoint on disk is step "
+                                  f"{newest} ({w / 'checkpoints'}); rerun every process to resume"), last), last
+  assert "Traceback" not in (w / "logs" / "process_0.log").read_text()
 
 
 # --- the launcher's own mechanics, with a stand-in interpreter (no JAX): fast.

@@ -7,6 +7,11 @@ directory holds one orbax item per part, so that ``params`` can be read alone (`
                               /opt_state  optimizer state
                               /extra      every other top-level entry of the state (``step``, ...)
                               /meta       JSON: the step, the data position, anything json-able
+                              /checksums  JSON: a content checksum, shape and dtype of every array above
+
+Restore reads the arrays and checks them against ``checksums`` (superpose.train.integrity): a step whose
+files changed after the save (a flipped bit, a torn copy) is skipped like an unreadable one, with the
+reason logged, and the previous step is used. A step saved before checksums existed is read unverified.
 
 orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames it when every item is committed,
 so a process killed mid-save leaves only a tmp folder, which step listing ignores and the next writer
@@ -20,6 +25,7 @@ import logging
 import os
 import pathlib
 import signal
+import sys
 import threading
 from typing import Any, Callable, Iterable
 
@@ -30,16 +36,24 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import AbstractMesh, NamedSharding
 
-from superpose.train import state as state_lib
+from superpose.train import integrity, state as state_lib
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SUBDIR = "checkpoints"
-PARAMS, OPT_STATE, EXTRA, META = "params", "opt_state", "extra", "meta"
+PARAMS, OPT_STATE, EXTRA, META, CHECKSUMS = "params", "opt_state", "extra", "meta", "checksums"
 
 
 class CheckpointError(RuntimeError):
   """No checkpoint of a directory could be read."""
+
+
+class CheckpointMismatch(CheckpointError):
+  """A checkpoint holds arrays of other shapes than the restore target (another model or optimizer)."""
+
+
+class CorruptCheckpoint(CheckpointError):
+  """A step's arrays read back with other contents than were saved."""
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> pathlib.Path:
@@ -59,10 +73,12 @@ class _DropOrbaxInfo(logging.Filter):
 
 
 _ORBAX_FILTER = _DropOrbaxInfo()
+_VERBOSE = [False]
 
 
 def set_orbax_verbose(verbose: bool) -> None:
-  """Show (True) or hide (False, the default) orbax's records below WARNING."""
+  """Show (True) or hide (False, the default) orbax's records below WARNING and its echoes of failed reads."""
+  _VERBOSE[0] = verbose
   for name in ("absl", ""):  # most of orbax logs through absl, a few modules through the root logger
     logger = logging.getLogger(name)
     if verbose:
@@ -72,6 +88,29 @@ def set_orbax_verbose(verbose: bool) -> None:
 
 
 set_orbax_verbose(False)
+
+
+# orbax stops reading a step at the first failed chunk; tensorstore finishes the other reads later and
+# reports each to orbax's closed event loop ("Event loop is closed"), and the reads' coroutines raise
+# their own errors again when they are collected, each a traceback through sys.unraisablehook. The
+# failure itself is logged once by ``restore``; these echoes are dropped (shown with verbose logging).
+_previous_unraisablehook = sys.unraisablehook
+
+
+def _is_read_echo(unraisable) -> bool:
+  exc, obj = unraisable.exc_value, unraisable.object
+  if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+    return True
+  code = getattr(obj, "cr_code", None)   # a coroutine of orbax's
+  return code is not None and code.co_filename.startswith(_ORBAX_DIR)
+
+
+def _drop_closed_loop_echo(unraisable) -> None:
+  if _VERBOSE[0] or not _is_read_echo(unraisable):
+    _previous_unraisablehook(unraisable)
+
+
+sys.unraisablehook = _drop_closed_loop_echo
 
 
 # --- state <-> orbax items
@@ -105,9 +144,14 @@ def _check_target(target: Any) -> None:
 
 
 def _short(err: BaseException) -> str:
-  # tensorstore errors carry a whole JSON spec; the first line names the failure.
+  # orbax wraps tensorstore's error (which names the file and the failure) in one that prints the whole
+  # TensorStore spec: report the innermost error's first line.
+  seen = {id(err)}
+  while (err.__cause__ or err.__context__) is not None and id(err.__cause__ or err.__context__) not in seen:
+    err = err.__cause__ or err.__context__
+    seen.add(id(err))
   text = str(err).strip().splitlines()
-  return f"{type(err).__name__}: {text[0][:300] if text else ''}"
+  return f"{type(err).__name__}: {text[0].split(' See full TensorStore details')[0][:300] if text else ''}"
 
 
 def _all_processes(ok: bool) -> bool:
@@ -128,13 +172,16 @@ class Checkpointer:
 
   ``save_interval_steps``: when set, ``save`` skips steps that are not a multiple of it unless
   ``force``; when None, every call saves. ``read_only``: never writes nor cleans up (for readers of
-  a directory that a live run may be writing). Every process of a multi-process job calls every method.
+  a directory that a live run may be writing). ``checksums``: write content checksums with each step
+  and verify them on restore (False only to measure what they cost). Every process of a multi-process
+  job calls every method.
   """
 
   def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 3, async_save: bool = True,
-               save_interval_steps: int | None = None, read_only: bool = False):
+               save_interval_steps: int | None = None, read_only: bool = False, checksums: bool = True):
     self.directory = pathlib.Path(directory).absolute()
     self._interval = save_interval_steps
+    self._checksums = checksums
     self._read_only = read_only
     self._last_saved: int | None = None
     self._unreadable: set[int] = set()  # newer steps skipped by the last restore
@@ -182,8 +229,12 @@ class Checkpointer:
       raise ValueError(f"cannot save step {step} in {self.directory}: it already holds step {latest}. "
                        "Resume from the newest step or use a new workdir.")
     # a part without arrays (optax.sgd's EmptyStates) is rebuilt from the restore target instead
-    args = {k: ocp.args.StandardSave(v) for k, v in _to_items(state).items() if jax.tree.leaves(v)}
-    self._manager.save(step, args=ocp.args.Composite(**args, **{META: ocp.args.JsonSave(meta)}), force=True)
+    items = {k: v for k, v in _to_items(state).items() if jax.tree.leaves(v)}
+    args = {k: ocp.args.StandardSave(v) for k, v in items.items()}
+    args[META] = ocp.args.JsonSave(meta)
+    if self._checksums:  # computed where the arrays live, before the caller may donate them
+      args[CHECKSUMS] = ocp.args.JsonSave(integrity.checksums(items))
+    self._manager.save(step, args=ocp.args.Composite(**args), force=True)
     self._last_saved = step
     return True
 
@@ -218,6 +269,9 @@ class Checkpointer:
         state, meta = self._restore_step(s, target)
       except Exception as e:  # noqa: BLE001 - any failure to read makes the step unreadable
         error = e
+      if _any_process(isinstance(error, CheckpointMismatch)):  # another model: older steps will not fit either
+        raise error if isinstance(error, CheckpointMismatch) else CheckpointMismatch(
+            f"checkpoint step {s} in {self.directory} does not fit the restore target (seen by another process)")
       if _all_processes(error is None):
         self._unreadable = {f for f, _ in failures}
         return s, state, meta
@@ -227,14 +281,37 @@ class Checkpointer:
       log.warning("checkpoint step %d in %s is unreadable (%s); falling back to an older step",
                   s, self.directory, reason)
       failures.append((s, reason))
-    raise CheckpointError(f"no readable checkpoint in {self.directory}: "
+    raise CheckpointError(f"no readable checkpoint in {self.directory} (left as it is): "
                           + "; ".join(f"step {s}: {r}" for s, r in failures))
 
   def _restore_step(self, step: int, target: dict[str, Any]) -> tuple[dict[str, Any], dict]:
     items = _to_items(target)
-    args = {k: ocp.args.StandardRestore(v) for k, v in items.items() if jax.tree.leaves(v)}
+    arrays = {k: v for k, v in items.items() if jax.tree.leaves(v)}
+    saved = self._saved_checksums(step)
+    if saved is not None:
+      wrong = integrity.shape_mismatches(arrays, saved)
+      if wrong:
+        raise CheckpointMismatch(f"checkpoint step {step} in {self.directory} holds arrays of other shapes than "
+                                 f"this run's model and optimizer build: {wrong[0]}"
+                                 + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""))
+    args = {k: ocp.args.StandardRestore(v) for k, v in arrays.items()}
     restored = self._manager.restore(step, args=ocp.args.Composite(**args, **{META: ocp.args.JsonRestore()}))
+    if saved is not None:
+      bad = integrity.mismatches({k: restored[k] for k in args}, saved)
+      if bad:
+        raise CorruptCheckpoint(f"content checksum mismatch in {bad[0]}"
+                                + (f" and {len(bad) - 1} more arrays" if len(bad) > 1 else "")
+                                + ": its files changed after the save")
+    elif self._checksums:
+      log.warning("checkpoint step %d in %s has no checksums (saved by an older version); read unverified",
+                  step, self.directory)
     return _from_items({k: restored[k] if k in args else v for k, v in items.items()}), dict(restored[META])
+
+  def _saved_checksums(self, step: int) -> dict | None:
+    if not self._checksums or not (self.directory / str(step) / CHECKSUMS).is_dir():
+      return None
+    return dict(self._manager.restore(step, args=ocp.args.Composite(
+        **{CHECKSUMS: ocp.args.JsonRestore()}))[CHECKSUMS])
 
   # -- lifetime
 
@@ -250,6 +327,15 @@ class Checkpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def steps_on_disk(directory: str | os.PathLike) -> list[int]:
+  """The finalised steps in a checkpoint directory, oldest first, read from the file system alone (no
+  orbax, no collective: safe from any thread, e.g. to say what is on disk when a run ends badly)."""
+  try:
+    return sorted(int(p.name) for p in pathlib.Path(directory).iterdir() if p.name.isdigit() and p.is_dir())
+  except OSError:
+    return []
 
 
 def _resolve(path: pathlib.Path) -> tuple[pathlib.Path, int | None]:

@@ -1,18 +1,24 @@
 """The shared config schema (every knob a trainer reads) and its validation before anything compiles.
 
 Project configs start from :func:`base_config` and change values; a key that is not in the schema is
-an error (``ConfigError``, one line), as is an override with a wrong type (ml_collections).
+an error (``ConfigError``, one line), as is an override with a wrong type (ml_collections), a value
+outside its key's domain (:data:`DOMAINS`, checked by :func:`check_train`) and a batch that the
+data-parallel devices do not divide (:func:`check_batch`).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+import re
+from typing import Any, Callable, Mapping
 
 import ml_collections
 from ml_collections import config_dict
 
 from superpose.nn import config as nn_config
 from superpose.nn.sharding import DEFAULT_RULES
+from superpose.train.optim import SCHEDULES
+
+MESH_AXES = ("data", "fsdp", "tensor")
 
 
 class ConfigError(ValueError):
@@ -49,6 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
       # Multi-process runs agree on a SIGTERM stop step by an all-gather every this many steps (a host
       # sync); one process checks its flag every step at no cost.
       "preemption_check_every": 10,
+      # A resumed run may change the keys of superpose.train.workdir.SAFE_ON_RESUME (lr, schedule, ...)
+      # only with this set; keys that define the run (model, data, batch, ...) never change.
+      "allow_changes": False,
   })
   c.mesh = ml_collections.ConfigDict({
       "ici": (-1, 1, 1),          # (data, fsdp, tensor) within a slice; one -1 is filled in
@@ -56,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
   })
   c.sharding = ml_collections.ConfigDict({"rules": tuple((k, v) for k, v in DEFAULT_RULES)})
   c.distributed = "auto"          # 'auto' | 'true' | 'false': jax.distributed.initialize()
+  # Multi-process: a process whose peer has not shown a sign of life for this long stops with one line
+  # (exit status 5) instead of waiting in a collective; below jax.distributed's 100 s heartbeat timeout.
+  c.peer_timeout_s = 30.0
   return c
 
 
@@ -90,6 +102,138 @@ def check_schema(config: Mapping, extra_sections: Mapping | None = None) -> None
   _check_keys(config, ref, "config.")
 
 
+# --- value domains
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+  return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _int_at_least(lo: int) -> tuple[Callable[[Any], bool], str]:
+  return (lambda v: _is_int(v) and v >= lo), f"an integer ≥ {lo}"
+
+
+def _number(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False):
+  def ok(v):
+    return _is_num(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+  left, right = "(" if lo_open else "[", ")" if hi_open or hi == math.inf else "]"
+  text = (f"a number > {lo:g}" if lo_open else f"a number ≥ {lo:g}") if hi == math.inf else \
+      f"a number in {left}{lo:g}, {hi:g}{right}"
+  return ok, text
+
+
+def _regex(v) -> bool:
+  try:
+    re.compile(v)
+  except (re.error, TypeError):
+    return False
+  return True
+
+
+def _mesh_sizes(v) -> bool:
+  sizes = tuple(v) if isinstance(v, (tuple, list)) else ()
+  return (len(sizes) == 3 and all(_is_int(s) and (s >= 1 or s == -1) for s in sizes)
+          and sizes.count(-1) <= 1)
+
+
+def _group(g) -> bool:
+  if not isinstance(g, Mapping) or not isinstance(g.get("pattern"), str) or not _regex(g["pattern"]):
+    return False
+  if set(g) - {"pattern", "lr", "weight_decay", "clip_norm"}:
+    return False
+  return ((g.get("lr") is None or (_is_num(g["lr"]) and g["lr"] > 0))
+          and (g.get("weight_decay") is None or (_is_num(g["weight_decay"]) and g["weight_decay"] >= 0))
+          and (g.get("clip_norm") is None or (_is_num(g["clip_norm"]) and g["clip_norm"] >= 0)))
+
+
+def _rule(r) -> bool:
+  if not isinstance(r, (tuple, list)) or len(r) != 2 or not isinstance(r[0], str):
+    return False
+  axes = r[1]
+  if axes is None:
+    return True
+  axes = (axes,) if isinstance(axes, str) else axes
+  return isinstance(axes, (tuple, list)) and all(a in MESH_AXES for a in axes)
+
+
+# Every key of the shared schema whose values are restricted, with what it must be. The model section
+# is checked by superpose.nn's TransformerConfig (every field with a domain); tokenizer names by the
+# trainer (projects register their own).
+DOMAINS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": _int_at_least(0),
+    "distributed": (lambda v: str(v).lower() in ("auto", "true", "false"), "'auto', 'true' or 'false'"),
+    "peer_timeout_s": _number(1, 60),
+    "data.val_documents": _int_at_least(0),
+    "optim.name": (lambda v: v == "adamw", "'adamw' (the only optimizer)"),
+    "optim.lr": _number(0, lo_open=True),
+    "optim.schedule": (lambda v: v in SCHEDULES, "one of " + ", ".join(SCHEDULES)),
+    "optim.warmup_steps": _int_at_least(0),
+    "optim.decay_fraction": _number(0, 1),
+    "optim.min_lr_ratio": _number(0, 1),
+    "optim.b1": _number(0, 1, hi_open=True),
+    "optim.b2": _number(0, 1, hi_open=True),
+    "optim.eps": _number(0, lo_open=True),
+    "optim.weight_decay": _number(0),
+    "optim.clip_norm": _number(0),
+    "optim.groups": (lambda v: isinstance(v, (tuple, list)) and all(_group(g) for g in v),
+                     "a list of {pattern: regex, lr > 0, weight_decay ≥ 0, clip_norm ≥ 0}"),
+    "optim.frozen": (lambda v: isinstance(v, (tuple, list)) and all(_regex(p) for p in v),
+                     "a list of regular expressions"),
+    "train.steps": _int_at_least(1),
+    "train.batch_size": _int_at_least(1),
+    "train.seq_len": _int_at_least(1),
+    "train.accum_steps": _int_at_least(1),
+    "train.z_loss": _number(0),
+    "train.eval_every": _int_at_least(0),
+    "train.eval_batches": _int_at_least(0),
+    "train.log_every": _int_at_least(0),
+    "train.checkpoint_every": _int_at_least(0),
+    "train.keep_checkpoints": _int_at_least(1),
+    "train.profile_steps": (lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(s) for s in v)
+                            and 0 <= v[0] <= v[1], "(first, last) with 0 ≤ first ≤ last ((0, 0) = off)"),
+    "train.preemption_check_every": _int_at_least(1),
+    "mesh.ici": (_mesh_sizes, "3 sizes (data, fsdp, tensor), each ≥ 1 or one -1"),
+    "mesh.dcn": (_mesh_sizes, "3 sizes (data, fsdp, tensor), each ≥ 1 or one -1"),
+    "sharding.rules": (lambda v: isinstance(v, (tuple, list)) and all(_rule(r) for r in v),
+                       "(logical name, mesh axis | (mesh axes) | None) pairs over " + ", ".join(MESH_AXES)),
+}
+
+_MISSING = object()
+
+
+def get_key(config: Mapping, key: str, default: Any = _MISSING) -> Any:
+  """``config['a']['b']`` for ``key='a.b'``."""
+  value: Any = config
+  for part in key.split("."):
+    if not isinstance(value, Mapping) or part not in value:
+      if default is _MISSING:
+        raise KeyError(key)
+      return default
+    value = value[part]
+  return value
+
+
+def check_values(config: Mapping) -> None:
+  """Every value of :data:`DOMAINS` present in ``config`` inside its domain, else ConfigError."""
+  for key, (ok, what) in DOMAINS.items():
+    value = get_key(config, key, _MISSING)
+    if value is not _MISSING and not ok(value):
+      raise ConfigError(f"config.{key}={value!r}: must be {what}")
+
+
+def _check_model(config: Mapping) -> None:
+  model = config.get("model")
+  # Only a plain model_section (project sections of other shapes are built by their trainer).
+  if isinstance(model, Mapping) and set(model) <= {"preset", *nn_config.FIELDS}:
+    try:
+      nn_config.from_dict(model)
+    except (TypeError, ValueError) as e:
+      raise ConfigError(" ".join(str(e).split())) from None
+
+
 def check_mesh(config: Mapping, num_devices: int) -> None:
   ici, dcn = tuple(config["mesh"]["ici"]), tuple(config["mesh"]["dcn"])
   if len(ici) != 3 or len(dcn) != 3:
@@ -100,16 +244,45 @@ def check_mesh(config: Mapping, num_devices: int) -> None:
                       f"devices, but {num_devices} are available")
 
 
+def mesh_sizes(config: Mapping, num_devices: int) -> dict[str, int]:
+  """The size of each mesh axis (ici × dcn, the -1s filled in) for ``num_devices``."""
+  from superpose.train.mesh import fill_axes
+  ici, dcn = tuple(config["mesh"]["ici"]), tuple(config["mesh"]["dcn"])
+  if -1 not in dcn:
+    slices = math.prod(dcn)
+  else:  # as many slices as the known ici sizes leave
+    slices = num_devices // math.prod(ici) if -1 not in ici else 1
+  dcn = fill_axes(dcn, slices, "config.mesh.dcn")
+  ici = fill_axes(ici, num_devices // math.prod(dcn), "config.mesh.ici")
+  return {a: i * d for a, i, d in zip(MESH_AXES, ici, dcn)}
+
+
+def check_batch(config: Mapping, num_devices: int, num_processes: int = 1) -> None:
+  """The global batch splits evenly over the processes and the mesh axes that the 'batch' rule
+  names (else each device would compute a replicated copy of the whole batch)."""
+  config = to_dict(config)
+  batch = config["train"]["batch_size"]
+  if batch % num_processes:
+    raise ConfigError(f"config.train.batch_size={batch} is not divisible by the {num_processes} processes")
+  sizes = mesh_sizes(config, num_devices)
+  axes = next((a for k, a in config["sharding"]["rules"] if k == "batch"), None)
+  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  parallel = math.prod(sizes[a] for a in axes if a in sizes)
+  if batch % parallel:
+    raise ConfigError(f"config.train.batch_size={batch} is not divisible by the data-parallel size {parallel} "
+                      f"({' × '.join(f'{a} {sizes[a]}' for a in axes if sizes.get(a, 1) > 1)}): pick a multiple of "
+                      f"{parallel} or change config.mesh")
+
+
 def check_train(config: Mapping) -> None:
+  """Every value in its domain (:data:`DOMAINS`, the model section) and the keys that depend on each other."""
+  config = to_dict(config)
+  check_values(config)
   t = config["train"]
-  if t["steps"] < 1:
-    raise ConfigError(f"config.train.steps must be ≥ 1, got {t['steps']}")
   if t["batch_size"] % t["accum_steps"]:
     raise ConfigError(f"config.train.batch_size={t['batch_size']} is not divisible by "
                       f"accum_steps={t['accum_steps']}")
-  for k in ("eval_every", "log_every", "checkpoint_every"):
-    if t[k] < 0:
-      raise ConfigError(f"config.train.{k} must be ≥ 0 (0 = off), got {t[k]}")
+  _check_model(config)
 
 
 def to_dict(config: Any) -> dict:

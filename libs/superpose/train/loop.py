@@ -25,7 +25,7 @@ from superpose.train import checkpoint as ckpt_lib
 from superpose.train import config as config_lib
 from superpose.train import flops as flops_lib
 from superpose.train import metrics as metrics_lib
-from superpose.train import optim, state as state_lib, step as step_lib
+from superpose.train import optim, peers, state as state_lib, step as step_lib, workdir as workdir_lib
 from superpose.train.batch_record import RECORD_BATCHES_ENV, BatchRecorder
 from superpose.train.mesh import make_mesh
 
@@ -113,115 +113,163 @@ def evaluate(eval_fn, params, eval_set: EvalSet, shardings, pidx: int, pcount: i
   return out
 
 
+def _on_disk(directory) -> str:
+  """What a run that ends badly leaves to resume from (read from the file system, true when it is said)."""
+  steps = ckpt_lib.steps_on_disk(directory)
+  if not steps:
+    return f"no checkpoint on disk in {directory}"
+  return f"the newest checkpoint on disk is step {steps[-1]} ({directory})"
+
+
 def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
   cfg = config_lib.to_dict(config)
   t = cfg["train"]
   workdir = pathlib.Path(workdir)
   pidx, pcount = jax.process_index(), jax.process_count()
+  # Nothing is written to the workdir before the run is accepted: a usable directory, a config that may
+  # continue the one recorded there, and a state created or restored.
+  workdir_lib.check_writable(workdir)
+  changes = workdir_lib.check_resume(workdir, cfg)
+  for key, (old, new, kind) in changes.items():
+    log.log(logging.WARNING if kind == "safe" else logging.INFO, "config change on resume: %s %r → %r", key, old, new)
   config_lib.check_mesh(cfg, jax.device_count())
   mesh = make_mesh(cfg["mesh"]["ici"], cfg["mesh"]["dcn"])
   rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in cfg["sharding"]["rules"])
-  metrics_lib.write_run_metadata(workdir, cfg, mesh)
-  writer = metrics_lib.MetricWriter(workdir)
+  ckpt_dir = ckpt_lib.checkpoint_dir(workdir)
   guard = ckpt_lib.PreemptionGuard(sync_every=t["preemption_check_every"])
-  checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), max_to_keep=t["keep_checkpoints"],
-                                       async_save=t["async_checkpoint"])
-  with jax.set_mesh(mesh), shd.axis_rules(rules):
-    graphdef, abs_params, _ = state_lib.split_model(task.make_model, mesh)
-    tx, lr_schedule = optim.make_optimizer(cfg["optim"], abs_params, t["steps"])
-    resumed_from = checkpointer.latest_step()
-    if resumed_from is None:
-      params = None
-      if t["init_from"]:
-        params = ckpt_lib.load_params(t["init_from"], abs_params)
-        log.info("init_from: loaded parameters from %s", t["init_from"])
-      elif hasattr(task, "initial_params"):  # e.g. frozen experts loaded from other runs
-        params = task.initial_params(abs_params)
-      state, state_sh = state_lib.create(task.make_model, tx, abs_params, mesh, params=params)
-    else:
-      abstract = state_lib.abstract_state(tx, abs_params, mesh)
-      state_sh = jax.tree.map(lambda a: a.sharding, abstract)
-      resumed_from, state, _ = checkpointer.restore(abstract)
-      log.info("resumed from checkpoint step %d", resumed_from)
-    start = int(jax.device_get(state["step"]))
-    writer.write(start, {"event": "start", "resumed_from": resumed_from if resumed_from is not None else -1})
+  checkpointer = writer = None
+  try:
+    with jax.set_mesh(mesh), shd.axis_rules(rules):
+      graphdef, abs_params, _ = state_lib.split_model(task.make_model, mesh)
+      tx, lr_schedule = optim.make_optimizer(cfg["optim"], abs_params, t["steps"])
+      checkpointer = ckpt_lib.Checkpointer(ckpt_dir, max_to_keep=t["keep_checkpoints"],
+                                           async_save=t["async_checkpoint"])
+      resumed_from = checkpointer.latest_step()
+      if resumed_from is None:
+        params = None
+        if t["init_from"]:
+          params = ckpt_lib.load_params(t["init_from"], abs_params)
+          log.info("init_from: loaded parameters from %s", t["init_from"])
+        elif hasattr(task, "initial_params"):  # e.g. frozen experts loaded from other runs
+          params = task.initial_params(abs_params)
+        state, state_sh = state_lib.create(task.make_model, tx, abs_params, mesh, params=params)
+      else:
+        abstract = state_lib.abstract_state(tx, abs_params, mesh)
+        state_sh = jax.tree.map(lambda a: a.sharding, abstract)
+        resumed_from, state, _ = checkpointer.restore(abstract)
+        log.info("resumed from checkpoint step %d", resumed_from)
+      start = int(jax.device_get(state["step"]))
 
-    example = task.train_batch(start + 1, pidx, pcount)
-    batch_sh = _batch_shardings(task, example, mesh, pcount)
-    train_step = step_lib.jit_train_step(step_lib.make_train_step(graphdef, task.loss, tx, t["accum_steps"]),
-                                         state_sh, batch_sh)
-    eval_sh = (_batch_shardings(task, task.eval_set.batch(0, pidx, pcount), mesh, pcount)
-               if task.eval_set is not None else None)
-    eval_fn = jax.jit(step_lib.make_eval_step(graphdef, task.loss), in_shardings=(state_sh["params"], eval_sh))
-    peak, peak_src = flops_lib.device_peak_flops()
-    peak_total = peak * jax.device_count()
-    log.info("mesh %s; %d parameters; FLOPs/step %.3g; peak %.3g FLOP/s (%s)", dict(mesh.shape),
-             sum(math.prod(a.shape) for a in jax.tree.leaves(abs_params)), task.flops_per_step, peak_total,
-             peak_src)
-
-    reporter = _Reporter(writer, _progress(t, start, pidx), t, lr_schedule, task, peak_total)
-    recorder = BatchRecorder(workdir, pidx, pcount) if os.environ.get(RECORD_BATCHES_ENV) else None
-    # Processes that share a host (and so a hostname) would overwrite each other's trace files.
-    profile_dir = workdir / "profile" if pcount == 1 else workdir / "profile" / f"process_{pidx}"
-    pending = None
-    last_eval: dict[str, float] = {}
-    profiling = False
-    p_first, p_last = tuple(t["profile_steps"])
-    try:
-      for step in range(start + 1, t["steps"] + 1):
-        if p_last and step == p_first:
-          jax.profiler.start_trace(str(profile_dir))
-          profiling = True
-        host = example if step == start + 1 else task.train_batch(step, pidx, pcount)
-        if recorder is not None:
-          recorder.record(step, host, batch_sh)
-        batch = _global_batch(host, batch_sh, pcount)
-        with jax.profiler.StepTraceAnnotation("train", step_num=step):
-          state, metrics = train_step(state, batch)
-        # Fetch the metrics of the previous step only now, so the host never waits on the device.
-        reporter.report(pending)
-        pending = (step, metrics, step_lib.hash_batch(host) if t["log_batch_hash"] else None)
-        if profiling and step == p_last:
-          jax.block_until_ready(state)
-          jax.profiler.stop_trace()
-          profiling = False
-          log.info("profiler trace of steps %d..%d written to %s", p_first, p_last, profile_dir)
-        stop = guard.should_stop(step)
-        is_last = step == t["steps"]
-        if task.eval_set is not None and t["eval_every"] and (step % t["eval_every"] == 0 or is_last or stop):
-          reporter.report(pending)
-          pending = None
-          last_eval = evaluate(eval_fn, state["params"], task.eval_set, eval_sh, pidx, pcount)
-          writer.write(step, last_eval)
-          reporter.print(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
-          reporter.interrupted()
-        if (t["checkpoint_every"] and step % t["checkpoint_every"] == 0) or is_last or stop:
-          reporter.report(pending)
-          pending = None
-          checkpointer.save(step, state, meta={"step": step, "seed": cfg["seed"], "next_step": step + 1},
-                            force=True)
-          reporter.interrupted()
-        if stop:
-          log.warning("stopping at step %d on SIGTERM; checkpoint saved", step)
-          break
-      reporter.report(pending)
-      if start >= t["steps"] and task.eval_set is not None:  # a finished run, rerun: evaluate it again
-        last_eval = evaluate(eval_fn, state["params"], task.eval_set, eval_sh, pidx, pcount)
-        reporter.print(f"step {start} (finished run): " + "  ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
-    finally:
-      if profiling:
-        jax.profiler.stop_trace()
-      reporter.close()
-      if recorder is not None:
-        recorder.close()
+      # Accepted: from here on the run writes its record.
+      changed = workdir_lib.jsonable(changes)
+      metrics_lib.write_run_metadata(workdir, cfg, mesh, {"config_changes": changed})
+      writer = metrics_lib.MetricWriter(workdir, start_step=start)
+      start_row = {"event": "start", "resumed_from": resumed_from if resumed_from is not None else -1}
+      if changes:
+        start_row["config_changes"] = changed
+      writer.write(start, start_row)
+      peers.describe_disk_with(lambda: _on_disk(ckpt_dir) + "; rerun every process to resume")
+      result = _run(cfg, workdir, task, mesh, graphdef, abs_params, tx, lr_schedule, state, state_sh, start,
+                    resumed_from, checkpointer, writer, guard)
+  except Exception as e:
+    if peers.is_collective_failure(e):  # a dead peer ends this process in there, with one line
+      peers.await_verdict()
+    if not isinstance(e, NonFiniteLoss):
+      raise
+    if checkpointer is not None:
+      checkpointer.wait()
+    raise NonFiniteLoss(f"{e}; {_on_disk(ckpt_dir)}" + (": rerun to resume from it (a lower lr needs "
+                        "--config.train.allow_changes=True)" if ckpt_lib.steps_on_disk(ckpt_dir) else
+                        " (none was saved before this step)")) from None
+  finally:
+    peers.describe_disk_with(None)
+    peers.stop_watchdog()   # training is over: processes may now finish at different times
+    if checkpointer is not None:
       checkpointer.wait()
       checkpointer.close()
+    if writer is not None:
       writer.close()
-      guard.uninstall()
+    guard.uninstall()
+  return result
+
+
+def _run(cfg, workdir, task, mesh, graphdef, abs_params, tx, lr_schedule, state, state_sh, start, resumed_from,
+         checkpointer, writer, guard) -> Result:
+  """The steps from ``start + 1`` on, with evals, checkpoints, profiling and metrics."""
+  t = cfg["train"]
+  pidx, pcount = jax.process_index(), jax.process_count()
+  example = task.train_batch(start + 1, pidx, pcount)
+  batch_sh = _batch_shardings(task, example, mesh, pcount)
+  train_step = step_lib.jit_train_step(step_lib.make_train_step(graphdef, task.loss, tx, t["accum_steps"]),
+                                       state_sh, batch_sh)
+  eval_sh = (_batch_shardings(task, task.eval_set.batch(0, pidx, pcount), mesh, pcount)
+             if task.eval_set is not None else None)
+  eval_fn = jax.jit(step_lib.make_eval_step(graphdef, task.loss), in_shardings=(state_sh["params"], eval_sh))
+  peak = flops_lib.Peak(jax.device_count())
+  log.info("mesh %s; %d parameters; FLOPs/step %.3g; peak %.3g FLOP/s (%s)", dict(mesh.shape),
+           sum(math.prod(a.shape) for a in jax.tree.leaves(abs_params)), task.flops_per_step, peak.total,
+           peak.source)
+
+  reporter = _Reporter(writer, _progress(t, start, pidx), t, lr_schedule, task, peak)
+  recorder = BatchRecorder(workdir, pidx, pcount) if os.environ.get(RECORD_BATCHES_ENV) else None
+  # Processes that share a host (and so a hostname) would overwrite each other's trace files.
+  profile_dir = workdir / "profile" if pcount == 1 else workdir / "profile" / f"process_{pidx}"
+  pending = None
+  last_eval: dict[str, float] = {}
+  profiling = False
+  p_first, p_last = tuple(t["profile_steps"])
+  try:
+    for step in range(start + 1, t["steps"] + 1):
+      if p_last and step == p_first:
+        jax.profiler.start_trace(str(profile_dir))
+        profiling = True
+      host = example if step == start + 1 else task.train_batch(step, pidx, pcount)
+      if recorder is not None:
+        recorder.record(step, host, batch_sh)
+      batch = _global_batch(host, batch_sh, pcount)
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, metrics = train_step(state, batch)
+      # Fetch the metrics of the previous step only now, so the host never waits on the device.
+      reporter.report(pending)
+      pending = (step, metrics, step_lib.hash_batch(host) if t["log_batch_hash"] else None)
+      if profiling and step == p_last:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        profiling = False
+        log.info("profiler trace of steps %d..%d written to %s", p_first, p_last, profile_dir)
+      stop = guard.should_stop(step)
+      is_last = step == t["steps"]
+      if task.eval_set is not None and t["eval_every"] and (step % t["eval_every"] == 0 or is_last or stop):
+        reporter.report(pending)
+        pending = None
+        last_eval = evaluate(eval_fn, state["params"], task.eval_set, eval_sh, pidx, pcount)
+        writer.write(step, last_eval)
+        reporter.print(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+        reporter.interrupted()
+      if (t["checkpoint_every"] and step % t["checkpoint_every"] == 0) or is_last or stop:
+        reporter.report(pending)
+        pending = None
+        checkpointer.save(step, state, meta={"step": step, "seed": cfg["seed"], "next_step": step + 1},
+                          force=True)
+        peak.remeasure()   # the step timer restarts after a checkpoint anyway
+        reporter.interrupted()
+      if stop:
+        log.warning("stopping at step %d on SIGTERM; checkpoint saved", step)
+        break
+    reporter.report(pending)
+    if start >= t["steps"] and task.eval_set is not None:  # a finished run, rerun: evaluate it again
+      last_eval = evaluate(eval_fn, state["params"], task.eval_set, eval_sh, pidx, pcount)
+      reporter.print(f"step {start} (finished run): " + "  ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+  finally:
+    if profiling:
+      jax.profiler.stop_trace()
+    reporter.close()
+    if recorder is not None:
+      recorder.close()
 
   step_time = statistics.median(reporter.step_times) if reporter.step_times else float("nan")
   tok_s = task.tokens_per_step / step_time
-  mfu = task.flops_per_step / step_time / peak_total
+  mfu = task.flops_per_step / step_time / peak.total
   return Result(step=int(jax.device_get(state["step"])), eval=last_eval, tokens_per_s=tok_s, mfu=mfu,
                 resumed_from=resumed_from)
 
@@ -239,8 +287,8 @@ class _Reporter:
   A step's time is the wall time between two successive metric fetches; intervals that contain a
   compilation, an eval or a checkpoint are marked by :meth:`interrupted` and not timed."""
 
-  def __init__(self, writer, bar, t, lr_schedule, task, peak_total):
-    self.writer, self.bar, self.t, self.lr, self.task, self.peak = writer, bar, t, lr_schedule, task, peak_total
+  def __init__(self, writer, bar, t, lr_schedule, task, peak: flops_lib.Peak):
+    self.writer, self.bar, self.t, self.lr, self.task, self.peak = writer, bar, t, lr_schedule, task, peak
     self.step_times: list[float] = []
     self.t_last = time.perf_counter()
     self.clean = False
@@ -264,14 +312,14 @@ class _Reporter:
     dt, timed = now - self.t_last, self.clean
     self.clean, self.t_last = True, now
     if not m.pop("finite", 1):
+      # train() adds what is on disk once the pending saves are written.
       raise NonFiniteLoss(f"non-finite loss or gradient at step {step} (loss {m.get('loss')}, grad_norm "
-                          f"{m.get('grad_norm')}): the update was skipped and training stopped; the last "
-                          "checkpoint on disk is the last good state")
+                          f"{m.get('grad_norm')}): the update was skipped and training stopped")
     m["lr"] = float(self.lr(step - 1))
     if timed:
       self.step_times.append(dt)
       m.update({"perf/step_time_s": dt, "perf/tokens_per_s": self.task.tokens_per_step / dt,
-                "perf/mfu": self.task.flops_per_step / dt / self.peak})
+                "perf/mfu": self.peak.mfu(self.task.flops_per_step / dt)})
     if batch_hash is not None:
       m["batch_hash"] = batch_hash
     self.writer.write(step, m)

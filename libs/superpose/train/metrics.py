@@ -33,10 +33,36 @@ def _scalar(v: Any) -> Any:
   return f if math.isfinite(f) else str(f)
 
 
-class MetricWriter:
-  """``write(step, {name: value})`` to ``metrics.jsonl`` and TensorBoard under ``workdir``."""
+def _drop_after(path: pathlib.Path, step: int) -> int:
+  """Rewrite ``path`` (JSONL) without the rows of steps after ``step``; returns how many were dropped."""
+  kept, dropped = [], 0
+  for line in path.read_text("utf-8").splitlines():
+    if not line.strip():
+      continue
+    try:
+      row_step = json.loads(line).get("step", 0)
+    except ValueError:  # a line torn by a kill mid-write
+      dropped += 1
+      continue
+    if isinstance(row_step, int) and row_step > step:
+      dropped += 1
+    else:
+      kept.append(line)
+  if dropped:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), "utf-8")
+    os.replace(tmp, path)   # a kill during the rewrite leaves the old file whole
+  return dropped
 
-  def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True):
+
+class MetricWriter:
+  """``write(step, {name: value})`` to ``metrics.jsonl`` and TensorBoard under ``workdir``.
+
+  ``start_step``: the step the run (re)starts from. Rows of later steps — written by an earlier
+  attempt that got further than its last checkpoint — are removed from ``metrics.jsonl`` and purged
+  from TensorBoard, so that every step appears once, with the values of the run that continues."""
+
+  def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True, start_step: int | None = None):
     self.enabled = jax.process_index() == 0
     self.path = pathlib.Path(workdir) / "metrics.jsonl"
     self._file = None
@@ -44,11 +70,16 @@ class MetricWriter:
     if not self.enabled:
       return
     self.path.parent.mkdir(parents=True, exist_ok=True)
+    if start_step is not None and self.path.exists():
+      dropped = _drop_after(self.path, start_step)
+      if dropped:
+        log.info("metrics.jsonl: dropped %d rows after step %d (the run continues from there)", dropped, start_step)
     self._file = open(self.path, "a", buffering=1)
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+        purge = {"purge_step": start_step + 1} if start_step else {}
+        self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"), **purge)
       except ImportError:  # optional dependency
         log.warning("tensorboardX is not installed; writing JSONL metrics only")
 
