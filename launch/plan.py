@@ -147,7 +147,8 @@ def _superposed_batch(task, cfg):
 
 def _cot_batch(task, cfg):
   b = cfg["train"]["batch_size"]
-  out = {"tokens": ((b, task.T), "int32"), "targets": ((b, task.T), "int32"), "weights": ((b, task.T), "float32")}
+  out = {"tokens": ((b, task.T), "int32"), "targets": ((b, task.T), "int32"), "weights": ((b, task.T), "float32"),
+         "length": ((b,), "int32")}
   if task.method == "coconut":
     out.update(latent_start=((b,), "int32"), num_thoughts=((b,), "int32"))
   return out
@@ -202,6 +203,9 @@ def make_task(cfg: Mapping[str, Any]):
         self.T = {"coconut": up(self.P + self.K + 2), "cot": up(self.P + self.gen_steps + 1)}.get(self.method, up(self.P + 3))
         if self.T > self.model_cfg.max_seq_len:
           raise PlanError(f"config.model.max_seq_len={self.model_cfg.max_seq_len} < the {self.T} columns of a row")
+        self.batching = c["batching"]      # bucketed: the plan compiles the widest bucket (T columns)
+        self.K_fwd = self.K if self.method == "coconut" else 0
+        self.R = {"coconut": 1, "cot": self.gen_steps, "nocot": 2}[self.method]
         self.batch_axes = {}
         self.tokens_per_step = self.batch_size * self.T
         self.flops_per_step = flops.train_flops_per_token(self.model_cfg, self.T) * self.tokens_per_step
