@@ -41,22 +41,34 @@ def _color(m: str) -> str:
 
 
 def nll_vs_cost(plt, results: Mapping, path: pathlib.Path):
-  """Mean NLL (95 % interval) against the time per token in units of one expert's."""
+  """Mean NLL (95 % interval) against the time per token in units of one expert's.
+
+  Each point carries a number, listed beside the axes with its methods (methods at the same point, equal
+  to 3 decimals of cost and NLL, share it); a cost known only from FLOPs (no benchmark of that forward)
+  is an open marker."""
   T, costs = results["table"]["methods"], results["costs"]
-  fig, ax = plt.subplots(figsize=(7.5, 5))
+  points = {}                                   # (x, y) rounded -> [methods]
   for m in results["order"]:
+    points.setdefault((round(cost_of(costs[m]), 3), round(T[m]["mean_nll"]["value"], 3)), []).append(m)
+  fig, ax = plt.subplots(figsize=(11, 5.5))
+  lines = []
+  for i, ((x, y), methods) in enumerate(sorted(points.items(), key=lambda kv: (kv[0][1], kv[0][0])), start=1):
+    m = methods[0]
     v = T[m]["mean_nll"]
-    x = cost_of(costs[m])
+    measured = bool(costs[m].get("measured_ratio"))
     ax.errorbar(x, v["value"], yerr=[[v["value"] - v["low"]], [v["high"] - v["value"]]], fmt="o", color=_color(m),
-                capsize=2, ms=4)
-    ax.annotate(label(m).strip("*"), (x, v["value"]), fontsize=6, xytext=(4, 2), textcoords="offset points")
+                capsize=2, ms=4, mfc=None if measured else "white")
+    ax.annotate(str(i), (x, y), xytext=(3, 1), textcoords="offset points", fontsize=6, color=_color(m))
+    names = " = ".join(label(k).strip("*") for k in methods)
+    lines.append(f"{i:>2}  {y:.3f} @ {x:.2f}×{'' if measured else ' (FLOPs)'}  {names}")
+  ax.text(1.02, 1.0, "\n".join(["  #  mean NLL @ cost  method"] + lines), transform=ax.transAxes, va="top", ha="left",
+          fontsize=6.5, family="monospace")
   measured = any(c.get("measured_ratio") for c in costs.values())
-  ax.set(xlabel="time per token ÷ one expert's" + (" (measured)" if measured else " (FLOPs)"),
+  ax.set(xlabel="time per token ÷ one expert's" + (" (measured; open marker: FLOPs)" if measured else " (FLOPs)"),
          ylabel="mean NLL over domains (nats/token)",
          title=f"NLL vs cost, {len(results['domains'])} domains, {len(results['seeds'])} seeds")
   ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=120, bbox_inches="tight")
   plt.close(fig)
   return path
 
