@@ -15,6 +15,7 @@ relative to the repository root) and never copied into the repository.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import random
@@ -195,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   gen.add_argument("--seed", type=int, default=0)
   gen.add_argument("--hops", default="3,4", help="kept hop counts, e.g. 3,4 (graph_4) or 'all'")
   gen.add_argument("--no-shuffle", action="store_true", help="keep the topologically ordered ids")
+  gen.add_argument("--nodes", default="", help="LO,HI nodes drawn per graph (default 20,26: ProsQA's size); "
+                   "smaller graphs for a curriculum over graph size, e.g. 8,12")
   gen.add_argument("--stats-graphs", type=int, default=2000, help="unfiltered graphs measured for the table")
   gen.add_argument("--data", default=str(DEFAULT_DATA), help="released ProsQA files (excluded by graph hash)")
   st = sub.add_parser("stats", help="statistics of a ProsQA JSON file (answers checked by BFS)")
@@ -207,6 +210,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
   hops = None if args.hops == "all" else tuple(int(h) for h in args.hops.split(","))
+  cfg = GeneratorConfig()
+  if args.nodes:
+    lo, hi = (int(n) for n in args.nodes.split(","))
+    if not 2 <= lo <= hi <= graphs.MAX_NODES:
+      parser.error(f"--nodes {args.nodes}: need 2 <= LO <= HI <= {graphs.MAX_NODES}")
+    cfg = dataclasses.replace(cfg, num_nodes=(lo, hi))
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   exclude = released_hashes(args.data)
@@ -215,12 +224,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   rows, used = {}, set(exclude)
   for offset, (split, count) in enumerate((("train", args.train), ("valid", args.valid), ("test", args.test))):
     problems, hashes = generate_split(count, args.seed * 1000 + offset, exclude=used, hops=hops,
-                                      shuffle=not args.no_shuffle)
+                                      shuffle=not args.no_shuffle, cfg=cfg)
     used |= hashes
     rng = random.Random(args.seed * 1000 + 100 + offset)
     (out / f"{split}.json").write_text(json.dumps([to_record(p, rng) for p in problems]))
     rows[f"generated {split}"] = graphs.statistics(problems)
-  unfiltered, _ = generate_split(args.stats_graphs, args.seed * 1000 + 99, hops=None, shuffle=False)
+  unfiltered, _ = generate_split(args.stats_graphs, args.seed * 1000 + 99, hops=None, shuffle=False, cfg=cfg)
   rows = {f"generated, all hops ({args.stats_graphs})": graphs.statistics(unfiltered), **rows}
   for name in RELEASED:
     path = released_path(name, args.data)

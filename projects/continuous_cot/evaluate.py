@@ -57,8 +57,9 @@ def load_trained(workdir: str | pathlib.Path) -> tuple[dict, nnx.Module, pathlib
 
 
 def evaluate_run(workdir: str | pathlib.Path, problems: list) -> dict:
-  """Counts of one run on ``problems``: {metric: (k, n)} for every metric of its evaluation (``acc``,
-  ``acc_two``, ``is_cand``, Coconut's ``*_fixed``, the floors)."""
+  """Counts of one run on ``problems``: {metric: (k, n)} for every 0/1 metric of its evaluation (``acc``,
+  ``acc_two``, ``is_cand``, Coconut's ``*_fixed`` and ``hop{k}``, the floors), and ``means`` of the others
+  (Coconut's ``hop{k}_mass``)."""
   config, model, path, how = load_trained(workdir)
   task = train_lib.CotTask(config, valid=problems)
   graphdef, params = nnx.split(model)
@@ -75,8 +76,10 @@ def evaluate_run(workdir: str | pathlib.Path, problems: list) -> dict:
     for k, v in metrics(params, batch).items():   # each is Σ correct · num_batches / n over the batch
       totals[k] = totals.get(k, 0.0) + float(v)
   n = len(problems)
-  counts = {k: (int(round(v / eval_set.num_batches * n)), n) for k, v in totals.items()}
-  return {"method": task.method, "checkpoint": str(path), "chosen": how, "counts": counts}
+  means = {k: v / eval_set.num_batches for k, v in totals.items()}
+  counts = {k: (int(round(v * n)), n) for k, v in means.items() if not k.endswith("_mass")}
+  return {"method": task.method, "checkpoint": str(path), "chosen": how, "counts": counts,
+          "means": {k: v for k, v in means.items() if k.endswith("_mass")}}
 
 
 def markdown(split: str, results: dict[str, dict]) -> str:

@@ -26,6 +26,7 @@ import math
 import random
 from typing import Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
 
 from projects.continuous_cot import data as data_lib
@@ -96,6 +97,19 @@ def answer_metrics(answer_logits_BV, target_B, cands_B2, *, answer_B=None) -> di
   return {"acc": (answer == target_B).astype(jnp.float32),
           "acc_two": (two == target_B).astype(jnp.float32),
           "is_cand": ((answer == c1) | (answer == c2)).astype(jnp.float32)}
+
+
+def hop_metrics(logits_BHV, sets_BHV) -> dict:
+  """Per-row ``hop{k}`` (0/1: the argmax over the 40 real tokens of the k-th logits is in the k-th set) and
+  ``hop{k}_mass`` (the softmax mass on that set), k = 1..H. Coconut with gold thoughts: the k-th logits are
+  those of the root (k = 1) or of thought k − 1, the sets the depth-k nodes on shortest paths."""
+  logits = logits_BHV[..., :VOCAB_SIZE].astype(jnp.float32)
+  hit = jnp.take_along_axis(sets_BHV, logits.argmax(-1)[..., None], axis=-1)[..., 0]
+  mass = (jax.nn.softmax(logits, axis=-1) * sets_BHV).sum(-1)
+  out = {}
+  for k in range(logits.shape[1]):
+    out[f"hop{k + 1}"], out[f"hop{k + 1}_mass"] = hit[:, k], mass[:, k]
+  return out
 
 
 # Tables ---------------------------------------------------------------------------------------------------------

@@ -77,6 +77,7 @@ from superpose.train import checkpoint as ckpt_lib, config as config_lib, flops,
 from superpose.train.lm import lm_loss
 
 from projects.continuous_cot import data as data_lib
+from projects.continuous_cot import graphs
 from projects.continuous_cot import metrics as metrics_lib
 from projects.continuous_cot import thoughts as thoughts_lib
 from projects.continuous_cot.graphs import Problem
@@ -86,6 +87,7 @@ log = logging.getLogger(__name__)
 METHODS = ("coconut", "cot", "nocot")
 BATCHINGS = ("bucketed", "padded")
 LABELS = ("path", "bfs")
+LOSSES = ("label", "set")
 VOCAB_SIZE = data_lib.VOCAB.vocab_size  # 40 real tokens; argmax is taken over these only
 
 
@@ -101,6 +103,11 @@ def cot_section(**overrides) -> ml_collections.ConfigDict:
       "layout": "code",             # prompt layout of data.prompt_tokens
       "epochs_per_stage": 25,       # spec §2.2 (RS: 25)
       "steps_per_stage": 0,         # > 0: stages by steps instead of epochs
+      "stage0_steps": 0,            # > 0 (with steps_per_stage): stage 0 lasts this many steps, the others steps_per_stage
+      "stage0_epochs": 0,           # > 0 (stages by epochs): stage 0 lasts this many epochs, the others epochs_per_stage
+      "reset_optimizer": False,     # coconut: re-initialise the optimizer state when a stage begins (EoS recipe)
+      "relabel": False,             # relabel the nodes of every training row with a random injection into the node ids
+      "loss": "label",              # label (CE of the drawn label, RS) | set (−log Σ_{v ∈ label pool} p(v), EoS)
       "uniform_prob": 0.1,          # mix earlier stages (spec §2.2)
       "labels": "path",             # path (RS) | bfs (Coconut-BFS, RS §5.4)
       "max_thoughts": 0,            # K, thought slots in training rows (0 = the largest hop count in train)
@@ -137,16 +144,22 @@ def coconut_stage(problem: Problem, scheduled_stage: int, rng: random.Random, un
   return s
 
 
+def label_pool(problem: Problem, s: int, labels: str = "path") -> list[int]:
+  """The nodes a stage-s label is drawn from: depth-(s+1) nodes on a shortest path (``path``) or every
+  node exactly s+1 hops from the root (``bfs``); the target at the final stage s = D."""
+  if s >= problem.hops:
+    return [problem.target]
+  return problem.neighbor_k()[s + 1] if labels == "path" else sorted(problem.frontier(s + 1))
+
+
 def coconut_row(problem: Problem, s: int, prompt: Sequence[int], rng: random.Random, labels: str = "path"):
   """(tokens, num_thoughts, loss_col) of stage s: ``loss_col`` is the column whose next-token logits carry
   the loss, i.e. ``tokens[loss_col + 1]`` is the supervised label."""
   hops = problem.hops
   if not 0 <= s <= hops:
     raise ValueError(f"stage {s}: must be in [0, {hops}] for a {hops}-hop problem")
-  k = s + 1
-  if k <= hops:
-    pool = problem.neighbor_k()[k] if labels == "path" else sorted(problem.frontier(k))
-    tokens = list(prompt) + [data_lib.LATENT] * s + [rng.choice(pool)]
+  if s < hops:
+    tokens = list(prompt) + [data_lib.LATENT] * s + [rng.choice(label_pool(problem, s, labels))]
     return tokens, s, len(tokens) - 2
   tokens = list(prompt) + [data_lib.LATENT] * hops + [data_lib.ANSWER, problem.target]
   return tokens, hops, len(tokens) - 2
@@ -166,6 +179,29 @@ def language_row(problem: Problem, prompt: Sequence[int], rng: random.Random, me
   middle = shortest_path(problem, rng) if method == "cot" else []
   tokens = list(prompt) + middle + [data_lib.ANSWER, problem.target, data_lib.EOS]
   return tokens, len(prompt) - 1
+
+
+def relabel_row(problem: Problem, rng: random.Random) -> Problem:
+  """The problem with its nodes sent to distinct random ids among all ``graphs.MAX_NODES`` node tokens
+  (EoS's per-row ``shuffle_nodes``): no id carries a role, every node token is used."""
+  perm = rng.sample(range(graphs.MAX_NODES), problem.num_nodes)
+  return Problem(graphs.MAX_NODES, tuple((perm[a], perm[b]) for a, b in problem.edges), perm[problem.root],
+                 perm[problem.target], perm[problem.neg_target])
+
+
+def set_mask(nodes: Sequence[int]) -> np.ndarray:
+  out = np.zeros(VOCAB_SIZE, np.float32)
+  out[list(nodes)] = 1.0
+  return out
+
+
+def set_nll(logits_BNV, mask_BV, weights_BN):
+  """(mean −log Σ_{v ∈ set} p(v) over the weighted columns, mean Σ_{v ∈ set} p(v)); p over all logits."""
+  logp = jax.nn.log_softmax(logits_BNV.astype(jnp.float32), axis=-1)[..., :VOCAB_SIZE]
+  lp = jax.nn.logsumexp(jnp.where(mask_BV[:, None, :] > 0, logp, -jnp.inf), axis=-1)
+  lp = jnp.where(weights_BN > 0, lp, 0.0)
+  denom = jnp.maximum(weights_BN.sum(), 1.0)
+  return -(lp * weights_BN).sum() / denom, (jnp.exp(lp) * weights_BN).sum() / denom
 
 
 def pad_row(tokens: Sequence[int], width: int) -> np.ndarray:
@@ -265,6 +301,16 @@ class CotTask:
       raise config_lib.ConfigError(f"config.cot.method={self.method!r}: must be one of {', '.join(METHODS)}")
     if self.labels not in LABELS:
       raise config_lib.ConfigError(f"config.cot.labels={self.labels!r}: must be one of {', '.join(LABELS)}")
+    self.loss_kind, self.relabel = c["loss"], bool(c["relabel"])
+    if self.loss_kind not in LOSSES:
+      raise config_lib.ConfigError(f"config.cot.loss={self.loss_kind!r}: must be one of {', '.join(LOSSES)}")
+    if self.loss_kind == "set" and self.method != "coconut":
+      raise config_lib.ConfigError("config.cot.loss='set' needs method 'coconut' (one label pool per row)")
+    for key in ("stage0_steps", "stage0_epochs"):
+      if c[key] < 0:
+        raise config_lib.ConfigError(f"config.cot.{key}={c[key]}: must be >= 0")
+    if c["stage0_steps"] and c["steps_per_stage"] <= 0:
+      raise config_lib.ConfigError("config.cot.stage0_steps needs stages by steps (config.cot.steps_per_stage > 0)")
     if c["layout"] not in data_lib.LAYOUTS:
       raise config_lib.ConfigError(f"config.cot.layout={c['layout']!r}: must be one of {', '.join(data_lib.LAYOUTS)}")
     self.train = train if train is not None else load_split(config, "train_file")
@@ -321,6 +367,8 @@ class CotTask:
     self.batch_axes = {}
     self.tokens_per_step = int(round(self.batch_size * self.row_tokens))
     self.flops_per_step = flops.train_flops_per_token(self.model_cfg, round(self.row_tokens)) * self.tokens_per_step
+    # Hop-k accuracy with gold thoughts (coconut): k = 1 .. every validation problem's hop count (≤ 4).
+    self.eval_hops = min(4, min(p.hops for p in self.valid))
     self.eval_set = loop.RowsEvalSet([self.eval_row(i) for i in range(len(self.valid))], self.batch_size)
     log.info("cot task: method %s, %s batches, %d train / %d valid problems, P=%d K=%d T=%d (eval K=%d T=%d), "
              "%.1f real tokens per row", self.method, self.batching, len(self.train), len(self.valid), self.P,
@@ -328,11 +376,26 @@ class CotTask:
 
   # schedule ------------------------------------------------------------------------------------------------
   def scheduled_stage(self, step: int) -> int:
+    """Stage 0 for the first ``stage0_steps`` (or ``stage0_epochs``; 0 = as long as the others), then one
+    stage per ``steps_per_stage`` steps (or ``epochs_per_stage`` epochs)."""
     c = self.config["cot"]
     if c["steps_per_stage"] > 0:
-      return (step - 1) // c["steps_per_stage"]
-    epoch = (step - 1) * self.batch_size // len(self.train)
-    return epoch // max(c["epochs_per_stage"], 1)
+      first, per, at = c["stage0_steps"] or c["steps_per_stage"], c["steps_per_stage"], step - 1
+    else:
+      per = max(c["epochs_per_stage"], 1)
+      first, at = c["stage0_epochs"] or per, (step - 1) * self.batch_size // len(self.train)
+    return 0 if at < first else 1 + (at - first) // per
+
+  def stage_starts(self, total_steps: int) -> list[int]:
+    """The first step of each Coconut stage 1 .. (the largest hop count) within ``total_steps``."""
+    out, last = [], max(p.hops for p in self.train)
+    for step in range(2, total_steps + 1):
+      stage = self.scheduled_stage(step)
+      if stage != self.scheduled_stage(step - 1) and stage <= last:
+        out.append(step)
+      if stage > last:
+        break
+    return out
 
   def _prompt(self, problem: Problem, rng: random.Random) -> list[int]:
     return data_lib.prompt_tokens(problem, layout=self.config["cot"]["layout"], rng=rng)
@@ -374,26 +437,31 @@ class CotTask:
     return min(_round_up(longest, self.multiple), self.P) + self.K_fwd + self.R + 1
 
   # rows ----------------------------------------------------------------------------------------------------
-  def row_tokens_of(self, step: int, g: int) -> tuple[list[int], int, int, int, int]:
-    """(tokens, first and last supervised column, latent_start, thought count) of global row g at step
-    ``step``: a pure function of (seed, step, g)."""
+  def row_tokens_of(self, step: int, g: int) -> tuple[list[int], int, int, int, int, np.ndarray | None]:
+    """(tokens, first and last supervised column, latent_start, thought count, the label pool as a
+    40-token mask (coconut; None otherwise)) of global row g at step ``step``: a pure function of
+    (seed, step, g)."""
     n = len(self.train)
     problem = self.train[int(_permutation(self.seed, g // n, n)[g % n])]
     rng = random.Random(self.seed * (1 << 40) + g)
+    if self.relabel:
+      problem = relabel_row(problem, rng)
     prompt = self._prompt(problem, rng)
     if self.method == "coconut":
       s = coconut_stage(problem, self.scheduled_stage(step), rng, self.config["cot"]["uniform_prob"])
       tokens, count, col = coconut_row(problem, s, prompt, rng, self.labels)
-      return tokens, col, col, len(prompt), count
+      return tokens, col, col, len(prompt), count, set_mask(label_pool(problem, s, self.labels))
     tokens, first = language_row(problem, prompt, rng, self.method)
-    return tokens, first, len(tokens) - 2, len(prompt), 0
+    return tokens, first, len(tokens) - 2, len(prompt), 0, None
 
   def train_row(self, step: int, g: int, width: int | None = None) -> dict[str, np.ndarray]:
     """Row g (global index) of step ``step``, padded to ``width`` columns (default T)."""
-    tokens, first, last, start, count = self.row_tokens_of(step, g)
+    tokens, first, last, start, count, pool = self.row_tokens_of(step, g)
     row = pad_row(tokens, width or self.T)
     targets, weights = shifted(row, first, last)
     out = {"tokens": row, "targets": targets, "weights": weights, "length": np.int32(len(tokens))}
+    if pool is not None:
+      out["label_set"] = pool
     if self.batching == "bucketed":   # the compact forward reads only these columns: every loss must be there
       covered = {start - 1, *range(start, start + count), *range(start + count, start + count + self.R)}
       if not set(range(first, last + 1)) <= covered:
@@ -418,6 +486,9 @@ class CotTask:
     c1, c2 = metrics_lib.candidates(prompt)
     out = {"target": np.int32(problem.target), "cands": np.array([c1, c2], np.int32),
            **{k: np.float32(v) for k, v in metrics_lib.floors(problem, c1, c2).items()}}
+    if self.method != "nocot":
+      layers = problem.neighbor_k()
+      out["hop_sets"] = np.stack([set_mask(layers[k]) for k in range(1, self.eval_hops + 1)])
     if self.method == "coconut":
       for name, count in (("gold", problem.hops), ("fixed", self.fixed)):
         tokens = prompt + [data_lib.LATENT] * count + [data_lib.ANSWER, problem.target]
@@ -457,23 +528,33 @@ class CotTask:
                                                  rest_len=R)
       targets = jnp.take_along_axis(batch["targets"], cols, axis=1)
       weights = jnp.take_along_axis(batch["weights"], cols, axis=1) * valid
-      loss, metrics = lm_loss(logits, targets, weights)
     else:
-      loss, metrics = lm_loss(self._logits(model, batch["tokens"], batch, "num_thoughts", self.K),
-                              batch["targets"], batch["weights"])
+      logits = self._logits(model, batch["tokens"], batch, "num_thoughts", self.K)
+      targets, weights = batch["targets"], batch["weights"]
+    loss, metrics = lm_loss(logits, targets, weights)
+    if self.method == "coconut":   # the drawn label's NLL (`loss`) and the label pool's (−log of its mass)
+      nll, mass = set_nll(logits, batch["label_set"], weights)
+      metrics.update({"label_nll": loss, "set_nll": nll, "set_mass": mass})
+      if self.loss_kind == "set":
+        loss = nll
     length = batch["length"].astype(jnp.float32)
     metrics["data/row_tokens"] = length.mean()
     metrics["data/pad_fraction"] = 1.0 - length.sum() / (length.shape[0] * batch["tokens"].shape[1])
     return loss, metrics
 
-  def _coconut_answer_logits(self, model, batch, name: str):
-    """Logits at [A] after the row's ``name`` (gold | fixed) number of thoughts, the 40 real tokens."""
+  def _coconut_eval_logits(self, model, batch, name: str):
+    """Logits (B, 1 + K_eval + 1, 40 real tokens) at the compact columns of the row with its ``name``
+    (gold | fixed) number of thoughts: index 0 the root (hop 1), index k the k-th thought (hop k + 1),
+    the last one [A]."""
     if self.batching == "bucketed":
       logits = thoughts_lib.compact_forward(model, batch[f"tokens_{name}"], batch["latent_start"], batch[f"num_{name}"],
                                             max_thoughts=self.K_eval, prefix_len=self.P, rest_len=1)
-      return logits[:, 1 + self.K_eval, :VOCAB_SIZE].astype(jnp.float32)
-    logits = self._logits(model, batch[f"tokens_{name}"], batch, f"num_{name}", self.K_eval)
-    return _answer_logits(logits, batch[f"col_{name}"])
+    else:
+      full = self._logits(model, batch[f"tokens_{name}"], batch, f"num_{name}", self.K_eval)
+      cols, _ = thoughts_lib.compact_columns(batch["latent_start"], batch[f"num_{name}"], max_thoughts=self.K_eval,
+                                             rest_len=1)
+      logits = jnp.take_along_axis(full, cols[..., None], axis=1)
+    return logits[..., :VOCAB_SIZE].astype(jnp.float32)
 
   def _eval_loss(self, model, batch):
     scale, target, cands = batch["scale"], batch["target"], batch["cands"]
@@ -484,10 +565,12 @@ class CotTask:
 
     if self.method == "coconut":
       for name, suffix in (("gold", ""), ("fixed", "_fixed")):
-        answer = self._coconut_answer_logits(model, batch, name)
+        logits = self._coconut_eval_logits(model, batch, name)
+        answer = logits[:, -1]
         add(metrics_lib.answer_metrics(answer, target, cands), suffix)
         if name == "gold":
           loss = (optax.softmax_cross_entropy_with_integer_labels(answer, target) * scale).sum()
+          add(metrics_lib.hop_metrics(logits[:, :self.eval_hops], batch["hop_sets"]))
       return loss, metrics
     logits = model(batch["tokens"]).logits_BTV
     ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["targets"])
@@ -498,6 +581,9 @@ class CotTask:
     else:
       answer, answer_logits = self._greedy_answer(model, batch["prompt"], batch["prompt_len"])
       add(metrics_lib.answer_metrics(answer_logits, target, cands, answer_B=answer))
+      # hop k: the teacher-forced logits after the root and the first k − 1 nodes of a shortest path
+      cols = batch["prompt_len"].astype(jnp.int32)[:, None] - 1 + jnp.arange(self.eval_hops, dtype=jnp.int32)
+      add(metrics_lib.hop_metrics(_take_rows(logits, cols), batch["hop_sets"]))
     return loss, metrics
 
   def _greedy_answer(self, model, tokens_BT, start_B):
@@ -563,6 +649,9 @@ def run(config: Any, workdir: str) -> loop.Result:
   config_lib.check_schema(cfg, extra_sections())
   config_lib.check_train(cfg)
   task = CotTask(cfg)
+  if task.method == "coconut" and cfg["cot"]["reset_optimizer"]:
+    cfg["optim"]["reset_steps"] = sorted(set(cfg["optim"].get("reset_steps") or ())
+                                         | set(task.stage_starts(cfg["train"]["steps"])))
   result = loop.train(cfg, workdir, task)
   if jax.process_index() == 0 and (pathlib.Path(workdir) / "metrics.jsonl").exists():
     sel = select_checkpoint(workdir)

@@ -198,3 +198,19 @@ def test_metrics_of_steps_after_the_restart_point_are_dropped(tmp_path, devices8
   assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6, 7]
   assert [r["loss"] for r in rows if r["step"] in (6, 7) and "loss" in r] == [-6.0, -7.0]
   assert [r["resumed_from"] for r in rows if r.get("event") == "start"] == [-1, 5]
+
+
+def test_progress_is_carried_over_sessions(tmp_path, devices8):
+  """A run's step reached and training wall time summed over sessions: progress.json at every checkpoint and
+  in the checkpoint's metadata, so a resumed run (another session, another machine) continues the count."""
+  cfg = _cfg(steps=2, checkpoint_every=2)
+  loop.train(cfg, tmp_path, lm.LMTask(cfg))
+  first = json.loads((tmp_path / "progress.json").read_text())
+  assert (first["step"], first["steps"], first["sessions"], first["finished"]) == (2, 2, 1, True)
+  assert first["wall_time_s"] > 0
+  cfg = _cfg(steps=4, checkpoint_every=2)     # the same run, continued in a new session with more steps
+  loop.train(cfg, tmp_path, lm.LMTask(cfg))
+  second = json.loads((tmp_path / "progress.json").read_text())
+  # the count of sessions and the earlier wall time came back from the resumed checkpoint's metadata
+  assert (second["step"], second["sessions"], second["finished"]) == (4, 2, True)
+  assert second["wall_time_s"] > first["wall_time_s"]

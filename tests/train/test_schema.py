@@ -72,6 +72,7 @@ DOMAIN_CASES = [
     ("optim.groups", [({"pattern": "("},), ({"pattern": "a", "lr": -1.0},), ({"pattern": "a", "lrr": 1.0},),
                       ({"lr": 1.0},)], ({"pattern": "blocks/.*", "lr": 1e-3, "clip_norm": 1.0},)),
     ("optim.frozen", [("(",)], ("embed/.*",)),
+    ("optim.reset_steps", [(0,), (2.5,), 3], (10, 20)),
     ("train.steps", [0, -5], 1),
     ("train.batch_size", [0, -8], 16),
     ("train.seq_len", [0], 32),

@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
       "weight_decay": 0.1, "clip_norm": 1.0,
       "groups": (),   # ({"pattern": regex, "lr": .., "weight_decay": .., "clip_norm": ..}, ...)
       "frozen": (),   # regexes of parameter paths that are not trained
+      "reset_steps": (),  # steps (1-based) before whose update the optimizer state is re-initialised
   })
   c.train = ml_collections.ConfigDict({
       "steps": 1000, "batch_size": 8, "seq_len": 256, "accum_steps": 1, "z_loss": 0.0,
@@ -182,6 +183,8 @@ DOMAINS: dict[str, tuple[Callable[[Any], bool], str]] = {
                      "a list of {pattern: regex, lr > 0, weight_decay ≥ 0, clip_norm ≥ 0}"),
     "optim.frozen": (lambda v: isinstance(v, (tuple, list)) and all(_regex(p) for p in v),
                      "a list of regular expressions"),
+    "optim.reset_steps": (lambda v: isinstance(v, (tuple, list)) and all(_is_int(s) and s >= 1 for s in v),
+                          "a list of steps ≥ 1"),
     "train.steps": _int_at_least(1),
     "train.batch_size": _int_at_least(1),
     "train.seq_len": _int_at_least(1),

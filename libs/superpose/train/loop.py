@@ -7,6 +7,7 @@ checkpoints, SIGTERM, NaN guard, metrics and MFU — lives here once.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -146,6 +147,7 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
                                            async_save=t["async_checkpoint"])
       resumed_from = checkpointer.latest_step()
       if resumed_from is None:
+        progress = Progress()
         params = None
         if t["init_from"]:
           params = ckpt_lib.load_params(t["init_from"], abs_params)
@@ -156,7 +158,8 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
       else:
         abstract = state_lib.abstract_state(tx, abs_params, mesh)
         state_sh = jax.tree.map(lambda a: a.sharding, abstract)
-        resumed_from, state, _ = checkpointer.restore(abstract)
+        resumed_from, state, restored_meta = checkpointer.restore(abstract)
+        progress = Progress.resumed(restored_meta)
         log.info("resumed from checkpoint step %d", resumed_from)
       start = int(jax.device_get(state["step"]))
 
@@ -170,7 +173,7 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
       writer.write(start, start_row)
       peers.describe_disk_with(lambda: _on_disk(ckpt_dir) + "; rerun every process to resume")
       result = _run(cfg, workdir, task, mesh, graphdef, abs_params, tx, lr_schedule, state, state_sh, start,
-                    resumed_from, checkpointer, writer, guard)
+                    resumed_from, checkpointer, writer, guard, progress)
   except Exception as e:
     if peers.is_collective_failure(e):  # a dead peer ends this process in there, with one line
       peers.await_verdict()
@@ -193,8 +196,34 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
   return result
 
 
+class Progress:
+  """How far a run has come over all its sessions: the step reached, the training wall time summed over
+  sessions (each from its accepted start to its last checkpoint) and the number of sessions. Carried in
+  every checkpoint's metadata and written to ``progress.json`` at each checkpoint."""
+
+  def __init__(self, wall_time_s: float = 0.0, sessions: int = 1):
+    self.before, self.sessions, self.since = float(wall_time_s), int(sessions), time.monotonic()
+
+  @classmethod
+  def resumed(cls, meta: Mapping | None) -> "Progress":
+    meta = meta or {}
+    return cls(meta.get("wall_time_s", 0.0), int(meta.get("sessions", 0)) + 1)
+
+  def meta(self, step: int, total: int) -> dict:
+    return {"step": step, "steps": total, "wall_time_s": round(self.before + time.monotonic() - self.since, 3),
+            "sessions": self.sessions}
+
+  def write(self, workdir: pathlib.Path, meta: Mapping) -> None:
+    """``progress.json``: ``meta`` (as saved with the checkpoint), the time written, finished or not."""
+    if jax.process_index() == 0:
+      out = {**meta, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished": meta["step"] >= meta["steps"]}
+      tmp = workdir / "progress.json.tmp"
+      tmp.write_text(json.dumps(out, indent=1) + "\n")
+      os.replace(tmp, workdir / "progress.json")
+
+
 def _run(cfg, workdir, task, mesh, graphdef, abs_params, tx, lr_schedule, state, state_sh, start, resumed_from,
-         checkpointer, writer, guard) -> Result:
+         checkpointer, writer, guard, progress: Progress) -> Result:
   """The steps from ``start + 1`` on, with evals, checkpoints, profiling and metrics."""
   t = cfg["train"]
   pidx, pcount = jax.process_index(), jax.process_count()
@@ -249,8 +278,9 @@ def _run(cfg, workdir, task, mesh, graphdef, abs_params, tx, lr_schedule, state,
       if (t["checkpoint_every"] and step % t["checkpoint_every"] == 0) or is_last or stop:
         reporter.report(pending)
         pending = None
-        checkpointer.save(step, state, meta={"step": step, "seed": cfg["seed"], "next_step": step + 1},
-                          force=True)
+        now = progress.meta(step, t["steps"])
+        checkpointer.save(step, state, meta={**now, "seed": cfg["seed"], "next_step": step + 1}, force=True)
+        progress.write(workdir, now)
         peak.remeasure()   # the step timer restarts after a checkpoint anyway
         reporter.interrupted()
       if stop:

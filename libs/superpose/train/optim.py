@@ -3,11 +3,14 @@
 Parameters are addressed by their path, e.g. ``blocks/0/attn/q``; ``groups`` and ``frozen`` match
 paths with ``re.fullmatch``. Each group has its own learning rate, weight decay and clipping; frozen
 parameters get no optimizer state and no update, and do not count towards the global gradient norm.
+``reset_steps`` lists steps (1-based) before whose update the whole optimizer state is set back to its
+initial value (Adam moments and bias-correction counts; the learning-rate schedule keeps the step),
+e.g. at the stage changes of a curriculum.
 """
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +60,7 @@ def _adamw(lr, cfg: Mapping, weight_decay: float, clip: float | None) -> optax.G
 def make_optimizer(cfg: Mapping, params, total_steps: int) -> tuple[optax.GradientTransformation, Callable]:
   """Returns ``(tx, lr_schedule)`` for ``params`` (a pytree, used only for its paths)."""
   known = {"name", "lr", "schedule", "warmup_steps", "decay_fraction", "min_lr_ratio", "b1", "b2", "eps",
-           "weight_decay", "clip_norm", "groups", "frozen"}
+           "weight_decay", "clip_norm", "groups", "frozen", "reset_steps"}
   unknown = set(cfg) - known
   if unknown:
     raise ValueError(f"optim: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})")
@@ -105,7 +108,33 @@ def make_optimizer(cfg: Mapping, params, total_steps: int) -> tuple[optax.Gradie
   if cfg.get("clip_norm"):
     parts.append(optax.clip_by_global_norm(cfg["clip_norm"]))
   parts.append(optax.multi_transform(transforms, labels))
-  return optax.chain(*parts), default_sched
+  tx = optax.chain(*parts)
+  reset = sorted({int(s) for s in cfg.get("reset_steps") or ()})
+  return (reset_at(tx, reset) if reset else tx), default_sched
+
+
+class ResetState(NamedTuple):
+  inner: Any
+  count: jax.Array   # updates made so far
+
+
+def reset_at(inner: optax.GradientTransformation, steps: Sequence[int]) -> optax.GradientTransformation:
+  """``inner`` whose state is re-initialised before the update of each step in ``steps`` (1-based: the
+  update that makes step s). The state is replaced inside the jitted update (a select per leaf)."""
+  steps_arr = jnp.asarray(sorted(int(s) for s in steps), jnp.int32)
+
+  def init(params):
+    return ResetState(inner.init(params), jnp.zeros((), jnp.int32))
+
+  def update(updates, state, params=None):
+    step = state.count + 1
+    fresh = inner.init(params if params is not None else updates)
+    now = jnp.any(steps_arr == step)
+    state_inner = jax.tree.map(lambda f, s: jnp.where(now, f, s), fresh, state.inner)
+    updates, new_inner = inner.update(updates, state_inner, params)
+    return updates, ResetState(new_inner, step)
+
+  return optax.GradientTransformation(init, update)
 
 
 def global_norm(tree) -> jax.Array:

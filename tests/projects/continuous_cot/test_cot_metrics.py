@@ -104,7 +104,7 @@ def test_evaluation_metrics_against_a_direct_recomputation(graph4_task):
   graphdef, params = nnx.split(bucketed.make_model())
   got = _evaluate(bucketed, params, graphdef)
   assert set(got) == {"acc", "acc_two", "is_cand", "acc_fixed", "acc_two_fixed", "is_cand_fixed",
-                      "floor_first", "floor_ancestors"}
+                      "floor_first", "floor_ancestors", "hop1", "hop2", "hop3", "hop1_mass", "hop2_mass", "hop3_mass"}
   n = bucketed.eval_set.n
   rows = bucketed.eval_set.rows
   # Floors: brute force on each row's own prompt (the candidate order of the evaluation rows).
@@ -117,10 +117,21 @@ def test_evaluation_metrics_against_a_direct_recomputation(graph4_task):
     assert tokens[q + 1:q + 3] == row["cands"].tolist() and set(tokens[q + 1:q + 3]) == {p.target, p.neg_target}
   # Model metrics: from the answer logits of the padded evaluation's full forward, in numpy.
   batch = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
-  both = jax.jit(lambda p, b: [padded._coconut_answer_logits(nnx.merge(graphdef, p), b, name)
-                               for name in ("gold", "fixed")])(params, batch)
-  for logits, suffix in zip(both, ("", "_fixed")):
-    logits = np.asarray(logits)
+  full = jax.jit(lambda p, b: [padded._logits(nnx.merge(graphdef, p), b[f"tokens_{name}"], b, f"num_{name}",
+                                               padded.K_eval)[..., :40] for name in ("gold", "fixed")])(params, batch)
+  # hop k (gold thoughts): the logits at column latent_start − 1 + (k − 1) (the root, then thought k − 1)
+  gold = np.asarray(full[0])
+  for k in range(1, 4):
+    cols = np.array([r["latent_start"] for r in rows]) - 1 + (k - 1)
+    logits_k = gold[np.arange(n), cols]
+    want = np.mean([logits_k[i].argmax() in p.neighbor_k()[k] for i, p in enumerate(bucketed.valid)])
+    assert got[f"hop{k}"] == pytest.approx(want, abs=1e-6)
+    probs = np.exp(logits_k - logits_k.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    mass = np.mean([probs[i, p.neighbor_k()[k]].sum() for i, p in enumerate(bucketed.valid)])
+    assert got[f"hop{k}_mass"] == pytest.approx(mass, abs=1e-5)
+  for logits, suffix, name in zip(full, ("", "_fixed"), ("gold", "fixed")):
+    logits = np.asarray(logits)[np.arange(n), np.array([r[f"col_{name}"] for r in rows])]
     answer = logits.argmax(-1)
     c = np.stack([r["cands"] for r in rows])
     target = np.array([p.target for p in bucketed.valid])
