@@ -18,6 +18,7 @@ from configs.continuous_cot import scaled
 
 VARIANTS = ("base", "relabel", "relabel_rope", "relabel_rope_set", "relabel_rope_bfs")
 STEPS = 1500
+STAGE0 = 1_000_000
 
 
 def get_config(variant: str = "relabel_rope"):
@@ -25,7 +26,8 @@ def get_config(variant: str = "relabel_rope"):
   if variant not in VARIANTS:
     raise ValueError(f"configs/continuous_cot/plateau.py: unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
   c = scaled.get_config("coconut_bfs" if variant.endswith("_bfs") else "coconut")
-  c.cot.update(dict(steps_per_stage=STEPS, stage0_steps=STEPS, relabel=variant != "base",
+  # stage 0 for the whole run, however long (a longer run, --config.train.steps=N, stays in stage 0)
+  c.cot.update(dict(steps_per_stage=STAGE0, stage0_steps=STAGE0, relabel=variant != "base",
                     loss="set" if variant.endswith("_set") else "label"))
   c.model.update(dict(d_model=128, num_heads=4, d_ff=512, positions="rope" if "rope" in variant else "learned"))
   c.optim.update(dict(lr=1e-3, warmup_steps=200, schedule="constant"))

@@ -2,7 +2,7 @@
 (Coconut with path and BFS labels, CoT, No-CoT), on generated problems at the smoke size."""
 import pytest
 
-from configs.continuous_cot import scaled as scaled_cfg
+from configs.continuous_cot import cpu as cpu_cfg, scaled as scaled_cfg
 from projects.continuous_cot import data, train
 from superpose.train import gradcheck
 
@@ -30,3 +30,18 @@ def test_cot_gradients_flow(variant, problems):
   report = gradcheck.check_task(task, cfg)
   gradcheck.assert_gradients_flow(report)
   assert report.trainable > 0 and report.frozen == 0
+
+
+def test_cpu_recipe_gradients_flow(problems):
+  """The CPU recipe's Coconut with the set-valued loss, RoPE, relabelled rows and an optimizer reset."""
+  c = cpu_cfg.get_config("coconut_set")
+  smoke = scaled_cfg.get_config("smoke")
+  c.model = smoke.model
+  c.model.positions = "rope"
+  c.train.batch_size = smoke.train.batch_size
+  c.cot.update(dict(steps_per_stage=1, stage0_steps=1))
+  cfg = c.to_dict()
+  task = train.CotTask(cfg, train=problems[0], valid=problems[1])
+  assert task.loss_kind == "set" and task.relabel and all(task.train_batch(s)["num_thoughts"].max() > 0 for s in (2, 3))
+  report = gradcheck.check_task(task, cfg)
+  gradcheck.assert_gradients_flow(report)

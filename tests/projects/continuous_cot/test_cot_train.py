@@ -6,6 +6,8 @@ import random
 import numpy as np
 import pytest
 
+from superpose.train import config as config_lib
+
 from configs.continuous_cot import paper as paper_cfg, scaled as scaled_cfg
 from projects.continuous_cot import data, graphs, thoughts as th, train
 from projects.continuous_cot import analysis, evaluate as cot_eval
@@ -179,6 +181,14 @@ def test_configs():
   for v in scaled_cfg.VARIANTS:
     c = scaled_cfg.get_config(v)
     assert c.trainer == "projects.continuous_cot.train"
+  from configs.continuous_cot import cpu, plateau
+  for module in (cpu, plateau):
+    for v in module.VARIANTS:
+      c = config_lib.to_dict(module.get_config(v))
+      config_lib.check_schema(c, train.extra_sections())
+      config_lib.check_train(c)
+  assert plateau.get_config("base").cot.relabel is False and plateau.get_config("relabel_rope_set").cot.loss == "set"
+  assert cpu.get_config("cot").cot.method == "cot" and cpu.get_config("coconut").cot.reset_optimizer
   p = paper_cfg.get_config("coconut")
   assert (p.model.num_layers, p.model.num_heads, p.model.d_model) == (2, 8, 768)
   assert (p.optim.lr, p.train.batch_size, p.cot.epochs_per_stage, p.cot.uniform_prob) == (1e-4, 256, 25, 0.1)
