@@ -12,7 +12,13 @@ Methods (``config.cot.method``), all on the same model and rows of the same prob
     k ≤ D:   ``prompt + s × <|latent|> + label``, label a depth-k node on a shortest path
              (``labels='bfs'``: any node exactly k hops from the root, Coconut-BFS);
     k = D+1: ``prompt + D × <|latent|> + [A] + target``.
-  The loss is the cross-entropy of that one label token (at the last latent, or at the root when s = 0).
+  The loss is the cross-entropy of that one label token (at the last latent, or at the root when s = 0);
+  ``loss='set'`` replaces it by −log Σ_{v ∈ pool} p(v) over the pool the label is drawn from (the EoS
+  set-valued loss; every row still logs ``label_nll``, ``set_nll`` and ``set_mass``). Curriculum options
+  (issue 20 §3): ``stage0_steps`` / ``stage0_epochs`` give stage 0 its own length; ``reset_optimizer``
+  re-initialises the optimizer state at each stage start (``optim.reset_steps``, filled in by ``run``);
+  ``relabel`` sends the nodes of every training row (all methods) to distinct random ids among the 31
+  node tokens, drawn from the row's own seed.
 * ``cot``: ``prompt + n1 … nD + [A] + target + <eos>`` with a random shortest path; loss on every token
   after the prompt (path, [A], answer, <eos>).
 * ``nocot``: ``prompt + [A] + target + <eos>``; loss on the tokens after the prompt.
@@ -49,7 +55,10 @@ not leak the solution length), the metrics of :mod:`metrics`: ``acc`` (argmax ov
 after ``[A]`` == target), ``acc_two`` (the candidate with the larger logit), ``is_cand`` (the answer is a
 candidate), and the floors ``floor_first`` / ``floor_ancestors``. CoT is decoded greedily (``max hops + 2``
 tokens); its answer is the token after the first generated ``[A]`` and its two-candidate choice reads the
-logits there (the last decoded position when there is no ``[A]``). ``run`` writes ``selection.json``: the
+logits there (the last decoded position when there is no ``[A]``). ``hop{k}`` / ``hop{k}_mass``
+(k = 1 .. the fewest hops of the validation set, ≤ 4; Coconut with gold thoughts, CoT teacher-forced): is the
+argmax after the root (k = 1) or after thought / path node k − 1 a depth-k node on a shortest path, and the
+probability mass on those nodes. ``run`` writes ``selection.json``: the
 evaluated step with the best ``eval/acc`` (the checkpoint to use), chosen on the generated validation
 split, and prints the final metrics with 95 % Wilson intervals and the measured real tokens/s.
 """
