@@ -7,10 +7,12 @@ construction.py  the paper's hand-set 2-layer construction as superpose.nn weigh
 thoughts.py      the model sizes (gpt2 preset from scratch) and the continuous-thought forward: KV-cached
                  (one new position per thought), the full re-forward reference, and the compact training
                  forward (logits only where a loss can be; the last layer only there)
-train.py         the trainer: Coconut curriculum, CoT and No-CoT baselines on one budget; length-bucketed
-                 batches (a pure function of (seed, step)) or the padded reference; real tokens per step
-metrics.py       answer metrics (full-vocabulary, two-candidate, answer-is-a-candidate), the floors (first
-                 candidate, more ancestors), Wilson intervals, Markdown tables
+train.py         the trainer: Coconut curriculum (separate stage-0 length, optimizer reset per stage, per-row
+                 node relabelling, label or set-valued loss), CoT and No-CoT baselines on one budget;
+                 length-bucketed batches (a pure function of (seed, step)) or the padded reference
+metrics.py       answer metrics (full-vocabulary, two-candidate, answer-is-a-candidate), hop-k accuracy of
+                 thoughts, the floors (first candidate, more ancestors), Wilson intervals, Markdown tables
+curves.py        learning curves of runs (plot + table with Wilson intervals, rows/tokens seen, wall time)
 analysis.py      the superposition signature (node-group inner products, layer-2 edge attention)
 evaluate.py      released-split metrics of trained runs with Wilson intervals
 bench.py         questions/s of KV-cached thoughts vs a full re-forward per thought; ``--train``: real
