@@ -8,7 +8,9 @@ No-CoT on the same model, rows and steps.
 Data (≈ 2 min): python -m projects.continuous_cot.data generate --out $D --nodes 8,12
 Commands (W=~/runs/cot/cpu):
   python -m launch.train --config configs/continuous_cot/cpu.py:coconut --workdir $W/coconut --config.cot.data_dir=$D
-  (and :cot, :nocot; :coconut_set uses the set-valued loss over the label pool)
+  (and :cot, :nocot; :coconut_set uses the set-valued loss over the label pool; :coconut_long, :cot_long,
+  :nocot_long: 7,000 steps, Coconut's stages 1–4 of 750 steps: stage 1 from 1,501, final stage of 3-hop
+  problems from 3,751, of 4-hop ones from 4,501)
 Model: gpt2 preset L2 H4 d128 d_ff 512, RoPE, tied embeddings, no dropout. Rows relabelled per row (node ids
 drawn from all 31 node tokens). AdamW β (0.9, 0.95), wd 0.01, lr 1e-3: 200 warm-up steps, stable, linear decay
 over the last 20 %; batch 64; 3,500 steps (224k rows ≈ 15 epochs of 15k problems) for every method.
@@ -20,18 +22,21 @@ projects/continuous_cot/results/README.md.
 """
 from configs.continuous_cot import scaled
 
-VARIANTS = ("coconut", "coconut_set", "cot", "nocot")
+VARIANTS = ("coconut", "coconut_set", "cot", "nocot", "coconut_long", "cot_long", "nocot_long")
 STEPS = 3500
+LONG = 7000   # the *_long variants: twice the budget, Coconut's stages 1–4 of 750 steps each
 
 
 def get_config(variant: str = "coconut"):
   variant = variant or "coconut"
   if variant not in VARIANTS:
     raise ValueError(f"configs/continuous_cot/cpu.py: unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
-  c = scaled.get_config({"coconut_set": "coconut"}.get(variant, variant))
-  c.cot.update(dict(steps_per_stage=300, stage0_steps=1500, reset_optimizer=True, relabel=True,
+  long = variant.endswith("_long")
+  c = scaled.get_config(variant.replace("_long", "").replace("_set", ""))
+  c.cot.update(dict(steps_per_stage=750 if long else 300, stage0_steps=1500, reset_optimizer=True, relabel=True,
                     loss="set" if variant == "coconut_set" else "label"))
   c.model.update(dict(d_model=128, num_heads=4, d_ff=512, positions="rope"))
   c.optim.update(dict(lr=1e-3, warmup_steps=200, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.0))
-  c.train.update(dict(steps=STEPS, batch_size=64, log_every=25, eval_every=250, checkpoint_every=500))
+  c.train.update(dict(steps=LONG if long else STEPS, batch_size=64, log_every=25, eval_every=250,
+                      checkpoint_every=500))
   return c

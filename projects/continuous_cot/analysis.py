@@ -325,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--out", required=True, help="directory for the Markdown tables and PNG plots")
   parser.add_argument("--split", action="append", choices=tuple(data_lib.RELEASED),
                       help="released split(s); default graph4 and graph4_shuffled")
+  parser.add_argument("--file", action="append", default=[],
+                      help="any ProsQA JSON file (e.g. a generated test.json), analysed as the split named by its stem")
   parser.add_argument("--limit", type=int, default=0, help="first N problems of each split (0 = all)")
   args = parser.parse_args(argv)
   try:
@@ -334,8 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   out = pathlib.Path(args.out)
   report = []
-  for split in args.split or ("graph4", "graph4_shuffled"):
-    path = data_lib.released_path(split, args.data)
+  files = [(pathlib.Path(f).stem, pathlib.Path(f)) for f in args.file]
+  if args.split or not files:
+    files += [(s, data_lib.released_path(s, args.data)) for s in args.split or ("graph4", "graph4_shuffled")]
+  for split, path in files:
     if not path.exists():
       print(f"{path}: missing", file=sys.stderr)
       return 1

@@ -89,7 +89,7 @@ def markdown(split: str, results: dict[str, dict]) -> str:
     for variant, counts in metrics_lib.by_variant(r["counts"]).items():
       rows[f"{name}: {r['method']}, {labels[variant]}"] = counts
     chosen.append(f"- {name}: {r['chosen']} (`{r['checkpoint']}`)")
-  return (f"# Answers on the released split `{split}` (95% Wilson intervals)\n\n" + metrics_lib.table(rows)
+  return (f"# Answers on `{split}` (95% Wilson intervals)\n\n" + metrics_lib.table(rows)
           + "\n\nFloors are per question in the prompt's candidate order; ties in ancestors go to the first "
           "candidate.\n\nCheckpoints:\n" + "\n".join(chosen) + "\n")
 
@@ -99,9 +99,11 @@ def main(argv=None) -> int:
   ap.add_argument("--workdir", nargs="+", required=True, type=pathlib.Path)
   ap.add_argument("--data", type=pathlib.Path, default=DEFAULT_DATA, help="folder of the released ProsQA files")
   ap.add_argument("--split", default="graph4_shuffled", choices=sorted(data_lib.RELEASED))
+  ap.add_argument("--file", type=pathlib.Path, help="any ProsQA JSON file instead of a released split (e.g. a "
+                  "generated test.json that no run selected on)")
   ap.add_argument("--out", type=pathlib.Path, help="also write the Markdown table here")
   args = ap.parse_args(argv)
-  path = args.data / data_lib.RELEASED[args.split]
+  path = args.file or args.data / data_lib.RELEASED[args.split]
   if not path.exists():
     print(f"error: {path} not found (--data names the folder of the released ProsQA files)", file=sys.stderr)
     return 2
@@ -113,7 +115,7 @@ def main(argv=None) -> int:
     except (FileNotFoundError, config_lib.ConfigError) as e:
       print(f"error: {workdir}: {e}", file=sys.stderr)
       return 2
-  text = markdown(args.split, results)
+  text = markdown(str(args.file) if args.file else f"the released split {args.split}", results)
   print(text)
   if args.out:
     args.out.write_text(text, "utf-8")

@@ -150,12 +150,20 @@ def test_smoke_run(method, gen_dir, tmp_path):
   assert scored["method"] == method and scored["checkpoint"] == sel["checkpoint"]
   for metric, (k, n) in scored["counts"].items():
     assert n == 8 and k / n == pytest.approx(result.eval[f"eval/{metric}"], abs=1e-6)
+  # The CLI on any ProsQA file (here the generated validation split) writes the same numbers as a table.
+  assert cot_eval.main(["--workdir", str(tmp_path), "--file", str(gen_dir / "valid.json"),
+                        "--out", str(tmp_path / "eval.md")]) == 0
+  k, n = scored["counts"]["acc"]
+  assert f"{k / n:.1%}" in (tmp_path / "eval.md").read_text().split("\n")[4]
   # The signature analysis reads the same selected checkpoint (continuous thoughts only).
   if method == "coconut":
     problems = data.load(gen_dir / "valid.json")[:4]
     res = analysis.analyse(analysis.subject_from_run(tmp_path), problems, tmp_path / "sig", "gen")
     assert res["count"] == 4 and 0 <= res["accuracy"] <= 1
     assert res["inner"]["reachable"][1][2] > 0 and (tmp_path / "sig/gen.png").stat().st_size > 0
+    assert analysis.main(["--workdir", str(tmp_path), "--file", str(gen_dir / "valid.json"), "--limit", "4",
+                          "--out", str(tmp_path / "sig2")]) == 0
+    assert (tmp_path / "sig2/valid.png").stat().st_size > 0 and "valid" in (tmp_path / "sig2/signature.md").read_text()
   else:
     with pytest.raises(ValueError, match="coconut"):
       analysis.subject_from_run(tmp_path)
