@@ -2,7 +2,7 @@
 
     python -m projects.continuous_cot.curves --workdir RUN [RUN ...] --out DIR [--name NAME]
 
-Panels: the training label NLL (Coconut: the drawn label's; CoT / No-CoT: the loss over their supervised
+Panels: the training loss (Coconut: the drawn label's NLL; CoT / No-CoT: the loss over their supervised
 tokens; a 100-step moving average, stage starts marked), full-vocabulary accuracy, two-candidate accuracy,
 the fraction of answers that are a candidate, and hop-1/2/3 accuracy (the argmax after the root / thought
 or path node k − 1 is a depth-k node on a shortest path), all on the run's generated validation split,
@@ -96,7 +96,7 @@ def plot(runs: Sequence[dict], path: pathlib.Path) -> None:
     for ax, (key, _) in zip(axes[1:], PANELS):
       vals = [r.get(f"eval/{key}", np.nan) for r in run["evals"]]
       ax.plot(es, vals, marker="o", ms=3, color=line.get_color())
-  axes[0].set_title("training label NLL (nats)")
+  axes[0].set_title("training loss, nats (Coconut: the label NLL)", fontsize=9)
   axes[0].legend(fontsize=7)
   floors = runs[0]["evals"][-1] if runs and runs[0]["evals"] else {}
   for ax, (key, title) in zip(axes[1:], PANELS):
