@@ -150,7 +150,8 @@ def _cot_batch(task, cfg):
   out = {"tokens": ((b, task.T), "int32"), "targets": ((b, task.T), "int32"), "weights": ((b, task.T), "float32"),
          "length": ((b,), "int32")}
   if task.method == "coconut":
-    out.update(latent_start=((b,), "int32"), num_thoughts=((b,), "int32"))
+    from projects.continuous_cot.train import VOCAB_SIZE
+    out.update(latent_start=((b,), "int32"), num_thoughts=((b,), "int32"), label_set=((b, VOCAB_SIZE), "float32"))
   return out
 
 
@@ -195,6 +196,7 @@ def make_task(cfg: Mapping[str, Any]):
       def __init__(self, config):  # CotTask.__init__ with the documented shapes instead of the data files
         c, t = config["cot"], config["train"]
         self.config, self.method, self.labels, self.seed = config, c["method"], c["labels"], config["seed"]
+        self.loss_kind, self.relabel = c.get("loss", "label"), bool(c.get("relabel", False))
         self.model_cfg = nn_config.from_dict(config["model"])
         self.batch_size, self.P = t["batch_size"], c["prompt_len"] or COT_PROMPT_LEN
         self.K = c["max_thoughts"] or COT_MAX_HOPS
