@@ -19,7 +19,12 @@ Evaluation and a checkpoint every 5 epochs (295 steps; every one kept: 60 × ≈
 AdamW state) on 500 generated validation problems: eval/acc (gold hop count of thoughts, as the
 paper) and eval/acc_fixed (4 thoughts); selection.json names the best step — the paper picks the best-val
 checkpoint too. The paper reports ≈ 24 h on 2×A100 for one run.
-Variants: coconut (default), coconut_bfs, cot, nocot, rs_code (coconut with β2 = 0.999).
+Variants: coconut (default), coconut_bfs, cot, nocot, rs_code (coconut with β2 = 0.999); eos and eos_bfs_loss:
+the follow-up's recipe (Emergence of Superposition, spec §5.3: `args/coconut_{standard,bfs_loss}.yaml`) —
+350 epochs, stage 0 = 100 epochs then 50 per stage, global batch 512 (256 × 2), nodes relabelled on every row
+(`shuffle_nodes`), the optimizer reset at each stage, mixing w.p. 0.1; eos_bfs_loss adds BFS labels and the
+set-valued loss −log Σ_{v ∈ frontier} p(v). Its lr is not in the spec: 1e-4 as the paper. The CPU-scale
+evidence for why these matter (the stage-0 plateau): projects/continuous_cot/results/README.md.
 """
 from superpose.train.config import base_config, model_section
 
@@ -27,7 +32,7 @@ from projects.continuous_cot.thoughts import SIZES
 from projects.continuous_cot.train import attach_schema, cot_section
 
 DATA_DIR = "workdirs/prosqa_gen"
-VARIANTS = ("coconut", "coconut_bfs", "cot", "nocot", "rs_code")
+VARIANTS = ("coconut", "coconut_bfs", "cot", "nocot", "rs_code", "eos", "eos_bfs_loss")
 TRAIN_PROBLEMS, BATCH, EPOCHS = 15000, 256, 300
 STEPS_PER_EPOCH = -(-TRAIN_PROBLEMS // BATCH)   # 59
 STEPS = EPOCHS * TRAIN_PROBLEMS // BATCH          # 17,578
@@ -39,12 +44,20 @@ def get_config(variant: str = "coconut"):
     raise ValueError(f"configs/continuous_cot/paper.py: unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
   c = base_config()
   c.trainer = "projects.continuous_cot.train"
-  method = {"coconut_bfs": "coconut", "rs_code": "coconut"}.get(variant, variant)
-  c.cot = cot_section(method=method, data_dir=DATA_DIR, epochs_per_stage=25, uniform_prob=0.1,
-                      labels="bfs" if variant == "coconut_bfs" else "path", eval_fixed_thoughts=4, eval_limit=500)
+  eos = variant.startswith("eos")
+  method = "coconut" if variant in ("coconut_bfs", "rs_code") or eos else variant
+  c.cot = cot_section(method=method, data_dir=DATA_DIR, epochs_per_stage=50 if eos else 25, uniform_prob=0.1,
+                      labels="bfs" if variant in ("coconut_bfs", "eos_bfs_loss") else "path", eval_fixed_thoughts=4,
+                      eval_limit=500)
+  batch, steps = BATCH, STEPS
+  if eos:
+    c.cot.update(dict(stage0_epochs=100, relabel=True, reset_optimizer=True,
+                      loss="set" if variant == "eos_bfs_loss" else "label"))
+    batch, steps = 2 * BATCH, 350 * TRAIN_PROBLEMS // (2 * BATCH)
   c.optim.update(dict(lr=1e-4, schedule="constant", warmup_steps=0, b1=0.9, b2=0.999 if variant == "rs_code" else 0.95,
                       weight_decay=0.01, clip_norm=0.0))
-  c.train.update(dict(steps=STEPS, batch_size=BATCH, seq_len=256, eval_every=5 * STEPS_PER_EPOCH,
-                      checkpoint_every=5 * STEPS_PER_EPOCH, keep_checkpoints=61, log_every=20))
+  every = 5 * -(-TRAIN_PROBLEMS // batch)
+  c.train.update(dict(steps=steps, batch_size=batch, seq_len=256, eval_every=every, checkpoint_every=every,
+                      keep_checkpoints=71, log_every=20))
   c.model = model_section("gpt2", vocab_size=40, vocab_multiple=8, max_seq_len=256, **SIZES["paper"])
   return attach_schema(c)

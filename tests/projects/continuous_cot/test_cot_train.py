@@ -200,6 +200,10 @@ def test_configs():
   p = paper_cfg.get_config("coconut")
   assert (p.model.num_layers, p.model.num_heads, p.model.d_model) == (2, 8, 768)
   assert (p.optim.lr, p.train.batch_size, p.cot.epochs_per_stage, p.cot.uniform_prob) == (1e-4, 256, 25, 0.1)
+  e = paper_cfg.get_config("eos_bfs_loss")   # the follow-up's recipe (spec §5.3)
+  assert (e.train.batch_size, e.cot.stage0_epochs, e.cot.epochs_per_stage, e.cot.relabel, e.cot.reset_optimizer,
+          e.cot.labels, e.cot.loss) == (512, 100, 50, True, True, "bfs", "set")
+  assert e.train.steps * 512 // 15000 == 349   # 350 epochs
   with pytest.raises(Exception, match="data_dir"):
     c = scaled_cfg.get_config("smoke")
     c.cot.data_dir = "/nonexistent/prosqa"
