@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from projects.continuous_cot import metrics as metrics_lib
+from projects.continuous_cot import train as train_lib
 
 PANELS = (("acc", "full-vocabulary accuracy"), ("acc_two", "two-candidate accuracy"),
           ("is_cand", "answer is a candidate"), ("hop1", "hop-1 accuracy"), ("hop2", "hop-2 accuracy"),
@@ -58,11 +59,13 @@ def eval_size(config: dict) -> int:
 
 
 def stage_starts(config: dict) -> list[int]:
+  """Coconut's stage starts (stages 1..4, the graph_4 hop counts) for runs staged by steps; by epochs the
+  training-set size would be needed, and none are marked."""
   c = config["cot"]
   if c["method"] != "coconut" or c.get("steps_per_stage", 0) <= 0:
     return []
-  first, per, steps = c.get("stage0_steps") or c["steps_per_stage"], c["steps_per_stage"], config["train"]["steps"]
-  return [first + 1 + i * per for i in range(4) if first + 1 + i * per <= steps]
+  cot = {"stage0_steps": 0, **c}
+  return train_lib.stage_starts(cot, config["train"]["steps"], 4, config["train"]["batch_size"], 1)
 
 
 def table(runs: Sequence[dict], n_eval: int) -> str:

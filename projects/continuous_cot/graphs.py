@@ -121,15 +121,17 @@ def transitive_reachable(problem: Problem) -> set[int]:
 
 
 # Relabelling and hashing ------------------------------------------------------------------------------
-def relabel(problem: Problem, perm: Sequence[int]) -> Problem:
-  """Node v becomes perm[v]; edge order is kept; names follow their nodes."""
+def relabel(problem: Problem, perm: Sequence[int], num_nodes: int | None = None) -> Problem:
+  """Node v becomes perm[v]; edge order is kept; names follow their nodes. ``num_nodes`` (default: the
+  problem's) is the id range of the result, for a ``perm`` into more ids than the problem has nodes."""
+  num_nodes = num_nodes or problem.num_nodes
   symbols = ()
   if problem.symbols:
-    out = [""] * problem.num_nodes
+    out = [""] * num_nodes
     for v, name in enumerate(problem.symbols):
       out[perm[v]] = name
     symbols = tuple(out)
-  return Problem(problem.num_nodes, tuple((perm[s], perm[t]) for s, t in problem.edges), perm[problem.root],
+  return Problem(num_nodes, tuple((perm[s], perm[t]) for s, t in problem.edges), perm[problem.root],
                  perm[problem.target], perm[problem.neg_target], symbols)
 
 

@@ -190,12 +190,34 @@ def language_row(problem: Problem, prompt: Sequence[int], rng: random.Random, me
   return tokens, len(prompt) - 1
 
 
+def scheduled_stage(cot: Mapping, step: int, batch_size: int, num_train: int) -> int:
+  """The stage of step ``step`` (1-based) under the ``config.cot`` section ``cot``: stage 0 for the first
+  ``stage0_steps`` (or ``stage0_epochs``; 0 = as long as the others), then one stage per ``steps_per_stage``
+  steps (or ``epochs_per_stage`` epochs of ``num_train`` problems at ``batch_size`` rows per step)."""
+  if cot["steps_per_stage"] > 0:
+    first, per, at = cot["stage0_steps"] or cot["steps_per_stage"], cot["steps_per_stage"], step - 1
+  else:
+    per = max(cot["epochs_per_stage"], 1)
+    first, at = cot["stage0_epochs"] or per, (step - 1) * batch_size // num_train
+  return 0 if at < first else 1 + (at - first) // per
+
+
+def stage_starts(cot: Mapping, total_steps: int, last_stage: int, batch_size: int, num_train: int) -> list[int]:
+  """The first step of each stage 1 .. ``last_stage`` within ``total_steps``."""
+  out = []
+  for step in range(2, total_steps + 1):
+    stage = scheduled_stage(cot, step, batch_size, num_train)
+    if stage > last_stage:
+      break
+    if stage != scheduled_stage(cot, step - 1, batch_size, num_train):
+      out.append(step)
+  return out
+
+
 def relabel_row(problem: Problem, rng: random.Random) -> Problem:
   """The problem with its nodes sent to distinct random ids among all ``graphs.MAX_NODES`` node tokens
   (EoS's per-row ``shuffle_nodes``): no id carries a role, every node token is used."""
-  perm = rng.sample(range(graphs.MAX_NODES), problem.num_nodes)
-  return Problem(graphs.MAX_NODES, tuple((perm[a], perm[b]) for a, b in problem.edges), perm[problem.root],
-                 perm[problem.target], perm[problem.neg_target])
+  return graphs.relabel(problem, rng.sample(range(graphs.MAX_NODES), problem.num_nodes), graphs.MAX_NODES)
 
 
 def set_mask(nodes: Sequence[int]) -> np.ndarray:
@@ -385,26 +407,12 @@ class CotTask:
 
   # schedule ------------------------------------------------------------------------------------------------
   def scheduled_stage(self, step: int) -> int:
-    """Stage 0 for the first ``stage0_steps`` (or ``stage0_epochs``; 0 = as long as the others), then one
-    stage per ``steps_per_stage`` steps (or ``epochs_per_stage`` epochs)."""
-    c = self.config["cot"]
-    if c["steps_per_stage"] > 0:
-      first, per, at = c["stage0_steps"] or c["steps_per_stage"], c["steps_per_stage"], step - 1
-    else:
-      per = max(c["epochs_per_stage"], 1)
-      first, at = c["stage0_epochs"] or per, (step - 1) * self.batch_size // len(self.train)
-    return 0 if at < first else 1 + (at - first) // per
+    return scheduled_stage(self.config["cot"], step, self.batch_size, len(self.train))
 
   def stage_starts(self, total_steps: int) -> list[int]:
     """The first step of each Coconut stage 1 .. (the largest hop count) within ``total_steps``."""
-    out, last = [], max(p.hops for p in self.train)
-    for step in range(2, total_steps + 1):
-      stage = self.scheduled_stage(step)
-      if stage != self.scheduled_stage(step - 1) and stage <= last:
-        out.append(step)
-      if stage > last:
-        break
-    return out
+    return stage_starts(self.config["cot"], total_steps, max(p.hops for p in self.train), self.batch_size,
+                        len(self.train))
 
   def _prompt(self, problem: Problem, rng: random.Random) -> list[int]:
     return data_lib.prompt_tokens(problem, layout=self.config["cot"]["layout"], rng=rng)

@@ -120,7 +120,7 @@ class ResetState(NamedTuple):
 
 def reset_at(inner: optax.GradientTransformation, steps: Sequence[int]) -> optax.GradientTransformation:
   """``inner`` whose state is re-initialised before the update of each step in ``steps`` (1-based: the
-  update that makes step s). The state is replaced inside the jitted update (a select per leaf)."""
+  update that makes step s), inside the jitted update."""
   steps_arr = jnp.asarray(sorted(int(s) for s in steps), jnp.int32)
 
   def init(params):
@@ -128,9 +128,9 @@ def reset_at(inner: optax.GradientTransformation, steps: Sequence[int]) -> optax
 
   def update(updates, state, params=None):
     step = state.count + 1
-    fresh = inner.init(params if params is not None else updates)
-    now = jnp.any(steps_arr == step)
-    state_inner = jax.tree.map(lambda f, s: jnp.where(now, f, s), fresh, state.inner)
+    like = params if params is not None else updates
+    # a cond, not a select per leaf: steps without a reset make no pass over the state
+    state_inner = jax.lax.cond(jnp.any(steps_arr == step), lambda s: inner.init(like), lambda s: s, state.inner)
     updates, new_inner = inner.update(updates, state_inner, params)
     return updates, ResetState(new_inner, step)
 
