@@ -1,13 +1,18 @@
-"""Task vectors of a from-scratch model (spec §3): extraction, best layer, convex combinations vs real mixed prompts.
+"""Task vectors of a from-scratch model (spec §3): extraction, every layer's effect, convex combinations vs real
+mixed prompts.
 
-  python -m projects.icl_superposition.task_vectors --workdir workdirs/icl/uniform --out workdirs/icl/task_vectors
+  python -m projects.icl_superposition.task_vectors --workdir ~/runs/icl/mod_add_skewed_d96_s0 --out DIR
 
 1. v_t[ℓ] = the residual stream after block ℓ at the final ``>`` of a single-task prompt, averaged over
    ``--prompts`` prompts of task t (the run's number of lines), for the run's test pair (retrieve2,
    retrieve6), or the family's tasks 2 and 6 when the run evaluates random pairs (plus2, plus6).
-2. Best layer: v_t[ℓ] is written over the residual stream after block ℓ at the ``>`` of a query-only
-   prompt ``<bos>x>``; ℓ* = argmax over ℓ of the mean (over both tasks and ``--prompts`` queries) of
-   P(answer of t). The unpatched query-only prompt is the zero-shot baseline.
+2. Every layer: v_t[ℓ] is written over the residual stream after block ℓ at the ``>`` of a query-only
+   prompt ``<bos>x>`` (``--prompts`` queries); reported per layer: cos(v_0, v_1), P(answer of t) with v_t,
+   P(answer of t) with the OTHER task's vector, and the move from the zero-shot prior (the unpatched query-only
+   prompt) toward the patched task's answer, mean over t of P(ans_t | v_t) − P(ans_t | no patch), with a 95 %
+   bootstrap interval over the queries. The chosen layer ℓ* has the largest move. (Choosing by the largest
+   P(answer) instead keeps whatever the zero-shot prior already gives, e.g. a block-0 patch with cos(v_0, v_1)
+   ≈ 1 that changes nothing.)
 3. Convex combinations (1 − λ)·v_0 + λ·v_1 at ℓ*, λ ∈ linspace(0, 1, 30): P(answer of task 0),
    P(answer of task 1), P(elsewhere) on the query-only prompts, beside real mixed prompts with a fraction
    1 − λ of task-0 lines (7 values of λ, bernoulli mixing as in calibrate.py).
@@ -22,7 +27,7 @@ import sys
 
 import numpy as np
 
-from projects.icl_superposition import calibrate, chars, scoring, tasks as tasks_lib
+from projects.icl_superposition import calibrate, chars, mixtures, scoring, tasks as tasks_lib
 
 LAMBDAS = np.linspace(0.0, 1.0, 30)
 ICL_LAMBDAS = np.linspace(0.0, 1.0, 7)
@@ -54,15 +59,19 @@ def analyse(model, config: dict, n: int = 100, seed: int = 0) -> dict:
   rng = np.random.default_rng([seed, 5])
   vecs = {t: extract(model, t, n_examples, n, rng) for t in (task0, task1)}
   queries = query_only(task0, task1, n, rng)
-  zero = _score(model, queries).answer_prob.mean(0)
-  num_layers = model.cfg.num_layers
+  zero_p = _score(model, queries).answer_prob                          # (n, 2)
+  zero = zero_p.mean(0)
   by_layer = []
-  for layer in range(num_layers):
-    p0 = _score(model, queries, patch_layer=layer, patch=vecs[task0][layer + 1]).answer_prob.mean(0)
-    p1 = _score(model, queries, patch_layer=layer, patch=vecs[task1][layer + 1]).answer_prob.mean(0)
-    by_layer.append({"layer": layer, "p_task0_with_v0": float(p0[0]), "p_task1_with_v1": float(p1[1]),
-                     "mean": float((p0[0] + p1[1]) / 2)})
-  best = max(by_layer, key=lambda r: r["mean"])["layer"]
+  for layer in range(model.cfg.num_layers):
+    with_v = [_score(model, queries, patch_layer=layer, patch=vecs[t][layer + 1]).answer_prob for t in (task0, task1)]
+    move = ((with_v[0][:, 0] - zero_p[:, 0]) + (with_v[1][:, 1] - zero_p[:, 1])) / 2     # per query
+    by_layer.append({"layer": layer, "p_task0_with_v0": float(with_v[0][:, 0].mean()),
+                     "p_task1_with_v1": float(with_v[1][:, 1].mean()),
+                     "p_task0_with_v1": float(with_v[1][:, 0].mean()),
+                     "p_task1_with_v0": float(with_v[0][:, 1].mean()),
+                     "move": float(move.mean()), "move_ci95": mixtures.bootstrap_ci([move], seed=seed),
+                     "cosine": _cos(vecs[task0][layer + 1], vecs[task1][layer + 1])})
+  best = max(by_layer, key=lambda r: r["move"])["layer"]
   interp = []
   for lam in LAMBDAS:
     v = (1 - lam) * vecs[task0][best + 1] + lam * vecs[task1][best + 1]
@@ -76,11 +85,13 @@ def analyse(model, config: dict, n: int = 100, seed: int = 0) -> dict:
     p = _score(model, prompts).answer_prob
     icl.append({"lambda": float(lam), "p_task0": float(p[:, 0].mean()), "p_task1": float(p[:, 1].mean()),
                 "p_other": float(1 - p.sum(1).mean())})
-  cos = [float(np.dot(vecs[task0][i], vecs[task1][i]) /
-               (np.linalg.norm(vecs[task0][i]) * np.linalg.norm(vecs[task1][i]) + 1e-12))
-         for i in range(num_layers + 1)]
   return {"tasks": [task0, task1], "prompts": n, "zero_shot": {"p_task0": float(zero[0]), "p_task1": float(zero[1])},
-          "by_layer": by_layer, "best_layer": best, "cosine_v0_v1": cos, "interpolation": interp, "icl": icl}
+          "by_layer": by_layer, "best_layer": best, "embedding_cosine": _cos(vecs[task0][0], vecs[task1][0]),
+          "interpolation": interp, "icl": icl}
+
+
+def _cos(a, b) -> float:
+  return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
 
 def plot(name: str, res: dict, path: pathlib.Path) -> None:
@@ -93,6 +104,7 @@ def plot(name: str, res: dict, path: pathlib.Path) -> None:
   axes[0].plot(layers, [r["p_task1_with_v1"] for r in res["by_layer"]], "o-", label="P(task 1 answer | v1)")
   axes[0].axhline(res["zero_shot"]["p_task0"], color="C0", ls=":", label="zero-shot, no patch")
   axes[0].axhline(res["zero_shot"]["p_task1"], color="C1", ls=":")
+  axes[0].axvline(res["best_layer"], color="k", lw=0.6, ls="--", label="chosen (largest move)")
   axes[0].set(xlabel="patched after block", ylabel="probability", title=f"{name}: patch layer", ylim=(0, 1))
   axes[0].legend(fontsize=7)
   for ax, key, title in ((axes[1], "interpolation", f"(1−λ)·v0 + λ·v1 at block {res['best_layer']}"),
@@ -111,13 +123,18 @@ def plot(name: str, res: dict, path: pathlib.Path) -> None:
 def markdown(results: dict) -> str:
   lines = []
   for name, r in results.items():
-    lines += [f"### {name}: task vectors ({r['prompts']} prompts each)", "",
-              f"zero-shot (no patch): P(task 0) {r['zero_shot']['p_task0']:.3f}, P(task 1) {r['zero_shot']['p_task1']:.3f}; "
-              f"best layer: after block {r['best_layer']}", "",
-              "| patched after block | P(task 0 ans \\| v0) | P(task 1 ans \\| v1) | cos(v0, v1) |", "|---|---|---|---|"]
+    t0, t1 = r["tasks"]
+    lines += [f"### {name}: task vectors of {t0} (v0) and {t1} (v1), {r['prompts']} prompts each", "",
+              f"zero-shot (no patch): P({t0} answer) {r['zero_shot']['p_task0']:.3f}, P({t1} answer) "
+              f"{r['zero_shot']['p_task1']:.3f}; chosen layer (largest move toward the patched task's answer): "
+              f"after block {r['best_layer']}", "",
+              "| patched after block | cos(v0, v1) | P(ans0 \\| v0) | P(ans1 \\| v1) | P(ans0 \\| v1) | P(ans1 \\| v0) | "
+              "move from zero-shot [95 %] |", "|---|---|---|---|---|---|---|"]
     for row in r["by_layer"]:
-      lines.append(f"| {row['layer']} | {row['p_task0_with_v0']:.3f} | {row['p_task1_with_v1']:.3f} | "
-                   f"{r['cosine_v0_v1'][row['layer'] + 1]:.3f} |")
+      lo, hi = row["move_ci95"]
+      lines.append(f"| {row['layer']}{' (chosen)' if row['layer'] == r['best_layer'] else ''} | {row['cosine']:.3f} | "
+                   f"{row['p_task0_with_v0']:.3f} | {row['p_task1_with_v1']:.3f} | {row['p_task0_with_v1']:.3f} | "
+                   f"{row['p_task1_with_v0']:.3f} | {row['move']:+.3f} [{lo:+.3f}, {hi:+.3f}] |")
     lines += ["", "| λ | patched P0 / P1 / elsewhere | real mixed prompt P0 / P1 / elsewhere |", "|---|---|---|"]
     by_lam = {round(x["lambda"], 3): x for x in r["interpolation"]}
     for x in r["icl"]:
@@ -145,7 +162,7 @@ def main(argv=None) -> int:
       name = pathlib.Path(wd).name
       results[name] = analyse(model, config, args.prompts, args.seed)
       plot(name, results[name], out / f"task_vectors_{name}.png")
-      print(f"{name}: best layer {results[name]['best_layer']}", flush=True)
+      print(f"{name}: chosen layer {results[name]['best_layer']} (largest move toward the patched answer)", flush=True)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -198,9 +198,12 @@ def _query(tasks: Sequence[Task], used: set[str], rng: np.random.Generator, max_
 
 
 def multi_task_prompt(tasks: Sequence[Task | str], fractions: Sequence[float], n_examples: int,
-                      rng: np.random.Generator) -> Prompt:
+                      rng: np.random.Generator, query_absent: bool = False) -> Prompt:
   """A prompt whose examples come from ``tasks`` in exact proportions ``fractions``, in random order;
-  the query (new input, distinct answers across the tasks) is answered by every task."""
+  the query (new input, distinct answers across the tasks) is answered by every task.
+
+  ``query_absent``: the query is drawn first and no in-context example has its input (a control for
+  ``mod_add``, whose 10 inputs otherwise all appear in a long context, so copying a matching line answers)."""
   tasks = [get_task(t) for t in tasks]
   if len({t.family for t in tasks}) != 1:
     raise ValueError(f"tasks {[t.name for t in tasks]} come from different families; they cannot share a query")
@@ -209,13 +212,25 @@ def multi_task_prompt(tasks: Sequence[Task | str], fractions: Sequence[float], n
   counts = example_counts(fractions, n_examples)
   labels = np.repeat(np.arange(len(tasks)), counts)
   labels = labels[rng.permutation(len(labels))]
-  examples = tuple(tasks[int(i)].example(rng) for i in labels)
-  fresh = FAMILIES[tasks[0].family].fresh_query if tasks[0].family in FAMILIES else True
-  query = _query(tasks, {x for x, _ in examples} if fresh else set(), rng)
+  if query_absent:
+    query = _query(tasks, set(), rng)
+    examples = tuple(_example_without(tasks[int(i)], query, rng) for i in labels)
+  else:
+    examples = tuple(tasks[int(i)].example(rng) for i in labels)
+    fresh = FAMILIES[tasks[0].family].fresh_query if tasks[0].family in FAMILIES else True
+    query = _query(tasks, {x for x, _ in examples} if fresh else set(), rng)
   text = "".join(f"{x}{tasks[0].sep}{y}{NEWLINE}" for x, y in examples) + tasks[0].query_text(query)
   return Prompt(text=text, query=query, tasks=tuple(t.name for t in tasks),
                 answers=tuple(t.answer(query) for t in tasks), examples=examples,
                 labels=tuple(int(i) for i in labels))
+
+
+def _example_without(task: Task, x_out: str, rng: np.random.Generator, max_tries: int = 10_000) -> tuple[str, str]:
+  for _ in range(max_tries):
+    x, y = task.example(rng)
+    if x != x_out:
+      return x, y
+  raise RuntimeError(f"{task.name}: no input other than {x_out!r}")
 
 
 def single_task_prompt(task: Task | str, n_examples: int, rng: np.random.Generator) -> Prompt:
@@ -224,14 +239,14 @@ def single_task_prompt(task: Task | str, n_examples: int, rng: np.random.Generat
 
 def mixed_prompt(task_a: Task | str, task_b: Task | str, n_examples: int, d: float,
                  rng: np.random.Generator) -> Prompt:
-  """Exactly floor(d·N) examples from task b (float-guarded; a remainder goes to a), the rest from a,
-  shuffled; ``answers == (answer_a, answer_b)``. (The from-scratch code drew each example's task
-  independently; exact counts remove that noise from the calibration curve.)"""
+  """floor((1 − d)·N) examples from task b (float-guarded), the rest (≈ d·N) from task a, shuffled; ``answers == (answer_a, answer_b)``. d is the share of task a (task 0), as in ``calibrate``.
+  (The from-scratch code drew each example's task independently; exact counts remove that noise from the
+  calibration curve.)"""
   if not 0.0 <= d <= 1.0:
     raise ValueError(f"mixing fraction d must lie in [0, 1], got {d}")
   if get_task(task_a).name == get_task(task_b).name:
     raise ValueError("mixed_prompt needs two different tasks")
-  return multi_task_prompt([task_a, task_b], [1.0 - d, d], n_examples, rng)
+  return multi_task_prompt([task_a, task_b], [d, 1.0 - d], n_examples, rng)
 
 
 def family_prompt(family: Family | str, rng: np.random.Generator, n_examples: int | None = None,

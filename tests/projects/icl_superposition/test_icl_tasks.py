@@ -117,7 +117,7 @@ def test_mixed_prompt_fractions_exact(pair):
   for n in (100, 37, 7):
     for d in np.round(np.linspace(0, 1, 11), 1):
       p = tasks.mixed_prompt(a, b, n, float(d), np.random.default_rng(int(10 * d)))
-      n_b = int(np.floor(d * n + 1e-9))
+      n_b = int(np.floor((1 - d) * n + 1e-9))                 # d is the share of task a
       assert p.labels.count(1) == n_b and p.labels.count(0) == n - n_b
       assert p.tasks == (a, b)
       ta, tb = tasks.TASKS[a], tasks.TASKS[b]

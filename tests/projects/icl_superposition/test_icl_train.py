@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs.icl_superposition import mod_add as mod_add_cfg, retrieval as retrieval_cfg
-from projects.icl_superposition import calibrate, chars, scoring, task_mass, task_vectors, tasks, train
+from projects.icl_superposition import calibrate, capacity, chars, scoring, task_mass, task_vectors, tasks, train
 from superpose.nn import config as nn_config
 from superpose.nn.testing import random_model
 from superpose.train import config as config_lib
@@ -203,6 +203,21 @@ def test_reference_curve_and_compare(shared_data):
   assert "mean_abs_delta_ci95" not in cmp_                      # summary rows only: no per-prompt samples
 
 
+def _noisy_rows(rng, ref, gap, n=300, seeds=1):
+  """Curves whose prompts commit to one task (0/1 samples) with mean P_ref + gap, ``seeds`` groups each."""
+  rows = []
+  for d in calibrate.MIXING:
+    p = float(np.clip(ref[d][0] + gap, 0, 1))
+    groups = []
+    for _ in range(seeds):
+      x = (rng.random(n) < p).astype(float)
+      groups.append(np.stack([x, 1 - x], 1))
+    m = np.concatenate(groups).mean(0)
+    rows.append({"d": d, "p_task0": {"mean": m[0]}, "p_task1": {"mean": m[1]},
+                 "samples": groups if seeds > 1 else groups[0]})
+  return rows
+
+
 def test_compare_bootstrap_interval():
   """With every mean 0.1 above its reference, |Δ| keeps its sign, so the mean |Δ| is a plain mean of 22 independent
   sample means: its 95 % interval is ±1.96·sqrt(Σ var_i / n) / 22 around 0.1."""
@@ -213,14 +228,40 @@ def test_compare_bootstrap_interval():
   for d in calibrate.MIXING:
     x = np.stack([rng.normal(0.3, sd, n), rng.normal(0.6, sd, n)], 1)
     rows.append({"d": d, "p_task0": {"mean": x[:, 0].mean()}, "p_task1": {"mean": x[:, 1].mean()}, "samples": x})
-  cmp_ = calibrate.compare(rows, ref, draws=4000)
+  cmp_ = calibrate.compare(rows, ref, draws=4000, ref_prompts=None)
   lo, hi = cmp_["mean_abs_delta_ci95"]
   half = 1.96 * np.sqrt(22 * sd**2 / n) / 22
   assert lo < cmp_["mean_abs_delta"] < hi
   assert (hi - lo) / 2 == pytest.approx(half, rel=0.1)
   assert cmp_["mean_abs_delta"] == pytest.approx(0.1, abs=3 * half)
+  assert cmp_["rms_gap_ci95"][0] < 0.1 < cmp_["rms_gap_ci95"][1]
+  assert cmp_["noise_rms"] == pytest.approx(sd / np.sqrt(n), rel=0.1)
   rows0 = [dict(r, samples=np.tile(r["samples"].mean(0), (n, 1))) for r in rows]   # no spread: a point interval
-  assert calibrate.compare(rows0, ref)["mean_abs_delta_ci95"] == pytest.approx([cmp_["mean_abs_delta"]] * 2)
+  assert calibrate.compare(rows0, ref, ref_prompts=None)["mean_abs_delta_ci95"] == pytest.approx(
+      [cmp_["mean_abs_delta"]] * 2)
+  # the reference's own sampling noise widens the interval
+  lo_r, hi_r = calibrate.compare(rows, ref, draws=4000)["mean_abs_delta_ci95"]
+  assert hi_r - lo_r > (hi - lo) * 1.05
+
+
+def test_compare_gap_interval_coverage():
+  """Committing predictors (0/1 per prompt) whose mean equals the reference: the percentile interval of the mean
+  |Δ| excludes the true 0 every time (|·| biases it up), the noise-corrected RMS gap's interval reaches 0 in ≥ 90 %
+  of replicates; with a true gap of 0.08 at every point its interval covers 0.08 in ≥ 80 % and excludes 0.
+  Two training seeds work the same way."""
+  ref = {d: (0.1 + 0.8 * d, 0.9 - 0.8 * d, 0.0) for d in calibrate.MIXING}
+  zero, biased, covered, excluded = 0, 0, 0, 0
+  reps = 30
+  for rep in range(reps):
+    rng = np.random.default_rng(rep)
+    c = calibrate.compare(_noisy_rows(rng, ref, 0.0, seeds=1 + rep % 2), ref, draws=400, seed=rep, ref_prompts=None)
+    zero += c["rms_gap_ci95"][0] == 0.0
+    biased += c["mean_abs_delta_ci95"][0] > 0.0
+    g = calibrate.compare(_noisy_rows(rng, ref, -0.08), ref, draws=400, seed=rep, ref_prompts=None)
+    covered += g["rms_gap_ci95"][0] <= 0.08 <= g["rms_gap_ci95"][1]
+    excluded += g["rms_gap_ci95"][0] > 0
+  assert biased == reps and zero >= 0.9 * reps
+  assert covered >= 0.8 * reps and excluded == reps
 
 
 def test_calibrate_and_task_vector_clis(smoke_run, shared_data, tmp_path, monkeypatch):
@@ -229,18 +270,31 @@ def test_calibrate_and_task_vector_clis(smoke_run, shared_data, tmp_path, monkey
   monkeypatch.setattr(task_vectors, "LAMBDAS", np.linspace(0, 1, 3))
   monkeypatch.setattr(task_vectors, "ICL_LAMBDAS", np.linspace(0, 1, 2))
   rc = calibrate.main(["--workdir", str(workdir), "--out", str(tmp_path / "cal"), "--prompts", "6",
-                       "--tables-dir", str(shared_data / "icl_tables")])
+                       "--conditions", "standard,inside", "--tables-dir", str(shared_data / "icl_tables")])
   assert rc == 0
   res = json.loads((tmp_path / "cal/calibration.json").read_text())[workdir.name]
-  assert [r["d"] for r in res["rows"]] == [0.0, 0.5, 1.0] and res["reference"] == "eval_copy_6_384_6_mix_1"
-  for r in res["rows"]:
-    assert r["p_other"]["mean"] == pytest.approx(1 - r["p_task0"]["mean"] - r["p_task1"]["mean"], abs=1e-6)
-  assert (tmp_path / f"cal/calibration_{workdir.name}.png").stat().st_size > 0
+  assert res["reference"] == "eval_copy_6_384_6_mix_1" and set(res["conditions"]) == {"standard", "inside"}
+  assert res["lines"] == {"standard": 6, "inside": 5}
+  for cond in res["conditions"].values():
+    assert set(cond) == {"model", "diagonal", "soft oracle", "one-hot oracle"}
+    rows = cond["model"]["rows"]
+    assert [r["d"] for r in rows] == [0.0, 0.5, 1.0]
+    for r in rows:
+      assert r["other"] == pytest.approx(1 - r["p_task0"]["mean"] - r["p_task1"]["mean"], abs=1e-6)
+    soft = cond["soft oracle"]["per_prompt"]
+    assert soft["kl"]["mean"] == pytest.approx(0, abs=1e-12) and soft["tv"]["mean"] == pytest.approx(0, abs=1e-12)
+    assert cond["one-hot oracle"]["per_prompt"]["r"]["mean"] == 1.0
+  assert (tmp_path / f"cal/calibration_{workdir.name}_inside.png").stat().st_size > 0
+  assert "one-hot oracle" in (tmp_path / "cal/calibration.md").read_text()
   calibrate.overlay({"a": res, "b": res}, tmp_path / "runs.png")
   assert (tmp_path / "runs.png").read_bytes()[:4] == b"\x89PNG"
   assert task_vectors.main(["--workdir", str(workdir), "--out", str(tmp_path / "tv"), "--prompts", "4"]) == 0
   tv = json.loads((tmp_path / "tv/task_vectors.json").read_text())[workdir.name]
-  assert len(tv["by_layer"]) == 2 and len(tv["interpolation"]) == 3 and 0 <= tv["best_layer"] < 2
+  assert len(tv["by_layer"]) == 2 and len(tv["interpolation"]) == 3
+  assert tv["best_layer"] == max(tv["by_layer"], key=lambda r: r["move"])["layer"]
+  for row in tv["by_layer"]:   # the move is P(answer | own vector) − P(answer | no patch), averaged over the pair
+    want = (row["p_task0_with_v0"] - tv["zero_shot"]["p_task0"] + row["p_task1_with_v1"] - tv["zero_shot"]["p_task1"]) / 2
+    assert row["move"] == pytest.approx(want, abs=1e-6) and -1 <= row["cosine"] <= 1
   assert calibrate.main(["--workdir", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
   assert task_mass.main(["--workdir", str(workdir), "--pairs", "retrieve2,retrieve6", "--out", str(tmp_path / "tm"),
                          "--prompts", "4"]) == 0
@@ -255,6 +309,19 @@ def test_calibrate_and_task_vector_clis(smoke_run, shared_data, tmp_path, monkey
                       prefix=[chars.VOCAB.bos_id], batch_size=4)
     np.testing.assert_allclose(m[j, [2, 6]], s.answer_prob.mean(0), rtol=1e-4, atol=1e-6)
   assert task_mass.main(["--workdir", str(workdir), "--pairs", "retrieve2", "--out", str(tmp_path / "tm")]) == 2
+  rc = capacity.main(["--workdir", f"two={workdir},{workdir}", "--out", str(tmp_path / "cap"), "--prompts", "4",
+                      "--ks", "1,2,3"])
+  assert rc == 0
+  cap = json.loads((tmp_path / "cap/capacity.json").read_text())
+  assert [(c["k"], c["shares"]) for c in cap["conditions"]] == [(1, "uniform"), (2, "uniform"), (2, "dirichlet"),
+                                                                (3, "uniform"), (3, "dirichlet")]
+  for c in cap["conditions"]:
+    e = c["models"]["two"]
+    assert 0 <= e["r"]["mean"] <= c["k"] and len(e["p_answers"]) == c["k"] and e["kl"]["per_seed"][0] == pytest.approx(
+        e["kl"]["per_seed"][1])                                       # the same run twice: the same prompts
+    assert c["soft oracle"]["tv"]["mean"] == pytest.approx(0, abs=1e-12)
+  assert cap["models"]["two"]["parameters"] > 0 and (tmp_path / "cap/capacity.png").stat().st_size > 0
+  assert capacity.main(["--workdir", str(workdir), "--out", str(tmp_path / "cap"), "--shares", "zipf"]) == 2
 
 
 def test_task_mass_offsets():
