@@ -10,6 +10,18 @@ Commands (W=workdirs/icl):
                                                  (600 uniform steps from the skewed run's parameters; see retrieval.py)
   python -m projects.icl_superposition.calibrate --workdir $W/mod_add_uniform $W/mod_add_skewed --out $W/calibration_mod_add
 
+Size × seed sweep (issue 21; R=~/runs/icl, D ∈ {48, 96, 192}, S ∈ {0, 1}; the same curriculum, H 6, d_ff 4·D):
+  O="--config.model.d_model=$D --config.model.d_ff=$((4*D)) --config.seed=$S"
+  python -m launch.train --config configs/icl_superposition/mod_add.py:uniform_short $O --workdir $R/mod_add_uniform_d${D}_s${S}_short
+  python -m launch.train --config configs/icl_superposition/mod_add.py:uniform_long $O \
+      --config.train.init_from=$R/mod_add_uniform_d${D}_s${S}_short --workdir $R/mod_add_uniform_d${D}_s${S}
+  python -m projects.icl_superposition.calibrate --workdir $R/mod_add_uniform_d96_s0,$R/mod_add_uniform_d96_s1 \
+      --out DIR --prompts 300 --conditions standard,inside,absent
+  python -m projects.icl_superposition.capacity --workdir d48=$R/mod_add_uniform_d48_s0,$R/mod_add_uniform_d48_s1 \
+      d96=... d192=... --out DIR --prompts 300
+  Measured (projects/icl_superposition/results/README.md, "Per prompt"): 25 min per d 96 run on 2 cores with
+  two runs side by side; whether a seed leaves the 1/10 plateau within the 6,000 short-row steps varies.
+
 The recipe of configs/icl_superposition/retrieval.py (same scaled model, schedule and variants) with the
 paper's 100 lines per row (T = 1 + 100·4 = 401 → 408 columns), AdamW ε 1e-8 (the paper's non-copy runs),
 the paper recipe's batch 800 (200 × 4). Skewed: 90% of rows take k ∈ 0..4. Evaluation: a random pair of

@@ -227,6 +227,8 @@ def analyse(curves: list[list[dict]], ref: dict | None, seed: int = 0, draws: in
     out[name] = res
   first = out["model"]["rows"]
   out["model"]["single_task"] = [first[0]["p_task1"]["mean"], first[-1]["p_task0"]["mean"]]
+  out["model"]["single_task_per_seed"] = [[float(c[0]["p"][:, 1].mean()), float(c[-1]["p"][:, 0].mean())]
+                                          for c in curves]
   return out
 
 
@@ -303,19 +305,21 @@ def overlay(results: dict, path: pathlib.Path) -> None:
 
 def summary_table(name: str, cond: dict, ref_name: str | None) -> list[str]:
   """One row per predictor: the curve's distance to the reference and the per-prompt measures."""
-  lines = [f"| {name} | mean \\|Δ\\| to {ref_name or '–'} [95 %] | per-prompt KL(s‖P) median [95 %] | mean KL | "
-           "TV(s, P) [95 %] | r (of 2) [95 %] | P(elsewhere) [95 %] | max over d |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = [f"| {name} | mean \\|Δ\\| to {ref_name or '–'} | RMS gap, noise-corrected [95 %] | per-prompt KL(s‖P) "
+           "median [95 %] | mean KL | TV(s, P) [95 %] | r (of 2) [95 %] | P(elsewhere) [95 %] | max over d |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for pred, res in cond.items():
     pp, cmp_ = res["per_prompt"], res.get("compare")
-    delta = "–"
+    delta = gap = "–"
     if cmp_:
-      ci = cmp_.get("mean_abs_delta_ci95")
-      delta = f"{cmp_['mean_abs_delta']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+      delta = f"{cmp_['mean_abs_delta']:.3f}"
+      if "rms_gap" in cmp_:
+        lo, hi = cmp_["rms_gap_ci95"]
+        gap = f"{cmp_['rms_gap']:.3f} [{lo:.3f}, {hi:.3f}]"
     label = f"**{pred}**" if pred == "model" else pred
-    lines.append(f"| {label} | {delta} | {mixtures.fmt_ci(pp['kl'], 'median', 2)} | {mixtures.fmt(pp['kl']['mean'], 2)} | "
-                 f"{mixtures.fmt_ci(pp['tv'])} | {mixtures.fmt_ci(pp['r'], digits=2)} | {mixtures.fmt_ci(pp['other'])} | "
-                 f"{res['max_other']:.3f} |")
+    lines.append(f"| {label} | {delta} | {gap} | {mixtures.fmt_ci(pp['kl'], 'median', 2)} | "
+                 f"{mixtures.fmt(pp['kl']['mean'], 2)} | {mixtures.fmt_ci(pp['tv'])} | "
+                 f"{mixtures.fmt_ci(pp['r'], digits=2)} | {mixtures.fmt_ci(pp['other'])} | {res['max_other']:.3f} |")
   return lines
 
 
@@ -330,6 +334,11 @@ def markdown(results: dict) -> str:
                 f"{model['single_task'][1]:.3f} (task 0 at d = 1). Per-prompt columns pool the mixed prompts "
                 "(0 < d < 1); KL against the realised shares s.", ""]
       lines += summary_table("predictor", cond, res.get("reference")) + [""]
+      if len(res["workdirs"]) > 1:
+        pp = model["per_prompt"]
+        lines += ["per seed: single-task " + " · ".join(f"{a:.3f} / {b:.3f}" for a, b in model["single_task_per_seed"])
+                  + "; " + "; ".join(f"{k} " + " · ".join(f"{x:.3f}" for x in pp[k]["per_seed"])
+                                     for k in ("tv", "r", "other")), ""]
       ref = res.get("reference_curve", {})
       lines += ["| d | P(task 0) [95 %] | P(task 1) [95 %] | P(elsewhere) | KL median | TV | r (of 2) | reference P0 / P1 |",
                 "|---|---|---|---|---|---|---|---|"]
@@ -392,8 +401,8 @@ def main(argv=None) -> int:
         res["conditions"][condition] = cond
         plot(f"{name} ({condition})", cond, ref, ref_name, curves, out / f"calibration_{name}_{condition}.png")
         m = cond["model"]
-        print(f"{name} [{condition}]: mean |Δ| to {ref_name} {m['compare']['mean_abs_delta']:.3f} "
-              f"{m['compare'].get('mean_abs_delta_ci95')}; per-prompt TV {m['per_prompt']['tv']['mean']:.3f} "
+        print(f"{name} [{condition}]: mean |Δ| to {ref_name} {m['compare']['mean_abs_delta']:.3f}, RMS gap "
+              f"{m['compare']['rms_gap']:.3f}; per-prompt TV {m['per_prompt']['tv']['mean']:.3f} "
               f"(one-hot oracle {cond['one-hot oracle']['per_prompt']['tv']['mean']:.3f}); "
               f"P(elsewhere) max {m['max_other']:.3f}", flush=True)
       results[name] = res

@@ -93,3 +93,30 @@ def test_k_task_prompts(law):
 def test_run_groups():
   assert calibrate.run_groups(["a/x_s0,a/x_s1", "b/y", "big=c/z_s0,c/z_s1"]) == [
       ("x", ["a/x_s0", "a/x_s1"]), ("y", ["b/y"]), ("big", ["c/z_s0", "c/z_s1"])]
+
+
+def test_analyse_two_seeds_and_markdown():
+  """Two seeds of synthetic curves: the model's rows pool them, the references are scored on the same prompts, the
+  table names every predictor and the per-seed values."""
+  def fake_curve(rng, leak):
+    rows = []
+    for d in calibrate.MIXING:
+      k0 = rng.binomial(20, d, size=50)
+      shares = np.stack([k0 / 20, 1 - k0 / 20], 1)
+      p = (1 - leak) * shares
+      rows.append({"d": d, "p": p, "r": np.full(50, 2), "shares": shares, "nominal": np.tile([d, 1 - d], (50, 1))})
+    return rows
+  rng = np.random.default_rng(4)
+  curves = [fake_curve(rng, 0.0), fake_curve(rng, 0.2)]
+  ref = {d: (d, 1 - d, 0.0) for d in calibrate.MIXING}
+  res = calibrate.analyse(curves, ref, draws=200)
+  assert set(res) == {"model", *mixtures.REFERENCES}
+  model = res["model"]
+  assert model["per_prompt"]["other"]["per_seed"] == pytest.approx([0.0, 0.2])
+  assert np.allclose(model["single_task_per_seed"], [[1.0, 1.0], [0.8, 0.8]])
+  assert model["rows"][5]["p_task0"]["mean"] == pytest.approx(np.mean(np.concatenate(
+      [curves[0][5]["shares"][:, 0], 0.8 * curves[1][5]["shares"][:, 0]])))
+  assert res["soft oracle"]["compare"]["rms_gap"] < 0.05 < model["compare"]["rms_gap"]
+  md = calibrate.markdown({"toy": {"workdirs": ["a", "b"], "prompts": 50, "mixing": "bernoulli", "lines": {"standard": 20},
+                                   "reference": "ref", "reference_curve": {}, "conditions": {"standard": res}}})
+  assert "one-hot oracle" in md and "per seed: single-task 1.000 / 1.000 · 0.800 / 0.800" in md
