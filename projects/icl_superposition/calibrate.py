@@ -191,15 +191,17 @@ def compare(rows: list[dict], ref: dict, draws: int = 2000, seed: int = 0,
   return out
 
 
-def analyse(curves: list[list[dict]], ref: dict | None, seed: int = 0, draws: int = 2000) -> dict:
+def analyse(curves: list[list[dict]], ref: dict | None, seed: int = 0, draws: int = 2000,
+            n_outputs: int | None = None) -> dict:
   """Every predictor (the model, over its seeds' ``curve``s, and the references on the same prompts): per-d
   means with intervals, per-prompt summaries over the mixed prompts, and ``compare`` to ``ref``."""
   rng = np.random.default_rng([seed, 97])
-  preds: dict[str, list[list[mixtures.Predictions]]] = {"model": [], **{k: [] for k in mixtures.REFERENCES}}
+  names = mixtures.REFERENCES + ((mixtures.GUESS,) if n_outputs else ())
+  preds: dict[str, list[list[mixtures.Predictions]]] = {"model": [], **{k: [] for k in names}}
   for c in curves:
     preds["model"].append([mixtures.Predictions(p=row["p"], r=row["r"]) for row in c])
-    refs = [mixtures.references(row["nominal"], row["shares"], rng) for row in c]
-    for name in mixtures.REFERENCES:
+    refs = [mixtures.references(row["nominal"], row["shares"], rng, n_outputs) for row in c]
+    for name in names:
       preds[name].append([x[name] for x in refs])
   out = {}
   for name, by_seed in preds.items():
@@ -397,7 +399,7 @@ def main(argv=None) -> int:
       for condition in conditions:
         res["lines"][condition] = condition_setup(config, condition)[0]
         curves = [curve(model, cfg, args.prompts, args.seed, args.mixing, condition) for cfg, model in loaded]
-        cond = analyse(curves, ref, seed=args.seed)
+        cond = analyse(curves, ref, seed=args.seed, n_outputs=mixtures.OUTPUTS.get(config["icl"]["family"]))
         res["conditions"][condition] = cond
         plot(f"{name} ({condition})", cond, ref, ref_name, curves, out / f"calibration_{name}_{condition}.png")
         m = cond["model"]

@@ -31,6 +31,7 @@ from superpose.train.config import ConfigError
 from projects.icl_superposition import calibrate, chars, mixtures, scoring, tasks as tasks_lib
 
 SHARES = ("uniform", "dirichlet")
+REFERENCES = mixtures.REFERENCES + (mixtures.GUESS,)
 
 
 def k_prompts(family: str, k: int, shares: str, n_examples: int, n: int,
@@ -72,13 +73,13 @@ def evaluate(model, config: dict, k: int, shares: str, n: int, seed: int = 0, ba
   return {"pred": mixtures.from_scores(s), "shares": mixtures.shares_of(prompts, k), "nominal": nominal}
 
 
-def analyse(per_seed: list[dict], seed: int = 0, draws: int = 2000) -> dict:
+def analyse(per_seed: list[dict], seed: int = 0, draws: int = 2000, n_outputs: int | None = None) -> dict:
   """Summaries of the model (its seeds pooled) and of the reference predictors on the first seed's prompts
   (every seed sees the same prompts)."""
   out = {"model": mixtures.summarize([mixtures.per_prompt(e["pred"], e["shares"]) for e in per_seed],
                                      draws=draws, seed=seed)}
   first = per_seed[0]
-  refs = mixtures.references(first["nominal"], first["shares"], np.random.default_rng([seed, 83]))
+  refs = mixtures.references(first["nominal"], first["shares"], np.random.default_rng([seed, 83]), n_outputs)
   for name, pred in refs.items():
     out[name] = mixtures.summarize([mixtures.per_prompt(pred, first["shares"])], draws=draws, seed=seed)
   out["p_answers"] = [float(x) for x in np.concatenate([e["pred"].p for e in per_seed]).mean(0)]
@@ -106,13 +107,15 @@ def plot(results: dict, path: pathlib.Path) -> None:
         scale = ks if per_k else 1.0
         ax.errorbar(ks + 0.04 * (i - 1), m / scale, yerr=[(m - lo) / scale, (hi - m) / scale], color=f"C{i}",
                     ls=style, marker="o", ms=3, capsize=2, label=f"{size}, {law}")
-    if key in ("tv", "r"):
+    for ref_name, color, keys in (("one-hot oracle", "0.5", ("tv", "r")), (mixtures.GUESS, "0.75", ("r", "tv"))):
+      if key not in keys:
+        continue
       for law, style in (("uniform", "-"), ("dirichlet", "--")):
-        ref = [(c["k"], c["one-hot oracle"][key]["mean"]) for c in results["conditions"] if c["shares"] == law]
+        ref = [(c["k"], c[ref_name][key]["mean"]) for c in results["conditions"] if c["shares"] == law and ref_name in c]
         if ref:
           ks = np.array([k for k, _ in ref], float)
-          ax.plot(ks, np.array([v for _, v in ref]) / (ks if per_k else 1.0), ls=style, color="0.5", lw=1,
-                  label=f"one-hot oracle, {law}")
+          ax.plot(ks, np.array([v for _, v in ref]) / (ks if per_k else 1.0), ls=style, color=color, lw=1,
+                  label=f"{ref_name}, {law}")
     ax.set(xlabel="K tasks in the prompt", title=title)
     ax.set_xticks(sorted({c["k"] for c in results["conditions"]}))
   axes[0].legend(fontsize=6)
@@ -130,7 +133,7 @@ def markdown(results: dict) -> str:
   lines += ["", "| K | shares | predictor | r (of K) [95 %] | KL median [95 %] | mean KL | TV [95 %] | "
             "P(elsewhere) [95 %] | mean P(answer) per task |", "|---|---|---|---|---|---|---|---|---|"]
   for c in results["conditions"]:
-    rows = [(size, e) for size, e in c["models"].items()] + [(name, c[name]) for name in mixtures.REFERENCES]
+    rows = [(size, e) for size, e in c["models"].items()] + [(name, c[name]) for name in REFERENCES if name in c]
     for name, e in rows:
       is_model = name in results["models"]
       pa = ", ".join(f"{x:.2f}" for x in e["p_answers"]) if "p_answers" in e else ""
@@ -163,6 +166,7 @@ def main(argv=None) -> int:
     families = {cfg["icl"]["family"] for runs in loaded.values() for cfg, _ in runs}
     if len(families) != 1:
       raise ValueError(f"runs of different families ({', '.join(sorted(families))}) cannot share prompts")
+    n_outputs = mixtures.OUTPUTS.get(next(iter(families)))
     conds = conditions(ks, laws)
     results = {"prompts": args.prompts, "conditions": [], "models": {}}
     for name, dirs in groups:
@@ -176,9 +180,9 @@ def main(argv=None) -> int:
         for cfg, model in runs:
           evals.append(evaluate(model, cfg, k, law, args.prompts, args.seed))
           bar.update(1)
-        res = analyse(evals, seed=args.seed)
+        res = analyse(evals, seed=args.seed, n_outputs=n_outputs)
         entry["models"][name] = {**res["model"], "p_answers": res["p_answers"]}
-        for ref in mixtures.REFERENCES:
+        for ref in REFERENCES:
           entry[ref] = res[ref]
       results["conditions"].append(entry)
       print("  ".join(f"K={k} {law} {name}: r {e['r']['mean']:.2f} TV {e['tv']['mean']:.3f} "

@@ -15,7 +15,7 @@ P_i = P(answer of task i | prompt), unnormalised (1 − Σ P_i is the mass elsew
 Reference predictors on the same prompts (``references``): ``diagonal`` P = nominal shares (what a perfectly
 calibrated model gives on average), ``soft oracle`` P = realised shares (per-prompt calibration, KL 0, TV 0),
 ``one-hot oracle`` P = e_j with j drawn with the realised shares (one task per prompt, calibrated only over
-prompts). A method's mean over prompts can match the diagonal while its per-prompt numbers are the one-hot
+prompts), ``uniform guess`` P = 1/V on each of the family's V outputs (the chance floor of r: K²/V). A method's mean over prompts can match the diagonal while its per-prompt numbers are the one-hot
 oracle's: the per-prompt columns tell them apart.
 
 Intervals (``bootstrap_ci``): percentiles over resamples of training seeds (with replacement, when there are
@@ -28,6 +28,8 @@ import dataclasses
 import numpy as np
 
 REFERENCES = ("diagonal", "soft oracle", "one-hot oracle")
+GUESS = "uniform guess"
+OUTPUTS = {"mod_add": 10, "retrieval": 8}   # a family's plausible outputs: 10 digits; the query's 8 letters
 METRICS = ("kl", "tv", "r", "other")
 
 
@@ -62,14 +64,23 @@ def _r_of(p: np.ndarray) -> np.ndarray:
   return ((p >= kth[:, None]) & (p > 0)).sum(1)
 
 
-def references(nominal: np.ndarray, shares: np.ndarray, rng: np.random.Generator) -> dict[str, Predictions]:
+def references(nominal: np.ndarray, shares: np.ndarray, rng: np.random.Generator,
+               n_outputs: int | None = None) -> dict[str, Predictions]:
+  """The reference predictors (module docstring); with ``n_outputs`` V also the ``uniform guess``: P = 1/V on each
+  of the family's V plausible outputs, its top K a random K of them (r hypergeometric, mean K²/V) — the chance
+  floor of r, which grows with K."""
   nominal, shares = np.asarray(nominal, np.float64), np.asarray(shares, np.float64)
   n, k = shares.shape
   cum = np.cumsum(shares, 1)
   j = np.minimum((rng.random(n)[:, None] > cum).sum(1), k - 1)
   one_hot = np.eye(k)[j]
-  return {name: Predictions(p=p, r=_r_of(p)) for name, p in
-          (("diagonal", nominal), ("soft oracle", shares), ("one-hot oracle", one_hot))}
+  out = {name: Predictions(p=p, r=_r_of(p)) for name, p in
+         (("diagonal", nominal), ("soft oracle", shares), ("one-hot oracle", one_hot))}
+  if n_outputs:
+    if n_outputs < k:
+      raise ValueError(f"{k} tasks but only {n_outputs} outputs")
+    out[GUESS] = Predictions(p=np.full((n, k), 1.0 / n_outputs), r=rng.hypergeometric(k, n_outputs - k, k, size=n))
+  return out
 
 
 def per_prompt(pred: Predictions, shares: np.ndarray) -> dict[str, np.ndarray]:

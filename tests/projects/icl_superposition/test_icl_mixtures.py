@@ -31,6 +31,18 @@ def test_reference_predictors_per_prompt():
   assert m["kl"] == pytest.approx(np.full(4000, np.log(2)))
 
 
+def test_uniform_guess_is_the_chance_floor_of_r():
+  rng = np.random.default_rng(5)
+  for k in (2, 5):
+    shares = np.full((20000, k), 1.0 / k)
+    guess = mixtures.references(shares, shares, rng, n_outputs=10)[mixtures.GUESS]
+    assert guess.r.mean() == pytest.approx(k * k / 10, rel=0.03)        # hypergeometric: K of 10 outputs drawn K
+    m = mixtures.per_prompt(guess, shares)
+    assert m["other"] == pytest.approx(np.full(20000, 1 - k / 10)) and m["kl"] == pytest.approx(np.full(20000, np.log(10 / k)))
+  with pytest.raises(ValueError):
+    mixtures.references(np.ones((1, 3)) / 3, np.ones((1, 3)) / 3, rng, n_outputs=2)
+
+
 def test_r_of_reference_predictors_counts_nonzero_answers():
   p = np.array([[0.3, 0.7], [1.0, 0.0], [0.2, 0.2]])
   assert list(mixtures.references(p, p, np.random.default_rng(0))["diagonal"].r) == [2, 1, 2]
@@ -109,8 +121,8 @@ def test_analyse_two_seeds_and_markdown():
   rng = np.random.default_rng(4)
   curves = [fake_curve(rng, 0.0), fake_curve(rng, 0.2)]
   ref = {d: (d, 1 - d, 0.0) for d in calibrate.MIXING}
-  res = calibrate.analyse(curves, ref, draws=200)
-  assert set(res) == {"model", *mixtures.REFERENCES}
+  res = calibrate.analyse(curves, ref, draws=200, n_outputs=10)
+  assert set(res) == {"model", *mixtures.REFERENCES, mixtures.GUESS}
   model = res["model"]
   assert model["per_prompt"]["other"]["per_seed"] == pytest.approx([0.0, 0.2])
   assert np.allclose(model["single_task_per_seed"], [[1.0, 1.0], [0.8, 0.8]])

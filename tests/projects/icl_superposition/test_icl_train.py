@@ -276,7 +276,7 @@ def test_calibrate_and_task_vector_clis(smoke_run, shared_data, tmp_path, monkey
   assert res["reference"] == "eval_copy_6_384_6_mix_1" and set(res["conditions"]) == {"standard", "inside"}
   assert res["lines"] == {"standard": 6, "inside": 5}
   for cond in res["conditions"].values():
-    assert set(cond) == {"model", "diagonal", "soft oracle", "one-hot oracle"}
+    assert set(cond) == {"model", "diagonal", "soft oracle", "one-hot oracle", "uniform guess"}
     rows = cond["model"]["rows"]
     assert [r["d"] for r in rows] == [0.0, 0.5, 1.0]
     for r in rows:
@@ -320,6 +320,7 @@ def test_calibrate_and_task_vector_clis(smoke_run, shared_data, tmp_path, monkey
     assert 0 <= e["r"]["mean"] <= c["k"] and len(e["p_answers"]) == c["k"] and e["kl"]["per_seed"][0] == pytest.approx(
         e["kl"]["per_seed"][1])                                       # the same run twice: the same prompts
     assert c["soft oracle"]["tv"]["mean"] == pytest.approx(0, abs=1e-12)
+    assert c["uniform guess"]["other"]["mean"] == pytest.approx(1 - c["k"] / 8)   # retrieval: 8 outputs
   assert cap["models"]["two"]["parameters"] > 0 and (tmp_path / "cap/capacity.png").stat().st_size > 0
   assert capacity.main(["--workdir", str(workdir), "--out", str(tmp_path / "cap"), "--shares", "zipf"]) == 2
 
