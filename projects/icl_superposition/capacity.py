@@ -152,6 +152,8 @@ def main(argv=None) -> int:
   ap.add_argument("--ks", default="1,2,3,4,5")
   ap.add_argument("--shares", default="uniform,dirichlet")
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--add", action="store_true",
+                  help="add these models to OUT/capacity.json (same prompts, conditions and seed) instead of starting anew")
   args = ap.parse_args(argv)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
@@ -168,13 +170,20 @@ def main(argv=None) -> int:
       raise ValueError(f"runs of different families ({', '.join(sorted(families))}) cannot share prompts")
     n_outputs = mixtures.OUTPUTS.get(next(iter(families)))
     conds = conditions(ks, laws)
-    results = {"prompts": args.prompts, "conditions": [], "models": {}}
+    results = {"prompts": args.prompts, "seed": args.seed, "family": next(iter(families)),
+               "conditions": [{"k": k, "shares": law, "models": {}} for k, law in conds], "models": {}}
+    if args.add:
+      results = json.loads((out / "capacity.json").read_text())
+      have = [(c["k"], c["shares"]) for c in results["conditions"]]
+      if (have != conds or results["prompts"] != args.prompts or results.get("seed") != args.seed
+          or results.get("family") != next(iter(families))):
+        raise ValueError(f"--add: {out / 'capacity.json'} was made with other conditions, prompts, seed or family")
     for name, dirs in groups:
       results["models"][name] = {"workdirs": dirs, "parameters": parameter_count(loaded[name][0][1])}
     bar = tqdm(total=len(conds) * sum(len(r) for r in loaded.values()), desc="capacity", unit="condition",
                file=sys.stderr)
-    for k, law in conds:
-      entry = {"k": k, "shares": law, "models": {}}
+    for entry in results["conditions"]:
+      k, law = entry["k"], entry["shares"]
       for name, runs in loaded.items():
         evals = []
         for cfg, model in runs:
@@ -184,7 +193,6 @@ def main(argv=None) -> int:
         entry["models"][name] = {**res["model"], "p_answers": res["p_answers"]}
         for ref in REFERENCES:
           entry[ref] = res[ref]
-      results["conditions"].append(entry)
       print("  ".join(f"K={k} {law} {name}: r {e['r']['mean']:.2f} TV {e['tv']['mean']:.3f} "
                       f"other {e['other']['mean']:.3f}" for name, e in entry["models"].items()), flush=True)
     bar.close()

@@ -323,6 +323,15 @@ def test_calibrate_and_task_vector_clis(smoke_run, shared_data, tmp_path, monkey
     assert c["uniform guess"]["other"]["mean"] == pytest.approx(1 - c["k"] / 8)   # retrieval: 8 outputs
   assert cap["models"]["two"]["parameters"] > 0 and (tmp_path / "cap/capacity.png").stat().st_size > 0
   assert capacity.main(["--workdir", str(workdir), "--out", str(tmp_path / "cap"), "--shares", "zipf"]) == 2
+  # a later size joins the same table: the same prompts, so its numbers equal the first model's
+  assert capacity.main(["--workdir", f"again={workdir}", "--out", str(tmp_path / "cap"), "--prompts", "4",
+                        "--ks", "1,2,3", "--add"]) == 0
+  cap = json.loads((tmp_path / "cap/capacity.json").read_text())
+  assert set(cap["models"]) == {"two", "again"}
+  for c in cap["conditions"]:
+    assert c["models"]["again"]["tv"]["mean"] == pytest.approx(c["models"]["two"]["tv"]["mean"])
+  assert capacity.main(["--workdir", f"again={workdir}", "--out", str(tmp_path / "cap"), "--prompts", "5",
+                        "--ks", "1,2,3", "--add"]) == 2
 
 
 def test_task_mass_offsets():
