@@ -10,7 +10,8 @@ mixed prompts.
    prompt ``<bos>x>`` (``--prompts`` queries); reported per layer: cos(v_0, v_1), P(answer of t) with v_t,
    P(answer of t) with the OTHER task's vector, and the move from the zero-shot prior (the unpatched query-only
    prompt) toward the patched task's answer, mean over t of P(ans_t | v_t) − P(ans_t | no patch), with a 95 %
-   bootstrap interval over the queries. The chosen layer ℓ* has the largest move. (Choosing by the largest
+   bootstrap interval over the queries, and the task-specific part, mean over t of P(ans_t | v_t) − P(ans_t | v_other)
+   (a patch that only erases the prior moves both tasks alike). The chosen layer ℓ* has the largest move. (Choosing by the largest
    P(answer) instead keeps whatever the zero-shot prior already gives, e.g. a block-0 patch with cos(v_0, v_1)
    ≈ 1 that changes nothing.)
 3. Convex combinations (1 − λ)·v_0 + λ·v_1 at ℓ*, λ ∈ linspace(0, 1, 30): P(answer of task 0),
@@ -70,6 +71,7 @@ def analyse(model, config: dict, n: int = 100, seed: int = 0) -> dict:
                      "p_task0_with_v1": float(with_v[1][:, 0].mean()),
                      "p_task1_with_v0": float(with_v[0][:, 1].mean()),
                      "move": float(move.mean()), "move_ci95": mixtures.bootstrap_ci([move], seed=seed),
+                     "specific": float(((with_v[0][:, 0] - with_v[1][:, 0]) + (with_v[1][:, 1] - with_v[0][:, 1])).mean() / 2),
                      "cosine": _cos(vecs[task0][layer + 1], vecs[task1][layer + 1])})
   best = max(by_layer, key=lambda r: r["move"])["layer"]
   interp = []
@@ -129,12 +131,12 @@ def markdown(results: dict) -> str:
               f"{r['zero_shot']['p_task1']:.3f}; chosen layer (largest move toward the patched task's answer): "
               f"after block {r['best_layer']}", "",
               "| patched after block | cos(v0, v1) | P(ans0 \\| v0) | P(ans1 \\| v1) | P(ans0 \\| v1) | P(ans1 \\| v0) | "
-              "move from zero-shot [95 %] |", "|---|---|---|---|---|---|---|"]
+              "move from zero-shot [95 %] | own − other vector |", "|---|---|---|---|---|---|---|---|"]
     for row in r["by_layer"]:
       lo, hi = row["move_ci95"]
       lines.append(f"| {row['layer']}{' (chosen)' if row['layer'] == r['best_layer'] else ''} | {row['cosine']:.3f} | "
                    f"{row['p_task0_with_v0']:.3f} | {row['p_task1_with_v1']:.3f} | {row['p_task0_with_v1']:.3f} | "
-                   f"{row['p_task1_with_v0']:.3f} | {row['move']:+.3f} [{lo:+.3f}, {hi:+.3f}] |")
+                   f"{row['p_task1_with_v0']:.3f} | {row['move']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {row['specific']:+.3f} |")
     lines += ["", "| λ | patched P0 / P1 / elsewhere | real mixed prompt P0 / P1 / elsewhere |", "|---|---|---|"]
     by_lam = {round(x["lambda"], 3): x for x in r["interpolation"]}
     for x in r["icl"]:

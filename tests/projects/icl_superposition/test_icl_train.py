@@ -295,6 +295,8 @@ def test_calibrate_and_task_vector_clis(smoke_run, shared_data, tmp_path, monkey
   for row in tv["by_layer"]:   # the move is P(answer | own vector) − P(answer | no patch), averaged over the pair
     want = (row["p_task0_with_v0"] - tv["zero_shot"]["p_task0"] + row["p_task1_with_v1"] - tv["zero_shot"]["p_task1"]) / 2
     assert row["move"] == pytest.approx(want, abs=1e-6) and -1 <= row["cosine"] <= 1
+    own_minus_other = (row["p_task0_with_v0"] - row["p_task0_with_v1"] + row["p_task1_with_v1"] - row["p_task1_with_v0"]) / 2
+    assert row["specific"] == pytest.approx(own_minus_other, abs=1e-6)
   assert calibrate.main(["--workdir", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
   assert task_mass.main(["--workdir", str(workdir), "--pairs", "retrieve2,retrieve6", "--out", str(tmp_path / "tm"),
                          "--prompts", "4"]) == 0
