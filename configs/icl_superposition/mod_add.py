@@ -19,8 +19,10 @@ Size × seed sweep (issue 21; R=~/runs/icl, D ∈ {48, 96, 192}, S ∈ {0, 1}; t
       --out DIR --prompts 300 --conditions standard,inside,absent
   python -m projects.icl_superposition.capacity --workdir d48=$R/mod_add_uniform_d48_s0,$R/mod_add_uniform_d48_s1 \
       d96=... d192=... --out DIR --prompts 300
-  Measured (projects/icl_superposition/results/README.md, "Per prompt"): 25 min per d 96 run on 2 cores with
-  two runs side by side; whether a seed leaves the 1/10 plateau within the 6,000 short-row steps varies.
+  Measured 2026-12-07 (projects/icl_superposition/results/README.md, "Per prompt"; 2 cores, 2–3 runs side by side):
+  d 48 ≈ 20 min, d 96 ≈ 30 min, d 192 ≈ 75 min per seed. The uniform curriculum learned all ten offsets in 0 of 5
+  runs (single-task 9.5 % d48 s0 plateau; 19.5 % d48 s1, d96 s1, d192 s0: k mod 2; 48.9 % d96 s0: k mod 5); the
+  skewed one (``skewed_short`` → ``skewed_long``) in 2 of 2 (d 96, 99.1 %).
 
 The recipe of configs/icl_superposition/retrieval.py (same scaled model, schedule and variants) with the
 paper's 100 lines per row (T = 1 + 100·4 = 401 → 408 columns), AdamW ε 1e-8 (the paper's non-copy runs),
