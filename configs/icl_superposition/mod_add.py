@@ -13,11 +13,12 @@ Commands (W=workdirs/icl):
 Size × seed sweep (issue 21; R=~/runs/icl, D ∈ {48, 96, 192}, S ∈ {0, 1}; the same curriculum, H 6, d_ff 4·D):
   O="--config.model.d_model=$D --config.model.d_ff=$((4*D)) --config.seed=$S"
   python -m launch.train --config configs/icl_superposition/mod_add.py:uniform_short $O --workdir $R/mod_add_uniform_d${D}_s${S}_short
-  python -m launch.train --config configs/icl_superposition/mod_add.py:uniform_long $O \
+  python -m launch.train --config configs/icl_superposition/mod_add.py:uniform_long $O \\
       --config.train.init_from=$R/mod_add_uniform_d${D}_s${S}_short --workdir $R/mod_add_uniform_d${D}_s${S}
-  python -m projects.icl_superposition.calibrate --workdir $R/mod_add_uniform_d96_s0,$R/mod_add_uniform_d96_s1 \
+  (skewed: the same with skewed_short / skewed_long and the names …_skewed_d${D}_s${S})
+  python -m projects.icl_superposition.calibrate --workdir $R/mod_add_uniform_d96_s0,$R/mod_add_uniform_d96_s1 \\
       --out DIR --prompts 300 --conditions standard,inside,absent
-  python -m projects.icl_superposition.capacity --workdir d48=$R/mod_add_uniform_d48_s0,$R/mod_add_uniform_d48_s1 \
+  python -m projects.icl_superposition.capacity --workdir d48=$R/mod_add_uniform_d48_s0,$R/mod_add_uniform_d48_s1 \\
       d96=... d192=... --out DIR --prompts 300
   Measured 2026-12-07 (projects/icl_superposition/results/README.md, "Per prompt"; 2 cores, 2–3 runs side by side):
   d 48 ≈ 20 min, d 96 ≈ 30 min, d 192 ≈ 75 min per seed. The uniform curriculum learned all ten offsets in 0 of 5
