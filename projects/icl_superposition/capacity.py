@@ -168,15 +168,16 @@ def main(argv=None) -> int:
     families = {cfg["icl"]["family"] for runs in loaded.values() for cfg, _ in runs}
     if len(families) != 1:
       raise ValueError(f"runs of different families ({', '.join(sorted(families))}) cannot share prompts")
-    n_outputs = mixtures.OUTPUTS.get(next(iter(families)))
+    family = next(iter(families))
+    n_outputs = mixtures.OUTPUTS.get(family)
     conds = conditions(ks, laws)
-    results = {"prompts": args.prompts, "seed": args.seed, "family": next(iter(families)),
+    results = {"prompts": args.prompts, "seed": args.seed, "family": family,
                "conditions": [{"k": k, "shares": law, "models": {}} for k, law in conds], "models": {}}
     if args.add:
       results = json.loads((out / "capacity.json").read_text())
       have = [(c["k"], c["shares"]) for c in results["conditions"]]
       if (have != conds or results["prompts"] != args.prompts or results.get("seed") != args.seed
-          or results.get("family") != next(iter(families))):
+          or results.get("family") != family):
         raise ValueError(f"--add: {out / 'capacity.json'} was made with other conditions, prompts, seed or family")
     for name, dirs in groups:
       results["models"][name] = {"workdirs": dirs, "parameters": parameter_count(loaded[name][0][1])}

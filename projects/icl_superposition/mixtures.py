@@ -27,6 +27,8 @@ import dataclasses
 
 import numpy as np
 
+from projects.icl_superposition import scoring
+
 REFERENCES = ("diagonal", "soft oracle", "one-hot oracle")
 GUESS = "uniform guess"
 OUTPUTS = {"mod_add": 10, "retrieval": 8}   # a family's plausible outputs: 10 digits; the query's 8 letters
@@ -86,9 +88,8 @@ def references(nominal: np.ndarray, shares: np.ndarray, rng: np.random.Generator
 def per_prompt(pred: Predictions, shares: np.ndarray) -> dict[str, np.ndarray]:
   s = np.asarray(shares, np.float64)
   p = np.asarray(pred.p, np.float64)
-  with np.errstate(divide="ignore"):
-    log_ratio = np.where(s > 0, np.log(np.where(s > 0, s, 1.0)) - np.log(p), 0.0)
-  kl = (s * log_ratio).sum(1)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    kl = scoring.kl_target_model(s, np.log(p))
   tv = 0.5 * (np.abs(p - s).sum(1) + pred.other)
   return {"kl": kl, "tv": tv, "r": np.asarray(pred.r, np.float64), "other": pred.other}
 

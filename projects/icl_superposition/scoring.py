@@ -208,7 +208,8 @@ def kl_target_model(target: np.ndarray, answer_logp: np.ndarray) -> np.ndarray:
   """KL(target ‖ P) = Σ_i t_i (log t_i − log P_i) per prompt, from log P (spec §1.3: P unnormalised, 0·log 0 = 0)."""
   t = np.asarray(target, np.float64)
   log_t = np.log(np.where(t > 0, t, 1.0))
-  return (t * (log_t - np.asarray(answer_logp, np.float64))).sum(-1)
+  # tasks with t = 0 add 0 even where P = 0 (log P = −∞); a task with t > 0 and P = 0 makes the KL ∞
+  return np.where(t > 0, t * (log_t - np.asarray(answer_logp, np.float64)), 0.0).sum(-1)
 
 
 def mean_ci(x) -> dict[str, float]:
