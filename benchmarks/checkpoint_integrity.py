@@ -22,7 +22,6 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 from flax import nnx
 
 from superpose import nn

@@ -34,7 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from superpose import nn
 from superpose.train import flops, optim, state as state_lib, step as step_lib
-from superpose.train.lm import lm_loss
+from superpose.train.losses import lm_loss
 from superpose.train.mesh import make_mesh
 
 L, D, H, T, B, V = 6, 512, 8, 256, 8, 4096

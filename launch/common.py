@@ -32,8 +32,7 @@ def setup(config, workdir: str | None = None) -> None:
   from superpose.train import config as config_lib, peers, workdir as workdir_lib
   from superpose.train.mesh import maybe_initialize_distributed
 
-  config_lib.check_schema(config.to_dict(), getattr(config, "extra_sections", None))
-  config_lib.check_train(config)
+  config_lib.check(config)   # the one validation of a config: no unknown key, every value in its domain
   if workdir is not None:
     workdir_lib.check_writable(workdir)
   cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", str(pathlib.Path.home() / ".cache" / "superpose" / "jax"))

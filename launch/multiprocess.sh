@@ -111,6 +111,8 @@ is_count "$PORT" || die "--port must be a positive integer, got '$PORT'"
 
 LOGS="$WORKDIR/logs"
 COORDINATOR="127.0.0.1:$PORT"
+# launch/, projects/ and configs/ run from the checkout (the installed distribution is the library only).
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 PROGRAM=("$PYTHON" -m "$MODULE" "${ARGS[@]}" "--workdir=$WORKDIR")
 if [[ $MODULE == launch.train ]]; then
   PROGRAM+=(--config.distributed=true)

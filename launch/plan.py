@@ -10,8 +10,8 @@ The devices are *fake CPU devices*: the compile runs in a fresh subprocess with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (this process never initialises a JAX backend). It
 builds the mesh from ``config.mesh.ici`` / ``dcn`` (or ``--ici`` / ``--dcn`` / ``--slices``), the abstract
 train state with ``jax.eval_shape`` (no parameter memory), and lowers and compiles the loop's own train
-step (``superpose.train.step``) with the trainer's Task loss on abstract batch shapes. No data is read:
-:data:`BATCH_SHAPES` holds one function per ``config.trainer`` that gives the batch its trainer would feed.
+step (``superpose.train.step``) with the trainer's train loss on the batch its spec declares. No data is read:
+any trainer whose module has ``make_spec(cfg)`` (superpose.train.task) can be planned, with no registry here.
 
 It prints (and ``--out`` writes as JSON): per-device parameter, optimizer-state, batch and temp bytes from
 ``compiled.memory_analysis()``; the largest parameter/optimizer tensor held whole on a device (flagged
@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from launch import plan_report as rep
 
@@ -131,100 +131,19 @@ def resolve_mesh(config, devices: int, slices: int | None, ici_text: str | None,
   return ici, dcn, slices
 
 
-# --- abstract batches per trainer (what each Task's train_batch returns, as shapes) -----------------------
+# --- the spec of any trainer ---------------------------------------------------------------------------------
 
-def _lm_batch(task, cfg) -> dict[str, tuple[tuple[int, ...], str]]:
-  b, t = cfg["train"]["batch_size"], cfg["train"]["seq_len"]
-  out = {"inputs": ((b, t), "int32"), "targets": ((b, t), "int32"), "weights": ((b, t), "float32")}
-  if cfg["data"]["packing"]:
-    out.update(segment_ids=((b, t), "int32"), positions=((b, t), "int32"))
-  return out
-
-
-def _superposed_batch(task, cfg):
-  return {**_lm_batch(task, cfg), "labels": ((cfg["train"]["batch_size"],), "int32")}
-
-
-def _cot_batch(task, cfg):
-  b = cfg["train"]["batch_size"]
-  out = {"tokens": ((b, task.T), "int32"), "targets": ((b, task.T), "int32"), "weights": ((b, task.T), "float32"),
-         "length": ((b,), "int32")}
-  if task.method == "coconut":
-    from projects.continuous_cot.train import VOCAB_SIZE
-    out.update(latent_start=((b,), "int32"), num_thoughts=((b,), "int32"), label_set=((b, VOCAB_SIZE), "float32"))
-  return out
-
-
-def _icl_batch(task, cfg):
-  b = cfg["train"]["batch_size"]
-  return {"tokens": ((b, task.T), "int32"), "targets": ((b, task.T), "int32"), "weights": ((b, task.T), "float32")}
-
-
-# ProsQA shapes without reading the data: the longest prompt of the generated 15k/500 split is 186 tokens
-# (P = 192 rounded to 8) and hops are 3–4 (K = 4), so Coconut rows are 200 columns
-# (`python -m projects.continuous_cot.data generate`; override with --config.cot.prompt_len / max_thoughts).
-COT_PROMPT_LEN, COT_MAX_HOPS = 192, 4
-
-
-def make_task(cfg: Mapping[str, Any]):
-  """(task, optimizer config) for ``cfg['trainer']``: the trainer's own Task class (its make_model and
-  loss), built without reading data files."""
+def make_spec(cfg: Mapping[str, Any]):
+  """``cfg['trainer']``'s data-free spec (superpose.train.task): its ``make_spec(cfg)``; no file is read."""
   trainer = cfg["trainer"]
-  if trainer == "superpose.train.lm":
-    from superpose.train import flops, lm
-
-    class LMShapes(lm.LMTask):
-      def __init__(self, config):  # LMTask.__init__ minus the documents
-        t = config["train"]
-        self.config, self.model_cfg, self.z_loss = config, lm.model_config(config), t["z_loss"]
-        if t["seq_len"] > self.model_cfg.max_seq_len:
-          raise PlanError(f"config.train.seq_len={t['seq_len']} exceeds model.max_seq_len={self.model_cfg.max_seq_len}")
-        self.batch_axes = {k: ("batch", "length") for k in ("inputs", "targets", "weights", "segment_ids", "positions")}
-        self.tokens_per_step = t["batch_size"] * t["seq_len"]
-        self.flops_per_step = flops.train_flops_per_token(self.model_cfg, t["seq_len"]) * self.tokens_per_step
-    return LMShapes(cfg), cfg["optim"]
-  if trainer == "projects.superposed_experts.train":
-    from projects.superposed_experts import train as sx
-    task = sx.SuperposedTask(cfg, stream=object(), eval_sets={})   # no data: experts and batches are abstract
-    return task, sx.checked_optim(cfg, task)["optim"]    # as sx.run: experts frozen, empty groups dropped
-  if trainer == "projects.continuous_cot.train":
-    from projects.continuous_cot import train as cot
-    from superpose.nn import config as nn_config
-    from superpose.train import flops
-
-    class CotShapes(cot.CotTask):
-      def __init__(self, config):  # CotTask.__init__ with the documented shapes instead of the data files
-        c, t = config["cot"], config["train"]
-        self.config, self.method, self.labels, self.seed = config, c["method"], c["labels"], config["seed"]
-        self.loss_kind, self.relabel = c.get("loss", "label"), bool(c.get("relabel", False))
-        self.model_cfg = nn_config.from_dict(config["model"])
-        self.batch_size, self.P = t["batch_size"], c["prompt_len"] or COT_PROMPT_LEN
-        self.K = c["max_thoughts"] or COT_MAX_HOPS
-        self.gen_steps = COT_MAX_HOPS + 2
-        up = lambda n: -(-n // 8) * 8
-        self.T = {"coconut": up(self.P + self.K + 2), "cot": up(self.P + self.gen_steps + 1)}.get(self.method, up(self.P + 3))
-        if self.T > self.model_cfg.max_seq_len:
-          raise PlanError(f"config.model.max_seq_len={self.model_cfg.max_seq_len} < the {self.T} columns of a row")
-        self.batching = c["batching"]      # bucketed: the plan compiles the widest bucket (T columns)
-        self.K_fwd = self.K if self.method == "coconut" else 0
-        self.R = {"coconut": 1, "cot": self.gen_steps, "nocot": 2}[self.method]
-        self.batch_axes = {}
-        self.tokens_per_step = self.batch_size * self.T
-        self.flops_per_step = flops.train_flops_per_token(self.model_cfg, self.T) * self.tokens_per_step
-    return CotShapes(cfg), cfg["optim"]
-  if trainer == "projects.icl_superposition.train":
-    from projects.icl_superposition import train as icl
-    return icl.IclTask(cfg), cfg["optim"]     # synthetic tasks: nothing to read
-  raise PlanError(f"config.trainer={trainer!r}: launch.plan knows no batch shapes for it "
-                  f"(known: {', '.join(BATCH_SHAPES)})")
-
-
-BATCH_SHAPES: dict[str, Callable] = {
-    "superpose.train.lm": _lm_batch,
-    "projects.superposed_experts.train": _superposed_batch,
-    "projects.continuous_cot.train": _cot_batch,
-    "projects.icl_superposition.train": _icl_batch,
-}
+  try:
+    module = importlib.import_module(trainer)
+  except ImportError as e:
+    raise PlanError(f"config.trainer={trainer!r} cannot be imported: {e}") from None
+  if not hasattr(module, "make_spec"):
+    raise PlanError(f"config.trainer={trainer!r} has no make_spec(cfg) (superpose.train.task says what a trainer "
+                    "exposes)")
+  return module.make_spec(cfg)
 
 
 # --- the compile (runs in the subprocess) -----------------------------------------------------------------
@@ -239,11 +158,11 @@ def plan_one(job: Mapping[str, Any]) -> dict[str, Any]:
   import jax
   from superpose.nn import sharding as shd
   from superpose.train import config as config_lib, loop, optim, state as state_lib, step as step_lib
+  from superpose.train import task as task_lib
   from superpose.train.mesh import make_mesh
 
   config = load_config(job["config"], job["overrides"])
-  config_lib.check_schema(config.to_dict(), getattr(config, "extra_sections", None))
-  config_lib.check_train(config)
+  config_lib.check(config)
   ici, dcn, slices = resolve_mesh(config, job["devices"], job["slices"], job["ici"], job["dcn"])
   if jax.device_count() != job["devices"]:
     raise PlanError(f"the worker sees {jax.device_count()} devices, not {job['devices']}")
@@ -253,19 +172,19 @@ def plan_one(job: Mapping[str, Any]) -> dict[str, Any]:
     config.model.attention = "xla"
   config.mesh.ici, config.mesh.dcn = ici, dcn
   cfg = config_lib.to_dict(config)
-  task, optim_cfg = make_task(cfg)
+  spec = make_spec(cfg)
   mesh = make_mesh(ici, dcn)
   rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in cfg["sharding"]["rules"])
   with jax.set_mesh(mesh), shd.axis_rules(rules):
-    graphdef, abs_params, _ = state_lib.split_model(task.make_model, mesh)
-    tx, _ = optim.make_optimizer(optim_cfg, abs_params, cfg["train"]["steps"])
+    graphdef, abs_params, _ = state_lib.split_model(spec.make_model, mesh)
+    tx, _ = optim.make_optimizer(spec.config["optim"], abs_params, cfg["train"]["steps"])
     abstract = state_lib.abstract_state(tx, abs_params, mesh)
     state_sh = jax.tree.map(lambda a: a.sharding, abstract)
-    shapes = BATCH_SHAPES[cfg["trainer"]](task, cfg)
-    example = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in shapes.items()}
-    batch_sh = loop._batch_shardings(task, example, mesh, 1)
-    batch = {k: jax.ShapeDtypeStruct(s, d, sharding=batch_sh[k]) for k, (s, d) in shapes.items()}
-    step = step_lib.jit_train_step(step_lib.make_train_step(graphdef, task.loss, tx, cfg["train"]["accum_steps"]),
+    fields = spec.batch_spec()
+    batch_sh = loop._batch_shardings(fields, mesh)
+    batch = task_lib.abstract_batch(fields, batch_sh)
+    shapes = {k: (f.shape, f.dtype) for k, f in fields.items()}
+    step = step_lib.jit_train_step(step_lib.make_train_step(graphdef, spec.train_loss, tx, cfg["train"]["accum_steps"]),
                                    state_sh, batch_sh)
     t0 = time.perf_counter()
     lowered = step.lower(abstract, batch)
@@ -314,12 +233,12 @@ def plan_one(job: Mapping[str, Any]) -> dict[str, Any]:
                          "bytes": whole[0][2]} if whole else None),
       "whole_over_1mib": [{"path": w[0], "shape": list(w[1].shape), "bytes": w[2]} for w in whole if w[2] > rep.MiB],
       "collectives": coll, "collective_summary": summary,
-      "flops_per_step": task.flops_per_step, "flops_per_device": task.flops_per_step / n,
-      "tokens_per_step": task.tokens_per_step,
+      "flops_per_step": spec.flops_per_step, "flops_per_device": spec.flops_per_step / n,
+      "tokens_per_step": spec.tokens_per_step,
       "xla_flops_per_device": float(cost.get("flops", float("nan"))) if cost else float("nan"),
       "fits": rep.fits(memory["peak"]),
       "f32_as_bf16": f32_as_bf16,
-      "estimate": rep.estimate(task.flops_per_step / n, coll, f32_as_bf16),
+      "estimate": rep.estimate(spec.flops_per_step / n, coll, f32_as_bf16),
       "notes": notes,
   }
   plan["verdict"] = rep.verdict(plan, job.get("chip", "v5p"))

@@ -1,12 +1,13 @@
-"""Sample from a trained run: ``python -m launch.sample --workdir DIR --prompt "ROMEO:"``.
+"""Sample from a trained run of any project: ``python -m launch.sample --workdir DIR --prompt "ROMEO:"``.
 
-Reads the run's saved config (``DIR/config.json``), restores the newest readable checkpoint's
-parameters and generates with the KV cache, the whole decode loop inside one ``jax.jit``.
+Loads the run with :func:`superpose.train.loader.load_model` (its config names its trainer; the newest
+readable checkpoint), encodes the prompts with the trainer's tokenizer (``spec.tokenizer()``: bytes / BPE
+for language models, the character vocabulary of icl_superposition, the ProsQA symbols of
+continuous_cot, whose prompts are space-separated symbols) and generates: a ``superpose.nn.Transformer``
+with the KV cache, other models with an LM head (superposed experts, a merge, one trunk) with a full
+forward per token; the whole decode loop inside one ``jax.jit`` either way.
 """
 from __future__ import annotations
-
-import json
-import pathlib
 
 from absl import app, flags
 
@@ -25,38 +26,32 @@ def sample(workdir: str, prompts: list[str], max_new_tokens: int, temperature: f
   import jax
   import numpy as np
   from superpose import nn
-  from superpose.data.tokenizers import get_tokenizer
-  from superpose.train import checkpoint, state as state_lib
   from superpose.train.config import ConfigError
-  from superpose.train.mesh import make_mesh
-  from flax import nnx
+  from superpose.train.loader import load_model
 
-  path = pathlib.Path(workdir) / "config.json"
-  if not path.exists():
-    raise FileNotFoundError(f"no config.json in {workdir}: is it a launch.train workdir?")
-  cfg = json.loads(path.read_text())
-  if cfg.get("trainer") != "superpose.train.lm":
-    raise ConfigError(f"launch.sample samples language models; {workdir} was trained by {cfg.get('trainer')}")
-  model_cfg = nn.from_dict(cfg["model"])
-  tok = get_tokenizer(cfg["data"]["tokenizer"])
-  mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  with jax.set_mesh(mesh):
-    make = lambda: nn.Transformer(model_cfg, rngs=nnx.Rngs(0))
-    graphdef, abs_params, _ = state_lib.split_model(make, mesh)
-    params = checkpoint.load_params(workdir, abs_params)
-    encoded = [([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(p) for p in prompts]
-    lengths = np.array([len(e) for e in encoded], np.int32)
-    if lengths.max() + max_new_tokens > model_cfg.max_seq_len:
-      raise ConfigError(f"prompt ({lengths.max()} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
-                        f"max_seq_len {model_cfg.max_seq_len}")
-    prompt = np.zeros((len(encoded), lengths.max()), np.int32)
-    for i, e in enumerate(encoded):
-      prompt[i, :len(e)] = e
-    new, new_lengths = nn.generate(graphdef, params, prompt, lengths, max_new_tokens,
-                                   rng=jax.random.key(seed), temperature=temperature, top_k=top_k or None,
-                                   eos_id=tok.eos_id)
+  run = load_model(workdir)
+  if not hasattr(run.spec, "tokenizer"):
+    raise ConfigError(f"launch.sample: {workdir} was trained by {run.trainer}, whose spec has no tokenizer() "
+                      "(no LM head to sample from)")
+  tok = run.spec.tokenizer()
+  encoded = [([tok.bos_id] if tok.bos_id is not None else []) + list(tok.encode(p)) for p in prompts]
+  lengths = np.array([len(e) for e in encoded], np.int32)
+  if lengths.min() < 1:
+    raise ConfigError("launch.sample: an empty prompt (and the tokenizer has no BOS to start from)")
+  max_len = run.model.cfg.max_seq_len if isinstance(run.model, nn.Transformer) else run.config["model"]["max_seq_len"]
+  if lengths.max() + max_new_tokens > max_len:
+    raise ConfigError(f"prompt ({lengths.max()} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
+                      f"max_seq_len {max_len}")
+  prompt = np.zeros((len(encoded), lengths.max()), np.int32)
+  for i, e in enumerate(encoded):
+    prompt[i, :len(e)] = e
+  generate = nn.generate if isinstance(run.model, nn.Transformer) else nn.generate_uncached
+  new, new_lengths = generate(run.graphdef, run.params, prompt, lengths, max_new_tokens, rng=jax.random.key(seed),
+                              temperature=temperature, top_k=top_k or None, eos_id=tok.eos_id)
   new, new_lengths = np.asarray(new), np.asarray(new_lengths)
-  return [p + tok.decode(n[:k]) for p, n, k in zip(prompts, new, new_lengths)]
+  sep = getattr(tok, "sep", "")     # symbol vocabularies join their symbols with a separator
+  texts = [tok.decode(n[:k].tolist()) for n, k in zip(new, new_lengths)]
+  return [p + (sep if sep and t else "") + t for p, t in zip(prompts, texts)]
 
 
 def main(argv):

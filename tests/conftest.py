@@ -30,3 +30,24 @@ def shared_data():
   if not SHARED_DATA.exists():
     pytest.skip(f"shared data not found at {SHARED_DATA}")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def check_sampling():
+  """``check(workdir, prompt)``: ``launch.sample`` on any project's run (greedy, 3 new tokens) starts with
+  the prompt and continues with the argmax of the loaded model's own forward after it."""
+  import numpy as np
+  from launch import sample
+  from superpose.train.loader import load_model
+
+  def check(workdir, prompt: str) -> str:
+    out = sample.sample(str(workdir), [prompt], 3, 0.0, None, 0)[0]
+    run = load_model(workdir)
+    tok = run.spec.tokenizer()
+    ids = ([tok.bos_id] if tok.bos_id is not None else []) + list(tok.encode(prompt))
+    logits = run.model(np.asarray([ids], np.int32))
+    first = int(np.argmax(np.asarray(getattr(logits, "logits_BTV", logits))[0, -1]))
+    rest = out[len(prompt) + len(getattr(tok, "sep", "")):] if len(out) > len(prompt) else ""
+    assert out.startswith(prompt) and rest.startswith(tok.decode([first])), (out, first)
+    return out
+  return check

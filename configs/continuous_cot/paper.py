@@ -29,7 +29,6 @@ evidence for why these matter (the stage-0 plateau): projects/continuous_cot/res
 from superpose.train.config import base_config, model_section
 
 from projects.continuous_cot.thoughts import SIZES
-from projects.continuous_cot.train import attach_schema, cot_section
 
 DATA_DIR = "workdirs/prosqa_gen"
 VARIANTS = ("coconut", "coconut_bfs", "cot", "nocot", "rs_code", "eos", "eos_bfs_loss")
@@ -42,13 +41,12 @@ def get_config(variant: str = "coconut"):
   variant = variant or "coconut"
   if variant not in VARIANTS:
     raise ValueError(f"configs/continuous_cot/paper.py: unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
-  c = base_config()
-  c.trainer = "projects.continuous_cot.train"
+  c = base_config("projects.continuous_cot.train")
   eos = variant.startswith("eos")
   method = "coconut" if variant in ("coconut_bfs", "rs_code") or eos else variant
-  c.cot = cot_section(method=method, data_dir=DATA_DIR, epochs_per_stage=50 if eos else 25, uniform_prob=0.1,
-                      labels="bfs" if variant in ("coconut_bfs", "eos_bfs_loss") else "path", eval_fixed_thoughts=4,
-                      eval_limit=500)
+  c.cot.update(dict(method=method, data_dir=DATA_DIR, epochs_per_stage=50 if eos else 25, uniform_prob=0.1,
+                    labels="bfs" if variant in ("coconut_bfs", "eos_bfs_loss") else "path", eval_fixed_thoughts=4,
+                    eval_limit=500))
   batch, steps = BATCH, STEPS
   if eos:
     c.cot.update(dict(stage0_epochs=100, relabel=True, reset_optimizer=True,
@@ -60,4 +58,4 @@ def get_config(variant: str = "coconut"):
   c.train.update(dict(steps=steps, batch_size=batch, seq_len=256, eval_every=every, checkpoint_every=every,
                       keep_checkpoints=71, log_every=20))
   c.model = model_section("gpt2", vocab_size=40, vocab_multiple=8, max_seq_len=256, **SIZES["paper"])
-  return attach_schema(c)
+  return c

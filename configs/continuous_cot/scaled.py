@@ -37,7 +37,6 @@ test-suite size; needs --config.cot.data_dir pointing at a small generated set).
 from superpose.train.config import base_config, model_section
 
 from projects.continuous_cot.thoughts import SIZES
-from projects.continuous_cot.train import attach_schema, cot_section
 
 DATA_DIR = "workdirs/prosqa_gen"
 VARIANTS = ("coconut", "coconut_bfs", "cot", "nocot", "smoke")
@@ -50,11 +49,10 @@ def get_config(variant: str = "coconut"):
   variant = variant or "coconut"
   if variant not in VARIANTS:
     raise ValueError(f"configs/continuous_cot/scaled.py: unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
-  c = base_config()
-  c.trainer = "projects.continuous_cot.train"
+  c = base_config("projects.continuous_cot.train")
   method = {"coconut_bfs": "coconut", "smoke": "coconut"}.get(variant, variant)
-  c.cot = cot_section(method=method, data_dir=DATA_DIR, steps_per_stage=STEPS_PER_STAGE, uniform_prob=0.1,
-                      labels="bfs" if variant == "coconut_bfs" else "path", eval_fixed_thoughts=4, eval_limit=500)
+  c.cot.update(dict(method=method, data_dir=DATA_DIR, steps_per_stage=STEPS_PER_STAGE, uniform_prob=0.1,
+                    labels="bfs" if variant == "coconut_bfs" else "path", eval_fixed_thoughts=4, eval_limit=500))
   c.optim.update(dict(lr=5e-4, schedule="constant", warmup_steps=100, b1=0.9, b2=0.95, weight_decay=0.01,
                       clip_norm=1.0))
   c.train.update(dict(steps=STEPS, batch_size=BATCH, seq_len=256, eval_every=500, checkpoint_every=500,
@@ -66,4 +64,4 @@ def get_config(variant: str = "coconut"):
     c.train.update(dict(steps=4, batch_size=8, eval_every=2, checkpoint_every=2, log_every=1,
                         async_checkpoint=False))
   c.model = model_section("gpt2", vocab_size=40, vocab_multiple=8, max_seq_len=256, **size)
-  return attach_schema(c)
+  return c

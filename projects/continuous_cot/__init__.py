@@ -5,8 +5,10 @@ graphs.py        ProsQA-style DAGs: Coconut's Algorithm 1 generator, BFS answers
 data.py          the ProsQA JSON loader, the 40-token vocabulary, the prompt layouts, generated splits (CLI)
 construction.py  the paper's hand-set 2-layer construction as superpose.nn weights, and its evaluation (CLI)
 thoughts.py      the model sizes (gpt2 preset from scratch) and the continuous-thought forward: KV-cached
-                 (one new position per thought), the full re-forward reference, and the compact training
-                 forward (logits only where a loss can be; the last layer only there)
+                 (one new position per thought, per-row thought counts), the full re-forward reference, and
+                 the compact training forward (logits only where a loss can be; the last layer only there)
+rows.py          the training rows in plain Python: Coconut stage and row, label pools, CoT / No-CoT rows,
+                 the stage schedule, per-row node relabelling, label-pool masks, padding and targets
 train.py         the trainer: Coconut curriculum (separate stage-0 length, optimizer reset per stage, per-row
                  node relabelling, label or set-valued loss), CoT and No-CoT baselines on one budget;
                  length-bucketed batches (a pure function of (seed, step)) or the padded reference

@@ -152,7 +152,7 @@ def train_tasks(args):
     # final: stage = step − 1 ≥ window from the second window on; 0: stage 0 throughout
     c.cot.update(dict(batching=batching, bucket_window=args.window,
                       steps_per_stage=1 if args.stage == "final" else 10 ** 9))
-    tasks[path] = train_lib.CotTask(c.to_dict(), train=problems, valid=problems[:8])
+    tasks[path] = train_lib.make_task(c.to_dict(), train=problems, valid=problems[:8])
   return tasks["old"], tasks["new"]
 
 
@@ -160,22 +160,22 @@ def train_main(args) -> None:
   from superpose.train import optim, state as state_lib, step as step_lib
   old, new = train_tasks(args)
   steps = list(range(args.window + 1, args.window + 1 + args.steps))
-  batches = {"new": [new.train_batch(s) for s in steps]}
+  batches = {"new": [new.data.train_batch(s) for s in steps]}
   batches["old"] = []
   for s in steps:
-    rows = [old.train_row(s, int(g), old.T) for g in new.step_rows(s)]
+    rows = [old.data.train_row(s, int(g), old.spec.T) for g in new.data.step_rows(s)]
     batches["old"].append({k: np.stack([r[k] for r in rows]) for k in rows[0]})
   real = sum(int(b["length"].sum()) for b in batches["new"])
   assert real == sum(int(b["length"].sum()) for b in batches["old"])
   pad = {p: 1 - real / sum(b["tokens"].size for b in batches[p]) for p in PATHS}
   widths = sorted({b["tokens"].shape[1] for b in batches["new"]})
 
-  graphdef, params, _ = nnx.split(new.make_model(), nnx.Param, ...)
+  graphdef, params, _ = nnx.split(new.spec.make_model(), nnx.Param, ...)
   params = state_lib.pure_dict(params)
-  tx, _ = optim.make_optimizer(new.config["optim"], params, 1000)
+  tx, _ = optim.make_optimizer(new.spec.config["optim"], params, 1000)
   state = {"params": params, "opt_state": jax.jit(tx.init)(params), "step": jnp.int32(0)}
   tasks = {"old": old, "new": new}
-  fns = {p: jax.jit(step_lib.make_train_step(graphdef, tasks[p].loss, tx)) for p in PATHS}
+  fns = {p: jax.jit(step_lib.make_train_step(graphdef, tasks[p].spec.train_loss, tx)) for p in PATHS}
   device_batches = {p: [jax.device_put(b) for b in batches[p]] for p in PATHS}
 
   compile_s, ce = {}, {}
@@ -194,12 +194,12 @@ def train_main(args) -> None:
   rates = _timed_rounds({p: functools.partial(call, p) for p in PATHS}, args.rounds, lambda _, dt: real / dt)
   ratios = [n / o for n, o in zip(rates["new"], rates["old"])]
 
-  cfg = new.model_cfg
+  cfg = new.spec.model_cfg
   _header(cfg, params)
   stage = "final stage (earlier stages mixed in w.p. 0.1)" if args.stage == "final" else "stage 0"
-  print(f"method {args.method}, {stage}; batch {args.batch}; {len(new.train)} training problems; "
+  print(f"method {args.method}, {stage}; batch {args.batch}; {len(new.data.train)} training problems; "
         f"{args.steps} steps of {args.batch} rows, {real:,} real tokens ({real / args.steps / args.batch:.1f} per row)")
-  print(f"old: padded to T={old.T} (P={old.P}, K={old.K}), full KV-cached forward; padding {pad['old']:.1%}")
+  print(f"old: padded to T={old.spec.T} (P={old.spec.P}, K={old.spec.K}), full KV-cached forward; padding {pad['old']:.1%}")
   print(f"new: bucketed (window {args.window} batches, widths {widths}), compact forward; padding {pad['new']:.1%}")
   print(f"summed cross-entropy of the {args.steps} steps: old {ce['old']:.4f}, new {ce['new']:.4f} "
         f"(|Δ| {abs(ce['old'] - ce['new']):.1e})")

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from projects.continuous_cot import metrics as metrics_lib
-from projects.continuous_cot import train as train_lib
+from projects.continuous_cot import rows as rows_lib
 
 PANELS = (("acc", "full-vocabulary accuracy"), ("acc_two", "two-candidate accuracy"),
           ("is_cand", "answer is a candidate"), ("hop1", "hop-1 accuracy"), ("hop2", "hop-2 accuracy"),
@@ -65,7 +65,7 @@ def stage_starts(config: dict) -> list[int]:
   if c["method"] != "coconut" or c.get("steps_per_stage", 0) <= 0:
     return []
   cot = {"stage0_steps": 0, **c}
-  return train_lib.stage_starts(cot, config["train"]["steps"], 4, config["train"]["batch_size"], 1)
+  return rows_lib.stage_starts(cot, config["train"]["steps"], 4, config["train"]["batch_size"], 1)
 
 
 def table(runs: Sequence[dict], n_eval: int) -> str:

@@ -24,10 +24,9 @@ from flax import nnx
 
 from projects.continuous_cot import data as data_lib
 from projects.continuous_cot import metrics as metrics_lib
-from superpose import nn
-from superpose.nn import config as nn_config
 from projects.continuous_cot import train as train_lib
 from superpose.train import checkpoint as ckpt_lib
+from superpose.train.loader import load_model
 from superpose.train import config as config_lib
 
 DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "prosqa"
@@ -48,12 +47,9 @@ def selected_checkpoint(workdir: pathlib.Path) -> tuple[pathlib.Path, str]:
 
 def load_trained(workdir: str | pathlib.Path) -> tuple[dict, nnx.Module, pathlib.Path, str]:
   """(config, model with the selected checkpoint's parameters, checkpoint path, how it was chosen) of a run."""
-  workdir = pathlib.Path(workdir)
-  config = ckpt_lib.run_config(workdir)
-  model_cfg = nn_config.from_dict(config["model"])
-  path, how = selected_checkpoint(workdir)
-  graphdef, params = ckpt_lib.restore_module(lambda: nn.Transformer(model_cfg, rngs=nnx.Rngs(0)), path)
-  return config, nnx.merge(graphdef, params), path, how
+  path, how = selected_checkpoint(pathlib.Path(workdir))
+  run = load_model(workdir, checkpoint=path)
+  return run.config, run.model, path, how
 
 
 def evaluate_run(workdir: str | pathlib.Path, problems: list) -> dict:
@@ -61,14 +57,14 @@ def evaluate_run(workdir: str | pathlib.Path, problems: list) -> dict:
   ``acc_two``, ``is_cand``, Coconut's ``*_fixed`` and ``hop{k}``, the floors), and ``means`` of the others
   (Coconut's ``hop{k}_mass``)."""
   config, model, path, how = load_trained(workdir)
-  task = train_lib.CotTask(config, valid=problems)
+  task = train_lib.make_task(config, valid=problems)
   graphdef, params = nnx.split(model)
-  eval_set = task.eval_set
+  eval_set = task.data.eval_set
 
   @jax.jit
   def metrics(params, batch):
     model = nnx.merge(graphdef, params)
-    return task.loss(model, batch)[1]
+    return task.spec.eval_loss(model, batch)[1]
 
   totals: dict[str, float] = {}
   for i in range(eval_set.num_batches):
@@ -78,7 +74,7 @@ def evaluate_run(workdir: str | pathlib.Path, problems: list) -> dict:
   n = len(problems)
   means = {k: v / eval_set.num_batches for k, v in totals.items()}
   counts = {k: (int(round(v * n)), n) for k, v in means.items() if not k.endswith("_mass")}
-  return {"method": task.method, "checkpoint": str(path), "chosen": how, "counts": counts,
+  return {"method": task.spec.method, "checkpoint": str(path), "chosen": how, "counts": counts,
           "means": {k: v for k, v in means.items() if k.endswith("_mass")}}
 
 

@@ -5,22 +5,29 @@ previous position (spec §2.3): the vector the tied LM head reads. Two implement
 
 * :func:`cached_forward`: prefill the prefix once, then one single-position forward per thought
   against the KV cache, then the tokens after the thoughts (``[A]``, the target) in one short pass.
+  The one thought forward of the package: evaluation, analysis, and the ``padded`` training path of
+  ``train.py``.
 * :func:`reforward`: the reference; one full forward of the whole sequence per thought, then a final
   full forward. Costs ``num_thoughts + 1`` full forwards.
 
-Both are traceable functions of an NNX model (call them inside your own ``jax.jit`` / ``jax.grad``,
-gradients flow through the thoughts as in Coconut); :func:`forward_with_thoughts` is the jitted
-functional entry point over ``nnx.split(model)``.
+Both take a static number of thought slots K (``num_thoughts``) and, optionally, a per-row count
+``num_thoughts_B[b] ≤ K`` (default K for every row): row b has thoughts in its first
+``num_thoughts_B[b]`` slots and its own tokens in the others (a row with fewer thoughts goes on with its
+tokens there). Both are traceable functions of an NNX model (call them inside your own ``jax.jit`` /
+``jax.grad``, gradients flow through the thoughts as in Coconut); :func:`forward_with_thoughts` is the
+jitted functional entry point over ``nnx.split(model)``. :func:`compact_forward` is the bucketed training
+path's forward: the same numbers at the columns a loss can read, computing only what they depend on.
 
 Layout (right-padded, per-row offsets). ``tokens_BT[b]`` is ``prefix | K latent slots | rest | pad``
 with the first latent slot at column ``latent_start_B[b]``; row b's tokens sit at their natural
 absolute positions (column = position), so rows of different prefix lengths share one fixed shape
 and need no mask beyond causality: padding only ever follows the real tokens. (Coconut's collator
 left-pads instead so that the first latent shares one column; right-padding keeps positions equal to
-columns and cache slots, as in ``superpose.nn.decode``.) The token ids in the latent slots are ignored. Static bounds keep the shapes fixed:
+columns and cache slots, as in ``superpose.nn.decode``.) The token ids in a row's thought slots are
+ignored. Static bounds keep the shapes fixed:
 
 * ``prefix_len`` ≥ max ``latent_start_B`` (default ``T - K``): width of the prefill;
-* ``rest_len`` ≥ max over rows of (tokens after the thoughts) (default ``T - K - 1``, always enough):
+* ``rest_len`` ≥ max over rows of (tokens after the K slots) (default ``T - K - 1``, always enough):
   width of the last pass. Its window starts at ``latent_start + K``, clamped to ``T - rest_len``; a
   clamped window recomputes some earlier positions (thoughts fed back in place) with equal results.
 
@@ -69,7 +76,7 @@ def model_config(size: str = "paper", *, vocab_size: int = 40, max_seq_len: int 
 @struct.dataclass
 class ThoughtOutput:
   logits_BTV: jax.Array         # f32, the whole sequence (teacher forcing), padded vocab
-  thoughts_BKD: jax.Array       # thought k = the input embedding at column latent_start + k
+  thoughts_BKD: jax.Array       # thought k = the input embedding at column latent_start + k; 0 where k ≥ the count
   final_hidden_BTD: jax.Array   # post-final-norm hidden states of the whole sequence
 
 
@@ -93,8 +100,8 @@ def layout_bounds(latent_start_B, lengths_B, num_thoughts: int) -> tuple[int, in
 
 
 def check_layout(shape, latent_start_B, num_thoughts: int, prefix_len: int | None = None,
-                 rest_len: int | None = None, lengths_B=None) -> None:
-  """Eager check of concrete offsets against the bounds; one-line ValueError."""
+                 rest_len: int | None = None, lengths_B=None, *, num_thoughts_B=None) -> None:
+  """Eager check of concrete offsets (and per-row thought counts) against the bounds; one-line ValueError."""
   batch, length = shape
   prefix, rest = resolve_bounds(length, num_thoughts, prefix_len, rest_len)
   starts = np.asarray(latent_start_B)
@@ -103,34 +110,50 @@ def check_layout(shape, latent_start_B, num_thoughts: int, prefix_len: int | Non
   if starts.min() < 1 or starts.max() > prefix:
     raise ValueError(f"latent_start_B in [{starts.min()}, {starts.max()}]: must lie in [1, prefix_len={prefix}] "
                      "(a thought is the hidden state of the position before it)")
+  counts = np.full(batch, num_thoughts) if num_thoughts_B is None else np.asarray(num_thoughts_B)
+  if counts.shape != (batch,) or counts.min() < 0 or counts.max() > num_thoughts:
+    raise ValueError(f"num_thoughts_B={counts.tolist()}: must be {batch} counts in [0, num_thoughts={num_thoughts}]")
   if lengths_B is not None:
     after = np.asarray(lengths_B) - starts - num_thoughts
-    if after.min() < 0:
-      raise ValueError(f"a row is shorter than its prefix + {num_thoughts} thoughts")
+    if (after + num_thoughts - counts).min() < 0:
+      raise ValueError("a row is shorter than its prefix + its thoughts")
     if after.max() > rest:
       raise ValueError(f"rest_len={rest}: a row has {after.max()} tokens after its thoughts")
 
 
-def _take_rows(x_BTX: jax.Array, index_BN: jax.Array) -> jax.Array:
+def take_rows(x_BTX: jax.Array, index_BN: jax.Array) -> jax.Array:
   """``x[b, index[b, n]]`` for (B, T, ...) arrays."""
   index = index_BN.reshape(index_BN.shape + (1,) * (x_BTX.ndim - 2))
   return jnp.take_along_axis(x_BTX, index, axis=1)
 
 
-def _thought_embeds(thoughts_BKD, positions_BN, latent_start_B):
-  """(embeddings, mask): thought k at position latent_start + k, for any (B, N) block of positions."""
-  num_thoughts = thoughts_BKD.shape[1]
+def _thought_counts(batch: int, num_thoughts: int, num_thoughts_B) -> jax.Array:
+  """Per-row thought counts (B,) int32: ``num_thoughts_B``, or ``num_thoughts`` for every row."""
+  if num_thoughts_B is None:
+    return jnp.full((batch,), num_thoughts, jnp.int32)
+  return jnp.asarray(num_thoughts_B, jnp.int32)
+
+
+def _thought_embeds(thoughts_BKD, positions_BN, latent_start_B, num_thoughts_B=None):
+  """(embeddings, mask): thought k at position latent_start + k for k < the row's count (default all K
+  slots), for any (B, N) block of positions."""
+  batch, num_thoughts = thoughts_BKD.shape[:2]
+  count_B = _thought_counts(batch, num_thoughts, num_thoughts_B)
   offset_BN = positions_BN - latent_start_B[:, None]
-  mask_BN = (offset_BN >= 0) & (offset_BN < num_thoughts)
-  return _take_rows(thoughts_BKD, jnp.clip(offset_BN, 0, num_thoughts - 1)), mask_BN
+  mask_BN = (offset_BN >= 0) & (offset_BN < count_B[:, None])
+  return take_rows(thoughts_BKD, jnp.clip(offset_BN, 0, num_thoughts - 1)), mask_BN
 
 
-def cached_forward(model: nn.Transformer, tokens_BT, latent_start_B, *, num_thoughts: int,
+def cached_forward(model: nn.Transformer, tokens_BT, latent_start_B, *, num_thoughts: int, num_thoughts_B=None,
                    prefix_len: int | None = None, rest_len: int | None = None) -> ThoughtOutput:
-  """Prefill → one KV-cached forward per thought → the tokens after the thoughts (see module doc)."""
+  """Prefill → K = ``num_thoughts`` KV-cached single-position steps → the tokens after them (module doc).
+
+  Step k of row b feeds the previous post-norm hidden state where k < ``num_thoughts_B[b]`` (default K)
+  and the row's own token at that column otherwise."""
   batch, length = tokens_BT.shape
   prefix, rest = resolve_bounds(length, num_thoughts, prefix_len, rest_len)
   latent_start_B = jnp.asarray(latent_start_B, jnp.int32)
+  count_B = _thought_counts(batch, num_thoughts, num_thoughts_B)
   positions_BT = nn.decoder.default_positions(batch, length)
 
   cache = nn.init_cache(model.cfg, batch, length)
@@ -140,12 +163,16 @@ def cached_forward(model: nn.Transformer, tokens_BT, latent_start_B, *, num_thou
   padding = ((0, 0), (0, length - prefix), (0, 0))
   logits_BTV = jnp.pad(out.logits_BTV, padding)
   hidden_BTD = jnp.pad(out.final_hidden_BTD, padding)
-  first_BD = _take_rows(out.final_hidden_BTD, (latent_start_B - 1)[:, None])[:, 0]
+  first_BD = take_rows(out.final_hidden_BTD, (latent_start_B - 1)[:, None])[:, 0]
 
   def think(carry, k):
-    cache, thought_BD = carry
-    step = model(None, positions_BT=(latent_start_B + k)[:, None], embeds_BTD=thought_BD[:, None], cache=cache)
+    cache, prev_BD = carry
+    positions_B1 = (latent_start_B + k)[:, None]
+    is_thought_B1 = (k < count_B)[:, None]
+    step = model(take_rows(tokens_BT, positions_B1), positions_BT=positions_B1, embeds_BTD=prev_BD[:, None],
+                 embeds_mask_BT=is_thought_B1, cache=cache)
     next_BD = step.final_hidden_BTD[:, 0]
+    thought_BD = jnp.where(is_thought_B1, prev_BD, jnp.zeros_like(prev_BD))
     return (step.cache, next_BD), (thought_BD, step.logits_BTV[:, 0], next_BD)
 
   (cache, _), (thoughts_KBD, step_logits_KBV, step_hidden_KBD) = jax.lax.scan(
@@ -158,34 +185,39 @@ def cached_forward(model: nn.Transformer, tokens_BT, latent_start_B, *, num_thou
   if rest > 0:
     start_B = jnp.minimum(latent_start_B + num_thoughts, length - rest)
     rest_positions_BR = start_B[:, None] + jnp.arange(rest, dtype=jnp.int32)
-    embeds = (None, None) if num_thoughts == 0 else _thought_embeds(thoughts_BKD, rest_positions_BR, latent_start_B)
-    out = model(_take_rows(tokens_BT, rest_positions_BR), positions_BT=rest_positions_BR,
+    embeds = ((None, None) if num_thoughts == 0 else
+              _thought_embeds(thoughts_BKD, rest_positions_BR, latent_start_B, count_B))
+    out = model(take_rows(tokens_BT, rest_positions_BR), positions_BT=rest_positions_BR,
                 embeds_BTD=embeds[0], embeds_mask_BT=embeds[1], cache=cache)
     logits_BTV = write_rows(logits_BTV, out.logits_BTV, rest_positions_BR)
     hidden_BTD = write_rows(hidden_BTD, out.final_hidden_BTD, rest_positions_BR)
   return ThoughtOutput(logits_BTV=logits_BTV, thoughts_BKD=thoughts_BKD, final_hidden_BTD=hidden_BTD)
 
 
-def reforward(model: nn.Transformer, tokens_BT, latent_start_B, *, num_thoughts: int, **unused_bounds) -> ThoughtOutput:
-  """Reference: a full forward of the whole sequence per thought, then a final full forward.
+def reforward(model: nn.Transformer, tokens_BT, latent_start_B, *, num_thoughts: int, num_thoughts_B=None,
+              **unused_bounds) -> ThoughtOutput:
+  """Reference: a full forward of the whole sequence per thought slot, then a final full forward.
 
   Thought k is read from the full forward in which thoughts 0..k-1 are in place (later latent slots
-  hold zeros, which causality hides from every position that is read).
+  hold zeros, which causality hides from every position that is read); a row's slots from its count
+  ``num_thoughts_B[b]`` (default K) on hold its tokens.
   """
   batch, length = tokens_BT.shape
   latent_start_B = jnp.asarray(latent_start_B, jnp.int32)
+  count_B = _thought_counts(batch, num_thoughts, num_thoughts_B)
   positions_BT = nn.decoder.default_positions(batch, length)
   thoughts_BKD = jnp.zeros((batch, num_thoughts, model.cfg.d_model), model.cfg.compute_dtype)
 
   def full(thoughts_BKD):
     if num_thoughts == 0:
       return model(tokens_BT)
-    embeds_BTD, mask_BT = _thought_embeds(thoughts_BKD, positions_BT, latent_start_B)
+    embeds_BTD, mask_BT = _thought_embeds(thoughts_BKD, positions_BT, latent_start_B, count_B)
     return model(tokens_BT, embeds_BTD=embeds_BTD, embeds_mask_BT=mask_BT)
 
   for k in range(num_thoughts):
     hidden_BTD = full(thoughts_BKD).final_hidden_BTD
-    thoughts_BKD = thoughts_BKD.at[:, k].set(_take_rows(hidden_BTD, (latent_start_B + k - 1)[:, None])[:, 0])
+    thought_BD = take_rows(hidden_BTD, (latent_start_B + k - 1)[:, None])[:, 0]
+    thoughts_BKD = thoughts_BKD.at[:, k].set(jnp.where((k < count_B)[:, None], thought_BD, 0))
   out = full(thoughts_BKD)
   return ThoughtOutput(logits_BTV=out.logits_BTV, thoughts_BKD=thoughts_BKD, final_hidden_BTD=out.final_hidden_BTD)
 
@@ -194,31 +226,35 @@ METHODS = {"cached": cached_forward, "reforward": reforward}
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("num_thoughts", "prefix_len", "rest_len", "method"))
-def thought_forward(graphdef, state, tokens_BT, latent_start_B, *, num_thoughts: int, prefix_len: int | None = None,
-                    rest_len: int | None = None, method: str = "cached") -> ThoughtOutput:
+def thought_forward(graphdef, state, tokens_BT, latent_start_B, *, num_thoughts: int, num_thoughts_B=None,
+                    prefix_len: int | None = None, rest_len: int | None = None,
+                    method: str = "cached") -> ThoughtOutput:
   """Jitted functional form over ``nnx.split(model)``; the whole thought loop runs inside the jit."""
   model = nnx.merge(graphdef, state)
-  return METHODS[method](model, tokens_BT, latent_start_B, num_thoughts=num_thoughts, prefix_len=prefix_len,
-                         rest_len=rest_len)
+  return METHODS[method](model, tokens_BT, latent_start_B, num_thoughts=num_thoughts, num_thoughts_B=num_thoughts_B,
+                         prefix_len=prefix_len, rest_len=rest_len)
 
 
 def forward_with_thoughts(model: nn.Transformer, tokens_BT, latent_start_B, num_thoughts: int, *,
-                          prefix_len: int | None = None, rest_len: int | None = None, lengths_B=None,
-                          method: str = "cached") -> ThoughtOutput:
+                          num_thoughts_B=None, prefix_len: int | None = None, rest_len: int | None = None,
+                          lengths_B=None, method: str = "cached") -> ThoughtOutput:
   """Logits of the whole sequence and the thought vectors; checks concrete offsets first.
 
+  ``num_thoughts``: the thought slots K; ``num_thoughts_B`` (optional): per-row counts ≤ K.
   ``method``: ``'cached'`` (KV cache, one position per thought) or ``'reforward'`` (the reference).
   ``lengths_B`` (optional, real tokens per row) is only used to check ``rest_len`` before compiling.
   """
   if method not in METHODS:
     raise ValueError(f"method={method!r}: must be one of {', '.join(METHODS)}")
   tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
-  if not isinstance(latent_start_B, jax.core.Tracer):
-    check_layout(tokens_BT.shape, latent_start_B, num_thoughts, prefix_len, rest_len, lengths_B)
+  if not isinstance(latent_start_B, jax.core.Tracer) and not isinstance(num_thoughts_B, jax.core.Tracer):
+    check_layout(tokens_BT.shape, latent_start_B, num_thoughts, prefix_len, rest_len, lengths_B,
+                 num_thoughts_B=num_thoughts_B)
   graphdef, state = nnx.split(model)
+  counts = None if num_thoughts_B is None else jnp.asarray(num_thoughts_B, jnp.int32)
   return thought_forward(graphdef, state, tokens_BT, jnp.asarray(latent_start_B, jnp.int32),
-                         num_thoughts=int(num_thoughts), prefix_len=prefix_len, rest_len=rest_len, method=method)
-
+                         num_thoughts=int(num_thoughts), num_thoughts_B=counts, prefix_len=prefix_len,
+                         rest_len=rest_len, method=method)
 
 
 # The training forward: logits only where a loss can be ---------------------------------------------------------
@@ -296,8 +332,9 @@ def compact_columns(latent_start_B, num_thoughts_B, *, max_thoughts: int, rest_l
 def compact_forward(model: nn.Transformer, tokens_BT, latent_start_B, num_thoughts_B, *, max_thoughts: int,
                     prefix_len: int, rest_len: int):
   """Logits (B, 1 + K + R, V) at the :func:`compact_columns` of right-padded rows with a per-row number
-  of thoughts ``num_thoughts_B[b] ≤ K = max_thoughts``: the numbers of the KV-cached forward at those
-  columns, computing only what they depend on. The training forward of ``train.py``.
+  of thoughts ``num_thoughts_B[b] ≤ K = max_thoughts``: the numbers of :func:`cached_forward` (same
+  counts, ``num_thoughts=K``) at those columns, computing only what they depend on. The bucketed training
+  forward of ``train.py``; it runs the blocks in parts (below), which the model's own cached call cannot.
 
   Row b is ``prompt (latent_start_B[b] ≤ prefix_len columns) | count thoughts | R tokens``. A loss on
   these columns needs the last layer's output only there, while every column needs every layer's keys
@@ -337,9 +374,9 @@ def compact_forward(model: nn.Transformer, tokens_BT, latent_start_B, num_though
       x = _finish(block, x, _attend(_project(block, h, "q", positions_BP), [(k, v, causal_1PP)], cfg.scale))
     else:
       at_B1 = (ls - 1)[:, None]
-      q = _project(block, _take_rows(h, at_B1), "q", at_B1)
+      q = _project(block, take_rows(h, at_B1), "q", at_B1)
       mask_B1P = jnp.arange(P)[None, None, :] <= at_B1[:, :, None]
-      x = _finish(block, _take_rows(x, at_B1), _attend(q, [(k, v, mask_B1P)], cfg.scale))
+      x = _finish(block, take_rows(x, at_B1), _attend(q, [(k, v, mask_B1P)], cfg.scale))
   prev_B1D = model.apply_final_norm(x)
   logits = [model.logits(prev_B1D)]
 
@@ -380,7 +417,7 @@ def compact_forward(model: nn.Transformer, tokens_BT, latent_start_B, num_though
   if R:
     slots_BR = count[:, None] + jnp.arange(R, dtype=jnp.int32)
     positions_BR = ls[:, None] + slots_BR
-    hidden_BRD, _ = run(model.embed(_take_rows(tokens_BT, positions_BR), positions_BR), positions_BR, slots_BR,
+    hidden_BRD, _ = run(model.embed(take_rows(tokens_BT, positions_BR), positions_BR), positions_BR, slots_BR,
                         suffix)
     logits.append(model.logits(hidden_BRD))
   return jnp.concatenate(logits, axis=1)

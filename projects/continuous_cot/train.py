@@ -1,7 +1,9 @@
 """Training on ProsQA-style graph reachability: Coconut (continuous thoughts, staged curriculum), CoT, No-CoT.
 
-The trainer of ``configs/continuous_cot/*.py`` (``config.trainer = 'projects.continuous_cot.train'``); a
-:class:`superpose.train.loop.Task`, so resume, checkpoints, metrics and the jitted step are the shared loop's.
+The trainer of ``configs/continuous_cot/*.py`` (``config.trainer = 'projects.continuous_cot.train'``):
+``make_spec`` / ``make_task`` give the shared loop its task (superpose.train.task: :class:`CotSpec`, the model
+and losses, data-free given its sizes; :class:`CotData`, the rows), so resume, checkpoints, metrics and the
+jitted step are the shared loop's.
 
 Methods (``config.cot.method``), all on the same model and rows of the same problems:
 
@@ -16,7 +18,7 @@ Methods (``config.cot.method``), all on the same model and rows of the same prob
   ``loss='set'`` replaces it by −log Σ_{v ∈ pool} p(v) over the pool the label is drawn from (the EoS
   set-valued loss; every row still logs ``label_nll``, ``set_nll`` and ``set_mass``). Curriculum options
   (issue 20 §3): ``stage0_steps`` / ``stage0_epochs`` give stage 0 its own length; ``reset_optimizer``
-  re-initialises the optimizer state at each stage start (``optim.reset_steps``, filled in by ``run``);
+  re-initialises the optimizer state at each stage start (``optim.reset_steps``, filled in by ``make_task``);
   ``relabel`` sends the nodes of every training row (all methods) to distinct random ids among the 31
   node tokens, drawn from the row's own seed.
 * ``cot``: ``prompt + n1 … nD + [A] + target + <eos>`` with a random shortest path; loss on every token
@@ -39,15 +41,17 @@ Batching (``config.cot.batching``):
   the K thought columns and the R = 1 (Coconut), max hops + 2 (CoT) or 2 (No-CoT) columns after the
   thoughts (:func:`thoughts.compact_forward`: the last layer runs only there; equal to the full forward).
 * ``padded``: the previous path, kept as the reference and the benchmark's baseline: every row padded to
-  ``T`` columns (prompt in ``P``), the full forward over all of them (:func:`rowwise_thought_forward`).
+  ``T`` columns (prompt in ``P``), the full forward over all of them (:func:`thoughts.cached_forward` with
+  per-row thought counts).
 
 Every row's prompt fits in ``P`` columns (the longest prompt of the data, rounded up to 8); thoughts start
 at the row's own prompt length (``latent_start``) and rows carry their own thought count, up to ``K``
 (static). The thought forward is KV-cached with per-row counts: the k-th single-position step feeds the
-previous post-norm hidden state where k < the row's count. Each step logs ``data/row_tokens`` (real
-tokens per row: prompt, thoughts and answer tokens, no padding) and ``data/pad_fraction`` (padding
-columns / all columns of the batch); ``tokens_per_step`` (the loop's ``perf/tokens_per_s``) is the expected
-number of real tokens per step (final-stage rows), not padded positions.
+previous post-norm hidden state where k < the row's count. The rows themselves (curriculum stage, label,
+CoT / No-CoT rows, relabelling, padding and targets) are built by :mod:`rows`. Each step logs
+``data/row_tokens`` (real tokens per row: prompt, thoughts and answer tokens, no padding) and
+``data/pad_fraction`` (padding columns / all columns of the batch); ``tokens_per_step`` (the loop's
+``perf/tokens_per_s``) is the expected number of real tokens per step (final-stage rows), not padded positions.
 
 Evaluation (generated validation split only; never the released files): with (a) the gold hop count of
 thoughts (as the paper) and (b) ``eval_fixed_thoughts`` thoughts for every problem (suffix ``_fixed``; does
@@ -64,6 +68,7 @@ split, and prints the final metrics with 95 % Wilson intervals and the measured 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -84,10 +89,11 @@ from superpose.nn import config as nn_config
 from superpose.nn.cache import write_rows
 from superpose.train import checkpoint as ckpt_lib, config as config_lib, flops, loop
 from superpose.train.lm import lm_loss
+from superpose.train.task import Field, Task, rows_fields
 
 from projects.continuous_cot import data as data_lib
-from projects.continuous_cot import graphs
 from projects.continuous_cot import metrics as metrics_lib
+from projects.continuous_cot import rows as rows_lib
 from projects.continuous_cot import thoughts as thoughts_lib
 from projects.continuous_cot.graphs import Problem
 
@@ -100,131 +106,42 @@ LOSSES = ("label", "set")
 VOCAB_SIZE = data_lib.VOCAB.vocab_size  # 40 real tokens; argmax is taken over these only
 
 
+COT: config_lib.Declaration = {
+    "method": ("coconut", "coconut | cot | nocot"),
+    "data_dir": ("", "output of `python -m projects.continuous_cot.data generate --out DIR`"),
+    "train_file": ("train.json", "training problems in data_dir"),
+    "valid_file": ("valid.json", "validation problems in data_dir"),
+    "train_limit": (0, "use only the first N training problems (0 = all)"),
+    "eval_limit": (0, "evaluate on the first N validation problems (0 = all)"),
+    "layout": ("code", "prompt layout of data.prompt_tokens"),
+    "epochs_per_stage": (25, "Coconut stage length in epochs (spec §2.2; RS: 25)"),
+    "steps_per_stage": (0, "> 0: stages by steps instead of epochs"),
+    "stage0_steps": (0, "> 0 (with steps_per_stage): stage 0 lasts this many steps, the others steps_per_stage"),
+    "stage0_epochs": (0, "> 0 (stages by epochs): stage 0 lasts this many epochs, the others epochs_per_stage"),
+    "reset_optimizer": (False, "coconut: re-initialise the optimizer state when a stage begins (EoS recipe)"),
+    "relabel": (False, "relabel the nodes of every training row with a random injection into the node ids"),
+    "loss": ("label", "label (CE of the drawn label, RS) | set (−log Σ_{v ∈ label pool} p(v), EoS)"),
+    "uniform_prob": (0.1, "probability of a row drawing an earlier stage (spec §2.2)"),
+    "labels": ("path", "path (RS) | bfs (Coconut-BFS, RS §5.4)"),
+    "max_thoughts": (0, "K, thought slots in training rows (0 = the largest hop count in train)"),
+    "eval_fixed_thoughts": (4, "the fixed thought count of eval/acc_fixed"),
+    "prompt_len": (0, "P, columns for the prompt (0 = longest prompt of the data, rounded to 8)"),
+    "batching": ("bucketed", "bucketed (length-bucketed batches, compact forward) | padded (every row at T)"),
+    "bucket_window": (32, "bucketed: batches per window of the seeded order sorted by prompt length"),
+    "bucket_multiple": (8, "bucketed: prompt widths rounded up to this (one compile per width)"),
+}
+CONFIG_SECTIONS = {"cot": COT}
+
+
 def cot_section(**overrides) -> ml_collections.ConfigDict:
-  """The ``config.cot`` section with every key and its default (also the schema reference)."""
-  s = ml_collections.ConfigDict({
-      "method": "coconut",          # coconut | cot | nocot
-      "data_dir": "",               # output of `python -m projects.continuous_cot.data generate --out DIR`
-      "train_file": "train.json",
-      "valid_file": "valid.json",
-      "train_limit": 0,             # use only the first N training problems (0 = all)
-      "eval_limit": 0,              # evaluate on the first N validation problems (0 = all)
-      "layout": "code",             # prompt layout of data.prompt_tokens
-      "epochs_per_stage": 25,       # spec §2.2 (RS: 25)
-      "steps_per_stage": 0,         # > 0: stages by steps instead of epochs
-      "stage0_steps": 0,            # > 0 (with steps_per_stage): stage 0 lasts this many steps, the others steps_per_stage
-      "stage0_epochs": 0,           # > 0 (stages by epochs): stage 0 lasts this many epochs, the others epochs_per_stage
-      "reset_optimizer": False,     # coconut: re-initialise the optimizer state when a stage begins (EoS recipe)
-      "relabel": False,             # relabel the nodes of every training row with a random injection into the node ids
-      "loss": "label",              # label (CE of the drawn label, RS) | set (−log Σ_{v ∈ label pool} p(v), EoS)
-      "uniform_prob": 0.1,          # mix earlier stages (spec §2.2)
-      "labels": "path",             # path (RS) | bfs (Coconut-BFS, RS §5.4)
-      "max_thoughts": 0,            # K, thought slots in training rows (0 = the largest hop count in train)
-      "eval_fixed_thoughts": 4,     # the fixed thought count of eval/acc_fixed
-      "prompt_len": 0,              # P, columns for the prompt (0 = longest prompt of the data, rounded to 8)
-      "batching": "bucketed",       # bucketed (length-bucketed batches, compact forward) | padded (every row at T)
-      "bucket_window": 32,          # bucketed: batches per window of the seeded order sorted by prompt length
-      "bucket_multiple": 8,         # bucketed: prompt widths rounded up to this (one compile per width)
-  })
-  s.update(overrides)
-  return s
-
-
-def extra_sections() -> dict:
-  return {"cot": cot_section().to_dict()}
-
-
-def attach_schema(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  object.__setattr__(config, "extra_sections", extra_sections())
-  return config
+  return config_lib.section(COT, **overrides)
 
 
 def _round_up(n: int, m: int = 8) -> int:
   return -(-n // m) * m
 
 
-# --- rows (plain Python; the tests check them token by token) ---------------------------------------------
-
-def coconut_stage(problem: Problem, scheduled_stage: int, rng: random.Random, uniform_prob: float) -> int:
-  """s = min(scheduled, D), or w.p. uniform_prob randint(0, min(scheduled, D)) (RS ``expand_data``)."""
-  s = min(scheduled_stage, problem.hops)
-  if uniform_prob > 0 and rng.random() < uniform_prob:
-    s = rng.randint(0, s)
-  return s
-
-
-def label_pool(problem: Problem, s: int, labels: str = "path") -> list[int]:
-  """The nodes a stage-s label is drawn from: depth-(s+1) nodes on a shortest path (``path``) or every
-  node exactly s+1 hops from the root (``bfs``); the target at the final stage s = D."""
-  if s >= problem.hops:
-    return [problem.target]
-  return problem.neighbor_k()[s + 1] if labels == "path" else sorted(problem.frontier(s + 1))
-
-
-def coconut_row(problem: Problem, s: int, prompt: Sequence[int], rng: random.Random, labels: str = "path"):
-  """(tokens, num_thoughts, loss_col) of stage s: ``loss_col`` is the column whose next-token logits carry
-  the loss, i.e. ``tokens[loss_col + 1]`` is the supervised label."""
-  hops = problem.hops
-  if not 0 <= s <= hops:
-    raise ValueError(f"stage {s}: must be in [0, {hops}] for a {hops}-hop problem")
-  if s < hops:
-    tokens = list(prompt) + [data_lib.LATENT] * s + [rng.choice(label_pool(problem, s, labels))]
-    return tokens, s, len(tokens) - 2
-  tokens = list(prompt) + [data_lib.LATENT] * hops + [data_lib.ANSWER, problem.target]
-  return tokens, hops, len(tokens) - 2
-
-
-def shortest_path(problem: Problem, rng: random.Random) -> list[int]:
-  """A random shortest root → target path (root excluded): each next node a child on the next layer."""
-  layers, children = problem.neighbor_k(), problem.children
-  path = [problem.root]
-  for k in range(1, problem.hops + 1):
-    path.append(rng.choice([v for v in layers[k] if v in children[path[-1]]]))
-  return path[1:]
-
-
-def language_row(problem: Problem, prompt: Sequence[int], rng: random.Random, method: str):
-  """(tokens, first supervised column): CoT or No-CoT; the loss covers every token after the prompt."""
-  middle = shortest_path(problem, rng) if method == "cot" else []
-  tokens = list(prompt) + middle + [data_lib.ANSWER, problem.target, data_lib.EOS]
-  return tokens, len(prompt) - 1
-
-
-def scheduled_stage(cot: Mapping, step: int, batch_size: int, num_train: int) -> int:
-  """The stage of step ``step`` (1-based) under the ``config.cot`` section ``cot``: stage 0 for the first
-  ``stage0_steps`` (or ``stage0_epochs``; 0 = as long as the others), then one stage per ``steps_per_stage``
-  steps (or ``epochs_per_stage`` epochs of ``num_train`` problems at ``batch_size`` rows per step)."""
-  if cot["steps_per_stage"] > 0:
-    first, per, at = cot["stage0_steps"] or cot["steps_per_stage"], cot["steps_per_stage"], step - 1
-  else:
-    per = max(cot["epochs_per_stage"], 1)
-    first, at = cot["stage0_epochs"] or per, (step - 1) * batch_size // num_train
-  return 0 if at < first else 1 + (at - first) // per
-
-
-def stage_starts(cot: Mapping, total_steps: int, last_stage: int, batch_size: int, num_train: int) -> list[int]:
-  """The first step of each stage 1 .. ``last_stage`` within ``total_steps``."""
-  out = []
-  for step in range(2, total_steps + 1):
-    stage = scheduled_stage(cot, step, batch_size, num_train)
-    if stage > last_stage:
-      break
-    if stage != scheduled_stage(cot, step - 1, batch_size, num_train):
-      out.append(step)
-  return out
-
-
-def relabel_row(problem: Problem, rng: random.Random) -> Problem:
-  """The problem with its nodes sent to distinct random ids among all ``graphs.MAX_NODES`` node tokens
-  (EoS's per-row ``shuffle_nodes``): no id carries a role, every node token is used."""
-  return graphs.relabel(problem, rng.sample(range(graphs.MAX_NODES), problem.num_nodes), graphs.MAX_NODES)
-
-
-def set_mask(nodes: Sequence[int]) -> np.ndarray:
-  out = np.zeros(VOCAB_SIZE, np.float32)
-  out[list(nodes)] = 1.0
-  return out
-
+# --- losses ------------------------------------------------------------------------------------------------
 
 def set_nll(logits_BNV, mask_BV, weights_BN):
   """(mean −log Σ_{v ∈ set} p(v) over the weighted columns, mean Σ_{v ∈ set} p(v)); p over all logits."""
@@ -235,67 +152,8 @@ def set_nll(logits_BNV, mask_BV, weights_BN):
   return -(lp * weights_BN).sum() / denom, (jnp.exp(lp) * weights_BN).sum() / denom
 
 
-def pad_row(tokens: Sequence[int], width: int) -> np.ndarray:
-  if len(tokens) > width:
-    raise ValueError(f"row of {len(tokens)} tokens does not fit in {width} columns")
-  out = np.full(width, data_lib.EOS, np.int32)
-  out[:len(tokens)] = tokens
-  return out
-
-
-def shifted(tokens: np.ndarray, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
-  """Next-token targets of a row and weights 1 on columns [first, last]."""
-  targets = np.concatenate([tokens[1:], [data_lib.EOS]]).astype(np.int32)
-  weights = np.zeros(tokens.shape, np.float32)
-  weights[first:last + 1] = 1.0
-  return targets, weights
-
-
-# --- the thought forward with a per-row number of thoughts ------------------------------------------------
-
-def _take_rows(x_BTX, index_BN):
-  index = index_BN.reshape(index_BN.shape + (1,) * (x_BTX.ndim - 2))
-  return jnp.take_along_axis(x_BTX, index, axis=1)
-
-
-def rowwise_thought_forward(model: nn.Transformer, tokens_BT, latent_start_B, num_thoughts_B, *,
-                            max_thoughts: int, prefix_len: int):
-  """Logits (B, T, V) of rows with ``num_thoughts_B[b] ≤ max_thoughts`` thoughts starting at
-  ``latent_start_B[b] ≤ prefix_len``: prefill ``prefix_len`` columns, ``max_thoughts`` cached
-  single-position steps (a thought where k < the row's count, the row's token otherwise), then the
-  remaining ``T − prefix_len − max_thoughts`` columns from ``latent_start + max_thoughts`` in one pass."""
-  batch, length = tokens_BT.shape
-  rest = length - prefix_len - max_thoughts
-  if rest < 0:
-    raise ValueError(f"T={length} < prefix_len {prefix_len} + max_thoughts {max_thoughts}")
-  latent_start_B = latent_start_B.astype(jnp.int32)
-  positions_BT = nn.decoder.default_positions(batch, length)
-  cache = nn.init_cache(model.cfg, batch, length)
-  out = model(tokens_BT[:, :prefix_len], positions_BT=positions_BT[:, :prefix_len], cache=cache)
-  padding = ((0, 0), (0, length - prefix_len), (0, 0))
-  logits_BTV = jnp.pad(out.logits_BTV, padding)
-  cache = out.cache
-  prev_BD = _take_rows(out.final_hidden_BTD, (latent_start_B - 1)[:, None])[:, 0]
-  step_logits = []
-  for k in range(max_thoughts):  # unrolled: K ≤ a handful of single-position steps
-    pos_B1 = (latent_start_B + k)[:, None]
-    is_thought_B1 = (k < num_thoughts_B)[:, None]
-    step = model(_take_rows(tokens_BT, pos_B1), positions_BT=pos_B1, embeds_BTD=prev_BD[:, None],
-                 embeds_mask_BT=is_thought_B1, cache=cache)
-    cache, prev_BD = step.cache, step.final_hidden_BTD[:, 0]
-    step_logits.append(step.logits_BTV)
-  if max_thoughts:
-    pos_BK = latent_start_B[:, None] + jnp.arange(max_thoughts, dtype=jnp.int32)
-    logits_BTV = write_rows(logits_BTV, jnp.concatenate(step_logits, axis=1), pos_BK)
-  if rest > 0:
-    pos_BR = (latent_start_B + max_thoughts)[:, None] + jnp.arange(rest, dtype=jnp.int32)
-    out = model(_take_rows(tokens_BT, pos_BR), positions_BT=pos_BR, cache=cache)
-    logits_BTV = write_rows(logits_BTV, out.logits_BTV, pos_BR)
-  return logits_BTV
-
-
 def _answer_logits(logits_BTV, col_B):
-  return _take_rows(logits_BTV, col_B[:, None])[:, 0, :VOCAB_SIZE].astype(jnp.float32)
+  return thoughts_lib.take_rows(logits_BTV, col_B[:, None])[:, 0, :VOCAB_SIZE].astype(jnp.float32)
 
 
 # --- data --------------------------------------------------------------------------------------------------
@@ -319,10 +177,61 @@ def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch, 7]).permutation(n)
 
 
-class CotTask:
-  """The loop Task of the three methods (see the module docstring)."""
+# ProsQA shapes without reading the data (launch.plan): the longest prompt of the generated 15k/500 split is
+# 186 tokens (P = 192 rounded to 8) and hops are 3–4, so Coconut rows are 200 columns
+# (`python -m projects.continuous_cot.data generate`; override with config.cot.prompt_len / max_thoughts).
+DEFAULT_PROMPT_LEN, DEFAULT_MAX_HOPS = 192, 4
 
-  def __init__(self, config: Mapping, train: list[Problem] | None = None, valid: list[Problem] | None = None):
+
+@dataclasses.dataclass(frozen=True)
+class CotDims:
+  """The static sizes of rows: prompt columns P, thought slots K (training) and K_eval, CoT decoding steps,
+  the hop-k accuracies evaluated, and the expected real tokens per training row (for tokens/s)."""
+  P: int
+  K: int
+  K_eval: int
+  gen_steps: int
+  eval_hops: int
+  row_tokens: float
+
+
+def default_dims(config: Mapping) -> CotDims:
+  """Dims from the config alone: its prompt_len / max_thoughts, where 0 the generated ProsQA split's sizes
+  above — the prompt cut to what ``model.max_seq_len`` holds (rows are never wider than the model)."""
+  c = config["cot"]
+  K = c["max_thoughts"] or DEFAULT_MAX_HOPS
+  extra = {"coconut": max(K, c["eval_fixed_thoughts"]) + 2, "cot": K + 3}.get(c["method"], 3)
+  P = c["prompt_len"] or max(8, min(DEFAULT_PROMPT_LEN, (config["model"]["max_seq_len"] - extra) // 8 * 8))
+  after = {"coconut": 2, "cot": 3, "nocot": 3}.get(c["method"], 3)
+  return CotDims(P=P, K=K, K_eval=max(K, c["eval_fixed_thoughts"]), gen_steps=K + 2, eval_hops=min(4, K),
+                 row_tokens=float(P + (K if c["method"] != "nocot" else 0) + after))
+
+
+def measured_dims(config: Mapping, train: Sequence[Problem], valid: Sequence[Problem]) -> CotDims:
+  """Dims of these problems (the config's prompt_len / max_thoughts when set, checked against them)."""
+  c = config["cot"]
+  every = list(train) + list(valid)
+  longest = max(3 * len(p.edges) + 6 for p in every)   # 'theory' layout has one more token
+  P = c["prompt_len"] or _round_up(longest)
+  if P < longest:
+    raise config_lib.ConfigError(f"config.cot.prompt_len={P} < the longest prompt ({longest} tokens)")
+  train_hops = max(p.hops for p in train)
+  K = c["max_thoughts"] or train_hops
+  if K < train_hops:
+    raise config_lib.ConfigError(f"config.cot.max_thoughts={K} < the largest training hop count {train_hops}")
+  prompt_lens = np.array([len(data_lib.prompt_tokens(p, layout=c["layout"])) for p in train], np.int64)
+  after = {"coconut": 2, "cot": 3, "nocot": 3}[c["method"]]
+  hops = np.array([p.hops for p in train]) if c["method"] != "nocot" else 0
+  return CotDims(P=P, K=K, K_eval=max(K, c["eval_fixed_thoughts"], max(p.hops for p in valid)),
+                 gen_steps=max(p.hops for p in every) + 2,   # CoT decoding: D nodes, [A], answer
+                 eval_hops=min(4, min(p.hops for p in valid)), row_tokens=float(np.mean(prompt_lens + hops + after)))
+
+
+class CotSpec:
+  """Model, losses and batch of the three methods (data-free given its :class:`CotDims`; see
+  superpose.train.task and the module docstring)."""
+
+  def __init__(self, config: Mapping, dims: CotDims | None = None):
     # Keys added since a run was made (e.g. an older run's config.json read by evaluate.py) take their defaults.
     config = {**config, "cot": {**cot_section().to_dict(), **config["cot"]}}
     self.config = config
@@ -344,30 +253,25 @@ class CotTask:
       raise config_lib.ConfigError("config.cot.stage0_steps needs stages by steps (config.cot.steps_per_stage > 0)")
     if c["layout"] not in data_lib.LAYOUTS:
       raise config_lib.ConfigError(f"config.cot.layout={c['layout']!r}: must be one of {', '.join(data_lib.LAYOUTS)}")
-    self.train = train if train is not None else load_split(config, "train_file")
-    self.valid = valid if valid is not None else load_split(config, "valid_file")
-    if not self.train or not self.valid:
-      raise config_lib.ConfigError(f"config.cot: {len(self.train)} training / {len(self.valid)} validation problems")
     try:
       self.model_cfg = nn_config.from_dict(config["model"])
     except (TypeError, ValueError) as e:
       raise config_lib.ConfigError(" ".join(str(e).split())) from None
     if self.model_cfg.vocab_size < VOCAB_SIZE:
       raise config_lib.ConfigError(f"config.model.vocab_size={self.model_cfg.vocab_size} < {VOCAB_SIZE}")
+    self.batching = c["batching"]
+    if self.batching not in BATCHINGS:
+      raise config_lib.ConfigError(f"config.cot.batching={self.batching!r}: must be one of {', '.join(BATCHINGS)}")
+    if self.batching == "bucketed" and (self.model_cfg.scan_layers or not self.model_cfg.causal):
+      raise config_lib.ConfigError("config.cot.batching='bucketed' (the compact forward) needs model.scan_layers "
+                                   "False and a causal model; use batching='padded'")
+    if c["bucket_window"] < 1 or c["bucket_multiple"] < 1:
+      raise config_lib.ConfigError("config.cot.bucket_window and bucket_multiple must be >= 1")
 
+    self.dims = dims = dims or default_dims(config)
     self.batch_size = t["batch_size"]
-    every = self.train + self.valid
-    longest = max(3 * len(p.edges) + 6 for p in every)   # 'theory' layout has one more token
-    self.P = c["prompt_len"] or _round_up(longest)
-    if self.P < longest:
-      raise config_lib.ConfigError(f"config.cot.prompt_len={self.P} < the longest prompt ({longest} tokens)")
-    train_hops = max(p.hops for p in self.train)
-    self.K = c["max_thoughts"] or train_hops
-    if self.K < train_hops:
-      raise config_lib.ConfigError(f"config.cot.max_thoughts={self.K} < the largest training hop count {train_hops}")
-    self.fixed = c["eval_fixed_thoughts"]
-    self.K_eval = max(self.K, self.fixed, max(p.hops for p in self.valid))
-    self.gen_steps = max(p.hops for p in every) + 2   # CoT decoding: D nodes, [A], answer
+    self.P, self.K, self.K_eval, self.gen_steps = dims.P, dims.K, dims.K_eval, dims.gen_steps
+    self.eval_hops, self.row_tokens, self.fixed = dims.eval_hops, dims.row_tokens, c["eval_fixed_thoughts"]
     if self.method == "coconut":
       self.T, self.T_eval = _round_up(self.P + self.K + 2), _round_up(self.P + self.K_eval + 2)
     elif self.method == "cot":
@@ -377,41 +281,151 @@ class CotTask:
     if max(self.T, self.T_eval) > self.model_cfg.max_seq_len:
       raise config_lib.ConfigError(f"config.model.max_seq_len={self.model_cfg.max_seq_len} < the "
                                    f"{max(self.T, self.T_eval)} columns these rows need")
-    self.batching = c["batching"]
-    if self.batching not in BATCHINGS:
-      raise config_lib.ConfigError(f"config.cot.batching={self.batching!r}: must be one of {', '.join(BATCHINGS)}")
-    if self.batching == "bucketed" and (self.model_cfg.scan_layers or not self.model_cfg.causal):
-      raise config_lib.ConfigError("config.cot.batching='bucketed' (the compact forward) needs model.scan_layers "
-                                   "False and a causal model; use batching='padded'")
-    if c["bucket_window"] < 1 or c["bucket_multiple"] < 1:
-      raise config_lib.ConfigError("config.cot.bucket_window and bucket_multiple must be >= 1")
-    self.window, self.multiple = c["bucket_window"], c["bucket_multiple"]
     # The compact forward's static bounds: thought steps, and columns after the thoughts that carry a loss.
     self.K_fwd = self.K if self.method == "coconut" else 0
     self.R = {"coconut": 1, "cot": self.gen_steps, "nocot": 2}[self.method]
-    self.prompt_lens = np.array([len(data_lib.prompt_tokens(p, layout=c["layout"])) for p in self.train], np.int64)
-    self._windows: dict[int, np.ndarray] = {}
-    # Expected real tokens per row at the final stage (prompt + thoughts or path + the answer tokens).
-    after = {"coconut": 2, "cot": 3, "nocot": 3}[self.method]
-    hops = np.array([p.hops for p in self.train]) if self.method != "nocot" else 0
-    self.row_tokens = float(np.mean(self.prompt_lens + hops + after))
-    self.batch_axes = {}
     self.tokens_per_step = int(round(self.batch_size * self.row_tokens))
     self.flops_per_step = flops.train_flops_per_token(self.model_cfg, round(self.row_tokens)) * self.tokens_per_step
-    # Hop-k accuracy with gold thoughts (coconut): k = 1 .. every validation problem's hop count (≤ 4).
-    self.eval_hops = min(4, min(p.hops for p in self.valid))
+
+  def tokenizer(self):
+    return data_lib.VOCAB
+
+  def batch_spec(self) -> dict[str, Field]:
+    """The widest batch (``T`` columns; a bucketed batch is narrower)."""
+    B = self.batch_size
+    out = {**rows_fields(B, self.T), "length": Field((B,), "int32")}
+    if self.method == "coconut" or self.batching == "bucketed":
+      out.update(latent_start=Field((B,), "int32"), num_thoughts=Field((B,), "int32"))
+    if self.method == "coconut":
+      out["label_set"] = Field((B, VOCAB_SIZE), "float32")
+    return out
+
+  # model and loss ------------------------------------------------------------------------------------------
+  def make_model(self) -> nnx.Module:
+    return nn.Transformer(self.model_cfg, rngs=nnx.Rngs(self.seed))
+
+  def _logits(self, model, tokens, batch, count_key: str, max_thoughts: int):
+    if self.method != "coconut":
+      return model(tokens).logits_BTV
+    rest = tokens.shape[1] - self.P - max_thoughts   # from latent_start + K: no window is clamped
+    return thoughts_lib.cached_forward(model, tokens, batch["latent_start"], num_thoughts=max_thoughts,
+                                       num_thoughts_B=batch[count_key], prefix_len=self.P, rest_len=rest).logits_BTV
+
+  def train_loss(self, model, batch):
+    if self.batching == "bucketed":
+      K, R = self.K_fwd, self.R
+      prefix = batch["tokens"].shape[1] - K - R - 1
+      logits = thoughts_lib.compact_forward(model, batch["tokens"], batch["latent_start"], batch["num_thoughts"],
+                                            max_thoughts=K, prefix_len=prefix, rest_len=R)
+      cols, valid = thoughts_lib.compact_columns(batch["latent_start"], batch["num_thoughts"], max_thoughts=K,
+                                                 rest_len=R)
+      targets = jnp.take_along_axis(batch["targets"], cols, axis=1)
+      weights = jnp.take_along_axis(batch["weights"], cols, axis=1) * valid
+    else:
+      logits = self._logits(model, batch["tokens"], batch, "num_thoughts", self.K)
+      targets, weights = batch["targets"], batch["weights"]
+    loss, metrics = lm_loss(logits, targets, weights)
+    if self.method == "coconut":   # the drawn label's NLL (`loss`) and the label pool's (−log of its mass)
+      nll, mass = set_nll(logits, batch["label_set"], weights)
+      metrics.update({"label_nll": loss, "set_nll": nll, "set_mass": mass})
+      if self.loss_kind == "set":
+        loss = nll
+    length = batch["length"].astype(jnp.float32)
+    metrics["data/row_tokens"] = length.mean()
+    metrics["data/pad_fraction"] = 1.0 - length.sum() / (length.shape[0] * batch["tokens"].shape[1])
+    return loss, metrics
+
+  def _coconut_eval_logits(self, model, batch, name: str):
+    """Logits (B, 1 + K_eval + 1, 40 real tokens) at the compact columns of the row with its ``name``
+    (gold | fixed) number of thoughts: index 0 the root (hop 1), index k the k-th thought (hop k + 1),
+    the last one [A]."""
+    if self.batching == "bucketed":
+      logits = thoughts_lib.compact_forward(model, batch[f"tokens_{name}"], batch["latent_start"], batch[f"num_{name}"],
+                                            max_thoughts=self.K_eval, prefix_len=self.P, rest_len=1)
+    else:
+      full = self._logits(model, batch[f"tokens_{name}"], batch, f"num_{name}", self.K_eval)
+      cols, _ = thoughts_lib.compact_columns(batch["latent_start"], batch[f"num_{name}"], max_thoughts=self.K_eval,
+                                             rest_len=1)
+      logits = jnp.take_along_axis(full, cols[..., None], axis=1)
+    return logits[..., :VOCAB_SIZE].astype(jnp.float32)
+
+  def eval_loss(self, model, batch):
+    scale, target, cands = batch["scale"], batch["target"], batch["cands"]
+    metrics = {f: (batch[f] * scale).sum() for f in metrics_lib.FLOORS}
+
+    def add(per_row: dict, suffix: str = ""):
+      metrics.update({k + suffix: (v * scale).sum() for k, v in per_row.items()})
+
+    if self.method == "coconut":
+      for name, suffix in (("gold", ""), ("fixed", "_fixed")):
+        logits = self._coconut_eval_logits(model, batch, name)
+        answer = logits[:, -1]
+        add(metrics_lib.answer_metrics(answer, target, cands), suffix)
+        if name == "gold":
+          loss = (optax.softmax_cross_entropy_with_integer_labels(answer, target) * scale).sum()
+          add(metrics_lib.hop_metrics(logits[:, :self.eval_hops], batch["hop_sets"]))
+      return loss, metrics
+    logits = model(batch["tokens"]).logits_BTV
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["targets"])
+    per_row = (ce * batch["weights"]).sum(-1) / jnp.maximum(batch["weights"].sum(-1), 1.0)
+    loss = (per_row * scale).sum()
+    if self.method == "nocot":
+      add(metrics_lib.answer_metrics(_answer_logits(logits, batch["col_answer"]), target, cands))
+    else:
+      answer, answer_logits = self._greedy_answer(model, batch["prompt"], batch["prompt_len"])
+      add(metrics_lib.answer_metrics(answer_logits, target, cands, answer_B=answer))
+      # hop k: the teacher-forced logits after the root and the first k − 1 nodes of a shortest path
+      cols = batch["prompt_len"].astype(jnp.int32)[:, None] - 1 + jnp.arange(self.eval_hops, dtype=jnp.int32)
+      add(metrics_lib.hop_metrics(thoughts_lib.take_rows(logits, cols), batch["hop_sets"]))
+    return loss, metrics
+
+  def _greedy_answer(self, model, tokens_BT, start_B):
+    """Greedy decoding of ``gen_steps`` tokens after the prompt (a full forward per token). Returns (the
+    token after the first generated [A], −1 when there is none; the logits that chose it, or those of the
+    last decoded position when there is no [A])."""
+    start_B = start_B.astype(jnp.int32)
+    step_logits = []
+    for g in range(self.gen_steps):
+      pos_B1 = (start_B + g)[:, None]
+      logits = model(tokens_BT).logits_BTV
+      step = thoughts_lib.take_rows(logits, pos_B1 - 1)[:, 0, :VOCAB_SIZE].astype(jnp.float32)
+      step_logits.append(step)
+      tokens_BT = write_rows(tokens_BT, step.argmax(-1).astype(jnp.int32)[:, None], pos_B1)
+    gen_BG = thoughts_lib.take_rows(tokens_BT, start_B[:, None] + jnp.arange(self.gen_steps, dtype=jnp.int32))
+    is_a = gen_BG[:, :-1] == data_lib.ANSWER
+    has_a = is_a.any(axis=1)
+    at_B = jnp.where(has_a, jnp.argmax(is_a, axis=1) + 1, self.gen_steps - 1)
+    answer = jnp.take_along_axis(gen_BG, at_B[:, None], axis=1)[:, 0]
+    logits_BV = jnp.take_along_axis(jnp.stack(step_logits, axis=1), at_B[:, None, None], axis=1)[:, 0]
+    return jnp.where(has_a, answer, -1), logits_BV
+
+
+class CotData:
+  """The seeded, curriculum-staged training rows and the validation rows of one :class:`CotSpec`."""
+
+  def __init__(self, spec: CotSpec, train: list[Problem], valid: list[Problem]):
+    if not train or not valid:
+      raise config_lib.ConfigError(f"config.cot: {len(train)} training / {len(valid)} validation problems")
+    c = spec.config["cot"]
+    self.spec, self.config, self.train, self.valid = spec, spec.config, train, valid
+    self.method, self.labels, self.seed, self.relabel = spec.method, spec.labels, spec.seed, spec.relabel
+    self.batch_size, self.batching, self.T, self.T_eval = spec.batch_size, spec.batching, spec.T, spec.T_eval
+    self.fixed, self.eval_hops = spec.fixed, spec.eval_hops
+    self.window, self.multiple = c["bucket_window"], c["bucket_multiple"]
+    self.prompt_lens = np.array([len(data_lib.prompt_tokens(p, layout=c["layout"])) for p in self.train], np.int64)
+    self._windows: dict[int, np.ndarray] = {}
     self.eval_set = loop.RowsEvalSet([self.eval_row(i) for i in range(len(self.valid))], self.batch_size)
     log.info("cot task: method %s, %s batches, %d train / %d valid problems, P=%d K=%d T=%d (eval K=%d T=%d), "
-             "%.1f real tokens per row", self.method, self.batching, len(self.train), len(self.valid), self.P,
-             self.K, self.T, self.K_eval, self.T_eval, self.row_tokens)
+             "%.1f real tokens per row", self.method, self.batching, len(self.train), len(self.valid), spec.P,
+             spec.K, self.T, spec.K_eval, self.T_eval, spec.row_tokens)
 
   # schedule ------------------------------------------------------------------------------------------------
   def scheduled_stage(self, step: int) -> int:
-    return scheduled_stage(self.config["cot"], step, self.batch_size, len(self.train))
+    return rows_lib.scheduled_stage(self.config["cot"], step, self.batch_size, len(self.train))
 
   def stage_starts(self, total_steps: int) -> list[int]:
     """The first step of each Coconut stage 1 .. (the largest hop count) within ``total_steps``."""
-    return stage_starts(self.config["cot"], total_steps, max(p.hops for p in self.train), self.batch_size,
+    return rows_lib.stage_starts(self.config["cot"], total_steps, max(p.hops for p in self.train), self.batch_size,
                         len(self.train))
 
   def _prompt(self, problem: Problem, rng: random.Random) -> list[int]:
@@ -451,7 +465,7 @@ class CotTask:
     if self.batching == "padded":
       return self.T
     longest = int(self.prompt_lens[self.problem_index(rows)].max())
-    return min(_round_up(longest, self.multiple), self.P) + self.K_fwd + self.R + 1
+    return min(_round_up(longest, self.multiple), self.spec.P) + self.spec.K_fwd + self.spec.R + 1
 
   # rows ----------------------------------------------------------------------------------------------------
   def row_tokens_of(self, step: int, g: int) -> tuple[list[int], int, int, int, int, np.ndarray | None]:
@@ -462,25 +476,25 @@ class CotTask:
     problem = self.train[int(_permutation(self.seed, g // n, n)[g % n])]
     rng = random.Random(self.seed * (1 << 40) + g)
     if self.relabel:
-      problem = relabel_row(problem, rng)
+      problem = rows_lib.relabel_row(problem, rng)
     prompt = self._prompt(problem, rng)
     if self.method == "coconut":
-      s = coconut_stage(problem, self.scheduled_stage(step), rng, self.config["cot"]["uniform_prob"])
-      tokens, count, col = coconut_row(problem, s, prompt, rng, self.labels)
-      return tokens, col, col, len(prompt), count, set_mask(label_pool(problem, s, self.labels))
-    tokens, first = language_row(problem, prompt, rng, self.method)
+      s = rows_lib.coconut_stage(problem, self.scheduled_stage(step), rng, self.config["cot"]["uniform_prob"])
+      tokens, count, col = rows_lib.coconut_row(problem, s, prompt, rng, self.labels)
+      return tokens, col, col, len(prompt), count, rows_lib.set_mask(rows_lib.label_pool(problem, s, self.labels))
+    tokens, first = rows_lib.language_row(problem, prompt, rng, self.method)
     return tokens, first, len(tokens) - 2, len(prompt), 0, None
 
   def train_row(self, step: int, g: int, width: int | None = None) -> dict[str, np.ndarray]:
     """Row g (global index) of step ``step``, padded to ``width`` columns (default T)."""
     tokens, first, last, start, count, pool = self.row_tokens_of(step, g)
-    row = pad_row(tokens, width or self.T)
-    targets, weights = shifted(row, first, last)
+    row = rows_lib.pad_row(tokens, width or self.T)
+    targets, weights = rows_lib.shifted(row, first, last)
     out = {"tokens": row, "targets": targets, "weights": weights, "length": np.int32(len(tokens))}
     if pool is not None:
       out["label_set"] = pool
     if self.batching == "bucketed":   # the compact forward reads only these columns: every loss must be there
-      covered = {start - 1, *range(start, start + count), *range(start + count, start + count + self.R)}
+      covered = {start - 1, *range(start, start + count), *range(start + count, start + count + self.spec.R)}
       if not set(range(first, last + 1)) <= covered:
         raise AssertionError(f"row {g}: supervised columns {first}..{last} outside the compact columns")
     if self.method == "coconut" or self.batching == "bucketed":
@@ -488,8 +502,6 @@ class CotTask:
     return out
 
   def train_batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
-    if self.batch_size % process_count:
-      raise config_lib.ConfigError(f"batch_size {self.batch_size} not divisible by {process_count} processes")
     local = self.batch_size // process_count
     rows = self.step_rows(step)
     width = self.width(rows)
@@ -505,123 +517,46 @@ class CotTask:
            **{k: np.float32(v) for k, v in metrics_lib.floors(problem, c1, c2).items()}}
     if self.method != "nocot":
       layers = problem.neighbor_k()
-      out["hop_sets"] = np.stack([set_mask(layers[k]) for k in range(1, self.eval_hops + 1)])
+      out["hop_sets"] = np.stack([rows_lib.set_mask(layers[k]) for k in range(1, self.eval_hops + 1)])
     if self.method == "coconut":
       for name, count in (("gold", problem.hops), ("fixed", self.fixed)):
         tokens = prompt + [data_lib.LATENT] * count + [data_lib.ANSWER, problem.target]
-        out[f"tokens_{name}"] = pad_row(tokens, self.T_eval)
+        out[f"tokens_{name}"] = rows_lib.pad_row(tokens, self.T_eval)
         out[f"num_{name}"] = np.int32(count)
         out[f"col_{name}"] = np.int32(len(tokens) - 2)
       out["latent_start"] = np.int32(len(prompt))
       return out
-    tokens, first = language_row(problem, prompt, random.Random(i), self.method)
-    row = pad_row(tokens, self.T_eval)
+    tokens, first = rows_lib.language_row(problem, prompt, random.Random(i), self.method)
+    row = rows_lib.pad_row(tokens, self.T_eval)
     out["tokens"] = row
-    out["targets"], out["weights"] = shifted(row, first, len(tokens) - 2)
-    out["prompt"] = pad_row(prompt, self.T_eval)
+    out["targets"], out["weights"] = rows_lib.shifted(row, first, len(tokens) - 2)
+    out["prompt"] = rows_lib.pad_row(prompt, self.T_eval)
     out["prompt_len"] = np.int32(len(prompt))
     out["col_answer"] = np.int32(len(tokens) - 3)   # the [A] column (teacher forced)
     return out
 
-  # model and loss ------------------------------------------------------------------------------------------
-  def make_model(self) -> nnx.Module:
-    return nn.Transformer(self.model_cfg, rngs=nnx.Rngs(self.seed))
 
-  def _logits(self, model, tokens, batch, count_key: str, max_thoughts: int):
-    if self.method != "coconut":
-      return model(tokens).logits_BTV
-    return rowwise_thought_forward(model, tokens, batch["latent_start"], batch[count_key],
-                                   max_thoughts=max_thoughts, prefix_len=self.P)
+def make_spec(config: Mapping) -> CotSpec:
+  """The spec with the documented ProsQA shapes (:func:`default_dims`); no file is read."""
+  return CotSpec(config)
 
-  def loss(self, model, batch):
-    if "target" in batch:
-      return self._eval_loss(model, batch)
-    if self.batching == "bucketed":
-      K, R = self.K_fwd, self.R
-      prefix = batch["tokens"].shape[1] - K - R - 1
-      logits = thoughts_lib.compact_forward(model, batch["tokens"], batch["latent_start"], batch["num_thoughts"],
-                                            max_thoughts=K, prefix_len=prefix, rest_len=R)
-      cols, valid = thoughts_lib.compact_columns(batch["latent_start"], batch["num_thoughts"], max_thoughts=K,
-                                                 rest_len=R)
-      targets = jnp.take_along_axis(batch["targets"], cols, axis=1)
-      weights = jnp.take_along_axis(batch["weights"], cols, axis=1) * valid
-    else:
-      logits = self._logits(model, batch["tokens"], batch, "num_thoughts", self.K)
-      targets, weights = batch["targets"], batch["weights"]
-    loss, metrics = lm_loss(logits, targets, weights)
-    if self.method == "coconut":   # the drawn label's NLL (`loss`) and the label pool's (−log of its mass)
-      nll, mass = set_nll(logits, batch["label_set"], weights)
-      metrics.update({"label_nll": loss, "set_nll": nll, "set_mass": mass})
-      if self.loss_kind == "set":
-        loss = nll
-    length = batch["length"].astype(jnp.float32)
-    metrics["data/row_tokens"] = length.mean()
-    metrics["data/pad_fraction"] = 1.0 - length.sum() / (length.shape[0] * batch["tokens"].shape[1])
-    return loss, metrics
 
-  def _coconut_eval_logits(self, model, batch, name: str):
-    """Logits (B, 1 + K_eval + 1, 40 real tokens) at the compact columns of the row with its ``name``
-    (gold | fixed) number of thoughts: index 0 the root (hop 1), index k the k-th thought (hop k + 1),
-    the last one [A]."""
-    if self.batching == "bucketed":
-      logits = thoughts_lib.compact_forward(model, batch[f"tokens_{name}"], batch["latent_start"], batch[f"num_{name}"],
-                                            max_thoughts=self.K_eval, prefix_len=self.P, rest_len=1)
-    else:
-      full = self._logits(model, batch[f"tokens_{name}"], batch, f"num_{name}", self.K_eval)
-      cols, _ = thoughts_lib.compact_columns(batch["latent_start"], batch[f"num_{name}"], max_thoughts=self.K_eval,
-                                             rest_len=1)
-      logits = jnp.take_along_axis(full, cols[..., None], axis=1)
-    return logits[..., :VOCAB_SIZE].astype(jnp.float32)
-
-  def _eval_loss(self, model, batch):
-    scale, target, cands = batch["scale"], batch["target"], batch["cands"]
-    metrics = {f: (batch[f] * scale).sum() for f in metrics_lib.FLOORS}
-
-    def add(per_row: dict, suffix: str = ""):
-      metrics.update({k + suffix: (v * scale).sum() for k, v in per_row.items()})
-
-    if self.method == "coconut":
-      for name, suffix in (("gold", ""), ("fixed", "_fixed")):
-        logits = self._coconut_eval_logits(model, batch, name)
-        answer = logits[:, -1]
-        add(metrics_lib.answer_metrics(answer, target, cands), suffix)
-        if name == "gold":
-          loss = (optax.softmax_cross_entropy_with_integer_labels(answer, target) * scale).sum()
-          add(metrics_lib.hop_metrics(logits[:, :self.eval_hops], batch["hop_sets"]))
-      return loss, metrics
-    logits = model(batch["tokens"]).logits_BTV
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["targets"])
-    per_row = (ce * batch["weights"]).sum(-1) / jnp.maximum(batch["weights"].sum(-1), 1.0)
-    loss = (per_row * scale).sum()
-    if self.method == "nocot":
-      add(metrics_lib.answer_metrics(_answer_logits(logits, batch["col_answer"]), target, cands))
-    else:
-      answer, answer_logits = self._greedy_answer(model, batch["prompt"], batch["prompt_len"])
-      add(metrics_lib.answer_metrics(answer_logits, target, cands, answer_B=answer))
-      # hop k: the teacher-forced logits after the root and the first k − 1 nodes of a shortest path
-      cols = batch["prompt_len"].astype(jnp.int32)[:, None] - 1 + jnp.arange(self.eval_hops, dtype=jnp.int32)
-      add(metrics_lib.hop_metrics(_take_rows(logits, cols), batch["hop_sets"]))
-    return loss, metrics
-
-  def _greedy_answer(self, model, tokens_BT, start_B):
-    """Greedy decoding of ``gen_steps`` tokens after the prompt (a full forward per token). Returns (the
-    token after the first generated [A], −1 when there is none; the logits that chose it, or those of the
-    last decoded position when there is no [A])."""
-    start_B = start_B.astype(jnp.int32)
-    step_logits = []
-    for g in range(self.gen_steps):
-      pos_B1 = (start_B + g)[:, None]
-      logits = model(tokens_BT).logits_BTV
-      step = _take_rows(logits, pos_B1 - 1)[:, 0, :VOCAB_SIZE].astype(jnp.float32)
-      step_logits.append(step)
-      tokens_BT = write_rows(tokens_BT, step.argmax(-1).astype(jnp.int32)[:, None], pos_B1)
-    gen_BG = _take_rows(tokens_BT, start_B[:, None] + jnp.arange(self.gen_steps, dtype=jnp.int32))
-    is_a = gen_BG[:, :-1] == data_lib.ANSWER
-    has_a = is_a.any(axis=1)
-    at_B = jnp.where(has_a, jnp.argmax(is_a, axis=1) + 1, self.gen_steps - 1)
-    answer = jnp.take_along_axis(gen_BG, at_B[:, None], axis=1)[:, 0]
-    logits_BV = jnp.take_along_axis(jnp.stack(step_logits, axis=1), at_B[:, None, None], axis=1)[:, 0]
-    return jnp.where(has_a, answer, -1), logits_BV
+def make_task(config: Mapping, train: list[Problem] | None = None, valid: list[Problem] | None = None) -> Task:
+  """Spec and data of ``config`` (problems from ``config.cot.data_dir`` unless given). Coconut with
+  ``reset_optimizer``: the stage starts become ``optim.reset_steps`` of the recorded config."""
+  spec = CotSpec(config)                   # the config's own checks before any file is read
+  train = train if train is not None else load_split(config, "train_file")
+  valid = valid if valid is not None else load_split(config, "valid_file")
+  if not train or not valid:
+    raise config_lib.ConfigError(f"config.cot: {len(train)} training / {len(valid)} validation problems")
+  spec = CotSpec(config, measured_dims(spec.config, train, valid))
+  data = CotData(spec, train, valid)
+  cfg = spec.config
+  if spec.method == "coconut" and cfg["cot"]["reset_optimizer"]:
+    starts = data.stage_starts(cfg["train"]["steps"])
+    spec.config = {**cfg, "optim": {**cfg["optim"], "reset_steps": sorted(set(cfg["optim"].get("reset_steps") or ())
+                                                                          | set(starts))}}
+  return Task(spec, data)
 
 
 def select_checkpoint(workdir: str | pathlib.Path, metric: str = "eval/acc") -> dict:
@@ -652,33 +587,29 @@ def throughput(workdir: str | pathlib.Path, batch_size: int) -> dict:
           "pad_fraction": float(np.mean(pads)) if pads else float("nan")}
 
 
-def eval_table(task: CotTask, values: Mapping[str, float], name: str) -> str:
+def eval_table(task: Task, values: Mapping[str, float], name: str) -> str:
   """The final evaluation as a Markdown table (95 % Wilson intervals) on the task's validation rows."""
   counts = metrics_lib.counts_from_means({k[len("eval/"):]: v for k, v in values.items()
                                           if k.startswith("eval/") and k not in ("eval/loss", "eval/perplexity")},
-                                         task.eval_set.n)
-  labels = {"": "gold hop count" if task.method == "coconut" else "answer", "_fixed": "fixed thought count"}
+                                         task.data.eval_set.n)
+  labels = {"": "gold hop count" if task.spec.method == "coconut" else "answer", "_fixed": "fixed thought count"}
   return metrics_lib.table({f"{name} ({labels[v]})": row for v, row in metrics_lib.by_variant(counts).items()})
 
 
 def run(config: Any, workdir: str) -> loop.Result:
   cfg = config_lib.to_dict(config)
-  config_lib.check_schema(cfg, extra_sections())
-  config_lib.check_train(cfg)
-  task = CotTask(cfg)
-  if task.method == "coconut" and cfg["cot"]["reset_optimizer"]:
-    cfg["optim"]["reset_steps"] = sorted(set(cfg["optim"].get("reset_steps") or ())
-                                         | set(task.stage_starts(cfg["train"]["steps"])))
-  result = loop.train(cfg, workdir, task)
+  task = make_task(cfg)
+  spec = task.spec
+  result = loop.train(spec.config, workdir, task)
   if jax.process_index() == 0 and (pathlib.Path(workdir) / "metrics.jsonl").exists():
     sel = select_checkpoint(workdir)
     if sel:
-      speed = throughput(workdir, task.batch_size)
-      print(f"method {task.method}: best eval/acc {sel['value']:.4f} at step {sel['step']} "
-            f"(generated validation, {task.eval_set.n} problems); {task.batching} batches, padding "
+      speed = throughput(workdir, spec.batch_size)
+      print(f"method {spec.method}: best eval/acc {sel['value']:.4f} at step {sel['step']} "
+            f"(generated validation, {task.data.eval_set.n} problems); {spec.batching} batches, padding "
             f"{speed['pad_fraction']:.1%}"
             + (f", {speed['real_tokens_per_s']:,.0f} real tokens/s (median of {speed['timed_steps']} timed steps)"
                if math.isfinite(speed["real_tokens_per_s"]) else ""))
       if result.eval:
-        print(f"final evaluation, step {result.step}:\n" + eval_table(task, result.eval, task.method))
+        print(f"final evaluation, step {result.step}:\n" + eval_table(task, result.eval, spec.method))
   return result

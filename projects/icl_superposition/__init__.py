@@ -10,7 +10,7 @@ tables.py  the lookup tables (number words, country tables) read from a configur
 chars.py   one token per character for the from-scratch models: the 96-character vocabulary (a
            character tokenizer, registered as ``"icl_chars"``) and answer-only loss masks
 train.py   the from-scratch trainer (spec §2): one task per row, answer-only loss, uniform or skewed
-           task draws; a loop Task (``configs/icl_superposition/retrieval.py``)
+           task draws; make_spec / make_task (``configs/icl_superposition/retrieval.py``)
 scoring.py teacher-forced answer probabilities from a KV-cached prefill for any superpose.nn model,
            top-K complete outputs (r), residual patching at the last prompt token, hidden states
 calibrate.py  mixed-prompt calibration curves of trained runs beside the reference curves (spec §2.4)

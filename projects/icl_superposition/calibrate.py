@@ -33,12 +33,9 @@ import re
 import sys
 
 import numpy as np
-from flax import nnx
 
-from superpose import nn
-from superpose.nn import config as nn_config
-from superpose.train import checkpoint as ckpt_lib
 from superpose.train.config import ConfigError
+from superpose.train.loader import load_model
 
 from projects.icl_superposition import chars, mixtures, scoring, tables, tasks as tasks_lib
 
@@ -47,16 +44,6 @@ REFERENCE_RUNS = {("retrieval", "uniform"): "eval_copy_6_384_6_mix_1",
                   ("retrieval", "skewed"): "eval_copy_9010_6_384_6_mix_1",
                   ("mod_add", "uniform"): "eval_bias_add_simple_6_384_6_mix_1",
                   ("mod_add", "skewed"): "eval_bias_add_simple_9010_6_384_6_mix_1"}
-
-
-def load_run(workdir: str | pathlib.Path) -> tuple[dict, nnx.Module]:
-  """(config, model with the newest checkpoint's parameters) of any training run of this repository."""
-  workdir = pathlib.Path(workdir)
-  config = ckpt_lib.run_config(workdir)
-  cfg = nn_config.from_dict(config["model"])
-  graphdef, params = ckpt_lib.restore_module(lambda: nn.Transformer(cfg, rngs=nnx.Rngs(0)),
-                                             ckpt_lib.checkpoint_dir(workdir))
-  return config, nnx.merge(graphdef, params)
 
 
 CONDITIONS = ("standard", "inside", "absent")
@@ -390,15 +377,15 @@ def main(argv=None) -> int:
   try:
     conditions = [c for c in args.conditions.split(",") if c]
     for name, dirs in run_groups(args.workdir):
-      loaded = [load_run(wd) for wd in dirs]
-      config = loaded[0][0]
+      loaded = [load_model(wd) for wd in dirs]
+      config = loaded[0].config
       ref_name = args.reference or REFERENCE_RUNS[config["icl"]["family"], config["icl"]["task_weights"]]
       ref = reference_curve(ref_name)
       res = {"workdirs": dirs, "mixing": args.mixing, "prompts": args.prompts, "reference": ref_name,
              "reference_curve": {str(k): v for k, v in ref.items()}, "conditions": {}, "lines": {}}
       for condition in conditions:
         res["lines"][condition] = condition_setup(config, condition)[0]
-        curves = [curve(model, cfg, args.prompts, args.seed, args.mixing, condition) for cfg, model in loaded]
+        curves = [curve(run.model, run.config, args.prompts, args.seed, args.mixing, condition) for run in loaded]
         cond = analyse(curves, ref, seed=args.seed, n_outputs=mixtures.OUTPUTS.get(config["icl"]["family"]))
         res["conditions"][condition] = cond
         plot(f"{name} ({condition})", cond, ref, ref_name, curves, out / f"calibration_{name}_{condition}.png")

@@ -27,6 +27,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from superpose.train.config import ConfigError
+from superpose.train.loader import load_model
 
 from projects.icl_superposition import calibrate, chars, mixtures, scoring, tasks as tasks_lib
 
@@ -164,8 +165,8 @@ def main(argv=None) -> int:
     if bad:
       raise ValueError(f"--shares {','.join(bad)}: one of {', '.join(SHARES)}")
     groups = calibrate.run_groups(args.workdir)
-    loaded = {name: [calibrate.load_run(d) for d in dirs] for name, dirs in groups}
-    families = {cfg["icl"]["family"] for runs in loaded.values() for cfg, _ in runs}
+    loaded = {name: [load_model(d) for d in dirs] for name, dirs in groups}
+    families = {run.config["icl"]["family"] for runs in loaded.values() for run in runs}
     if len(families) != 1:
       raise ValueError(f"runs of different families ({', '.join(sorted(families))}) cannot share prompts")
     family = next(iter(families))
@@ -180,15 +181,15 @@ def main(argv=None) -> int:
           or results.get("family") != family):
         raise ValueError(f"--add: {out / 'capacity.json'} was made with other conditions, prompts, seed or family")
     for name, dirs in groups:
-      results["models"][name] = {"workdirs": dirs, "parameters": parameter_count(loaded[name][0][1])}
+      results["models"][name] = {"workdirs": dirs, "parameters": parameter_count(loaded[name][0].model)}
     bar = tqdm(total=len(conds) * sum(len(r) for r in loaded.values()), desc="capacity", unit="condition",
                file=sys.stderr)
     for entry in results["conditions"]:
       k, law = entry["k"], entry["shares"]
       for name, runs in loaded.items():
         evals = []
-        for cfg, model in runs:
-          evals.append(evaluate(model, cfg, k, law, args.prompts, args.seed))
+        for run in runs:
+          evals.append(evaluate(run.model, run.config, k, law, args.prompts, args.seed))
           bar.update(1)
         res = analyse(evals, seed=args.seed, n_outputs=n_outputs)
         entry["models"][name] = {**res["model"], "p_answers": res["p_answers"]}

@@ -23,9 +23,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from superpose.data import tokenizers
-from superpose.nn import hf_gpt2
+from superpose.train.loader import load_model
 
-from projects.icl_superposition import calibrate, scoring, tables, tasks as tasks_lib
+from projects.icl_superposition import scoring, tables, tasks as tasks_lib
 from projects.icl_superposition import chars  # noqa: F401  (registers the "icl_chars" tokenizer)
 
 
@@ -101,11 +101,8 @@ def main(argv=None) -> int:
     tables.set_tables_dir(args.tables_dir)
   try:
     tok = tokenizers.get_tokenizer(args.tokenizer)
-    if args.hf_gpt2:
-      cfg, params = hf_gpt2.load_hf_gpt2(args.hf_gpt2)
-      model, name = hf_gpt2.to_model(cfg, params), pathlib.Path(args.hf_gpt2).name
-    else:
-      model, name = calibrate.load_run(args.workdir)[1], pathlib.Path(args.workdir).name
+    path = args.hf_gpt2 or args.workdir     # load_model reads either (an HF GPT-2 directory or any run)
+    model, name = load_model(path).model, pathlib.Path(path).name
     fractions = [float(f) for f in args.fractions.split(",")] if args.fractions else None
     res = evaluate_family(model, tok.encode, args.family, args.prompts, np.random.default_rng(args.seed),
                           fractions=fractions, n_examples=args.examples, batch_size=args.batch_size,

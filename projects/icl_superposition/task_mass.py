@@ -28,6 +28,7 @@ import sys
 import numpy as np
 
 from superpose.train.config import ConfigError
+from superpose.train.loader import load_model
 
 from projects.icl_superposition import calibrate, chars, scoring, tables, tasks as tasks_lib
 
@@ -177,7 +178,8 @@ def main(argv=None) -> int:
         raise ValueError(f"--pairs: {p!r} is not TASK0,TASK1")
       pairs.append(tuple(p.split(",")))
     for wd in args.workdir:
-      config, model = calibrate.load_run(wd)
+      run = load_model(wd)
+      config, model = run.config, run.model
       name = pathlib.Path(wd).name
       runs = {"workdir": str(wd), "prompts": args.prompts, "pairs": {}}
       for task0, task1 in pairs:

@@ -28,6 +28,8 @@ import sys
 
 import numpy as np
 
+from superpose.train.loader import load_model
+
 from projects.icl_superposition import calibrate, chars, mixtures, scoring, tasks as tasks_lib
 
 LAMBDAS = np.linspace(0.0, 1.0, 30)
@@ -160,7 +162,8 @@ def main(argv=None) -> int:
   results = {}
   try:
     for wd in args.workdir:
-      config, model = calibrate.load_run(wd)
+      run = load_model(wd)
+      config, model = run.config, run.model
       name = pathlib.Path(wd).name
       results[name] = analyse(model, config, args.prompts, args.seed)
       plot(name, results[name], out / f"task_vectors_{name}.png")

@@ -1,7 +1,7 @@
 """Training from scratch on one task per sequence (spec §2): the trainer of ``configs/icl_superposition/*.py``.
 
-``config.trainer = 'projects.icl_superposition.train'``; a :class:`superpose.train.loop.Task`, so resume,
-checkpoints, metrics and the jitted step are the shared loop's.
+``config.trainer = 'projects.icl_superposition.train'``; ``make_spec`` / ``make_task`` give the shared loop its
+task (superpose.train.task), so resume, checkpoints, metrics and the jitted step are the shared loop's.
 
 A training row is ``<bos>`` followed by ``n_examples`` lines of ONE task of ``config.icl.family``
 (``retrieval``: ``x1..x8>x_k\\n``; ``mod_add``: ``x>(x+k) mod 10\\n``), the task drawn per row from the
@@ -29,7 +29,9 @@ from flax import nnx
 
 from superpose import nn
 from superpose.train import config as config_lib, flops, loop
-from superpose.train.lm import lm_loss, model_config
+from superpose.train.task import Field, Task, rows_fields
+from superpose.train.lm import model_config
+from superpose.train.losses import lm_loss
 
 from projects.icl_superposition import chars, tasks as tasks_lib
 
@@ -39,27 +41,19 @@ TRAINABLE = ("retrieval", "mod_add")   # families with fixed-length lines (one t
 WEIGHTS = ("uniform", "skewed")
 
 
+ICL: config_lib.Declaration = {
+    "family": ("retrieval", "task family: " + " | ".join(TRAINABLE)),
+    "n_examples": (100, "in-context lines per training row (spec: 100)"),
+    "task_weights": ("uniform", "task draw per row: " + " | ".join(WEIGHTS)),
+    "skew": (0.9, "skewed: probability of the first half of the family's tasks"),
+    "eval_prompts": (64, "single-task rows evaluated every eval_every steps"),
+    "test_pair": ("retrieve2,retrieve6", "task 0, task 1 of the mixed-prompt evaluation (spec §2.4), or 'random'"),
+}
+CONFIG_SECTIONS = {"icl": ICL}
+
+
 def icl_section(**overrides) -> ml_collections.ConfigDict:
-  """The ``config.icl`` section with every key and its default (also the schema reference)."""
-  s = ml_collections.ConfigDict({
-      "family": "retrieval",        # retrieval | mod_add
-      "n_examples": 100,            # in-context lines per training row (spec: 100)
-      "task_weights": "uniform",    # uniform | skewed
-      "skew": 0.9,                  # skewed: probability of the first half of the family's tasks
-      "eval_prompts": 64,           # single-task rows evaluated every eval_every steps
-      "test_pair": "retrieve2,retrieve6",   # task 0, task 1 of the mixed-prompt evaluation (spec §2.4)
-  })
-  s.update(overrides)
-  return s
-
-
-def extra_sections() -> dict:
-  return {"icl": icl_section().to_dict()}
-
-
-def attach_schema(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  object.__setattr__(config, "extra_sections", extra_sections())
-  return config
+  return config_lib.section(ICL, **overrides)
 
 
 def line_length(family: str) -> int:
@@ -94,8 +88,8 @@ def example_row(task: tasks_lib.Task, n_examples: int, rng: np.random.Generator,
   return tokens, targets, weights
 
 
-class IclTask:
-  """The loop Task (see the module docstring)."""
+class IclSpec:
+  """The model, losses and batch of one-task-per-row training (data-free; see superpose.train.task)."""
 
   def __init__(self, config: Mapping):
     self.config = config
@@ -109,51 +103,36 @@ class IclTask:
       raise config_lib.ConfigError(f"config.icl.skew={c['skew']}: must lie in [0, 1]")
     if c["n_examples"] < 1:
       raise config_lib.ConfigError(f"config.icl.n_examples={c['n_examples']}: must be ≥ 1")
-    try:
-      self.model_cfg = model_config(config)
-    except (TypeError, ValueError) as e:
-      raise config_lib.ConfigError(" ".join(str(e).split())) from None
+    self.model_cfg = model_config(config)
     if self.model_cfg.vocab_size < chars.VOCAB.vocab_size:
       raise config_lib.ConfigError(f"config.model.vocab_size={self.model_cfg.vocab_size} < "
                                    f"{chars.VOCAB.vocab_size} (the character vocabulary)")
     self.family = tasks_lib.FAMILIES[c["family"]]
     self.n_examples = c["n_examples"]
-    self.weights = task_weights(config)
     self.seed, self.batch_size = config["seed"], t["batch_size"]
     length = row_length(c["family"], self.n_examples)
     self.T = -(-length // 8) * 8
     if self.T > self.model_cfg.max_seq_len:
       raise config_lib.ConfigError(f"config.model.max_seq_len={self.model_cfg.max_seq_len} < the {self.T} "
                                    f"columns of {self.n_examples} {c['family']} lines")
-    self.batch_axes = {}
     self.tokens_per_step = self.batch_size * self.T
     self.flops_per_step = flops.train_flops_per_token(self.model_cfg, self.T) * self.tokens_per_step
-    self.eval_set = (loop.RowsEvalSet(eval_rows(self, c["eval_prompts"]), self.batch_size)
-                     if c["eval_prompts"] > 0 else None)
-    log.info("icl task: family %s (%s weights), %d examples per row, T=%d", c["family"], c["task_weights"],
-             self.n_examples, self.T)
 
-  def train_row(self, g: int) -> tuple[str, tuple[np.ndarray, ...]]:
-    rng = np.random.default_rng([self.seed, g, 11])
-    task = tasks_lib.sample_task(self.family, rng, self.weights)
-    return task.name, example_row(task, self.n_examples, rng, self.T)
-
-  def train_batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
-    if self.batch_size % process_count:
-      raise config_lib.ConfigError(f"batch_size {self.batch_size} not divisible by {process_count} processes")
-    local = self.batch_size // process_count
-    base = (step - 1) * self.batch_size + process_index * local
-    rows = [self.train_row(base + r)[1] for r in range(local)]
-    return {k: np.stack([r[i] for r in rows]) for i, k in enumerate(("tokens", "targets", "weights"))}
+  def batch_spec(self) -> dict[str, Field]:
+    return rows_fields(self.batch_size, self.T)
 
   def make_model(self) -> nnx.Module:
     return nn.Transformer(self.model_cfg, rngs=nnx.Rngs(self.seed))
 
-  def loss(self, model, batch):
+  def train_loss(self, model, batch):
+    return lm_loss(model(batch["tokens"]).logits_BTV, batch["targets"], batch["weights"])
+
+  def tokenizer(self):
+    return chars.VOCAB
+
+  def eval_loss(self, model, batch):
+    """Per-row means, weighted by ``scale`` so the loop's mean over batches is the mean over prompts."""
     logits = model(batch["tokens"]).logits_BTV
-    if "scale" not in batch:
-      return lm_loss(logits, batch["targets"], batch["weights"])
-    # Evaluation: per-row means, weighted so the loop's mean over batches is the mean over prompts.
     scale, targets, weights, late = batch["scale"], batch["targets"], batch["weights"], batch["late"]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     correct = (logits.argmax(-1) == targets).astype(jnp.float32)
@@ -165,26 +144,57 @@ class IclTask:
                   "acc_late": (row_mean(correct, letters * late) * scale).sum()}
 
 
-def eval_rows(task: IclTask, n: int) -> list[dict[str, np.ndarray]]:
+class IclData:
+  """Training rows drawn from (seed, global row index) and the fixed single-task evaluation rows."""
+
+  def __init__(self, spec: IclSpec):
+    c = spec.config["icl"]
+    self.spec, self.family, self.n_examples, self.T = spec, spec.family, spec.n_examples, spec.T
+    self.seed, self.batch_size = spec.seed, spec.batch_size
+    self.weights = task_weights(spec.config)
+    self.eval_set = (loop.RowsEvalSet(eval_rows(spec, c["eval_prompts"]), self.batch_size)
+                     if c["eval_prompts"] > 0 else None)
+    log.info("icl task: family %s (%s weights), %d examples per row, T=%d", c["family"], c["task_weights"],
+             self.n_examples, self.T)
+
+  def train_row(self, g: int) -> tuple[str, tuple[np.ndarray, ...]]:
+    rng = np.random.default_rng([self.seed, g, 11])
+    task = tasks_lib.sample_task(self.family, rng, self.weights)
+    return task.name, example_row(task, self.n_examples, rng, self.T)
+
+  def train_batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+    local = self.batch_size // process_count
+    base = (step - 1) * self.batch_size + process_index * local
+    rows = [self.train_row(base + r)[1] for r in range(local)]
+    return {k: np.stack([r[i] for r in rows]) for i, k in enumerate(("tokens", "targets", "weights"))}
+
+
+def make_spec(config: Mapping) -> IclSpec:
+  return IclSpec(config)
+
+
+def make_task(config: Mapping) -> Task:
+  spec = IclSpec(config)
+  return Task(spec, IclData(spec))
+
+
+def eval_rows(spec: IclSpec, n: int) -> list[dict[str, np.ndarray]]:
   """``n`` fixed single-task rows (task i mod K of the family, seeds disjoint from training); ``late``
   marks the columns of the last quarter of the lines."""
-  fam, line = task.family, line_length(task.config["icl"]["family"])
-  first_late = 1 + (task.n_examples - max(task.n_examples // 4, 1)) * line
-  late = (np.arange(task.T) >= first_late - 1).astype(np.float32)
+  fam, line = spec.family, line_length(spec.config["icl"]["family"])
+  first_late = 1 + (spec.n_examples - max(spec.n_examples // 4, 1)) * line
+  late = (np.arange(spec.T) >= first_late - 1).astype(np.float32)
   rows = []
   for i in range(n):
-    rng = np.random.default_rng([task.seed, i, 977])
-    tokens, targets, weights = example_row(fam.tasks[i % len(fam.tasks)], task.n_examples, rng, task.T)
+    rng = np.random.default_rng([spec.seed, i, 977])
+    tokens, targets, weights = example_row(fam.tasks[i % len(fam.tasks)], spec.n_examples, rng, spec.T)
     rows.append({"tokens": tokens, "targets": targets, "weights": weights, "late": late})
   return rows
 
 
 def run(config: Any, workdir: str) -> loop.Result:
   cfg = config_lib.to_dict(config)
-  config_lib.check_schema(cfg, extra_sections())
-  config_lib.check_train(cfg)
-  task = IclTask(cfg)
-  result = loop.train(cfg, workdir, task)
+  result = loop.train(cfg, workdir, make_task(cfg))
   if jax.process_index() == 0 and result.eval:
     print("icl final: " + "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
           + (f"; {result.tokens_per_s:,.0f} tokens/s" if math.isfinite(result.tokens_per_s) else ""))

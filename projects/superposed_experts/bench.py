@@ -144,7 +144,7 @@ def bench_pipeline(workdir, rounds: int = 9, steps: int = 4, batch: int = 16, lo
   layout = json.loads((workdir / "pipeline.json").read_text("utf-8"))
   runs = next(iter(layout["seeds"].values()))
   K, seq_len = len(layout["domains"]), int(layout["seq_len"])
-  tasks = {name: sx_train.SuperposedTask(ckpt_lib.run_config(path), stream=object(), eval_sets={})
+  tasks = {name: sx_train.SuperposedSpec(ckpt_lib.run_config(path))
            for name, path in runs["learned"].items()}
   expert_cfg = next(iter(tasks.values())).model_cfg.expert
   rng = np.random.default_rng(0)

@@ -80,7 +80,7 @@ def method_costs(layout: Mapping, per_seed: Mapping, workdir: pathlib.Path) -> d
   seed0 = next(iter(layout["seeds"]))
   runs = layout["seeds"][seed0]
   first = pathlib.Path(runs["experts"][0])
-  e = hf_gpt2.load_hf_gpt2(first)[0] if evaluate.is_hf_dir(first) else model_config(ckpt_lib.run_config(first))
+  e = hf_gpt2.load_hf_gpt2(first)[0] if hf_gpt2.is_hf_dir(first) else model_config(ckpt_lib.run_config(first))
   f1 = expert_flops(e, seq_len)
   n1 = param_count(lambda: Transformer(e, rngs=nnx.Rngs(0)))
   bench, tok_s = _bench(workdir)
@@ -97,7 +97,7 @@ def method_costs(layout: Mapping, per_seed: Mapping, workdir: pathlib.Path) -> d
       f, n, key = K * f1, K * n1, "ensemble"
     else:
       name = m.removesuffix(" (oracle gate)")
-      task = sx_train.SuperposedTask(ckpt_lib.run_config(runs["learned"][name]), stream=object(), eval_sets={})
+      task = sx_train.SuperposedSpec(ckpt_lib.run_config(runs["learned"][name]))
       f, n = learned_cost(task, seq_len)
       key = name
     out[m] = {"flops": f, "flops_ratio": f / f1, "param_bytes": 4 * n,

@@ -37,9 +37,8 @@ from projects.superposed_experts import baselines as bl
 from projects.superposed_experts import cost as cost_lib
 from projects.superposed_experts import data as data_lib
 from projects.superposed_experts import stats
-from superpose.nn import Transformer, hf_gpt2
 from superpose.train import checkpoint as ckpt_lib
-from superpose.train import lm as lm_train
+from superpose.train.loader import load_model
 
 EVAL_VERSION = 2             # bump when scoring changes: invalidates the per-seed caches
 EVAL_BATCH = 64
@@ -58,31 +57,6 @@ def switch_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
 
 
 # --- loading and scoring ---------------------------------------------------------------------------
-
-def is_hf_dir(path: pathlib.Path) -> bool:
-  """A Hugging Face GPT-2 directory (weights beside config.json), not one of our workdirs."""
-  names = (hf_gpt2.SAFETENSORS_NAME, hf_gpt2.PYTORCH_NAME, hf_gpt2.SAFETENSORS_NAME + ".index.json")
-  return not ckpt_lib.checkpoint_dir(path).is_dir() and any((path / n).exists() for n in names)
-
-
-def load_run(workdir: str | pathlib.Path):
-  """(graphdef, params, config) of a run's newest checkpoint (a plain LM or any superposed_experts
-  method) or of a Hugging Face GPT-2 directory (the paper's experts)."""
-  if is_hf_dir(pathlib.Path(workdir)):
-    model_cfg, params = hf_gpt2.load_hf_gpt2(workdir)
-    graphdef = nnx.split(nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0))), nnx.Param, ...)[0]
-    return graphdef, jax.tree.map(jnp.asarray, params), {"hf": str(workdir)}
-  cfg = ckpt_lib.run_config(workdir)
-  if "superposed" in cfg and cfg.get("trainer", "").endswith("superposed_experts.train"):
-    from projects.superposed_experts import train as sx_train
-    task = sx_train.SuperposedTask(cfg, stream=object(), eval_sets={})
-    make = task.make_model
-  else:
-    model_cfg = lm_train.model_config(cfg)
-    make = lambda: Transformer(model_cfg, rngs=nnx.Rngs(0))
-  graphdef, params = ckpt_lib.restore_module(make, workdir)
-  return graphdef, params, cfg
-
 
 def method_of(cfg: Mapping) -> str:
   """'lm' for a plain LM or HF directory, else the superposed run's method."""
@@ -181,7 +155,8 @@ class ExpertCache:
 
   def get(self, path: str) -> dict:
     if path not in self.entries:
-      graphdef, params, _ = load_run(path)
+      loaded = load_model(path)
+      graphdef, params = loaded.graphdef, loaded.params
       fn = lm_scorer(graphdef)
       test = {name: score(fn, params, rows) for name, rows in self.sets.rows.items()}
       self.entries[path] = {
@@ -214,8 +189,9 @@ def evaluate_seed(runs: Mapping, names: Sequence[str], sets: Sets, val: Mapping[
   # Learned methods (superpose.train runs).
   info["alphas"], info["gates"] = {}, {}
   for name, workdir in runs.get("learned", {}).items():
-    graphdef, theta, cfg = load_run(workdir)
-    model = nnx.merge(graphdef, theta)
+    loaded = load_model(workdir)
+    graphdef, theta, cfg = loaded.graphdef, loaded.params, loaded.config
+    model = loaded.model
     method = method_of(cfg)
     if method == "merge":   # one transformer with the merged weights
       merged_graphdef, merged_params = nnx.split(model.merged_model(), nnx.Param, ...)[:2]

@@ -146,11 +146,12 @@ def print_forgetting(experts, names, spec, log=print) -> None:
   another domain must visibly raise the base domain's NLL."""
   import math
   from projects.superposed_experts import baselines as bl, data as data_lib, evaluate
+  from superpose.train.loader import load_model
   val, _ = data_lib.heldout(spec, data_lib.VAL_SEQUENCES, log=log)
   for label, path in zip(["base"] + [f"expert_{n}" for n in names[1:]], experts):
-    graphdef, params, _ = evaluate.load_run(path)
-    fn = evaluate.lm_scorer(graphdef)
-    nll = {d: bl.nll(evaluate.score(fn, params, val[d])[0], evaluate.weights(val[d])) for d in names}
+    loaded = load_model(path)
+    fn = evaluate.lm_scorer(loaded.graphdef)
+    nll = {d: bl.nll(evaluate.score(fn, loaded.params, val[d])[0], evaluate.weights(val[d])) for d in names}
     log(f"  val NLL of {label:<16}" + "  ".join(f"{d} {x:.3f} ({x / math.log(2):.3f} bits)" for d, x in nll.items()))
 
 

@@ -1,4 +1,4 @@
-"""Trainer of every learned way of combining the experts (a superpose.train.loop Task), by
+"""Trainer of every learned way of combining the experts (superpose.train.task: spec + data), by
 ``config.superposed.method``:
 
 * ``superpose`` — the paper's model (p1 §3.4; model.py): frozen experts, trained blend weights and
@@ -38,7 +38,9 @@ from superpose.nn import hf_gpt2
 from superpose.train import checkpoint as ckpt_lib
 from superpose.train import config as config_lib, flops, loop, optim
 from superpose.train import state as state_lib
-from superpose.train.lm import lm_loss, model_config
+from superpose.train.lm import model_config
+from superpose.train.losses import lm_loss
+from superpose.train.task import Field, Task, rows_fields
 from projects.superposed_experts.model import Superposed, SuperposedConfig
 
 log = logging.getLogger(__name__)
@@ -48,51 +50,56 @@ _ARCH_KEYS = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads"
               "norm", "norm_eps", "activation", "positions", "tie_embeddings", "use_bias", "attn_scale")
 
 
+SUPERPOSED: config_lib.Declaration = {
+    # Experts.
+    "experts": ((), "one run per expert (workdir, checkpoint dir or HF GPT-2 dir); expert 0 is the base"),
+    "num_experts": (2, "K, the experts superposed"),
+    # Model (projects.superposed_experts.model.SuperposedConfig).
+    "ae_layers": ((), "0-based blocks whose blended output is autoencoded (inference)"),
+    "train_ae_layers": (config_dict.placeholder(tuple), "trained autoencoders (paper: one more, the post-final-norm "
+                                                         "state); None = ae_layers"),
+    "bottleneck": (0, "autoencoder width (0 = int(0.75 · d_model))"),
+    "ae_decoder": ("conv", "autoencoder decoder: conv (Conv1d over T, the paper's) | linear"),
+    "ae_kernel": (3, "conv decoder: kernel width along the sequence"),
+    "ae_causal": (True, "conv decoder: causal padding (False = the paper's symmetric padding, leaks t+1)"),
+    "blend": ("1d", "1d (SplineBlend: α per layer) | 2d (per layer × dimension) | simplex (K ≥ 3 forces it)"),
+    "num_control": (0, "B-spline control points (0 = min(16, L): the paper's 16 at L = 12)"),
+    "degree": (3, "B-spline degree"),
+    "blend_init": ((0.45, 0.55), "1d: control-point initialisation range"),
+    "bias_scale": (0.0, "blend bias init scale (0 = the blend's default: 1d 0.1, 2d 0.01)"),
+    "quantize": (False, "2d: round α to 0.1 steps with a straight-through gradient"),
+    "embed_blend": ("mean", "embeddings: mean (mean α over layers, 1-D notebook) | base (Bench notebook)"),
+    "router": (False, "input-dependent blend weights (a per-token router)"),
+    "router_layer": (0, "router: the layer whose state it reads"),
+    "router_hidden": (64, "router: hidden width"),
+    "kernel": ("reference", "blend + autoencoder step: reference | pallas (the fused kernel, superpose.kernels)"),
+    "kernel_block_rows": (128, "pallas: rows per block"),
+    "train_graph": ("sequential", "sequential (every α trained) | teacher_forced (the notebook's graph; p1 §3.4)"),
+    "method": ("superpose", "what is trained: superpose (the paper) | merge (per-layer weight merge) | trunk"),
+    # method='trunk' (trunk.py).
+    "trunk_from": ("", "trunk: expert 0, or the merged weights of a 'merge' run"),
+    "rank": (8, "trunk: rank of each expert's low-rank deltas"),
+    "delta_vectors": ("full", "trunk: deltas of the vectors (biases, norms): full | none"),
+    "delta_embeddings": ("lowrank", "trunk: deltas of the embeddings: lowrank | full | none"),
+    "gate_hidden": (32, "trunk: hidden width of the causal gate"),
+    "gate_decays": ((0.0, 0.9, 0.98), "trunk: decays of the gate's causal moving averages"),
+    "gate_label_weight": (0.1, "trunk: weight of the gate's cross-entropy against the row's domain"),
+    "distill_weight": (0.0, "> 0: + weight · KL(row's expert ‖ model), the experts held as frozen teachers"),
+    # Loss.
+    "recon_weight": (3.0, "weight of the autoencoders' reconstruction MSE"),
+    "lm_weight": (1.0, "weight of the LM cross-entropy"),
+    "mask_recon": (True, "False: MSE over every position incl. padding, as the notebook"),
+    # Domains (projects.superposed_experts.data); domain k is expert k's, files from data.prepare.
+    "domains": (("english", "french"), "one domain per expert (domain k is expert k's)"),
+    "train_paths": (("", ""), "training documents per domain (data.prepare writes them)"),
+    "val_paths": (("", ""), "validation documents per domain"),
+    "eval_batches": (4, "validation batches per domain in the in-training evaluation"),
+}
+CONFIG_SECTIONS = {"superposed": SUPERPOSED}
+
+
 def superposed_section(**overrides) -> ml_collections.ConfigDict:
-  """The ``config.superposed`` section with every key and its default (also the schema reference)."""
-  s = ml_collections.ConfigDict({
-      # Experts: one path per expert (workdir, checkpoint dir or HF GPT-2 dir); expert 0 is the base.
-      "experts": (),
-      "num_experts": 2,
-      # Model (projects.superposed_experts.model.SuperposedConfig).
-      "ae_layers": (),
-      "train_ae_layers": config_dict.placeholder(tuple),   # None = ae_layers
-      "bottleneck": 0, "ae_decoder": "conv", "ae_kernel": 3, "ae_causal": True,
-      "blend": "1d", "num_control": 0, "degree": 3, "blend_init": (0.45, 0.55), "bias_scale": 0.0,
-      "quantize": False, "embed_blend": "mean",
-      "router": False, "router_layer": 0, "router_hidden": 64,
-      "kernel": "reference", "kernel_block_rows": 128,   # 'pallas': the fused blend + AE kernel (superpose.kernels)
-      "train_graph": "sequential",   # 'teacher_forced': the notebook's graph (leaves α untrained; p1 §3.4)
-      # What is trained: 'superpose' (the paper's model), 'merge' (learned per-layer weight merge),
-      # 'trunk' (one trunk + low-rank expert deltas + causal gate).
-      "method": "superpose",
-      # method='trunk' (trunk.py): the trunk is expert 0, or the merged weights of a 'merge' run.
-      "trunk_from": "", "rank": 8, "delta_vectors": "full", "delta_embeddings": "lowrank",
-      "gate_hidden": 32, "gate_decays": (0.0, 0.9, 0.98), "gate_label_weight": 0.1,
-      "distill_weight": 0.0,     # > 0: + weight · KL(row's expert ‖ model), the experts held as frozen teachers
-      # Loss.
-      "recon_weight": 3.0, "lm_weight": 1.0,
-      "mask_recon": True,        # False: MSE over every position incl. padding, as the notebook
-      # Domains (projects.superposed_experts.data); domain k is expert k's, files from data.prepare.
-      "domains": ("english", "french"),
-      "train_paths": ("", ""),
-      "val_paths": ("", ""),
-      "eval_batches": 4,         # validation batches per domain in the in-training evaluation
-  })
-  s.update(overrides)
-  return s
-
-
-def extra_sections() -> dict:
-  """What ``check_schema`` accepts beyond ``base_config`` (launch/common.py reads ``config.extra_sections``)."""
-  return {"superposed": superposed_section().to_dict()}
-
-
-def attach_schema(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Mark ``config`` as carrying the ``superposed`` section. A plain attribute, not a field, so that it
-  survives the command-line overrides but never enters the config itself (or config.json)."""
-  object.__setattr__(config, "extra_sections", extra_sections())
-  return config
+  return config_lib.section(SUPERPOSED, **overrides)
 
 
 def superposed_config(config: Mapping) -> SuperposedConfig:
@@ -104,20 +111,12 @@ def superposed_config(config: Mapping) -> SuperposedConfig:
 
 # --- experts ---------------------------------------------------------------------------------------
 
-def _is_hf_dir(path: pathlib.Path) -> bool:
-  if not path.is_dir() or ckpt_lib.checkpoint_dir(path).is_dir():
-    return False
-  return (path / "config.json").exists() and any(
-      (path / name).exists() for name in (hf_gpt2.SAFETENSORS_NAME, hf_gpt2.PYTORCH_NAME,
-                                          hf_gpt2.SAFETENSORS_NAME + ".index.json"))
-
-
 def load_expert(path: str, abs_params, expert_cfg) -> Any:
   """One expert's params onto ``abs_params``' shardings, from our checkpoint or an HF GPT-2 directory."""
   p = pathlib.Path(path).expanduser()
   if not p.exists():
     raise FileNotFoundError(f"config.superposed.experts: {p} does not exist")
-  if not _is_hf_dir(p):
+  if not hf_gpt2.is_hf_dir(p):
     return ckpt_lib.load_params(p, abs_params)
   hf_cfg, params = hf_gpt2.load_hf_gpt2(p)
   diff = [f"{k}: checkpoint {getattr(hf_cfg, k)!r} vs config {getattr(expert_cfg, k)!r}"
@@ -159,12 +158,11 @@ class DomainEvalSet:
 METHODS = ("superpose", "merge", "trunk")
 
 
-class SuperposedTask:
-  """A superpose.train.loop Task for every ``config.superposed.method``."""
+class SuperposedSpec:
+  """Model, losses and batch of every ``config.superposed.method`` (data-free; see superpose.train.task)."""
 
-  def __init__(self, config: Mapping, stream=None, eval_sets: Mapping[str, Any] | None = None):
-    """``stream`` / ``eval_sets`` default to projects.superposed_experts.data on ``config``. Keys missing
-    from ``config.superposed`` (a run written before they existed) take their defaults."""
+  def __init__(self, config: Mapping):
+    """Keys missing from ``config.superposed`` (a run written before they existed) take their defaults."""
     config = {**config, "superposed": {**superposed_section().to_dict(), **config["superposed"]}}
     self.config = config
     s, t = config["superposed"], config["train"]
@@ -185,15 +183,7 @@ class SuperposedTask:
     if self.method == "trunk":
       from projects.superposed_experts import trunk as trunk_lib
       self.trunk_cfg = trunk_lib.trunk_config(config, e)
-    if stream is None or eval_sets is None:
-      from projects.superposed_experts import data as data_lib
-      stream = data_lib.domain_stream(config) if stream is None else stream
-      eval_sets = data_lib.domain_eval_sets(config) if eval_sets is None else eval_sets
-    self.stream = stream
-    self.domains = list(eval_sets) if eval_sets else list(s["domains"])
-    self.eval_set = DomainEvalSet(eval_sets) if eval_sets else None
-    self.batch_axes = {k: ("batch", "length") for k in ("inputs", "targets", "weights", "segment_ids", "positions")}
-    self.batch_axes.update(labels=("batch",), domain_scale=("batch",))
+    self.domains = list(s["domains"])
     self.tokens_per_step = t["batch_size"] * t["seq_len"]
     self.flops_per_step = self.train_flops_per_token(t["seq_len"]) * self.tokens_per_step
     self.recon_weight, self.lm_weight, self.mask_recon = s["recon_weight"], s["lm_weight"], s["mask_recon"]
@@ -216,9 +206,16 @@ class SuperposedTask:
       return OneTrunk(self.trunk_cfg, rngs=rngs)
     return Superposed(self.model_cfg, rngs=rngs)
 
-  def loss(self, model, batch: dict):
-    if "domain_scale" in batch:  # an evaluation batch (a static fact: the batch's keys)
-      return self._eval_loss(model, batch)
+  def batch_spec(self) -> dict[str, Field]:
+    t = self.config["train"]
+    return {**rows_fields(t["batch_size"], t["seq_len"], ("inputs", "targets", "weights"), axes=("batch", "length")),
+            "labels": Field((t["batch_size"],), "int32", ("batch",))}
+
+  def tokenizer(self):
+    from superpose.data.tokenizers import get_tokenizer
+    return get_tokenizer(self.config["data"]["tokenizer"])
+
+  def train_loss(self, model, batch: dict):
     kw = dict(positions_BT=batch.get("positions"), segment_ids_BT=batch.get("segment_ids"))
     if self.method == "merge":
       ce, metrics = lm_loss(model(batch["inputs"], stop_experts=True, **kw), batch["targets"], batch["weights"])
@@ -255,15 +252,12 @@ class SuperposedTask:
       metrics[f"alpha/{l}"] = w[l, -1].mean()
     return loss, metrics
 
-  def _eval_loss(self, model, batch: dict):
+  def eval_loss(self, model, batch: dict):
     logits = model(batch["inputs"], positions_BT=batch.get("positions"), segment_ids_BT=batch.get("segment_ids"))
     ce, metrics = lm_loss(logits, batch["targets"], batch["weights"])
     for k, name in enumerate(self.domains):
       metrics[f"ce/{name}"] = ce * jnp.mean(batch["domain_scale"] * (batch["labels"] == k))
     return ce, metrics
-
-  def train_batch(self, step: int, process_index: int, process_count: int):
-    return self.stream.batch(step - 1, process_index, process_count)
 
   def initial_params(self, abs_params):
     """What the method trains freshly initialised; the experts (or the trunk and the deltas' SVD
@@ -309,6 +303,35 @@ def check_experts(paths, num_experts: int) -> None:
                                  "expert 0 = the base), each a workdir, checkpoint or HF GPT-2 directory")
 
 
+class SuperposedData:
+  """The balanced, labelled domain batches and the per-domain validation sets (projects.superposed_experts.data)."""
+
+  def __init__(self, config: Mapping, stream=None, eval_sets: Mapping[str, Any] | None = None):
+    from projects.superposed_experts import data as data_lib
+    self.stream = data_lib.domain_stream(config) if stream is None else stream
+    eval_sets = data_lib.domain_eval_sets(config) if eval_sets is None else eval_sets
+    if eval_sets and list(eval_sets) != list(config["superposed"]["domains"]):
+      raise config_lib.ConfigError(f"validation sets {list(eval_sets)} are not config.superposed.domains "
+                                   f"{list(config['superposed']['domains'])}")
+    self.eval_set = DomainEvalSet(eval_sets) if eval_sets else None
+
+  def train_batch(self, step: int, process_index: int, process_count: int):
+    return self.stream.batch(step - 1, process_index, process_count)
+
+
+def make_spec(config: Mapping) -> SuperposedSpec:
+  """The spec with ``config.optim`` resolved as the run trains it (:func:`checked_optim`)."""
+  spec = SuperposedSpec(config)
+  spec.config = checked_optim(spec.config, spec)
+  return spec
+
+
+def make_task(config: Mapping, stream=None, eval_sets: Mapping[str, Any] | None = None) -> Task:
+  """``stream`` / ``eval_sets`` default to projects.superposed_experts.data on ``config``."""
+  spec = make_spec(config)
+  return Task(spec, SuperposedData(spec.config, stream, eval_sets))
+
+
 def train_flops_per_token(cfg: SuperposedConfig, seq_len: int) -> float:
   """The paper's model. Teacher-forced: forward of K experts (2·N + attention) + forward and backward
   (6·N) of the autoencoders and the head; the experts' backward is never run. Sequential (default):
@@ -327,7 +350,7 @@ def train_flops_per_token(cfg: SuperposedConfig, seq_len: int) -> float:
 
 # --- optimizer checks ---------------------------------------------------------------------------------
 
-def checked_optim(config: dict, task: SuperposedTask) -> dict:
+def checked_optim(config: dict, task: SuperposedSpec) -> dict:
   """What came from the experts must be frozen (weight decay would otherwise shrink it although its
   gradient is zero); a group that matches no trainable parameter (the autoencoder group of a
   blend-only run, the blend group of a merge) is dropped."""
@@ -353,15 +376,12 @@ def checked_optim(config: dict, task: SuperposedTask) -> dict:
 
 def run(config: Any, workdir: str) -> loop.Result:
   cfg = config_lib.to_dict(config)
-  config_lib.check_schema(cfg, extra_sections())
-  config_lib.check_train(cfg)
   check_experts(cfg["superposed"]["experts"], superposed_config(cfg).num_experts)
-  task = SuperposedTask(cfg)
-  cfg = checked_optim(cfg, task)
-  result = loop.train(cfg, workdir, task)
+  task = make_task(cfg)
+  result = loop.train(task.spec.config, workdir, task)
   if result.eval:
     parts = "  ".join(f"{k.removeprefix('eval/ce/')} {v:.4f}" for k, v in result.eval.items() if k.startswith("eval/ce/"))
     loss = result.eval.get("eval/loss", float("nan"))
-    print(f"final step {result.step}: {task.method} val loss {loss:.4f} (perplexity {math.exp(min(loss, 50)):.3f}); "
+    print(f"final step {result.step}: {task.spec.method} val loss {loss:.4f} (perplexity {math.exp(min(loss, 50)):.3f}); "
           f"per domain: {parts}")
   return result

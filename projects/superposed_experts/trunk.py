@@ -149,12 +149,13 @@ def trunk_params(experts: Sequence, trunk_from: str):
   if not trunk_from:
     return experts[0]
   from projects.superposed_experts import evaluate
+  from superpose.train.loader import load_model
   if not pathlib.Path(trunk_from).exists():
     raise config_lib.ConfigError(f"config.superposed.trunk_from: {trunk_from} does not exist")
-  graphdef, params, cfg = evaluate.load_run(trunk_from)
-  if evaluate.method_of(cfg) != "merge":
+  loaded = load_model(trunk_from)
+  if evaluate.method_of(loaded.config) != "merge":
     raise config_lib.ConfigError(f"config.superposed.trunk_from: {trunk_from} is not a 'merge' run")
-  return nnx.to_pure_dict(nnx.merge(graphdef, params).merged_params())
+  return nnx.to_pure_dict(loaded.model.merged_params())
 
 
 def initial_values(cfg: TrunkConfig, experts: Sequence, trunk_from: str, abs_params) -> dict:

@@ -2,8 +2,6 @@
 against its plain-JAX reference (values and ``jax.grad``) and against ``superpose.blend.Autoencoder``
 applied to the blended state; the GPU (Triton) variant's math in interpret mode; TPU (Mosaic) and CUDA
 (Triton) lowering of forward and backward on the CPU host."""
-import importlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +17,7 @@ except ImportError:   # a jax without the (deprecated) Pallas Triton backend
 
 from superpose.blend import Autoencoder
 from superpose.kernels import KernelConfig, autoencoder_params, fused, reference, superpose_step
-kernel_module = importlib.import_module("superpose.kernels.superpose_step")   # the name is also the function
+from superpose.kernels import _math as kernel_math
 
 B, T, D, K = 2, 37, 20, 12     # T spans 5 blocks of 8 rows (the last one partial); D, K not multiples of 8
 CFG = KernelConfig(block_rows=8)
@@ -186,7 +184,7 @@ GPU_D, GPU_K = 32, 16      # powers of two ≥ 16: Triton's constraint
 
 def test_rational_erf_matches_lax_erf():
   x = jnp.linspace(-6.0, 6.0, 4001, dtype=jnp.float32)
-  np.testing.assert_allclose(kernel_module._erf_rational(x), jax.lax.erf(x), atol=5e-7)
+  np.testing.assert_allclose(kernel_math.erf_rational(x), jax.lax.erf(x), atol=5e-7)
 
 
 @pytest.mark.parametrize("decoder,alpha,kernel_size", [("conv", "position", 3), ("linear", "feature", 1)])

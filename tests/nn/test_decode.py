@@ -111,6 +111,19 @@ def test_sampling_top_k_one_is_greedy_and_eos_stops(llama):
   assert lengths[0] == 2
 
 
+def test_uncached_generation_gives_the_cached_tokens(llama):
+  """The full-forward decoder (models without a KV cache) draws the same tokens as the cached one: greedy,
+  sampled with the same rng, and with EOS."""
+  graphdef, state = nnx.split(llama)
+  for kw in (dict(), dict(rng=jax.random.key(3), temperature=1.5, top_k=5),
+             dict(rng=jax.random.key(4), temperature=0.8, eos_id=int(np.asarray(
+                 nn.generate(graphdef, state, PROMPTS, LENGTHS, NEW)[0])[0, 1]))):
+    cached = nn.generate(graphdef, state, PROMPTS, LENGTHS, NEW, **kw)
+    full = nn.generate_uncached(graphdef, state, PROMPTS, LENGTHS, NEW, **kw)
+    for a, b in zip(cached, full):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_sample_logits_top_k_support():
   logits = jnp.log(jnp.array([[0.1, 0.2, 0.3, 0.4]] * 2000))
   draws = np.asarray(nn.sample_logits(logits, jax.random.key(0), temperature=1.0, top_k=2))

@@ -1,7 +1,6 @@
 """Our FLOPs formula against XLA's own count of the compiled train step."""
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from flax import nnx
 

@@ -10,6 +10,7 @@ from flax import nnx
 
 from configs.lm import tiny
 from superpose.train import config as config_lib, gradcheck, lm, optim
+from superpose.train.task import Task
 
 
 class Tiny(nnx.Module):
@@ -28,8 +29,8 @@ class Tiny(nnx.Module):
     return jnp.tanh(x_BI @ self.a) @ self.b + x_BI @ self.frozen + 0.0 * self.times_zero.sum()
 
 
-class TinyTask:
-  """The loop Task protocol, as little of it as check_task reads."""
+class TinySpecAndData:
+  """A task's spec and data in one object, as little of them as check_task reads."""
 
   def __init__(self, zero_out: bool = False, poison_step: int = 0):
     self.zero_out, self.poison_step = zero_out, poison_step
@@ -37,7 +38,7 @@ class TinyTask:
   def make_model(self):
     return Tiny(self.zero_out)
 
-  def loss(self, model, batch):
+  def train_loss(self, model, batch):
     err_B = model(batch["x"])[:, 0] - batch["y"]
     return jnp.mean(err_B ** 2), {}
 
@@ -47,12 +48,17 @@ class TinyTask:
     return {"x": x, "y": y}
 
 
+def _tiny(**kw) -> Task:
+  both = TinySpecAndData(**kw)
+  return Task(both, both)
+
+
 def _cfg(**optim_cfg):
   return {"optim": {"lr": 1e-2, "schedule": "constant", "frozen": ("frozen",), **optim_cfg}, "train": {"steps": 10}}
 
 
 def test_disconnected_leaves_are_dead_and_frozen_leaves_stay():
-  report = gradcheck.check_task(TinyTask(), _cfg())
+  report = gradcheck.check_task(_tiny(), _cfg())
   assert report.dead == ["times_zero", "unused"]
   assert report.moved_frozen == [] and report.frozen_with_grad == ["frozen"]
   assert (report.trainable, report.frozen) == (4, 1)
@@ -60,24 +66,24 @@ def test_disconnected_leaves_are_dead_and_frozen_leaves_stay():
   with pytest.raises(AssertionError, match=r"without a gradient .*times_zero, unused"):
     gradcheck.assert_gradients_flow(report)
   # Without the frozen pattern, the leaf is trainable and alive; nothing is frozen.
-  report = gradcheck.check_task(TinyTask(), _cfg(frozen=()))
+  report = gradcheck.check_task(_tiny(), _cfg(frozen=()))
   assert report.dead == ["times_zero", "unused"] and (report.trainable, report.frozen) == (5, 0)
 
 
 def test_zero_initialised_output_layer_is_alive_after_the_first_step():
   # At the initialisation b = 0, so a's gradient is exactly zero: what the first update is there for.
-  assert gradcheck.check_task(TinyTask(zero_out=True), _cfg(), steps=0).dead == ["a", "times_zero", "unused"]
-  assert gradcheck.check_task(TinyTask(zero_out=True), _cfg(), steps=1).dead == ["times_zero", "unused"]
+  assert gradcheck.check_task(_tiny(zero_out=True), _cfg(), steps=0).dead == ["a", "times_zero", "unused"]
+  assert gradcheck.check_task(_tiny(zero_out=True), _cfg(), steps=1).dead == ["times_zero", "unused"]
   # A warmup from lr 0 makes step 1 a no-op; the check then runs one more step.
   warm = _cfg(schedule="warmup_cosine", warmup_steps=5)
   assert optim.make_optimizer(warm["optim"], {"a": jnp.zeros(1)}, 10)[1](0) == 0.0
-  assert gradcheck.check_task(TinyTask(zero_out=True), warm, steps=1).dead == ["times_zero", "unused"]
+  assert gradcheck.check_task(_tiny(zero_out=True), warm, steps=1).dead == ["times_zero", "unused"]
 
 
 def test_a_frozen_leaf_that_moves_is_reported(monkeypatch):
   # An optimizer that ignores optim.frozen (plain SGD on everything) moves the frozen leaf.
   monkeypatch.setattr(optim, "make_optimizer", lambda cfg, params, steps: (optax.sgd(0.1), lambda s: 0.1))
-  report = gradcheck.check_task(TinyTask(), _cfg())
+  report = gradcheck.check_task(_tiny(), _cfg())
   assert report.moved_frozen == ["frozen"]
   with pytest.raises(AssertionError, match="frozen leaves changed by the optimizer: 1 \\(frozen\\)"):
     gradcheck.assert_gradients_flow(report)
@@ -85,9 +91,9 @@ def test_a_frozen_leaf_that_moves_is_reported(monkeypatch):
 
 def test_non_finite_training_step_raises_and_a_non_finite_gradient_is_dead():
   with pytest.raises(FloatingPointError, match="at step 1"):
-    gradcheck.check_task(TinyTask(poison_step=1), _cfg())
+    gradcheck.check_task(_tiny(poison_step=1), _cfg())
   # The gradient batch (step 2) is poisoned: every gradient is NaN, so every trainable leaf is dead.
-  report = gradcheck.check_task(TinyTask(poison_step=2), _cfg())
+  report = gradcheck.check_task(_tiny(poison_step=2), _cfg())
   assert report.dead == ["a", "b", "times_zero", "unused"] and report.frozen_with_grad == ["frozen"]
 
 
@@ -124,6 +130,6 @@ def test_assertion_names_ten_leaves_and_a_count():
 
 def test_lm_trainer_gradients_flow():
   config = tiny.get_config("smoke")   # check_task takes the ConfigDict as well as its dict
-  report = gradcheck.check_task(lm.LMTask(config_lib.to_dict(config)), config)
+  report = gradcheck.check_task(lm.make_task(config_lib.to_dict(config)), config)
   gradcheck.assert_gradients_flow(report)
   assert report.trainable > 0 and report.frozen == 0

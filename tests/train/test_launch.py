@@ -129,7 +129,7 @@ def _restore_params(workdir):
   from superpose.train import config as config_lib, lm, state as state_lib
   from superpose.train.mesh import make_mesh
   cfg = config_lib.to_dict(tiny.get_config("smoke"))
-  task = lm.LMTask(cfg)
+  task = lm.make_spec(cfg)
   mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
   with jax.set_mesh(mesh):
     _, abs_params, _ = state_lib.split_model(task.make_model, mesh)
@@ -293,6 +293,19 @@ def test_sigterm_saves_one_checkpoint_at_the_stop_step(tmp_path):
   last_logged = max(r["step"] for r in _rows(w))
   assert steps == [last_logged] and 5 <= last_logged < 1000
   assert f"stopping at step {last_logged} on SIGTERM" in err
+
+
+def test_print_config_shows_every_resolved_key_with_its_doc():
+  cmd = [sys.executable, "-m", "launch.train", "--config=configs/icl_superposition/mod_add.py:smoke", "--print_config",
+         "--config.train.steps=7"]
+  r = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]
+  lines = r.stdout.splitlines()
+  assert any(line.startswith("train.steps = 7 ") and line.endswith("# optimizer steps") for line in lines)
+  assert any(line.startswith("icl.family = 'mod_add'") for line in lines)
+  bad = subprocess.run(cmd + ["--config.optim.lr=-1.0"], cwd=REPO, env=_env(), capture_output=True, text=True,
+                       timeout=120)
+  assert bad.returncode == 2 and "config.optim.lr=-1.0" in bad.stderr
 
 
 def test_sample_from_a_trained_workdir(tmp_path):

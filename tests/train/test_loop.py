@@ -3,13 +3,13 @@ import json
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs.lm import tiny
 from superpose.data import lm as lm_data, packing
 from superpose.train import checkpoint, config as config_lib, lm, loop, optim, state as state_lib, step as step_lib
+from superpose.train.task import Task
 from superpose.train.mesh import make_mesh
 from superpose.train.metrics import read_metrics
 
@@ -21,7 +21,7 @@ def _cfg(**train):
   return cfg
 
 
-class PoisonedTask(lm.LMTask):
+class PoisonedData(lm.LMData):
   """Step ``poison_step`` gets NaN loss weights."""
   poison_step = 3
 
@@ -32,11 +32,16 @@ class PoisonedTask(lm.LMTask):
     return b
 
 
+def _poisoned(cfg) -> Task:
+  spec = lm.make_spec(cfg)
+  return Task(spec, PoisonedData(cfg, spec.model_cfg))
+
+
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, devices8):
   cfg = _cfg(steps=6, checkpoint_every=2)
   with pytest.raises(loop.NonFiniteLoss, match="non-finite loss or gradient at step 3 .* training stopped; "
                                                "the newest checkpoint on disk is step 2"):
-    loop.train(cfg, tmp_path, PoisonedTask(cfg))
+    loop.train(cfg, tmp_path, _poisoned(cfg))
   ck = checkpoint.Checkpointer(checkpoint.checkpoint_dir(tmp_path))
   assert ck.all_steps() == [2]
   ck.close()
@@ -46,20 +51,20 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, devices8):
 
 def _single_device(optim_cfg):
   """(task, mesh, graphdef, tx, fresh state) on one device."""
-  task = lm.LMTask(_cfg())
+  task = lm.make_task(_cfg())
   mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
   with jax.set_mesh(mesh):
-    graphdef, abs_params, _ = state_lib.split_model(task.make_model, mesh)
+    graphdef, abs_params, _ = state_lib.split_model(task.spec.make_model, mesh)
     tx, _ = optim.make_optimizer(optim_cfg, abs_params, 10)
-    state, _ = state_lib.create(task.make_model, tx, abs_params, mesh)
+    state, _ = state_lib.create(task.spec.make_model, tx, abs_params, mesh)
   return task, mesh, graphdef, tx, state
 
 
 def test_non_finite_step_leaves_state_unchanged(devices8):
   task, mesh, graphdef, tx, state = _single_device({"lr": 1e-2})
   with jax.set_mesh(mesh):
-    step = jax.jit(step_lib.make_train_step(graphdef, task.loss, tx))
-    b = task.train_batch(1, 0, 1)
+    step = jax.jit(step_lib.make_train_step(graphdef, task.spec.train_loss, tx))
+    b = task.data.train_batch(1, 0, 1)
     b["weights"] = np.full_like(b["weights"], np.inf)
     new, m = step(state, b)
     assert int(m["finite"]) == 0 and int(new["step"]) == 0
@@ -70,9 +75,9 @@ def test_non_finite_step_leaves_state_unchanged(devices8):
 def test_gradient_accumulation_matches_full_batch(devices8):
   task, mesh, graphdef, tx, state = _single_device({"lr": 1e-2, "schedule": "constant"})
   with jax.set_mesh(mesh):
-    b = task.train_batch(1, 0, 1)
-    full, m1 = jax.jit(step_lib.make_train_step(graphdef, task.loss, tx, 1))(state, b)
-    acc, m4 = jax.jit(step_lib.make_train_step(graphdef, task.loss, tx, 4))(state, b)
+    b = task.data.train_batch(1, 0, 1)
+    full, m1 = jax.jit(step_lib.make_train_step(graphdef, task.spec.train_loss, tx, 1))(state, b)
+    acc, m4 = jax.jit(step_lib.make_train_step(graphdef, task.spec.train_loss, tx, 4))(state, b)
   np.testing.assert_allclose(float(m1["loss"]), float(m4["loss"]), rtol=1e-5)
   np.testing.assert_allclose(float(m1["grad_norm"]), float(m4["grad_norm"]), rtol=1e-4)
   # Adam's first step is ≈ lr · sign(g): compare to a tolerance well below lr (1e-2); entries whose
@@ -84,7 +89,7 @@ def test_gradient_accumulation_matches_full_batch(devices8):
 def test_run_outputs_and_init_from(tmp_path, devices8):
   first = tmp_path / "first"
   cfg = _cfg(steps=4, eval_every=2, checkpoint_every=2, profile_steps=(2, 3))
-  res = loop.train(cfg, first, lm.LMTask(cfg))
+  res = loop.train(cfg, first, lm.make_task(cfg))
   assert res.step == 4 and math.isfinite(res.eval["eval/loss"])
   assert res.eval["eval/perplexity"] == pytest.approx(math.exp(res.eval["eval/loss"]))
   meta = json.loads((first / "run.json").read_text())
@@ -99,13 +104,13 @@ def test_run_outputs_and_init_from(tmp_path, devices8):
   second = tmp_path / "second"
   cfg2 = _cfg(steps=1, init_from=str(first))
   cfg2["optim"]["lr"] = 0.0
-  task2 = lm.LMTask(cfg2)
-  res2 = loop.train(cfg2, second, task2)
+  task2 = lm.make_task(cfg2)
+  loop.train(cfg2, second, task2)
   starts = [r for r in read_metrics(second) if r.get("event") == "start"]
   assert starts == [{**starts[0], "step": 0, "resumed_from": -1}]
   mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
   with jax.set_mesh(mesh):
-    _, abs_params, _ = state_lib.split_model(task2.make_model, mesh)
+    _, abs_params, _ = state_lib.split_model(task2.spec.make_model, mesh)
     p1 = jax.device_get(checkpoint.load_params(first, abs_params))
     p2 = jax.device_get(checkpoint.load_params(second, abs_params))
   for x, y in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):   # lr 0: weights unchanged by the step
@@ -115,11 +120,11 @@ def test_run_outputs_and_init_from(tmp_path, devices8):
 def test_packed_documents_train_on_a_mesh(tmp_path, devices8):
   cfg = _cfg(steps=3, eval_every=3)
   cfg["data"]["packing"] = True
-  task = lm.LMTask(cfg)
-  b = task.train_batch(1, 0, 1)
+  task = lm.make_task(cfg)
+  b = task.data.train_batch(1, 0, 1)
   assert b["segment_ids"].min() >= 1 and b["positions"].shape == b["inputs"].shape
   # Rows where one play ends and another begins: positions restart, the last input has no target.
-  stream = task.train_stream
+  stream = task.data.train_stream
   rows = np.flatnonzero(stream.segments.max(1) >= 2)
   assert len(rows) > 0
   f = packing.row_features(stream.tokens[rows[:1]], stream.segments[rows[:1]])
@@ -138,11 +143,11 @@ def test_separate_validation_file(tmp_path):
     f.write(json.dumps({"title": "v", "text": "abc " * 400}) + "\n")
   cfg = _cfg()
   cfg["data"]["val_path"] = str(val)
-  task = lm.LMTask(cfg)
+  task = lm.make_task(cfg)
   # Every document of data.path trains, and validation windows come from the given file only.
   docs = lm_data.load_documents(cfg["data"]["path"])
-  assert len(task.train_stream.windows.tokens) == sum(len(d["text"]) + 1 for d in docs)
-  b = task.eval_set.batch(0)
+  assert len(task.data.train_stream.windows.tokens) == sum(len(d["text"]) + 1 for d in docs)
+  b = task.data.eval_set.batch(0)
   assert set(np.unique(b["inputs"])) <= {256, ord("a"), ord("b"), ord("c"), ord(" ")}
 
 
@@ -152,7 +157,7 @@ def test_mfu_never_above_100_percent_when_the_start_up_peak_was_under_measured(t
   from superpose.train import flops
   monkeypatch.setattr(flops, "device_peak_flops", lambda device=None: (1e6, "measured f32 matmul peak (busy)"))
   cfg = _cfg(steps=6)
-  res = loop.train(cfg, tmp_path, lm.LMTask(cfg))
+  res = loop.train(cfg, tmp_path, lm.make_task(cfg))
   mfus = [r["perf/mfu"] for r in read_metrics(tmp_path) if "perf/mfu" in r]
   assert mfus and all(0 < m <= 1.0 for m in mfus), mfus
   assert 0 < res.mfu <= 1.0
@@ -204,12 +209,12 @@ def test_progress_is_carried_over_sessions(tmp_path, devices8):
   """A run's step reached and training wall time summed over sessions: progress.json at every checkpoint and
   in the checkpoint's metadata, so a resumed run (another session, another machine) continues the count."""
   cfg = _cfg(steps=2, checkpoint_every=2)
-  loop.train(cfg, tmp_path, lm.LMTask(cfg))
+  loop.train(cfg, tmp_path, lm.make_task(cfg))
   first = json.loads((tmp_path / "progress.json").read_text())
   assert (first["step"], first["steps"], first["sessions"], first["finished"]) == (2, 2, 1, True)
   assert first["wall_time_s"] > 0
   cfg = _cfg(steps=4, checkpoint_every=2)     # the same run, continued in a new session with more steps
-  loop.train(cfg, tmp_path, lm.LMTask(cfg))
+  loop.train(cfg, tmp_path, lm.make_task(cfg))
   second = json.loads((tmp_path / "progress.json").read_text())
   # the count of sessions and the earlier wall time came back from the resumed checkpoint's metadata
   assert (second["step"], second["sessions"], second["finished"]) == (4, 2, True)

@@ -119,7 +119,7 @@ def _params(step_dir):
   from configs.lm import tiny
   from superpose.train import config as config_lib, lm, state as state_lib
   from superpose.train.mesh import make_mesh
-  task = lm.LMTask(config_lib.to_dict(tiny.get_config("smoke")))
+  task = lm.make_spec(config_lib.to_dict(tiny.get_config("smoke")))
   mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
   with jax.set_mesh(mesh):
     _, abs_params, _ = state_lib.split_model(task.make_model, mesh)

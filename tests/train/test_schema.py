@@ -39,6 +39,24 @@ def test_unknown_keys_are_reported_with_their_path():
     nn.from_dict(cfg["model"])
 
 
+@pytest.mark.parametrize("trainer", [None, "projects.icl_superposition.train", "projects.superposed_experts.train",
+                                     "projects.continuous_cot.train"])
+def test_every_key_has_a_one_line_doc_and_the_trainer_declares_its_sections(trainer):
+  cfg = config_lib.base_config(trainer).to_dict()
+  leaves = [f"{k}.{j}" if isinstance(v, dict) else k for k, v in cfg.items()
+            for j in (v if isinstance(v, dict) else [None])]
+  docs = config_lib.docs(trainer)
+  assert [k for k in leaves if k not in docs] == [] and all(d and "\n" not in d for d in docs.values())
+  text = config_lib.describe(cfg)
+  assert "train.steps = 1000" in text and "# optimizer steps" in text
+  own = set(config_lib.trainer_sections(trainer)) if trainer else set()
+  assert own == ({"icl"} if trainer and "icl" in trainer else {"superposed"} if trainer and "superposed" in trainer
+                 else {"cot"} if trainer else set())
+  assert set(cfg) == {*config_lib.TOP, "model", *config_lib.SECTIONS, *own}
+  with pytest.raises(config_lib.ConfigError, match="unknown keys"):
+    config_lib.section(config_lib.TRAIN, stepz=3)
+
+
 def test_mesh_and_train_checks():
   cfg = tiny.get_config("smoke").to_dict()
   cfg["mesh"]["ici"] = (2, 2, 1)

@@ -1,6 +1,5 @@
 """Loss and gradients are the same on every mesh, and parameters are really sharded."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -17,26 +16,26 @@ def task():
   cfg = config_lib.to_dict(tiny.get_config("smoke"))
   # heads, kv heads, d_ff and the padded vocab all divide 2 and 8, so every weight can be sharded.
   cfg["model"].update(num_heads=4, d_model=64, d_ff=256)
-  return lm.LMTask(cfg)
+  return lm.make_task(cfg)
 
 
 def _loss_and_grads(task, ici):
   mesh = make_mesh(ici) if ici else make_mesh((1, 1, 1), devices=jax.devices()[:1])
   with jax.set_mesh(mesh), shd.axis_rules(shd.DEFAULT_RULES):
-    graphdef, abs_params, _ = state_lib.split_model(task.make_model, mesh)
+    graphdef, abs_params, _ = state_lib.split_model(task.spec.make_model, mesh)
     tx, _ = optim.make_optimizer({"lr": 1e-3}, abs_params, 10)
-    state, state_sh = state_lib.create(task.make_model, tx, abs_params, mesh)
-    host = task.train_batch(1, 0, 1)
+    state, state_sh = state_lib.create(task.spec.make_model, tx, abs_params, mesh)
+    host = task.data.train_batch(1, 0, 1)
     batch_sh = {k: jax.sharding.NamedSharding(mesh, shd.spec_for(("batch", "length"), v.shape, mesh))
                 for k, v in host.items()}
     batch = {k: jax.device_put(v, batch_sh[k]) for k, v in host.items()}
-    grad_fn = jax.jit(jax.value_and_grad(lambda p, b: task.loss(state_lib.merge(graphdef, p), b)[0]),
+    grad_fn = jax.jit(jax.value_and_grad(lambda p, b: task.spec.train_loss(state_lib.merge(graphdef, p), b)[0]),
                       in_shardings=(state_sh["params"], batch_sh))
     loss, grads = grad_fn(state["params"], batch)
-    train_step = step_lib.jit_train_step(step_lib.make_train_step(graphdef, task.loss, tx), state_sh, batch_sh)
+    train_step = step_lib.jit_train_step(step_lib.make_train_step(graphdef, task.spec.train_loss, tx), state_sh, batch_sh)
     losses = []
     for s in range(1, 4):
-      b = {k: jax.device_put(v, batch_sh[k]) for k, v in task.train_batch(s, 0, 1).items()}
+      b = {k: jax.device_put(v, batch_sh[k]) for k, v in task.data.train_batch(s, 0, 1).items()}
       state, m = train_step(state, b)
       losses.append(float(m["loss"]))
     return mesh, state, float(loss), jax.device_get(grads), losses

@@ -1,13 +1,9 @@
 """The per-layer superposition step, fused: blend two residual states, then the autoencoder (p1 §3.3).
 
-    h_BTD = (1 − α)·h_base_BTD + α·h_expert_BTD          (f32 math, cast to h_base's dtype)
-    z_BTK = GELU_exact(h_BTD · enc_DK + enc_bias_K)      (f32 accumulation and GELU, cast to the dtype)
-    y_BTD = decoder(z_BTK) + dec_bias_D                  (f32 accumulation, cast to the dtype)
-
-The decoder is linear (dec (K, D)) or a causal conv along T (dec (W, K, D), zero padding W − 1 on the
-left: y_t = Σ_j z_{t−(W−1)+j} · dec[j]), exactly the math of ``superpose.blend.Autoencoder`` with
-``causal=True`` (the non-causal conv is not supported here). α is a scalar, per feature (D,) or per
-position (B, T).
+The math (h = (1 − α)·h_base + α·h_expert, z = GELU_exact(h·enc + enc_bias), y = decoder(z) + dec_bias,
+the decoder linear or a causal conv along T; α a scalar, per feature or per position) is written out in
+``superpose.kernels.reference``, whose shape checks and casts ``fused`` shares; the kernels' row-block
+math (GELU by erf, the conv's row shifts, the 2-D dots) is in ``superpose.kernels._math``.
 
 Two implementations with one signature:
   * ``reference``: plain JAX under one ``jax.jit``;
@@ -57,7 +53,7 @@ Where it runs (``KernelConfig.platform``; None = ``jax.default_backend()`` at tr
   * 'cpu': interpret mode (a jitted scan over the grid; correctness only, not a speed measure).
 ``interpret=True`` runs any platform's variant in interpret mode (so the GPU variant's math is tested
 on the CPU too). Inside the kernel GELU is ½x(1 + erf(x/√2)): ``jax.nn.gelu``'s erfc has no Mosaic
-lowering in this jax.
+lowering in this jax (``superpose.kernels._math``).
 """
 from __future__ import annotations
 
@@ -70,6 +66,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
+
+from superpose.kernels._math import blend_encode, dot, gelu_exact_grad, shift_down, shift_up
+from superpose.kernels.reference import cast_params, check_shapes, reference, reference_math
 
 try:   # deprecated upstream; may disappear from a later jax
   from jax.experimental.pallas import triton as pltriton
@@ -130,33 +129,7 @@ class KernelConfig:
     return self.resolved_platform() == "cpu" if self.interpret is None else self.interpret
 
 
-# Shapes and α -------------------------------------------------------------------------------------
-
-
-def _check(h_base, h_expert, alpha, enc, enc_bias, dec, dec_bias) -> tuple[int, int, int, int, int]:
-  """Validates the shapes; returns (B, T, D, K, W) with W = 1 for the linear decoder."""
-  if h_base.ndim != 3 or h_base.shape != h_expert.shape:
-    raise ValueError(f"superpose_step: h_base and h_expert must be (B, T, D) of one shape, got "
-                     f"{h_base.shape} and {h_expert.shape}")
-  B, T, D = h_base.shape
-  if enc.ndim != 2 or enc.shape[0] != D:
-    raise ValueError(f"superpose_step: enc must be (D={D}, K), got {enc.shape}")
-  K = enc.shape[1]
-  if enc_bias.shape != (K,):
-    raise ValueError(f"superpose_step: enc_bias must be (K={K},), got {enc_bias.shape}")
-  if dec.ndim == 2 and dec.shape == (K, D):
-    W = 1
-  elif dec.ndim == 3 and dec.shape[1:] == (K, D) and dec.shape[0] >= 1:
-    W = dec.shape[0]
-  else:
-    raise ValueError(f"superpose_step: dec must be (K={K}, D={D}) (linear) or (W, {K}, {D}) (causal conv), "
-                     f"got {dec.shape}")
-  if dec_bias.shape != (D,):
-    raise ValueError(f"superpose_step: dec_bias must be (D={D},), got {dec_bias.shape}")
-  if jnp.shape(alpha) not in ((), (D,), (B, T)):
-    raise ValueError(f"superpose_step: alpha must be a scalar, per feature (D={D},) or per position "
-                     f"(B={B}, T={T}), got shape {jnp.shape(alpha)}")
-  return B, T, D, K, W
+# α ------------------------------------------------------------------------------------------------
 
 
 def _alpha_factors(alpha, B: int, T: int, D: int) -> tuple[jax.Array, jax.Array]:
@@ -165,50 +138,6 @@ def _alpha_factors(alpha, B: int, T: int, D: int) -> tuple[jax.Array, jax.Array]
   if a.shape == (B, T):
     return a[:, :, None], jnp.ones((1, D), jnp.float32)
   return jnp.ones((B, T, 1), jnp.float32), jnp.broadcast_to(a, (D,))[None, :]
-
-
-def _alpha_BTD(alpha, B: int, T: int) -> jax.Array:
-  """α as an f32 array broadcastable against (B, T, D)."""
-  a = jnp.asarray(alpha, jnp.float32)
-  return a[:, :, None] if a.shape == (B, T) else a
-
-
-# Reference ----------------------------------------------------------------------------------------
-
-
-def _math(h_base_BTD, h_expert_BTD, alpha_BTD, enc_DK, enc_bias_K, dec_WKD, dec_bias_D):
-  """Returns (y_BTD, h_BTD). Parameters already in the compute dtype (matrices) and f32 (biases)."""
-  dtype = h_base_BTD.dtype
-  h_BTD = ((1.0 - alpha_BTD) * h_base_BTD.astype(jnp.float32)
-           + alpha_BTD * h_expert_BTD.astype(jnp.float32)).astype(dtype)
-  z_BTK = jnp.einsum("btd,dk->btk", h_BTD, enc_DK, preferred_element_type=jnp.float32)
-  z_BTK = jax.nn.gelu(z_BTK + enc_bias_K, approximate=False).astype(dtype)
-  W = dec_WKD.shape[0]
-  if W == 1:
-    y_BTD = jnp.einsum("btk,kd->btd", z_BTK, dec_WKD[0], preferred_element_type=jnp.float32)
-  else:   # torch Conv1d cross-correlation with causal padding (W − 1, 0), as in Autoencoder
-    y_BTD = jax.lax.conv_general_dilated(
-        z_BTK, dec_WKD, window_strides=(1,), padding=[(W - 1, 0)],
-        dimension_numbers=("NWC", "WIO", "NWC"), preferred_element_type=jnp.float32)
-  return (y_BTD + dec_bias_D).astype(dtype), h_BTD
-
-
-def _cast_params(dtype, enc, enc_bias, dec, dec_bias):
-  """Matrices to the compute dtype, biases to f32 (Autoencoder's casts); dec as (W, K, D)."""
-  dec_WKD = dec[None] if dec.ndim == 2 else dec
-  return enc.astype(dtype), enc_bias.astype(jnp.float32), dec_WKD.astype(dtype), dec_bias.astype(jnp.float32)
-
-
-@functools.partial(jax.jit, static_argnames=("return_h",))
-def reference(h_base_BTD, h_expert_BTD, alpha, enc_DK, enc_bias_K, dec, dec_bias_D, *, return_h: bool = False):
-  """Plain-JAX superposition step: y_BTD (and h_BTD when ``return_h``), in h_base's dtype.
-
-  alpha: scalar, (D,) or (B, T). dec: (K, D) linear or (W, K, D) causal conv.
-  """
-  B, T, _, _, _ = _check(h_base_BTD, h_expert_BTD, alpha, enc_DK, enc_bias_K, dec, dec_bias_D)
-  params = _cast_params(h_base_BTD.dtype, enc_DK, enc_bias_K, dec, dec_bias_D)
-  y_BTD, h_BTD = _math(h_base_BTD, h_expert_BTD, _alpha_BTD(alpha, B, T), *params)
-  return (y_BTD, h_BTD) if return_h else y_BTD
 
 
 # Pallas kernels -----------------------------------------------------------------------------------
@@ -224,98 +153,11 @@ def _halo_rows(W: int, block_t: int, tile: int) -> int:
   return block_t
 
 
-# Eigen's / XLA's f32 erf: x·P(x²)/Q(x²) on x clamped to [−4, 4] (|error| ≲ 1e-7 against lax.erf).
-_ERF_ALPHA = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
-              -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
-_ERF_BETA = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
-             -1.42647390514189e-02)
-
-
-def _erf_rational(x):
-  """erf in f32 from mul/add/div only (Pallas Triton has no erf lowering in this jax)."""
-  x = jnp.clip(x, -4.0, 4.0)
-  x2 = x * x
-  p = jnp.full_like(x, _ERF_ALPHA[0])
-  for c in _ERF_ALPHA[1:]:
-    p = p * x2 + c
-  q = jnp.full_like(x, _ERF_BETA[0])
-  for c in _ERF_BETA[1:]:
-    q = q * x2 + c
-  return x * p / q
-
-
-def _erf(x, gpu: bool):
-  return _erf_rational(x) if gpu else jax.lax.erf(x)
-
-
-def _gelu_exact(x, gpu: bool = False):
-  """Exact GELU x·Φ(x) = ½x(1 + erf(x/√2)) in f32. ``jax.nn.gelu(approximate=False)`` uses erfc, which
-  has no Pallas TPU lowering in this jax; the two agree to f32 rounding (erfc is only more accurate for
-  the tiny values of large negative x). On the GPU erf itself is the rational approximation above."""
-  return 0.5 * x * (1.0 + _erf(x * math.sqrt(0.5), gpu))
-
-
-def _gelu_exact_grad(x, gpu: bool = False):
-  """d/dx x·Φ(x) = Φ(x) + x·φ(x), f32."""
-  return 0.5 * (1.0 + _erf(x * math.sqrt(0.5), gpu)) + x * jnp.exp(-0.5 * x * x) * (1.0 / math.sqrt(2 * math.pi))
-
-
-def _dot(a, b, contract=(1, 0), precision=None):
-  """2-D dot with f32 accumulation; contract = (a's dim, b's dim): (1, 0) NN, (1, 1) NT, (0, 0) TN."""
-  return jax.lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((), ())), precision=precision,
-                             preferred_element_type=jnp.float32)
-
-
-def _shift_down(x, x_before, s: int, gpu: bool):
-  """out[r] = x[r − s], with the rows r < s taken from the end of x_before (the halo block before x).
-
-  TPU / interpret: a concatenate and a static slice. GPU (Triton lowers neither value slices nor uneven
-  concatenates): two 0/1 selection matmuls at HIGHEST precision (exact: one nonzero term per row)."""
-  if s == 0:
-    return x
-  R, H = x.shape[0], x_before.shape[0]
-  if not gpu:
-    return jnp.concatenate([x_before[H - s:], x[:R - s]], axis=0)
-  r = jax.lax.broadcasted_iota(jnp.int32, (R, R), 0)
-  c = jax.lax.broadcasted_iota(jnp.int32, (R, R), 1)
-  rh = jax.lax.broadcasted_iota(jnp.int32, (R, H), 0)
-  ch = jax.lax.broadcasted_iota(jnp.int32, (R, H), 1)
-  hi = jax.lax.Precision.HIGHEST
-  out = (_dot((c == r - s).astype(x.dtype), x, precision=hi)
-         + _dot((ch == H + rh - s).astype(x.dtype), x_before, precision=hi))
-  return out.astype(x.dtype)
-
-
-def _shift_up(x, x_after, s: int, gpu: bool):
-  """out[r] = x[r + s], with the rows r + s ≥ R taken from the start of x_after (the halo block after x)."""
-  if s == 0:
-    return x
-  R, H = x.shape[0], x_after.shape[0]
-  if not gpu:
-    return jnp.concatenate([x[s:], x_after[:s]], axis=0)
-  r = jax.lax.broadcasted_iota(jnp.int32, (R, R), 0)
-  c = jax.lax.broadcasted_iota(jnp.int32, (R, R), 1)
-  rh = jax.lax.broadcasted_iota(jnp.int32, (R, H), 0)
-  ch = jax.lax.broadcasted_iota(jnp.int32, (R, H), 1)
-  hi = jax.lax.Precision.HIGHEST
-  out = (_dot((c == r + s).astype(x.dtype), x, precision=hi)
-         + _dot((ch == rh + s - R).astype(x.dtype), x_after, precision=hi))
-  return out.astype(x.dtype)
-
-
-def _blend_encode(hb, he, a_row, a_feat, enc, enc_bias, dtype, gpu: bool):
-  """(a, h, pre, z) of a row block: α (rows, D) f32, h in dtype, pre-activation f32, z = GELU(pre) in dtype."""
-  a = a_row * a_feat
-  h = ((1.0 - a) * hb.astype(jnp.float32) + a * he.astype(jnp.float32)).astype(dtype)
-  pre = _dot(h, enc) + enc_bias
-  return a, h, pre, _gelu_exact(pre, gpu).astype(dtype)
-
-
 def _halo_z(hbh_ref, heh_ref, arh_ref, a_feat, enc, enc_bias, dtype, W: int, halo: int, gpu: bool):
   """z of the halo block before the current one (only its last W − 1 rows off the GPU), zero in the
   first block of a row (the causal zero padding)."""
   lo = 0 if gpu else halo - (W - 1)
-  _, _, _, z_halo = _blend_encode(hbh_ref[lo:, :], heh_ref[lo:, :], arh_ref[lo:, :], a_feat, enc, enc_bias,
+  _, _, _, z_halo = blend_encode(hbh_ref[lo:, :], heh_ref[lo:, :], arh_ref[lo:, :], a_feat, enc, enc_bias,
                                   dtype, gpu)
   return jnp.where(pl.program_id(1) > 0, z_halo, jnp.zeros_like(z_halo))
 
@@ -331,7 +173,7 @@ def _fwd_kernel(*refs, W: int, halo: int, with_halo: bool, return_h: bool, gpu: 
   y_ref = rest[3] if with_halo else rest[0]
   dtype = y_ref.dtype
   enc, enc_bias, a_feat = enc_ref[...], encb_ref[...], af_ref[...]
-  _, h, _, z = _blend_encode(hb_ref[...], he_ref[...], ar_ref[...], a_feat, enc, enc_bias, dtype, gpu)
+  _, h, _, z = blend_encode(hb_ref[...], he_ref[...], ar_ref[...], a_feat, enc, enc_bias, dtype, gpu)
   if return_h:
     rest[-1][...] = h
   if W > 1:
@@ -339,9 +181,9 @@ def _fwd_kernel(*refs, W: int, halo: int, with_halo: bool, return_h: bool, gpu: 
       z_halo = _halo_z(*rest[:3], a_feat, enc, enc_bias, dtype, W, halo, gpu)
     else:
       z_halo = jnp.zeros((16 if gpu else W - 1, z.shape[1]), dtype)
-  y = decb_ref[...] + _dot(z, dec_ref[W - 1])
+  y = decb_ref[...] + dot(z, dec_ref[W - 1])
   for j in range(W - 1):                                   # y_t += z_{t−(W−1)+j} · dec[j]
-    y = y + _dot(_shift_down(z, z_halo, W - 1 - j, gpu), dec_ref[j])
+    y = y + dot(shift_down(z, z_halo, W - 1 - j, gpu), dec_ref[j])
   y_ref[...] = y.astype(dtype)
 
 
@@ -382,7 +224,7 @@ def _bwd_kernel(*refs, W: int, halo: int, with_halo: bool, with_g_h: bool, n_row
   enc, enc_bias, a_feat = enc_ref[...], encb_ref[...], af_ref[...]
   hb, he, a_row = load(hb_ref, row0), load(he_ref, row0), load(ar_ref, row0)
   g_y = load(gy_ref, row0)
-  a, h, pre, z = _blend_encode(hb, he, a_row, a_feat, enc, enc_bias, dtype, gpu)
+  a, h, pre, z = blend_encode(hb, he, a_row, a_feat, enc, enc_bias, dtype, gpu)
 
   # Decoder: y_t = Σ_j z_{t−(W−1)+j} · dec[j] + dec_bias.
   gdecb_ref[...] = jnp.sum(g_y.astype(f32), axis=0, keepdims=True)
@@ -394,19 +236,19 @@ def _bwd_kernel(*refs, W: int, halo: int, with_halo: bool, with_g_h: bool, n_row
     else:
       z_before = jnp.zeros((16 if gpu else W - 1, z.shape[1]), dtype)
       g_y_after = jnp.zeros((16 if gpu else W - 1, g_y.shape[1]), g_y.dtype)
-  g_z = _dot(g_y, dec_ref[W - 1], (1, 1))                           # (rows, K) f32
-  gdec_ref[W - 1] = _dot(z, g_y, (0, 0))
+  g_z = dot(g_y, dec_ref[W - 1], (1, 1))                            # (rows, K) f32
+  gdec_ref[W - 1] = dot(z, g_y, (0, 0))
   for j in range(W - 1):
     s = W - 1 - j
-    gdec_ref[j] = _dot(_shift_down(z, z_before, s, gpu), g_y, (0, 0))            # Σ_t z_{t−s}ᵀ g_y_t
-    g_z = g_z + _dot(_shift_up(g_y, g_y_after, s, gpu), dec_ref[j], (1, 1))     # g_z_t += g_y_{t+s} dec[j]ᵀ
+    gdec_ref[j] = dot(shift_down(z, z_before, s, gpu), g_y, (0, 0))              # Σ_t z_{t−s}ᵀ g_y_t
+    g_z = g_z + dot(shift_up(g_y, g_y_after, s, gpu), dec_ref[j], (1, 1))       # g_z_t += g_y_{t+s} dec[j]ᵀ
 
   # Encoder and GELU.
-  g_pre = g_z.astype(dtype).astype(f32) * _gelu_exact_grad(pre, gpu)  # (rows, K) f32
+  g_pre = g_z.astype(dtype).astype(f32) * gelu_exact_grad(pre, gpu)   # (rows, K) f32
   gencb_ref[...] = jnp.sum(g_pre, axis=0, keepdims=True)
   g_pre_d = g_pre.astype(dtype)
-  genc_ref[...] = _dot(h, g_pre_d, (0, 0))
-  g_h = _dot(g_pre_d, enc, (1, 1))                                 # (rows, D) f32
+  genc_ref[...] = dot(h, g_pre_d, (0, 0))
+  g_h = dot(g_pre_d, enc, (1, 1))                                  # (rows, D) f32
   if with_g_h:
     g_h = g_h + load(gh_ref, row0).astype(f32)
 
@@ -448,6 +290,17 @@ def _check_gpu(D: int, K: int, config: KernelConfig):
                      f"of two ≥ 16; got {', '.join(bad)} (pad D/K, or use impl='reference' on the GPU)")
 
 
+def _grid(hb_BTD, enc_DK, dec_WKD, config: KernelConfig) -> tuple[int, int, int, int, int, int, int, bool, int, str]:
+  """(B, T, D, K, W, block_t, n_t, with_halo, halo, platform) of one kernel call over the rows of hb_BTD (T is
+  the row axis: B·T for the linear decoder), after Triton's checks on the GPU."""
+  B, T, D = hb_BTD.shape
+  K, W = enc_DK.shape[1], dec_WKD.shape[0]
+  block_t, n_t, with_halo, halo, platform = _layout(T, W, hb_BTD.dtype, config)
+  if platform == "gpu":
+    _check_gpu(D, K, config)
+  return B, T, D, K, W, block_t, n_t, with_halo, halo, platform
+
+
 def _compiler_params(config: KernelConfig, platform: str, n_axes: int = 2):
   if config.use_interpret():
     return None
@@ -478,12 +331,8 @@ def _specs(block_t: int, D: int, K: int, W: int):
 
 def _pallas_forward(hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DK, enc_bias_K, dec_WKD, dec_bias_D,
                     config: KernelConfig, return_h: bool):
-  B, T, D = hb_BTD.shape
-  K, W = enc_DK.shape[1], dec_WKD.shape[0]
+  B, T, D, K, W, block_t, n_t, with_halo, halo, platform = _grid(hb_BTD, enc_DK, dec_WKD, config)
   dtype = hb_BTD.dtype
-  block_t, n_t, with_halo, halo, platform = _layout(T, W, dtype, config)
-  if platform == "gpu":
-    _check_gpu(D, K, config)
 
   row = lambda b, i: (b, i, 0)
   in_specs = _specs(block_t, D, K, W) + [pl.BlockSpec((1, D), lambda b, i: (0, 0))]   # + dec_bias
@@ -521,12 +370,8 @@ def _pallas_backward(hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DK, enc_bias_K, d
                      config: KernelConfig):
   """Cotangents of (hb, he, a_row, a_feat, enc, enc_bias, dec, dec_bias) from one Pallas kernel over the
   forward's grid; the parameter cotangents are per-block partial sums reduced here."""
-  B, T, D = hb_BTD.shape
-  K, W = enc_DK.shape[1], dec_WKD.shape[0]
+  B, T, D, K, W, block_t, n_t, with_halo, halo, platform = _grid(hb_BTD, enc_DK, dec_WKD, config)
   dtype = hb_BTD.dtype
-  block_t, n_t, with_halo, halo, platform = _layout(T, W, dtype, config)
-  if platform == "gpu":
-    _check_gpu(D, K, config)
   with_g_h = g_h_BTD is not None
 
   row = lambda b, i: (b, i, 0)
@@ -599,7 +444,7 @@ def _fused_bwd(config, return_h, residuals, g):
     return tuple(gr.astype(r.dtype) for gr, r in zip(grads, residuals))
 
   def math_(hb, he, a_row, a_feat, enc, enc_bias, dec, dec_bias):
-    y, h = _math(hb, he, a_row * a_feat, enc, enc_bias, dec, dec_bias)
+    y, h = reference_math(hb, he, a_row * a_feat, enc, enc_bias, dec, dec_bias)
     return (y, h) if return_h else y
 
   _, vjp = jax.vjp(math_, *residuals)
@@ -613,8 +458,8 @@ _fused_core.defvjp(_fused_fwd, _fused_bwd)
 def fused(h_base_BTD, h_expert_BTD, alpha, enc_DK, enc_bias_K, dec, dec_bias_D, *,
           config: KernelConfig = KernelConfig(), return_h: bool = False):
   """Pallas superposition step, same signature and result as ``reference`` (differentiable)."""
-  B, T, D, _, W = _check(h_base_BTD, h_expert_BTD, alpha, enc_DK, enc_bias_K, dec, dec_bias_D)
-  enc, enc_bias, dec_WKD, dec_bias = _cast_params(h_base_BTD.dtype, enc_DK, enc_bias_K, dec, dec_bias_D)
+  B, T, D, _, W = check_shapes(h_base_BTD, h_expert_BTD, alpha, enc_DK, enc_bias_K, dec, dec_bias_D)
+  enc, enc_bias, dec_WKD, dec_bias = cast_params(h_base_BTD.dtype, enc_DK, enc_bias_K, dec, dec_bias_D)
   a_row_BT1, a_feat_1D = _alpha_factors(alpha, B, T, D)
   hb, he = h_base_BTD, h_expert_BTD
   if W == 1:   # no coupling along T: one long row of B·T positions fills the blocks best

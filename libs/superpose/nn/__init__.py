@@ -8,10 +8,10 @@
 """
 from superpose.nn.cache import KVCache, cache_shardings, init_cache
 from superpose.nn.config import PRESETS, TransformerConfig, from_dict, gpt2, llama
-from superpose.nn.decode import generate, sample_logits
+from superpose.nn.decode import generate, generate_uncached, sample_logits
 from superpose.nn.decoder import Output, Transformer, stack_layers, unstack_layers
 
 __all__ = [
-    "KVCache", "Output", "cache_shardings", "PRESETS", "Transformer", "TransformerConfig", "from_dict", "generate", "gpt2",
-    "init_cache", "llama", "sample_logits", "stack_layers", "unstack_layers",
+    "KVCache", "Output", "cache_shardings", "PRESETS", "Transformer", "TransformerConfig", "from_dict", "generate",
+    "generate_uncached", "gpt2", "init_cache", "llama", "sample_logits", "stack_layers", "unstack_layers",
 ]

@@ -216,3 +216,37 @@ def from_dict(values: Mapping[str, Any] | Any) -> TransformerConfig:
     except ValueError:
       pass  # __post_init__ reports it
   return PRESETS[preset](**values)
+
+# One line per field (``python -m launch.train --config X --print_config`` shows them beside the values).
+FIELD_DOCS = {
+    "vocab_size": "tokens of the tokenizer (the embedding is padded up to vocab_multiple)",
+    "d_model": "residual width",
+    "num_layers": "transformer blocks",
+    "num_heads": "attention (query) heads",
+    "num_kv_heads": "key/value heads; None = num_heads, fewer = grouped-query attention",
+    "head_dim": "per-head width; None = d_model // num_heads",
+    "d_ff": "MLP hidden width",
+    "max_seq_len": "longest sequence (the learned position table's size)",
+    "norm": "normalisation: " + " | ".join(NORMS),
+    "norm_eps": "epsilon of the norms",
+    "attn_norm": "norm placement around attention: " + " | ".join(NORM_PLACEMENTS),
+    "mlp_norm": "norm placement around the MLP: " + " | ".join(NORM_PLACEMENTS),
+    "final_norm": "a norm before the unembedding",
+    "activation": "MLP activation: " + " | ".join(ACTIVATIONS),
+    "step_threshold": "activation='step': 1 where x > step_threshold",
+    "mlp_residual": "False drops the residual around the MLP (the RbS construction)",
+    "causal": "causal attention mask (False: bidirectional)",
+    "attn_scale": "'default' = 1/sqrt(head size), 'one' = 1, or a number",
+    "attention": "attention implementation: " + " | ".join(ATTENTIONS),
+    "positions": "position encoding: " + " | ".join(POSITIONS),
+    "rope_theta": "RoPE base",
+    "position_dims": "sinusoidal only: the table fills the last position_dims dims (0 = all)",
+    "tie_embeddings": "unembedding = embeddingᵀ",
+    "use_bias": "biases on the projections and norms",
+    "vocab_multiple": "pad the vocabulary to a multiple of this",
+    "scan_layers": "jax.lax.scan over stacked blocks (one compile for all layers)",
+    "remat": "rematerialisation of the blocks: " + " | ".join(REMATS),
+    "param_dtype": "parameter dtype",
+    "dtype": "compute dtype",
+    "init_std": "std of the normal initialisers",
+}

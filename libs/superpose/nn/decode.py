@@ -101,3 +101,54 @@ def _generate(graphdef, state, prompt_BT, prompt_lengths_B, rng, temperature, *,
   tokens_BN, _, _, lengths_B, _ = jax.lax.fori_loop(
       1, max_new_tokens, step, (tokens_BN, out.cache, done_B, lengths_B, rng))
   return tokens_BN, lengths_B
+
+
+def generate_uncached(graphdef, state, prompt_BT, prompt_lengths_B, max_new_tokens: int, *,
+                      rng: jax.Array | None = None, temperature: float = 0.0, top_k: int | None = None,
+                      eos_id: int | None = None) -> tuple[jax.Array, jax.Array]:
+  """:func:`generate` for any causal module whose call maps tokens (B, T) to logits (B, T, V) (or to an
+  output with ``logits_BTV``) but keeps no KV cache — e.g. a superposition of experts: one full forward
+  per new token over a fixed width, in one jit. The same rows, rngs and EOS handling as :func:`generate`,
+  so both give the same tokens for a Transformer."""
+  if rng is None:
+    if temperature != 0.0:
+      raise ValueError("generate_uncached: sampling with temperature > 0 needs rng")
+    rng = jax.random.key(0)
+  if temperature < 0 or max_new_tokens < 1:
+    raise ValueError(f"generate_uncached: temperature={temperature} must be >= 0 and max_new_tokens="
+                     f"{max_new_tokens} >= 1")
+  return _generate_uncached(graphdef, state, jnp.asarray(prompt_BT, jnp.int32),
+                            jnp.asarray(prompt_lengths_B, jnp.int32), rng, jnp.float32(max(temperature, 1e-6)),
+                            max_new_tokens=int(max_new_tokens), greedy=temperature == 0.0,
+                            top_k=None if top_k is None else int(top_k), eos_id=None if eos_id is None else int(eos_id))
+
+
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("max_new_tokens", "greedy", "top_k", "eos_id"))
+def _generate_uncached(graphdef, state, prompt_BT, prompt_lengths_B, rng, temperature, *, max_new_tokens, greedy,
+                       top_k, eos_id):
+  model = nnx.merge(graphdef, state)
+  batch, prompt_len = prompt_BT.shape
+  width = prompt_len + max_new_tokens
+  rows_B = jnp.arange(batch)
+  tokens_BT = jnp.zeros((batch, width), jnp.int32).at[:, :prompt_len].set(prompt_BT)
+  tokens_BT = jnp.where(jnp.arange(width)[None] < prompt_lengths_B[:, None], tokens_BT, 0)
+
+  def step(n, carry):
+    tokens_BT, done_B, lengths_B, rng = carry
+    out = model(tokens_BT)
+    logits_BTV = getattr(out, "logits_BTV", out)
+    last_BV = jnp.take_along_axis(logits_BTV, (prompt_lengths_B + n - 1)[:, None, None], axis=1)[:, 0]
+    rng, step_rng = jax.random.split(rng)
+    token_B = sample_logits(last_BV, step_rng, temperature, top_k, greedy=greedy)
+    if eos_id is not None:
+      token_B = jnp.where(done_B, eos_id, token_B)
+      newly_done_B = ~done_B & (token_B == eos_id)
+      lengths_B = jnp.where(newly_done_B, n + 1, lengths_B)
+      done_B = done_B | newly_done_B
+    return tokens_BT.at[rows_B, prompt_lengths_B + n].set(token_B), done_B, lengths_B, rng
+
+  done_B = jnp.zeros((batch,), bool)
+  lengths_B = jnp.full((batch,), max_new_tokens, jnp.int32)
+  tokens_BT, _, lengths_B, _ = jax.lax.fori_loop(0, max_new_tokens, step, (tokens_BT, done_B, lengths_B, rng))
+  new_BN = jnp.take_along_axis(tokens_BT, prompt_lengths_B[:, None] + jnp.arange(max_new_tokens)[None], axis=1)
+  return new_BN, lengths_B

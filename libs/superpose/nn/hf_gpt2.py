@@ -293,8 +293,18 @@ def params_to_hf(cfg: TransformerConfig, params: dict) -> dict[str, np.ndarray]:
 
 # --- files ----------------------------------------------------------------------------------------
 
+_WEIGHT_NAMES = (SAFETENSORS_NAME, SAFETENSORS_NAME + ".index.json", PYTORCH_NAME, PYTORCH_NAME + ".index.json")
+
+
+def is_hf_dir(path: str | os.PathLike) -> bool:
+  """A Hugging Face model directory (config.json beside its weights), not a training workdir of ours."""
+  path = pathlib.Path(path)
+  return (path.is_dir() and not (path / "checkpoints").is_dir() and (path / "config.json").exists()
+          and any((path / name).exists() for name in _WEIGHT_NAMES))
+
+
 def _weights_file(directory: pathlib.Path) -> pathlib.Path:
-  for name in (SAFETENSORS_NAME, SAFETENSORS_NAME + ".index.json", PYTORCH_NAME, PYTORCH_NAME + ".index.json"):
+  for name in _WEIGHT_NAMES:
     if (directory / name).exists():
       return directory / name
   raise FileNotFoundError(f"{directory}: no {SAFETENSORS_NAME} or {PYTORCH_NAME} (nor a sharded index of either)")

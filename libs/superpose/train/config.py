@@ -25,51 +25,131 @@ class ConfigError(ValueError):
   """A bad config value; the launcher prints its message as one line and exits with status 2."""
 
 
-def base_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.trainer = "superpose.train.lm"   # module with run(config, workdir)
-  c.seed = 0
+# A section is declared once, as {key: (default, one-line doc)}: `section` makes its ConfigDict, `describe`
+# prints a resolved config with the docs. A trainer declares its own sections as `CONFIG_SECTIONS`
+# ({name: declaration}); `base_config(trainer)` adds them and `check_schema` reads them from the trainer named in
+# the config — no config or launcher has to know a project's sections.
+Declaration = Mapping[str, tuple[Any, str]]
+
+TOP: Declaration = {
+    "trainer": ("superpose.train.lm", "module with make_spec(cfg), make_task(cfg) and run(config, workdir)"),
+    "seed": (0, "seed of the parameters and of the data order"),
+    "distributed": ("auto", "'auto' | 'true' | 'false': jax.distributed.initialize()"),
+    "peer_timeout_s": (30.0, "multi-process: a peer silent this long ends the run with one line (exit 5); "
+                             "below jax.distributed's 100 s heartbeat"),
+}
+DATA: Declaration = {
+    "path": ("sample:shakespeare.jsonl.gz", "jsonl(.gz) of {'text'} documents, or .txt"),
+    "tokenizer": ("bytes", "bytes | gpt2 | symbols | a registered name (superpose.data.tokenizers)"),
+    "val_documents": (2, "whole documents held out for validation (without val_path)"),
+    "val_path": ("", "a separate validation file (e.g. a corpus's val split)"),
+    "packing": (False, "pack whole documents into rows with segment ids (else windows of one stream)"),
+}
+OPTIM: Declaration = {
+    "name": ("adamw", "the optimizer (adamw only)"),
+    "lr": (1e-3, "peak learning rate"),
+    "schedule": ("warmup_cosine", "learning-rate schedule: " + " | ".join(SCHEDULES)),
+    "warmup_steps": (100, "linear warmup from 0"),
+    "decay_fraction": (0.2, "wsd: the last fraction of the steps decays linearly"),
+    "min_lr_ratio": (0.1, "final learning rate / lr"),
+    "b1": (0.9, "Adam β1"),
+    "b2": (0.95, "Adam β2"),
+    "eps": (1e-8, "Adam ε"),
+    "weight_decay": (0.1, "decoupled weight decay (AdamW)"),
+    "clip_norm": (1.0, "global gradient-norm clipping (0 = off)"),
+    "groups": ((), "({pattern: regex, lr, weight_decay, clip_norm}, ...): per-group overrides"),
+    "frozen": ((), "regexes of parameter paths that are not trained"),
+    "reset_steps": ((), "steps (1-based) before whose update the optimizer state is re-initialised"),
+}
+TRAIN: Declaration = {
+    "steps": (1000, "optimizer steps"),
+    "batch_size": (8, "global rows per step (over all processes and devices)"),
+    "seq_len": (256, "tokens per row (language-modelling trainers)"),
+    "accum_steps": (1, "microbatches per step (gradient accumulation)"),
+    "z_loss": (0.0, "weight of the log-partition (z) loss"),
+    "eval_every": (200, "evaluate every N steps (0 = never; always at the end)"),
+    "eval_batches": (8, "validation batches of an evaluation"),
+    "log_every": (20, "log line every N steps when there is no progress bar"),
+    "checkpoint_every": (200, "checkpoint every N steps (0 = only at the end and on SIGTERM)"),
+    "keep_checkpoints": (3, "newest checkpoints kept"),
+    "async_checkpoint": (True, "write checkpoints in the background"),
+    "profile_steps": ((0, 0), "(first, last) step of a profiler trace; (0, 0) = off"),
+    "init_from": ("", "workdir or checkpoint: load parameters only into a new run"),
+    "progress": (True, "progress bar on process 0"),
+    "log_batch_hash": (True, "record a hash of each batch in metrics.jsonl"),
+    "preemption_check_every": (10, "multi-process runs agree on a SIGTERM stop step by an all-gather every N "
+                                   "steps"),
+    "allow_changes": (False, "a resume may change the keys of superpose.train.workdir.SAFE_ON_RESUME (lr, ...)"),
+}
+MESH: Declaration = {
+    "ici": ((-1, 1, 1), "(data, fsdp, tensor) within a slice; one -1 is filled in"),
+    "dcn": ((1, 1, 1), "(data, fsdp, tensor) across slices (multi-slice TPU); product = slices"),
+}
+SHARDING: Declaration = {
+    "rules": (tuple((k, v) for k, v in DEFAULT_RULES), "(logical axis, mesh axes) pairs (superpose.nn.sharding)"),
+}
+SECTIONS: dict[str, Declaration] = {"data": DATA, "optim": OPTIM, "train": TRAIN, "mesh": MESH, "sharding": SHARDING}
+
+
+def section(declaration: Declaration, **overrides) -> ml_collections.ConfigDict:
+  """The ConfigDict of a declared section, ``overrides`` applied (an unknown key is a ConfigError)."""
+  unknown = set(overrides) - set(declaration)
+  if unknown:
+    raise ConfigError(f"unknown keys {sorted(unknown)} (known: {', '.join(declaration)})")
+  return ml_collections.ConfigDict({k: overrides.get(k, v) for k, (v, _) in declaration.items()})
+
+
+def trainer_sections(trainer: str) -> dict[str, Declaration]:
+  """The sections ``trainer`` declares (its module's ``CONFIG_SECTIONS``; none for a plain LM)."""
+  import importlib
+  try:
+    module = importlib.import_module(trainer)
+  except ImportError as e:
+    raise ConfigError(f"config.trainer={trainer!r} cannot be imported: {e}") from None
+  return dict(getattr(module, "CONFIG_SECTIONS", {}))
+
+
+def base_config(trainer: str | None = None) -> ml_collections.ConfigDict:
+  """Every shared key with its default; with ``trainer``, that trainer's sections too (and config.trainer)."""
+  c = ml_collections.ConfigDict({k: v for k, (v, _) in TOP.items()})
   c.model = model_section("gpt2")  # preset name + every TransformerConfig field
-  c.data = ml_collections.ConfigDict({
-      "path": "sample:shakespeare.jsonl.gz",  # jsonl(.gz) of {"text"} documents, or .txt
-      "tokenizer": "bytes",
-      "val_documents": 2,                     # whole documents held out for validation (without val_path)
-      "val_path": "",                         # a separate validation file (e.g. a corpus's val split)
-      "packing": False,                       # pack whole documents with segment ids (else windows)
-  })
-  c.optim = ml_collections.ConfigDict({
-      "name": "adamw", "lr": 1e-3, "schedule": "warmup_cosine", "warmup_steps": 100,
-      "decay_fraction": 0.2, "min_lr_ratio": 0.1, "b1": 0.9, "b2": 0.95, "eps": 1e-8,
-      "weight_decay": 0.1, "clip_norm": 1.0,
-      "groups": (),   # ({"pattern": regex, "lr": .., "weight_decay": .., "clip_norm": ..}, ...)
-      "frozen": (),   # regexes of parameter paths that are not trained
-      "reset_steps": (),  # steps (1-based) before whose update the optimizer state is re-initialised
-  })
-  c.train = ml_collections.ConfigDict({
-      "steps": 1000, "batch_size": 8, "seq_len": 256, "accum_steps": 1, "z_loss": 0.0,
-      "eval_every": 200, "eval_batches": 8, "log_every": 20,
-      "checkpoint_every": 200, "keep_checkpoints": 3, "async_checkpoint": True,
-      "profile_steps": (0, 0),    # (first, last) step of a profiler trace; (0, 0) = off
-      "init_from": "",            # workdir or checkpoint: load parameters only into a new run
-      "progress": True,           # progress bar on process 0
-      "log_batch_hash": True,     # record a hash of each batch in metrics.jsonl
-      # Multi-process runs agree on a SIGTERM stop step by an all-gather every this many steps (a host
-      # sync); one process checks its flag every step at no cost.
-      "preemption_check_every": 10,
-      # A resumed run may change the keys of superpose.train.workdir.SAFE_ON_RESUME (lr, schedule, ...)
-      # only with this set; keys that define the run (model, data, batch, ...) never change.
-      "allow_changes": False,
-  })
-  c.mesh = ml_collections.ConfigDict({
-      "ici": (-1, 1, 1),          # (data, fsdp, tensor) within a slice; one -1 is filled in
-      "dcn": (1, 1, 1),           # across slices (multi-slice TPU); product = number of slices
-  })
-  c.sharding = ml_collections.ConfigDict({"rules": tuple((k, v) for k, v in DEFAULT_RULES)})
-  c.distributed = "auto"          # 'auto' | 'true' | 'false': jax.distributed.initialize()
-  # Multi-process: a process whose peer has not shown a sign of life for this long stops with one line
-  # (exit status 5) instead of waiting in a collective; below jax.distributed's 100 s heartbeat timeout.
-  c.peer_timeout_s = 30.0
+  for name, declaration in SECTIONS.items():
+    c[name] = section(declaration)
+  if trainer is not None:
+    c.trainer = trainer
+    for name, declaration in trainer_sections(trainer).items():
+      c[name] = section(declaration)
   return c
+
+
+def docs(trainer: str | None = None) -> dict[str, str]:
+  """``{'train.steps': 'optimizer steps', ...}``: the one-line doc of every key."""
+  out = {k: d for k, (_, d) in TOP.items()}
+  out.update({f"model.{k}": d for k, d in nn_config.FIELD_DOCS.items()})
+  out["model.preset"] = "the preset the section was resolved from: " + " | ".join(nn_config.PRESETS)
+  sections = {**SECTIONS, **(trainer_sections(trainer) if trainer else {})}
+  for name, declaration in sections.items():
+    out.update({f"{name}.{k}": d for k, (_, d) in declaration.items()})
+  return out
+
+
+def describe(config: Any) -> str:
+  """The resolved config, one ``key = value  # doc`` line per key, sections in order."""
+  cfg = to_dict(config)
+  notes = docs(cfg.get("trainer"))
+  lines = []
+
+  def walk(node: Mapping, prefix: str) -> None:
+    for k, v in node.items():
+      key = f"{prefix}{k}"
+      if isinstance(v, Mapping) and v and key != "optim.groups":
+        lines.append(f"{key}:")
+        walk(v, key + ".")
+      else:
+        text = f"{key} = {v!r}"
+        lines.append(f"{text:<48}  # {notes[key]}" if key in notes else text)
+  walk(cfg, "")
+  return "\n".join(lines)
 
 
 def model_section(preset: str = "gpt2", **overrides) -> ml_collections.ConfigDict:
@@ -96,11 +176,9 @@ def _check_keys(cfg: Mapping, ref: Mapping, where: str) -> None:
       _check_keys(cfg[k], ref[k], f"{where}{k}.")
 
 
-def check_schema(config: Mapping, extra_sections: Mapping | None = None) -> None:
-  """Unknown keys anywhere in ``config`` (compared with :func:`base_config` plus ``extra_sections``)."""
-  ref = base_config().to_dict()
-  ref.update(extra_sections or {})
-  _check_keys(config, ref, "config.")
+def check_schema(config: Mapping) -> None:
+  """Unknown keys anywhere in ``config``, compared with :func:`base_config` of the trainer it names."""
+  _check_keys(config, base_config(config.get("trainer")).to_dict(), "config.")
 
 
 # --- value domains
@@ -275,6 +353,14 @@ def check_batch(config: Mapping, num_devices: int, num_processes: int = 1) -> No
     raise ConfigError(f"config.train.batch_size={batch} is not divisible by the data-parallel size {parallel} "
                       f"({' × '.join(f'{a} {sizes[a]}' for a in axes if sizes.get(a, 1) > 1)}): pick a multiple of "
                       f"{parallel} or change config.mesh")
+
+
+def check(config: Any) -> None:
+  """What the launcher checks before anything compiles (launch.common.setup; call it when you run a trainer
+  from Python): no unknown key (:func:`check_schema`), every value in its domain (:func:`check_train`)."""
+  cfg = to_dict(config)
+  check_schema(cfg)
+  check_train(cfg)
 
 
 def check_train(config: Mapping) -> None:

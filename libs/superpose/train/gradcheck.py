@@ -2,7 +2,7 @@
 
 Why: a parameter cut off from the loss (a blend coefficient whose layer never reaches the output, a head
 that a slice drops) trains at zero gradient without any error — the loss falls through the other
-parameters and the run reports the initial value as learned. :func:`check_task` runs a loop Task as
+parameters and the run reports the initial value as learned. :func:`check_task` runs a task as
 :func:`superpose.train.loop.train` does (the same split, optimizer and train step, real batches) and takes
 the gradient after the first update: a zero-initialised output layer (LoRA B = 0, a router's last layer)
 gives its input layer a zero gradient at step 0 only. :func:`check_loss` is the same test for a plain
@@ -10,7 +10,7 @@ gives its input layer a zero gradient at step 0 only. :func:`check_loss` is the 
 
 A leaf is dead when its whole gradient is zero. Some leaves hold one independent parameter per element —
 a blend weight per layer, a router bias per expert — where one element without a gradient is already the
-bug; ``elementwise`` (regexes of paths; a task may declare ``gradient_elementwise``) makes every element of
+bug; ``elementwise`` (regexes of paths; a spec may declare ``gradient_elementwise``) makes every element of
 those leaves count (an embedding table is not such a leaf: rows of tokens absent from the batch get none).
 """
 from __future__ import annotations
@@ -98,17 +98,18 @@ def _report(flags, trainable, paths, moved=None, elementwise=()) -> GradientRepo
 
 
 def check_task(task, config, *, steps: int = 1, elementwise=None) -> GradientReport:
-  """``steps`` real train steps of ``task`` (a :class:`superpose.train.loop.Task`) from a random init, then the
-  gradient of ``task.loss`` at the updated parameters on the next real batch. ``config``: a ConfigDict or
+  """``steps`` real train steps of ``task`` (a :class:`superpose.train.task.Task`) from a random init, then the
+  gradient of its train loss at the updated parameters on the next real batch. ``config``: a ConfigDict or
   the dict of :func:`superpose.train.config.to_dict`. One more step is run when the schedule's first
   learning rate is 0 (a warmup from 0): that update moves nothing. No mesh: the default device. The
   gradient comes out of the loop's own train step (the optimizer wrapped by :func:`_probe`): one compile.
-  ``elementwise`` defaults to the task's ``gradient_elementwise`` (module docstring)."""
+  ``elementwise`` defaults to the spec's ``gradient_elementwise`` (module docstring)."""
   cfg = config_lib.to_dict(config)
-  elementwise = tuple(getattr(task, "gradient_elementwise", ()) if elementwise is None else elementwise)
+  spec, data = task.spec, task.data
+  elementwise = tuple(getattr(spec, "gradient_elementwise", ()) if elementwise is None else elementwise)
 
   def split():
-    return nnx.split(task.make_model(), nnx.Param, ...)
+    return nnx.split(spec.make_model(), nnx.Param, ...)
   graphdef, _, rest = jax.eval_shape(split)
   if jax.tree.leaves(rest):
     raise ValueError("check_task: the model holds non-parameter state; the loop's train state carries nnx.Param only")
@@ -118,22 +119,22 @@ def check_task(task, config, *, steps: int = 1, elementwise=None) -> GradientRep
   trainable = jax.tree.map(lambda p: not any(re.fullmatch(f, p) for f in frozen), paths)
   tx, lr_schedule = optim.make_optimizer(cfg["optim"], params, cfg["train"]["steps"])
   tx = _probe(tx)
-  train_step = jax.jit(step_lib.make_train_step(graphdef, task.loss, tx, cfg["train"].get("accum_steps", 1)))
+  train_step = jax.jit(step_lib.make_train_step(graphdef, spec.train_loss, tx, cfg["train"].get("accum_steps", 1)))
   state = {"params": params, "opt_state": jax.jit(tx.init)(params), "step": jnp.int32(0)}
   n = steps + int(steps > 0 and float(lr_schedule(0)) == 0.0)
   for step in range(1, n + 1):
-    state, metrics = train_step(state, task.train_batch(step, 0, 1))
+    state, metrics = train_step(state, data.train_batch(step, 0, 1))
     if not int(metrics["finite"]):
       raise FloatingPointError(f"check_task: non-finite loss or gradient at step {step} "
                                f"(loss {float(metrics['loss'])})")
   moved = jax.tree.map(lambda t, a, b: not t and _differs(a, b), trainable, params, state["params"])
-  batch = task.train_batch(n + 1, 0, 1)
+  batch = data.train_batch(n + 1, 0, 1)
   probed, metrics = train_step(state, batch)   # step n + 1 only for the gradient it computes
   if int(metrics["finite"]):
     flags = probed["opt_state"][1]
   else:   # the guarded step kept the old state: name the non-finite leaves with a gradient of our own
     def grad_flags(p):
-      return _flags(jax.grad(lambda q: task.loss(nnx.merge(graphdef, q), batch)[0])(p))
+      return _flags(jax.grad(lambda q: spec.train_loss(nnx.merge(graphdef, q), batch)[0])(p))
     flags = jax.jit(grad_flags)(state["params"])
   return _report(flags, trainable, paths, moved, elementwise)
 

@@ -1,8 +1,9 @@
 """The train loop shared by every project: resume, steps, eval, metrics, checkpoints, profiling.
 
-A project supplies a *task* (see :class:`Task`): how to build the model, the loss, and host batches
-as a pure function of the step. Everything else — mesh, sharded state, the jitted step, orbax
-checkpoints, SIGTERM, NaN guard, metrics and MFU — lives here once.
+A project supplies a *task* (:class:`superpose.train.task.Task`): a data-free spec — the model, the train
+and eval losses, the batch it takes — and its data, host batches as a pure function of the step. Everything
+else — mesh, sharded state, the jitted step, orbax checkpoints, SIGTERM, NaN guard, metrics and MFU — lives
+here once.
 """
 from __future__ import annotations
 
@@ -14,11 +15,10 @@ import os
 import pathlib
 import statistics
 import time
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Mapping
 
 import jax
 import numpy as np
-from flax import nnx
 from jax.sharding import NamedSharding
 
 from superpose.nn import sharding as shd
@@ -28,14 +28,10 @@ from superpose.train import flops as flops_lib
 from superpose.train import metrics as metrics_lib
 from superpose.train import optim, peers, state as state_lib, step as step_lib, workdir as workdir_lib
 from superpose.train.batch_record import RECORD_BATCHES_ENV, BatchRecorder
+from superpose.train.task import EvalSet, Field, Task, check_batch
 from superpose.train.mesh import make_mesh
 
 log = logging.getLogger(__name__)
-
-
-class EvalSet(Protocol):
-  num_batches: int
-  def batch(self, i: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]: ...
 
 
 class RowsEvalSet:
@@ -59,19 +55,6 @@ class RowsEvalSet:
     return out
 
 
-class Task(Protocol):
-  """What a project gives the loop."""
-  def make_model(self) -> nnx.Module: ...
-  def loss(self, model: nnx.Module, batch: dict) -> tuple[jax.Array, dict]: ...
-  def train_batch(self, step: int, process_index: int, process_count: int) -> dict[str, np.ndarray]: ...
-  eval_set: EvalSet | None
-  batch_axes: Mapping[str, tuple]      # logical axes of each batch entry
-  tokens_per_step: int                 # for tokens/s
-  flops_per_step: float                # model FLOPs of one optimizer step (for MFU)
-  # Optional: initial_params(abstract_params) -> params (sharded like the abstract target) for a
-  # fresh run, e.g. experts loaded from other runs' checkpoints with superpose.train.checkpoint.
-
-
 class NonFiniteLoss(FloatingPointError):
   pass
 
@@ -93,13 +76,18 @@ def _global_batch(host: dict[str, np.ndarray], shardings: Mapping[str, NamedShar
   return out
 
 
-def _batch_shardings(task: Task, example: dict[str, np.ndarray], mesh, process_count: int):
-  out = {}
-  for k, x in example.items():
-    axes = task.batch_axes.get(k, ("batch",) + (None,) * (x.ndim - 1))
-    shape = (x.shape[0] * process_count,) + x.shape[1:]
-    out[k] = NamedSharding(mesh, shd.spec_for(axes, shape, mesh, what=f"batch/{k}"))
-  return out
+def _batch_shardings(fields: Mapping[str, Field], mesh) -> dict[str, NamedSharding]:
+  """The sharding of each batch entry, from its global shape and logical axes."""
+  return {k: NamedSharding(mesh, shd.spec_for(f.logical_axes(), f.shape, mesh, what=f"batch/{k}"))
+          for k, f in fields.items()}
+
+
+def _eval_fields(spec, example: Mapping[str, np.ndarray], process_count: int) -> dict[str, Field]:
+  """Fields of the eval batches (their own keys and shapes; axes of a key the train batch shares)."""
+  train = spec.batch_spec()
+  return {k: Field((x.shape[0] * process_count,) + x.shape[1:], str(x.dtype),
+                   train[k].axes if k in train and len(train[k].shape) == x.ndim else None)
+          for k, x in example.items()}
 
 
 def evaluate(eval_fn, params, eval_set: EvalSet, shardings, pidx: int, pcount: int) -> dict[str, float]:
@@ -126,7 +114,6 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
   cfg = config_lib.to_dict(config)
   t = cfg["train"]
   workdir = pathlib.Path(workdir)
-  pidx, pcount = jax.process_index(), jax.process_count()
   # Nothing is written to the workdir before the run is accepted: a usable directory, a config that may
   # continue the one recorded there, and a state created or restored.
   workdir_lib.check_writable(workdir)
@@ -141,7 +128,8 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
   checkpointer = writer = None
   try:
     with jax.set_mesh(mesh), shd.axis_rules(rules):
-      graphdef, abs_params, _ = state_lib.split_model(task.make_model, mesh)
+      spec = task.spec
+      graphdef, abs_params, _ = state_lib.split_model(spec.make_model, mesh)
       tx, lr_schedule = optim.make_optimizer(cfg["optim"], abs_params, t["steps"])
       checkpointer = ckpt_lib.Checkpointer(ckpt_dir, max_to_keep=t["keep_checkpoints"],
                                            async_save=t["async_checkpoint"])
@@ -152,9 +140,9 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
         if t["init_from"]:
           params = ckpt_lib.load_params(t["init_from"], abs_params)
           log.info("init_from: loaded parameters from %s", t["init_from"])
-        elif hasattr(task, "initial_params"):  # e.g. frozen experts loaded from other runs
-          params = task.initial_params(abs_params)
-        state, state_sh = state_lib.create(task.make_model, tx, abs_params, mesh, params=params)
+        elif hasattr(spec, "initial_params"):  # e.g. frozen experts loaded from other runs
+          params = spec.initial_params(abs_params)
+        state, state_sh = state_lib.create(spec.make_model, tx, abs_params, mesh, params=params)
       else:
         abstract = state_lib.abstract_state(tx, abs_params, mesh)
         state_sh = jax.tree.map(lambda a: a.sharding, abstract)
@@ -227,19 +215,23 @@ def _run(cfg, workdir, task, mesh, graphdef, abs_params, tx, lr_schedule, state,
   """The steps from ``start + 1`` on, with evals, checkpoints, profiling and metrics."""
   t = cfg["train"]
   pidx, pcount = jax.process_index(), jax.process_count()
-  example = task.train_batch(start + 1, pidx, pcount)
-  batch_sh = _batch_shardings(task, example, mesh, pcount)
-  train_step = step_lib.jit_train_step(step_lib.make_train_step(graphdef, task.loss, tx, t["accum_steps"]),
+  spec, data = task.spec, task.data
+  fields = spec.batch_spec()
+  example = data.train_batch(start + 1, pidx, pcount)
+  check_batch(example, fields, pcount, f"train batch of step {start + 1}")
+  batch_sh = _batch_shardings(fields, mesh)
+  train_step = step_lib.jit_train_step(step_lib.make_train_step(graphdef, spec.train_loss, tx, t["accum_steps"]),
                                        state_sh, batch_sh)
-  eval_sh = (_batch_shardings(task, task.eval_set.batch(0, pidx, pcount), mesh, pcount)
-             if task.eval_set is not None else None)
-  eval_fn = jax.jit(step_lib.make_eval_step(graphdef, task.loss), in_shardings=(state_sh["params"], eval_sh))
+  eval_set = data.eval_set
+  eval_sh = (_batch_shardings(_eval_fields(spec, eval_set.batch(0, pidx, pcount), pcount), mesh)
+             if eval_set is not None else None)
+  eval_fn = jax.jit(step_lib.make_eval_step(graphdef, spec.eval_loss), in_shardings=(state_sh["params"], eval_sh))
   peak = flops_lib.Peak(jax.device_count())
   log.info("mesh %s; %d parameters; FLOPs/step %.3g; peak %.3g FLOP/s (%s)", dict(mesh.shape),
-           sum(math.prod(a.shape) for a in jax.tree.leaves(abs_params)), task.flops_per_step, peak.total,
+           sum(math.prod(a.shape) for a in jax.tree.leaves(abs_params)), spec.flops_per_step, peak.total,
            peak.source)
 
-  reporter = _Reporter(writer, _progress(t, start, pidx), t, lr_schedule, task, peak)
+  reporter = _Reporter(writer, _progress(t, start, pidx), t, lr_schedule, spec, peak)
   recorder = BatchRecorder(workdir, pidx, pcount) if os.environ.get(RECORD_BATCHES_ENV) else None
   # Processes that share a host (and so a hostname) would overwrite each other's trace files.
   profile_dir = workdir / "profile" if pcount == 1 else workdir / "profile" / f"process_{pidx}"
@@ -252,7 +244,11 @@ def _run(cfg, workdir, task, mesh, graphdef, abs_params, tx, lr_schedule, state,
       if p_last and step == p_first:
         jax.profiler.start_trace(str(profile_dir))
         profiling = True
-      host = example if step == start + 1 else task.train_batch(step, pidx, pcount)
+      if step == start + 1:
+        host = example
+      else:
+        host = data.train_batch(step, pidx, pcount)
+        check_batch(host, fields, pcount, f"train batch of step {step}")
       if recorder is not None:
         recorder.record(step, host, batch_sh)
       batch = _global_batch(host, batch_sh, pcount)
@@ -268,10 +264,10 @@ def _run(cfg, workdir, task, mesh, graphdef, abs_params, tx, lr_schedule, state,
         log.info("profiler trace of steps %d..%d written to %s", p_first, p_last, profile_dir)
       stop = guard.should_stop(step)
       is_last = step == t["steps"]
-      if task.eval_set is not None and t["eval_every"] and (step % t["eval_every"] == 0 or is_last or stop):
+      if eval_set is not None and t["eval_every"] and (step % t["eval_every"] == 0 or is_last or stop):
         reporter.report(pending)
         pending = None
-        last_eval = evaluate(eval_fn, state["params"], task.eval_set, eval_sh, pidx, pcount)
+        last_eval = evaluate(eval_fn, state["params"], eval_set, eval_sh, pidx, pcount)
         writer.write(step, last_eval)
         reporter.print(f"step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
         reporter.interrupted()
@@ -287,8 +283,8 @@ def _run(cfg, workdir, task, mesh, graphdef, abs_params, tx, lr_schedule, state,
         log.warning("stopping at step %d on SIGTERM; checkpoint saved", step)
         break
     reporter.report(pending)
-    if start >= t["steps"] and task.eval_set is not None:  # a finished run, rerun: evaluate it again
-      last_eval = evaluate(eval_fn, state["params"], task.eval_set, eval_sh, pidx, pcount)
+    if start >= t["steps"] and eval_set is not None:  # a finished run, rerun: evaluate it again
+      last_eval = evaluate(eval_fn, state["params"], eval_set, eval_sh, pidx, pcount)
       reporter.print(f"step {start} (finished run): " + "  ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
   finally:
     if profiling:
@@ -298,8 +294,8 @@ def _run(cfg, workdir, task, mesh, graphdef, abs_params, tx, lr_schedule, state,
       recorder.close()
 
   step_time = statistics.median(reporter.step_times) if reporter.step_times else float("nan")
-  tok_s = task.tokens_per_step / step_time
-  mfu = task.flops_per_step / step_time / peak.total
+  tok_s = spec.tokens_per_step / step_time
+  mfu = spec.flops_per_step / step_time / peak.total
   return Result(step=int(jax.device_get(state["step"])), eval=last_eval, tokens_per_s=tok_s, mfu=mfu,
                 resumed_from=resumed_from)
 
@@ -317,8 +313,8 @@ class _Reporter:
   A step's time is the wall time between two successive metric fetches; intervals that contain a
   compilation, an eval or a checkpoint are marked by :meth:`interrupted` and not timed."""
 
-  def __init__(self, writer, bar, t, lr_schedule, task, peak: flops_lib.Peak):
-    self.writer, self.bar, self.t, self.lr, self.task, self.peak = writer, bar, t, lr_schedule, task, peak
+  def __init__(self, writer, bar, t, lr_schedule, spec, peak: flops_lib.Peak):
+    self.writer, self.bar, self.t, self.lr, self.spec, self.peak = writer, bar, t, lr_schedule, spec, peak
     self.step_times: list[float] = []
     self.t_last = time.perf_counter()
     self.clean = False
@@ -348,8 +344,8 @@ class _Reporter:
     m["lr"] = float(self.lr(step - 1))
     if timed:
       self.step_times.append(dt)
-      m.update({"perf/step_time_s": dt, "perf/tokens_per_s": self.task.tokens_per_step / dt,
-                "perf/mfu": self.peak.mfu(self.task.flops_per_step / dt)})
+      m.update({"perf/step_time_s": dt, "perf/tokens_per_s": self.spec.tokens_per_step / dt,
+                "perf/mfu": self.peak.mfu(self.spec.flops_per_step / dt)})
     if batch_hash is not None:
       m["batch_hash"] = batch_hash
     self.writer.write(step, m)

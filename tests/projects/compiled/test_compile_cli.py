@@ -5,7 +5,7 @@ import pytest
 
 from projects.compiled import compile as cli
 from projects.compiled import programs
-from superpose import nn, rasp
+from superpose import nn
 from superpose.rasp.compiler import CompiledModel, compile_rasp
 
 

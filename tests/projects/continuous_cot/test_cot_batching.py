@@ -25,7 +25,7 @@ def _task(problems, method="coconut", batching="bucketed", seed=0, **cot):
   c = scaled_cfg.get_config("smoke")
   c.seed = seed
   c.cot.update(dict(method=method, batching=batching, bucket_window=4, bucket_multiple=8, **cot))
-  return train.CotTask(c.to_dict(), train=problems[0], valid=problems[1])
+  return train.make_task(c.to_dict(), train=problems[0], valid=problems[1]).data
 
 
 def test_bucketed_order_pure_function_and_one_pass_per_window(problems):
@@ -84,7 +84,8 @@ def _compact_and_full(model, K=2, P=10, R=2):
     return (jax.nn.log_softmax(logits[..., :40]).max(-1) * weights).sum(), logits
 
   def full(state):
-    logits = train.rowwise_thought_forward(nnx.merge(graphdef, state), *args, max_thoughts=K, prefix_len=P)
+    logits = th.cached_forward(nnx.merge(graphdef, state), args[0], args[1], num_thoughts=K, num_thoughts_B=args[2],
+                               prefix_len=P, rest_len=R + 1).logits_BTV
     logits = jnp.take_along_axis(logits, jnp.asarray(cols)[..., None], axis=1)
     return (jax.nn.log_softmax(logits[..., :40]).max(-1) * weights).sum(), logits
 
@@ -136,10 +137,10 @@ def test_bucketed_batch_has_the_loss_of_the_same_rows_padded(problems, method):
   assert bucketed["tokens"].shape[1] < padded.T and (bucketed["length"] == same["length"]).all()
   if method == "coconut":
     assert len(set(bucketed["num_thoughts"].tolist())) > 1
-  model = task.make_model()
+  model = task.spec.make_model()
   graphdef, state = nnx.split(model)
-  lb = jax.jit(lambda s: task.loss(nnx.merge(graphdef, s), bucketed))(state)
-  lp = jax.jit(lambda s: padded.loss(nnx.merge(graphdef, s), same))(state)
+  lb = jax.jit(lambda s: task.spec.train_loss(nnx.merge(graphdef, s), bucketed))(state)
+  lp = jax.jit(lambda s: padded.spec.train_loss(nnx.merge(graphdef, s), same))(state)
   np.testing.assert_allclose(float(lb[0]), float(lp[0]), rtol=1e-5)
   assert float(lb[1]["accuracy"]) == float(lp[1]["accuracy"])
   assert float(lb[1]["data/row_tokens"]) == pytest.approx(bucketed["length"].mean())
@@ -149,9 +150,9 @@ def test_bucketed_batch_has_the_loss_of_the_same_rows_padded(problems, method):
 @pytest.mark.slow
 def test_bucketed_batch_has_the_gradients_of_the_same_rows_padded(problems):
   task, bucketed, padded, same = _same_rows(problems, "coconut")
-  graphdef, state = nnx.split(task.make_model())
-  lb, gb = jax.jit(jax.value_and_grad(lambda s: task.loss(nnx.merge(graphdef, s), bucketed)[0]))(state)
-  lp, gp = jax.jit(jax.value_and_grad(lambda s: padded.loss(nnx.merge(graphdef, s), same)[0]))(state)
+  graphdef, state = nnx.split(task.spec.make_model())
+  lb, gb = jax.jit(jax.value_and_grad(lambda s: task.spec.train_loss(nnx.merge(graphdef, s), bucketed)[0]))(state)
+  lp, gp = jax.jit(jax.value_and_grad(lambda s: padded.spec.train_loss(nnx.merge(graphdef, s), same)[0]))(state)
   np.testing.assert_allclose(float(lb), float(lp), rtol=1e-5)
   for a, b in zip(jax.tree.leaves(gb), jax.tree.leaves(gp)):
     assert np.abs(np.asarray(a) - np.asarray(b)).max() <= 2e-4 * max(1.0, np.abs(np.asarray(b)).max())

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from projects.continuous_cot import construction, data, graphs
+from projects.continuous_cot import construction, data
 
 LENGTH = 184  # one padded shape for every call below: one compilation
 

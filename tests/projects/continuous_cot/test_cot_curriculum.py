@@ -5,12 +5,11 @@ import random
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
 from configs.continuous_cot import scaled as scaled_cfg
-from projects.continuous_cot import data, graphs, metrics, train
+from projects.continuous_cot import data, graphs, metrics, rows, train
 from superpose.train import config as config_lib, optim
 
 
@@ -24,7 +23,7 @@ def problems():
 def _task(problems, **cot):
   c = scaled_cfg.get_config("smoke")
   c.cot.update(dict(bucket_window=4, **cot))
-  return train.CotTask(c.to_dict(), train=problems[0], valid=problems[1])
+  return train.make_task(c.to_dict(), train=problems[0], valid=problems[1]).data
 
 
 def test_stage0_length_is_separate(problems):
@@ -47,12 +46,12 @@ def test_stage0_epochs(problems):
 def test_relabelled_rows_are_the_same_problem_under_new_ids(problems):
   rng = random.Random(3)
   for p in problems[0][:20]:
-    q = train.relabel_row(p, rng)
+    q = rows.relabel_row(p, rng)
     assert q.num_nodes == graphs.MAX_NODES
     ids = {v for e in q.edges for v in e}
     assert max(ids) < graphs.MAX_NODES and len(ids) == len({v for e in p.edges for v in e})
-    assert graphs.graph_hash(q) == graphs.graph_hash(train.Problem(graphs.MAX_NODES, p.edges, p.root, p.target,
-                                                                   p.neg_target))
+    assert graphs.graph_hash(q) == graphs.graph_hash(graphs.Problem(graphs.MAX_NODES, p.edges, p.root, p.target,
+                                                                    p.neg_target))
     q.check()
     assert q.hops == p.hops and q.answer() == q.target
   # over many rows every node token occurs, not only the ids below the problem's node count
@@ -95,9 +94,8 @@ def test_reset_optimizer_sets_the_stage_starts(problems, tmp_path, monkeypatch):
     seen.update(cfg["optim"])
     raise SystemExit(0)
 
-  made = _task(problems, steps_per_stage=3, stage0_steps=5)
   monkeypatch.setattr(train.loop, "train", fake_train)
-  monkeypatch.setattr(train, "CotTask", lambda cfg: made)
+  monkeypatch.setattr(train, "load_split", lambda cfg, key: problems[0] if key == "train_file" else problems[1])
   c = scaled_cfg.get_config("smoke")
   c.cot.update(dict(reset_optimizer=True, steps_per_stage=3, stage0_steps=5, data_dir=str(tmp_path)))
   c.train.steps = 30
@@ -121,8 +119,8 @@ def test_set_loss_trains_on_the_label_pool(problems):
   for r, g in enumerate(task.step_rows(1)):
     p = task.train[int(task.problem_index(np.array([g]))[0])]
     assert set(np.flatnonzero(batch["label_set"][r])) == set(p.neighbor_k()[1])
-  graphdef, state = nnx.split(task.make_model())
-  (loss, m), grads = jax.jit(jax.value_and_grad(lambda s: task.loss(nnx.merge(graphdef, s), batch),
+  graphdef, state = nnx.split(task.spec.make_model())
+  (loss, m), grads = jax.jit(jax.value_and_grad(lambda s: task.spec.train_loss(nnx.merge(graphdef, s), batch),
                                                 has_aux=True))(state)
   assert float(loss) == pytest.approx(float(m["set_nll"])) and float(m["label_nll"]) >= float(m["set_nll"])
   assert np.exp(-float(m["set_nll"])) <= float(m["set_mass"]) + 1e-6   # Jensen: exp(mean(log m)) ≤ mean(m)
@@ -143,17 +141,17 @@ def test_eval_reports_hop_accuracy(problems):
   task = _task(problems)
   assert task.eval_hops == min(4, min(p.hops for p in problems[1])) >= 3
   batch = task.eval_set.batch(0)
-  graphdef, state = nnx.split(task.make_model())
-  _, m = jax.jit(lambda s: task.loss(nnx.merge(graphdef, s), batch))(state)
+  graphdef, state = nnx.split(task.spec.make_model())
+  _, m = jax.jit(lambda s: task.spec.eval_loss(nnx.merge(graphdef, s), batch))(state)
   for k in range(1, task.eval_hops + 1):
     assert 0.0 <= float(m[f"hop{k}"]) <= 1.0 and 0.0 < float(m[f"hop{k}_mass"]) < 1.0
   # the padded path reads the same columns
   padded = _task(problems, batching="padded")
-  _, mp = jax.jit(lambda s: padded.loss(nnx.merge(graphdef, s), padded.eval_set.batch(0)))(state)
+  _, mp = jax.jit(lambda s: padded.spec.eval_loss(nnx.merge(graphdef, s), padded.eval_set.batch(0)))(state)
   for k in ("acc", "hop1", "hop2_mass", "hop3"):
     assert float(mp[k]) == pytest.approx(float(m[k]), abs=1e-5)
   # CoT reads hop 1 at the same prompt's root column (teacher forced): the same number on the same weights
   cot = _task(problems, method="cot")
-  _, mc = jax.jit(lambda s, b: cot.loss(nnx.merge(graphdef, s), b))(state, cot.eval_set.batch(0))
+  _, mc = jax.jit(lambda s, b: cot.spec.eval_loss(nnx.merge(graphdef, s), b))(state, cot.eval_set.batch(0))
   assert float(mc["hop1"]) == pytest.approx(float(m["hop1"]), abs=1e-6)
   assert float(mc["hop1_mass"]) == pytest.approx(float(m["hop1_mass"]), abs=1e-5)

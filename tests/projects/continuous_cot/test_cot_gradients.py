@@ -23,10 +23,10 @@ def test_cot_gradients_flow(variant, problems):
   c.train.batch_size = smoke.train.batch_size
   c.cot.steps_per_stage = 1          # Coconut: continuous thoughts from step 2 on, so the check sees them
   cfg = c.to_dict()
-  task = train.CotTask(cfg, train=problems[0], valid=problems[1])
-  assert task.method == {"coconut_bfs": "coconut"}.get(variant, variant)
-  if task.method == "coconut":   # the gradient batch (2, or 3 after a warmup from lr 0) has thoughts
-    assert all(task.train_batch(step)["num_thoughts"].max() > 0 for step in (2, 3))
+  task = train.make_task(cfg, train=problems[0], valid=problems[1])
+  assert task.spec.method == {"coconut_bfs": "coconut"}.get(variant, variant)
+  if task.spec.method == "coconut":   # the gradient batch (2, or 3 after a warmup from lr 0) has thoughts
+    assert all(task.data.train_batch(step)["num_thoughts"].max() > 0 for step in (2, 3))
   report = gradcheck.check_task(task, cfg)
   gradcheck.assert_gradients_flow(report)
   assert report.trainable > 0 and report.frozen == 0
@@ -41,7 +41,8 @@ def test_cpu_recipe_gradients_flow(problems):
   c.train.batch_size = smoke.train.batch_size
   c.cot.update(dict(steps_per_stage=1, stage0_steps=1))
   cfg = c.to_dict()
-  task = train.CotTask(cfg, train=problems[0], valid=problems[1])
-  assert task.loss_kind == "set" and task.relabel and all(task.train_batch(s)["num_thoughts"].max() > 0 for s in (2, 3))
+  task = train.make_task(cfg, train=problems[0], valid=problems[1])
+  assert task.spec.loss_kind == "set" and task.spec.relabel
+  assert all(task.data.train_batch(s)["num_thoughts"].max() > 0 for s in (2, 3))
   report = gradcheck.check_task(task, cfg)
   gradcheck.assert_gradients_flow(report)

@@ -84,57 +84,58 @@ def graph4_task(released):
     c.cot.update(dict(batching=batching, eval_fixed_thoughts=3))
     c.train.batch_size = 24
     problems = released["graph4"][:24]
-    return train.CotTask(c.to_dict(), train=problems, valid=problems)
+    return train.make_task(c.to_dict(), train=problems, valid=problems)
   return make
 
 
 def _evaluate(task, params, graphdef):
   @jax.jit
   def fn(params, batch):
-    return task.loss(nnx.merge(graphdef, params), batch)[1]
+    return task.spec.eval_loss(nnx.merge(graphdef, params), batch)[1]
+  eval_set = task.data.eval_set
   sums = {}
-  for i in range(task.eval_set.num_batches):
-    for k, v in fn(params, task.eval_set.batch(i)).items():
-      sums[k] = sums.get(k, 0.0) + float(v) / task.eval_set.num_batches
+  for i in range(eval_set.num_batches):
+    for k, v in fn(params, eval_set.batch(i)).items():
+      sums[k] = sums.get(k, 0.0) + float(v) / eval_set.num_batches
   return sums
 
 
 def test_evaluation_metrics_against_a_direct_recomputation(graph4_task):
   bucketed, padded = graph4_task("bucketed"), graph4_task("padded")
-  graphdef, params = nnx.split(bucketed.make_model())
+  graphdef, params = nnx.split(bucketed.spec.make_model())
   got = _evaluate(bucketed, params, graphdef)
   assert set(got) == {"acc", "acc_two", "is_cand", "acc_fixed", "acc_two_fixed", "is_cand_fixed",
                       "floor_first", "floor_ancestors", "hop1", "hop2", "hop3", "hop1_mass", "hop2_mass", "hop3_mass"}
-  n = bucketed.eval_set.n
-  rows = bucketed.eval_set.rows
+  n = bucketed.data.eval_set.n
+  rows = bucketed.data.eval_set.rows
   # Floors: brute force on each row's own prompt (the candidate order of the evaluation rows).
   for name in metrics.FLOORS:
-    want = np.mean([brute_force_floors(p, *row["cands"].tolist())[name] for p, row in zip(bucketed.valid, rows)])
+    want = np.mean([brute_force_floors(p, *row["cands"].tolist())[name] for p, row in zip(bucketed.data.valid, rows)])
     assert got[name] == pytest.approx(want, abs=1e-6)
-  for p, row in zip(bucketed.valid, rows):      # the candidates are the prompt's [Q] c1 c2
+  for p, row in zip(bucketed.data.valid, rows):      # the candidates are the prompt's [Q] c1 c2
     tokens = row["tokens_gold"].tolist()
     q = tokens.index(data.QUESTION)
     assert tokens[q + 1:q + 3] == row["cands"].tolist() and set(tokens[q + 1:q + 3]) == {p.target, p.neg_target}
   # Model metrics: from the answer logits of the padded evaluation's full forward, in numpy.
   batch = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
-  full = jax.jit(lambda p, b: [padded._logits(nnx.merge(graphdef, p), b[f"tokens_{name}"], b, f"num_{name}",
-                                               padded.K_eval)[..., :40] for name in ("gold", "fixed")])(params, batch)
+  full = jax.jit(lambda p, b: [padded.spec._logits(nnx.merge(graphdef, p), b[f"tokens_{name}"], b, f"num_{name}",
+                                               padded.spec.K_eval)[..., :40] for name in ("gold", "fixed")])(params, batch)
   # hop k (gold thoughts): the logits at column latent_start − 1 + (k − 1) (the root, then thought k − 1)
   gold = np.asarray(full[0])
   for k in range(1, 4):
     cols = np.array([r["latent_start"] for r in rows]) - 1 + (k - 1)
     logits_k = gold[np.arange(n), cols]
-    want = np.mean([logits_k[i].argmax() in p.neighbor_k()[k] for i, p in enumerate(bucketed.valid)])
+    want = np.mean([logits_k[i].argmax() in p.neighbor_k()[k] for i, p in enumerate(bucketed.data.valid)])
     assert got[f"hop{k}"] == pytest.approx(want, abs=1e-6)
     probs = np.exp(logits_k - logits_k.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
-    mass = np.mean([probs[i, p.neighbor_k()[k]].sum() for i, p in enumerate(bucketed.valid)])
+    mass = np.mean([probs[i, p.neighbor_k()[k]].sum() for i, p in enumerate(bucketed.data.valid)])
     assert got[f"hop{k}_mass"] == pytest.approx(mass, abs=1e-5)
   for logits, suffix, name in zip(full, ("", "_fixed"), ("gold", "fixed")):
     logits = np.asarray(logits)[np.arange(n), np.array([r[f"col_{name}"] for r in rows])]
     answer = logits.argmax(-1)
     c = np.stack([r["cands"] for r in rows])
-    target = np.array([p.target for p in bucketed.valid])
+    target = np.array([p.target for p in bucketed.data.valid])
     two = np.where(logits[np.arange(n), c[:, 1]] > logits[np.arange(n), c[:, 0]], c[:, 1], c[:, 0])
     assert got["acc" + suffix] == pytest.approx(np.mean(answer == target), abs=1e-6)
     assert got["acc_two" + suffix] == pytest.approx(np.mean(two == target), abs=1e-6)

@@ -1,4 +1,5 @@
-"""Continuous thoughts: the KV-cached forward equals the full re-forward per thought (values and grads)."""
+"""Continuous thoughts: the KV-cached forward equals the full re-forward per thought (values and grads), with
+one thought count for every row and with per-row counts."""
 import functools
 
 import jax
@@ -19,6 +20,7 @@ STARTS = np.array([5, 9, 7], np.int32)     # a different prefix length per row
 LENGTHS = np.array([10, 14, 12], np.int32)  # prefix + K thoughts + 2 tokens, then right padding
 TIGHT = th.layout_bounds(STARTS, LENGTHS, K)  # (9, 2): rest windows start at latent_start + K
 CLAMPED = (9, 5)                              # row 1's window is clamped: it recomputes a thought
+COUNTS = np.array([3, 0, 2], np.int32)        # per-row thought counts ≤ K; a row's other slots hold its tokens
 
 
 def tokens(seed=1):
@@ -86,10 +88,10 @@ def detached(model, tokens_BT, latent_start_B, *, num_thoughts, **unused):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def loss_grads(graphdef, forward, state, tokens_BT, latent_start_B, weights_BT):
+def loss_grads(graphdef, forward, state, tokens_BT, latent_start_B, weights_BT, num_thoughts_B=None):
   """Shifted cross-entropy on the weighted positions plus a term on the thoughts themselves."""
   def loss(state):
-    out = forward(nnx.merge(graphdef, state), tokens_BT, latent_start_B, num_thoughts=K,
+    out = forward(nnx.merge(graphdef, state), tokens_BT, latent_start_B, num_thoughts=K, num_thoughts_B=num_thoughts_B,
                   prefix_len=TIGHT[0], rest_len=TIGHT[1])
     ce = optax.softmax_cross_entropy_with_integer_labels(out.logits_BTV[:, :-1], tokens_BT[:, 1:])
     return (ce * weights_BT[:, 1:]).sum() + 0.1 * jnp.square(out.thoughts_BKD).mean()
@@ -112,6 +114,39 @@ def test_gradients_flow_through_thoughts(gpt2):
   _, grads_d = loss_grads(graphdef, detached, *args)
   gap = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(grads_d), flat_r))
   assert gap > 1e-3, "gradients through the fed-back thoughts should change the parameter gradients"
+
+
+@pytest.mark.parametrize("bounds", [(None, None), TIGHT, CLAMPED], ids=["default", "tight", "clamped"])
+def test_per_row_counts_equal_reforward(gpt2, bounds):
+  """Per-row counts (one row without thoughts): the cached forward equals the re-forward reference, the thoughts
+  past a row's count are zero, and each row equals its own forward with its count for every row."""
+  tok = tokens(7)
+  cached = th.forward_with_thoughts(gpt2, tok, STARTS, K, num_thoughts_B=COUNTS, prefix_len=bounds[0],
+                                    rest_len=bounds[1], lengths_B=LENGTHS)
+  ref = th.forward_with_thoughts(gpt2, tok, STARTS, K, num_thoughts_B=COUNTS, method="reforward")
+  np.testing.assert_allclose(cached.thoughts_BKD, ref.thoughts_BKD, atol=1e-5, rtol=1e-5)
+  assert (np.asarray(cached.thoughts_BKD)[np.arange(K)[None] >= COUNTS[:, None]] == 0).all()
+  valid = valid_mask()
+  np.testing.assert_allclose(np.asarray(cached.logits_BTV)[valid], np.asarray(ref.logits_BTV)[valid], atol=2e-5,
+                             rtol=1e-5)
+  for b, count in enumerate(COUNTS):
+    alone = th.forward_with_thoughts(gpt2, tok[b:b + 1], STARTS[b:b + 1], int(count), method="reforward")
+    end = LENGTHS[b]
+    np.testing.assert_allclose(np.asarray(cached.logits_BTV)[b, :end], np.asarray(alone.logits_BTV)[0, :end],
+                               atol=2e-5, rtol=1e-5)
+
+
+def test_per_row_counts_gradients(gpt2):
+  graphdef, state = nnx.split(gpt2)
+  weights = jnp.asarray(valid_mask() & (np.arange(T)[None] >= STARTS[:, None]), jnp.float32)
+  args = (state, jnp.asarray(tokens(8)), jnp.asarray(STARTS), weights, jnp.asarray(COUNTS))
+  loss_c, grads_c = loss_grads(graphdef, th.cached_forward, *args)
+  loss_r, grads_r = loss_grads(graphdef, th.reforward, *args)
+  np.testing.assert_allclose(loss_c, loss_r, rtol=1e-5)
+  flat_r = jax.tree.leaves(grads_r)
+  scale = max(float(np.abs(g).max()) for g in flat_r)
+  for g_c, g_r in zip(jax.tree.leaves(grads_c), flat_r):
+    np.testing.assert_allclose(g_c, g_r, rtol=1e-4, atol=1e-5 * scale)
 
 
 @pytest.mark.parametrize("bounds", [(None, None), (9, 5)], ids=["default", "tight"])
@@ -151,6 +186,11 @@ def test_layout_checks():
     th.check_layout((3, T), STARTS, K, *TIGHT, lengths_B=LENGTHS + 1)
   with pytest.raises(ValueError, match="prefix_len=14"):
     th.check_layout((3, T), STARTS, K, prefix_len=14)
+  with pytest.raises(ValueError, match="counts in"):
+    th.check_layout((3, T), STARTS, K, num_thoughts_B=np.array([0, 4, 1]))
+  with pytest.raises(ValueError, match="shorter than"):
+    th.check_layout((3, T), STARTS, K, lengths_B=STARTS + 1, num_thoughts_B=np.array([2, 0, 1]))
+  th.check_layout((3, T), STARTS, K, *TIGHT, lengths_B=STARTS + 1, num_thoughts_B=np.array([1, 0, 1]))
   with pytest.raises(ValueError, match="method="):
     th.forward_with_thoughts(None, np.zeros((3, T), np.int32), STARTS, K, method="fast")
 

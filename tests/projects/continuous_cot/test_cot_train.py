@@ -9,7 +9,7 @@ import pytest
 from superpose.train import config as config_lib
 
 from configs.continuous_cot import paper as paper_cfg, scaled as scaled_cfg
-from projects.continuous_cot import data, graphs, thoughts as th, train
+from projects.continuous_cot import data, graphs, rows, thoughts as th, train
 from projects.continuous_cot import analysis, evaluate as cot_eval
 from projects.continuous_cot.graphs import Problem
 from superpose.nn.testing import random_model
@@ -28,23 +28,23 @@ def test_curriculum_rows_token_exact():
   expect = {0: (TOY_PROMPT + [1], 0), 1: (TOY_PROMPT + [L, 2], 1), 2: (TOY_PROMPT + [L, L, 3], 2),
             3: (TOY_PROMPT + [L, L, L, A, 3], 3)}
   for s, (tokens, count) in expect.items():
-    got, n, col = train.coconut_row(TOY, s, prompt, random.Random(s))
+    got, n, col = rows.coconut_row(TOY, s, prompt, random.Random(s))
     assert (got, n, col) == (tokens, count, len(tokens) - 2)
   # Stage 0 supervises the root position; stage s the last latent; the final stage the [A] position.
-  assert train.coconut_row(TOY, 0, prompt, random.Random(0))[2] == len(prompt) - 1
-  assert train.coconut_row(TOY, 2, prompt, random.Random(0))[2] == len(prompt) + 1
+  assert rows.coconut_row(TOY, 0, prompt, random.Random(0))[2] == len(prompt) - 1
+  assert rows.coconut_row(TOY, 2, prompt, random.Random(0))[2] == len(prompt) + 1
   # Coconut-BFS: the stage-0 label is any node one hop from the root (1 or 6), the path label only 1.
-  assert {train.coconut_row(TOY, 0, prompt, random.Random(i), "bfs")[0][-1] for i in range(40)} == {1, 6}
-  assert {train.coconut_row(TOY, 0, prompt, random.Random(i), "path")[0][-1] for i in range(40)} == {1}
+  assert {rows.coconut_row(TOY, 0, prompt, random.Random(i), "bfs")[0][-1] for i in range(40)} == {1, 6}
+  assert {rows.coconut_row(TOY, 0, prompt, random.Random(i), "path")[0][-1] for i in range(40)} == {1}
   with pytest.raises(ValueError):
-    train.coconut_row(TOY, 4, prompt, random.Random(0))
+    rows.coconut_row(TOY, 4, prompt, random.Random(0))
   # Stages: min(scheduled, D); mixing draws from [0, min(scheduled, D)].
-  assert [train.coconut_stage(TOY, st, random.Random(0), 0.0) for st in range(6)] == [0, 1, 2, 3, 3, 3]
-  mixed = {train.coconut_stage(TOY, 2, random.Random(i), 1.0) for i in range(60)}
+  assert [rows.coconut_stage(TOY, st, random.Random(0), 0.0) for st in range(6)] == [0, 1, 2, 3, 3, 3]
+  mixed = {rows.coconut_stage(TOY, 2, random.Random(i), 1.0) for i in range(60)}
   assert mixed == {0, 1, 2}
   # Baselines.
-  assert train.language_row(TOY, prompt, random.Random(0), "cot") == (TOY_PROMPT + [1, 2, 3, A, 3, EOS], 19)
-  assert train.language_row(TOY, prompt, random.Random(0), "nocot") == (TOY_PROMPT + [A, 3, EOS], 19)
+  assert rows.language_row(TOY, prompt, random.Random(0), "cot") == (TOY_PROMPT + [1, 2, 3, A, 3, EOS], 19)
+  assert rows.language_row(TOY, prompt, random.Random(0), "nocot") == (TOY_PROMPT + [A, 3, EOS], 19)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_loss_mask_and_schedule(gen_dir, batching):
   config = _config("coconut", gen_dir)
   config.cot.batching = batching
   cfg = config.to_dict()
-  task = train.CotTask(cfg)
+  task = train.make_task(cfg).data
   for step in (1, 2, 3, 4, 5, 6):
     b = task.train_batch(step)
     width = task.T if batching == "padded" else task.width(task.step_rows(step))
@@ -93,7 +93,7 @@ def test_loss_mask_and_schedule(gen_dir, batching):
   # Step 1 is stage 0 for every row (no mixing possible): no thoughts, label a depth-1 node.
   assert (task.train_batch(1)["num_thoughts"] == 0).all()
   for method, extra in (("cot", 3), ("nocot", 3)):
-    t2 = train.CotTask(_config(method, gen_dir).to_dict())
+    t2 = train.make_task(_config(method, gen_dir).to_dict()).data
     b = t2.train_batch(1)
     w = b["weights"].sum(1)
     if method == "nocot":
@@ -109,7 +109,7 @@ def test_loss_mask_and_schedule(gen_dir, batching):
 
 def test_batches_pure_function_of_seed_and_step(gen_dir):
   cfg = _config("coconut", gen_dir).to_dict()
-  a, b = train.CotTask(cfg), train.CotTask(cfg)
+  a, b = train.make_task(cfg).data, train.make_task(cfg).data
   for step in (3, 1, 7):
     x, y = a.train_batch(step), b.train_batch(step)
     assert all((x[k] == y[k]).all() for k in x)
@@ -120,13 +120,15 @@ def test_batches_pure_function_of_seed_and_step(gen_dir):
 
 
 def test_rowwise_thoughts_match_cached_forward():
+  """The padded path's call (per-row counts, prefix P, the rest from latent_start + K) row by row equals
+  the cached forward of that row alone with its own count."""
   import jax.numpy as jnp
   model = random_model(th.model_config("tiny", vocab_size=40, max_seq_len=32), seed=0, scale=0.3)
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, 40, (3, 20)).astype(np.int32)
   starts, counts, K, P = np.array([5, 9, 7], np.int32), np.array([2, 0, 1], np.int32), 2, 12
-  got = np.asarray(train.rowwise_thought_forward(model, jnp.asarray(tokens), jnp.asarray(starts),
-                                                  jnp.asarray(counts), max_thoughts=K, prefix_len=P))
+  got = np.asarray(th.cached_forward(model, jnp.asarray(tokens), jnp.asarray(starts), num_thoughts=K,
+                                     num_thoughts_B=jnp.asarray(counts), prefix_len=P, rest_len=20 - P - K).logits_BTV)
   for b in range(3):  # defined up to latent_start + K + (T - P - K): the row's prefix, thoughts and rest
     ref = th.forward_with_thoughts(model, tokens[b:b + 1], starts[b:b + 1], int(counts[b])).logits_BTV
     end = starts[b] + 20 - P
@@ -139,8 +141,10 @@ def _hashes(workdir):
 
 
 @pytest.mark.parametrize("method", train.METHODS)
-def test_smoke_run(method, gen_dir, tmp_path):
+def test_smoke_run(method, gen_dir, tmp_path, check_sampling):
   result = train.run(_config(method, gen_dir, steps=2, eval_every=2, checkpoint_every=2), str(tmp_path))
+  if method == "nocot":   # launch.sample reads the run (a ProsQA prompt is space-separated symbols)
+    check_sampling(tmp_path, data.VOCAB.decode(data.prompt_tokens(data.load(gen_dir / "valid.json")[0])))
   assert result.step == 2 and 0.0 <= result.eval["eval/acc"] <= 1.0 and np.isfinite(result.eval["eval/loss"])
   assert ("eval/acc_fixed" in result.eval) == (method == "coconut")
   sel = json.loads((tmp_path / "selection.json").read_text())
@@ -193,8 +197,7 @@ def test_configs():
   for module in (cpu, plateau):
     for v in module.VARIANTS:
       c = config_lib.to_dict(module.get_config(v))
-      config_lib.check_schema(c, train.extra_sections())
-      config_lib.check_train(c)
+      config_lib.check(c)
   assert plateau.get_config("base").cot.relabel is False and plateau.get_config("relabel_rope_set").cot.loss == "set"
   assert cpu.get_config("cot").cot.method == "cot" and cpu.get_config("coconut").cot.reset_optimizer
   p = paper_cfg.get_config("coconut")

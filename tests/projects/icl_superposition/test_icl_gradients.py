@@ -9,6 +9,6 @@ from superpose.train import config as config_lib, gradcheck
 @pytest.mark.parametrize("config_module", [retrieval_cfg, mod_add_cfg], ids=["retrieval", "mod_add"])
 def test_icl_gradients_flow(config_module):
   cfg = config_lib.to_dict(config_module.get_config("smoke"))
-  report = gradcheck.check_task(train.IclTask(cfg), cfg)
+  report = gradcheck.check_task(train.make_task(cfg), cfg)
   gradcheck.assert_gradients_flow(report)
   assert report.trainable > 0 and report.frozen == 0

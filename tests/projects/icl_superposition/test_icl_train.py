@@ -13,6 +13,7 @@ from projects.icl_superposition import calibrate, capacity, chars, scoring, task
 from superpose.nn import config as nn_config
 from superpose.nn.testing import random_model
 from superpose.train import config as config_lib
+from superpose.train.loader import load_model
 
 NL = chars.VOCAB.id_of("\n")
 
@@ -24,7 +25,7 @@ def _cfg(variant="smoke", **icl):
 
 
 def test_rows_hold_one_task_and_mask_only_answers():
-  task = train.IclTask(_cfg())
+  task = train.make_task(_cfg()).data
   for g in range(20):
     name, (tokens, targets, weights) = task.train_row(g)
     k = int(name.removeprefix("retrieve"))
@@ -43,28 +44,28 @@ def test_rows_hold_one_task_and_mask_only_answers():
     got = chars.VOCAB.decode(targets[hot])
     assert got == "".join(line.split(">")[1] + "\n" for line in lines)
     assert all(tokens[i] == chars.VOCAB.id_of(">") for i in hot[::2])   # predicted from the separator
-  assert task.train_row(3)[0] == train.IclTask(_cfg()).train_row(3)[0]
-  np.testing.assert_array_equal(task.train_row(3)[1][0], train.IclTask(_cfg()).train_row(3)[1][0])
+  assert task.train_row(3)[0] == train.make_task(_cfg()).data.train_row(3)[0]
+  np.testing.assert_array_equal(task.train_row(3)[1][0], train.make_task(_cfg()).data.train_row(3)[1][0])
 
 
 def test_skewed_weights_and_bad_configs():
-  task = train.IclTask(_cfg(task_weights="skewed", n_examples=1))
+  task = train.make_task(_cfg(task_weights="skewed", n_examples=1)).data
   names = [task.train_row(g)[0] for g in range(2000)]
   first_half = np.mean([int(n[-1]) < 4 for n in names])
   assert 0.88 < first_half < 0.92                      # 0.9 ± 2 standard errors (0.0067)
   assert len(set(names)) == 8
   with pytest.raises(config_lib.ConfigError, match="family"):
-    train.IclTask(_cfg(family="country"))
+    train.make_spec(_cfg(family="country"))
   with pytest.raises(config_lib.ConfigError, match="max_seq_len"):
-    train.IclTask(_cfg(n_examples=100))
+    train.make_spec(_cfg(n_examples=100))
   with pytest.raises(config_lib.ConfigError, match="task_weights"):
-    train.IclTask(_cfg(task_weights="zipf"))
+    train.make_spec(_cfg(task_weights="zipf"))
 
 
 def test_configs():
   for v in retrieval_cfg.VARIANTS:
     c = retrieval_cfg.get_config(v)
-    t = train.IclTask(config_lib.to_dict(c) | {"icl": {**c.icl.to_dict(), "eval_prompts": 0}})
+    t = train.make_spec(config_lib.to_dict(c))
     assert t.T <= c.model.max_seq_len
   p = retrieval_cfg.get_config("paper")
   assert (p.model.num_layers, p.model.d_model, p.model.num_heads, p.model.d_ff) == (6, 384, 6, 1536)
@@ -82,10 +83,29 @@ def test_configs():
   short, long_ = mod_add_cfg.get_config("skewed_short"), mod_add_cfg.get_config("skewed_long")
   assert (short.icl.n_examples, short.icl.task_weights, short.train.steps, short.train.init_from) == (20, "skewed", 6000, "")
   assert (long_.icl.n_examples, long_.train.steps, long_.train.init_from) == (100, 400, "workdirs/icl/mod_add_skewed_short")
-  assert train.IclTask(config_lib.to_dict(short)).T == 88
+  assert train.make_spec(config_lib.to_dict(short)).T == 88
   m = mod_add_cfg.get_config("uniform")
   assert (m.icl.family, m.icl.n_examples, m.icl.test_pair, m.optim.eps) == ("mod_add", 100, "random", 1e-8)
-  assert train.IclTask(config_lib.to_dict(m)).T == 408
+  assert train.make_spec(config_lib.to_dict(m)).T == 408
+  # independent keys (big_vision style); the old variant names are aliases of them
+  assert mod_add_cfg.get_config("weights=skewed,stage=short").to_dict() == short.to_dict()
+  assert retrieval_cfg.get_config("weights=skewed,wide").to_dict() == wide.to_dict()
+  ft_keys = retrieval_cfg.get_config("stage=finetune")
+  assert ft_keys.to_dict() == retrieval_cfg.get_config("uniform_from_skewed").to_dict()
+  assert retrieval_cfg.get_config("").to_dict() == retrieval_cfg.get_config("uniform").to_dict()
+  assert retrieval_cfg.parse_arg("skewed_short, heads=3,smoke") == dict(
+      weights="skewed", stage="short", heads=3, wide=False, recipe="scaled", smoke=True)
+  k = mod_add_cfg.get_config("weights=skewed,stage=long,heads=2")
+  assert (k.icl.task_weights, k.model.num_heads, k.model.num_kv_heads, k.train.init_from) == (
+      "skewed", 2, 2, "workdirs/icl/mod_add_skewed_short")
+  for bad, match in [("weight=skewed", "unknown key 'weight'.*weights, stage"),
+                     ("heads=4", r"heads: 1 \| 2 \| 3 \| 6"), ("weights=zipf", r"weights: uniform \| skewed"),
+                     ("stage", "needs a value"), ("heads", "needs a value"), ("skewed,weights=uniform", "given twice"),
+                     ("wide,heads=2", "wide is its own recipe"), ("recipe=paper,stage=short", "stage=full")]:
+    with pytest.raises(ValueError, match=match):
+      retrieval_cfg.get_config(bad)
+  with pytest.raises(ValueError, match="retrieval's recipe"):
+    mod_add_cfg.get_config("weights=skewed,wide")
 
 
 @pytest.fixture(scope="module")
@@ -95,13 +115,14 @@ def smoke_run(tmp_path_factory):
   return workdir, result
 
 
-def test_smoke_run(smoke_run):
+def test_smoke_run(smoke_run, check_sampling):
   workdir, result = smoke_run
   assert result.step == 4
   assert set(result.eval) >= {"eval/loss", "eval/acc", "eval/acc_late"}
   assert np.isfinite(result.eval["eval/loss"]) and 0 <= result.eval["eval/acc"] <= 1
-  config, model = calibrate.load_run(workdir)
-  assert config["icl"]["n_examples"] == 6 and model.cfg.num_layers == 2
+  run = load_model(workdir)
+  assert run.config["icl"]["n_examples"] == 6 and run.model.cfg.num_layers == 2
+  check_sampling(workdir, "abcdefgh>c\nhgfedcba>")
 
 
 def _tiny_model():
@@ -304,7 +325,7 @@ def test_calibrate_and_task_vector_clis(smoke_run, shared_data, tmp_path, monkey
   m = np.asarray(tm["mass"])
   assert m.shape == (3, 8) and (m >= 0).all() and (m.sum(1) <= 1 + 1e-5).all()
   # the two pair columns are the calibration scores of the same prompts
-  config, model = calibrate.load_run(workdir)
+  model = load_model(workdir).model
   for j, d in enumerate(calibrate.MIXING):
     ps = calibrate.mixed_prompts("retrieve2", "retrieve6", 6, d, 4, np.random.default_rng([0, j, 53]), mixing="exact")
     s = scoring.score(model, [p.text for p in ps], [p.answers for p in ps], chars.VOCAB.encode,

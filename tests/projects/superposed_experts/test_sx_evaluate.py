@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from projects.superposed_experts import data, evaluate
-from projects.superposed_experts.train import SuperposedTask, superposed_section
+from projects.superposed_experts.train import SuperposedSpec, superposed_section
 from superpose.data.corpora import text as text_lib
 from superpose.nn.testing import random_model
 from superpose.train import checkpoint as ckpt_lib
@@ -51,7 +51,8 @@ def _pure(model):
 
 def make_runs(root: pathlib.Path, seed: int, k: int = 2) -> dict:
   """Expert workdirs (random models) and, holding copies of them, a superposed, a merge and a trunk run."""
-  lm_cfg = {"trainer": "superpose.train.lm", "model": model_section("gpt2", **MODEL).to_dict()}
+  lm_cfg = {**base_config().to_dict(), "model": model_section("gpt2", **MODEL).to_dict()}
+  lm_cfg["train"]["seq_len"] = SEQ
   experts = [random_model(model_config(lm_cfg), seed=10 * seed + i, scale=0.2) for i in range(k)]
   paths = [_save(root / f"seed{seed}" / f"expert{i}", lm_cfg, _pure(m)) for i, m in enumerate(experts)]
   learned = {}
@@ -61,7 +62,8 @@ def make_runs(root: pathlib.Path, seed: int, k: int = 2) -> dict:
            "superposed": superposed_section(num_experts=k, domains=("english", "french", "python")[:k],
                                             **section).to_dict()}
     cfg["train"]["seq_len"] = SEQ
-    task = SuperposedTask(cfg, stream=object(), eval_sets={})
+    cfg["optim"] = {**cfg["optim"], "frozen": ("trunk/.*", "teachers/.*") if "trunk" in name else ("experts/.*",)}
+    task = SuperposedSpec(cfg)
     params = _pure(task.make_model())
     if task.method == "trunk":
       params["trunk"] = _pure(experts[0])
@@ -168,13 +170,16 @@ def test_pipeline_stages_and_overrides(tmp_path):
     pipeline.trunk_overrides("trunk_r8_wide")
 
 
-def test_load_run_reads_hugging_face_gpt2_directories(tmp_path):
+def test_load_model_reads_hugging_face_gpt2_directories(tmp_path):
   from superpose.nn import hf_gpt2
+  from superpose.train.loader import load_model
   cfg = model_config({"model": model_section("gpt2", **MODEL).to_dict()})
   model = random_model(cfg, seed=3, scale=0.2)
   hf_gpt2.save_hf_gpt2(cfg, _pure(model), tmp_path / "gpt2")
-  assert evaluate.is_hf_dir(tmp_path / "gpt2")
-  graphdef, params, _ = evaluate.load_run(tmp_path / "gpt2")
+  assert hf_gpt2.is_hf_dir(tmp_path / "gpt2") and not hf_gpt2.is_hf_dir(tmp_path)
+  loaded = load_model(tmp_path / "gpt2")
+  graphdef, params = loaded.graphdef, loaded.params
+  assert loaded.config == {"hf": str(tmp_path / "gpt2")} and loaded.spec is None
   rows = np.arange(3 * (SEQ + 1)).reshape(3, SEQ + 1) % 200
   ours = evaluate.score(evaluate.lm_scorer(nnx.split(model)[0]), _pure(model), rows)[0]
   np.testing.assert_allclose(evaluate.score(evaluate.lm_scorer(graphdef), params, rows)[0], ours, atol=1e-5)

@@ -14,8 +14,8 @@ def _task(smoke, variant, **superposed):
   cfg = {**cfg, "optim": own["optim"], "superposed": {**cfg["superposed"], **{
       k: own["superposed"][k] for k in ("method", "train_graph", "router", "rank", "gate_hidden", "ae_causal",
                                         "mask_recon")}, **superposed}}
-  task = train.SuperposedTask(cfg)
-  return task, train.checked_optim(cfg, task)   # as train.run: empty groups dropped
+  task = train.make_task(cfg)
+  return task, task.spec.config   # as train.run: experts frozen, empty groups dropped
 
 
 NO_AE = dict(ae_layers=(), train_ae_layers=())
@@ -28,8 +28,8 @@ def test_every_trainable_parameter_gets_a_gradient(smoke, variant, superposed):
   report = gradcheck.check_task(task, cfg)
   gradcheck.assert_gradients_flow(report)
   assert report.trainable > 0 and report.frozen > 0
-  if task.method != "trunk":   # one α (or λ) per layer: every element must have moved the loss
-    assert task.gradient_elementwise
+  if task.spec.method != "trunk":   # one α (or λ) per layer: every element must have moved the loss
+    assert task.spec.gradient_elementwise
 
 
 def test_teacher_forced_blend_only_leaves_alpha_untrained(smoke):

@@ -7,7 +7,7 @@ from flax import nnx
 
 from superpose import nn
 from superpose.nn.testing import random_model
-from superpose.train.lm import lm_loss
+from superpose.train.losses import lm_loss
 from projects.superposed_experts.model import Superposed, SuperposedConfig
 
 EXPERT = nn.gpt2(vocab_size=61, d_model=32, num_layers=3, num_heads=4, d_ff=64, max_seq_len=16, vocab_multiple=8)

@@ -1,7 +1,5 @@
 """The superposition trainer: a smoke run through the loop, the masked loss, optimizer checks, the configs
 (tiny variants; the paper's GPT-2 setting, built from the tiny HF fixture and at full size)."""
-import gzip
-import json
 import math
 import pathlib
 
@@ -14,7 +12,6 @@ from flax import nnx
 from configs.superposed_experts import gpt2 as gpt2_config, tiny
 from projects.superposed_experts import data, train
 from projects.superposed_experts.model import Superposed
-from superpose.data.lm import load_documents
 from superpose.nn.testing import random_model
 from superpose.train import checkpoint, config as config_lib, state as state_lib
 from superpose.train.mesh import make_mesh
@@ -27,7 +24,7 @@ def _pure(tree):
   return {str(k): _pure(v) for k, v in tree.items()} if hasattr(tree, "items") else np.asarray(tree)
 
 
-def test_smoke_run_trains_blend_and_autoencoders_only(smoke, devices8):
+def test_smoke_run_trains_blend_and_autoencoders_only(smoke, devices8, check_sampling):
   cfg, expert_params, root = smoke
   workdir = root / "run"
   result = train.run(cfg, str(workdir))
@@ -36,12 +33,13 @@ def test_smoke_run_trains_blend_and_autoencoders_only(smoke, devices8):
   assert math.isfinite(ev["eval/loss"])
   # Equal batches per domain: the overall loss is the mean of the per-domain ones.
   np.testing.assert_allclose(ev["eval/loss"], (ev["eval/ce/english"] + ev["eval/ce/french"]) / 2, rtol=1e-5)
+  check_sampling(workdir, "ROMEO:")   # launch.sample on a superposed run (no KV cache: full forwards)
   rows = [r for r in read_metrics(workdir) if "lm_loss" in r]
   assert [r["step"] for r in rows] == list(range(1, cfg["train"]["steps"] + 1))
   assert all(r["recon_loss"] > 0 and "recon/0" in r and "recon/1" in r and "alpha/1" in r for r in rows)
   assert rows[-1]["loss"] == pytest.approx(rows[-1]["lm_loss"] + 3.0 * rows[-1]["recon_loss"], rel=1e-5)
   # The experts in the final checkpoint are bit-identical to the runs they came from.
-  task = train.SuperposedTask(cfg, stream=object(), eval_sets={})
+  task = train.SuperposedSpec(cfg)
   mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
   with jax.set_mesh(mesh):
     _, abs_params, _ = state_lib.split_model(task.make_model, mesh)
@@ -53,13 +51,13 @@ def test_smoke_run_trains_blend_and_autoencoders_only(smoke, devices8):
 
 def test_loss_masks_padding(smoke):
   cfg, _, _ = smoke
-  task = train.SuperposedTask(cfg, stream=object(), eval_sets={})
+  task = train.SuperposedSpec(cfg)
   model = task.make_model()
   for k, expert in enumerate(model.experts):
     nnx.update(expert, nnx.state(random_model(task.model_cfg.expert, seed=k, scale=0.1)))
   batch = data.domain_stream(cfg).batch(0)
   batch["weights"][1, 20:] = 0.0            # row 1 ends at position 19
-  loss = nnx.jit(lambda m, b: task.loss(m, b))
+  loss = nnx.jit(lambda m, b: task.train_loss(m, b))
   base, metrics = loss(model, batch)
   changed = {k: v.copy() for k, v in batch.items()}
   changed["targets"][1, 20:] = (changed["targets"][1, 20:] + 5) % 257
@@ -73,16 +71,16 @@ def test_loss_masks_padding(smoke):
 
 def test_optimizer_checks(smoke):
   cfg, _, _ = smoke
-  task = train.SuperposedTask(cfg, stream=object(), eval_sets={})
+  task = train.SuperposedSpec(cfg)
   with pytest.raises(config_lib.ConfigError, match="leaves expert parameters trainable"):
     train.checked_optim({**cfg, "optim": {**cfg["optim"], "frozen": ("experts/0/.*",)}}, task)
   blend_only = tiny.get_config("blend_only").to_dict()
-  checked = train.checked_optim(blend_only, train.SuperposedTask(blend_only, stream=object(), eval_sets={}))
+  checked = train.checked_optim(blend_only, train.SuperposedSpec(blend_only))
   assert [g["pattern"] for g in checked["optim"]["groups"]] == ["(blend|router)/.*"]
   trunk = {**tiny.get_config("smoke_trunk").to_dict()}
   with pytest.raises(config_lib.ConfigError, match="use 'trunk/.\\*'"):   # the trunk left trainable
     train.checked_optim({**trunk, "optim": {**trunk["optim"], "frozen": ("teachers/.*",)}},
-                        train.SuperposedTask(trunk, stream=object(), eval_sets={}))
+                        train.SuperposedSpec(trunk))
   with pytest.raises(config_lib.ConfigError, match="name one run per expert"):
     train.check_experts(("a", ""), 2)
 
@@ -92,13 +90,15 @@ def test_configs_validate(module, variants):
   for variant in variants:
     config = module.get_config(variant)
     cfg = config.to_dict()
-    config_lib.check_schema(cfg, config.extra_sections)   # what launch/common.py does
-    config_lib.check_train(cfg)
-    if cfg["trainer"] == "projects.superposed_experts.train":
+    config_lib.check(cfg)   # what launch/common.py does: the schema of the trainer the config names
+    assert ("superposed" in cfg) == (cfg["trainer"] == "projects.superposed_experts.train")
+    if "superposed" in cfg:
       train.superposed_config(cfg)
   cfg["superposed"]["ae_layerz"] = (1,)
   with pytest.raises(config_lib.ConfigError, match="ae_layerz"):
-    config_lib.check_schema(cfg, train.extra_sections())
+    config_lib.check_schema(cfg)
+  with pytest.raises(config_lib.ConfigError, match="superposed"):   # not a key of the LM trainer
+    config_lib.check_schema({**cfg, "trainer": "superpose.train.lm"})
 
 
 def test_gpt2_config_has_the_paper_sizes():
@@ -120,7 +120,7 @@ def test_gpt2_experts_load_from_hf_directories(smoke):
   cfg["superposed"].update(experts=(str(FIXTURE), str(FIXTURE)), ae_layers=(0,), train_ae_layers=(0, 1), num_control=0,
                            bottleneck=0)
   cfg["train"]["seq_len"] = 32
-  task = train.SuperposedTask(cfg, stream=object(), eval_sets={})
+  task = train.SuperposedSpec(cfg)
   mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
   with jax.set_mesh(mesh):
     graphdef, abs_params, _ = state_lib.split_model(task.make_model, mesh)
@@ -130,7 +130,7 @@ def test_gpt2_experts_load_from_hf_directories(smoke):
   np.testing.assert_allclose(logits, np.load(FIXTURE / "logits.npy"), atol=1e-4)
   cfg["model"]["d_ff"] = 64
   with pytest.raises(config_lib.ConfigError, match="does not match config.model"):
-    train.SuperposedTask(cfg, stream=object(), eval_sets={}).initial_params(
+    train.SuperposedSpec(cfg).initial_params(
         state_lib.split_model(lambda: Superposed(train.superposed_config(cfg), rngs=nnx.Rngs(0)), mesh)[1])
 
 
@@ -145,7 +145,7 @@ def test_merge_and_trunk_train_through_the_loop(smoke, variant):
   workdir = root / variant
   result = train.run(cfg, str(workdir))
   assert result.step == cfg["train"]["steps"] and math.isfinite(result.eval["eval/loss"])
-  task = train.SuperposedTask(cfg, stream=object(), eval_sets={})
+  task = train.SuperposedSpec(cfg)
   mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
   with jax.set_mesh(mesh):
     _, abs_params, _ = state_lib.split_model(task.make_model, mesh)
