@@ -14,6 +14,7 @@ train.py   the from-scratch trainer (spec §2): one task per row, answer-only lo
 scoring.py teacher-forced answer probabilities from a KV-cached prefill for any superpose.nn model,
            top-K complete outputs (r), residual patching at the last prompt token, hidden states
 calibrate.py  mixed-prompt calibration curves of trained runs beside the reference curves (spec §2.4)
+cli.py     what the analysis commands share: one-line errors (exit 2), results as JSON + Markdown
 task_vectors.py  task vectors: extraction, best patch layer, convex combinations vs real mixed prompts
 llm_eval.py   the LLM families on any model (HF GPT-2 directory or a run of this repo): P per task,
            elsewhere, KL, r

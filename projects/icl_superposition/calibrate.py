@@ -27,17 +27,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import pathlib
 import re
 import sys
 
 import numpy as np
 
-from superpose.train.config import ConfigError
 from superpose.train.loader import load_model
 
-from projects.icl_superposition import chars, mixtures, scoring, tables, tasks as tasks_lib
+from projects.icl_superposition import chars, cli, mixtures, scoring, tables, tasks as tasks_lib
 
 MIXING = tuple(round(0.1 * i, 1) for i in range(11))
 REFERENCE_RUNS = {("retrieval", "uniform"): "eval_copy_6_384_6_mix_1",
@@ -371,10 +369,9 @@ def main(argv=None) -> int:
   args = ap.parse_args(argv)
   if args.tables_dir:
     tables.set_tables_dir(args.tables_dir)
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  results = {}
-  try:
+
+  def analyse_runs(out: pathlib.Path) -> dict:
+    results = {}
     conditions = [c for c in args.conditions.split(",") if c]
     for name, dirs in run_groups(args.workdir):
       loaded = [load_model(wd) for wd in dirs]
@@ -395,15 +392,12 @@ def main(argv=None) -> int:
               f"(one-hot oracle {cond['one-hot oracle']['per_prompt']['tv']['mean']:.3f}); "
               f"P(elsewhere) max {m['max_other']:.3f}", flush=True)
       results[name] = res
-  except (FileNotFoundError, ValueError, ConfigError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  if len(results) > 1:
-    overlay(results, out / "calibration_runs.png")
-  (out / "calibration.json").write_text(json.dumps(results, indent=1))
-  (out / "calibration.md").write_text(markdown(results))
-  print(markdown(results))
-  return 0
+    return results
+
+  def overlay_runs(results: dict, out: pathlib.Path) -> None:
+    if len(results) > 1:
+      overlay(results, out / "calibration_runs.png")
+  return cli.run(args.out, "calibration", analyse_runs, markdown, overlay_runs)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,9 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from superpose.train.config import ConfigError
 from superpose.train.loader import load_model
 
-from projects.icl_superposition import calibrate, chars, mixtures, scoring, tasks as tasks_lib
+from projects.icl_superposition import calibrate, chars, cli, mixtures, scoring, tasks as tasks_lib
 
 SHARES = ("uniform", "dirichlet")
 REFERENCES = mixtures.REFERENCES + (mixtures.GUESS,)
@@ -156,9 +155,8 @@ def main(argv=None) -> int:
   ap.add_argument("--add", action="store_true",
                   help="add these models to OUT/capacity.json (same prompts, conditions and seed) instead of starting anew")
   args = ap.parse_args(argv)
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  try:
+
+  def analyse_sizes(out: pathlib.Path) -> dict:
     ks = [int(k) for k in args.ks.split(",")]
     laws = [x for x in args.shares.split(",") if x]
     bad = [x for x in laws if x not in SHARES]
@@ -198,14 +196,8 @@ def main(argv=None) -> int:
       print("  ".join(f"K={k} {law} {name}: r {e['r']['mean']:.2f} TV {e['tv']['mean']:.3f} "
                       f"other {e['other']['mean']:.3f}" for name, e in entry["models"].items()), flush=True)
     bar.close()
-  except (FileNotFoundError, ValueError, ConfigError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  (out / "capacity.json").write_text(json.dumps(results, indent=1))
-  (out / "capacity.md").write_text(markdown(results))
-  plot(results, out / "capacity.png")
-  print(markdown(results))
-  return 0
+    return results
+  return cli.run(args.out, "capacity", analyse_sizes, markdown, lambda results, out: plot(results, out / "capacity.png"))
 
 
 if __name__ == "__main__":

@@ -21,16 +21,14 @@ the prompt majority.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 
 import numpy as np
 
-from superpose.train.config import ConfigError
 from superpose.train.loader import load_model
 
-from projects.icl_superposition import calibrate, chars, scoring, tables, tasks as tasks_lib
+from projects.icl_superposition import calibrate, chars, cli, scoring, tables, tasks as tasks_lib
 
 DISTINCT_FAMILIES = ("retrieval", "mod_add")
 
@@ -168,10 +166,9 @@ def main(argv=None) -> int:
   args = ap.parse_args(argv)
   if args.tables_dir:
     tables.set_tables_dir(args.tables_dir)
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  results = {}
-  try:
+
+  def analyse_pairs(out: pathlib.Path) -> dict:
+    results = {}
     pairs = []
     for p in args.pairs:
       if p.count(",") != 1:
@@ -192,13 +189,8 @@ def main(argv=None) -> int:
         runs["pairs"][f"{task0},{task1}"] = {**res, "mass": res["mass"].tolist()}
         print(f"{name} {task0}×{task1} done", file=sys.stderr, flush=True)
       results[name] = runs
-  except (FileNotFoundError, ValueError, ConfigError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  (out / "task_mass.json").write_text(json.dumps(results, indent=1))
-  (out / "task_mass.md").write_text(markdown(results))
-  print(markdown(results))
-  return 0
+    return results
+  return cli.run(args.out, "task_mass", analyse_pairs, markdown)
 
 
 if __name__ == "__main__":

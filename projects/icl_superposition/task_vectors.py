@@ -22,7 +22,6 @@ Writes task_vectors.json, task_vectors.md and task_vectors_<run>.png.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 
@@ -30,7 +29,7 @@ import numpy as np
 
 from superpose.train.loader import load_model
 
-from projects.icl_superposition import calibrate, chars, mixtures, scoring, tasks as tasks_lib
+from projects.icl_superposition import calibrate, chars, cli, mixtures, scoring, tasks as tasks_lib
 
 LAMBDAS = np.linspace(0.0, 1.0, 30)
 ICL_LAMBDAS = np.linspace(0.0, 1.0, 7)
@@ -157,10 +156,9 @@ def main(argv=None) -> int:
   ap.add_argument("--prompts", type=int, default=100)
   ap.add_argument("--seed", type=int, default=0)
   args = ap.parse_args(argv)
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  results = {}
-  try:
+
+  def analyse_runs(out: pathlib.Path) -> dict:
+    results = {}
     for wd in args.workdir:
       run = load_model(wd)
       config, model = run.config, run.model
@@ -168,13 +166,8 @@ def main(argv=None) -> int:
       results[name] = analyse(model, config, args.prompts, args.seed)
       plot(name, results[name], out / f"task_vectors_{name}.png")
       print(f"{name}: chosen layer {results[name]['best_layer']} (largest move toward the patched answer)", flush=True)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  (out / "task_vectors.json").write_text(json.dumps(results, indent=1))
-  (out / "task_vectors.md").write_text(markdown(results))
-  print(markdown(results))
-  return 0
+    return results
+  return cli.run(args.out, "task_vectors", analyse_runs, markdown)
 
 
 if __name__ == "__main__":
