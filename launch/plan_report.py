@@ -365,7 +365,7 @@ def report_markdown(result: Mapping[str, Any], configs: Sequence[str], md_path: 
            "Step time per chip: compute = model FLOPs per device (superpose.train.flops, causal-halved) / bf16 peak, "
            "i.e. at 100 % MFU; comm = bytes each device sends per step / bandwidth; the step lies between "
            "max(compute, comm) (full overlap, shown) and their sum (in each plan below). "
-           f"MaxText MFU for comparable sizes from ../shared/papers/infra_anchors.md §4.1.", "",
+           "MaxText MFU for comparable sizes from ../shared/papers/infra_anchors.md §4.1.", "",
            "| config | devices | mesh | params | params/dev | opt/dev | temp/dev | peak/dev | largest whole | "
            "collective bytes/step | sent ICI / DCN | v5p step (overlap) | fits v4 · v5e · v5p · v6e · H100 · H200 | "
            "compile | MaxText MFU, comparable size |", "|" + "---|" * 15]

@@ -263,7 +263,7 @@ def markdown(name: str, result: dict, steps: Sequence[int] = STEPS) -> str:
           f"### Inner product ⟨[t_i], u_v⟩ by node group (mean±sd over nodes; paper: RS Table 5, three seeds)\n\n"
           + head + rows(result["inner"], PAPER_INNER)
           + "\n" + order_line("inner") + "\n"
-          f"### Layer-2 attention mass per edge triplet by edge group (mean±sd over edges; paper: RS Table 1)\n\n"
+          "### Layer-2 attention mass per edge triplet by edge group (mean±sd over edges; paper: RS Table 1)\n\n"
           + head + rows(result["attention"], PAPER_ATTENTION)
           + "\n" + order_line("attention"))
 
