@@ -8,7 +8,7 @@ tasks.py   the task families as seeded generators: character retrieval (8 tasks)
 tables.py  the lookup tables (number words, country tables) read from a configurable folder (default
            ../shared/data/icl_tables), and the local word list that replaces the ``random-word`` package
 chars.py   one token per character for the from-scratch models: the 96-character vocabulary (a
-           character tokenizer, registered as ``"icl_chars"``) and answer-only loss masks
+           superpose.data.symbols vocabulary with sep '', registered as ``"icl_chars"``) and answer-only loss masks
 train.py   the from-scratch trainer (spec §2): one task per row, answer-only loss, uniform or skewed
            task draws; make_spec / make_task (``configs/icl_superposition/retrieval.py``)
 scoring.py teacher-forced answer probabilities from a KV-cached prefill for any superpose.nn model,

@@ -2,7 +2,7 @@
 
 Ids: the special tokens first (so ``<pad>`` is 0 by default), then the symbols in the given order.
 Text is a sequence of symbols joined by ``sep`` (a space by default; ``sep=""`` makes every character
-a symbol), which gives these tokenizers the same ``encode(str)``/``decode(ids)`` interface as the
+a symbol, e.g. icl_superposition's character vocabulary, whose specials stay multi-character), which gives these tokenizers the same ``encode(str)``/``decode(ids)`` interface as the
 others. Synthetic projects mostly use ``encode_symbols``/``decode_symbols`` on lists directly.
 
     tok = SymbolTokenizer(("0", "1", "+", "="))
@@ -35,7 +35,9 @@ class SymbolTokenizer:
     dupes = sorted({s for s in vocab if vocab.count(s) > 1})
     if dupes:
       raise ValueError(f"symbols must be distinct (from each other and the specials): repeated {dupes}")
-    bad = [s for s in vocab if not s or (self.sep and self.sep in s) or (not self.sep and len(s) != 1)]
+    # Specials are ids, never parsed from text: with sep '' only the symbols must be single characters.
+    bad = [s for s in vocab if not s or (self.sep and self.sep in s)]
+    bad += [s for s in self.symbols if not self.sep and len(s) != 1]
     if bad:
       raise ValueError(f"symbols {bad} cannot be written with sep={self.sep!r} "
                        "(no empty symbols, none containing sep, single characters when sep is '')")

@@ -179,7 +179,7 @@ def test_sampling_and_skew():
 
 
 def test_char_vocabulary_roundtrip_and_mask():
-  vocab = chars.char_vocabulary()
+  vocab = chars.VOCAB
   assert vocab.vocab_size == 99 and vocab.pad_id == 0 and len(set(chars.CHARACTERS)) == 96
   p = tasks.single_task_prompt("retrieve2", 100, np.random.default_rng(0))
   ids = chars.encode_prompt(p.text)
