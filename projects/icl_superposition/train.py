@@ -152,6 +152,8 @@ class IclData:
     self.spec, self.family, self.n_examples, self.T = spec, spec.family, spec.n_examples, spec.T
     self.seed, self.batch_size = spec.seed, spec.batch_size
     self.weights = task_weights(spec.config)
+    self.stream = loop.RowsStream(lambda g: dict(zip(("tokens", "targets", "weights"), self.train_row(g)[1])),
+                                  self.batch_size)
     self.eval_set = (loop.RowsEvalSet(eval_rows(spec, c["eval_prompts"]), self.batch_size)
                      if c["eval_prompts"] > 0 else None)
     log.info("icl task: family %s (%s weights), %d examples per row, T=%d", c["family"], c["task_weights"],
@@ -163,10 +165,7 @@ class IclData:
     return task.name, example_row(task, self.n_examples, rng, self.T)
 
   def train_batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
-    local = self.batch_size // process_count
-    base = (step - 1) * self.batch_size + process_index * local
-    rows = [self.train_row(base + r)[1] for r in range(local)]
-    return {k: np.stack([r[i] for r in rows]) for i, k in enumerate(("tokens", "targets", "weights"))}
+    return self.stream.train_batch(step, process_index, process_count)
 
 
 def make_spec(config: Mapping) -> IclSpec:

@@ -27,15 +27,12 @@ class ToyData:
   def __init__(self, spec):
     self.spec, self.period = spec, spec.config["toy"]["period"]
     self.eval_set = loop.RowsEvalSet([self.row(-1 - i) for i in range(8)], spec.B)   # rows g < 0: held out
+    self.train_batch = loop.RowsStream(self.row, spec.B).train_batch                  # row g of the seeded order
   def row(self, g):
     rng = np.random.default_rng([self.spec.config["seed"], g + 2 ** 20])
     block = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), self.period))
     ids = np.asarray(self.spec.tokenizer().encode(block * (self.spec.T // self.period + 2)), np.int32)
     return {"tokens": ids[:self.spec.T], "targets": ids[1:self.spec.T + 1], "weights": np.ones(self.spec.T, np.float32)}
-  def train_batch(self, step, process_index, process_count):
-    local = self.spec.B // process_count
-    rows = [self.row((step - 1) * self.spec.B + process_index * local + r) for r in range(local)]
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def make_spec(cfg): return ToySpec(cfg)

@@ -55,6 +55,22 @@ class RowsEvalSet:
     return out
 
 
+class RowsStream:
+  """Training batches assembled row by row: global row g of step s (1-based) is ``row(g)`` with
+  g = (s − 1)·batch_size + r, a dict of equally shaped arrays; each process builds only its share of the rows.
+  A task's ``train_batch`` when its rows are a pure function of their global index (the counterpart of
+  :class:`RowsEvalSet`)."""
+
+  def __init__(self, row, batch_size: int):
+    self.row, self.batch_size = row, batch_size
+
+  def train_batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+    local = self.batch_size // process_count
+    first = (step - 1) * self.batch_size + process_index * local
+    rows = [self.row(first + r) for r in range(local)]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
 class NonFiniteLoss(FloatingPointError):
   pass
 
