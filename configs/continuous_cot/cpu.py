@@ -21,6 +21,7 @@ projects/continuous_cot/metrics.py and the hop-k accuracy of the thoughts). Resu
 projects/continuous_cot/results/README.md.
 """
 from configs.continuous_cot import scaled
+from superpose.train.config import variant as config_variant
 
 VARIANTS = ("coconut", "coconut_set", "cot", "nocot", "coconut_long", "cot_long", "nocot_long")
 STEPS = 3500
@@ -28,9 +29,7 @@ LONG = 7000   # the *_long variants: twice the budget, Coconut's stages 1–4 of
 
 
 def get_config(variant: str = "coconut"):
-  variant = variant or "coconut"
-  if variant not in VARIANTS:
-    raise ValueError(f"configs/continuous_cot/cpu.py: unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+  variant = config_variant(variant, VARIANTS, "coconut", "configs/continuous_cot/cpu.py")
   long = variant.endswith("_long")
   c = scaled.get_config(variant.replace("_long", "").replace("_set", ""))
   c.cot.update(dict(steps_per_stage=750 if long else 300, stage0_steps=1500, reset_optimizer=True, relabel=True,

@@ -26,7 +26,7 @@ the follow-up's recipe (Emergence of Superposition, spec §5.3: `args/coconut_{s
 set-valued loss −log Σ_{v ∈ frontier} p(v). Its lr is not in the spec: 1e-4 as the paper. The CPU-scale
 evidence for why these matter (the stage-0 plateau): projects/continuous_cot/results/README.md.
 """
-from superpose.train.config import base_config, model_section
+from superpose.train.config import base_config, model_section, variant as config_variant
 
 from projects.continuous_cot.thoughts import SIZES
 
@@ -38,9 +38,7 @@ STEPS = EPOCHS * TRAIN_PROBLEMS // BATCH          # 17,578
 
 
 def get_config(variant: str = "coconut"):
-  variant = variant or "coconut"
-  if variant not in VARIANTS:
-    raise ValueError(f"configs/continuous_cot/paper.py: unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+  variant = config_variant(variant, VARIANTS, "coconut", "configs/continuous_cot/paper.py")
   c = base_config("projects.continuous_cot.train")
   eos = variant.startswith("eos")
   method = "coconut" if variant in ("coconut_bfs", "rs_code") or eos else variant

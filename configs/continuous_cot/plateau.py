@@ -15,6 +15,7 @@ no model beats 0.956 nats, uniform over the root's children 3.13 is the plateau)
 at the root is a depth-1 node on a shortest path). Measured results: projects/continuous_cot/results/README.md.
 """
 from configs.continuous_cot import scaled
+from superpose.train.config import variant as config_variant
 
 VARIANTS = ("base", "relabel", "relabel_rope", "relabel_rope_set", "relabel_rope_bfs")
 STEPS = 1500
@@ -22,9 +23,7 @@ STAGE0 = 1_000_000
 
 
 def get_config(variant: str = "relabel_rope"):
-  variant = variant or "relabel_rope"
-  if variant not in VARIANTS:
-    raise ValueError(f"configs/continuous_cot/plateau.py: unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+  variant = config_variant(variant, VARIANTS, "relabel_rope", "configs/continuous_cot/plateau.py")
   c = scaled.get_config("coconut_bfs" if variant.endswith("_bfs") else "coconut")
   # stage 0 for the whole run, however long (a longer run, --config.train.steps=N, stays in stage 0)
   c.cot.update(dict(steps_per_stage=STAGE0, stage0_steps=STAGE0, relabel=variant != "base",

@@ -34,7 +34,7 @@ Earlier measurements of the padded path on this 2-core CPU shared with other job
 Variants: coconut (default), coconut_bfs (Coconut-BFS labels), cot, nocot, smoke (tiny model, 4 steps, the
 test-suite size; needs --config.cot.data_dir pointing at a small generated set).
 """
-from superpose.train.config import base_config, model_section
+from superpose.train.config import base_config, model_section, variant as config_variant
 
 from projects.continuous_cot.thoughts import SIZES
 
@@ -46,9 +46,7 @@ BATCH = 32
 
 
 def get_config(variant: str = "coconut"):
-  variant = variant or "coconut"
-  if variant not in VARIANTS:
-    raise ValueError(f"configs/continuous_cot/scaled.py: unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+  variant = config_variant(variant, VARIANTS, "coconut", "configs/continuous_cot/scaled.py")
   c = base_config("projects.continuous_cot.train")
   method = {"coconut_bfs": "coconut", "smoke": "coconut"}.get(variant, variant)
   c.cot.update(dict(method=method, data_dir=DATA_DIR, steps_per_stage=STEPS_PER_STAGE, uniform_prob=0.1,

@@ -99,6 +99,15 @@ def section(declaration: Declaration, **overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({k: overrides.get(k, v) for k, (v, _) in declaration.items()})
 
 
+def variant(arg: str | None, variants, default: str, where: str) -> str:
+  """A config file's variant: ``arg`` (empty: ``default``) when it is one of ``variants``, else a ValueError that
+  names them (``where``: the config file)."""
+  name = arg or default
+  if name not in variants:
+    raise ValueError(f"{where}: unknown variant {name!r} (known: {', '.join(variants)})")
+  return name
+
+
 def trainer_sections(trainer: str) -> dict[str, Declaration]:
   """The sections ``trainer`` declares (its module's ``CONFIG_SECTIONS``; none for a plain LM)."""
   import importlib
