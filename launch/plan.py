@@ -131,21 +131,6 @@ def resolve_mesh(config, devices: int, slices: int | None, ici_text: str | None,
   return ici, dcn, slices
 
 
-# --- the spec of any trainer ---------------------------------------------------------------------------------
-
-def make_spec(cfg: Mapping[str, Any]):
-  """``cfg['trainer']``'s data-free spec (superpose.train.task): its ``make_spec(cfg)``; no file is read."""
-  trainer = cfg["trainer"]
-  try:
-    module = importlib.import_module(trainer)
-  except ImportError as e:
-    raise PlanError(f"config.trainer={trainer!r} cannot be imported: {e}") from None
-  if not hasattr(module, "make_spec"):
-    raise PlanError(f"config.trainer={trainer!r} has no make_spec(cfg) (superpose.train.task says what a trainer "
-                    "exposes)")
-  return module.make_spec(cfg)
-
-
 # --- the compile (runs in the subprocess) -----------------------------------------------------------------
 
 def _leaf_bytes(a, per_device: bool) -> int:
@@ -159,6 +144,7 @@ def plan_one(job: Mapping[str, Any]) -> dict[str, Any]:
   from superpose.nn import sharding as shd
   from superpose.train import config as config_lib, loop, optim, state as state_lib, step as step_lib
   from superpose.train import task as task_lib
+  from superpose.train.loader import make_spec
   from superpose.train.mesh import make_mesh
 
   config = load_config(job["config"], job["overrides"])
@@ -172,7 +158,7 @@ def plan_one(job: Mapping[str, Any]) -> dict[str, Any]:
     config.model.attention = "xla"
   config.mesh.ici, config.mesh.dcn = ici, dcn
   cfg = config_lib.to_dict(config)
-  spec = make_spec(cfg)
+  spec = make_spec(cfg)   # the trainer's data-free spec (superpose.train.loader.make_spec): no file is read
   mesh = make_mesh(ici, dcn)
   rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in cfg["sharding"]["rules"])
   with jax.set_mesh(mesh), shd.axis_rules(rules):

@@ -16,6 +16,8 @@ from launch import plan_report as rep
     (["--config", "configs/lm/scale.py:125m", "--devices", "8", "--config.train.nope=1"], "config.train.nope"),
     (["--config", "configs/lm/scale.py:125m", "--devices", "8", "--bogus"], "unexpected arguments: --bogus"),
     (["--devices", "8"], "--config and --devices are required"),
+    (["--config", "configs/lm/scale.py:125m", "--devices", "8", "--config.trainer=projects.nope.train"],
+     "config.trainer='projects.nope.train' cannot be imported"),
 ])
 def test_plan_bad_input_is_one_line(capsys, argv, message):
   assert plan.main(argv) == 2

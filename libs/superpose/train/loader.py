@@ -66,8 +66,8 @@ def with_defaults(recorded: dict) -> dict:
   at their defaults; the model section as recorded."""
   out = config_lib.base_config(recorded.get("trainer")).to_dict()
   for key, value in recorded.items():
-    out[key] = {**out[key], **value} if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "model" \
-        else value
+    section = isinstance(value, dict) and isinstance(out.get(key), dict) and key != "model"
+    out[key] = {**out[key], **value} if section else value
   return out
 
 
