@@ -36,5 +36,11 @@ class ToyData:
 
 
 def make_spec(cfg): return ToySpec(cfg)
-def make_task(cfg): return Task(ToySpec(cfg), ToyData(ToySpec(cfg)))
-def run(config, workdir): return loop.train(config_lib.to_dict(config), workdir, make_task(config_lib.to_dict(config)))
+def make_task(cfg):
+  spec = ToySpec(cfg)
+  return Task(spec, ToyData(spec))
+
+
+def run(config, workdir):
+  cfg = config_lib.to_dict(config)
+  return loop.train(cfg, workdir, make_task(cfg))

@@ -108,14 +108,18 @@ def variant(arg: str | None, variants, default: str, where: str) -> str:
   return name
 
 
-def trainer_sections(trainer: str) -> dict[str, Declaration]:
-  """The sections ``trainer`` declares (its module's ``CONFIG_SECTIONS``; none for a plain LM)."""
+def trainer_module(trainer: str):
+  """The module ``config.trainer`` names (ConfigError when it cannot be imported)."""
   import importlib
   try:
-    module = importlib.import_module(trainer)
-  except ImportError as e:
+    return importlib.import_module(trainer)
+  except (ImportError, TypeError) as e:
     raise ConfigError(f"config.trainer={trainer!r} cannot be imported: {e}") from None
-  return dict(getattr(module, "CONFIG_SECTIONS", {}))
+
+
+def trainer_sections(trainer: str) -> dict[str, Declaration]:
+  """The sections ``trainer`` declares (its module's ``CONFIG_SECTIONS``; none for a plain LM)."""
+  return dict(getattr(trainer_module(trainer), "CONFIG_SECTIONS", {}))
 
 
 def base_config(trainer: str | None = None) -> ml_collections.ConfigDict:

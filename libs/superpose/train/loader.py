@@ -13,7 +13,7 @@ recorded, as ``launch.train`` does.
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import functools
 import os
 import pathlib
 from typing import Any
@@ -40,7 +40,7 @@ class Loaded:
   params: Any
   checkpoint: pathlib.Path
 
-  @property
+  @functools.cached_property
   def model(self) -> nnx.Module:
     return nnx.merge(self.graphdef, self.params)
 
@@ -52,10 +52,7 @@ class Loaded:
 def make_spec(config: dict):
   """The spec of the trainer a run recorded (its module's ``make_spec``)."""
   trainer = config.get("trainer")
-  try:
-    module = importlib.import_module(trainer)
-  except (ImportError, TypeError) as e:
-    raise ConfigError(f"config.trainer={trainer!r} cannot be imported: {e}") from None
+  module = config_lib.trainer_module(trainer)
   if not hasattr(module, "make_spec"):
     raise ConfigError(f"config.trainer={trainer!r} has no make_spec(config) (see superpose.train.task)")
   return module.make_spec(config)
