@@ -19,6 +19,7 @@ run: $(VENV)/.installed
 	$(VENV)/bin/python -m launch.train --config configs/lm/tiny.py --workdir $(WORKDIR)
 
 test: $(VENV)/.installed
+	$(VENV)/bin/python -m ruff format --check --quiet .
 	$(VENV)/bin/python -m ruff check --quiet .
 	$(VENV)/bin/python -m pytest -n 2 -q
 

@@ -11,6 +11,7 @@ save and restore times, and the ratios with/without (1.00 = free). The checksums
 arrays live, so on an accelerator they cost a pass over device memory; on a CPU they share the cores with
 the writer threads.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,11 @@ from superpose.train.mesh import make_mesh
 
 
 def build_state(size: str, param_dtype: str | None):
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))   # configs/ live in the checkout
+  sys.path.insert(
+    0, str(pathlib.Path(__file__).resolve().parents[1])
+  )  # configs/ live in the checkout
   from configs.lm import scale
+
   cfg = scale.get_config(size).to_dict()
   if param_dtype:
     cfg["model"]["param_dtype"] = param_dtype
@@ -56,7 +60,9 @@ def timed(fn) -> float:
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--size", default="125m")
-  ap.add_argument("--param-dtype", default=None, help="e.g. float32 (the scale configs use bfloat16)")
+  ap.add_argument(
+    "--param-dtype", default=None, help="e.g. float32 (the scale configs use bfloat16)"
+  )
   ap.add_argument("--rounds", type=int, default=3)
   ap.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
   args = ap.parse_args()
@@ -64,13 +70,17 @@ def main():
   state, abstract, mesh = build_state(args.size, args.param_dtype)
   leaves = jax.tree.leaves(state)
   nbytes = sum(x.nbytes for x in leaves)
-  print(f"{args.size} train state: {sum(x.size for x in jax.tree.leaves(state['params'])) / 1e6:.1f} M parameters, "
-        f"{len(leaves)} arrays, {nbytes / 2**20:.0f} MiB ({jax.devices()[0].device_kind}, "
-        f"{jax.devices()[0].platform})")
+  print(
+    f"{args.size} train state: {sum(x.size for x in jax.tree.leaves(state['params'])) / 1e6:.1f} M parameters, "
+    f"{len(leaves)} arrays, {nbytes / 2**20:.0f} MiB ({jax.devices()[0].device_kind}, "
+    f"{jax.devices()[0].platform})"
+  )
 
-  integrity.checksums(state)                      # compile
+  integrity.checksums(state)  # compile
   sums = [timed(lambda: integrity.checksums(state)) for _ in range(5)]
-  print(f"checksums alone: median {statistics.median(sums):.3f} s ({nbytes / statistics.median(sums) / 2**30:.2f} GiB/s)")
+  print(
+    f"checksums alone: median {statistics.median(sums):.3f} s ({nbytes / statistics.median(sums) / 2**30:.2f} GiB/s)"
+  )
 
   root = pathlib.Path(args.dir or tempfile.mkdtemp(prefix="ckpt_bench_"))
   times = {(kind, on): [] for kind in ("save", "restore") for on in (True, False)}
@@ -96,8 +106,10 @@ def main():
   med = {k: statistics.median(v) for k, v in times.items()}
   for kind in ("save", "restore"):
     ratios = [a / b for a, b in zip(times[kind, True], times[kind, False])]
-    print(f"{kind:7s} with checksums {med[kind, True]:.2f} s, without {med[kind, False]:.2f} s: "
-          f"ratio {med[kind, True] / med[kind, False]:.3f} (per round {', '.join(f'{x:.3f}' for x in ratios)})")
+    print(
+      f"{kind:7s} with checksums {med[kind, True]:.2f} s, without {med[kind, False]:.2f} s: "
+      f"ratio {med[kind, True] / med[kind, False]:.3f} (per round {', '.join(f'{x:.3f}' for x in ratios)})"
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Prints, measured side by side in one run:
 Rounds alternate the two (ABBA order) and the medians of per-round values are reported.
 Targets (issue 3): overhead ratio ≥ 0.97, MFU ≥ 36 %.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,10 @@ from superpose.train.mesh import make_mesh
 
 L, D, H, T, B, V = 6, 512, 8, 256, 8, 4096
 DTYPE = "float32"
-SIZES = {"default": (6, 512, 8, 256, 8, 4096, "float32"), "350m": (24, 1024, 16, 1024, 8, 50304, "bfloat16")}
+SIZES = {
+  "default": (6, 512, 8, 256, 8, 4096, "float32"),
+  "350m": (24, 1024, 16, 1024, 8, 50304, "bfloat16"),
+}
 
 
 def matmul_peak(sizes=(2048, 4096), repeats=5) -> float:
@@ -51,7 +55,7 @@ def matmul_peak(sizes=(2048, 4096), repeats=5) -> float:
     for _ in range(repeats):
       t = time.perf_counter()
       f(x).block_until_ready()
-      best = max(best, 2 * n ** 3 / (time.perf_counter() - t))
+      best = max(best, 2 * n**3 / (time.perf_counter() - t))
   return best
 
 
@@ -60,7 +64,9 @@ def batches(n: int, seed: int = 0):
   out = []
   for _ in range(n):
     rows = rng.integers(0, V, (B, T + 1), dtype=np.int32)
-    out.append({"inputs": rows[:, :-1], "targets": rows[:, 1:], "weights": np.ones((B, T), np.float32)})
+    out.append(
+      {"inputs": rows[:, :-1], "targets": rows[:, 1:], "weights": np.ones((B, T), np.float32)}
+    )
   return out
 
 
@@ -77,19 +83,24 @@ def superpose_runner(cfg, mesh):
   tx, _ = optim.make_optimizer(OPTIM, abs_params, 1000)
   state, state_sh = state_lib.create(make, tx, abs_params, mesh)
   batch_sh = {k: NamedSharding(mesh, P()) for k in ("inputs", "targets", "weights")}
-  step = step_lib.jit_train_step(step_lib.make_train_step(graphdef, loss_fn, tx), state_sh, batch_sh)
+  step = step_lib.jit_train_step(
+    step_lib.make_train_step(graphdef, loss_fn, tx), state_sh, batch_sh
+  )
   holder = {"state": state}
 
   def run(host_batches):
     pending = None
     for host in host_batches:
-      batch = {k: jax.make_array_from_process_local_data(batch_sh[k], v, v.shape) for k, v in host.items()}
+      batch = {
+        k: jax.make_array_from_process_local_data(batch_sh[k], v, v.shape) for k, v in host.items()
+      }
       holder["state"], metrics = step(holder["state"], batch)
       if pending is not None:
-        float(pending["loss"])   # the loop fetches the previous step's metrics
+        float(pending["loss"])  # the loop fetches the previous step's metrics
       pending = metrics
     jax.block_until_ready(holder["state"])
     return float(pending["loss"])
+
   return run
 
 
@@ -110,6 +121,7 @@ def plain_runner(cfg):
       holder["params"], holder["opt"], loss = step(holder["params"], holder["opt"], host)
     jax.block_until_ready(holder["params"])
     return float(loss)
+
   return run
 
 
@@ -123,14 +135,20 @@ def main():
 
   global L, D, H, T, B, V, DTYPE
   device = jax.devices()[0]
-  print(f"device: {device.device_kind} ({device.platform}), {jax.local_device_count()} local device(s); "
-        f"jax {jax.__version__}")
+  print(
+    f"device: {device.device_kind} ({device.platform}), {jax.local_device_count()} local device(s); "
+    f"jax {jax.__version__}"
+  )
   size = args.size
   if size != "default" and device.platform == "cpu" and not args.force:
-    print(f"--size {size} is the accelerator benchmark; this is a CPU, so the default shape runs (--force to override)")
+    print(
+      f"--size {size} is the accelerator benchmark; this is a CPU, so the default shape runs (--force to override)"
+    )
     size = "default"
   L, D, H, T, B, V, DTYPE = SIZES[size]
-  cfg = nn.gpt2(vocab_size=V, d_model=D, num_layers=L, num_heads=H, max_seq_len=T, d_ff=4 * D, dtype=DTYPE)
+  cfg = nn.gpt2(
+    vocab_size=V, d_model=D, num_layers=L, num_heads=H, max_seq_len=T, d_ff=4 * D, dtype=DTYPE
+  )
   mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
   flops_per_step = flops.train_flops_per_token(cfg, T) * B * T
   peak_before = matmul_peak()
@@ -139,7 +157,7 @@ def main():
   with jax.set_mesh(mesh):
     runners = {"superpose": superpose_runner(cfg, mesh), "plain jit": plain_runner(cfg)}
     data = batches(args.steps)
-    for run in runners.values():   # compile and warm up
+    for run in runners.values():  # compile and warm up
       run(data[:2])
     times = {name: [] for name in runners}
     for r in range(args.rounds):
@@ -151,21 +169,29 @@ def main():
   peak = max(peak_before, matmul_peak())
   if device.platform != "cpu":
     table_peak, source = flops.device_peak_flops(device)
-    if table_peak == table_peak:   # known chip: MFU against its bf16 dense peak
+    if table_peak == table_peak:  # known chip: MFU against its bf16 dense peak
       peak = table_peak
       print(f"MFU against the {source}: {peak / 1e12:.0f} TFLOP/s")
 
-  print(f"model: L{L} d{D} H{H} T{T} B{B} V{V} {DTYPE}, {flops_per_step / 1e9:.1f} GFLOP per step "
-        "(6N + 6·L·T·D, N incl. unembedding)")
+  print(
+    f"model: L{L} d{D} H{H} T{T} B{B} V{V} {DTYPE}, {flops_per_step / 1e9:.1f} GFLOP per step "
+    "(6N + 6·L·T·D, N incl. unembedding)"
+  )
   for name, ts in times.items():
     step_time = statistics.median(ts)
-    print(f"{name:>10}: {step_time * 1e3:7.1f} ms/step  {B * T / step_time:8.0f} tokens/s  "
-          f"MFU {flops_per_step / step_time / peak:5.1%}")
+    print(
+      f"{name:>10}: {step_time * 1e3:7.1f} ms/step  {B * T / step_time:8.0f} tokens/s  "
+      f"MFU {flops_per_step / step_time / peak:5.1%}"
+    )
   ratios = [p / s for p, s in zip(times["plain jit"], times["superpose"])]
-  print(f"overhead ratio (plain / superpose step time, median of {args.rounds} rounds): "
-        f"{statistics.median(ratios):.3f}  [min {min(ratios):.3f}, max {max(ratios):.3f}]")
-  print(f"peak used for MFU: {peak / 1e9:.0f} GFLOP/s" + (" (best of the measurements before and after)"
-                                                           if device.platform == "cpu" else ""))
+  print(
+    f"overhead ratio (plain / superpose step time, median of {args.rounds} rounds): "
+    f"{statistics.median(ratios):.3f}  [min {min(ratios):.3f}, max {max(ratios):.3f}]"
+  )
+  print(
+    f"peak used for MFU: {peak / 1e9:.0f} GFLOP/s"
+    + (" (best of the measurements before and after)" if device.platform == "cpu" else "")
+  )
 
 
 if __name__ == "__main__":

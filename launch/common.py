@@ -11,6 +11,7 @@ Exit statuses (README.md, "Exit statuses", shows the same table):
   4  no readable checkpoint: every saved step is unreadable or corrupt (nothing on disk was changed)
   5  a peer process of a multi-process run died or hung (the line names the newest checkpoint)
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,10 +33,14 @@ def setup(config, workdir: str | None = None) -> None:
   from superpose.train import config as config_lib, peers, workdir as workdir_lib
   from superpose.train.mesh import maybe_initialize_distributed
 
-  config_lib.check(config)   # the one validation of a config: no unknown key, every value in its domain
+  config_lib.check(
+    config
+  )  # the one validation of a config: no unknown key, every value in its domain
   if workdir is not None:
     workdir_lib.check_writable(workdir)
-  cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", str(pathlib.Path.home() / ".cache" / "superpose" / "jax"))
+  cache = os.environ.get(
+    "JAX_COMPILATION_CACHE_DIR", str(pathlib.Path.home() / ".cache" / "superpose" / "jax")
+  )
   jax.config.update("jax_compilation_cache_dir", cache)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   dist = str(config.distributed).lower()
@@ -50,6 +55,7 @@ def _exit_status(e: BaseException) -> int | None:
   from superpose.train.config import ConfigError
   from superpose.train.loop import NonFiniteLoss
   from superpose.train.mesh import MeshError
+
   if isinstance(e, (ConfigError, MeshError, FileNotFoundError, CheckpointMismatch)):
     return EXIT_CONFIG
   if isinstance(e, NonFiniteLoss):
@@ -85,8 +91,11 @@ def _parse_flags(argv):
     text = str(e)
     key = re.search(r"'([\w.]+)", text)
     hint = re.search(r"Did you mean [^?]*\?", text)
-    print(f"error: --config override: unknown key {key.group(1) if key else text!r}"
-          + (f". {hint.group(0)}" if hint else ""), file=sys.stderr)
+    print(
+      f"error: --config override: unknown key {key.group(1) if key else text!r}"
+      + (f". {hint.group(0)}" if hint else ""),
+      file=sys.stderr,
+    )
   except (TypeError, ValueError) as e:
     print(f"error: --config override: {' '.join(str(e).split())}", file=sys.stderr)
   sys.exit(EXIT_CONFIG)

@@ -7,6 +7,7 @@ resumes from its newest readable checkpoint, if the config still describes the r
 A bad config fails before compiling with one line; every expected failure ends with one line and its
 exit status (launch/common.py, README.md); ``--verbose`` adds tracebacks and orbax's own logging.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -16,10 +17,16 @@ from ml_collections import config_flags
 
 from launch import common
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, `path.py[:variant]`.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Config file, `path.py[:variant]`.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, logs).")
-_PRINT = flags.DEFINE_bool("print_config", False, "Print the resolved config with each key's doc and exit.")
-_VERBOSE = flags.DEFINE_bool("verbose", False, "Tracebacks with the one-line errors, and orbax's INFO logging.")
+_PRINT = flags.DEFINE_bool(
+  "print_config", False, "Print the resolved config with each key's doc and exit."
+)
+_VERBOSE = flags.DEFINE_bool(
+  "verbose", False, "Tracebacks with the one-line errors, and orbax's INFO logging."
+)
 
 
 def main(argv):
@@ -28,6 +35,7 @@ def main(argv):
   config = _CONFIG.value
   if _PRINT.value:
     from superpose.train import config as config_lib
+
     with common.one_line_errors(_VERBOSE.value):
       config_lib.check(config)
       print(config_lib.describe(config))
@@ -36,6 +44,7 @@ def main(argv):
     raise app.UsageError("--workdir is required (or --print_config)")
   if _VERBOSE.value:
     from superpose.train import checkpoint
+
     checkpoint.set_orbax_verbose(True)
   with common.one_line_errors(_VERBOSE.value):
     common.setup(config, _WORKDIR.value)

@@ -1,4 +1,5 @@
 """Test set-up: 8 fake CPU devices and a persistent compilation cache, before JAX is imported."""
+
 import os
 import pathlib
 
@@ -14,8 +15,11 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-SHARED_DATA = pathlib.Path(os.environ.get("SUPERPOSE_SHARED_DATA",
-                                          pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED_DATA = pathlib.Path(
+  os.environ.get(
+    "SUPERPOSE_SHARED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+  )
+)
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +51,8 @@ def check_sampling():
     ids = ([tok.bos_id] if tok.bos_id is not None else []) + list(tok.encode(prompt))
     logits = run.model(np.asarray([ids], np.int32))
     first = int(np.argmax(np.asarray(getattr(logits, "logits_BTV", logits))[0, -1]))
-    rest = out[len(prompt) + len(getattr(tok, "sep", "")):] if len(out) > len(prompt) else ""
+    rest = out[len(prompt) + len(getattr(tok, "sep", "")) :] if len(out) > len(prompt) else ""
     assert out.startswith(prompt) and rest.startswith(tok.decode([first])), (out, first)
     return out
+
   return check

@@ -37,6 +37,7 @@ Expected result (measured 2026-11-25, 4,000 steps, 5 seeds; median [min–max] t
 
 Variants: default (the sweep above); smoke (tests: tiny, a few steps).
 """
+
 import ml_collections
 
 
@@ -46,31 +47,39 @@ def get_config(variant: str = "default"):
     raise ValueError(f"configs/compiled/compress.py: unknown variant {variant!r} (default | smoke)")
   c = ml_collections.ConfigDict()
   c.programs = ["frac_prevs", "sort_unique"]
-  c.program_settings = ml_collections.ConfigDict({
+  c.program_settings = ml_collections.ConfigDict(
+    {
       "frac_prevs": {"vocab": ["a", "b", "c", "x"], "max_seq_len": 5, "token": "x", "dims": []},
       "sort_unique": {"vocab": [1, 2, 3, 4], "max_seq_len": 5, "token": None, "dims": []},
-  })   # dims [] = 1..D
-  c.data = ml_collections.ConfigDict({"fractions": [0.6, 0.2, 0.2], "split_seed": 0, "max_inputs": None})
-  c.train = ml_collections.ConfigDict({
-      "lrs": [3e-3, 1e-2, 3e-2],     # fixed before the measurement run (see the docstring)
+    }
+  )  # dims [] = 1..D
+  c.data = ml_collections.ConfigDict(
+    {"fractions": [0.6, 0.2, 0.2], "split_seed": 0, "max_inputs": None}
+  )
+  c.train = ml_collections.ConfigDict(
+    {
+      "lrs": [3e-3, 1e-2, 3e-2],  # fixed before the measurement run (see the docstring)
       "num_seeds": 5,
       "steps": 4000,
-      "chunk": 1000,                  # steps per jitted call (one log line each)
+      "chunk": 1000,  # steps per jitted call (one log line each)
       "batch_size": 32,
-      "adam_eps": 1e-8,               # optax default
-      "layer_weight": 1.0,            # λ of the spec's loss
-      "schedule": "cosine",           # lr × cosine decay to 0 over the steps | constant
-      "init": "orthogonal",           # orthogonal | normal (N(0, 1/d), the spec's quick replication)
-      "anneal_start": 0.05,           # attention logits × this at step 0, rising geometrically to 1 …
-      "anneal_fraction": 0.7,         # … by this fraction of the steps (anneal_start 1.0 = none)
-  })
-  c.eval = ml_collections.ConfigDict({
-      "tolerance": 0.05,              # numerical outputs: |compressed − evaluator| ≤ tolerance
+      "adam_eps": 1e-8,  # optax default
+      "layer_weight": 1.0,  # λ of the spec's loss
+      "schedule": "cosine",  # lr × cosine decay to 0 over the steps | constant
+      "init": "orthogonal",  # orthogonal | normal (N(0, 1/d), the spec's quick replication)
+      "anneal_start": 0.05,  # attention logits × this at step 0, rising geometrically to 1 …
+      "anneal_fraction": 0.7,  # … by this fraction of the steps (anneal_start 1.0 = none)
+    }
+  )
+  c.eval = ml_collections.ConfigDict(
+    {
+      "tolerance": 0.05,  # numerical outputs: |compressed − evaluator| ≤ tolerance
       "target": 0.99,
-      "cos_threshold": 0.5,           # features share a direction when |cos(W_f, W_g)| ≥ this
-      "drop_fraction": 0.2,           # a feature is dropped when ‖W_f‖ < this × the largest norm
-      "heatmap_dims": [],             # [] = smallest passing d, 8 and D
-  })
+      "cos_threshold": 0.5,  # features share a direction when |cos(W_f, W_g)| ≥ this
+      "drop_fraction": 0.2,  # a feature is dropped when ‖W_f‖ < this × the largest norm
+      "heatmap_dims": [],  # [] = smallest passing d, 8 and D
+    }
+  )
   if variant == "smoke":
     c.program_settings.frac_prevs.dims = [2, 14]
     c.program_settings.sort_unique.dims = [3]

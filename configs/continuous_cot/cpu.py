@@ -20,22 +20,39 @@ each stage start. Evaluation every 250 steps on 500 generated validation problem
 projects/continuous_cot/metrics.py and the hop-k accuracy of the thoughts). Results:
 projects/continuous_cot/results/README.md.
 """
+
 from configs.continuous_cot import scaled
 from superpose.train.config import variant as config_variant
 
 VARIANTS = ("coconut", "coconut_set", "cot", "nocot", "coconut_long", "cot_long", "nocot_long")
 STEPS = 3500
-LONG = 7000   # the *_long variants: twice the budget, Coconut's stages 1–4 of 750 steps each
+LONG = 7000  # the *_long variants: twice the budget, Coconut's stages 1–4 of 750 steps each
 
 
 def get_config(variant: str = "coconut"):
   variant = config_variant(variant, VARIANTS, "coconut", "configs/continuous_cot/cpu.py")
   long = variant.endswith("_long")
   c = scaled.get_config(variant.replace("_long", "").replace("_set", ""))
-  c.cot.update(dict(steps_per_stage=750 if long else 300, stage0_steps=1500, reset_optimizer=True, relabel=True,
-                    loss="set" if variant == "coconut_set" else "label"))
+  c.cot.update(
+    dict(
+      steps_per_stage=750 if long else 300,
+      stage0_steps=1500,
+      reset_optimizer=True,
+      relabel=True,
+      loss="set" if variant == "coconut_set" else "label",
+    )
+  )
   c.model.update(dict(d_model=128, num_heads=4, d_ff=512, positions="rope"))
-  c.optim.update(dict(lr=1e-3, warmup_steps=200, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.0))
-  c.train.update(dict(steps=LONG if long else STEPS, batch_size=64, log_every=25, eval_every=250,
-                      checkpoint_every=500))
+  c.optim.update(
+    dict(lr=1e-3, warmup_steps=200, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.0)
+  )
+  c.train.update(
+    dict(
+      steps=LONG if long else STEPS,
+      batch_size=64,
+      log_every=25,
+      eval_every=250,
+      checkpoint_every=500,
+    )
+  )
   return c

@@ -26,6 +26,7 @@ the follow-up's recipe (Emergence of Superposition, spec §5.3: `args/coconut_{s
 set-valued loss −log Σ_{v ∈ frontier} p(v). Its lr is not in the spec: 1e-4 as the paper. The CPU-scale
 evidence for why these matter (the stage-0 plateau): projects/continuous_cot/results/README.md.
 """
+
 from superpose.train.config import base_config, model_section, variant as config_variant
 
 from projects.continuous_cot.thoughts import SIZES
@@ -33,8 +34,8 @@ from projects.continuous_cot.thoughts import SIZES
 DATA_DIR = "workdirs/prosqa_gen"
 VARIANTS = ("coconut", "coconut_bfs", "cot", "nocot", "rs_code", "eos", "eos_bfs_loss")
 TRAIN_PROBLEMS, BATCH, EPOCHS = 15000, 256, 300
-STEPS_PER_EPOCH = -(-TRAIN_PROBLEMS // BATCH)   # 59
-STEPS = EPOCHS * TRAIN_PROBLEMS // BATCH          # 17,578
+STEPS_PER_EPOCH = -(-TRAIN_PROBLEMS // BATCH)  # 59
+STEPS = EPOCHS * TRAIN_PROBLEMS // BATCH  # 17,578
 
 
 def get_config(variant: str = "coconut"):
@@ -42,18 +43,52 @@ def get_config(variant: str = "coconut"):
   c = base_config("projects.continuous_cot.train")
   eos = variant.startswith("eos")
   method = "coconut" if variant in ("coconut_bfs", "rs_code") or eos else variant
-  c.cot.update(dict(method=method, data_dir=DATA_DIR, epochs_per_stage=50 if eos else 25, uniform_prob=0.1,
-                    labels="bfs" if variant in ("coconut_bfs", "eos_bfs_loss") else "path", eval_fixed_thoughts=4,
-                    eval_limit=500))
+  c.cot.update(
+    dict(
+      method=method,
+      data_dir=DATA_DIR,
+      epochs_per_stage=50 if eos else 25,
+      uniform_prob=0.1,
+      labels="bfs" if variant in ("coconut_bfs", "eos_bfs_loss") else "path",
+      eval_fixed_thoughts=4,
+      eval_limit=500,
+    )
+  )
   batch, steps = BATCH, STEPS
   if eos:
-    c.cot.update(dict(stage0_epochs=100, relabel=True, reset_optimizer=True,
-                      loss="set" if variant == "eos_bfs_loss" else "label"))
+    c.cot.update(
+      dict(
+        stage0_epochs=100,
+        relabel=True,
+        reset_optimizer=True,
+        loss="set" if variant == "eos_bfs_loss" else "label",
+      )
+    )
     batch, steps = 2 * BATCH, 350 * TRAIN_PROBLEMS // (2 * BATCH)
-  c.optim.update(dict(lr=1e-4, schedule="constant", warmup_steps=0, b1=0.9, b2=0.999 if variant == "rs_code" else 0.95,
-                      weight_decay=0.01, clip_norm=0.0))
+  c.optim.update(
+    dict(
+      lr=1e-4,
+      schedule="constant",
+      warmup_steps=0,
+      b1=0.9,
+      b2=0.999 if variant == "rs_code" else 0.95,
+      weight_decay=0.01,
+      clip_norm=0.0,
+    )
+  )
   every = 5 * -(-TRAIN_PROBLEMS // batch)
-  c.train.update(dict(steps=steps, batch_size=batch, seq_len=256, eval_every=every, checkpoint_every=every,
-                      keep_checkpoints=71, log_every=20))
-  c.model = model_section("gpt2", vocab_size=40, vocab_multiple=8, max_seq_len=256, **SIZES["paper"])
+  c.train.update(
+    dict(
+      steps=steps,
+      batch_size=batch,
+      seq_len=256,
+      eval_every=every,
+      checkpoint_every=every,
+      keep_checkpoints=71,
+      log_every=20,
+    )
+  )
+  c.model = model_section(
+    "gpt2", vocab_size=40, vocab_multiple=8, max_seq_len=256, **SIZES["paper"]
+  )
   return c

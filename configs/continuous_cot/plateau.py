@@ -14,6 +14,7 @@ validation problems. Read: train/label_nll (the drawn path label's NLL; without 
 no model beats 0.956 nats, uniform over the root's children 3.13 is the plateau) and eval/hop1 (the argmax
 at the root is a depth-1 node on a shortest path). Measured results: projects/continuous_cot/results/README.md.
 """
+
 from configs.continuous_cot import scaled
 from superpose.train.config import variant as config_variant
 
@@ -26,9 +27,19 @@ def get_config(variant: str = "relabel_rope"):
   variant = config_variant(variant, VARIANTS, "relabel_rope", "configs/continuous_cot/plateau.py")
   c = scaled.get_config("coconut_bfs" if variant.endswith("_bfs") else "coconut")
   # stage 0 for the whole run, however long (a longer run, --config.train.steps=N, stays in stage 0)
-  c.cot.update(dict(steps_per_stage=STAGE0, stage0_steps=STAGE0, relabel=variant != "base",
-                    loss="set" if variant.endswith("_set") else "label"))
-  c.model.update(dict(d_model=128, num_heads=4, d_ff=512, positions="rope" if "rope" in variant else "learned"))
+  c.cot.update(
+    dict(
+      steps_per_stage=STAGE0,
+      stage0_steps=STAGE0,
+      relabel=variant != "base",
+      loss="set" if variant.endswith("_set") else "label",
+    )
+  )
+  c.model.update(
+    dict(d_model=128, num_heads=4, d_ff=512, positions="rope" if "rope" in variant else "learned")
+  )
   c.optim.update(dict(lr=1e-3, warmup_steps=200, schedule="constant"))
-  c.train.update(dict(steps=STEPS, batch_size=64, log_every=25, eval_every=250, checkpoint_every=500))
+  c.train.update(
+    dict(steps=STEPS, batch_size=64, log_every=25, eval_every=250, checkpoint_every=500)
+  )
   return c

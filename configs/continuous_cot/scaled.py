@@ -34,6 +34,7 @@ Earlier measurements of the padded path on this 2-core CPU shared with other job
 Variants: coconut (default), coconut_bfs (Coconut-BFS labels), cot, nocot, smoke (tiny model, 4 steps, the
 test-suite size; needs --config.cot.data_dir pointing at a small generated set).
 """
+
 from superpose.train.config import base_config, model_section, variant as config_variant
 
 from projects.continuous_cot.thoughts import SIZES
@@ -49,17 +50,50 @@ def get_config(variant: str = "coconut"):
   variant = config_variant(variant, VARIANTS, "coconut", "configs/continuous_cot/scaled.py")
   c = base_config("projects.continuous_cot.train")
   method = {"coconut_bfs": "coconut", "smoke": "coconut"}.get(variant, variant)
-  c.cot.update(dict(method=method, data_dir=DATA_DIR, steps_per_stage=STEPS_PER_STAGE, uniform_prob=0.1,
-                    labels="bfs" if variant == "coconut_bfs" else "path", eval_fixed_thoughts=4, eval_limit=500))
-  c.optim.update(dict(lr=5e-4, schedule="constant", warmup_steps=100, b1=0.9, b2=0.95, weight_decay=0.01,
-                      clip_norm=1.0))
-  c.train.update(dict(steps=STEPS, batch_size=BATCH, seq_len=256, eval_every=500, checkpoint_every=500,
-                      keep_checkpoints=20, log_every=50, progress=False))
+  c.cot.update(
+    dict(
+      method=method,
+      data_dir=DATA_DIR,
+      steps_per_stage=STEPS_PER_STAGE,
+      uniform_prob=0.1,
+      labels="bfs" if variant == "coconut_bfs" else "path",
+      eval_fixed_thoughts=4,
+      eval_limit=500,
+    )
+  )
+  c.optim.update(
+    dict(
+      lr=5e-4,
+      schedule="constant",
+      warmup_steps=100,
+      b1=0.9,
+      b2=0.95,
+      weight_decay=0.01,
+      clip_norm=1.0,
+    )
+  )
+  c.train.update(
+    dict(
+      steps=STEPS,
+      batch_size=BATCH,
+      seq_len=256,
+      eval_every=500,
+      checkpoint_every=500,
+      keep_checkpoints=20,
+      log_every=50,
+      progress=False,
+    )
+  )
   size = SIZES["small"]
   if variant == "smoke":
     size = SIZES["tiny"]
-    c.cot.update(dict(steps_per_stage=1, eval_limit=8, bucket_multiple=64))   # few bucket widths: few compiles
-    c.train.update(dict(steps=4, batch_size=8, eval_every=2, checkpoint_every=2, log_every=1,
-                        async_checkpoint=False))
+    c.cot.update(
+      dict(steps_per_stage=1, eval_limit=8, bucket_multiple=64)
+    )  # few bucket widths: few compiles
+    c.train.update(
+      dict(
+        steps=4, batch_size=8, eval_every=2, checkpoint_every=2, log_every=1, async_checkpoint=False
+      )
+    )
   c.model = model_section("gpt2", vocab_size=40, vocab_multiple=8, max_seq_len=256, **size)
   return c

@@ -44,11 +44,20 @@ bias_add_simple_9010 (skewed).
 
 Measured numbers of every recipe: projects/icl_superposition/results/README.md ("Recipes and what they measured").
 """
+
 from configs.icl_superposition.retrieval import ALIASES, make_config
 
 VARIANTS = tuple(v for v in ALIASES if not v.endswith("_wide"))
 
 
 def get_config(arg: str = ""):
-  return make_config("mod_add", arg, n_examples=100, test_pair="random", eps=1e-8, paper_batch=800,
-                     max_len=408, paper_max_len=408)
+  return make_config(
+    "mod_add",
+    arg,
+    n_examples=100,
+    test_pair="random",
+    eps=1e-8,
+    paper_batch=800,
+    max_len=408,
+    paper_max_len=408,
+  )

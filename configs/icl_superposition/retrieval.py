@@ -82,33 +82,46 @@ Paper recipe (recipe=paper; GPU/TPU): 6 layers, d 384, 6 heads, d_ff 1536, 100 l
 
 Measured numbers of every recipe: projects/icl_superposition/results/README.md ("Recipes and what they measured").
 """
+
 from superpose.train.config import base_config, model_section
 
 # key: (default, allowed values); a None default is settled by the other keys (stage: short with wide, else full;
 # heads: 3 with wide, else 6).
 KEYS = {
-    "weights": ("uniform", ("uniform", "skewed")),
-    "stage": (None, ("full", "short", "long", "finetune")),
-    "heads": (None, (1, 2, 3, 6)),
-    "wide": (False, (False, True)),
-    "recipe": ("scaled", ("scaled", "paper")),
-    "smoke": (False, (False, True)),
+  "weights": ("uniform", ("uniform", "skewed")),
+  "stage": (None, ("full", "short", "long", "finetune")),
+  "heads": (None, (1, 2, 3, 6)),
+  "wide": (False, (False, True)),
+  "recipe": ("scaled", ("scaled", "paper")),
+  "smoke": (False, (False, True)),
 }
 ALIASES = {  # the old variant names
-    "uniform": "weights=uniform", "skewed": "weights=skewed",
-    "uniform_short": "weights=uniform,stage=short", "skewed_short": "weights=skewed,stage=short",
-    "uniform_long": "weights=uniform,stage=long", "skewed_long": "weights=skewed,stage=long",
-    "uniform_from_skewed": "weights=uniform,stage=finetune",
-    "uniform_wide": "weights=uniform,wide", "skewed_wide": "weights=skewed,wide",
-    "heads1": "heads=1", "heads2": "heads=2", "heads3": "heads=3",
-    "paper": "recipe=paper", "paper_skewed": "recipe=paper,weights=skewed",
-    "smoke": "smoke",
+  "uniform": "weights=uniform",
+  "skewed": "weights=skewed",
+  "uniform_short": "weights=uniform,stage=short",
+  "skewed_short": "weights=skewed,stage=short",
+  "uniform_long": "weights=uniform,stage=long",
+  "skewed_long": "weights=skewed,stage=long",
+  "uniform_from_skewed": "weights=uniform,stage=finetune",
+  "uniform_wide": "weights=uniform,wide",
+  "skewed_wide": "weights=skewed,wide",
+  "heads1": "heads=1",
+  "heads2": "heads=2",
+  "heads3": "heads=3",
+  "paper": "recipe=paper",
+  "paper_skewed": "recipe=paper,weights=skewed",
+  "smoke": "smoke",
 }
 VARIANTS = tuple(ALIASES)
 FINETUNE_STEPS = 600
-SHORT_LINES = {"retrieval": 12, "mod_add": 20}     # short-row stage: T = 1 + 12·11 → 136, 1 + 20·4 → 88 columns
+SHORT_LINES = {
+  "retrieval": 12,
+  "mod_add": 20,
+}  # short-row stage: T = 1 + 12·11 → 136, 1 + 20·4 → 88 columns
 SHORT_STEPS = {"retrieval": 8000, "mod_add": 6000}
-WIDE_STEPS = 24000           # wide: short rows, 3 heads of d_head 64, one schedule (warmup 400, eval/ckpt every 1,000)
+WIDE_STEPS = (
+  24000  # wide: short rows, 3 heads of d_head 64, one schedule (warmup 400, eval/ckpt every 1,000)
+)
 LONG_STEPS = 400
 STEPS = 1500
 BATCH = 16
@@ -147,7 +160,7 @@ def _value(key: str, text: str | None, keys: dict, aliases: dict, where: str):
   allowed = keys[key][1]
   choices = " | ".join(map(str, allowed))
   if text is None:
-    if any(v is True for v in allowed):      # `is`: True == 1 would let a bare `heads` through
+    if any(v is True for v in allowed):  # `is`: True == 1 would let a bare `heads` through
       return True
     raise ValueError(f"{where}: {key} needs a value ({key}: {choices})")
   for v in allowed:
@@ -157,12 +170,29 @@ def _value(key: str, text: str | None, keys: dict, aliases: dict, where: str):
 
 
 def get_config(arg: str = ""):
-  return make_config("retrieval", arg, n_examples=N_EXAMPLES, test_pair="retrieve2,retrieve6", eps=1e-12,
-                     paper_batch=400, max_len=448, paper_max_len=1112 + 8)
+  return make_config(
+    "retrieval",
+    arg,
+    n_examples=N_EXAMPLES,
+    test_pair="retrieve2,retrieve6",
+    eps=1e-12,
+    paper_batch=400,
+    max_len=448,
+    paper_max_len=1112 + 8,
+  )
 
 
-def make_config(family: str, arg: str, *, n_examples: int, test_pair: str, eps: float, paper_batch: int,
-                max_len: int, paper_max_len: int):
+def make_config(
+  family: str,
+  arg: str,
+  *,
+  n_examples: int,
+  test_pair: str,
+  eps: float,
+  paper_batch: int,
+  max_len: int,
+  paper_max_len: int,
+):
   """The shared recipe of the from-scratch configs (this file's docstring), for ``family``."""
   where = f"configs/icl_superposition/{family}.py"
   k = parse_arg(arg, where=where)
@@ -170,18 +200,32 @@ def make_config(family: str, arg: str, *, n_examples: int, test_pair: str, eps: 
   if wide and family != "retrieval":
     raise ValueError(f"{where}: wide ({arg!r}) is character retrieval's recipe only")
   if wide and (k["stage"] not in (None, "short") or k["heads"] not in (None, 3) or paper):
-    raise ValueError(f"{where}: wide is its own recipe (stage=short, heads=3, recipe=scaled); got {arg!r}")
+    raise ValueError(
+      f"{where}: wide is its own recipe (stage=short, heads=3, recipe=scaled); got {arg!r}"
+    )
   if paper and k["stage"] not in (None, "full"):
-    raise ValueError(f"{where}: recipe=paper trains full rows from scratch (stage=full); got {arg!r}")
+    raise ValueError(
+      f"{where}: recipe=paper trains full rows from scratch (stage=full); got {arg!r}"
+    )
   if k["stage"] == "finetune" and skewed:
-    raise ValueError(f"{where}: stage=finetune is uniform training from the skewed run (weights=uniform); got {arg!r}")
+    raise ValueError(
+      f"{where}: stage=finetune is uniform training from the skewed run (weights=uniform); got {arg!r}"
+    )
   stage = k["stage"] or ("short" if wide else "full")
   short, long_, finetune = stage == "short", stage == "long", stage == "finetune"
   heads = k["heads"] or (3 if wide else 6)
   c = base_config("projects.icl_superposition.train")
   lines = 100 if paper else SHORT_LINES[family] if short else n_examples
-  c.icl.update(dict(family=family, n_examples=lines, test_pair=test_pair,
-                    task_weights="skewed" if skewed else "uniform", skew=0.9, eval_prompts=64))
+  c.icl.update(
+    dict(
+      family=family,
+      n_examples=lines,
+      test_pair=test_pair,
+      task_weights="skewed" if skewed else "uniform",
+      skew=0.9,
+      eval_prompts=64,
+    )
+  )
   if paper:
     steps = 5000
   elif finetune:
@@ -192,10 +236,30 @@ def make_config(family: str, arg: str, *, n_examples: int, test_pair: str, eps: 
     steps = SHORT_STEPS[family]
   else:
     steps = LONG_STEPS if long_ else STEPS
-  c.optim.update(dict(lr=5e-4 if paper else 1e-3, schedule="wsd", warmup_steps=steps // 10, decay_fraction=0.1,
-                      min_lr_ratio=0.0, b1=0.9, b2=0.98, eps=eps, weight_decay=0.01, clip_norm=1.0))
-  c.train.update(dict(steps=steps, batch_size=paper_batch if paper else BATCH, eval_every=steps // 10,
-                      checkpoint_every=steps // 10, keep_checkpoints=3, log_every=25 if not paper else 50))
+  c.optim.update(
+    dict(
+      lr=5e-4 if paper else 1e-3,
+      schedule="wsd",
+      warmup_steps=steps // 10,
+      decay_fraction=0.1,
+      min_lr_ratio=0.0,
+      b1=0.9,
+      b2=0.98,
+      eps=eps,
+      weight_decay=0.01,
+      clip_norm=1.0,
+    )
+  )
+  c.train.update(
+    dict(
+      steps=steps,
+      batch_size=paper_batch if paper else BATCH,
+      eval_every=steps // 10,
+      checkpoint_every=steps // 10,
+      keep_checkpoints=3,
+      log_every=25 if not paper else 50,
+    )
+  )
   if short:
     c.optim.warmup_steps = SHORT_STEPS[family] // 20
     c.train.update(dict(eval_every=1000 if wide else 500, checkpoint_every=1000 if wide else 500))
@@ -203,17 +267,42 @@ def make_config(family: str, arg: str, *, n_examples: int, test_pair: str, eps: 
     c.train.update(dict(eval_every=100, checkpoint_every=100))
     c.train.init_from = f"workdirs/icl/{family}_{'skewed' if skewed else 'uniform'}_short"
   if finetune:
-    c.train.init_from = "workdirs/icl/" + ("skewed" if family == "retrieval" else f"{family}_skewed")
+    c.train.init_from = "workdirs/icl/" + (
+      "skewed" if family == "retrieval" else f"{family}_skewed"
+    )
   if paper:
-    size = dict(num_layers=6, d_model=384, num_heads=heads, num_kv_heads=heads, d_ff=1536, max_seq_len=paper_max_len)
+    size = dict(
+      num_layers=6,
+      d_model=384,
+      num_heads=heads,
+      num_kv_heads=heads,
+      d_ff=1536,
+      max_seq_len=paper_max_len,
+    )
   else:
-    size = dict(num_layers=3, d_model=96, num_heads=heads, num_kv_heads=heads, d_ff=384, max_seq_len=max_len,
-                **({"head_dim": 64} if wide else {}))
+    size = dict(
+      num_layers=3,
+      d_model=96,
+      num_heads=heads,
+      num_kv_heads=heads,
+      d_ff=384,
+      max_seq_len=max_len,
+      **({"head_dim": 64} if wide else {}),
+    )
   if k["smoke"]:
     c.icl.update(dict(n_examples=6, eval_prompts=4))
     c.optim.update(dict(warmup_steps=1))
-    c.train.update(dict(steps=4, batch_size=4, eval_every=2, checkpoint_every=2, log_every=1,
-                        async_checkpoint=False, progress=False))
+    c.train.update(
+      dict(
+        steps=4,
+        batch_size=4,
+        eval_every=2,
+        checkpoint_every=2,
+        log_every=1,
+        async_checkpoint=False,
+        progress=False,
+      )
+    )
     size = dict(num_layers=2, d_model=32, num_heads=2, num_kv_heads=2, d_ff=64, max_seq_len=72)
   c.model = model_section("llama", vocab_size=99, vocab_multiple=8, **size)
   return c

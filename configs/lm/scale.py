@@ -23,16 +23,28 @@ Mesh layouts (variant suffix; axes data × fsdp × tensor):
   _2slice  2 slices × 256 over DCN: data 2 across slices (dcn (2,1,1)), the slice layout inside each.
 Global batch: 32 rows on a host (8 for 8b), 256 on a slice, 512 on two slices (× seq tokens).
 """
+
 from superpose.train.config import base_config, model_section
 
 SIZES = {
-    "125m": ("gpt2", dict(num_layers=12, d_model=768, num_heads=12, max_seq_len=2048)),
-    "350m": ("gpt2", dict(num_layers=24, d_model=1024, num_heads=16, max_seq_len=2048)),
-    "1_3b": ("gpt2", dict(num_layers=24, d_model=2048, num_heads=16, d_ff=8192, max_seq_len=2048)),
-    "8b": ("llama", dict(num_layers=32, d_model=4096, num_heads=32, num_kv_heads=8, d_ff=14336,
-                         vocab_size=128256, rope_theta=500_000.0, max_seq_len=8192)),
+  "125m": ("gpt2", dict(num_layers=12, d_model=768, num_heads=12, max_seq_len=2048)),
+  "350m": ("gpt2", dict(num_layers=24, d_model=1024, num_heads=16, max_seq_len=2048)),
+  "1_3b": ("gpt2", dict(num_layers=24, d_model=2048, num_heads=16, d_ff=8192, max_seq_len=2048)),
+  "8b": (
+    "llama",
+    dict(
+      num_layers=32,
+      d_model=4096,
+      num_heads=32,
+      num_kv_heads=8,
+      d_ff=14336,
+      vocab_size=128256,
+      rope_theta=500_000.0,
+      max_seq_len=8192,
+    ),
+  ),
 }
-LAYOUTS = {"host": 32, "": 256, "2slice": 512}   # layout → global batch rows
+LAYOUTS = {"host": 32, "": 256, "2slice": 512}  # layout → global batch rows
 
 
 def get_config(variant: str = "125m"):
@@ -48,15 +60,36 @@ def get_config(variant: str = "125m"):
   c.data.path = "sample:shakespeare.jsonl.gz"
   c.data.tokenizer = "gpt2"
   c.data.val_documents = 2
-  c.optim.update(dict(lr=3e-4 if size == "8b" else 6e-4, schedule="warmup_cosine", warmup_steps=2000,
-                      min_lr_ratio=0.1, b1=0.9, b2=0.95, weight_decay=0.1, clip_norm=1.0))
+  c.optim.update(
+    dict(
+      lr=3e-4 if size == "8b" else 6e-4,
+      schedule="warmup_cosine",
+      warmup_steps=2000,
+      min_lr_ratio=0.1,
+      b1=0.9,
+      b2=0.95,
+      weight_decay=0.1,
+      clip_norm=1.0,
+    )
+  )
   seq = model["max_seq_len"]
   batch = LAYOUTS[layout] if not (size == "8b" and layout == "host") else 8
-  c.train.update(dict(steps=100_000, batch_size=batch, seq_len=seq, eval_every=1000, eval_batches=8, log_every=10,
-                      checkpoint_every=1000, keep_checkpoints=3))
+  c.train.update(
+    dict(
+      steps=100_000,
+      batch_size=batch,
+      seq_len=seq,
+      eval_every=1000,
+      eval_batches=8,
+      log_every=10,
+      checkpoint_every=1000,
+      keep_checkpoints=3,
+    )
+  )
   tensor = 4 if size == "8b" else 1
   c.mesh.ici = (1, -1, tensor)
   c.mesh.dcn = (2, 1, 1) if layout == "2slice" else (1, 1, 1)
-  c.model = model_section(preset, **model, scan_layers=True, remat="full", param_dtype="bfloat16",
-                          dtype="bfloat16")
+  c.model = model_section(
+    preset, **model, scan_layers=True, remat="full", param_dtype="bfloat16", dtype="bfloat16"
+  )
   return c

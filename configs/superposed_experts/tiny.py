@@ -33,13 +33,26 @@ are nats/byte on the validation sequences of data.domain_eval_sets, 256 per doma
 The α / AE learning rates here are 25× / 10× the paper's (2e-4 / 1e-4, configs/superposed_experts/gpt2.py):
 the paper trains 5,630 steps; a CPU demo has 150, and at 2e-4 α would move by at most ~0.03.
 """
+
 from superpose.train.config import base_config, model_section
 
 WORKDIR = "workdirs/superposed_tiny"
 DATA_ROOT = "workdirs/superposed_data"
-DOMAINS = ("english", "french")         # domain k trains expert k (data.DOMAINS names their corpora)
-VARIANTS = ("base", "expert", "superpose", "blend_only", "router", "teacher_forced", "faithful", "merge", "trunk",
-            "smoke", "smoke_merge", "smoke_trunk")
+DOMAINS = ("english", "french")  # domain k trains expert k (data.DOMAINS names their corpora)
+VARIANTS = (
+  "base",
+  "expert",
+  "superpose",
+  "blend_only",
+  "router",
+  "teacher_forced",
+  "faithful",
+  "merge",
+  "trunk",
+  "smoke",
+  "smoke_merge",
+  "smoke_trunk",
+)
 
 
 def _domain_file(name: str, split: str) -> str:
@@ -52,17 +65,29 @@ def get_config(variant: str = "superpose"):
   if variant.startswith("smoke"):
     stage, smoke = variant.removeprefix("smoke").lstrip("_") or "superpose", True
   if variant not in VARIANTS:
-    raise ValueError(f"configs/superposed_experts/tiny.py: unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+    raise ValueError(
+      f"configs/superposed_experts/tiny.py: unknown variant {variant!r} (known: {', '.join(VARIANTS)})"
+    )
 
-  lm_stage = stage in ("base", "expert")   # the experts: plain language models (no superposed section)
+  lm_stage = stage in (
+    "base",
+    "expert",
+  )  # the experts: plain language models (no superposed section)
   c = base_config("superpose.train.lm" if lm_stage else "projects.superposed_experts.train")
   model = dict(vocab_size=257, d_model=128, num_layers=4, num_heads=4, d_ff=512, max_seq_len=128)
   c.data.tokenizer = "bytes"
   if not lm_stage:
-    c.superposed.update(dict(
-        experts=(f"{WORKDIR}/base", f"{WORKDIR}/expert"), ae_layers=(1, 2), train_ae_layers=(1, 2, 3),
-        domains=DOMAINS, train_paths=tuple(_domain_file(d, "train") for d in DOMAINS),
-        val_paths=tuple(_domain_file(d, "val") for d in DOMAINS), eval_batches=2))
+    c.superposed.update(
+      dict(
+        experts=(f"{WORKDIR}/base", f"{WORKDIR}/expert"),
+        ae_layers=(1, 2),
+        train_ae_layers=(1, 2, 3),
+        domains=DOMAINS,
+        train_paths=tuple(_domain_file(d, "train") for d in DOMAINS),
+        val_paths=tuple(_domain_file(d, "val") for d in DOMAINS),
+        eval_batches=2,
+      )
+    )
   c.train.update(dict(batch_size=16, seq_len=128, eval_batches=4, log_every=50, progress=False))
 
   if lm_stage:
@@ -70,30 +95,64 @@ def get_config(variant: str = "superpose"):
     c.data.path = _domain_file(name, "train")
     c.data.val_path = _domain_file(name, "val")
     if stage == "base":
-      c.optim.update(dict(lr=3e-3, schedule="warmup_cosine", warmup_steps=100, min_lr_ratio=0.1, weight_decay=0.1))
+      c.optim.update(
+        dict(
+          lr=3e-3, schedule="warmup_cosine", warmup_steps=100, min_lr_ratio=0.1, weight_decay=0.1
+        )
+      )
       c.train.update(dict(steps=3000, eval_every=500, checkpoint_every=500, log_every=100))
     else:
       c.train.init_from = f"{WORKDIR}/base"
-      c.optim.update(dict(lr=1e-3, schedule="warmup_cosine", warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.1))
+      c.optim.update(
+        dict(lr=1e-3, schedule="warmup_cosine", warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.1)
+      )
       c.train.update(dict(steps=1000, eval_every=500, checkpoint_every=500, log_every=100))
   elif stage == "merge":
     c.superposed.update(dict(method="merge", ae_layers=(), train_ae_layers=()))
-    c.optim.update(dict(lr=5e-3, schedule="constant", warmup_steps=0, weight_decay=0.0, clip_norm=1.0,
-                        frozen=("experts/.*",)))
+    c.optim.update(
+      dict(
+        lr=5e-3,
+        schedule="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        clip_norm=1.0,
+        frozen=("experts/.*",),
+      )
+    )
     c.train.update(dict(steps=300, eval_every=150, checkpoint_every=150))
   elif stage == "trunk":
     c.superposed.update(dict(method="trunk", ae_layers=(), train_ae_layers=(), distill_weight=1.0))
-    c.optim.update(dict(lr=1e-3, schedule="warmup_cosine", warmup_steps=20, min_lr_ratio=0.1, weight_decay=0.0,
-                        clip_norm=1.0, frozen=("trunk/.*", "teachers/.*"),
-                        groups=({"pattern": "gate/.*", "lr": 3e-3},)))
+    c.optim.update(
+      dict(
+        lr=1e-3,
+        schedule="warmup_cosine",
+        warmup_steps=20,
+        min_lr_ratio=0.1,
+        weight_decay=0.0,
+        clip_norm=1.0,
+        frozen=("trunk/.*", "teachers/.*"),
+        groups=({"pattern": "gate/.*", "lr": 3e-3},),
+      )
+    )
     c.train.update(dict(steps=400, eval_every=200, checkpoint_every=200))
   else:
-    c.optim.update(dict(
-        lr=5e-3, schedule="constant", warmup_steps=0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2,
-        clip_norm=0.0,   # clipping is per group, as the notebook's two clip_grad_norm_ calls
+    c.optim.update(
+      dict(
+        lr=5e-3,
+        schedule="constant",
+        warmup_steps=0,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        weight_decay=1e-2,
+        clip_norm=0.0,  # clipping is per group, as the notebook's two clip_grad_norm_ calls
         frozen=("experts/.*",),
-        groups=({"pattern": "(blend|router)/.*", "lr": 5e-3, "clip_norm": 1.0},
-                {"pattern": "autoencoders/.*", "lr": 1e-3, "clip_norm": 1.0})))
+        groups=(
+          {"pattern": "(blend|router)/.*", "lr": 5e-3, "clip_norm": 1.0},
+          {"pattern": "autoencoders/.*", "lr": 1e-3, "clip_norm": 1.0},
+        ),
+      )
+    )
     c.train.update(dict(steps=300, eval_every=150, checkpoint_every=150))
     if stage == "blend_only":
       c.superposed.update(dict(ae_layers=(), train_ae_layers=()))
@@ -110,7 +169,17 @@ def get_config(variant: str = "superpose"):
       c.superposed.update(dict(ae_layers=(0,), train_ae_layers=(0, 1)))
     if not lm_stage:
       c.superposed.update(dict(eval_batches=1, rank=2, gate_hidden=8))
-    c.train.update(dict(steps=4, batch_size=4, seq_len=32, eval_every=2, eval_batches=1, checkpoint_every=2,
-                        log_every=1, async_checkpoint=False))
+    c.train.update(
+      dict(
+        steps=4,
+        batch_size=4,
+        seq_len=32,
+        eval_every=2,
+        eval_batches=1,
+        checkpoint_every=2,
+        log_every=1,
+        async_checkpoint=False,
+      )
+    )
   c.model = model_section("gpt2", **model)
   return c

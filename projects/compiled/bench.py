@@ -10,6 +10,7 @@ our first forward (tracr's compile runs no forward). A row whose model shapes eq
 reuses that jit (and tracr its Haiku init), so both times drop there (hist after length). Also prints
 layers and residual width of both. Configurations are tracr's test cases'.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,14 +22,21 @@ from superpose.rasp.compiler import compile_rasp
 
 ABCD = ["a", "b", "c", "d"]
 CONFIGS = {  # program: (vocab, max_seq_len, build options)
-    "length": (ABCD, 5, {}), "frac_prevs": (["a", "b", "c", "x"], 5, {"token": "x"}),
-    "pair_balance": (["a", "b", "c", "(", ")"], 10, {"pairs": ["()"]}),
-    "shuffle_dyck": (list("(){}[]"), 6, {"pairs": ["()", "{}", "[]"]}),
-    "shuffle_dyck2": (list("(){}"), 5, {}), "hist": (ABCD, 5, {}), "sort_unique": ([1, 2, 3, 4], 5, {}),
-    "sort": ([1, 2, 3, 4], 5, {}), "sort_freq": ([1, 2, 3, 4], 5, {}), "reverse": (ABCD, 5, {}),
-    "shift_by": (ABCD, 5, {}), "detect_pattern": (["a", "b", "c"], 6, {"pattern": ["a", "b", "c"]}),
-    "count_less_freq": (ABCD, 6, {}), "count": (["a", "b", "c"], 8, {"token": "a"}),
-    "nary_sequencemap": ([1, 2, 3], 5, {}),
+  "length": (ABCD, 5, {}),
+  "frac_prevs": (["a", "b", "c", "x"], 5, {"token": "x"}),
+  "pair_balance": (["a", "b", "c", "(", ")"], 10, {"pairs": ["()"]}),
+  "shuffle_dyck": (list("(){}[]"), 6, {"pairs": ["()", "{}", "[]"]}),
+  "shuffle_dyck2": (list("(){}"), 5, {}),
+  "hist": (ABCD, 5, {}),
+  "sort_unique": ([1, 2, 3, 4], 5, {}),
+  "sort": ([1, 2, 3, 4], 5, {}),
+  "sort_freq": ([1, 2, 3, 4], 5, {}),
+  "reverse": (ABCD, 5, {}),
+  "shift_by": (ABCD, 5, {}),
+  "detect_pattern": (["a", "b", "c"], 6, {"pattern": ["a", "b", "c"]}),
+  "count_less_freq": (ABCD, 6, {}),
+  "count": (["a", "b", "c"], 8, {"token": "a"}),
+  "nary_sequencemap": ([1, 2, 3], 5, {}),
 }
 
 
@@ -55,10 +63,14 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     compiled.apply([vocab[0]], check=False)  # first forward pass: jit of this config's shapes
     jit_ms = (time.perf_counter() - start) * 1e3
-    row = (f"{name:18s} {len(vocab):5d} {max_seq_len:4d} | {ours_ms:8.1f} {jit_ms:9.0f} {compiled.num_layers:2d} "
-           f"{compiled.d_model:4d}")
+    row = (
+      f"{name:18s} {len(vocab):5d} {max_seq_len:4d} | {ours_ms:8.1f} {jit_ms:9.0f} {compiled.num_layers:2d} "
+      f"{compiled.d_model:4d}"
+    )
     if with_tracr:
-      theirs = tracr_bridge.compile_with_tracr(programs.build(name, vocab, max_seq_len, **opts), vocab, max_seq_len)
+      theirs = tracr_bridge.compile_with_tracr(
+        programs.build(name, vocab, max_seq_len, **opts), vocab, max_seq_len
+      )
       tracr_ms = theirs.compile_seconds * 1e3
       row += f" | {tracr_ms:9.1f} {theirs.num_layers:2d} {theirs.d_model:4d} | {tracr_ms / (ours_ms + jit_ms):7.1f}x"
     print(row, flush=True)

@@ -8,6 +8,7 @@
 Programs are translated node by node (same functions, predicates, names and encodings), so tracr
 compiles exactly the program we compile. Nothing in the libraries imports this module.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,6 +26,7 @@ def available() -> bool:
 def to_tracr(program: ours.RASPExpr):
   """The same program built with ``tracr.rasp.rasp``."""
   from tracr.rasp import rasp as tr
+
   memo: dict[int, Any] = {}
 
   def conv(e):
@@ -49,7 +51,9 @@ def to_tracr(program: ours.RASPExpr):
     elif isinstance(e, ours.SelectorWidth):
       out = tr.SelectorWidth(conv(e.selector))
     elif isinstance(e, ours.Select):
-      pred = tr.Comparison[e.predicate.name] if isinstance(e.predicate, ours.Comparison) else e.predicate
+      pred = (
+        tr.Comparison[e.predicate.name] if isinstance(e.predicate, ours.Comparison) else e.predicate
+      )
       out = tr.Select(conv(e.keys), conv(e.queries), pred)
     elif isinstance(e, ours.SelectorAnd):
       out = tr.SelectorAnd(conv(e.fst), conv(e.snd))
@@ -88,11 +92,19 @@ class TracrResult:
     return list(self.model.apply([self.bos, *xs]).decoded[1:])
 
 
-def compile_with_tracr(program, vocab, max_seq_len: int, *, causal: bool = False, compiler_bos="BOS",
-                       compiler_pad="PAD") -> TracrResult:
+def compile_with_tracr(
+  program, vocab, max_seq_len: int, *, causal: bool = False, compiler_bos="BOS", compiler_pad="PAD"
+) -> TracrResult:
   from tracr.compiler import compiling
+
   translated = to_tracr(program)
   start = time.perf_counter()
-  model = compiling.compile_rasp_to_model(translated, vocab=set(vocab), max_seq_len=max_seq_len, causal=causal,
-                                          compiler_bos=compiler_bos, compiler_pad=compiler_pad)
+  model = compiling.compile_rasp_to_model(
+    translated,
+    vocab=set(vocab),
+    max_seq_len=max_seq_len,
+    causal=causal,
+    compiler_bos=compiler_bos,
+    compiler_pad=compiler_pad,
+  )
   return TracrResult(model, time.perf_counter() - start, compiler_bos)

@@ -26,6 +26,7 @@ has reachable = frontier (both "the root's edges"), as in Table 1. The attention
 mass summed over its triplet (s, t, |) and over the heads; as the notebook, the last edge of the 'code'
 layout (no |) is skipped. Statistics are mean ± sd pooled over (problem, node) or (problem, edge) pairs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,21 +49,32 @@ from projects.continuous_cot import graphs
 from projects.continuous_cot import thoughts as thoughts_lib
 
 GROUPS = ("not_reachable", "reachable", "frontier", "optimal")
-LABELS = {"not_reachable": "Not Reachable", "reachable": "Reachable", "frontier": "–Frontier",
-          "optimal": "–Optimal"}
+LABELS = {
+  "not_reachable": "Not Reachable",
+  "reachable": "Reachable",
+  "frontier": "–Frontier",
+  "optimal": "–Optimal",
+}
 STEPS = (1, 2, 3, 4)
 
 # The paper's numbers (spec §4.2 = RS Table 1; §4.3 = RS Table 5, three seeds), by group then step.
 PAPER_ATTENTION = {
-    "not_reachable": ("0.04±0.07", "0.03±0.09", "0.08±0.17", "0.12±0.20"),
-    "reachable": ("2.12±1.07", "0.71±0.92", "0.38±0.72", "0.29±0.66"),
-    "frontier": ("2.12±1.07", "1.00±0.96", "0.67±0.87", "0.61±0.95"),
-    "optimal": ("2.54±1.03", "1.72±1.13", "1.67±1.20", "2.23±1.35")}
+  "not_reachable": ("0.04±0.07", "0.03±0.09", "0.08±0.17", "0.12±0.20"),
+  "reachable": ("2.12±1.07", "0.71±0.92", "0.38±0.72", "0.29±0.66"),
+  "frontier": ("2.12±1.07", "1.00±0.96", "0.67±0.87", "0.61±0.95"),
+  "optimal": ("2.54±1.03", "1.72±1.13", "1.67±1.20", "2.23±1.35"),
+}
 PAPER_INNER = {
-    "not_reachable": ("−0.37, −0.25, −0.33", "−0.26, −0.04, −0.14", "−0.09, −0.01, 0.02", "−0.25, −0.23, −0.27"),
-    "reachable": ("3.59, 3.62, 3.71", "1.55, 1.42, 1.37", "0.80, 0.77, 0.62", "0.61, 0.66, 0.53"),
-    "frontier": ("5.09, 5.13, 5.38", "2.69, 2.45, 2.63", "2.11, 1.95, 2.01", "2.27, 2.12, 2.29"),
-    "optimal": ("6.41, 6.52, 6.84", "4.78, 4.67, 5.11", "6.00, 5.44, 6.43", "9.48, 8.98, 9.58")}
+  "not_reachable": (
+    "−0.37, −0.25, −0.33",
+    "−0.26, −0.04, −0.14",
+    "−0.09, −0.01, 0.02",
+    "−0.25, −0.23, −0.27",
+  ),
+  "reachable": ("3.59, 3.62, 3.71", "1.55, 1.42, 1.37", "0.80, 0.77, 0.62", "0.61, 0.66, 0.53"),
+  "frontier": ("5.09, 5.13, 5.38", "2.69, 2.45, 2.63", "2.11, 1.95, 2.01", "2.27, 2.12, 2.29"),
+  "optimal": ("6.41, 6.52, 6.84", "4.78, 4.67, 5.11", "6.00, 5.44, 6.43", "9.48, 8.98, 9.58"),
+}
 
 
 # Node and edge groups ----------------------------------------------------------------------------------------
@@ -80,8 +92,12 @@ def node_groups(problem: graphs.Problem, step: int) -> dict[str, set[int]]:
   levels = walk_levels(problem, step)
   reachable = set().union(*levels)
   optimal = set(problem.neighbor_k().get(step, ()))
-  return {"not_reachable": set(range(problem.num_nodes)) - reachable, "reachable": reachable,
-          "frontier": levels[step], "optimal": optimal}
+  return {
+    "not_reachable": set(range(problem.num_nodes)) - reachable,
+    "reachable": reachable,
+    "frontier": levels[step],
+    "optimal": optimal,
+  }
 
 
 def edge_groups(problem: graphs.Problem, step: int) -> dict[str, list[int]]:
@@ -112,19 +128,22 @@ def edge_triplets(problem: graphs.Problem, layout: str) -> dict[int, tuple[int, 
 @dataclasses.dataclass(frozen=True)
 class Subject:
   """A superpose.nn model and how to read it: its prompt layout, the attention layer and the heads to sum."""
+
   name: str
   model: nn.Transformer
   layout: str = "code"
-  layer: int = 1                          # "layer 2"
-  heads: tuple[int, ...] | None = None    # None: all heads (the notebook's sum)
+  layer: int = 1  # "layer 2"
+  heads: tuple[int, ...] | None = None  # None: all heads (the notebook's sum)
 
 
 @dataclasses.dataclass
 class Trace:
   problem: graphs.Problem
-  thoughts: np.ndarray       # (hops, D): [t_1] .. [t_hops]
-  attention: np.ndarray      # (hops, H, S): the chosen layer's probabilities at the positions making them
-  answer: int                # argmax over the node tokens at [A]
+  thoughts: np.ndarray  # (hops, D): [t_1] .. [t_hops]
+  attention: (
+    np.ndarray
+  )  # (hops, H, S): the chosen layer's probabilities at the positions making them
+  answer: int  # argmax over the node tokens at [A]
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("num_thoughts", "layer"))
@@ -137,7 +156,7 @@ def _trace(graphdef, state, tokens_BT, latent_start_B, *, num_thoughts: int, lay
   embeds_BTD = embeds_BTD.at[jnp.arange(batch)[:, None], slots_BK].set(out.thoughts_BKD)
   mask_BT = jnp.zeros((batch, length), bool).at[jnp.arange(batch)[:, None], slots_BK].set(True)
   full = model(tokens_BT, embeds_BTD=embeds_BTD, embeds_mask_BT=mask_BT, return_attention=True)
-  rows_BK = slots_BK - 1                                              # the positions that produce the thoughts
+  rows_BK = slots_BK - 1  # the positions that produce the thoughts
   attn_BHKS = jnp.take_along_axis(full.attention[layer], rows_BK[:, None, :, None], axis=2)
   made_BKD = jnp.take_along_axis(full.final_hidden_BTD, rows_BK[:, :, None], axis=1)
   answer_pos = latent_start_B + num_thoughts
@@ -152,34 +171,57 @@ def candidate_order(problem: graphs.Problem, i: int) -> tuple[int, int]:
   return pair[::-1] if random.Random(i).random() < 0.5 else pair
 
 
-def trace(subject: Subject, problems: Sequence[graphs.Problem], batch_size: int = 64) -> list[Trace]:
+def trace(
+  subject: Subject, problems: Sequence[graphs.Problem], batch_size: int = 64
+) -> list[Trace]:
   """Gold-hop thoughts, the attention rows that make them and the answer, per problem (input order)."""
   graphdef, state = nnx.split(subject.model)
   out: list[Trace | None] = [None] * len(problems)
   by_hops: dict[int, list[int]] = {}
   for i, p in enumerate(problems):
     by_hops.setdefault(p.hops, []).append(i)
-  seqs = {i: data_lib.question_tokens(problems[i], problems[i].hops, layout=subject.layout,
-                                     candidates=candidate_order(problems[i], i)) for i in range(len(problems))}
-  length = 8 * -(-max(len(s) for s in seqs.values()) // 8)             # one padded width: few compilations
+  seqs = {
+    i: data_lib.question_tokens(
+      problems[i],
+      problems[i].hops,
+      layout=subject.layout,
+      candidates=candidate_order(problems[i], i),
+    )
+    for i in range(len(problems))
+  }
+  length = 8 * -(-max(len(s) for s in seqs.values()) // 8)  # one padded width: few compilations
   if length > subject.model.cfg.max_seq_len:
-    raise ValueError(f"a prompt has {length} tokens; the model's max_seq_len is {subject.model.cfg.max_seq_len}")
+    raise ValueError(
+      f"a prompt has {length} tokens; the model's max_seq_len is {subject.model.cfg.max_seq_len}"
+    )
   for hops, index in sorted(by_hops.items()):
     for start in range(0, len(index), batch_size):
-      chunk = index[start:start + batch_size]
+      chunk = index[start : start + batch_size]
       rows = chunk + [chunk[-1]] * (batch_size - len(chunk)) if len(index) > batch_size else chunk
       tokens = np.full((len(rows), length), data_lib.EOS, np.int32)
       starts = np.zeros(len(rows), np.int32)
       for r, i in enumerate(rows):
-        tokens[r, :len(seqs[i])] = seqs[i]
+        tokens[r, : len(seqs[i])] = seqs[i]
         starts[r] = len(seqs[i]) - hops - 1
-      fed, made, attn, logits = jax.device_get(_trace(graphdef, state, jnp.asarray(tokens), jnp.asarray(starts),
-                                                      num_thoughts=hops, layer=subject.layer))
+      fed, made, attn, logits = jax.device_get(
+        _trace(
+          graphdef,
+          state,
+          jnp.asarray(tokens),
+          jnp.asarray(starts),
+          num_thoughts=hops,
+          layer=subject.layer,
+        )
+      )
       # the thoughts re-read from the attention pass equal those fed back: it is the pass that made them
       np.testing.assert_allclose(fed, made, atol=1e-4, rtol=1e-4)
       for r, i in enumerate(chunk):
-        out[i] = Trace(problems[i], made[r].astype(np.float64), attn[r].astype(np.float64),
-                       int(np.argmax(logits[r, :graphs.MAX_NODES])))
+        out[i] = Trace(
+          problems[i],
+          made[r].astype(np.float64),
+          attn[r].astype(np.float64),
+          int(np.argmax(logits[r, : graphs.MAX_NODES])),
+        )
   return out
 
 
@@ -201,21 +243,38 @@ def signature(subject: Subject, traces: Sequence[Trace], steps: Sequence[int] = 
     for step in steps:
       if step > len(tr.thoughts):
         continue
-      products = embed[:p.num_nodes] @ tr.thoughts[step - 1]
-      heads = tr.attention[step - 1] if subject.heads is None else tr.attention[step - 1][list(subject.heads)]
+      products = embed[: p.num_nodes] @ tr.thoughts[step - 1]
+      heads = (
+        tr.attention[step - 1]
+        if subject.heads is None
+        else tr.attention[step - 1][list(subject.heads)]
+      )
       row = heads.sum(0)
-      values = {"inner": {g: products[sorted(nodes)].tolist() for g, nodes in node_groups(p, step).items()},
-                "attention": {g: [float(row[list(triplets[j])].sum()) for j in edges if j in triplets]
-                              for g, edges in edge_groups(p, step).items()}}
+      values = {
+        "inner": {g: products[sorted(nodes)].tolist() for g, nodes in node_groups(p, step).items()},
+        "attention": {
+          g: [float(row[list(triplets[j])].sum()) for j in edges if j in triplets]
+          for g, edges in edge_groups(p, step).items()
+        },
+      }
       for key, groups in values.items():
         for g, v in groups.items():
           pooled[key][g][step].extend(v)
-        by_problem[key][step].append({g: float(np.mean(v)) if v else float("nan") for g, v in groups.items()})
-  summary = lambda table: {g: {s: _stats(v) for s, v in by_step.items()} for g, by_step in table.items()}
+        by_problem[key][step].append(
+          {g: float(np.mean(v)) if v else float("nan") for g, v in groups.items()}
+        )
+  summary = lambda table: {
+    g: {s: _stats(v) for s, v in by_step.items()} for g, by_step in table.items()
+  }
   correct = sum(tr.answer == tr.problem.answer() for tr in traces)
-  return {"inner": summary(pooled["inner"]), "attention": summary(pooled["attention"]),
-          "inner_by_problem": by_problem["inner"], "attention_by_problem": by_problem["attention"],
-          "accuracy": correct / max(len(traces), 1), "count": len(traces)}
+  return {
+    "inner": summary(pooled["inner"]),
+    "attention": summary(pooled["attention"]),
+    "inner_by_problem": by_problem["inner"],
+    "attention_by_problem": by_problem["attention"],
+    "accuracy": correct / max(len(traces), 1),
+    "count": len(traces),
+  }
 
 
 def _ordered(means: Sequence[float], tol: float) -> tuple[bool, bool]:
@@ -223,7 +282,9 @@ def _ordered(means: Sequence[float], tol: float) -> tuple[bool, bool]:
   optimal ≥ frontier ≥ reachable > not-reachable. A missing group (nan) is skipped."""
   m = [x for x in means if not np.isnan(x)]
   strict = all(a > b + tol for a, b in zip(m, m[1:]))
-  weak = all(a >= b - tol for a, b in zip(m, m[1:])) and (np.isnan(means[3]) or means[2] > means[3] + tol)
+  weak = all(a >= b - tol for a, b in zip(m, m[1:])) and (
+    np.isnan(means[3]) or means[2] > means[3] + tol
+  )
   return strict, bool(weak)
 
 
@@ -233,20 +294,29 @@ def ordering(table: dict, steps: Sequence[int] = (1, 2), tol: float = 1e-6) -> d
   return {"strict": all(c[0] for c in checks), "weak": all(c[1] for c in checks)}
 
 
-def problem_ordering(by_problem: dict, steps: Sequence[int] = (1, 2), tol: float = 1e-6) -> dict[str, float]:
+def problem_ordering(
+  by_problem: dict, steps: Sequence[int] = (1, 2), tol: float = 1e-6
+) -> dict[str, float]:
   """Fraction of (problem, step) pairs whose within-problem group means are ordered (strict / weak)."""
   checks = [_ordered([m[g] for g in reversed(GROUPS)], tol) for s in steps for m in by_problem[s]]
-  return {"strict": float(np.mean([c[0] for c in checks])), "weak": float(np.mean([c[1] for c in checks]))}
+  return {
+    "strict": float(np.mean([c[0] for c in checks])),
+    "weak": float(np.mean([c[1] for c in checks])),
+  }
 
 
 # Reports -----------------------------------------------------------------------------------------------------
 def markdown(name: str, result: dict, steps: Sequence[int] = STEPS) -> str:
-  head = "| group | " + " | ".join(f"step {s}" for s in steps) + " |\n|---|" + "---|" * len(steps) + "\n"
+  head = (
+    "| group | " + " | ".join(f"step {s}" for s in steps) + " |\n|---|" + "---|" * len(steps) + "\n"
+  )
 
   def rows(table, paper):
     lines = []
     for g in GROUPS:
-      ours = " | ".join(f"{table[g][s][0]:.3f}±{table[g][s][1]:.3f}" if table[g][s][2] else "–" for s in steps)
+      ours = " | ".join(
+        f"{table[g][s][0]:.3f}±{table[g][s][1]:.3f}" if table[g][s][2] else "–" for s in steps
+      )
       lines.append(f"| {LABELS[g]} | {ours} |")
     lines.append("| *paper* | " + " | ".join("" for _ in steps) + " |")
     for g in GROUPS:
@@ -255,31 +325,51 @@ def markdown(name: str, result: dict, steps: Sequence[int] = STEPS) -> str:
 
   def order_line(key):
     pooled, each = ordering(result[key]), problem_ordering(result[f"{key}_by_problem"])
-    return (f"Ordering optimal > frontier > reachable > not-reachable at steps 1–2 — pooled means: strict "
-            f"{pooled['strict']}, weak (≥ ≥ >) {pooled['weak']}; within each problem: strict in "
-            f"{each['strict']:.0%}, weak in {each['weak']:.0%} of (problem, step) pairs.\n")
+    return (
+      f"Ordering optimal > frontier > reachable > not-reachable at steps 1–2 — pooled means: strict "
+      f"{pooled['strict']}, weak (≥ ≥ >) {pooled['weak']}; within each problem: strict in "
+      f"{each['strict']:.0%}, weak in {each['weak']:.0%} of (problem, step) pairs.\n"
+    )
 
-  return (f"## {name}\n\n{result['count']} problems, accuracy {result['accuracy']:.4f}.\n\n"
-          f"### Inner product ⟨[t_i], u_v⟩ by node group (mean±sd over nodes; paper: RS Table 5, three seeds)\n\n"
-          + head + rows(result["inner"], PAPER_INNER)
-          + "\n" + order_line("inner") + "\n"
-          "### Layer-2 attention mass per edge triplet by edge group (mean±sd over edges; paper: RS Table 1)\n\n"
-          + head + rows(result["attention"], PAPER_ATTENTION)
-          + "\n" + order_line("attention"))
+  return (
+    f"## {name}\n\n{result['count']} problems, accuracy {result['accuracy']:.4f}.\n\n"
+    f"### Inner product ⟨[t_i], u_v⟩ by node group (mean±sd over nodes; paper: RS Table 5, three seeds)\n\n"
+    + head
+    + rows(result["inner"], PAPER_INNER)
+    + "\n"
+    + order_line("inner")
+    + "\n"
+    "### Layer-2 attention mass per edge triplet by edge group (mean±sd over edges; paper: RS Table 1)\n\n"
+    + head
+    + rows(result["attention"], PAPER_ATTENTION)
+    + "\n"
+    + order_line("attention")
+  )
 
 
 def plot(name: str, result: dict, path: pathlib.Path, steps: Sequence[int] = STEPS) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for ax, key, title in ((axes[0], "inner", "⟨[t_i], u_v⟩ by node group"),
-                         (axes[1], "attention", "layer-2 attention per edge triplet")):
+  for ax, key, title in (
+    (axes[0], "inner", "⟨[t_i], u_v⟩ by node group"),
+    (axes[1], "attention", "layer-2 attention per edge triplet"),
+  ):
     for k, g in enumerate(GROUPS):
       xs = [s for s in steps if result[key][g][s][2]]
       mean = [result[key][g][s][0] for s in xs]
       sd = [result[key][g][s][1] for s in xs]
-      ax.errorbar(np.asarray(xs) + (k - 1.5) * 0.05, mean, yerr=sd, marker="o", capsize=3, label=LABELS[g].strip("–"))
+      ax.errorbar(
+        np.asarray(xs) + (k - 1.5) * 0.05,
+        mean,
+        yerr=sd,
+        marker="o",
+        capsize=3,
+        label=LABELS[g].strip("–"),
+      )
     ax.set_xlabel("thought step i")
     ax.set_xticks(list(steps))
     ax.set_title(title)
@@ -293,22 +383,36 @@ def plot(name: str, result: dict, path: pathlib.Path, steps: Sequence[int] = STE
 def subject_for(name: str) -> Subject:
   if name == "construction":
     from projects.continuous_cot import construction
+
     c = construction.Construction()
     # Layer 2 of the construction has one live head; the other four have zero weights (uniform, inert attention).
     return Subject("construction", construction.build(c), layout=c.layout, layer=1, heads=(0,))
-  raise ValueError(f"--model {name!r}: only 'construction' is available here (pass a Subject to the API otherwise)")
+  raise ValueError(
+    f"--model {name!r}: only 'construction' is available here (pass a Subject to the API otherwise)"
+  )
 
 
 def subject_from_run(workdir: str | pathlib.Path) -> Subject:
   """A trained Coconut run (selected checkpoint) with its own prompt layout; layer 2, all heads."""
   from projects.continuous_cot import evaluate
+
   config, model, _, how = evaluate.load_trained(workdir)
   if config["cot"]["method"] != "coconut":
-    raise ValueError(f"{workdir}: method {config['cot']['method']!r}; the signature needs continuous thoughts (coconut)")
-  return Subject(f"{pathlib.Path(workdir).name} ({how})", model, layout=config["cot"]["layout"], layer=1, heads=None)
+    raise ValueError(
+      f"{workdir}: method {config['cot']['method']!r}; the signature needs continuous thoughts (coconut)"
+    )
+  return Subject(
+    f"{pathlib.Path(workdir).name} ({how})",
+    model,
+    layout=config["cot"]["layout"],
+    layer=1,
+    heads=None,
+  )
 
 
-def analyse(subject: Subject, problems: Sequence[graphs.Problem], out: pathlib.Path, tag: str) -> dict:
+def analyse(
+  subject: Subject, problems: Sequence[graphs.Problem], out: pathlib.Path, tag: str
+) -> dict:
   result = signature(subject, trace(subject, problems))
   out.mkdir(parents=True, exist_ok=True)
   (out / f"{tag}.md").write_text(markdown(f"{subject.name} on {tag}", result))
@@ -317,17 +421,36 @@ def analyse(subject: Subject, problems: Sequence[graphs.Problem], out: pathlib.P
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m projects.continuous_cot.analysis", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m projects.continuous_cot.analysis",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--model", default="construction", choices=("construction",))
-  parser.add_argument("--workdir", default=None, help="a trained Coconut run to analyse instead of --model")
-  parser.add_argument("--data", default=str(data_lib.DEFAULT_DATA), help="directory of the released ProsQA files")
-  parser.add_argument("--out", required=True, help="directory for the Markdown tables and PNG plots")
-  parser.add_argument("--split", action="append", choices=tuple(data_lib.RELEASED),
-                      help="released split(s); default graph4 and graph4_shuffled")
-  parser.add_argument("--file", action="append", default=[],
-                      help="any ProsQA JSON file (e.g. a generated test.json), analysed as the split named by its stem")
-  parser.add_argument("--limit", type=int, default=0, help="first N problems of each split (0 = all)")
+  parser.add_argument(
+    "--workdir", default=None, help="a trained Coconut run to analyse instead of --model"
+  )
+  parser.add_argument(
+    "--data", default=str(data_lib.DEFAULT_DATA), help="directory of the released ProsQA files"
+  )
+  parser.add_argument(
+    "--out", required=True, help="directory for the Markdown tables and PNG plots"
+  )
+  parser.add_argument(
+    "--split",
+    action="append",
+    choices=tuple(data_lib.RELEASED),
+    help="released split(s); default graph4 and graph4_shuffled",
+  )
+  parser.add_argument(
+    "--file",
+    action="append",
+    default=[],
+    help="any ProsQA JSON file (e.g. a generated test.json), analysed as the split named by its stem",
+  )
+  parser.add_argument(
+    "--limit", type=int, default=0, help="first N problems of each split (0 = all)"
+  )
   args = parser.parse_args(argv)
   try:
     subject = subject_from_run(args.workdir) if args.workdir else subject_for(args.model)
@@ -338,12 +461,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   report = []
   files = [(pathlib.Path(f).stem, pathlib.Path(f)) for f in args.file]
   if args.split or not files:
-    files += [(s, data_lib.released_path(s, args.data)) for s in args.split or ("graph4", "graph4_shuffled")]
+    files += [
+      (s, data_lib.released_path(s, args.data)) for s in args.split or ("graph4", "graph4_shuffled")
+    ]
   for split, path in files:
     if not path.exists():
       print(f"{path}: missing", file=sys.stderr)
       return 1
-    problems = data_lib.load(path)[:args.limit or None]
+    problems = data_lib.load(path)[: args.limit or None]
     analyse(subject, problems, out, split)
     report.append((out / f"{split}.md").read_text())
   (out / "signature.md").write_text("# Superposition signature\n\n" + "\n".join(report))

@@ -32,6 +32,7 @@ machine-speed drift cancels in the per-round ratio; the report gives medians. Be
 cross-entropy of all steps is checked equal between the two paths. ``--profile`` also traces the new
 step and prints where its time goes (matmuls, element-wise, copies/transposes, the thought loop).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,7 +77,7 @@ def _timed_rounds(calls: dict, rounds: int, measure) -> dict[str, list[float]]:
   names = list(calls)
   out = {name: [] for name in names}
   for round_index in range(rounds):
-    for name in (names if round_index % 2 == 0 else names[::-1]):
+    for name in names if round_index % 2 == 0 else names[::-1]:
       start = time.perf_counter()
       jax.block_until_ready(calls[name]())
       out[name].append(measure(name, time.perf_counter() - start))
@@ -105,33 +106,51 @@ def forward_main(args) -> None:
   compile_s, outs = {}, {}
   for method in METHODS:
     start = time.perf_counter()
-    outs[method] = jax.block_until_ready(th.thought_forward(graphdef, state, tokens_d, starts_d, method=method,
-                                                            **bounds))
+    outs[method] = jax.block_until_ready(
+      th.thought_forward(graphdef, state, tokens_d, starts_d, method=method, **bounds)
+    )
     compile_s[method] = time.perf_counter() - start
   valid = np.arange(width)[None] < lengths[:, None]
-  delta = np.abs(np.asarray(outs["cached"].logits_BTV) - np.asarray(outs["reforward"].logits_BTV))[valid].max()
-  rates = _timed_rounds({m: functools.partial(call, m) for m in METHODS}, args.rounds,
-                        lambda _, dt: args.batch * args.steps / dt)
+  delta = np.abs(np.asarray(outs["cached"].logits_BTV) - np.asarray(outs["reforward"].logits_BTV))[
+    valid
+  ].max()
+  rates = _timed_rounds(
+    {m: functools.partial(call, m) for m in METHODS},
+    args.rounds,
+    lambda _, dt: args.batch * args.steps / dt,
+  )
   ratios = [c / r for c, r in zip(rates["cached"], rates["reforward"])]
 
   _header(cfg, state)
-  print(f"batch {args.batch}, prompt {lo}..{hi} tokens (mean {starts.mean():.1f}), {num_thoughts} thoughts, "
-        f"{rest} after, padded width T={width}; cached bounds prefix_len={prefix_len} rest_len={rest_len}")
-  print(f"mode: forward; {args.rounds} rounds x {args.steps} calls, ABBA; compile cached {compile_s['cached']:.1f}s, "
-        f"reforward {compile_s['reforward']:.1f}s (excluded); max |Δlogit| {delta:.1e}")
+  print(
+    f"batch {args.batch}, prompt {lo}..{hi} tokens (mean {starts.mean():.1f}), {num_thoughts} thoughts, "
+    f"{rest} after, padded width T={width}; cached bounds prefix_len={prefix_len} rest_len={rest_len}"
+  )
+  print(
+    f"mode: forward; {args.rounds} rounds x {args.steps} calls, ABBA; compile cached {compile_s['cached']:.1f}s, "
+    f"reforward {compile_s['reforward']:.1f}s (excluded); max |Δlogit| {delta:.1e}"
+  )
   for method in METHODS:
-    print(f"  {method:9s} {statistics.median(rates[method]):9.1f} questions/s (median; "
-          f"min {min(rates[method]):.1f}, max {max(rates[method]):.1f})")
-  print(f"ratio cached / reforward: {statistics.median(ratios):.2f}x (median of per-round ratios; "
-        f"min {min(ratios):.2f}, max {max(ratios):.2f}; target >= 3x)")
+    print(
+      f"  {method:9s} {statistics.median(rates[method]):9.1f} questions/s (median; "
+      f"min {min(rates[method]):.1f}, max {max(rates[method]):.1f})"
+    )
+  print(
+    f"ratio cached / reforward: {statistics.median(ratios):.2f}x (median of per-round ratios; "
+    f"min {min(ratios):.2f}, max {max(ratios):.2f}; target >= 3x)"
+  )
 
 
 def _header(cfg, state) -> None:
   device = jax.devices()[0]
   params = sum(x.size for x in jax.tree.leaves(state))
-  print(f"device: {device.platform} {device.device_kind} (jax {jax.__version__}, {jax.device_count()} device(s))")
-  print(f"model: gpt2 L{cfg.num_layers} H{cfg.num_heads} d{cfg.d_model} d_ff {cfg.d_ff} V{cfg.vocab_size}, "
-        f"{params / 1e6:.2f}M params, f32")
+  print(
+    f"device: {device.platform} {device.device_kind} (jax {jax.__version__}, {jax.device_count()} device(s))"
+  )
+  print(
+    f"model: gpt2 L{cfg.num_layers} H{cfg.num_heads} d{cfg.d_model} d_ff {cfg.d_ff} V{cfg.vocab_size}, "
+    f"{params / 1e6:.2f}M params, f32"
+  )
 
 
 # --- train: the old padded path vs the new bucketed one ----------------------------------------------------------
@@ -140,6 +159,7 @@ def train_tasks(args):
   from configs.continuous_cot import scaled as scaled_cfg
   from projects.continuous_cot import train as train_lib
   from superpose.train.config import model_section
+
   if args.data:
     problems = data_lib.load(pathlib.Path(args.data) / "train.json", check=False)
   else:
@@ -147,17 +167,25 @@ def train_tasks(args):
   tasks = {}
   for path, batching in (("old", "padded"), ("new", "bucketed")):
     c = scaled_cfg.get_config(args.method)
-    c.model = model_section("gpt2", vocab_size=VOCAB, vocab_multiple=8, max_seq_len=256, **th.SIZES[args.size])
+    c.model = model_section(
+      "gpt2", vocab_size=VOCAB, vocab_multiple=8, max_seq_len=256, **th.SIZES[args.size]
+    )
     c.train.batch_size = args.batch
     # final: stage = step − 1 ≥ window from the second window on; 0: stage 0 throughout
-    c.cot.update(dict(batching=batching, bucket_window=args.window,
-                      steps_per_stage=1 if args.stage == "final" else 10 ** 9))
+    c.cot.update(
+      dict(
+        batching=batching,
+        bucket_window=args.window,
+        steps_per_stage=1 if args.stage == "final" else 10**9,
+      )
+    )
     tasks[path] = train_lib.make_task(c.to_dict(), train=problems, valid=problems[:8])
   return tasks["old"], tasks["new"]
 
 
 def train_main(args) -> None:
   from superpose.train import optim, state as state_lib, step as step_lib
+
   old, new = train_tasks(args)
   steps = list(range(args.window + 1, args.window + 1 + args.steps))
   batches = {"new": [new.data.train_batch(s) for s in steps]}
@@ -175,13 +203,15 @@ def train_main(args) -> None:
   tx, _ = optim.make_optimizer(new.spec.config["optim"], params, 1000)
   state = {"params": params, "opt_state": jax.jit(tx.init)(params), "step": jnp.int32(0)}
   tasks = {"old": old, "new": new}
-  fns = {p: jax.jit(step_lib.make_train_step(graphdef, tasks[p].spec.train_loss, tx)) for p in PATHS}
+  fns = {
+    p: jax.jit(step_lib.make_train_step(graphdef, tasks[p].spec.train_loss, tx)) for p in PATHS
+  }
   device_batches = {p: [jax.device_put(b) for b in batches[p]] for p in PATHS}
 
   compile_s, ce = {}, {}
   for p in PATHS:
     start, total = time.perf_counter(), 0.0
-    for b, db in zip(batches[p], device_batches[p]):   # every shape compiled here, before timing
+    for b, db in zip(batches[p], device_batches[p]):  # every shape compiled here, before timing
       total += float(fns[p](state, db)[1]["loss"]) * float(b["weights"].sum())
     compile_s[p], ce[p] = time.perf_counter() - start, total
 
@@ -191,26 +221,42 @@ def train_main(args) -> None:
       out = fns[p](state, db)
     return out
 
-  rates = _timed_rounds({p: functools.partial(call, p) for p in PATHS}, args.rounds, lambda _, dt: real / dt)
+  rates = _timed_rounds(
+    {p: functools.partial(call, p) for p in PATHS}, args.rounds, lambda _, dt: real / dt
+  )
   ratios = [n / o for n, o in zip(rates["new"], rates["old"])]
 
   cfg = new.spec.model_cfg
   _header(cfg, params)
   stage = "final stage (earlier stages mixed in w.p. 0.1)" if args.stage == "final" else "stage 0"
-  print(f"method {args.method}, {stage}; batch {args.batch}; {len(new.data.train)} training problems; "
-        f"{args.steps} steps of {args.batch} rows, {real:,} real tokens ({real / args.steps / args.batch:.1f} per row)")
-  print(f"old: padded to T={old.spec.T} (P={old.spec.P}, K={old.spec.K}), full KV-cached forward; padding {pad['old']:.1%}")
-  print(f"new: bucketed (window {args.window} batches, widths {widths}), compact forward; padding {pad['new']:.1%}")
-  print(f"summed cross-entropy of the {args.steps} steps: old {ce['old']:.4f}, new {ce['new']:.4f} "
-        f"(|Δ| {abs(ce['old'] - ce['new']):.1e})")
-  print(f"{args.rounds} rounds x {args.steps} steps, ABBA; compile old {compile_s['old']:.1f}s "
-        f"({len({b['tokens'].shape for b in batches['old']})} shape), new {compile_s['new']:.1f}s "
-        f"({len(widths)} shapes) (excluded)")
+  print(
+    f"method {args.method}, {stage}; batch {args.batch}; {len(new.data.train)} training problems; "
+    f"{args.steps} steps of {args.batch} rows, {real:,} real tokens ({real / args.steps / args.batch:.1f} per row)"
+  )
+  print(
+    f"old: padded to T={old.spec.T} (P={old.spec.P}, K={old.spec.K}), full KV-cached forward; padding {pad['old']:.1%}"
+  )
+  print(
+    f"new: bucketed (window {args.window} batches, widths {widths}), compact forward; padding {pad['new']:.1%}"
+  )
+  print(
+    f"summed cross-entropy of the {args.steps} steps: old {ce['old']:.4f}, new {ce['new']:.4f} "
+    f"(|Δ| {abs(ce['old'] - ce['new']):.1e})"
+  )
+  print(
+    f"{args.rounds} rounds x {args.steps} steps, ABBA; compile old {compile_s['old']:.1f}s "
+    f"({len({b['tokens'].shape for b in batches['old']})} shape), new {compile_s['new']:.1f}s "
+    f"({len(widths)} shapes) (excluded)"
+  )
   for p in PATHS:
-    print(f"  {p}: {statistics.median(rates[p]):9.0f} real tokens/s (median; min {min(rates[p]):.0f}, "
-          f"max {max(rates[p]):.0f})")
-  print(f"ratio new / old real tokens/s: {statistics.median(ratios):.2f}x (median of per-round ratios; "
-        f"min {min(ratios):.2f}, max {max(ratios):.2f})")
+    print(
+      f"  {p}: {statistics.median(rates[p]):9.0f} real tokens/s (median; min {min(rates[p]):.0f}, "
+      f"max {max(rates[p]):.0f})"
+    )
+  print(
+    f"ratio new / old real tokens/s: {statistics.median(ratios):.2f}x (median of per-round ratios; "
+    f"min {min(ratios):.2f}, max {max(ratios):.2f})"
+  )
   if args.profile:
     profile(fns["new"], state, device_batches["new"])
 
@@ -224,15 +270,29 @@ def profile(fn, state, batches, top: int = 12) -> None:
     for b in batches:
       jax.block_until_ready(fn(state, b))
     jax.profiler.stop_trace()
-    trace = json.load(gzip.open(sorted(glob.glob(f"{folder}/**/*.trace.json.gz", recursive=True))[-1]))
+    trace = json.load(
+      gzip.open(sorted(glob.glob(f"{folder}/**/*.trace.json.gz", recursive=True))[-1])
+    )
   total, kinds, ops = 0.0, collections.Counter(), collections.Counter()
   for event in trace["traceEvents"]:
     name = event.get("name", "")
-    if event.get("ph") != "X" or "Thunk" in name or "$" in name or "Await" in name or name.startswith("Pjit"):
+    if (
+      event.get("ph") != "X"
+      or "Thunk" in name
+      or "$" in name
+      or "Await" in name
+      or name.startswith("Pjit")
+    ):
       continue
-    kind = ("thought loop (while)" if name.startswith("while") else
-            "matmul" if name.startswith(("ynn", "dot", "cublas", "gemm")) or "dot" in name else
-            "copy / transpose" if "copy" in name or "transpose" in name else "element-wise / reduce / other")
+    kind = (
+      "thought loop (while)"
+      if name.startswith("while")
+      else "matmul"
+      if name.startswith(("ynn", "dot", "cublas", "gemm")) or "dot" in name
+      else "copy / transpose"
+      if "copy" in name or "transpose" in name
+      else "element-wise / reduce / other"
+    )
     kinds[kind] += event["dur"]
     ops[name] += event["dur"]
     total += event["dur"] if kind != "thought loop (while)" else 0.0
@@ -241,28 +301,49 @@ def profile(fn, state, batches, top: int = 12) -> None:
   for kind, us in kinds.most_common():
     share = f"{us / total:.0%}" if kind != "thought loop (while)" else "contains ops counted above"
     print(f"  {kind:32s} {us / 1e3 / steps:8.1f} ms  ({share})")
-  print("  largest operations: " + ", ".join(f"{name} {us / 1e3 / steps:.1f} ms" for name, us in ops.most_common(top)))
+  print(
+    "  largest operations: "
+    + ", ".join(f"{name} {us / 1e3 / steps:.1f} ms" for name, us in ops.most_common(top))
+  )
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--size", default="small", choices=list(th.SIZES))
   parser.add_argument("--batch", type=int, default=32)
-  parser.add_argument("--rounds", type=int, default=None, help="ABBA rounds (default 7 forward, 4 train)")
-  parser.add_argument("--steps", type=int, default=None, help="calls per method per round (default 3 forward, "
-                      "8 train steps)")
-  parser.add_argument("--train", action="store_true", help="time train steps: old padded path vs new bucketed")
+  parser.add_argument(
+    "--rounds", type=int, default=None, help="ABBA rounds (default 7 forward, 4 train)"
+  )
+  parser.add_argument(
+    "--steps",
+    type=int,
+    default=None,
+    help="calls per method per round (default 3 forward, 8 train steps)",
+  )
+  parser.add_argument(
+    "--train", action="store_true", help="time train steps: old padded path vs new bucketed"
+  )
   forward = parser.add_argument_group("forward")
   forward.add_argument("--thoughts", type=int, default=4)
-  forward.add_argument("--prompt", default="80:160", help="lo:hi prompt lengths (tokens before the first thought)")
-  forward.add_argument("--rest", type=int, default=2, help="tokens after the thoughts ([A] and the target)")
+  forward.add_argument(
+    "--prompt", default="80:160", help="lo:hi prompt lengths (tokens before the first thought)"
+  )
+  forward.add_argument(
+    "--rest", type=int, default=2, help="tokens after the thoughts ([A] and the target)"
+  )
   train = parser.add_argument_group("train")
   train.add_argument("--method", default="coconut", choices=("coconut", "cot", "nocot"))
   train.add_argument("--stage", default="final", choices=("final", "0"))
-  train.add_argument("--problems", type=int, default=2000, help="generated training problems (without --data)")
+  train.add_argument(
+    "--problems", type=int, default=2000, help="generated training problems (without --data)"
+  )
   train.add_argument("--data", default="", help="a generated data folder (its train.json) instead")
-  train.add_argument("--window", type=int, default=32, help="bucket window in batches (the config default: 32)")
-  train.add_argument("--profile", action="store_true", help="also trace the new step and print where time goes")
+  train.add_argument(
+    "--window", type=int, default=32, help="bucket window in batches (the config default: 32)"
+  )
+  train.add_argument(
+    "--profile", action="store_true", help="also trace the new step and print where time goes"
+  )
   args = parser.parse_args(argv)
   if args.train:
     args.rounds, args.steps = args.rounds or 4, args.steps or 8

@@ -17,6 +17,7 @@ content: a thought adds the targets of all edges leaving its reachable set, [A] 
 Thought c is then (1/√|V_c|) Σ_{v ∈ V_c} u_v, and at [A] the logit of the reachable candidate is 2/·,
 every other token's at most 1/· (Theorem 1).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,8 @@ V = data_lib.VOCAB.vocab_size
 class Construction:
   position_dims: int = 64
   max_seq_len: int = 256
-  margin: float = 15.0      # layer-1 logit gap to the next-best key (sets η)
-  tau: float = 200.0        # layer-2 key scale
+  margin: float = 15.0  # layer-1 logit gap to the next-best key (sets η)
+  tau: float = 200.0  # layer-2 key scale
   n_max: int = graphs.MAX_NODES
   layout: str = "code"
 
@@ -62,11 +63,28 @@ class Construction:
 
   def config(self) -> nn.TransformerConfig:
     return nn.TransformerConfig(
-        vocab_size=V, vocab_multiple=8, d_model=self.d_model, num_layers=2, num_heads=5,
-        head_dim=max(2 * self.position_dims, V), d_ff=3 * V, max_seq_len=self.max_seq_len, norm="l2",
-        attn_norm="none", mlp_norm="post", final_norm=True, mlp_residual=False, activation="step",
-        step_threshold=0.0, attn_scale="one", positions="sinusoidal", position_dims=self.position_dims,
-        tie_embeddings=True, use_bias=True, init_std=0.0)
+      vocab_size=V,
+      vocab_multiple=8,
+      d_model=self.d_model,
+      num_layers=2,
+      num_heads=5,
+      head_dim=max(2 * self.position_dims, V),
+      d_ff=3 * V,
+      max_seq_len=self.max_seq_len,
+      norm="l2",
+      attn_norm="none",
+      mlp_norm="post",
+      final_norm=True,
+      mlp_residual=False,
+      activation="step",
+      step_threshold=0.0,
+      attn_scale="one",
+      positions="sinusoidal",
+      position_dims=self.position_dims,
+      tie_embeddings=True,
+      use_bias=True,
+      init_std=0.0,
+    )
 
 
 def _table(c: Construction) -> np.ndarray:
@@ -82,7 +100,7 @@ def _rotation(freqs: np.ndarray, lag: int) -> np.ndarray:
   r = np.zeros((2 * len(freqs),) * 2)
   for i, w in enumerate(freqs):
     cs, sn = math.cos(lag * w), math.sin(lag * w)
-    r[2 * i:2 * i + 2, 2 * i:2 * i + 2] = [[cs, sn], [-sn, cs]]
+    r[2 * i : 2 * i + 2, 2 * i : 2 * i + 2] = [[cs, sn], [-sn, cs]]
   return r
 
 
@@ -91,7 +109,7 @@ def chooser_constants(c: Construction) -> tuple[float, float]:
   table, _ = _table(c)
   gram0 = table @ table[0]
   xi = float(np.max(2 * c.position_dims / (gram0[0] - gram0[1:])))
-  gap = float(np.min(gram0[0] - gram0[1:]))          # ⟨p_i,p_i⟩ − ⟨p_i,p_{i+δ}⟩ depends on δ only
+  gap = float(np.min(gram0[0] - gram0[1:]))  # ⟨p_i,p_i⟩ − ⟨p_i,p_{i+δ}⟩ depends on δ only
   return c.margin / gap, xi
 
 
@@ -103,37 +121,55 @@ def weights(c: Construction) -> dict:
   table, freqs = _table(c)
   eta, xi = chooser_constants(c)
   edge_marks = ["|", "[Q]"] if c.layout == "code" else ["|"]
-  heads = [(edge_marks, 2, buf1), (edge_marks, 1, buf2), (["[R]"], 2, buf2), (["[R]"], 1, buf2), (["[A]"], 1, buf1)]
+  heads = [
+    (edge_marks, 2, buf1),
+    (edge_marks, 1, buf2),
+    (["[R]"], 2, buf2),
+    (["[R]"], 1, buf2),
+    (["[A]"], 1, buf1),
+  ]
   emb = np.zeros((V, D))
   emb[:, :V] = eye
-  q1, k1, v1, o1 = (np.zeros((D, 5, H)), np.zeros((D, 5, H)), np.zeros((D, 5, H)), np.zeros((5, H, D)))
+  q1, k1, v1, o1 = (
+    np.zeros((D, 5, H)),
+    np.zeros((D, 5, H)),
+    np.zeros((D, 5, H)),
+    np.zeros((5, H, D)),
+  )
   for h, (marks, lag, buffer) in enumerate(heads):
     chosen = [data_lib.VOCAB.id_of(m) for m in marks]
-    q1[pos:pos + P, h, :P] = np.eye(P)                                    # q = [p_i ; ξ⟨u_x̄, h_i⟩ p_0]
+    q1[pos : pos + P, h, :P] = np.eye(P)  # q = [p_i ; ξ⟨u_x̄, h_i⟩ p_0]
     others = [t for t in range(V) if t not in chosen]
-    q1[np.array(others), h, P:2 * P] = xi * table[0]
-    k1[pos:pos + P, h, :P] = eta * _rotation(freqs, lag).T                # k = [η p_{j+ℓ} ; η p_j]
-    k1[pos:pos + P, h, P:2 * P] = eta * np.eye(P)
-    v1[content:content + V, h, :V] = eye
-    v1[data_lib.BOS, h, data_lib.BOS] = 0.0                               # the sink adds nothing
-    o1[h, :V, buffer:buffer + V] = eye
+    q1[np.array(others), h, P : 2 * P] = xi * table[0]
+    k1[pos : pos + P, h, :P] = eta * _rotation(freqs, lag).T  # k = [η p_{j+ℓ} ; η p_j]
+    k1[pos : pos + P, h, P : 2 * P] = eta * np.eye(P)
+    v1[content : content + V, h, :V] = eye
+    v1[data_lib.BOS, h, data_lib.BOS] = 0.0  # the sink adds nothing
+    o1[h, :V, buffer : buffer + V] = eye
   wi1 = np.zeros((D, 3 * V))
   for s in range(3):
-    wi1[s * V:(s + 1) * V, s * V:(s + 1) * V] = eye
-  q2, k2, v2, o2 = (np.zeros((D, 5, H)), np.zeros((D, 5, H)), np.zeros((D, 5, H)), np.zeros((5, H, D)))
-  q2[content:content + V, 0, :V] = eye
-  k2[buf1:buf1 + V, 0, :V] = c.tau * eye
-  k2[data_lib.ROOT, 0, data_lib.ANSWER] = c.tau                           # [R] answers [A]'s query
-  v2[buf2:buf2 + V, 0, :V] = eye
-  o2[0, :V, content:content + V] = eye
+    wi1[s * V : (s + 1) * V, s * V : (s + 1) * V] = eye
+  q2, k2, v2, o2 = (
+    np.zeros((D, 5, H)),
+    np.zeros((D, 5, H)),
+    np.zeros((D, 5, H)),
+    np.zeros((5, H, D)),
+  )
+  q2[content : content + V, 0, :V] = eye
+  k2[buf1 : buf1 + V, 0, :V] = c.tau * eye
+  k2[data_lib.ROOT, 0, data_lib.ANSWER] = c.tau  # [R] answers [A]'s query
+  v2[buf2 : buf2 + V, 0, :V] = eye
+  o2[0, :V, content : content + V] = eye
   wi2, wo2 = np.zeros((D, 3 * V)), np.zeros((3 * V, D))
-  wi2[:V, :V], wi2[buf1:buf1 + V, V:2 * V] = eye, eye
-  wo2[:V, :V], wo2[V:2 * V, :V] = eye, eye
-  return {"token_embedding": emb,
-          ("blocks", 0, "attn"): dict(q=q1, k=k1, v=v1, o=o1),
-          ("blocks", 0, "mlp"): dict(wi=wi1, wo=wi1.T, wi_bias=np.full(3 * V, -c.eps1)),
-          ("blocks", 1, "attn"): dict(q=q2, k=k2, v=v2, o=o2),
-          ("blocks", 1, "mlp"): dict(wi=wi2, wo=wo2, wi_bias=np.full(3 * V, -c.eps2))}
+  wi2[:V, :V], wi2[buf1 : buf1 + V, V : 2 * V] = eye, eye
+  wo2[:V, :V], wo2[V : 2 * V, :V] = eye, eye
+  return {
+    "token_embedding": emb,
+    ("blocks", 0, "attn"): dict(q=q1, k=k1, v=v1, o=o1),
+    ("blocks", 0, "mlp"): dict(wi=wi1, wo=wi1.T, wi_bias=np.full(3 * V, -c.eps1)),
+    ("blocks", 1, "attn"): dict(q=q2, k=k2, v=v2, o=o2),
+    ("blocks", 1, "mlp"): dict(wi=wi2, wo=wo2, wi_bias=np.full(3 * V, -c.eps2)),
+  }
 
 
 def build(c: Construction = Construction()) -> nn.Transformer:
@@ -152,17 +188,23 @@ def build(c: Construction = Construction()) -> nn.Transformer:
 
 
 # The continuous-thought loop (un-cached: one full forward per thought) -------------------------------------------
-def batch(problems: Sequence[graphs.Problem], length: int, layout: str,
-          orders: Sequence[tuple[int, int]] | None = None):
+def batch(
+  problems: Sequence[graphs.Problem],
+  length: int,
+  layout: str,
+  orders: Sequence[tuple[int, int]] | None = None,
+):
   """Right-padded question sequences with gold-hop thought slots: (tokens, root position, thoughts).
   ``orders``: the candidates of each prompt in order (default: target first)."""
   tokens = np.full((len(problems), length), data_lib.EOS, np.int32)
   root_pos, counts = np.zeros(len(problems), np.int32), np.zeros(len(problems), np.int32)
   for i, p in enumerate(problems):
-    seq = data_lib.question_tokens(p, p.hops, layout=layout, candidates=None if orders is None else orders[i])
+    seq = data_lib.question_tokens(
+      p, p.hops, layout=layout, candidates=None if orders is None else orders[i]
+    )
     if len(seq) > length:
       raise ValueError(f"problem {i}: {len(seq)} tokens exceed {length}")
-    tokens[i, :len(seq)] = seq
+    tokens[i, : len(seq)] = seq
     counts[i] = p.hops
     root_pos[i] = len(seq) - p.hops - 2
   return tokens, root_pos, counts
@@ -175,8 +217,13 @@ def _forward(graphdef, state, tokens, embeds, mask):
   return out.final_hidden_BTD, out.logits_BTV
 
 
-def run_thoughts(model: nn.Transformer, tokens: np.ndarray, root_pos: np.ndarray, counts: np.ndarray,
-                 return_logits: bool = False):
+def run_thoughts(
+  model: nn.Transformer,
+  tokens: np.ndarray,
+  root_pos: np.ndarray,
+  counts: np.ndarray,
+  return_logits: bool = False,
+):
   """Feeds back the post-final-norm state of position t0+c−1 as the input at t0+c, c = 1..C per row,
   re-running the whole sequence each time; returns (thoughts (B, Cmax, D), predicted answer ids (B,)),
   and the answer logits over the 40 tokens (B, 40) with ``return_logits``."""
@@ -208,22 +255,30 @@ def ideal_thought(problem: graphs.Problem, step: int, d_model: int) -> np.ndarra
   return out
 
 
-def evaluate(problems: Sequence[graphs.Problem], c: Construction = Construction(), model=None,
-             batch_size: int = 128) -> dict:
+def evaluate(
+  problems: Sequence[graphs.Problem],
+  c: Construction = Construction(),
+  model=None,
+  batch_size: int = 128,
+) -> dict:
   """Accuracy against the BFS answer, and thought c vs (1/√|V_c|) Σ_{V_c} u_v for every thought; ``counts``:
   the answer metrics and floors of :mod:`metrics` ({name: (k, n)}), candidates in a coin order per problem."""
   model = model or build(c)
   correct, max_dev, min_cos, n_thoughts = 0, 0.0, 1.0, 0
   per_step: dict[int, list[float]] = {}
   sums = dict.fromkeys(metrics_lib.MODEL_METRICS + metrics_lib.FLOORS, 0.0)
-  length = min(c.max_seq_len, 8 * (-(-max(len(data_lib.question_tokens(p, p.hops)) + 1 for p in problems) // 8)))
+  length = min(
+    c.max_seq_len,
+    8 * (-(-max(len(data_lib.question_tokens(p, p.hops)) + 1 for p in problems) // 8)),
+  )
   for start in range(0, len(problems), batch_size):
-    chunk = problems[start:start + batch_size]
+    chunk = problems[start : start + batch_size]
     orders = [metrics_lib.coin_order(p, start + i) for i, p in enumerate(chunk)]
     tokens, root_pos, counts = batch(chunk, length, c.layout, orders)
     thoughts, answers, logits = run_thoughts(model, tokens, root_pos, counts, return_logits=True)
-    per_row = metrics_lib.answer_metrics(jnp.asarray(logits), jnp.asarray([p.target for p in chunk]),
-                                         jnp.asarray(orders, jnp.int32))
+    per_row = metrics_lib.answer_metrics(
+      jnp.asarray(logits), jnp.asarray([p.target for p in chunk]), jnp.asarray(orders, jnp.int32)
+    )
     for k, v in per_row.items():
       sums[k] += float(np.sum(v))
     for i, p in enumerate(chunk):
@@ -237,25 +292,39 @@ def evaluate(problems: Sequence[graphs.Problem], c: Construction = Construction(
         max_dev, min_cos, n_thoughts = max(max_dev, dev), min(min_cos, cos), n_thoughts + 1
         per_step.setdefault(step, []).append(dev)
   n = len(problems)
-  return {"count": n, "accuracy": correct / n, "thoughts": n_thoughts,
-          "max_abs_deviation": max_dev, "min_cosine": min_cos,
-          "max_abs_deviation_by_step": {k: max(v) for k, v in sorted(per_step.items())},
-          "counts": {k: (int(round(v)), n) for k, v in sums.items()}}
+  return {
+    "count": n,
+    "accuracy": correct / n,
+    "thoughts": n_thoughts,
+    "max_abs_deviation": max_dev,
+    "min_cosine": min_cos,
+    "max_abs_deviation_by_step": {k: max(v) for k, v in sorted(per_step.items())},
+    "counts": {k: (int(round(v)), n) for k, v in sums.items()},
+  }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m projects.continuous_cot.construction", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--data", default=str(data_lib.DEFAULT_DATA), help="directory of the released ProsQA files")
+  parser = argparse.ArgumentParser(
+    prog="python -m projects.continuous_cot.construction",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument(
+    "--data", default=str(data_lib.DEFAULT_DATA), help="directory of the released ProsQA files"
+  )
   parser.add_argument("--layout", default="both", choices=("code", "theory", "both"))
-  parser.add_argument("--limit", type=int, default=0, help="first N problems of each file (0 = all)")
+  parser.add_argument(
+    "--limit", type=int, default=0, help="first N problems of each file (0 = all)"
+  )
   args = parser.parse_args(argv)
   eta, xi = chooser_constants(Construction())
-  print(f"construction: d_model={Construction().d_model}, η={eta:.3f}, ξ={xi:.2f}, τ={Construction().tau}, "
-        f"ε1={Construction().eps1:.4f}, ε2={Construction().eps2:.4f}")
+  print(
+    f"construction: d_model={Construction().d_model}, η={eta:.3f}, ξ={xi:.2f}, τ={Construction().tau}, "
+    f"ε1={Construction().eps1:.4f}, ε2={Construction().eps2:.4f}"
+  )
   status = 0
   tables: dict[str, dict] = {}
-  for layout in (("code", "theory") if args.layout == "both" else (args.layout,)):
+  for layout in ("code", "theory") if args.layout == "both" else (args.layout,):
     c = Construction(layout=layout)
     model = build(c)
     for name in data_lib.RELEASED:
@@ -264,17 +333,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{path}: missing", file=sys.stderr)
         status = 1
         continue
-      problems = data_lib.load(path)[:args.limit or None]
+      problems = data_lib.load(path)[: args.limit or None]
       r = evaluate(problems, c, model)
       steps = ", ".join(f"{k}: {v:.1e}" for k, v in r["max_abs_deviation_by_step"].items())
-      print(f"[{layout}] {path.name}: accuracy {r['accuracy']:.4f} ({round(r['accuracy'] * r['count'])}/"
-            f"{r['count']}); {r['thoughts']} thoughts, max |thought − ideal| {r['max_abs_deviation']:.2e}, "
-            f"min cosine {r['min_cosine']:.8f}; max deviation by step {{{steps}}}")
+      print(
+        f"[{layout}] {path.name}: accuracy {r['accuracy']:.4f} ({round(r['accuracy'] * r['count'])}/"
+        f"{r['count']}); {r['thoughts']} thoughts, max |thought − ideal| {r['max_abs_deviation']:.2e}, "
+        f"min cosine {r['min_cosine']:.8f}; max deviation by step {{{steps}}}"
+      )
       status |= int(r["accuracy"] < 1.0)
       tables[f"{layout}: {path.name}"] = r["counts"]
   if tables:
-    print("\nAnswer metrics (95% Wilson intervals; candidates in a coin order per problem):\n"
-          + metrics_lib.table(tables))
+    print(
+      "\nAnswer metrics (95% Wilson intervals; candidates in a coin order per problem):\n"
+      + metrics_lib.table(tables)
+    )
   return status
 
 

@@ -9,6 +9,7 @@ or path node k − 1 is a depth-k node on a shortest path), all on the run's gen
 with the floors (always the first candidate, more ancestors) as dashed lines. The table gives every
 evaluation's numbers with 95 % Wilson intervals, rows seen, real tokens seen and training wall time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,21 +23,35 @@ import numpy as np
 from projects.continuous_cot import metrics as metrics_lib
 from projects.continuous_cot import rows as rows_lib
 
-PANELS = (("acc", "full-vocabulary accuracy"), ("acc_two", "two-candidate accuracy"),
-          ("is_cand", "answer is a candidate"), ("hop1", "hop-1 accuracy"), ("hop2", "hop-2 accuracy"),
-          ("hop3", "hop-3 accuracy"))
+PANELS = (
+  ("acc", "full-vocabulary accuracy"),
+  ("acc_two", "two-candidate accuracy"),
+  ("is_cand", "answer is a candidate"),
+  ("hop1", "hop-1 accuracy"),
+  ("hop2", "hop-2 accuracy"),
+  ("hop3", "hop-3 accuracy"),
+)
 
 
 def read_run(workdir: str | pathlib.Path) -> dict:
   """Training and evaluation rows of one run, its config, and its eval set size."""
   workdir = pathlib.Path(workdir)
-  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+  rows = [
+    json.loads(line)
+    for line in (workdir / "metrics.jsonl").read_text().splitlines()
+    if line.strip()
+  ]
   config = json.loads((workdir / "config.json").read_text())
   train = [r for r in rows if "grad_norm" in r]
   evals = [r for r in rows if "eval/acc" in r]
   progress = workdir / "progress.json"
-  return {"name": workdir.name, "config": config, "train": train, "evals": evals,
-          "progress": json.loads(progress.read_text()) if progress.exists() else {}}
+  return {
+    "name": workdir.name,
+    "config": config,
+    "train": train,
+    "evals": evals,
+    "progress": json.loads(progress.read_text()) if progress.exists() else {},
+  }
 
 
 def _moving(x: np.ndarray, w: int) -> np.ndarray:
@@ -53,7 +68,9 @@ def eval_size(config: dict) -> int:
   if not path.exists():
     if c.get("eval_limit"):
       return int(c["eval_limit"])
-    raise SystemExit(f"curves: {path} not found and eval_limit is 0: the evaluation size is unknown")
+    raise SystemExit(
+      f"curves: {path} not found and eval_limit is 0: the evaluation size is unknown"
+    )
   n = len(json.loads(path.read_text()))
   return min(n, c["eval_limit"]) if c.get("eval_limit") else n
 
@@ -70,22 +87,35 @@ def stage_starts(config: dict) -> list[int]:
 
 def table(runs: Sequence[dict], n_eval: int) -> str:
   keys = [k for k, _ in PANELS]
-  head = "| run | step | rows seen | real tokens seen | " + " | ".join(metrics_lib.LABELS.get(k, k) for k in keys) + " |"
+  head = (
+    "| run | step | rows seen | real tokens seen | "
+    + " | ".join(metrics_lib.LABELS.get(k, k) for k in keys)
+    + " |"
+  )
   lines = [head, "|---" * (len(keys) + 4) + "|"]
   for run in runs:
     batch = run["config"]["train"]["batch_size"]
     tokens = {r["step"]: r.get("data/row_tokens", 0.0) * batch for r in run["train"]}
     for r in run["evals"]:
       seen = sum(v for s, v in tokens.items() if s <= r["step"])
-      cells = [metrics_lib.cell(int(round(r[f"eval/{k}"] * n_eval)), n_eval) if f"eval/{k}" in r else "–" for k in keys]
-      lines.append(f"| {run['name']} | {r['step']} | {r['step'] * batch:,} | {seen / 1e6:.1f}M | " + " | ".join(cells) + " |")
+      cells = [
+        metrics_lib.cell(int(round(r[f"eval/{k}"] * n_eval)), n_eval) if f"eval/{k}" in r else "–"
+        for k in keys
+      ]
+      lines.append(
+        f"| {run['name']} | {r['step']} | {r['step'] * batch:,} | {seen / 1e6:.1f}M | "
+        + " | ".join(cells)
+        + " |"
+      )
   return "\n".join(lines)
 
 
 def plot(runs: Sequence[dict], path: pathlib.Path) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, grid = plt.subplots(2, 4, figsize=(13, 6.4))
   axes = list(grid.flat)
   axes[-1].axis("off")
@@ -108,7 +138,9 @@ def plot(runs: Sequence[dict], path: pathlib.Path) -> None:
     if key in ("acc", "acc_two"):
       for f, style in (("floor_first", "--"), ("floor_ancestors", "-.")):
         if f"eval/{f}" in floors:
-          ax.axhline(floors[f"eval/{f}"], color="grey", ls=style, lw=0.8, label=metrics_lib.LABELS.get(f, f))
+          ax.axhline(
+            floors[f"eval/{f}"], color="grey", ls=style, lw=0.8, label=metrics_lib.LABELS.get(f, f)
+          )
   axes[1].legend(fontsize=6)
   for ax in axes[:-1]:
     ax.set_xlabel("step")
@@ -118,8 +150,11 @@ def plot(runs: Sequence[dict], path: pathlib.Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m projects.continuous_cot.curves", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m projects.continuous_cot.curves",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--workdir", nargs="+", required=True)
   parser.add_argument("--out", required=True)
   parser.add_argument("--name", default="curves")
@@ -130,8 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   out.mkdir(parents=True, exist_ok=True)
   plot(runs, out / f"{args.name}.png")
   text = table(runs, n_eval)
-  walls = ", ".join(f"{r['name']} {r['progress'].get('wall_time_s', float('nan')) / 60:.1f} min to step "
-                    f"{r['progress'].get('step', '?')}" for r in runs)
+  walls = ", ".join(
+    f"{r['name']} {r['progress'].get('wall_time_s', float('nan')) / 60:.1f} min to step "
+    f"{r['progress'].get('step', '?')}"
+    for r in runs
+  )
   (out / f"{args.name}.md").write_text(text + f"\n\nTraining wall time (progress.json): {walls}\n")
   print(text)
   print(f"wrote {out / args.name}.png and .md")

@@ -12,6 +12,7 @@ row of the table gives the metrics of :mod:`projects.continuous_cot.metrics`: fu
 "always the first candidate" and "the candidate with more ancestors" (per question, in the prompt's
 candidate order). Intervals are 95 % Wilson score intervals. Nothing here feeds back into selection.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,9 @@ def selected_checkpoint(workdir: pathlib.Path) -> tuple[pathlib.Path, str]:
   if selection.exists():
     sel = json.loads(selection.read_text())
     if sel.get("checkpoint") and pathlib.Path(sel["checkpoint"]).exists():
-      return pathlib.Path(sel["checkpoint"]), f"step {sel['step']} (best {sel['metric']} {sel['value']:.3f} on generated validation)"
+      return pathlib.Path(
+        sel["checkpoint"]
+      ), f"step {sel['step']} (best {sel['metric']} {sel['value']:.3f} on generated validation)"
   return ckpt_lib.checkpoint_dir(workdir), "newest checkpoint (no selection.json)"
 
 
@@ -69,39 +72,63 @@ def evaluate_run(workdir: str | pathlib.Path, problems: list) -> dict:
   totals: dict[str, float] = {}
   for i in range(eval_set.num_batches):
     batch = eval_set.batch(i)
-    for k, v in metrics(params, batch).items():   # each is Σ correct · num_batches / n over the batch
+    for k, v in metrics(
+      params, batch
+    ).items():  # each is Σ correct · num_batches / n over the batch
       totals[k] = totals.get(k, 0.0) + float(v)
   n = len(problems)
   means = {k: v / eval_set.num_batches for k, v in totals.items()}
   counts = {k: (int(round(v * n)), n) for k, v in means.items() if not k.endswith("_mass")}
-  return {"method": task.spec.method, "checkpoint": str(path), "chosen": how, "counts": counts,
-          "means": {k: v for k, v in means.items() if k.endswith("_mass")}}
+  return {
+    "method": task.spec.method,
+    "checkpoint": str(path),
+    "chosen": how,
+    "counts": counts,
+    "means": {k: v for k, v in means.items() if k.endswith("_mass")},
+  }
 
 
 def markdown(split: str, results: dict[str, dict]) -> str:
   rows, chosen = {}, []
   for name, r in results.items():
-    labels = {"": "gold hop count" if r["method"] == "coconut" else "answer", "_fixed": "fixed thought count"}
+    labels = {
+      "": "gold hop count" if r["method"] == "coconut" else "answer",
+      "_fixed": "fixed thought count",
+    }
     for variant, counts in metrics_lib.by_variant(r["counts"]).items():
       rows[f"{name}: {r['method']}, {labels[variant]}"] = counts
     chosen.append(f"- {name}: {r['chosen']} (`{r['checkpoint']}`)")
-  return (f"# Answers on `{split}` (95% Wilson intervals)\n\n" + metrics_lib.table(rows)
-          + "\n\nFloors are per question in the prompt's candidate order; ties in ancestors go to the first "
-          "candidate.\n\nCheckpoints:\n" + "\n".join(chosen) + "\n")
+  return (
+    f"# Answers on `{split}` (95% Wilson intervals)\n\n"
+    + metrics_lib.table(rows)
+    + "\n\nFloors are per question in the prompt's candidate order; ties in ancestors go to the first "
+    "candidate.\n\nCheckpoints:\n" + "\n".join(chosen) + "\n"
+  )
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m projects.continuous_cot.evaluate", description=__doc__.split("\n")[0])
+  ap = argparse.ArgumentParser(
+    prog="python -m projects.continuous_cot.evaluate", description=__doc__.split("\n")[0]
+  )
   ap.add_argument("--workdir", nargs="+", required=True, type=pathlib.Path)
-  ap.add_argument("--data", type=pathlib.Path, default=DEFAULT_DATA, help="folder of the released ProsQA files")
+  ap.add_argument(
+    "--data", type=pathlib.Path, default=DEFAULT_DATA, help="folder of the released ProsQA files"
+  )
   ap.add_argument("--split", default="graph4_shuffled", choices=sorted(data_lib.RELEASED))
-  ap.add_argument("--file", type=pathlib.Path, help="any ProsQA JSON file instead of a released split (e.g. a "
-                  "generated test.json that no run selected on)")
+  ap.add_argument(
+    "--file",
+    type=pathlib.Path,
+    help="any ProsQA JSON file instead of a released split (e.g. a "
+    "generated test.json that no run selected on)",
+  )
   ap.add_argument("--out", type=pathlib.Path, help="also write the Markdown table here")
   args = ap.parse_args(argv)
   path = args.file or args.data / data_lib.RELEASED[args.split]
   if not path.exists():
-    print(f"error: {path} not found (--data names the folder of the released ProsQA files)", file=sys.stderr)
+    print(
+      f"error: {path} not found (--data names the folder of the released ProsQA files)",
+      file=sys.stderr,
+    )
     return 2
   problems = data_lib.load(path)
   results = {}

@@ -5,6 +5,7 @@ one (``target``) is reachable from the root. Everything here is plain Python: th
 reference answers (breadth-first search over the edge list) and the statistics that the Coconut paper
 reports in its Table 2 (nodes, edges, shortest-path length, number of shortest paths).
 """
+
 from __future__ import annotations
 
 import collections
@@ -24,7 +25,7 @@ class Problem:
   root: int
   target: int
   neg_target: int
-  symbols: tuple[str, ...] = ()          # idx_to_symbol of the released files (names; optional)
+  symbols: tuple[str, ...] = ()  # idx_to_symbol of the released files (names; optional)
 
   def __post_init__(self):
     object.__setattr__(self, "edges", tuple((int(s), int(t)) for s, t in self.edges))
@@ -68,8 +69,12 @@ class Problem:
     """Nodes at depth k that lie on some shortest root -> target path (the RS-repo ``neighbor_k``)."""
     down, up = self.depths(), self.depths(self.target, reverse=True)
     hops = down[self.target]
-    return {k: sorted(v for v in range(self.num_nodes)
-                      if down[v] == k and up[v] is not None and up[v] == hops - k) for k in range(hops + 1)}
+    return {
+      k: sorted(
+        v for v in range(self.num_nodes) if down[v] == k and up[v] is not None and up[v] == hops - k
+      )
+      for k in range(hops + 1)
+    }
 
   def frontier(self, steps: int) -> set[int]:
     """Nodes at distance exactly ``steps`` from the root (the BFS frontier)."""
@@ -78,7 +83,9 @@ class Problem:
   def num_shortest_paths(self) -> int:
     dist, count = self.depths(), [0] * self.num_nodes
     count[self.root] = 1
-    for v in sorted((v for v in range(self.num_nodes) if dist[v] is not None), key=lambda v: dist[v]):
+    for v in sorted(
+      (v for v in range(self.num_nodes) if dist[v] is not None), key=lambda v: dist[v]
+    ):
       for w in self.children[v]:
         if dist[w] == dist[v] + 1:
           count[w] += count[v]
@@ -131,8 +138,14 @@ def relabel(problem: Problem, perm: Sequence[int], num_nodes: int | None = None)
     for v, name in enumerate(problem.symbols):
       out[perm[v]] = name
     symbols = tuple(out)
-  return Problem(num_nodes, tuple((perm[s], perm[t]) for s, t in problem.edges), perm[problem.root],
-                 perm[problem.target], perm[problem.neg_target], symbols)
+  return Problem(
+    num_nodes,
+    tuple((perm[s], perm[t]) for s, t in problem.edges),
+    perm[problem.root],
+    perm[problem.target],
+    perm[problem.neg_target],
+    symbols,
+  )
 
 
 def shuffle_ids(problem: Problem, rng: random.Random) -> Problem:
@@ -153,24 +166,39 @@ def graph_hash(problem: Problem, rounds: int = 6) -> str:
     ins[t].append(s)
   colour = [f"{len(ins[v])}.{len(outs[v])}" for v in range(n)]
   for _ in range(rounds):
-    colour = [hashlib.blake2b((colour[v] + "|" + ",".join(sorted(colour[u] for u in ins[v])) + "|"
-                               + ",".join(sorted(colour[u] for u in outs[v]))).encode(), digest_size=8).hexdigest()
-              for v in range(n)]
+    colour = [
+      hashlib.blake2b(
+        (
+          colour[v]
+          + "|"
+          + ",".join(sorted(colour[u] for u in ins[v]))
+          + "|"
+          + ",".join(sorted(colour[u] for u in outs[v]))
+        ).encode(),
+        digest_size=8,
+      ).hexdigest()
+      for v in range(n)
+    ]
   edges = sorted(f"{colour[s]}>{colour[t]}" for s, t in problem.edges)
-  return hashlib.sha256((",".join(sorted(colour)) + "#" + ",".join(edges)).encode()).hexdigest()[:32]
+  return hashlib.sha256((",".join(sorted(colour)) + "#" + ",".join(edges)).encode()).hexdigest()[
+    :32
+  ]
 
 
 # Coconut's Algorithm 1 ------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class GeneratorConfig:
-  num_nodes: tuple[int, int] = (20, 26)  # nodes drawn before isolated nodes are dropped (inclusive range)
-  poisson_in: float = 1.5                # parents per new node ~ Poisson(poisson_in)
-  p_only_0: float = 0.35                 # candidates from groups 0 ∪ 1 (cannot descend from node 1)
-  p_only_1: float = 0.35                 # candidates from groups 0 ∪ 2 (cannot descend from node 0)
-  depth_weight: float = 1.5              # parent weight ∝ depth_to_root · depth_weight + 1
-  min_hops: int = 3                      # questions need at least this many hops (the released minimum)
-  orphan_keep: float = 0.15              # a draw of 0 parents is kept w.p. this, else redrawn (>= 1)
-  deep_targets: float = 0.0              # target drawn ∝ exp(deep_targets · hops) among valid leaves
+  num_nodes: tuple[int, int] = (
+    20,
+    26,
+  )  # nodes drawn before isolated nodes are dropped (inclusive range)
+  poisson_in: float = 1.5  # parents per new node ~ Poisson(poisson_in)
+  p_only_0: float = 0.35  # candidates from groups 0 ∪ 1 (cannot descend from node 1)
+  p_only_1: float = 0.35  # candidates from groups 0 ∪ 2 (cannot descend from node 0)
+  depth_weight: float = 1.5  # parent weight ∝ depth_to_root · depth_weight + 1
+  min_hops: int = 3  # questions need at least this many hops (the released minimum)
+  orphan_keep: float = 0.15  # a draw of 0 parents is kept w.p. this, else redrawn (>= 1)
+  deep_targets: float = 0.0  # target drawn ∝ exp(deep_targets · hops) among valid leaves
   # Acceptance probability of a question by its hop count (others rejected): turns the generator's own
   # histogram (≈ 65/25/7/1.5% for 3/4/5/6 hops) into the released one (41/44/13/2%).
   hop_accept: tuple[tuple[int, float], ...] = ((3, 0.19), (4, 0.63), (5, 0.9), (6, 1.0))
@@ -185,7 +213,9 @@ def _poisson(rng: random.Random, lam: float) -> int:
   return k
 
 
-def _weighted_sample(rng: random.Random, items: list[int], weights: list[float], k: int) -> list[int]:
+def _weighted_sample(
+  rng: random.Random, items: list[int], weights: list[float], k: int
+) -> list[int]:
   """k items without replacement, each draw ∝ weight (numpy's random.choice(replace=False, p=...))."""
   items, weights, out = list(items), list(weights), []
   for _ in range(min(k, len(items))):
@@ -199,7 +229,7 @@ def _build_dag(rng: random.Random, cfg: GeneratorConfig):
   n_total = rng.randint(*cfg.num_nodes)
   labels = {0: 1, 1: 2}
   groups = {0: set(), 1: {0}, 2: {1}, 3: set()}
-  depth = {0: 0, 1: 0}                # longest distance from a parentless node
+  depth = {0: 0, 1: 0}  # longest distance from a parentless node
   edges = []
   for idx in range(2, n_total):
     n_in = _poisson(rng, cfg.poisson_in)
@@ -251,12 +281,17 @@ def generate_problem(rng: random.Random, cfg: GeneratorConfig = GeneratorConfig(
     mine, other = (1, 2) if root == 0 else (2, 1)
     base = Problem(n, tuple(edges), root, 0, 0)
     dist = base.depths()
-    targets = [v for v in range(n) if labels[v] == mine and outdeg[v] == 0 and dist[v] is not None
-               and dist[v] >= cfg.min_hops]
+    targets = [
+      v
+      for v in range(n)
+      if labels[v] == mine and outdeg[v] == 0 and dist[v] is not None and dist[v] >= cfg.min_hops
+    ]
     negatives = [v for v in range(n) if labels[v] == other and outdeg[v] == 0]
     if not targets or not negatives:
       continue
-    target = rng.choices(targets, weights=[math.exp(cfg.deep_targets * dist[v]) for v in targets])[0]
+    target = rng.choices(targets, weights=[math.exp(cfg.deep_targets * dist[v]) for v in targets])[
+      0
+    ]
     if rng.random() >= dict(cfg.hop_accept).get(dist[target], 0.0):
       continue
     problem = Problem(n, tuple(edges), root, target, rng.choice(negatives))
@@ -266,7 +301,12 @@ def generate_problem(rng: random.Random, cfg: GeneratorConfig = GeneratorConfig(
 
 
 # Statistics -------------------------------------------------------------------------------------------------
-PAPER_STATS = {"nodes": 23.0, "edges": 36.0, "shortest_path": 3.8, "num_shortest_paths": 1.6}  # CC Table 2
+PAPER_STATS = {
+  "nodes": 23.0,
+  "edges": 36.0,
+  "shortest_path": 3.8,
+  "num_shortest_paths": 1.6,
+}  # CC Table 2
 
 
 def statistics(problems: Iterable[Problem]) -> dict:
@@ -275,10 +315,12 @@ def statistics(problems: Iterable[Problem]) -> dict:
     raise ValueError("statistics of no problems")
   hops = [p.hops for p in problems]
   mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-  return {"count": len(problems),
-          "nodes": mean([p.num_nodes for p in problems]),
-          "edges": mean([len(p.edges) for p in problems]),
-          "shortest_path": mean(hops),
-          "num_shortest_paths": mean([p.num_shortest_paths() for p in problems]),
-          "hops": dict(sorted(collections.Counter(hops).items())),
-          "nodes_range": [min(p.num_nodes for p in problems), max(p.num_nodes for p in problems)]}
+  return {
+    "count": len(problems),
+    "nodes": mean([p.num_nodes for p in problems]),
+    "edges": mean([len(p.edges) for p in problems]),
+    "shortest_path": mean(hops),
+    "num_shortest_paths": mean([p.num_shortest_paths() for p in problems]),
+    "hops": dict(sorted(collections.Counter(hops).items())),
+    "nodes_range": [min(p.num_nodes for p in problems), max(p.num_nodes for p in problems)],
+  }

@@ -20,6 +20,7 @@ Two model-free reference floors, per question and its prompt's candidate order:
 :func:`answer_metrics` is the jittable per-row form the trainer and the evaluators sum; :func:`table`
 prints counts as Markdown with Wilson intervals.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,9 +36,13 @@ from projects.continuous_cot.graphs import Problem
 VOCAB_SIZE = data_lib.VOCAB.vocab_size
 MODEL_METRICS = ("acc", "acc_two", "is_cand")
 FLOORS = ("floor_first", "floor_ancestors")
-LABELS = {"acc": "full-vocabulary accuracy", "acc_two": "two-candidate accuracy",
-          "is_cand": "answer is a candidate", "floor_first": "floor: first candidate",
-          "floor_ancestors": "floor: more ancestors"}
+LABELS = {
+  "acc": "full-vocabulary accuracy",
+  "acc_two": "two-candidate accuracy",
+  "is_cand": "answer is a candidate",
+  "floor_first": "floor: first candidate",
+  "floor_ancestors": "floor: more ancestors",
+}
 
 
 def wilson(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -77,8 +82,10 @@ def more_ancestors(problem: Problem, c1: int, c2: int) -> int:
 
 def floors(problem: Problem, c1: int, c2: int) -> dict[str, float]:
   """1.0 / 0.0 per floor: does that rule answer this question (candidates in prompt order) correctly?"""
-  return {"floor_first": float(c1 == problem.target),
-          "floor_ancestors": float(more_ancestors(problem, c1, c2) == problem.target)}
+  return {
+    "floor_first": float(c1 == problem.target),
+    "floor_ancestors": float(more_ancestors(problem, c1, c2) == problem.target),
+  }
 
 
 # Model metrics (jittable, per row) ------------------------------------------------------------------------------
@@ -94,9 +101,11 @@ def answer_metrics(answer_logits_BV, target_B, cands_B2, *, answer_B=None) -> di
   l1 = jnp.take_along_axis(logits, c1[:, None], axis=1)[:, 0]
   l2 = jnp.take_along_axis(logits, c2[:, None], axis=1)[:, 0]
   two = jnp.where(l2 > l1, c2, c1)
-  return {"acc": (answer == target_B).astype(jnp.float32),
-          "acc_two": (two == target_B).astype(jnp.float32),
-          "is_cand": ((answer == c1) | (answer == c2)).astype(jnp.float32)}
+  return {
+    "acc": (answer == target_B).astype(jnp.float32),
+    "acc_two": (two == target_B).astype(jnp.float32),
+    "is_cand": ((answer == c1) | (answer == c2)).astype(jnp.float32),
+  }
 
 
 def hop_metrics(logits_BHV, sets_BHV) -> dict:
@@ -123,7 +132,9 @@ def cell(k: int, n: int) -> str:
   return f"{k / n:.1%} ({lo:.1%}–{hi:.1%})" if n else "–"
 
 
-def table(rows: Mapping[str, Mapping[str, tuple[int, int]]], metrics: Sequence[str] = MODEL_METRICS + FLOORS) -> str:
+def table(
+  rows: Mapping[str, Mapping[str, tuple[int, int]]], metrics: Sequence[str] = MODEL_METRICS + FLOORS
+) -> str:
   """Markdown: one row per entry of ``rows`` ({name: {metric: (k, n)}}), one column per metric, each
   cell 'p (95 % Wilson interval)'; n in the last column."""
   head = "| | " + " | ".join(LABELS.get(m, m) for m in metrics) + " | n |"

@@ -3,6 +3,7 @@ curriculum's stage of a row and its row (``prompt + s × <|latent|> + label``, t
 :func:`label_pool`), the CoT / No-CoT rows, the stage schedule, per-row node relabelling, the label pool as
 a 40-token mask, and padding / next-token targets. :mod:`train` draws them per row from (seed, step, g).
 """
+
 from __future__ import annotations
 
 import random
@@ -17,7 +18,9 @@ from projects.continuous_cot.graphs import Problem
 VOCAB_SIZE = data_lib.VOCAB.vocab_size  # 40 real tokens
 
 
-def coconut_stage(problem: Problem, scheduled_stage: int, rng: random.Random, uniform_prob: float) -> int:
+def coconut_stage(
+  problem: Problem, scheduled_stage: int, rng: random.Random, uniform_prob: float
+) -> int:
   """s = min(scheduled, D), or w.p. uniform_prob randint(0, min(scheduled, D)) (RS ``expand_data``)."""
   s = min(scheduled_stage, problem.hops)
   if uniform_prob > 0 and rng.random() < uniform_prob:
@@ -33,7 +36,9 @@ def label_pool(problem: Problem, s: int, labels: str = "path") -> list[int]:
   return problem.neighbor_k()[s + 1] if labels == "path" else sorted(problem.frontier(s + 1))
 
 
-def coconut_row(problem: Problem, s: int, prompt: Sequence[int], rng: random.Random, labels: str = "path"):
+def coconut_row(
+  problem: Problem, s: int, prompt: Sequence[int], rng: random.Random, labels: str = "path"
+):
   """(tokens, num_thoughts, loss_col) of stage s: ``loss_col`` is the column whose next-token logits carry
   the loss, i.e. ``tokens[loss_col + 1]`` is the supervised label."""
   hops = problem.hops
@@ -74,7 +79,9 @@ def scheduled_stage(cot: Mapping, step: int, batch_size: int, num_train: int) ->
   return 0 if at < first else 1 + (at - first) // per
 
 
-def stage_starts(cot: Mapping, total_steps: int, last_stage: int, batch_size: int, num_train: int) -> list[int]:
+def stage_starts(
+  cot: Mapping, total_steps: int, last_stage: int, batch_size: int, num_train: int
+) -> list[int]:
   """The first step of each stage 1 .. ``last_stage`` within ``total_steps``."""
   out = []
   for step in range(2, total_steps + 1):
@@ -89,7 +96,9 @@ def stage_starts(cot: Mapping, total_steps: int, last_stage: int, batch_size: in
 def relabel_row(problem: Problem, rng: random.Random) -> Problem:
   """The problem with its nodes sent to distinct random ids among all ``graphs.MAX_NODES`` node tokens
   (EoS's per-row ``shuffle_nodes``): no id carries a role, every node token is used."""
-  return graphs.relabel(problem, rng.sample(range(graphs.MAX_NODES), problem.num_nodes), graphs.MAX_NODES)
+  return graphs.relabel(
+    problem, rng.sample(range(graphs.MAX_NODES), problem.num_nodes), graphs.MAX_NODES
+  )
 
 
 def set_mask(nodes: Sequence[int]) -> np.ndarray:
@@ -102,7 +111,7 @@ def pad_row(tokens: Sequence[int], width: int) -> np.ndarray:
   if len(tokens) > width:
     raise ValueError(f"row of {len(tokens)} tokens does not fit in {width} columns")
   out = np.full(width, data_lib.EOS, np.int32)
-  out[:len(tokens)] = tokens
+  out[: len(tokens)] = tokens
   return out
 
 
@@ -110,5 +119,5 @@ def shifted(tokens: np.ndarray, first: int, last: int) -> tuple[np.ndarray, np.n
   """Next-token targets of a row and weights 1 on columns [first, last]."""
   targets = np.concatenate([tokens[1:], [data_lib.EOS]]).astype(np.int32)
   weights = np.zeros(tokens.shape, np.float32)
-  weights[first:last + 1] = 1.0
+  weights[first : last + 1] = 1.0
   return targets, weights

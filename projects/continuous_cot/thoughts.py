@@ -35,6 +35,7 @@ Logits at columns past a row's ``latent_start + K + rest_len`` (its padding) are
 differ between the two implementations. Needs ``attention='xla'`` or ``'cudnn'`` (splash cannot
 read a cache). :func:`layout_bounds` gives the tightest bounds for a set of rows.
 """
+
 from __future__ import annotations
 
 import functools
@@ -52,16 +53,17 @@ from superpose.nn.cache import write_rows
 # The Reasoning-by-Superposition model is GPT-2 from scratch with 2 layers, 8 heads, d 768 (spec §2.1);
 # the smaller ones keep the depth and change the width, for CPU runs and tests.
 SIZES = {
-    "paper": dict(d_model=768, num_layers=2, num_heads=8),
-    "medium": dict(d_model=384, num_layers=2, num_heads=8),
-    "small": dict(d_model=256, num_layers=2, num_heads=8),
-    "d128": dict(d_model=128, num_layers=2, num_heads=4),
-    "tiny": dict(d_model=64, num_layers=2, num_heads=4),
+  "paper": dict(d_model=768, num_layers=2, num_heads=8),
+  "medium": dict(d_model=384, num_layers=2, num_heads=8),
+  "small": dict(d_model=256, num_layers=2, num_heads=8),
+  "d128": dict(d_model=128, num_layers=2, num_heads=4),
+  "tiny": dict(d_model=64, num_layers=2, num_heads=4),
 }
 
 
-def model_config(size: str = "paper", *, vocab_size: int = 40, max_seq_len: int = 256,
-                 **overrides) -> nn.TransformerConfig:
+def model_config(
+  size: str = "paper", *, vocab_size: int = 40, max_seq_len: int = 256, **overrides
+) -> nn.TransformerConfig:
   """The ``gpt2`` preset at one of :data:`SIZES` (d_ff = 4·d, learned positions, tied embeddings).
 
   ``vocab_size`` is the symbolic vocabulary (40 in the paper); it is padded to a multiple of 8
@@ -75,9 +77,11 @@ def model_config(size: str = "paper", *, vocab_size: int = 40, max_seq_len: int 
 
 @struct.dataclass
 class ThoughtOutput:
-  logits_BTV: jax.Array         # f32, the whole sequence (teacher forcing), padded vocab
-  thoughts_BKD: jax.Array       # thought k = the input embedding at column latent_start + k; 0 where k ≥ the count
-  final_hidden_BTD: jax.Array   # post-final-norm hidden states of the whole sequence
+  logits_BTV: jax.Array  # f32, the whole sequence (teacher forcing), padded vocab
+  thoughts_BKD: (
+    jax.Array
+  )  # thought k = the input embedding at column latent_start + k; 0 where k ≥ the count
+  final_hidden_BTD: jax.Array  # post-final-norm hidden states of the whole sequence
 
 
 def resolve_bounds(length: int, num_thoughts: int, prefix_len: int | None, rest_len: int | None):
@@ -87,7 +91,9 @@ def resolve_bounds(length: int, num_thoughts: int, prefix_len: int | None, rest_
   prefix = length - num_thoughts if prefix_len is None else int(prefix_len)
   rest = max(length - num_thoughts - 1, 0) if rest_len is None else int(rest_len)
   if not 1 <= prefix <= length - num_thoughts:
-    raise ValueError(f"prefix_len={prefix}: must be in [1, T - num_thoughts = {length - num_thoughts}]")
+    raise ValueError(
+      f"prefix_len={prefix}: must be in [1, T - num_thoughts = {length - num_thoughts}]"
+    )
   if not 0 <= rest <= length:
     raise ValueError(f"rest_len={rest}: must be in [0, T = {length}]")
   return prefix, rest
@@ -99,8 +105,16 @@ def layout_bounds(latent_start_B, lengths_B, num_thoughts: int) -> tuple[int, in
   return int(latent_start_B.max()), int(max((lengths_B - latent_start_B - num_thoughts).max(), 0))
 
 
-def check_layout(shape, latent_start_B, num_thoughts: int, prefix_len: int | None = None,
-                 rest_len: int | None = None, lengths_B=None, *, num_thoughts_B=None) -> None:
+def check_layout(
+  shape,
+  latent_start_B,
+  num_thoughts: int,
+  prefix_len: int | None = None,
+  rest_len: int | None = None,
+  lengths_B=None,
+  *,
+  num_thoughts_B=None,
+) -> None:
   """Eager check of concrete offsets (and per-row thought counts) against the bounds; one-line ValueError."""
   batch, length = shape
   prefix, rest = resolve_bounds(length, num_thoughts, prefix_len, rest_len)
@@ -108,11 +122,15 @@ def check_layout(shape, latent_start_B, num_thoughts: int, prefix_len: int | Non
   if starts.shape != (batch,):
     raise ValueError(f"latent_start_B has shape {starts.shape}; expected ({batch},)")
   if starts.min() < 1 or starts.max() > prefix:
-    raise ValueError(f"latent_start_B in [{starts.min()}, {starts.max()}]: must lie in [1, prefix_len={prefix}] "
-                     "(a thought is the hidden state of the position before it)")
+    raise ValueError(
+      f"latent_start_B in [{starts.min()}, {starts.max()}]: must lie in [1, prefix_len={prefix}] "
+      "(a thought is the hidden state of the position before it)"
+    )
   counts = np.full(batch, num_thoughts) if num_thoughts_B is None else np.asarray(num_thoughts_B)
   if counts.shape != (batch,) or counts.min() < 0 or counts.max() > num_thoughts:
-    raise ValueError(f"num_thoughts_B={counts.tolist()}: must be {batch} counts in [0, num_thoughts={num_thoughts}]")
+    raise ValueError(
+      f"num_thoughts_B={counts.tolist()}: must be {batch} counts in [0, num_thoughts={num_thoughts}]"
+    )
   if lengths_B is not None:
     after = np.asarray(lengths_B) - starts - num_thoughts
     if (after + num_thoughts - counts).min() < 0:
@@ -144,8 +162,16 @@ def _thought_embeds(thoughts_BKD, positions_BN, latent_start_B, num_thoughts_B=N
   return take_rows(thoughts_BKD, jnp.clip(offset_BN, 0, num_thoughts - 1)), mask_BN
 
 
-def cached_forward(model: nn.Transformer, tokens_BT, latent_start_B, *, num_thoughts: int, num_thoughts_B=None,
-                   prefix_len: int | None = None, rest_len: int | None = None) -> ThoughtOutput:
+def cached_forward(
+  model: nn.Transformer,
+  tokens_BT,
+  latent_start_B,
+  *,
+  num_thoughts: int,
+  num_thoughts_B=None,
+  prefix_len: int | None = None,
+  rest_len: int | None = None,
+) -> ThoughtOutput:
   """Prefill → K = ``num_thoughts`` KV-cached single-position steps → the tokens after them (module doc).
 
   Step k of row b feeds the previous post-norm hidden state where k < ``num_thoughts_B[b]`` (default K)
@@ -169,14 +195,20 @@ def cached_forward(model: nn.Transformer, tokens_BT, latent_start_B, *, num_thou
     cache, prev_BD = carry
     positions_B1 = (latent_start_B + k)[:, None]
     is_thought_B1 = (k < count_B)[:, None]
-    step = model(take_rows(tokens_BT, positions_B1), positions_BT=positions_B1, embeds_BTD=prev_BD[:, None],
-                 embeds_mask_BT=is_thought_B1, cache=cache)
+    step = model(
+      take_rows(tokens_BT, positions_B1),
+      positions_BT=positions_B1,
+      embeds_BTD=prev_BD[:, None],
+      embeds_mask_BT=is_thought_B1,
+      cache=cache,
+    )
     next_BD = step.final_hidden_BTD[:, 0]
     thought_BD = jnp.where(is_thought_B1, prev_BD, jnp.zeros_like(prev_BD))
     return (step.cache, next_BD), (thought_BD, step.logits_BTV[:, 0], next_BD)
 
   (cache, _), (thoughts_KBD, step_logits_KBV, step_hidden_KBD) = jax.lax.scan(
-      think, (out.cache, first_BD), jnp.arange(num_thoughts, dtype=jnp.int32))
+    think, (out.cache, first_BD), jnp.arange(num_thoughts, dtype=jnp.int32)
+  )
   thoughts_BKD = jnp.swapaxes(thoughts_KBD, 0, 1)
   thought_positions_BK = latent_start_B[:, None] + jnp.arange(num_thoughts, dtype=jnp.int32)
   logits_BTV = write_rows(logits_BTV, jnp.swapaxes(step_logits_KBV, 0, 1), thought_positions_BK)
@@ -185,17 +217,34 @@ def cached_forward(model: nn.Transformer, tokens_BT, latent_start_B, *, num_thou
   if rest > 0:
     start_B = jnp.minimum(latent_start_B + num_thoughts, length - rest)
     rest_positions_BR = start_B[:, None] + jnp.arange(rest, dtype=jnp.int32)
-    embeds = ((None, None) if num_thoughts == 0 else
-              _thought_embeds(thoughts_BKD, rest_positions_BR, latent_start_B, count_B))
-    out = model(take_rows(tokens_BT, rest_positions_BR), positions_BT=rest_positions_BR,
-                embeds_BTD=embeds[0], embeds_mask_BT=embeds[1], cache=cache)
+    embeds = (
+      (None, None)
+      if num_thoughts == 0
+      else _thought_embeds(thoughts_BKD, rest_positions_BR, latent_start_B, count_B)
+    )
+    out = model(
+      take_rows(tokens_BT, rest_positions_BR),
+      positions_BT=rest_positions_BR,
+      embeds_BTD=embeds[0],
+      embeds_mask_BT=embeds[1],
+      cache=cache,
+    )
     logits_BTV = write_rows(logits_BTV, out.logits_BTV, rest_positions_BR)
     hidden_BTD = write_rows(hidden_BTD, out.final_hidden_BTD, rest_positions_BR)
-  return ThoughtOutput(logits_BTV=logits_BTV, thoughts_BKD=thoughts_BKD, final_hidden_BTD=hidden_BTD)
+  return ThoughtOutput(
+    logits_BTV=logits_BTV, thoughts_BKD=thoughts_BKD, final_hidden_BTD=hidden_BTD
+  )
 
 
-def reforward(model: nn.Transformer, tokens_BT, latent_start_B, *, num_thoughts: int, num_thoughts_B=None,
-              **unused_bounds) -> ThoughtOutput:
+def reforward(
+  model: nn.Transformer,
+  tokens_BT,
+  latent_start_B,
+  *,
+  num_thoughts: int,
+  num_thoughts_B=None,
+  **unused_bounds,
+) -> ThoughtOutput:
   """Reference: a full forward of the whole sequence per thought slot, then a final full forward.
 
   Thought k is read from the full forward in which thoughts 0..k-1 are in place (later latent slots
@@ -219,25 +268,54 @@ def reforward(model: nn.Transformer, tokens_BT, latent_start_B, *, num_thoughts:
     thought_BD = take_rows(hidden_BTD, (latent_start_B + k - 1)[:, None])[:, 0]
     thoughts_BKD = thoughts_BKD.at[:, k].set(jnp.where((k < count_B)[:, None], thought_BD, 0))
   out = full(thoughts_BKD)
-  return ThoughtOutput(logits_BTV=out.logits_BTV, thoughts_BKD=thoughts_BKD, final_hidden_BTD=out.final_hidden_BTD)
+  return ThoughtOutput(
+    logits_BTV=out.logits_BTV, thoughts_BKD=thoughts_BKD, final_hidden_BTD=out.final_hidden_BTD
+  )
 
 
 METHODS = {"cached": cached_forward, "reforward": reforward}
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames=("num_thoughts", "prefix_len", "rest_len", "method"))
-def thought_forward(graphdef, state, tokens_BT, latent_start_B, *, num_thoughts: int, num_thoughts_B=None,
-                    prefix_len: int | None = None, rest_len: int | None = None,
-                    method: str = "cached") -> ThoughtOutput:
+@functools.partial(
+  jax.jit, static_argnums=0, static_argnames=("num_thoughts", "prefix_len", "rest_len", "method")
+)
+def thought_forward(
+  graphdef,
+  state,
+  tokens_BT,
+  latent_start_B,
+  *,
+  num_thoughts: int,
+  num_thoughts_B=None,
+  prefix_len: int | None = None,
+  rest_len: int | None = None,
+  method: str = "cached",
+) -> ThoughtOutput:
   """Jitted functional form over ``nnx.split(model)``; the whole thought loop runs inside the jit."""
   model = nnx.merge(graphdef, state)
-  return METHODS[method](model, tokens_BT, latent_start_B, num_thoughts=num_thoughts, num_thoughts_B=num_thoughts_B,
-                         prefix_len=prefix_len, rest_len=rest_len)
+  return METHODS[method](
+    model,
+    tokens_BT,
+    latent_start_B,
+    num_thoughts=num_thoughts,
+    num_thoughts_B=num_thoughts_B,
+    prefix_len=prefix_len,
+    rest_len=rest_len,
+  )
 
 
-def forward_with_thoughts(model: nn.Transformer, tokens_BT, latent_start_B, num_thoughts: int, *,
-                          num_thoughts_B=None, prefix_len: int | None = None, rest_len: int | None = None,
-                          lengths_B=None, method: str = "cached") -> ThoughtOutput:
+def forward_with_thoughts(
+  model: nn.Transformer,
+  tokens_BT,
+  latent_start_B,
+  num_thoughts: int,
+  *,
+  num_thoughts_B=None,
+  prefix_len: int | None = None,
+  rest_len: int | None = None,
+  lengths_B=None,
+  method: str = "cached",
+) -> ThoughtOutput:
   """Logits of the whole sequence and the thought vectors; checks concrete offsets first.
 
   ``num_thoughts``: the thought slots K; ``num_thoughts_B`` (optional): per-row counts ≤ K.
@@ -247,14 +325,31 @@ def forward_with_thoughts(model: nn.Transformer, tokens_BT, latent_start_B, num_
   if method not in METHODS:
     raise ValueError(f"method={method!r}: must be one of {', '.join(METHODS)}")
   tokens_BT = jnp.asarray(tokens_BT, jnp.int32)
-  if not isinstance(latent_start_B, jax.core.Tracer) and not isinstance(num_thoughts_B, jax.core.Tracer):
-    check_layout(tokens_BT.shape, latent_start_B, num_thoughts, prefix_len, rest_len, lengths_B,
-                 num_thoughts_B=num_thoughts_B)
+  if not isinstance(latent_start_B, jax.core.Tracer) and not isinstance(
+    num_thoughts_B, jax.core.Tracer
+  ):
+    check_layout(
+      tokens_BT.shape,
+      latent_start_B,
+      num_thoughts,
+      prefix_len,
+      rest_len,
+      lengths_B,
+      num_thoughts_B=num_thoughts_B,
+    )
   graphdef, state = nnx.split(model)
   counts = None if num_thoughts_B is None else jnp.asarray(num_thoughts_B, jnp.int32)
-  return thought_forward(graphdef, state, tokens_BT, jnp.asarray(latent_start_B, jnp.int32),
-                         num_thoughts=int(num_thoughts), num_thoughts_B=counts, prefix_len=prefix_len,
-                         rest_len=rest_len, method=method)
+  return thought_forward(
+    graphdef,
+    state,
+    tokens_BT,
+    jnp.asarray(latent_start_B, jnp.int32),
+    num_thoughts=int(num_thoughts),
+    num_thoughts_B=counts,
+    prefix_len=prefix_len,
+    rest_len=rest_len,
+    method=method,
+  )
 
 
 # The training forward: logits only where a loss can be ---------------------------------------------------------
@@ -263,15 +358,23 @@ def forward_with_thoughts(model: nn.Transformer, tokens_BT, latent_start_B, num_
 # blocks, then the output projection, residuals, norms and MLP), with the same operations as
 # superpose.nn.block.Block and superpose.nn.attention (xla); tests hold them equal to the model's forward.
 
+
 def _attn_input(block, x_BTD):
-  return block.attn_norm(x_BTD) if block.attn_norm is not None and block.cfg.attn_norm == "pre" else x_BTD
+  return (
+    block.attn_norm(x_BTD)
+    if block.attn_norm is not None and block.cfg.attn_norm == "pre"
+    else x_BTD
+  )
 
 
 def _project(block, h_BTD, which: str, positions_BT):
   """The block's q, k or v of its (normed) input, RoPE applied to q and k when the model uses it."""
   attn, cfg = block.attn, block.cfg
-  kernel, bias, axis = {"q": (attn.q, attn.q_bias, "act_heads"), "k": (attn.k, attn.k_bias, "act_kv_heads"),
-                        "v": (attn.v, attn.v_bias, "act_kv_heads")}[which]
+  kernel, bias, axis = {
+    "q": (attn.q, attn.q_bias, "act_heads"),
+    "k": (attn.k, attn.k_bias, "act_kv_heads"),
+    "v": (attn.v, attn.v_bias, "act_kv_heads"),
+  }[which]
   y = attn._project(h_BTD, kernel, bias, axis, None, which)
   if which != "v" and cfg.positions == "rope":
     y = layers.rope(y, positions_BT, cfg.rope_theta)
@@ -288,14 +391,18 @@ def _attend(q_BTHD, parts, scale: float):
   q_BKGTD = jnp.moveaxis((q_BTHD * scale).reshape(b, t, kv, h // kv, d), 1, 3)
   logits, sizes = [], []
   for k_BSKD, _, mask_BTS in parts:
-    part = jnp.einsum("bkgtd,bksd->bkgts", q_BKGTD, jnp.swapaxes(k_BSKD, 1, 2), preferred_element_type=jnp.float32)
+    part = jnp.einsum(
+      "bkgtd,bksd->bkgts", q_BKGTD, jnp.swapaxes(k_BSKD, 1, 2), preferred_element_type=jnp.float32
+    )
     logits.append(part + jnp.where(mask_BTS, 0.0, MASK_VALUE)[:, None, None])
     sizes.append(k_BSKD.shape[1])
   probs = jax.nn.softmax(jnp.concatenate(logits, axis=-1), axis=-1)
   out, start = 0.0, 0
   for (_, v_BSKD, _), size in zip(parts, sizes):
-    p = probs[..., start:start + size].astype(v_BSKD.dtype)
-    out = out + jnp.einsum("bkgts,bksd->bkgtd", p, jnp.swapaxes(v_BSKD, 1, 2), preferred_element_type=jnp.float32)
+    p = probs[..., start : start + size].astype(v_BSKD.dtype)
+    out = out + jnp.einsum(
+      "bkgts,bksd->bkgtd", p, jnp.swapaxes(v_BSKD, 1, 2), preferred_element_type=jnp.float32
+    )
     start += size
   return jnp.moveaxis(out, 3, 1).astype(q_BTHD.dtype).reshape(b, t, h, d)
 
@@ -329,8 +436,16 @@ def compact_columns(latent_start_B, num_thoughts_B, *, max_thoughts: int, rest_l
   return columns, valid
 
 
-def compact_forward(model: nn.Transformer, tokens_BT, latent_start_B, num_thoughts_B, *, max_thoughts: int,
-                    prefix_len: int, rest_len: int):
+def compact_forward(
+  model: nn.Transformer,
+  tokens_BT,
+  latent_start_B,
+  num_thoughts_B,
+  *,
+  max_thoughts: int,
+  prefix_len: int,
+  rest_len: int,
+):
   """Logits (B, 1 + K + R, V) at the :func:`compact_columns` of right-padded rows with a per-row number
   of thoughts ``num_thoughts_B[b] ≤ K = max_thoughts``: the numbers of :func:`cached_forward` (same
   counts, ``num_thoughts=K``) at those columns, computing only what they depend on. The bucketed training
@@ -354,7 +469,9 @@ def compact_forward(model: nn.Transformer, tokens_BT, latent_start_B, num_though
   """
   cfg = model.cfg
   if cfg.scan_layers or not cfg.causal:
-    raise ValueError("compact_forward reads the blocks one by one: needs scan_layers=False and causal=True")
+    raise ValueError(
+      "compact_forward reads the blocks one by one: needs scan_layers=False and causal=True"
+    )
   batch = tokens_BT.shape[0]
   K, R, P = int(max_thoughts), int(rest_len), int(prefix_len)
   ls = jnp.asarray(latent_start_B, jnp.int32)
@@ -371,7 +488,9 @@ def compact_forward(model: nn.Transformer, tokens_BT, latent_start_B, num_though
     k, v = _project(block, h, "k", positions_BP), _project(block, h, "v", positions_BP)
     prefix.append((k, v))
     if index < len(blocks) - 1:
-      x = _finish(block, x, _attend(_project(block, h, "q", positions_BP), [(k, v, causal_1PP)], cfg.scale))
+      x = _finish(
+        block, x, _attend(_project(block, h, "q", positions_BP), [(k, v, causal_1PP)], cfg.scale)
+      )
     else:
       at_B1 = (ls - 1)[:, None]
       q = _project(block, take_rows(h, at_B1), "q", at_B1)
@@ -408,16 +527,21 @@ def compact_forward(model: nn.Transformer, tokens_BT, latent_start_B, num_though
   def think(carry, k_index):
     prev_B1D, suffix = carry
     positions_B1 = (ls + k_index)[:, None]
-    hidden_B1D, suffix = run(model.embed(None, positions_B1, prev_B1D), positions_B1, k_index, suffix)
+    hidden_B1D, suffix = run(
+      model.embed(None, positions_B1, prev_B1D), positions_B1, k_index, suffix
+    )
     return (hidden_B1D, suffix), model.logits(hidden_B1D)[:, 0]
 
   if K:
-    (prev_B1D, suffix), step_logits_KBV = jax.lax.scan(think, (prev_B1D, suffix), jnp.arange(K, dtype=jnp.int32))
+    (prev_B1D, suffix), step_logits_KBV = jax.lax.scan(
+      think, (prev_B1D, suffix), jnp.arange(K, dtype=jnp.int32)
+    )
     logits.append(jnp.swapaxes(step_logits_KBV, 0, 1))
   if R:
     slots_BR = count[:, None] + jnp.arange(R, dtype=jnp.int32)
     positions_BR = ls[:, None] + slots_BR
-    hidden_BRD, _ = run(model.embed(take_rows(tokens_BT, positions_BR), positions_BR), positions_BR, slots_BR,
-                        suffix)
+    hidden_BRD, _ = run(
+      model.embed(take_rows(tokens_BT, positions_BR), positions_BR), positions_BR, slots_BR, suffix
+    )
     logits.append(model.logits(hidden_BRD))
   return jnp.concatenate(logits, axis=1)

@@ -66,6 +66,7 @@ probability mass on those nodes. ``run`` writes ``selection.json``: the
 evaluated step with the best ``eval/acc`` (the checkpoint to use), chosen on the generated validation
 split, and prints the final metrics with 95 % Wilson intervals and the measured real tokens/s.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -107,28 +108,43 @@ VOCAB_SIZE = data_lib.VOCAB.vocab_size  # 40 real tokens; argmax is taken over t
 
 
 COT: config_lib.Declaration = {
-    "method": ("coconut", "coconut | cot | nocot"),
-    "data_dir": ("", "output of `python -m projects.continuous_cot.data generate --out DIR`"),
-    "train_file": ("train.json", "training problems in data_dir"),
-    "valid_file": ("valid.json", "validation problems in data_dir"),
-    "train_limit": (0, "use only the first N training problems (0 = all)"),
-    "eval_limit": (0, "evaluate on the first N validation problems (0 = all)"),
-    "layout": ("code", "prompt layout of data.prompt_tokens"),
-    "epochs_per_stage": (25, "Coconut stage length in epochs (spec §2.2; RS: 25)"),
-    "steps_per_stage": (0, "> 0: stages by steps instead of epochs"),
-    "stage0_steps": (0, "> 0 (with steps_per_stage): stage 0 lasts this many steps, the others steps_per_stage"),
-    "stage0_epochs": (0, "> 0 (stages by epochs): stage 0 lasts this many epochs, the others epochs_per_stage"),
-    "reset_optimizer": (False, "coconut: re-initialise the optimizer state when a stage begins (EoS recipe)"),
-    "relabel": (False, "relabel the nodes of every training row with a random injection into the node ids"),
-    "loss": ("label", "label (CE of the drawn label, RS) | set (−log Σ_{v ∈ label pool} p(v), EoS)"),
-    "uniform_prob": (0.1, "probability of a row drawing an earlier stage (spec §2.2)"),
-    "labels": ("path", "path (RS) | bfs (Coconut-BFS, RS §5.4)"),
-    "max_thoughts": (0, "K, thought slots in training rows (0 = the largest hop count in train)"),
-    "eval_fixed_thoughts": (4, "the fixed thought count of eval/acc_fixed"),
-    "prompt_len": (0, "P, columns for the prompt (0 = longest prompt of the data, rounded to 8)"),
-    "batching": ("bucketed", "bucketed (length-bucketed batches, compact forward) | padded (every row at T)"),
-    "bucket_window": (32, "bucketed: batches per window of the seeded order sorted by prompt length"),
-    "bucket_multiple": (8, "bucketed: prompt widths rounded up to this (one compile per width)"),
+  "method": ("coconut", "coconut | cot | nocot"),
+  "data_dir": ("", "output of `python -m projects.continuous_cot.data generate --out DIR`"),
+  "train_file": ("train.json", "training problems in data_dir"),
+  "valid_file": ("valid.json", "validation problems in data_dir"),
+  "train_limit": (0, "use only the first N training problems (0 = all)"),
+  "eval_limit": (0, "evaluate on the first N validation problems (0 = all)"),
+  "layout": ("code", "prompt layout of data.prompt_tokens"),
+  "epochs_per_stage": (25, "Coconut stage length in epochs (spec §2.2; RS: 25)"),
+  "steps_per_stage": (0, "> 0: stages by steps instead of epochs"),
+  "stage0_steps": (
+    0,
+    "> 0 (with steps_per_stage): stage 0 lasts this many steps, the others steps_per_stage",
+  ),
+  "stage0_epochs": (
+    0,
+    "> 0 (stages by epochs): stage 0 lasts this many epochs, the others epochs_per_stage",
+  ),
+  "reset_optimizer": (
+    False,
+    "coconut: re-initialise the optimizer state when a stage begins (EoS recipe)",
+  ),
+  "relabel": (
+    False,
+    "relabel the nodes of every training row with a random injection into the node ids",
+  ),
+  "loss": ("label", "label (CE of the drawn label, RS) | set (−log Σ_{v ∈ label pool} p(v), EoS)"),
+  "uniform_prob": (0.1, "probability of a row drawing an earlier stage (spec §2.2)"),
+  "labels": ("path", "path (RS) | bfs (Coconut-BFS, RS §5.4)"),
+  "max_thoughts": (0, "K, thought slots in training rows (0 = the largest hop count in train)"),
+  "eval_fixed_thoughts": (4, "the fixed thought count of eval/acc_fixed"),
+  "prompt_len": (0, "P, columns for the prompt (0 = longest prompt of the data, rounded to 8)"),
+  "batching": (
+    "bucketed",
+    "bucketed (length-bucketed batches, compact forward) | padded (every row at T)",
+  ),
+  "bucket_window": (32, "bucketed: batches per window of the seeded order sorted by prompt length"),
+  "bucket_multiple": (8, "bucketed: prompt widths rounded up to this (one compile per width)"),
 }
 CONFIG_SECTIONS = {"cot": COT}
 
@@ -142,6 +158,7 @@ def _round_up(n: int, m: int = 8) -> int:
 
 
 # --- losses ------------------------------------------------------------------------------------------------
+
 
 def set_nll(logits_BNV, mask_BV, weights_BN):
   """(mean −log Σ_{v ∈ set} p(v) over the weighted columns, mean Σ_{v ∈ set} p(v)); p over all logits."""
@@ -158,15 +175,20 @@ def _answer_logits(logits_BTV, col_B):
 
 # --- data --------------------------------------------------------------------------------------------------
 
+
 def load_split(config: Mapping, key: str) -> list[Problem]:
   c = config["cot"]
   if not c["data_dir"]:
-    raise config_lib.ConfigError("config.cot.data_dir is empty: generate data with `python -m "
-                                 "projects.continuous_cot.data generate --out DIR` and pass --config.cot.data_dir=DIR")
+    raise config_lib.ConfigError(
+      "config.cot.data_dir is empty: generate data with `python -m "
+      "projects.continuous_cot.data generate --out DIR` and pass --config.cot.data_dir=DIR"
+    )
   path = pathlib.Path(c["data_dir"]) / c[key]
   if not path.exists():
-    raise config_lib.ConfigError(f"config.cot.data_dir: {path} not found; generate it with `python -m "
-                                 f"projects.continuous_cot.data generate --out {c['data_dir']}`")
+    raise config_lib.ConfigError(
+      f"config.cot.data_dir: {path} not found; generate it with `python -m "
+      f"projects.continuous_cot.data generate --out {c['data_dir']}`"
+    )
   problems = data_lib.load(path, check=False)
   limit = c["train_limit" if key == "train_file" else "eval_limit"]
   return problems[:limit] if limit else problems
@@ -187,6 +209,7 @@ DEFAULT_PROMPT_LEN, DEFAULT_MAX_HOPS = 192, 4
 class CotDims:
   """The static sizes of rows: prompt columns P, thought slots K (training) and K_eval, CoT decoding steps,
   the hop-k accuracies evaluated, and the expected real tokens per training row (for tokens/s)."""
+
   P: int
   K: int
   K_eval: int
@@ -201,30 +224,49 @@ def default_dims(config: Mapping) -> CotDims:
   c = config["cot"]
   K = c["max_thoughts"] or DEFAULT_MAX_HOPS
   extra = {"coconut": max(K, c["eval_fixed_thoughts"]) + 2, "cot": K + 3}.get(c["method"], 3)
-  P = c["prompt_len"] or max(8, min(DEFAULT_PROMPT_LEN, (config["model"]["max_seq_len"] - extra) // 8 * 8))
+  P = c["prompt_len"] or max(
+    8, min(DEFAULT_PROMPT_LEN, (config["model"]["max_seq_len"] - extra) // 8 * 8)
+  )
   after = {"coconut": 2, "cot": 3, "nocot": 3}.get(c["method"], 3)
-  return CotDims(P=P, K=K, K_eval=max(K, c["eval_fixed_thoughts"]), gen_steps=K + 2, eval_hops=min(4, K),
-                 row_tokens=float(P + (K if c["method"] != "nocot" else 0) + after))
+  return CotDims(
+    P=P,
+    K=K,
+    K_eval=max(K, c["eval_fixed_thoughts"]),
+    gen_steps=K + 2,
+    eval_hops=min(4, K),
+    row_tokens=float(P + (K if c["method"] != "nocot" else 0) + after),
+  )
 
 
 def measured_dims(config: Mapping, train: Sequence[Problem], valid: Sequence[Problem]) -> CotDims:
   """Dims of these problems (the config's prompt_len / max_thoughts when set, checked against them)."""
   c = config["cot"]
   every = list(train) + list(valid)
-  longest = max(3 * len(p.edges) + 6 for p in every)   # 'theory' layout has one more token
+  longest = max(3 * len(p.edges) + 6 for p in every)  # 'theory' layout has one more token
   P = c["prompt_len"] or _round_up(longest)
   if P < longest:
-    raise config_lib.ConfigError(f"config.cot.prompt_len={P} < the longest prompt ({longest} tokens)")
+    raise config_lib.ConfigError(
+      f"config.cot.prompt_len={P} < the longest prompt ({longest} tokens)"
+    )
   train_hops = max(p.hops for p in train)
   K = c["max_thoughts"] or train_hops
   if K < train_hops:
-    raise config_lib.ConfigError(f"config.cot.max_thoughts={K} < the largest training hop count {train_hops}")
-  prompt_lens = np.array([len(data_lib.prompt_tokens(p, layout=c["layout"])) for p in train], np.int64)
+    raise config_lib.ConfigError(
+      f"config.cot.max_thoughts={K} < the largest training hop count {train_hops}"
+    )
+  prompt_lens = np.array(
+    [len(data_lib.prompt_tokens(p, layout=c["layout"])) for p in train], np.int64
+  )
   after = {"coconut": 2, "cot": 3, "nocot": 3}[c["method"]]
   hops = np.array([p.hops for p in train]) if c["method"] != "nocot" else 0
-  return CotDims(P=P, K=K, K_eval=max(K, c["eval_fixed_thoughts"], max(p.hops for p in valid)),
-                 gen_steps=max(p.hops for p in every) + 2,   # CoT decoding: D nodes, [A], answer
-                 eval_hops=min(4, min(p.hops for p in valid)), row_tokens=float(np.mean(prompt_lens + hops + after)))
+  return CotDims(
+    P=P,
+    K=K,
+    K_eval=max(K, c["eval_fixed_thoughts"], max(p.hops for p in valid)),
+    gen_steps=max(p.hops for p in every) + 2,  # CoT decoding: D nodes, [A], answer
+    eval_hops=min(4, min(p.hops for p in valid)),
+    row_tokens=float(np.mean(prompt_lens + hops + after)),
+  )
 
 
 class CotSpec:
@@ -238,40 +280,62 @@ class CotSpec:
     c, t = config["cot"], config["train"]
     self.method, self.labels, self.seed = c["method"], c["labels"], config["seed"]
     if self.method not in METHODS:
-      raise config_lib.ConfigError(f"config.cot.method={self.method!r}: must be one of {', '.join(METHODS)}")
+      raise config_lib.ConfigError(
+        f"config.cot.method={self.method!r}: must be one of {', '.join(METHODS)}"
+      )
     if self.labels not in LABELS:
-      raise config_lib.ConfigError(f"config.cot.labels={self.labels!r}: must be one of {', '.join(LABELS)}")
+      raise config_lib.ConfigError(
+        f"config.cot.labels={self.labels!r}: must be one of {', '.join(LABELS)}"
+      )
     self.loss_kind, self.relabel = c["loss"], bool(c["relabel"])
     if self.loss_kind not in LOSSES:
-      raise config_lib.ConfigError(f"config.cot.loss={self.loss_kind!r}: must be one of {', '.join(LOSSES)}")
+      raise config_lib.ConfigError(
+        f"config.cot.loss={self.loss_kind!r}: must be one of {', '.join(LOSSES)}"
+      )
     if self.loss_kind == "set" and self.method != "coconut":
-      raise config_lib.ConfigError("config.cot.loss='set' needs method 'coconut' (one label pool per row)")
+      raise config_lib.ConfigError(
+        "config.cot.loss='set' needs method 'coconut' (one label pool per row)"
+      )
     for key in ("stage0_steps", "stage0_epochs"):
       if c[key] < 0:
         raise config_lib.ConfigError(f"config.cot.{key}={c[key]}: must be >= 0")
     if c["stage0_steps"] and c["steps_per_stage"] <= 0:
-      raise config_lib.ConfigError("config.cot.stage0_steps needs stages by steps (config.cot.steps_per_stage > 0)")
+      raise config_lib.ConfigError(
+        "config.cot.stage0_steps needs stages by steps (config.cot.steps_per_stage > 0)"
+      )
     if c["layout"] not in data_lib.LAYOUTS:
-      raise config_lib.ConfigError(f"config.cot.layout={c['layout']!r}: must be one of {', '.join(data_lib.LAYOUTS)}")
+      raise config_lib.ConfigError(
+        f"config.cot.layout={c['layout']!r}: must be one of {', '.join(data_lib.LAYOUTS)}"
+      )
     try:
       self.model_cfg = nn_config.from_dict(config["model"])
     except (TypeError, ValueError) as e:
       raise config_lib.ConfigError(" ".join(str(e).split())) from None
     if self.model_cfg.vocab_size < VOCAB_SIZE:
-      raise config_lib.ConfigError(f"config.model.vocab_size={self.model_cfg.vocab_size} < {VOCAB_SIZE}")
+      raise config_lib.ConfigError(
+        f"config.model.vocab_size={self.model_cfg.vocab_size} < {VOCAB_SIZE}"
+      )
     self.batching = c["batching"]
     if self.batching not in BATCHINGS:
-      raise config_lib.ConfigError(f"config.cot.batching={self.batching!r}: must be one of {', '.join(BATCHINGS)}")
+      raise config_lib.ConfigError(
+        f"config.cot.batching={self.batching!r}: must be one of {', '.join(BATCHINGS)}"
+      )
     if self.batching == "bucketed" and (self.model_cfg.scan_layers or not self.model_cfg.causal):
-      raise config_lib.ConfigError("config.cot.batching='bucketed' (the compact forward) needs model.scan_layers "
-                                   "False and a causal model; use batching='padded'")
+      raise config_lib.ConfigError(
+        "config.cot.batching='bucketed' (the compact forward) needs model.scan_layers "
+        "False and a causal model; use batching='padded'"
+      )
     if c["bucket_window"] < 1 or c["bucket_multiple"] < 1:
       raise config_lib.ConfigError("config.cot.bucket_window and bucket_multiple must be >= 1")
 
     self.dims = dims = dims or default_dims(config)
     self.batch_size = t["batch_size"]
     self.P, self.K, self.K_eval, self.gen_steps = dims.P, dims.K, dims.K_eval, dims.gen_steps
-    self.eval_hops, self.row_tokens, self.fixed = dims.eval_hops, dims.row_tokens, c["eval_fixed_thoughts"]
+    self.eval_hops, self.row_tokens, self.fixed = (
+      dims.eval_hops,
+      dims.row_tokens,
+      c["eval_fixed_thoughts"],
+    )
     if self.method == "coconut":
       self.T, self.T_eval = _round_up(self.P + self.K + 2), _round_up(self.P + self.K_eval + 2)
     elif self.method == "cot":
@@ -279,13 +343,17 @@ class CotSpec:
     else:
       self.T = self.T_eval = _round_up(self.P + 3)
     if max(self.T, self.T_eval) > self.model_cfg.max_seq_len:
-      raise config_lib.ConfigError(f"config.model.max_seq_len={self.model_cfg.max_seq_len} < the "
-                                   f"{max(self.T, self.T_eval)} columns these rows need")
+      raise config_lib.ConfigError(
+        f"config.model.max_seq_len={self.model_cfg.max_seq_len} < the "
+        f"{max(self.T, self.T_eval)} columns these rows need"
+      )
     # The compact forward's static bounds: thought steps, and columns after the thoughts that carry a loss.
     self.K_fwd = self.K if self.method == "coconut" else 0
     self.R = {"coconut": 1, "cot": self.gen_steps, "nocot": 2}[self.method]
     self.tokens_per_step = int(round(self.batch_size * self.row_tokens))
-    self.flops_per_step = flops.train_flops_per_token(self.model_cfg, round(self.row_tokens)) * self.tokens_per_step
+    self.flops_per_step = (
+      flops.train_flops_per_token(self.model_cfg, round(self.row_tokens)) * self.tokens_per_step
+    )
 
   def tokenizer(self):
     return data_lib.VOCAB
@@ -307,25 +375,42 @@ class CotSpec:
   def _logits(self, model, tokens, batch, count_key: str, max_thoughts: int):
     if self.method != "coconut":
       return model(tokens).logits_BTV
-    rest = tokens.shape[1] - self.P - max_thoughts   # from latent_start + K: no window is clamped
-    return thoughts_lib.cached_forward(model, tokens, batch["latent_start"], num_thoughts=max_thoughts,
-                                       num_thoughts_B=batch[count_key], prefix_len=self.P, rest_len=rest).logits_BTV
+    rest = tokens.shape[1] - self.P - max_thoughts  # from latent_start + K: no window is clamped
+    return thoughts_lib.cached_forward(
+      model,
+      tokens,
+      batch["latent_start"],
+      num_thoughts=max_thoughts,
+      num_thoughts_B=batch[count_key],
+      prefix_len=self.P,
+      rest_len=rest,
+    ).logits_BTV
 
   def train_loss(self, model, batch):
     if self.batching == "bucketed":
       K, R = self.K_fwd, self.R
       prefix = batch["tokens"].shape[1] - K - R - 1
-      logits = thoughts_lib.compact_forward(model, batch["tokens"], batch["latent_start"], batch["num_thoughts"],
-                                            max_thoughts=K, prefix_len=prefix, rest_len=R)
-      cols, valid = thoughts_lib.compact_columns(batch["latent_start"], batch["num_thoughts"], max_thoughts=K,
-                                                 rest_len=R)
+      logits = thoughts_lib.compact_forward(
+        model,
+        batch["tokens"],
+        batch["latent_start"],
+        batch["num_thoughts"],
+        max_thoughts=K,
+        prefix_len=prefix,
+        rest_len=R,
+      )
+      cols, valid = thoughts_lib.compact_columns(
+        batch["latent_start"], batch["num_thoughts"], max_thoughts=K, rest_len=R
+      )
       targets = jnp.take_along_axis(batch["targets"], cols, axis=1)
       weights = jnp.take_along_axis(batch["weights"], cols, axis=1) * valid
     else:
       logits = self._logits(model, batch["tokens"], batch, "num_thoughts", self.K)
       targets, weights = batch["targets"], batch["weights"]
     loss, metrics = lm_loss(logits, targets, weights)
-    if self.method == "coconut":   # the drawn label's NLL (`loss`) and the label pool's (−log of its mass)
+    if (
+      self.method == "coconut"
+    ):  # the drawn label's NLL (`loss`) and the label pool's (−log of its mass)
       nll, mass = set_nll(logits, batch["label_set"], weights)
       metrics.update({"label_nll": loss, "set_nll": nll, "set_mass": mass})
       if self.loss_kind == "set":
@@ -340,12 +425,20 @@ class CotSpec:
     (gold | fixed) number of thoughts: index 0 the root (hop 1), index k the k-th thought (hop k + 1),
     the last one [A]."""
     if self.batching == "bucketed":
-      logits = thoughts_lib.compact_forward(model, batch[f"tokens_{name}"], batch["latent_start"], batch[f"num_{name}"],
-                                            max_thoughts=self.K_eval, prefix_len=self.P, rest_len=1)
+      logits = thoughts_lib.compact_forward(
+        model,
+        batch[f"tokens_{name}"],
+        batch["latent_start"],
+        batch[f"num_{name}"],
+        max_thoughts=self.K_eval,
+        prefix_len=self.P,
+        rest_len=1,
+      )
     else:
       full = self._logits(model, batch[f"tokens_{name}"], batch, f"num_{name}", self.K_eval)
-      cols, _ = thoughts_lib.compact_columns(batch["latent_start"], batch[f"num_{name}"], max_thoughts=self.K_eval,
-                                             rest_len=1)
+      cols, _ = thoughts_lib.compact_columns(
+        batch["latent_start"], batch[f"num_{name}"], max_thoughts=self.K_eval, rest_len=1
+      )
       logits = jnp.take_along_axis(full, cols[..., None], axis=1)
     return logits[..., :VOCAB_SIZE].astype(jnp.float32)
 
@@ -363,10 +456,12 @@ class CotSpec:
         add(metrics_lib.answer_metrics(answer, target, cands), suffix)
         if name == "gold":
           loss = (optax.softmax_cross_entropy_with_integer_labels(answer, target) * scale).sum()
-          add(metrics_lib.hop_metrics(logits[:, :self.eval_hops], batch["hop_sets"]))
+          add(metrics_lib.hop_metrics(logits[:, : self.eval_hops], batch["hop_sets"]))
       return loss, metrics
     logits = model(batch["tokens"]).logits_BTV
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["targets"])
+    ce = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), batch["targets"]
+    )
     per_row = (ce * batch["weights"]).sum(-1) / jnp.maximum(batch["weights"].sum(-1), 1.0)
     loss = (per_row * scale).sum()
     if self.method == "nocot":
@@ -375,7 +470,11 @@ class CotSpec:
       answer, answer_logits = self._greedy_answer(model, batch["prompt"], batch["prompt_len"])
       add(metrics_lib.answer_metrics(answer_logits, target, cands, answer_B=answer))
       # hop k: the teacher-forced logits after the root and the first k − 1 nodes of a shortest path
-      cols = batch["prompt_len"].astype(jnp.int32)[:, None] - 1 + jnp.arange(self.eval_hops, dtype=jnp.int32)
+      cols = (
+        batch["prompt_len"].astype(jnp.int32)[:, None]
+        - 1
+        + jnp.arange(self.eval_hops, dtype=jnp.int32)
+      )
       add(metrics_lib.hop_metrics(thoughts_lib.take_rows(logits, cols), batch["hop_sets"]))
     return loss, metrics
 
@@ -391,12 +490,16 @@ class CotSpec:
       step = thoughts_lib.take_rows(logits, pos_B1 - 1)[:, 0, :VOCAB_SIZE].astype(jnp.float32)
       step_logits.append(step)
       tokens_BT = write_rows(tokens_BT, step.argmax(-1).astype(jnp.int32)[:, None], pos_B1)
-    gen_BG = thoughts_lib.take_rows(tokens_BT, start_B[:, None] + jnp.arange(self.gen_steps, dtype=jnp.int32))
+    gen_BG = thoughts_lib.take_rows(
+      tokens_BT, start_B[:, None] + jnp.arange(self.gen_steps, dtype=jnp.int32)
+    )
     is_a = gen_BG[:, :-1] == data_lib.ANSWER
     has_a = is_a.any(axis=1)
     at_B = jnp.where(has_a, jnp.argmax(is_a, axis=1) + 1, self.gen_steps - 1)
     answer = jnp.take_along_axis(gen_BG, at_B[:, None], axis=1)[:, 0]
-    logits_BV = jnp.take_along_axis(jnp.stack(step_logits, axis=1), at_B[:, None, None], axis=1)[:, 0]
+    logits_BV = jnp.take_along_axis(jnp.stack(step_logits, axis=1), at_B[:, None, None], axis=1)[
+      :, 0
+    ]
     return jnp.where(has_a, answer, -1), logits_BV
 
 
@@ -405,19 +508,46 @@ class CotData:
 
   def __init__(self, spec: CotSpec, train: list[Problem], valid: list[Problem]):
     if not train or not valid:
-      raise config_lib.ConfigError(f"config.cot: {len(train)} training / {len(valid)} validation problems")
+      raise config_lib.ConfigError(
+        f"config.cot: {len(train)} training / {len(valid)} validation problems"
+      )
     c = spec.config["cot"]
     self.spec, self.config, self.train, self.valid = spec, spec.config, train, valid
-    self.method, self.labels, self.seed, self.relabel = spec.method, spec.labels, spec.seed, spec.relabel
-    self.batch_size, self.batching, self.T, self.T_eval = spec.batch_size, spec.batching, spec.T, spec.T_eval
+    self.method, self.labels, self.seed, self.relabel = (
+      spec.method,
+      spec.labels,
+      spec.seed,
+      spec.relabel,
+    )
+    self.batch_size, self.batching, self.T, self.T_eval = (
+      spec.batch_size,
+      spec.batching,
+      spec.T,
+      spec.T_eval,
+    )
     self.fixed, self.eval_hops = spec.fixed, spec.eval_hops
     self.window, self.multiple = c["bucket_window"], c["bucket_multiple"]
-    self.prompt_lens = np.array([len(data_lib.prompt_tokens(p, layout=c["layout"])) for p in self.train], np.int64)
+    self.prompt_lens = np.array(
+      [len(data_lib.prompt_tokens(p, layout=c["layout"])) for p in self.train], np.int64
+    )
     self._windows: dict[int, np.ndarray] = {}
-    self.eval_set = loop.RowsEvalSet([self.eval_row(i) for i in range(len(self.valid))], self.batch_size)
-    log.info("cot task: method %s, %s batches, %d train / %d valid problems, P=%d K=%d T=%d (eval K=%d T=%d), "
-             "%.1f real tokens per row", self.method, self.batching, len(self.train), len(self.valid), spec.P,
-             spec.K, self.T, spec.K_eval, self.T_eval, spec.row_tokens)
+    self.eval_set = loop.RowsEvalSet(
+      [self.eval_row(i) for i in range(len(self.valid))], self.batch_size
+    )
+    log.info(
+      "cot task: method %s, %s batches, %d train / %d valid problems, P=%d K=%d T=%d (eval K=%d T=%d), "
+      "%.1f real tokens per row",
+      self.method,
+      self.batching,
+      len(self.train),
+      len(self.valid),
+      spec.P,
+      spec.K,
+      self.T,
+      spec.K_eval,
+      self.T_eval,
+      spec.row_tokens,
+    )
 
   # schedule ------------------------------------------------------------------------------------------------
   def scheduled_stage(self, step: int) -> int:
@@ -425,8 +555,13 @@ class CotData:
 
   def stage_starts(self, total_steps: int) -> list[int]:
     """The first step of each Coconut stage 1 .. (the largest hop count) within ``total_steps``."""
-    return rows_lib.stage_starts(self.config["cot"], total_steps, max(p.hops for p in self.train), self.batch_size,
-                        len(self.train))
+    return rows_lib.stage_starts(
+      self.config["cot"],
+      total_steps,
+      max(p.hops for p in self.train),
+      self.batch_size,
+      len(self.train),
+    )
 
   def _prompt(self, problem: Problem, rng: random.Random) -> list[int]:
     return data_lib.prompt_tokens(problem, layout=self.config["cot"]["layout"], rng=rng)
@@ -449,7 +584,9 @@ class CotData:
       rows = np.arange(w * per, (w + 1) * per, dtype=np.int64)
       order = np.lexsort((rows, self.prompt_lens[self.problem_index(rows)]))
       batches = rows[order].reshape(self.window, self.batch_size)
-      self._windows = {w: batches[np.random.default_rng([self.seed, w, 11]).permutation(self.window)]}
+      self._windows = {
+        w: batches[np.random.default_rng([self.seed, w, 11]).permutation(self.window)]
+      }
     return self._windows[w]
 
   def step_rows(self, step: int) -> np.ndarray:
@@ -468,7 +605,9 @@ class CotData:
     return min(_round_up(longest, self.multiple), self.spec.P) + self.spec.K_fwd + self.spec.R + 1
 
   # rows ----------------------------------------------------------------------------------------------------
-  def row_tokens_of(self, step: int, g: int) -> tuple[list[int], int, int, int, int, np.ndarray | None]:
+  def row_tokens_of(
+    self, step: int, g: int
+  ) -> tuple[list[int], int, int, int, int, np.ndarray | None]:
     """(tokens, first and last supervised column, latent_start, thought count, the label pool as a
     40-token mask (coconut; None otherwise)) of global row g at step ``step``: a pure function of
     (seed, step, g)."""
@@ -479,9 +618,18 @@ class CotData:
       problem = rows_lib.relabel_row(problem, rng)
     prompt = self._prompt(problem, rng)
     if self.method == "coconut":
-      s = rows_lib.coconut_stage(problem, self.scheduled_stage(step), rng, self.config["cot"]["uniform_prob"])
+      s = rows_lib.coconut_stage(
+        problem, self.scheduled_stage(step), rng, self.config["cot"]["uniform_prob"]
+      )
       tokens, count, col = rows_lib.coconut_row(problem, s, prompt, rng, self.labels)
-      return tokens, col, col, len(prompt), count, rows_lib.set_mask(rows_lib.label_pool(problem, s, self.labels))
+      return (
+        tokens,
+        col,
+        col,
+        len(prompt),
+        count,
+        rows_lib.set_mask(rows_lib.label_pool(problem, s, self.labels)),
+      )
     tokens, first = rows_lib.language_row(problem, prompt, rng, self.method)
     return tokens, first, len(tokens) - 2, len(prompt), 0, None
 
@@ -493,19 +641,32 @@ class CotData:
     out = {"tokens": row, "targets": targets, "weights": weights, "length": np.int32(len(tokens))}
     if pool is not None:
       out["label_set"] = pool
-    if self.batching == "bucketed":   # the compact forward reads only these columns: every loss must be there
-      covered = {start - 1, *range(start, start + count), *range(start + count, start + count + self.spec.R)}
+    if (
+      self.batching == "bucketed"
+    ):  # the compact forward reads only these columns: every loss must be there
+      covered = {
+        start - 1,
+        *range(start, start + count),
+        *range(start + count, start + count + self.spec.R),
+      }
       if not set(range(first, last + 1)) <= covered:
-        raise AssertionError(f"row {g}: supervised columns {first}..{last} outside the compact columns")
+        raise AssertionError(
+          f"row {g}: supervised columns {first}..{last} outside the compact columns"
+        )
     if self.method == "coconut" or self.batching == "bucketed":
       out["latent_start"], out["num_thoughts"] = np.int32(start), np.int32(count)
     return out
 
-  def train_batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+  def train_batch(
+    self, step: int, process_index: int = 0, process_count: int = 1
+  ) -> dict[str, np.ndarray]:
     local = self.batch_size // process_count
     rows = self.step_rows(step)
     width = self.width(rows)
-    mine = [self.train_row(step, int(g), width) for g in rows[process_index * local:(process_index + 1) * local]]
+    mine = [
+      self.train_row(step, int(g), width)
+      for g in rows[process_index * local : (process_index + 1) * local]
+    ]
     return {k: np.stack([r[k] for r in mine]) for k in mine[0]}
 
   def eval_row(self, i: int) -> dict[str, np.ndarray]:
@@ -513,11 +674,16 @@ class CotData:
     rng = random.Random(10_007 * self.seed + i + 1)  # a fixed edge/candidate order per problem
     prompt = self._prompt(problem, rng)
     c1, c2 = metrics_lib.candidates(prompt)
-    out = {"target": np.int32(problem.target), "cands": np.array([c1, c2], np.int32),
-           **{k: np.float32(v) for k, v in metrics_lib.floors(problem, c1, c2).items()}}
+    out = {
+      "target": np.int32(problem.target),
+      "cands": np.array([c1, c2], np.int32),
+      **{k: np.float32(v) for k, v in metrics_lib.floors(problem, c1, c2).items()},
+    }
     if self.method != "nocot":
       layers = problem.neighbor_k()
-      out["hop_sets"] = np.stack([rows_lib.set_mask(layers[k]) for k in range(1, self.eval_hops + 1)])
+      out["hop_sets"] = np.stack(
+        [rows_lib.set_mask(layers[k]) for k in range(1, self.eval_hops + 1)]
+      )
     if self.method == "coconut":
       for name, count in (("gold", problem.hops), ("fixed", self.fixed)):
         tokens = prompt + [data_lib.LATENT] * count + [data_lib.ANSWER, problem.target]
@@ -532,7 +698,7 @@ class CotData:
     out["targets"], out["weights"] = rows_lib.shifted(row, first, len(tokens) - 2)
     out["prompt"] = rows_lib.pad_row(prompt, self.T_eval)
     out["prompt_len"] = np.int32(len(prompt))
-    out["col_answer"] = np.int32(len(tokens) - 3)   # the [A] column (teacher forced)
+    out["col_answer"] = np.int32(len(tokens) - 3)  # the [A] column (teacher forced)
     return out
 
 
@@ -541,36 +707,54 @@ def make_spec(config: Mapping) -> CotSpec:
   return CotSpec(config)
 
 
-def make_task(config: Mapping, train: list[Problem] | None = None, valid: list[Problem] | None = None) -> Task:
+def make_task(
+  config: Mapping, train: list[Problem] | None = None, valid: list[Problem] | None = None
+) -> Task:
   """Spec and data of ``config`` (problems from ``config.cot.data_dir`` unless given). Coconut with
   ``reset_optimizer``: the stage starts become ``optim.reset_steps`` of the recorded config."""
-  spec = CotSpec(config)                   # the config's own checks before any file is read
+  spec = CotSpec(config)  # the config's own checks before any file is read
   train = train if train is not None else load_split(config, "train_file")
   valid = valid if valid is not None else load_split(config, "valid_file")
   if not train or not valid:
-    raise config_lib.ConfigError(f"config.cot: {len(train)} training / {len(valid)} validation problems")
+    raise config_lib.ConfigError(
+      f"config.cot: {len(train)} training / {len(valid)} validation problems"
+    )
   spec = CotSpec(config, measured_dims(spec.config, train, valid))
   data = CotData(spec, train, valid)
   cfg = spec.config
   if spec.method == "coconut" and cfg["cot"]["reset_optimizer"]:
     starts = data.stage_starts(cfg["train"]["steps"])
-    spec.config = {**cfg, "optim": {**cfg["optim"], "reset_steps": sorted(set(cfg["optim"].get("reset_steps") or ())
-                                                                          | set(starts))}}
+    spec.config = {
+      **cfg,
+      "optim": {
+        **cfg["optim"],
+        "reset_steps": sorted(set(cfg["optim"].get("reset_steps") or ()) | set(starts)),
+      },
+    }
   return Task(spec, data)
 
 
 def select_checkpoint(workdir: str | pathlib.Path, metric: str = "eval/acc") -> dict:
   """The evaluated step with the best ``metric`` on the generated validation split (ties: the earliest)."""
   workdir = pathlib.Path(workdir)
-  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+  rows = [
+    json.loads(line)
+    for line in (workdir / "metrics.jsonl").read_text().splitlines()
+    if line.strip()
+  ]
   evals = [(r["step"], r[metric]) for r in rows if metric in r]
   if not evals:
     return {}
   best_step, best = max(evals, key=lambda sv: (sv[1], -sv[0]))
   ckpt = ckpt_lib.checkpoint_dir(workdir) / str(best_step)
-  out = {"metric": metric, "split": "generated validation", "step": best_step, "value": best,
-         "checkpoint": str(ckpt) if ckpt.exists() else None,
-         "evaluations": [{"step": s, metric: v} for s, v in evals]}
+  out = {
+    "metric": metric,
+    "split": "generated validation",
+    "step": best_step,
+    "value": best,
+    "checkpoint": str(ckpt) if ckpt.exists() else None,
+    "evaluations": [{"step": s, metric: v} for s, v in evals],
+  }
   (workdir / "selection.json").write_text(json.dumps(out, indent=1))
   return out
 
@@ -578,22 +762,41 @@ def select_checkpoint(workdir: str | pathlib.Path, metric: str = "eval/acc") -> 
 def throughput(workdir: str | pathlib.Path, batch_size: int) -> dict:
   """Measured real tokens/s of a run from its metrics.jsonl: the median over timed steps of
   ``data/row_tokens`` × batch / ``perf/step_time_s``, and the mean padding fraction of all logged steps."""
-  rows = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
-          if line.strip()]
-  timed = [r["data/row_tokens"] * batch_size / r["perf/step_time_s"] for r in rows
-           if "perf/step_time_s" in r and "data/row_tokens" in r]
+  rows = [
+    json.loads(line)
+    for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    if line.strip()
+  ]
+  timed = [
+    r["data/row_tokens"] * batch_size / r["perf/step_time_s"]
+    for r in rows
+    if "perf/step_time_s" in r and "data/row_tokens" in r
+  ]
   pads = [r["data/pad_fraction"] for r in rows if "data/pad_fraction" in r]
-  return {"real_tokens_per_s": float(np.median(timed)) if timed else float("nan"), "timed_steps": len(timed),
-          "pad_fraction": float(np.mean(pads)) if pads else float("nan")}
+  return {
+    "real_tokens_per_s": float(np.median(timed)) if timed else float("nan"),
+    "timed_steps": len(timed),
+    "pad_fraction": float(np.mean(pads)) if pads else float("nan"),
+  }
 
 
 def eval_table(task: Task, values: Mapping[str, float], name: str) -> str:
   """The final evaluation as a Markdown table (95 % Wilson intervals) on the task's validation rows."""
-  counts = metrics_lib.counts_from_means({k[len("eval/"):]: v for k, v in values.items()
-                                          if k.startswith("eval/") and k not in ("eval/loss", "eval/perplexity")},
-                                         task.data.eval_set.n)
-  labels = {"": "gold hop count" if task.spec.method == "coconut" else "answer", "_fixed": "fixed thought count"}
-  return metrics_lib.table({f"{name} ({labels[v]})": row for v, row in metrics_lib.by_variant(counts).items()})
+  counts = metrics_lib.counts_from_means(
+    {
+      k[len("eval/") :]: v
+      for k, v in values.items()
+      if k.startswith("eval/") and k not in ("eval/loss", "eval/perplexity")
+    },
+    task.data.eval_set.n,
+  )
+  labels = {
+    "": "gold hop count" if task.spec.method == "coconut" else "answer",
+    "_fixed": "fixed thought count",
+  }
+  return metrics_lib.table(
+    {f"{name} ({labels[v]})": row for v, row in metrics_lib.by_variant(counts).items()}
+  )
 
 
 def run(config: Any, workdir: str) -> loop.Result:
@@ -605,11 +808,18 @@ def run(config: Any, workdir: str) -> loop.Result:
     sel = select_checkpoint(workdir)
     if sel:
       speed = throughput(workdir, spec.batch_size)
-      print(f"method {spec.method}: best eval/acc {sel['value']:.4f} at step {sel['step']} "
-            f"(generated validation, {task.data.eval_set.n} problems); {spec.batching} batches, padding "
-            f"{speed['pad_fraction']:.1%}"
-            + (f", {speed['real_tokens_per_s']:,.0f} real tokens/s (median of {speed['timed_steps']} timed steps)"
-               if math.isfinite(speed["real_tokens_per_s"]) else ""))
+      print(
+        f"method {spec.method}: best eval/acc {sel['value']:.4f} at step {sel['step']} "
+        f"(generated validation, {task.data.eval_set.n} problems); {spec.batching} batches, padding "
+        f"{speed['pad_fraction']:.1%}"
+        + (
+          f", {speed['real_tokens_per_s']:,.0f} real tokens/s (median of {speed['timed_steps']} timed steps)"
+          if math.isfinite(speed["real_tokens_per_s"])
+          else ""
+        )
+      )
       if result.eval:
-        print(f"final evaluation, step {result.step}:\n" + eval_table(task, result.eval, spec.method))
+        print(
+          f"final evaluation, step {result.step}:\n" + eval_table(task, result.eval, spec.method)
+        )
   return result

@@ -5,6 +5,7 @@ first (``<pad>`` = 0, ``<bos>``, ``<eos>``), so the vocabulary has 99 ids (the a
 specials, 103 ids; which ones is not recorded). It is a ``superpose.data.symbols.SymbolTokenizer`` with
 ``sep=""`` (every character one symbol), registered as the tokenizer ``"icl_chars"``.
 """
+
 from __future__ import annotations
 
 import string
@@ -19,13 +20,16 @@ SPECIALS = ("<pad>", "<bos>", "<eos>")
 VOCAB = symbols.register_vocabulary("icl_chars", CHARACTERS, SPECIALS, sep="")
 
 
-def encode_prompt(text: str, bos: bool = False, vocab: symbols.SymbolTokenizer = VOCAB) -> np.ndarray:
+def encode_prompt(
+  text: str, bos: bool = False, vocab: symbols.SymbolTokenizer = VOCAB
+) -> np.ndarray:
   """Token ids of ``text`` (optionally after ``<bos>``); to score an answer, encode ``text + answer + "\\n"``."""
   return np.asarray(([vocab.bos_id] if bos else []) + vocab.encode(text), np.int32)
 
 
-def encode_lines(lines: Sequence[tuple[str, str, str]], bos: bool = False,
-                 vocab: symbols.SymbolTokenizer = VOCAB) -> tuple[np.ndarray, np.ndarray]:
+def encode_lines(
+  lines: Sequence[tuple[str, str, str]], bos: bool = False, vocab: symbols.SymbolTokenizer = VOCAB
+) -> tuple[np.ndarray, np.ndarray]:
   """Token ids and an answer mask for a training sequence of ``(input, sep, answer)`` lines.
 
   Each line is ``input + sep + answer + "\\n"``; the mask is 1 on the answer characters and the

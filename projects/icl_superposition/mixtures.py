@@ -21,6 +21,7 @@ oracle's: the per-prompt columns tell them apart.
 Intervals (``bootstrap_ci``): percentiles over resamples of training seeds (with replacement, when there are
 several) and of prompts within each seed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,14 +32,17 @@ from projects.icl_superposition import scoring
 
 REFERENCES = ("diagonal", "soft oracle", "one-hot oracle")
 GUESS = "uniform guess"
-OUTPUTS = {"mod_add": 10, "retrieval": 8}   # a family's plausible outputs: 10 digits; the query's 8 letters
+OUTPUTS = {
+  "mod_add": 10,
+  "retrieval": 8,
+}  # a family's plausible outputs: 10 digits; the query's 8 letters
 METRICS = ("kl", "tv", "r", "other")
 
 
 @dataclasses.dataclass
 class Predictions:
-  p: np.ndarray        # (N, K) P(answer of task i)
-  r: np.ndarray        # (N,) task answers among the top-K outputs
+  p: np.ndarray  # (N, K) P(answer of task i)
+  r: np.ndarray  # (N,) task answers among the top-K outputs
 
   @property
   def other(self) -> np.ndarray:
@@ -62,12 +66,13 @@ def shares_of(prompts, k: int) -> np.ndarray:
 
 def _r_of(p: np.ndarray) -> np.ndarray:
   """r of a predictor whose only outputs are the task answers: answers with P > 0 among its K largest."""
-  kth = np.sort(p, axis=1)[:, 0]            # K candidates: the K-th largest is the smallest
+  kth = np.sort(p, axis=1)[:, 0]  # K candidates: the K-th largest is the smallest
   return ((p >= kth[:, None]) & (p > 0)).sum(1)
 
 
-def references(nominal: np.ndarray, shares: np.ndarray, rng: np.random.Generator,
-               n_outputs: int | None = None) -> dict[str, Predictions]:
+def references(
+  nominal: np.ndarray, shares: np.ndarray, rng: np.random.Generator, n_outputs: int | None = None
+) -> dict[str, Predictions]:
   """The reference predictors (module docstring); with ``n_outputs`` V also the ``uniform guess``: P = 1/V on each
   of the family's V plausible outputs, its top K a random K of them (r hypergeometric, mean K²/V) — the chance
   floor of r, which grows with K."""
@@ -76,12 +81,16 @@ def references(nominal: np.ndarray, shares: np.ndarray, rng: np.random.Generator
   cum = np.cumsum(shares, 1)
   j = np.minimum((rng.random(n)[:, None] > cum).sum(1), k - 1)
   one_hot = np.eye(k)[j]
-  out = {name: Predictions(p=p, r=_r_of(p)) for name, p in
-         (("diagonal", nominal), ("soft oracle", shares), ("one-hot oracle", one_hot))}
+  out = {
+    name: Predictions(p=p, r=_r_of(p))
+    for name, p in (("diagonal", nominal), ("soft oracle", shares), ("one-hot oracle", one_hot))
+  }
   if n_outputs:
     if n_outputs < k:
       raise ValueError(f"{k} tasks but only {n_outputs} outputs")
-    out[GUESS] = Predictions(p=np.full((n, k), 1.0 / n_outputs), r=rng.hypergeometric(k, n_outputs - k, k, size=n))
+    out[GUESS] = Predictions(
+      p=np.full((n, k), 1.0 / n_outputs), r=rng.hypergeometric(k, n_outputs - k, k, size=n)
+    )
   return out
 
 
@@ -104,8 +113,10 @@ def bootstrap_ci(groups, stat=np.mean, draws: int = 2000, seed: int = 0) -> list
   out = np.empty(draws)
   for b in range(draws):
     chosen = rng.integers(0, len(groups), len(groups)) if len(groups) > 1 else (0,)
-    out[b] = stat(np.concatenate([groups[g][rng.integers(0, len(groups[g]), len(groups[g]))] for g in chosen]))
-  lo, hi = np.percentile(out, [2.5, 97.5], method="nearest")     # no interpolation between ∞ draws
+    out[b] = stat(
+      np.concatenate([groups[g][rng.integers(0, len(groups[g]), len(groups[g]))] for g in chosen])
+    )
+  lo, hi = np.percentile(out, [2.5, 97.5], method="nearest")  # no interpolation between ∞ draws
   return [float(lo), float(hi)]
 
 
@@ -115,8 +126,11 @@ def summarize(per_seed: list[dict[str, np.ndarray]], draws: int = 2000, seed: in
   for key in per_seed[0]:
     groups = [m[key] for m in per_seed]
     pooled = np.concatenate(groups)
-    out[key] = {"mean": float(np.mean(pooled)), "ci95": bootstrap_ci(groups, draws=draws, seed=seed),
-                "per_seed": [float(np.mean(g)) for g in groups]}
+    out[key] = {
+      "mean": float(np.mean(pooled)),
+      "ci95": bootstrap_ci(groups, draws=draws, seed=seed),
+      "per_seed": [float(np.mean(g)) for g in groups],
+    }
     if key == "kl":
       out[key]["median"] = float(np.median(pooled))
       out[key]["median_ci95"] = bootstrap_ci(groups, np.median, draws=draws, seed=seed)

@@ -15,6 +15,7 @@ One jitted call per batch of prompts (spec §1.3, §2.4, §3):
 
 The prompt's tokens must be a prefix of prompt + answer (checked; always true for one token per character).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,12 +34,12 @@ Encode = Callable[[str], Sequence[int]]
 
 @dataclasses.dataclass
 class Scores:
-  answer_prob: np.ndarray    # (N, K) P(answer_k + terminator | prompt)
-  answer_logp: np.ndarray    # (N, K) its natural log (finite where the probability underflows)
-  k_prob: np.ndarray         # (N,) the K-th largest complete-output probability among the candidates
-  r: np.ndarray              # (N,) task answers with P ≥ k_prob
-  top_outputs: list          # per prompt: [(output token ids, probability)] of the greedy candidates
-  last_hidden: np.ndarray | None = None   # (L+1, N, D) residual stream at the prompt's last token
+  answer_prob: np.ndarray  # (N, K) P(answer_k + terminator | prompt)
+  answer_logp: np.ndarray  # (N, K) its natural log (finite where the probability underflows)
+  k_prob: np.ndarray  # (N,) the K-th largest complete-output probability among the candidates
+  r: np.ndarray  # (N,) task answers with P ≥ k_prob
+  top_outputs: list  # per prompt: [(output token ids, probability)] of the greedy candidates
+  last_hidden: np.ndarray | None = None  # (L+1, N, D) residual stream at the prompt's last token
 
   @property
   def other(self) -> np.ndarray:
@@ -50,13 +51,31 @@ def _round_up(n: int, m: int) -> int:
 
 
 def _take_last(x_BT, index_B):
-  return jnp.take_along_axis(x_BT, index_B.reshape(index_B.shape + (1,) * (x_BT.ndim - 1)), axis=1)[:, 0]
+  return jnp.take_along_axis(x_BT, index_B.reshape(index_B.shape + (1,) * (x_BT.ndim - 1)), axis=1)[
+    :, 0
+  ]
 
 
-@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("top_first", "max_new", "patch_layer",
-                                                                  "want_hidden"))
-def _score_batch(graphdef, state, prompt_BT, lengths_B, answers_BKL, answer_lens_BK, terminator, patch_BD, *,
-                 top_first: int, max_new: int, patch_layer: int | None, want_hidden: bool):
+@functools.partial(
+  jax.jit,
+  static_argnums=(0,),
+  static_argnames=("top_first", "max_new", "patch_layer", "want_hidden"),
+)
+def _score_batch(
+  graphdef,
+  state,
+  prompt_BT,
+  lengths_B,
+  answers_BKL,
+  answer_lens_BK,
+  terminator,
+  patch_BD,
+  *,
+  top_first: int,
+  max_new: int,
+  patch_layer: int | None,
+  want_hidden: bool,
+):
   model = nnx.merge(graphdef, state)
   B, T = prompt_BT.shape
   L = answers_BKL.shape[-1]
@@ -66,14 +85,27 @@ def _score_batch(graphdef, state, prompt_BT, lengths_B, answers_BKL, answer_lens
   is_last_BT1 = (positions_BT == (lengths_B - 1)[:, None])[..., None]
   hook = None
   if patch_layer is not None:
+
     def hook(index, x_BTD):
-      return jnp.where(is_last_BT1 & (index == patch_layer), patch_BD[:, None, :].astype(x_BTD.dtype), x_BTD)
-  out = model(prompt_BT, positions_BT=positions_BT, segment_ids_BT=segments_BT, cache=cache, hook=hook,
-              return_hidden=want_hidden)
+      return jnp.where(
+        is_last_BT1 & (index == patch_layer), patch_BD[:, None, :].astype(x_BTD.dtype), x_BTD
+      )
+
+  out = model(
+    prompt_BT,
+    positions_BT=positions_BT,
+    segment_ids_BT=segments_BT,
+    cache=cache,
+    hook=hook,
+    return_hidden=want_hidden,
+  )
   cache = out.cache
   first_logp_BV = jax.nn.log_softmax(_take_last(out.logits_BTV, lengths_B - 1))
-  hidden = None if not want_hidden else jnp.take_along_axis(
-      out.hidden, (lengths_B - 1)[None, :, None, None], axis=2)[:, :, 0]
+  hidden = (
+    None
+    if not want_hidden
+    else jnp.take_along_axis(out.hidden, (lengths_B - 1)[None, :, None, None], axis=2)[:, :, 0]
+  )
 
   def continuation_logp(tokens_BN, lens_B):
     """log P(tokens[:len] | prompt) from the prefilled cache."""
@@ -86,15 +118,20 @@ def _score_batch(graphdef, state, prompt_BT, lengths_B, answers_BKL, answer_lens
       lp_B = lp_B + (step_BN * (jnp.arange(1, n) < lens_B[:, None])).sum(-1)
     return lp_B
 
-  answer_logp_BK = jnp.stack([continuation_logp(answers_BKL[:, k], answer_lens_BK[:, k])
-                              for k in range(answers_BKL.shape[1])], axis=1)
+  answer_logp_BK = jnp.stack(
+    [
+      continuation_logp(answers_BKL[:, k], answer_lens_BK[:, k])
+      for k in range(answers_BKL.shape[1])
+    ],
+    axis=1,
+  )
 
   # Greedy completions of the top first tokens (each from the same prefilled cache).
   top_BM = jax.lax.top_k(first_logp_BV, top_first)[1].astype(jnp.int32)
   outputs, output_logps = [], []
   for m in range(top_first):
     tokens_BN = jnp.zeros((B, max_new), jnp.int32).at[:, 0].set(top_BM[:, m])
-    logp_B = jnp.take_along_axis(first_logp_BV, top_BM[:, m:m + 1], axis=1)[:, 0]
+    logp_B = jnp.take_along_axis(first_logp_BV, top_BM[:, m : m + 1], axis=1)[:, 0]
     done_B = top_BM[:, m] == terminator
     c = cache
     for n in range(1, max_new):
@@ -104,7 +141,9 @@ def _score_batch(graphdef, state, prompt_BT, lengths_B, answers_BKL, answer_lens
       step_logp_BV = jax.nn.log_softmax(o.logits_BTV[:, 0])
       nxt_B = jnp.argmax(step_logp_BV, -1).astype(jnp.int32)
       nxt_B = jnp.where(done_B, 0, nxt_B)
-      logp_B = logp_B + jnp.where(done_B, 0.0, jnp.take_along_axis(step_logp_BV, nxt_B[:, None], axis=1)[:, 0])
+      logp_B = logp_B + jnp.where(
+        done_B, 0.0, jnp.take_along_axis(step_logp_BV, nxt_B[:, None], axis=1)[:, 0]
+      )
       tokens_BN = tokens_BN.at[:, n].set(nxt_B)
       done_B = done_B | (nxt_B == terminator)
     outputs.append(tokens_BN)
@@ -121,11 +160,24 @@ def _strip(tokens: Sequence[int], terminator: int) -> tuple[int, ...]:
   return tuple(out)
 
 
-def score(model: nnx.Module, prompts: Sequence[str], answers: Sequence[Sequence[str]], encode: Encode, *,
-          prefix: Sequence[int] = (), terminator: str = "\n", answer_terminator: bool = True,
-          batch_size: int = 64, top_first: int = 4,
-          max_new: int | None = None, patch_layer: int | None = None, patch: np.ndarray | None = None,
-          want_hidden: bool = False, length_multiple: int = 64, progress: Callable | None = None) -> Scores:
+def score(
+  model: nnx.Module,
+  prompts: Sequence[str],
+  answers: Sequence[Sequence[str]],
+  encode: Encode,
+  *,
+  prefix: Sequence[int] = (),
+  terminator: str = "\n",
+  answer_terminator: bool = True,
+  batch_size: int = 64,
+  top_first: int = 4,
+  max_new: int | None = None,
+  patch_layer: int | None = None,
+  patch: np.ndarray | None = None,
+  want_hidden: bool = False,
+  length_multiple: int = 64,
+  progress: Callable | None = None,
+) -> Scores:
   """Scores for ``prompts`` (texts) and their task ``answers`` (same K per prompt; see the module docstring).
 
   ``encode`` maps text to token ids; ``prefix`` (e.g. ``[bos]``) goes before every prompt. The answers are
@@ -150,10 +202,12 @@ def score(model: nnx.Module, prompts: Sequence[str], answers: Sequence[Sequence[
     row = []
     for a in ans:
       full = list(prefix) + list(encode(text + a + (terminator if answer_terminator else "")))
-      if full[:len(p)] != p:
-        raise ValueError(f"the prompt's tokens are not a prefix of prompt + answer {a!r}; score with a "
-                         "tokenizer that splits at the separator")
-      row.append(full[len(p):])
+      if full[: len(p)] != p:
+        raise ValueError(
+          f"the prompt's tokens are not a prefix of prompt + answer {a!r}; score with a "
+          "tokenizer that splits at the separator"
+        )
+      row.append(full[len(p) :])
     answer_ids.append(row)
   max_answer = max(len(a) for row in answer_ids for a in row)
   max_new = max_new or max_answer + 1
@@ -162,24 +216,41 @@ def score(model: nnx.Module, prompts: Sequence[str], answers: Sequence[Sequence[
   L = _round_up(max_answer, 4)
   graphdef, state = nnx.split(model)
   D = model.cfg.d_model
-  patch_all = np.zeros((N, D), np.float32) if patch is None else np.broadcast_to(np.asarray(patch, np.float32), (N, D))
+  patch_all = (
+    np.zeros((N, D), np.float32)
+    if patch is None
+    else np.broadcast_to(np.asarray(patch, np.float32), (N, D))
+  )
   probs, logps, k_prob, r, tops, hidden = [], [], [], [], [], []
   for start in range(0, N, batch_size):
     idx = list(range(start, min(start + batch_size, N)))
-    rows = idx + [idx[0]] * (batch_size - len(idx))     # fixed batch shape: one compile
+    rows = idx + [idx[0]] * (batch_size - len(idx))  # fixed batch shape: one compile
     prompt_BT = np.zeros((batch_size, T), np.int32)
     lengths_B = np.zeros(batch_size, np.int32)
     ans_BKL = np.zeros((batch_size, K, L), np.int32)
     ans_len_BK = np.zeros((batch_size, K), np.int32)
     for b, i in enumerate(rows):
-      prompt_BT[b, :len(prompt_ids[i])] = prompt_ids[i]
+      prompt_BT[b, : len(prompt_ids[i])] = prompt_ids[i]
       lengths_B[b] = len(prompt_ids[i])
       for k, a in enumerate(answer_ids[i]):
-        ans_BKL[b, k, :len(a)] = a
+        ans_BKL[b, k, : len(a)] = a
         ans_len_BK[b, k] = len(a)
-    a_lp, outs, out_lp, hid = jax.device_get(_score_batch(
-        graphdef, state, prompt_BT, lengths_B, ans_BKL, ans_len_BK, np.int32(term_ids[0]),
-        patch_all[rows], top_first=top_first, max_new=max_new, patch_layer=patch_layer, want_hidden=want_hidden))
+    a_lp, outs, out_lp, hid = jax.device_get(
+      _score_batch(
+        graphdef,
+        state,
+        prompt_BT,
+        lengths_B,
+        ans_BKL,
+        ans_len_BK,
+        np.int32(term_ids[0]),
+        patch_all[rows],
+        top_first=top_first,
+        max_new=max_new,
+        patch_layer=patch_layer,
+        want_hidden=want_hidden,
+      )
+    )
     for b, i in enumerate(idx):
       p_answers = np.exp(a_lp[b].astype(np.float64))
       candidates = {tuple(a): float(p) for a, p in zip(answer_ids[i], p_answers)}
@@ -200,8 +271,14 @@ def score(model: nnx.Module, prompts: Sequence[str], answers: Sequence[Sequence[
         hidden.append(hid[:, b])
     if progress is not None:
       progress(len(idx))
-  return Scores(answer_prob=np.asarray(probs), answer_logp=np.asarray(logps), k_prob=np.asarray(k_prob), r=np.asarray(r), top_outputs=tops,
-                last_hidden=np.stack(hidden, axis=1) if want_hidden else None)
+  return Scores(
+    answer_prob=np.asarray(probs),
+    answer_logp=np.asarray(logps),
+    k_prob=np.asarray(k_prob),
+    r=np.asarray(r),
+    top_outputs=tops,
+    last_hidden=np.stack(hidden, axis=1) if want_hidden else None,
+  )
 
 
 def kl_target_model(target: np.ndarray, answer_logp: np.ndarray) -> np.ndarray:

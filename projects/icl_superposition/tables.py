@@ -9,6 +9,7 @@ Tables are loaded on first use, so importing the task registry needs no data.
 The paper drew words from the ``random-word`` package, which needs the network; ``WORDS`` is a local
 substitute (common English words; the word tasks keep those whose first and last letters differ).
 """
+
 from __future__ import annotations
 
 import functools
@@ -18,7 +19,12 @@ import pathlib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_TABLES = REPO_ROOT.parent / "shared" / "data" / "icl_tables"
-LANGUAGES = ("or", "en", "fr", "es")  # "or" maps a number to its numeral; "ko" is German in the release: avoid
+LANGUAGES = (
+  "or",
+  "en",
+  "fr",
+  "es",
+)  # "or" maps a number to its numeral; "ko" is German in the release: avoid
 
 _tables_dir: pathlib.Path | None = None
 
@@ -39,8 +45,10 @@ def tables_dir() -> pathlib.Path:
 @functools.lru_cache(maxsize=None)
 def _load_json(path: pathlib.Path) -> dict:
   if not path.exists():
-    raise FileNotFoundError(f"ICL table {path} not found: set_tables_dir(...) or SUPERPOSE_ICL_TABLES "
-                            f"must name the icl_tables folder (default {DEFAULT_TABLES})")
+    raise FileNotFoundError(
+      f"ICL table {path} not found: set_tables_dir(...) or SUPERPOSE_ICL_TABLES "
+      f"must name the icl_tables folder (default {DEFAULT_TABLES})"
+    )
   with open(path, encoding="utf-8") as f:
     return json.load(f)
 
@@ -73,7 +81,8 @@ def countries() -> tuple[str, ...]:
   return tuple(c for c in table("country_capital_dict") if c in cont)
 
 
-WORDS = tuple("""
+WORDS = tuple(
+  """
 able about above across action actor admit adult after again agent agree ahead alarm album alert alive
 allow alone along alter amount anger angle animal answer apple april area argue arrive artist aspect
 attack august author avoid award baby back badge baker ball band bank basic basket beach bean bear
@@ -102,4 +111,5 @@ singer sister small smart smoke social soft south speed spirit spring stand star
 story strong studio sugar summer sunday super table target teacher tennis theory thing throat ticket
 tiger timber today token tower track travel trust tunnel turn valley velvet victim violin visit
 wagon wall water weather window winter wolf wonder world writer yellow young
-""".split())
+""".split()
+)

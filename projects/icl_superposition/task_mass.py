@@ -18,6 +18,7 @@ majority of them — against the majority task of the whole prompt. A model that
 matching line agrees with that line's task on every prompt; one that estimates the task from all lines follows
 the prompt majority.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,13 +34,16 @@ from projects.icl_superposition import calibrate, chars, cli, scoring, tables, t
 DISTINCT_FAMILIES = ("retrieval", "mod_add")
 
 
-def mass(model, config: dict, task0: str, task1: str, n_prompts: int, seed: int = 0,
-         batch_size: int = 50) -> dict:
+def mass(
+  model, config: dict, task0: str, task1: str, n_prompts: int, seed: int = 0, batch_size: int = 50
+) -> dict:
   """{'tasks': family task names, 'd': mixing values, 'mass': (len(d), n_tasks) mean probabilities}."""
   family = config["icl"]["family"]
   if family not in DISTINCT_FAMILIES:
-    raise ValueError(f"task_mass: family {family!r} can give two tasks the same answer; only "
-                     f"{', '.join(DISTINCT_FAMILIES)} are supported")
+    raise ValueError(
+      f"task_mass: family {family!r} can give two tasks the same answer; only "
+      f"{', '.join(DISTINCT_FAMILIES)} are supported"
+    )
   names = tasks_lib.FAMILIES[family].task_names
   for t in (task0, task1):
     if t not in names:
@@ -47,17 +51,26 @@ def mass(model, config: dict, task0: str, task1: str, n_prompts: int, seed: int 
   n_examples = config["icl"]["n_examples"]
   rows = []
   for j, d in enumerate(calibrate.MIXING):
-    prompts = calibrate.mixed_prompts(task0, task1, n_examples, d, n_prompts,
-                                      np.random.default_rng([seed, j, 53]), mixing="exact")
+    prompts = calibrate.mixed_prompts(
+      task0, task1, n_examples, d, n_prompts, np.random.default_rng([seed, j, 53]), mixing="exact"
+    )
     answers = [tuple(tasks_lib.get_task(t).answer(p.query) for t in names) for p in prompts]
-    s = scoring.score(model, [p.text for p in prompts], answers, chars.VOCAB.encode,
-                      prefix=[chars.VOCAB.bos_id], batch_size=min(batch_size, n_prompts), top_first=1)
+    s = scoring.score(
+      model,
+      [p.text for p in prompts],
+      answers,
+      chars.VOCAB.encode,
+      prefix=[chars.VOCAB.bos_id],
+      batch_size=min(batch_size, n_prompts),
+      top_first=1,
+    )
     rows.append(s.answer_prob.mean(0))
   return {"tasks": list(names), "d": list(calibrate.MIXING), "mass": np.asarray(rows)}
 
 
-def copy_source(model, config: dict, task0: str, task1: str, n_prompts: int, seed: int = 0,
-                batch_size: int = 50) -> list[dict]:
+def copy_source(
+  model, config: dict, task0: str, task1: str, n_prompts: int, seed: int = 0, batch_size: int = 50
+) -> list[dict]:
   """mod_add: per d (0 < d < 1), how often argmax(P(task 0 answer), P(task 1 answer)) names the task of the last /
   first / majority of the in-context lines whose input is the query's, and of the prompt's majority."""
   if config["icl"]["family"] != "mod_add":
@@ -67,24 +80,40 @@ def copy_source(model, config: dict, task0: str, task1: str, n_prompts: int, see
   for j, d in enumerate(calibrate.MIXING):
     if not 0 < d < 1:
       continue
-    prompts = calibrate.mixed_prompts(task0, task1, n_examples, d, n_prompts,
-                                      np.random.default_rng([seed, j, 59]), mixing="exact")
+    prompts = calibrate.mixed_prompts(
+      task0, task1, n_examples, d, n_prompts, np.random.default_rng([seed, j, 59]), mixing="exact"
+    )
     matches = [[lab for (x, _), lab in zip(p.examples, p.labels) if x == p.query] for p in prompts]
     keep = [i for i, m in enumerate(matches) if m]
     if not keep:
       continue
     prompts, matches = [prompts[i] for i in keep], [matches[i] for i in keep]
-    s = scoring.score(model, [p.text for p in prompts], [p.answers for p in prompts], chars.VOCAB.encode,
-                      prefix=[chars.VOCAB.bos_id], batch_size=min(batch_size, len(prompts)), top_first=1)
-    choice = np.argmax(s.answer_prob, axis=1)                 # 0 = task 0's answer, 1 = task 1's
+    s = scoring.score(
+      model,
+      [p.text for p in prompts],
+      [p.answers for p in prompts],
+      chars.VOCAB.encode,
+      prefix=[chars.VOCAB.bos_id],
+      batch_size=min(batch_size, len(prompts)),
+      top_first=1,
+    )
+    choice = np.argmax(s.answer_prob, axis=1)  # 0 = task 0's answer, 1 = task 1's
     frac1 = np.array([np.mean(m) for m in matches])
     decided = frac1 != 0.5
     prompt_major = 0 if d > 0.5 else 1 if d < 0.5 else -1
-    rows.append({"d": d, "prompts": len(prompts), "mean_matches": float(np.mean([len(m) for m in matches])),
-                 "last": float(np.mean(choice == [m[-1] for m in matches])),
-                 "first": float(np.mean(choice == [m[0] for m in matches])),
-                 "match_majority": float(np.mean(choice[decided] == (frac1[decided] > 0.5))) if decided.any() else None,
-                 "prompt_majority": float(np.mean(choice == prompt_major)) if prompt_major >= 0 else None})
+    rows.append(
+      {
+        "d": d,
+        "prompts": len(prompts),
+        "mean_matches": float(np.mean([len(m) for m in matches])),
+        "last": float(np.mean(choice == [m[-1] for m in matches])),
+        "first": float(np.mean(choice == [m[0] for m in matches])),
+        "match_majority": float(np.mean(choice[decided] == (frac1[decided] > 0.5)))
+        if decided.any()
+        else None,
+        "prompt_majority": float(np.mean(choice == prompt_major)) if prompt_major >= 0 else None,
+      }
+    )
   return rows
 
 
@@ -99,26 +128,43 @@ def offsets(res: dict, task0: str, task1: str) -> list[dict]:
   """mod_add: per d, the circular mean offset of the mass and the interpolation of the two tasks' k."""
   ks = np.array([int(t.removeprefix("plus")) for t in res["tasks"]])
   k0, k1 = int(task0.removeprefix("plus")), int(task1.removeprefix("plus"))
-  diff = (k0 - k1 + 5) % 10 - 5                 # k0 − k1 along the shorter arc
+  diff = (k0 - k1 + 5) % 10 - 5  # k0 − k1 along the shorter arc
   out = []
   for d, m in zip(res["d"], res["mass"]):
-    out.append({"d": d, "mean_offset": _circular(ks, m), "interpolated": float((k1 + d * diff) % 10),
-                "argmax_task": res["tasks"][int(np.argmax(m))]})
+    out.append(
+      {
+        "d": d,
+        "mean_offset": _circular(ks, m),
+        "interpolated": float((k1 + d * diff) % 10),
+        "argmax_task": res["tasks"][int(np.argmax(m))],
+      }
+    )
   return out
 
 
 def plot(name: str, res: dict, task0: str, task1: str, path: pathlib.Path) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, ax = plt.subplots(figsize=(6, 4))
-  im = ax.imshow(res["mass"], aspect="auto", origin="lower", vmin=0, vmax=1, cmap="viridis",
-                 extent=(-0.5, len(res["tasks"]) - 0.5, -0.05, 1.05))
+  im = ax.imshow(
+    res["mass"],
+    aspect="auto",
+    origin="lower",
+    vmin=0,
+    vmax=1,
+    cmap="viridis",
+    extent=(-0.5, len(res["tasks"]) - 0.5, -0.05, 1.05),
+  )
   ax.set_xticks(range(len(res["tasks"])), res["tasks"], rotation=45, fontsize=7)
   for t, c in ((task0, "C1"), (task1, "C3")):
     ax.axvline(res["tasks"].index(t), color=c, lw=1, ls="--")
   ax.set(xlabel="answer of task", ylabel=f"d = fraction of {task0} lines")
-  ax.set_title(f"{name}\nmass per task, {task0} × {task1}", fontsize=9)  # two lines: run names are long
+  ax.set_title(
+    f"{name}\nmass per task, {task0} × {task1}", fontsize=9
+  )  # two lines: run names are long
   fig.colorbar(im, ax=ax, label="mean probability")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -130,11 +176,18 @@ def markdown(results: dict) -> str:
   for name, runs in results.items():
     for pair, res in runs["pairs"].items():
       task0, task1 = pair.split(",")
-      lines += [f"### {name}: {task0} (fraction d) × {task1} ({runs['prompts']} prompts per d, exact mixing)", "",
-                "| d | " + " | ".join(res["tasks"]) + (" | mean offset | interpolated |" if "offsets" in res else " |"),
-                "|---" * (len(res["tasks"]) + 1 + 2 * ("offsets" in res)) + "|"]
+      lines += [
+        f"### {name}: {task0} (fraction d) × {task1} ({runs['prompts']} prompts per d, exact mixing)",
+        "",
+        "| d | "
+        + " | ".join(res["tasks"])
+        + (" | mean offset | interpolated |" if "offsets" in res else " |"),
+        "|---" * (len(res["tasks"]) + 1 + 2 * ("offsets" in res)) + "|",
+      ]
       for i, (d, m) in enumerate(zip(res["d"], res["mass"])):
-        cells = " | ".join(f"**{x:.2f}**" if t in (task0, task1) else f"{x:.2f}" for t, x in zip(res["tasks"], m))
+        cells = " | ".join(
+          f"**{x:.2f}**" if t in (task0, task1) else f"{x:.2f}" for t, x in zip(res["tasks"], m)
+        )
         extra = ""
         if "offsets" in res:
           o = res["offsets"][i]
@@ -143,13 +196,19 @@ def markdown(results: dict) -> str:
       lines.append("")
       if res.get("copy_source"):
         fmt = lambda v: "–" if v is None else f"{v:.2f}"
-        lines += [f"Copy source ({task0} × {task1}): the fraction of prompts whose choice between the two answers "
-                  "is the task of the last / first / majority of the lines with the query's input, or of the "
-                  "prompt's majority.", "",
-                  "| d | prompts | matching lines | last | first | majority of matching | prompt majority |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['d']:.1f} | {r['prompts']} | {r['mean_matches']:.1f} | {r['last']:.2f} | {r['first']:.2f} | "
-                  f"{fmt(r['match_majority'])} | {fmt(r['prompt_majority'])} |" for r in res["copy_source"]]
+        lines += [
+          f"Copy source ({task0} × {task1}): the fraction of prompts whose choice between the two answers "
+          "is the task of the last / first / majority of the lines with the query's input, or of the "
+          "prompt's majority.",
+          "",
+          "| d | prompts | matching lines | last | first | majority of matching | prompt majority |",
+          "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+          f"| {r['d']:.1f} | {r['prompts']} | {r['mean_matches']:.1f} | {r['last']:.2f} | {r['first']:.2f} | "
+          f"{fmt(r['match_majority'])} | {fmt(r['prompt_majority'])} |"
+          for r in res["copy_source"]
+        ]
         lines.append("")
   return "\n".join(lines)
 
@@ -157,12 +216,18 @@ def markdown(results: dict) -> str:
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--workdir", nargs="+", required=True, help="training run directories")
-  ap.add_argument("--pairs", nargs="+", required=True, help="task pairs TASK0,TASK1 (e.g. plus2,plus6)")
+  ap.add_argument(
+    "--pairs", nargs="+", required=True, help="task pairs TASK0,TASK1 (e.g. plus2,plus6)"
+  )
   ap.add_argument("--out", required=True)
   ap.add_argument("--prompts", type=int, default=100)
-  ap.add_argument("--tables-dir", default=None, help="icl_tables directory (default ../shared/data/icl_tables)")
+  ap.add_argument(
+    "--tables-dir", default=None, help="icl_tables directory (default ../shared/data/icl_tables)"
+  )
   ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--copy-source", action="store_true", help="mod_add: which matching line the choice follows")
+  ap.add_argument(
+    "--copy-source", action="store_true", help="mod_add: which matching line the choice follows"
+  )
   args = ap.parse_args(argv)
   if args.tables_dir:
     tables.set_tables_dir(args.tables_dir)
@@ -190,6 +255,7 @@ def main(argv=None) -> int:
         print(f"{name} {task0}×{task1} done", file=sys.stderr, flush=True)
       results[name] = runs
     return results
+
   return cli.run(args.out, "task_mass", analyse_pairs, markdown)
 
 

@@ -14,6 +14,7 @@ Evaluation (``eval_prompts`` fixed single-task rows, tasks in turn): ``eval/loss
 ``eval/acc`` = argmax accuracy of every in-context answer character and ``eval/acc_late`` of the answer
 characters of the last quarter of the lines (after the task is evident from the context).
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,17 +38,20 @@ from projects.icl_superposition import chars, tasks as tasks_lib
 
 log = logging.getLogger(__name__)
 
-TRAINABLE = ("retrieval", "mod_add")   # families with fixed-length lines (one token per character)
+TRAINABLE = ("retrieval", "mod_add")  # families with fixed-length lines (one token per character)
 WEIGHTS = ("uniform", "skewed")
 
 
 ICL: config_lib.Declaration = {
-    "family": ("retrieval", "task family: " + " | ".join(TRAINABLE)),
-    "n_examples": (100, "in-context lines per training row (spec: 100)"),
-    "task_weights": ("uniform", "task draw per row: " + " | ".join(WEIGHTS)),
-    "skew": (0.9, "skewed: probability of the first half of the family's tasks"),
-    "eval_prompts": (64, "single-task rows evaluated every eval_every steps"),
-    "test_pair": ("retrieve2,retrieve6", "task 0, task 1 of the mixed-prompt evaluation (spec §2.4), or 'random'"),
+  "family": ("retrieval", "task family: " + " | ".join(TRAINABLE)),
+  "n_examples": (100, "in-context lines per training row (spec: 100)"),
+  "task_weights": ("uniform", "task draw per row: " + " | ".join(WEIGHTS)),
+  "skew": (0.9, "skewed: probability of the first half of the family's tasks"),
+  "eval_prompts": (64, "single-task rows evaluated every eval_every steps"),
+  "test_pair": (
+    "retrieve2,retrieve6",
+    "task 0, task 1 of the mixed-prompt evaluation (spec §2.4), or 'random'",
+  ),
 }
 CONFIG_SECTIONS = {"icl": ICL}
 
@@ -82,9 +86,9 @@ def example_row(task: tasks_lib.Task, n_examples: int, rng: np.random.Generator,
   tokens = np.full(width, chars.VOCAB.pad_id, np.int32)
   targets = np.zeros(width, np.int32)
   weights = np.zeros(width, np.float32)
-  tokens[:len(ids)] = ids
-  targets[:len(ids) - 1] = ids[1:]
-  weights[:len(ids) - 1] = mask[1:]
+  tokens[: len(ids)] = ids
+  targets[: len(ids) - 1] = ids[1:]
+  weights[: len(ids) - 1] = mask[1:]
   return tokens, targets, weights
 
 
@@ -95,26 +99,33 @@ class IclSpec:
     self.config = config
     c, t = config["icl"], config["train"]
     if c["family"] not in TRAINABLE:
-      raise config_lib.ConfigError(f"config.icl.family={c['family']!r}: must be one of {', '.join(TRAINABLE)}")
+      raise config_lib.ConfigError(
+        f"config.icl.family={c['family']!r}: must be one of {', '.join(TRAINABLE)}"
+      )
     if c["task_weights"] not in WEIGHTS:
-      raise config_lib.ConfigError(f"config.icl.task_weights={c['task_weights']!r}: must be one of "
-                                   f"{', '.join(WEIGHTS)}")
+      raise config_lib.ConfigError(
+        f"config.icl.task_weights={c['task_weights']!r}: must be one of {', '.join(WEIGHTS)}"
+      )
     if not 0.0 <= c["skew"] <= 1.0:
       raise config_lib.ConfigError(f"config.icl.skew={c['skew']}: must lie in [0, 1]")
     if c["n_examples"] < 1:
       raise config_lib.ConfigError(f"config.icl.n_examples={c['n_examples']}: must be ≥ 1")
     self.model_cfg = model_config(config)
     if self.model_cfg.vocab_size < chars.VOCAB.vocab_size:
-      raise config_lib.ConfigError(f"config.model.vocab_size={self.model_cfg.vocab_size} < "
-                                   f"{chars.VOCAB.vocab_size} (the character vocabulary)")
+      raise config_lib.ConfigError(
+        f"config.model.vocab_size={self.model_cfg.vocab_size} < "
+        f"{chars.VOCAB.vocab_size} (the character vocabulary)"
+      )
     self.family = tasks_lib.FAMILIES[c["family"]]
     self.n_examples = c["n_examples"]
     self.seed, self.batch_size = config["seed"], t["batch_size"]
     length = row_length(c["family"], self.n_examples)
     self.T = -(-length // 8) * 8
     if self.T > self.model_cfg.max_seq_len:
-      raise config_lib.ConfigError(f"config.model.max_seq_len={self.model_cfg.max_seq_len} < the {self.T} "
-                                   f"columns of {self.n_examples} {c['family']} lines")
+      raise config_lib.ConfigError(
+        f"config.model.max_seq_len={self.model_cfg.max_seq_len} < the {self.T} "
+        f"columns of {self.n_examples} {c['family']} lines"
+      )
     self.tokens_per_step = self.batch_size * self.T
     self.flops_per_step = flops.train_flops_per_token(self.model_cfg, self.T) * self.tokens_per_step
 
@@ -133,15 +144,24 @@ class IclSpec:
   def eval_loss(self, model, batch):
     """Per-row means, weighted by ``scale`` so the loop's mean over batches is the mean over prompts."""
     logits = model(batch["tokens"]).logits_BTV
-    scale, targets, weights, late = batch["scale"], batch["targets"], batch["weights"], batch["late"]
+    scale, targets, weights, late = (
+      batch["scale"],
+      batch["targets"],
+      batch["weights"],
+      batch["late"],
+    )
     ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     correct = (logits.argmax(-1) == targets).astype(jnp.float32)
     letters = weights * (targets != chars.VOCAB.id_of("\n"))
+
     def row_mean(x, w):
       return (x * w).sum(-1) / jnp.maximum(w.sum(-1), 1.0)
+
     loss = (row_mean(ce, weights) * scale).sum()
-    return loss, {"acc": (row_mean(correct, letters) * scale).sum(),
-                  "acc_late": (row_mean(correct, letters * late) * scale).sum()}
+    return loss, {
+      "acc": (row_mean(correct, letters) * scale).sum(),
+      "acc_late": (row_mean(correct, letters * late) * scale).sum(),
+    }
 
 
 class IclData:
@@ -152,19 +172,30 @@ class IclData:
     self.spec, self.family, self.n_examples, self.T = spec, spec.family, spec.n_examples, spec.T
     self.seed, self.batch_size = spec.seed, spec.batch_size
     self.weights = task_weights(spec.config)
-    self.stream = loop.RowsStream(lambda g: dict(zip(("tokens", "targets", "weights"), self.train_row(g)[1])),
-                                  self.batch_size)
-    self.eval_set = (loop.RowsEvalSet(eval_rows(spec, c["eval_prompts"]), self.batch_size)
-                     if c["eval_prompts"] > 0 else None)
-    log.info("icl task: family %s (%s weights), %d examples per row, T=%d", c["family"], c["task_weights"],
-             self.n_examples, self.T)
+    self.stream = loop.RowsStream(
+      lambda g: dict(zip(("tokens", "targets", "weights"), self.train_row(g)[1])), self.batch_size
+    )
+    self.eval_set = (
+      loop.RowsEvalSet(eval_rows(spec, c["eval_prompts"]), self.batch_size)
+      if c["eval_prompts"] > 0
+      else None
+    )
+    log.info(
+      "icl task: family %s (%s weights), %d examples per row, T=%d",
+      c["family"],
+      c["task_weights"],
+      self.n_examples,
+      self.T,
+    )
 
   def train_row(self, g: int) -> tuple[str, tuple[np.ndarray, ...]]:
     rng = np.random.default_rng([self.seed, g, 11])
     task = tasks_lib.sample_task(self.family, rng, self.weights)
     return task.name, example_row(task, self.n_examples, rng, self.T)
 
-  def train_batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+  def train_batch(
+    self, step: int, process_index: int = 0, process_count: int = 1
+  ) -> dict[str, np.ndarray]:
     return self.stream.train_batch(step, process_index, process_count)
 
 
@@ -186,7 +217,9 @@ def eval_rows(spec: IclSpec, n: int) -> list[dict[str, np.ndarray]]:
   rows = []
   for i in range(n):
     rng = np.random.default_rng([spec.seed, i, 977])
-    tokens, targets, weights = example_row(fam.tasks[i % len(fam.tasks)], spec.n_examples, rng, spec.T)
+    tokens, targets, weights = example_row(
+      fam.tasks[i % len(fam.tasks)], spec.n_examples, rng, spec.T
+    )
     rows.append({"tokens": tokens, "targets": targets, "weights": weights, "late": late})
   return rows
 
@@ -195,6 +228,9 @@ def run(config: Any, workdir: str) -> loop.Result:
   cfg = config_lib.to_dict(config)
   result = loop.train(cfg, workdir, make_task(cfg))
   if jax.process_index() == 0 and result.eval:
-    print("icl final: " + "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
-          + (f"; {result.tokens_per_s:,.0f} tokens/s" if math.isfinite(result.tokens_per_s) else ""))
+    print(
+      "icl final: "
+      + "  ".join(f"{k} {v:.4f}" for k, v in result.eval.items())
+      + (f"; {result.tokens_per_s:,.0f} tokens/s" if math.isfinite(result.tokens_per_s) else "")
+    )
   return result

@@ -12,6 +12,7 @@ Conventions for per-token log-probs: a row of tokens x_0..x_L gives inputs x_0..
 x_1..x_L, so *target t* is log p(x_{t+1} | x_0..x_t); arrays are [N, T] with a mask [N, T] (1 = real
 target, 0 = padding).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,11 +26,15 @@ import numpy as np
 
 # --- weight merges ---------------------------------------------------------------------------------
 
+
 def simplex_grid(k: int, steps: int) -> list[tuple[float, ...]]:
   """All weight vectors with ``k`` entries in multiples of 1/steps summing to 1 (k = 2, steps = 10:
   λ = 0, 0.1, …, 1 as (1 − λ, λ)), ordered by the later experts' weights."""
-  out = [tuple(c / steps for c in (steps - sum(rest),) + rest)
-         for rest in itertools.product(range(steps + 1), repeat=k - 1) if sum(rest) <= steps]
+  out = [
+    tuple(c / steps for c in (steps - sum(rest),) + rest)
+    for rest in itertools.product(range(steps + 1), repeat=k - 1)
+    if sum(rest) <= steps
+  ]
   return sorted(out, key=lambda w: w[::-1])
 
 
@@ -62,7 +67,9 @@ def ties_delta(deltas: Sequence[jax.Array], density: float = 0.2) -> jax.Array:
 
 def ties_merged_delta(base, experts: Sequence, density: float = 0.2):
   """The TIES task vector of every parameter (independent of λ, so computed once per sweep)."""
-  return jax.tree.map(lambda b, *xs: ties_delta([x - b for x in xs], density).astype(b.dtype), base, *experts)
+  return jax.tree.map(
+    lambda b, *xs: ties_delta([x - b for x in xs], density).astype(b.dtype), base, *experts
+  )
 
 
 def ties(base, experts: Sequence, lam: float, density: float = 0.2):
@@ -76,13 +83,16 @@ def add_scaled(base, delta, lam: float):
 
 # --- output-space methods --------------------------------------------------------------------------
 
+
 def mixture_logprobs(logps: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
   """log Σ_k w_k p_k(target) from each expert's target log-probs (the mixture's probability of the
   target needs only each model's probability of the target)."""
   w = np.asarray(weights, np.float64)
   with np.errstate(divide="ignore"):
     logw = np.log(w)
-  stacked = np.stack([np.asarray(l, np.float64) for l in logps]) + logw.reshape((-1,) + (1,) * np.ndim(logps[0]))
+  stacked = np.stack([np.asarray(l, np.float64) for l in logps]) + logw.reshape(
+    (-1,) + (1,) * np.ndim(logps[0])
+  )
   return np.logaddexp.reduce(stacked, axis=0).astype(np.float32)
 
 
@@ -100,8 +110,10 @@ def best_mixture(val: Mapping[str, tuple[Sequence[np.ndarray], np.ndarray]], ste
 
   ``val[domain] = ([logp of expert k], weights)``. Returns (weights, mean perplexity)."""
   k = len(next(iter(val.values()))[0])
-  scored = [(np.mean([perplexity(mixture_logprobs(lp, w), m) for lp, m in val.values()]), w)
-            for w in simplex_grid(k, steps)]
+  scored = [
+    (np.mean([perplexity(mixture_logprobs(lp, w), m) for lp, m in val.values()]), w)
+    for w in simplex_grid(k, steps)
+  ]
   ppl, w = min(scored)
   return w, ppl
 
@@ -113,7 +125,9 @@ def _stacked(logps: Sequence[np.ndarray], mask: np.ndarray) -> tuple[np.ndarray,
   lp = np.stack([np.asarray(l, np.float64) for l in logps], -1)
   real = np.asarray(mask) > 0
   if lp.ndim != 3 or real.shape != lp.shape[:2]:
-    raise ValueError(f"log-probs {[np.shape(l) for l in logps]} and mask {real.shape} must all be [N, T]")
+    raise ValueError(
+      f"log-probs {[np.shape(l) for l in logps]} and mask {real.shape} must all be [N, T]"
+    )
   return lp, real
 
 
@@ -128,8 +142,9 @@ def _log_prior(prior: Sequence[float] | None, k: int) -> np.ndarray:
     return np.log(p / p.sum())
 
 
-def posterior_mixture(logps: Sequence[np.ndarray], mask: np.ndarray,
-                      prior: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def posterior_mixture(
+  logps: Sequence[np.ndarray], mask: np.ndarray, prior: Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
   """The Bayesian mixture of the experts: (mixture target log-probs float32 [N, T], weights float32 [N, T, K]).
 
   Expert k's weight at target t is its posterior given the real targets before t,
@@ -140,7 +155,9 @@ def posterior_mixture(logps: Sequence[np.ndarray], mask: np.ndarray,
   mask is never NaN). Closed form in log space (cumulative sums, float64)."""
   lp, real = _stacked(logps, mask)
   seen = np.where(real[..., None], lp, 0.0)
-  before = np.concatenate([np.zeros_like(seen[:, :1]), np.cumsum(seen, 1)[:, :-1]], 1)  # Σ over τ < t
+  before = np.concatenate(
+    [np.zeros_like(seen[:, :1]), np.cumsum(seen, 1)[:, :-1]], 1
+  )  # Σ over τ < t
   log_w = _log_prior(prior, lp.shape[-1]) + before
   log_w -= np.logaddexp.reduce(log_w, -1, keepdims=True)
   with np.errstate(invalid="ignore"):
@@ -148,8 +165,9 @@ def posterior_mixture(logps: Sequence[np.ndarray], mask: np.ndarray,
   return np.where(real, mix, 0.0).astype(np.float32), np.exp(log_w).astype(np.float32)
 
 
-def fixed_share(logps: Sequence[np.ndarray], mask: np.ndarray, rate: float,
-                prior: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def fixed_share(
+  logps: Sequence[np.ndarray], mask: np.ndarray, rate: float, prior: Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
   """Herbster & Warmuth's fixed-share mixture: (target log-probs float32 [N, T], weights float32 [N, T, K]).
 
   Like :func:`posterior_mixture`, but after each real target's Bayes update the weights are mixed
@@ -181,13 +199,24 @@ def fixed_share(logps: Sequence[np.ndarray], mask: np.ndarray, rate: float,
 FIXED_SHARE_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)
 
 
-def best_rate(val: Mapping[str, tuple[Sequence[np.ndarray], np.ndarray]],
-              rates: Sequence[float] = FIXED_SHARE_RATES) -> tuple[float, float]:
+def best_rate(
+  val: Mapping[str, tuple[Sequence[np.ndarray], np.ndarray]],
+  rates: Sequence[float] = FIXED_SHARE_RATES,
+) -> tuple[float, float]:
   """The fixed-share rate with the lowest mean over domains of the token-weighted mean validation NLL.
 
   ``val[domain] = ([logp of expert k], mask)``. Returns (rate, mean NLL); a tie goes to the smaller rate."""
-  scored = [(float(np.mean([nll(fixed_share(lp, m, r)[0], np.asarray(m, np.float64)) for lp, m in val.values()])),
-             float(r)) for r in rates]
+  scored = [
+    (
+      float(
+        np.mean(
+          [nll(fixed_share(lp, m, r)[0], np.asarray(m, np.float64)) for lp, m in val.values()]
+        )
+      ),
+      float(r),
+    )
+    for r in rates
+  ]
   mean_nll, rate = min(scored, key=lambda x: (x[0], x[1]))
   return rate, mean_nll
 
@@ -200,7 +229,9 @@ def route(logps: Sequence[np.ndarray], choice: np.ndarray) -> np.ndarray:
   return np.stack(logps)[np.asarray(choice), np.arange(len(choice))]
 
 
-def causal_route(logps: Sequence[np.ndarray], choice: np.ndarray, prefix: int, default: int) -> np.ndarray:
+def causal_route(
+  logps: Sequence[np.ndarray], choice: np.ndarray, prefix: int, default: int
+) -> np.ndarray:
   """A sequence router that decides after reading the first ``prefix`` inputs, scored without leakage.
 
   The router reads inputs x_0..x_{prefix−1}; those contain targets 0..prefix−2 (target t is x_{t+1}).
@@ -226,10 +257,11 @@ def causal_route(logps: Sequence[np.ndarray], choice: np.ndarray, prefix: int, d
 @dataclasses.dataclass
 class Router:
   """Multinomial logistic regression on standardised features."""
+
   mean: np.ndarray
   std: np.ndarray
-  w: np.ndarray      # (D, K)
-  b: np.ndarray      # (K,)
+  w: np.ndarray  # (D, K)
+  b: np.ndarray  # (K,)
 
   def logits(self, x: np.ndarray) -> np.ndarray:
     return ((np.asarray(x, np.float64) - self.mean) / self.std) @ self.w + self.b
@@ -238,8 +270,9 @@ class Router:
     return self.logits(x).argmax(-1)
 
 
-def fit_router(x: np.ndarray, y: np.ndarray, k: int, l2: float = 1e-3, steps: int = 500,
-               lr: float = 0.5) -> Router:
+def fit_router(
+  x: np.ndarray, y: np.ndarray, k: int, l2: float = 1e-3, steps: int = 500, lr: float = 0.5
+) -> Router:
   """Full-batch gradient descent on the mean cross-entropy + l2·|W|²/2 (convex; standardised inputs
   make one step size fit every problem of this kind)."""
   x = np.asarray(x, np.float64)
@@ -259,20 +292,25 @@ def fit_router(x: np.ndarray, y: np.ndarray, k: int, l2: float = 1e-3, steps: in
 
 # --- the headline arithmetic -----------------------------------------------------------------------
 
+
 def best_interpolation(ppl: Mapping[tuple, Mapping[str, float]]) -> tuple:
   """The interpolation weights whose arithmetic mean over the domains is lowest. Given perplexities this is
   the old definition (mean perplexity); given mean NLLs it is the choice that goes with :func:`gap_closed`."""
   return min(ppl, key=lambda w: (float(np.mean(list(ppl[w].values()))), w))
 
 
-def gap_fraction(method: Mapping[str, float], interp: Mapping[str, float], oracle: Mapping[str, float]) -> float:
+def gap_fraction(
+  method: Mapping[str, float], interp: Mapping[str, float], oracle: Mapping[str, float]
+) -> float:
   """The old definition: mean of per-domain perplexity ratios (kept for the cached results that use it;
   :func:`gap_closed` is the one to report: a ratio of means has no domain with a tiny gap dominating).
 
   Mean over domains of (ppl_interp − ppl_method) / (ppl_interp − ppl_oracle): 0 = no better than
   the best single merged model, 1 = as good as routing each sequence to its own domain's expert.
   A domain without a gap (the interpolation is the oracle there) is left out; NaN if none has one."""
-  parts = [(interp[d] - method[d]) / (interp[d] - oracle[d]) for d in interp if interp[d] != oracle[d]]
+  parts = [
+    (interp[d] - method[d]) / (interp[d] - oracle[d]) for d in interp if interp[d] != oracle[d]
+  ]
   return float(np.mean(parts)) if parts else float("nan")
 
 

@@ -15,6 +15,7 @@ one expert's forward is F1 = 2·N_matmul + 2·L·T·H·Dh per token.
 Parameter bytes count every parameter a server must hold (f32 here): K experts for every method that
 runs or routes between them, one model for a merge, the trunk plus deltas and gate for the one trunk.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,32 +56,43 @@ def superposed_flops(cfg, seq_len: int) -> float:
   ae = len(cfg.ae_layers) * 2.0 * (e.d_model * b + b * e.d_model * kernel)
   router = 0.0
   if cfg.router:
-    router = 2.0 * (2 * e.d_model * cfg.router_hidden + cfg.router_hidden * (e.num_layers - cfg.router_layer) * cfg.num_experts)
+    router = 2.0 * (
+      2 * e.d_model * cfg.router_hidden
+      + cfg.router_hidden * (e.num_layers - cfg.router_layer) * cfg.num_experts
+    )
   return cfg.num_experts * blocks + 2.0 * head + ae + router
 
 
 def learned_cost(task, seq_len: int) -> tuple[float, int]:
   """(FLOPs per token, parameters held) of a superpose.train run's inference model."""
   from projects.superposed_experts import trunk as trunk_lib
+
   e = task.model_cfg.expert
   single = param_count(lambda: Transformer(e, rngs=nnx.Rngs(0)))
   if task.method == "merge":
     return expert_flops(e, seq_len), single
-  if task.method == "trunk":   # the teachers of a distilled run are training-only
-    return (expert_flops(e, seq_len) + trunk_lib.extra_flops_per_token(task.trunk_cfg),
-            single + trunk_lib.extra_params(task.trunk_cfg))
+  if task.method == "trunk":  # the teachers of a distilled run are training-only
+    return (
+      expert_flops(e, seq_len) + trunk_lib.extra_flops_per_token(task.trunk_cfg),
+      single + trunk_lib.extra_params(task.trunk_cfg),
+    )
   return superposed_flops(task.model_cfg, seq_len), param_count(task.make_model)
 
 
 def method_costs(layout: Mapping, per_seed: Mapping, workdir: pathlib.Path) -> dict:
   """{method: {flops, flops_ratio, param_bytes, measured_ratio}} for every method of the evaluation."""
   from projects.superposed_experts import evaluate, train as sx_train
+
   names, seq_len = layout["domains"], int(layout["seq_len"])
   K = len(names)
   seed0 = next(iter(layout["seeds"]))
   runs = layout["seeds"][seed0]
   first = pathlib.Path(runs["experts"][0])
-  e = hf_gpt2.load_hf_gpt2(first)[0] if hf_gpt2.is_hf_dir(first) else model_config(ckpt_lib.run_config(first))
+  e = (
+    hf_gpt2.load_hf_gpt2(first)[0]
+    if hf_gpt2.is_hf_dir(first)
+    else model_config(ckpt_lib.run_config(first))
+  )
   f1 = expert_flops(e, seq_len)
   n1 = param_count(lambda: Transformer(e, rngs=nnx.Rngs(0)))
   bench, tok_s = _bench(workdir)
@@ -100,9 +112,14 @@ def method_costs(layout: Mapping, per_seed: Mapping, workdir: pathlib.Path) -> d
       task = sx_train.SuperposedSpec(ckpt_lib.run_config(runs["learned"][name]))
       f, n = learned_cost(task, seq_len)
       key = name
-    out[m] = {"flops": f, "flops_ratio": f / f1, "param_bytes": 4 * n,
-              "measured_ratio": bench.get(key) if key else None, "tok_s": tok_s.get(key) if key else None,
-              "bench": key}
+    out[m] = {
+      "flops": f,
+      "flops_ratio": f / f1,
+      "param_bytes": 4 * n,
+      "measured_ratio": bench.get(key) if key else None,
+      "tok_s": tok_s.get(key) if key else None,
+      "bench": key,
+    }
   return out
 
 
@@ -113,4 +130,7 @@ def _bench(workdir: pathlib.Path) -> tuple[dict, dict]:
   if not path.exists():
     return {}, {}
   data = json.loads(path.read_text("utf-8"))
-  return ({k: v["cost_ratio"] for k, v in data["methods"].items()}, {k: v["tok_s"] for k, v in data["methods"].items()})
+  return (
+    {k: v["cost_ratio"] for k, v in data["methods"].items()},
+    {k: v["tok_s"] for k, v in data["methods"].items()},
+  )

@@ -16,6 +16,7 @@ de-duplication). Its index is the index of its expert: domain 0 is the base mode
 * ``switch_rows(test, pairs, count, bos_id=...)``: the switch set, held-out sequences that change domain
   half-way (the first half of a test row of domain a, then the first half of one of domain b).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,53 +39,88 @@ from superpose.data.tokenizers import ByteTokenizer, Tokenizer, get_tokenizer
 
 DOMAINS = {"english": ("shakespeare", "kjv"), "french": ("littre",), "python": ("python",)}
 PAD = -1
-PYTHON_VERSION = 1          # bump when the python corpus extraction changes (rebuilds it)
-HELDOUT_VERSION = 1         # bump when held-out sequence selection changes (rebuilds the caches)
-HELDOUT_SEED = 1234         # fixed: every seed and method is evaluated on the same sequences
-MIN_TARGETS = 16            # a held-out row with fewer targets is skipped
-VAL_SEQUENCES = 256         # validation sequences per domain
-SWITCH_SEED = 4321          # fixed like HELDOUT_SEED: every seed and method is scored on the same switch rows
+PYTHON_VERSION = 1  # bump when the python corpus extraction changes (rebuilds it)
+HELDOUT_VERSION = 1  # bump when held-out sequence selection changes (rebuilds the caches)
+HELDOUT_SEED = 1234  # fixed: every seed and method is evaluated on the same sequences
+MIN_TARGETS = 16  # a held-out row with fewer targets is skipped
+VAL_SEQUENCES = 256  # validation sequences per domain
+SWITCH_SEED = (
+  4321  # fixed like HELDOUT_SEED: every seed and method is scored on the same switch rows
+)
 
 
 # --- corpora and domain files ----------------------------------------------------------------------
 
-def build_python_corpus(out: pathlib.Path, *, seed: int = 0, val_frac: float = 0.05, test_frac: float = 0.05,
-                        stdlib: pathlib.Path | None = None, log=print) -> dict:
+
+def build_python_corpus(
+  out: pathlib.Path,
+  *,
+  seed: int = 0,
+  val_frac: float = 0.05,
+  test_frac: float = 0.05,
+  stdlib: pathlib.Path | None = None,
+  log=print,
+) -> dict:
   """``out/python``: one document per module of this interpreter's standard library (test suites and
   site-packages left out), split and de-duplicated exactly as ``superpose.data.corpus`` does."""
   stdlib = pathlib.Path(stdlib or sysconfig.get_paths()["stdlib"])
   target = out / "python"
-  wanted = {**corpus_lib.settings(seed, val_frac, test_frac), "python_corpus": PYTHON_VERSION,
-            "stdlib": str(stdlib), "python": sys.version.split()[0]}
+  wanted = {
+    **corpus_lib.settings(seed, val_frac, test_frac),
+    "python_corpus": PYTHON_VERSION,
+    "stdlib": str(stdlib),
+    "python": sys.version.split()[0],
+  }
   try:
     cached = json.loads((target / "manifest.json").read_text("utf-8"))
-    if cached["settings"] == wanted and all((target / f"{s}.jsonl.gz").exists() for s in text_lib.SPLITS):
+    if cached["settings"] == wanted and all(
+      (target / f"{s}.jsonl.gz").exists() for s in text_lib.SPLITS
+    ):
       return {**cached, "cached": True}
   except (OSError, ValueError, KeyError):
     pass
   start = time.time()
   skip = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
   files = sorted(p for p in stdlib.rglob("*.py") if not skip & set(p.relative_to(stdlib).parts))
-  docs = text_lib.clean_documents({"title": str(p.relative_to(stdlib)), "text": p.read_text("utf-8", "replace")}
-                                  for p in files)
-  splits, removed = text_lib.dedup(text_lib.split_documents(docs, seed, val_frac, test_frac),
-                                   corpus_lib.NGRAM, corpus_lib.MAX_REMOVED)
+  docs = text_lib.clean_documents(
+    {"title": str(p.relative_to(stdlib)), "text": p.read_text("utf-8", "replace")} for p in files
+  )
+  splits, removed = text_lib.dedup(
+    text_lib.split_documents(docs, seed, val_frac, test_frac),
+    corpus_lib.NGRAM,
+    corpus_lib.MAX_REMOVED,
+  )
   target.mkdir(parents=True, exist_ok=True)
   for s, d in splits.items():
     text_lib.write_jsonl_gz(target / f"{s}.jsonl.gz", d)
-  manifest = {"name": "python", "language": "python", "licence": "PSF-2.0 (CPython standard library)",
-              "settings": wanted, "dedup": removed, "build_seconds": round(time.time() - start, 1),
-              "splits": {s: {"documents": len(d), "bytes": sum(len(x["text"].encode()) for x in d)}
-                         for s, d in splits.items()}}
-  (target / "LICENSE").write_text(f"Python {wanted['python']} standard library source, {stdlib}: PSF-2.0 "
-                                  "(https://docs.python.org/3/license.html).\n", "utf-8")
+  manifest = {
+    "name": "python",
+    "language": "python",
+    "licence": "PSF-2.0 (CPython standard library)",
+    "settings": wanted,
+    "dedup": removed,
+    "build_seconds": round(time.time() - start, 1),
+    "splits": {
+      s: {"documents": len(d), "bytes": sum(len(x["text"].encode()) for x in d)}
+      for s, d in splits.items()
+    },
+  }
+  (target / "LICENSE").write_text(
+    f"Python {wanted['python']} standard library source, {stdlib}: PSF-2.0 "
+    "(https://docs.python.org/3/license.html).\n",
+    "utf-8",
+  )
   (target / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", "utf-8")
-  log(f"[python] {len(files)} modules from {stdlib}; train/val/test documents "
-      f"{'/'.join(str(len(splits[s])) for s in text_lib.SPLITS)}")
+  log(
+    f"[python] {len(files)} modules from {stdlib}; train/val/test documents "
+    f"{'/'.join(str(len(splits[s])) for s in text_lib.SPLITS)}"
+  )
   return {**manifest, "cached": False}
 
 
-def prepare(root: str | pathlib.Path, domains: Mapping[str, Sequence[str]], log=print) -> pathlib.Path:
+def prepare(
+  root: str | pathlib.Path, domains: Mapping[str, Sequence[str]], log=print
+) -> pathlib.Path:
   """Builds the corpora the domains need (cached) and writes the per-domain files; returns
   ``root/domains``."""
   root = pathlib.Path(root)
@@ -98,15 +134,20 @@ def prepare(root: str | pathlib.Path, domains: Mapping[str, Sequence[str]], log=
     build_python_corpus(root, log=log)
   out = root / "domains"
   for name, corpora in domains.items():
-    key = json.dumps({c: json.loads((root / c / "manifest.json").read_text("utf-8"))["settings"] for c in corpora},
-                     sort_keys=True)
+    key = json.dumps(
+      {c: json.loads((root / c / "manifest.json").read_text("utf-8"))["settings"] for c in corpora},
+      sort_keys=True,
+    )
     target = out / name
     if (target / "sources.json").exists() and (target / "sources.json").read_text("utf-8") == key:
       continue
     target.mkdir(parents=True, exist_ok=True)
     for split in text_lib.SPLITS:
-      docs = [{"title": f"{c}:{d.get('title', i)}", "text": d["text"]}
-              for c in corpora for i, d in enumerate(load_documents(root / c / f"{split}.jsonl.gz"))]
+      docs = [
+        {"title": f"{c}:{d.get('title', i)}", "text": d["text"]}
+        for c in corpora
+        for i, d in enumerate(load_documents(root / c / f"{split}.jsonl.gz"))
+      ]
       text_lib.write_jsonl_gz(target / f"{split}.jsonl.gz", docs)
     (target / "sources.json").write_text(key, "utf-8")  # written last: marks the domain complete
   return out
@@ -118,12 +159,17 @@ def domain_file(root: str | pathlib.Path, domain: str, split: str) -> pathlib.Pa
 
 # --- rows ------------------------------------------------------------------------------------------
 
+
 def encode(docs: Sequence[dict], tokenizer: Tokenizer) -> list[np.ndarray]:
   """Token ids per document, BOS first (bytes: straight from UTF-8, without Python int lists)."""
   bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
   if isinstance(tokenizer, ByteTokenizer):
-    return [np.concatenate([np.asarray(bos, np.int32), np.frombuffer(d["text"].encode(), np.uint8).astype(np.int32)])
-            for d in docs]
+    return [
+      np.concatenate(
+        [np.asarray(bos, np.int32), np.frombuffer(d["text"].encode(), np.uint8).astype(np.int32)]
+      )
+      for d in docs
+    ]
   return [np.asarray(bos + tokenizer.encode(d["text"]), np.int32) for d in docs]
 
 
@@ -133,12 +179,18 @@ class Rows:
   def __init__(self, docs_tokens: Sequence[np.ndarray], seq_len: int):
     self.seq_len = seq_len
     row = seq_len + 1
-    dtype = np.uint16 if max((int(t.max()) for t in docs_tokens if len(t)), default=0) < 2**16 else np.int32
-    self.stream = np.concatenate([t.astype(dtype) for t in docs_tokens]) if docs_tokens else np.zeros(0, dtype)
+    dtype = (
+      np.uint16
+      if max((int(t.max()) for t in docs_tokens if len(t)), default=0) < 2**16
+      else np.int32
+    )
+    self.stream = (
+      np.concatenate([t.astype(dtype) for t in docs_tokens]) if docs_tokens else np.zeros(0, dtype)
+    )
     starts, ends, offset = [], [], 0
     for t in docs_tokens:
       n = len(t)
-      s = np.arange(0, max(n - 1, 0), row - 1)   # a row needs 2 tokens: one target
+      s = np.arange(0, max(n - 1, 0), row - 1)  # a row needs 2 tokens: one target
       starts.append(offset + s)
       ends.append(offset + np.minimum(s + row, n))
       offset += n
@@ -156,15 +208,19 @@ class Rows:
     out = np.full((len(indices), self.seq_len + 1), PAD, np.int32)
     for j, i in enumerate(indices):
       s, e = self.starts[i], self.ends[i]
-      out[j, :e - s] = self.stream[s:e]
+      out[j, : e - s] = self.stream[s:e]
     return out
 
 
 def to_batch(rows: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
   """inputs/targets (padding → 0, masked by weights) and the domain labels."""
   inputs, targets = rows[:, :-1], rows[:, 1:]
-  return {"inputs": np.maximum(inputs, 0).astype(np.int32), "targets": np.maximum(targets, 0).astype(np.int32),
-          "weights": (targets != PAD).astype(np.float32), "labels": np.asarray(labels, np.int32)}
+  return {
+    "inputs": np.maximum(inputs, 0).astype(np.int32),
+    "targets": np.maximum(targets, 0).astype(np.int32),
+    "weights": (targets != PAD).astype(np.float32),
+    "labels": np.asarray(labels, np.int32),
+  }
 
 
 class DomainStream:
@@ -172,16 +228,22 @@ class DomainStream:
 
   def __init__(self, rows: Sequence[Rows], batch_size: int, seed: int):
     self.rows, self.batch_size = list(rows), batch_size
-    self.datasets = [grain.MapDataset.source(range(len(r))).shuffle(seed=seed * 1000 + k).repeat()
-                     for k, r in enumerate(self.rows)]
+    self.datasets = [
+      grain.MapDataset.source(range(len(r))).shuffle(seed=seed * 1000 + k).repeat()
+      for k, r in enumerate(self.rows)
+    ]
 
   def __len__(self) -> int:
     return sum(len(r) for r in self.rows)
 
-  def rows_at(self, step: int, process_index: int = 0, process_count: int = 1) -> tuple[np.ndarray, np.ndarray]:
+  def rows_at(
+    self, step: int, process_index: int = 0, process_count: int = 1
+  ) -> tuple[np.ndarray, np.ndarray]:
     """(rows int32 [local, seq_len + 1], labels int32 [local]) of global batch ``step``."""
     if self.batch_size % process_count:
-      raise ValueError(f"batch size {self.batch_size} is not divisible by {process_count} processes")
+      raise ValueError(
+        f"batch size {self.batch_size} is not divisible by {process_count} processes"
+      )
     k = len(self.rows)
     local = self.batch_size // process_count
     first = step * self.batch_size + process_index * local
@@ -189,7 +251,9 @@ class DomainStream:
     picks = [self.datasets[d][(first + j) // k] for j, d in enumerate(labels)]
     return np.concatenate([self.rows[d].get([i]) for d, i in zip(labels, picks)]), labels
 
-  def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+  def batch(
+    self, step: int, process_index: int = 0, process_count: int = 1
+  ) -> dict[str, np.ndarray]:
     return to_batch(*self.rows_at(step, process_index, process_count))
 
 
@@ -207,7 +271,7 @@ class SequenceSet:
   def batch(self, i: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
     local = self.batch_size // process_count
     first = i * self.batch_size + process_index * local
-    rows = self.rows[first:first + local]
+    rows = self.rows[first : first + local]
     if len(rows) < local:
       rows = np.concatenate([rows, np.full((local - len(rows), rows.shape[1]), PAD, np.int32)])
     return to_batch(rows, np.full(local, self.label))
@@ -218,6 +282,7 @@ class SequenceSet:
 
 # --- verbatim check --------------------------------------------------------------------------------
 
+
 class VerbatimIndex:
   """Exact "does this byte string occur in the training text?" for many short strings.
 
@@ -226,6 +291,7 @@ class VerbatimIndex:
   anchor of the text. A string with an anchor window missing from the text's set cannot occur; the
   rest (including strings without an anchor) are confirmed with a plain substring search.
   """
+
   ANCHOR, SHORT, LONG = 16, 8, 32
 
   def __init__(self, texts: Sequence[bytes]):
@@ -237,7 +303,7 @@ class VerbatimIndex:
   @classmethod
   def _window_hash(cls, b: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
     h = np.zeros(len(starts), np.uint64)
-    for k in range(width):                       # uint64 wrap-around is the intended modular hash
+    for k in range(width):  # uint64 wrap-around is the intended modular hash
       h = h * np.uint64(0x100000001B3) + (b[starts + k].astype(np.uint64) + np.uint64(1))
     return h * np.uint64(0x9E3779B97F4A7C15)
 
@@ -274,10 +340,12 @@ def row_bytes(row: np.ndarray, tokenizer: Tokenizer) -> bytes:
 
 # --- held-out sequences ----------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
   """Everything that decides the data, read from a config by :func:`spec`. Domain k's expert is
   expert k; ``heldout_paths`` are the val files (training-time validation) or the test files."""
+
   names: tuple[str, ...]
   train_paths: tuple[str, ...]
   heldout_paths: tuple[str, ...]
@@ -295,23 +363,43 @@ def spec(config: Mapping) -> Spec:
   """From ``config.superposed.{domains, train_paths, val_paths, eval_batches}`` and the sizes in
   ``data``/``train``/``seed``."""
   d, t = config["superposed"], config["train"]
-  names, train, val = tuple(d["domains"]), tuple(map(str, d["train_paths"])), tuple(map(str, d["val_paths"]))
+  names, train, val = (
+    tuple(d["domains"]),
+    tuple(map(str, d["train_paths"])),
+    tuple(map(str, d["val_paths"])),
+  )
   if not (len(names) == len(train) == len(val)) or not all(train) or not all(val):
-    raise ValueError(f"config.superposed: domains {names}, train_paths {train} and val_paths {val} must name "
-                     "one file each per domain (projects.superposed_experts.data.prepare writes them)")
-  return Spec(names, train, val, config["data"]["tokenizer"], int(t["seq_len"]), int(t["batch_size"]),
-              int(config["seed"]), int(d["eval_batches"]))
+    raise ValueError(
+      f"config.superposed: domains {names}, train_paths {train} and val_paths {val} must name "
+      "one file each per domain (projects.superposed_experts.data.prepare writes them)"
+    )
+  return Spec(
+    names,
+    train,
+    val,
+    config["data"]["tokenizer"],
+    int(t["seq_len"]),
+    int(t["batch_size"]),
+    int(config["seed"]),
+    int(d["eval_batches"]),
+  )
 
 
-def select_heldout(rows: Rows, count: int, seed: int, min_targets: int, index: VerbatimIndex,
-                   tokenizer: Tokenizer) -> tuple[np.ndarray, dict]:
+def select_heldout(
+  rows: Rows, count: int, seed: int, min_targets: int, index: VerbatimIndex, tokenizer: Tokenizer
+) -> tuple[np.ndarray, dict]:
   """Up to ``count`` rows in a seeded order, skipping short rows, exact repeats and rows found
   verbatim in training text; returns (rows, counts of what was skipped). A smaller count gives a
   prefix of a larger one's rows."""
   order = np.random.default_rng(seed).permutation(len(rows))
   enough = rows.targets() >= min_targets
   kept, seen = [], set()
-  stats = {"candidates": int(len(rows)), "short": int((~enough).sum()), "repeated": 0, "verbatim_in_train": 0}
+  stats = {
+    "candidates": int(len(rows)),
+    "short": int((~enough).sum()),
+    "repeated": 0,
+    "verbatim_in_train": 0,
+  }
   for i in order:
     if len(kept) == count:
       break
@@ -334,13 +422,22 @@ def select_heldout(rows: Rows, count: int, seed: int, min_targets: int, index: V
 
 def heldout_settings(s: Spec, count: int) -> dict:
   """What decides a held-out set: the files' contents (sha256), the sizes and the selection rule."""
-  return {"version": HELDOUT_VERSION, "names": list(s.names), "count": count, "seed": HELDOUT_SEED,
-          "tokenizer": s.tokenizer, "seq_len": s.seq_len, "min_targets": MIN_TARGETS,
-          "train": [_file_digest(p) for p in s.train_paths], "heldout": [_file_digest(p) for p in s.heldout_paths]}
+  return {
+    "version": HELDOUT_VERSION,
+    "names": list(s.names),
+    "count": count,
+    "seed": HELDOUT_SEED,
+    "tokenizer": s.tokenizer,
+    "seq_len": s.seq_len,
+    "min_targets": MIN_TARGETS,
+    "train": [_file_digest(p) for p in s.train_paths],
+    "heldout": [_file_digest(p) for p in s.heldout_paths],
+  }
 
 
-def heldout(s: Spec, count: int, cache: str | pathlib.Path | None = None,
-            log=print) -> tuple[dict[str, np.ndarray], dict]:
+def heldout(
+  s: Spec, count: int, cache: str | pathlib.Path | None = None, log=print
+) -> tuple[dict[str, np.ndarray], dict]:
   """(rows per domain, manifest): up to ``count`` held-out sequences per domain from
   ``s.heldout_paths``, none of them found verbatim in any of ``s.train_paths``.
 
@@ -349,15 +446,23 @@ def heldout(s: Spec, count: int, cache: str | pathlib.Path | None = None,
   on every read)."""
   settings = heldout_settings(s, count)
   key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-  cache = pathlib.Path(cache) if cache else pathlib.Path(s.heldout_paths[0]).resolve().parent.parent / "heldout" / key
+  cache = (
+    pathlib.Path(cache)
+    if cache
+    else pathlib.Path(s.heldout_paths[0]).resolve().parent.parent / "heldout" / key
+  )
   manifest_path = cache / "manifest.json"
   if manifest_path.exists():
     manifest = json.loads(manifest_path.read_text("utf-8"))
     if manifest["settings"] == settings:
-      return {n: _read_checked(cache / f"{n}.npy", manifest["sha256"][n]) for n in s.names}, manifest
+      return {
+        n: _read_checked(cache / f"{n}.npy", manifest["sha256"][n]) for n in s.names
+      }, manifest
   start = time.time()
   tok = get_tokenizer(s.tokenizer)
-  index = VerbatimIndex([b"\0".join(d["text"].encode() for p in s.train_paths for d in load_documents(p))])
+  index = VerbatimIndex(
+    [b"\0".join(d["text"].encode() for p in s.train_paths for d in load_documents(p))]
+  )
   out, stats, digests = {}, {}, {}
   cache.mkdir(parents=True, exist_ok=True)
   for k, (name, path) in enumerate(zip(s.names, s.heldout_paths)):
@@ -367,10 +472,17 @@ def heldout(s: Spec, count: int, cache: str | pathlib.Path | None = None,
       log(f"warning: {name}: only {len(out[name])} of {count} held-out sequences in {path}")
     np.save(cache / f"{name}.npy", out[name])
     digests[name] = hashlib.sha256((cache / f"{name}.npy").read_bytes()).hexdigest()
-  manifest = {"settings": settings, "stats": stats, "sha256": digests, "substring_searches": index.searches,
-              "build_seconds": round(time.time() - start, 1)}
+  manifest = {
+    "settings": settings,
+    "stats": stats,
+    "sha256": digests,
+    "substring_searches": index.searches,
+    "build_seconds": round(time.time() - start, 1),
+  }
   manifest_path.write_text(json.dumps(manifest, indent=1) + "\n", "utf-8")
-  log(f"held-out sequences in {cache}: " + ", ".join(f"{n} {st['kept']}" for n, st in stats.items()))
+  log(
+    f"held-out sequences in {cache}: " + ", ".join(f"{n} {st['kept']}" for n, st in stats.items())
+  )
   return out, manifest
 
 
@@ -378,8 +490,14 @@ def switch_name(a: str, b: str) -> str:
   return f"{a}→{b}"
 
 
-def switch_rows(test: Mapping[str, np.ndarray], pairs: Sequence[tuple[str, str]], count: int,
-                seed: int = SWITCH_SEED, *, bos_id: int | None) -> dict[str, tuple[np.ndarray, int]]:
+def switch_rows(
+  test: Mapping[str, np.ndarray],
+  pairs: Sequence[tuple[str, str]],
+  count: int,
+  seed: int = SWITCH_SEED,
+  *,
+  bos_id: int | None,
+) -> dict[str, tuple[np.ndarray, int]]:
   """The switch set: ``{'a→b': (rows int32 [count, seq_len + 1], s)}``, sequences whose domain changes
   half-way, to see which methods can follow a change of domain inside one sequence (a sequence router
   or a posterior mixture commits to one expert; a per-token mechanism need not).
@@ -406,13 +524,19 @@ def switch_rows(test: Mapping[str, np.ndarray], pairs: Sequence[tuple[str, str]]
       raise KeyError(f"switch pair {name}: no test rows for {missing}; have {list(test)}")
     rows_a, rows_b = np.asarray(test[a]), np.asarray(test[b])
     if rows_a.ndim != 2 or rows_b.ndim != 2 or rows_a.shape[1] != rows_b.shape[1]:
-      raise ValueError(f"switch pair {name}: rows {rows_a.shape} and {rows_b.shape} need one length seq_len + 1")
+      raise ValueError(
+        f"switch pair {name}: rows {rows_a.shape} and {rows_b.shape} need one length seq_len + 1"
+      )
     seq_len = rows_a.shape[1] - 1
     s = seq_len // 2
     if s < 1:
       raise ValueError(f"seq_len {seq_len} is too short to switch domain half-way")
-    head = rows_a[:, :s + 1]
-    skip = (rows_b[:, 0] == bos_id).astype(np.int64) if bos_id is not None else np.zeros(len(rows_b), np.int64)
+    head = rows_a[:, : s + 1]
+    skip = (
+      (rows_b[:, 0] == bos_id).astype(np.int64)
+      if bos_id is not None
+      else np.zeros(len(rows_b), np.int64)
+    )
     tail = np.take_along_axis(rows_b, skip[:, None] + np.arange(seq_len - s), 1)
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     pick_a = rng.permutation(np.flatnonzero((head != PAD).all(1)))[:count]
@@ -421,9 +545,11 @@ def switch_rows(test: Mapping[str, np.ndarray], pairs: Sequence[tuple[str, str]]
       pick_b = pick_b[~np.isin(pick_b, pick_a)]
     pick_b = pick_b[:count]
     if min(len(pick_a), len(pick_b)) < count:
-      raise ValueError(f"switch pair {name}: {count} rows asked for, but only {len(pick_a)} {a} rows without "
-                       f"padding in their first {s + 1} tokens and {len(pick_b)} {b} rows without padding in "
-                       f"their first {seq_len - s} tokens after BOS are available")
+      raise ValueError(
+        f"switch pair {name}: {count} rows asked for, but only {len(pick_a)} {a} rows without "
+        f"padding in their first {s + 1} tokens and {len(pick_b)} {b} rows without padding in "
+        f"their first {seq_len - s} tokens after BOS are available"
+      )
     out[name] = (np.concatenate([head[pick_a], tail[pick_b]], 1).astype(np.int32), s)
   return out
 
@@ -439,6 +565,7 @@ def _read_checked(path: pathlib.Path, digest: str) -> np.ndarray:
 
 
 # --- the API the superposition trainer uses --------------------------------------------------------
+
 
 def training_rows(s: Spec) -> list[Rows]:
   tok = get_tokenizer(s.tokenizer)

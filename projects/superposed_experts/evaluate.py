@@ -19,6 +19,7 @@ interpolation weights, task-arithmetic / TIES λ, fixed mixture weights, the fix
 router's default) is chosen on the validation sequences, never on test, by the lowest mean NLL over
 domains. Intervals: stats.summarise (paired bootstrap over seeds and sequences).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,12 +41,12 @@ from projects.superposed_experts import stats
 from superpose.train import checkpoint as ckpt_lib
 from superpose.train.loader import load_model
 
-EVAL_VERSION = 2             # bump when scoring changes: invalidates the per-seed caches
+EVAL_VERSION = 2  # bump when scoring changes: invalidates the per-seed caches
 EVAL_BATCH = 64
-ROUTER_PREFIX = 32           # tokens the sequence router reads
-ROUTER_TRAIN = 256           # training sequences per domain that fit the router
-SWITCH_SEQUENCES = 200       # per switch pair
-TA_LAMBDAS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)   # λ = 0 is the base, a row of its own
+ROUTER_PREFIX = 32  # tokens the sequence router reads
+ROUTER_TRAIN = 256  # training sequences per domain that fit the router
+SWITCH_SEQUENCES = 200  # per switch pair
+TA_LAMBDAS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # λ = 0 is the base, a row of its own
 TIES_LAMBDAS = (0.5, 0.75, 1.0, 1.25, 1.5)
 TIES_DENSITY = 0.2
 
@@ -57,6 +58,7 @@ def switch_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
 
 
 # --- loading and scoring ---------------------------------------------------------------------------
+
 
 def method_of(cfg: Mapping) -> str:
   """'lm' for a plain LM or HF directory, else the superposed run's method."""
@@ -71,19 +73,25 @@ def target_logp(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
 def lm_scorer(graphdef) -> Callable:
   """jit(params, inputs, targets, real) -> (target log-probs, mean final state over the first
   ROUTER_PREFIX real inputs: the sequence router's features)."""
+
   def fn(params, inputs, targets, real):
     out = nnx.merge(graphdef, params)(inputs)
     prefix = (real & (jnp.arange(inputs.shape[1]) < ROUTER_PREFIX))[..., None].astype(jnp.float32)
-    feats = (out.final_hidden_BTD.astype(jnp.float32) * prefix).sum(1) / jnp.maximum(prefix.sum(1), 1.0)
+    feats = (out.final_hidden_BTD.astype(jnp.float32) * prefix).sum(1) / jnp.maximum(
+      prefix.sum(1), 1.0
+    )
     return target_logp(out.logits_BTV, targets), feats
+
   return jax.jit(fn)
 
 
 def model_scorer(graphdef, **call) -> Callable:
   """jit(params, inputs, targets, real, **kwargs) for a model whose call returns logits."""
+
   def fn(params, inputs, targets, real, **kwargs):
     logits = nnx.merge(graphdef, params)(inputs, **call, **kwargs)
     return target_logp(logits, targets), jnp.zeros((inputs.shape[0], 1))
+
   return jax.jit(fn, static_argnames=("use_autoencoders",))
 
 
@@ -92,10 +100,12 @@ def score(fn: Callable, params, rows: np.ndarray, per_row: Callable | None = Non
   ``per_row(chunk) -> dict`` adds row-dependent keyword arrays (an oracle gate)."""
   logps, feats = [], []
   for i in range(0, len(rows), EVAL_BATCH):
-    chunk = rows[i:i + EVAL_BATCH]
+    chunk = rows[i : i + EVAL_BATCH]
     n = len(chunk)
     if n < EVAL_BATCH:
-      chunk = np.concatenate([chunk, np.full((EVAL_BATCH - n,) + chunk.shape[1:], data_lib.PAD, chunk.dtype)])
+      chunk = np.concatenate(
+        [chunk, np.full((EVAL_BATCH - n,) + chunk.shape[1:], data_lib.PAD, chunk.dtype)]
+      )
     b = data_lib.to_batch(chunk, np.zeros(len(chunk)))
     extra = per_row(i, EVAL_BATCH) if per_row else {}
     lp, f = fn(params, b["inputs"], b["targets"], chunk[:, :-1] != data_lib.PAD, **kwargs, **extra)
@@ -109,6 +119,7 @@ def weights(rows: np.ndarray) -> np.ndarray:
 
 
 # --- the evaluation sets -----------------------------------------------------------------------------
+
 
 class Sets:
   """The scored rows: test sequences per domain and switch sequences per pair, as named sets, and the
@@ -134,7 +145,9 @@ class Sets:
     for p, s in self.switch.items():
       a, b = p.split("→")
       t = np.arange(self.masks[p].shape[1])
-      out[p] = np.broadcast_to(np.where(t < s, names.index(a), names.index(b)), self.masks[p].shape).astype(np.int32)
+      out[p] = np.broadcast_to(
+        np.where(t < s, names.index(a), names.index(b)), self.masks[p].shape
+      ).astype(np.int32)
     return out
 
 
@@ -145,13 +158,14 @@ def _val_nll(logps: Mapping[str, np.ndarray], val: Mapping[str, np.ndarray]) -> 
 
 # --- one seed ----------------------------------------------------------------------------------------
 
+
 class ExpertCache:
   """Each expert's target log-probs on every set, computed once per expert run (seeds share experts)."""
 
   def __init__(self, sets: Sets, val: Mapping[str, np.ndarray], router_rows: np.ndarray):
     self.sets, self.val, self.router_rows = sets, val, router_rows
     self.entries: dict[str, dict] = {}
-    self.baselines: dict[tuple, tuple[dict, dict]] = {}   # experts' paths → training_free(...)
+    self.baselines: dict[tuple, tuple[dict, dict]] = {}  # experts' paths → training_free(...)
 
   def get(self, path: str) -> dict:
     if path not in self.entries:
@@ -160,16 +174,26 @@ class ExpertCache:
       fn = lm_scorer(graphdef)
       test = {name: score(fn, params, rows) for name, rows in self.sets.rows.items()}
       self.entries[path] = {
-          "graphdef": graphdef, "params": params,
-          "test": {name: lp for name, (lp, _) in test.items()},
-          "features": {name: f for name, (_, f) in test.items()},
-          "val": {d: score(fn, params, rows)[0] for d, rows in self.val.items()},
-          "router_features": score(fn, params, self.router_rows)[1]}
+        "graphdef": graphdef,
+        "params": params,
+        "test": {name: lp for name, (lp, _) in test.items()},
+        "features": {name: f for name, (_, f) in test.items()},
+        "val": {d: score(fn, params, rows)[0] for d, rows in self.val.items()},
+        "router_features": score(fn, params, self.router_rows)[1],
+      }
     return self.entries[path]
 
 
-def evaluate_seed(runs: Mapping, names: Sequence[str], sets: Sets, val: Mapping[str, np.ndarray],
-                  router_labels: np.ndarray, experts: ExpertCache, interp_steps: int, log=print) -> dict:
+def evaluate_seed(
+  runs: Mapping,
+  names: Sequence[str],
+  sets: Sets,
+  val: Mapping[str, np.ndarray],
+  router_labels: np.ndarray,
+  experts: ExpertCache,
+  interp_steps: int,
+  log=print,
+) -> dict:
   """Per-sequence NLL sums per method and group for one seed's runs, plus what each method chose. The
   training-free methods depend on the experts alone: seeds that share them (pipeline.py) share those."""
   K = len(names)
@@ -193,7 +217,7 @@ def evaluate_seed(runs: Mapping, names: Sequence[str], sets: Sets, val: Mapping[
     graphdef, theta, cfg = loaded.graphdef, loaded.params, loaded.config
     model = loaded.model
     method = method_of(cfg)
-    if method == "merge":   # one transformer with the merged weights
+    if method == "merge":  # one transformer with the merged weights
       merged_graphdef, merged_params = nnx.split(model.merged_model(), nnx.Param, ...)[:2]
       fn = lm_scorer(merged_graphdef)
       add(name, per_set(lambda n: score(fn, merged_params, sets.rows[n])[0]))
@@ -201,29 +225,51 @@ def evaluate_seed(runs: Mapping, names: Sequence[str], sets: Sets, val: Mapping[
       continue
     fn = model_scorer(graphdef)
     add(name, per_set(lambda n: score(fn, theta, sets.rows[n])[0]))
-    if method == "trunk":   # the same deltas under an oracle gate: the ceiling of the learned gate
+    if method == "trunk":  # the same deltas under an oracle gate: the ceiling of the learned gate
       onehot = {n: np.eye(K, dtype=np.float32)[owner[n]] for n in sets.rows}
       oracle_fn = model_scorer(graphdef)
-      add(f"{name} (oracle gate)", per_set(lambda n: score(
-          oracle_fn, theta, sets.rows[n], per_row=lambda i, b, n=n: {"gate_BTK": _pad_rows(onehot[n][i:i + b], b)})[0]))
+      add(
+        f"{name} (oracle gate)",
+        per_set(
+          lambda n: score(
+            oracle_fn,
+            theta,
+            sets.rows[n],
+            per_row=lambda i, b, n=n: {"gate_BTK": _pad_rows(onehot[n][i : i + b], b)},
+          )[0]
+        ),
+      )
       info["gates"][name] = gate_trace(model, sets, names)
     else:
       info["alphas"][name] = np.asarray(model.alphas()).tolist()
       if name == "superposed":
-        for k in range(K):   # each expert forced everywhere with the AEs bypassed reproduces that expert
+        for k in range(
+          K
+        ):  # each expert forced everywhere with the AEs bypassed reproduces that expert
           alpha = jnp.float32(k) if K == 2 else jnp.eye(K, dtype=jnp.float32)[k]
           d0 = names[0]
           bypass = score(fn, theta, val[d0][:EVAL_BATCH], alpha=alpha, use_autoencoders=False)[0]
           diff = np.abs(bypass - E[k]["val"][d0][:EVAL_BATCH]) * weights(val[d0][:EVAL_BATCH])
           info[f"bypass expert {k} max |Δ log p|"] = float(diff.max())
   info["posterior_trace"] = posterior_trace(E, sets, names)
-  log("  seed done: " + ", ".join(f"{m} {np.mean([g[0].sum() / g[1].sum() for d, g in s.items() if d in names]):.3f}"
-                                  for m, s in scores.items()))
+  log(
+    "  seed done: "
+    + ", ".join(
+      f"{m} {np.mean([g[0].sum() / g[1].sum() for d, g in s.items() if d in names]):.3f}"
+      for m, s in scores.items()
+    )
+  )
   return {"scores": scores, "info": info}
 
 
-def training_free(E: Sequence[dict], names: Sequence[str], sets: Sets, val: Mapping[str, np.ndarray],
-                  router_labels: np.ndarray, interp_steps: int) -> tuple[dict, dict]:
+def training_free(
+  E: Sequence[dict],
+  names: Sequence[str],
+  sets: Sets,
+  val: Mapping[str, np.ndarray],
+  router_labels: np.ndarray,
+  interp_steps: int,
+) -> tuple[dict, dict]:
   """(scores, info) of every method built from the experts without training: the experts, oracle routing,
   the causal sequence router, the mixtures, interpolation, task arithmetic and TIES."""
   K = len(names)
@@ -248,25 +294,43 @@ def training_free(E: Sequence[dict], names: Sequence[str], sets: Sets, val: Mapp
   default = int(np.argmin([_val_nll(e["val"], val) for e in E]))
   router = bl.fit_router(E[0]["router_features"], router_labels, K)
   choice = {name: router.predict(E[0]["features"][name]) for name in sets.rows}
-  add("router", per_set(lambda n: bl.causal_route([e["test"][n] for e in E], choice[n], ROUTER_PREFIX, default)))
+  add(
+    "router",
+    per_set(
+      lambda n: bl.causal_route([e["test"][n] for e in E], choice[n], ROUTER_PREFIX, default)
+    ),
+  )
   info["router_accuracy"] = {d: float((choice[d] == k).mean()) for k, d in enumerate(names)}
   info["router_default"] = names[default]
 
   val_by_domain = {d: ([e["val"][d] for e in E], weights(val[d])) for d in names}
-  add("mixture uniform", per_set(lambda n: bl.mixture_logprobs([e["test"][n] for e in E], [1 / K] * K)))
-  w_mix = min(bl.simplex_grid(K, 10), key=lambda w: _val_nll(
-      {d: bl.mixture_logprobs(val_by_domain[d][0], w) for d in names}, val))
+  add(
+    "mixture uniform",
+    per_set(lambda n: bl.mixture_logprobs([e["test"][n] for e in E], [1 / K] * K)),
+  )
+  w_mix = min(
+    bl.simplex_grid(K, 10),
+    key=lambda w: _val_nll({d: bl.mixture_logprobs(val_by_domain[d][0], w) for d in names}, val),
+  )
   add("mixture best", per_set(lambda n: bl.mixture_logprobs([e["test"][n] for e in E], w_mix)))
   info["mixture_weights"] = list(w_mix)
-  add("posterior mixture", per_set(lambda n: bl.posterior_mixture([e["test"][n] for e in E], sets.masks[n])[0]))
+  add(
+    "posterior mixture",
+    per_set(lambda n: bl.posterior_mixture([e["test"][n] for e in E], sets.masks[n])[0]),
+  )
   rate, _ = bl.best_rate(val_by_domain)
-  add("fixed share", per_set(lambda n: bl.fixed_share([e["test"][n] for e in E], sets.masks[n], rate)[0]))
+  add(
+    "fixed share",
+    per_set(lambda n: bl.fixed_share([e["test"][n] for e in E], sets.masks[n], rate)[0]),
+  )
   info["fixed_share_rate"] = rate
 
   # Weight merges: the interpolation grid, task arithmetic, TIES; each chosen on validation.
   def merged(theta):
-    return {"test": per_set(lambda n: score(lm, theta, sets.rows[n])[0]),
-            "val": _val_nll({d: score(lm, theta, val[d])[0] for d in names}, val)}
+    return {
+      "test": per_set(lambda n: score(lm, theta, sets.rows[n])[0]),
+      "val": _val_nll({d: score(lm, theta, val[d])[0] for d in names}, val),
+    }
 
   def best_of(candidates: Mapping, make) -> tuple:
     results = {c: merged(make(c)) for c in candidates}
@@ -276,6 +340,7 @@ def training_free(E: Sequence[dict], names: Sequence[str], sets: Sets, val: Mapp
   def interp(w):
     vertex = [k for k, x in enumerate(w) if x == 1.0]
     return thetas[vertex[0]] if vertex else bl.interpolate(thetas, w)
+
   best_w, lp, grid = best_of(bl.simplex_grid(K, interp_steps), interp)
   add("interp best", lp)
   info["best_interp"], info["interp_val_nll"] = list(best_w), grid
@@ -292,7 +357,9 @@ def training_free(E: Sequence[dict], names: Sequence[str], sets: Sets, val: Mapp
 
 
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
-  return x if len(x) == rows else np.concatenate([x, np.zeros((rows - len(x),) + x.shape[1:], x.dtype)])
+  return (
+    x if len(x) == rows else np.concatenate([x, np.zeros((rows - len(x),) + x.shape[1:], x.dtype)])
+  )
 
 
 SWITCH_TRACE_ROWS = 4
@@ -319,22 +386,40 @@ def posterior_trace(E, sets: Sets, names) -> dict:
 
 # --- the whole evaluation ------------------------------------------------------------------------------
 
+
 def run(workdir: str | pathlib.Path, *, interp_steps: int | None = None, log=print) -> dict:
   """Evaluates every seed of ``workdir/pipeline.json`` (cached per seed), writes and prints the results."""
   from projects.superposed_experts import plots, report
+
   workdir = pathlib.Path(workdir)
   layout = json.loads((workdir / "pipeline.json").read_text("utf-8"))
   names = layout["domains"]
   K = len(names)
   interp_steps = interp_steps or (10 if K == 2 else 3)
-  spec = data_lib.Spec(tuple(names), tuple(layout["train_paths"]), tuple(layout["val_paths"]), layout["tokenizer"],
-                       layout["seq_len"], 2 * K, 0)
+  spec = data_lib.Spec(
+    tuple(names),
+    tuple(layout["train_paths"]),
+    tuple(layout["val_paths"]),
+    layout["tokenizer"],
+    layout["seq_len"],
+    2 * K,
+    0,
+  )
   val, val_manifest = data_lib.heldout(spec, data_lib.VAL_SEQUENCES, log=log)
-  test, test_manifest = data_lib.heldout(spec.with_heldout(layout["test_paths"]), layout["eval_sequences"],
-                                         cache=workdir / "eval_sequences", log=log)
+  test, test_manifest = data_lib.heldout(
+    spec.with_heldout(layout["test_paths"]),
+    layout["eval_sequences"],
+    cache=workdir / "eval_sequences",
+    log=log,
+  )
   from superpose.data.tokenizers import get_tokenizer
-  switch = data_lib.switch_rows(test, switch_pairs(names), min(SWITCH_SEQUENCES, layout["eval_sequences"] // 2),
-                                bos_id=get_tokenizer(layout["tokenizer"]).bos_id)
+
+  switch = data_lib.switch_rows(
+    test,
+    switch_pairs(names),
+    min(SWITCH_SEQUENCES, layout["eval_sequences"] // 2),
+    bos_id=get_tokenizer(layout["tokenizer"]).bos_id,
+  )
   sets = Sets(test, switch)
   switch_digest = hashlib.sha256(b"".join(r.tobytes() for r, _ in switch.values())).hexdigest()
   experts = None
@@ -347,7 +432,9 @@ def run(workdir: str | pathlib.Path, *, interp_steps: int | None = None, log=pri
       log(f"seed {seed}: cached evaluation")
       continue
     start = time.time()
-    log(f"seed {seed}: evaluating {len(runs['experts'])} experts and {len(runs.get('learned', {}))} learned runs")
+    log(
+      f"seed {seed}: evaluating {len(runs['experts'])} experts and {len(runs.get('learned', {}))} learned runs"
+    )
     if experts is None:
       stream = data_lib.DomainStream(data_lib.training_rows(spec), K * ROUTER_TRAIN, 10_000)
       router_rows, router_labels = stream.rows_at(0)
@@ -369,35 +456,53 @@ def run(workdir: str | pathlib.Path, *, interp_steps: int | None = None, log=pri
 
 def _dump(result: dict) -> dict:
   out = dict(result)
-  out["scores"] = {m: {g: [s.tolist(), c.tolist()] for g, (s, c) in groups.items()}
-                   for m, groups in result["scores"].items()}
+  out["scores"] = {
+    m: {g: [s.tolist(), c.tolist()] for g, (s, c) in groups.items()}
+    for m, groups in result["scores"].items()
+  }
   return out
 
 
 def _load(cached: dict) -> dict:
   out = dict(cached)
-  out["scores"] = {m: {g: (np.asarray(s, np.float64), np.asarray(c, np.int64)) for g, (s, c) in groups.items()}
-                   for m, groups in cached["scores"].items()}
+  out["scores"] = {
+    m: {g: (np.asarray(s, np.float64), np.asarray(c, np.int64)) for g, (s, c) in groups.items()}
+    for m, groups in cached["scores"].items()
+  }
   return out
 
 
-def _cache_key(runs: Mapping, test_manifest: dict, val_manifest: dict, switch_digest: str, interp_steps: int) -> str:
+def _cache_key(
+  runs: Mapping, test_manifest: dict, val_manifest: dict, switch_digest: str, interp_steps: int
+) -> str:
   """The runs' newest checkpoint steps and the sequences' hashes: a retrained run or new sequences
   invalidate a seed's cached scores."""
+
   def steps(workdir):
     d = ckpt_lib.checkpoint_dir(workdir)
     return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
   paths = list(runs["experts"]) + list(runs.get("learned", {}).values())
-  key = {"version": EVAL_VERSION, "runs": runs, "steps": [steps(p) for p in paths], "interp_steps": interp_steps,
-         "test": test_manifest["sha256"], "val": val_manifest["sha256"], "switch": switch_digest}
+  key = {
+    "version": EVAL_VERSION,
+    "runs": runs,
+    "steps": [steps(p) for p in paths],
+    "interp_steps": interp_steps,
+    "test": test_manifest["sha256"],
+    "val": val_manifest["sha256"],
+    "switch": switch_digest,
+  }
   return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m projects.superposed_experts.evaluate",
-                               description=__doc__.split("\n")[0])
+  ap = argparse.ArgumentParser(
+    prog="python -m projects.superposed_experts.evaluate", description=__doc__.split("\n")[0]
+  )
   ap.add_argument("--workdir", required=True, type=pathlib.Path)
-  ap.add_argument("--interp-steps", type=int, help="simplex grid resolution (default 10 for 2 experts, 3 for 3)")
+  ap.add_argument(
+    "--interp-steps", type=int, help="simplex grid resolution (default 10 for 2 experts, 3 for 3)"
+  )
   args = ap.parse_args(argv)
   run(args.workdir, interp_steps=args.interp_steps)
   return 0

@@ -8,6 +8,7 @@ where the experts' norms agree); λ (G, K − 1), G = L + 1, is unconstrained (t
 extrapolation λ > 1 is allowed) and starts at 1/K — the plain average. Inference is ONE transformer
 with the merged weights (``merged_params``), so its cost is one expert's.
 """
+
 from __future__ import annotations
 
 import jax
@@ -36,12 +37,15 @@ class LayerMerge(nnx.Module):
     if num_experts < 2:
       raise ValueError(f"LayerMerge: num_experts={num_experts}; need at least 2")
     if expert.scan_layers:
-      raise ValueError("LayerMerge: expert.scan_layers=True; merge per block needs the looped layout")
+      raise ValueError(
+        "LayerMerge: expert.scan_layers=True; merge per block needs the looped layout"
+      )
     self.cfg, self.num_experts = expert, num_experts
     self.experts = nnx.List([Transformer(expert, rngs=rngs) for _ in range(num_experts)])
     groups = expert.num_layers + 1
-    self.lam = sharding.param(rngs, nnx.initializers.constant(1.0 / num_experts), (groups, num_experts - 1),
-                              (None, None))
+    self.lam = sharding.param(
+      rngs, nnx.initializers.constant(1.0 / num_experts), (groups, num_experts - 1), (None, None)
+    )
 
   def merged_params(self, stop_experts: bool = False) -> nnx.State:
     """The merged Transformer's parameter state (expert 0's structure)."""
@@ -53,15 +57,21 @@ class LayerMerge(nnx.Module):
 
     def merge(path, base, *others):
       g = group_of(path, L)
-      out = base.astype(jnp.float32) + sum(lam[g, k] * (x.astype(jnp.float32) - base.astype(jnp.float32))
-                                           for k, x in enumerate(others))
+      out = base.astype(jnp.float32) + sum(
+        lam[g, k] * (x.astype(jnp.float32) - base.astype(jnp.float32)) for k, x in enumerate(others)
+      )
       return out.astype(base.dtype)
+
     return jax.tree_util.tree_map_with_path(merge, *states)
 
   def merged_model(self, stop_experts: bool = False) -> Transformer:
     graphdef, _, rest = nnx.split(self.experts[0], nnx.Param, ...)
     return nnx.merge(graphdef, self.merged_params(stop_experts), rest)
 
-  def __call__(self, tokens_BT, *, positions_BT=None, segment_ids_BT=None, stop_experts: bool = False) -> jax.Array:
-    out = self.merged_model(stop_experts)(tokens_BT, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT)
+  def __call__(
+    self, tokens_BT, *, positions_BT=None, segment_ids_BT=None, stop_experts: bool = False
+  ) -> jax.Array:
+    out = self.merged_model(stop_experts)(
+      tokens_BT, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT
+    )
     return out.logits_BTV

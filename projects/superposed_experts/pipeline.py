@@ -28,6 +28,7 @@ and with --router ``superposed_router``. Layout::
 A stage whose workdir holds ``DONE`` is skipped; an interrupted one resumes from its last checkpoint
 (launch.train's own resume). Delete a stage's folder to retrain it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,34 +58,63 @@ def snapshot_config(path: str, workdir: pathlib.Path) -> str:
   text = pathlib.Path(path).read_text("utf-8")
   copy = workdir / "config.py"
   if copy.exists() and copy.read_text("utf-8") != text:
-    raise ValueError(f"{path} differs from {copy}, which the stages already trained in {workdir} used: "
-                     "use a new --workdir, or delete the copy (and the stages) to retrain")
+    raise ValueError(
+      f"{path} differs from {copy}, which the stages already trained in {workdir} used: "
+      "use a new --workdir, or delete the copy (and the stages) to retrain"
+    )
   copy.write_text(text, "utf-8")
   return str(copy)
 
 
-LEARNED = {"superposed": "superpose", "superposed_tf": "teacher_forced", "blend_only": "blend_only",
-           "merge": "merge", "superposed_router": "router"}
+LEARNED = {
+  "superposed": "superpose",
+  "superposed_tf": "teacher_forced",
+  "blend_only": "blend_only",
+  "merge": "merge",
+  "superposed_router": "router",
+}
 
 
-def expert_commands(config: str, workdir: pathlib.Path, names, data_root: pathlib.Path,
-                    overrides: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
+def expert_commands(
+  config: str,
+  workdir: pathlib.Path,
+  names,
+  data_root: pathlib.Path,
+  overrides: dict[str, list[str]],
+) -> list[tuple[str, list[str]]]:
   """(stage, argv) of the experts: the base on domain 0, then each other domain's fine-tune of it."""
   from projects.superposed_experts import data as data_lib
+
   w = workdir / "experts"
 
   def cmd(variant, stage, name, *extra):
-    return (stage, [sys.executable, "-m", "launch.train", f"--config={config}:{variant}", f"--workdir={w / stage}",
-                    "--config.seed=0", f"--config.data.path={data_lib.domain_file(data_root, name, 'train')}",
-                    f"--config.data.val_path={data_lib.domain_file(data_root, name, 'val')}", *extra,
-                    *overrides.get(stage, []), *overrides.get("*", [])])
-  return [cmd("base", "base", names[0])] + [cmd("expert", f"expert_{n}", n, f"--config.train.init_from={w / 'base'}")
-                                            for n in names[1:]]
+    return (
+      stage,
+      [
+        sys.executable,
+        "-m",
+        "launch.train",
+        f"--config={config}:{variant}",
+        f"--workdir={w / stage}",
+        "--config.seed=0",
+        f"--config.data.path={data_lib.domain_file(data_root, name, 'train')}",
+        f"--config.data.val_path={data_lib.domain_file(data_root, name, 'val')}",
+        *extra,
+        *overrides.get(stage, []),
+        *overrides.get("*", []),
+      ],
+    )
+
+  return [cmd("base", "base", names[0])] + [
+    cmd("expert", f"expert_{n}", n, f"--config.train.init_from={w / 'base'}") for n in names[1:]
+  ]
 
 
-TRUNK_ABLATIONS = {"novec": "--config.superposed.delta_vectors=none",
-                   "fullemb": "--config.superposed.delta_embeddings=full",
-                   "nokd": "--config.superposed.distill_weight=0.0"}
+TRUNK_ABLATIONS = {
+  "novec": "--config.superposed.delta_vectors=none",
+  "fullemb": "--config.superposed.delta_embeddings=full",
+  "nokd": "--config.superposed.distill_weight=0.0",
+}
 
 
 def trunk_overrides(stage: str) -> list[str]:
@@ -93,28 +123,58 @@ def trunk_overrides(stage: str) -> list[str]:
   rank, *flags = stage.removeprefix("trunk_r").split("_")
   unknown = [f for f in flags if f not in TRUNK_ABLATIONS]
   if not rank.isdigit() or unknown:
-    raise ValueError(f"stage {stage!r}: expected trunk_r<rank> followed by any of "
-                     f"{', '.join('_' + f for f in TRUNK_ABLATIONS)}")
+    raise ValueError(
+      f"stage {stage!r}: expected trunk_r<rank> followed by any of "
+      f"{', '.join('_' + f for f in TRUNK_ABLATIONS)}"
+    )
   return [f"--config.superposed.rank={int(rank)}"] + [TRUNK_ABLATIONS[f] for f in flags]
 
 
-def learned_commands(config: str, workdir: pathlib.Path, seed: int, names, data_root: pathlib.Path, experts,
-                     stages: Sequence[str], overrides: dict[str, list[str]]) -> list[tuple[str, list[str]]]:
+def learned_commands(
+  config: str,
+  workdir: pathlib.Path,
+  seed: int,
+  names,
+  data_root: pathlib.Path,
+  experts,
+  stages: Sequence[str],
+  overrides: dict[str, list[str]],
+) -> list[tuple[str, list[str]]]:
   """(stage, argv) of one seed's learned methods (``LEARNED`` names, ``trunk_r<rank>``)."""
   from projects.superposed_experts import data as data_lib
+
   w = workdir / f"seed_{seed}"
   files = lambda split: tuple(str(data_lib.domain_file(data_root, n, split)) for n in names)
-  common = [f"--config.seed={seed}", f"--config.superposed.domains={tuple(names)}",
-            f"--config.superposed.train_paths={files('train')}", f"--config.superposed.val_paths={files('val')}",
-            f"--config.superposed.num_experts={len(names)}", f"--config.superposed.experts={tuple(map(str, experts))}"]
+  common = [
+    f"--config.seed={seed}",
+    f"--config.superposed.domains={tuple(names)}",
+    f"--config.superposed.train_paths={files('train')}",
+    f"--config.superposed.val_paths={files('val')}",
+    f"--config.superposed.num_experts={len(names)}",
+    f"--config.superposed.experts={tuple(map(str, experts))}",
+  ]
   out = []
   for stage in stages:
     if stage.startswith("trunk_r"):
       variant, extra = "trunk", trunk_overrides(stage)
     else:
       variant, extra = LEARNED[stage], []
-    out.append((stage, [sys.executable, "-m", "launch.train", f"--config={config}:{variant}", f"--workdir={w / stage}",
-                        *common, *extra, *overrides.get(stage, []), *overrides.get("*", [])]))
+    out.append(
+      (
+        stage,
+        [
+          sys.executable,
+          "-m",
+          "launch.train",
+          f"--config={config}:{variant}",
+          f"--workdir={w / stage}",
+          *common,
+          *extra,
+          *overrides.get(stage, []),
+          *overrides.get("*", []),
+        ],
+      )
+    )
   return out
 
 
@@ -147,12 +207,19 @@ def print_forgetting(experts, names, spec, log=print) -> None:
   import math
   from projects.superposed_experts import baselines as bl, data as data_lib, evaluate
   from superpose.train.loader import load_model
+
   val, _ = data_lib.heldout(spec, data_lib.VAL_SEQUENCES, log=log)
   for label, path in zip(["base"] + [f"expert_{n}" for n in names[1:]], experts):
     loaded = load_model(path)
     fn = evaluate.lm_scorer(loaded.graphdef)
-    nll = {d: bl.nll(evaluate.score(fn, loaded.params, val[d])[0], evaluate.weights(val[d])) for d in names}
-    log(f"  val NLL of {label:<16}" + "  ".join(f"{d} {x:.3f} ({x / math.log(2):.3f} bits)" for d, x in nll.items()))
+    nll = {
+      d: bl.nll(evaluate.score(fn, loaded.params, val[d])[0], evaluate.weights(val[d]))
+      for d in names
+    }
+    log(
+      f"  val NLL of {label:<16}"
+      + "  ".join(f"{d} {x:.3f} ({x / math.log(2):.3f} bits)" for d, x in nll.items())
+    )
 
 
 def parse_overrides(items: list[str]) -> dict[str, list[str]]:
@@ -165,29 +232,55 @@ def parse_overrides(items: list[str]) -> dict[str, list[str]]:
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(prog="python -m projects.superposed_experts.pipeline",
-                               description=__doc__.split("\n")[0])
-  ap.add_argument("--config", required=True, help="config file with the variants base, expert, superpose, "
-                  "teacher_forced, blend_only, merge, trunk (and router)")
+  ap = argparse.ArgumentParser(
+    prog="python -m projects.superposed_experts.pipeline", description=__doc__.split("\n")[0]
+  )
+  ap.add_argument(
+    "--config",
+    required=True,
+    help="config file with the variants base, expert, superpose, "
+    "teacher_forced, blend_only, merge, trunk (and router)",
+  )
   ap.add_argument("--workdir", required=True, type=pathlib.Path)
   ap.add_argument("--seeds", type=int, default=3)
-  ap.add_argument("--experts", type=int, default=2, choices=(2, 3), help="2: English + French; 3: + Python")
-  ap.add_argument("--router", action="store_true", help="also train the paper's model with a per-token router")
-  ap.add_argument("--trunks", nargs="*", default=["trunk_r8"],
-                  help="one-trunk runs: trunk_r<rank>[_novec][_fullemb][_nokd] (no bias/norm deltas, full embedding "
-                       "deltas, no distillation)")
-  ap.add_argument("--expert-dirs", nargs="+", type=pathlib.Path,
-                  help="existing experts (our workdirs or HF GPT-2 directories), base first: skips training them")
-  ap.add_argument("--data", type=pathlib.Path, default=pathlib.Path(DATA_ROOT), help="corpora and domain files")
+  ap.add_argument(
+    "--experts", type=int, default=2, choices=(2, 3), help="2: English + French; 3: + Python"
+  )
+  ap.add_argument(
+    "--router", action="store_true", help="also train the paper's model with a per-token router"
+  )
+  ap.add_argument(
+    "--trunks",
+    nargs="*",
+    default=["trunk_r8"],
+    help="one-trunk runs: trunk_r<rank>[_novec][_fullemb][_nokd] (no bias/norm deltas, full embedding "
+    "deltas, no distillation)",
+  )
+  ap.add_argument(
+    "--expert-dirs",
+    nargs="+",
+    type=pathlib.Path,
+    help="existing experts (our workdirs or HF GPT-2 directories), base first: skips training them",
+  )
+  ap.add_argument(
+    "--data", type=pathlib.Path, default=pathlib.Path(DATA_ROOT), help="corpora and domain files"
+  )
   ap.add_argument("--eval-sequences", type=int, default=1000, help="test sequences per domain")
-  ap.add_argument("--no-bench", action="store_true", help="skip the speed benchmark (costs shown as FLOPs)")
-  ap.add_argument("--override", action="append", default=[], metavar="[STAGE:]KEY=VALUE",
-                  help="extra --config.KEY=VALUE for one stage (base, expert_french, superposed, trunk_r8, ...) or all")
+  ap.add_argument(
+    "--no-bench", action="store_true", help="skip the speed benchmark (costs shown as FLOPs)"
+  )
+  ap.add_argument(
+    "--override",
+    action="append",
+    default=[],
+    metavar="[STAGE:]KEY=VALUE",
+    help="extra --config.KEY=VALUE for one stage (base, expert_french, superposed, trunk_r8, ...) or all",
+  )
   args = ap.parse_args(argv)
   from projects.superposed_experts import bench, data as data_lib, evaluate
 
   start = time.time()
-  names = DOMAIN_ORDER[:args.experts]
+  names = DOMAIN_ORDER[: args.experts]
   if args.expert_dirs and len(args.expert_dirs) != len(names):
     ap.error(f"--expert-dirs names {len(args.expert_dirs)} experts for {len(names)} domains")
   args.workdir.mkdir(parents=True, exist_ok=True)
@@ -199,13 +292,23 @@ def main(argv=None) -> int:
   reference = load_config_module(config).get_config("superpose")
   print(f"data: building corpora and domain files under {args.data} (cached after the first time)")
   data_lib.prepare(args.data, {n: data_lib.DOMAINS[n] for n in names})
-  files = {s: [str(data_lib.domain_file(args.data, n, s)) for n in names] for s in ("train", "val", "test")}
+  files = {
+    s: [str(data_lib.domain_file(args.data, n, s)) for n in names] for s in ("train", "val", "test")
+  }
   tokenizer, seq_len = reference.data.tokenizer, reference.train.seq_len
   spec = data_lib.Spec(tuple(names), tuple(files["train"]), tuple(files["val"]), tokenizer, seq_len)
   overrides = parse_overrides(args.override)
-  layout = {"domains": list(names), "train_paths": files["train"], "val_paths": files["val"],
-            "test_paths": files["test"], "tokenizer": tokenizer, "seq_len": seq_len,
-            "eval_sequences": args.eval_sequences, "config": config, "seeds": {}}
+  layout = {
+    "domains": list(names),
+    "train_paths": files["train"],
+    "val_paths": files["val"],
+    "test_paths": files["test"],
+    "tokenizer": tokenizer,
+    "seq_len": seq_len,
+    "eval_sequences": args.eval_sequences,
+    "config": config,
+    "seeds": {},
+  }
   times = {}
   if args.expert_dirs:
     experts = [str(p) for p in args.expert_dirs]
@@ -214,8 +317,9 @@ def main(argv=None) -> int:
     (args.workdir / "experts").mkdir(exist_ok=True)
     for stage, cmd in expert_commands(config, args.workdir, names, args.data, overrides):
       times[f"experts/{stage}"] = run_stage(stage, cmd, args.workdir / "experts")
-    experts = [str(args.workdir / "experts" / "base")] + [str(args.workdir / "experts" / f"expert_{n}")
-                                                          for n in names[1:]]
+    experts = [str(args.workdir / "experts" / "base")] + [
+      str(args.workdir / "experts" / f"expert_{n}") for n in names[1:]
+    ]
   print_forgetting(experts, names, spec)
   for stage in args.trunks:
     try:
@@ -229,7 +333,9 @@ def main(argv=None) -> int:
     w = args.workdir / f"seed_{seed}"
     w.mkdir(parents=True, exist_ok=True)
     print(f"seed {seed}:")
-    for stage, cmd in learned_commands(config, args.workdir, seed, names, args.data, experts, stages, overrides):
+    for stage, cmd in learned_commands(
+      config, args.workdir, seed, names, args.data, experts, stages, overrides
+    ):
       times[f"{seed}/{stage}"] = run_stage(stage, cmd, w)
     layout["seeds"][str(seed)] = {"experts": experts, "learned": {st: str(w / st) for st in stages}}
   (args.workdir / "pipeline.json").write_text(json.dumps(layout, indent=1) + "\n", "utf-8")
@@ -243,8 +349,10 @@ def main(argv=None) -> int:
   evaluate.run(args.workdir)
   eval_s = time.time() - eval_start
   total = time.time() - start
-  print(f"wall time {total / 60:.1f} min: training {train_s / 60:.1f} min ({sum(t > 0 for t in times.values())} of "
-        f"{len(times)} stages run now), benchmark {bench_s / 60:.1f} min, evaluation {eval_s / 60:.1f} min")
+  print(
+    f"wall time {total / 60:.1f} min: training {train_s / 60:.1f} min ({sum(t > 0 for t in times.values())} of "
+    f"{len(times)} stages run now), benchmark {bench_s / 60:.1f} min, evaluation {eval_s / 60:.1f} min"
+  )
   return 0
 
 

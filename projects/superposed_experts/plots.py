@@ -1,5 +1,6 @@
 """PNG plots of an evaluation (``evaluate.run`` calls :func:`write_all`): mean NLL against cost, NLL per
 domain, the learned blend / merge weights per layer, and the gate per token on switch sequences."""
+
 from __future__ import annotations
 
 import pathlib
@@ -12,8 +13,10 @@ from projects.superposed_experts.report import cost_of, label
 
 def _pyplot():
   import matplotlib
-  matplotlib.use("Agg")          # files only: no display on the machines this runs on
+
+  matplotlib.use("Agg")  # files only: no display on the machines this runs on
   import matplotlib.pyplot as plt
+
   return plt
 
 
@@ -25,8 +28,12 @@ def write_all(results: Mapping, workdir: str | pathlib.Path, log=print) -> list[
     log("matplotlib is not installed (pip install matplotlib): no plots written")
     return []
   workdir = pathlib.Path(workdir)
-  paths = [nll_vs_cost(plt, results, workdir / "nll_vs_cost.png"), per_domain(plt, results, workdir / "nll.png"),
-           alphas(plt, results, workdir / "alphas.png"), switching(plt, results, workdir / "switch_gate.png")]
+  paths = [
+    nll_vs_cost(plt, results, workdir / "nll_vs_cost.png"),
+    per_domain(plt, results, workdir / "nll.png"),
+    alphas(plt, results, workdir / "alphas.png"),
+    switching(plt, results, workdir / "switch_gate.png"),
+  ]
   return [str(p) for p in paths if p]
 
 
@@ -47,26 +54,51 @@ def nll_vs_cost(plt, results: Mapping, path: pathlib.Path):
   to 3 decimals of cost and NLL, share it); a cost known only from FLOPs (no benchmark of that forward)
   is an open marker."""
   T, costs = results["table"]["methods"], results["costs"]
-  points = {}                                   # (x, y) rounded -> [methods]
+  points = {}  # (x, y) rounded -> [methods]
   for m in results["order"]:
-    points.setdefault((round(cost_of(costs[m]), 3), round(T[m]["mean_nll"]["value"], 3)), []).append(m)
+    points.setdefault(
+      (round(cost_of(costs[m]), 3), round(T[m]["mean_nll"]["value"], 3)), []
+    ).append(m)
   fig, ax = plt.subplots(figsize=(11, 5.5))
   lines = []
-  for i, ((x, y), methods) in enumerate(sorted(points.items(), key=lambda kv: (kv[0][1], kv[0][0])), start=1):
+  for i, ((x, y), methods) in enumerate(
+    sorted(points.items(), key=lambda kv: (kv[0][1], kv[0][0])), start=1
+  ):
     m = methods[0]
     v = T[m]["mean_nll"]
     measured = bool(costs[m].get("measured_ratio"))
-    ax.errorbar(x, v["value"], yerr=[[v["value"] - v["low"]], [v["high"] - v["value"]]], fmt="o", color=_color(m),
-                capsize=2, ms=4, mfc=None if measured else "white")
-    ax.annotate(str(i), (x, y), xytext=(3, 1), textcoords="offset points", fontsize=6, color=_color(m))
+    ax.errorbar(
+      x,
+      v["value"],
+      yerr=[[v["value"] - v["low"]], [v["high"] - v["value"]]],
+      fmt="o",
+      color=_color(m),
+      capsize=2,
+      ms=4,
+      mfc=None if measured else "white",
+    )
+    ax.annotate(
+      str(i), (x, y), xytext=(3, 1), textcoords="offset points", fontsize=6, color=_color(m)
+    )
     names = " = ".join(label(k).strip("*") for k in methods)
     lines.append(f"{i:>2}  {y:.3f} @ {x:.2f}×{'' if measured else ' (FLOPs)'}  {names}")
-  ax.text(1.02, 1.0, "\n".join(["  #  mean NLL @ cost  method"] + lines), transform=ax.transAxes, va="top", ha="left",
-          fontsize=6.5, family="monospace")
+  ax.text(
+    1.02,
+    1.0,
+    "\n".join(["  #  mean NLL @ cost  method"] + lines),
+    transform=ax.transAxes,
+    va="top",
+    ha="left",
+    fontsize=6.5,
+    family="monospace",
+  )
   measured = any(c.get("measured_ratio") for c in costs.values())
-  ax.set(xlabel="time per token ÷ one expert's" + (" (measured; open marker: FLOPs)" if measured else " (FLOPs)"),
-         ylabel="mean NLL over domains (nats/token)",
-         title=f"NLL vs cost, {len(results['domains'])} domains, {len(results['seeds'])} seeds")
+  ax.set(
+    xlabel="time per token ÷ one expert's"
+    + (" (measured; open marker: FLOPs)" if measured else " (FLOPs)"),
+    ylabel="mean NLL over domains (nats/token)",
+    title=f"NLL vs cost, {len(results['domains'])} domains, {len(results['seeds'])} seeds",
+  )
   ax.grid(alpha=0.3)
   fig.savefig(path, dpi=120, bbox_inches="tight")
   plt.close(fig)
@@ -76,7 +108,9 @@ def nll_vs_cost(plt, results: Mapping, path: pathlib.Path):
 def per_domain(plt, results: Mapping, path: pathlib.Path):
   names, T = results["domains"], results["table"]["methods"]
   order = results["order"]
-  fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 0.3 * len(order) + 1.5), squeeze=False)
+  fig, axes = plt.subplots(
+    1, len(names), figsize=(5 * len(names), 0.3 * len(order) + 1.5), squeeze=False
+  )
   y = np.arange(len(order))
   for ax, d in zip(axes[0], names):
     st = [T[m]["nll"][d] for m in order]
@@ -84,7 +118,9 @@ def per_domain(plt, results: Mapping, path: pathlib.Path):
     err = np.array([[s["value"] - s["low"] for s in st], [s["high"] - s["value"] for s in st]])
     ax.barh(y, mean, xerr=err, color=[_color(m) for m in order], alpha=0.8, capsize=2)
     ax.axvline(T["oracle"]["nll"][d]["value"], color="k", lw=0.8, ls="--")
-    ax.set_yticks(y, [label(m).strip("*") for m in order] if ax is axes[0][0] else [""] * len(order), fontsize=7)
+    ax.set_yticks(
+      y, [label(m).strip("*") for m in order] if ax is axes[0][0] else [""] * len(order), fontsize=7
+    )
     ax.invert_yaxis()
     ax.set_xlim(0.97 * min(mean), max(mean + err[1]) * 1.01)
     ax.set(title=f"{d}: NLL (lower is better)", xlabel="nats/token")
@@ -108,17 +144,26 @@ def alphas(plt, results: Mapping, path: pathlib.Path):
       a = np.asarray(results["info"][s]["alphas"].get(m, []), np.float64)
       if a.size == 0:
         continue
-      if m == "merge":      # λ (groups, K − 1): embedding, blocks (the last with the head)
+      if m == "merge":  # λ (groups, K − 1): embedding, blocks (the last with the head)
         curves = {names[k + 1]: a[:, k] for k in range(a.shape[1])}
       elif len(names) == 2:
         curves = {names[1]: a if a.ndim == 1 else a.mean(-1)}
       else:
         curves = {names[k]: a[:, k] for k in range(len(names))}
       for j, (lab, yv) in enumerate(curves.items()):
-        ax.plot(np.arange(len(yv)), yv, marker="o", color=f"C{j}", alpha=0.4 + 0.6 * (i + 1) / len(seeds),
-                label=lab if i == 0 else None)
-    ax.set(title=label(m).strip("*"), xlabel="embedding, then blocks" if m == "merge" else "layer",
-           ylabel="λ (task-vector weight)" if m == "merge" else "weight of expert")
+        ax.plot(
+          np.arange(len(yv)),
+          yv,
+          marker="o",
+          color=f"C{j}",
+          alpha=0.4 + 0.6 * (i + 1) / len(seeds),
+          label=lab if i == 0 else None,
+        )
+    ax.set(
+      title=label(m).strip("*"),
+      xlabel="embedding, then blocks" if m == "merge" else "layer",
+      ylabel="λ (task-vector weight)" if m == "merge" else "weight of expert",
+    )
     ax.title.set_fontsize(8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -137,15 +182,22 @@ def switching(plt, results: Mapping, path: pathlib.Path):
   pairs = results["switch_pairs"]
   panels = [("posterior mixture", info["posterior_trace"])] + [(m, g) for m, g in gates.items()]
   names = results["domains"]
-  fig, axes = plt.subplots(len(pairs), len(panels), figsize=(4.2 * len(panels), 2.4 * len(pairs)), squeeze=False)
+  fig, axes = plt.subplots(
+    len(pairs), len(panels), figsize=(4.2 * len(panels), 2.4 * len(pairs)), squeeze=False
+  )
   for i, p in enumerate(pairs):
     for j, (m, trace) in enumerate(panels):
       ax = axes[i][j]
-      probs = np.asarray(trace[p]["probs"])[0]          # [T, K]
+      probs = np.asarray(trace[p]["probs"])[0]  # [T, K]
       for k in range(probs.shape[-1]):
         ax.plot(probs[:, k], color=f"C{k}", lw=1, label=names[k])
       ax.axvline(trace[p]["switch"], color="k", ls="--", lw=0.8)
-      ax.set(ylim=(-0.03, 1.03), title=f"{label(m).strip('*')}: {p}", xlabel="target position", ylabel="weight")
+      ax.set(
+        ylim=(-0.03, 1.03),
+        title=f"{label(m).strip('*')}: {p}",
+        xlabel="target position",
+        ylabel="weight",
+      )
       ax.title.set_fontsize(8)
       ax.grid(alpha=0.3)
       if i == 0 and j == 0:

@@ -20,6 +20,7 @@ with ``distill_weight`` > 0, · KL(expert ‖ model) to the next-token distribut
 (the experts are then held as frozen ``teachers`` during training only: they are in the checkpoint but
 never in the inference forward, and cost.py does not count them).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,13 +47,15 @@ DELTA_EMBEDDINGS = ("lowrank", "full", "none")
 class TrunkConfig:
   expert: TransformerConfig
   num_experts: int
-  delta_experts: tuple[int, ...]        # experts with a delta, in gate order (1..K−1 when the trunk is the base)
+  delta_experts: tuple[
+    int, ...
+  ]  # experts with a delta, in gate order (1..K−1 when the trunk is the base)
   rank: int = 8
   delta_vectors: str = "full"
   delta_embeddings: str = "lowrank"
   gate_hidden: int = 32
   gate_decays: tuple[float, ...] = (0.0, 0.9, 0.98)
-  distill: bool = False                 # hold the K experts as frozen teachers (training only)
+  distill: bool = False  # hold the K experts as frozen teachers (training only)
 
   def __post_init__(self):
     errors = []
@@ -63,7 +66,9 @@ class TrunkConfig:
     if self.delta_vectors not in DELTA_VECTORS:
       errors.append(f"delta_vectors={self.delta_vectors!r}: one of {', '.join(DELTA_VECTORS)}")
     if self.delta_embeddings not in DELTA_EMBEDDINGS:
-      errors.append(f"delta_embeddings={self.delta_embeddings!r}: one of {', '.join(DELTA_EMBEDDINGS)}")
+      errors.append(
+        f"delta_embeddings={self.delta_embeddings!r}: one of {', '.join(DELTA_EMBEDDINGS)}"
+      )
     if not self.delta_experts or any(not 0 <= k < self.num_experts for k in self.delta_experts):
       errors.append(f"delta_experts={self.delta_experts}: indices in [0, {self.num_experts})")
     if any(not 0.0 <= d < 1.0 for d in self.gate_decays):
@@ -78,11 +83,17 @@ def trunk_config(config: Mapping, expert: TransformerConfig) -> TrunkConfig:
   s = config["superposed"]
   K = int(s["num_experts"])
   try:
-    return TrunkConfig(expert=expert, num_experts=K,
-                       delta_experts=tuple(range(K)) if s["trunk_from"] else tuple(range(1, K)),
-                       rank=int(s["rank"]), delta_vectors=s["delta_vectors"], delta_embeddings=s["delta_embeddings"],
-                       gate_hidden=int(s["gate_hidden"]), gate_decays=tuple(float(d) for d in s["gate_decays"]),
-                       distill=float(s["distill_weight"]) > 0)
+    return TrunkConfig(
+      expert=expert,
+      num_experts=K,
+      delta_experts=tuple(range(K)) if s["trunk_from"] else tuple(range(1, K)),
+      rank=int(s["rank"]),
+      delta_vectors=s["delta_vectors"],
+      delta_embeddings=s["delta_embeddings"],
+      gate_hidden=int(s["gate_hidden"]),
+      gate_decays=tuple(float(d) for d in s["gate_decays"]),
+      distill=float(s["distill_weight"]) > 0,
+    )
   except ValueError as e:
     raise config_lib.ConfigError(f"config.superposed: {e}") from None
 
@@ -95,21 +106,41 @@ class OneTrunk(nnx.Module):
     self.cfg = cfg
     self.trunk = Transformer(cfg.expert, rngs=rngs)
     # Shapes and logical axes from the trunk just built (a nested eval_shape would lose the mesh rules).
-    self.deltas = ExpertDeltas(nnx.state(self.trunk, nnx.Param), len(cfg.delta_experts), cfg.rank, rngs=rngs,
-                               vector_mode=cfg.delta_vectors, embedding_mode=cfg.delta_embeddings)
-    self.gate = CausalGate(cfg.expert.d_model, cfg.num_experts, hidden=cfg.gate_hidden, decays=cfg.gate_decays,
-                           rngs=rngs)
-    self.teachers = (nnx.List([Transformer(cfg.expert, rngs=rngs) for _ in range(cfg.num_experts)])
-                     if cfg.distill else None)
+    self.deltas = ExpertDeltas(
+      nnx.state(self.trunk, nnx.Param),
+      len(cfg.delta_experts),
+      cfg.rank,
+      rngs=rngs,
+      vector_mode=cfg.delta_vectors,
+      embedding_mode=cfg.delta_embeddings,
+    )
+    self.gate = CausalGate(
+      cfg.expert.d_model, cfg.num_experts, hidden=cfg.gate_hidden, decays=cfg.gate_decays, rngs=rngs
+    )
+    self.teachers = (
+      nnx.List([Transformer(cfg.expert, rngs=rngs) for _ in range(cfg.num_experts)])
+      if cfg.distill
+      else None
+    )
 
-  def teacher_logprobs(self, tokens_BT, labels_B, *, positions_BT=None, segment_ids_BT=None) -> jax.Array:
+  def teacher_logprobs(
+    self, tokens_BT, labels_B, *, positions_BT=None, segment_ids_BT=None
+  ) -> jax.Array:
     """log p of each row's own expert (B, T, V), as constants (training only)."""
-    logits = jnp.stack([state_lib.frozen_view(t)(tokens_BT, positions_BT=positions_BT,
-                                                 segment_ids_BT=segment_ids_BT).logits_BTV for t in self.teachers])
+    logits = jnp.stack(
+      [
+        state_lib.frozen_view(t)(
+          tokens_BT, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT
+        ).logits_BTV
+        for t in self.teachers
+      ]
+    )
     picked = jnp.take_along_axis(logits, labels_B[None, :, None, None], axis=0)[0]
     return jax.lax.stop_gradient(jax.nn.log_softmax(picked.astype(jnp.float32), -1))
 
-  def gate_logits(self, tokens_BT, *, positions_BT=None, segment_ids_BT=None, trunk=None) -> jax.Array:
+  def gate_logits(
+    self, tokens_BT, *, positions_BT=None, segment_ids_BT=None, trunk=None
+  ) -> jax.Array:
     """(B, T, K): the gate reads the trunk's input embedding (no delta) and its causal averages."""
     trunk = self.trunk if trunk is None else trunk
     return self.gate(trunk.embed(tokens_BT, positions_BT), segment_ids_BT)
@@ -117,19 +148,36 @@ class OneTrunk(nnx.Module):
   def gate_probs(self, tokens_BT, **kwargs) -> jax.Array:
     return jax.nn.softmax(self.gate_logits(tokens_BT, **kwargs).astype(jnp.float32), axis=-1)
 
-  def forward(self, tokens_BT, *, gate_BTK=None, stop_trunk: bool = False, positions_BT=None,
-              segment_ids_BT=None) -> tuple[jax.Array, jax.Array]:
+  def forward(
+    self,
+    tokens_BT,
+    *,
+    gate_BTK=None,
+    stop_trunk: bool = False,
+    positions_BT=None,
+    segment_ids_BT=None,
+  ) -> tuple[jax.Array, jax.Array]:
     """(logits_BTV, gate logits (B, T, K)). ``gate_BTK`` forces the expert weights (an oracle gate);
     ``stop_trunk`` makes the trunk's parameters constants for autodiff (training: it is frozen)."""
     trunk = state_lib.frozen_view(self.trunk) if stop_trunk else self.trunk
-    logits_BTK = self.gate_logits(tokens_BT, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT, trunk=trunk)
-    probs = jax.nn.softmax(logits_BTK.astype(jnp.float32), -1) if gate_BTK is None else gate_BTK.astype(jnp.float32)
+    logits_BTK = self.gate_logits(
+      tokens_BT, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT, trunk=trunk
+    )
+    probs = (
+      jax.nn.softmax(logits_BTK.astype(jnp.float32), -1)
+      if gate_BTK is None
+      else gate_BTK.astype(jnp.float32)
+    )
     delta = self.deltas(probs[..., jnp.asarray(self.cfg.delta_experts)])
     out = trunk(tokens_BT, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT, delta=delta)
     return out.logits_BTV, logits_BTK
 
-  def __call__(self, tokens_BT, *, gate_BTK=None, positions_BT=None, segment_ids_BT=None) -> jax.Array:
-    return self.forward(tokens_BT, gate_BTK=gate_BTK, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT)[0]
+  def __call__(
+    self, tokens_BT, *, gate_BTK=None, positions_BT=None, segment_ids_BT=None
+  ) -> jax.Array:
+    return self.forward(
+      tokens_BT, gate_BTK=gate_BTK, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT
+    )[0]
 
 
 def extra_flops_per_token(cfg: TrunkConfig) -> float:
@@ -141,7 +189,11 @@ def extra_flops_per_token(cfg: TrunkConfig) -> float:
 def extra_params(cfg: TrunkConfig) -> int:
   """Parameters held at inference beyond the trunk's: the deltas and the gate (not the teachers)."""
   model = nnx.eval_shape(lambda: OneTrunk(cfg, rngs=nnx.Rngs(0)))
-  return sum(math.prod(x.shape) for part in (model.deltas, model.gate) for x in jax.tree.leaves(nnx.state(part, nnx.Param)))
+  return sum(
+    math.prod(x.shape)
+    for part in (model.deltas, model.gate)
+    for x in jax.tree.leaves(nnx.state(part, nnx.Param))
+  )
 
 
 def trunk_params(experts: Sequence, trunk_from: str):
@@ -150,6 +202,7 @@ def trunk_params(experts: Sequence, trunk_from: str):
     return experts[0]
   from projects.superposed_experts import evaluate
   from superpose.train.loader import load_model
+
   if not pathlib.Path(trunk_from).exists():
     raise config_lib.ConfigError(f"config.superposed.trunk_from: {trunk_from} does not exist")
   loaded = load_model(trunk_from)
@@ -162,12 +215,21 @@ def initial_values(cfg: TrunkConfig, experts: Sequence, trunk_from: str, abs_par
   """{'trunk': the trunk's values, 'deltas': the truncated SVD of each delta expert minus the trunk, and with
   ``distill`` 'teachers': the experts}, placed with ``abs_params``' shardings."""
   trunk = trunk_params(experts, trunk_from)
-  deltas = values_from_experts(trunk, [experts[k] for k in cfg.delta_experts], cfg.rank,
-                               vector_mode=cfg.delta_vectors, embedding_mode=cfg.delta_embeddings)
-  place = lambda tree, abstract: jax.tree.map(lambda x, a: jax.device_put(jnp.asarray(x, a.dtype), a.sharding),
-                                              tree, abstract)
+  deltas = values_from_experts(
+    trunk,
+    [experts[k] for k in cfg.delta_experts],
+    cfg.rank,
+    vector_mode=cfg.delta_vectors,
+    embedding_mode=cfg.delta_embeddings,
+  )
+  place = lambda tree, abstract: jax.tree.map(
+    lambda x, a: jax.device_put(jnp.asarray(x, a.dtype), a.sharding), tree, abstract
+  )
   out = {"trunk": place(trunk, abs_params["trunk"]), "deltas": place(deltas, abs_params["deltas"])}
   if cfg.distill:
     # Copies: teacher 0 may be the trunk itself, and one buffer must not be donated twice by the train step.
-    out["teachers"] = {str(k): place(jax.tree.map(jnp.copy, x), abs_params["teachers"][str(k)]) for k, x in enumerate(experts)}
+    out["teachers"] = {
+      str(k): place(jax.tree.map(jnp.copy, x), abs_params["teachers"][str(k)])
+      for k, x in enumerate(experts)
+    }
   return out

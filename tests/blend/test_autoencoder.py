@@ -1,4 +1,5 @@
 """The autoencoder of p1 §3.3: a numpy reference, causality, the paper's parameter count, sharding names."""
+
 import logging
 
 import jax
@@ -23,7 +24,7 @@ def _numpy_reference(ae, h_BTD):
   k, t = dec.shape[0], z.shape[1]
   left, right = (k - 1, 0) if ae.causal else ((k - 1) // 2, (k - 1) // 2)
   z = np.pad(z, ((0, 0), (left, right), (0, 0)))
-  return sum(z[:, j:j + t] @ dec[j] for j in range(k)) + dec_bias
+  return sum(z[:, j : j + t] @ dec[j] for j in range(k)) + dec_bias
 
 
 def _inputs(shape, seed=0):
@@ -50,13 +51,15 @@ def test_causal_output_ignores_future_inputs():
   ae = Autoencoder(12, 8, rngs=nnx.Rngs(2))
   h = _inputs((2, 9, 12))
   t = 4
-  changed = h.at[:, t + 1:].set(_inputs((2, 9 - t - 1, 12), seed=1))
+  changed = h.at[:, t + 1 :].set(_inputs((2, 9 - t - 1, 12), seed=1))
   out, out_changed = np.asarray(ae(h)), np.asarray(ae(changed))
-  np.testing.assert_array_equal(out[:, :t + 1], out_changed[:, :t + 1])
-  assert np.abs(out[:, t + 1:] - out_changed[:, t + 1:]).min() > 0
+  np.testing.assert_array_equal(out[:, : t + 1], out_changed[:, : t + 1])
+  assert np.abs(out[:, t + 1 :] - out_changed[:, t + 1 :]).min() > 0
   # The same, exactly, for the Jacobian of output t with respect to every later input.
   jac = jax.jacobian(lambda x: ae(x)[:, t])(h)
-  assert np.all(np.asarray(jac)[:, :, :, t + 1:] == 0) and np.abs(np.asarray(jac)[:, :, :, t]).max() > 0
+  assert (
+    np.all(np.asarray(jac)[:, :, :, t + 1 :] == 0) and np.abs(np.asarray(jac)[:, :, :, t]).max() > 0
+  )
 
 
 def test_non_causal_sees_next_token_and_warns(monkeypatch, caplog):
@@ -74,7 +77,9 @@ def test_non_causal_sees_next_token_and_warns(monkeypatch, caplog):
 
 
 def test_paper_parameter_count_and_torch_init():
-  graphdef, params = jax.eval_shape(lambda: nnx.split(Autoencoder(768, 576, rngs=nnx.Rngs(0)), nnx.Param))
+  graphdef, params = jax.eval_shape(
+    lambda: nnx.split(Autoencoder(768, 576, rngs=nnx.Rngs(0)), nnx.Param)
+  )
   assert sum(x.size for x in jax.tree.leaves(params)) == 1_770_816
   ae = Autoencoder(64, 48, rngs=nnx.Rngs(5))
   for name, fan_in in (("enc", 64), ("enc_bias", 64), ("dec", 48 * 3), ("dec_bias", 48 * 3)):

@@ -1,4 +1,5 @@
 """The Cox–de Boor basis against SciPy, and p1 §3.2's 12×16 layer matrix."""
+
 import numpy as np
 import pytest
 from scipy.interpolate import BSpline
@@ -13,7 +14,9 @@ def _scipy_basis(x, knots, degree):
 
 def _points(knots, degree, rng):
   lo, hi = knots[degree], knots[-degree - 1]
-  return np.concatenate([[lo, hi], np.unique(knots), rng.uniform(lo, hi, 37), np.linspace(lo, hi, 11)])
+  return np.concatenate(
+    [[lo, hi], np.unique(knots), rng.uniform(lo, hi, 37), np.linspace(lo, hi, 11)]
+  )
 
 
 @pytest.mark.parametrize("degree", [0, 1, 2, 3, 4])
@@ -49,7 +52,9 @@ def test_right_endpoint_is_last_basis_function():
 
 def test_paper_knots_and_layer_matrix():
   knots = bspline.clamped_knots(16, 3)
-  np.testing.assert_array_equal(knots, np.concatenate([np.zeros(3), np.linspace(0, 1, 14), np.ones(3)]))
+  np.testing.assert_array_equal(
+    knots, np.concatenate([np.zeros(3), np.linspace(0, 1, 14), np.ones(3)])
+  )
   assert len(knots) == 20
   b = bspline.layer_basis(12)
   assert b.shape == (12, 16)

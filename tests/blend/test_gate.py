@@ -1,4 +1,5 @@
 """CausalGate: exact causality, the EMA against a Python loop, document resets, uniform start, training."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +36,7 @@ def naive_ema(x, beta, segments=None):
       if t > 0 and segments is not None and segments[b][t] != segments[b][t - 1]:
         acc, count = np.zeros(x.shape[-1]), 0
       acc, count = beta * acc + (1 - beta) * x[b, t], count + 1
-      out[b, t] = acc / (1 - beta ** count)
+      out[b, t] = acc / (1 - beta**count)
   return out
 
 
@@ -48,27 +49,29 @@ def test_ema_equals_a_python_loop_with_and_without_document_resets():
   for n, beta in enumerate(decays):
     np.testing.assert_allclose(plain[:, :, n], naive_ema(x, beta), atol=1e-5)
     np.testing.assert_allclose(reset[:, :, n], naive_ema(x, beta, segments), atol=1e-5)
-  np.testing.assert_array_equal(plain[:, :, 0], x)               # β = 0: the token itself
+  np.testing.assert_array_equal(plain[:, :, 0], x)  # β = 0: the token itself
   np.testing.assert_allclose(reset[0, 3, 2], x[0, 3], atol=1e-6)  # a new document starts afresh
   constant = np.asarray(ema(jnp.full((B, T, D), 2.5), decays))
-  np.testing.assert_allclose(constant, 2.5, atol=1e-5)            # bias-corrected from the first token
+  np.testing.assert_allclose(constant, 2.5, atol=1e-5)  # bias-corrected from the first token
 
 
 def test_logits_are_exactly_causal_and_documents_are_isolated():
   gate = trained_gate()
   s = states(3)
   t = 4
-  changed = s.at[:, t + 1:].set(states(4, (B, T - t - 1, D)))
+  changed = s.at[:, t + 1 :].set(states(4, (B, T - t - 1, D)))
   logits, logits_changed = np.asarray(run(gate, s)), np.asarray(run(gate, changed))
   assert logits.shape == (B, T, K) and logits.dtype == np.float32
-  np.testing.assert_array_equal(logits[:, :t + 1], logits_changed[:, :t + 1])
-  assert np.abs(logits[:, t + 1:] - logits_changed[:, t + 1:]).min() > 0
+  np.testing.assert_array_equal(logits[:, : t + 1], logits_changed[:, : t + 1])
+  assert np.abs(logits[:, t + 1 :] - logits_changed[:, t + 1 :]).min() > 0
   # With documents packed in a row, a document's logits ignore the ones before it.
   segments = jnp.asarray([[1] * 3 + [2] * 5] * B)
   other_start = s.at[:, :3].set(states(5, (B, 3, D)))
   packed = run(gate, s, segments)
   np.testing.assert_allclose(packed[:, 3:], run(gate, other_start, segments)[:, 3:], atol=1e-6)
-  alone = run(gate, jnp.concatenate([s[:, 3:], s[:, :3]], axis=1))  # the second document first, same shapes
+  alone = run(
+    gate, jnp.concatenate([s[:, 3:], s[:, :3]], axis=1)
+  )  # the second document first, same shapes
   np.testing.assert_allclose(packed[:, 3:], alone[:, :5], atol=1e-5)
 
 
@@ -86,6 +89,7 @@ def test_zero_output_layer_starts_uniform_and_one_sgd_step_reaches_every_paramet
     def loss(params):
       logp = jax.nn.log_softmax(nnx.merge(graphdef, params)(s))
       return -jnp.take_along_axis(logp, targets[..., None], -1).mean()
+
     return jax.grad(loss)(params)
 
   first = nnx.to_pure_dict(grads(params))
@@ -98,7 +102,9 @@ def test_zero_output_layer_starts_uniform_and_one_sgd_step_reaches_every_paramet
 
 def test_flops_and_bad_decays():
   gate = CausalGate(D, K, hidden=8, rngs=nnx.Rngs(0))
-  assert gate.flops_per_token() == 2 * (3 * D * 8 + 8 * K) + 3 * 8 * 2  # two EMAs with β > 0, at width 8
+  assert (
+    gate.flops_per_token() == 2 * (3 * D * 8 + 8 * K) + 3 * 8 * 2
+  )  # two EMAs with β > 0, at width 8
   with pytest.raises(ValueError, match="decays"):
     CausalGate(D, K, decays=(0.5, 1.0), rngs=nnx.Rngs(0))
 
@@ -109,6 +115,8 @@ def test_projecting_before_averaging_equals_the_features_formula():
   gate = trained_gate(3)
   s, segments = states(4), jnp.asarray([[1, 1, 1, 2, 2, 2, 2, 3]] * B)
   f_BTND = gate.features(s, segments)
-  h = jax.nn.gelu(jnp.einsum("btnd,ndh->bth", f_BTND, gate.w_in[...]) + gate.b_in[...], approximate=False)
+  h = jax.nn.gelu(
+    jnp.einsum("btnd,ndh->bth", f_BTND, gate.w_in[...]) + gate.b_in[...], approximate=False
+  )
   want = h @ gate.w_out[...] + gate.b_out[...]
   np.testing.assert_allclose(run(gate, s, segments), want, atol=1e-5, rtol=1e-5)

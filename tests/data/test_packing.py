@@ -28,20 +28,28 @@ def weighted_pairs(tokens, segments):
 def test_chunks_cover_every_pair_once(n):
   bounds = packing.chunk_bounds(n, row_len=9)
   assert all(2 <= e - s <= 9 for s, e in bounds)
-  covered = [i for s, e in bounds for i in range(s, e - 1)]        # pair (i, i + 1)
+  covered = [i for s, e in bounds for i in range(s, e - 1)]  # pair (i, i + 1)
   assert covered == list(range(max(n - 1, 0)))
 
 
 def test_first_fit_takes_the_lowest_row_with_room():
   fit = packing._FirstFit(max_rows=8, capacity=8)
-  assert [fit.place(k) for k in (5, 5, 3, 3, 8, 1, 2)] == [(0, 0), (1, 0), (0, 5), (1, 5), (2, 0), (3, 0), (3, 1)]
+  assert [fit.place(k) for k in (5, 5, 3, 3, 8, 1, 2)] == [
+    (0, 0),
+    (1, 0),
+    (0, 5),
+    (1, 5),
+    (2, 0),
+    (3, 0),
+    (3, 1),
+  ]
 
 
 def test_every_target_once_and_no_target_across_documents():
   docs = make_docs(np.random.default_rng(0).integers(1, 60, 80))
   tokens, segments = packing.pack(docs, seq_len=16, seed=3)
   assert tokens.shape[1] == 17
-  assert weighted_pairs(tokens, segments) == pairs_of(docs)       # exactly the in-document pairs
+  assert weighted_pairs(tokens, segments) == pairs_of(docs)  # exactly the in-document pairs
 
 
 def test_segments_positions_and_weights():
@@ -51,14 +59,16 @@ def test_segments_positions_and_weights():
   for r in range(len(tokens)):
     seg, pos, w, x = f["segment_ids"][r], f["positions"][r], f["weights"][r], f["inputs"][r]
     used = seg[seg > 0]
-    assert list(np.unique(used)) == list(range(1, used.max() + 1))          # 1..k
-    assert np.all(np.diff(seg[: len(used)]) >= 0) and np.all(seg[len(used):] == 0)  # padding only at the end
+    assert list(np.unique(used)) == list(range(1, used.max() + 1))  # 1..k
+    assert np.all(np.diff(seg[: len(used)]) >= 0) and np.all(
+      seg[len(used) :] == 0
+    )  # padding only at the end
     for k in range(1, used.max() + 1):
       idx = np.flatnonzero(seg == k)
-      assert list(pos[idx]) == list(range(len(idx)))                          # restart at 0
-      assert len({int(t) // 1000 for t in x[idx]}) == 1                       # one document per segment
-      assert np.all(w[idx[:-1]] == 1)                                         # in-segment targets
-      assert w[idx[-1]] == (segments[r, idx[-1] + 1] == k)                     # the last: only if its target is too
+      assert list(pos[idx]) == list(range(len(idx)))  # restart at 0
+      assert len({int(t) // 1000 for t in x[idx]}) == 1  # one document per segment
+      assert np.all(w[idx[:-1]] == 1)  # in-segment targets
+      assert w[idx[-1]] == (segments[r, idx[-1] + 1] == k)  # the last: only if its target is too
     assert np.all(w[seg == 0] == 0) and np.all(pos[seg == 0] == 0)
 
 
@@ -106,7 +116,7 @@ def test_process_slices_assemble_the_global_batch():
 
 
 def test_every_row_once_per_epoch_and_reshuffled():
-  s = packing.PackedStream(make_docs([17] * 8), seq_len=16, batch_size=4, seed=0)   # one doc per row
+  s = packing.PackedStream(make_docs([17] * 8), seq_len=16, batch_size=4, seed=0)  # one doc per row
   assert len(s) == 8
   first = np.concatenate([s.batch(i)["inputs"][:, 0] for i in range(2)])
   second = np.concatenate([s.batch(i)["inputs"][:, 0] for i in range(2, 4)])
@@ -118,7 +128,9 @@ def test_eval_set_in_order_and_errors():
   docs = make_docs([20] * 30)
   e = packing.PackedEvalSet(docs, seq_len=16, batch_size=4, max_batches=3)
   assert e.num_batches == 3
-  np.testing.assert_array_equal(e.batch(1)["inputs"], packing.row_features(e.tokens[4:8], e.segments[4:8])["inputs"])
+  np.testing.assert_array_equal(
+    e.batch(1)["inputs"], packing.row_features(e.tokens[4:8], e.segments[4:8])["inputs"]
+  )
   with pytest.raises(ValueError, match="fewer than one batch"):
     packing.PackedEvalSet(docs[:2], seq_len=16, batch_size=8, max_batches=3)
   with pytest.raises(ValueError, match="2 tokens"):
@@ -138,20 +150,30 @@ def test_packed_rows_match_documents_run_alone():
   from flax import nnx
   from superpose import nn
   from superpose.nn.testing import random_model
-  model = random_model(nn.gpt2(vocab_size=50, d_model=32, num_layers=2, num_heads=4, max_seq_len=16, d_ff=64), 0, 0.2)
+
+  model = random_model(
+    nn.gpt2(vocab_size=50, d_model=32, num_layers=2, num_heads=4, max_seq_len=16, d_ff=64), 0, 0.2
+  )
   docs = [d % 50 for d in make_docs([5, 9, 3, 7, 4])]
   tokens, segments = packing.pack(docs, seq_len=16, seed=0)
   f = packing.row_features(tokens, segments)
   graphdef, state = nnx.split(model)
   forward = jax.jit(lambda state, x, **kw: nnx.merge(graphdef, state)(x, **kw).logits_BTV)
-  out = forward(state, jnp.asarray(f["inputs"]), positions_BT=jnp.asarray(f["positions"]),
-                segment_ids_BT=jnp.asarray(f["segment_ids"]))
-  where = [(r, np.flatnonzero(f["segment_ids"][r] == k))
-           for r in range(len(tokens)) for k in range(1, f["segment_ids"][r].max() + 1)]
-  alone = np.zeros((len(where), 16), np.int32)          # each piece by itself, left-aligned; causal
-  for i, (r, idx) in enumerate(where):                  # attention keeps the padding after it inert
-    alone[i, :len(idx)] = f["inputs"][r, idx]
+  out = forward(
+    state,
+    jnp.asarray(f["inputs"]),
+    positions_BT=jnp.asarray(f["positions"]),
+    segment_ids_BT=jnp.asarray(f["segment_ids"]),
+  )
+  where = [
+    (r, np.flatnonzero(f["segment_ids"][r] == k))
+    for r in range(len(tokens))
+    for k in range(1, f["segment_ids"][r].max() + 1)
+  ]
+  alone = np.zeros((len(where), 16), np.int32)  # each piece by itself, left-aligned; causal
+  for i, (r, idx) in enumerate(where):  # attention keeps the padding after it inert
+    alone[i, : len(idx)] = f["inputs"][r, idx]
   ref = forward(state, jnp.asarray(alone))
   assert len(where) >= 5
   for i, (r, idx) in enumerate(where):
-    np.testing.assert_allclose(out[r, idx], ref[i, :len(idx)], atol=1e-5)
+    np.testing.assert_allclose(out[r, idx], ref[i, : len(idx)], atol=1e-5)

@@ -9,7 +9,7 @@ def test_ids_specials_first_then_symbols():
   assert tok.vocab == ("<pad>", "<bos>", "<eos>", "0", "1", "+", "=")
   assert (tok.vocab_size, tok.pad_id, tok.bos_id, tok.eos_id) == (7, 0, 1, 2)
   assert tok.encode("1 + 1 =") == [4, 5, 4, 6]
-  assert tok.encode("  1\t+ 1 \n") == [4, 5, 4]          # a space separator splits on any whitespace
+  assert tok.encode("  1\t+ 1 \n") == [4, 5, 4]  # a space separator splits on any whitespace
   assert tok.encode("") == []
 
 
@@ -20,7 +20,7 @@ def test_round_trips():
   assert tok.decode_symbols(ids) == seq and tok.decode(ids) == "jump x2 LEFT walk"
   assert tok.encode(tok.decode(ids)) == ids
   with_specials = [tok.bos_id] + ids + [tok.eos_id, tok.pad_id]
-  assert tok.decode(with_specials) == "jump x2 LEFT walk"                # specials left out of text
+  assert tok.decode(with_specials) == "jump x2 LEFT walk"  # specials left out of text
   assert tok.decode_symbols(with_specials)[0] == "<bos>"
 
 
@@ -35,14 +35,17 @@ def test_custom_specials():
   assert tok.id_of("<sep>") == 1 and tok.bos_id is None and tok.encode("a <sep> b") == [2, 1, 3]
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     (dict(symbols=("a", "a")), "repeated \\['a'\\]"),
     (dict(symbols=("a", "<pad>")), "repeated \\['<pad>'\\]"),
     (dict(symbols=("a b",)), "cannot be written"),
     (dict(symbols=("",)), "cannot be written"),
     (dict(symbols=("ab",), sep=""), "cannot be written"),
     (dict(symbols=()), "at least one symbol"),
-])
+  ],
+)
 def test_bad_vocabularies(kwargs, message):
   with pytest.raises(ValueError, match=message):
     symbols.SymbolTokenizer(**kwargs)
@@ -61,4 +64,6 @@ def test_registry():
   assert tok.vocab == ("<pad>", "0", "1")
   fixed = symbols.register_vocabulary("test-parity", ["0", "1"])
   assert get_tokenizer("test-parity") is fixed and fixed.encode("1 0") == [4, 3]
-  assert hash(fixed) == hash(symbols.SymbolTokenizer(("0", "1")))   # frozen: usable as a static jit argument
+  assert hash(fixed) == hash(
+    symbols.SymbolTokenizer(("0", "1"))
+  )  # frozen: usable as a static jit argument

@@ -2,6 +2,7 @@
 against its plain-JAX reference (values and ``jax.grad``) and against ``superpose.blend.Autoencoder``
 applied to the blended state; the GPU (Triton) variant's math in interpret mode; TPU (Mosaic) and CUDA
 (Triton) lowering of forward and backward on the CPU host."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,40 +13,57 @@ from jax.experimental.pallas import tpu as pltpu
 
 try:
   from jax.experimental.pallas import triton as pltriton
-except ImportError:   # a jax without the (deprecated) Pallas Triton backend
+except ImportError:  # a jax without the (deprecated) Pallas Triton backend
   pltriton = None
 
 from superpose.blend import Autoencoder
 from superpose.kernels import KernelConfig, autoencoder_params, fused, reference, superpose_step
 from superpose.kernels import _math as kernel_math
 
-B, T, D, K = 2, 37, 20, 12     # T spans 5 blocks of 8 rows (the last one partial); D, K not multiples of 8
+B, T, D, K = (
+  2,
+  37,
+  20,
+  12,
+)  # T spans 5 blocks of 8 rows (the last one partial); D, K not multiples of 8
 CFG = KernelConfig(block_rows=8)
-ARGNUMS = tuple(range(7))      # h_base, h_expert, alpha, enc, enc_bias, dec, dec_bias
+ARGNUMS = tuple(range(7))  # h_base, h_expert, alpha, enc, enc_bias, dec, dec_bias
 
 
 def _normal(rng, shape, scale=1.0, dtype=jnp.float32):
   return jnp.asarray(scale * rng.normal(size=shape), dtype)
 
 
-def _args(decoder="conv", alpha="scalar", kernel_size=3, dtype=jnp.float32, t=T, seed=0, b=B, d=D, k=K):
+def _args(
+  decoder="conv", alpha="scalar", kernel_size=3, dtype=jnp.float32, t=T, seed=0, b=B, d=D, k=K
+):
   """h_base, h_expert, alpha, enc, enc_bias, dec, dec_bias at the Autoencoder's initial scale."""
   B, D, K = b, d, k
   rng = np.random.default_rng(seed)
-  a = {"scalar": jnp.float32(0.3),
-       "feature": jax.nn.sigmoid(_normal(rng, (D,))),
-       "position": jax.nn.sigmoid(_normal(rng, (B, t)))}[alpha]
+  a = {
+    "scalar": jnp.float32(0.3),
+    "feature": jax.nn.sigmoid(_normal(rng, (D,))),
+    "position": jax.nn.sigmoid(_normal(rng, (B, t))),
+  }[alpha]
   dec_shape = (K, D) if decoder == "linear" else (kernel_size, K, D)
   fan = K if decoder == "linear" else K * kernel_size
-  return (_normal(rng, (B, t, D), dtype=dtype), _normal(rng, (B, t, D), dtype=dtype), a,
-          _normal(rng, (D, K), D ** -0.5), _normal(rng, (K,), D ** -0.5),
-          _normal(rng, dec_shape, fan ** -0.5), _normal(rng, (D,), fan ** -0.5))
+  return (
+    _normal(rng, (B, t, D), dtype=dtype),
+    _normal(rng, (B, t, D), dtype=dtype),
+    a,
+    _normal(rng, (D, K), D**-0.5),
+    _normal(rng, (K,), D**-0.5),
+    _normal(rng, dec_shape, fan**-0.5),
+    _normal(rng, (D,), fan**-0.5),
+  )
 
 
 def _close(actual, expected, tol):
   actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
   assert actual.shape == expected.shape
-  np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * max(1.0, float(np.abs(expected).max())))
+  np.testing.assert_allclose(
+    actual, expected, rtol=tol, atol=tol * max(1.0, float(np.abs(expected).max()))
+  )
 
 
 def _grads(fn, args, seed=1, return_h=True):
@@ -57,6 +75,7 @@ def _grads(fn, args, seed=1, return_h=True):
   def loss(*a):
     y, h = fn(*a) if return_h else (fn(*a), jnp.zeros_like(c_h))
     return jnp.sum(y.astype(jnp.float32) * c_y) + jnp.sum(h.astype(jnp.float32) * c_h)
+
   return jax.grad(loss, argnums=ARGNUMS)(*args)
 
 
@@ -68,8 +87,10 @@ def _reference(*a):
   return reference(*a, return_h=True)
 
 
-@pytest.mark.parametrize("decoder,alpha", [("conv", "scalar"), ("conv", "feature"), ("linear", "feature"),
-                                           ("conv", "position")])
+@pytest.mark.parametrize(
+  "decoder,alpha",
+  [("conv", "scalar"), ("conv", "feature"), ("linear", "feature"), ("conv", "position")],
+)
 def test_f32_forward_and_grads_match_reference(decoder, alpha):
   args = _args(decoder, alpha)
   (y, h), (y_ref, h_ref) = _fused(*args), _reference(*args)
@@ -84,8 +105,8 @@ def test_bf16_forward_and_grads_match_reference():
   args = _args("conv", "feature", dtype=jnp.bfloat16)
   (y, h), (y_ref, h_ref) = _fused(*args), _reference(*args)
   assert y.dtype == h.dtype == jnp.bfloat16
-  _close(h, h_ref, 0)                # the blend is elementwise: bit-equal
-  _close(y, y_ref, 2e-2)             # bf16 z rounding and accumulation order
+  _close(h, h_ref, 0)  # the blend is elementwise: bit-equal
+  _close(y, y_ref, 2e-2)  # bf16 z rounding and accumulation order
   for g, g_ref in zip(_grads(_fused, args), _grads(_reference, args)):
     _close(g, g_ref, 2e-2)
 
@@ -103,18 +124,22 @@ def test_halo_of_several_blocks_and_block_sizes():
   """W − 1 = 8 previous rows (a whole halo block), a 16-row block with an 8-row halo, and one block."""
   args = _args("conv", "scalar", kernel_size=9, t=50)
   y_ref = reference(*args)
-  for config in (KernelConfig(block_rows=8), KernelConfig(block_rows=16), KernelConfig(block_rows=128)):
+  for config in (
+    KernelConfig(block_rows=8),
+    KernelConfig(block_rows=16),
+    KernelConfig(block_rows=128),
+  ):
     _close(fused(*args, config=config), y_ref, 1e-5)
 
 
 def test_causal_output_ignores_future_inputs():
   args = _args("conv", "scalar")
-  t = 17                              # mid-block: rows 16..23 form one block
-  h_expert = args[1].at[:, t + 1:].set(0.0)
+  t = 17  # mid-block: rows 16..23 form one block
+  h_expert = args[1].at[:, t + 1 :].set(0.0)
   y = np.asarray(fused(*args, config=CFG))
   y_changed = np.asarray(fused(args[0], h_expert, *args[2:], config=CFG))
-  np.testing.assert_array_equal(y[:, :t + 1], y_changed[:, :t + 1])
-  assert np.abs(y[:, t + 1:] - y_changed[:, t + 1:]).min() > 0
+  np.testing.assert_array_equal(y[:, : t + 1], y_changed[:, : t + 1])
+  assert np.abs(y[:, t + 1 :] - y_changed[:, t + 1 :]).min() > 0
 
 
 def test_dispatch_and_config():
@@ -136,7 +161,7 @@ def test_bad_shapes_raise():
     reference(h_base, h_expert, 0.5, enc, enc_bias, dec[:, :, :-1], dec_bias)
   with pytest.raises(ValueError, match="h_base and h_expert"):
     fused(h_base, h_expert[:, :-1], 0.5, enc, enc_bias, dec, dec_bias)
-  wide = jnp.zeros((10, K, D))        # W − 1 = 9 rows of halo > an 8-row block
+  wide = jnp.zeros((10, K, D))  # W − 1 = 9 rows of halo > an 8-row block
   with pytest.raises(ValueError, match="block_rows"):
     fused(h_base, h_expert, 0.5, enc, enc_bias, wide, dec_bias, config=CFG)
 
@@ -144,13 +169,25 @@ def test_bad_shapes_raise():
 # Backward ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("decoder,alpha,kernel_size,t,block_rows,return_h", [
-    ("conv", "position", 4, 50, 16, False),   # 8-row halos inside 16-row blocks: the halo after is not the next block
-    ("conv", "scalar", 9, 50, 8, True),       # W − 1 = 8: the halo is a whole block
-    ("linear", "position", 1, 37, 16, False), # B·T = 74 rows: a partial last block
-    ("conv", "feature", 3, 5, 8, True),       # one partial block, no halo
-])
-def test_pallas_backward_matches_reference_grads(decoder, alpha, kernel_size, t, block_rows, return_h):
+@pytest.mark.parametrize(
+  "decoder,alpha,kernel_size,t,block_rows,return_h",
+  [
+    (
+      "conv",
+      "position",
+      4,
+      50,
+      16,
+      False,
+    ),  # 8-row halos inside 16-row blocks: the halo after is not the next block
+    ("conv", "scalar", 9, 50, 8, True),  # W − 1 = 8: the halo is a whole block
+    ("linear", "position", 1, 37, 16, False),  # B·T = 74 rows: a partial last block
+    ("conv", "feature", 3, 5, 8, True),  # one partial block, no halo
+  ],
+)
+def test_pallas_backward_matches_reference_grads(
+  decoder, alpha, kernel_size, t, block_rows, return_h
+):
   args = _args(decoder, alpha, kernel_size, t=t, seed=2)
   config = KernelConfig(block_rows=block_rows)
   fn = lambda *a: fused(*a, config=config, return_h=return_h)
@@ -161,8 +198,12 @@ def test_pallas_backward_matches_reference_grads(decoder, alpha, kernel_size, t,
 
 def test_pallas_and_recompute_backwards_agree():
   args = _args("conv", "position", 3, dtype=jnp.bfloat16)
-  grads = {bwd: _grads(lambda *a: fused(*a, config=KernelConfig(block_rows=16, backward=bwd), return_h=True),
-                       args) for bwd in ("pallas", "recompute")}
+  grads = {
+    bwd: _grads(
+      lambda *a: fused(*a, config=KernelConfig(block_rows=16, backward=bwd), return_h=True), args
+    )
+    for bwd in ("pallas", "recompute")
+  }
   for g_p, g_r in zip(grads["pallas"], grads["recompute"]):
     assert g_p.dtype == g_r.dtype
     _close(g_p, g_r, 2e-2)
@@ -179,7 +220,7 @@ def test_backward_ignores_padding_rows_and_future_cotangents():
 
 # GPU (Triton) variant -------------------------------------------------------------------------------
 
-GPU_D, GPU_K = 32, 16      # powers of two ≥ 16: Triton's constraint
+GPU_D, GPU_K = 32, 16  # powers of two ≥ 16: Triton's constraint
 
 
 def test_rational_erf_matches_lax_erf():
@@ -187,7 +228,9 @@ def test_rational_erf_matches_lax_erf():
   np.testing.assert_allclose(kernel_math.erf_rational(x), jax.lax.erf(x), atol=5e-7)
 
 
-@pytest.mark.parametrize("decoder,alpha,kernel_size", [("conv", "position", 3), ("linear", "feature", 1)])
+@pytest.mark.parametrize(
+  "decoder,alpha,kernel_size", [("conv", "position", 3), ("linear", "feature", 1)]
+)
 def test_gpu_variant_in_interpret_mode(decoder, alpha, kernel_size):
   """The GPU variant's math (rational erf, selection-matmul row shifts, 16-row halos, zero padding of
   the row axis to whole blocks) in interpret mode on the CPU, forward and gradients."""
@@ -202,11 +245,13 @@ def test_gpu_variant_in_interpret_mode(decoder, alpha, kernel_size):
 
 
 def test_gpu_constraints_raise():
-  args = _args("conv", "scalar")      # D = 20, K = 12
+  args = _args("conv", "scalar")  # D = 20, K = 12
   with pytest.raises(ValueError, match="powers of two"):
     fused(*args, config=KernelConfig(block_rows=16, platform="gpu", interpret=True))
   with pytest.raises(ValueError, match="block_rows = 24"):
-    fused(*_args("conv", "scalar", d=GPU_D, k=GPU_K), config=KernelConfig(block_rows=24, platform="gpu"))
+    fused(
+      *_args("conv", "scalar", d=GPU_D, k=GPU_K), config=KernelConfig(block_rows=24, platform="gpu")
+    )
   with pytest.raises(ValueError, match="platform"):
     KernelConfig(platform="cuda")
   with pytest.raises(ValueError, match="backward"):
@@ -219,45 +264,60 @@ def test_gpu_constraints_raise():
 def _lowering_args(dtype, W):
   s = lambda *shape: jax.ShapeDtypeStruct(shape, dtype)
   dec = s(W, 128, 256) if W > 1 else s(128, 256)
-  return (s(2, 256, 256), s(2, 256, 256), jax.ShapeDtypeStruct((256,), jnp.float32), s(256, 128), s(128),
-          dec, s(256))
+  return (
+    s(2, 256, 256),
+    s(2, 256, 256),
+    jax.ShapeDtypeStruct((256,), jnp.float32),
+    s(256, 128),
+    s(128),
+    dec,
+    s(256),
+  )
 
 
 def _lower_fwd_bwd(config, dtype, W, return_h, platform):
   def loss(*b):
     out = fused(*b, config=config, return_h=return_h)
     return sum(o.astype(jnp.float32).sum() for o in (out if return_h else (out,)))
+
   f = lambda *a: jax.value_and_grad(loss, argnums=ARGNUMS)(*a)
   return jax.jit(f).trace(*_lowering_args(dtype, W)).lower(lowering_platforms=(platform,)).as_text()
 
 
 def _host_can_lower(platform, compiler_params):
   """Whether this jax lowers a trivial Pallas kernel for ``platform`` on this host (else: skip)."""
+
   def k(x_ref, o_ref):
     o_ref[...] = x_ref[...] + 1.0
-  f = lambda x: pl.pallas_call(k, out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype),
-                               compiler_params=compiler_params)(x)
+
+  f = lambda x: pl.pallas_call(
+    k, out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype), compiler_params=compiler_params
+  )(x)
   try:
-    jax.jit(f).trace(jax.ShapeDtypeStruct((16, 128), jnp.float32)).lower(lowering_platforms=(platform,))
-  except Exception as e:   # noqa: BLE001
+    jax.jit(f).trace(jax.ShapeDtypeStruct((16, 128), jnp.float32)).lower(
+      lowering_platforms=(platform,)
+    )
+  except Exception as e:  # noqa: BLE001
     return f"{type(e).__name__}: {e}"
   return None
 
 
-@pytest.mark.parametrize("dtype,W,return_h", [(jnp.float32, 3, False), (jnp.bfloat16, 4, True),
-                                              (jnp.float32, 1, True)])
+@pytest.mark.parametrize(
+  "dtype,W,return_h", [(jnp.float32, 3, False), (jnp.bfloat16, 4, True), (jnp.float32, 1, True)]
+)
 def test_lowers_for_tpu_on_cpu_host(dtype, W, return_h):
   """Mosaic lowering of forward and Pallas backward (compiled by libtpu on a TPU, not exercised here)."""
   why = _host_can_lower("tpu", pltpu.CompilerParams())
   if why:
     pytest.skip(f"this jax cannot lower Pallas for TPU on this host: {why}")
   text = _lower_fwd_bwd(KernelConfig(block_rows=128, platform="tpu"), dtype, W, return_h, "tpu")
-  assert text.count("tpu_custom_call") == 2            # the forward and the backward kernel
+  assert text.count("tpu_custom_call") == 2  # the forward and the backward kernel
   assert "superpose_step_bwd" in text
 
 
-@pytest.mark.parametrize("dtype,W,return_h", [(jnp.float32, 3, False), (jnp.bfloat16, 4, True),
-                                              (jnp.float32, 1, True)])
+@pytest.mark.parametrize(
+  "dtype,W,return_h", [(jnp.float32, 3, False), (jnp.bfloat16, 4, True), (jnp.float32, 1, True)]
+)
 def test_lowers_for_cuda_triton_on_cpu_host(dtype, W, return_h):
   """Pallas Triton lowering of forward and backward for ('cuda',) (Triton IR; ptxas runs on a GPU only)."""
   if pltriton is None:
@@ -266,4 +326,4 @@ def test_lowers_for_cuda_triton_on_cpu_host(dtype, W, return_h):
   if why:
     pytest.skip(f"this jax cannot lower Pallas Triton for CUDA on this host: {why}")
   text = _lower_fwd_bwd(KernelConfig(block_rows=64, platform="gpu"), dtype, W, return_h, "cuda")
-  assert text.count("__gpu$xla.gpu.triton") == 2       # the forward and the backward kernel
+  assert text.count("__gpu$xla.gpu.triton") == 2  # the forward and the backward kernel

@@ -5,6 +5,7 @@ The model sizes are the papers'; at 64 devices the batch of the superposed-exper
 is raised to 64 rows so that it splits over data × fsdp, and the projects use a data 8 × fsdp 8 mesh
 (Coconut's unrolled thought loop takes ~95 s to compile on fsdp 64 alone, see the slow test).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,16 +17,22 @@ from launch import plan
 from launch import plan_report as rep
 
 PROJECTS = {
-    "superposed_experts": ("configs/superposed_experts/gpt2.py", {64: ["--config.train.batch_size=64"]}),
-    "continuous_cot": ("configs/continuous_cot/paper.py", {}),
-    "icl_superposition": ("configs/icl_superposition/retrieval.py:paper", {64: ["--config.train.batch_size=64"]}),
+  "superposed_experts": (
+    "configs/superposed_experts/gpt2.py",
+    {64: ["--config.train.batch_size=64"]},
+  ),
+  "continuous_cot": ("configs/continuous_cot/paper.py", {}),
+  "icl_superposition": (
+    "configs/icl_superposition/retrieval.py:paper",
+    {64: ["--config.train.batch_size=64"]},
+  ),
 }
 MESH = {8: "1,-1,1", 64: "8,-1,1"}
 CASES = [(name, n) for n in (8, 64) for name in (*PROJECTS, "lm_125m")]
 
 
 def _job(name: str, n: int) -> dict:
-  if name == "lm_125m":   # the scale config's own layouts: FSDP over the host / the slice
+  if name == "lm_125m":  # the scale config's own layouts: FSDP over the host / the slice
     return plan.job("configs/lm/scale.py:125m_host" if n == 8 else "configs/lm/scale.py:125m", n)
   config, overrides = PROJECTS[name]
   return plan.job(config, n, ici=MESH[n], overrides=overrides.get(n, ()))
@@ -48,7 +55,7 @@ def test_plan_paper_config(plans, name, n):
     assert m[key] > 0, (key, m)
   # The compiled program's arguments are exactly the sharded state and the batch.
   assert abs(m["argument"] - (m["params"] + m["opt_state"] + m["batch"])) <= 1024
-  assert m["params"] < p["param_bytes_total"]          # sharded: each device holds less than the whole
+  assert m["params"] < p["param_bytes_total"]  # sharded: each device holds less than the whole
   assert p["collectives"], "a multi-device mesh must communicate"
   assert p["collective_summary"]["total"]["bytes_per_step"] > 0
   w = p["largest_whole"]
@@ -68,7 +75,12 @@ def test_plan_params_split_over_fsdp_and_tensor(plans):
   for (name, n), p in plans.items():
     shape = p["mesh"]["shape"]
     ways = shape["fsdp"] * shape["tensor"]
-    assert p["memory"]["params"] <= p["param_bytes_total"] / ways + rep.MiB, (name, n, p["memory"]["params"], ways)
+    assert p["memory"]["params"] <= p["param_bytes_total"] / ways + rep.MiB, (
+      name,
+      n,
+      p["memory"]["params"],
+      ways,
+    )
   assert plans[("lm_125m", 64)]["memory"]["params"] < plans[("lm_125m", 8)]["memory"]["params"]
 
 
@@ -76,7 +88,12 @@ def test_plan_params_split_over_fsdp_and_tensor(plans):
 def test_plan_llama8b_on_256(tmp_path):
   """Acceptance of issue 9: Llama-3 8B, FSDP 64 × tensor 4 on 256 fake devices (≈ 15 s, 0.8 GB RAM)."""
   out = tmp_path / "plan.json"
-  assert plan.main(["--config", "configs/lm/scale.py:8b", "--devices", "256", "--chip", "v5p", "--out", str(out)]) == 0
+  assert (
+    plan.main(
+      ["--config", "configs/lm/scale.py:8b", "--devices", "256", "--chip", "v5p", "--out", str(out)]
+    )
+    == 0
+  )
   p = json.loads(out.read_text())["plan"]
   assert p["params"] > 8.0e9 and p["mesh"]["shape"] == {"data": 1, "fsdp": 64, "tensor": 4}
   assert p["whole_over_1mib"] == [] and p["largest_whole"]["bytes"] <= rep.MiB

@@ -1,4 +1,5 @@
 """Attention implementations agree with the xla reference; sharded forward equals unsharded."""
+
 import functools
 
 import jax
@@ -31,8 +32,8 @@ def packed_batch(batch, length, seed=0):
   rng = np.random.default_rng(seed)
   tokens = rng.integers(0, V, (batch, length))
   segments = np.ones((batch, length), np.int32)
-  segments[:, length // 3:] = 2
-  segments[-1, -length // 4:] = 0  # trailing padding
+  segments[:, length // 3 :] = 2
+  segments[-1, -length // 4 :] = 0  # trailing padding
   return jnp.asarray(tokens, jnp.int32), jnp.asarray(segments)
 
 
@@ -57,7 +58,9 @@ def test_kernels_directly_on_gqa_shapes():
   np.testing.assert_allclose(splash, ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl,causal", [("cudnn", True), ("cudnn", False), ("splash", True), ("splash", False)])
+@pytest.mark.parametrize(
+  "impl,causal", [("cudnn", True), ("cudnn", False), ("splash", True), ("splash", False)]
+)
 def test_model_with_fused_attention_equals_xla(impl, causal):
   model = build(nn.llama(**SMALL, num_kv_heads=2, causal=causal))
   tokens, segments = packed_batch(2, 128)
@@ -90,11 +93,15 @@ def mesh(devices8):
   return make_mesh((2, 2, 2))
 
 
-@pytest.mark.parametrize("cfg", [
+@pytest.mark.parametrize(
+  "cfg",
+  [
     nn.gpt2(**SMALL),
     nn.llama(**SMALL, num_kv_heads=2, scan_layers=True, remat="dots"),
     nn.llama(**SMALL, num_kv_heads=2, attention="splash"),
-], ids=["gpt2", "llama_scan_remat", "llama_splash"])
+  ],
+  ids=["gpt2", "llama_scan_remat", "llama_splash"],
+)
 def test_sharded_forward_equals_unsharded(mesh, cfg):
   model = build(cfg)
   tokens, segments = packed_batch(4, 128 if cfg.attention == "splash" else 16, seed=2)
@@ -118,7 +125,10 @@ def test_generate_under_mesh_equals_unsharded(mesh):
   cfg = nn.llama(**SMALL, num_kv_heads=2, scan_layers=True)
   model = build(cfg, seed=5)
   graphdef, state = nnx.split(model)
-  prompts, lengths = np.array([[3, 4, 5, 6], [7, 8, 0, 0], [9, 0, 0, 0], [1, 2, 3, 0]]), np.array([4, 2, 1, 3])
+  prompts, lengths = (
+    np.array([[3, 4, 5, 6], [7, 8, 0, 0], [9, 0, 0, 0], [1, 2, 3, 0]]),
+    np.array([4, 2, 1, 3]),
+  )
   reference, _ = nn.generate(graphdef, state, prompts, lengths, 4)
   abstract = nnx.state(nnx.eval_shape(lambda: nn.Transformer(cfg, rngs=nnx.Rngs(0))))
   with jax.set_mesh(mesh):

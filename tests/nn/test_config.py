@@ -1,4 +1,5 @@
 """TransformerConfig: validation, resolved properties, presets, from_dict."""
+
 import dataclasses
 
 import jax
@@ -12,7 +13,7 @@ from superpose.nn import config as config_lib
 def test_defaults_resolve():
   cfg = nn.TransformerConfig(vocab_size=300, d_model=64, num_heads=8, vocab_multiple=128)
   assert cfg.kv_heads == 8 and cfg.head_size == 8 and cfg.padded_vocab == 384
-  assert cfg.scale == pytest.approx(1 / 8 ** 0.5)
+  assert cfg.scale == pytest.approx(1 / 8**0.5)
   assert cfg.replace(attn_scale="one").scale == 1.0 and cfg.replace(attn_scale=0.25).scale == 0.25
   assert nn.TransformerConfig(vocab_size=256, vocab_multiple=128).padded_vocab == 256
   gqa = cfg.replace(num_kv_heads=2, head_dim=12)
@@ -30,11 +31,26 @@ def test_config_is_hashable_static_jit_arg():
 
 def test_every_bad_value_gets_its_own_line():
   with pytest.raises(ValueError) as err:
-    nn.TransformerConfig(d_model=30, num_heads=4, norm="batchnorm", activation="tanh", num_kv_heads=3,
-                         attn_scale="half", remat="some", d_ff=0)
+    nn.TransformerConfig(
+      d_model=30,
+      num_heads=4,
+      norm="batchnorm",
+      activation="tanh",
+      num_kv_heads=3,
+      attn_scale="half",
+      remat="some",
+      d_ff=0,
+    )
   lines = str(err.value).splitlines()[1:]
-  for needle in ("model.d_ff=0", "model.norm='batchnorm'", "model.activation='tanh'", "model.remat='some'",
-                 "model.attn_scale='half'", "model.num_kv_heads=3", "head_dim=None"):
+  for needle in (
+    "model.d_ff=0",
+    "model.norm='batchnorm'",
+    "model.activation='tanh'",
+    "model.remat='some'",
+    "model.attn_scale='half'",
+    "model.num_kv_heads=3",
+    "head_dim=None",
+  ):
     assert sum(needle in line for line in lines) == 1, (needle, lines)
   assert len(lines) == 7
 
@@ -46,7 +62,14 @@ def test_rope_needs_even_head_dim():
 
 def test_presets():
   g = nn.gpt2()
-  assert (g.d_model, g.num_layers, g.num_heads, g.d_ff, g.max_seq_len, g.vocab_size) == (768, 12, 12, 3072, 1024, 50257)
+  assert (g.d_model, g.num_layers, g.num_heads, g.d_ff, g.max_seq_len, g.vocab_size) == (
+    768,
+    12,
+    12,
+    3072,
+    1024,
+    50257,
+  )
   assert g.norm == "layernorm" and g.norm_eps == 1e-5 and g.activation == "gelu_tanh"
   assert g.positions == "learned" and g.tie_embeddings and g.use_bias and g.final_norm
   assert nn.gpt2(d_model=64, num_heads=4).d_ff == 256
@@ -60,13 +83,19 @@ def test_presets():
 def test_from_dict_plain_and_configdict():
   cfg = nn.from_dict({"preset": "gpt2", "d_model": 64, "num_heads": 4, "num_layers": 2})
   assert cfg == nn.gpt2(d_model=64, num_heads=4, num_layers=2)
-  cd = ml_collections.ConfigDict(dict(preset="llama", d_model=64, num_heads=4, num_kv_heads=2, d_ff=128))
+  cd = ml_collections.ConfigDict(
+    dict(preset="llama", d_model=64, num_heads=4, num_kv_heads=2, d_ff=128)
+  )
   assert nn.from_dict(cd) == nn.llama(d_model=64, num_heads=4, num_kv_heads=2, d_ff=128)
-  assert nn.from_dict({"d_model": 32, "num_heads": 2}) == nn.TransformerConfig(d_model=32, num_heads=2)
+  assert nn.from_dict({"d_model": 32, "num_heads": 2}) == nn.TransformerConfig(
+    d_model=32, num_heads=2
+  )
 
 
 def test_from_dict_unknown_key_is_one_clear_line():
-  with pytest.raises(ValueError, match=r"^model: unknown key 'xyz' \(known: preset, vocab_size, d_model"):
+  with pytest.raises(
+    ValueError, match=r"^model: unknown key 'xyz' \(known: preset, vocab_size, d_model"
+  ):
     nn.from_dict({"preset": "gpt2", "xyz": 1})
   with pytest.raises(ValueError, match="unknown preset 'bert'"):
     nn.from_dict({"preset": "bert"})

@@ -1,4 +1,5 @@
 """KV cache and generation: incremental decoding reproduces the full forward."""
+
 import functools
 
 import jax
@@ -21,21 +22,28 @@ def full_and_incremental(graphdef, state, tokens_BT, num_prefill):
   batch, length = tokens_BT.shape
   full = model(tokens_BT).logits_BTV
   positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
-  out = model(tokens_BT[:, :num_prefill], positions_BT=positions[:, :num_prefill],
-              cache=nn.init_cache(model.cfg, batch, length + 2))
+  out = model(
+    tokens_BT[:, :num_prefill],
+    positions_BT=positions[:, :num_prefill],
+    cache=nn.init_cache(model.cfg, batch, length + 2),
+  )
   pieces, cache = [out.logits_BTV], out.cache
   for t in range(num_prefill, length):
-    out = model(tokens_BT[:, t:t + 1], positions_BT=positions[:, t:t + 1], cache=cache)
+    out = model(tokens_BT[:, t : t + 1], positions_BT=positions[:, t : t + 1], cache=cache)
     pieces.append(out.logits_BTV)
     cache = out.cache
   return full, jnp.concatenate(pieces, axis=1), cache
 
 
-@pytest.mark.parametrize("cfg", [
+@pytest.mark.parametrize(
+  "cfg",
+  [
     nn.gpt2(**SMALL),
     nn.llama(**SMALL, num_kv_heads=2, scan_layers=True),
     nn.llama(**SMALL, num_kv_heads=1, head_dim=12, attention="cudnn"),
-], ids=["gpt2", "llama_gqa_scan", "llama_mqa_cudnn"])
+  ],
+  ids=["gpt2", "llama_gqa_scan", "llama_mqa_cudnn"],
+)
 def test_prefill_and_steps_match_full_forward(cfg):
   model = build(cfg)
   tokens = jnp.asarray(np.random.default_rng(1).integers(0, V, (2, 10)), jnp.int32)
@@ -65,11 +73,13 @@ def greedy_by_full_forwards(model, prompts, lengths, new):
   """Reference: argmax of a full (causal, right-padded) forward after each appended token."""
   graphdef, state = nnx.split(model)
   buffer = np.zeros((len(prompts), prompts.shape[1] + new), np.int32)
-  buffer[:, :prompts.shape[1]] = prompts
+  buffer[:, : prompts.shape[1]] = prompts
   lengths = lengths.copy()
   out = []
   for _ in range(new):
-    token = np.asarray(_last_logits(graphdef, state, jnp.asarray(buffer), jnp.asarray(lengths))).argmax(-1)
+    token = np.asarray(
+      _last_logits(graphdef, state, jnp.asarray(buffer), jnp.asarray(lengths))
+    ).argmax(-1)
     buffer[np.arange(len(buffer)), lengths] = token
     lengths += 1
     out.append(token)
@@ -89,7 +99,7 @@ def test_batched_rows_equal_rows_alone(llama):
   graphdef, state = nnx.split(llama)
   batched, _ = nn.generate(graphdef, state, PROMPTS, LENGTHS, NEW)
   for row in range(3):
-    alone, _ = nn.generate(graphdef, state, PROMPTS[row:row + 1], LENGTHS[row:row + 1], NEW)
+    alone, _ = nn.generate(graphdef, state, PROMPTS[row : row + 1], LENGTHS[row : row + 1], NEW)
     np.testing.assert_array_equal(alone[0], batched[row])
 
 
@@ -100,8 +110,17 @@ def test_sampling_top_k_one_is_greedy_and_eos_stops(llama):
   eos = int(greedy[0, 1])  # row 0 emits it at step 1
   # top_k=1 sampling is greedy at any temperature (one compiled program: the temperature is traced)
   for temperature in (0.8, 50.0):
-    tokens, lengths = nn.generate(graphdef, state, PROMPTS, LENGTHS, NEW, rng=jax.random.key(4),
-                                  temperature=temperature, top_k=1, eos_id=eos)
+    tokens, lengths = nn.generate(
+      graphdef,
+      state,
+      PROMPTS,
+      LENGTHS,
+      NEW,
+      rng=jax.random.key(4),
+      temperature=temperature,
+      top_k=1,
+      eos_id=eos,
+    )
     for row in range(3):
       hits = np.flatnonzero(greedy[row] == eos)
       stop = hits[0] + 1 if hits.size else NEW
@@ -115,9 +134,15 @@ def test_uncached_generation_gives_the_cached_tokens(llama):
   """The full-forward decoder (models without a KV cache) draws the same tokens as the cached one: greedy,
   sampled with the same rng, and with EOS."""
   graphdef, state = nnx.split(llama)
-  for kw in (dict(), dict(rng=jax.random.key(3), temperature=1.5, top_k=5),
-             dict(rng=jax.random.key(4), temperature=0.8, eos_id=int(np.asarray(
-                 nn.generate(graphdef, state, PROMPTS, LENGTHS, NEW)[0])[0, 1]))):
+  for kw in (
+    dict(),
+    dict(rng=jax.random.key(3), temperature=1.5, top_k=5),
+    dict(
+      rng=jax.random.key(4),
+      temperature=0.8,
+      eos_id=int(np.asarray(nn.generate(graphdef, state, PROMPTS, LENGTHS, NEW)[0])[0, 1]),
+    ),
+  ):
     cached = nn.generate(graphdef, state, PROMPTS, LENGTHS, NEW, **kw)
     full = nn.generate_uncached(graphdef, state, PROMPTS, LENGTHS, NEW, **kw)
     for a, b in zip(cached, full):
@@ -138,7 +163,9 @@ def test_cache_errors():
     model(jnp.zeros((1, 2), jnp.int32), cache=cache)
   bidirectional = build(nn.gpt2(**SMALL, causal=False))
   with pytest.raises(ValueError, match="needs causal=True"):
-    bidirectional(jnp.zeros((1, 2), jnp.int32), positions_BT=jnp.zeros((1, 2), jnp.int32), cache=cache)
+    bidirectional(
+      jnp.zeros((1, 2), jnp.int32), positions_BT=jnp.zeros((1, 2), jnp.int32), cache=cache
+    )
   splash = build(nn.gpt2(**SMALL, attention="splash"))
   with pytest.raises(ValueError, match="splash' cannot read a KV cache"):
     splash(jnp.zeros((1, 2), jnp.int32), positions_BT=jnp.zeros((1, 2), jnp.int32), cache=cache)

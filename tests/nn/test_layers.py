@@ -1,4 +1,5 @@
 """Building blocks and one full GPT-2 forward against independent numpy implementations."""
+
 import math
 
 import jax
@@ -31,7 +32,7 @@ def test_norms_match_numpy():
 
   rms = _norm_module("rmsnorm")
   assert rms.bias is None
-  ref = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + 1e-5) * np.asarray(rms.scale[...])
+  ref = x / np.sqrt((x**2).mean(-1, keepdims=True) + 1e-5) * np.asarray(rms.scale[...])
   np.testing.assert_allclose(rms(jnp.asarray(x)), ref, atol=1e-5)
 
   l2 = _norm_module("l2")
@@ -59,14 +60,18 @@ def test_rope_matches_complex_rotation():
   pos = rng.integers(0, 50, (b, t))
   out = np.asarray(layers.rope(jnp.asarray(x), jnp.asarray(pos), theta))
   # rotate-half: the complex number for frequency i is x[i] + 1j * x[i + d/2]
-  z = x[..., : d // 2] + 1j * x[..., d // 2:]
+  z = x[..., : d // 2] + 1j * x[..., d // 2 :]
   freqs = theta ** (-np.arange(0, d, 2) / d)
   z = z * np.exp(1j * pos[:, :, None, None] * freqs)
   np.testing.assert_allclose(out, np.concatenate([z.real, z.imag], -1), atol=1e-5)
   # relative-position property: <rope(q, m), rope(k, n)> depends on m - n only
   q, k = rng.standard_normal((1, 1, 1, d)), rng.standard_normal((1, 1, 1, d))
-  dot = lambda m, n: float((layers.rope(jnp.asarray(q), jnp.array([[m]]), theta)
-                            * layers.rope(jnp.asarray(k), jnp.array([[n]]), theta)).sum())
+  dot = lambda m, n: float(
+    (
+      layers.rope(jnp.asarray(q), jnp.array([[m]]), theta)
+      * layers.rope(jnp.asarray(k), jnp.array([[n]]), theta)
+    ).sum()
+  )
   assert dot(9, 4) == pytest.approx(dot(25, 20), abs=1e-5)
 
 
@@ -82,14 +87,25 @@ def test_sinusoidal_table_matches_numpy():
 
 
 def test_sinusoidal_position_dims_fill_only_the_last_dimensions():
-  cfg = nn.TransformerConfig(vocab_size=8, d_model=12, num_layers=1, num_heads=2, d_ff=8, max_seq_len=16,
-                             positions="sinusoidal", position_dims=4, vocab_multiple=8)
+  cfg = nn.TransformerConfig(
+    vocab_size=8,
+    d_model=12,
+    num_layers=1,
+    num_heads=2,
+    d_ff=8,
+    max_seq_len=16,
+    positions="sinusoidal",
+    position_dims=4,
+    vocab_multiple=8,
+  )
   model = nn.Transformer(cfg, rngs=nnx.Rngs(0))
   tokens = jnp.array([[1, 2, 3, 4, 5]])
   x = np.asarray(model.embed(tokens))
   table = np.asarray(model.token_embedding[...])[np.asarray(tokens[0])]
-  np.testing.assert_allclose(x[0, :, :8], table[:, :8], atol=1e-6)    # content untouched
-  np.testing.assert_allclose(x[0, :, 8:] - table[:, 8:], layers.sinusoidal(jnp.arange(5)[None], 4)[0], atol=1e-6)
+  np.testing.assert_allclose(x[0, :, :8], table[:, :8], atol=1e-6)  # content untouched
+  np.testing.assert_allclose(
+    x[0, :, 8:] - table[:, 8:], layers.sinusoidal(jnp.arange(5)[None], 4)[0], atol=1e-6
+  )
   with pytest.raises(ValueError, match="position_dims"):
     nn.TransformerConfig(d_model=12, num_heads=2, positions="sinusoidal", position_dims=14)
   with pytest.raises(ValueError, match="position_dims"):
@@ -101,10 +117,15 @@ def test_activations():
   xs = np.asarray(x, np.float64)
   np.testing.assert_allclose(mlp.activate(x, "relu"), np.maximum(xs, 0))
   from math import erf
-  np.testing.assert_allclose(mlp.activate(x, "gelu"), [0.5 * v * (1 + erf(v / 2 ** 0.5)) for v in xs], atol=1e-6)
-  tanh = 0.5 * xs * (1 + np.tanh(np.sqrt(2 / np.pi) * (xs + 0.044715 * xs ** 3)))
+
+  np.testing.assert_allclose(
+    mlp.activate(x, "gelu"), [0.5 * v * (1 + erf(v / 2**0.5)) for v in xs], atol=1e-6
+  )
+  tanh = 0.5 * xs * (1 + np.tanh(np.sqrt(2 / np.pi) * (xs + 0.044715 * xs**3)))
   np.testing.assert_allclose(mlp.activate(x, "gelu_tanh"), tanh, atol=1e-6)
-  np.testing.assert_array_equal(mlp.activate(x, "step", 0.3), [0, 0, 0, 0, 1, 1])  # strict: 0.3 -> 0
+  np.testing.assert_array_equal(
+    mlp.activate(x, "step", 0.3), [0, 0, 0, 0, 1, 1]
+  )  # strict: 0.3 -> 0
   np.testing.assert_array_equal(mlp.activate(x, "step"), [0, 0, 0, 1, 1, 1])
 
 
@@ -115,7 +136,7 @@ def _np_layernorm(x, g, b):
 
 
 def _np_gelu_tanh(x):
-  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
 
 
 def _np_gpt2(p, tokens, cfg):
@@ -138,7 +159,11 @@ def _np_gpt2(p, tokens, cfg):
     y = (w @ v).transpose(0, 2, 1, 3).reshape(*x.shape)
     x = x + y @ att["o"].reshape(d, d) + att["o_bias"]
     m = _np_layernorm(x, blk["mlp_norm"]["scale"], blk["mlp_norm"]["bias"])
-    x = x + _np_gelu_tanh(m @ blk["mlp"]["wi"] + blk["mlp"]["wi_bias"]) @ blk["mlp"]["wo"] + blk["mlp"]["wo_bias"]
+    x = (
+      x
+      + _np_gelu_tanh(m @ blk["mlp"]["wi"] + blk["mlp"]["wi_bias"]) @ blk["mlp"]["wo"]
+      + blk["mlp"]["wo_bias"]
+    )
   x = _np_layernorm(x, p["final_norm"]["scale"], p["final_norm"]["bias"])
   return x @ p["token_embedding"].T
 
@@ -146,13 +171,19 @@ def _np_gpt2(p, tokens, cfg):
 def test_gpt2_forward_matches_numpy():
   cfg = nn.gpt2(vocab_size=70, d_model=32, num_layers=2, num_heads=4, max_seq_len=16)
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: nn.Transformer(cfg, rngs=nnx.Rngs(0))))
-  rng = np.random.default_rng(1)  # numpy weights: no per-shape PRNG compiles, and biases/affines non-trivial
-  state = jax.tree.map(lambda a: jnp.asarray(0.1 * rng.standard_normal(a.shape) + (a.shape == (32,)), a.dtype),
-                       abstract)
+  rng = np.random.default_rng(
+    1
+  )  # numpy weights: no per-shape PRNG compiles, and biases/affines non-trivial
+  state = jax.tree.map(
+    lambda a: jnp.asarray(0.1 * rng.standard_normal(a.shape) + (a.shape == (32,)), a.dtype),
+    abstract,
+  )
   model = nnx.merge(graphdef, state)
   tokens = np.random.default_rng(0).integers(0, 70, (2, 11))
   logits = nnx.jit(lambda m, t: m(t).logits_BTV)(model, jnp.asarray(tokens))
-  params = jax.tree.map(lambda a: np.asarray(a, np.float64), nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  params = jax.tree.map(
+    lambda a: np.asarray(a, np.float64), nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  )
   ref = _np_gpt2(params, tokens, cfg)[..., :70]
   assert logits.shape == (2, 11, 128)
   np.testing.assert_array_less(np.abs(np.asarray(logits[..., :70]) - ref).max(), 1e-4)

@@ -1,4 +1,5 @@
 """Transformer forward: option combinations, masking, embeds override, hooks and taps."""
+
 import functools
 
 import jax
@@ -18,7 +19,9 @@ def build(cfg, seed=0):
   return random_model(cfg, seed, scale=0.2)
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames=("return_hidden", "return_attention", "hook"))
+@functools.partial(
+  jax.jit, static_argnums=0, static_argnames=("return_hidden", "return_attention", "hook")
+)
 def forward(graphdef, state, tokens, **kwargs):
   return nnx.merge(graphdef, state)(tokens, **kwargs)
 
@@ -34,21 +37,37 @@ def tokens_for(seed, batch=2, length=T):
 
 SMALL = dict(vocab_size=V, d_model=D, num_layers=2, num_heads=4, max_seq_len=16, d_ff=64)
 COMBOS = {
-    "gpt2": nn.gpt2(**SMALL),
-    "gpt2_exact_gelu_untied_nobias": nn.gpt2(**SMALL, activation="gelu", tie_embeddings=False, use_bias=False),
-    "llama_gqa": nn.llama(**SMALL, num_kv_heads=2),
-    "llama_mqa_head_dim_24": nn.llama(**SMALL, num_kv_heads=1, head_dim=24),
-    "superposition_construction": nn.TransformerConfig(
-        **SMALL, norm="l2", attn_norm="none", mlp_norm="post", mlp_residual=False, final_norm=False,
-        activation="step", step_threshold=0.05, attn_scale="one", positions="sinusoidal", use_bias=False),
-    "tracr_noncausal": nn.TransformerConfig(
-        **SMALL, norm="none", activation="relu", causal=False, tie_embeddings=False, final_norm=False),
-    "post_norm_float_scale_no_positions": nn.gpt2(**SMALL, attn_norm="post", mlp_norm="post", attn_scale=0.3,
-                                                  positions="none"),
-    "rmsnorm_gelu_sinusoidal_one_head": nn.TransformerConfig(
-        **{**SMALL, "num_heads": 1}, norm="rmsnorm", activation="gelu", positions="sinusoidal"),
-    "eight_heads_of_8_rope_bias": nn.TransformerConfig(
-        **{**SMALL, "num_heads": 8}, head_dim=8, positions="rope", use_bias=True, vocab_multiple=7),
+  "gpt2": nn.gpt2(**SMALL),
+  "gpt2_exact_gelu_untied_nobias": nn.gpt2(
+    **SMALL, activation="gelu", tie_embeddings=False, use_bias=False
+  ),
+  "llama_gqa": nn.llama(**SMALL, num_kv_heads=2),
+  "llama_mqa_head_dim_24": nn.llama(**SMALL, num_kv_heads=1, head_dim=24),
+  "superposition_construction": nn.TransformerConfig(
+    **SMALL,
+    norm="l2",
+    attn_norm="none",
+    mlp_norm="post",
+    mlp_residual=False,
+    final_norm=False,
+    activation="step",
+    step_threshold=0.05,
+    attn_scale="one",
+    positions="sinusoidal",
+    use_bias=False,
+  ),
+  "tracr_noncausal": nn.TransformerConfig(
+    **SMALL, norm="none", activation="relu", causal=False, tie_embeddings=False, final_norm=False
+  ),
+  "post_norm_float_scale_no_positions": nn.gpt2(
+    **SMALL, attn_norm="post", mlp_norm="post", attn_scale=0.3, positions="none"
+  ),
+  "rmsnorm_gelu_sinusoidal_one_head": nn.TransformerConfig(
+    **{**SMALL, "num_heads": 1}, norm="rmsnorm", activation="gelu", positions="sinusoidal"
+  ),
+  "eight_heads_of_8_rope_bias": nn.TransformerConfig(
+    **{**SMALL, "num_heads": 8}, head_dim=8, positions="rope", use_bias=True, vocab_multiple=7
+  ),
 }
 
 
@@ -57,7 +76,7 @@ def test_option_combination_runs_and_respects_causality(name):
   cfg = COMBOS[name]
   model = build(cfg)
   base = tokens_for(1)
-  changed = base.at[:, 7:].set((base[:, 7:] + 1) % V)   # tokens after t=6 differ
+  changed = base.at[:, 7:].set((base[:, 7:] + 1) % V)  # tokens after t=6 differ
   out = run(model, jnp.concatenate([base, changed]))
   logits = np.asarray(out.logits_BTV)
   assert logits.shape == (4, T, cfg.padded_vocab) and logits.dtype == np.float32
@@ -76,8 +95,12 @@ def test_option_combination_runs_and_respects_causality(name):
 def test_parameter_layout_and_axes():
   cfg = nn.llama(**SMALL, num_kv_heads=2, head_dim=6)
   abstract = nnx.state(nnx.eval_shape(lambda: nn.Transformer(cfg, rngs=nnx.Rngs(0))))
-  shapes = {jax.tree_util.keystr(p): (v.shape, v.get_metadata()["out_sharding"]) for p, v in
-            jax.tree_util.tree_flatten_with_path(abstract, is_leaf=lambda v: isinstance(v, nnx.Variable))[0]}
+  shapes = {
+    jax.tree_util.keystr(p): (v.shape, v.get_metadata()["out_sharding"])
+    for p, v in jax.tree_util.tree_flatten_with_path(
+      abstract, is_leaf=lambda v: isinstance(v, nnx.Variable)
+    )[0]
+  }
   assert shapes["['token_embedding']"] == ((128, 32), ("vocab", "embed"))
   assert shapes["['unembedding']"] == ((32, 128), ("embed", "vocab"))
   assert shapes["['blocks'][0]['attn']['q']"] == ((32, 4, 6), ("embed", "heads", "head_dim"))
@@ -95,7 +118,9 @@ def test_init_statistics_and_output_scaling():
   cfg = nn.gpt2(**{**SMALL, "num_layers": 8}, init_std=0.05)
   model = nn.Transformer(cfg, rngs=nnx.Rngs(0))
   assert float(jnp.std(model.token_embedding[...])) == pytest.approx(0.05, rel=0.1)
-  assert float(jnp.std(model.blocks[0].mlp.wo[...])) == pytest.approx(0.05 / 4, rel=0.1)  # 1/sqrt(2·8)
+  assert float(jnp.std(model.blocks[0].mlp.wo[...])) == pytest.approx(
+    0.05 / 4, rel=0.1
+  )  # 1/sqrt(2·8)
   assert float(jnp.abs(model.blocks[0].attn.q_bias[...]).max()) == 0.0
 
 
@@ -133,7 +158,9 @@ def test_embeds_override():
   mask = jnp.zeros(tokens.shape, bool).at[:, 4].set(True)
   other = run(model, tokens, embeds_BTD=thought, embeds_mask_BT=mask)
   np.testing.assert_allclose(other.logits_BTV[:, :4], plain.logits_BTV[:, :4], atol=1e-5)
-  assert float(jnp.abs(other.logits_BTV[:, 4:, :V] - plain.logits_BTV[:, 4:, :V]).max(-1).min()) > 1e-4
+  assert (
+    float(jnp.abs(other.logits_BTV[:, 4:, :V] - plain.logits_BTV[:, 4:, :V]).max(-1).min()) > 1e-4
+  )
   with pytest.raises(ValueError, match="embeds_mask_BT"):
     model.embed(tokens, embeds_BTD=own)
 
@@ -151,7 +178,9 @@ def _add_at_layer_1(index, x):
 
 def as_scanned(looped):
   """The same weights in a scan_layers=True model (via stack_layers)."""
-  scanned = nnx.eval_shape(lambda: nn.Transformer(looped.cfg.replace(scan_layers=True), rngs=nnx.Rngs(0)))
+  scanned = nnx.eval_shape(
+    lambda: nn.Transformer(looped.cfg.replace(scan_layers=True), rngs=nnx.Rngs(0))
+  )
   nnx.update(scanned, nn.stack_layers(nnx.state(looped)))
   return scanned
 
@@ -159,7 +188,10 @@ def as_scanned(looped):
 @nnx.jit
 def _manual_passes(looped, tokens):
   """Embed, then the looped blocks one by one: all taps, and a second pass adding DIRECTION after block 1."""
-  positions, mask = nn.decoder.default_positions(*tokens.shape), cache_lib.self_mask(None, tokens.shape[1], True)
+  positions, mask = (
+    nn.decoder.default_positions(*tokens.shape),
+    cache_lib.self_mask(None, tokens.shape[1], True),
+  )
   x = looped.embed(tokens)
   taps = [x]
   for block in looped.blocks:
@@ -182,11 +214,15 @@ def test_hook_and_hidden_taps(scan):
     np.testing.assert_allclose(plain.hidden[i], manual_hidden[i], atol=1e-5)
   hooked = run(model, tokens, hook=_add_at_layer_1, return_hidden=True)
   np.testing.assert_allclose(hooked.hidden[-1], manual_hooked, atol=1e-4)
-  np.testing.assert_allclose(hooked.logits_BTV, nnx.jit(lambda m, x: m.unembed(x))(looped, manual_hooked), atol=1e-4)
+  np.testing.assert_allclose(
+    hooked.logits_BTV, nnx.jit(lambda m, x: m.unembed(x))(looped, manual_hooked), atol=1e-4
+  )
   assert float(jnp.abs(hooked.logits_BTV - plain.logits_BTV).max()) > 1e-3
 
   assert plain.hidden.shape == (4, 2, T, D)
-  final_norm, logits = nnx.jit(lambda m, h: (m.final_norm(h), m.logits(m.final_norm(h))))(looped, plain.hidden[-1])
+  final_norm, logits = nnx.jit(lambda m, h: (m.final_norm(h), m.logits(m.final_norm(h))))(
+    looped, plain.hidden[-1]
+  )
   np.testing.assert_allclose(plain.final_hidden_BTD, final_norm, atol=1e-5)
   np.testing.assert_allclose(plain.logits_BTV, logits, atol=1e-5)
   probs = np.asarray(plain.attention)

@@ -1,4 +1,5 @@
 """Layer scan, stack/unstack, rematerialisation and bf16 compute give the same numbers."""
+
 import functools
 
 import jax
@@ -10,8 +11,16 @@ from flax import nnx
 from superpose import nn
 
 V, T = 50, 12
-CFG = nn.llama(vocab_size=V, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=16, d_ff=64,
-               use_bias=True)
+CFG = nn.llama(
+  vocab_size=V,
+  d_model=32,
+  num_layers=2,
+  num_heads=4,
+  num_kv_heads=2,
+  max_seq_len=16,
+  d_ff=64,
+  use_bias=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -19,15 +28,20 @@ def looped():
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: nn.Transformer(CFG, rngs=nnx.Rngs(0))))
   rng = np.random.default_rng(0)
   state = jax.tree_util.tree_map_with_path(
-      lambda p, a: jnp.asarray(("scale" in jax.tree_util.keystr(p)) + 0.2 * rng.standard_normal(a.shape), a.dtype),
-      abstract)
+    lambda p, a: jnp.asarray(
+      ("scale" in jax.tree_util.keystr(p)) + 0.2 * rng.standard_normal(a.shape), a.dtype
+    ),
+    abstract,
+  )
   return nnx.merge(graphdef, state)
 
 
 @pytest.fixture(scope="module")
 def batch():
   rng = np.random.default_rng(1)
-  return jnp.asarray(rng.integers(0, V, (2, T)), jnp.int32), jnp.asarray(rng.integers(0, V, (2, T)), jnp.int32)
+  return jnp.asarray(rng.integers(0, V, (2, T)), jnp.int32), jnp.asarray(
+    rng.integers(0, V, (2, T)), jnp.int32
+  )
 
 
 def with_config(model, **changes):
@@ -46,6 +60,7 @@ def loss_and_grads(graphdef, state, tokens, targets):
   def loss_fn(state):
     logits = nnx.merge(graphdef, state)(tokens).logits_BTV
     return -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1).mean()
+
   return jax.value_and_grad(loss_fn)(state)
 
 
@@ -53,8 +68,15 @@ def test_stack_unstack_round_trip_and_metadata(looped):
   state = nnx.state(looped)
   stacked = nn.stack_layers(state)
   q = stacked["blocks"]["attn"]["q"]
-  assert q.shape == (2, 32, 4, 8) and q.get_metadata()["out_sharding"] == ("layers", "embed", "heads", "head_dim")
-  abstract = nnx.state(nnx.eval_shape(lambda: nn.Transformer(CFG.replace(scan_layers=True), rngs=nnx.Rngs(0))))
+  assert q.shape == (2, 32, 4, 8) and q.get_metadata()["out_sharding"] == (
+    "layers",
+    "embed",
+    "heads",
+    "head_dim",
+  )
+  abstract = nnx.state(
+    nnx.eval_shape(lambda: nn.Transformer(CFG.replace(scan_layers=True), rngs=nnx.Rngs(0)))
+  )
   assert jax.tree.structure(abstract) == jax.tree.structure(stacked)
   for v in jax.tree.leaves(abstract["blocks"], is_leaf=lambda v: isinstance(v, nnx.Variable)):
     assert v.get_metadata()["out_sharding"][0] == "layers" and v.shape[0] == 2
@@ -70,7 +92,9 @@ def test_scan_equals_loop_forward_and_grads(looped, batch):
   loss_a, grads_a = loss_and_grads(*nnx.split(looped), *batch)
   loss_b, grads_b = loss_and_grads(*nnx.split(scanned), *batch)
   np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
-  jax.tree.map(functools.partial(np.testing.assert_allclose, atol=1e-6), nn.stack_layers(grads_a), grads_b)
+  jax.tree.map(
+    functools.partial(np.testing.assert_allclose, atol=1e-6), nn.stack_layers(grads_a), grads_b
+  )
 
 
 @pytest.mark.parametrize("remat,scan", [("full", False), ("dots", True), ("dots_no_batch", False)])

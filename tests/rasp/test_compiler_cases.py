@@ -1,5 +1,6 @@
 """Conformance (p2 §5): tracr's 43 cases, the causal cases, the padded cases and the 9 programs that must
 raise, compiled to superpose.nn weights and run through the usual forward pass."""
+
 import pytest
 
 from superpose import rasp
@@ -9,13 +10,31 @@ from superpose.rasp.compiler import compile_rasp
 # Residual widths and layer counts of tracr-pypi 1.0.0 at each case (p2 §3.2). Widths are equal;
 # our allocation is one layer shorter on shuffle_dyck (earliest-slot scheduling, see allocate.py).
 TRACR_SIZES = {  # name prefix: (layers, d_model)
-    "frac_prevs_1": (2, 14), "frac_prevs_2": (2, 20), "frac_prevs_3": (2, 20), "shift_by": (1, 16),
-    "detect_pattern_a": (1, 13), "detect_pattern_ab": (2, 18), "detect_pattern_abc": (3, 26),
-    "reverse": (4, 43), "length_categorical": (1, 15), "length_numerical": (1, 12), "pair_balance": (2, 23),
-    "shuffle_dyck2": (8, 55), "shuffle_dyck3": (9, 73), "hist": (1, 19), "sort_unique_1": (2, 23),
-    "sort_unique_2": (3, 28), "sort_1": (3, 43), "sort_3": (3, 43), "sort_2": (4, 53), "sort_freq": (5, 66),
-    "make_count_less_freq_categorical": (2, 29), "make_count_less_freq_numerical": (2, 23),
-    "make_count_": (1, 24), "make_nary_sequencemap_1": (3, 74), "make_nary_sequencemap_2": (3, 53),
+  "frac_prevs_1": (2, 14),
+  "frac_prevs_2": (2, 20),
+  "frac_prevs_3": (2, 20),
+  "shift_by": (1, 16),
+  "detect_pattern_a": (1, 13),
+  "detect_pattern_ab": (2, 18),
+  "detect_pattern_abc": (3, 26),
+  "reverse": (4, 43),
+  "length_categorical": (1, 15),
+  "length_numerical": (1, 12),
+  "pair_balance": (2, 23),
+  "shuffle_dyck2": (8, 55),
+  "shuffle_dyck3": (9, 73),
+  "hist": (1, 19),
+  "sort_unique_1": (2, 23),
+  "sort_unique_2": (3, 28),
+  "sort_1": (3, 43),
+  "sort_3": (3, 43),
+  "sort_2": (4, 53),
+  "sort_freq": (5, 66),
+  "make_count_less_freq_categorical": (2, 29),
+  "make_count_less_freq_numerical": (2, 23),
+  "make_count_": (1, 24),
+  "make_nary_sequencemap_1": (3, 74),
+  "make_nary_sequencemap_2": (3, 53),
 }
 FEWER_LAYERS_THAN_TRACR = {"shuffle_dyck2": 7, "shuffle_dyck3": 8}
 
@@ -38,12 +57,16 @@ def test_case_equals_expected_and_evaluator(case):
   assert cases.outputs_match(got, reference), (got, reference)
   layers, width = tracr_size(case.name)
   assert compiled.d_model == width
-  expected_layers = next((v for k, v in FEWER_LAYERS_THAN_TRACR.items() if case.name.startswith(k)), layers)
+  expected_layers = next(
+    (v for k, v in FEWER_LAYERS_THAN_TRACR.items() if case.name.startswith(k)), layers
+  )
   assert compiled.num_layers == expected_layers
 
 
 def test_there_are_43_cases_and_11_causal_ones():
-  assert len(cases.CASES) == 43 and len(cases.CAUSAL_CASES) == 11 and len(cases.UNSUPPORTED_CASES) == 9
+  assert (
+    len(cases.CASES) == 43 and len(cases.CAUSAL_CASES) == 11 and len(cases.UNSUPPORTED_CASES) == 9
+  )
 
 
 @pytest.mark.parametrize("case", cases.CAUSAL_CASES, ids=lambda c: c.name)
@@ -80,7 +103,10 @@ def test_padded_batches_equal_expected():
   for group in groups.values():
     compiled = compile_rasp(group[0].program(), group[0].vocab, group[0].max_seq_len)
     ids, segments = compiled.encode([list(c.input) for c in group], length=compiled.max_seq_len + 1)
-    assert ids[0, 0] == compiled.tokens.index("BOS") and (ids[segments == 0] == compiled.tokens.index("PAD")).all()
+    assert (
+      ids[0, 0] == compiled.tokens.index("BOS")
+      and (ids[segments == 0] == compiled.tokens.index("PAD")).all()
+    )
     got = compiled.apply_batch([list(c.input) for c in group], length=compiled.max_seq_len + 1)
     for g, case in zip(got, group):
       assert cases.outputs_match(g, case.expected), (case.name, g, case.expected)
@@ -97,7 +123,8 @@ def test_program_without_tokens_and_composite_selectors_are_refused():
   with pytest.raises(rasp.UnsupportedProgramError, match="tokens"):
     compile_rasp(rasp.Map(lambda i: i + 1, rasp.indices), {"a"}, 3)
   both = rasp.Select(rasp.tokens, rasp.tokens, rasp.Comparison.EQ) & rasp.Select(
-      rasp.indices, rasp.indices, rasp.Comparison.LEQ)
+    rasp.indices, rasp.indices, rasp.Comparison.LEQ
+  )
   with pytest.raises(rasp.UnsupportedProgramError, match="composite selectors"):
     compile_rasp(rasp.SelectorWidth(both), {"a", "b"}, 3)
   with pytest.raises(rasp.UnsupportedProgramError, match="length"):

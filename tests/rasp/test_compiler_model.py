@@ -1,4 +1,5 @@
 """The compiled model is an ordinary superpose.nn model: labelled residual, forward, save/load, sharding."""
+
 import jax
 import numpy as np
 import pytest
@@ -14,19 +15,30 @@ from superpose.train.mesh import make_mesh
 
 @pytest.fixture(scope="module")
 def frac():
-  return compile_rasp(lib.make_frac_prevs((rasp.tokens == "x").named("is_x")).named("frac_prevs"),
-                      {"a", "b", "c", "x"}, 5)
+  return compile_rasp(
+    lib.make_frac_prevs((rasp.tokens == "x").named("is_x")).named("frac_prevs"),
+    {"a", "b", "c", "x"},
+    5,
+  )
 
 
 @pytest.fixture(scope="module")
 def sort():
-  return compile_rasp(lib.make_sort(rasp.tokens, rasp.tokens, max_seq_len=5, min_key=1), {1, 2, 3, 4}, 5)
+  return compile_rasp(
+    lib.make_sort(rasp.tokens, rasp.tokens, max_seq_len=5, min_key=1), {1, 2, 3, 4}, 5
+  )
 
 
 def test_config_is_tracr_shaped(frac):
   cfg = frac.config
-  assert (cfg.norm, cfg.final_norm, cfg.activation, cfg.tie_embeddings, cfg.use_bias, cfg.attn_scale) == \
-      ("none", False, "relu", False, False, "one")
+  assert (
+    cfg.norm,
+    cfg.final_norm,
+    cfg.activation,
+    cfg.tie_embeddings,
+    cfg.use_bias,
+    cfg.attn_scale,
+  ) == ("none", False, "relu", False, False, "one")
   assert cfg.max_seq_len == 6 and cfg.num_layers == 2 and cfg.d_model == 14
 
 
@@ -38,7 +50,9 @@ def test_residual_basis_is_labelled(frac):
   hidden, names = frac.residual("xax")
   assert hidden.shape == (3, 4, 14) and names == labels
   final = dict(zip(labels, hidden[-1, 2]))  # after the last layer, at token 'a' (position 2)
-  assert final[labels[-1]] == pytest.approx(0.5) and final["tokens:a"] == 1 and final["indices:1"] == 1
+  assert (
+    final[labels[-1]] == pytest.approx(0.5) and final["tokens:a"] == 1 and final["indices:1"] == 1
+  )
   np.testing.assert_array_equal(hidden[:, 0, labels.index("tokens:BOS")], 1)  # BOS stays clean
   assert np.abs(hidden[-1, 0, labels.index(labels[-1])]) < 1e-6
 
@@ -59,7 +73,9 @@ def test_forward_and_decode_a_batch(sort):
   assert sort.decode(out.logits_BTV, segments) == [sorted(xs) for xs in batch]
   model = sort.model()
   assert isinstance(model, nn.Transformer)
-  np.testing.assert_allclose(model(ids, segment_ids_BT=segments).logits_BTV, out.logits_BTV, atol=1e-5)
+  np.testing.assert_allclose(
+    model(ids, segment_ids_BT=segments).logits_BTV, out.logits_BTV, atol=1e-5
+  )
 
 
 def test_encode_rejects_unknown_tokens_and_long_inputs(sort):
@@ -78,7 +94,9 @@ def test_save_load_round_trip(sort, tmp_path):
   assert loaded.apply([3, 1, 2, 2]) == [1, 2, 2, 3]
   # the repo's checkpoint reader alone gives the transformer its weights
   mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  _, abs_params, _ = state_lib.split_model(lambda: nn.Transformer(sort.config, rngs=nnx.Rngs(0)), mesh)
+  _, abs_params, _ = state_lib.split_model(
+    lambda: nn.Transformer(sort.config, rngs=nnx.Rngs(0)), mesh
+  )
   params = checkpoint.load_params(tmp_path / "sort", abs_params)
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params), sort.params)
 
@@ -90,7 +108,9 @@ def test_sharded_forward_equals_unsharded(sort, ici, devices8):
   reference = np.asarray(sort.forward(ids, segments).logits_BTV)
   mesh = make_mesh(ici)
   with jax.set_mesh(mesh), shd.axis_rules(shd.DEFAULT_RULES):
-    _, _, shardings = state_lib.split_model(lambda: nn.Transformer(sort.config, rngs=nnx.Rngs(0)), mesh)
+    _, _, shardings = state_lib.split_model(
+      lambda: nn.Transformer(sort.config, rngs=nnx.Rngs(0)), mesh
+    )
     placed = jax.device_put(sort.params, shardings)
     logits = sort.forward(ids, segments, params=placed).logits_BTV
   np.testing.assert_allclose(np.asarray(logits), reference, atol=1e-5)

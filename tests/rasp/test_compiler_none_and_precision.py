@@ -1,5 +1,6 @@
 """The compiler's remaining silent cases (issue 23 §4): each compiles to what the evaluator says, or is
 refused with an error that names the expression."""
+
 import itertools
 import math
 import random
@@ -23,7 +24,9 @@ def assert_equals_evaluator(program, vocab: str, max_seq_len: int):
   compiled = compile_rasp(program, set(vocab), max_seq_len)
   batch = inputs_over(vocab, max_seq_len)
   got = compiled.apply_batch(batch, length=max_seq_len + 1)
-  bad = [(xs, g) for xs, g in zip(batch, got) if not cases.outputs_match(g, rasp.evaluate(program, xs))]
+  bad = [
+    (xs, g) for xs, g in zip(batch, got) if not cases.outputs_match(g, rasp.evaluate(program, xs))
+  ]
   assert not bad, bad[:3]
 
 
@@ -38,8 +41,11 @@ def test_none_queries_and_keys_of_a_select_follow_the_predicate():
   # None keys, and None on both sides (None == None selects), through an Aggregate
   none_keys = rasp.SelectorWidth(rasp.Select(shifted, tokens, lambda k, q: k is None or k == q))
   assert_equals_evaluator(none_keys, "ab", 4)
-  both = rasp.numerical(rasp.Aggregate(rasp.Select(shifted, shifted, lambda k, q: k == q),
-                                       rasp.numerical(tokens == "a"), default=0))
+  both = rasp.numerical(
+    rasp.Aggregate(
+      rasp.Select(shifted, shifted, lambda k, q: k == q), rasp.numerical(tokens == "a"), default=0
+    )
+  )
   assert_equals_evaluator(both, "ab", 4)
 
 
@@ -58,18 +64,22 @@ def test_numerical_map_giving_none_nan_or_inf_is_refused_at_compile_time():
   """One residual direction holds neither None nor NaN: they used to become 0.0 silently."""
   frac = lib.make_frac_prevs(tokens == "x")
   refused = {
-      "None": rasp.numerical(rasp.Map(lambda t: None if t == "a" else 1.0, tokens)),
-      "nan": rasp.numerical(rasp.Map(lambda t: math.nan if t == "a" else 1.0, tokens)),
-      "inf": rasp.numerical(rasp.Map(lambda t: math.inf if t == "a" else 1.0, tokens)),
-      "nan after frac_prevs": rasp.numerical(rasp.Map(lambda v: math.nan if v == 0 else v, frac)),
-      "None after frac_prevs": rasp.numerical(rasp.Map(lambda v: None if v == 0 else v, frac)),
+    "None": rasp.numerical(rasp.Map(lambda t: None if t == "a" else 1.0, tokens)),
+    "nan": rasp.numerical(rasp.Map(lambda t: math.nan if t == "a" else 1.0, tokens)),
+    "inf": rasp.numerical(rasp.Map(lambda t: math.inf if t == "a" else 1.0, tokens)),
+    "nan after frac_prevs": rasp.numerical(rasp.Map(lambda v: math.nan if v == 0 else v, frac)),
+    "None after frac_prevs": rasp.numerical(rasp.Map(lambda v: None if v == 0 else v, frac)),
   }
   for what, program in refused.items():
-    with pytest.raises(rasp.UnsupportedProgramError, match="a numerical Map must give a finite number") as err:
+    with pytest.raises(
+      rasp.UnsupportedProgramError, match="a numerical Map must give a finite number"
+    ) as err:
       compile_rasp(program, {"a", "x"}, 4)
     assert program.label in str(err.value), what
   assert "f('a') = None" in str(validate.value_issues(refused["None"], {"a", "x"}, 4)[0])
-  nan_category = rasp.Map(lambda t: math.nan if t == "a" else "b", tokens)  # NaN != NaN: no one-hot holds it
+  nan_category = rasp.Map(
+    lambda t: math.nan if t == "a" else "b", tokens
+  )  # NaN != NaN: no one-hot holds it
   with pytest.raises(rasp.UnsupportedProgramError, match="NaN"):
     compile_rasp(nan_category, {"a", "x"}, 4)
 
@@ -104,7 +114,9 @@ def test_none_is_refused_as_a_vocab_token():
 # Precision ------------------------------------------------------------------------------------------
 def worst_error(program, compiled, batch, length=None) -> float:
   got = compiled.apply_batch(batch, check=False, length=length)
-  return max(abs(g - w) for xs, out in zip(batch, got) for g, w in zip(out, rasp.evaluate(program, xs)))
+  return max(
+    abs(g - w) for xs, out in zip(batch, got) for g, w in zip(out, rasp.evaluate(program, xs))
+  )
 
 
 def random_batch(vocab: str, max_seq_len: int, count: int, seed: int = 0) -> list[list]:
@@ -120,7 +132,9 @@ def test_numerical_map_after_frac_prevs_is_precise_at_max_seq_len_128():
   compiled = compile_rasp(program, {"a", "x"}, 128)
   batch = random_batch("ax", 128, 30)
   assert worst_error(program, compiled, batch, length=129) <= 1e-4
-  assert worst_error(program, compiled, [xs[:40] for xs in batch]) <= 1e-4  # a narrower padded width
+  assert (
+    worst_error(program, compiled, [xs[:40] for xs in batch]) <= 1e-4
+  )  # a narrower padded width
 
 
 def test_numerical_selector_width_is_precise_at_max_seq_len_128():
@@ -143,16 +157,28 @@ def run_mlp(block, xs, dtype) -> np.ndarray:
   return (np.maximum(residual.astype(dtype) @ wi.astype(dtype), 0) @ wo.astype(dtype))[:, 3]
 
 
-@pytest.mark.parametrize("name,f", [
-    ("affine", lambda v: 2 * v - 1), ("square", lambda v: v * v), ("jump", lambda v: float(v > 0.5)),
-    ("stairs", lambda v: math.floor(7 * v)), ("wave", lambda v: math.sin(20 * v))])
+@pytest.mark.parametrize(
+  "name,f",
+  [
+    ("affine", lambda v: 2 * v - 1),
+    ("square", lambda v: v * v),
+    ("jump", lambda v: float(v > 0.5)),
+    ("stairs", lambda v: math.floor(7 * v)),
+    ("wave", lambda v: math.sin(20 * v)),
+  ],
+)
 def test_piecewise_mlp_hits_every_grid_point(name, f):
   """f at every k/n (n ≤ 64) in float64 up to rounding, in float32 to ≤ 5e-5 of its scale (tracr's
   steps: 1e-4 to 1e-3 here), and 0 at BOS; a straight function costs a few units whatever the grid."""
   grid = sorted({k / n for n in range(1, 65) for k in range(n + 1)})
-  block = piecewise.numerical_mlp("m", Dir("x"), Dir("y"), [(x, f(x)) for x in grid], Dir("tokens", "BOS"))
+  block = piecewise.numerical_mlp(
+    "m", Dir("x"), Dir("y"), [(x, f(x)) for x in grid], Dir("tokens", "BOS")
+  )
   want = np.array([f(x) for x in grid])
-  out64, out32 = run_mlp(block, np.array(grid), np.float64), run_mlp(block, np.array(grid), np.float32)
+  out64, out32 = (
+    run_mlp(block, np.array(grid), np.float64),
+    run_mlp(block, np.array(grid), np.float32),
+  )
   assert out64[0] == 0 and out32[0] == 0
   np.testing.assert_allclose(out64[1:], want, atol=1e-10)
   np.testing.assert_allclose(out32[1:], want, atol=5e-5 * max(1.0, np.abs(want).max()))
@@ -165,8 +191,12 @@ def test_piecewise_mlp_hits_every_grid_point(name, f):
 def test_numerical_maps_after_frac_prevs_at_every_length(max_seq_len):
   frac = lib.make_frac_prevs(tokens == "x")
   batch = random_batch("ax", max_seq_len, 60, seed=max_seq_len)
-  for f, tol in ((lambda v: 2 * v - 1, 1e-4), (lambda v: v * v, 1e-4), (lambda v: float(v > 0.5), 1e-4),
-                 (lambda v: 1 / (1 + v), 1e-4)):
+  for f, tol in (
+    (lambda v: 2 * v - 1, 1e-4),
+    (lambda v: v * v, 1e-4),
+    (lambda v: float(v > 0.5), 1e-4),
+    (lambda v: 1 / (1 + v), 1e-4),
+  ):
     program = rasp.numerical(rasp.Map(f, frac))
     compiled = compile_rasp(program, {"a", "x"}, max_seq_len)
     assert worst_error(program, compiled, batch, length=max_seq_len + 1) <= tol

@@ -1,4 +1,5 @@
 """tracr's silent failures (p2 §7, §8.6): each compiles correctly here or is refused with a clear error."""
+
 import itertools
 
 import pytest
@@ -25,7 +26,9 @@ def test_numerical_map_with_negative_outputs_keeps_its_sign():
   program = rasp.numerical(rasp.Map(lambda x: x - 1, rasp.tokens))
   compiled = compile_rasp(program, {0, 1, 2}, 4)
   assert compiled.apply([0, 1, 2]) == [-1.0, 0.0, 1.0]
-  balance = lib.make_pair_balance(rasp.tokens, "(", ")")  # negative balances through a LinearSequenceMap
+  balance = lib.make_pair_balance(
+    rasp.tokens, "(", ")"
+  )  # negative balances through a LinearSequenceMap
   compiled = compile_rasp(balance, {"(", ")"}, 4)
   assert cases.outputs_match(compiled.apply("())"), rasp.evaluate(balance, "())"))
 
@@ -55,7 +58,11 @@ def test_non_default_aggregate_defaults_are_refused():
   with pytest.raises(rasp.UnsupportedProgramError, match="default None"):
     compile_rasp(rasp.Aggregate(sel, rasp.tokens, default="a"), {"a", "b"}, 3)
   with pytest.raises(rasp.UnsupportedProgramError, match="default 0"):
-    compile_rasp(rasp.numerical(rasp.Aggregate(sel, rasp.numerical(rasp.tokens == "a"), default=1)), {"a", "b"}, 3)
+    compile_rasp(
+      rasp.numerical(rasp.Aggregate(sel, rasp.numerical(rasp.tokens == "a"), default=1)),
+      {"a", "b"},
+      3,
+    )
 
 
 def test_long_selector_width_is_exact():

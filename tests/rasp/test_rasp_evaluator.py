@@ -1,4 +1,5 @@
 """The reference evaluator's semantics (p2 §1.2), its input checks, and its causal variant."""
+
 import numpy as np
 import pytest
 
@@ -34,7 +35,10 @@ def test_select_is_query_by_key_with_predicate_of_key_then_query():
 def test_selector_width_is_row_sums():
   sel = rasp.Select(rasp.indices, rasp.indices, rasp.Comparison.LEQ)
   assert rasp.SelectorWidth(sel)("abcd") == [1, 2, 3, 4]
-  assert rasp.SelectorWidth(rasp.Select(rasp.tokens, rasp.tokens, rasp.Comparison.FALSE))("ab") == [0, 0]
+  assert rasp.SelectorWidth(rasp.Select(rasp.tokens, rasp.tokens, rasp.Comparison.FALSE))("ab") == [
+    0,
+    0,
+  ]
 
 
 def test_aggregate_mean_rules():
@@ -58,20 +62,36 @@ def test_aggregate_mean_rules():
 
 
 def test_encoding_does_not_change_evaluation():
-  prog = rasp.Aggregate(rasp.Select(rasp.indices, rasp.indices, rasp.Comparison.LEQ), rasp.tokens == "x", default=0)
+  prog = rasp.Aggregate(
+    rasp.Select(rasp.indices, rasp.indices, rasp.Comparison.LEQ), rasp.tokens == "x", default=0
+  )
   xs = "xaxx"
-  assert rasp.numerical(prog)(xs) == rasp.categorical(prog)(xs) == prog(xs) == [True, 0.5, 2 / 3, 0.75]
+  assert (
+    rasp.numerical(prog)(xs) == rasp.categorical(prog)(xs) == prog(xs) == [True, 0.5, 2 / 3, 0.75]
+  )
 
 
 def test_causal_evaluator_masks_every_selector_to_the_lower_triangle():
-  assert rasp.causal_evaluate(ALL, "abc") == [[True, False, False], [True, True, False], [True, True, True]]
+  assert rasp.causal_evaluate(ALL, "abc") == [
+    [True, False, False],
+    [True, True, False],
+    [True, True, True],
+  ]
   assert rasp.causal_evaluate(rasp.SelectorWidth(ALL), "abcd") == [1, 2, 3, 4]
   assert rasp.evaluate(rasp.SelectorWidth(ALL), "abcd", causal=True) == [1, 2, 3, 4]
   # Composite selectors are masked too, after combining: ~ of a masked selector is masked again.
   composite = ~rasp.SelectorAnd(ALL, rasp.Select(rasp.indices, rasp.indices, rasp.Comparison.EQ))
   assert isinstance(composite, rasp.SelectorNot)
-  assert rasp.causal_evaluate(composite, "abc") == [[False, False, False], [True, False, False], [True, True, False]]
-  assert rasp.evaluate(composite, "abc") == [[False, True, True], [True, False, True], [True, True, False]]
+  assert rasp.causal_evaluate(composite, "abc") == [
+    [False, False, False],
+    [True, False, False],
+    [True, True, False],
+  ]
+  assert rasp.evaluate(composite, "abc") == [
+    [False, True, True],
+    [True, False, True],
+    [True, True, False],
+  ]
   # tracr #19: reverse is not causal-safe; causally it reads the first token everywhere.
   assert rasp.causal_evaluate(rasp.lib.make_reverse(rasp.tokens), "abcd") == list("aaaa")
 

@@ -1,4 +1,5 @@
 """The RASP language objects: immutability, labels and ids, encodings, operator sugar, selector algebra."""
+
 import logging
 
 import pytest
@@ -8,7 +9,11 @@ from superpose.rasp import graph
 
 
 def test_primitives_have_fixed_labels_and_no_children():
-  assert (rasp.tokens.label, rasp.indices.label, rasp.length.label) == ("tokens", "indices", "length")
+  assert (rasp.tokens.label, rasp.indices.label, rasp.length.label) == (
+    "tokens",
+    "indices",
+    "length",
+  )
   assert rasp.tokens.children == () and rasp.indices.children == ()
   # An annotated copy of a primitive keeps its label (tracr: annotated tokens/indices are allowed).
   num_tokens = rasp.numerical(rasp.tokens)
@@ -56,8 +61,14 @@ def test_encodings_default_categorical_and_annotate_copies():
   n = rasp.numerical(m)
   assert rasp.is_numerical(n) and rasp.is_categorical(m)
   assert rasp.is_categorical(rasp.categorical(n))
-  assert rasp.numerical(m).named("x").annotations["encoding"] is rasp.Encoding.NUMERICAL  # named keeps it
-  assert dict(m.annotated(foo=1).annotations) == {"name": "map", "encoding": rasp.Encoding.CATEGORICAL, "foo": 1}
+  assert (
+    rasp.numerical(m).named("x").annotations["encoding"] is rasp.Encoding.NUMERICAL
+  )  # named keeps it
+  assert dict(m.annotated(foo=1).annotations) == {
+    "name": "map",
+    "encoding": rasp.Encoding.CATEGORICAL,
+    "foo": 1,
+  }
   sel = rasp.Select(rasp.tokens, rasp.tokens, rasp.Comparison.EQ)
   assert "encoding" not in sel.annotations
   with pytest.raises(TypeError, match="S-Op"):
@@ -66,16 +77,27 @@ def test_encodings_default_categorical_and_annotate_copies():
     m.annotated(encoding="numerical")
 
 
-@pytest.mark.parametrize("cls, name", [
+@pytest.mark.parametrize(
+  "cls, name",
+  [
     (lambda: rasp.SequenceMap(lambda x, y: x, rasp.tokens, rasp.indices), "sequence_map"),
     (lambda: rasp.LinearSequenceMap(rasp.tokens, rasp.indices, 1, 2), "linear_sequence_map"),
     (lambda: rasp.Full(1), "full"),
     (lambda: rasp.ConstantSOp([1, 2]), "constant_sop"),
-    (lambda: rasp.SelectorWidth(rasp.Select(rasp.tokens, rasp.tokens, rasp.Comparison.TRUE)), "selector_width"),
-    (lambda: rasp.Aggregate(rasp.Select(rasp.tokens, rasp.tokens, rasp.Comparison.TRUE), rasp.tokens), "aggregate"),
+    (
+      lambda: rasp.SelectorWidth(rasp.Select(rasp.tokens, rasp.tokens, rasp.Comparison.TRUE)),
+      "selector_width",
+    ),
+    (
+      lambda: rasp.Aggregate(
+        rasp.Select(rasp.tokens, rasp.tokens, rasp.Comparison.TRUE), rasp.tokens
+      ),
+      "aggregate",
+    ),
     (lambda: rasp.Select(rasp.tokens, rasp.tokens, rasp.Comparison.TRUE), "select"),
     (lambda: rasp.ConstantSelector([[True]]), "constant_selector"),
-])
+  ],
+)
 def test_default_names(cls, name):
   assert cls().name == name
 
@@ -83,22 +105,35 @@ def test_default_names(cls, name):
 def test_constant_operands_build_maps_and_sop_operands_build_sequence_maps():
   xs = [1, 2, 3]
   cases = {
-      rasp.tokens + 1: [2, 3, 4], 1 + rasp.tokens: [2, 3, 4], rasp.tokens - 1: [0, 1, 2],
-      10 - rasp.tokens: [9, 8, 7], rasp.tokens * 2: [2, 4, 6], 2 * rasp.tokens: [2, 4, 6],
-      rasp.tokens / 2: [0.5, 1, 1.5], 6 / rasp.tokens: [6, 3, 2], rasp.tokens < 2: [True, False, False],
-      rasp.tokens <= 2: [True, True, False], rasp.tokens > 2: [False, False, True],
-      rasp.tokens >= 2: [False, True, True], rasp.tokens == 2: [False, True, False],
-      rasp.tokens != 2: [True, False, True], ~(rasp.tokens == 2): [True, False, True],
-      (rasp.tokens > 1) & True: [False, True, True], (rasp.tokens > 2) | False: [False, False, True],
+    rasp.tokens + 1: [2, 3, 4],
+    1 + rasp.tokens: [2, 3, 4],
+    rasp.tokens - 1: [0, 1, 2],
+    10 - rasp.tokens: [9, 8, 7],
+    rasp.tokens * 2: [2, 4, 6],
+    2 * rasp.tokens: [2, 4, 6],
+    rasp.tokens / 2: [0.5, 1, 1.5],
+    6 / rasp.tokens: [6, 3, 2],
+    rasp.tokens < 2: [True, False, False],
+    rasp.tokens <= 2: [True, True, False],
+    rasp.tokens > 2: [False, False, True],
+    rasp.tokens >= 2: [False, True, True],
+    rasp.tokens == 2: [False, True, False],
+    rasp.tokens != 2: [True, False, True],
+    ~(rasp.tokens == 2): [True, False, True],
+    (rasp.tokens > 1) & True: [False, True, True],
+    (rasp.tokens > 2) | False: [False, False, True],
   }
   for sop, want in cases.items():
     assert isinstance(sop, rasp.Map)
     assert sop(xs) == want
   pairs = {
-      rasp.tokens + rasp.indices: [1, 3, 5], rasp.tokens - rasp.indices: [1, 1, 1],
-      rasp.indices - rasp.tokens: [-1, -1, -1], rasp.tokens * rasp.indices: [0, 2, 6],
-      rasp.indices / rasp.tokens: [0, 0.5, 2 / 3], (rasp.tokens > 1) & (rasp.indices < 2): [False, True, False],
-      (rasp.tokens > 2) | (rasp.indices < 1): [True, False, True],
+    rasp.tokens + rasp.indices: [1, 3, 5],
+    rasp.tokens - rasp.indices: [1, 1, 1],
+    rasp.indices - rasp.tokens: [-1, -1, -1],
+    rasp.tokens * rasp.indices: [0, 2, 6],
+    rasp.indices / rasp.tokens: [0, 0.5, 2 / 3],
+    (rasp.tokens > 1) & (rasp.indices < 2): [False, True, False],
+    (rasp.tokens > 2) | (rasp.indices < 1): [True, False, True],
   }
   for sop, want in pairs.items():
     assert isinstance(sop, rasp.SequenceMap) and not isinstance(sop, rasp.LinearSequenceMap)
@@ -159,12 +194,19 @@ def test_constructors_reject_wrong_types():
     rasp.SelectorAnd(sel, rasp.tokens)
 
 
-@pytest.mark.parametrize("comparison, want", [
-    (rasp.Comparison.EQ, [False, True, False]), (rasp.Comparison.LT, [True, False, False]),
-    (rasp.Comparison.LEQ, [True, True, False]), (rasp.Comparison.GT, [False, False, True]),
-    (rasp.Comparison.GEQ, [False, True, True]), (rasp.Comparison.NEQ, [True, False, True]),
-    (rasp.Comparison.TRUE, [True] * 3), (rasp.Comparison.FALSE, [False] * 3),
-])
+@pytest.mark.parametrize(
+  "comparison, want",
+  [
+    (rasp.Comparison.EQ, [False, True, False]),
+    (rasp.Comparison.LT, [True, False, False]),
+    (rasp.Comparison.LEQ, [True, True, False]),
+    (rasp.Comparison.GT, [False, False, True]),
+    (rasp.Comparison.GEQ, [False, True, True]),
+    (rasp.Comparison.NEQ, [True, False, True]),
+    (rasp.Comparison.TRUE, [True] * 3),
+    (rasp.Comparison.FALSE, [False] * 3),
+  ],
+)
 def test_comparison_is_called_as_key_then_query(comparison, want):
   assert [comparison(key, 1) for key in (0, 1, 2)] == want
 
@@ -181,9 +223,10 @@ def test_selector_algebra_simplifies_matching_selects():
   eq = rasp.Select(rasp.indices, rasp.indices, rasp.Comparison.EQ)
   xs = "abc"
   for combined, want in (
-      (lt | eq, rasp.Select(rasp.indices, rasp.indices, rasp.Comparison.LEQ)),
-      (lt & eq, rasp.Select(rasp.indices, rasp.indices, rasp.Comparison.FALSE)),
-      (~lt, rasp.Select(rasp.indices, rasp.indices, rasp.Comparison.GEQ))):
+    (lt | eq, rasp.Select(rasp.indices, rasp.indices, rasp.Comparison.LEQ)),
+    (lt & eq, rasp.Select(rasp.indices, rasp.indices, rasp.Comparison.FALSE)),
+    (~lt, rasp.Select(rasp.indices, rasp.indices, rasp.Comparison.GEQ)),
+  ):
     assert isinstance(combined, rasp.Select)
     assert combined.keys is rasp.indices and combined.queries is rasp.indices
     assert combined(xs) == want(xs)
@@ -193,7 +236,11 @@ def test_selector_algebra_bakes_full_into_the_predicate():
   on_token_b = rasp.Select(rasp.tokens, rasp.Full("b"), rasp.Comparison.EQ)  # keys equal to "b"
   before = rasp.Select(rasp.tokens, rasp.indices, rasp.Comparison.TRUE)
   merged = on_token_b & before
-  assert isinstance(merged, rasp.Select) and merged.queries is rasp.indices and merged.keys is rasp.tokens
+  assert (
+    isinstance(merged, rasp.Select)
+    and merged.queries is rasp.indices
+    and merged.keys is rasp.tokens
+  )
   assert merged("abcb") == [[False, True, False, True]] * 4
   assert merged("abcb") == rasp.SelectorAnd(on_token_b, before)("abcb")
 
@@ -214,6 +261,7 @@ def test_public_api_resolves_and_imports_no_jax():
   import subprocess
   import sys
   import superpose.rasp as pkg
+
   for name in pkg.__all__:
     assert getattr(pkg, name) is not None, name
   code = "import sys, superpose.rasp; assert not any(m.split('.')[0] in ('jax', 'flax') for m in sys.modules)"

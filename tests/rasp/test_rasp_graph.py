@@ -1,4 +1,5 @@
 """The program DAG, value-set inference (with the k/n fix of p2 §2), and the validator's finer rules."""
+
 import pytest
 
 from superpose import rasp
@@ -54,8 +55,11 @@ def test_value_sets_of_the_other_operations():
   width = rasp.SelectorWidth(rasp.Select(tokens, tokens, rasp.Comparison.EQ))
   inv = rasp.Map(lambda x: 1 / x, indices)  # 1/0 is skipped, not an error
   pair = rasp.SequenceMap(lambda x, y: None if x == y else (x, y), tokens, tokens == "a")
-  prog = rasp.SequenceMap(lambda *a: 0, rasp.SequenceMap(lambda *a: 0, shifted, width),
-                          rasp.SequenceMap(lambda *a: 0, inv, pair))
+  prog = rasp.SequenceMap(
+    lambda *a: 0,
+    rasp.SequenceMap(lambda *a: 0, shifted, width),
+    rasp.SequenceMap(lambda *a: 0, inv, pair),
+  )
   sets = value_sets.infer_value_sets(prog, {"a", "b"}, 3)
   assert sets[indices] == {0, 1, 2} and sets[width] == {0, 1, 2, 3}
   assert sets[shifted] == {"a", "b"} and sets[inv] == {1, 0.5}
@@ -78,7 +82,10 @@ def test_composite_selectors_and_constants_are_flagged():
   b = rasp.Select(indices, indices, rasp.Comparison.LEQ)
   issues = validate.static_issues(rasp.SelectorWidth(a & b))
   assert [type(i.expr) for i in issues] == [rasp.SelectorAnd] and "composite" in issues[0].message
-  assert validate.static_issues(rasp.SelectorWidth(a & rasp.Select(tokens, tokens, rasp.Comparison.LT))) == []
+  assert (
+    validate.static_issues(rasp.SelectorWidth(a & rasp.Select(tokens, tokens, rasp.Comparison.LT)))
+    == []
+  )
   assert "Full" in str(validate.static_issues(rasp.Map(lambda x: x, rasp.Full(1)) + tokens)[0])
   assert "make_length" in str(validate.static_issues(rasp.length + tokens)[0])
   with pytest.raises(NotImplementedError, match="never reads `tokens`"):

@@ -1,4 +1,5 @@
 """tracr's library programs against plain Python on every input up to a small length (p2 §3)."""
+
 import itertools
 import math
 
@@ -16,7 +17,9 @@ def inputs(vocab, max_len, min_len=1):
 
 def close(got, want):
   return len(got) == len(want) and all(
-      g is w if w is None else math.isclose(g, w, rel_tol=1e-12, abs_tol=1e-12) for g, w in zip(got, want))
+    g is w if w is None else math.isclose(g, w, rel_tol=1e-12, abs_tol=1e-12)
+    for g, w in zip(got, want)
+  )
 
 
 def test_length_and_hist():
@@ -38,8 +41,8 @@ def test_frac_prevs_and_pair_balance():
   balance = lib.make_pair_balance(tokens, "(", ")")
   assert rasp.is_numerical(frac) and rasp.is_numerical(balance)
   for xs in inputs("()a", 5):
-    opens = [xs[:i + 1].count("(") / (i + 1) for i in range(len(xs))]
-    closes = [xs[:i + 1].count(")") / (i + 1) for i in range(len(xs))]
+    opens = [xs[: i + 1].count("(") / (i + 1) for i in range(len(xs))]
+    closes = [xs[: i + 1].count(")") / (i + 1) for i in range(len(xs))]
     assert close(frac(xs), opens)
     assert close(balance(xs), [o - c for o, c in zip(opens, closes)])
   assert close(lib.make_frac_prevs(tokens == "l")("hello"), [0, 0, 1 / 3, 1 / 2, 2 / 5])
@@ -57,7 +60,9 @@ def _shuffle_dyck_reference(xs, pairs):
   return [1] * len(xs)
 
 
-@pytest.mark.parametrize("pairs, max_len", [(["()"], 6), (["()", "{}"], 5), (["()", "{}", "[]"], 4)])
+@pytest.mark.parametrize(
+  "pairs, max_len", [(["()"], 6), (["()", "{}"], 5), (["()", "{}", "[]"], 4)]
+)
 def test_shuffle_dyck(pairs, max_len):
   prog = lib.make_shuffle_dyck(pairs)
   vocab = "".join(pairs)
@@ -67,7 +72,10 @@ def test_shuffle_dyck(pairs, max_len):
     assert prog(xs) == want, xs
     balanced += want[0]
   assert balanced > 0  # the inputs include balanced strings, not only failures
-  assert lib.make_shuffle_dyck2()(list("({)}")) == [1] * 4 and lib.make_shuffle_dyck2().name == "shuffle_dyck2"
+  assert (
+    lib.make_shuffle_dyck2()(list("({)}")) == [1] * 4
+    and lib.make_shuffle_dyck2().name == "shuffle_dyck2"
+  )
   with pytest.raises(ValueError):
     lib.make_shuffle_dyck([])
   with pytest.raises(ValueError):
@@ -85,7 +93,9 @@ def test_sort_unique_on_distinct_keys():
 
 def test_sort_with_repeated_keys_is_stable():
   prog = lib.make_sort(tokens, tokens, max_seq_len=5, min_key=1)
-  keyed = lib.make_sort(indices, tokens, max_seq_len=5, min_key=1)  # which input position lands where
+  keyed = lib.make_sort(
+    indices, tokens, max_seq_len=5, min_key=1
+  )  # which input position lands where
   for xs in inputs([1, 2, 3, 4], 5):
     assert prog(xs) == sorted(xs)
     assert keyed(xs) == sorted(range(len(xs)), key=lambda i: xs[i])
@@ -103,7 +113,7 @@ def test_shift_by(offset):
   prog = lib.shift_by(offset, tokens)
   assert prog.name == f"shift_by({offset})"
   for xs in inputs("ab", 5):
-    assert prog(xs) == ([None] * offset + xs)[:len(xs)]
+    assert prog(xs) == ([None] * offset + xs)[: len(xs)]
 
 
 @pytest.mark.parametrize("pattern", ["a", "ab", "aba", "bb"])
@@ -111,7 +121,9 @@ def test_detect_pattern(pattern):
   prog = lib.detect_pattern(tokens, pattern)
   k = len(pattern)
   for xs in inputs("ab", 6):
-    want = [None if i < k - 1 else "".join(xs[i - k + 1:i + 1]) == pattern for i in range(len(xs))]
+    want = [
+      None if i < k - 1 else "".join(xs[i - k + 1 : i + 1]) == pattern for i in range(len(xs))
+    ]
     assert prog(xs) == want
   with pytest.raises(ValueError, match="at least one"):
     lib.detect_pattern(tokens, "")
@@ -144,17 +156,19 @@ def test_nary_sequencemap():
 
 
 CAUSAL_SAFE = {  # tracr's "work under causal and non-causal evaluation" programs that only look back
-    "frac_prevs": lambda: lib.make_frac_prevs(tokens == "a"),
-    "shift_by": lambda: lib.shift_by(2, tokens),
-    "detect_pattern": lambda: lib.detect_pattern(tokens, "ab"),
+  "frac_prevs": lambda: lib.make_frac_prevs(tokens == "a"),
+  "shift_by": lambda: lib.shift_by(2, tokens),
+  "detect_pattern": lambda: lib.detect_pattern(tokens, "ab"),
 }
 ALL_PROGRAMS = {
-    **CAUSAL_SAFE,
-    "length": lib.make_length, "reverse": lambda: lib.make_reverse(tokens), "hist": lib.make_hist,
-    "pair_balance": lambda: lib.make_pair_balance(tokens, "a", "b"),
-    "shuffle_dyck": lambda: lib.make_shuffle_dyck(["ab"]),
-    "sort": lambda: lib.make_sort(tokens, indices, max_seq_len=5, min_key=1),
-    "count": lambda: lib.make_count(tokens, "a"),
+  **CAUSAL_SAFE,
+  "length": lib.make_length,
+  "reverse": lambda: lib.make_reverse(tokens),
+  "hist": lib.make_hist,
+  "pair_balance": lambda: lib.make_pair_balance(tokens, "a", "b"),
+  "shuffle_dyck": lambda: lib.make_shuffle_dyck(["ab"]),
+  "sort": lambda: lib.make_sort(tokens, indices, max_seq_len=5, min_key=1),
+  "count": lambda: lib.make_count(tokens, "a"),
 }
 
 
@@ -171,11 +185,11 @@ def test_causal_evaluation_is_evaluation_of_each_prefix(name):
   depends on the prefix alone at each position (true for these programs)."""
   prog = ALL_PROGRAMS[name]()
   for xs in inputs("abc", 5):
-    assert rasp.causal_evaluate(prog, xs) == [prog(xs[:i + 1])[i] for i in range(len(xs))], xs
+    assert rasp.causal_evaluate(prog, xs) == [prog(xs[: i + 1])[i] for i in range(len(xs))], xs
 
 
 def test_causal_count_less_freq_reads_prefix_histograms():
   """Its selector compares hist values computed on shorter prefixes, so it is not a prefix program."""
   prog = lib.make_count_less_freq(1)
   assert rasp.causal_evaluate(prog, ["a", "a"]) == [1, 1]  # hist at key 0 was 1 when computed
-  assert [prog(["a", "a"][:i + 1])[i] for i in range(2)] == [1, 0]
+  assert [prog(["a", "a"][: i + 1])[i] for i in range(2)] == [1, 0]

@@ -1,4 +1,5 @@
 """Our FLOPs formula against XLA's own count of the compiled train step."""
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -9,7 +10,9 @@ from superpose.train import flops
 
 
 def test_matmul_params_by_hand():
-  cfg = nn.llama(vocab_size=256, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=128, max_seq_len=32)
+  cfg = nn.llama(
+    vocab_size=256, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=128, max_seq_len=32
+  )
   d, dh, f = 64, 16, 128
   per_layer = d * 4 * dh + 2 * d * 2 * dh + 4 * dh * d + 3 * d * f
   assert flops.matmul_params(cfg) == 2 * per_layer + d * 256
@@ -19,7 +22,9 @@ def test_matmul_params_by_hand():
 @pytest.mark.parametrize("preset", ["gpt2", "llama"])
 def test_formula_matches_xla_cost_analysis(preset):
   B, T = 4, 128
-  cfg = getattr(nn, preset)(vocab_size=512, d_model=128, num_layers=2, num_heads=4, d_ff=512, max_seq_len=T)
+  cfg = getattr(nn, preset)(
+    vocab_size=512, d_model=128, num_layers=2, num_heads=4, d_ff=512, max_seq_len=T
+  )
   graphdef, params = nnx.split(nn.Transformer(cfg, rngs=nnx.Rngs(0)))
 
   def loss(p, x):
@@ -34,4 +39,3 @@ def test_formula_matches_xla_cost_analysis(preset):
   # XLA counts the full (not causal-halved) attention, softmax, norms and elementwise work too, and
   # our count leaves out the embedding gradient; within 25% both ways.
   assert 0.75 < xla / ours < 1.25, (xla, ours)
-

@@ -1,6 +1,7 @@
 """The gradient-flow check: disconnected leaves are dead, frozen leaves stay put (or are caught moving), a
 zero-initialised output layer is alive after the first update, check_loss on a plain function, and the
 language-model trainer passes it."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +21,9 @@ class Tiny(nnx.Module):
   def __init__(self, zero_out: bool = False):
     rng = np.random.default_rng(0)
     self.a = nnx.Param(jnp.asarray(rng.normal(size=(4, 8)), jnp.float32))
-    self.b = nnx.Param(jnp.zeros((8, 1)) if zero_out else jnp.asarray(rng.normal(size=(8, 1)), jnp.float32))
+    self.b = nnx.Param(
+      jnp.zeros((8, 1)) if zero_out else jnp.asarray(rng.normal(size=(8, 1)), jnp.float32)
+    )
     self.frozen = nnx.Param(jnp.ones((4, 1)))
     self.times_zero = nnx.Param(jnp.ones((3,)))
     self.unused = nnx.Param(jnp.ones((2,)))
@@ -40,7 +43,7 @@ class TinySpecAndData:
 
   def train_loss(self, model, batch):
     err_B = model(batch["x"])[:, 0] - batch["y"]
-    return jnp.mean(err_B ** 2), {}
+    return jnp.mean(err_B**2), {}
 
   def train_batch(self, step, process_index=0, process_count=1):
     x = np.random.default_rng(step).normal(size=(8, 4)).astype(np.float32)
@@ -54,7 +57,10 @@ def _tiny(**kw) -> Task:
 
 
 def _cfg(**optim_cfg):
-  return {"optim": {"lr": 1e-2, "schedule": "constant", "frozen": ("frozen",), **optim_cfg}, "train": {"steps": 10}}
+  return {
+    "optim": {"lr": 1e-2, "schedule": "constant", "frozen": ("frozen",), **optim_cfg},
+    "train": {"steps": 10},
+  }
 
 
 def test_disconnected_leaves_are_dead_and_frozen_leaves_stay():
@@ -72,8 +78,15 @@ def test_disconnected_leaves_are_dead_and_frozen_leaves_stay():
 
 def test_zero_initialised_output_layer_is_alive_after_the_first_step():
   # At the initialisation b = 0, so a's gradient is exactly zero: what the first update is there for.
-  assert gradcheck.check_task(_tiny(zero_out=True), _cfg(), steps=0).dead == ["a", "times_zero", "unused"]
-  assert gradcheck.check_task(_tiny(zero_out=True), _cfg(), steps=1).dead == ["times_zero", "unused"]
+  assert gradcheck.check_task(_tiny(zero_out=True), _cfg(), steps=0).dead == [
+    "a",
+    "times_zero",
+    "unused",
+  ]
+  assert gradcheck.check_task(_tiny(zero_out=True), _cfg(), steps=1).dead == [
+    "times_zero",
+    "unused",
+  ]
   # A warmup from lr 0 makes step 1 a no-op; the check then runs one more step.
   warm = _cfg(schedule="warmup_cosine", warmup_steps=5)
   assert optim.make_optimizer(warm["optim"], {"a": jnp.zeros(1)}, 10)[1](0) == 0.0
@@ -82,10 +95,14 @@ def test_zero_initialised_output_layer_is_alive_after_the_first_step():
 
 def test_a_frozen_leaf_that_moves_is_reported(monkeypatch):
   # An optimizer that ignores optim.frozen (plain SGD on everything) moves the frozen leaf.
-  monkeypatch.setattr(optim, "make_optimizer", lambda cfg, params, steps: (optax.sgd(0.1), lambda s: 0.1))
+  monkeypatch.setattr(
+    optim, "make_optimizer", lambda cfg, params, steps: (optax.sgd(0.1), lambda s: 0.1)
+  )
   report = gradcheck.check_task(_tiny(), _cfg())
   assert report.moved_frozen == ["frozen"]
-  with pytest.raises(AssertionError, match="frozen leaves changed by the optimizer: 1 \\(frozen\\)"):
+  with pytest.raises(
+    AssertionError, match="frozen leaves changed by the optimizer: 1 \\(frozen\\)"
+  ):
     gradcheck.assert_gradients_flow(report)
 
 
@@ -99,13 +116,18 @@ def test_non_finite_training_step_raises_and_a_non_finite_gradient_is_dead():
 
 def test_check_loss_on_a_plain_function():
   rng = np.random.default_rng(1)
-  params = {"w": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32), "frozen": jnp.ones(2),
-            "sqrt_at_zero": jnp.zeros(2), "unused": jnp.ones(4), "nested": {"bias": jnp.zeros(2)}}
+  params = {
+    "w": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32),
+    "frozen": jnp.ones(2),
+    "sqrt_at_zero": jnp.zeros(2),
+    "unused": jnp.ones(4),
+    "nested": {"bias": jnp.zeros(2)},
+  }
   x_BI = jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
 
   def loss_fn(p, x):
     y = x @ p["w"] * p["frozen"] + p["nested"]["bias"]
-    loss = jnp.mean(y ** 2) + jnp.sqrt(p["sqrt_at_zero"]).sum()   # d sqrt(x)/dx = inf at 0: not finite
+    loss = jnp.mean(y**2) + jnp.sqrt(p["sqrt_at_zero"]).sum()  # d sqrt(x)/dx = inf at 0: not finite
     return loss, {"y": y}
 
   report = gradcheck.check_loss(loss_fn, params, x_BI, trainable=lambda path: path != "frozen")
@@ -114,22 +136,27 @@ def test_check_loss_on_a_plain_function():
   mask = jax.tree.map(lambda _: True, params) | {"frozen": False}
   assert gradcheck.check_loss(lambda p, x: loss_fn(p, x)[0], params, x_BI, trainable=mask) == report
   alive = {k: v for k, v in params.items() if k not in ("sqrt_at_zero", "unused")}
-  clean = gradcheck.check_loss(lambda p, x: jnp.mean((x @ p["w"] * p["frozen"] + p["nested"]["bias"]) ** 2),
-                               alive, x_BI, trainable=lambda path: True)
+  clean = gradcheck.check_loss(
+    lambda p, x: jnp.mean((x @ p["w"] * p["frozen"] + p["nested"]["bias"]) ** 2),
+    alive,
+    x_BI,
+    trainable=lambda path: True,
+  )
   gradcheck.assert_gradients_flow(clean)
   assert clean.trainable == 3 and "dead none" in str(clean)
 
 
 def test_assertion_names_ten_leaves_and_a_count():
-  report = gradcheck.GradientReport(dead=[f"l{i}" for i in range(12)], moved_frozen=[], frozen_with_grad=[],
-                                    trainable=12, frozen=0)
+  report = gradcheck.GradientReport(
+    dead=[f"l{i}" for i in range(12)], moved_frozen=[], frozen_with_grad=[], trainable=12, frozen=0
+  )
   with pytest.raises(AssertionError, match=r"12 \(l0, l1, .*l9 … and 2 more\)") as info:
     gradcheck.assert_gradients_flow(report)
   assert "l10" not in str(info.value)
 
 
 def test_lm_trainer_gradients_flow():
-  config = tiny.get_config("smoke")   # check_task takes the ConfigDict as well as its dict
+  config = tiny.get_config("smoke")  # check_task takes the ConfigDict as well as its dict
   report = gradcheck.check_task(lm.make_task(config_lib.to_dict(config)), config)
   gradcheck.assert_gradients_flow(report)
   assert report.trainable > 0 and report.frozen == 0

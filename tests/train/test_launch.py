@@ -1,5 +1,6 @@
 """launch.train end to end in subprocesses: one-line errors and exit statuses, kill -9 and resume,
 checkpoint fallback over broken and corrupt steps, the workdir's config as the contract of a resume."""
+
 import hashlib
 import json
 import os
@@ -29,30 +30,69 @@ def _env(devices: int = 1) -> dict:
 
 
 def _cmd(workdir, *overrides):
-  return [sys.executable, "-m", "launch.train", f"--config={SMOKE}", f"--workdir={workdir}",
-          "--config.train.progress=False", *overrides]
+  return [
+    sys.executable,
+    "-m",
+    "launch.train",
+    f"--config={SMOKE}",
+    f"--workdir={workdir}",
+    "--config.train.progress=False",
+    *overrides,
+  ]
 
 
 def _run(workdir, *overrides, devices=1, timeout=300):
-  return subprocess.run(_cmd(workdir, *overrides), cwd=REPO, env=_env(devices), capture_output=True, text=True,
-                        timeout=timeout)
+  return subprocess.run(
+    _cmd(workdir, *overrides),
+    cwd=REPO,
+    env=_env(devices),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 def _error_lines(stderr):
   return [l for l in stderr.splitlines() if l.strip() and not l.startswith(("I", "W"))]
 
 
-@pytest.mark.parametrize("override,message,devices", [
+@pytest.mark.parametrize(
+  "override,message,devices",
+  [
     ("--config.train.stepz=3", "stepz", 1),
-    ("--config.mesh.ici=(3,1,1)", "config.mesh: data×fsdp×tensor = 3×1×1 = 3 devices, but 1 are available", 1),
-    ("--config.data.path=/nonexistent/corpus.jsonl", "error: data file not found: /nonexistent/corpus.jsonl", 1),
-    ("--config.model.num_heads=3", "error: invalid model config: model.head_dim=None: d_model=64 is not divisible", 1),
-    ("--config.optim.lr=-1e-3", "error: config.optim.lr=-0.001: must be a number > 0", 1),                   # F2
-    ("--config.train.batch_size=6", "error: config.train.batch_size=6 is not divisible by the data-parallel "
-                                    "size 4 (data 4)", 4),                                                     # F3
-    ("--config.train.accum_steps=0", "error: config.train.accum_steps=0: must be an integer ≥ 1", 1),        # F4
-    ("--config.train.batch_size=0", "error: config.train.batch_size=0: must be an integer ≥ 1", 1),          # F4
-])
+    (
+      "--config.mesh.ici=(3,1,1)",
+      "config.mesh: data×fsdp×tensor = 3×1×1 = 3 devices, but 1 are available",
+      1,
+    ),
+    (
+      "--config.data.path=/nonexistent/corpus.jsonl",
+      "error: data file not found: /nonexistent/corpus.jsonl",
+      1,
+    ),
+    (
+      "--config.model.num_heads=3",
+      "error: invalid model config: model.head_dim=None: d_model=64 is not divisible",
+      1,
+    ),
+    ("--config.optim.lr=-1e-3", "error: config.optim.lr=-0.001: must be a number > 0", 1),  # F2
+    (
+      "--config.train.batch_size=6",
+      "error: config.train.batch_size=6 is not divisible by the data-parallel size 4 (data 4)",
+      4,
+    ),  # F3
+    (
+      "--config.train.accum_steps=0",
+      "error: config.train.accum_steps=0: must be an integer ≥ 1",
+      1,
+    ),  # F4
+    (
+      "--config.train.batch_size=0",
+      "error: config.train.batch_size=0: must be an integer ≥ 1",
+      1,
+    ),  # F4
+  ],
+)
 def test_bad_input_fails_with_one_line(tmp_path, override, message, devices):
   t0 = time.perf_counter()
   r = _run(tmp_path / "w", override, devices=devices)
@@ -61,7 +101,7 @@ def test_bad_input_fails_with_one_line(tmp_path, override, message, devices):
   assert len(err_lines) == 1, r.stderr[-2000:]
   assert message in err_lines[0]
   assert "Traceback" not in r.stderr
-  assert not (tmp_path / "w").exists()          # nothing written for a refused run
+  assert not (tmp_path / "w").exists()  # nothing written for a refused run
   assert time.perf_counter() - t0 < 60
 
 
@@ -74,8 +114,14 @@ def test_workdir_that_is_a_file_fails_with_one_line(tmp_path):
 
 
 def test_verbose_adds_the_traceback(tmp_path):
-  r = subprocess.run(_cmd(tmp_path / "w", "--config.optim.lr=0", "--verbose"), cwd=REPO, env=_env(),
-                     capture_output=True, text=True, timeout=300)
+  r = subprocess.run(
+    _cmd(tmp_path / "w", "--config.optim.lr=0", "--verbose"),
+    cwd=REPO,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert r.returncode == 2 and "Traceback" in r.stderr
   assert r.stderr.strip().splitlines()[-1] == "error: config.optim.lr=0.0: must be a number > 0"
 
@@ -85,12 +131,17 @@ def _rows(workdir):
 
 
 def test_kill_9_then_resume_is_bitwise_identical(tmp_path):
-  steps = ["--config.train.steps=40", "--config.train.checkpoint_every=10", "--config.train.eval_every=0"]
+  steps = [
+    "--config.train.steps=40",
+    "--config.train.checkpoint_every=10",
+    "--config.train.eval_every=0",
+  ]
   ref, crash = tmp_path / "ref", tmp_path / "crash"
   assert _run(ref, *steps).returncode == 0
 
-  proc = subprocess.Popen(_cmd(crash, *steps), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    _cmd(crash, *steps), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
     if any(r["step"] >= 23 for r in _rows(crash)):
@@ -105,15 +156,15 @@ def test_kill_9_then_resume_is_bitwise_identical(tmp_path):
   r = _run(crash, *steps)
   assert r.returncode == 0, r.stderr[-3000:]
   logged = [row["step"] for row in _rows(crash)]
-  assert logged == list(range(1, 41))                     # each step once (F10): the re-run steps replace
+  assert logged == list(range(1, 41))  # each step once (F10): the re-run steps replace
   starts = [row for row in read_metrics(crash) if row.get("event") == "start"]
   assert starts[-1]["resumed_from"] == starts[-1]["step"] == last_ckpt
   resumed = starts[-1]["step"]
   rows = read_metrics(crash)
-  after = [row for row in rows[rows.index(starts[-1]) + 1:] if "loss" in row]
-  assert after[0]["step"] == resumed + 1                  # first step after restart = checkpoint + 1
+  after = [row for row in rows[rows.index(starts[-1]) + 1 :] if "loss" in row]
+  assert after[0]["step"] == resumed + 1  # first step after restart = checkpoint + 1
   ref_rows = {row["step"]: row for row in _rows(ref)}
-  for row in after:                                       # same batches and same losses from there on
+  for row in after:  # same batches and same losses from there on
     assert row["batch_hash"] == ref_rows[row["step"]]["batch_hash"]
     assert row["loss"] == ref_rows[row["step"]]["loss"]
 
@@ -128,6 +179,7 @@ def _restore_params(workdir):
   from configs.lm import tiny
   from superpose.train import config as config_lib, lm, state as state_lib
   from superpose.train.mesh import make_mesh
+
   cfg = config_lib.to_dict(tiny.get_config("smoke"))
   task = lm.make_spec(cfg)
   mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
@@ -156,27 +208,34 @@ def _copy(trained, tmp_path):
 
 def _digest(workdir):
   """Every file under a workdir, with a hash of its bytes."""
-  return {str(p.relative_to(workdir)): hashlib.sha1(p.read_bytes()).hexdigest()
-          for p in sorted(pathlib.Path(workdir).rglob("*")) if p.is_file()}
+  return {
+    str(p.relative_to(workdir)): hashlib.sha1(p.read_bytes()).hexdigest()
+    for p in sorted(pathlib.Path(workdir).rglob("*"))
+    if p.is_file()
+  }
 
 
 def _largest_params_file(step_dir):
-  return max((p for p in (step_dir / "params").rglob("*") if p.is_file() and p.parent.name == "d"),
-             key=lambda p: p.stat().st_size)
+  return max(
+    (p for p in (step_dir / "params").rglob("*") if p.is_file() and p.parent.name == "d"),
+    key=lambda p: p.stat().st_size,
+  )
 
 
 def test_truncated_newest_checkpoint_falls_back(trained, tmp_path):
   w = _copy(trained, tmp_path)
   newest = w / "checkpoints" / "10"
-  files = sorted((p for p in newest.rglob("*") if p.is_file() and p.stat().st_size > 0 and "params" in str(p)),
-                 key=lambda p: -p.stat().st_size)
+  files = sorted(
+    (p for p in newest.rglob("*") if p.is_file() and p.stat().st_size > 0 and "params" in str(p)),
+    key=lambda p: -p.stat().st_size,
+  )
   assert files
-  with open(files[0], "r+b") as f:   # truncate the largest parameter data file
+  with open(files[0], "r+b") as f:  # truncate the largest parameter data file
     f.truncate(files[0].stat().st_size // 3)
   r = _run(w, "--config.train.steps=12", "--config.train.checkpoint_every=5")
   assert r.returncode == 0, r.stderr[-3000:]
   assert "checkpoint step 10" in r.stderr and "falling back" in r.stderr, r.stderr[-3000:]
-  assert "Traceback" not in r.stderr                      # orbax's echoes of the failed reads are dropped
+  assert "Traceback" not in r.stderr  # orbax's echoes of the failed reads are dropped
   starts = [row for row in read_metrics(w) if row.get("event") == "start"]
   assert starts[-1]["resumed_from"] == 5
 
@@ -188,15 +247,19 @@ def test_flipped_bytes_in_the_newest_checkpoint_fall_back(trained, tmp_path):
   data = _largest_params_file(w / "checkpoints" / "10")
   raw = bytearray(data.read_bytes())
   middle = len(raw) // 2
-  raw[middle:middle + 16] = bytes(b ^ 0xFF for b in raw[middle:middle + 16])
+  raw[middle : middle + 16] = bytes(b ^ 0xFF for b in raw[middle : middle + 16])
   data.write_bytes(bytes(raw))
   r = _run(w, "--config.train.steps=12", "--config.train.checkpoint_every=5")
   assert r.returncode == 0, r.stderr[-3000:]
-  assert "checkpoint step 10" in r.stderr and "checksum mismatch in ['params']" in r.stderr, r.stderr[-3000:]
+  assert "checkpoint step 10" in r.stderr and "checksum mismatch in ['params']" in r.stderr, (
+    r.stderr[-3000:]
+  )
   assert "falling back" in r.stderr
   starts = [row for row in read_metrics(w) if row.get("event") == "start"]
   assert starts[-1]["resumed_from"] == 5
-  assert [row["step"] for row in _rows(w)] == list(range(1, 13))    # F10: steps 6..10 once, from this run
+  assert [row["step"] for row in _rows(w)] == list(
+    range(1, 13)
+  )  # F10: steps 6..10 once, from this run
 
 
 def test_no_readable_checkpoint_ends_with_one_line(trained, tmp_path):
@@ -209,18 +272,30 @@ def test_no_readable_checkpoint_ends_with_one_line(trained, tmp_path):
   assert r.returncode == 4, r.stderr[-3000:]
   assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr[-3000:]
   err = _error_lines(r.stderr)
-  assert len(err) == 1 and err[0].startswith(f"error: no readable checkpoint in {w / 'checkpoints'}"), err
+  assert len(err) == 1 and err[0].startswith(
+    f"error: no readable checkpoint in {w / 'checkpoints'}"
+  ), err
   assert "step 10: " in err[0] and "step 5: " in err[0]
   assert _digest(w) == before
 
 
-@pytest.mark.parametrize("overrides,keys", [
-    (("--config.model.activation=relu", "--config.model.attn_scale=one"),                                # F6
-     "model.activation ('gelu_tanh' → 'relu'), model.attn_scale ('default' → 'one')"),
-    (("--config.model.d_model=128",), "model.d_model (64 → 128)"),                                       # F7
-    (("--config.data.val_documents=3", "--config.train.allow_changes=True"), "data.val_documents (2 → 3)"),
-])
-def test_resume_with_another_config_is_refused_and_writes_nothing(trained, tmp_path, overrides, keys):
+@pytest.mark.parametrize(
+  "overrides,keys",
+  [
+    (
+      ("--config.model.activation=relu", "--config.model.attn_scale=one"),  # F6
+      "model.activation ('gelu_tanh' → 'relu'), model.attn_scale ('default' → 'one')",
+    ),
+    (("--config.model.d_model=128",), "model.d_model (64 → 128)"),  # F7
+    (
+      ("--config.data.val_documents=3", "--config.train.allow_changes=True"),
+      "data.val_documents (2 → 3)",
+    ),
+  ],
+)
+def test_resume_with_another_config_is_refused_and_writes_nothing(
+  trained, tmp_path, overrides, keys
+):
   w = _copy(trained, tmp_path)
   before = _digest(w)
   r = _run(w, *TEN, *overrides)
@@ -228,36 +303,55 @@ def test_resume_with_another_config_is_refused_and_writes_nothing(trained, tmp_p
   assert "Traceback" not in r.stderr
   err = _error_lines(r.stderr)
   assert len(err) == 1 and f"cannot change on resume: {keys}." in err[0], err
-  assert _digest(w) == before                             # config.json and run.json still the run's own
+  assert _digest(w) == before  # config.json and run.json still the run's own
 
 
 def test_state_preserving_changes_resume_only_with_the_flag(trained, tmp_path):
   w = _copy(trained, tmp_path)
   before = _digest(w)
-  r = _run(w, "--config.train.steps=12", "--config.train.checkpoint_every=5", "--config.optim.lr=1e-3")
+  r = _run(
+    w, "--config.train.steps=12", "--config.train.checkpoint_every=5", "--config.optim.lr=1e-3"
+  )
   assert r.returncode == 2
-  assert _error_lines(r.stderr) == [f"error: workdir {w} holds a run with another config: optim.lr (0.003 → 0.001); "
-                                    "rerun with --config.train.allow_changes=True to continue it with these values"]
+  assert _error_lines(r.stderr) == [
+    f"error: workdir {w} holds a run with another config: optim.lr (0.003 → 0.001); "
+    "rerun with --config.train.allow_changes=True to continue it with these values"
+  ]
   assert _digest(w) == before
-  r = _run(w, "--config.train.steps=12", "--config.train.checkpoint_every=5", "--config.optim.lr=1e-3",
-           "--config.train.allow_changes=True")
+  r = _run(
+    w,
+    "--config.train.steps=12",
+    "--config.train.checkpoint_every=5",
+    "--config.optim.lr=1e-3",
+    "--config.train.allow_changes=True",
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   start = [row for row in read_metrics(w) if row.get("event") == "start"][-1]
   assert start["resumed_from"] == 10
-  assert start["config_changes"] == {"optim.lr": [0.003, 0.001], "train.allow_changes": [False, True],
-                                     "train.steps": [10, 12]}
-  assert json.loads((w / "config.json").read_text())["optim"]["lr"] == 0.001     # the record follows
+  assert start["config_changes"] == {
+    "optim.lr": [0.003, 0.001],
+    "train.allow_changes": [False, True],
+    "train.steps": [10, 12],
+  }
+  assert json.loads((w / "config.json").read_text())["optim"]["lr"] == 0.001  # the record follows
 
 
 def test_non_finite_loss_ends_with_one_line_saying_what_is_on_disk(tmp_path):
   """F8: status 3, no traceback, and no "last good checkpoint" where none was saved."""
   w = tmp_path / "w"
-  r = _run(w, "--config.optim.lr=1e6", "--config.train.checkpoint_every=1000", "--config.train.eval_every=0")
+  r = _run(
+    w,
+    "--config.optim.lr=1e6",
+    "--config.train.checkpoint_every=1000",
+    "--config.train.eval_every=0",
+  )
   assert r.returncode == 3, r.stderr[-3000:]
   assert "Traceback" not in r.stderr
   err = _error_lines(r.stderr)
   assert len(err) == 1 and err[0].startswith("error: non-finite loss or gradient at step "), err
-  assert err[0].endswith(f"no checkpoint on disk in {w / 'checkpoints'} (none was saved before this step)")
+  assert err[0].endswith(
+    f"no checkpoint on disk in {w / 'checkpoints'} (none was saved before this step)"
+  )
   assert "last good" not in r.stderr
   assert not (w / "checkpoints").exists() or not any((w / "checkpoints").iterdir())
 
@@ -280,9 +374,19 @@ def test_metrics_are_rewritten_from_the_resumed_step(trained, tmp_path):
 
 def test_sigterm_saves_one_checkpoint_at_the_stop_step(tmp_path):
   w = tmp_path / "w"
-  proc = subprocess.Popen(_cmd(w, "--config.train.steps=100000", "--config.train.checkpoint_every=1000",
-                               "--config.train.eval_every=0"),
-                          cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    _cmd(
+      w,
+      "--config.train.steps=100000",
+      "--config.train.checkpoint_every=1000",
+      "--config.train.eval_every=0",
+    ),
+    cwd=REPO,
+    env=_env(),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   deadline = time.time() + 240
   while time.time() < deadline and not any(r["step"] >= 5 for r in _rows(w)):
     time.sleep(0.05)
@@ -296,15 +400,29 @@ def test_sigterm_saves_one_checkpoint_at_the_stop_step(tmp_path):
 
 
 def test_print_config_shows_every_resolved_key_with_its_doc():
-  cmd = [sys.executable, "-m", "launch.train", "--config=configs/icl_superposition/mod_add.py:smoke", "--print_config",
-         "--config.train.steps=7"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "launch.train",
+    "--config=configs/icl_superposition/mod_add.py:smoke",
+    "--print_config",
+    "--config.train.steps=7",
+  ]
   r = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
   assert r.returncode == 0, r.stderr[-2000:]
   lines = r.stdout.splitlines()
-  assert any(line.startswith("train.steps = 7 ") and line.endswith("# optimizer steps") for line in lines)
+  assert any(
+    line.startswith("train.steps = 7 ") and line.endswith("# optimizer steps") for line in lines
+  )
   assert any(line.startswith("icl.family = 'mod_add'") for line in lines)
-  bad = subprocess.run(cmd + ["--config.optim.lr=-1.0"], cwd=REPO, env=_env(), capture_output=True, text=True,
-                       timeout=120)
+  bad = subprocess.run(
+    cmd + ["--config.optim.lr=-1.0"],
+    cwd=REPO,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert bad.returncode == 2 and "config.optim.lr=-1.0" in bad.stderr
 
 
@@ -318,8 +436,16 @@ def test_sample_from_a_trained_workdir(tmp_path):
 
   w = tmp_path / "w"
   assert _run(w, "--config.train.steps=30").returncode == 0
-  cmd = [sys.executable, "-m", "launch.sample", f"--workdir={w}", "--prompt=ROMEO:", "--prompt=To be, or",
-         "--max_new_tokens=12", "--temperature=0"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "launch.sample",
+    f"--workdir={w}",
+    "--prompt=ROMEO:",
+    "--prompt=To be, or",
+    "--max_new_tokens=12",
+    "--temperature=0",
+  ]
   r = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
   outs = r.stdout.split("-" * 40 + "\n")
@@ -331,13 +457,15 @@ def test_sample_from_a_trained_workdir(tmp_path):
   cfg = nn.from_dict(config_lib.to_dict(tiny.get_config("smoke"))["model"])
   mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
   with jax.set_mesh(mesh):
-    graphdef, abs_params, _ = state_lib.split_model(lambda: nn.Transformer(cfg, rngs=nnx.Rngs(0)), mesh)
+    graphdef, abs_params, _ = state_lib.split_model(
+      lambda: nn.Transformer(cfg, rngs=nnx.Rngs(0)), mesh
+    )
     params = checkpoint.load_params(w, abs_params)
     logits = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x).logits_BTV)
     for prompt, out in zip(["ROMEO:", "To be, or"], outs):
       ids = [tok.bos_id] + tok.encode(prompt)
       for _ in range(12):
         padded = np.zeros((1, cfg.max_seq_len), np.int32)
-        padded[0, :len(ids)] = ids
+        padded[0, : len(ids)] = ids
         ids.append(int(np.argmax(logits(params, padded)[0, len(ids) - 1])))
-      assert out[:-1] == prompt + tok.decode(ids[1 + len(prompt):])   # print() added one "\n"
+      assert out[:-1] == prompt + tok.decode(ids[1 + len(prompt) :])  # print() added one "\n"

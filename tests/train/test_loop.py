@@ -1,4 +1,5 @@
 """The shared train loop in-process: NaN guard, accumulation, init_from, profiler, metrics files."""
+
 import json
 import math
 
@@ -8,7 +9,15 @@ import pytest
 
 from configs.lm import tiny
 from superpose.data import lm as lm_data, packing
-from superpose.train import checkpoint, config as config_lib, lm, loop, optim, state as state_lib, step as step_lib
+from superpose.train import (
+  checkpoint,
+  config as config_lib,
+  lm,
+  loop,
+  optim,
+  state as state_lib,
+  step as step_lib,
+)
 from superpose.train.task import Task
 from superpose.train.mesh import make_mesh
 from superpose.train.metrics import read_metrics
@@ -17,12 +26,15 @@ from superpose.train.metrics import read_metrics
 def _cfg(**train):
   cfg = config_lib.to_dict(tiny.get_config("smoke"))
   cfg["mesh"]["ici"] = (2, 2, 2)
-  cfg["train"].update(dict(progress=False, eval_every=0, checkpoint_every=0, async_checkpoint=False), **train)
+  cfg["train"].update(
+    dict(progress=False, eval_every=0, checkpoint_every=0, async_checkpoint=False), **train
+  )
   return cfg
 
 
 class PoisonedData(lm.LMData):
   """Step ``poison_step`` gets NaN loss weights."""
+
   poison_step = 3
 
   def train_batch(self, step, pidx, pcount):
@@ -39,14 +51,17 @@ def _poisoned(cfg) -> Task:
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, devices8):
   cfg = _cfg(steps=6, checkpoint_every=2)
-  with pytest.raises(loop.NonFiniteLoss, match="non-finite loss or gradient at step 3 .* training stopped; "
-                                               "the newest checkpoint on disk is step 2"):
+  with pytest.raises(
+    loop.NonFiniteLoss,
+    match="non-finite loss or gradient at step 3 .* training stopped; "
+    "the newest checkpoint on disk is step 2",
+  ):
     loop.train(cfg, tmp_path, _poisoned(cfg))
   ck = checkpoint.Checkpointer(checkpoint.checkpoint_dir(tmp_path))
   assert ck.all_steps() == [2]
   ck.close()
   steps = [r["step"] for r in read_metrics(tmp_path) if "loss" in r]
-  assert steps == [1, 2]   # step 3 is reported by the exception, not logged as a result
+  assert steps == [1, 2]  # step 3 is reported by the exception, not logged as a result
 
 
 def _single_device(optim_cfg):
@@ -93,7 +108,10 @@ def test_run_outputs_and_init_from(tmp_path, devices8):
   assert res.step == 4 and math.isfinite(res.eval["eval/loss"])
   assert res.eval["eval/perplexity"] == pytest.approx(math.exp(res.eval["eval/loss"]))
   meta = json.loads((first / "run.json").read_text())
-  assert meta["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2} and meta["versions"]["jax"] == jax.__version__
+  assert (
+    meta["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+    and meta["versions"]["jax"] == jax.__version__
+  )
   assert meta["config"]["train"]["steps"] == 4
   assert list((first / "tensorboard").glob("events.out.tfevents.*"))
   assert list((first / "profile").rglob("*.xplane.pb"))
@@ -113,7 +131,7 @@ def test_run_outputs_and_init_from(tmp_path, devices8):
     _, abs_params, _ = state_lib.split_model(task2.spec.make_model, mesh)
     p1 = jax.device_get(checkpoint.load_params(first, abs_params))
     p2 = jax.device_get(checkpoint.load_params(second, abs_params))
-  for x, y in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):   # lr 0: weights unchanged by the step
+  for x, y in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):  # lr 0: weights unchanged by the step
     np.testing.assert_array_equal(x, y)
 
 
@@ -138,6 +156,7 @@ def test_packed_documents_train_on_a_mesh(tmp_path, devices8):
 
 def test_separate_validation_file(tmp_path):
   import gzip
+
   val = tmp_path / "val.jsonl.gz"
   with gzip.open(val, "wt") as f:
     f.write(json.dumps({"title": "v", "text": "abc " * 400}) + "\n")
@@ -151,11 +170,16 @@ def test_separate_validation_file(tmp_path):
   assert set(np.unique(b["inputs"])) <= {256, ord("a"), ord("b"), ord("c"), ord(" ")}
 
 
-def test_mfu_never_above_100_percent_when_the_start_up_peak_was_under_measured(tmp_path, devices8, monkeypatch):
+def test_mfu_never_above_100_percent_when_the_start_up_peak_was_under_measured(
+  tmp_path, devices8, monkeypatch
+):
   """F11: a CPU peak measured while other work loaded the cores (here: 1 MFLOP/s) must not give MFU
   above 100 %: the rates that the steps reach raise the peak."""
   from superpose.train import flops
-  monkeypatch.setattr(flops, "device_peak_flops", lambda device=None: (1e6, "measured f32 matmul peak (busy)"))
+
+  monkeypatch.setattr(
+    flops, "device_peak_flops", lambda device=None: (1e6, "measured f32 matmul peak (busy)")
+  )
   cfg = _cfg(steps=6)
   res = loop.train(cfg, tmp_path, lm.make_task(cfg))
   mfus = [r["perf/mfu"] for r in read_metrics(tmp_path) if "perf/mfu" in r]
@@ -165,20 +189,25 @@ def test_mfu_never_above_100_percent_when_the_start_up_peak_was_under_measured(t
 
 def test_peak_is_the_best_of_start_up_and_later_measurements(monkeypatch):
   from superpose.train import flops
-  monkeypatch.setattr(flops, "device_peak_flops", lambda device=None: (1e9, "measured f32 matmul peak"))
+
+  monkeypatch.setattr(
+    flops, "device_peak_flops", lambda device=None: (1e9, "measured f32 matmul peak")
+  )
   rates = iter([5e9, 2e9])
   monkeypatch.setattr(flops, "measure_cpu_peak", lambda *a, **k: next(rates))
   monkeypatch.setattr(flops.jax, "local_device_count", lambda: 1)
   peak = flops.Peak(num_devices=1, remeasure_every_s=0)
   assert peak.mfu(5e8) == 0.5
-  peak.remeasure()                       # 5e9 measured later: the start-up figure was low
+  peak.remeasure()  # 5e9 measured later: the start-up figure was low
   assert peak.total == 5e9
-  peak.remeasure()                       # a lower later figure never lowers it
+  peak.remeasure()  # a lower later figure never lowers it
   assert peak.total == 5e9
   assert peak.mfu(1e10) == 1.0 and peak.total == 1e10
-  monkeypatch.setattr(flops, "device_peak_flops", lambda device=None: (989e12, "NVIDIA H100 bf16 dense peak"))
+  monkeypatch.setattr(
+    flops, "device_peak_flops", lambda device=None: (989e12, "NVIDIA H100 bf16 dense peak")
+  )
   table = flops.Peak(num_devices=8, remeasure_every_s=0)
-  table.remeasure()                      # a chip of the table is never measured
+  table.remeasure()  # a chip of the table is never measured
   assert table.total == 8 * 989e12 and table.mfu(989e12) == 0.125
 
 
@@ -186,6 +215,7 @@ def test_metrics_of_steps_after_the_restart_point_are_dropped(tmp_path, devices8
   """F10 (the writer): a run that got to step 7 but resumes from checkpoint 5 rewrites metrics.jsonl
   without steps 6 and 7 (and a torn last line), so every step appears once."""
   from superpose.train.metrics import MetricWriter
+
   w = MetricWriter(tmp_path, tensorboard=False)
   w.write(0, {"event": "start", "resumed_from": -1})
   for step in range(1, 8):
@@ -193,7 +223,7 @@ def test_metrics_of_steps_after_the_restart_point_are_dropped(tmp_path, devices8
   w.write(5, {"eval/loss": 1.0})
   w.close()
   with open(tmp_path / "metrics.jsonl", "a") as f:
-    f.write('{"step": 8, "lo')                 # killed mid-line
+    f.write('{"step": 8, "lo')  # killed mid-line
   w = MetricWriter(tmp_path, tensorboard=False, start_step=5)
   w.write(5, {"event": "start", "resumed_from": 5})
   for step in (6, 7):
@@ -213,7 +243,9 @@ def test_progress_is_carried_over_sessions(tmp_path, devices8):
   first = json.loads((tmp_path / "progress.json").read_text())
   assert (first["step"], first["steps"], first["sessions"], first["finished"]) == (2, 2, 1, True)
   assert first["wall_time_s"] > 0
-  cfg = _cfg(steps=4, checkpoint_every=2)     # the same run, continued in a new session with more steps
+  cfg = _cfg(
+    steps=4, checkpoint_every=2
+  )  # the same run, continued in a new session with more steps
   loop.train(cfg, tmp_path, lm.make_task(cfg))
   second = json.loads((tmp_path / "progress.json").read_text())
   # the count of sessions and the earlier wall time came back from the resumed checkpoint's metadata

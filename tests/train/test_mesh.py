@@ -5,8 +5,15 @@ from jax.sharding import AxisType
 from superpose.train.mesh import MeshError, fill_axes, make_mesh
 
 
-@pytest.mark.parametrize("ici,expected", [((-1, 1, 1), (8, 1, 1)), ((1, -1, 1), (1, 8, 1)), ((2, 2, 2), (2, 2, 2)),
-                                          ((2, -1, 2), (2, 2, 2))])
+@pytest.mark.parametrize(
+  "ici,expected",
+  [
+    ((-1, 1, 1), (8, 1, 1)),
+    ((1, -1, 1), (1, 8, 1)),
+    ((2, 2, 2), (2, 2, 2)),
+    ((2, -1, 2), (2, 2, 2)),
+  ],
+)
 def test_mesh_shapes_and_auto_axis_types(devices8, ici, expected):
   mesh = make_mesh(ici)
   assert tuple(mesh.shape.values()) == expected

@@ -7,6 +7,7 @@ that the one-process run reads there, so each process reads only its own slice. 
 two-process checkpoint by two processes, SIGTERM to one process, and the launcher's handling of
 failures and signals (with a stand-in interpreter). About 85 s on two cores.
 """
+
 import json
 import os
 import pathlib
@@ -30,8 +31,13 @@ SMOKE = f"{REPO}/configs/lm/tiny.py:smoke"
 N = 4  # steps of the first run; the reference and the resumed run go to 2N
 # A constant learning rate after a short warmup: the schedule does not depend on train.steps, so a run
 # to N continued to 2N sees the learning rates of a run to 2N.
-COMMON = ["--config.train.progress=False", "--config.optim.schedule=constant", "--config.optim.warmup_steps=2",
-          f"--config.train.checkpoint_every={N}", f"--config.train.eval_every={N}"]
+COMMON = [
+  "--config.train.progress=False",
+  "--config.optim.schedule=constant",
+  "--config.optim.warmup_steps=2",
+  f"--config.train.checkpoint_every={N}",
+  f"--config.train.eval_every={N}",
+]
 RTOL = 1e-6
 
 
@@ -43,9 +49,23 @@ def _env(**extra) -> dict:
 
 def _single(workdir, *overrides, timeout=300):
   """One process over eight CPU devices."""
-  cmd = [sys.executable, "-m", "launch.train", f"--config={SMOKE}", f"--workdir={workdir}", *COMMON, *overrides]
-  r = subprocess.run(cmd, cwd=REPO, env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
-                     capture_output=True, text=True, timeout=timeout)
+  cmd = [
+    sys.executable,
+    "-m",
+    "launch.train",
+    f"--config={SMOKE}",
+    f"--workdir={workdir}",
+    *COMMON,
+    *overrides,
+  ]
+  r = subprocess.run(
+    cmd,
+    cwd=REPO,
+    env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   return r
 
@@ -53,10 +73,27 @@ def _single(workdir, *overrides, timeout=300):
 def _start(workdir, *overrides, stderr=subprocess.PIPE):
   """launch/multiprocess.sh: two processes of four devices; its own session, so that a failed test can
   kill it with its children."""
-  cmd = ["bash", str(LAUNCHER), "--processes=2", "--devices=4", "--quiet", f"--python={sys.executable}",
-         f"--config={SMOKE}", f"--workdir={workdir}", *COMMON, *overrides]
-  return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=stderr, text=True,
-                          start_new_session=True)
+  cmd = [
+    "bash",
+    str(LAUNCHER),
+    "--processes=2",
+    "--devices=4",
+    "--quiet",
+    f"--python={sys.executable}",
+    f"--config={SMOKE}",
+    f"--workdir={workdir}",
+    *COMMON,
+    *overrides,
+  ]
+  return subprocess.Popen(
+    cmd,
+    cwd=REPO,
+    env=_env(),
+    stdout=subprocess.DEVNULL,
+    stderr=stderr,
+    text=True,
+    start_new_session=True,
+  )
 
 
 def _finish(proc, timeout=300):
@@ -106,7 +143,7 @@ def _check_batches(two_dir, ref_dir, steps):
       mine = two[step, p]
       assert mine["processes"] == 2
       assert mine["rows"] == list(range(4 * p, 4 * p + 4)), (step, p, mine["rows"])
-      assert mine["row_hashes"] == whole["row_hashes"][4 * p:4 * p + 4], (step, p)
+      assert mine["row_hashes"] == whole["row_hashes"][4 * p : 4 * p + 4], (step, p)
 
 
 def _max_delta(a: dict, b: dict, steps) -> float:
@@ -119,6 +156,7 @@ def _params(step_dir):
   from configs.lm import tiny
   from superpose.train import config as config_lib, lm, state as state_lib
   from superpose.train.mesh import make_mesh
+
   task = lm.make_spec(config_lib.to_dict(tiny.get_config("smoke")))
   mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
   with jax.set_mesh(mesh):
@@ -150,8 +188,10 @@ def test_two_processes_equal_one_process_then_resume(tmp_path, record_property):
   _check_batches(two, ref, first)
   # The checkpoint that the two processes wrote together holds the one-process run's parameters.
   assert _steps(two) == [N]
-  for a, b in zip(jax.tree.leaves(_params(two / "checkpoints" / str(N))),
-                  jax.tree.leaves(_params(ref / "checkpoints" / str(N)))):
+  for a, b in zip(
+    jax.tree.leaves(_params(two / "checkpoints" / str(N))),
+    jax.tree.leaves(_params(ref / "checkpoints" / str(N))),
+  ):
     # Adam turns last-bit gradient differences of near-zero parameters into ~lr-sized steps: 1.3e-6 seen on an
     # AVX2-only host; a wrong row or shard would differ by the size of the parameters (≥ 1e-2).
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
@@ -161,36 +201,51 @@ def test_two_processes_equal_one_process_then_resume(tmp_path, record_property):
   assert [s["resumed_from"] for s in starts] == [-1, N]
   second = range(N + 1, 2 * N + 1)
   delta = max(delta, _max_delta(_losses(two), _losses(ref), second))
-  eval_delta = max(eval_delta, _max_delta(_losses(two, "eval/loss"), _losses(ref, "eval/loss"), [2 * N]))
+  eval_delta = max(
+    eval_delta, _max_delta(_losses(two, "eval/loss"), _losses(ref, "eval/loss"), [2 * N])
+  )
   _check_batches(two, ref, second)
   assert _steps(two) == [N, 2 * N]
   record_property("max_abs_loss_delta", delta)
-  print(f"2 processes vs 1, steps 1..{2 * N} (resumed at {N}): max |Δ loss| {delta:.3g}, "
-        f"max |Δ eval loss| {eval_delta:.3g}")
+  print(
+    f"2 processes vs 1, steps 1..{2 * N} (resumed at {N}): max |Δ loss| {delta:.3g}, "
+    f"max |Δ eval loss| {eval_delta:.3g}"
+  )
 
 
 def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path):
   w = tmp_path / "w"
   err_path = tmp_path / "launcher.err"
   with open(err_path, "w") as err:
-    proc = _start(w, "--config.train.steps=100000", "--config.train.checkpoint_every=1000",
-                  "--config.train.eval_every=0", stderr=err)
+    proc = _start(
+      w,
+      "--config.train.steps=100000",
+      "--config.train.checkpoint_every=1000",
+      "--config.train.eval_every=0",
+      stderr=err,
+    )
   try:
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and max(_losses(w), default=0) < 3:
       time.sleep(0.05)
     assert proc.poll() is None, err_path.read_text()[-3000:] + _logs(w)
     pids = re.search(r"\(pids (\d+) (\d+)\)", err_path.read_text())
-    os.kill(int(pids.group(2)), signal.SIGTERM)    # process 1 only; neither process 0 nor the launcher
+    os.kill(
+      int(pids.group(2)), signal.SIGTERM
+    )  # process 1 only; neither process 0 nor the launcher
     rc, _ = _finish(proc, timeout=180)
   finally:
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)
   err = err_path.read_text()
-  assert rc == 0, err[-3000:] + _logs(w)          # the launcher's status: 0 only when both exited 0
+  assert rc == 0, err[-3000:] + _logs(w)  # the launcher's status: 0 only when both exited 0
   assert "2 processes finished, status 0" in err
-  stops = {p: re.findall(r"stopping at step (\d+) on SIGTERM", (w / "logs" / f"process_{p}.log").read_text())
-           for p in (0, 1)}
+  stops = {
+    p: re.findall(
+      r"stopping at step (\d+) on SIGTERM", (w / "logs" / f"process_{p}.log").read_text()
+    )
+    for p in (0, 1)
+  }
   assert len(stops[0]) == 1 and stops[0] == stops[1], stops
   stop = int(stops[0][0])
   assert _steps(w) == [stop]
@@ -205,8 +260,14 @@ def test_a_dead_peer_ends_the_others_with_one_line(tmp_path):
   w = tmp_path / "w"
   err_path = tmp_path / "launcher.err"
   with open(err_path, "w") as err:
-    proc = _start(w, "--config.train.steps=100000", "--config.train.checkpoint_every=3",
-                  "--config.train.eval_every=0", "--config.peer_timeout_s=10", stderr=err)
+    proc = _start(
+      w,
+      "--config.train.steps=100000",
+      "--config.train.checkpoint_every=3",
+      "--config.train.eval_every=0",
+      "--config.peer_timeout_s=10",
+      stderr=err,
+    )
   try:
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and max(_losses(w), default=0) < 5:
@@ -220,14 +281,20 @@ def test_a_dead_peer_ends_the_others_with_one_line(tmp_path):
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)
   err = err_path.read_text()
-  assert rc == 137, err[-3000:]                            # the launcher reports the first failure: the kill
+  assert rc == 137, err[-3000:]  # the launcher reports the first failure: the kill
   assert "process 0 exited with status 5" in err, err[-3000:] + _logs(w)
-  assert time.time() - t0 < 60                            # not jax's 100 s heartbeat
+  assert time.time() - t0 < 60  # not jax's 100 s heartbeat
   last = (w / "logs" / "process_0.log").read_text().strip().splitlines()[-1]
   newest = _steps(w)[-1]
-  assert re.fullmatch(re.escape("error: process 0: process 1 of 2 has shown no sign of life for ") + r"1\d s"
-                      + re.escape(f" (dead or hung), so this process stops; the newest checkpoint on disk is step "
-                                  f"{newest} ({w / 'checkpoints'}); rerun every process to resume"), last), last
+  assert re.fullmatch(
+    re.escape("error: process 0: process 1 of 2 has shown no sign of life for ")
+    + r"1\d s"
+    + re.escape(
+      f" (dead or hung), so this process stops; the newest checkpoint on disk is step "
+      f"{newest} ({w / 'checkpoints'}); rerun every process to resume"
+    ),
+    last,
+  ), last
   assert "Traceback" not in (w / "logs" / "process_0.log").read_text()
 
 
@@ -250,24 +317,46 @@ def _fake(tmp_path, mode, *args):
   py = tmp_path / "python"
   py.write_text(FAKE_PYTHON)
   py.chmod(0o755)
-  cmd = ["bash", str(LAUNCHER), "-n", "3", "-d", "2", "--quiet", "--port=12345", f"--python={py}",
-         f"--workdir={tmp_path / 'w'}", *args]
-  return subprocess.Popen(cmd, env=dict(os.environ, FAKE_MODE=mode), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, start_new_session=True)
+  cmd = [
+    "bash",
+    str(LAUNCHER),
+    "-n",
+    "3",
+    "-d",
+    "2",
+    "--quiet",
+    "--port=12345",
+    f"--python={py}",
+    f"--workdir={tmp_path / 'w'}",
+    *args,
+  ]
+  return subprocess.Popen(
+    cmd,
+    env=dict(os.environ, FAKE_MODE=mode),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+    start_new_session=True,
+  )
 
 
 def test_launcher_stops_the_others_when_one_fails(tmp_path):
   t0 = time.time()
   rc, err = _finish(_fake(tmp_path, "fail", "--config.x=1"), timeout=60)
-  assert rc == 3, err                                    # the failed process's status
+  assert rc == 3, err  # the failed process's status
   assert "process 1 exited with status 3" in err and "stopping the other processes" in err
   logs = [(tmp_path / "w" / "logs" / f"process_{i}.log").read_text() for i in range(3)]
-  assert "stopped" in logs[0] and "stopped" in logs[2]   # SIGTERM reached the survivors
+  assert "stopped" in logs[0] and "stopped" in logs[2]  # SIGTERM reached the survivors
   assert time.time() - t0 < 30
   first = logs[0].splitlines()[0]
   assert "process 0 of 3 at 127.0.0.1:12345" in first
-  assert "--xla_force_host_platform_device_count=2" in first and "--xla_force_host_platform_device_count=8" not in first
-  assert first.endswith("-m launch.train --config.x=1 --workdir=" + str(tmp_path / "w") + " --config.distributed=true")
+  assert (
+    "--xla_force_host_platform_device_count=2" in first
+    and "--xla_force_host_platform_device_count=8" not in first
+  )
+  assert first.endswith(
+    "-m launch.train --config.x=1 --workdir=" + str(tmp_path / "w") + " --config.distributed=true"
+  )
 
 
 def test_launcher_forwards_sigterm_and_exits_zero_after_a_clean_stop(tmp_path):

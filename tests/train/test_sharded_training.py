@@ -1,4 +1,5 @@
 """Loss and gradients are the same on every mesh, and parameters are really sharded."""
+
 import jax
 import numpy as np
 import pytest
@@ -26,13 +27,19 @@ def _loss_and_grads(task, ici):
     tx, _ = optim.make_optimizer({"lr": 1e-3}, abs_params, 10)
     state, state_sh = state_lib.create(task.spec.make_model, tx, abs_params, mesh)
     host = task.data.train_batch(1, 0, 1)
-    batch_sh = {k: jax.sharding.NamedSharding(mesh, shd.spec_for(("batch", "length"), v.shape, mesh))
-                for k, v in host.items()}
+    batch_sh = {
+      k: jax.sharding.NamedSharding(mesh, shd.spec_for(("batch", "length"), v.shape, mesh))
+      for k, v in host.items()
+    }
     batch = {k: jax.device_put(v, batch_sh[k]) for k, v in host.items()}
-    grad_fn = jax.jit(jax.value_and_grad(lambda p, b: task.spec.train_loss(state_lib.merge(graphdef, p), b)[0]),
-                      in_shardings=(state_sh["params"], batch_sh))
+    grad_fn = jax.jit(
+      jax.value_and_grad(lambda p, b: task.spec.train_loss(state_lib.merge(graphdef, p), b)[0]),
+      in_shardings=(state_sh["params"], batch_sh),
+    )
     loss, grads = grad_fn(state["params"], batch)
-    train_step = step_lib.jit_train_step(step_lib.make_train_step(graphdef, task.spec.train_loss, tx), state_sh, batch_sh)
+    train_step = step_lib.jit_train_step(
+      step_lib.make_train_step(graphdef, task.spec.train_loss, tx), state_sh, batch_sh
+    )
     losses = []
     for s in range(1, 4):
       b = {k: jax.device_put(v, batch_sh[k]) for k, v in task.data.train_batch(s, 0, 1).items()}
@@ -72,13 +79,15 @@ def test_weights_hold_their_share_of_bytes_per_device(results, name, expected_sh
       matrices += 1
   assert matrices == 2 * 6 + 1
   # The Adam moments are sharded like their parameters.
-  params = {jax.tree_util.keystr(p): w for p, w in jax.tree_util.tree_flatten_with_path(state["params"])[0]}
+  params = {
+    jax.tree_util.keystr(p): w for p, w in jax.tree_util.tree_flatten_with_path(state["params"])[0]
+  }
   moments = 0
   for path, x in jax.tree_util.tree_flatten_with_path(state["opt_state"])[0]:
     names = [getattr(k, "name", None) for k in path]
     if "mu" in names or "nu" in names:
       i = max(i for i, n in enumerate(names) if n in ("mu", "nu"))
-      w = params[jax.tree_util.keystr(path[i + 1:])]
+      w = params[jax.tree_util.keystr(path[i + 1 :])]
       assert x.sharding.spec == w.sharding.spec, jax.tree_util.keystr(path)
       moments += 1
   assert moments == 2 * len(params)
@@ -98,7 +107,17 @@ def test_lookup_tables_all_gather_only_where_batch_and_table_axes_collide():
   on = {"data": 2, "fsdp": 2, "tensor": 2}
   assert shd.lookup_axes(("vocab", "embed"), on) == ("vocab", None)
   assert shd.lookup_axes((None, "embed"), on) == (None, None)
-  assert shd.lookup_axes(("vocab", "embed"), {"data": 1, "fsdp": 8, "tensor": 1}) is None   # FSDP only
-  assert shd.lookup_axes(("vocab", "embed"), {"data": 8, "fsdp": 1, "tensor": 1}) is None   # no overlap
-  assert shd.lookup_axes(("vocab", "embed"), {"data": 4, "fsdp": 2}, rules=(("batch", "data"), ("vocab", None),
-                                                                           ("embed", "fsdp"))) is None
+  assert (
+    shd.lookup_axes(("vocab", "embed"), {"data": 1, "fsdp": 8, "tensor": 1}) is None
+  )  # FSDP only
+  assert (
+    shd.lookup_axes(("vocab", "embed"), {"data": 8, "fsdp": 1, "tensor": 1}) is None
+  )  # no overlap
+  assert (
+    shd.lookup_axes(
+      ("vocab", "embed"),
+      {"data": 4, "fsdp": 2},
+      rules=(("batch", "data"), ("vocab", None), ("embed", "fsdp")),
+    )
+    is None
+  )

@@ -4,6 +4,7 @@ The blends evaluate their splines at a fixed set of points, one per layer, so a 
 matrix computed once at construction; only the control points are learned. Agrees with
 ``scipy.interpolate.BSpline`` on the whole domain, the right endpoint included (p1 §7.2).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +19,9 @@ def clamped_knots(num_control: int, degree: int, lo: float = 0.0, hi: float = 1.
   if degree < 0:
     raise ValueError(f"clamped_knots: degree must be >= 0, got {degree}")
   if num_control < degree + 1:
-    raise ValueError(f"clamped_knots: a degree-{degree} spline needs >= {degree + 1} control points, got {num_control}")
+    raise ValueError(
+      f"clamped_knots: a degree-{degree} spline needs >= {degree + 1} control points, got {num_control}"
+    )
   if not hi > lo:
     raise ValueError(f"clamped_knots: need lo < hi, got [{lo}, {hi}]")
   inner = np.linspace(lo, hi, num_control - degree + 1, dtype=np.float64)
@@ -56,7 +59,7 @@ def basis(x: np.ndarray, knots: np.ndarray, degree: int) -> np.ndarray:
   # Degree 0: the indicator of the half-open span [t_i, t_{i+1}) holding x. x == hi lies in no such
   # span, which would make the last row all zero; it belongs to the last non-empty span instead
   # (closed on the right), as in SciPy.
-  nonempty = np.nonzero(t[:num_control] < t[1:num_control + 1])[0]
+  nonempty = np.nonzero(t[:num_control] < t[1 : num_control + 1])[0]
   span = np.minimum(np.searchsorted(t, x, side="right") - 1, nonempty[-1])
   values = np.zeros((len(x), len(t) - 1))
   values[np.arange(len(x)), span] = 1.0
@@ -64,9 +67,9 @@ def basis(x: np.ndarray, knots: np.ndarray, degree: int) -> np.ndarray:
   # N_{i,p}(x) = (x − t_i)/(t_{i+p} − t_i) · N_{i,p−1}(x) + (t_{i+p+1} − x)/(t_{i+p+1} − t_{i+1}) · N_{i+1,p−1}(x)
   for p in range(1, degree + 1):
     n = len(t) - 1 - p
-    rise = _ratio(x[:, None] - t[None, :n], t[p:p + n] - t[:n])
-    fall = _ratio(t[None, p + 1:p + 1 + n] - x[:, None], t[p + 1:p + 1 + n] - t[1:1 + n])
-    values = rise * values[:, :n] + fall * values[:, 1:n + 1]
+    rise = _ratio(x[:, None] - t[None, :n], t[p : p + n] - t[:n])
+    fall = _ratio(t[None, p + 1 : p + 1 + n] - x[:, None], t[p + 1 : p + 1 + n] - t[1 : 1 + n])
+    values = rise * values[:, :n] + fall * values[:, 1 : n + 1]
   return values
 
 

@@ -15,6 +15,7 @@ dense(K) = logits. The EMA is linear, so EMA(s)·W = EMA(s·W): the forward proj
 hidden width first and averages there (hidden ≪ d_model: a few times less scan work, the same logits). The output layer starts at zero, so the gate starts uniform after a softmax;
 its first step moves the output layer only (the hidden layer's gradient goes through it).
 """
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,9 @@ from flax import nnx
 from superpose.nn import sharding
 
 
-def causal_ema(x_BTD: jax.Array, decays: Sequence[float], segment_ids_BT: jax.Array | None = None) -> jax.Array:
+def causal_ema(
+  x_BTD: jax.Array, decays: Sequence[float], segment_ids_BT: jax.Array | None = None
+) -> jax.Array:
   """Bias-corrected EMAs of x over time, one per decay, restarted where the segment id changes: (B, T, N, D) f32.
 
   ``x`` may also be (B, T, N, D) with N = len(decays): decay n then averages x[:, :, n] only."""
@@ -56,19 +59,34 @@ def causal_ema(x_BTD: jax.Array, decays: Sequence[float], segment_ids_BT: jax.Ar
 class CausalGate(nnx.Module):
   """``__call__(s_BTD, segment_ids_BT=None) -> logits_BTK`` (f32); softmax, top-1 … are the caller's."""
 
-  def __init__(self, d_model: int, num_experts: int, *, hidden: int = 64,
-               decays: Sequence[float] = (0.0, 0.9, 0.98), eps: float = 1e-6, rngs: nnx.Rngs,
-               param_dtype=jnp.float32):
+  def __init__(
+    self,
+    d_model: int,
+    num_experts: int,
+    *,
+    hidden: int = 64,
+    decays: Sequence[float] = (0.0, 0.9, 0.98),
+    eps: float = 1e-6,
+    rngs: nnx.Rngs,
+    param_dtype=jnp.float32,
+  ):
     decays = tuple(float(b) for b in decays)
     if not decays or any(not 0.0 <= b < 1.0 for b in decays):
       raise ValueError(f"CausalGate: decays={decays}: need at least one, each in [0, 1)")
     self.decays, self.eps = decays, float(eps)
     self.d_model, self.num_experts, self.hidden = int(d_model), int(num_experts), int(hidden)
     n, pdt = len(decays), param_dtype
-    self.w_in = sharding.param(rngs, nnx.initializers.normal(1.0 / math.sqrt(n * d_model)), (n, d_model, hidden),
-                               (None, "embed", None), pdt)
+    self.w_in = sharding.param(
+      rngs,
+      nnx.initializers.normal(1.0 / math.sqrt(n * d_model)),
+      (n, d_model, hidden),
+      (None, "embed", None),
+      pdt,
+    )
     self.b_in = sharding.param(rngs, nnx.initializers.zeros, (hidden,), (None,), pdt)
-    self.w_out = sharding.param(rngs, nnx.initializers.zeros, (hidden, num_experts), (None, "experts"), pdt)
+    self.w_out = sharding.param(
+      rngs, nnx.initializers.zeros, (hidden, num_experts), (None, "experts"), pdt
+    )
     self.b_out = sharding.param(rngs, nnx.initializers.zeros, (num_experts,), ("experts",), pdt)
 
   def features(self, s_BTD: jax.Array, segment_ids_BT: jax.Array | None = None) -> jax.Array:
@@ -80,10 +98,14 @@ class CausalGate(nnx.Module):
   def __call__(self, s_BTD: jax.Array, segment_ids_BT: jax.Array | None = None) -> jax.Array:
     s = s_BTD.astype(jnp.float32)
     s = s * jax.lax.rsqrt(jnp.mean(jnp.square(s), axis=-1, keepdims=True) + self.eps)
-    p_BTNH = jnp.einsum("btd,ndh->btnh", s, self.w_in[...].astype(jnp.float32))   # project, then average
+    p_BTNH = jnp.einsum(
+      "btd,ndh->btnh", s, self.w_in[...].astype(jnp.float32)
+    )  # project, then average
     h_BTH = causal_ema(p_BTNH, self.decays, segment_ids_BT).sum(2)
     h_BTH = jax.nn.gelu(h_BTH + self.b_in[...].astype(jnp.float32), approximate=False)
-    return jnp.einsum("bth,hk->btk", h_BTH, self.w_out[...].astype(jnp.float32)) + self.b_out[...].astype(jnp.float32)
+    return jnp.einsum("bth,hk->btk", h_BTH, self.w_out[...].astype(jnp.float32)) + self.b_out[
+      ...
+    ].astype(jnp.float32)
 
   def flops_per_token(self) -> int:
     """2 per multiply-add of the two dense layers, plus 3·hidden per non-zero decay (EMA multiply-add, divide).

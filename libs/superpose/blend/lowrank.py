@@ -21,6 +21,7 @@ b = 0, d = 0. Every Δ is then exactly zero — a fresh module reproduces the tr
 gate's gradient is zero until b moves. To start from the experts, :func:`values_from_experts` and
 :meth:`ExpertDeltas.load`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,31 +45,37 @@ EMBEDDING_MODES = ("lowrank", "full", "none")
 @dataclasses.dataclass(frozen=True)
 class Entry:
   """The delta of one trunk parameter."""
-  path: tuple[str | int, ...]   # the trunk's keys (int layer indices in a looped trunk)
-  kind: str                     # 'lowrank' | 'full'
-  shape: tuple[int, ...]        # the trunk parameter's shape (with the layer axis when stacked)
+
+  path: tuple[str | int, ...]  # the trunk's keys (int layer indices in a looped trunk)
+  kind: str  # 'lowrank' | 'full'
+  shape: tuple[int, ...]  # the trunk parameter's shape (with the layer axis when stacked)
   dtype: Any
-  lead: int                     # 1 for stacked blocks (leading layer axis), else 0
-  n_in: int                     # in dims of a LowRank (0 for Full)
-  rank: int                     # r of a LowRank (0 for Full)
-  axes: tuple                   # the trunk parameter's logical axes
+  lead: int  # 1 for stacked blocks (leading layer axis), else 0
+  n_in: int  # in dims of a LowRank (0 for Full)
+  rank: int  # r of a LowRank (0 for Full)
+  axes: tuple  # the trunk parameter's logical axes
 
   @property
   def name(self) -> str:
     return "/".join(map(str, self.path))
 
   def delta_shapes(self, num_deltas: int) -> dict[str, tuple[int, ...]]:
-    lead, core = self.shape[:self.lead], self.shape[self.lead:]
+    lead, core = self.shape[: self.lead], self.shape[self.lead :]
     if self.kind == "full":
       return {"d": (*lead, num_deltas, *core)}
-    return {"a": (*lead, num_deltas, *core[:self.n_in], self.rank),
-            "b": (*lead, num_deltas, self.rank, *core[self.n_in:])}
+    return {
+      "a": (*lead, num_deltas, *core[: self.n_in], self.rank),
+      "b": (*lead, num_deltas, self.rank, *core[self.n_in :]),
+    }
 
   def delta_axes(self) -> dict[str, tuple]:
-    lead, core = self.axes[:self.lead], self.axes[self.lead:]
+    lead, core = self.axes[: self.lead], self.axes[self.lead :]
     if self.kind == "full":
       return {"d": (*lead, "experts", *core)}
-    return {"a": (*lead, "experts", *core[:self.n_in], None), "b": (*lead, "experts", None, *core[self.n_in:])}
+    return {
+      "a": (*lead, "experts", *core[: self.n_in], None),
+      "b": (*lead, "experts", None, *core[self.n_in :]),
+    }
 
 
 def _key(k):
@@ -76,12 +83,21 @@ def _key(k):
 
 
 def _flat(tree, is_leaf) -> dict[tuple, Any]:
-  return {tuple(_key(k) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]}
+  return {
+    tuple(_key(k) for k in path): leaf
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
+  }
 
 
-def plan(abs_params, rank: int, *, vector_mode: str = "full", embedding_mode: str = "lowrank",
-         skip: Sequence[str] = (), axes=None) -> tuple[Entry, ...]:
+def plan(
+  abs_params,
+  rank: int,
+  *,
+  vector_mode: str = "full",
+  embedding_mode: str = "lowrank",
+  skip: Sequence[str] = (),
+  axes=None,
+) -> tuple[Entry, ...]:
   """Which delta every trunk parameter gets (see the module docstring); the one rule for shapes and values.
 
   abs_params: the trunk's params — an ``nnx.State`` of Variables (logical axes read from their
@@ -89,9 +105,13 @@ def plan(abs_params, rank: int, *, vector_mode: str = "full", embedding_mode: st
   tuples of the same structure, e.g. ``sharding.logical_axes(state)``; unnamed without it).
   """
   if vector_mode not in VECTOR_MODES:
-    raise ValueError(f"ExpertDeltas: vector_mode={vector_mode!r}: must be one of {', '.join(VECTOR_MODES)}")
+    raise ValueError(
+      f"ExpertDeltas: vector_mode={vector_mode!r}: must be one of {', '.join(VECTOR_MODES)}"
+    )
   if embedding_mode not in EMBEDDING_MODES:
-    raise ValueError(f"ExpertDeltas: embedding_mode={embedding_mode!r}: must be one of {', '.join(EMBEDDING_MODES)}")
+    raise ValueError(
+      f"ExpertDeltas: embedding_mode={embedding_mode!r}: must be one of {', '.join(EMBEDDING_MODES)}"
+    )
   if rank < 1:
     raise ValueError(f"ExpertDeltas: rank={rank} must be >= 1")
   leaves = _flat(abs_params, lambda x: isinstance(x, nnx.Variable) or hasattr(x, "shape"))
@@ -131,7 +151,7 @@ def _is_lookup(entry: Entry) -> bool:
 
 
 def _init_a(entry: Entry):
-  fan_in = 1 if _is_lookup(entry) else math.prod(entry.shape[entry.lead:][:entry.n_in])
+  fan_in = 1 if _is_lookup(entry) else math.prod(entry.shape[entry.lead :][: entry.n_in])
   return nnx.initializers.normal(1.0 / math.sqrt(fan_in))
 
 
@@ -142,10 +162,24 @@ class ExpertDeltas(nnx.Module):
   shard like their trunk parameter, with the K axis ('experts') and the rank axis unsharded.
   """
 
-  def __init__(self, abs_params, num_deltas: int, rank: int, *, vector_mode: str = "full",
-               embedding_mode: str = "lowrank", skip: Sequence[str] = (), axes=None, rngs: nnx.Rngs):
-    entries = plan(abs_params, rank, vector_mode=vector_mode, embedding_mode=embedding_mode, skip=skip, axes=axes)
-    top = {p[0] for p in _flat(abs_params, lambda x: isinstance(x, nnx.Variable) or hasattr(x, "shape"))}
+  def __init__(
+    self,
+    abs_params,
+    num_deltas: int,
+    rank: int,
+    *,
+    vector_mode: str = "full",
+    embedding_mode: str = "lowrank",
+    skip: Sequence[str] = (),
+    axes=None,
+    rngs: nnx.Rngs,
+  ):
+    entries = plan(
+      abs_params, rank, vector_mode=vector_mode, embedding_mode=embedding_mode, skip=skip, axes=axes
+    )
+    top = {
+      p[0] for p in _flat(abs_params, lambda x: isinstance(x, nnx.Variable) or hasattr(x, "shape"))
+    }
     self.num_deltas, self.rank = int(num_deltas), int(rank)
     self.tied_embeddings = "token_embedding" in top and "unembedding" not in top
     self.entries = entries
@@ -164,9 +198,12 @@ class ExpertDeltas(nnx.Module):
       setattr(self, key, _container(sub))
 
   @classmethod
-  def for_config(cls, cfg, num_deltas: int, rank: int, *, rngs: nnx.Rngs, **kwargs) -> "ExpertDeltas":
+  def for_config(
+    cls, cfg, num_deltas: int, rank: int, *, rngs: nnx.Rngs, **kwargs
+  ) -> "ExpertDeltas":
     """Deltas for a ``superpose.nn.Transformer`` of config ``cfg`` (its abstract params, axes included)."""
     from superpose.nn.decoder import Transformer
+
     abstract = nnx.state(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))), nnx.Param)
     return cls(abstract, num_deltas, rank, rngs=rngs, **kwargs)
 
@@ -184,13 +221,17 @@ class ExpertDeltas(nnx.Module):
       for key in e.path[:-1]:
         node = node.setdefault(key, {})
       leaf = self._leaf(e)
-      value = {part: param.get_value() for part, param in leaf.items()}  # get_value: abstract modules too
+      value = {
+        part: param.get_value() for part, param in leaf.items()
+      }  # get_value: abstract modules too
       node[e.path[-1]] = Full(value["d"]) if e.kind == "full" else LowRank(value["a"], value["b"])
     return out
 
   def __call__(self, gate_BTK: jax.Array) -> Delta:
     if gate_BTK.shape[-1] != self.num_deltas:
-      raise ValueError(f"ExpertDeltas: a gate over {gate_BTK.shape[-1]} for {self.num_deltas} deltas")
+      raise ValueError(
+        f"ExpertDeltas: a gate over {gate_BTK.shape[-1]} for {self.num_deltas} deltas"
+      )
     return Delta(gate_BTK, self.delta_params())
 
   def load(self, values) -> None:
@@ -207,7 +248,9 @@ class ExpertDeltas(nnx.Module):
         target = param.get_value()
         value = jnp.asarray(node[part], target.dtype)
         if value.shape != target.shape:
-          raise ValueError(f"ExpertDeltas.load: {e.name}/{part} has shape {value.shape}, expected {target.shape}")
+          raise ValueError(
+            f"ExpertDeltas.load: {e.name}/{part} has shape {value.shape}, expected {target.shape}"
+          )
         if isinstance(target, jax.Array) and not isinstance(target, jax.core.Tracer):
           value = jax.device_put(value, target.sharding)
         param.set_value(value)
@@ -217,7 +260,9 @@ class ExpertDeltas(nnx.Module):
     return deltas.flops_per_token(self.delta_params(), tied_embeddings=self.tied_embeddings)
 
   def num_params(self) -> int:
-    return sum(math.prod(shape) for e in self.entries for shape in e.delta_shapes(self.num_deltas).values())
+    return sum(
+      math.prod(shape) for e in self.entries for shape in e.delta_shapes(self.num_deltas).values()
+    )
 
 
 def _container(tree: dict):
@@ -225,12 +270,21 @@ def _container(tree: dict):
   if not isinstance(tree, dict):
     return tree
   if tree and all(isinstance(k, int) for k in tree):
-    return nnx.List([_container(tree[i]) if i in tree else nnx.Dict() for i in range(max(tree) + 1)])
+    return nnx.List(
+      [_container(tree[i]) if i in tree else nnx.Dict() for i in range(max(tree) + 1)]
+    )
   return nnx.Dict({str(k): _container(v) for k, v in tree.items()})
 
 
-def values_from_experts(trunk_params, expert_params: Sequence, rank: int, *, vector_mode: str = "full",
-                        embedding_mode: str = "lowrank", skip: Sequence[str] = ()) -> dict:
+def values_from_experts(
+  trunk_params,
+  expert_params: Sequence,
+  rank: int,
+  *,
+  vector_mode: str = "full",
+  embedding_mode: str = "lowrank",
+  skip: Sequence[str] = (),
+) -> dict:
   """The pure dict of delta values (``{path: {'a', 'b'} | {'d'}}``) of K experts against the trunk.
 
   Matrices: the balanced truncated SVD of θ_k − θ_trunk (``deltas.lowrank_from_difference``, float64,
@@ -238,22 +292,33 @@ def values_from_experts(trunk_params, expert_params: Sequence, rank: int, *, vec
   ``nnx.State``s of the same layout; the result loads with :meth:`ExpertDeltas.load` for the same
   ``rank`` and modes.
   """
+
   def pure(p):
     return nnx.to_pure_dict(p) if isinstance(p, nnx.State) else p
+
   trunk = _flat(pure(trunk_params), lambda x: hasattr(x, "shape"))
   experts = [_flat(pure(p), lambda x: hasattr(x, "shape")) for p in expert_params]
   out: dict = {}
-  for e in plan(pure(trunk_params), rank, vector_mode=vector_mode, embedding_mode=embedding_mode, skip=skip):
+  for e in plan(
+    pure(trunk_params), rank, vector_mode=vector_mode, embedding_mode=embedding_mode, skip=skip
+  ):
     theta = np.asarray(trunk[e.path], np.float64)
     diffs = [np.asarray(x[e.path], np.float64) - theta for x in experts]
     if e.kind == "full":
       parts = {"d": np.stack(diffs, axis=e.lead)}
     else:
-      layers = [[d[i] for i in range(d.shape[0])] if e.lead else [d] for d in diffs]  # [expert][layer]
-      pairs = [[deltas.lowrank_from_difference(m, e.rank, e.n_in) for m in per_layer] for per_layer in layers]
+      layers = [
+        [d[i] for i in range(d.shape[0])] if e.lead else [d] for d in diffs
+      ]  # [expert][layer]
+      pairs = [
+        [deltas.lowrank_from_difference(m, e.rank, e.n_in) for m in per_layer]
+        for per_layer in layers
+      ]
       # (K, …) per layer, then the layer axis in front for stacked blocks.
-      a, b = ([np.stack([pairs[k][i][j] for k in range(len(diffs))]) for i in range(len(layers[0]))]
-              for j in (0, 1))
+      a, b = (
+        [np.stack([pairs[k][i][j] for k in range(len(diffs))]) for i in range(len(layers[0]))]
+        for j in (0, 1)
+      )
       parts = {"a": np.stack(a) if e.lead else a[0], "b": np.stack(b) if e.lead else b[0]}
     node = out
     for key in e.path:

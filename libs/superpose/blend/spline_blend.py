@@ -4,6 +4,7 @@ Each blend holds control points and evaluates its spline at x_l = l / (L − 1) 
 basis matrix B (L × num_control). B is kept as a tuple of floats, a static attribute, so the module's
 state holds nothing but ``nnx.Param`` (the train state carries only parameters).
 """
+
 from __future__ import annotations
 
 import jax
@@ -23,13 +24,15 @@ def _static_basis(num_layers: int, num_control: int, degree: int) -> tuple[tuple
 
 def _spline(basis_LC: tuple, control_CX: jax.Array) -> jax.Array:
   """B @ control: the spline's value at every layer, (L, ...) for control of shape (C, ...)."""
-  return jnp.tensordot(jnp.asarray(basis_LC, jnp.float32), control_CX.astype(jnp.float32), axes=1,
-                       precision=_HIGHEST)
+  return jnp.tensordot(
+    jnp.asarray(basis_LC, jnp.float32), control_CX.astype(jnp.float32), axes=1, precision=_HIGHEST
+  )
 
 
 def _uniform(lo: float, hi: float):
   def init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, lo, hi)
+
   return init
 
 
@@ -41,15 +44,25 @@ class SplineBlend(nnx.Module):
   α_0 = c_0 + 0.1·b_0 and α_11 = c_15 + 0.1·b_11 exactly.
   """
 
-  def __init__(self, num_layers: int, *, num_control: int = 16, degree: int = 3,
-               init_range: tuple[float, float] = (0.45, 0.55), bias_scale: float = 0.1, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    num_layers: int,
+    *,
+    num_control: int = 16,
+    degree: int = 3,
+    init_range: tuple[float, float] = (0.45, 0.55),
+    bias_scale: float = 0.1,
+    rngs: nnx.Rngs,
+  ):
     self.basis_LC = _static_basis(num_layers, num_control, degree)
     self.bias_scale = float(bias_scale)
     self.control = sharding.param(rngs, _uniform(*init_range), (num_control,), ("control",))
     self.bias = sharding.param(rngs, nnx.initializers.zeros, (num_layers,), ("layers",))
 
   def __call__(self) -> jax.Array:
-    alpha_L = _spline(self.basis_LC, self.control[...]) + self.bias_scale * self.bias[...].astype(jnp.float32)
+    alpha_L = _spline(self.basis_LC, self.control[...]) + self.bias_scale * self.bias[...].astype(
+      jnp.float32
+    )
     return jnp.clip(alpha_L, 0.0, 1.0)
 
 
@@ -60,17 +73,32 @@ class SplineBlend2D(nnx.Module):
   passes gradients straight through, as the 2-D notebook does (round half to even, like torch).
   """
 
-  def __init__(self, num_layers: int, d_model: int, *, num_control: int = 16, degree: int = 3,
-               bias_scale: float = 0.01, quantize: bool = False, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    num_layers: int,
+    d_model: int,
+    *,
+    num_control: int = 16,
+    degree: int = 3,
+    bias_scale: float = 0.01,
+    quantize: bool = False,
+    rngs: nnx.Rngs,
+  ):
     self.basis_LC = _static_basis(num_layers, num_control, degree)
     self.bias_scale = float(bias_scale)
     self.quantize = bool(quantize)
     # p1 §7.6: control N(0, 0.1²), bias N(0, 1) (the notebook's comment says "centred", its code draws σ = 1).
-    self.control = sharding.param(rngs, nnx.initializers.normal(0.1), (num_control, d_model), ("control", "embed"))
-    self.bias = sharding.param(rngs, nnx.initializers.normal(1.0), (num_layers, d_model), ("layers", "embed"))
+    self.control = sharding.param(
+      rngs, nnx.initializers.normal(0.1), (num_control, d_model), ("control", "embed")
+    )
+    self.bias = sharding.param(
+      rngs, nnx.initializers.normal(1.0), (num_layers, d_model), ("layers", "embed")
+    )
 
   def __call__(self) -> jax.Array:
-    logits_LD = _spline(self.basis_LC, self.control[...]) + self.bias_scale * self.bias[...].astype(jnp.float32)
+    logits_LD = _spline(self.basis_LC, self.control[...]) + self.bias_scale * self.bias[...].astype(
+      jnp.float32
+    )
     alpha_LD = jax.nn.sigmoid(logits_LD) * 0.9 + 0.1
     if self.quantize:
       alpha_LD = alpha_LD + jax.lax.stop_gradient(jnp.round(alpha_LD, 1) - alpha_LD)
@@ -84,11 +112,19 @@ class SimplexBlend(nnx.Module):
   at initialisation, with the noise breaking the symmetry between experts.
   """
 
-  def __init__(self, num_layers: int, num_experts: int, *, num_control: int = 16, degree: int = 3,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    num_layers: int,
+    num_experts: int,
+    *,
+    num_control: int = 16,
+    degree: int = 3,
+    rngs: nnx.Rngs,
+  ):
     self.basis_LC = _static_basis(num_layers, num_control, degree)
-    self.control = sharding.param(rngs, nnx.initializers.normal(0.01), (num_control, num_experts),
-                                  ("control", "experts"))
+    self.control = sharding.param(
+      rngs, nnx.initializers.normal(0.01), (num_control, num_experts), ("control", "experts")
+    )
 
   def __call__(self) -> jax.Array:
     return jax.nn.softmax(_spline(self.basis_LC, self.control[...]), axis=-1)

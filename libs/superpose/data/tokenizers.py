@@ -1,4 +1,5 @@
 """Tokenizers behind one small interface: ``encode(str) -> list[int]``, ``decode(ids) -> str``."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,6 +18,7 @@ class Tokenizer(Protocol):
 @dataclasses.dataclass(frozen=True)
 class ByteTokenizer:
   """UTF-8 bytes 0..255 plus one document separator (id 256), used as BOS and EOS."""
+
   vocab_size: int = 257
   bos_id: int = 256
   eos_id: int = 256
@@ -29,12 +31,14 @@ class ByteTokenizer:
 
 
 def _gpt2() -> Tokenizer:
-  from superpose.data import bpe          # imported on use: it needs tiktoken and may download
+  from superpose.data import bpe  # imported on use: it needs tiktoken and may download
+
   return bpe.gpt2()
 
 
 def _symbols(**kwargs) -> Tokenizer:
   from superpose.data import symbols
+
   return symbols.symbol_tokenizer(**kwargs)
 
 
@@ -44,7 +48,9 @@ _REGISTRY = {"bytes": ByteTokenizer, "gpt2": _gpt2, "symbols": _symbols}
 def get_tokenizer(name: str, **kwargs) -> Tokenizer:
   """The tokenizer registered as ``name``; keyword arguments go to its factory (e.g. ``symbols=``)."""
   if name not in _REGISTRY:
-    raise ValueError(f"data.tokenizer: unknown tokenizer {name!r} (known: {', '.join(sorted(_REGISTRY))})")
+    raise ValueError(
+      f"data.tokenizer: unknown tokenizer {name!r} (known: {', '.join(sorted(_REGISTRY))})"
+    )
   return _REGISTRY[name](**kwargs)
 
 

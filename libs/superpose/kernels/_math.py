@@ -12,6 +12,7 @@ the kernels compute differently from the reference, because Mosaic and Triton lo
   * every matmul is a 2-D ``dot`` with f32 accumulation.
 ``gpu`` selects the Triton-safe variant (also run in interpret mode on the CPU by the tests).
 """
+
 from __future__ import annotations
 
 import math
@@ -22,14 +23,28 @@ import jax.numpy as jnp
 
 def blend(h_base, h_expert, alpha, dtype) -> jax.Array:
   """h = (1 − α)·h_base + α·h_expert in f32, cast to ``dtype``; α f32, broadcastable against the states."""
-  return ((1.0 - alpha) * h_base.astype(jnp.float32) + alpha * h_expert.astype(jnp.float32)).astype(dtype)
+  return ((1.0 - alpha) * h_base.astype(jnp.float32) + alpha * h_expert.astype(jnp.float32)).astype(
+    dtype
+  )
 
 
 # Eigen's / XLA's f32 erf: x·P(x²)/Q(x²) on x clamped to [−4, 4] (|error| ≲ 1e-7 against lax.erf).
-_ERF_ALPHA = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
-              -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)
-_ERF_BETA = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
-             -1.42647390514189e-02)
+_ERF_ALPHA = (
+  -2.72614225801306e-10,
+  2.77068142495902e-08,
+  -2.10102402082508e-06,
+  -5.69250639462346e-05,
+  -7.34990630326855e-04,
+  -2.95459980854025e-03,
+  -1.60960333262415e-02,
+)
+_ERF_BETA = (
+  -1.45660718464996e-05,
+  -2.13374055278905e-04,
+  -1.68282697438203e-03,
+  -7.37332916720468e-03,
+  -1.42647390514189e-02,
+)
 
 
 def erf_rational(x):
@@ -58,13 +73,20 @@ def gelu_exact(x, gpu: bool = False):
 
 def gelu_exact_grad(x, gpu: bool = False):
   """d/dx x·Φ(x) = Φ(x) + x·φ(x), f32."""
-  return 0.5 * (1.0 + erf(x * math.sqrt(0.5), gpu)) + x * jnp.exp(-0.5 * x * x) * (1.0 / math.sqrt(2 * math.pi))
+  return 0.5 * (1.0 + erf(x * math.sqrt(0.5), gpu)) + x * jnp.exp(-0.5 * x * x) * (
+    1.0 / math.sqrt(2 * math.pi)
+  )
 
 
 def dot(a, b, contract=(1, 0), precision=None):
   """2-D dot with f32 accumulation; contract = (a's dim, b's dim): (1, 0) NN, (1, 1) NT, (0, 0) TN."""
-  return jax.lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((), ())), precision=precision,
-                             preferred_element_type=jnp.float32)
+  return jax.lax.dot_general(
+    a,
+    b,
+    (((contract[0],), (contract[1],)), ((), ())),
+    precision=precision,
+    preferred_element_type=jnp.float32,
+  )
 
 
 def shift_down(x, x_before, s: int, gpu: bool):
@@ -76,14 +98,15 @@ def shift_down(x, x_before, s: int, gpu: bool):
     return x
   R, H = x.shape[0], x_before.shape[0]
   if not gpu:
-    return jnp.concatenate([x_before[H - s:], x[:R - s]], axis=0)
+    return jnp.concatenate([x_before[H - s :], x[: R - s]], axis=0)
   r = jax.lax.broadcasted_iota(jnp.int32, (R, R), 0)
   c = jax.lax.broadcasted_iota(jnp.int32, (R, R), 1)
   rh = jax.lax.broadcasted_iota(jnp.int32, (R, H), 0)
   ch = jax.lax.broadcasted_iota(jnp.int32, (R, H), 1)
   hi = jax.lax.Precision.HIGHEST
-  out = (dot((c == r - s).astype(x.dtype), x, precision=hi)
-         + dot((ch == H + rh - s).astype(x.dtype), x_before, precision=hi))
+  out = dot((c == r - s).astype(x.dtype), x, precision=hi) + dot(
+    (ch == H + rh - s).astype(x.dtype), x_before, precision=hi
+  )
   return out.astype(x.dtype)
 
 
@@ -99,8 +122,9 @@ def shift_up(x, x_after, s: int, gpu: bool):
   rh = jax.lax.broadcasted_iota(jnp.int32, (R, H), 0)
   ch = jax.lax.broadcasted_iota(jnp.int32, (R, H), 1)
   hi = jax.lax.Precision.HIGHEST
-  out = (dot((c == r + s).astype(x.dtype), x, precision=hi)
-         + dot((ch == rh + s - R).astype(x.dtype), x_after, precision=hi))
+  out = dot((c == r + s).astype(x.dtype), x, precision=hi) + dot(
+    (ch == rh + s - R).astype(x.dtype), x_after, precision=hi
+  )
   return out.astype(x.dtype)
 
 

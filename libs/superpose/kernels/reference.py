@@ -12,6 +12,7 @@ position (B, T).
 ``check_shapes`` and ``cast_params`` are the contract the fused kernel shares (the shapes it accepts, the
 dtypes it computes in); ``reference_math`` is also the fused kernel's ``backward='recompute'`` (its VJP).
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,11 +23,15 @@ import jax.numpy as jnp
 from superpose.kernels._math import blend
 
 
-def check_shapes(h_base, h_expert, alpha, enc, enc_bias, dec, dec_bias) -> tuple[int, int, int, int, int]:
+def check_shapes(
+  h_base, h_expert, alpha, enc, enc_bias, dec, dec_bias
+) -> tuple[int, int, int, int, int]:
   """Validates the shapes; returns (B, T, D, K, W) with W = 1 for the linear decoder."""
   if h_base.ndim != 3 or h_base.shape != h_expert.shape:
-    raise ValueError(f"superpose_step: h_base and h_expert must be (B, T, D) of one shape, got "
-                     f"{h_base.shape} and {h_expert.shape}")
+    raise ValueError(
+      f"superpose_step: h_base and h_expert must be (B, T, D) of one shape, got "
+      f"{h_base.shape} and {h_expert.shape}"
+    )
   B, T, D = h_base.shape
   if enc.ndim != 2 or enc.shape[0] != D:
     raise ValueError(f"superpose_step: enc must be (D={D}, K), got {enc.shape}")
@@ -38,20 +43,29 @@ def check_shapes(h_base, h_expert, alpha, enc, enc_bias, dec, dec_bias) -> tuple
   elif dec.ndim == 3 and dec.shape[1:] == (K, D) and dec.shape[0] >= 1:
     W = dec.shape[0]
   else:
-    raise ValueError(f"superpose_step: dec must be (K={K}, D={D}) (linear) or (W, {K}, {D}) (causal conv), "
-                     f"got {dec.shape}")
+    raise ValueError(
+      f"superpose_step: dec must be (K={K}, D={D}) (linear) or (W, {K}, {D}) (causal conv), "
+      f"got {dec.shape}"
+    )
   if dec_bias.shape != (D,):
     raise ValueError(f"superpose_step: dec_bias must be (D={D},), got {dec_bias.shape}")
   if jnp.shape(alpha) not in ((), (D,), (B, T)):
-    raise ValueError(f"superpose_step: alpha must be a scalar, per feature (D={D},) or per position "
-                     f"(B={B}, T={T}), got shape {jnp.shape(alpha)}")
+    raise ValueError(
+      f"superpose_step: alpha must be a scalar, per feature (D={D},) or per position "
+      f"(B={B}, T={T}), got shape {jnp.shape(alpha)}"
+    )
   return B, T, D, K, W
 
 
 def cast_params(dtype, enc, enc_bias, dec, dec_bias):
   """Matrices to the compute dtype, biases to f32 (Autoencoder's casts); dec as (W, K, D)."""
   dec_WKD = dec[None] if dec.ndim == 2 else dec
-  return enc.astype(dtype), enc_bias.astype(jnp.float32), dec_WKD.astype(dtype), dec_bias.astype(jnp.float32)
+  return (
+    enc.astype(dtype),
+    enc_bias.astype(jnp.float32),
+    dec_WKD.astype(dtype),
+    dec_bias.astype(jnp.float32),
+  )
 
 
 def _alpha_BTD(alpha, B: int, T: int) -> jax.Array:
@@ -69,15 +83,22 @@ def reference_math(h_base_BTD, h_expert_BTD, alpha_BTD, enc_DK, enc_bias_K, dec_
   W = dec_WKD.shape[0]
   if W == 1:
     y_BTD = jnp.einsum("btk,kd->btd", z_BTK, dec_WKD[0], preferred_element_type=jnp.float32)
-  else:   # torch Conv1d cross-correlation with causal padding (W − 1, 0), as in Autoencoder
+  else:  # torch Conv1d cross-correlation with causal padding (W − 1, 0), as in Autoencoder
     y_BTD = jax.lax.conv_general_dilated(
-        z_BTK, dec_WKD, window_strides=(1,), padding=[(W - 1, 0)],
-        dimension_numbers=("NWC", "WIO", "NWC"), preferred_element_type=jnp.float32)
+      z_BTK,
+      dec_WKD,
+      window_strides=(1,),
+      padding=[(W - 1, 0)],
+      dimension_numbers=("NWC", "WIO", "NWC"),
+      preferred_element_type=jnp.float32,
+    )
   return (y_BTD + dec_bias_D).astype(dtype), h_BTD
 
 
 @functools.partial(jax.jit, static_argnames=("return_h",))
-def reference(h_base_BTD, h_expert_BTD, alpha, enc_DK, enc_bias_K, dec, dec_bias_D, *, return_h: bool = False):
+def reference(
+  h_base_BTD, h_expert_BTD, alpha, enc_DK, enc_bias_K, dec, dec_bias_D, *, return_h: bool = False
+):
   """Plain-JAX superposition step: y_BTD (and h_BTD when ``return_h``), in h_base's dtype.
 
   alpha: scalar, (D,) or (B, T). dec: (K, D) linear or (W, K, D) causal conv.

@@ -55,6 +55,7 @@ Where it runs (``KernelConfig.platform``; None = ``jax.default_backend()`` at tr
 on the CPU too). Inside the kernel GELU is ½x(1 + erf(x/√2)): ``jax.nn.gelu``'s erfc has no Mosaic
 lowering in this jax (``superpose.kernels._math``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -70,9 +71,9 @@ from jax.experimental.pallas import tpu as pltpu
 from superpose.kernels._math import blend_encode, dot, gelu_exact_grad, shift_down, shift_up
 from superpose.kernels.reference import cast_params, check_shapes, reference, reference_math
 
-try:   # deprecated upstream; may disappear from a later jax
+try:  # deprecated upstream; may disappear from a later jax
   from jax.experimental.pallas import triton as pltriton
-except ImportError:   # pragma: no cover
+except ImportError:  # pragma: no cover
   pltriton = None
 
 IMPLS = ("reference", "pallas")
@@ -99,6 +100,7 @@ class KernelConfig:
     backward keeps enc, dec and their f32 partial cotangents resident (double-buffered), about
     2·(itemsize + 4)·(W + 1)·K·D bytes: raise it for large D·K.
   """
+
   block_rows: int = 128
   interpret: bool | None = None
   backward: Literal["pallas", "recompute"] = "pallas"
@@ -109,9 +111,13 @@ class KernelConfig:
 
   def __post_init__(self):
     if not isinstance(self.block_rows, int) or self.block_rows <= 0 or self.block_rows % 8:
-      raise ValueError(f"KernelConfig: block_rows must be a positive multiple of 8, got {self.block_rows!r}")
+      raise ValueError(
+        f"KernelConfig: block_rows must be a positive multiple of 8, got {self.block_rows!r}"
+      )
     if self.interpret not in (None, True, False):
-      raise ValueError(f"KernelConfig: interpret must be None, True or False, got {self.interpret!r}")
+      raise ValueError(
+        f"KernelConfig: interpret must be None, True or False, got {self.interpret!r}"
+      )
     if self.backward not in BACKWARDS:
       raise ValueError(f"KernelConfig: backward must be one of {BACKWARDS}, got {self.backward!r}")
     if self.platform not in PLATFORMS:
@@ -157,8 +163,9 @@ def _halo_z(hbh_ref, heh_ref, arh_ref, a_feat, enc, enc_bias, dtype, W: int, hal
   """z of the halo block before the current one (only its last W − 1 rows off the GPU), zero in the
   first block of a row (the causal zero padding)."""
   lo = 0 if gpu else halo - (W - 1)
-  _, _, _, z_halo = blend_encode(hbh_ref[lo:, :], heh_ref[lo:, :], arh_ref[lo:, :], a_feat, enc, enc_bias,
-                                  dtype, gpu)
+  _, _, _, z_halo = blend_encode(
+    hbh_ref[lo:, :], heh_ref[lo:, :], arh_ref[lo:, :], a_feat, enc, enc_bias, dtype, gpu
+  )
   return jnp.where(pl.program_id(1) > 0, z_halo, jnp.zeros_like(z_halo))
 
 
@@ -173,7 +180,9 @@ def _fwd_kernel(*refs, W: int, halo: int, with_halo: bool, return_h: bool, gpu: 
   y_ref = rest[3] if with_halo else rest[0]
   dtype = y_ref.dtype
   enc, enc_bias, a_feat = enc_ref[...], encb_ref[...], af_ref[...]
-  _, h, _, z = blend_encode(hb_ref[...], he_ref[...], ar_ref[...], a_feat, enc, enc_bias, dtype, gpu)
+  _, h, _, z = blend_encode(
+    hb_ref[...], he_ref[...], ar_ref[...], a_feat, enc, enc_bias, dtype, gpu
+  )
   if return_h:
     rest[-1][...] = h
   if W > 1:
@@ -182,13 +191,14 @@ def _fwd_kernel(*refs, W: int, halo: int, with_halo: bool, return_h: bool, gpu: 
     else:
       z_halo = jnp.zeros((16 if gpu else W - 1, z.shape[1]), dtype)
   y = decb_ref[...] + dot(z, dec_ref[W - 1])
-  for j in range(W - 1):                                   # y_t += z_{t−(W−1)+j} · dec[j]
+  for j in range(W - 1):  # y_t += z_{t−(W−1)+j} · dec[j]
     y = y + dot(shift_down(z, z_halo, W - 1 - j, gpu), dec_ref[j])
   y_ref[...] = y.astype(dtype)
 
 
-def _bwd_kernel(*refs, W: int, halo: int, with_halo: bool, with_g_h: bool, n_rows: int, mask_rows: bool,
-                gpu: bool):
+def _bwd_kernel(
+  *refs, W: int, halo: int, with_halo: bool, with_g_h: bool, n_rows: int, mask_rows: bool, gpu: bool
+):
   """One (batch row, row block) step of the backward. Refs (batch dim squeezed):
 
   inputs hb, he (rows, D); a_row (rows, 1); a_feat (1, D); enc (D, K); enc_bias (1, K); dec (W, K, D);
@@ -212,7 +222,7 @@ def _bwd_kernel(*refs, W: int, halo: int, with_halo: bool, with_g_h: bool, n_row
   rows = hb_ref.shape[0]
   row0 = pl.program_id(1) * rows
 
-  def valid(first, n):   # (n, 1) bool: global rows first..first+n−1 exist
+  def valid(first, n):  # (n, 1) bool: global rows first..first+n−1 exist
     return first + jax.lax.broadcasted_iota(jnp.int32, (n, 1), 0) < n_rows
 
   def load(ref, first):
@@ -231,24 +241,28 @@ def _bwd_kernel(*refs, W: int, halo: int, with_halo: bool, with_g_h: bool, n_row
   if W > 1:
     if with_halo:
       z_before = _halo_z(hbh_ref, heh_ref, arh_ref, a_feat, enc, enc_bias, dtype, W, halo, gpu)
-      g_y_after = gyh_ref[...]     # always masked: past the last block it is clamped to another block
-      g_y_after = jnp.where(valid(row0 + rows, g_y_after.shape[0]), g_y_after, jnp.zeros_like(g_y_after))
+      g_y_after = gyh_ref[...]  # always masked: past the last block it is clamped to another block
+      g_y_after = jnp.where(
+        valid(row0 + rows, g_y_after.shape[0]), g_y_after, jnp.zeros_like(g_y_after)
+      )
     else:
       z_before = jnp.zeros((16 if gpu else W - 1, z.shape[1]), dtype)
       g_y_after = jnp.zeros((16 if gpu else W - 1, g_y.shape[1]), g_y.dtype)
-  g_z = dot(g_y, dec_ref[W - 1], (1, 1))                            # (rows, K) f32
+  g_z = dot(g_y, dec_ref[W - 1], (1, 1))  # (rows, K) f32
   gdec_ref[W - 1] = dot(z, g_y, (0, 0))
   for j in range(W - 1):
     s = W - 1 - j
-    gdec_ref[j] = dot(shift_down(z, z_before, s, gpu), g_y, (0, 0))              # Σ_t z_{t−s}ᵀ g_y_t
-    g_z = g_z + dot(shift_up(g_y, g_y_after, s, gpu), dec_ref[j], (1, 1))       # g_z_t += g_y_{t+s} dec[j]ᵀ
+    gdec_ref[j] = dot(shift_down(z, z_before, s, gpu), g_y, (0, 0))  # Σ_t z_{t−s}ᵀ g_y_t
+    g_z = g_z + dot(
+      shift_up(g_y, g_y_after, s, gpu), dec_ref[j], (1, 1)
+    )  # g_z_t += g_y_{t+s} dec[j]ᵀ
 
   # Encoder and GELU.
-  g_pre = g_z.astype(dtype).astype(f32) * gelu_exact_grad(pre, gpu)   # (rows, K) f32
+  g_pre = g_z.astype(dtype).astype(f32) * gelu_exact_grad(pre, gpu)  # (rows, K) f32
   gencb_ref[...] = jnp.sum(g_pre, axis=0, keepdims=True)
   g_pre_d = g_pre.astype(dtype)
   genc_ref[...] = dot(h, g_pre_d, (0, 0))
-  g_h = dot(g_pre_d, enc, (1, 1))                                  # (rows, D) f32
+  g_h = dot(g_pre_d, enc, (1, 1))  # (rows, D) f32
   if with_g_h:
     g_h = g_h + load(gh_ref, row0).astype(f32)
 
@@ -271,8 +285,10 @@ def _layout(T: int, W: int, dtype, config: KernelConfig) -> tuple[int, int, bool
   n_t = pl.cdiv(T, block_t)
   with_halo = W > 1 and n_t > 1
   if with_halo and W - 1 > block_t:
-    raise ValueError(f"superpose_step: the conv needs W − 1 = {W - 1} previous rows, more than block_rows "
-                     f"= {block_t}; raise KernelConfig.block_rows")
+    raise ValueError(
+      f"superpose_step: the conv needs W − 1 = {W - 1} previous rows, more than block_rows "
+      f"= {block_t}; raise KernelConfig.block_rows"
+    )
   if gpu and W - 1 > 16 and not with_halo:
     raise ValueError(f"superpose_step: on the GPU the conv width is at most 17 (W = {W})")
   tile = 16 if gpu else 8 * max(1, 4 // jnp.dtype(dtype).itemsize)
@@ -283,14 +299,21 @@ def _layout(T: int, W: int, dtype, config: KernelConfig) -> tuple[int, int, bool
 def _check_gpu(D: int, K: int, config: KernelConfig):
   """Triton's constraints: every loaded/stored block and every dot operand has a power-of-two size, dot
   dims ≥ 16."""
-  bad = [f"{name} = {v}" for name, v in (("D", D), ("K", K), ("block_rows", config.block_rows))
-         if v < 16 or v & (v - 1)]
+  bad = [
+    f"{name} = {v}"
+    for name, v in (("D", D), ("K", K), ("block_rows", config.block_rows))
+    if v < 16 or v & (v - 1)
+  ]
   if bad:
-    raise ValueError(f"superpose_step: the GPU (Pallas Triton) kernel needs D, K and block_rows to be powers "
-                     f"of two ≥ 16; got {', '.join(bad)} (pad D/K, or use impl='reference' on the GPU)")
+    raise ValueError(
+      f"superpose_step: the GPU (Pallas Triton) kernel needs D, K and block_rows to be powers "
+      f"of two ≥ 16; got {', '.join(bad)} (pad D/K, or use impl='reference' on the GPU)"
+    )
 
 
-def _grid(hb_BTD, enc_DK, dec_WKD, config: KernelConfig) -> tuple[int, int, int, int, int, int, int, bool, int, str]:
+def _grid(
+  hb_BTD, enc_DK, dec_WKD, config: KernelConfig
+) -> tuple[int, int, int, int, int, int, int, bool, int, str]:
   """(B, T, D, K, W, block_t, n_t, with_halo, halo, platform) of one kernel call over the rows of hb_BTD (T is
   the row axis: B·T for the linear decoder), after Triton's checks on the GPU."""
   B, T, D = hb_BTD.shape
@@ -305,69 +328,112 @@ def _compiler_params(config: KernelConfig, platform: str, n_axes: int = 2):
   if config.use_interpret():
     return None
   if platform == "tpu":
-    return pltpu.CompilerParams(dimension_semantics=("parallel",) * n_axes,
-                                vmem_limit_bytes=config.vmem_limit_bytes)
+    return pltpu.CompilerParams(
+      dimension_semantics=("parallel",) * n_axes, vmem_limit_bytes=config.vmem_limit_bytes
+    )
   if platform == "gpu":
     if pltriton is None:
-      raise ValueError("superpose_step: jax.experimental.pallas.triton is not available in this jax; "
-                       "use impl='reference' on the GPU")
+      raise ValueError(
+        "superpose_step: jax.experimental.pallas.triton is not available in this jax; "
+        "use impl='reference' on the GPU"
+      )
     return pltriton.CompilerParams(num_warps=config.num_warps, num_stages=config.num_stages)
-  raise ValueError(f"superpose_step: no compiled Pallas kernel for platform {platform!r}; use interpret=True")
+  raise ValueError(
+    f"superpose_step: no compiled Pallas kernel for platform {platform!r}; use interpret=True"
+  )
 
 
 def _specs(block_t: int, D: int, K: int, W: int):
   row = lambda b, i: (b, i, 0)
   whole2 = lambda b, i: (0, 0)
   return [
-      pl.BlockSpec((None, block_t, D), row),             # h_base
-      pl.BlockSpec((None, block_t, D), row),             # h_expert
-      pl.BlockSpec((None, block_t, 1), row),             # α per position
-      pl.BlockSpec((1, D), whole2),                      # α per feature
-      pl.BlockSpec((D, K), whole2),                      # enc
-      pl.BlockSpec((1, K), whole2),                      # enc_bias
-      pl.BlockSpec((W, K, D), lambda b, i: (0, 0, 0)),   # dec
+    pl.BlockSpec((None, block_t, D), row),  # h_base
+    pl.BlockSpec((None, block_t, D), row),  # h_expert
+    pl.BlockSpec((None, block_t, 1), row),  # α per position
+    pl.BlockSpec((1, D), whole2),  # α per feature
+    pl.BlockSpec((D, K), whole2),  # enc
+    pl.BlockSpec((1, K), whole2),  # enc_bias
+    pl.BlockSpec((W, K, D), lambda b, i: (0, 0, 0)),  # dec
   ]
 
 
-def _pallas_forward(hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DK, enc_bias_K, dec_WKD, dec_bias_D,
-                    config: KernelConfig, return_h: bool):
+def _pallas_forward(
+  hb_BTD,
+  he_BTD,
+  a_row_BT1,
+  a_feat_1D,
+  enc_DK,
+  enc_bias_K,
+  dec_WKD,
+  dec_bias_D,
+  config: KernelConfig,
+  return_h: bool,
+):
   B, T, D, K, W, block_t, n_t, with_halo, halo, platform = _grid(hb_BTD, enc_DK, dec_WKD, config)
   dtype = hb_BTD.dtype
 
   row = lambda b, i: (b, i, 0)
-  in_specs = _specs(block_t, D, K, W) + [pl.BlockSpec((1, D), lambda b, i: (0, 0))]   # + dec_bias
-  args = [hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DK, enc_bias_K[None, :], dec_WKD, dec_bias_D[None, :]]
+  in_specs = _specs(block_t, D, K, W) + [pl.BlockSpec((1, D), lambda b, i: (0, 0))]  # + dec_bias
+  args = [
+    hb_BTD,
+    he_BTD,
+    a_row_BT1,
+    a_feat_1D,
+    enc_DK,
+    enc_bias_K[None, :],
+    dec_WKD,
+    dec_bias_D[None, :],
+  ]
   if with_halo:
     per_block = block_t // halo
-    halo_row = lambda b, i: (b, jnp.maximum(i * per_block - 1, 0), 0)   # the halo block just before block i
-    in_specs += [pl.BlockSpec((None, halo, D), halo_row), pl.BlockSpec((None, halo, D), halo_row),
-                 pl.BlockSpec((None, halo, 1), halo_row)]
+    halo_row = lambda b, i: (
+      b,
+      jnp.maximum(i * per_block - 1, 0),
+      0,
+    )  # the halo block just before block i
+    in_specs += [
+      pl.BlockSpec((None, halo, D), halo_row),
+      pl.BlockSpec((None, halo, D), halo_row),
+      pl.BlockSpec((None, halo, 1), halo_row),
+    ]
     args += [hb_BTD, he_BTD, a_row_BT1]
   out_spec = pl.BlockSpec((None, block_t, D), row)
   out_shape = jax.ShapeDtypeStruct((B, T, D), dtype)
-  kernel = functools.partial(_fwd_kernel, W=W, halo=halo, with_halo=with_halo, return_h=return_h,
-                             gpu=platform == "gpu")
+  kernel = functools.partial(
+    _fwd_kernel, W=W, halo=halo, with_halo=with_halo, return_h=return_h, gpu=platform == "gpu"
+  )
   itemsize = jnp.dtype(dtype).itemsize
   cost = pl.CostEstimate(
-      flops=int(2 * B * T * K * D * (1 + W) + 6 * B * T * D),
-      transcendentals=int(B * T * K),
-      bytes_accessed=int(itemsize * B * T * D * (3 + return_h) + itemsize * K * D * (1 + W)))
+    flops=int(2 * B * T * K * D * (1 + W) + 6 * B * T * D),
+    transcendentals=int(B * T * K),
+    bytes_accessed=int(itemsize * B * T * D * (3 + return_h) + itemsize * K * D * (1 + W)),
+  )
   outs = pl.pallas_call(
-      kernel,
-      out_shape=(out_shape, out_shape) if return_h else out_shape,
-      grid=(B, n_t),
-      in_specs=in_specs,
-      out_specs=(out_spec, out_spec) if return_h else out_spec,
-      compiler_params=_compiler_params(config, platform),
-      cost_estimate=cost,
-      interpret=config.use_interpret(),
-      name="superpose_step",
+    kernel,
+    out_shape=(out_shape, out_shape) if return_h else out_shape,
+    grid=(B, n_t),
+    in_specs=in_specs,
+    out_specs=(out_spec, out_spec) if return_h else out_spec,
+    compiler_params=_compiler_params(config, platform),
+    cost_estimate=cost,
+    interpret=config.use_interpret(),
+    name="superpose_step",
   )(*args)
   return outs if return_h else (outs, None)
 
 
-def _pallas_backward(hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DK, enc_bias_K, dec_WKD, g_y_BTD, g_h_BTD,
-                     config: KernelConfig):
+def _pallas_backward(
+  hb_BTD,
+  he_BTD,
+  a_row_BT1,
+  a_feat_1D,
+  enc_DK,
+  enc_bias_K,
+  dec_WKD,
+  g_y_BTD,
+  g_h_BTD,
+  config: KernelConfig,
+):
   """Cotangents of (hb, he, a_row, a_feat, enc, enc_bias, dec, dec_bias) from one Pallas kernel over the
   forward's grid; the parameter cotangents are per-block partial sums reduced here."""
   B, T, D, K, W, block_t, n_t, with_halo, halo, platform = _grid(hb_BTD, enc_DK, dec_WKD, config)
@@ -375,7 +441,7 @@ def _pallas_backward(hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DK, enc_bias_K, d
   with_g_h = g_h_BTD is not None
 
   row = lambda b, i: (b, i, 0)
-  in_specs = _specs(block_t, D, K, W) + [pl.BlockSpec((None, block_t, D), row)]   # + g_y
+  in_specs = _specs(block_t, D, K, W) + [pl.BlockSpec((None, block_t, D), row)]  # + g_y
   args = [hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DK, enc_bias_K[None, :], dec_WKD, g_y_BTD]
   if with_g_h:
     in_specs.append(pl.BlockSpec((None, block_t, D), row))
@@ -383,54 +449,105 @@ def _pallas_backward(hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DK, enc_bias_K, d
   if with_halo:
     per_block = block_t // halo
     last = pl.cdiv(T, halo) - 1
-    before = lambda b, i: (b, jnp.maximum(i * per_block - 1, 0), 0)       # the halo block just before block i
-    after = lambda b, i: (b, jnp.minimum((i + 1) * per_block, last), 0)   # ... just after it (clamped)
-    in_specs += [pl.BlockSpec((None, halo, D), before), pl.BlockSpec((None, halo, D), before),
-                 pl.BlockSpec((None, halo, 1), before), pl.BlockSpec((None, halo, D), after)]
+    before = lambda b, i: (
+      b,
+      jnp.maximum(i * per_block - 1, 0),
+      0,
+    )  # the halo block just before block i
+    after = lambda b, i: (
+      b,
+      jnp.minimum((i + 1) * per_block, last),
+      0,
+    )  # ... just after it (clamped)
+    in_specs += [
+      pl.BlockSpec((None, halo, D), before),
+      pl.BlockSpec((None, halo, D), before),
+      pl.BlockSpec((None, halo, 1), before),
+      pl.BlockSpec((None, halo, D), after),
+    ]
     args += [hb_BTD, he_BTD, a_row_BT1, g_y_BTD]
 
   f32 = jnp.float32
-  part = lambda *shape: (jax.ShapeDtypeStruct((B, n_t) + shape, f32),
-                         pl.BlockSpec((None, None) + shape, lambda b, i: (b, i) + (0,) * len(shape)))
-  outs = [(jax.ShapeDtypeStruct((B, T, D), dtype), pl.BlockSpec((None, block_t, D), row)),   # g_hb
-          (jax.ShapeDtypeStruct((B, T, D), dtype), pl.BlockSpec((None, block_t, D), row)),   # g_he
-          (jax.ShapeDtypeStruct((B, T, 1), f32), pl.BlockSpec((None, block_t, 1), row)),     # g_a_row
-          # partial sums of g_a_feat, g_enc, g_enc_bias, g_dec, g_dec_bias
-          part(1, D), part(D, K), part(1, K), part(W, K, D), part(1, D)]
-  kernel = functools.partial(_bwd_kernel, W=W, halo=halo, with_halo=with_halo, with_g_h=with_g_h, n_rows=T,
-                             mask_rows=T % block_t != 0, gpu=platform == "gpu")
+  part = lambda *shape: (
+    jax.ShapeDtypeStruct((B, n_t) + shape, f32),
+    pl.BlockSpec((None, None) + shape, lambda b, i: (b, i) + (0,) * len(shape)),
+  )
+  outs = [
+    (jax.ShapeDtypeStruct((B, T, D), dtype), pl.BlockSpec((None, block_t, D), row)),  # g_hb
+    (jax.ShapeDtypeStruct((B, T, D), dtype), pl.BlockSpec((None, block_t, D), row)),  # g_he
+    (jax.ShapeDtypeStruct((B, T, 1), f32), pl.BlockSpec((None, block_t, 1), row)),  # g_a_row
+    # partial sums of g_a_feat, g_enc, g_enc_bias, g_dec, g_dec_bias
+    part(1, D),
+    part(D, K),
+    part(1, K),
+    part(W, K, D),
+    part(1, D),
+  ]
+  kernel = functools.partial(
+    _bwd_kernel,
+    W=W,
+    halo=halo,
+    with_halo=with_halo,
+    with_g_h=with_g_h,
+    n_rows=T,
+    mask_rows=T % block_t != 0,
+    gpu=platform == "gpu",
+  )
   itemsize = jnp.dtype(dtype).itemsize
   cost = pl.CostEstimate(
-      flops=int(2 * B * T * K * D * (3 + 2 * W) + 20 * B * T * D),
-      transcendentals=int(2 * B * T * K),
-      bytes_accessed=int(itemsize * B * T * D * (5 + with_g_h) + 4 * B * n_t * K * D * (1 + W)))
+    flops=int(2 * B * T * K * D * (3 + 2 * W) + 20 * B * T * D),
+    transcendentals=int(2 * B * T * K),
+    bytes_accessed=int(itemsize * B * T * D * (5 + with_g_h) + 4 * B * n_t * K * D * (1 + W)),
+  )
   g_hb, g_he, g_a_row, p_af, p_enc, p_encb, p_dec, p_decb = pl.pallas_call(
-      kernel,
-      out_shape=tuple(o[0] for o in outs),
-      grid=(B, n_t),
-      in_specs=in_specs,
-      out_specs=tuple(o[1] for o in outs),
-      compiler_params=_compiler_params(config, platform),
-      cost_estimate=cost,
-      interpret=config.use_interpret(),
-      name="superpose_step_bwd",
+    kernel,
+    out_shape=tuple(o[0] for o in outs),
+    grid=(B, n_t),
+    in_specs=in_specs,
+    out_specs=tuple(o[1] for o in outs),
+    compiler_params=_compiler_params(config, platform),
+    cost_estimate=cost,
+    interpret=config.use_interpret(),
+    name="superpose_step_bwd",
   )(*args)
   total = lambda p: jnp.sum(p, axis=(0, 1))
-  return (g_hb, g_he, g_a_row, total(p_af), total(p_enc).astype(enc_DK.dtype), total(p_encb)[0],
-          total(p_dec).astype(dec_WKD.dtype), total(p_decb)[0])
+  return (
+    g_hb,
+    g_he,
+    g_a_row,
+    total(p_af),
+    total(p_enc).astype(enc_DK.dtype),
+    total(p_encb)[0],
+    total(p_dec).astype(dec_WKD.dtype),
+    total(p_decb)[0],
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9))
-def _fused_core(hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DK, enc_bias_K, dec_WKD, dec_bias_D,
-                config: KernelConfig, return_h: bool):
-  y_BTD, h_BTD = _pallas_forward(hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DK, enc_bias_K, dec_WKD,
-                                 dec_bias_D, config, return_h)
+def _fused_core(
+  hb_BTD,
+  he_BTD,
+  a_row_BT1,
+  a_feat_1D,
+  enc_DK,
+  enc_bias_K,
+  dec_WKD,
+  dec_bias_D,
+  config: KernelConfig,
+  return_h: bool,
+):
+  y_BTD, h_BTD = _pallas_forward(
+    hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DK, enc_bias_K, dec_WKD, dec_bias_D, config, return_h
+  )
   return (y_BTD, h_BTD) if return_h else y_BTD
 
 
-def _fused_fwd(hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DK, enc_bias_K, dec_WKD, dec_bias_D, config, return_h):
-  out = _fused_core(hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DK, enc_bias_K, dec_WKD, dec_bias_D,
-                    config, return_h)
+def _fused_fwd(
+  hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DK, enc_bias_K, dec_WKD, dec_bias_D, config, return_h
+):
+  out = _fused_core(
+    hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DK, enc_bias_K, dec_WKD, dec_bias_D, config, return_h
+  )
   return out, (hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DK, enc_bias_K, dec_WKD, dec_bias_D)
 
 
@@ -455,15 +572,31 @@ _fused_core.defvjp(_fused_fwd, _fused_bwd)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "return_h"))
-def fused(h_base_BTD, h_expert_BTD, alpha, enc_DK, enc_bias_K, dec, dec_bias_D, *,
-          config: KernelConfig = KernelConfig(), return_h: bool = False):
+def fused(
+  h_base_BTD,
+  h_expert_BTD,
+  alpha,
+  enc_DK,
+  enc_bias_K,
+  dec,
+  dec_bias_D,
+  *,
+  config: KernelConfig = KernelConfig(),
+  return_h: bool = False,
+):
   """Pallas superposition step, same signature and result as ``reference`` (differentiable)."""
   B, T, D, _, W = check_shapes(h_base_BTD, h_expert_BTD, alpha, enc_DK, enc_bias_K, dec, dec_bias_D)
-  enc, enc_bias, dec_WKD, dec_bias = cast_params(h_base_BTD.dtype, enc_DK, enc_bias_K, dec, dec_bias_D)
+  enc, enc_bias, dec_WKD, dec_bias = cast_params(
+    h_base_BTD.dtype, enc_DK, enc_bias_K, dec, dec_bias_D
+  )
   a_row_BT1, a_feat_1D = _alpha_factors(alpha, B, T, D)
   hb, he = h_base_BTD, h_expert_BTD
-  if W == 1:   # no coupling along T: one long row of B·T positions fills the blocks best
-    hb, he, a_row_BT1 = hb.reshape(1, B * T, D), he.reshape(1, B * T, D), a_row_BT1.reshape(1, B * T, 1)
+  if W == 1:  # no coupling along T: one long row of B·T positions fills the blocks best
+    hb, he, a_row_BT1 = (
+      hb.reshape(1, B * T, D),
+      he.reshape(1, B * T, D),
+      a_row_BT1.reshape(1, B * T, 1),
+    )
   L = hb.shape[1]
   pad = 0
   if config.resolved_platform() == "gpu":
@@ -476,27 +609,57 @@ def fused(h_base_BTD, h_expert_BTD, alpha, enc_DK, enc_bias_K, dec, dec_bias_D, 
     if pad:
       widths = ((0, 0), (0, pad), (0, 0))
       hb, he, a_row_BT1 = jnp.pad(hb, widths), jnp.pad(he, widths), jnp.pad(a_row_BT1, widths)
-  out = _fused_core(hb, he, a_row_BT1, a_feat_1D, enc, enc_bias, dec_WKD, dec_bias, config, return_h)
+  out = _fused_core(
+    hb, he, a_row_BT1, a_feat_1D, enc, enc_bias, dec_WKD, dec_bias, config, return_h
+  )
   unpad = lambda x: x[:, :L].reshape(B, T, D)
   if return_h:
     return unpad(out[0]), unpad(out[1])
   return unpad(out)
 
 
-def superpose_step(h_base_BTD, h_expert_BTD, alpha, enc_DK, enc_bias_K, dec, dec_bias_D, *,
-                   impl: Literal["reference", "pallas"] = "reference", config: KernelConfig | None = None,
-                   return_h: bool = False):
+def superpose_step(
+  h_base_BTD,
+  h_expert_BTD,
+  alpha,
+  enc_DK,
+  enc_bias_K,
+  dec,
+  dec_bias_D,
+  *,
+  impl: Literal["reference", "pallas"] = "reference",
+  config: KernelConfig | None = None,
+  return_h: bool = False,
+):
   """y_BTD (and h_BTD with ``return_h``) of one superposition step; ``impl`` picks the implementation."""
   if impl == "reference":
-    return reference(h_base_BTD, h_expert_BTD, alpha, enc_DK, enc_bias_K, dec, dec_bias_D, return_h=return_h)
+    return reference(
+      h_base_BTD, h_expert_BTD, alpha, enc_DK, enc_bias_K, dec, dec_bias_D, return_h=return_h
+    )
   if impl == "pallas":
-    return fused(h_base_BTD, h_expert_BTD, alpha, enc_DK, enc_bias_K, dec, dec_bias_D,
-                 config=config or KernelConfig(), return_h=return_h)
+    return fused(
+      h_base_BTD,
+      h_expert_BTD,
+      alpha,
+      enc_DK,
+      enc_bias_K,
+      dec,
+      dec_bias_D,
+      config=config or KernelConfig(),
+      return_h=return_h,
+    )
   raise ValueError(f"superpose_step: impl must be one of {IMPLS}, got {impl!r}")
 
 
 def autoencoder_params(ae) -> dict[str, jax.Array]:
   """enc, enc_bias, dec, dec_bias of a ``superpose.blend.Autoencoder`` (causal conv or linear)."""
   if ae.decoder == "conv" and not ae.causal and ae.kernel_size > 1:
-    raise ValueError("superpose_step: only the causal conv decoder is supported (the Autoencoder has causal=False)")
-  return {"enc_DK": ae.enc[...], "enc_bias_K": ae.enc_bias[...], "dec": ae.dec[...], "dec_bias_D": ae.dec_bias[...]}
+    raise ValueError(
+      "superpose_step: only the causal conv decoder is supported (the Autoencoder has causal=False)"
+    )
+  return {
+    "enc_DK": ae.enc[...],
+    "enc_bias_K": ae.enc_bias[...],
+    "dec": ae.dec[...],
+    "dec_bias_D": ae.dec_bias[...],
+  }

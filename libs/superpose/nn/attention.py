@@ -12,6 +12,7 @@
   when shorter). Under a mesh it runs inside ``shard_map`` over batch and kv heads. It cannot read a
   KV cache or return probabilities: those raise ``ValueError``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,12 +34,13 @@ MASK_VALUE = -1e30  # finite, so a fully masked row gives a uniform (not NaN) di
 
 
 class Attention(nnx.Module):
-
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     d, h, kv, dh, pdt = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.head_size, cfg.params_dtype
     init = nnx.initializers.normal(cfg.init_std)
-    out_init = nnx.initializers.normal(cfg.init_std / math.sqrt(2 * cfg.num_layers))  # GPT-2 scaling
+    out_init = nnx.initializers.normal(
+      cfg.init_std / math.sqrt(2 * cfg.num_layers)
+    )  # GPT-2 scaling
     zeros = nnx.initializers.zeros
     self.q = sharding.param(rngs, init, (d, h, dh), ("embed", "heads", "head_dim"), pdt)
     self.k = sharding.param(rngs, init, (d, kv, dh), ("embed", "kv_heads", "head_dim"), pdt)
@@ -59,8 +61,17 @@ class Attention(nnx.Module):
       y = deltas.add_vector(y + bias[...].astype(y.dtype), delta, f"{name}_bias")
     return sharding.constrain(y, ("batch", "length", heads_axis, None))
 
-  def __call__(self, x_BTD, *, positions_BT, mask_BTS, segment_ids_BT=None, kv_cache=None,
-               return_probs=False, delta: deltas.Delta | None = None):
+  def __call__(
+    self,
+    x_BTD,
+    *,
+    positions_BT,
+    mask_BTS,
+    segment_ids_BT=None,
+    kv_cache=None,
+    return_probs=False,
+    delta: deltas.Delta | None = None,
+  ):
     """Returns (out_BTD, updated (k, v) cache of this layer or None, probs_BHTS or None).
 
     delta: per-token deltas of this layer's parameters. Keys and values are computed with each
@@ -76,13 +87,26 @@ class Attention(nnx.Module):
     new_cache = None
     if kv_cache is not None:
       k_cache, v_cache = kv_cache
-      k_BTKD = cache_lib.write_rows(k_cache, k_BTKD, positions_BT)  # now (B, S, K, D) over all slots
+      k_BTKD = cache_lib.write_rows(
+        k_cache, k_BTKD, positions_BT
+      )  # now (B, S, K, D) over all slots
       v_BTKD = cache_lib.write_rows(v_cache, v_BTKD, positions_BT)
       cache_axes = ("batch", "cache_length", "act_kv_heads", None)
-      k_BTKD, v_BTKD = sharding.constrain(k_BTKD, cache_axes), sharding.constrain(v_BTKD, cache_axes)
+      k_BTKD, v_BTKD = (
+        sharding.constrain(k_BTKD, cache_axes),
+        sharding.constrain(v_BTKD, cache_axes),
+      )
       new_cache = (k_BTKD, v_BTKD)
-    out_BTHD, probs = attend(cfg, q_BTHD, k_BTKD, v_BTKD, mask_BTS=mask_BTS, segment_ids_BT=segment_ids_BT,
-                             uses_cache=kv_cache is not None, return_probs=return_probs)
+    out_BTHD, probs = attend(
+      cfg,
+      q_BTHD,
+      k_BTKD,
+      v_BTKD,
+      mask_BTS=mask_BTS,
+      segment_ids_BT=segment_ids_BT,
+      uses_cache=kv_cache is not None,
+      return_probs=return_probs,
+    )
     y_BTD = layers.einsum("bthk,hkd->btd", out_BTHD, self.o[...], cfg.compute_dtype)
     y_BTD = deltas.add_linear(y_BTD, out_BTHD, delta, "o", 2, cfg.compute_dtype)
     if self.o_bias is not None:
@@ -90,20 +114,40 @@ class Attention(nnx.Module):
     return y_BTD, new_cache, probs
 
 
-def attend(cfg: TransformerConfig, q_BTHD, k_BSKD, v_BSKD, *, mask_BTS, segment_ids_BT, uses_cache,
-           return_probs):
+def attend(
+  cfg: TransformerConfig,
+  q_BTHD,
+  k_BSKD,
+  v_BSKD,
+  *,
+  mask_BTS,
+  segment_ids_BT,
+  uses_cache,
+  return_probs,
+):
   """Dispatch to the configured implementation. Returns (out_BTHD, probs_BHTS or None)."""
   if cfg.attention == "xla":
     return xla_attention(q_BTHD, k_BSKD, v_BSKD, mask_BTS, cfg.scale, return_probs)
   if return_probs:
-    raise ValueError(f"return_attention needs attention='xla' (the model uses {cfg.attention!r}, "
-                     "whose fused kernel never forms the probabilities)")
+    raise ValueError(
+      f"return_attention needs attention='xla' (the model uses {cfg.attention!r}, "
+      "whose fused kernel never forms the probabilities)"
+    )
   if cfg.attention == "cudnn":
-    return cudnn_attention(q_BTHD, k_BSKD, v_BSKD, mask_BTS, cfg.scale, cfg.causal,
-                           plain=segment_ids_BT is None and not uses_cache), None
+    return cudnn_attention(
+      q_BTHD,
+      k_BSKD,
+      v_BSKD,
+      mask_BTS,
+      cfg.scale,
+      cfg.causal,
+      plain=segment_ids_BT is None and not uses_cache,
+    ), None
   if uses_cache:
-    raise ValueError("attention='splash' cannot read a KV cache; decode with attention='xla' or 'cudnn' "
-                     "(cfg.replace(attention='xla') runs the same weights)")
+    raise ValueError(
+      "attention='splash' cannot read a KV cache; decode with attention='xla' or 'cudnn' "
+      "(cfg.replace(attention='xla') runs the same weights)"
+    )
   return splash_attention(q_BTHD, k_BSKD, v_BSKD, segment_ids_BT, cfg.scale, cfg.causal), None
 
 
@@ -111,44 +155,70 @@ def xla_attention(q_BTHD, k_BSKD, v_BSKD, mask_BTS, scale, return_probs=False):
   b, t, h, d = q_BTHD.shape
   kv = k_BSKD.shape[2]
   q_BTKGD = q_BTHD.reshape(b, t, kv, h // kv, d)
-  logits = jnp.einsum("btkgd,bskd->bkgts", q_BTKGD, k_BSKD, preferred_element_type=jnp.float32) * scale
+  logits = (
+    jnp.einsum("btkgd,bskd->bkgts", q_BTKGD, k_BSKD, preferred_element_type=jnp.float32) * scale
+  )
   logits = jnp.where(mask_BTS[:, None, None], logits, MASK_VALUE)
   probs = jax.nn.softmax(logits, axis=-1)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v_BSKD.dtype), v_BSKD, preferred_element_type=jnp.float32)
+  out = jnp.einsum(
+    "bkgts,bskd->btkgd", probs.astype(v_BSKD.dtype), v_BSKD, preferred_element_type=jnp.float32
+  )
   out_BTHD = out.astype(q_BTHD.dtype).reshape(b, t, h, d)
   return out_BTHD, probs.reshape(b, h, t, -1) if return_probs else None
 
 
 def cudnn_attention(q_BTHD, k_BSKD, v_BSKD, mask_BTS, scale, causal, plain):
-  implementation = None  # jax's XLA path: off GPU, and for f32 compute, which cuDNN flash attention lacks
+  implementation = (
+    None  # jax's XLA path: off GPU, and for f32 compute, which cuDNN flash attention lacks
+  )
   if jax.default_backend() == "gpu":
     if q_BTHD.dtype in (jnp.bfloat16, jnp.float16):
       implementation = "cudnn"
     elif q_BTHD.dtype not in _LOGGED_FALLBACKS:
       _LOGGED_FALLBACKS.add(q_BTHD.dtype)
-      log.warning("attention='cudnn' needs bf16/fp16 compute; %s runs jax's XLA attention", q_BTHD.dtype)
+      log.warning(
+        "attention='cudnn' needs bf16/fp16 compute; %s runs jax's XLA attention", q_BTHD.dtype
+      )
   if plain:  # no segments, no cache: let the kernel skip the masked blocks itself
-    return jax.nn.dot_product_attention(q_BTHD, k_BSKD, v_BSKD, scale=scale, is_causal=causal,
-                                        implementation=implementation)
+    return jax.nn.dot_product_attention(
+      q_BTHD, k_BSKD, v_BSKD, scale=scale, is_causal=causal, implementation=implementation
+    )
   mask = jnp.broadcast_to(mask_BTS, (q_BTHD.shape[0],) + mask_BTS.shape[1:])[:, None]
-  return jax.nn.dot_product_attention(q_BTHD, k_BSKD, v_BSKD, mask=mask, scale=scale,
-                                      implementation=implementation)
+  return jax.nn.dot_product_attention(
+    q_BTHD, k_BSKD, v_BSKD, mask=mask, scale=scale, implementation=implementation
+  )
 
 
 @functools.lru_cache(maxsize=64)
 def _splash_kernel(length: int, group: int, causal: bool, interpret: bool):
   from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
   block = min(128, length)
   if length % block:
-    raise ValueError(f"attention='splash' needs a sequence length that is a multiple of {block}; got {length}")
-  sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
-                            block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+    raise ValueError(
+      f"attention='splash' needs a sequence length that is a multiple of {block}; got {length}"
+    )
+  sizes = splash.BlockSizes(
+    block_q=block,
+    block_kv=block,
+    block_kv_compute=block,
+    block_q_dkv=block,
+    block_kv_dkv=block,
+    block_kv_dkv_compute=block,
+    block_q_dq=block,
+    block_kv_dq=block,
+  )
   one = splash.CausalMask((length, length)) if causal else splash.FullMask((length, length))
   # One MQA kernel per kv head: its `group` query heads share that head's K/V (GQA without repeats).
   # The kernel holds mask-info arrays; build them eagerly so that the cached kernel holds no tracers.
   with jax.ensure_compile_time_eval():
-    kernel = splash.make_splash_mqa(splash.MultiHeadMask([one] * group), block_sizes=sizes, head_shards=1,
-                                    q_seq_shards=1, interpret=interpret)
+    kernel = splash.make_splash_mqa(
+      splash.MultiHeadMask([one] * group),
+      block_sizes=sizes,
+      head_shards=1,
+      q_seq_shards=1,
+      interpret=interpret,
+    )
   return kernel, splash.SegmentIds
 
 
@@ -156,14 +226,17 @@ def splash_attention(q_BTHD, k_BSKD, v_BSKD, segment_ids_BT, scale, causal):
   b, t, h, d = q_BTHD.shape
   kv = k_BSKD.shape[2]
   if k_BSKD.shape[1] != t:
-    raise ValueError(f"attention='splash' needs as many keys as queries; got {k_BSKD.shape[1]} and {t}")
+    raise ValueError(
+      f"attention='splash' needs as many keys as queries; got {k_BSKD.shape[1]} and {t}"
+    )
   kernel, segment_type = _splash_kernel(t, h // kv, causal, jax.default_backend() != "tpu")
   if segment_ids_BT is None:
     segment_ids_BT = jnp.ones((b, t), jnp.int32)
 
   def run(q_BKGTD, k_BKSD, v_BKSD, seg_BT):
-    per_head = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=segment_type(s, s)),
-                        in_axes=(0, 0, 0, None))
+    per_head = jax.vmap(
+      lambda q, k, v, s: kernel(q, k, v, segment_ids=segment_type(s, s)), in_axes=(0, 0, 0, None)
+    )
     return jax.vmap(per_head)(q_BKGTD, k_BKSD, v_BKSD, seg_BT)
 
   # Splash does not scale the logits itself; scaling q in f32 first keeps bf16 rounding as in xla.
@@ -177,8 +250,12 @@ def splash_attention(q_BTHD, k_BSKD, v_BSKD, segment_ids_BT, scale, causal):
     batch_axes, head_axes = _pad_spec(sharding.spec_for(("batch", "act_kv_heads"), (b, kv)), 2)
     q_spec = P(batch_axes, head_axes, None, None, None)
     kv_spec = P(batch_axes, head_axes, None, None)
-    run = jax.shard_map(run, in_specs=(q_spec, kv_spec, kv_spec, P(batch_axes, None)), out_specs=q_spec,
-                        check_vma=False)
+    run = jax.shard_map(
+      run,
+      in_specs=(q_spec, kv_spec, kv_spec, P(batch_axes, None)),
+      out_specs=q_spec,
+      check_vma=False,
+    )
   out_BKGTD = run(q_BKGTD, k_BKSD, v_BKSD, seg_BT)
   return out_BKGTD.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d).astype(q_BTHD.dtype)
 

@@ -1,4 +1,5 @@
 """One transformer block: attention then MLP, each with a pre-, post- or no norm (see config)."""
+
 from __future__ import annotations
 
 import jax
@@ -14,7 +15,6 @@ RESIDUAL_AXES = ("batch", "length", "act_embed")
 
 
 class Block(nnx.Module):
-
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     has_norm = cfg.norm != "none"
@@ -23,8 +23,17 @@ class Block(nnx.Module):
     self.mlp_norm = Norm(cfg, rngs=rngs) if has_norm and cfg.mlp_norm != "none" else None
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x_BTD, *, positions_BT, mask_BTS, segment_ids_BT=None, kv_cache=None,
-               return_probs=False, delta: deltas.Delta | None = None):
+  def __call__(
+    self,
+    x_BTD,
+    *,
+    positions_BT,
+    mask_BTS,
+    segment_ids_BT=None,
+    kv_cache=None,
+    return_probs=False,
+    delta: deltas.Delta | None = None,
+  ):
     """Returns (x_BTD, updated (k, v) of this layer or None, attention probs or None).
 
     delta: per-token deltas of this block's parameters (``attn/…``, ``mlp/…``, ``*_norm/…``).
@@ -33,9 +42,15 @@ class Block(nnx.Module):
     attn_norm_delta, mlp_norm_delta = deltas.sub(delta, "attn_norm"), deltas.sub(delta, "mlp_norm")
     pre = self.attn_norm is not None and cfg.attn_norm == "pre"
     h = self.attn_norm(x_BTD, attn_norm_delta) if pre else x_BTD
-    h, kv_cache, probs = self.attn(h, positions_BT=positions_BT, mask_BTS=mask_BTS,
-                                   segment_ids_BT=segment_ids_BT, kv_cache=kv_cache, return_probs=return_probs,
-                                   delta=deltas.sub(delta, "attn"))
+    h, kv_cache, probs = self.attn(
+      h,
+      positions_BT=positions_BT,
+      mask_BTS=mask_BTS,
+      segment_ids_BT=segment_ids_BT,
+      kv_cache=kv_cache,
+      return_probs=return_probs,
+      delta=deltas.sub(delta, "attn"),
+    )
     x_BTD = x_BTD + h
     if self.attn_norm is not None and cfg.attn_norm == "post":
       x_BTD = self.attn_norm(x_BTD, attn_norm_delta)
@@ -51,5 +66,8 @@ class Block(nnx.Module):
 
 def remat_policy(name: str):
   """jax.checkpoint policy for config ``remat`` (``'full'`` saves nothing and recomputes the block)."""
-  return {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots,
-          "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[name]
+  return {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  }[name]

@@ -7,6 +7,7 @@ only ever sees other pad slots, whose outputs are garbage and must be ignored by
 Writes at positions ``≥ max_len`` are dropped (jax scatter semantics), so size the cache for
 prompt + generated tokens.
 """
+
 from __future__ import annotations
 
 import jax
@@ -20,9 +21,9 @@ from superpose.nn.config import TransformerConfig
 
 @struct.dataclass
 class KVCache:
-  k: jax.Array              # (L, B, S, Hkv, Dh), rotary-embedded keys when positions='rope'
-  v: jax.Array              # (L, B, S, Hkv, Dh)
-  segment_ids: jax.Array    # (B, S) int32, 0 = empty slot or padding
+  k: jax.Array  # (L, B, S, Hkv, Dh), rotary-embedded keys when positions='rope'
+  v: jax.Array  # (L, B, S, Hkv, Dh)
+  segment_ids: jax.Array  # (B, S) int32, 0 = empty slot or padding
 
   @property
   def max_len(self) -> int:
@@ -34,18 +35,28 @@ KV_AXES = ("layers", "batch", "cache_length", "act_kv_heads", None)
 
 def cache_shardings(cache: KVCache, mesh) -> KVCache:
   """NamedShardings for a (possibly abstract) cache from the logical-axis rules, for jit/device_put."""
+
   def named(axes, x):
     return NamedSharding(mesh, sharding.spec_for(axes, x.shape, mesh, what="kv_cache"))
-  return KVCache(k=named(KV_AXES, cache.k), v=named(KV_AXES, cache.v),
-                 segment_ids=named(("batch", "cache_length"), cache.segment_ids))
+
+  return KVCache(
+    k=named(KV_AXES, cache.k),
+    v=named(KV_AXES, cache.v),
+    segment_ids=named(("batch", "cache_length"), cache.segment_ids),
+  )
 
 
 def init_cache(cfg: TransformerConfig, batch: int, max_len: int) -> KVCache:
   """An empty cache for ``batch`` rows of up to ``max_len`` positions, in the compute dtype."""
   shape = (cfg.num_layers, batch, max_len, cfg.kv_heads, cfg.head_size)
   zeros = sharding.constrain(jnp.zeros(shape, cfg.compute_dtype), KV_AXES)
-  return KVCache(k=zeros, v=zeros,
-                 segment_ids=sharding.constrain(jnp.zeros((batch, max_len), jnp.int32), ("batch", "cache_length")))
+  return KVCache(
+    k=zeros,
+    v=zeros,
+    segment_ids=sharding.constrain(
+      jnp.zeros((batch, max_len), jnp.int32), ("batch", "cache_length")
+    ),
+  )
 
 
 def write_rows(cache_BS: jax.Array, new_BT: jax.Array, positions_BT: jax.Array) -> jax.Array:
@@ -61,7 +72,9 @@ def write_segments(cache: KVCache, segment_ids_BT: jax.Array, positions_BT: jax.
 
 def self_mask(segment_ids_BT: jax.Array | None, length: int, causal: bool) -> jax.Array:
   """(B or 1, T, T) boolean mask for attention within one sequence: causal by index, same segment."""
-  mask_TT = jnp.tril(jnp.ones((length, length), bool)) if causal else jnp.ones((length, length), bool)
+  mask_TT = (
+    jnp.tril(jnp.ones((length, length), bool)) if causal else jnp.ones((length, length), bool)
+  )
   if segment_ids_BT is None:
     return mask_TT[None]
   return mask_TT[None] & (segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :])

@@ -3,6 +3,7 @@
 Functional style: pass the (graphdef, state) pair from ``nnx.split(model)`` once; the model is merged
 inside the jit and the loop body only calls it on arrays.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,8 +18,14 @@ from superpose.nn.cache import init_cache
 log = logging.getLogger(__name__)
 
 
-def sample_logits(logits_BV: jax.Array, rng: jax.Array, temperature: float | jax.Array = 0.0,
-                  top_k: int | None = None, *, greedy: bool | None = None) -> jax.Array:
+def sample_logits(
+  logits_BV: jax.Array,
+  rng: jax.Array,
+  temperature: float | jax.Array = 0.0,
+  top_k: int | None = None,
+  *,
+  greedy: bool | None = None,
+) -> jax.Array:
   """Greedy for ``temperature == 0``; else softmax(logits / temperature) restricted to the top k.
 
   Under jit pass ``greedy`` (static) and the temperature may then be a traced scalar.
@@ -34,9 +41,18 @@ def sample_logits(logits_BV: jax.Array, rng: jax.Array, temperature: float | jax
   return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
 
 
-def generate(graphdef, state, prompt_BT: jax.Array, prompt_lengths_B: jax.Array, max_new_tokens: int, *,
-             rng: jax.Array | None = None, temperature: float = 0.0, top_k: int | None = None,
-             eos_id: int | None = None) -> tuple[jax.Array, jax.Array]:
+def generate(
+  graphdef,
+  state,
+  prompt_BT: jax.Array,
+  prompt_lengths_B: jax.Array,
+  max_new_tokens: int,
+  *,
+  rng: jax.Array | None = None,
+  temperature: float = 0.0,
+  top_k: int | None = None,
+  eos_id: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
   """Continue right-padded prompts of different lengths; returns (tokens (B, N), lengths (B,)).
 
   Row b's prompt is ``prompt_BT[b, :prompt_lengths_B[b]]``; the rest of the row is ignored. New token
@@ -52,25 +68,53 @@ def generate(graphdef, state, prompt_BT: jax.Array, prompt_lengths_B: jax.Array,
     raise ValueError(f"generate: temperature={temperature} must be >= 0")
   if max_new_tokens < 1:
     raise ValueError(f"generate: max_new_tokens={max_new_tokens} must be >= 1")
-  return _generate(graphdef, state, jnp.asarray(prompt_BT, jnp.int32), jnp.asarray(prompt_lengths_B, jnp.int32),
-                   rng, jnp.float32(max(temperature, 1e-6)), max_new_tokens=int(max_new_tokens),
-                   greedy=temperature == 0.0, top_k=None if top_k is None else int(top_k),
-                   eos_id=None if eos_id is None else int(eos_id))
+  return _generate(
+    graphdef,
+    state,
+    jnp.asarray(prompt_BT, jnp.int32),
+    jnp.asarray(prompt_lengths_B, jnp.int32),
+    rng,
+    jnp.float32(max(temperature, 1e-6)),
+    max_new_tokens=int(max_new_tokens),
+    greedy=temperature == 0.0,
+    top_k=None if top_k is None else int(top_k),
+    eos_id=None if eos_id is None else int(eos_id),
+  )
 
 
-@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("max_new_tokens", "greedy", "top_k", "eos_id"))
-def _generate(graphdef, state, prompt_BT, prompt_lengths_B, rng, temperature, *, max_new_tokens, greedy, top_k,
-              eos_id):
+@functools.partial(
+  jax.jit, static_argnums=(0,), static_argnames=("max_new_tokens", "greedy", "top_k", "eos_id")
+)
+def _generate(
+  graphdef,
+  state,
+  prompt_BT,
+  prompt_lengths_B,
+  rng,
+  temperature,
+  *,
+  max_new_tokens,
+  greedy,
+  top_k,
+  eos_id,
+):
   model = nnx.merge(graphdef, state)
   if model.cfg.attention == "splash":  # splash cannot read a cache; same weights, xla attention
-    log.info("generate: attention='splash' cannot decode from a KV cache; using 'xla' for generation")
+    log.info(
+      "generate: attention='splash' cannot decode from a KV cache; using 'xla' for generation"
+    )
     from superpose.nn.decoder import Transformer
-    model = nnx.eval_shape(lambda: Transformer(model.cfg.replace(attention="xla"), rngs=nnx.Rngs(0)))
+
+    model = nnx.eval_shape(
+      lambda: Transformer(model.cfg.replace(attention="xla"), rngs=nnx.Rngs(0))
+    )
     nnx.update(model, state)
   batch, prompt_len = prompt_BT.shape
   if model.cfg.positions == "learned" and prompt_len + max_new_tokens > model.cfg.max_seq_len:
-    raise ValueError(f"generate: {prompt_len} prompt + {max_new_tokens} new tokens exceed the learned position "
-                     f"table (max_seq_len={model.cfg.max_seq_len})")
+    raise ValueError(
+      f"generate: {prompt_len} prompt + {max_new_tokens} new tokens exceed the learned position "
+      f"table (max_seq_len={model.cfg.max_seq_len})"
+    )
   cache = init_cache(model.cfg, batch, prompt_len + max_new_tokens)
   positions_BT = jnp.broadcast_to(jnp.arange(prompt_len, dtype=jnp.int32), (batch, prompt_len))
   # Padding gets segment 0, so the cache slots it fills are invisible to the real tokens; decoding
@@ -99,13 +143,23 @@ def _generate(graphdef, state, prompt_BT, prompt_lengths_B, rng, temperature, *,
     return tokens_BN.at[:, n].set(token_B), out.cache, done_B, lengths_B, rng
 
   tokens_BN, _, _, lengths_B, _ = jax.lax.fori_loop(
-      1, max_new_tokens, step, (tokens_BN, out.cache, done_B, lengths_B, rng))
+    1, max_new_tokens, step, (tokens_BN, out.cache, done_B, lengths_B, rng)
+  )
   return tokens_BN, lengths_B
 
 
-def generate_uncached(graphdef, state, prompt_BT, prompt_lengths_B, max_new_tokens: int, *,
-                      rng: jax.Array | None = None, temperature: float = 0.0, top_k: int | None = None,
-                      eos_id: int | None = None) -> tuple[jax.Array, jax.Array]:
+def generate_uncached(
+  graphdef,
+  state,
+  prompt_BT,
+  prompt_lengths_B,
+  max_new_tokens: int,
+  *,
+  rng: jax.Array | None = None,
+  temperature: float = 0.0,
+  top_k: int | None = None,
+  eos_id: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
   """:func:`generate` for any causal module whose call maps tokens (B, T) to logits (B, T, V) (or to an
   output with ``logits_BTV``) but keeps no KV cache — e.g. a superposition of experts: one full forward
   per new token over a fixed width, in one jit. The same rows, rngs and EOS handling as :func:`generate`,
@@ -115,17 +169,40 @@ def generate_uncached(graphdef, state, prompt_BT, prompt_lengths_B, max_new_toke
       raise ValueError("generate_uncached: sampling with temperature > 0 needs rng")
     rng = jax.random.key(0)
   if temperature < 0 or max_new_tokens < 1:
-    raise ValueError(f"generate_uncached: temperature={temperature} must be >= 0 and max_new_tokens="
-                     f"{max_new_tokens} >= 1")
-  return _generate_uncached(graphdef, state, jnp.asarray(prompt_BT, jnp.int32),
-                            jnp.asarray(prompt_lengths_B, jnp.int32), rng, jnp.float32(max(temperature, 1e-6)),
-                            max_new_tokens=int(max_new_tokens), greedy=temperature == 0.0,
-                            top_k=None if top_k is None else int(top_k), eos_id=None if eos_id is None else int(eos_id))
+    raise ValueError(
+      f"generate_uncached: temperature={temperature} must be >= 0 and max_new_tokens="
+      f"{max_new_tokens} >= 1"
+    )
+  return _generate_uncached(
+    graphdef,
+    state,
+    jnp.asarray(prompt_BT, jnp.int32),
+    jnp.asarray(prompt_lengths_B, jnp.int32),
+    rng,
+    jnp.float32(max(temperature, 1e-6)),
+    max_new_tokens=int(max_new_tokens),
+    greedy=temperature == 0.0,
+    top_k=None if top_k is None else int(top_k),
+    eos_id=None if eos_id is None else int(eos_id),
+  )
 
 
-@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("max_new_tokens", "greedy", "top_k", "eos_id"))
-def _generate_uncached(graphdef, state, prompt_BT, prompt_lengths_B, rng, temperature, *, max_new_tokens, greedy,
-                       top_k, eos_id):
+@functools.partial(
+  jax.jit, static_argnums=(0,), static_argnames=("max_new_tokens", "greedy", "top_k", "eos_id")
+)
+def _generate_uncached(
+  graphdef,
+  state,
+  prompt_BT,
+  prompt_lengths_B,
+  rng,
+  temperature,
+  *,
+  max_new_tokens,
+  greedy,
+  top_k,
+  eos_id,
+):
   model = nnx.merge(graphdef, state)
   batch, prompt_len = prompt_BT.shape
   width = prompt_len + max_new_tokens
@@ -137,7 +214,9 @@ def _generate_uncached(graphdef, state, prompt_BT, prompt_lengths_B, rng, temper
     tokens_BT, done_B, lengths_B, rng = carry
     out = model(tokens_BT)
     logits_BTV = getattr(out, "logits_BTV", out)
-    last_BV = jnp.take_along_axis(logits_BTV, (prompt_lengths_B + n - 1)[:, None, None], axis=1)[:, 0]
+    last_BV = jnp.take_along_axis(logits_BTV, (prompt_lengths_B + n - 1)[:, None, None], axis=1)[
+      :, 0
+    ]
     rng, step_rng = jax.random.split(rng)
     token_B = sample_logits(last_BV, step_rng, temperature, top_k, greedy=greedy)
     if eos_id is not None:
@@ -149,6 +228,10 @@ def _generate_uncached(graphdef, state, prompt_BT, prompt_lengths_B, rng, temper
 
   done_B = jnp.zeros((batch,), bool)
   lengths_B = jnp.full((batch,), max_new_tokens, jnp.int32)
-  tokens_BT, _, lengths_B, _ = jax.lax.fori_loop(0, max_new_tokens, step, (tokens_BT, done_B, lengths_B, rng))
-  new_BN = jnp.take_along_axis(tokens_BT, prompt_lengths_B[:, None] + jnp.arange(max_new_tokens)[None], axis=1)
+  tokens_BT, _, lengths_B, _ = jax.lax.fori_loop(
+    0, max_new_tokens, step, (tokens_BT, done_B, lengths_B, rng)
+  )
+  new_BN = jnp.take_along_axis(
+    tokens_BT, prompt_lengths_B[:, None] + jnp.arange(max_new_tokens)[None], axis=1
+  )
   return new_BN, lengths_B

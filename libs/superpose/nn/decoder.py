@@ -7,6 +7,7 @@ positions, ``blocks`` (an ``nnx.List`` of Blocks, or one Block whose params carr
 Every forward piece takes an optional ``delta`` (``superpose.nn.deltas.Delta``): per-token gated
 parameter deltas, θ + Σ_k gate[b, t, k] · Δ_k, mirroring these paths; None computes exactly as before.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -29,37 +30,53 @@ Hook = Callable[[jax.Array | int, jax.Array], jax.Array]
 
 @struct.dataclass
 class Output:
-  logits_BTV: jax.Array                # f32, padded vocab; padded ids hold VOCAB_PAD_LOGIT
-  final_hidden_BTD: jax.Array          # after the final norm, before the unembedding
-  hidden: jax.Array | None = None      # (L+1, B, T, D) residual stream; [0] = embeddings, [L] = before final norm
-  attention: jax.Array | None = None   # (L, B, H, T, S) attention probabilities (f32)
+  logits_BTV: jax.Array  # f32, padded vocab; padded ids hold VOCAB_PAD_LOGIT
+  final_hidden_BTD: jax.Array  # after the final norm, before the unembedding
+  hidden: jax.Array | None = (
+    None  # (L+1, B, T, D) residual stream; [0] = embeddings, [L] = before final norm
+  )
+  attention: jax.Array | None = None  # (L, B, H, T, S) attention probabilities (f32)
   cache: KVCache | None = None
 
 
 class Transformer(nnx.Module):
-
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     init, pdt = nnx.initializers.normal(cfg.init_std), cfg.params_dtype
-    self.token_embedding = sharding.param(rngs, init, (cfg.padded_vocab, cfg.d_model), ("vocab", "embed"), pdt)
+    self.token_embedding = sharding.param(
+      rngs, init, (cfg.padded_vocab, cfg.d_model), ("vocab", "embed"), pdt
+    )
     self.position_embedding = (
-        sharding.param(rngs, init, (cfg.max_seq_len, cfg.d_model), (None, "embed"), pdt)
-        if cfg.positions == "learned" else None)
+      sharding.param(rngs, init, (cfg.max_seq_len, cfg.d_model), (None, "embed"), pdt)
+      if cfg.positions == "learned"
+      else None
+    )
     if cfg.scan_layers:
+
       @nnx.split_rngs(splits=cfg.num_layers)
       @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
       def make_blocks(block_rngs):
         return Block(cfg, rngs=block_rngs)
+
       self.blocks = make_blocks(rngs)
     else:
       self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
     self.final_norm = Norm(cfg, rngs=rngs) if cfg.final_norm and cfg.norm != "none" else None
-    self.unembedding = (None if cfg.tie_embeddings else
-                        sharding.param(rngs, init, (cfg.d_model, cfg.padded_vocab), ("embed", "vocab"), pdt))
+    self.unembedding = (
+      None
+      if cfg.tie_embeddings
+      else sharding.param(rngs, init, (cfg.d_model, cfg.padded_vocab), ("embed", "vocab"), pdt)
+    )
 
   # Pieces -----------------------------------------------------------------------------------------
-  def embed(self, tokens_BT=None, positions_BT=None, embeds_BTD=None, embeds_mask_BT=None,
-            delta: deltas.Delta | None = None) -> jax.Array:
+  def embed(
+    self,
+    tokens_BT=None,
+    positions_BT=None,
+    embeds_BTD=None,
+    embeds_mask_BT=None,
+    delta: deltas.Delta | None = None,
+  ) -> jax.Array:
     """Token embeddings (or given input embeddings where ``embeds_mask_BT``) plus absolute positions.
 
     delta: the token table's delta applies to looked-up tokens only (not to given embeddings); the
@@ -77,8 +94,10 @@ class Transformer(nnx.Module):
         x_BTD = x_BTD + deltas.lookup(tokens_BT, token_delta, delta.gate_BTK, dtype)
       if embeds_BTD is not None:
         if embeds_mask_BT is None:
-          raise ValueError("Transformer.embed: with both tokens_BT and embeds_BTD, embeds_mask_BT says "
-                           "which positions take the given embeddings")
+          raise ValueError(
+            "Transformer.embed: with both tokens_BT and embeds_BTD, embeds_mask_BT says "
+            "which positions take the given embeddings"
+          )
         x_BTD = jnp.where(embeds_mask_BT[..., None], embeds_BTD.astype(dtype), x_BTD)
     if positions_BT is None:
       positions_BT = self._default_positions(*x_BTD.shape[:2])
@@ -91,12 +110,21 @@ class Transformer(nnx.Module):
       # position_dims < d_model keeps the table in its own subspace (hand-set constructions).
       dims = cfg.position_dims or cfg.d_model
       table_BTP = layers.sinusoidal(positions_BT, dims).astype(dtype)
-      x_BTD = x_BTD.at[..., cfg.d_model - dims:].add(table_BTP)
+      x_BTD = x_BTD.at[..., cfg.d_model - dims :].add(table_BTP)
     return sharding.constrain(x_BTD, RESIDUAL_AXES)
 
-  def run_blocks(self, x_BTD, *, positions_BT, segment_ids_BT=None, cache: KVCache | None = None,
-                 return_hidden=False, return_attention=False, hook: Hook | None = None,
-                 delta: deltas.Delta | None = None):
+  def run_blocks(
+    self,
+    x_BTD,
+    *,
+    positions_BT,
+    segment_ids_BT=None,
+    cache: KVCache | None = None,
+    return_hidden=False,
+    return_attention=False,
+    hook: Hook | None = None,
+    delta: deltas.Delta | None = None,
+  ):
     """All blocks, with the hook after each.
 
     delta: its ``blocks`` sub-dict gives each block its deltas; with ``scan_layers`` the stacked
@@ -111,20 +139,36 @@ class Transformer(nnx.Module):
       mask_BTS = cache_lib.self_mask(segment_ids_BT, length, cfg.causal)
     else:
       if not cfg.causal:
-        raise ValueError("a KV cache needs causal=True (a bidirectional model must re-read the whole sequence)")
-      query_segments_BT = (jnp.ones((batch, length), jnp.int32) if segment_ids_BT is None
-                           else segment_ids_BT.astype(jnp.int32))
+        raise ValueError(
+          "a KV cache needs causal=True (a bidirectional model must re-read the whole sequence)"
+        )
+      query_segments_BT = (
+        jnp.ones((batch, length), jnp.int32)
+        if segment_ids_BT is None
+        else segment_ids_BT.astype(jnp.int32)
+      )
       cache = cache_lib.write_segments(cache, query_segments_BT, positions_BT)
       mask_BTS = cache_lib.cache_mask(cache, positions_BT, query_segments_BT)
 
     def apply_block(graphdef, block_state, x, kv, block_delta):
       block = nnx.merge(graphdef, block_state)
-      return block(x, positions_BT=positions_BT, mask_BTS=mask_BTS, segment_ids_BT=segment_ids_BT,
-                   kv_cache=kv, return_probs=return_attention, delta=block_delta)
+      return block(
+        x,
+        positions_BT=positions_BT,
+        mask_BTS=mask_BTS,
+        segment_ids_BT=segment_ids_BT,
+        kv_cache=kv,
+        return_probs=return_attention,
+        delta=block_delta,
+      )
 
     if cfg.remat != "none":
-      apply_block = jax.checkpoint(apply_block, policy=remat_policy(cfg.remat), static_argnums=(0,),
-                                   prevent_cse=not cfg.scan_layers)
+      apply_block = jax.checkpoint(
+        apply_block,
+        policy=remat_policy(cfg.remat),
+        static_argnums=(0,),
+        prevent_cse=not cfg.scan_layers,
+      )
     kv_in = None if cache is None else (cache.k, cache.v)
     blocks_delta = deltas.sub(delta, "blocks")
 
@@ -133,21 +177,32 @@ class Transformer(nnx.Module):
 
       def body(x, xs):
         block_state, index, kv, layer_params = xs
-        block_delta = None if layer_params is None else deltas.Delta(blocks_delta.gate_BTK, layer_params)
+        block_delta = (
+          None if layer_params is None else deltas.Delta(blocks_delta.gate_BTK, layer_params)
+        )
         x, kv, probs = apply_block(graphdef, block_state, x, kv, block_delta)
         if hook is not None:
           x = hook(index, x)
         return x, (kv, probs, x if return_hidden else None)
 
       x_BTD, (kv_out, attention, hidden) = jax.lax.scan(
-          body, x_BTD, (stacked_state, jnp.arange(cfg.num_layers), kv_in,
-                        None if blocks_delta is None else blocks_delta.params))
+        body,
+        x_BTD,
+        (
+          stacked_state,
+          jnp.arange(cfg.num_layers),
+          kv_in,
+          None if blocks_delta is None else blocks_delta.params,
+        ),
+      )
     else:
       kvs, probs_list, hidden_list = [], [], []
       for index, block in enumerate(self.blocks):
         graphdef, block_state = nnx.split(block)
         kv = None if kv_in is None else (kv_in[0][index], kv_in[1][index])
-        x_BTD, kv, probs = apply_block(graphdef, block_state, x_BTD, kv, deltas.sub(blocks_delta, index))
+        x_BTD, kv, probs = apply_block(
+          graphdef, block_state, x_BTD, kv, deltas.sub(blocks_delta, index)
+        )
         if hook is not None:
           x_BTD = hook(index, x_BTD)
         kvs.append(kv)
@@ -164,7 +219,9 @@ class Transformer(nnx.Module):
     return x_BTD, hidden, attention, cache
 
   def apply_final_norm(self, x_BTD: jax.Array, delta: deltas.Delta | None = None) -> jax.Array:
-    return x_BTD if self.final_norm is None else self.final_norm(x_BTD, deltas.sub(delta, "final_norm"))
+    return (
+      x_BTD if self.final_norm is None else self.final_norm(x_BTD, deltas.sub(delta, "final_norm"))
+    )
 
   def logits(self, h_BTD: jax.Array, delta: deltas.Delta | None = None) -> jax.Array:
     """Unembedding of final hidden states (no norm), f32, padded vocab ids masked.
@@ -184,9 +241,13 @@ class Transformer(nnx.Module):
       logits_BTV = jnp.einsum("btd,dv->btv", h, table, preferred_element_type=jnp.float32)
       head_delta = deltas.entry(delta, "unembedding")
     if head_delta is not None:
-      logits_BTV = logits_BTV + deltas.linear(h, head_delta, delta.gate_BTK, 1, cfg.compute_dtype, jnp.float32)
+      logits_BTV = logits_BTV + deltas.linear(
+        h, head_delta, delta.gate_BTK, 1, cfg.compute_dtype, jnp.float32
+      )
     if cfg.padded_vocab > cfg.vocab_size:
-      logits_BTV = jnp.where(jnp.arange(cfg.padded_vocab) < cfg.vocab_size, logits_BTV, VOCAB_PAD_LOGIT)
+      logits_BTV = jnp.where(
+        jnp.arange(cfg.padded_vocab) < cfg.vocab_size, logits_BTV, VOCAB_PAD_LOGIT
+      )
     return sharding.constrain(logits_BTV, ("batch", "length", "act_vocab"))
 
   def unembed(self, x_BTD: jax.Array, delta: deltas.Delta | None = None) -> jax.Array:
@@ -195,14 +256,27 @@ class Transformer(nnx.Module):
 
   def _default_positions(self, batch: int, length: int) -> jax.Array:
     if self.cfg.positions == "learned" and length > self.cfg.max_seq_len:
-      raise ValueError(f"Transformer: {length} tokens exceed the learned position table "
-                       f"(max_seq_len={self.cfg.max_seq_len})")
+      raise ValueError(
+        f"Transformer: {length} tokens exceed the learned position table "
+        f"(max_seq_len={self.cfg.max_seq_len})"
+      )
     return default_positions(batch, length)
 
   # Forward ----------------------------------------------------------------------------------------
-  def __call__(self, tokens_BT=None, *, positions_BT=None, segment_ids_BT=None, embeds_BTD=None,
-               embeds_mask_BT=None, cache: KVCache | None = None, return_hidden=False,
-               return_attention=False, hook: Hook | None = None, delta: deltas.Delta | None = None) -> Output:
+  def __call__(
+    self,
+    tokens_BT=None,
+    *,
+    positions_BT=None,
+    segment_ids_BT=None,
+    embeds_BTD=None,
+    embeds_mask_BT=None,
+    cache: KVCache | None = None,
+    return_hidden=False,
+    return_attention=False,
+    hook: Hook | None = None,
+    delta: deltas.Delta | None = None,
+  ) -> Output:
     """Forward pass.
 
     positions_BT: absolute positions (default ``arange(T)`` per row; required with a cache).
@@ -220,23 +294,39 @@ class Transformer(nnx.Module):
     """
     if positions_BT is None:
       if cache is not None:
-        raise ValueError("Transformer: with a cache, pass positions_BT (each row's absolute positions)")
+        raise ValueError(
+          "Transformer: with a cache, pass positions_BT (each row's absolute positions)"
+        )
       reference = tokens_BT if tokens_BT is not None else embeds_BTD
       if reference is None:
         raise ValueError("Transformer: pass tokens_BT, embeds_BTD or both")
       positions_BT = self._default_positions(*reference.shape[:2])
     if delta is not None:
       if tuple(delta.gate_BTK.shape[:-1]) != tuple(positions_BT.shape):
-        raise ValueError(f"Transformer: delta.gate_BTK {tuple(delta.gate_BTK.shape)} does not match "
-                         f"the {tuple(positions_BT.shape)} tokens of this call")
+        raise ValueError(
+          f"Transformer: delta.gate_BTK {tuple(delta.gate_BTK.shape)} does not match "
+          f"the {tuple(positions_BT.shape)} tokens of this call"
+        )
       deltas.validate(delta, nnx.state(self, nnx.Param))
     x_BTD = self.embed(tokens_BT, positions_BT, embeds_BTD, embeds_mask_BT, delta)
     x_out, hidden, attention, cache = self.run_blocks(
-        x_BTD, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT, cache=cache,
-        return_hidden=return_hidden, return_attention=return_attention, hook=hook, delta=delta)
+      x_BTD,
+      positions_BT=positions_BT,
+      segment_ids_BT=segment_ids_BT,
+      cache=cache,
+      return_hidden=return_hidden,
+      return_attention=return_attention,
+      hook=hook,
+      delta=delta,
+    )
     final_hidden_BTD = self.apply_final_norm(x_out, delta)
-    return Output(logits_BTV=self.logits(final_hidden_BTD, delta), final_hidden_BTD=final_hidden_BTD,
-                  hidden=hidden, attention=attention, cache=cache)
+    return Output(
+      logits_BTV=self.logits(final_hidden_BTD, delta),
+      final_hidden_BTD=final_hidden_BTD,
+      hidden=hidden,
+      attention=attention,
+      cache=cache,
+    )
 
 
 def default_positions(batch: int, length: int) -> jax.Array:
@@ -279,8 +369,10 @@ def unstack_layers(state):
       return leaf.copy(leaf.get_value()[i], out_sharding=None if axes is None else tuple(axes)[1:])
     return leaf[i]
 
-  per_layer = {i: jax.tree.map(lambda leaf: take(leaf, i), blocks, is_leaf=_is_variable)
-               for i in range(num_layers)}
+  per_layer = {
+    i: jax.tree.map(lambda leaf: take(leaf, i), blocks, is_leaf=_is_variable)
+    for i in range(num_layers)
+  }
   if isinstance(state, nnx.State):
     layered = nnx.State({})
     for i, layer in per_layer.items():
@@ -292,7 +384,10 @@ def unstack_layers(state):
 def _with_blocks(state, blocks):
   if isinstance(state, nnx.State):
     out = nnx.State({})
-    for key, value in state.items():  # State.__setitem__ stores nested States as plain dicts, as nnx.state does
+    for (
+      key,
+      value,
+    ) in state.items():  # State.__setitem__ stores nested States as plain dicts, as nnx.state does
       out[key] = blocks if key == "blocks" else value
     return out
   return {**state, "blocks": blocks}

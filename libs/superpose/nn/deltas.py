@@ -19,6 +19,7 @@ parameters.
 (f, d), unembedding (D, V): the first dim; o (h, dh, d): the first two; token_embedding (V, D) and
 position_embedding (P, D): the row that the lookup picks (the tied head multiplies by the transpose).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,18 @@ import numpy as np
 from flax import struct
 
 # Leading "in" dims of each matrix parameter of the Transformer, by name (other matrices: 1).
-MATRIX_IN_DIMS = {"q": 1, "k": 1, "v": 1, "o": 2, "wi": 1, "wg": 1, "wo": 1,
-                  "token_embedding": 1, "position_embedding": 1, "unembedding": 1}
+MATRIX_IN_DIMS = {
+  "q": 1,
+  "k": 1,
+  "v": 1,
+  "o": 2,
+  "wi": 1,
+  "wg": 1,
+  "wo": 1,
+  "token_embedding": 1,
+  "position_embedding": 1,
+  "unembedding": 1,
+}
 LOOKUP_TABLES = ("token_embedding", "position_embedding")  # top-level tables read by row
 _VECTOR_NAME = re.compile(r"(^|_)(bias|scale)$")
 
@@ -40,6 +51,7 @@ _VECTOR_NAME = re.compile(r"(^|_)(bias|scale)$")
 @struct.dataclass
 class LowRank:
   """Δ_k = a_k · b_k. a: (K, *in, r), b: (K, r, *out); the number of in dims is ``a.ndim - 2``."""
+
   a: jax.Array
   b: jax.Array
 
@@ -47,13 +59,15 @@ class LowRank:
 @struct.dataclass
 class Full:
   """Δ_k = d_k, d: (K, *param_shape)."""
+
   d: jax.Array
 
 
 @struct.dataclass
 class Delta:
   """The per-token weights of the K deltas and the deltas of (a sub-tree of) the parameters."""
-  gate_BTK: jax.Array       # any real numbers: softmax, one-hot, … is the caller's choice
+
+  gate_BTK: jax.Array  # any real numbers: softmax, one-hot, … is the caller's choice
   params: Mapping[str, Any]
 
 
@@ -73,7 +87,13 @@ def _child(tree, key):
   """``tree[key]`` for str or int keys of a layer index (pure dicts of an nnx.List use int keys)."""
   if key in tree:
     return tree[key]
-  alt = str(key) if isinstance(key, int) else int(key) if isinstance(key, str) and key.isdigit() else None
+  alt = (
+    str(key)
+    if isinstance(key, int)
+    else int(key)
+    if isinstance(key, str) and key.isdigit()
+    else None
+  )
   if alt is not None and alt in tree:
     return tree[alt]
   return None
@@ -112,7 +132,7 @@ def linear(x, entry: LowRank | Full, gate_BTK, n_in: int, dtype, out_dtype=None)
   LowRank goes through the rank: u = x · a_k (B, T, K, r), scaled by the gate, then · b_k. Full
   contracts x with every d_k (B, T, K, *out) and then sums over k with the gate.
   """
-  ins = _letters("c", n_in)                    # c… (never b, t, k, r: those are named)
+  ins = _letters("c", n_in)  # c… (never b, t, k, r: those are named)
   if isinstance(entry, LowRank):
     outs = _letters("u", entry.b.ndim - 2)
     u = _einsum(f"...{ins},k{ins}r->...kr", x, entry.a, dtype)
@@ -173,8 +193,10 @@ def _flatten(tree) -> dict[tuple[str, ...], Any]:
   """{path of str keys: leaf} with LowRank / Full (and shape-carrying objects) as leaves."""
   is_leaf = lambda x: isinstance(x, (LowRank, Full)) or hasattr(x, "shape")
   flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
-  return {tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path): leaf
-          for path, leaf in flat}
+  return {
+    tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path): leaf
+    for path, leaf in flat
+  }
 
 
 def scanned_layout(paths) -> bool:
@@ -205,7 +227,9 @@ def validate(delta: Delta, trunk_params) -> None:
     shape, name = trunk[path], path[-1]
     if isinstance(e, LowRank):
       if is_vector(name) or len(shape) < 2:
-        problems.append(f"{where}: the parameter {shape} is added, it takes a Full delta, not LowRank")
+        problems.append(
+          f"{where}: the parameter {shape} is added, it takes a Full delta, not LowRank"
+        )
         continue
       n_in, want = e.a.ndim - 2 - lead, in_dims(name, len(shape))
       if n_in != want:
@@ -214,10 +238,10 @@ def validate(delta: Delta, trunk_params) -> None:
       if e.a.shape[-1] != e.b.shape[lead + 1]:
         problems.append(f"{where}: a has rank {e.a.shape[-1]}, b has rank {e.b.shape[lead + 1]}")
       got_k = (e.a.shape[lead], e.b.shape[lead])
-      got = e.a.shape[:lead] + e.a.shape[lead + 1:-1] + e.b.shape[lead + 2:]
+      got = e.a.shape[:lead] + e.a.shape[lead + 1 : -1] + e.b.shape[lead + 2 :]
     else:
       got_k = (e.d.shape[lead],)
-      got = e.d.shape[:lead] + e.d.shape[lead + 1:]
+      got = e.d.shape[:lead] + e.d.shape[lead + 1 :]
     if got != shape:
       problems.append(f"{where}: delta of shape {got} for a parameter of shape {shape}")
     if any(g != k for g in got_k):

@@ -1,4 +1,5 @@
 """Small building blocks: mixed-precision einsum, norms, sinusoidal and rotary positions."""
+
 from __future__ import annotations
 
 import jax
@@ -26,9 +27,13 @@ class Norm(nnx.Module):
     self.kind = cfg.norm
     self.eps = cfg.norm_eps
     if self.kind in ("layernorm", "rmsnorm"):
-      self.scale = sharding.param(rngs, nnx.initializers.ones, (cfg.d_model,), ("norm",), cfg.params_dtype)
+      self.scale = sharding.param(
+        rngs, nnx.initializers.ones, (cfg.d_model,), ("norm",), cfg.params_dtype
+      )
     if self.kind == "layernorm" and cfg.use_bias:
-      self.bias = sharding.param(rngs, nnx.initializers.zeros, (cfg.d_model,), ("norm",), cfg.params_dtype)
+      self.bias = sharding.param(
+        rngs, nnx.initializers.zeros, (cfg.d_model,), ("norm",), cfg.params_dtype
+      )
     else:
       self.bias = None
 
@@ -70,6 +75,6 @@ def rope(x_BTHD: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
   angles_BTF = positions_BT.astype(jnp.float32)[..., None] * jnp.asarray(freqs, jnp.float32)
   cos, sin = jnp.cos(angles_BTF)[:, :, None, :], jnp.sin(angles_BTF)[:, :, None, :]
   x = x_BTHD.astype(jnp.float32)
-  first, second = x[..., : dim // 2], x[..., dim // 2:]
+  first, second = x[..., : dim // 2], x[..., dim // 2 :]
   out = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
   return out.astype(x_BTHD.dtype)

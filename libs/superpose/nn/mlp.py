@@ -1,4 +1,5 @@
 """The feed-forward layer: wi → activation → wo, or SwiGLU (silu(x·wg) ⊙ x·wi) → wo."""
+
 from __future__ import annotations
 
 import math
@@ -28,19 +29,26 @@ def activate(h: jax.Array, kind: str, step_threshold: float = 0.0) -> jax.Array:
 
 
 class MLP(nnx.Module):
-
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     d, f, pdt = cfg.d_model, cfg.d_ff, cfg.params_dtype
     init = nnx.initializers.normal(cfg.init_std)
-    out_init = nnx.initializers.normal(cfg.init_std / math.sqrt(2 * cfg.num_layers))  # GPT-2 scaling
+    out_init = nnx.initializers.normal(
+      cfg.init_std / math.sqrt(2 * cfg.num_layers)
+    )  # GPT-2 scaling
     zeros = nnx.initializers.zeros
     self.wi = sharding.param(rngs, init, (d, f), ("embed", "mlp"), pdt)
-    self.wg = sharding.param(rngs, init, (d, f), ("embed", "mlp"), pdt) if cfg.activation == "swiglu" else None
+    self.wg = (
+      sharding.param(rngs, init, (d, f), ("embed", "mlp"), pdt)
+      if cfg.activation == "swiglu"
+      else None
+    )
     self.wo = sharding.param(rngs, out_init, (f, d), ("mlp", "embed"), pdt)
     if cfg.use_bias:
       self.wi_bias = sharding.param(rngs, zeros, (f,), ("mlp",), pdt)
-      self.wg_bias = sharding.param(rngs, zeros, (f,), ("mlp",), pdt) if self.wg is not None else None
+      self.wg_bias = (
+        sharding.param(rngs, zeros, (f,), ("mlp",), pdt) if self.wg is not None else None
+      )
       self.wo_bias = sharding.param(rngs, zeros, (d,), ("embed",), pdt)
     else:
       self.wi_bias = self.wg_bias = self.wo_bias = None
@@ -58,7 +66,9 @@ class MLP(nnx.Module):
     h_BTF = self._in(x_BTD, self.wi, self.wi_bias, delta, "wi")
     if cfg.activation == "swiglu":
       gate_BTF = self._in(x_BTD, self.wg, self.wg_bias, delta, "wg")
-      h_BTF = (jax.nn.silu(gate_BTF.astype(jnp.float32)) * h_BTF.astype(jnp.float32)).astype(h_BTF.dtype)
+      h_BTF = (jax.nn.silu(gate_BTF.astype(jnp.float32)) * h_BTF.astype(jnp.float32)).astype(
+        h_BTF.dtype
+      )
     else:
       h_BTF = activate(h_BTF, cfg.activation, cfg.step_threshold)
     y_BTD = layers.einsum("btf,fd->btd", h_BTF, self.wo[...], cfg.compute_dtype)

@@ -5,6 +5,7 @@ activation is constrained with :func:`constrain`. :func:`spec_for` turns logical
 ``PartitionSpec`` for a concrete shape: a mesh axis that does not divide its dimension is dropped
 (that dimension is replicated) and the fact is logged once.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,28 +27,30 @@ Rules = tuple[tuple[str, MeshAxes], ...]
 # Parameters: FSDP over `fsdp` on the model dimension, Megatron tensor parallelism over `tensor`.
 # Activations use `act_*` names so that the model dimension of activations is not FSDP-sharded.
 DEFAULT_RULES: Rules = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_kv_heads", "tensor"),
-    ("act_mlp", "tensor"),
-    ("act_vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("vocab", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("mlp", "tensor"),
-    ("norm", None),
-    ("bottleneck", "tensor"),     # autoencoder bottleneck (superposed experts)
-    ("control", None),            # spline control points
-    ("experts", None),            # stacked experts / blend weights per expert
-    ("layers", None),
-    ("cache_length", None),
+  ("batch", ("data", "fsdp")),
+  ("length", None),
+  ("act_embed", None),
+  ("act_heads", "tensor"),
+  ("act_kv_heads", "tensor"),
+  ("act_mlp", "tensor"),
+  ("act_vocab", "tensor"),
+  ("embed", "fsdp"),
+  ("vocab", "tensor"),
+  ("heads", "tensor"),
+  ("kv_heads", "tensor"),
+  ("head_dim", None),
+  ("mlp", "tensor"),
+  ("norm", None),
+  ("bottleneck", "tensor"),  # autoencoder bottleneck (superposed experts)
+  ("control", None),  # spline control points
+  ("experts", None),  # stacked experts / blend weights per expert
+  ("layers", None),
+  ("cache_length", None),
 )
 
-_RULES: contextvars.ContextVar[Rules] = contextvars.ContextVar("superpose_axis_rules", default=DEFAULT_RULES)
+_RULES: contextvars.ContextVar[Rules] = contextvars.ContextVar(
+  "superpose_axis_rules", default=DEFAULT_RULES
+)
 _LOGGED: set[tuple] = set()
 
 
@@ -88,8 +91,13 @@ def _lookup(name: str | None, rules: Rules) -> tuple[str, ...]:
   raise KeyError(f"logical axis {name!r} has no entry in the sharding rules table")
 
 
-def spec_for(axes: Sequence[str | None], shape: Sequence[int] | None = None, mesh=None,
-             rules: Rules | None = None, what: str = "") -> P:
+def spec_for(
+  axes: Sequence[str | None],
+  shape: Sequence[int] | None = None,
+  mesh=None,
+  rules: Rules | None = None,
+  what: str = "",
+) -> P:
   """PartitionSpec for a tensor with logical ``axes`` (and ``shape``) on ``mesh`` (default: current)."""
   rules = current_rules() if rules is None else rules
   sizes = _mesh_shape(mesh)
@@ -108,8 +116,15 @@ def spec_for(axes: Sequence[str | None], shape: Sequence[int] | None = None, mes
         key = (what, tuple(shape), dim, tuple(mesh_axes))
         if key not in _LOGGED:
           _LOGGED.add(key)
-          log.info("sharding: %s dim %d (%s, size %d) does not divide mesh axes %s; using %s",
-                   what or "tensor", dim, name, shape[dim], mesh_axes, kept or "replicated")
+          log.info(
+            "sharding: %s dim %d (%s, size %d) does not divide mesh axes %s; using %s",
+            what or "tensor",
+            dim,
+            name,
+            shape[dim],
+            mesh_axes,
+            kept or "replicated",
+          )
         mesh_axes = kept
     used.update(mesh_axes)
     out.append(None if not mesh_axes else mesh_axes[0] if len(mesh_axes) == 1 else tuple(mesh_axes))
@@ -124,11 +139,15 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   if mesh.empty or math.prod(mesh.shape.values()) == 1:
     return x
   if len(axes) != x.ndim:
-    raise ValueError(f"constrain: {len(axes)} logical axes {tuple(axes)} for an array of rank {x.ndim}")
+    raise ValueError(
+      f"constrain: {len(axes)} logical axes {tuple(axes)} for an array of rank {x.ndim}"
+    )
   return jax.lax.with_sharding_constraint(x, spec_for(axes, x.shape, mesh))
 
 
-def for_lookup(table: jax.Array, axes: Sequence[str | None], index_axis: str = "batch") -> jax.Array:
+def for_lookup(
+  table: jax.Array, axes: Sequence[str | None], index_axis: str = "batch"
+) -> jax.Array:
   """``table`` (logical ``axes``) ready for a gather by indices sharded like ``index_axis``.
 
   When the indices are sharded over mesh axes that also shard the table's non-gathered dims AND over
@@ -144,8 +163,12 @@ def for_lookup(table: jax.Array, axes: Sequence[str | None], index_axis: str = "
   return table if axes_for_gather is None else constrain(table, axes_for_gather)
 
 
-def lookup_axes(axes: Sequence[str | None], sizes: dict[str, int], rules: Rules | None = None,
-                index_axis: str = "batch") -> tuple[str | None, ...] | None:
+def lookup_axes(
+  axes: Sequence[str | None],
+  sizes: dict[str, int],
+  rules: Rules | None = None,
+  index_axis: str = "batch",
+) -> tuple[str | None, ...] | None:
   """The logical axes :func:`for_lookup` constrains a table to on a mesh of ``sizes`` (None: leave it)."""
   rules = current_rules() if rules is None else rules
   index_mesh = {a for a in _lookup(index_axis, rules) if sizes.get(a, 1) > 1}
@@ -153,11 +176,19 @@ def lookup_axes(axes: Sequence[str | None], sizes: dict[str, int], rules: Rules 
   shared = index_mesh & table_mesh
   if not shared or index_mesh == shared:
     return None
-  return (axes[0], *(None if name is None or set(_lookup(name, rules)) & shared else name for name in axes[1:]))
+  return (
+    axes[0],
+    *(None if name is None or set(_lookup(name, rules)) & shared else name for name in axes[1:]),
+  )
 
 
-def param(rngs: nnx.Rngs, init: Callable, shape: Sequence[int], axes: Sequence[str | None],
-          dtype=jnp.float32) -> nnx.Param:
+def param(
+  rngs: nnx.Rngs,
+  init: Callable,
+  shape: Sequence[int],
+  axes: Sequence[str | None],
+  dtype=jnp.float32,
+) -> nnx.Param:
   """A parameter with logical axis names; sharded later from the abstract state, never eagerly."""
   if len(axes) != len(shape):
     raise ValueError(f"param: axes {tuple(axes)} do not match shape {tuple(shape)}")
@@ -167,19 +198,25 @@ def param(rngs: nnx.Rngs, init: Callable, shape: Sequence[int], axes: Sequence[s
 
 def logical_axes(state) -> Any:
   """Pytree (like ``state``) of logical-axis tuples read from each Variable's metadata."""
+
   def axes_of(v):
     names = v.get_metadata().get("out_sharding")
     return tuple(names) if names is not None else (None,) * len(v.shape)
+
   return jax.tree.map(axes_of, state, is_leaf=lambda v: isinstance(v, nnx.Variable))
 
 
 def state_shardings(state, mesh, rules: Rules | None = None) -> Any:
   """NamedShardings for every Variable of an (abstract) NNX state, from its logical axes."""
+
   def sharding_of(path, v):
     names = v.get_metadata().get("out_sharding") or (None,) * len(v.shape)
     what = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
     return NamedSharding(mesh, spec_for(names, v.shape, mesh, rules, what=what))
-  return jax.tree_util.tree_map_with_path(sharding_of, state, is_leaf=lambda v: isinstance(v, nnx.Variable))
+
+  return jax.tree_util.tree_map_with_path(
+    sharding_of, state, is_leaf=lambda v: isinstance(v, nnx.Variable)
+  )
 
 
 def shard_count(sharding: NamedSharding) -> int:
@@ -194,7 +231,9 @@ def shard_count(sharding: NamedSharding) -> int:
 
 def describe(shardings: Any, limit: int | None = None) -> Iterable[str]:
   """Lines `path  spec` for logging a sharding pytree."""
-  flat = jax.tree_util.tree_flatten_with_path(shardings, is_leaf=lambda s: isinstance(s, NamedSharding))[0]
+  flat = jax.tree_util.tree_flatten_with_path(
+    shardings, is_leaf=lambda s: isinstance(s, NamedSharding)
+  )[0]
   for i, (path, s) in enumerate(flat):
     if limit is not None and i >= limit:
       break

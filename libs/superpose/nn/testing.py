@@ -2,6 +2,7 @@
 
 For tests and quick experiments (on a 2-core CPU each new PRNG shape costs a compilation).
 """
+
 from __future__ import annotations
 
 import jax
@@ -21,4 +22,5 @@ def random_model(cfg: TransformerConfig, seed: int = 0, scale: float = 0.3) -> T
   def fill(path, a):
     centre = 1.0 if "scale" in jax.tree_util.keystr(path) else 0.0
     return jnp.asarray(centre + scale * rng.standard_normal(a.shape), a.dtype)
+
   return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(fill, abstract))

@@ -10,6 +10,7 @@ causal semantics, p2 §1.2), ``graph`` (the program as a DAG), ``value_sets`` (v
 ``validate`` (what compiles, p2 §1.3), ``lib`` (p2 §3) and ``cases`` (the conformance cases, p2 §5).
 Pure Python + numpy, no JAX: the compiler to weights builds on these modules.
 """
+
 from superpose.rasp import cases, evaluator, graph, lib, rasp, validate, value_sets
 from superpose.rasp.evaluator import causal_evaluate, evaluate
 from superpose.rasp.graph import ExprGraph, extract_graph
@@ -17,5 +18,19 @@ from superpose.rasp.rasp import *  # noqa: F403 - the language is the package's 
 from superpose.rasp.rasp import __all__ as _rasp_all
 from superpose.rasp.validate import UnsupportedProgramError, check_compilable
 
-__all__ = [*_rasp_all, "ExprGraph", "UnsupportedProgramError", "cases", "causal_evaluate", "check_compilable",
-           "evaluate", "evaluator", "extract_graph", "graph", "lib", "rasp", "validate", "value_sets"]
+__all__ = [
+  *_rasp_all,
+  "ExprGraph",
+  "UnsupportedProgramError",
+  "cases",
+  "causal_evaluate",
+  "check_compilable",
+  "evaluate",
+  "evaluator",
+  "extract_graph",
+  "graph",
+  "lib",
+  "rasp",
+  "validate",
+  "value_sets",
+]

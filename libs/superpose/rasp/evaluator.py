@@ -16,6 +16,7 @@
 Each sub-expression is evaluated once per call (the program is a DAG). An exception raised inside
 a user function keeps its type and gains a note naming the expression.
 """
+
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
@@ -24,14 +25,30 @@ import numpy as np
 
 from superpose.rasp import graph
 from superpose.rasp.expr import RASPExpr, Value
-from superpose.rasp.selectors import (Aggregate, ConstantSelector, Select, Selector, SelectorAnd,
-                                      SelectorNot, SelectorOr, SelectorWidth)
-from superpose.rasp.sops import (ConstantSOp, Full, IndicesType, LengthType, Map, SequenceMap,
-                                 TokensType)
+from superpose.rasp.selectors import (
+  Aggregate,
+  ConstantSelector,
+  Select,
+  Selector,
+  SelectorAnd,
+  SelectorNot,
+  SelectorOr,
+  SelectorWidth,
+)
+from superpose.rasp.sops import (
+  ConstantSOp,
+  Full,
+  IndicesType,
+  LengthType,
+  Map,
+  SequenceMap,
+  TokensType,
+)
 
 
-def check_input(xs, *, vocab: Collection | None = None, max_seq_len: int | None = None,
-                bos: Value = None) -> list[Value]:
+def check_input(
+  xs, *, vocab: Collection | None = None, max_seq_len: int | None = None, bos: Value = None
+) -> list[Value]:
   """``xs`` as a list, after checking its type and, when given, the vocab, length and absence of BOS."""
   if isinstance(xs, np.ndarray):
     if xs.ndim != 1:
@@ -40,12 +57,16 @@ def check_input(xs, *, vocab: Collection | None = None, max_seq_len: int | None 
   if isinstance(xs, (str, bytes)):
     xs = list(xs)
   if not isinstance(xs, (list, tuple)):
-    raise TypeError(f"RASP input must be a list, tuple, str or 1-D array of tokens, got {type(xs).__name__}")
+    raise TypeError(
+      f"RASP input must be a list, tuple, str or 1-D array of tokens, got {type(xs).__name__}"
+    )
   xs = list(xs)
   if max_seq_len is not None and len(xs) > max_seq_len:
     raise ValueError(f"RASP input has {len(xs)} tokens, more than max_seq_len={max_seq_len}")
   if bos is not None and xs and _same(xs[0], bos):
-    raise ValueError(f"RASP input starts with the BOS token {bos!r}; the evaluator takes inputs without BOS")
+    raise ValueError(
+      f"RASP input starts with the BOS token {bos!r}; the evaluator takes inputs without BOS"
+    )
   if vocab is not None:
     for i, x in enumerate(xs):
       try:
@@ -53,7 +74,9 @@ def check_input(xs, *, vocab: Collection | None = None, max_seq_len: int | None 
       except TypeError as e:
         raise TypeError(f"RASP input token {x!r} at position {i} is not hashable") from e
       if not known:
-        raise ValueError(f"RASP input token {x!r} at position {i} is not in the vocab {sorted(map(repr, vocab))}")
+        raise ValueError(
+          f"RASP input token {x!r} at position {i} is not in the vocab {sorted(map(repr, vocab))}"
+        )
   return xs
 
 
@@ -74,8 +97,10 @@ def mean(values: Sequence[Value], default: Value) -> Value:
     return sum(values) / len(values)
   if all(_same(v, values[0]) for v in values[1:]):
     return values[0]
-  raise ValueError(f"Aggregate: cannot average several selected values unless all are numbers or all are "
-                   f"equal, got {list(values)}")
+  raise ValueError(
+    f"Aggregate: cannot average several selected values unless all are numbers or all are "
+    f"equal, got {list(values)}"
+  )
 
 
 class Evaluator:
@@ -116,20 +141,26 @@ class Evaluator:
     if isinstance(node, Map):
       return [None if x is None else node.f(x) for x in values[node.inner]]
     if isinstance(node, SequenceMap):  # LinearSequenceMap included
-      return [None if x is None or y is None else node.f(x, y)
-              for x, y in zip(values[node.fst], values[node.snd], strict=True)]
+      return [
+        None if x is None or y is None else node.f(x, y)
+        for x, y in zip(values[node.fst], values[node.snd], strict=True)
+      ]
     if isinstance(node, Full):
       return [node.fill] * n
     if isinstance(node, ConstantSOp):
       if node.check_length and len(node.value) != n:
-        raise ValueError(f"ConstantSOp of length {len(node.value)} evaluated on an input of length {n}")
+        raise ValueError(
+          f"ConstantSOp of length {len(node.value)} evaluated on an input of length {n}"
+        )
       return list(node.value)
     if isinstance(node, SelectorWidth):
       return [sum(row) for row in values[node.selector]]
     if isinstance(node, Aggregate):
       sop_values = values[node.sop]
-      return [mean([v for s, v in zip(row, sop_values, strict=True) if s], node.default)
-              for row in values[node.selector]]
+      return [
+        mean([v for s, v in zip(row, sop_values, strict=True) if s], node.default)
+        for row in values[node.selector]
+      ]
     if isinstance(node, Selector):
       return self._mask(self._eval_selector(node, xs, values))
     raise NotImplementedError(f"the evaluator does not know {type(node).__name__} ({node.label})")
@@ -141,12 +172,20 @@ class Evaluator:
       return [[bool(node.predicate(k, q)) for k in keys] for q in queries]
     if isinstance(node, ConstantSelector):
       if node.check_length and (len(node.value) != n or any(len(r) != n for r in node.value)):
-        raise ValueError(f"ConstantSelector with {len(node.value)} rows evaluated on an input of length {n}")
+        raise ValueError(
+          f"ConstantSelector with {len(node.value)} rows evaluated on an input of length {n}"
+        )
       return [list(r) for r in node.value]
     if isinstance(node, SelectorAnd):
-      return (np.array(values[node.fst], bool).reshape(n, n) & np.array(values[node.snd], bool).reshape(n, n)).tolist()
+      return (
+        np.array(values[node.fst], bool).reshape(n, n)
+        & np.array(values[node.snd], bool).reshape(n, n)
+      ).tolist()
     if isinstance(node, SelectorOr):
-      return (np.array(values[node.fst], bool).reshape(n, n) | np.array(values[node.snd], bool).reshape(n, n)).tolist()
+      return (
+        np.array(values[node.fst], bool).reshape(n, n)
+        | np.array(values[node.snd], bool).reshape(n, n)
+      ).tolist()
     if isinstance(node, SelectorNot):
       return (~np.array(values[node.inner], bool).reshape(n, n)).tolist()
     raise NotImplementedError(f"the evaluator does not know {type(node).__name__} ({node.label})")

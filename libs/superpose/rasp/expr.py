@@ -6,6 +6,7 @@ come from one global counter and are drawn lazily, the first time ``unique_id`` 
 read, so the labels a compiler sees follow its own traversal order (``frac_prevs_1``, ``is_x_3``, ...
 as in tracr).
 """
+
 from __future__ import annotations
 
 import abc
@@ -24,6 +25,7 @@ NAME, ENCODING = "name", "encoding"
 
 class Encoding(enum.Enum):
   """How an S-Op is stored in the residual stream: one-hot per value, or one scalar direction."""
+
   CATEGORICAL = "categorical"
   NUMERICAL = "numerical"
 
@@ -43,6 +45,7 @@ class RASPExpr(metaclass=_Frozen):
   Subclasses set ``default_name`` (the ``name`` annotation unless ``named``) and ``encodable``
   (True for S-Ops, which carry an ``encoding`` annotation, categorical by default).
   """
+
   default_name = "expr"
   encodable = False
   _frozen = False
@@ -117,7 +120,9 @@ def annotate(expr: RASPExpr, **annotations):
     if not isinstance(annotations[ENCODING], Encoding):
       raise TypeError(f"annotate: encoding must be an Encoding, got {annotations[ENCODING]!r}")
   new = object.__new__(type(expr))
-  new.__dict__.update({k: v for k, v in expr.__dict__.items() if k not in ("_unique_id", "_frozen")})
+  new.__dict__.update(
+    {k: v for k, v in expr.__dict__.items() if k not in ("_unique_id", "_frozen")}
+  )
   new.__dict__["_annotations"] = types.MappingProxyType({**expr._annotations, **annotations})
   new.__dict__["_frozen"] = True
   return new

@@ -4,6 +4,7 @@ Traversals work on objects (identity), so two copies of ``tokens`` with differen
 nodes there; ``extract_graph`` keys nodes by ``label`` as tracr does, where such copies share the node
 ``"tokens"`` (the one nearest the sink is kept).
 """
+
 from __future__ import annotations
 
 import collections
@@ -76,6 +77,7 @@ class ExprGraph:
   ``nodes[label]`` is the expression; ``children``/``parents`` map a label to labels; ``sink`` is the
   tip's label and ``sources`` the labels of nodes without children.
   """
+
   sink: str
   nodes: dict[str, RASPExpr]
   children: dict[str, tuple[str, ...]]
@@ -95,11 +97,17 @@ def extract_graph(tip: RASPExpr) -> ExprGraph:
   nodes: dict[str, RASPExpr] = {}
   for expr in walk(tip):
     nodes.setdefault(expr.label, expr)
-  children = {label: tuple(dict.fromkeys(c.label for c in expr.children)) for label, expr in nodes.items()}
+  children = {
+    label: tuple(dict.fromkeys(c.label for c in expr.children)) for label, expr in nodes.items()
+  }
   parent_lists: dict[str, list[str]] = {label: [] for label in nodes}
   for label, cs in children.items():
     for c in cs:
       parent_lists[c].append(label)
-  return ExprGraph(sink=tip.label, nodes=nodes, children=children,
-                   parents={k: tuple(v) for k, v in parent_lists.items()},
-                   sources=tuple(label for label, cs in children.items() if not cs))
+  return ExprGraph(
+    sink=tip.label,
+    nodes=nodes,
+    children=children,
+    parents={k: tuple(v) for k, v in parent_lists.items()},
+    sources=tuple(label for label, cs in children.items() if not cs),
+  )

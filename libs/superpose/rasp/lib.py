@@ -6,12 +6,25 @@ detect_pattern, make_count_less_freq, make_count, make_nary_sequencemap.
 
 Intermediate expressions carry tracr's names, so residual labels read the same (``frac_prevs_1``...).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from superpose.rasp.rasp import (Aggregate, Comparison, LinearSequenceMap, Map, Select, SelectorWidth, SOp,
-                                 SequenceMap, Value, indices, numerical, tokens)
+from superpose.rasp.rasp import (
+  Aggregate,
+  Comparison,
+  LinearSequenceMap,
+  Map,
+  Select,
+  SelectorWidth,
+  SOp,
+  SequenceMap,
+  Value,
+  indices,
+  numerical,
+  tokens,
+)
 
 
 def make_length() -> SOp:

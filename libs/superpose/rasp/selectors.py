@@ -1,5 +1,6 @@
 """Selectors (Select, Comparison, And/Or/Not with tracr's simplification) and the S-Ops that consume
 them: SelectorWidth and Aggregate (p2 §1.1)."""
+
 from __future__ import annotations
 
 import enum
@@ -11,6 +12,7 @@ from superpose.rasp.sops import Full, SOp, check_sop
 
 class Comparison(enum.Enum):
   """A predicate ``(key, query) -> bool`` for Select; it refuses ``None`` keys and queries."""
+
   EQ = "=="
   LT = "<"
   LEQ = "<="
@@ -29,37 +31,51 @@ class Comparison(enum.Enum):
 
 
 _COMPARE = {
-    Comparison.EQ: lambda k, q: k == q,
-    Comparison.LT: lambda k, q: k < q,
-    Comparison.LEQ: lambda k, q: k <= q,
-    Comparison.GT: lambda k, q: k > q,
-    Comparison.GEQ: lambda k, q: k >= q,
-    Comparison.NEQ: lambda k, q: k != q,
-    Comparison.TRUE: lambda k, q: True,
-    Comparison.FALSE: lambda k, q: False,
+  Comparison.EQ: lambda k, q: k == q,
+  Comparison.LT: lambda k, q: k < q,
+  Comparison.LEQ: lambda k, q: k <= q,
+  Comparison.GT: lambda k, q: k > q,
+  Comparison.GEQ: lambda k, q: k >= q,
+  Comparison.NEQ: lambda k, q: k != q,
+  Comparison.TRUE: lambda k, q: True,
+  Comparison.FALSE: lambda k, q: False,
 }
 
 
 class Selector(RASPExpr):
   """A boolean matrix ``[query][key]``, the attention pattern. ``& | ~`` combine selectors."""
+
   default_name = "selector"
 
   def __call__(self, xs: Sequence[Value]) -> SelectorValue:
     from superpose.rasp import evaluator  # the evaluator imports this module
+
     return evaluator.evaluate(self, xs)
 
-  def __and__(self, other): return selector_and(self, other)
-  def __rand__(self, other): return selector_and(other, self)
-  def __or__(self, other): return selector_or(self, other)
-  def __ror__(self, other): return selector_or(other, self)
-  def __invert__(self): return selector_not(self)
+  def __and__(self, other):
+    return selector_and(self, other)
+
+  def __rand__(self, other):
+    return selector_and(other, self)
+
+  def __or__(self, other):
+    return selector_or(self, other)
+
+  def __ror__(self, other):
+    return selector_or(other, self)
+
+  def __invert__(self):
+    return selector_not(self)
 
 
 class Select(Selector):
   """``out[q][k] = predicate(keys[k], queries[q])``."""
+
   default_name = "select"
 
-  def __init__(self, keys: SOp, queries: SOp, predicate: Comparison | Callable[[Value, Value], bool]):
+  def __init__(
+    self, keys: SOp, queries: SOp, predicate: Comparison | Callable[[Value, Value], bool]
+  ):
     super().__init__()
     check_sop(keys, "Select: keys")
     check_sop(queries, "Select: queries")
@@ -75,6 +91,7 @@ class Select(Selector):
 
 class ConstantSelector(Selector):
   """A fixed boolean matrix, for tests."""
+
   default_name = "constant_selector"
 
   def __init__(self, value: Sequence[Sequence[bool]], check_length: bool = True):
@@ -93,7 +110,6 @@ def _check_selector(sel, what: str):
 
 
 class _SelectorPair(Selector):
-
   def __init__(self, fst: Selector, snd: Selector):
     super().__init__()
     _check_selector(fst, f"{type(self).__name__}: fst")
@@ -108,16 +124,19 @@ class _SelectorPair(Selector):
 
 class SelectorAnd(_SelectorPair):
   """Elementwise AND of two selectors (does not compile unless it simplifies to one Select)."""
+
   default_name = "selector_and"
 
 
 class SelectorOr(_SelectorPair):
   """Elementwise OR of two selectors (does not compile unless it simplifies to one Select)."""
+
   default_name = "selector_or"
 
 
 class SelectorNot(Selector):
   """Elementwise NOT of a selector."""
+
   default_name = "selector_not"
 
   def __init__(self, inner: Selector):
@@ -188,6 +207,7 @@ def _merge_selects(fst, snd, combine) -> Select | None:
 
 class SelectorWidth(SOp):
   """The number of selected keys in each query row."""
+
   default_name = "selector_width"
 
   def __init__(self, selector: Selector):
@@ -206,6 +226,7 @@ class Aggregate(SOp):
   Compiles categorically (``default`` None; at most one distinct value selected) or numerically
   (``default`` 0; ``sop`` values in {0, 1}).
   """
+
   default_name = "aggregate"
 
   def __init__(self, selector: Selector, sop: SOp, default: Value = None):

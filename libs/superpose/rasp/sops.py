@@ -3,6 +3,7 @@
 ``SOp.__eq__`` builds a ``Map`` (``tokens == "x"``), so test whether two expressions are the same
 object with ``is``; S-Ops hash by identity and refuse ``bool()``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,11 +25,13 @@ class SOp(RASPExpr):
   Operators build new S-Ops: with a constant, ``< <= == != > >= + - * / & |`` and ``~`` build a
   ``Map``; with another S-Op they build a ``SequenceMap``.
   """
+
   default_name = "sop"
   encodable = True
 
   def __call__(self, xs: Sequence[Value]) -> list[Value]:
     from superpose.rasp import evaluator  # the evaluator imports this module
+
     return evaluator.evaluate(self, xs)
 
   def _binary(self, other, op, reflected=False):
@@ -38,30 +41,69 @@ class SOp(RASPExpr):
       return Map(lambda x: op(other, x), self)
     return Map(lambda x: op(x, other), self)
 
-  def __lt__(self, other): return self._binary(other, lambda x, y: x < y)
-  def __le__(self, other): return self._binary(other, lambda x, y: x <= y)
-  def __eq__(self, other): return self._binary(other, lambda x, y: x == y)
-  def __ne__(self, other): return self._binary(other, lambda x, y: x != y)
-  def __gt__(self, other): return self._binary(other, lambda x, y: x > y)
-  def __ge__(self, other): return self._binary(other, lambda x, y: x >= y)
-  def __add__(self, other): return self._binary(other, lambda x, y: x + y)
-  def __radd__(self, other): return self._binary(other, lambda x, y: x + y, reflected=True)
-  def __sub__(self, other): return self._binary(other, lambda x, y: x - y)
-  def __rsub__(self, other): return self._binary(other, lambda x, y: x - y, reflected=True)
-  def __mul__(self, other): return self._binary(other, lambda x, y: x * y)
-  def __rmul__(self, other): return self._binary(other, lambda x, y: x * y, reflected=True)
-  def __truediv__(self, other): return self._binary(other, lambda x, y: x / y)
-  def __rtruediv__(self, other): return self._binary(other, lambda x, y: x / y, reflected=True)
-  def __and__(self, other): return self._binary(other, lambda x, y: x and y)
-  def __rand__(self, other): return self._binary(other, lambda x, y: x and y, reflected=True)
-  def __or__(self, other): return self._binary(other, lambda x, y: x or y)
-  def __ror__(self, other): return self._binary(other, lambda x, y: x or y, reflected=True)
-  def __invert__(self): return Map(lambda x: not x, self)
+  def __lt__(self, other):
+    return self._binary(other, lambda x, y: x < y)
+
+  def __le__(self, other):
+    return self._binary(other, lambda x, y: x <= y)
+
+  def __eq__(self, other):
+    return self._binary(other, lambda x, y: x == y)
+
+  def __ne__(self, other):
+    return self._binary(other, lambda x, y: x != y)
+
+  def __gt__(self, other):
+    return self._binary(other, lambda x, y: x > y)
+
+  def __ge__(self, other):
+    return self._binary(other, lambda x, y: x >= y)
+
+  def __add__(self, other):
+    return self._binary(other, lambda x, y: x + y)
+
+  def __radd__(self, other):
+    return self._binary(other, lambda x, y: x + y, reflected=True)
+
+  def __sub__(self, other):
+    return self._binary(other, lambda x, y: x - y)
+
+  def __rsub__(self, other):
+    return self._binary(other, lambda x, y: x - y, reflected=True)
+
+  def __mul__(self, other):
+    return self._binary(other, lambda x, y: x * y)
+
+  def __rmul__(self, other):
+    return self._binary(other, lambda x, y: x * y, reflected=True)
+
+  def __truediv__(self, other):
+    return self._binary(other, lambda x, y: x / y)
+
+  def __rtruediv__(self, other):
+    return self._binary(other, lambda x, y: x / y, reflected=True)
+
+  def __and__(self, other):
+    return self._binary(other, lambda x, y: x and y)
+
+  def __rand__(self, other):
+    return self._binary(other, lambda x, y: x and y, reflected=True)
+
+  def __or__(self, other):
+    return self._binary(other, lambda x, y: x or y)
+
+  def __ror__(self, other):
+    return self._binary(other, lambda x, y: x or y, reflected=True)
+
+  def __invert__(self):
+    return Map(lambda x: not x, self)
 
   __hash__ = RASPExpr.__hash__
 
   def __bool__(self):
-    raise TypeError("an S-Op has no truth value (did `sop == x` build a Map where a bool was meant?)")
+    raise TypeError(
+      "an S-Op has no truth value (did `sop == x` build a Map where a bool was meant?)"
+    )
 
 
 class _Primitive(SOp):
@@ -81,16 +123,19 @@ class _Primitive(SOp):
 
 class TokensType(_Primitive):
   """The input tokens."""
+
   default_name = "tokens"
 
 
 class IndicesType(_Primitive):
   """The position of each token, 0..n-1 (there is no BOS in RASP)."""
+
   default_name = "indices"
 
 
 class LengthType(_Primitive):
   """The input length at every position. Not compilable: use ``lib.make_length()``."""
+
   default_name = "length"
 
 
@@ -101,6 +146,7 @@ length = LengthType()
 
 class Map(SOp):
   """``f`` applied elementwise to ``inner``. A Map of a Map fuses into one Map when ``simplify``."""
+
   default_name = "map"
 
   def __init__(self, f: Callable[[Value], Value], inner: SOp, simplify: bool = True):
@@ -121,6 +167,7 @@ class Map(SOp):
 
 class SequenceMap(SOp):
   """``f(x, y)`` applied elementwise to two S-Ops."""
+
   default_name = "sequence_map"
 
   def __init__(self, f: Callable[[Value, Value], Value], fst: SOp, snd: SOp):
@@ -141,6 +188,7 @@ class SequenceMap(SOp):
 
 class LinearSequenceMap(SequenceMap):
   """``fst_fac * x + snd_fac * y`` elementwise; compiles (numerically) to a 4-unit MLP."""
+
   default_name = "linear_sequence_map"
 
   def __init__(self, fst: SOp, snd: SOp, fst_fac: float, snd_fac: float):
@@ -154,6 +202,7 @@ class LinearSequenceMap(SequenceMap):
 
 class Full(SOp):
   """The constant ``[fill] * n``. Only useful inside Selects that ``&``/``|`` simplify away."""
+
   default_name = "full"
 
   def __init__(self, fill: Value):
@@ -167,6 +216,7 @@ class Full(SOp):
 
 class ConstantSOp(SOp):
   """A fixed sequence, for tests. ``check_length`` makes evaluation reject inputs of another length."""
+
   default_name = "constant_sop"
 
   def __init__(self, value: Sequence[Value], check_length: bool = True):

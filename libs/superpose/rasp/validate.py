@@ -13,6 +13,7 @@
   some position (its input was None there; the model holds 0).
 - ``check_compilable`` raises ``UnsupportedProgramError`` (a NotImplementedError) listing them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,14 +23,31 @@ from collections.abc import Collection
 
 from superpose.rasp import evaluator, graph, value_sets
 from superpose.rasp.expr import RASPExpr, is_categorical, is_numerical
-from superpose.rasp.selectors import (Aggregate, ConstantSelector, Select, SelectorAnd, SelectorNot, SelectorOr)
-from superpose.rasp.sops import (ConstantSOp, Full, IndicesType, LengthType, LinearSequenceMap, Map, SequenceMap,
-                                 SOp, TokensType)
+from superpose.rasp.selectors import (
+  Aggregate,
+  ConstantSelector,
+  Select,
+  SelectorAnd,
+  SelectorNot,
+  SelectorOr,
+)
+from superpose.rasp.sops import (
+  ConstantSOp,
+  Full,
+  IndicesType,
+  LengthType,
+  LinearSequenceMap,
+  Map,
+  SequenceMap,
+  SOp,
+  TokensType,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Issue:
   """One reason a program (or one input of it) does not compile faithfully."""
+
   expr: RASPExpr
   message: str
 
@@ -57,21 +75,34 @@ def _static_issues_of(expr: RASPExpr) -> list[str]:
   if isinstance(expr, (Full, ConstantSOp, ConstantSelector)):
     return [f"{type(expr).__name__} cannot be translated to a model component"]
   if isinstance(expr, (SelectorAnd, SelectorOr, SelectorNot)):
-    return ["composite selectors do not compile unless they simplify to one Select "
-            "(zip the S-Ops with a SequenceMap and use one Select with a compound predicate)"]
+    return [
+      "composite selectors do not compile unless they simplify to one Select "
+      "(zip the S-Ops with a SequenceMap and use one Select with a compound predicate)"
+    ]
   if isinstance(expr, Select):
-    return [f"Select {slot} {sop.label} must be categorical, not numerical"
-            for slot, sop in (("keys", expr.keys), ("queries", expr.queries)) if is_numerical(sop)]
+    return [
+      f"Select {slot} {sop.label} must be categorical, not numerical"
+      for slot, sop in (("keys", expr.keys), ("queries", expr.queries))
+      if is_numerical(sop)
+    ]
   if isinstance(expr, LinearSequenceMap):
     bad = [s.label for s in (expr.fst, expr.snd, expr) if not is_numerical(s)]
-    return [f"LinearSequenceMap needs numerical inputs and output; categorical: {bad}"] if bad else []
+    return (
+      [f"LinearSequenceMap needs numerical inputs and output; categorical: {bad}"] if bad else []
+    )
   if isinstance(expr, SequenceMap):
     bad = [s.label for s in (expr.fst, expr.snd, expr) if not is_categorical(s)]
-    return [f"a non-linear SequenceMap needs categorical inputs and output; numerical: {bad}"] if bad else []
+    return (
+      [f"a non-linear SequenceMap needs categorical inputs and output; numerical: {bad}"]
+      if bad
+      else []
+    )
   if isinstance(expr, Aggregate):
     out = []
     if _enc(expr) != _enc(expr.sop):
-      out.append(f"a {_enc(expr)} Aggregate of the {_enc(expr.sop)} S-Op {expr.sop.label}: encodings must match")
+      out.append(
+        f"a {_enc(expr)} Aggregate of the {_enc(expr.sop)} S-Op {expr.sop.label}: encodings must match"
+      )
     if is_categorical(expr) and expr.default is not None:
       out.append(f"a categorical Aggregate needs default None, got {expr.default!r}")
     if is_numerical(expr) and not (expr.default == 0 and not isinstance(expr.default, str)):
@@ -87,9 +118,14 @@ def static_issues(program: RASPExpr) -> list[Issue]:
   if not any(isinstance(e, TokensType) for e in nodes):
     issues.append(Issue(program, "the program never reads `tokens`; a compiled model has no input"))
   if not isinstance(program, SOp):
-    issues.append(Issue(program, f"a program must end in an S-Op, not a {type(program).__name__}: a compiled "
-                                 "model reads out one value per position (wrap a selector in SelectorWidth or "
-                                 "Aggregate)"))
+    issues.append(
+      Issue(
+        program,
+        f"a program must end in an S-Op, not a {type(program).__name__}: a compiled "
+        "model reads out one value per position (wrap a selector in SelectorWidth or "
+        "Aggregate)",
+      )
+    )
   return issues
 
 
@@ -98,19 +134,38 @@ def value_issues(program: RASPExpr, vocab: Collection, max_seq_len: int) -> list
   issues = static_issues(program)
   sets = value_sets.infer_value_sets(program, vocab, max_seq_len)
   for expr in graph.walk(program):
-    if isinstance(expr, Aggregate) and is_numerical(expr) and not value_sets.is_binary(sets[expr.sop]):
+    if (
+      isinstance(expr, Aggregate)
+      and is_numerical(expr)
+      and not value_sets.is_binary(sets[expr.sop])
+    ):
       shown = sorted(map(repr, sets[expr.sop]))[:8]
-      issues.append(Issue(expr, f"a numerical Aggregate can only average values in {{0, 1}}; "
-                                f"{expr.sop.label} takes {shown}"))
+      issues.append(
+        Issue(
+          expr,
+          f"a numerical Aggregate can only average values in {{0, 1}}; "
+          f"{expr.sop.label} takes {shown}",
+        )
+      )
     if isinstance(expr, Map) and is_numerical(expr):
       bad = _non_numbers(expr.f, sets[expr.inner])
       if bad:
         shown = ", ".join(f"f({x!r}) = {y!r}" for x, y in bad[:4])
-        issues.append(Issue(expr, f"a numerical Map must give a finite number for every value of its input "
-                                  f"(one residual direction holds neither None nor NaN); {shown}"))
+        issues.append(
+          Issue(
+            expr,
+            f"a numerical Map must give a finite number for every value of its input "
+            f"(one residual direction holds neither None nor NaN); {shown}",
+          )
+        )
     elif isinstance(expr, SOp) and any(_is_nan(v) for v in sets[expr]):
-      issues.append(Issue(expr, "takes the value NaN, which equals no value (NaN != NaN), so no one-hot "
-                                "direction can hold it"))
+      issues.append(
+        Issue(
+          expr,
+          "takes the value NaN, which equals no value (NaN != NaN), so no one-hot "
+          "direction can hold it",
+        )
+      )
   return issues
 
 
@@ -131,7 +186,9 @@ def _non_numbers(f, inputs) -> list[tuple]:
   return bad
 
 
-def check_compilable(program: RASPExpr, vocab: Collection | None = None, max_seq_len: int | None = None):
+def check_compilable(
+  program: RASPExpr, vocab: Collection | None = None, max_seq_len: int | None = None
+):
   """Raises ``UnsupportedProgramError`` if the program breaks a rule (value rules need vocab and length)."""
   if vocab is not None and max_seq_len is not None:
     issues = value_issues(program, vocab, max_seq_len)
@@ -148,8 +205,13 @@ def dynamic_issues(program: RASPExpr, xs, *, causal: bool = False, **input_check
   for expr in graph.walk(program):
     if isinstance(expr, SOp) and is_numerical(expr) and any(v is None for v in values[expr]):
       position = [v is None for v in values[expr]].index(True)
-      issues.append(Issue(expr, f"position {position} is None (its input is None there); a numerical S-Op "
-                                f"holds a number, and the compiled model gives 0 there"))
+      issues.append(
+        Issue(
+          expr,
+          f"position {position} is None (its input is None there); a numerical S-Op "
+          f"holds a number, and the compiled model gives 0 there",
+        )
+      )
       continue
     if not isinstance(expr, Aggregate):
       continue
@@ -160,7 +222,12 @@ def dynamic_issues(program: RASPExpr, xs, *, causal: bool = False, **input_check
         issues.append(Issue(expr, f"query {q} averages non-binary values {selected}"))
         break
       if is_categorical(expr) and len(set(map(repr, selected))) > 1:
-        issues.append(Issue(expr, f"query {q} selects several distinct values {selected}; "
-                                  f"a categorical Aggregate must select at most one"))
+        issues.append(
+          Issue(
+            expr,
+            f"query {q} selects several distinct values {selected}; "
+            f"a categorical Aggregate must select at most one",
+          )
+        )
         break
   return issues

@@ -9,6 +9,7 @@ any other exception keeps its type and gains a note naming the expression and th
 ``may_be_none`` says which S-Ops can hold ``None`` at run time (the compiler gives a Select a
 ``None`` row or column only where its queries or keys can be ``None``).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -17,8 +18,16 @@ from collections.abc import Collection
 from superpose.rasp import graph
 from superpose.rasp.expr import RASPExpr, is_numerical
 from superpose.rasp.selectors import Aggregate, SelectorWidth
-from superpose.rasp.sops import (ConstantSOp, Full, IndicesType, LengthType, Map, SequenceMap, SOp,
-                                 TokensType)
+from superpose.rasp.sops import (
+  ConstantSOp,
+  Full,
+  IndicesType,
+  LengthType,
+  Map,
+  SequenceMap,
+  SOp,
+  TokensType,
+)
 
 
 def is_binary(values: Collection) -> bool:
@@ -55,7 +64,9 @@ def _apply(f, args_iter, label: str) -> frozenset:
   return frozenset(out)
 
 
-def infer_value_sets(program: RASPExpr, vocab: Collection, max_seq_len: int) -> dict[RASPExpr, frozenset]:
+def infer_value_sets(
+  program: RASPExpr, vocab: Collection, max_seq_len: int
+) -> dict[RASPExpr, frozenset]:
   """``expr -> frozenset of values`` for every S-Op of ``program`` (keyed by identity)."""
   if not isinstance(max_seq_len, int) or isinstance(max_seq_len, bool) or max_seq_len < 1:
     raise ValueError(f"max_seq_len must be a positive int, got {max_seq_len!r}")
@@ -112,8 +123,11 @@ def may_be_none(program: RASPExpr, sets: dict[RASPExpr, frozenset]) -> dict[RASP
     elif isinstance(expr, Map):
       out[expr] = out[expr.inner] or _returns_none(expr.f, ((x,) for x in sets[expr.inner]))
     elif isinstance(expr, SequenceMap):
-      out[expr] = (out[expr.fst] or out[expr.snd]
-                   or _returns_none(expr.f, itertools.product(sets[expr.fst], sets[expr.snd])))
+      out[expr] = (
+        out[expr.fst]
+        or out[expr.snd]
+        or _returns_none(expr.f, itertools.product(sets[expr.fst], sets[expr.snd]))
+      )
     elif isinstance(expr, Aggregate):
       out[expr] = expr.default is None or out[expr.sop]
     else:

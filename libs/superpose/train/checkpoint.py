@@ -18,6 +18,7 @@ so a process killed mid-save leaves only a tmp folder, which step listing ignore
 deletes. Restore reads straight onto the shardings of an abstract target, which may live on another
 mesh than the one that saved.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,7 +68,6 @@ _ORBAX_DIR = os.path.dirname(ocp.__file__)
 
 
 class _DropOrbaxInfo(logging.Filter):
-
   def filter(self, record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING or not record.pathname.startswith(_ORBAX_DIR)
 
@@ -79,7 +79,10 @@ _VERBOSE = [False]
 def set_orbax_verbose(verbose: bool) -> None:
   """Show (True) or hide (False, the default) orbax's records below WARNING and its echoes of failed reads."""
   _VERBOSE[0] = verbose
-  for name in ("absl", ""):  # most of orbax logs through absl, a few modules through the root logger
+  for name in (
+    "absl",
+    "",
+  ):  # most of orbax logs through absl, a few modules through the root logger
     logger = logging.getLogger(name)
     if verbose:
       logger.removeFilter(_ORBAX_FILTER)
@@ -101,7 +104,7 @@ def _is_read_echo(unraisable) -> bool:
   exc, obj = unraisable.exc_value, unraisable.object
   if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
     return True
-  code = getattr(obj, "cr_code", None)   # a coroutine of orbax's
+  code = getattr(obj, "cr_code", None)  # a coroutine of orbax's
   return code is not None and code.co_filename.startswith(_ORBAX_DIR)
 
 
@@ -114,6 +117,7 @@ sys.unraisablehook = _drop_closed_loop_echo
 
 
 # --- state <-> orbax items
+
 
 def _to_items(state: dict[str, Any]) -> dict[str, Any]:
   if not isinstance(state, dict) or PARAMS not in state:
@@ -137,17 +141,23 @@ def _check_target(target: Any) -> None:
     where = jax.tree_util.keystr(path)
     sharding = getattr(leaf, "sharding", None)
     if sharding is None:
-      raise ValueError(f"restore target {where} has no sharding; pass jax.ShapeDtypeStruct(..., sharding=...)")
+      raise ValueError(
+        f"restore target {where} has no sharding; pass jax.ShapeDtypeStruct(..., sharding=...)"
+      )
     if isinstance(sharding, NamedSharding) and isinstance(sharding.mesh, AbstractMesh):
-      raise ValueError(f"restore target {where} is sharded on an AbstractMesh; build it on a concrete "
-                       "Mesh (nnx.get_abstract_model(fn, mesh) or NamedSharding(mesh, spec))")
+      raise ValueError(
+        f"restore target {where} is sharded on an AbstractMesh; build it on a concrete "
+        "Mesh (nnx.get_abstract_model(fn, mesh) or NamedSharding(mesh, spec))"
+      )
 
 
 def _short(err: BaseException) -> str:
   # orbax wraps tensorstore's error (which names the file and the failure) in one that prints the whole
   # TensorStore spec: report the innermost error's first line.
   seen = {id(err)}
-  while (err.__cause__ or err.__context__) is not None and id(err.__cause__ or err.__context__) not in seen:
+  while (err.__cause__ or err.__context__) is not None and id(
+    err.__cause__ or err.__context__
+  ) not in seen:
     err = err.__cause__ or err.__context__
     seen.add(id(err))
   text = str(err).strip().splitlines()
@@ -177,8 +187,16 @@ class Checkpointer:
   job calls every method.
   """
 
-  def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 3, async_save: bool = True,
-               save_interval_steps: int | None = None, read_only: bool = False, checksums: bool = True):
+  def __init__(
+    self,
+    directory: str | os.PathLike,
+    *,
+    max_to_keep: int | None = 3,
+    async_save: bool = True,
+    save_interval_steps: int | None = None,
+    read_only: bool = False,
+    checksums: bool = True,
+  ):
     self.directory = pathlib.Path(directory).absolute()
     self._interval = save_interval_steps
     self._checksums = checksums
@@ -187,10 +205,12 @@ class Checkpointer:
     self._unreadable: set[int] = set()  # newer steps skipped by the last restore
     # Read-only is enforced here rather than with orbax's read_only option, which warns on every use.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=not read_only,
-        # tmp folders of saves killed mid-way; a reader must not delete a live writer's save in progress
-        cleanup_tmp_directories=not read_only,
-        enable_async_checkpointing=async_save)
+      max_to_keep=max_to_keep,
+      create=not read_only,
+      # tmp folders of saves killed mid-way; a reader must not delete a live writer's save in progress
+      cleanup_tmp_directories=not read_only,
+      enable_async_checkpointing=async_save,
+    )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   # -- steps
@@ -207,7 +227,9 @@ class Checkpointer:
 
   # -- save
 
-  def save(self, step: int, state: dict[str, Any], *, meta: dict | None = None, force: bool = False) -> bool:
+  def save(
+    self, step: int, state: dict[str, Any], *, meta: dict | None = None, force: bool = False
+  ) -> bool:
     """Start saving ``state`` as ``step``; returns whether a save was started.
 
     Returns once the arrays are copied off the devices, so the caller may donate them to the next
@@ -226,8 +248,10 @@ class Checkpointer:
     latest = self.latest_step()
     if latest is not None and step <= latest:
       # orbax would skip such a save silently (or refuse it when forced).
-      raise ValueError(f"cannot save step {step} in {self.directory}: it already holds step {latest}. "
-                       "Resume from the newest step or use a new workdir.")
+      raise ValueError(
+        f"cannot save step {step} in {self.directory}: it already holds step {latest}. "
+        "Resume from the newest step or use a new workdir."
+      )
     # a part without arrays (optax.sgd's EmptyStates) is rebuilt from the restore target instead
     items = {k: v for k, v in _to_items(state).items() if jax.tree.leaves(v)}
     args = {k: ocp.args.StandardSave(v) for k, v in items.items()}
@@ -242,13 +266,19 @@ class Checkpointer:
     # Steps that the restore fell back past would hide the steps this run saves now (orbax lists by
     # step number), so the first save after such a restore deletes them.
     for step in sorted(self._unreadable & set(self.all_steps())):
-      log.warning("deleting unreadable checkpoint step %d in %s before saving newer work", step, self.directory)
+      log.warning(
+        "deleting unreadable checkpoint step %d in %s before saving newer work",
+        step,
+        self.directory,
+      )
       self._manager.delete(step)
     self._unreadable.clear()
 
   # -- restore
 
-  def restore(self, target: dict[str, Any], step: int | None = None) -> tuple[int, dict[str, Any], dict]:
+  def restore(
+    self, target: dict[str, Any], step: int | None = None
+  ) -> tuple[int, dict[str, Any], dict]:
     """Read a step onto ``target`` (jax.ShapeDtypeStructs with shardings); returns (step, state, meta).
 
     ``target`` names the parts to read (``{'params': ...}`` alone reads only the weights). With
@@ -269,20 +299,35 @@ class Checkpointer:
         state, meta = self._restore_step(s, target)
       except Exception as e:  # noqa: BLE001 - any failure to read makes the step unreadable
         error = e
-      if _any_process(isinstance(error, CheckpointMismatch)):  # another model: older steps will not fit either
-        raise error if isinstance(error, CheckpointMismatch) else CheckpointMismatch(
-            f"checkpoint step {s} in {self.directory} does not fit the restore target (seen by another process)")
+      if _any_process(
+        isinstance(error, CheckpointMismatch)
+      ):  # another model: older steps will not fit either
+        raise (
+          error
+          if isinstance(error, CheckpointMismatch)
+          else CheckpointMismatch(
+            f"checkpoint step {s} in {self.directory} does not fit the restore target (seen by another process)"
+          )
+        )
       if _all_processes(error is None):
         self._unreadable = {f for f, _ in failures}
         return s, state, meta
       reason = _short(error) if error else "another process could not read it"
       if step is not None:
-        raise CheckpointError(f"checkpoint step {s} in {self.directory} is unreadable: {reason}") from error
-      log.warning("checkpoint step %d in %s is unreadable (%s); falling back to an older step",
-                  s, self.directory, reason)
+        raise CheckpointError(
+          f"checkpoint step {s} in {self.directory} is unreadable: {reason}"
+        ) from error
+      log.warning(
+        "checkpoint step %d in %s is unreadable (%s); falling back to an older step",
+        s,
+        self.directory,
+        reason,
+      )
       failures.append((s, reason))
-    raise CheckpointError(f"no readable checkpoint in {self.directory} (left as it is): "
-                          + "; ".join(f"step {s}: {r}" for s, r in failures))
+    raise CheckpointError(
+      f"no readable checkpoint in {self.directory} (left as it is): "
+      + "; ".join(f"step {s}: {r}" for s, r in failures)
+    )
 
   def _restore_step(self, step: int, target: dict[str, Any]) -> tuple[dict[str, Any], dict]:
     items = _to_items(target)
@@ -291,27 +336,41 @@ class Checkpointer:
     if saved is not None:
       wrong = integrity.shape_mismatches(arrays, saved)
       if wrong:
-        raise CheckpointMismatch(f"checkpoint step {step} in {self.directory} holds arrays of other shapes than "
-                                 f"this run's model and optimizer build: {wrong[0]}"
-                                 + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""))
+        raise CheckpointMismatch(
+          f"checkpoint step {step} in {self.directory} holds arrays of other shapes than "
+          f"this run's model and optimizer build: {wrong[0]}"
+          + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else "")
+        )
     args = {k: ocp.args.StandardRestore(v) for k, v in arrays.items()}
-    restored = self._manager.restore(step, args=ocp.args.Composite(**args, **{META: ocp.args.JsonRestore()}))
+    restored = self._manager.restore(
+      step, args=ocp.args.Composite(**args, **{META: ocp.args.JsonRestore()})
+    )
     if saved is not None:
       bad = integrity.mismatches({k: restored[k] for k in args}, saved)
       if bad:
-        raise CorruptCheckpoint(f"content checksum mismatch in {bad[0]}"
-                                + (f" and {len(bad) - 1} more arrays" if len(bad) > 1 else "")
-                                + ": its files changed after the save")
+        raise CorruptCheckpoint(
+          f"content checksum mismatch in {bad[0]}"
+          + (f" and {len(bad) - 1} more arrays" if len(bad) > 1 else "")
+          + ": its files changed after the save"
+        )
     elif self._checksums:
-      log.warning("checkpoint step %d in %s has no checksums (saved by an older version); read unverified",
-                  step, self.directory)
-    return _from_items({k: restored[k] if k in args else v for k, v in items.items()}), dict(restored[META])
+      log.warning(
+        "checkpoint step %d in %s has no checksums (saved by an older version); read unverified",
+        step,
+        self.directory,
+      )
+    return _from_items({k: restored[k] if k in args else v for k, v in items.items()}), dict(
+      restored[META]
+    )
 
   def _saved_checksums(self, step: int) -> dict | None:
     if not self._checksums or not (self.directory / str(step) / CHECKSUMS).is_dir():
       return None
-    return dict(self._manager.restore(step, args=ocp.args.Composite(
-        **{CHECKSUMS: ocp.args.JsonRestore()}))[CHECKSUMS])
+    return dict(
+      self._manager.restore(step, args=ocp.args.Composite(**{CHECKSUMS: ocp.args.JsonRestore()}))[
+        CHECKSUMS
+      ]
+    )
 
   # -- lifetime
 
@@ -333,7 +392,9 @@ def steps_on_disk(directory: str | os.PathLike) -> list[int]:
   """The finalised steps in a checkpoint directory, oldest first, read from the file system alone (no
   orbax, no collective: safe from any thread, e.g. to say what is on disk when a run ends badly)."""
   try:
-    return sorted(int(p.name) for p in pathlib.Path(directory).iterdir() if p.name.isdigit() and p.is_dir())
+    return sorted(
+      int(p.name) for p in pathlib.Path(directory).iterdir() if p.name.isdigit() and p.is_dir()
+    )
   except OSError:
     return []
 
@@ -348,8 +409,10 @@ def _resolve(path: pathlib.Path) -> tuple[pathlib.Path, int | None]:
     return path.parent, int(path.name)
   if path.is_dir() and any(p.name.isdigit() and p.is_dir() for p in path.iterdir()):
     return path, None
-  raise FileNotFoundError(f"init_from: no checkpoint found at {path} (expected a workdir holding "
-                          f"{CHECKPOINT_SUBDIR}/, a checkpoint directory of step folders, or a step folder)")
+  raise FileNotFoundError(
+    f"init_from: no checkpoint found at {path} (expected a workdir holding "
+    f"{CHECKPOINT_SUBDIR}/, a checkpoint directory of step folders, or a step folder)"
+  )
 
 
 def load_params(path: str | os.PathLike, target_params: Any) -> Any:
@@ -377,12 +440,14 @@ def restore_module(make: Callable[[], Any], path: str | os.PathLike) -> tuple[An
   ``nnx.merge(graphdef, params)`` gives the module."""
   graphdef, abstract, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                        state_lib.pure_dict(abstract))
+  target = jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), state_lib.pure_dict(abstract)
+  )
   return graphdef, load_params(path, target)
 
 
 # --- preemption
+
 
 class PreemptionGuard:
   """Turns SIGTERM (by default) into a request to stop that every process honours at the same step.

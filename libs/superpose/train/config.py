@@ -5,6 +5,7 @@ an error (``ConfigError``, one line), as is an override with a wrong type (ml_co
 outside its key's domain (:data:`DOMAINS`, checked by :func:`check_train`) and a batch that the
 data-parallel devices do not divide (:func:`check_batch`).
 """
+
 from __future__ import annotations
 
 import math
@@ -32,63 +33,86 @@ class ConfigError(ValueError):
 Declaration = Mapping[str, tuple[Any, str]]
 
 TOP: Declaration = {
-    "trainer": ("superpose.train.lm", "module with make_spec(cfg), make_task(cfg) and run(config, workdir)"),
-    "seed": (0, "seed of the parameters and of the data order"),
-    "distributed": ("auto", "'auto' | 'true' | 'false': jax.distributed.initialize()"),
-    "peer_timeout_s": (30.0, "multi-process: a peer silent this long ends the run with one line (exit 5); "
-                             "below jax.distributed's 100 s heartbeat"),
+  "trainer": (
+    "superpose.train.lm",
+    "module with make_spec(cfg), make_task(cfg) and run(config, workdir)",
+  ),
+  "seed": (0, "seed of the parameters and of the data order"),
+  "distributed": ("auto", "'auto' | 'true' | 'false': jax.distributed.initialize()"),
+  "peer_timeout_s": (
+    30.0,
+    "multi-process: a peer silent this long ends the run with one line (exit 5); "
+    "below jax.distributed's 100 s heartbeat",
+  ),
 }
 DATA: Declaration = {
-    "path": ("sample:shakespeare.jsonl.gz", "jsonl(.gz) of {'text'} documents, or .txt"),
-    "tokenizer": ("bytes", "bytes | gpt2 | symbols | a registered name (superpose.data.tokenizers)"),
-    "val_documents": (2, "whole documents held out for validation (without val_path)"),
-    "val_path": ("", "a separate validation file (e.g. a corpus's val split)"),
-    "packing": (False, "pack whole documents into rows with segment ids (else windows of one stream)"),
+  "path": ("sample:shakespeare.jsonl.gz", "jsonl(.gz) of {'text'} documents, or .txt"),
+  "tokenizer": ("bytes", "bytes | gpt2 | symbols | a registered name (superpose.data.tokenizers)"),
+  "val_documents": (2, "whole documents held out for validation (without val_path)"),
+  "val_path": ("", "a separate validation file (e.g. a corpus's val split)"),
+  "packing": (
+    False,
+    "pack whole documents into rows with segment ids (else windows of one stream)",
+  ),
 }
 OPTIM: Declaration = {
-    "name": ("adamw", "the optimizer (adamw only)"),
-    "lr": (1e-3, "peak learning rate"),
-    "schedule": ("warmup_cosine", "learning-rate schedule: " + " | ".join(SCHEDULES)),
-    "warmup_steps": (100, "linear warmup from 0"),
-    "decay_fraction": (0.2, "wsd: the last fraction of the steps decays linearly"),
-    "min_lr_ratio": (0.1, "final learning rate / lr"),
-    "b1": (0.9, "Adam β1"),
-    "b2": (0.95, "Adam β2"),
-    "eps": (1e-8, "Adam ε"),
-    "weight_decay": (0.1, "decoupled weight decay (AdamW)"),
-    "clip_norm": (1.0, "global gradient-norm clipping (0 = off)"),
-    "groups": ((), "({pattern: regex, lr, weight_decay, clip_norm}, ...): per-group overrides"),
-    "frozen": ((), "regexes of parameter paths that are not trained"),
-    "reset_steps": ((), "steps (1-based) before whose update the optimizer state is re-initialised"),
+  "name": ("adamw", "the optimizer (adamw only)"),
+  "lr": (1e-3, "peak learning rate"),
+  "schedule": ("warmup_cosine", "learning-rate schedule: " + " | ".join(SCHEDULES)),
+  "warmup_steps": (100, "linear warmup from 0"),
+  "decay_fraction": (0.2, "wsd: the last fraction of the steps decays linearly"),
+  "min_lr_ratio": (0.1, "final learning rate / lr"),
+  "b1": (0.9, "Adam β1"),
+  "b2": (0.95, "Adam β2"),
+  "eps": (1e-8, "Adam ε"),
+  "weight_decay": (0.1, "decoupled weight decay (AdamW)"),
+  "clip_norm": (1.0, "global gradient-norm clipping (0 = off)"),
+  "groups": ((), "({pattern: regex, lr, weight_decay, clip_norm}, ...): per-group overrides"),
+  "frozen": ((), "regexes of parameter paths that are not trained"),
+  "reset_steps": ((), "steps (1-based) before whose update the optimizer state is re-initialised"),
 }
 TRAIN: Declaration = {
-    "steps": (1000, "optimizer steps"),
-    "batch_size": (8, "global rows per step (over all processes and devices)"),
-    "seq_len": (256, "tokens per row (language-modelling trainers)"),
-    "accum_steps": (1, "microbatches per step (gradient accumulation)"),
-    "z_loss": (0.0, "weight of the log-partition (z) loss"),
-    "eval_every": (200, "evaluate every N steps (0 = never; always at the end)"),
-    "eval_batches": (8, "validation batches of an evaluation"),
-    "log_every": (20, "log line every N steps when there is no progress bar"),
-    "checkpoint_every": (200, "checkpoint every N steps (0 = only at the end and on SIGTERM)"),
-    "keep_checkpoints": (3, "newest checkpoints kept"),
-    "async_checkpoint": (True, "write checkpoints in the background"),
-    "profile_steps": ((0, 0), "(first, last) step of a profiler trace; (0, 0) = off"),
-    "init_from": ("", "workdir or checkpoint: load parameters only into a new run"),
-    "progress": (True, "progress bar on process 0"),
-    "log_batch_hash": (True, "record a hash of each batch in metrics.jsonl"),
-    "preemption_check_every": (10, "multi-process runs agree on a SIGTERM stop step by an all-gather every N "
-                                   "steps"),
-    "allow_changes": (False, "a resume may change the keys of superpose.train.workdir.SAFE_ON_RESUME (lr, ...)"),
+  "steps": (1000, "optimizer steps"),
+  "batch_size": (8, "global rows per step (over all processes and devices)"),
+  "seq_len": (256, "tokens per row (language-modelling trainers)"),
+  "accum_steps": (1, "microbatches per step (gradient accumulation)"),
+  "z_loss": (0.0, "weight of the log-partition (z) loss"),
+  "eval_every": (200, "evaluate every N steps (0 = never; always at the end)"),
+  "eval_batches": (8, "validation batches of an evaluation"),
+  "log_every": (20, "log line every N steps when there is no progress bar"),
+  "checkpoint_every": (200, "checkpoint every N steps (0 = only at the end and on SIGTERM)"),
+  "keep_checkpoints": (3, "newest checkpoints kept"),
+  "async_checkpoint": (True, "write checkpoints in the background"),
+  "profile_steps": ((0, 0), "(first, last) step of a profiler trace; (0, 0) = off"),
+  "init_from": ("", "workdir or checkpoint: load parameters only into a new run"),
+  "progress": (True, "progress bar on process 0"),
+  "log_batch_hash": (True, "record a hash of each batch in metrics.jsonl"),
+  "preemption_check_every": (
+    10,
+    "multi-process runs agree on a SIGTERM stop step by an all-gather every N steps",
+  ),
+  "allow_changes": (
+    False,
+    "a resume may change the keys of superpose.train.workdir.SAFE_ON_RESUME (lr, ...)",
+  ),
 }
 MESH: Declaration = {
-    "ici": ((-1, 1, 1), "(data, fsdp, tensor) within a slice; one -1 is filled in"),
-    "dcn": ((1, 1, 1), "(data, fsdp, tensor) across slices (multi-slice TPU); product = slices"),
+  "ici": ((-1, 1, 1), "(data, fsdp, tensor) within a slice; one -1 is filled in"),
+  "dcn": ((1, 1, 1), "(data, fsdp, tensor) across slices (multi-slice TPU); product = slices"),
 }
 SHARDING: Declaration = {
-    "rules": (tuple((k, v) for k, v in DEFAULT_RULES), "(logical axis, mesh axes) pairs (superpose.nn.sharding)"),
+  "rules": (
+    tuple((k, v) for k, v in DEFAULT_RULES),
+    "(logical axis, mesh axes) pairs (superpose.nn.sharding)",
+  )
 }
-SECTIONS: dict[str, Declaration] = {"data": DATA, "optim": OPTIM, "train": TRAIN, "mesh": MESH, "sharding": SHARDING}
+SECTIONS: dict[str, Declaration] = {
+  "data": DATA,
+  "optim": OPTIM,
+  "train": TRAIN,
+  "mesh": MESH,
+  "sharding": SHARDING,
+}
 
 
 def section(declaration: Declaration, **overrides) -> ml_collections.ConfigDict:
@@ -111,6 +135,7 @@ def variant(arg: str | None, variants, default: str, where: str) -> str:
 def trainer_module(trainer: str):
   """The module ``config.trainer`` names (ConfigError when it cannot be imported)."""
   import importlib
+
   try:
     return importlib.import_module(trainer)
   except (ImportError, TypeError) as e:
@@ -161,6 +186,7 @@ def describe(config: Any) -> str:
       else:
         text = f"{key} = {v!r}"
         lines.append(f"{text:<48}  # {notes[key]}" if key in notes else text)
+
   walk(cfg, "")
   return "\n".join(lines)
 
@@ -172,7 +198,7 @@ def model_section(preset: str = "gpt2", **overrides) -> ml_collections.ConfigDic
   values = {"preset": preset}
   for key, value in nn_config.PRESETS[preset](**overrides).to_dict().items():
     if value is None:
-      value = config_dict.placeholder(int)   # num_kv_heads, head_dim
+      value = config_dict.placeholder(int)  # num_kv_heads, head_dim
     elif key == "attn_scale":
       value = str(value)
     values[key] = value
@@ -196,6 +222,7 @@ def check_schema(config: Mapping) -> None:
 
 # --- value domains
 
+
 def _is_int(v) -> bool:
   return isinstance(v, int) and not isinstance(v, bool)
 
@@ -211,9 +238,13 @@ def _int_at_least(lo: int) -> tuple[Callable[[Any], bool], str]:
 def _number(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False):
   def ok(v):
     return _is_num(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+
   left, right = "(" if lo_open else "[", ")" if hi_open or hi == math.inf else "]"
-  text = (f"a number > {lo:g}" if lo_open else f"a number ≥ {lo:g}") if hi == math.inf else \
-      f"a number in {left}{lo:g}, {hi:g}{right}"
+  text = (
+    (f"a number > {lo:g}" if lo_open else f"a number ≥ {lo:g}")
+    if hi == math.inf
+    else f"a number in {left}{lo:g}, {hi:g}{right}"
+  )
   return ok, text
 
 
@@ -227,18 +258,25 @@ def _regex(v) -> bool:
 
 def _mesh_sizes(v) -> bool:
   sizes = tuple(v) if isinstance(v, (tuple, list)) else ()
-  return (len(sizes) == 3 and all(_is_int(s) and (s >= 1 or s == -1) for s in sizes)
-          and sizes.count(-1) <= 1)
+  return (
+    len(sizes) == 3
+    and all(_is_int(s) and (s >= 1 or s == -1) for s in sizes)
+    and sizes.count(-1) <= 1
+  )
 
 
 def _group(g) -> bool:
-  if not isinstance(g, Mapping) or not isinstance(g.get("pattern"), str) or not _regex(g["pattern"]):
+  if (
+    not isinstance(g, Mapping) or not isinstance(g.get("pattern"), str) or not _regex(g["pattern"])
+  ):
     return False
   if set(g) - {"pattern", "lr", "weight_decay", "clip_norm"}:
     return False
-  return ((g.get("lr") is None or (_is_num(g["lr"]) and g["lr"] > 0))
-          and (g.get("weight_decay") is None or (_is_num(g["weight_decay"]) and g["weight_decay"] >= 0))
-          and (g.get("clip_norm") is None or (_is_num(g["clip_norm"]) and g["clip_norm"] >= 0)))
+  return (
+    (g.get("lr") is None or (_is_num(g["lr"]) and g["lr"] > 0))
+    and (g.get("weight_decay") is None or (_is_num(g["weight_decay"]) and g["weight_decay"] >= 0))
+    and (g.get("clip_norm") is None or (_is_num(g["clip_norm"]) and g["clip_norm"] >= 0))
+  )
 
 
 def _rule(r) -> bool:
@@ -255,44 +293,62 @@ def _rule(r) -> bool:
 # is checked by superpose.nn's TransformerConfig (every field with a domain); tokenizer names by the
 # trainer (projects register their own).
 DOMAINS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "seed": _int_at_least(0),
-    "distributed": (lambda v: str(v).lower() in ("auto", "true", "false"), "'auto', 'true' or 'false'"),
-    "peer_timeout_s": _number(1, 60),
-    "data.val_documents": _int_at_least(0),
-    "optim.name": (lambda v: v == "adamw", "'adamw' (the only optimizer)"),
-    "optim.lr": _number(0, lo_open=True),
-    "optim.schedule": (lambda v: v in SCHEDULES, "one of " + ", ".join(SCHEDULES)),
-    "optim.warmup_steps": _int_at_least(0),
-    "optim.decay_fraction": _number(0, 1),
-    "optim.min_lr_ratio": _number(0, 1),
-    "optim.b1": _number(0, 1, hi_open=True),
-    "optim.b2": _number(0, 1, hi_open=True),
-    "optim.eps": _number(0, lo_open=True),
-    "optim.weight_decay": _number(0),
-    "optim.clip_norm": _number(0),
-    "optim.groups": (lambda v: isinstance(v, (tuple, list)) and all(_group(g) for g in v),
-                     "a list of {pattern: regex, lr > 0, weight_decay ≥ 0, clip_norm ≥ 0}"),
-    "optim.frozen": (lambda v: isinstance(v, (tuple, list)) and all(_regex(p) for p in v),
-                     "a list of regular expressions"),
-    "optim.reset_steps": (lambda v: isinstance(v, (tuple, list)) and all(_is_int(s) and s >= 1 for s in v),
-                          "a list of steps ≥ 1"),
-    "train.steps": _int_at_least(1),
-    "train.batch_size": _int_at_least(1),
-    "train.seq_len": _int_at_least(1),
-    "train.accum_steps": _int_at_least(1),
-    "train.z_loss": _number(0),
-    "train.eval_every": _int_at_least(0),
-    "train.eval_batches": _int_at_least(0),
-    "train.log_every": _int_at_least(0),
-    "train.checkpoint_every": _int_at_least(0),
-    "train.keep_checkpoints": _int_at_least(1),
-    "train.profile_steps": (lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(s) for s in v)
-                            and 0 <= v[0] <= v[1], "(first, last) with 0 ≤ first ≤ last ((0, 0) = off)"),
-    "train.preemption_check_every": _int_at_least(1),
-    "mesh.ici": (_mesh_sizes, "3 sizes (data, fsdp, tensor), each ≥ 1 or one -1"),
-    "mesh.dcn": (_mesh_sizes, "3 sizes (data, fsdp, tensor), each ≥ 1 or one -1"),
-    "sharding.rules": (lambda v: isinstance(v, (tuple, list)) and all(_rule(r) for r in v),
-                       "(logical name, mesh axis | (mesh axes) | None) pairs over " + ", ".join(MESH_AXES)),
+  "seed": _int_at_least(0),
+  "distributed": (
+    lambda v: str(v).lower() in ("auto", "true", "false"),
+    "'auto', 'true' or 'false'",
+  ),
+  "peer_timeout_s": _number(1, 60),
+  "data.val_documents": _int_at_least(0),
+  "optim.name": (lambda v: v == "adamw", "'adamw' (the only optimizer)"),
+  "optim.lr": _number(0, lo_open=True),
+  "optim.schedule": (lambda v: v in SCHEDULES, "one of " + ", ".join(SCHEDULES)),
+  "optim.warmup_steps": _int_at_least(0),
+  "optim.decay_fraction": _number(0, 1),
+  "optim.min_lr_ratio": _number(0, 1),
+  "optim.b1": _number(0, 1, hi_open=True),
+  "optim.b2": _number(0, 1, hi_open=True),
+  "optim.eps": _number(0, lo_open=True),
+  "optim.weight_decay": _number(0),
+  "optim.clip_norm": _number(0),
+  "optim.groups": (
+    lambda v: isinstance(v, (tuple, list)) and all(_group(g) for g in v),
+    "a list of {pattern: regex, lr > 0, weight_decay ≥ 0, clip_norm ≥ 0}",
+  ),
+  "optim.frozen": (
+    lambda v: isinstance(v, (tuple, list)) and all(_regex(p) for p in v),
+    "a list of regular expressions",
+  ),
+  "optim.reset_steps": (
+    lambda v: isinstance(v, (tuple, list)) and all(_is_int(s) and s >= 1 for s in v),
+    "a list of steps ≥ 1",
+  ),
+  "train.steps": _int_at_least(1),
+  "train.batch_size": _int_at_least(1),
+  "train.seq_len": _int_at_least(1),
+  "train.accum_steps": _int_at_least(1),
+  "train.z_loss": _number(0),
+  "train.eval_every": _int_at_least(0),
+  "train.eval_batches": _int_at_least(0),
+  "train.log_every": _int_at_least(0),
+  "train.checkpoint_every": _int_at_least(0),
+  "train.keep_checkpoints": _int_at_least(1),
+  "train.profile_steps": (
+    lambda v: (
+      isinstance(v, (tuple, list))
+      and len(v) == 2
+      and all(_is_int(s) for s in v)
+      and 0 <= v[0] <= v[1]
+    ),
+    "(first, last) with 0 ≤ first ≤ last ((0, 0) = off)",
+  ),
+  "train.preemption_check_every": _int_at_least(1),
+  "mesh.ici": (_mesh_sizes, "3 sizes (data, fsdp, tensor), each ≥ 1 or one -1"),
+  "mesh.dcn": (_mesh_sizes, "3 sizes (data, fsdp, tensor), each ≥ 1 or one -1"),
+  "sharding.rules": (
+    lambda v: isinstance(v, (tuple, list)) and all(_rule(r) for r in v),
+    "(logical name, mesh axis | (mesh axes) | None) pairs over " + ", ".join(MESH_AXES),
+  ),
 }
 
 _MISSING = object()
@@ -331,16 +387,21 @@ def _check_model(config: Mapping) -> None:
 def check_mesh(config: Mapping, num_devices: int) -> None:
   ici, dcn = tuple(config["mesh"]["ici"]), tuple(config["mesh"]["dcn"])
   if len(ici) != 3 or len(dcn) != 3:
-    raise ConfigError(f"config.mesh: ici and dcn need 3 sizes (data, fsdp, tensor), got {ici} and {dcn}")
+    raise ConfigError(
+      f"config.mesh: ici and dcn need 3 sizes (data, fsdp, tensor), got {ici} and {dcn}"
+    )
   sizes = [a * b for a, b in zip(ici, dcn)]
   if -1 not in ici and -1 not in dcn and math.prod(sizes) != num_devices:
-    raise ConfigError(f"config.mesh: data×fsdp×tensor = {'×'.join(map(str, sizes))} = {math.prod(sizes)} "
-                      f"devices, but {num_devices} are available")
+    raise ConfigError(
+      f"config.mesh: data×fsdp×tensor = {'×'.join(map(str, sizes))} = {math.prod(sizes)} "
+      f"devices, but {num_devices} are available"
+    )
 
 
 def mesh_sizes(config: Mapping, num_devices: int) -> dict[str, int]:
   """The size of each mesh axis (ici × dcn, the -1s filled in) for ``num_devices``."""
   from superpose.train.mesh import fill_axes
+
   ici, dcn = tuple(config["mesh"]["ici"]), tuple(config["mesh"]["dcn"])
   if -1 not in dcn:
     slices = math.prod(dcn)
@@ -357,15 +418,19 @@ def check_batch(config: Mapping, num_devices: int, num_processes: int = 1) -> No
   config = to_dict(config)
   batch = config["train"]["batch_size"]
   if batch % num_processes:
-    raise ConfigError(f"config.train.batch_size={batch} is not divisible by the {num_processes} processes")
+    raise ConfigError(
+      f"config.train.batch_size={batch} is not divisible by the {num_processes} processes"
+    )
   sizes = mesh_sizes(config, num_devices)
   axes = next((a for k, a in config["sharding"]["rules"] if k == "batch"), None)
   axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
   parallel = math.prod(sizes[a] for a in axes if a in sizes)
   if batch % parallel:
-    raise ConfigError(f"config.train.batch_size={batch} is not divisible by the data-parallel size {parallel} "
-                      f"({' × '.join(f'{a} {sizes[a]}' for a in axes if sizes.get(a, 1) > 1)}): pick a multiple of "
-                      f"{parallel} or change config.mesh")
+    raise ConfigError(
+      f"config.train.batch_size={batch} is not divisible by the data-parallel size {parallel} "
+      f"({' × '.join(f'{a} {sizes[a]}' for a in axes if sizes.get(a, 1) > 1)}): pick a multiple of "
+      f"{parallel} or change config.mesh"
+    )
 
 
 def check(config: Any) -> None:
@@ -382,8 +447,10 @@ def check_train(config: Mapping) -> None:
   check_values(config)
   t = config["train"]
   if t["batch_size"] % t["accum_steps"]:
-    raise ConfigError(f"config.train.batch_size={t['batch_size']} is not divisible by "
-                      f"accum_steps={t['accum_steps']}")
+    raise ConfigError(
+      f"config.train.batch_size={t['batch_size']} is not divisible by "
+      f"accum_steps={t['accum_steps']}"
+    )
   _check_model(config)
 
 

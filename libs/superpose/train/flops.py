@@ -7,6 +7,7 @@ embedding lookup, norms or biases), L layers, T the sequence length, H query hea
 attention term is 3 × (2 matmuls · 2 FLOPs · T · H · Dh) / 2 for the causal half. Rematerialisation
 is not counted (MFU, not HFU).
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,9 +21,17 @@ log = logging.getLogger(__name__)
 
 # Dense bf16 peak FLOP/s per chip (the figures MaxText/Levanter use).
 PEAK_FLOPS = {
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
-    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
-    "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12, "NVIDIA B200": 2250e12,
+  "TPU v4": 275e12,
+  "TPU v5 lite": 197e12,
+  "TPU v5e": 197e12,
+  "TPU v5p": 459e12,
+  "TPU v5": 459e12,
+  "TPU v6 lite": 918e12,
+  "TPU v6e": 918e12,
+  "NVIDIA H100": 989e12,
+  "NVIDIA H200": 989e12,
+  "NVIDIA A100": 312e12,
+  "NVIDIA B200": 2250e12,
 }
 
 
@@ -48,7 +57,7 @@ def measure_cpu_peak(n: int = 2048, repeats: int = 4) -> float:
     t = time.perf_counter()
     f(x).block_until_ready()
     best = min(best, time.perf_counter() - t)
-  return 2 * n ** 3 / best
+  return 2 * n**3 / best
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,7 +74,9 @@ def device_peak_flops(device=None) -> tuple[float, str]:
     if kind.startswith(name):
       return peak, f"{name} bf16 dense peak"
   if device.platform == "cpu":
-    return measured_cpu_peak() / max(1, jax.local_device_count()), "measured f32 matmul peak of this CPU"
+    return measured_cpu_peak() / max(
+      1, jax.local_device_count()
+    ), "measured f32 matmul peak of this CPU"
   return float("nan"), f"unknown peak for {kind!r}"
 
 
@@ -90,7 +101,7 @@ class Peak:
 
   def _raise_to(self, total: float, why: str) -> None:
     if total > self.total:
-      level = logging.DEBUG if why in self._said else logging.INFO   # once per reason in the log
+      level = logging.DEBUG if why in self._said else logging.INFO  # once per reason in the log
       self._said.add(why)
       log.log(level, "MFU peak raised from %.3g to %.3g FLOP/s (%s)", self.total, total, why)
       self.total = total

@@ -8,6 +8,7 @@ processes and every device kind give the same 64 bits; a change of any word chan
 and shows with probability 1 − 2⁻⁶⁴. The check is not cryptographic (no protection from someone who
 wants a collision), only from disks, copies and bugs.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -32,19 +33,20 @@ def _words(x: jax.Array) -> jax.Array:
   """The bits of ``x`` as uint32 words: 8-byte types as two words per element, 1- and 2-byte types
   packed 4 or 2 to a word along the last axis when it divides (half or a quarter of the work: a bf16
   state costs half a pass of an f32 one), else one per word."""
-  if jnp.issubdtype(x.dtype, jax.dtypes.extended):   # typed PRNG keys
+  if jnp.issubdtype(x.dtype, jax.dtypes.extended):  # typed PRNG keys
     x = jax.random.key_data(x)
   if x.dtype == jnp.bool_:
     x = x.astype(jnp.uint8)
   size = x.dtype.itemsize
   if size in (4, 8):
-    return lax.bitcast_convert_type(x, jnp.uint32)   # 8 bytes: a trailing axis of 2 words
+    return lax.bitcast_convert_type(x, jnp.uint32)  # 8 bytes: a trailing axis of 2 words
   if size in (1, 2):
     narrow = lax.bitcast_convert_type(x, {1: jnp.uint8, 2: jnp.uint16}[size])
     per_word = 4 // size
     if x.ndim and x.shape[-1] % per_word == 0:
-      return lax.bitcast_convert_type(narrow.reshape(x.shape[:-1] + (x.shape[-1] // per_word, per_word)),
-                                      jnp.uint32)
+      return lax.bitcast_convert_type(
+        narrow.reshape(x.shape[:-1] + (x.shape[-1] // per_word, per_word)), jnp.uint32
+      )
     return narrow.astype(jnp.uint32)
   raise TypeError(f"no checksum for dtype {x.dtype}")
 
@@ -57,8 +59,12 @@ def _one(x: jax.Array) -> jax.Array:
     index = index + lax.broadcasted_iota(jnp.uint32, w.shape, d) * np.uint32(stride & 0xFFFFFFFF)
     stride *= w.shape[d]
   e = _fmix32(w ^ (index * _GOLDEN + _OFFSET))
-  return jnp.stack([jnp.sum(e, dtype=jnp.uint32), jnp.sum(e * (index * np.uint32(2) + np.uint32(1)),
-                                                          dtype=jnp.uint32)])
+  return jnp.stack(
+    [
+      jnp.sum(e, dtype=jnp.uint32),
+      jnp.sum(e * (index * np.uint32(2) + np.uint32(1)), dtype=jnp.uint32),
+    ]
+  )
 
 
 _sums = jax.jit(lambda tree: jax.tree.map(_one, tree))
@@ -72,7 +78,9 @@ def _host(x) -> np.ndarray:
 
 
 def _paths(tree) -> list[tuple[str, Any]]:
-  return [(jax.tree_util.keystr(p), leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  return [
+    (jax.tree_util.keystr(p), leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  ]
 
 
 def _devices(leaf) -> tuple:
@@ -97,8 +105,10 @@ def checksums(tree: Any) -> dict[str, dict]:
   Every process of a multi-process job must call it with the same tree (one jitted computation)."""
   leaves = _paths(tree)
   sums = _hex_sums([leaf for _, leaf in leaves])
-  return {path: {"sum": s, "shape": list(np.shape(leaf)), "dtype": str(leaf.dtype)}
-          for (path, leaf), s in zip(leaves, sums)}
+  return {
+    path: {"sum": s, "shape": list(np.shape(leaf)), "dtype": str(leaf.dtype)}
+    for (path, leaf), s in zip(leaves, sums)
+  }
 
 
 def shape_mismatches(target: Any, saved: Mapping[str, dict]) -> list[str]:
@@ -114,6 +124,8 @@ def mismatches(tree: Any, saved: Mapping[str, dict]) -> list[str]:
   """Leaves of ``tree`` (as read back) whose content differs from the saved checksum. Leaves that the
   checksums do not cover (another version's checkpoint) or that were cast to another dtype on reading
   are not compared."""
-  leaves = [(p, leaf) for p, leaf in _paths(tree) if p in saved and str(leaf.dtype) == saved[p]["dtype"]]
+  leaves = [
+    (p, leaf) for p, leaf in _paths(tree) if p in saved and str(leaf.dtype) == saved[p]["dtype"]
+  ]
   got = _hex_sums([leaf for _, leaf in leaves])
   return [p for (p, _), s in zip(leaves, got) if s != saved[p]["sum"]]

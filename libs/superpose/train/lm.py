@@ -1,4 +1,5 @@
 """Next-token language modelling: the trainer of the default job and of every plain LM config."""
+
 from __future__ import annotations
 
 import logging
@@ -32,11 +33,15 @@ class LMSpec:
     t, d = config["train"], config["data"]
     self.model_cfg = model_config(config)
     if t["seq_len"] > self.model_cfg.max_seq_len:
-      raise config_lib.ConfigError(f"config.train.seq_len={t['seq_len']} exceeds model.max_seq_len="
-                                   f"{self.model_cfg.max_seq_len}")
+      raise config_lib.ConfigError(
+        f"config.train.seq_len={t['seq_len']} exceeds model.max_seq_len="
+        f"{self.model_cfg.max_seq_len}"
+      )
     self.packing = bool(d["packing"])
     self.tokens_per_step = t["batch_size"] * t["seq_len"]
-    self.flops_per_step = flops.train_flops_per_token(self.model_cfg, t["seq_len"]) * self.tokens_per_step
+    self.flops_per_step = (
+      flops.train_flops_per_token(self.model_cfg, t["seq_len"]) * self.tokens_per_step
+    )
     self.z_loss = t["z_loss"]
 
   def batch_spec(self) -> dict[str, Field]:
@@ -48,7 +53,9 @@ class LMSpec:
     return Transformer(self.model_cfg, rngs=nnx.Rngs(self.config["seed"]))
 
   def train_loss(self, model, batch):
-    out = model(batch["inputs"], positions_BT=batch.get("positions"), segment_ids_BT=batch.get("segment_ids"))
+    out = model(
+      batch["inputs"], positions_BT=batch.get("positions"), segment_ids_BT=batch.get("segment_ids")
+    )
     return lm_loss(out.logits_BTV, batch["targets"], batch["weights"], self.z_loss)
 
   eval_loss = train_loss
@@ -64,26 +71,49 @@ class LMData:
     t, d = config["train"], config["data"]
     tok = get_tokenizer(d["tokenizer"])
     if model_cfg.vocab_size < tok.vocab_size:
-      raise config_lib.ConfigError(f"config.model.vocab_size={model_cfg.vocab_size} is smaller than the "
-                                   f"{d['tokenizer']!r} tokenizer's vocabulary ({tok.vocab_size})")
+      raise config_lib.ConfigError(
+        f"config.model.vocab_size={model_cfg.vocab_size} is smaller than the "
+        f"{d['tokenizer']!r} tokenizer's vocabulary ({tok.vocab_size})"
+      )
     docs = lm_data.load_documents(d["path"])
     if d["val_path"]:
       train_docs, val_docs = docs, lm_data.load_documents(d["val_path"])
     else:
       train_docs, val_docs = lm_data.split_documents(docs, d["val_documents"])
-    if d["packing"]:  # whole documents packed into rows; attention and positions stay inside each one
-      self.train_stream = packing.PackedStream(packing.tokenize_documents(train_docs, tok), t["seq_len"],
-                                               t["batch_size"], config["seed"])
-      self.eval_set = (packing.PackedEvalSet(packing.tokenize_documents(val_docs, tok), t["seq_len"],
-                                             t["batch_size"], t["eval_batches"])
-                       if val_docs and t["eval_batches"] else None)
+    if d[
+      "packing"
+    ]:  # whole documents packed into rows; attention and positions stay inside each one
+      self.train_stream = packing.PackedStream(
+        packing.tokenize_documents(train_docs, tok), t["seq_len"], t["batch_size"], config["seed"]
+      )
+      self.eval_set = (
+        packing.PackedEvalSet(
+          packing.tokenize_documents(val_docs, tok),
+          t["seq_len"],
+          t["batch_size"],
+          t["eval_batches"],
+        )
+        if val_docs and t["eval_batches"]
+        else None
+      )
     else:  # one token stream cut into windows (documents separated by BOS)
-      self.train_stream = lm_data.TrainStream(lm_data.tokenize(train_docs, tok), t["seq_len"], t["batch_size"],
-                                              config["seed"])
-      self.eval_set = (lm_data.EvalSet(lm_data.tokenize(val_docs, tok), t["seq_len"], t["batch_size"],
-                                       t["eval_batches"]) if val_docs and t["eval_batches"] else None)
-    log.info("data: %d training rows, %s validation batches of %d×%d tokens", len(self.train_stream),
-             self.eval_set.num_batches if self.eval_set else 0, t["batch_size"], t["seq_len"])
+      self.train_stream = lm_data.TrainStream(
+        lm_data.tokenize(train_docs, tok), t["seq_len"], t["batch_size"], config["seed"]
+      )
+      self.eval_set = (
+        lm_data.EvalSet(
+          lm_data.tokenize(val_docs, tok), t["seq_len"], t["batch_size"], t["eval_batches"]
+        )
+        if val_docs and t["eval_batches"]
+        else None
+      )
+    log.info(
+      "data: %d training rows, %s validation batches of %d×%d tokens",
+      len(self.train_stream),
+      self.eval_set.num_batches if self.eval_set else 0,
+      t["batch_size"],
+      t["seq_len"],
+    )
 
   def train_batch(self, step: int, process_index: int, process_count: int):
     return self.train_stream.batch(step - 1, process_index, process_count)
@@ -94,7 +124,7 @@ def make_spec(config: Mapping) -> LMSpec:
 
 
 def make_task(config: Mapping) -> Task:
-  spec = LMSpec(config)     # the config's checks first, then the documents
+  spec = LMSpec(config)  # the config's checks first, then the documents
   return Task(spec, LMData(config, spec.model_cfg))
 
 
@@ -105,8 +135,13 @@ def run(config: Any, workdir: str) -> loop.Result:
     loss = result.eval.get("eval/loss", float("nan"))
     bits = loss / math.log(2)
     unit = "bits/byte" if cfg["data"]["tokenizer"] == "bytes" else "bits/token"
-    speed = (f"; {result.tokens_per_s:,.0f} tokens/s, MFU {result.mfu:.1%}" if math.isfinite(result.tokens_per_s)
-             else "")
-    print(f"final step {result.step}: val loss {loss:.4f} nats/token ({bits:.3f} {unit}), "
-          f"perplexity {math.exp(loss):.3f}{speed}")
+    speed = (
+      f"; {result.tokens_per_s:,.0f} tokens/s, MFU {result.mfu:.1%}"
+      if math.isfinite(result.tokens_per_s)
+      else ""
+    )
+    print(
+      f"final step {result.step}: val loss {loss:.4f} nats/token ({bits:.3f} {unit}), "
+      f"perplexity {math.exp(loss):.3f}{speed}"
+    )
   return result

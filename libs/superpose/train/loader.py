@@ -10,6 +10,7 @@ recorded, as ``launch.train`` does.
     loaded = load_model("workdirs/icl/mod_add_skewed")      # newest readable checkpoint
     logits = loaded.model(tokens).logits_BTV
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,6 +35,7 @@ class Loaded:
   """A restored model: ``config`` (the run's config.json; ``{"hf": path}`` for an HF directory), ``spec``
   (its trainer's spec; None for an HF directory), ``graphdef`` + ``params`` (``model`` merges them) and the
   checkpoint read."""
+
   config: dict
   spec: Any
   graphdef: Any
@@ -54,7 +56,9 @@ def make_spec(config: dict):
   trainer = config.get("trainer")
   module = config_lib.trainer_module(trainer)
   if not hasattr(module, "make_spec"):
-    raise ConfigError(f"config.trainer={trainer!r} has no make_spec(config) (see superpose.train.task)")
+    raise ConfigError(
+      f"config.trainer={trainer!r} has no make_spec(config) (see superpose.train.task)"
+    )
   return module.make_spec(config)
 
 
@@ -76,7 +80,9 @@ def load_model(path: str | os.PathLike, checkpoint: str | os.PathLike | None = N
     raise FileNotFoundError(f"{path} does not exist")
   if hf_gpt2.is_hf_dir(path):
     model_cfg, params = hf_gpt2.load_hf_gpt2(path)
-    graphdef = nnx.split(nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0))), nnx.Param, ...)[0]
+    graphdef = nnx.split(
+      nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0))), nnx.Param, ...
+    )[0]
     return Loaded({"hf": str(path)}, None, graphdef, jax.tree.map(jnp.asarray, params), path)
   config = with_defaults(ckpt_lib.run_config(path))
   spec = make_spec(config)

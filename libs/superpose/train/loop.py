@@ -5,6 +5,7 @@ and eval losses, the batch it takes — and its data, host batches as a pure fun
 else — mesh, sharded state, the jitted step, orbax checkpoints, SIGTERM, NaN guard, metrics and MFU — lives
 here once.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,7 +27,13 @@ from superpose.train import checkpoint as ckpt_lib
 from superpose.train import config as config_lib
 from superpose.train import flops as flops_lib
 from superpose.train import metrics as metrics_lib
-from superpose.train import optim, peers, state as state_lib, step as step_lib, workdir as workdir_lib
+from superpose.train import (
+  optim,
+  peers,
+  state as state_lib,
+  step as step_lib,
+  workdir as workdir_lib,
+)
 from superpose.train.batch_record import RECORD_BATCHES_ENV, BatchRecorder
 from superpose.train.task import EvalSet, Field, Task, check_batch
 from superpose.train.mesh import make_mesh
@@ -51,7 +58,9 @@ class RowsEvalSet:
     idx = [i * self.batch_size + process_index * local + r for r in range(local)]
     picked = [self.rows[j if j < self.n else 0] for j in idx]
     out = {k: np.stack([r[k] for r in picked]) for k in picked[0]}
-    out["scale"] = np.array([self.num_batches / self.n if j < self.n else 0.0 for j in idx], np.float32)
+    out["scale"] = np.array(
+      [self.num_batches / self.n if j < self.n else 0.0 for j in idx], np.float32
+    )
     return out
 
 
@@ -64,7 +73,9 @@ class RowsStream:
   def __init__(self, row, batch_size: int):
     self.row, self.batch_size = row, batch_size
 
-  def train_batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
+  def train_batch(
+    self, step: int, process_index: int = 0, process_count: int = 1
+  ) -> dict[str, np.ndarray]:
     local = self.batch_size // process_count
     first = (step - 1) * self.batch_size + process_index * local
     rows = [self.row(first + r) for r in range(local)]
@@ -84,7 +95,9 @@ class Result:
   resumed_from: int | None
 
 
-def _global_batch(host: dict[str, np.ndarray], shardings: Mapping[str, NamedSharding], process_count: int):
+def _global_batch(
+  host: dict[str, np.ndarray], shardings: Mapping[str, NamedSharding], process_count: int
+):
   out = {}
   for k, x in host.items():
     shape = (x.shape[0] * process_count,) + x.shape[1:]
@@ -94,22 +107,33 @@ def _global_batch(host: dict[str, np.ndarray], shardings: Mapping[str, NamedShar
 
 def _batch_shardings(fields: Mapping[str, Field], mesh) -> dict[str, NamedSharding]:
   """The sharding of each batch entry, from its global shape and logical axes."""
-  return {k: NamedSharding(mesh, shd.spec_for(f.logical_axes(), f.shape, mesh, what=f"batch/{k}"))
-          for k, f in fields.items()}
+  return {
+    k: NamedSharding(mesh, shd.spec_for(f.logical_axes(), f.shape, mesh, what=f"batch/{k}"))
+    for k, f in fields.items()
+  }
 
 
 def _eval_fields(spec, example: Mapping[str, np.ndarray], process_count: int) -> dict[str, Field]:
   """Fields of the eval batches (their own keys and shapes; axes of a key the train batch shares)."""
   train = spec.batch_spec()
-  return {k: Field((x.shape[0] * process_count,) + x.shape[1:], str(x.dtype),
-                   train[k].axes if k in train and len(train[k].shape) == x.ndim else None)
-          for k, x in example.items()}
+  return {
+    k: Field(
+      (x.shape[0] * process_count,) + x.shape[1:],
+      str(x.dtype),
+      train[k].axes if k in train and len(train[k].shape) == x.ndim else None,
+    )
+    for k, x in example.items()
+  }
 
 
-def evaluate(eval_fn, params, eval_set: EvalSet, shardings, pidx: int, pcount: int) -> dict[str, float]:
+def evaluate(
+  eval_fn, params, eval_set: EvalSet, shardings, pidx: int, pcount: int
+) -> dict[str, float]:
   sums: dict[str, float] = {}
   for i in range(eval_set.num_batches):
-    m = jax.device_get(eval_fn(params, _global_batch(eval_set.batch(i, pidx, pcount), shardings, pcount)))
+    m = jax.device_get(
+      eval_fn(params, _global_batch(eval_set.batch(i, pidx, pcount), shardings, pcount))
+    )
     for k, v in m.items():
       sums[k] = sums.get(k, 0.0) + float(v)
   out = {f"eval/{k}": v / eval_set.num_batches for k, v in sums.items()}
@@ -135,7 +159,13 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
   workdir_lib.check_writable(workdir)
   changes = workdir_lib.check_resume(workdir, cfg)
   for key, (old, new, kind) in changes.items():
-    log.log(logging.WARNING if kind == "safe" else logging.INFO, "config change on resume: %s %r → %r", key, old, new)
+    log.log(
+      logging.WARNING if kind == "safe" else logging.INFO,
+      "config change on resume: %s %r → %r",
+      key,
+      old,
+      new,
+    )
   config_lib.check_mesh(cfg, jax.device_count())
   mesh = make_mesh(cfg["mesh"]["ici"], cfg["mesh"]["dcn"])
   rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in cfg["sharding"]["rules"])
@@ -147,8 +177,9 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
       spec = task.spec
       graphdef, abs_params, _ = state_lib.split_model(spec.make_model, mesh)
       tx, lr_schedule = optim.make_optimizer(cfg["optim"], abs_params, t["steps"])
-      checkpointer = ckpt_lib.Checkpointer(ckpt_dir, max_to_keep=t["keep_checkpoints"],
-                                           async_save=t["async_checkpoint"])
+      checkpointer = ckpt_lib.Checkpointer(
+        ckpt_dir, max_to_keep=t["keep_checkpoints"], async_save=t["async_checkpoint"]
+      )
       resumed_from = checkpointer.latest_step()
       if resumed_from is None:
         progress = Progress()
@@ -171,13 +202,32 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
       changed = workdir_lib.jsonable(changes)
       metrics_lib.write_run_metadata(workdir, cfg, mesh, {"config_changes": changed})
       writer = metrics_lib.MetricWriter(workdir, start_step=start)
-      start_row = {"event": "start", "resumed_from": resumed_from if resumed_from is not None else -1}
+      start_row = {
+        "event": "start",
+        "resumed_from": resumed_from if resumed_from is not None else -1,
+      }
       if changes:
         start_row["config_changes"] = changed
       writer.write(start, start_row)
       peers.describe_disk_with(lambda: _on_disk(ckpt_dir) + "; rerun every process to resume")
-      result = _run(cfg, workdir, task, mesh, graphdef, abs_params, tx, lr_schedule, state, state_sh, start,
-                    resumed_from, checkpointer, writer, guard, progress)
+      result = _run(
+        cfg,
+        workdir,
+        task,
+        mesh,
+        graphdef,
+        abs_params,
+        tx,
+        lr_schedule,
+        state,
+        state_sh,
+        start,
+        resumed_from,
+        checkpointer,
+        writer,
+        guard,
+        progress,
+      )
   except Exception as e:
     if peers.is_collective_failure(e):  # a dead peer ends this process in there, with one line
       peers.await_verdict()
@@ -185,12 +235,17 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
       raise
     if checkpointer is not None:
       checkpointer.wait()
-    raise NonFiniteLoss(f"{e}; {_on_disk(ckpt_dir)}" + (": rerun to resume from it (a lower lr needs "
-                        "--config.train.allow_changes=True)" if ckpt_lib.steps_on_disk(ckpt_dir) else
-                        " (none was saved before this step)")) from None
+    raise NonFiniteLoss(
+      f"{e}; {_on_disk(ckpt_dir)}"
+      + (
+        ": rerun to resume from it (a lower lr needs --config.train.allow_changes=True)"
+        if ckpt_lib.steps_on_disk(ckpt_dir)
+        else " (none was saved before this step)"
+      )
+    ) from None
   finally:
     peers.describe_disk_with(None)
-    peers.stop_watchdog()   # training is over: processes may now finish at different times
+    peers.stop_watchdog()  # training is over: processes may now finish at different times
     if checkpointer is not None:
       checkpointer.wait()
       checkpointer.close()
@@ -214,20 +269,44 @@ class Progress:
     return cls(meta.get("wall_time_s", 0.0), int(meta.get("sessions", 0)) + 1)
 
   def meta(self, step: int, total: int) -> dict:
-    return {"step": step, "steps": total, "wall_time_s": round(self.before + time.monotonic() - self.since, 3),
-            "sessions": self.sessions}
+    return {
+      "step": step,
+      "steps": total,
+      "wall_time_s": round(self.before + time.monotonic() - self.since, 3),
+      "sessions": self.sessions,
+    }
 
   def write(self, workdir: pathlib.Path, meta: Mapping) -> None:
     """``progress.json``: ``meta`` (as saved with the checkpoint), the time written, finished or not."""
     if jax.process_index() == 0:
-      out = {**meta, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "finished": meta["step"] >= meta["steps"]}
+      out = {
+        **meta,
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "finished": meta["step"] >= meta["steps"],
+      }
       tmp = workdir / "progress.json.tmp"
       tmp.write_text(json.dumps(out, indent=1) + "\n")
       os.replace(tmp, workdir / "progress.json")
 
 
-def _run(cfg, workdir, task, mesh, graphdef, abs_params, tx, lr_schedule, state, state_sh, start, resumed_from,
-         checkpointer, writer, guard, progress: Progress) -> Result:
+def _run(
+  cfg,
+  workdir,
+  task,
+  mesh,
+  graphdef,
+  abs_params,
+  tx,
+  lr_schedule,
+  state,
+  state_sh,
+  start,
+  resumed_from,
+  checkpointer,
+  writer,
+  guard,
+  progress: Progress,
+) -> Result:
   """The steps from ``start + 1`` on, with evals, checkpoints, profiling and metrics."""
   t = cfg["train"]
   pidx, pcount = jax.process_index(), jax.process_count()
@@ -236,16 +315,27 @@ def _run(cfg, workdir, task, mesh, graphdef, abs_params, tx, lr_schedule, state,
   example = data.train_batch(start + 1, pidx, pcount)
   check_batch(example, fields, pcount, f"train batch of step {start + 1}")
   batch_sh = _batch_shardings(fields, mesh)
-  train_step = step_lib.jit_train_step(step_lib.make_train_step(graphdef, spec.train_loss, tx, t["accum_steps"]),
-                                       state_sh, batch_sh)
-  eval_set = data.eval_set
-  eval_sh = (_batch_shardings(_eval_fields(spec, eval_set.batch(0, pidx, pcount), pcount), mesh)
-             if eval_set is not None else None)
-  eval_fn = jax.jit(step_lib.make_eval_step(graphdef, spec.eval_loss), in_shardings=(state_sh["params"], eval_sh))
+  train_step = step_lib.jit_train_step(
+    step_lib.make_train_step(graphdef, spec.train_loss, tx, t["accum_steps"]), state_sh, batch_sh
+  )
+  eval_set = getattr(data, "eval_set", None)
+  eval_sh = (
+    _batch_shardings(_eval_fields(spec, eval_set.batch(0, pidx, pcount), pcount), mesh)
+    if eval_set is not None
+    else None
+  )
+  eval_fn = jax.jit(
+    step_lib.make_eval_step(graphdef, spec.eval_loss), in_shardings=(state_sh["params"], eval_sh)
+  )
   peak = flops_lib.Peak(jax.device_count())
-  log.info("mesh %s; %d parameters; FLOPs/step %.3g; peak %.3g FLOP/s (%s)", dict(mesh.shape),
-           sum(math.prod(a.shape) for a in jax.tree.leaves(abs_params)), spec.flops_per_step, peak.total,
-           peak.source)
+  log.info(
+    "mesh %s; %d parameters; FLOPs/step %.3g; peak %.3g FLOP/s (%s)",
+    dict(mesh.shape),
+    sum(math.prod(a.shape) for a in jax.tree.leaves(abs_params)),
+    spec.flops_per_step,
+    peak.total,
+    peak.source,
+  )
 
   reporter = _Reporter(writer, _progress(t, start, pidx), t, lr_schedule, spec, peak)
   recorder = BatchRecorder(workdir, pidx, pcount) if os.environ.get(RECORD_BATCHES_ENV) else None
@@ -280,7 +370,11 @@ def _run(cfg, workdir, task, mesh, graphdef, abs_params, tx, lr_schedule, state,
         log.info("profiler trace of steps %d..%d written to %s", p_first, p_last, profile_dir)
       stop = guard.should_stop(step)
       is_last = step == t["steps"]
-      if eval_set is not None and t["eval_every"] and (step % t["eval_every"] == 0 or is_last or stop):
+      if (
+        eval_set is not None
+        and t["eval_every"]
+        and (step % t["eval_every"] == 0 or is_last or stop)
+      ):
         reporter.report(pending)
         pending = None
         last_eval = evaluate(eval_fn, state["params"], eval_set, eval_sh, pidx, pcount)
@@ -291,9 +385,11 @@ def _run(cfg, workdir, task, mesh, graphdef, abs_params, tx, lr_schedule, state,
         reporter.report(pending)
         pending = None
         now = progress.meta(step, t["steps"])
-        checkpointer.save(step, state, meta={**now, "seed": cfg["seed"], "next_step": step + 1}, force=True)
+        checkpointer.save(
+          step, state, meta={**now, "seed": cfg["seed"], "next_step": step + 1}, force=True
+        )
         progress.write(workdir, now)
-        peak.remeasure()   # the step timer restarts after a checkpoint anyway
+        peak.remeasure()  # the step timer restarts after a checkpoint anyway
         reporter.interrupted()
       if stop:
         log.warning("stopping at step %d on SIGTERM; checkpoint saved", step)
@@ -301,7 +397,9 @@ def _run(cfg, workdir, task, mesh, graphdef, abs_params, tx, lr_schedule, state,
     reporter.report(pending)
     if start >= t["steps"] and eval_set is not None:  # a finished run, rerun: evaluate it again
       last_eval = evaluate(eval_fn, state["params"], eval_set, eval_sh, pidx, pcount)
-      reporter.print(f"step {start} (finished run): " + "  ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+      reporter.print(
+        f"step {start} (finished run): " + "  ".join(f"{k} {v:.4f}" for k, v in last_eval.items())
+      )
   finally:
     if profiling:
       jax.profiler.stop_trace()
@@ -312,15 +410,23 @@ def _run(cfg, workdir, task, mesh, graphdef, abs_params, tx, lr_schedule, state,
   step_time = statistics.median(reporter.step_times) if reporter.step_times else float("nan")
   tok_s = spec.tokens_per_step / step_time
   mfu = spec.flops_per_step / step_time / peak.total
-  return Result(step=int(jax.device_get(state["step"])), eval=last_eval, tokens_per_s=tok_s, mfu=mfu,
-                resumed_from=resumed_from)
+  return Result(
+    step=int(jax.device_get(state["step"])),
+    eval=last_eval,
+    tokens_per_s=tok_s,
+    mfu=mfu,
+    resumed_from=resumed_from,
+  )
 
 
 def _progress(t, start, pidx):
   if not t["progress"] or pidx != 0:
     return None
   from tqdm.auto import tqdm
-  return tqdm(total=t["steps"], initial=start, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
+
+  return tqdm(
+    total=t["steps"], initial=start, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0
+  )
 
 
 class _Reporter:
@@ -330,7 +436,14 @@ class _Reporter:
   compilation, an eval or a checkpoint are marked by :meth:`interrupted` and not timed."""
 
   def __init__(self, writer, bar, t, lr_schedule, spec, peak: flops_lib.Peak):
-    self.writer, self.bar, self.t, self.lr, self.spec, self.peak = writer, bar, t, lr_schedule, spec, peak
+    self.writer, self.bar, self.t, self.lr, self.spec, self.peak = (
+      writer,
+      bar,
+      t,
+      lr_schedule,
+      spec,
+      peak,
+    )
     self.step_times: list[float] = []
     self.t_last = time.perf_counter()
     self.clean = False
@@ -355,13 +468,20 @@ class _Reporter:
     self.clean, self.t_last = True, now
     if not m.pop("finite", 1):
       # train() adds what is on disk once the pending saves are written.
-      raise NonFiniteLoss(f"non-finite loss or gradient at step {step} (loss {m.get('loss')}, grad_norm "
-                          f"{m.get('grad_norm')}): the update was skipped and training stopped")
+      raise NonFiniteLoss(
+        f"non-finite loss or gradient at step {step} (loss {m.get('loss')}, grad_norm "
+        f"{m.get('grad_norm')}): the update was skipped and training stopped"
+      )
     m["lr"] = float(self.lr(step - 1))
     if timed:
       self.step_times.append(dt)
-      m.update({"perf/step_time_s": dt, "perf/tokens_per_s": self.spec.tokens_per_step / dt,
-                "perf/mfu": self.peak.mfu(self.spec.flops_per_step / dt)})
+      m.update(
+        {
+          "perf/step_time_s": dt,
+          "perf/tokens_per_s": self.spec.tokens_per_step / dt,
+          "perf/mfu": self.peak.mfu(self.spec.flops_per_step / dt),
+        }
+      )
     if batch_hash is not None:
       m["batch_hash"] = batch_hash
     self.writer.write(step, m)

@@ -1,4 +1,5 @@
 """Losses shared by the trainers (every project's language-modelling loss is this one)."""
+
 from __future__ import annotations
 
 import jax
@@ -8,7 +9,9 @@ import optax
 __all__ = ["lm_loss"]
 
 
-def lm_loss(logits_BTV: jax.Array, targets_BT: jax.Array, weights_BT: jax.Array, z_loss: float = 0.0):
+def lm_loss(
+  logits_BTV: jax.Array, targets_BT: jax.Array, weights_BT: jax.Array, z_loss: float = 0.0
+):
   """Mean cross-entropy over weighted targets (f32), optional z-loss; returns (loss, metrics)."""
   logits = logits_BTV.astype(jnp.float32)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets_BT)

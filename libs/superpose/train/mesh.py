@@ -1,4 +1,5 @@
 """The one helper that builds every device mesh, and multi-process start-up."""
+
 from __future__ import annotations
 
 import logging
@@ -33,12 +34,18 @@ def fill_axes(sizes: Sequence[int], total: int, what: str = "mesh") -> tuple[int
       raise MeshError(f"{what} {sizes}: {total} devices are not divisible by {known}")
     sizes = tuple(total // known if s == -1 else s for s in sizes)
   if math.prod(sizes) != total:
-    raise MeshError(f"{what} {dict(zip(AXES, sizes))} has {math.prod(sizes)} devices but {total} are available")
+    raise MeshError(
+      f"{what} {dict(zip(AXES, sizes))} has {math.prod(sizes)} devices but {total} are available"
+    )
   return sizes
 
 
-def make_mesh(ici: Sequence[int] = (-1, 1, 1), dcn: Sequence[int] | None = None,
-              axis_names: Sequence[str] = AXES, devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+  ici: Sequence[int] = (-1, 1, 1),
+  dcn: Sequence[int] | None = None,
+  axis_names: Sequence[str] = AXES,
+  devices: Sequence[jax.Device] | None = None,
+) -> Mesh:
   """Mesh over ``axis_names`` with Auto axis types (GSPMD style; jax.make_mesh defaults to Explicit).
 
   ``ici`` are the sizes within a slice; ``dcn`` (optional) the sizes across slices, whose product is
@@ -64,22 +71,33 @@ def make_mesh(ici: Sequence[int] = (-1, 1, 1), dcn: Sequence[int] | None = None,
       shape = tuple(i * d for i, d in zip(ici, dcn))
       arr = np.asarray(devices).reshape(dcn + ici)
       n = len(ici)
-      arr = arr.transpose([k for pair in zip(range(n), range(n, 2 * n)) for k in pair]).reshape(shape)
+      arr = arr.transpose([k for pair in zip(range(n), range(n, 2 * n)) for k in pair]).reshape(
+        shape
+      )
     else:
       arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, allow_split_physical_axes=True)
   return Mesh(arr, tuple(axis_names), axis_types=(AxisType.Auto,) * len(axis_names))
 
 
-def maybe_initialize_distributed(enabled: bool | str = "auto", coordinator: str | None = None,
-                                 num_processes: int | None = None, process_id: int | None = None) -> bool:
+def maybe_initialize_distributed(
+  enabled: bool | str = "auto",
+  coordinator: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> bool:
   """Start ``jax.distributed`` when asked (or, with "auto", when a cluster environment is present).
 
   Must run before the first JAX computation. Returns whether a multi-process runtime was started.
   """
   env = os.environ
   if enabled == "auto":
-    enabled = bool(coordinator or env.get("JAX_COORDINATOR_ADDRESS") or env.get("SUPERPOSE_DISTRIBUTED")
-                   or env.get("TPU_WORKER_HOSTNAMES", "").count(",") or env.get("SLURM_NTASKS", "1") != "1")
+    enabled = bool(
+      coordinator
+      or env.get("JAX_COORDINATOR_ADDRESS")
+      or env.get("SUPERPOSE_DISTRIBUTED")
+      or env.get("TPU_WORKER_HOSTNAMES", "").count(",")
+      or env.get("SLURM_NTASKS", "1") != "1"
+    )
   if not enabled:
     return False
   kwargs = {}
@@ -95,6 +113,11 @@ def maybe_initialize_distributed(enabled: bool | str = "auto", coordinator: str 
   if process_id is not None:
     kwargs["process_id"] = process_id
   jax.distributed.initialize(**kwargs)
-  log.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
-           jax.process_count(), jax.local_device_count(), jax.device_count())
+  log.info(
+    "jax.distributed: process %d of %d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   return True

@@ -1,4 +1,5 @@
 """Metrics sinks: JSONL (always), TensorBoard event files, and run metadata. Process 0 writes."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,17 @@ import jax
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "ml-collections", "tensorstore",
-            "numpy")
+PACKAGES = (
+  "jax",
+  "jaxlib",
+  "flax",
+  "optax",
+  "orbax-checkpoint",
+  "grain",
+  "ml-collections",
+  "tensorstore",
+  "numpy",
+)
 
 
 def _scalar(v: Any) -> Any:
@@ -51,7 +61,7 @@ def _drop_after(path: pathlib.Path, step: int) -> int:
   if dropped:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in kept), "utf-8")
-    os.replace(tmp, path)   # a kill during the rewrite leaves the old file whole
+    os.replace(tmp, path)  # a kill during the rewrite leaves the old file whole
   return dropped
 
 
@@ -62,7 +72,9 @@ class MetricWriter:
   attempt that got further than its last checkpoint — are removed from ``metrics.jsonl`` and purged
   from TensorBoard, so that every step appears once, with the values of the run that continues."""
 
-  def __init__(self, workdir: str | os.PathLike, tensorboard: bool = True, start_step: int | None = None):
+  def __init__(
+    self, workdir: str | os.PathLike, tensorboard: bool = True, start_step: int | None = None
+  ):
     self.enabled = jax.process_index() == 0
     self.path = pathlib.Path(workdir) / "metrics.jsonl"
     self._file = None
@@ -73,11 +85,16 @@ class MetricWriter:
     if start_step is not None and self.path.exists():
       dropped = _drop_after(self.path, start_step)
       if dropped:
-        log.info("metrics.jsonl: dropped %d rows after step %d (the run continues from there)", dropped, start_step)
+        log.info(
+          "metrics.jsonl: dropped %d rows after step %d (the run continues from there)",
+          dropped,
+          start_step,
+        )
     self._file = open(self.path, "a", buffering=1)
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter
+
         purge = {"purge_step": start_step + 1} if start_step else {}
         self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"), **purge)
       except ImportError:  # optional dependency
@@ -119,9 +136,16 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
 def git_commit() -> str | None:
   here = pathlib.Path(__file__).resolve().parent
   try:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                           capture_output=True, text=True, timeout=5).stdout.strip()
+    out = subprocess.run(
+      ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+    )
+    dirty = subprocess.run(
+      ["git", "status", "--porcelain", "--untracked-files=no"],
+      cwd=here,
+      capture_output=True,
+      text=True,
+      timeout=5,
+    ).stdout.strip()
   except (OSError, subprocess.TimeoutExpired):
     return None
   return (out.stdout.strip() + ("-dirty" if dirty else "")) if out.returncode == 0 else None
@@ -137,7 +161,9 @@ def versions() -> dict[str, str]:
   return out
 
 
-def write_run_metadata(workdir: str | os.PathLike, config: Mapping, mesh, extra: Mapping | None = None) -> None:
+def write_run_metadata(
+  workdir: str | os.PathLike, config: Mapping, mesh, extra: Mapping | None = None
+) -> None:
   """``run.json``: config, versions, git commit, mesh and devices; one file per (re)start."""
   if jax.process_index() != 0:
     return
@@ -145,12 +171,19 @@ def write_run_metadata(workdir: str | os.PathLike, config: Mapping, mesh, extra:
   workdir.mkdir(parents=True, exist_ok=True)
   devices = jax.devices()
   meta = {
-      "argv": sys.argv, "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git_commit": git_commit(),
-      "versions": versions(), "hostname": platform.node(),
-      "mesh": {k: int(v) for k, v in mesh.shape.items()},
-      "devices": {"count": len(devices), "kind": devices[0].device_kind, "platform": devices[0].platform,
-                  "processes": jax.process_count()},
-      "config": config,
+    "argv": sys.argv,
+    "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    "git_commit": git_commit(),
+    "versions": versions(),
+    "hostname": platform.node(),
+    "mesh": {k: int(v) for k, v in mesh.shape.items()},
+    "devices": {
+      "count": len(devices),
+      "kind": devices[0].device_kind,
+      "platform": devices[0].platform,
+      "processes": jax.process_count(),
+    },
+    "config": config,
   }
   meta.update(extra or {})
   (workdir / "run.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")

@@ -7,6 +7,7 @@ parameters get no optimizer state and no update, and do not count towards the gl
 initial value (Adam moments and bias-correction counts; the learning-rate schedule keeps the step),
 e.g. at the stage changes of a curriculum.
 """
+
 from __future__ import annotations
 
 import re
@@ -19,29 +20,50 @@ import optax
 SCHEDULES = ("constant", "warmup_cosine", "wsd")
 
 
-def schedule(kind: str, peak: float, total_steps: int, warmup_steps: int = 0, decay_fraction: float = 0.2,
-             min_ratio: float = 0.0) -> optax.Schedule:
+def schedule(
+  kind: str,
+  peak: float,
+  total_steps: int,
+  warmup_steps: int = 0,
+  decay_fraction: float = 0.2,
+  min_ratio: float = 0.0,
+) -> optax.Schedule:
   """constant (after warmup) | warmup_cosine | wsd (warmup, stable, linear decay over the last fraction)."""
   warmup_steps = min(warmup_steps, total_steps)
   end = peak * min_ratio
   if kind == "constant":
-    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup_steps), optax.constant_schedule(peak)],
-                                [warmup_steps]) if warmup_steps else optax.constant_schedule(peak)
+    return (
+      optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, warmup_steps), optax.constant_schedule(peak)],
+        [warmup_steps],
+      )
+      if warmup_steps
+      else optax.constant_schedule(peak)
+    )
   if kind == "warmup_cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup_steps, max(total_steps, warmup_steps + 1), end)
+    return optax.warmup_cosine_decay_schedule(
+      0.0, peak, warmup_steps, max(total_steps, warmup_steps + 1), end
+    )
   if kind == "wsd":
     decay = max(1, int(round(decay_fraction * total_steps)))
     stable = max(0, total_steps - warmup_steps - decay)
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, peak, warmup_steps), optax.constant_schedule(peak),
-         optax.linear_schedule(peak, end, decay)], [warmup_steps, warmup_steps + stable])
+      [
+        optax.linear_schedule(0.0, peak, warmup_steps),
+        optax.constant_schedule(peak),
+        optax.linear_schedule(peak, end, decay),
+      ],
+      [warmup_steps, warmup_steps + stable],
+    )
   raise ValueError(f"optim.schedule: unknown schedule {kind!r} (known: {', '.join(SCHEDULES)})")
 
 
 def param_paths(params) -> Any:
   """Pytree like ``params`` holding each leaf's path string ``a/b/c``."""
+
   def name(path, _):
     return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
   return jax.tree_util.tree_map_with_path(name, params)
 
 
@@ -50,26 +72,60 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def _adamw(lr, cfg: Mapping, weight_decay: float, clip: float | None) -> optax.GradientTransformation:
+def _adamw(
+  lr, cfg: Mapping, weight_decay: float, clip: float | None
+) -> optax.GradientTransformation:
   parts = [optax.clip_by_global_norm(clip)] if clip else []
-  parts.append(optax.adamw(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.95), eps=cfg.get("eps", 1e-8),
-                           weight_decay=weight_decay, mask=_decay_mask))
+  parts.append(
+    optax.adamw(
+      lr,
+      b1=cfg.get("b1", 0.9),
+      b2=cfg.get("b2", 0.95),
+      eps=cfg.get("eps", 1e-8),
+      weight_decay=weight_decay,
+      mask=_decay_mask,
+    )
+  )
   return optax.chain(*parts)
 
 
-def make_optimizer(cfg: Mapping, params, total_steps: int) -> tuple[optax.GradientTransformation, Callable]:
+def make_optimizer(
+  cfg: Mapping, params, total_steps: int
+) -> tuple[optax.GradientTransformation, Callable]:
   """Returns ``(tx, lr_schedule)`` for ``params`` (a pytree, used only for its paths)."""
-  known = {"name", "lr", "schedule", "warmup_steps", "decay_fraction", "min_lr_ratio", "b1", "b2", "eps",
-           "weight_decay", "clip_norm", "groups", "frozen", "reset_steps"}
+  known = {
+    "name",
+    "lr",
+    "schedule",
+    "warmup_steps",
+    "decay_fraction",
+    "min_lr_ratio",
+    "b1",
+    "b2",
+    "eps",
+    "weight_decay",
+    "clip_norm",
+    "groups",
+    "frozen",
+    "reset_steps",
+  }
   unknown = set(cfg) - known
   if unknown:
-    raise ValueError(f"optim: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})")
+    raise ValueError(
+      f"optim: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})"
+    )
   if cfg.get("name", "adamw") != "adamw":
     raise ValueError(f"optim.name: only 'adamw' is available, got {cfg['name']!r}")
 
   def sched(peak):
-    return schedule(cfg.get("schedule", "warmup_cosine"), peak, total_steps, cfg.get("warmup_steps", 0),
-                    cfg.get("decay_fraction", 0.2), cfg.get("min_lr_ratio", 0.0))
+    return schedule(
+      cfg.get("schedule", "warmup_cosine"),
+      peak,
+      total_steps,
+      cfg.get("warmup_steps", 0),
+      cfg.get("decay_fraction", 0.2),
+      cfg.get("min_lr_ratio", 0.0),
+    )
 
   paths = param_paths(params)
   groups: Sequence[Mapping] = list(cfg.get("groups") or ())
@@ -93,12 +149,16 @@ def make_optimizer(cfg: Mapping, params, total_steps: int) -> tuple[optax.Gradie
 
   default_sched = sched(cfg["lr"])
   transforms = {
-      "default": _adamw(default_sched, cfg, cfg.get("weight_decay", 0.0), None),
-      "frozen": optax.set_to_zero(),
+    "default": _adamw(default_sched, cfg, cfg.get("weight_decay", 0.0), None),
+    "frozen": optax.set_to_zero(),
   }
   for i, g in enumerate(groups):
-    transforms[f"group{i}"] = _adamw(sched(g.get("lr", cfg["lr"])), cfg,
-                                     g.get("weight_decay", cfg.get("weight_decay", 0.0)), g.get("clip_norm"))
+    transforms[f"group{i}"] = _adamw(
+      sched(g.get("lr", cfg["lr"])),
+      cfg,
+      g.get("weight_decay", cfg.get("weight_decay", 0.0)),
+      g.get("clip_norm"),
+    )
   transforms = {k: v for k, v in transforms.items() if k in used}
   trainable = jax.tree.map(lambda l: l != "frozen", labels)
   parts = []
@@ -115,10 +175,12 @@ def make_optimizer(cfg: Mapping, params, total_steps: int) -> tuple[optax.Gradie
 
 class ResetState(NamedTuple):
   inner: Any
-  count: jax.Array   # updates made so far
+  count: jax.Array  # updates made so far
 
 
-def reset_at(inner: optax.GradientTransformation, steps: Sequence[int]) -> optax.GradientTransformation:
+def reset_at(
+  inner: optax.GradientTransformation, steps: Sequence[int]
+) -> optax.GradientTransformation:
   """``inner`` whose state is re-initialised before the update of each step in ``steps`` (1-based: the
   update that makes step s), inside the jitted update."""
   steps_arr = jnp.asarray(sorted(int(s) for s in steps), jnp.int32)
@@ -130,7 +192,9 @@ def reset_at(inner: optax.GradientTransformation, steps: Sequence[int]) -> optax
     step = state.count + 1
     like = params if params is not None else updates
     # a cond, not a select per leaf: steps without a reset make no pass over the state
-    state_inner = jax.lax.cond(jnp.any(steps_arr == step), lambda s: inner.init(like), lambda s: s, state.inner)
+    state_inner = jax.lax.cond(
+      jnp.any(steps_arr == step), lambda s: inner.init(like), lambda s: s, state.inner
+    )
     updates, new_inner = inner.update(updates, state_inner, params)
     return updates, ResetState(new_inner, step)
 

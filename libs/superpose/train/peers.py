@@ -9,6 +9,7 @@ with one line on stderr â€” which process, and what is on disk to resume from â€
 (``launch.common.EXIT_PEER_LOST``). A process that loses the coordinator itself (process 0) is aborted
 by jax's runtime at once, before any thread of ours can speak: its own message says so.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,12 +34,18 @@ def describe_disk_with(fn: Callable[[], str] | None) -> None:
 
 
 class Watchdog:
-
   """``client``: the jax.distributed client (its key-value store); ``index``/``count``: this process and
   the number of processes (default: jax's); ``exit``: how to end the process (tests replace it)."""
 
-  def __init__(self, timeout_s: float, exit_code: int, client, index: int | None = None,
-               count: int | None = None, exit: Callable[[int], None] = os._exit):
+  def __init__(
+    self,
+    timeout_s: float,
+    exit_code: int,
+    client,
+    index: int | None = None,
+    count: int | None = None,
+    exit: Callable[[int], None] = os._exit,
+  ):
     self.timeout_s = float(timeout_s)
     self.exit_code = exit_code
     self.index = jax.process_index() if index is None else index
@@ -74,7 +81,9 @@ class Watchdog:
         values = dict(self._client.key_value_dir_get(_PREFIX))
       except Exception as e:  # noqa: BLE001 - the coordinator is gone (jax's runtime usually aborts first)
         if not self._stop.is_set():
-          self._lost(f"the coordinator (process 0) cannot be reached ({' '.join(str(e).split())[:200]})")
+          self._lost(
+            f"the coordinator (process 0) cannot be reached ({' '.join(str(e).split())[:200]})"
+          )
         return
       now = time.monotonic()
       for p, (value, since) in seen.items():
@@ -82,8 +91,10 @@ class Watchdog:
         if current != value:
           seen[p] = (current, now)
         elif now - since > self.timeout_s and not self._stop.is_set():
-          self._lost(f"process {p} of {self.count} has shown no sign of life for {now - since:.0f} s "
-                     "(dead or hung)")
+          self._lost(
+            f"process {p} of {self.count} has shown no sign of life for {now - since:.0f} s "
+            "(dead or hung)"
+          )
           return
 
   def _lost(self, what: str) -> None:
@@ -94,7 +105,11 @@ class Watchdog:
       except Exception:  # noqa: BLE001 - the message must go out whatever happens
         pass
     sys.stdout.flush()
-    print(f"error: process {self.index}: {what}, so this process stops{disk}", file=sys.stderr, flush=True)
+    print(
+      f"error: process {self.index}: {what}, so this process stops{disk}",
+      file=sys.stderr,
+      flush=True,
+    )
     self._exit(self.exit_code)
 
 
@@ -104,12 +119,15 @@ def start_watchdog(timeout_s: float, exit_code: int) -> Watchdog | None:
   if jax.process_count() == 1:
     return None
   try:
-    from jax._src import distributed   # the runtime's client: no public accessor
+    from jax._src import distributed  # the runtime's client: no public accessor
+
     client = distributed.global_state.client
   except (ImportError, AttributeError):
     client = None
   if client is None:
-    log.warning("no jax.distributed client found; a dead peer will be noticed by jax's heartbeat only")
+    log.warning(
+      "no jax.distributed client found; a dead peer will be noticed by jax's heartbeat only"
+    )
     return None
   stop_watchdog()
   _current[0] = Watchdog(timeout_s, exit_code, client).start()
@@ -127,7 +145,9 @@ def await_verdict() -> None:
   dog = _current[0]
   if dog is None or not dog.running:
     return
-  log.warning("a collective failed; waiting up to %.0f s to see whether a peer process is gone", dog.timeout_s)
+  log.warning(
+    "a collective failed; waiting up to %.0f s to see whether a peer process is gone", dog.timeout_s
+  )
   deadline = time.monotonic() + dog.timeout_s + 3 * dog.interval_s
   while time.monotonic() < deadline and dog.running:
     time.sleep(0.1)

@@ -12,6 +12,7 @@ FLOPs per step, and the config the run records (a trainer may resolve defaults t
 experts) — so the train step compiles without data. The data holds the host batches, a pure function of
 the step, and the evaluation set.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,6 +29,7 @@ __all__ = ["Field", "Spec", "Data", "Task", "abstract_batch", "check_batch", "ro
 class Field:
   """One entry of a train batch: the global shape (rows over all processes first; the widest batch where
   widths vary by step), the dtype and the logical axes (None: ``("batch", None, ...)``)."""
+
   shape: tuple[int, ...]
   dtype: str
   axes: tuple[str | None, ...] | None = None
@@ -41,9 +43,10 @@ class Spec(Protocol):
   parameters of a fresh run (e.g. frozen experts read from other runs), sharded like ``abs_params``;
   ``gradient_elementwise`` — regexes of leaves whose every element must get a gradient (gradcheck);
   ``tokenizer()`` — the run's tokenizer, for a model with an LM head (launch.sample)."""
-  config: Mapping[str, Any]          # the config the run trains with and records (config.json)
-  tokens_per_step: int               # for tokens/s
-  flops_per_step: float              # model FLOPs of one optimizer step (for MFU)
+
+  config: Mapping[str, Any]  # the config the run trains with and records (config.json)
+  tokens_per_step: int  # for tokens/s
+  flops_per_step: float  # model FLOPs of one optimizer step (for MFU)
 
   def make_model(self) -> nnx.Module: ...
   def train_loss(self, model: nnx.Module, batch: dict) -> tuple[jax.Array, dict]: ...
@@ -53,13 +56,21 @@ class Spec(Protocol):
 
 class EvalSet(Protocol):
   num_batches: int
-  def batch(self, i: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]: ...
+
+  def batch(
+    self, i: int, process_index: int = 0, process_count: int = 1
+  ) -> dict[str, np.ndarray]: ...
 
 
 class Data(Protocol):
-  """The data half: host batches as a pure function of the (1-based) step, and the evaluation set."""
+  """The data half: host batches as a pure function of the (1-based) step, and the evaluation set
+  (``None``, or no ``eval_set`` attribute at all: nothing to evaluate)."""
+
   eval_set: EvalSet | None
-  def train_batch(self, step: int, process_index: int, process_count: int) -> dict[str, np.ndarray]: ...
+
+  def train_batch(
+    self, step: int, process_index: int, process_count: int
+  ) -> dict[str, np.ndarray]: ...
 
 
 @dataclasses.dataclass
@@ -68,8 +79,14 @@ class Task:
   data: Data
 
 
-def rows_fields(batch_size: int, width: int, keys=("tokens", "targets", "weights"), *, axes=None,
-                dtypes: Mapping[str, str] | None = None) -> dict[str, Field]:
+def rows_fields(
+  batch_size: int,
+  width: int,
+  keys=("tokens", "targets", "weights"),
+  *,
+  axes=None,
+  dtypes: Mapping[str, str] | None = None,
+) -> dict[str, Field]:
   """``(batch_size, width)`` fields, int32 unless ``dtypes`` says otherwise (``weights`` float32)."""
   dtypes = {"weights": "float32", **(dtypes or {})}
   return {k: Field((batch_size, width), dtypes.get(k, "int32"), axes) for k in keys}
@@ -77,21 +94,34 @@ def rows_fields(batch_size: int, width: int, keys=("tokens", "targets", "weights
 
 def abstract_batch(fields: Mapping[str, Field], shardings: Mapping[str, Any] | None = None) -> dict:
   """``jax.ShapeDtypeStruct`` per field (with its sharding when given): what the planner compiles on."""
-  return {k: jax.ShapeDtypeStruct(f.shape, f.dtype, sharding=(shardings or {}).get(k)) for k, f in fields.items()}
+  return {
+    k: jax.ShapeDtypeStruct(f.shape, f.dtype, sharding=(shardings or {}).get(k))
+    for k, f in fields.items()
+  }
 
 
-def check_batch(host: Mapping[str, np.ndarray], fields: Mapping[str, Field], process_count: int = 1,
-                what: str = "train batch") -> None:
+def check_batch(
+  host: Mapping[str, np.ndarray],
+  fields: Mapping[str, Field],
+  process_count: int = 1,
+  what: str = "train batch",
+) -> None:
   """A host batch against its spec: the same keys, dtypes and ranks, this process's share of the rows,
   no dimension wider than the spec's. ValueError naming the first difference (a trainer bug)."""
   if set(host) != set(fields):
     missing, extra = sorted(set(fields) - set(host)), sorted(set(host) - set(fields))
-    raise ValueError(f"{what}: keys differ from the task's batch_spec (missing {missing}, unexpected {extra})")
+    raise ValueError(
+      f"{what}: keys differ from the task's batch_spec (missing {missing}, unexpected {extra})"
+    )
   for k, f in fields.items():
     x = host[k]
     if str(x.dtype) != f.dtype or x.ndim != len(f.shape):
-      raise ValueError(f"{what}[{k!r}]: {x.dtype}{list(x.shape)} but batch_spec says {f.dtype}{list(f.shape)}")
+      raise ValueError(
+        f"{what}[{k!r}]: {x.dtype}{list(x.shape)} but batch_spec says {f.dtype}{list(f.shape)}"
+      )
     rows = f.shape[0] // process_count
     if x.shape[0] != rows or any(a > b for a, b in zip(x.shape[1:], f.shape[1:])):
-      raise ValueError(f"{what}[{k!r}]: shape {list(x.shape)} on one of {process_count} processes; batch_spec "
-                       f"says {list(f.shape)} globally ({rows} rows per process, no dimension wider)")
+      raise ValueError(
+        f"{what}[{k!r}]: shape {list(x.shape)} on one of {process_count} processes; batch_spec "
+        f"says {list(f.shape)} globally ({rows} rows per process, no dimension wider)"
+      )

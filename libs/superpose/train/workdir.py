@@ -12,6 +12,7 @@ there is nothing to resume: the run starts over with its own config):
 - every other key (model, data, seed, batch size, sequence length, optimizer structure, project
   sections) defines the run: a resume that changes one is refused, naming the keys.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -25,16 +26,40 @@ from superpose.train.config import ConfigError, base_config, get_key
 CONFIG_FILE = "config.json"
 
 FREE_ON_RESUME = (
-    "train.steps", "train.progress", "train.log_every", "train.eval_every", "train.checkpoint_every",
-    "train.keep_checkpoints", "train.async_checkpoint", "train.profile_steps", "train.init_from",
-    "train.log_batch_hash", "train.preemption_check_every", "train.allow_changes",
-    "mesh.*", "sharding.*", "distributed", "peer_timeout_s",
+  "train.steps",
+  "train.progress",
+  "train.log_every",
+  "train.eval_every",
+  "train.checkpoint_every",
+  "train.keep_checkpoints",
+  "train.async_checkpoint",
+  "train.profile_steps",
+  "train.init_from",
+  "train.log_batch_hash",
+  "train.preemption_check_every",
+  "train.allow_changes",
+  "mesh.*",
+  "sharding.*",
+  "distributed",
+  "peer_timeout_s",
 )
 SAFE_ON_RESUME = (
-    "optim.lr", "optim.schedule", "optim.warmup_steps", "optim.decay_fraction", "optim.min_lr_ratio",
-    "optim.b1", "optim.b2", "optim.eps", "optim.weight_decay", "optim.clip_norm",
-    "optim.groups.*.lr", "optim.groups.*.weight_decay", "optim.groups.*.clip_norm",
-    "train.accum_steps", "train.z_loss", "train.eval_batches",
+  "optim.lr",
+  "optim.schedule",
+  "optim.warmup_steps",
+  "optim.decay_fraction",
+  "optim.min_lr_ratio",
+  "optim.b1",
+  "optim.b2",
+  "optim.eps",
+  "optim.weight_decay",
+  "optim.clip_norm",
+  "optim.groups.*.lr",
+  "optim.groups.*.weight_decay",
+  "optim.groups.*.clip_norm",
+  "train.accum_steps",
+  "train.z_loss",
+  "train.eval_batches",
 )
 
 
@@ -123,7 +148,10 @@ def config_changes(saved: Mapping, new: Mapping) -> dict[str, tuple[Any, Any, st
 
 def jsonable(changes: Mapping[str, tuple]) -> dict[str, list]:
   """{key: [saved, new]} for run.json and metrics.jsonl (an absent value as None)."""
-  return {k: [None if a is _ABSENT else a, None if b is _ABSENT else b] for k, (a, b, _) in changes.items()}
+  return {
+    k: [None if a is _ABSENT else a, None if b is _ABSENT else b]
+    for k, (a, b, _) in changes.items()
+  }
 
 
 def _describe(changes: Mapping[str, tuple]) -> str:
@@ -137,7 +165,9 @@ def saved_config(workdir: str | os.PathLike) -> dict | None:
   try:
     return json.loads(path.read_text("utf-8"))
   except (OSError, ValueError) as e:
-    raise ConfigError(f"workdir {workdir}: {CONFIG_FILE} is unreadable ({e}); move it away to start over") from None
+    raise ConfigError(
+      f"workdir {workdir}: {CONFIG_FILE} is unreadable ({e}); move it away to start over"
+    ) from None
 
 
 def _has_checkpoint(workdir: str | os.PathLike) -> bool:
@@ -156,11 +186,18 @@ def check_resume(workdir: str | os.PathLike, config: Mapping) -> dict[str, tuple
   contract = {k: v for k, v in changes.items() if v[2] == "contract"}
   safe = {k: v for k, v in changes.items() if v[2] == "safe"}
   if contract:
-    hint = ("" if any(k.startswith("model.") for k in contract) else
-            f" (with --config.train.init_from={workdir} to start from its weights)")
-    raise ConfigError(f"workdir {workdir} holds a run with another config; these keys define the run and "
-                      f"cannot change on resume: {_describe(contract)}. Use a new workdir{hint}")
+    hint = (
+      ""
+      if any(k.startswith("model.") for k in contract)
+      else f" (with --config.train.init_from={workdir} to start from its weights)"
+    )
+    raise ConfigError(
+      f"workdir {workdir} holds a run with another config; these keys define the run and "
+      f"cannot change on resume: {_describe(contract)}. Use a new workdir{hint}"
+    )
   if safe and not get_key(config, "train.allow_changes", False):
-    raise ConfigError(f"workdir {workdir} holds a run with another config: {_describe(safe)}; rerun with "
-                      "--config.train.allow_changes=True to continue it with these values")
+    raise ConfigError(
+      f"workdir {workdir} holds a run with another config: {_describe(safe)}; rerun with "
+      "--config.train.allow_changes=True to continue it with these values"
+    )
   return changes

@@ -1,5 +1,6 @@
 """Residual compression: W = I is the compiled model, its loss is zero, a random small W is worse,
 and a tiny sweep writes every output file."""
+
 import importlib.util
 import json
 import pathlib
@@ -21,7 +22,8 @@ def test_identity_reproduces_the_compiled_model(study):
   c, s = study.compiled, study.splits["test"]
   params = jax.tree.map(jnp.asarray, c.params)
   y, outs = jax.jit(compress.compressed_forward, static_argnums=0)(
-      c.config, params, jnp.eye(study.D), jnp.asarray(s.ids), jnp.asarray(s.segments))
+    c.config, params, jnp.eye(study.D), jnp.asarray(s.ids), jnp.asarray(s.segments)
+  )
   ref = c.forward(s.ids, s.segments, return_hidden=True)
   np.testing.assert_array_equal(np.asarray(y), np.asarray(ref.logits_BTV))
   # Sublayer outputs add up to the residual stream's per-block increments.
@@ -35,12 +37,16 @@ def test_identity_reproduces_the_compiled_model(study):
 def test_loss_is_zero_at_identity_and_a_random_small_W_is_worse(study):
   _, _, evaluate = compress.make_functions(study, layer_weight=1.0, batch_size=8)
   W_random = compress.initial_W(jax.random.key(0), study.D, 3, "normal")
-  W_pad = jnp.zeros((study.D, study.D)).at[:, :3].set(W_random)   # d = 3, zero-padded to stack with I
+  W_pad = (
+    jnp.zeros((study.D, study.D)).at[:, :3].set(W_random)
+  )  # d = 3, zero-padded to stack with I
   y, loss, cos = evaluate(jnp.stack([jnp.eye(study.D), W_pad]), "train")
   assert float(loss[0]) == 0.0 and float(loss[1]) > 1e-3
-  acc_identity, acc_random = (compress.accuracy(study, np.asarray(y[i]), "train").mean() for i in range(2))
+  acc_identity, acc_random = (
+    compress.accuracy(study, np.asarray(y[i]), "train").mean() for i in range(2)
+  )
   assert acc_identity == 1.0 and acc_random < 0.5
-  live = np.asarray(cos[0]) != 0        # no-op sublayers have no output to compare
+  live = np.asarray(cos[0]) != 0  # no-op sublayers have no output to compare
   # (the rank-1 MLP of is_x writes one direction, so only the attention's output can turn away)
   assert np.allclose(np.asarray(cos[0])[live], 1.0) and np.min(np.asarray(cos[1])[live]) < 0.9
 
@@ -72,13 +78,23 @@ def test_tiny_sweep_writes_its_files(tmp_path):
   spec.loader.exec_module(module)
   config = module.get_config("smoke")
   results = compress.run(config, tmp_path)
-  for name in ("results.json", "results.md", "accuracy_vs_d.png", "wtw_frac_prevs_d14.png",
-               "W_frac_prevs.npz", "W_sort_unique.npz", "log.txt"):
+  for name in (
+    "results.json",
+    "results.md",
+    "accuracy_vs_d.png",
+    "wtw_frac_prevs_d14.png",
+    "W_frac_prevs.npz",
+    "W_sort_unique.npz",
+    "log.txt",
+  ):
     assert (tmp_path / name).exists(), name
   saved = json.loads((tmp_path / "results.json").read_text())
   fp = saved["programs"]["frac_prevs"]
   assert fp["D"] == 14 and [p["d"] for p in fp["points"]] == [2, 14]
   point = fp["points"][1]
-  assert len(point["test_acc"]) == config.train.num_seeds and point["min"] <= point["median"] <= point["max"]
+  assert (
+    len(point["test_acc"]) == config.train.num_seeds
+    and point["min"] <= point["median"] <= point["max"]
+  )
   assert "| d | median acc |" in (tmp_path / "results.md").read_text()
   assert results["programs"]["sort_unique"]["D"] == 23

@@ -1,6 +1,7 @@
 """Each conformance case compiled by tracr (tracr-pypi, the ``tracr`` extra) and by us: same decoded
 outputs (tracr's None positions ignored: it decodes them to the first value), same residual width,
 same layer count except shuffle_dyck, where our earliest-slot allocation saves one layer."""
+
 import pytest
 
 from superpose import rasp
@@ -17,13 +18,17 @@ FAST = ("frac_prevs_1", "sort_unique_2")
 
 def compare(case):
   ours = compile_rasp(case.program(), case.vocab, case.max_seq_len, causal=case.causal)
-  theirs = tracr_bridge.compile_with_tracr(case.program(), case.vocab, case.max_seq_len, causal=case.causal)
+  theirs = tracr_bridge.compile_with_tracr(
+    case.program(), case.vocab, case.max_seq_len, causal=case.causal
+  )
   got, reference = ours.apply(list(case.input), check=False), theirs.apply(list(case.input))
   assert cases.outputs_match(reference, case.expected, ignore_none=True)
   assert cases.outputs_match(got, case.expected)
   expected_none = [e is None for e in case.expected]
-  assert cases.outputs_match([None if n else g for g, n in zip(got, expected_none)],
-                             [None if n else r for r, n in zip(reference, expected_none)])
+  assert cases.outputs_match(
+    [None if n else g for g, n in zip(got, expected_none)],
+    [None if n else r for r, n in zip(reference, expected_none)],
+  )
   assert ours.d_model == theirs.d_model
   if case.name.startswith(FEWER_LAYERS):
     assert ours.num_layers == theirs.num_layers - 1
@@ -37,7 +42,9 @@ def test_tracr_parity_fast(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", cases.CASES + cases.CAUSAL_CASES, ids=lambda c: f"{c.name}{'_causal' * c.causal}")
+@pytest.mark.parametrize(
+  "case", cases.CASES + cases.CAUSAL_CASES, ids=lambda c: f"{c.name}{'_causal' * c.causal}"
+)
 def test_tracr_parity_every_case(case):
   compare(case)
 
@@ -46,5 +53,6 @@ def test_translation_keeps_names_and_encodings():
   program = rasp.lib.make_frac_prevs(rasp.tokens == "x")
   translated = tracr_bridge.to_tracr(program)
   from tracr.rasp import rasp as tr
+
   assert translated.name == program.name and tr.is_numerical(translated)
   assert translated(list("xax")) == program(list("xax"))

@@ -1,4 +1,5 @@
 """Fixtures shared by the continuous_cot tests."""
+
 import pytest
 
 from projects.continuous_cot import data

@@ -1,4 +1,5 @@
 """The superposition-signature analysis: group definitions by hand, the construction's signature, the CLI."""
+
 import math
 
 import numpy as np
@@ -16,21 +17,41 @@ def test_node_groups_by_hand():
   SMALL.check()
   assert SMALL.neighbor_k() == {0: [0], 1: [2], 2: [4]}
   assert analysis.walk_levels(SMALL, 3) == [{0}, {1, 2}, {2, 3, 4}, {4, 5}]
-  assert analysis.node_groups(SMALL, 0) == {"not_reachable": {1, 2, 3, 4, 5, 6, 7}, "reachable": {0},
-                                            "frontier": {0}, "optimal": {0}}
-  assert analysis.node_groups(SMALL, 1) == {"not_reachable": {3, 4, 5, 6, 7}, "reachable": {0, 1, 2},
-                                            "frontier": {1, 2}, "optimal": {2}}
+  assert analysis.node_groups(SMALL, 0) == {
+    "not_reachable": {1, 2, 3, 4, 5, 6, 7},
+    "reachable": {0},
+    "frontier": {0},
+    "optimal": {0},
+  }
+  assert analysis.node_groups(SMALL, 1) == {
+    "not_reachable": {3, 4, 5, 6, 7},
+    "reachable": {0, 1, 2},
+    "frontier": {1, 2},
+    "optimal": {2},
+  }
   # walk-based frontier: 2 (BFS depth 1) is also reached by the walk 0→1→2 of length 2
-  assert analysis.node_groups(SMALL, 2) == {"not_reachable": {5, 6, 7}, "reachable": {0, 1, 2, 3, 4},
-                                            "frontier": {2, 3, 4}, "optimal": {4}}
+  assert analysis.node_groups(SMALL, 2) == {
+    "not_reachable": {5, 6, 7},
+    "reachable": {0, 1, 2, 3, 4},
+    "frontier": {2, 3, 4},
+    "optimal": {4},
+  }
 
 
 def test_edge_groups_by_hand():
   # step 1: the query carries the root: its edges are reachable = frontier; 0→2 is the optimal one
-  assert analysis.edge_groups(SMALL, 1) == {"not_reachable": [2, 3, 4, 5, 6, 7], "reachable": [0, 1],
-                                            "frontier": [0, 1], "optimal": [1]}
-  assert analysis.edge_groups(SMALL, 2) == {"not_reachable": [5, 6, 7], "reachable": [0, 1, 2, 3, 4],
-                                            "frontier": [2, 3, 4], "optimal": [4]}
+  assert analysis.edge_groups(SMALL, 1) == {
+    "not_reachable": [2, 3, 4, 5, 6, 7],
+    "reachable": [0, 1],
+    "frontier": [0, 1],
+    "optimal": [1],
+  }
+  assert analysis.edge_groups(SMALL, 2) == {
+    "not_reachable": [5, 6, 7],
+    "reachable": [0, 1, 2, 3, 4],
+    "frontier": [2, 3, 4],
+    "optimal": [4],
+  }
   code, theory = analysis.edge_triplets(SMALL, "code"), analysis.edge_triplets(SMALL, "theory")
   assert 7 not in code and theory[7] == (22, 23, 24) and code[0] == (1, 2, 3)
 
@@ -39,7 +60,10 @@ def test_ordering_helpers():
   assert analysis._ordered([3.0, 2.0, 1.0, 0.0], 1e-6) == (True, True)
   assert analysis._ordered([1.0, 1.0, 1.0, 0.0], 1e-6) == (False, True)
   assert analysis._ordered([1.0, 2.0, 1.0, 0.0], 1e-6) == (False, False)
-  assert analysis._ordered([1.0, 1.0, 1.0, 1.0], 1e-6) == (False, False)   # reachable must beat not-reachable
+  assert analysis._ordered([1.0, 1.0, 1.0, 1.0], 1e-6) == (
+    False,
+    False,
+  )  # reachable must beat not-reachable
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +81,9 @@ def test_construction_signature(construction_run):
   for tr in traces:
     p = tr.problem
     for step in range(1, p.hops + 1):
-      np.testing.assert_allclose(tr.thoughts[step - 1], construction.ideal_thought(p, step, d), atol=1e-5)
+      np.testing.assert_allclose(
+        tr.thoughts[step - 1], construction.ideal_thought(p, step, d), atol=1e-5
+      )
   # uniform superposition: every reachable node at 1/√|V_i|, the rest at 0, within each problem
   for step in (1, 2):
     for tr, means in zip(traces, result["inner_by_problem"][step]):
@@ -77,8 +103,21 @@ def test_construction_signature(construction_run):
 
 
 def test_cli_writes_tables_and_plots(released, shared_data, tmp_path):
-  assert analysis.main(["--data", str(shared_data / "prosqa"), "--out", str(tmp_path), "--split", "graph4",
-                        "--limit", "6"]) == 0
+  assert (
+    analysis.main(
+      [
+        "--data",
+        str(shared_data / "prosqa"),
+        "--out",
+        str(tmp_path),
+        "--split",
+        "graph4",
+        "--limit",
+        "6",
+      ]
+    )
+    == 0
+  )
   for name in ("graph4.md", "graph4.png", "signature.md"):
     assert (tmp_path / name).stat().st_size > 0
   text = (tmp_path / "signature.md").read_text()

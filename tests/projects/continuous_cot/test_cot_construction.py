@@ -1,4 +1,5 @@
 """The hand-set 2-layer construction: 100% on samples of the released splits, thoughts = superposition."""
+
 import numpy as np
 import pytest
 
@@ -21,11 +22,13 @@ def _run(model, problems, layout="code"):
 def test_construction_is_exact_on_released_samples(model, released, split):
   problems = released[split][:50]
   thoughts, answers = _run(model, problems)
-  assert [int(a) for a in answers] == [p.answer() for p in problems]      # 100%
+  assert [int(a) for a in answers] == [p.answer() for p in problems]  # 100%
   d = construction.Construction().d_model
   for i, p in enumerate(problems[:10]):
     for step in range(1, p.hops + 1):
-      np.testing.assert_allclose(thoughts[i, step - 1], construction.ideal_thought(p, step, d), atol=1e-5)
+      np.testing.assert_allclose(
+        thoughts[i, step - 1], construction.ideal_thought(p, step, d), atol=1e-5
+      )
 
 
 def test_theory_layout_and_weights_do_not_depend_on_the_graph(released):
@@ -42,7 +45,7 @@ def test_thoughts_are_needed(model, released):
   root_pos = np.zeros(len(problems), np.int32)
   for i, p in enumerate(problems):
     seq = data.question_tokens(p, 1)
-    tokens[i, :len(seq)], root_pos[i] = seq, len(seq) - 3
+    tokens[i, : len(seq)], root_pos[i] = seq, len(seq) - 3
   _, answers = construction.run_thoughts(model, tokens, root_pos, np.ones(len(problems), np.int32))
   assert sum(int(a) == p.answer() for a, p in zip(answers, problems)) < len(problems)
 
@@ -53,5 +56,10 @@ def test_chooser_constants_and_config():
   assert eta > 0 and xi >= 4  # ξ = max 2P / (P/2 − ⟨p0,pj⟩) ≥ 2P / P
   cfg = c.config()
   assert (cfg.norm, cfg.mlp_residual, cfg.activation, cfg.attn_scale, cfg.positions) == (
-      "l2", False, "step", "one", "sinusoidal")
+    "l2",
+    False,
+    "step",
+    "one",
+    "sinusoidal",
+  )
   assert cfg.vocab_size == 40 and cfg.d_model == 3 * 40 + c.position_dims

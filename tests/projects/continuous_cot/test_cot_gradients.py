@@ -1,5 +1,6 @@
 """Every parameter of the continuous-CoT trainer gets a gradient, for each method its scaled config offers
 (Coconut with path and BFS labels, CoT, No-CoT), on generated problems at the smoke size."""
+
 import pytest
 
 from configs.continuous_cot import cpu as cpu_cfg, scaled as scaled_cfg
@@ -21,11 +22,13 @@ def test_cot_gradients_flow(variant, problems):
   smoke = scaled_cfg.get_config("smoke")
   c.model = smoke.model
   c.train.batch_size = smoke.train.batch_size
-  c.cot.steps_per_stage = 1          # Coconut: continuous thoughts from step 2 on, so the check sees them
+  c.cot.steps_per_stage = 1  # Coconut: continuous thoughts from step 2 on, so the check sees them
   cfg = c.to_dict()
   task = train.make_task(cfg, train=problems[0], valid=problems[1])
   assert task.spec.method == {"coconut_bfs": "coconut"}.get(variant, variant)
-  if task.spec.method == "coconut":   # the gradient batch (2, or 3 after a warmup from lr 0) has thoughts
+  if (
+    task.spec.method == "coconut"
+  ):  # the gradient batch (2, or 3 after a warmup from lr 0) has thoughts
     assert all(task.data.train_batch(step)["num_thoughts"].max() > 0 for step in (2, 3))
   report = gradcheck.check_task(task, cfg)
   gradcheck.assert_gradients_flow(report)

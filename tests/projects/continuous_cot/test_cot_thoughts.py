@@ -1,5 +1,6 @@
 """Continuous thoughts: the KV-cached forward equals the full re-forward per thought (values and grads), with
 one thought count for every row and with per-row counts."""
+
 import functools
 
 import jax
@@ -16,11 +17,13 @@ from superpose.nn.testing import random_model
 from superpose.train.mesh import make_mesh
 
 V, T, K = 40, 16, 3
-STARTS = np.array([5, 9, 7], np.int32)     # a different prefix length per row
+STARTS = np.array([5, 9, 7], np.int32)  # a different prefix length per row
 LENGTHS = np.array([10, 14, 12], np.int32)  # prefix + K thoughts + 2 tokens, then right padding
 TIGHT = th.layout_bounds(STARTS, LENGTHS, K)  # (9, 2): rest windows start at latent_start + K
-CLAMPED = (9, 5)                              # row 1's window is clamped: it recomputes a thought
-COUNTS = np.array([3, 0, 2], np.int32)        # per-row thought counts ≤ K; a row's other slots hold its tokens
+CLAMPED = (9, 5)  # row 1's window is clamped: it recomputes a thought
+COUNTS = np.array(
+  [3, 0, 2], np.int32
+)  # per-row thought counts ≤ K; a row's other slots hold its tokens
 
 
 def tokens(seed=1):
@@ -39,7 +42,12 @@ def gpt2():
 def test_model_sizes():
   paper = th.model_config("paper")
   assert (paper.num_layers, paper.num_heads, paper.d_model, paper.d_ff) == (2, 8, 768, 3072)
-  assert (paper.vocab_size, paper.padded_vocab, paper.positions, paper.tie_embeddings) == (40, 40, "learned", True)
+  assert (paper.vocab_size, paper.padded_vocab, paper.positions, paper.tie_embeddings) == (
+    40,
+    40,
+    "learned",
+    True,
+  )
   assert th.model_config("small", vocab_size=50).padded_vocab == 56
   params = nnx.state(nnx.eval_shape(lambda: nn.Transformer(paper, rngs=nnx.Rngs(0))), nnx.Param)
   count = sum(x.size for x in jax.tree.leaves(params))
@@ -48,53 +56,90 @@ def test_model_sizes():
     th.model_config("huge")
 
 
-@pytest.mark.parametrize("bounds", [(None, None), TIGHT, CLAMPED], ids=["default", "tight", "clamped"])
+@pytest.mark.parametrize(
+  "bounds", [(None, None), TIGHT, CLAMPED], ids=["default", "tight", "clamped"]
+)
 def test_cached_equals_reforward(gpt2, bounds):
   prefix_len, rest_len = bounds
   tok = tokens()
-  cached = th.forward_with_thoughts(gpt2, tok, STARTS, K, prefix_len=prefix_len, rest_len=rest_len,
-                                    lengths_B=LENGTHS)
+  cached = th.forward_with_thoughts(
+    gpt2, tok, STARTS, K, prefix_len=prefix_len, rest_len=rest_len, lengths_B=LENGTHS
+  )
   ref = th.forward_with_thoughts(gpt2, tok, STARTS, K, method="reforward")
   assert cached.thoughts_BKD.shape == (3, K, 64) and cached.logits_BTV.shape == (3, T, V)
   np.testing.assert_allclose(cached.thoughts_BKD, ref.thoughts_BKD, atol=1e-5, rtol=1e-5)
   valid = valid_mask()
-  np.testing.assert_allclose(np.asarray(cached.logits_BTV)[valid], np.asarray(ref.logits_BTV)[valid], atol=2e-5,
-                             rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(cached.final_hidden_BTD)[valid], np.asarray(ref.final_hidden_BTD)[valid],
-                             atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(cached.logits_BTV)[valid], np.asarray(ref.logits_BTV)[valid], atol=2e-5, rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    np.asarray(cached.final_hidden_BTD)[valid],
+    np.asarray(ref.final_hidden_BTD)[valid],
+    atol=1e-5,
+    rtol=1e-5,
+  )
   # The thoughts matter: the same tokens with the latent slots read as tokens give other logits.
   plain = gpt2(jnp.asarray(tok)).logits_BTV
   assert np.abs(np.asarray(plain)[:, -1] - np.asarray(ref.logits_BTV)[:, -1]).max() > 1e-2
 
 
 def test_cached_equals_reforward_rope_scanned():
-  model = random_model(nn.llama(vocab_size=V, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=64,
-                                max_seq_len=32, scan_layers=True), seed=2, scale=0.3)
-  cached = th.forward_with_thoughts(model, tokens(3), STARTS, K, prefix_len=TIGHT[0], rest_len=TIGHT[1])
+  model = random_model(
+    nn.llama(
+      vocab_size=V,
+      d_model=32,
+      num_layers=2,
+      num_heads=4,
+      num_kv_heads=2,
+      d_ff=64,
+      max_seq_len=32,
+      scan_layers=True,
+    ),
+    seed=2,
+    scale=0.3,
+  )
+  cached = th.forward_with_thoughts(
+    model, tokens(3), STARTS, K, prefix_len=TIGHT[0], rest_len=TIGHT[1]
+  )
   ref = th.forward_with_thoughts(model, tokens(3), STARTS, K, method="reforward")
   np.testing.assert_allclose(cached.thoughts_BKD, ref.thoughts_BKD, atol=1e-5, rtol=1e-5)
   valid = valid_mask()
-  np.testing.assert_allclose(np.asarray(cached.logits_BTV)[valid], np.asarray(ref.logits_BTV)[valid], atol=2e-5,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(cached.logits_BTV)[valid], np.asarray(ref.logits_BTV)[valid], atol=2e-5, rtol=1e-5
+  )
 
 
 def detached(model, tokens_BT, latent_start_B, *, num_thoughts, **unused):
   """Thoughts computed, then fed back without a gradient path: what Coconut does *not* do."""
-  thoughts = jax.lax.stop_gradient(th.reforward(model, tokens_BT, latent_start_B, num_thoughts=num_thoughts)
-                                   .thoughts_BKD)
-  embeds, mask = th._thought_embeds(thoughts, nn.decoder.default_positions(*tokens_BT.shape), latent_start_B)
+  thoughts = jax.lax.stop_gradient(
+    th.reforward(model, tokens_BT, latent_start_B, num_thoughts=num_thoughts).thoughts_BKD
+  )
+  embeds, mask = th._thought_embeds(
+    thoughts, nn.decoder.default_positions(*tokens_BT.shape), latent_start_B
+  )
   out = model(tokens_BT, embeds_BTD=embeds, embeds_mask_BT=mask)
   return th.ThoughtOutput(out.logits_BTV, thoughts, out.final_hidden_BTD)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def loss_grads(graphdef, forward, state, tokens_BT, latent_start_B, weights_BT, num_thoughts_B=None):
+def loss_grads(
+  graphdef, forward, state, tokens_BT, latent_start_B, weights_BT, num_thoughts_B=None
+):
   """Shifted cross-entropy on the weighted positions plus a term on the thoughts themselves."""
+
   def loss(state):
-    out = forward(nnx.merge(graphdef, state), tokens_BT, latent_start_B, num_thoughts=K, num_thoughts_B=num_thoughts_B,
-                  prefix_len=TIGHT[0], rest_len=TIGHT[1])
+    out = forward(
+      nnx.merge(graphdef, state),
+      tokens_BT,
+      latent_start_B,
+      num_thoughts=K,
+      num_thoughts_B=num_thoughts_B,
+      prefix_len=TIGHT[0],
+      rest_len=TIGHT[1],
+    )
     ce = optax.softmax_cross_entropy_with_integer_labels(out.logits_BTV[:, :-1], tokens_BT[:, 1:])
     return (ce * weights_BT[:, 1:]).sum() + 0.1 * jnp.square(out.thoughts_BKD).mean()
+
   return jax.value_and_grad(loss)(state)
 
 
@@ -108,7 +153,9 @@ def test_gradients_flow_through_thoughts(gpt2):
   loss_r, grads_r = loss_grads(graphdef, th.reforward, *args)
   np.testing.assert_allclose(loss_c, loss_r, rtol=1e-5)
   flat_c, flat_r = jax.tree.leaves(grads_c), jax.tree.leaves(grads_r)
-  scale = max(float(np.abs(g).max()) for g in flat_r)  # k biases have ~0 gradient (softmax shift invariance)
+  scale = max(
+    float(np.abs(g).max()) for g in flat_r
+  )  # k biases have ~0 gradient (softmax shift invariance)
   for g_c, g_r in zip(flat_c, flat_r):
     np.testing.assert_allclose(g_c, g_r, rtol=1e-4, atol=1e-5 * scale)
   _, grads_d = loss_grads(graphdef, detached, *args)
@@ -116,24 +163,41 @@ def test_gradients_flow_through_thoughts(gpt2):
   assert gap > 1e-3, "gradients through the fed-back thoughts should change the parameter gradients"
 
 
-@pytest.mark.parametrize("bounds", [(None, None), TIGHT, CLAMPED], ids=["default", "tight", "clamped"])
+@pytest.mark.parametrize(
+  "bounds", [(None, None), TIGHT, CLAMPED], ids=["default", "tight", "clamped"]
+)
 def test_per_row_counts_equal_reforward(gpt2, bounds):
   """Per-row counts (one row without thoughts): the cached forward equals the re-forward reference, the thoughts
   past a row's count are zero, and each row equals its own forward with its count for every row."""
   tok = tokens(7)
-  cached = th.forward_with_thoughts(gpt2, tok, STARTS, K, num_thoughts_B=COUNTS, prefix_len=bounds[0],
-                                    rest_len=bounds[1], lengths_B=LENGTHS)
+  cached = th.forward_with_thoughts(
+    gpt2,
+    tok,
+    STARTS,
+    K,
+    num_thoughts_B=COUNTS,
+    prefix_len=bounds[0],
+    rest_len=bounds[1],
+    lengths_B=LENGTHS,
+  )
   ref = th.forward_with_thoughts(gpt2, tok, STARTS, K, num_thoughts_B=COUNTS, method="reforward")
   np.testing.assert_allclose(cached.thoughts_BKD, ref.thoughts_BKD, atol=1e-5, rtol=1e-5)
   assert (np.asarray(cached.thoughts_BKD)[np.arange(K)[None] >= COUNTS[:, None]] == 0).all()
   valid = valid_mask()
-  np.testing.assert_allclose(np.asarray(cached.logits_BTV)[valid], np.asarray(ref.logits_BTV)[valid], atol=2e-5,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(cached.logits_BTV)[valid], np.asarray(ref.logits_BTV)[valid], atol=2e-5, rtol=1e-5
+  )
   for b, count in enumerate(COUNTS):
-    alone = th.forward_with_thoughts(gpt2, tok[b:b + 1], STARTS[b:b + 1], int(count), method="reforward")
+    alone = th.forward_with_thoughts(
+      gpt2, tok[b : b + 1], STARTS[b : b + 1], int(count), method="reforward"
+    )
     end = LENGTHS[b]
-    np.testing.assert_allclose(np.asarray(cached.logits_BTV)[b, :end], np.asarray(alone.logits_BTV)[0, :end],
-                               atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(
+      np.asarray(cached.logits_BTV)[b, :end],
+      np.asarray(alone.logits_BTV)[0, :end],
+      atol=2e-5,
+      rtol=1e-5,
+    )
 
 
 def test_per_row_counts_gradients(gpt2):
@@ -156,23 +220,42 @@ def test_zero_thoughts_is_a_plain_forward(gpt2, bounds):
   plain = gpt2(jnp.asarray(tok))
   assert out.thoughts_BKD.shape == (3, 0, 64)
   valid = np.arange(T)[None] < (STARTS + (bounds[1] or T))[:, None]
-  np.testing.assert_allclose(np.asarray(out.logits_BTV)[valid], np.asarray(plain.logits_BTV)[valid], atol=1e-5,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(out.logits_BTV)[valid], np.asarray(plain.logits_BTV)[valid], atol=1e-5, rtol=1e-5
+  )
 
 
 def test_thought_is_post_final_norm_state_of_previous_position(gpt2):
   tok = tokens(5)
   out = th.forward_with_thoughts(gpt2, tok, STARTS, K, prefix_len=TIGHT[0], rest_len=TIGHT[1])
-  embeds, mask = th._thought_embeds(out.thoughts_BKD, nn.decoder.default_positions(3, T), jnp.asarray(STARTS))
+  embeds, mask = th._thought_embeds(
+    out.thoughts_BKD, nn.decoder.default_positions(3, T), jnp.asarray(STARTS)
+  )
   full = gpt2(jnp.asarray(tok), embeds_BTD=embeds, embeds_mask_BT=mask, return_hidden=True)
-  post_norm = np.asarray(gpt2.final_norm(full.hidden[-1]))  # hidden[L] is the residual before the final norm
+  post_norm = np.asarray(
+    gpt2.final_norm(full.hidden[-1])
+  )  # hidden[L] is the residual before the final norm
   for b, start in enumerate(STARTS):
     for k in range(K):
-      np.testing.assert_allclose(out.thoughts_BKD[b, k], post_norm[b, start + k - 1], atol=1e-5, rtol=1e-5)
-      assert abs(float(np.linalg.norm(post_norm[b, start + k - 1] - np.asarray(full.hidden[-1])[b, start + k - 1]))) > 1e-3
+      np.testing.assert_allclose(
+        out.thoughts_BKD[b, k], post_norm[b, start + k - 1], atol=1e-5, rtol=1e-5
+      )
+      assert (
+        abs(
+          float(
+            np.linalg.norm(
+              post_norm[b, start + k - 1] - np.asarray(full.hidden[-1])[b, start + k - 1]
+            )
+          )
+        )
+        > 1e-3
+      )
     # The input embedding at a latent slot is the thought plus the position embedding.
-    np.testing.assert_allclose(full.hidden[0][b, start:start + K],
-                               out.thoughts_BKD[b] + gpt2.position_embedding[...][start:start + K], atol=1e-5)
+    np.testing.assert_allclose(
+      full.hidden[0][b, start : start + K],
+      out.thoughts_BKD[b] + gpt2.position_embedding[...][start : start + K],
+      atol=1e-5,
+    )
 
 
 def test_layout_checks():
@@ -190,7 +273,9 @@ def test_layout_checks():
     th.check_layout((3, T), STARTS, K, num_thoughts_B=np.array([0, 4, 1]))
   with pytest.raises(ValueError, match="shorter than"):
     th.check_layout((3, T), STARTS, K, lengths_B=STARTS + 1, num_thoughts_B=np.array([2, 0, 1]))
-  th.check_layout((3, T), STARTS, K, *TIGHT, lengths_B=STARTS + 1, num_thoughts_B=np.array([1, 0, 1]))
+  th.check_layout(
+    (3, T), STARTS, K, *TIGHT, lengths_B=STARTS + 1, num_thoughts_B=np.array([1, 0, 1])
+  )
   with pytest.raises(ValueError, match="method="):
     th.forward_with_thoughts(None, np.zeros((3, T), np.int32), STARTS, K, method="fast")
 
@@ -201,20 +286,25 @@ def test_sharded_cached_equals_unsharded(devices8, gpt2, shape):
   tok = np.random.default_rng(6).integers(0, V, (4, T)).astype(np.int32)
   bounds = th.layout_bounds(starts, lengths, K)
   graphdef, state = nnx.split(gpt2)
-  reference = th.thought_forward(graphdef, state, tok, starts, num_thoughts=K, prefix_len=bounds[0],
-                                 rest_len=bounds[1])
+  reference = th.thought_forward(
+    graphdef, state, tok, starts, num_thoughts=K, prefix_len=bounds[0], rest_len=bounds[1]
+  )
   mesh = make_mesh(shape)
   abstract = nnx.state(nnx.eval_shape(lambda: nn.Transformer(gpt2.cfg, rngs=nnx.Rngs(0))))
   with jax.set_mesh(mesh):
     placed = jax.device_put(state, sharding.state_shardings(abstract, mesh))
     rows = jax.NamedSharding(mesh, sharding.spec_for(("batch",), (4,)))
-    tok_s, starts_s = jax.device_put((tok, starts), (jax.NamedSharding(mesh, sharding.spec_for(("batch", "length"),
-                                                                                               tok.shape)), rows))
-    out = th.thought_forward(graphdef, placed, tok_s, starts_s, num_thoughts=K, prefix_len=bounds[0],
-                             rest_len=bounds[1])
+    tok_s, starts_s = jax.device_put(
+      (tok, starts),
+      (jax.NamedSharding(mesh, sharding.spec_for(("batch", "length"), tok.shape)), rows),
+    )
+    out = th.thought_forward(
+      graphdef, placed, tok_s, starts_s, num_thoughts=K, prefix_len=bounds[0], rest_len=bounds[1]
+    )
   assert len(out.logits_BTV.sharding.device_set) == 8
   valid = np.arange(T)[None] < lengths[:, None]
   # Sharded matmuls sum in another order; on an AVX2-only host logits of size ~5 moved by up to 9.5e-5.
-  np.testing.assert_allclose(np.asarray(out.logits_BTV)[valid], np.asarray(reference.logits_BTV)[valid], atol=3e-4,
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+    np.asarray(out.logits_BTV)[valid], np.asarray(reference.logits_BTV)[valid], atol=3e-4, rtol=1e-4
+  )
   np.testing.assert_allclose(out.thoughts_BKD, reference.thoughts_BKD, atol=1e-4, rtol=1e-4)

@@ -1,5 +1,6 @@
 """The continuous-CoT trainer: curriculum rows token by token, loss masks, per-row thought counts, smoke
 runs of the three methods through run(config, workdir), and resume giving the same batches."""
+
 import json
 import random
 
@@ -25,8 +26,12 @@ def test_curriculum_rows_token_exact():
   TOY.check()
   prompt = data.prompt_tokens(TOY)
   assert prompt == TOY_PROMPT and TOY.hops == 3
-  expect = {0: (TOY_PROMPT + [1], 0), 1: (TOY_PROMPT + [L, 2], 1), 2: (TOY_PROMPT + [L, L, 3], 2),
-            3: (TOY_PROMPT + [L, L, L, A, 3], 3)}
+  expect = {
+    0: (TOY_PROMPT + [1], 0),
+    1: (TOY_PROMPT + [L, 2], 1),
+    2: (TOY_PROMPT + [L, L, 3], 2),
+    3: (TOY_PROMPT + [L, L, L, A, 3], 3),
+  }
   for s, (tokens, count) in expect.items():
     got, n, col = rows.coconut_row(TOY, s, prompt, random.Random(s))
     assert (got, n, col) == (tokens, count, len(tokens) - 2)
@@ -34,16 +39,31 @@ def test_curriculum_rows_token_exact():
   assert rows.coconut_row(TOY, 0, prompt, random.Random(0))[2] == len(prompt) - 1
   assert rows.coconut_row(TOY, 2, prompt, random.Random(0))[2] == len(prompt) + 1
   # Coconut-BFS: the stage-0 label is any node one hop from the root (1 or 6), the path label only 1.
-  assert {rows.coconut_row(TOY, 0, prompt, random.Random(i), "bfs")[0][-1] for i in range(40)} == {1, 6}
-  assert {rows.coconut_row(TOY, 0, prompt, random.Random(i), "path")[0][-1] for i in range(40)} == {1}
+  assert {rows.coconut_row(TOY, 0, prompt, random.Random(i), "bfs")[0][-1] for i in range(40)} == {
+    1,
+    6,
+  }
+  assert {rows.coconut_row(TOY, 0, prompt, random.Random(i), "path")[0][-1] for i in range(40)} == {
+    1
+  }
   with pytest.raises(ValueError):
     rows.coconut_row(TOY, 4, prompt, random.Random(0))
   # Stages: min(scheduled, D); mixing draws from [0, min(scheduled, D)].
-  assert [rows.coconut_stage(TOY, st, random.Random(0), 0.0) for st in range(6)] == [0, 1, 2, 3, 3, 3]
+  assert [rows.coconut_stage(TOY, st, random.Random(0), 0.0) for st in range(6)] == [
+    0,
+    1,
+    2,
+    3,
+    3,
+    3,
+  ]
   mixed = {rows.coconut_stage(TOY, 2, random.Random(i), 1.0) for i in range(60)}
   assert mixed == {0, 1, 2}
   # Baselines.
-  assert rows.language_row(TOY, prompt, random.Random(0), "cot") == (TOY_PROMPT + [1, 2, 3, A, 3, EOS], 19)
+  assert rows.language_row(TOY, prompt, random.Random(0), "cot") == (
+    TOY_PROMPT + [1, 2, 3, A, 3, EOS],
+    19,
+  )
   assert rows.language_row(TOY, prompt, random.Random(0), "nocot") == (TOY_PROMPT + [A, 3, EOS], 19)
 
 
@@ -77,19 +97,19 @@ def test_loss_mask_and_schedule(gen_dir, batching):
     width = task.T if batching == "padded" else task.width(task.step_rows(step))
     assert width <= task.T
     assert b["tokens"].shape == (8, width) and (b["weights"].sum(1) == 1).all()
-    assert task.scheduled_stage(step) == step - 1       # smoke: one step per stage
+    assert task.scheduled_stage(step) == step - 1  # smoke: one step per stage
     for r in range(8):
       col = int(np.flatnonzero(b["weights"][r])[0])
       start, n = int(b["latent_start"][r]), int(b["num_thoughts"][r])
       tokens = b["tokens"][r]
-      assert (tokens[start:start + n] == L).all() and tokens[start - 1] not in (L,)
+      assert (tokens[start : start + n] == L).all() and tokens[start - 1] not in (L,)
       label = int(b["targets"][r, col])
       assert label == tokens[col + 1]
-      if tokens[col] == A:        # final stage: D thoughts, [A], the target
+      if tokens[col] == A:  # final stage: D thoughts, [A], the target
         assert col == start + n and n == int(sum(tokens == L))
-      else:                      # stage s = n: the label sits right after the s-th thought (or the root)
+      else:  # stage s = n: the label sits right after the s-th thought (or the root)
         assert col == start + n - 1 and label < graphs.MAX_NODES
-      assert (tokens[col + 2:] == EOS).all()
+      assert (tokens[col + 2 :] == EOS).all()
   # Step 1 is stage 0 for every row (no mixing possible): no thoughts, label a depth-1 node.
   assert (task.train_batch(1)["num_thoughts"] == 0).all()
   for method, extra in (("cot", 3), ("nocot", 3)):
@@ -99,12 +119,16 @@ def test_loss_mask_and_schedule(gen_dir, batching):
     if method == "nocot":
       assert (w == extra).all()
     else:
-      assert (w >= 3 + extra).all()                   # ≥ 3 path nodes, [A], target, <eos>
+      assert (w >= 3 + extra).all()  # ≥ 3 path nodes, [A], target, <eos>
     for r in range(8):
       cols = np.flatnonzero(b["weights"][r])
-      assert (np.diff(cols) == 1).all() and cols[0] == int(np.flatnonzero(b["tokens"][r] == R)[0]) + 1
+      assert (np.diff(cols) == 1).all() and cols[0] == int(
+        np.flatnonzero(b["tokens"][r] == R)[0]
+      ) + 1
       assert b["targets"][r, cols[-1]] == EOS and b["targets"][r, cols[-3]] == A
-      assert b["targets"][r, cols[-2]] < graphs.MAX_NODES and b["weights"][r, cols[-1] + 1:].sum() == 0
+      assert (
+        b["targets"][r, cols[-2]] < graphs.MAX_NODES and b["weights"][r, cols[-1] + 1 :].sum() == 0
+      )
 
 
 def test_batches_pure_function_of_seed_and_step(gen_dir):
@@ -123,14 +147,28 @@ def test_rowwise_thoughts_match_cached_forward():
   """The padded path's call (per-row counts, prefix P, the rest from latent_start + K) row by row equals
   the cached forward of that row alone with its own count."""
   import jax.numpy as jnp
+
   model = random_model(th.model_config("tiny", vocab_size=40, max_seq_len=32), seed=0, scale=0.3)
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, 40, (3, 20)).astype(np.int32)
   starts, counts, K, P = np.array([5, 9, 7], np.int32), np.array([2, 0, 1], np.int32), 2, 12
-  got = np.asarray(th.cached_forward(model, jnp.asarray(tokens), jnp.asarray(starts), num_thoughts=K,
-                                     num_thoughts_B=jnp.asarray(counts), prefix_len=P, rest_len=20 - P - K).logits_BTV)
-  for b in range(3):  # defined up to latent_start + K + (T - P - K): the row's prefix, thoughts and rest
-    ref = th.forward_with_thoughts(model, tokens[b:b + 1], starts[b:b + 1], int(counts[b])).logits_BTV
+  got = np.asarray(
+    th.cached_forward(
+      model,
+      jnp.asarray(tokens),
+      jnp.asarray(starts),
+      num_thoughts=K,
+      num_thoughts_B=jnp.asarray(counts),
+      prefix_len=P,
+      rest_len=20 - P - K,
+    ).logits_BTV
+  )
+  for b in range(
+    3
+  ):  # defined up to latent_start + K + (T - P - K): the row's prefix, thoughts and rest
+    ref = th.forward_with_thoughts(
+      model, tokens[b : b + 1], starts[b : b + 1], int(counts[b])
+    ).logits_BTV
     end = starts[b] + 20 - P
     np.testing.assert_allclose(got[b, :end], np.asarray(ref)[0, :end], atol=2e-4, rtol=2e-4)
 
@@ -142,10 +180,18 @@ def _hashes(workdir):
 
 @pytest.mark.parametrize("method", train.METHODS)
 def test_smoke_run(method, gen_dir, tmp_path, check_sampling):
-  result = train.run(_config(method, gen_dir, steps=2, eval_every=2, checkpoint_every=2), str(tmp_path))
-  if method == "nocot":   # launch.sample reads the run (a ProsQA prompt is space-separated symbols)
-    check_sampling(tmp_path, data.VOCAB.decode(data.prompt_tokens(data.load(gen_dir / "valid.json")[0])))
-  assert result.step == 2 and 0.0 <= result.eval["eval/acc"] <= 1.0 and np.isfinite(result.eval["eval/loss"])
+  result = train.run(
+    _config(method, gen_dir, steps=2, eval_every=2, checkpoint_every=2), str(tmp_path)
+  )
+  if method == "nocot":  # launch.sample reads the run (a ProsQA prompt is space-separated symbols)
+    check_sampling(
+      tmp_path, data.VOCAB.decode(data.prompt_tokens(data.load(gen_dir / "valid.json")[0]))
+    )
+  assert (
+    result.step == 2
+    and 0.0 <= result.eval["eval/acc"] <= 1.0
+    and np.isfinite(result.eval["eval/loss"])
+  )
   assert ("eval/acc_fixed" in result.eval) == (method == "coconut")
   sel = json.loads((tmp_path / "selection.json").read_text())
   assert sel["step"] == 2 and sel["split"] == "generated validation" and sel["checkpoint"]
@@ -155,8 +201,19 @@ def test_smoke_run(method, gen_dir, tmp_path, check_sampling):
   for metric, (k, n) in scored["counts"].items():
     assert n == 8 and k / n == pytest.approx(result.eval[f"eval/{metric}"], abs=1e-6)
   # The CLI on any ProsQA file (here the generated validation split) writes the same numbers as a table.
-  assert cot_eval.main(["--workdir", str(tmp_path), "--file", str(gen_dir / "valid.json"),
-                        "--out", str(tmp_path / "eval.md")]) == 0
+  assert (
+    cot_eval.main(
+      [
+        "--workdir",
+        str(tmp_path),
+        "--file",
+        str(gen_dir / "valid.json"),
+        "--out",
+        str(tmp_path / "eval.md"),
+      ]
+    )
+    == 0
+  )
   k, n = scored["counts"]["acc"]
   assert f"{k / n:.1%}" in (tmp_path / "eval.md").read_text().split("\n")[4]
   # The signature analysis reads the same selected checkpoint (continuous thoughts only).
@@ -165,9 +222,24 @@ def test_smoke_run(method, gen_dir, tmp_path, check_sampling):
     res = analysis.analyse(analysis.subject_from_run(tmp_path), problems, tmp_path / "sig", "gen")
     assert res["count"] == 4 and 0 <= res["accuracy"] <= 1
     assert res["inner"]["reachable"][1][2] > 0 and (tmp_path / "sig/gen.png").stat().st_size > 0
-    assert analysis.main(["--workdir", str(tmp_path), "--file", str(gen_dir / "valid.json"), "--limit", "4",
-                          "--out", str(tmp_path / "sig2")]) == 0
-    assert (tmp_path / "sig2/valid.png").stat().st_size > 0 and "valid" in (tmp_path / "sig2/signature.md").read_text()
+    assert (
+      analysis.main(
+        [
+          "--workdir",
+          str(tmp_path),
+          "--file",
+          str(gen_dir / "valid.json"),
+          "--limit",
+          "4",
+          "--out",
+          str(tmp_path / "sig2"),
+        ]
+      )
+      == 0
+    )
+    assert (tmp_path / "sig2/valid.png").stat().st_size > 0 and "valid" in (
+      tmp_path / "sig2/signature.md"
+    ).read_text()
   else:
     with pytest.raises(ValueError, match="coconut"):
       analysis.subject_from_run(tmp_path)
@@ -184,7 +256,9 @@ def test_resume_gives_same_batches(gen_dir, tmp_path):
   full, cut = tmp_path / "full", tmp_path / "cut"
   train.run(_config("coconut", gen_dir, steps=4, eval_every=0, checkpoint_every=2), str(full))
   train.run(_config("coconut", gen_dir, steps=2, eval_every=0, checkpoint_every=2), str(cut))
-  result = train.run(_config("coconut", gen_dir, steps=4, eval_every=0, checkpoint_every=2), str(cut))
+  result = train.run(
+    _config("coconut", gen_dir, steps=4, eval_every=0, checkpoint_every=2), str(cut)
+  )
   assert result.resumed_from == 2
   assert _hashes(full) == _hashes(cut) and sorted(_hashes(cut)) == [1, 2, 3, 4]
 
@@ -194,19 +268,35 @@ def test_configs():
     c = scaled_cfg.get_config(v)
     assert c.trainer == "projects.continuous_cot.train"
   from configs.continuous_cot import cpu, plateau
+
   for module in (cpu, plateau):
     for v in module.VARIANTS:
       c = config_lib.to_dict(module.get_config(v))
       config_lib.check(c)
-  assert plateau.get_config("base").cot.relabel is False and plateau.get_config("relabel_rope_set").cot.loss == "set"
+  assert (
+    plateau.get_config("base").cot.relabel is False
+    and plateau.get_config("relabel_rope_set").cot.loss == "set"
+  )
   assert cpu.get_config("cot").cot.method == "cot" and cpu.get_config("coconut").cot.reset_optimizer
   p = paper_cfg.get_config("coconut")
   assert (p.model.num_layers, p.model.num_heads, p.model.d_model) == (2, 8, 768)
-  assert (p.optim.lr, p.train.batch_size, p.cot.epochs_per_stage, p.cot.uniform_prob) == (1e-4, 256, 25, 0.1)
-  e = paper_cfg.get_config("eos_bfs_loss")   # the follow-up's recipe (spec §5.3)
-  assert (e.train.batch_size, e.cot.stage0_epochs, e.cot.epochs_per_stage, e.cot.relabel, e.cot.reset_optimizer,
-          e.cot.labels, e.cot.loss) == (512, 100, 50, True, True, "bfs", "set")
-  assert e.train.steps * 512 // 15000 == 349   # 350 epochs
+  assert (p.optim.lr, p.train.batch_size, p.cot.epochs_per_stage, p.cot.uniform_prob) == (
+    1e-4,
+    256,
+    25,
+    0.1,
+  )
+  e = paper_cfg.get_config("eos_bfs_loss")  # the follow-up's recipe (spec §5.3)
+  assert (
+    e.train.batch_size,
+    e.cot.stage0_epochs,
+    e.cot.epochs_per_stage,
+    e.cot.relabel,
+    e.cot.reset_optimizer,
+    e.cot.labels,
+    e.cot.loss,
+  ) == (512, 100, 50, True, True, "bfs", "set")
+  assert e.train.steps * 512 // 15000 == 349  # 350 epochs
   with pytest.raises(Exception, match="data_dir"):
     c = scaled_cfg.get_config("smoke")
     c.cot.data_dir = "/nonexistent/prosqa"

@@ -1,4 +1,5 @@
 """Shared fixtures of the ICL tests: the lookup tables from ../shared/data/icl_tables (skipped when absent)."""
+
 import json
 
 import pytest

@@ -1,4 +1,5 @@
 """The ICL task families: formats, answers against independent computations, seeding, exact mixing."""
+
 import json
 import re
 import string
@@ -9,12 +10,12 @@ import pytest
 from projects.icl_superposition import chars, tables, tasks
 
 LINE_RE = {
-    "retrieval": re.compile(r"^([A-Za-z]{8})>([A-Za-z])$"),
-    "mod_add": re.compile(r"^(\d)>(\d)$"),
-    "add_translate": re.compile(r"^(\d{2})\+(\d{2})->([^\n]+)$"),
-    "AB": re.compile(r"^(\d{2})@(\d{2})=(\d{2,3})$"),
-    "country": re.compile(r"^([A-Za-z][^\n>]*)->([^\n]+)$"),
-    "word": re.compile(r"^([a-z]+)->([A-Za-z])$"),
+  "retrieval": re.compile(r"^([A-Za-z]{8})>([A-Za-z])$"),
+  "mod_add": re.compile(r"^(\d)>(\d)$"),
+  "add_translate": re.compile(r"^(\d{2})\+(\d{2})->([^\n]+)$"),
+  "AB": re.compile(r"^(\d{2})@(\d{2})=(\d{2,3})$"),
+  "country": re.compile(r"^([A-Za-z][^\n>]*)->([^\n]+)$"),
+  "word": re.compile(r"^([a-z]+)->([A-Za-z])$"),
 }
 LANG = {"add_or": "or", "add_en": "en", "add_fr": "fr", "add_es": "es"}
 
@@ -32,10 +33,17 @@ def _expected(task, x, raw):
     a, b = map(int, x.split("@"))
     return {"copyA": str(a), "copyB": str(b), "AplusB": str(a + b)}[task.name]
   if task.family == "country":
-    return {"country_capital": raw["country_capital_dict"].get(x),
-            "country_continent": raw["country_continent_dict"].get(x), "country_upper": x.upper()}[task.name]
-  return {"first_letter": x[0].lower(), "last_letter": x[-1].lower(),
-          "first_letter_cap": x[0].upper(), "last_letter_cap": x[-1].upper()}[task.name]
+    return {
+      "country_capital": raw["country_capital_dict"].get(x),
+      "country_continent": raw["country_continent_dict"].get(x),
+      "country_upper": x.upper(),
+    }[task.name]
+  return {
+    "first_letter": x[0].lower(),
+    "last_letter": x[-1].lower(),
+    "first_letter_cap": x[0].upper(),
+    "last_letter_cap": x[-1].upper(),
+  }[task.name]
 
 
 def test_registry_shape():
@@ -44,7 +52,11 @@ def test_registry_shape():
   assert tasks.FAMILIES["retrieval"].test_pair == ("retrieve2", "retrieve6")
   assert all(t.family == name for name, f in tasks.FAMILIES.items() for t in f.tasks)
   assert {f: tasks.FAMILIES[f].n_examples for f in tasks.LLM_FAMILIES} == {
-      "add_translate": 80, "AB": 60, "country": 60, "word": 80}  # 20·K, as the paper configs
+    "add_translate": 80,
+    "AB": 60,
+    "country": 60,
+    "word": 80,
+  }  # 20·K, as the paper configs
 
 
 @pytest.mark.parametrize("family", tasks.FROM_SCRATCH)
@@ -80,8 +92,8 @@ def test_llm_family_prompts(family, icl_tables):
       assert line == f"{x}{task.sep}{y}" and y == _expected(task, x, icl_tables)
     assert lines[-1] == p.query_text == p.query + fam.tasks[0].sep
     assert p.answers == tuple(_expected(t, p.query, icl_tables) for t in fam.tasks)
-    assert len(set(p.answers)) == len(p.answers)               # every task answers differently
-    assert p.query not in {x for x, _ in p.examples}          # a fresh query
+    assert len(set(p.answers)) == len(p.answers)  # every task answers differently
+    assert p.query not in {x for x, _ in p.examples}  # a fresh query
     assert np.bincount(p.labels).tolist() == [fam.n_examples // len(fam.tasks)] * len(fam.tasks)
 
 
@@ -100,8 +112,12 @@ def test_operand_ranges_and_words(icl_tables):
 def test_number_words_spot_checks(icl_tables):
   t = tasks.TASKS
   assert [t[n].answer("34+34") for n in ("add_or", "add_en", "add_fr", "add_es")] == [
-      "68", "sixty-eight", "soixante-huit", "sesenta y ocho"]            # the spec's example
-  assert t["add_en"].answer("60+61") == "one hundred and twenty-one"   # British "and"
+    "68",
+    "sixty-eight",
+    "soixante-huit",
+    "sesenta y ocho",
+  ]  # the spec's example
+  assert t["add_en"].answer("60+61") == "one hundred and twenty-one"  # British "and"
   for a, b in [(10, 10), (99, 99), (45, 27), (80, 17)]:
     for name, lang in LANG.items():
       assert t[name].answer(f"{a}+{b}") == icl_tables[f"{lang}_dict"][str(a + b)]
@@ -117,7 +133,7 @@ def test_mixed_prompt_fractions_exact(pair):
   for n in (100, 37, 7):
     for d in np.round(np.linspace(0, 1, 11), 1):
       p = tasks.mixed_prompt(a, b, n, float(d), np.random.default_rng(int(10 * d)))
-      n_b = int(np.floor((1 - d) * n + 1e-9))                 # d is the share of task a
+      n_b = int(np.floor((1 - d) * n + 1e-9))  # d is the share of task a
       assert p.labels.count(1) == n_b and p.labels.count(0) == n - n_b
       assert p.tasks == (a, b)
       ta, tb = tasks.TASKS[a], tasks.TASKS[b]
@@ -155,13 +171,15 @@ def test_determinism_per_seed():
 
 def test_llm_determinism(icl_tables):
   for fam in tasks.LLM_FAMILIES:
-    assert tasks.family_prompt(fam, np.random.default_rng(5)) == tasks.family_prompt(fam, np.random.default_rng(5))
+    assert tasks.family_prompt(fam, np.random.default_rng(5)) == tasks.family_prompt(
+      fam, np.random.default_rng(5)
+    )
 
 
 def test_mixing_rejects_bad_arguments():
   rng = np.random.default_rng(0)
   with pytest.raises(ValueError):
-    tasks.mixed_prompt("retrieve2", "plus3", 10, 0.5, rng)       # different families
+    tasks.mixed_prompt("retrieve2", "plus3", 10, 0.5, rng)  # different families
   with pytest.raises(ValueError):
     tasks.mixed_prompt("retrieve2", "retrieve2", 10, 0.5, rng)
   with pytest.raises(ValueError):
@@ -174,7 +192,10 @@ def test_sampling_and_skew():
   assert tasks.skewed_weights("retrieval", 0.9) == pytest.approx([0.225] * 4 + [0.025] * 4)
   assert sum(tasks.skewed_weights("mod_add", 0.1)) == pytest.approx(1.0)
   rng = np.random.default_rng(0)
-  ks = [int(tasks.sample_task("retrieval", rng, tasks.skewed_weights("retrieval")).name[-1]) for _ in range(2000)]
+  ks = [
+    int(tasks.sample_task("retrieval", rng, tasks.skewed_weights("retrieval")).name[-1])
+    for _ in range(2000)
+  ]
   assert 0.87 < np.mean(np.array(ks) < 4) < 0.93
 
 
@@ -190,6 +211,7 @@ def test_char_vocabulary_roundtrip_and_mask():
   assert len(ids) == len(mask) == 1 + 100 * 11 and mask.sum() == 200
   assert vocab.decode(ids[mask == 1]) == "".join(y + "\n" for _, y in p.examples)
   from superpose.data import tokenizers
+
   assert tokenizers.get_tokenizer("icl_chars") is vocab
 
 

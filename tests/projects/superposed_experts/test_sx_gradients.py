@@ -1,6 +1,7 @@
 """Every trainable parameter of every superposed_experts method receives a gradient (and frozen experts do
 not move) — superpose.train.gradcheck on real batches. The notebook's teacher-forced graph without
 autoencoders is the counter-example: its α of every layer but the last never trains."""
+
 import pytest
 
 from configs.superposed_experts import tiny
@@ -11,24 +12,49 @@ from superpose.train import gradcheck
 def _task(smoke, variant, **superposed):
   cfg, _, _ = smoke
   own = tiny.get_config(variant).to_dict()
-  cfg = {**cfg, "optim": own["optim"], "superposed": {**cfg["superposed"], **{
-      k: own["superposed"][k] for k in ("method", "train_graph", "router", "rank", "gate_hidden", "ae_causal",
-                                        "mask_recon")}, **superposed}}
+  cfg = {
+    **cfg,
+    "optim": own["optim"],
+    "superposed": {
+      **cfg["superposed"],
+      **{
+        k: own["superposed"][k]
+        for k in (
+          "method",
+          "train_graph",
+          "router",
+          "rank",
+          "gate_hidden",
+          "ae_causal",
+          "mask_recon",
+        )
+      },
+      **superposed,
+    },
+  }
   task = train.make_task(cfg)
-  return task, task.spec.config   # as train.run: experts frozen, empty groups dropped
+  return task, task.spec.config  # as train.run: experts frozen, empty groups dropped
 
 
 NO_AE = dict(ae_layers=(), train_ae_layers=())
 
 
-@pytest.mark.parametrize("variant, superposed", [("smoke", {}), ("blend_only", NO_AE), ("router", {}),
-                                                 ("smoke_merge", NO_AE), ("smoke_trunk", NO_AE)])
+@pytest.mark.parametrize(
+  "variant, superposed",
+  [
+    ("smoke", {}),
+    ("blend_only", NO_AE),
+    ("router", {}),
+    ("smoke_merge", NO_AE),
+    ("smoke_trunk", NO_AE),
+  ],
+)
 def test_every_trainable_parameter_gets_a_gradient(smoke, variant, superposed):
   task, cfg = _task(smoke, variant, **superposed)
   report = gradcheck.check_task(task, cfg)
   gradcheck.assert_gradients_flow(report)
   assert report.trainable > 0 and report.frozen > 0
-  if task.spec.method != "trunk":   # one α (or λ) per layer: every element must have moved the loss
+  if task.spec.method != "trunk":  # one α (or λ) per layer: every element must have moved the loss
     assert task.spec.gradient_elementwise
 
 

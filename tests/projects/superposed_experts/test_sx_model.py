@@ -1,4 +1,5 @@
 """The superposed model: forced α reproduces each expert, causality, frozen experts, config checks."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +11,9 @@ from superpose.nn.testing import random_model
 from superpose.train.losses import lm_loss
 from projects.superposed_experts.model import Superposed, SuperposedConfig
 
-EXPERT = nn.gpt2(vocab_size=61, d_model=32, num_layers=3, num_heads=4, d_ff=64, max_seq_len=16, vocab_multiple=8)
+EXPERT = nn.gpt2(
+  vocab_size=61, d_model=32, num_layers=3, num_heads=4, d_ff=64, max_seq_len=16, vocab_multiple=8
+)
 B, T = 2, 16
 
 
@@ -32,7 +35,9 @@ def paper():
   cfg = SuperposedConfig(expert=EXPERT, ae_layers=(0, 1), train_ae_layers=(0, 1, 2))
   model = _model(cfg)
   graphdef, state = nnx.split(model)
-  forward = jax.jit(lambda s, t, a, ae: nnx.merge(graphdef, s)(t, alpha=a, use_autoencoders=ae), static_argnums=3)
+  forward = jax.jit(
+    lambda s, t, a, ae: nnx.merge(graphdef, s)(t, alpha=a, use_autoencoders=ae), static_argnums=3
+  )
   expert_forward = jax.jit(lambda s, t: nnx.merge(nnx.graphdef(model.experts[0]), s)(t).logits_BTV)
   return model, graphdef, state, forward, expert_forward
 
@@ -43,7 +48,7 @@ def test_forced_alpha_gives_each_expert(paper):
   L = EXPERT.num_layers
   for k, alphas in ((0, (0.0, np.zeros(L, np.float32))), (1, (1.0, np.ones(L, np.float32)))):
     want = expert_forward(nnx.state(model.experts[k]), tokens)
-    for alpha in alphas:   # a scalar and an (L,) array, both traced: one compilation serves every α
+    for alpha in alphas:  # a scalar and an (L,) array, both traced: one compilation serves every α
       got = forward(state, tokens, jnp.asarray(alpha, jnp.float32), False)
       np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
   # With the autoencoders in the path, or α in between, the output is neither expert.
@@ -79,16 +84,22 @@ def test_non_causal_autoencoder_leaks():
 @pytest.mark.parametrize("graph", ["sequential", "teacher_forced"])
 def test_train_forward_trains_blend_and_autoencoders_only(paper, graph):
   import dataclasses
+
   model, graphdef, state, _, _ = paper
-  graphdef = nnx.graphdef(Superposed(dataclasses.replace(model.cfg, train_graph=graph), rngs=nnx.Rngs(0)))
+  graphdef = nnx.graphdef(
+    Superposed(dataclasses.replace(model.cfg, train_graph=graph), rngs=nnx.Rngs(0))
+  )
   params = nnx.state(nnx.merge(graphdef, state), nnx.Param)
   tokens = _tokens(3)
   targets = jnp.roll(tokens, -1, axis=1)
-  weights = jnp.ones((B, T)).at[1, 10:].set(0.0)   # row 1 is padded after position 9
+  weights = jnp.ones((B, T)).at[1, 10:].set(0.0)  # row 1 is padded after position 9
 
   def loss(p):
-    logits, recon, aux = nnx.merge(graphdef, p).train_forward(tokens, jnp.array([0, 1]), mask_BT=weights)
+    logits, recon, aux = nnx.merge(graphdef, p).train_forward(
+      tokens, jnp.array([0, 1]), mask_BT=weights
+    )
     return lm_loss(logits, targets, weights)[0] + 3.0 * recon, aux
+
   grads, aux = jax.jit(jax.grad(loss, has_aux=True))(params)
   grads = nnx.to_pure_dict(grads)
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads["experts"]))
@@ -97,34 +108,42 @@ def test_train_forward_trains_blend_and_autoencoders_only(paper, graph):
     assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads["autoencoders"][layer]))
   assert set(k for k in aux if k.startswith("recon/")) == {"recon/0", "recon/1", "recon/2"}
   forward_dots = str(jax.make_jaxpr(lambda p: loss(p)[0])(params)).count("dot_general")
-  backward_dots = str(jax.make_jaxpr(jax.grad(lambda p: loss(p)[0]))(params)).count("dot_general") - forward_dots
+  backward_dots = (
+    str(jax.make_jaxpr(jax.grad(lambda p: loss(p)[0]))(params)).count("dot_general") - forward_dots
+  )
   # Teacher-forced: the experts' backward is not in the program at all. Sequential: it runs through their
   # activations (dx) but never computes their weight gradients (dW), which would double it.
   assert 0 < backward_dots < forward_dots
 
 
-@pytest.mark.parametrize("graph, ae_layers, train_ae_layers, live", [
-    ("sequential", (), (), "all"),                 # blend only: the LM loss reaches every layer's α
+@pytest.mark.parametrize(
+  "graph, ae_layers, train_ae_layers, live",
+  [
+    ("sequential", (), (), "all"),  # blend only: the LM loss reaches every layer's α
     ("sequential", (1,), (1, 2), "all"),
-    ("teacher_forced", (), (), "last"),            # the notebook's graph: only the head's α is trained
+    ("teacher_forced", (), (), "last"),  # the notebook's graph: only the head's α is trained
     ("teacher_forced", (1,), (1, 2), "autoencoded"),
-])
+  ],
+)
 def test_every_alpha_gets_a_gradient(graph, ae_layers, train_ae_layers, live):
-    """dL/dα_l per layer (through the per-layer bias b_l, α_l = spline + 0.1·b_l): in the sequential
-    graph every layer's α is trained; the teacher-forced graph leaves the α of layers without an
-    autoencoder untouched — the bug this graph choice fixes."""
-    cfg = SuperposedConfig(expert=EXPERT, ae_layers=ae_layers, train_ae_layers=train_ae_layers, train_graph=graph)
-    model = _model(cfg)
-    graphdef, params = nnx.split(model, nnx.Param)
-    tokens = _tokens(8)
+  """dL/dα_l per layer (through the per-layer bias b_l, α_l = spline + 0.1·b_l): in the sequential
+  graph every layer's α is trained; the teacher-forced graph leaves the α of layers without an
+  autoencoder untouched — the bug this graph choice fixes."""
+  cfg = SuperposedConfig(
+    expert=EXPERT, ae_layers=ae_layers, train_ae_layers=train_ae_layers, train_graph=graph
+  )
+  model = _model(cfg)
+  graphdef, params = nnx.split(model, nnx.Param)
+  tokens = _tokens(8)
 
-    def loss(p):
-      logits, recon, _ = nnx.merge(graphdef, p).train_forward(tokens, jnp.array([0, 1]))
-      return lm_loss(logits[:, :-1], tokens[:, 1:], jnp.ones((B, T - 1)))[0] + 3.0 * recon
-    g = np.abs(np.asarray(nnx.to_pure_dict(jax.jit(jax.grad(loss))(params))["blend"]["bias"]))
-    L = EXPERT.num_layers
-    want = {"all": set(range(L)), "last": {L - 1}, "autoencoded": set(train_ae_layers)}[live]
-    assert set(np.flatnonzero(g > 0).tolist()) == want, g
+  def loss(p):
+    logits, recon, _ = nnx.merge(graphdef, p).train_forward(tokens, jnp.array([0, 1]))
+    return lm_loss(logits[:, :-1], tokens[:, 1:], jnp.ones((B, T - 1)))[0] + 3.0 * recon
+
+  g = np.abs(np.asarray(nnx.to_pure_dict(jax.jit(jax.grad(loss))(params))["blend"]["bias"]))
+  L = EXPERT.num_layers
+  want = {"all": set(range(L)), "last": {L - 1}, "autoencoded": set(train_ae_layers)}[live]
+  assert set(np.flatnonzero(g > 0).tolist()) == want, g
 
 
 def test_sequential_recon_of_a_training_only_autoencoder():
@@ -138,7 +157,9 @@ def test_sequential_recon_of_a_training_only_autoencoder():
   own = model.experts[0](tokens).final_hidden_BTD
   want = jnp.mean(jnp.square(model.autoencoders[str(L - 1)](own) - own))
   np.testing.assert_allclose(recon, want, rtol=1e-5)
-  np.testing.assert_allclose(logits, model.experts[0](tokens).logits_BTV, atol=1e-5)   # not fed forward
+  np.testing.assert_allclose(
+    logits, model.experts[0](tokens).logits_BTV, atol=1e-5
+  )  # not fed forward
 
 
 def test_teacher_forced_equals_sequential_for_equal_experts():
@@ -146,8 +167,9 @@ def test_teacher_forced_equals_sequential_for_equal_experts():
   cfg = SuperposedConfig(expert=EXPERT, blend="1d")
   model = _model(cfg, seeds=(5, 5))
   tokens = _tokens(5)
-  want, sequential, teacher_forced = nnx.jit(lambda m, t: (
-      m.experts[0](t).logits_BTV, m(t), m.train_forward(t, jnp.array([0, 1]))[0]))(model, tokens)
+  want, sequential, teacher_forced = nnx.jit(
+    lambda m, t: (m.experts[0](t).logits_BTV, m(t), m.train_forward(t, jnp.array([0, 1]))[0])
+  )(model, tokens)
   np.testing.assert_allclose(sequential, want, atol=1e-5)
   np.testing.assert_allclose(teacher_forced, want, atol=1e-5)
 
@@ -161,14 +183,21 @@ def test_three_experts_simplex_and_router():
   expert = nnx.jit(lambda m, t: m(t).logits_BTV)
   tokens = _tokens(6)
   np.testing.assert_allclose(model.weights().sum(1), 1.0, atol=1e-6)
-  for k in range(3):   # a forced one-hot weight bypasses the router and selects expert k
-    np.testing.assert_allclose(forced(model, tokens, jnp.zeros(3).at[k].set(1.0)), expert(model.experts[k], tokens),
-                               atol=1e-5)
+  for k in range(3):  # a forced one-hot weight bypasses the router and selects expert k
+    np.testing.assert_allclose(
+      forced(model, tokens, jnp.zeros(3).at[k].set(1.0)),
+      expert(model.experts[k], tokens),
+      atol=1e-5,
+    )
   # The router's output layer starts at zero: routed = the learned static blend.
   static = model.weights()[..., 0]
-  np.testing.assert_allclose(forward(model, tokens, None), forward(model, tokens, static), atol=1e-5)
+  np.testing.assert_allclose(
+    forward(model, tokens, None), forward(model, tokens, static), atol=1e-5
+  )
   # Once trained it is input-dependent, and still causal (it reads a running mean over the prefix).
-  model.router.w_out[...] = jnp.asarray(np.random.default_rng(0).normal(0, 1, model.router.w_out.shape), jnp.float32)
+  model.router.w_out[...] = jnp.asarray(
+    np.random.default_rng(0).normal(0, 1, model.router.w_out.shape), jnp.float32
+  )
   changed = tokens.at[:, 9:].set((tokens[:, 9:] + 3) % EXPERT.vocab_size)
   a, b = forward(model, tokens, None), forward(model, changed, None)
   np.testing.assert_array_equal(a[:, :9], b[:, :9])
@@ -183,11 +212,16 @@ def test_2d_blend_forced_per_dimension():
   assert model.alphas().shape == (EXPERT.num_layers, EXPERT.d_model)
   tokens = _tokens(7)
   alpha_LD = jnp.ones((EXPERT.num_layers, EXPERT.d_model))
-  np.testing.assert_allclose(model(tokens, alpha=alpha_LD, use_autoencoders=False),
-                             model.experts[1](tokens).logits_BTV, atol=1e-5)
+  np.testing.assert_allclose(
+    model(tokens, alpha=alpha_LD, use_autoencoders=False),
+    model.experts[1](tokens).logits_BTV,
+    atol=1e-5,
+  )
 
 
-@pytest.mark.parametrize("changes, message", [
+@pytest.mark.parametrize(
+  "changes, message",
+  [
     (dict(ae_layers=(3,)), "block indices must lie in [0, 3)"),
     (dict(ae_layers=(1,), train_ae_layers=(2,)), "would never be trained"),
     (dict(num_experts=3, blend="2d"), "use 'simplex'"),
@@ -196,9 +230,12 @@ def test_2d_blend_forced_per_dimension():
     (dict(expert=EXPERT.replace(scan_layers=True)), "scan_layers=True"),
     (dict(num_control=16), "control points [1, 2, 3, 4, 5, 10, 11, 12, 13, 14] affect no layer"),
     (dict(train_graph="unrolled"), "train_graph='unrolled'"),
-])
+  ],
+)
 def test_config_errors(changes, message):
-  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+  with pytest.raises(
+    ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+  ):
     SuperposedConfig(**{"expert": EXPERT, **changes})
 
 
@@ -206,7 +243,9 @@ def test_alpha_shapes_and_parameter_paths(paper):
   model = paper[0]
   L = EXPERT.num_layers
   assert model.weights(0.25).shape == (L, 2, 1)
-  np.testing.assert_allclose(model.weights(jnp.full(L, 0.25))[:, :, 0], np.tile([0.75, 0.25], (L, 1)))
+  np.testing.assert_allclose(
+    model.weights(jnp.full(L, 0.25))[:, :, 0], np.tile([0.75, 0.25], (L, 1))
+  )
   with pytest.raises(ValueError, match="alpha of shape"):
     model.weights(jnp.zeros(L + 1))
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
@@ -219,19 +258,33 @@ def test_pallas_kernel_switch_equals_reference(blend):
   """config.kernel='pallas' (interpret mode on CPU) gives the reference's logits, reconstruction loss and
   gradients, in the inference graph (learned and forced α) and the teacher-forced training graph."""
   import dataclasses
-  ref_cfg = SuperposedConfig(expert=EXPERT, ae_layers=(0, 1), train_ae_layers=(0, 1, 2), blend=blend)
+
+  ref_cfg = SuperposedConfig(
+    expert=EXPERT, ae_layers=(0, 1), train_ae_layers=(0, 1, 2), blend=blend
+  )
   ref = _model(ref_cfg)
   graphdef, state = nnx.split(ref)
-  fused = nnx.merge(nnx.graphdef(Superposed(dataclasses.replace(ref_cfg, kernel="pallas", kernel_block_rows=8),
-                                            rngs=nnx.Rngs(0))), state)
+  fused = nnx.merge(
+    nnx.graphdef(
+      Superposed(
+        dataclasses.replace(ref_cfg, kernel="pallas", kernel_block_rows=8), rngs=nnx.Rngs(0)
+      )
+    ),
+    state,
+  )
   tokens = _tokens(3)
   for alpha in (None, 0.3):
-    np.testing.assert_allclose(fused(tokens, alpha=alpha), ref(tokens, alpha=alpha), atol=2e-5, rtol=0)
+    np.testing.assert_allclose(
+      fused(tokens, alpha=alpha), ref(tokens, alpha=alpha), atol=2e-5, rtol=0
+    )
 
   def loss(model, s):
     logits, recon, _ = nnx.merge(nnx.graphdef(model), s).train_forward(tokens, jnp.array([0, 1]))
     return lm_loss(logits[:, :-1], tokens[:, 1:], jnp.ones((B, T - 1)))[0] + recon
-  (l_ref, g_ref), (l_fused, g_fused) = (jax.value_and_grad(lambda s, m=m: loss(m, s))(state) for m in (ref, fused))
+
+  (l_ref, g_ref), (l_fused, g_fused) = (
+    jax.value_and_grad(lambda s, m=m: loss(m, s))(state) for m in (ref, fused)
+  )
   assert float(l_fused) == pytest.approx(float(l_ref), abs=1e-5)
   for a, b in zip(jax.tree.leaves(g_fused), jax.tree.leaves(g_ref)):
     np.testing.assert_allclose(a, b, atol=5e-5, rtol=1e-4)

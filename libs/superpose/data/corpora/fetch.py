@@ -10,6 +10,7 @@ Cache layout (root: ``$SUPERPOSE_CACHE``, default ``~/.cache/superpose``)::
 Neither apt-get download nor pip download needs root. Downloads land in a temporary folder first and
 are moved into place only after the checksum matched, so an interrupted run never leaves a bad file.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,11 +34,11 @@ class FetchError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Package:
-  source: str             # "apt" (a Debian binary package) or "pypi"
+  source: str  # "apt" (a Debian binary package) or "pypi"
   name: str
   version: str
-  sha256: str             # of the downloaded file
-  sdist: bool = False     # pypi only: fetch the source archive rather than a wheel
+  sha256: str  # of the downloaded file
+  sdist: bool = False  # pypi only: fetch the source archive rather than a wheel
 
   def __str__(self):
     return f"{self.source}:{self.name}={self.version}"
@@ -77,7 +78,7 @@ def fetch(pkg: Package, cache: pathlib.Path, pinned: bool = True) -> tuple[pathl
     digest = sha256_file(have[0])
     if not pinned or digest == pkg.sha256:
       return have[0], digest
-    have[0].unlink()                      # corrupt or replaced: fetch again
+    have[0].unlink()  # corrupt or replaced: fetch again
   dest.parent.mkdir(parents=True, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".tmp-") as tmp:
     tmp = pathlib.Path(tmp)
@@ -95,9 +96,11 @@ def fetch(pkg: Package, cache: pathlib.Path, pinned: bool = True) -> tuple[pathl
       raise FetchError(f"{pkg}: expected one downloaded file, found {[p.name for p in files]}")
     digest = sha256_file(files[0])
     if pinned and digest != pkg.sha256:
-      raise FetchError(f"{pkg}: sha256 mismatch for {files[0].name}: got {digest}, expected {pkg.sha256}. "
-                       "The registry serves a different file than the one recorded; check it before "
-                       "updating the expected checksum.")
+      raise FetchError(
+        f"{pkg}: sha256 mismatch for {files[0].name}: got {digest}, expected {pkg.sha256}. "
+        "The registry serves a different file than the one recorded; check it before "
+        "updating the expected checksum."
+      )
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / files[0].name
     files[0].replace(target)
@@ -110,20 +113,36 @@ def _run(cmd: list[str], cwd: pathlib.Path, what: str, hint: str) -> None:
   except FileNotFoundError as e:
     raise FetchError(f"{what}: {cmd[0]} is not available ({e}). {hint}") from None
   if r.returncode != 0:
-    lines = [ln for ln in (r.stderr + r.stdout).splitlines() if ln.strip() and not ln.startswith("W:")]
-    raise FetchError(f"{what} failed: {' | '.join(lines[-4:]) or 'exit ' + str(r.returncode)}. {hint}")
+    lines = [
+      ln for ln in (r.stderr + r.stdout).splitlines() if ln.strip() and not ln.startswith("W:")
+    ]
+    raise FetchError(
+      f"{what} failed: {' | '.join(lines[-4:]) or 'exit ' + str(r.returncode)}. {hint}"
+    )
 
 
 def _apt_download(pkg: Package, dest: pathlib.Path, pinned: bool) -> None:
   spec = f"{pkg.name}={pkg.version}" if pinned else pkg.name
-  hint = ("If apt-get cannot locate the package, its lists may be empty: run `apt-get update` (as root). "
-          "If only this version is gone from the archive, rebuild with --unpinned.")
+  hint = (
+    "If apt-get cannot locate the package, its lists may be empty: run `apt-get update` (as root). "
+    "If only this version is gone from the archive, rebuild with --unpinned."
+  )
   _run(["apt-get", "download", "-q", spec], dest, f"apt-get download {spec}", hint)
 
 
 def _pip_download(pkg: Package, dest: pathlib.Path) -> None:
   spec = f"{pkg.name}=={pkg.version}"
-  cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d", str(dest)]
+  cmd = [
+    sys.executable,
+    "-m",
+    "pip",
+    "download",
+    "--no-deps",
+    "--disable-pip-version-check",
+    "-q",
+    "-d",
+    str(dest),
+  ]
   cmd += ["--no-binary", ":all:"] if pkg.sdist else ["--only-binary", ":all:"]
   hint = "Check the network access to PyPI (or PIP_INDEX_URL)."
   try:
@@ -133,7 +152,12 @@ def _pip_download(pkg: Package, dest: pathlib.Path) -> None:
       raise
     # pip prepares an sdist's metadata; old setup.py files fail in an isolated build environment
     # ("invalid command 'bdist_wheel'") but work with the local setuptools + wheel.
-    _run(cmd + ["--no-build-isolation", spec], dest, f"pip download {spec}", hint + " (needs setuptools and wheel)")
+    _run(
+      cmd + ["--no-build-isolation", spec],
+      dest,
+      f"pip download {spec}",
+      hint + " (needs setuptools and wheel)",
+    )
 
 
 def extract(archive: pathlib.Path, cache: pathlib.Path) -> pathlib.Path:
@@ -142,7 +166,7 @@ def extract(archive: pathlib.Path, cache: pathlib.Path) -> pathlib.Path:
   if (dest / ".complete").exists():
     return dest
   if dest.exists():
-    shutil.rmtree(dest)                    # a previous extraction was interrupted
+    shutil.rmtree(dest)  # a previous extraction was interrupted
   dest.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(dir=dest.parent, prefix=".tmp-"))
   try:
@@ -181,17 +205,22 @@ def read_ar(path: pathlib.Path) -> dict[str, bytes]:
     raise FetchError(f"{path} is not an ar archive (a .deb starts with '!<arch>')")
   members, pos = {}, 8
   while pos + 60 <= len(data):
-    header = data[pos:pos + 60]
+    header = data[pos : pos + 60]
     name = header[:16].decode().strip().rstrip("/")
     size = int(header[48:58].decode().strip())
-    members[name] = data[pos + 60:pos + 60 + size]
-    pos += 60 + size + (size & 1)          # members are padded to an even offset
+    members[name] = data[pos + 60 : pos + 60 + size]
+    pos += 60 + size + (size & 1)  # members are padded to an even offset
   return members
 
 
 def _extract_deb(deb: pathlib.Path, dest: pathlib.Path) -> None:
   if shutil.which("dpkg-deb"):
-    _run(["dpkg-deb", "-x", str(deb), str(dest)], dest, f"dpkg-deb -x {deb.name}", "Is the .deb complete?")
+    _run(
+      ["dpkg-deb", "-x", str(deb), str(dest)],
+      dest,
+      f"dpkg-deb -x {deb.name}",
+      "Is the .deb complete?",
+    )
     return
   # No dpkg (e.g. macOS with a .deb copied in): the data member is a plain tar archive.
   members = read_ar(deb)
@@ -199,6 +228,8 @@ def _extract_deb(deb: pathlib.Path, dest: pathlib.Path) -> None:
   if data is None:
     raise FetchError(f"{deb} has no data.tar member (members: {sorted(members)})")
   if data.endswith(".zst"):
-    raise FetchError(f"{deb}: {data} needs zstd, which Python's tarfile cannot read; install dpkg-deb")
+    raise FetchError(
+      f"{deb}: {data} needs zstd, which Python's tarfile cannot read; install dpkg-deb"
+    )
   with tarfile.open(fileobj=io.BytesIO(members[data]), mode="r:*") as t:
     _untar(t, dest)

@@ -1,10 +1,30 @@
 """Plain text from LibreOffice help pages (HTML generated from XHP sources)."""
+
 from __future__ import annotations
 
 import html.parser
 
-_BLOCK = {"p", "div", "h1", "h2", "h3", "h4", "h5", "h6", "li", "tr", "table", "ul", "ol", "pre", "br",
-          "section", "article", "dt", "dd"}
+_BLOCK = {
+  "p",
+  "div",
+  "h1",
+  "h2",
+  "h3",
+  "h4",
+  "h5",
+  "h6",
+  "li",
+  "tr",
+  "table",
+  "ul",
+  "ol",
+  "pre",
+  "br",
+  "section",
+  "article",
+  "dt",
+  "dd",
+}
 _CELL = {"td", "th"}
 _SKIP = {"script", "style", "noscript", "head", "title", "button", "nav", "label"}
 _VOID = {"br", "img", "input", "meta", "link", "hr", "base", "wbr"}
@@ -17,8 +37,8 @@ class _Text(html.parser.HTMLParser):
 
   def __init__(self):
     super().__init__(convert_charrefs=True)
-    self.out, self.stack = [], []        # stack: (tag, skipping) for every open non-void element
-    self.inside = False                  # within the DisplayArea
+    self.out, self.stack = [], []  # stack: (tag, skipping) for every open non-void element
+    self.inside = False  # within the DisplayArea
     self.pre = 0
 
   def _skipping(self) -> bool:

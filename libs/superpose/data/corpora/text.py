@@ -1,5 +1,6 @@
 """Corpus text handling shared by every source: cleaning, the split by document, 13-gram
 de-duplication of held-out text against training text, and the jsonl.gz writer."""
+
 from __future__ import annotations
 
 import collections
@@ -69,8 +70,9 @@ def split_of(title: str, seed: int, val_frac: float, test_frac: float) -> str:
   return "val" if u < val_frac else "test" if u < val_frac + test_frac else "train"
 
 
-def split_documents(docs: Sequence[dict], seed: int = 0, val_frac: float = 0.05,
-                    test_frac: float = 0.05) -> dict[str, list[dict]]:
+def split_documents(
+  docs: Sequence[dict], seed: int = 0, val_frac: float = 0.05, test_frac: float = 0.05
+) -> dict[str, list[dict]]:
   """Train/val/test by document. A held-out split that the hash leaves empty (few documents) takes
   the training document that is first in hash order, so small corpora still get one of each."""
   out = {s: [] for s in SPLITS}
@@ -98,7 +100,9 @@ class NgramIndex:
   def ids(self, words: Sequence[str]) -> np.ndarray:
     """Word ids; ``map`` over ``dict.setdefault`` with a counter runs in C. A new word takes the
     counter's value at its first position, so ids are unique though not dense."""
-    ids = np.fromiter(map(self.vocab.setdefault, words, itertools.count(self.next_id)), np.uint64, len(words))
+    ids = np.fromiter(
+      map(self.vocab.setdefault, words, itertools.count(self.next_id)), np.uint64, len(words)
+    )
     self.next_id += len(words)
     return ids
 
@@ -109,9 +113,9 @@ class NgramIndex:
       return np.zeros(0, np.uint64), np.zeros(0, bool)
     h = np.zeros(m, np.uint64)
     mult, mix = np.uint64(0x100000001B3), np.uint64(0x9E3779B97F4A7C15)
-    for k in range(self.n):                # uint64 arithmetic wraps around, as a hash should
-      h = h * mult + (ids[k:k + m] + np.uint64(1)) * mix
-    return h, group[:m] == group[self.n - 1:]
+    for k in range(self.n):  # uint64 arithmetic wraps around, as a hash should
+      h = h * mult + (ids[k : k + m] + np.uint64(1)) * mix
+    return h, group[:m] == group[self.n - 1 :]
 
   def build(self, docs: Sequence[dict]) -> np.ndarray:
     """The sorted n-gram hashes of ``docs`` (duplicates kept: sorting is faster than np.unique)."""
@@ -151,10 +155,10 @@ def _dedup_docs(docs, ngrams: NgramIndex, train_hashes: np.ndarray, max_removed:
     if not len(starts):
       kept.append(d)
       continue
-    covered = np.zeros(len(flat) + 1, np.int64)       # +1 at each match start, -1 after its end
+    covered = np.zeros(len(flat) + 1, np.int64)  # +1 at each match start, -1 after its end
     np.add.at(covered, starts, 1)
     np.add.at(covered, starts + n, -1)
-    bad = set(line_of[np.cumsum(covered)[:len(flat)] > 0].tolist())
+    bad = set(line_of[np.cumsum(covered)[: len(flat)] > 0].tolist())
     text = clean_text("\n".join(ln for i, ln in enumerate(lines) if i not in bad))
     removed = len(d["text"]) - len(text)
     if removed > max_removed * len(d["text"]) or not text.strip():
@@ -180,5 +184,7 @@ def write_jsonl_gz(path: pathlib.Path, docs: Iterable[dict]) -> None:
   tmp = path.with_name(path.name + ".tmp")
   with open(tmp, "wb") as raw, gzip.GzipFile("", "wb", 6, raw, mtime=0) as f:
     for d in docs:
-      f.write((json.dumps({"title": d["title"], "text": d["text"]}, ensure_ascii=False) + "\n").encode())
+      f.write(
+        (json.dumps({"title": d["title"], "text": d["text"]}, ensure_ascii=False) + "\n").encode()
+      )
   tmp.replace(path)

@@ -5,6 +5,7 @@ Modules: ``bases`` (labelled directions, sparse blocks), ``blocks`` (the weight 
 accurate in float32 on fine grids), ``allocate`` (layer allocation), ``assemble`` (config + params),
 ``compile`` (the pipeline), ``model`` (``CompiledModel``: encode/decode/apply, save/load, the residual basis).
 """
+
 from superpose.rasp.compiler.compile import compile_rasp
 from superpose.rasp.compiler.model import CompiledModel
 

@@ -7,6 +7,7 @@ after it. Placing each block as early as possible is a longest-path schedule ove
 half-layers: no valid schedule uses fewer layers (tracr's depth + compaction heuristic is never
 better, and sometimes one layer worse).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,7 +18,9 @@ from superpose.rasp.selectors import Aggregate, Select, SelectorWidth
 
 @dataclasses.dataclass(frozen=True)
 class Allocation:
-  half_layer: dict[str, tuple[int, ...]]  # node label -> the half-layers its blocks use (attention, MLP...)
+  half_layer: dict[
+    str, tuple[int, ...]
+  ]  # node label -> the half-layers its blocks use (attention, MLP...)
   num_layers: int
 
   def layers(self) -> list[dict[str, list[str]]]:

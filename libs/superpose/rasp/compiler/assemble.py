@@ -6,6 +6,7 @@ the output S-Op's directions, attention scale 1 (the coldness is in W_Q), heads 
 heads of any layer and MLPs to the widest, with zeros. Token id i embeds as ``tokens:<token i>`` plus
 ``one``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -39,24 +40,50 @@ def head_size(head: AttentionHead) -> int:
   return max(_factor(head.qk)[2].shape[1], _factor(head.ov)[2].shape[1], 1)
 
 
-def assemble(residual: Sequence[Dir], token_dirs: Sequence[Dir], index_dirs: Sequence[Dir],
-             output_dirs: Sequence[Dir], layers: list[dict[str, list]], *, max_seq_len: int,
-             causal: bool) -> tuple[TransformerConfig, dict]:
+def assemble(
+  residual: Sequence[Dir],
+  token_dirs: Sequence[Dir],
+  index_dirs: Sequence[Dir],
+  output_dirs: Sequence[Dir],
+  layers: list[dict[str, list]],
+  *,
+  max_seq_len: int,
+  causal: bool,
+) -> tuple[TransformerConfig, dict]:
   """``layers[l]`` = {'attention': [AttentionHead...], 'mlp': [MLPBlock...]}. Returns (config, params)."""
   index = {d: i for i, d in enumerate(residual)}
   if len(index) != len(residual):
     raise ValueError("assemble: the residual basis has a repeated direction")
   dim = len(residual)
   vocab = max(len(token_dirs), len(output_dirs), 1)
-  mlps = [MLPBlock.parallel("+".join(b.node for b in layer["mlp"]), layer["mlp"]) for layer in layers]
+  mlps = [
+    MLPBlock.parallel("+".join(b.node for b in layer["mlp"]), layer["mlp"]) for layer in layers
+  ]
   num_heads = max([len(layer["attention"]) for layer in layers] + [1])
   head_dim = max([head_size(h) for layer in layers for h in layer["attention"]] + [1])
   d_ff = max([m.hidden for m in mlps] + [1])
   cfg = TransformerConfig(
-      vocab_size=vocab, vocab_multiple=1, d_model=dim, num_layers=len(layers), num_heads=num_heads,
-      head_dim=head_dim, d_ff=d_ff, max_seq_len=max_seq_len + 1, norm="none", attn_norm="none",
-      mlp_norm="none", final_norm=False, activation="relu", mlp_residual=True, causal=causal,
-      attn_scale="one", positions="learned", tie_embeddings=False, use_bias=False, init_std=0.0)
+    vocab_size=vocab,
+    vocab_multiple=1,
+    d_model=dim,
+    num_layers=len(layers),
+    num_heads=num_heads,
+    head_dim=head_dim,
+    d_ff=d_ff,
+    max_seq_len=max_seq_len + 1,
+    norm="none",
+    attn_norm="none",
+    mlp_norm="none",
+    final_norm=False,
+    activation="relu",
+    mlp_residual=True,
+    causal=causal,
+    attn_scale="one",
+    positions="learned",
+    tie_embeddings=False,
+    use_bias=False,
+    init_std=0.0,
+  )
 
   token = np.zeros((vocab, dim), np.float32)
   for i, d in enumerate(token_dirs):
@@ -77,14 +104,14 @@ def assemble(residual: Sequence[Dir], token_dirs: Sequence[Dir], index_dirs: Seq
     for h, head in enumerate(layer["attention"]):
       qd, kd, lw, rw = _factor(head.qk)
       for a, d in enumerate(qd):
-        q[index[d], h, :lw.shape[1]] += lw[a]
+        q[index[d], h, : lw.shape[1]] += lw[a]
       for b, d in enumerate(kd):
-        k[index[d], h, :rw.shape[1]] += rw[b]
+        k[index[d], h, : rw.shape[1]] += rw[b]
       vd, od, lw, rw = _factor(head.ov)
       for a, d in enumerate(vd):
-        v[index[d], h, :lw.shape[1]] += lw[a]
+        v[index[d], h, : lw.shape[1]] += lw[a]
       for b, d in enumerate(od):
-        o[h, :rw.shape[1], index[d]] += rw[b]
+        o[h, : rw.shape[1], index[d]] += rw[b]
     wi = np.zeros((dim, d_ff), np.float32)
     wo = np.zeros((d_ff, dim), np.float32)
     for d, unit, w in mlps[l].w_in:
@@ -92,5 +119,10 @@ def assemble(residual: Sequence[Dir], token_dirs: Sequence[Dir], index_dirs: Seq
     for unit, d, w in mlps[l].w_out:
       wo[unit, index[d]] += w
     blocks[l] = {"attn": {"q": q, "k": k, "v": v, "o": o}, "mlp": {"wi": wi, "wo": wo}}
-  params = {"blocks": blocks, "position_embedding": position, "token_embedding": token, "unembedding": unembed}
+  params = {
+    "blocks": blocks,
+    "position_embedding": position,
+    "token_embedding": token,
+    "unembedding": unembed,
+  }
   return cfg, params

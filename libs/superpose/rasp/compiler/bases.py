@@ -5,6 +5,7 @@ S-Op taking ``value`` (label ``"name:value"``), ``Dir(name)`` the single directi
 or of a helper (``one``; label ``"name"``). Blocks hold their weights as sparse triples over
 directions, so they can be written before the residual layout is known (p2 §2.1 "craft" level).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,6 +53,7 @@ def categorical_dirs(name: str, values: Iterable) -> list[Dir]:
 @dataclasses.dataclass
 class MLPBlock:
   """``out = W_out · relu(W_in · x)``: ``w_in`` entries (in_dir, unit, weight), ``w_out`` (unit, out_dir, weight)."""
+
   node: str
   hidden: int
   w_in: list[tuple[Dir, int, float]]
@@ -75,6 +77,7 @@ class AttentionHead:
   ``qk`` entries (query_dir, key_dir, weight), ``ov`` entries (value_dir, out_dir, weight). The model
   runs with attention scale 1, so weights are the logits themselves (coldness included).
   """
+
   node: str
   qk: list[tuple[Dir, Dir, float]]
   ov: list[tuple[Dir, Dir, float]]

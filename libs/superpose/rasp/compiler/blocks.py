@@ -13,6 +13,7 @@ Departures from tracr, each for a silent failure or a cleaner model:
 - A Select whose queries or keys may be None scores them with the predicate, as the evaluator does
   (tracr: a None query matches nothing).
 """
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,9 @@ def _bias(unit: int, weight: float, bos: Dir) -> list[tuple[Dir, int, float]]:
   return [(ONE_DIR, unit, weight), (bos, unit, -weight)] if weight else []
 
 
-def categorical_map(node: str, in_dirs: Sequence[Dir], out_dirs: Sequence[Dir], f: Callable) -> MLPBlock:
+def categorical_map(
+  node: str, in_dirs: Sequence[Dir], out_dirs: Sequence[Dir], f: Callable
+) -> MLPBlock:
   """One-hot → one-hot lookup table: one hidden unit per output value."""
   unit = {d.value: i for i, d in enumerate(out_dirs)}
   w_in = []
@@ -47,7 +50,9 @@ def categorical_map(node: str, in_dirs: Sequence[Dir], out_dirs: Sequence[Dir], 
   return MLPBlock(node, len(out_dirs), w_in, [(i, d, 1.0) for i, d in enumerate(out_dirs)])
 
 
-def categorical_to_numerical_map(node: str, in_dirs: Sequence[Dir], out_dir: Dir, f: Callable) -> MLPBlock:
+def categorical_to_numerical_map(
+  node: str, in_dirs: Sequence[Dir], out_dir: Dir, f: Callable
+) -> MLPBlock:
   """One-hot → number: f(x) read through ReLU, plus a negated unit when some f(x) < 0."""
   values = [(d, float(y)) for d in in_dirs if (y := _call(f, d.value)) is not None]
   w_in = [(d, 0, y) for d, y in values if y > 0]
@@ -59,8 +64,14 @@ def categorical_to_numerical_map(node: str, in_dirs: Sequence[Dir], out_dir: Dir
   return MLPBlock(node, len(w_out), w_in, w_out)
 
 
-def sequence_map(node: str, x_dirs: Sequence[Dir], y_dirs: Sequence[Dir], out_dirs: Sequence[Dir],
-                 f: Callable, bos: Dir) -> MLPBlock:
+def sequence_map(
+  node: str,
+  x_dirs: Sequence[Dir],
+  y_dirs: Sequence[Dir],
+  out_dirs: Sequence[Dir],
+  f: Callable,
+  bos: Dir,
+) -> MLPBlock:
   """Two one-hots → one-hot: an AND unit relu(x_i + y_j − 1) per pair where f is defined."""
   unit_of = {d.value: i for i, d in enumerate(out_dirs)}
   w_in, w_out, h = [], [], 0
@@ -75,16 +86,23 @@ def sequence_map(node: str, x_dirs: Sequence[Dir], y_dirs: Sequence[Dir], out_di
   return MLPBlock(node, h, w_in, w_out)
 
 
-def linear_sequence_map(node: str, x_dir: Dir, y_dir: Dir, out_dir: Dir, a: float, b: float) -> MLPBlock:
+def linear_sequence_map(
+  node: str, x_dir: Dir, y_dir: Dir, out_dir: Dir, a: float, b: float
+) -> MLPBlock:
   """a·x + b·y through relu(±x), relu(±y)."""
   w_in = [(x_dir, 0, 1.0), (x_dir, 1, -1.0), (y_dir, 2, 1.0), (y_dir, 3, -1.0)]
   w_out = [(0, out_dir, a), (1, out_dir, -a), (2, out_dir, b), (3, out_dir, -b)]
   return MLPBlock(node, 4, w_in, w_out)
 
 
-def discretising_mlp(node: str, in_dir: Dir, points: Sequence[tuple[float, object]],
-                     write: Callable[[object], list[tuple[Dir, float]]], bos: Dir,
-                     min_sharpness: float = 100.0) -> MLPBlock:
+def discretising_mlp(
+  node: str,
+  in_dir: Dir,
+  points: Sequence[tuple[float, object]],
+  write: Callable[[object], list[tuple[Dir, float]]],
+  bos: Dir,
+  min_sharpness: float = 100.0,
+) -> MLPBlock:
   """f of the nearest grid point: ``points`` are (x, f(x)) on the input grid; ``write(y)`` its output.
 
   Output = write(y_0)·start + Σ_k (write(y_k) − write(y_{k−1}))·step_k(x), where step_k rises from 0
@@ -137,9 +155,19 @@ def categorical_writer(out_dirs: Sequence[Dir]):
   return lambda y: [(by_value[y], 1.0)] if y is not None and y in by_value else []
 
 
-def select_head(node: str, q_dirs: Sequence[Dir], k_dirs: Sequence[Dir], predicate: Callable,
-                ov: list[tuple[Dir, Dir, float]], bos: Dir, coldness: float, bos_weight: float, *,
-                none_queries: bool = False, none_keys: bool = False) -> AttentionHead:
+def select_head(
+  node: str,
+  q_dirs: Sequence[Dir],
+  k_dirs: Sequence[Dir],
+  predicate: Callable,
+  ov: list[tuple[Dir, Dir, float]],
+  bos: Dir,
+  coldness: float,
+  bos_weight: float,
+  *,
+  none_queries: bool = False,
+  none_keys: bool = False,
+) -> AttentionHead:
   """Attention for ``Select(keys, queries, predicate)``: matching keys score ``coldness``, BOS scores
   ``bos_weight·coldness`` (0.5: a fallback read only by rows with no match, giving the default; 1: BOS
   ties with the matches, as selector width needs), every other key 0.
@@ -184,13 +212,26 @@ def selector_width_grid(max_seq_len: int) -> list[tuple[float, int]]:
 
 
 def check_finite(block) -> None:
-  weights = [w for *_, w in (block.w_in + block.w_out)] if isinstance(block, MLPBlock) else \
-      [w for *_, w in (block.qk + block.ov)]
+  weights = (
+    [w for *_, w in (block.w_in + block.w_out)]
+    if isinstance(block, MLPBlock)
+    else [w for *_, w in (block.qk + block.ov)]
+  )
   bad = [w for w in weights if not math.isfinite(w)]
   if bad:
     raise ValueError(f"{block.node}: non-finite weights {bad[:4]} (a function returned inf or nan)")
 
 
-__all__ = ["categorical_map", "categorical_to_numerical_map", "sequence_map", "linear_sequence_map",
-           "discretising_mlp", "numerical_writer", "categorical_writer", "select_head", "selector_width_grid",
-           "check_finite", "sort_key"]
+__all__ = [
+  "categorical_map",
+  "categorical_to_numerical_map",
+  "sequence_map",
+  "linear_sequence_map",
+  "discretising_mlp",
+  "numerical_writer",
+  "categorical_writer",
+  "select_head",
+  "selector_width_grid",
+  "check_finite",
+  "sort_key",
+]

@@ -10,6 +10,7 @@ block uses it), ``tokens:BOS``, ``tokens:PAD``, ``tokens:<vocab...>``, ``indices
 computed S-Op in topological order (a SelectorWidth's private attention-output direction right
 after its own directions).
 """
+
 from __future__ import annotations
 
 import time
@@ -31,9 +32,17 @@ from superpose.rasp.value_sets import infer_value_sets, may_be_none
 COLDNESS = 100.0
 
 
-def compile_rasp(program: SOp, vocab: Collection, max_seq_len: int, *, causal: bool = False,
-                 compiler_bos="BOS", compiler_pad="PAD", mlp_exactness: float = 100.0,
-                 coldness: float = COLDNESS) -> CompiledModel:
+def compile_rasp(
+  program: SOp,
+  vocab: Collection,
+  max_seq_len: int,
+  *,
+  causal: bool = False,
+  compiler_bos="BOS",
+  compiler_pad="PAD",
+  mlp_exactness: float = 100.0,
+  coldness: float = COLDNESS,
+) -> CompiledModel:
   """Compiles ``program`` for inputs over ``vocab`` of up to ``max_seq_len`` tokens (BOS excluded).
 
   ``causal=True`` only masks attention (as tracr); the model then agrees with ``rasp.causal_evaluate``.
@@ -42,8 +51,10 @@ def compile_rasp(program: SOp, vocab: Collection, max_seq_len: int, *, causal: b
   start = time.perf_counter()
   vocab = frozenset(vocab)
   if any(v is None for v in vocab):
-    raise ValueError("None cannot be a vocab token: RASP uses None for 'no value' (Map and SequenceMap pass "
-                     "it through without calling their function, Comparison refuses it); use another token")
+    raise ValueError(
+      "None cannot be a vocab token: RASP uses None for 'no value' (Map and SequenceMap pass "
+      "it through without calling their function, Comparison refuses it); use another token"
+    )
   for name, special in (("compiler_bos", compiler_bos), ("compiler_pad", compiler_pad)):
     if special is None:
       raise ValueError(f"{name} cannot be None (None is RASP's 'no value'); pick another token")
@@ -80,7 +91,9 @@ def compile_rasp(program: SOp, vocab: Collection, max_seq_len: int, *, causal: b
       if isinstance(expr, SelectorWidth):
         extra_dirs[label] = [_sw_dir(label)]
   kinds = {label: tuple(b.kind for b in bs) for label, bs in node_blocks.items()}
-  kinds.update({label: () for label, e in graph.nodes.items() if isinstance(e, (TokensType, IndicesType))})
+  kinds.update(
+    {label: () for label, e in graph.nodes.items() if isinstance(e, (TokensType, IndicesType))}
+  )
   alloc = allocate(graph, kinds)
 
   used = set().union(*(dirs_of(b) for bs in node_blocks.values() for b in bs))
@@ -96,15 +109,25 @@ def compile_rasp(program: SOp, vocab: Collection, max_seq_len: int, *, causal: b
     for b, h in zip(bs, alloc.half_layer[label]):
       layers[h // 2]["attention" if h % 2 == 0 else "mlp"].append(b)
   output_dirs = space[graph.sink]
-  cfg, params = assemble(residual, token_dirs, index_dirs, output_dirs, layers,
-                         max_seq_len=max_seq_len, causal=causal)
+  cfg, params = assemble(
+    residual, token_dirs, index_dirs, output_dirs, layers, max_seq_len=max_seq_len, causal=causal
+  )
   return CompiledModel(
-      config=cfg, params=params, residual_labels=[d.label for d in residual],
-      tokens=[d.value for d in token_dirs], bos=compiler_bos, pad=compiler_pad, max_seq_len=max_seq_len,
-      causal=causal, output_label=graph.sink,
-      output_encoding="numerical" if is_numerical(program) else "categorical",
-      output_values=[d.value for d in output_dirs] if not is_numerical(program) else [],
-      layer_allocation=alloc.layers(), program=program, compile_seconds=time.perf_counter() - start)
+    config=cfg,
+    params=params,
+    residual_labels=[d.label for d in residual],
+    tokens=[d.value for d in token_dirs],
+    bos=compiler_bos,
+    pad=compiler_pad,
+    max_seq_len=max_seq_len,
+    causal=causal,
+    output_label=graph.sink,
+    output_encoding="numerical" if is_numerical(program) else "categorical",
+    output_values=[d.value for d in output_dirs] if not is_numerical(program) else [],
+    layer_allocation=alloc.layers(),
+    program=program,
+    compile_seconds=time.perf_counter() - start,
+  )
 
 
 def _sw_dir(label: str) -> Dir:
@@ -131,14 +154,25 @@ def _blocks_for(expr, space, sets, nullable, bos, max_seq_len, exactness, coldne
       points = _grid(expr.f, sets[inner])
       if is_numerical(expr):  # validate refused a None or non-finite f(x)
         return [numerical_mlp(label, space[inner.label][0], out[0], points, bos)]
-      return [B.discretising_mlp(label, space[inner.label][0], points, B.categorical_writer(out), bos,
-                                 exactness)]
+      return [
+        B.discretising_mlp(
+          label, space[inner.label][0], points, B.categorical_writer(out), bos, exactness
+        )
+      ]
     if is_numerical(expr):
       return [B.categorical_to_numerical_map(label, space[inner.label], out[0], expr.f)]
     return [B.categorical_map(label, space[inner.label], out, expr.f)]
   if isinstance(expr, LinearSequenceMap):
-    return [B.linear_sequence_map(label, space[expr.fst.label][0], space[expr.snd.label][0], out[0],
-                                  expr.fst_fac, expr.snd_fac)]
+    return [
+      B.linear_sequence_map(
+        label,
+        space[expr.fst.label][0],
+        space[expr.snd.label][0],
+        out[0],
+        expr.fst_fac,
+        expr.snd_fac,
+      )
+    ]
   if isinstance(expr, SequenceMap):
     if expr.fst.label == expr.snd.label:  # one input: a Map of f(x, x)
       f = expr.f
@@ -151,16 +185,22 @@ def _blocks_for(expr, space, sets, nullable, bos, max_seq_len, exactness, coldne
     nones = {"none_queries": nullable[sel.queries], "none_keys": nullable[sel.keys]}
     if isinstance(expr, SelectorWidth):
       hidden = _sw_dir(label)
-      head = B.select_head(label, q_dirs, k_dirs, sel.predicate, [(bos, hidden, 1.0)], bos, coldness, 1.0,
-                           **nones)
+      head = B.select_head(
+        label, q_dirs, k_dirs, sel.predicate, [(bos, hidden, 1.0)], bos, coldness, 1.0, **nones
+      )
       grid = B.selector_width_grid(max_seq_len)
       if is_numerical(expr):
         return [head, numerical_mlp(label, hidden, out[0], grid, bos)]
-      return [head, B.discretising_mlp(label, hidden, grid, B.categorical_writer(out), bos, exactness)]
+      return [
+        head,
+        B.discretising_mlp(label, hidden, grid, B.categorical_writer(out), bos, exactness),
+      ]
     if is_numerical(expr):
       ov = [(space[expr.sop.label][0], out[0], 1.0)]
     else:
       by_value = {d.value: d for d in out}
       ov = [(d, by_value[d.value], 1.0) for d in space[expr.sop.label] if d.value in by_value]
     return [B.select_head(label, q_dirs, k_dirs, sel.predicate, ov, bos, coldness, 0.5, **nones)]
-  raise validate.UnsupportedProgramError([validate.Issue(expr, f"no compiled block for {type(expr).__name__}")])
+  raise validate.UnsupportedProgramError(
+    [validate.Issue(expr, f"no compiled block for {type(expr).__name__}")]
+  )

@@ -17,6 +17,7 @@ numerical selector width by 3 at 128. Here a straight stretch costs no units, an
 ``relu(±(x − p))`` with weight = the change of slope there, on the side of a pivot knot that keeps
 the largest possible partial sum (Σ |slope change| · distance) smallest.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,15 +29,23 @@ from superpose.rasp.compiler.blocks import ONE_DIR, merge_close
 MAX_RELATIVE_SLOPE = 16.0
 
 
-def numerical_mlp(node: str, in_dir: Dir, out_dir: Dir, points: Sequence[tuple[float, float]], bos: Dir,
-                  max_relative_slope: float = MAX_RELATIVE_SLOPE) -> MLPBlock:
+def numerical_mlp(
+  node: str,
+  in_dir: Dir,
+  out_dir: Dir,
+  points: Sequence[tuple[float, float]],
+  bos: Dir,
+  max_relative_slope: float = MAX_RELATIVE_SLOPE,
+) -> MLPBlock:
   """``points``: (x, f(x)) on the input's grid, distinct x. Biases ride on ``one − bos`` (0 at BOS)."""
   knots = simplify(knots_through(points, max_relative_slope))
   if not knots:
     return MLPBlock(node, 0, [], [])
   ps = [p for p, _ in knots]
   slopes = [0.0] + [(v1 - v0) / (p1 - p0) for (p0, v0), (p1, v1) in zip(knots, knots[1:])] + [0.0]
-  changes = [b - a for a, b in zip(slopes, slopes[1:])]  # at knot i: slope right of it − slope left of it
+  changes = [
+    b - a for a, b in zip(slopes, slopes[1:])
+  ]  # at knot i: slope right of it − slope left of it
   z = pivot(ps, changes, slopes)
 
   w_in, w_out = [], []
@@ -54,17 +63,19 @@ def numerical_mlp(node: str, in_dir: Dir, out_dir: Dir, points: Sequence[tuple[f
   if knots[z][1]:  # g(pivot), on every position but BOS
     w_in.extend([(ONE_DIR, 0, 1.0), (bos, 0, -1.0)])
     w_out.append((0, out_dir, float(knots[z][1])))
-  unit(1.0, ps[z], slopes[z + 1])          # right of the pivot: the slope there ...
-  unit(-1.0, ps[z], -slopes[z])            # left of it: going left
+  unit(1.0, ps[z], slopes[z + 1])  # right of the pivot: the slope there ...
+  unit(-1.0, ps[z], -slopes[z])  # left of it: going left
   for i, (p, c) in enumerate(zip(ps, changes)):
     if i > z:
-      unit(1.0, p, c)                      # ... and each change of slope at a knot further right
+      unit(1.0, p, c)  # ... and each change of slope at a knot further right
     elif i < z:
       unit(-1.0, p, c)
   return MLPBlock(node, len(w_out), w_in, w_out)
 
 
-def knots_through(points: Sequence[tuple[float, float]], max_relative_slope: float) -> list[tuple[float, float]]:
+def knots_through(
+  points: Sequence[tuple[float, float]], max_relative_slope: float
+) -> list[tuple[float, float]]:
   """The knots of g: every grid point, plus the start and end of the ramp inside each jump."""
   points = merge_close(sorted(((float(x), float(y)) for x, y in points), key=lambda p: p[0]))
   if len(points) < 2:
@@ -109,7 +120,7 @@ def simplify(knots: list[tuple[float, float]], rel_tol: float = 1e-9) -> list[tu
     d = end[0] - ap
     lo_with_end, hi_with_end = max(lo, (end[1] - tol - av) / d), min(hi, (end[1] + tol - av) / d)
     if lo_with_end <= (v - av) / (p - ap) <= hi_with_end:
-      lo, hi = lo_with_end, hi_with_end    # skip ``end``
+      lo, hi = lo_with_end, hi_with_end  # skip ``end``
     else:
       kept.append(end)
       lo, hi = float("-inf"), float("inf")
@@ -122,12 +133,16 @@ def pivot(ps: Sequence[float], changes: Sequence[float], slopes: Sequence[float]
   """The knot z minimising the largest partial sum of the read-out: right of z the units of knots
   i ≥ z are active (each |change| · (x − p_i) ≤ |change| · (p_last − p_i)), left of it those of i ≤ z."""
   n = len(ps)
-  left = [0.0] * n   # Σ_{i<z} |change_i| · (p_i − p_0)
+  left = [0.0] * n  # Σ_{i<z} |change_i| · (p_i − p_0)
   for z in range(1, n):
     left[z] = left[z - 1] + abs(changes[z - 1]) * (ps[z - 1] - ps[0])
   right = [0.0] * n  # Σ_{i>z} |change_i| · (p_last − p_i)
   for z in range(n - 2, -1, -1):
     right[z] = right[z + 1] + abs(changes[z + 1]) * (ps[-1] - ps[z + 1])
-  cost = [max(left[z] + abs(slopes[z]) * (ps[z] - ps[0]), right[z] + abs(slopes[z + 1]) * (ps[-1] - ps[z]))
-          for z in range(n)]
+  cost = [
+    max(
+      left[z] + abs(slopes[z]) * (ps[z] - ps[0]), right[z] + abs(slopes[z + 1]) * (ps[-1] - ps[z])
+    )
+    for z in range(n)
+  ]
   return min(range(n), key=cost.__getitem__)
