@@ -1,15 +1,16 @@
-"""What content checksums cost a checkpoint: save and restore of the 125M train state with and without them.
+"""What content checksums cost a checkpoint: save and restore of the 125M train state with and
+without them.
 
     python -m benchmarks.checkpoint_integrity [--size 125m] [--rounds 3] [--dir /tmp/ckpt_bench]
 
 The state is the one ``launch.train`` saves for ``configs/lm/scale.py:<size>`` (the shapes
-``launch.plan`` compiles): parameters, AdamW moments and the step, in the config's dtypes (bf16 for the
-scale configs; ``--param-dtype float32`` for f32 master weights), on one device. Each round saves and
-restores it with checksums on and off in ABBA order (synchronous saves, so that the time is the whole
-save), into a fresh directory each time. Prints the time to compute the checksums alone, the medians of
-save and restore times, and the ratios with/without (1.00 = free). The checksums are computed where the
-arrays live, so on an accelerator they cost a pass over device memory; on a CPU they share the cores with
-the writer threads.
+``launch.plan`` compiles): parameters, AdamW moments and the step, in the config's dtypes (bf16 for
+the scale configs; ``--param-dtype float32`` for f32 master weights), on one device. Each round
+saves and restores it with checksums on and off in ABBA order (synchronous saves, so that the time
+is the whole save), into a fresh directory each time. Prints the time to compute the checksums
+alone, the medians of save and restore times, and the ratios with/without (1.00 = free). The
+checksums are computed where the arrays live, so on an accelerator they cost a pass over device
+memory; on a CPU they share the cores with the writer threads.
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def main():
   order = []
   for r in range(args.rounds):
     order += [True, False] if r % 2 == 0 else [False, True]
-  # one unmeasured round of each first: orbax's and the checksum's compilations, first-touch allocation
+  # one unmeasured round of each first: orbax's and the checksum's compilations, first-touch
+  # allocation
   for i, on in enumerate([True, False] + order):
     directory = root / f"r{i}_{'on' if on else 'off'}"
     with checkpoint.Checkpointer(directory, async_save=False, checksums=on) as ck:

@@ -1,12 +1,13 @@
 """LM train-step benchmark at a fixed shape: L6 d512 H8 T256 B8 V4096, f32, one device.
 
     python benchmarks/lm_step.py [--rounds 7] [--steps 4]
-    python benchmarks/lm_step.py --size 350m     # gpt2 L24 d1024 H16 T1024 B8 V50304, bf16 (accelerators)
+    python benchmarks/lm_step.py --size 350m     # gpt2 L24 d1024 H16 T1024 B8 V50304, bf16 \\
+        (accelerators)
 
-``--size 350m`` is the accelerator benchmark (issue 8): bf16 compute and parameters in f32, MFU against
-the chip's bf16 dense peak from ``superpose.train.flops.PEAK_FLOPS`` (device named in the output). On a
-CPU it says so and runs the default shape instead (``--force`` runs the 350M shape anyway: minutes per
-step on 2 cores).
+``--size 350m`` is the accelerator benchmark (issue 8): bf16 compute and parameters in f32, MFU
+against the chip's bf16 dense peak from ``superpose.train.flops.PEAK_FLOPS`` (device named in the
+output). On a CPU it says so and runs the default shape instead (``--force`` runs the 350M shape
+anyway: minutes per step on 2 cores).
 
 Prints, measured side by side in one run:
   * the machine's f32 matmul peak (best of 2048³ and 4096³ matmuls, before and after the rounds);

@@ -1,21 +1,25 @@
 """Superposition-step benchmark: the fused Pallas kernel (with either backward) against the jitted
 plain-JAX reference.
 
-    python -m benchmarks.superpose_kernel [--rounds 5] [--iters 10] [--decoder conv] [--dtype float32]
-                                          [--block-rows 128] [--shape B,T,D,K] [--platform tpu|gpu|cpu]
+    python -m benchmarks.superpose_kernel [--rounds 5] [--iters 10] [--decoder conv] [--dtype \\
+        float32]
+                                          [--block-rows 128] [--shape B,T,D,K] [--platform
+                                          tpu|gpu|cpu]
     quick check: python -m benchmarks.superpose_kernel --rounds 1 --iters 1 --shape 1,64,64,32
 
 Prints one table, measured side by side in one run (compile excluded by a warm-up call, every call
 block_until_ready, rounds rotating the order of the implementations, medians reported):
   rows: ``reference``; ``fused-recompute`` (Pallas forward, plain-JAX recompute backward,
   ``KernelConfig(backward='recompute')``); ``fused-pallas`` (Pallas forward and Pallas backward, the
-  default); columns: forward time, forward + backward time (``jax.value_and_grad`` of a scalar loss with
-  respect to every input), and each one's ratio reference / row (> 1: faster than the reference).
+  default); columns: forward time, forward + backward time (``jax.value_and_grad`` of a scalar loss
+  with respect to every input), and each one's ratio reference / row (> 1: faster than the
+  reference).
 The two fused rows share the forward kernel, so their fwd columns measure the same thing.
-On a CPU, Pallas runs in interpret mode (a jitted scan over the grid): the table then checks that the
-paths run and agree, it is NOT a speed measure (nothing about a TPU or GPU); the default shape there is
-small. On a TPU the default is the p1 shape d768 / bottleneck 576; on a GPU, where the Triton kernel needs
-power-of-two D and K, it is B8 T1024 D512 K256 (or pass e.g. --shape 8,1024,1024,512).
+On a CPU, Pallas runs in interpret mode (a jitted scan over the grid): the table then checks that
+the paths run and agree, it is NOT a speed measure (nothing about a TPU or GPU); the default shape
+there is small. On a TPU the default is the p1 shape d768 / bottleneck 576; on a GPU, where the
+Triton kernel needs power-of-two D and K, it is B8 T1024 D512 K256 (or pass e.g. --shape
+8,1024,1024,512).
 """
 
 from __future__ import annotations
@@ -119,7 +123,8 @@ def main():
     "fwd+bwd": {name: jax.jit(jax.value_and_grad(loss(f), argnums)) for name, f in impls.items()},
   }
 
-  # Agreement with the reference (forward output and every gradient), max |difference| / max |reference|.
+  # Agreement with the reference (forward output and every gradient), max |difference| /
+  # max |reference|.
   outs = {name: f(*inputs) for name, f in fns["fwd+bwd"].items()}
   ref_leaves = jax.tree.leaves(outs["reference"])
   for name in impls:

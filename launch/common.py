@@ -1,13 +1,15 @@
-"""What every launcher does first: logging, compilation cache, jax.distributed, config checks; and how
-a run ends: one line and a documented exit status for every failure that is not a bug.
+"""What every launcher does first: logging, compilation cache, jax.distributed, config checks; and
+how a run ends: one line and a documented exit status for every failure that is not a bug.
 
 Exit statuses (README.md, "Exit statuses", shows the same table):
 
   0  finished, or stopped on SIGTERM after saving a checkpoint
   1  an unexpected error (a bug): Python's traceback
-  2  refused before compiling: a bad config value or override, a workdir that is a file or not writable,
-     a resume whose config differs from the workdir's, a missing data file, a checkpoint of another model
-  3  a non-finite loss or gradient: training stopped at that step (the line names the newest checkpoint)
+  2  refused before compiling: a bad config value or override, a workdir that is a file or not
+     writable, a resume whose config differs from the workdir's, a missing data file, a checkpoint
+     of another model
+  3  a non-finite loss or gradient: training stopped at that step (the line names the newest
+     checkpoint)
   4  no readable checkpoint: every saved step is unreadable or corrupt (nothing on disk was changed)
   5  a peer process of a multi-process run died or hung (the line names the newest checkpoint)
 """
@@ -28,7 +30,8 @@ EXIT_CONFIG, EXIT_NON_FINITE, EXIT_NO_CHECKPOINT, EXIT_PEER_LOST = 2, 3, 4, 5
 
 
 def setup(config, workdir: str | None = None) -> None:
-  """Call before the first JAX computation: every check that needs no compilation, then jax.distributed."""
+  """Call before the first JAX computation: every check that needs no compilation, then
+  jax.distributed."""
   import jax
   from superpose.train import config as config_lib, peers, workdir as workdir_lib
   from superpose.train.mesh import maybe_initialize_distributed
@@ -68,7 +71,8 @@ def _exit_status(e: BaseException) -> int | None:
 @contextlib.contextmanager
 def one_line_errors(verbose: bool = False):
   """Expected failures (see the module docstring) end the program with one line on stderr and their
-  exit status; ``verbose`` prints the traceback before that line. Anything else is a bug: traceback."""
+  exit status; ``verbose`` prints the traceback before that line. Anything else is a bug:
+  traceback."""
   try:
     yield
   except Exception as e:  # noqa: BLE001 - sorted by _exit_status, re-raised when unexpected

@@ -1,26 +1,30 @@
-"""Scale by simulation: compile a config's real train step for N devices and read what it would need.
+"""Scale by simulation: compile a config's real train step for N devices and read what it would
+need.
 
 Commands:
   python -m launch.plan --config configs/lm/scale.py:8b --devices 256 [--chip v5p] [--out plan.json]
   python -m launch.plan --config configs/lm/scale.py:8b_2slice --devices 512 --slices 2
-  python -m launch.plan --config configs/continuous_cot/paper.py --devices 64 --ici=1,-1,1 --config.train.batch_size=64
-  python -m launch.plan --report benchmarks/scale_plan.md [--out all.json]   # every row of REPORT_PLANS
+  python -m launch.plan --config configs/continuous_cot/paper.py --devices 64 --ici=1,-1,1 \\
+      --config.train.batch_size=64
+  python -m launch.plan --report benchmarks/scale_plan.md [--out all.json]   # every row of \\
+      REPORT_PLANS
 
 The devices are *fake CPU devices*: the compile runs in a fresh subprocess with
-``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (this process never initialises a JAX backend). It
-builds the mesh from ``config.mesh.ici`` / ``dcn`` (or ``--ici`` / ``--dcn`` / ``--slices``), the abstract
-train state with ``jax.eval_shape`` (no parameter memory), and lowers and compiles the loop's own train
-step (``superpose.train.step``) with the trainer's train loss on the batch its spec declares. No data is read:
-any trainer whose module has ``make_spec(cfg)`` (superpose.train.task) can be planned, with no registry here.
+``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (this process never initialises a JAX
+backend). It builds the mesh from ``config.mesh.ici`` / ``dcn`` (or ``--ici`` / ``--dcn`` /
+``--slices``), the abstract train state with ``jax.eval_shape`` (no parameter memory), and lowers
+and compiles the loop's own train step (``superpose.train.step``) with the trainer's train loss on
+the batch its spec declares. No data is read: any trainer whose module has ``make_spec(cfg)``
+(superpose.train.task) can be planned, with no registry here.
 
-It prints (and ``--out`` writes as JSON): per-device parameter, optimizer-state, batch and temp bytes from
-``compiled.memory_analysis()``; the largest parameter/optimizer tensor held whole on a device (flagged
-above 1 MiB: a sharding hole); the collectives of the compiled HLO with their bytes per step; whether the
-step fits the HBM of TPU v4 / v5e / v5p / v6e, H100, H200; and a step-time estimate per chip from model
-FLOPs / bf16 peak and collective traffic / interconnect bandwidth (figures in launch.plan_report.CHIPS).
-Caveat printed with every plan: it is XLA:CPU's compile of the SPMD program, so temp sizes and fusion
-differ from XLA:TPU/GPU (bf16 may be kept in f32), though sharding, parameter and optimizer bytes and the
-set of collectives come from the same partitioner.
+It prints (and ``--out`` writes as JSON): per-device parameter, optimizer-state, batch and temp
+bytes from ``compiled.memory_analysis()``; the largest parameter/optimizer tensor held whole on a
+device (flagged above 1 MiB: a sharding hole); the collectives of the compiled HLO with their bytes
+per step; whether the step fits the HBM of TPU v4 / v5e / v5p / v6e, H100, H200; and a step-time
+estimate per chip from model FLOPs / bf16 peak and collective traffic / interconnect bandwidth
+(figures in launch.plan_report.CHIPS). Caveat printed with every plan: it is XLA:CPU's compile of
+the SPMD program, so temp sizes and fusion differ from XLA:TPU/GPU (bf16 may be kept in f32), though
+sharding, parameter and optimizer bytes and the set of collectives come from the same partitioner.
 """
 
 from __future__ import annotations
@@ -74,11 +78,12 @@ class PlanError(ValueError):
   """Bad input to the planner (printed as one line, exit status 2)."""
 
 
-# --- config --------------------------------------------------------------------------------------------
+# --- config ---------------------------------------------------------------------------------------
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()):
-  """``path.py[:variant]`` → the config, with ``key.sub=value`` overrides applied (values as Python literals)."""
+  """``path.py[:variant]`` → the config, with ``key.sub=value`` overrides applied (values as Python
+  literals)."""
   from superpose.train.config import ConfigError
 
   path, _, variant = spec.partition(":")
@@ -145,7 +150,7 @@ def resolve_mesh(
   return ici, dcn, slices
 
 
-# --- the compile (runs in the subprocess) -----------------------------------------------------------------
+# --- the compile (runs in the subprocess) ---------------------------------------------------------
 
 
 def _leaf_bytes(a, per_device: bool) -> int:
@@ -350,12 +355,13 @@ def worker(jobs_file: str, result_file: str) -> None:
     print(f"plan: {job['config']} on {job['devices']} devices done", file=sys.stderr, flush=True)
 
 
-# --- the parent: subprocesses per device count --------------------------------------------------------------
+# --- the parent: subprocesses per device count ----------------------------------------------------
 
 
 def run_plans(jobs: Sequence[Mapping[str, Any]], timeout: float | None = None) -> dict[str, Any]:
-  """Run ``jobs`` (dicts of config, overrides, devices, slices, ici, dcn, chip) in one subprocess per device
-  count, each with that many fake CPU devices. Returns {'versions', 'plans'} in the order of ``jobs``."""
+  """Run ``jobs`` (dicts of config, overrides, devices, slices, ici, dcn, chip) in one subprocess
+  per device count, each with that many fake CPU devices. Returns {'versions', 'plans'} in the order
+  of ``jobs``."""
   by_count: dict[int, list[int]] = {}
   for i, job in enumerate(jobs):
     by_count.setdefault(job["devices"], []).append(i)
@@ -436,7 +442,8 @@ def job(
 
 
 def report(md_path: str, plans_spec=REPORT_PLANS, json_path: str | None = None) -> dict[str, Any]:
-  """Run every row of ``plans_spec`` and write the Markdown report (and, with ``json_path``, every plan as JSON)."""
+  """Run every row of ``plans_spec`` and write the Markdown report (and, with ``json_path``, every
+  plan as JSON)."""
   jobs = [job(c, d, s, ici, None, o) for c, d, s, ici, o in plans_spec]
   t0 = time.perf_counter()
   result = run_plans(jobs)

@@ -1,11 +1,14 @@
 """What ``launch.plan`` reads out of a compiled train step, and how it prints it.
 
-* :func:`collectives`: every all-reduce / all-gather / reduce-scatter / all-to-all / collective-permute in
-  the compiled (SPMD-partitioned, per-device) HLO text, with the bytes it moves per step. Collectives
-  inside ``while`` bodies (scanned layers, gradient accumulation) are multiplied by the loop's
-  ``known_trip_count``; each is classed ICI (all its devices in one slice) or DCN (spanning slices).
-* :data:`CHIPS`: the per-chip figures the fit table and the step-time estimate use (stated in the output).
-* :func:`estimate`: step time per chip from model FLOPs / bf16 peak and collective traffic / bandwidth.
+* :func:`collectives`: every all-reduce / all-gather / reduce-scatter / all-to-all /
+  collective-permute in the compiled (SPMD-partitioned, per-device) HLO text, with the bytes it
+  moves per step. Collectives inside ``while`` bodies (scanned layers, gradient accumulation) are
+  multiplied by the loop's ``known_trip_count``; each is classed ICI (all its devices in one slice)
+  or DCN (spanning slices).
+* :data:`CHIPS`: the per-chip figures the fit table and the step-time estimate use (stated in the
+  output).
+* :func:`estimate`: step time per chip from model FLOPs / bf16 peak and collective traffic /
+  bandwidth.
 * :func:`markdown`: one plan (or many, for ``--report``) as Markdown.
 """
 
@@ -40,12 +43,13 @@ def _peak(name: str) -> float:
   return PEAK_FLOPS[name] / 1e12
 
 
-# HBM and bf16 peaks (superpose.train.flops.PEAK_FLOPS) as the brief and the Cloud TPU / NVIDIA data sheets give them. ICI: the Cloud TPU docs'
-# "bidirectional ICI bandwidth per chip" (v5e 400, v6e 800, v5p 1200 GB/s; v4 from its 2,400 Gbps
-# interchip figure on the same Gbps/4 scale as v5p's 4,800 Gbps = 1,200 GB/s). DCN: v5p 50 Gbps per chip
-# (docs); v5e 2×100 Gbps NICs per 8-chip host = 25 Gbps per chip (docs); v4 and v6e: not in the docs read,
-# assumed 50 and 25 Gbps like v5p and v5e. GPUs: NVLink 4 900 GB/s bidirectional within an 8-GPU node,
-# one 400 Gb/s InfiniBand NIC per GPU across nodes.
+# HBM and bf16 peaks (superpose.train.flops.PEAK_FLOPS) as the brief and the Cloud TPU / NVIDIA data
+# sheets give them. ICI: the Cloud TPU docs' "bidirectional ICI bandwidth per chip" (v5e 400, v6e
+# 800, v5p 1200 GB/s; v4 from its 2,400 Gbps interchip figure on the same Gbps/4 scale as v5p's
+# 4,800 Gbps = 1,200 GB/s). DCN: v5p 50 Gbps per chip (docs); v5e 2×100 Gbps NICs per 8-chip host =
+# 25 Gbps per chip (docs); v4 and v6e: not in the docs read, assumed 50 and 25 Gbps like v5p and
+# v5e. GPUs: NVLink 4 900 GB/s bidirectional within an 8-GPU node, one 400 Gb/s InfiniBand NIC per
+# GPU across nodes.
 CHIPS: dict[str, Chip] = {
   "v4": Chip(
     "TPU v4",
@@ -179,7 +183,8 @@ def _ring(kind: str, n: int, size: float) -> float:
 
 
 def parse_hlo(text: str) -> tuple[dict[str, list[tuple[str, str, str, str]]], str]:
-  """{computation: [(name, result shape, opcode, rest of line)]} and the entry computation's name."""
+  """{computation: [(name, result shape, opcode, rest of line)]} and the entry computation's
+  name."""
   comps: dict[str, list] = {}
   entry, current = "", None
   for line in text.splitlines():
@@ -227,15 +232,15 @@ def collectives(
 ) -> list[dict[str, Any]]:
   """Collectives of a compiled per-device HLO module, with per-step counts and bytes.
 
-  ``device_order[i]`` is the device id of SPMD partition i (the mesh's flat device order) and devices
-  with ids in the same block of ``devices_per_slice`` share a slice (fake slices: contiguous blocks).
-  Bytes: ``bytes`` is the larger of the op's result and operand buffers per device; ``traffic`` is what
-  one device sends (ring algorithms, :func:`_ring`): all-reduce 2(n−1)/n·size, all-gather and
-  reduce-scatter (n−1)/n·the gathered size, all-to-all (n−1)/n·size, collective-permute the full buffer;
-  a group spanning k slices is split hierarchically into ``ici_traffic`` and ``dcn_traffic``.
-  ``f32_as_bf16``: XLA:CPU promotes bf16 collectives to f32 (its runtime reduces in f32); for a model whose
-  parameters and compute are bf16, ``traffic_bf16`` counts f32 collectives at 2 bytes per element, as an
-  accelerator would move them.
+  ``device_order[i]`` is the device id of SPMD partition i (the mesh's flat device order) and
+  devices with ids in the same block of ``devices_per_slice`` share a slice (fake slices: contiguous
+  blocks). Bytes: ``bytes`` is the larger of the op's result and operand buffers per device;
+  ``traffic`` is what one device sends (ring algorithms, :func:`_ring`): all-reduce 2(n−1)/n·size,
+  all-gather and reduce-scatter (n−1)/n·the gathered size, all-to-all (n−1)/n·size,
+  collective-permute the full buffer; a group spanning k slices is split hierarchically into
+  ``ici_traffic`` and ``dcn_traffic``. ``f32_as_bf16``: XLA:CPU promotes bf16 collectives to f32
+  (its runtime reduces in f32); for a model whose parameters and compute are bf16, ``traffic_bf16``
+  counts f32 collectives at 2 bytes per element, as an accelerator would move them.
   """
   comps, entry = parse_hlo(hlo_text)
   mult = _multiplicities(comps, entry)
@@ -262,8 +267,8 @@ def collectives(
       slices_per_group = max(len({d // devices_per_slice for d in g}) for g in ids)
       dcn = slices_per_group > 1
       node = all(len({d // GPU_NODE for d in g}) == 1 for g in ids)  # inside one 8-GPU NVLink node
-      # Hierarchical collectives (what XLA:TPU does across slices): the ICI part among the m members of a
-      # group inside one slice on the full buffer, the DCN part among k slices on 1/m of it.
+      # Hierarchical collectives (what XLA:TPU does across slices): the ICI part among the m members
+      # of a group inside one slice on the full buffer, the DCN part among k slices on 1/m of it.
       k = slices_per_group if kind != "collective-permute" else (2 if dcn else 1)
       per_slice = max(1, n // k) if kind != "collective-permute" else 1
       ici_traffic = _ring(kind, per_slice, size) if per_slice > 1 else 0.0
@@ -309,7 +314,8 @@ def collectives(
 
 
 def summarise(rows: Iterable[Mapping]) -> dict[str, dict[str, float]]:
-  """{kind: {count, bytes_per_step, traffic...}} and the same summed over every kind under 'total'."""
+  """{kind: {count, bytes_per_step, traffic...}} and the same summed over every kind under
+  'total'."""
   keys = (
     "count",
     "bytes_per_step",
@@ -334,9 +340,10 @@ def summarise(rows: Iterable[Mapping]) -> dict[str, dict[str, float]]:
 def estimate(
   flops_per_device: float, rows: Iterable[Mapping], bf16: bool = True
 ) -> dict[str, dict[str, float]]:
-  """Per chip: compute time (model FLOPs / bf16 peak) and communication time (each collective's traffic /
-  the bandwidth of the network it crosses: TPU ICI within a slice, DCN across; GPU NVLink within an
-  8-GPU node, InfiniBand across), and the step-time bounds max(compute, comm) .. compute + comm."""
+  """Per chip: compute time (model FLOPs / bf16 peak) and communication time (each collective's
+  traffic / the bandwidth of the network it crosses: TPU ICI within a slice, DCN across; GPU NVLink
+  within an 8-GPU node, InfiniBand across), and the step-time bounds max(compute, comm) .. compute +
+  comm."""
   rows = list(rows)
   suffix = "_bf16" if bf16 else ""
   out = {}
@@ -475,7 +482,8 @@ def verdict(plan: Mapping[str, Any], chip: str) -> str:
 def report_markdown(
   result: Mapping[str, Any], configs: Sequence[str], md_path: str, wall_s: float, date: str
 ) -> str:
-  """The ``--report`` file: header (date, versions, devices, figures), one summary row per plan, then each plan."""
+  """The ``--report`` file: header (date, versions, devices, figures), one summary row per plan,
+  then each plan."""
   v = result["versions"]
   lines = [
     "# Scale plan: the real train step compiled for N devices",

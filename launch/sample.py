@@ -1,11 +1,13 @@
-"""Sample from a trained run of any project: ``python -m launch.sample --workdir DIR --prompt "ROMEO:"``.
+"""Sample from a trained run of any project: ``python -m launch.sample --workdir DIR --prompt
+"ROMEO:"``.
 
-Loads the run with :func:`superpose.train.loader.load_model` (its config names its trainer; the newest
-readable checkpoint), encodes the prompts with the trainer's tokenizer (``spec.tokenizer()``: bytes / BPE
-for language models, the character vocabulary of icl_superposition, the ProsQA symbols of
-continuous_cot, whose prompts are space-separated symbols) and generates: a ``superpose.nn.Transformer``
-with the KV cache, other models with an LM head (superposed experts, a merge, one trunk) with a full
-forward per token; the whole decode loop inside one ``jax.jit`` either way.
+Loads the run with :func:`superpose.train.loader.load_model` (its config names its trainer; the
+newest readable checkpoint), encodes the prompts with the trainer's tokenizer (``spec.tokenizer()``:
+bytes / BPE for language models, the character vocabulary of icl_superposition, the ProsQA symbols
+of continuous_cot, whose prompts are space-separated symbols) and generates: a
+``superpose.nn.Transformer`` with the KV cache, other models with an LM head (superposed experts, a
+merge, one trunk) with a full forward per token; the whole decode loop inside one ``jax.jit`` either
+way.
 """
 
 from __future__ import annotations

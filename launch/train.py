@@ -1,11 +1,13 @@
-"""Train any project from a config: ``python -m launch.train --config configs/<x>.py:<variant> --workdir DIR``.
+"""Train any project from a config: ``python -m launch.train --config configs/<x>.py:<variant>
+--workdir DIR``.
 
-Overrides: ``--config.train.steps=100 --config.model.d_model=256``. ``--print_config`` prints the resolved
-config, one ``key = value  # what it is`` line per key, and exits (no workdir needed). Rerunning with the same workdir
-resumes from its newest readable checkpoint, if the config still describes the run recorded there
-(``config.json``; lr and other state-preserving changes need ``--config.train.allow_changes=True``).
-A bad config fails before compiling with one line; every expected failure ends with one line and its
-exit status (launch/common.py, README.md); ``--verbose`` adds tracebacks and orbax's own logging.
+Overrides: ``--config.train.steps=100 --config.model.d_model=256``. ``--print_config`` prints the
+resolved config, one ``key = value  # what it is`` line per key, and exits (no workdir needed).
+Rerunning with the same workdir resumes from its newest readable checkpoint, if the config still
+describes the run recorded there (``config.json``; lr and other state-preserving changes need
+``--config.train.allow_changes=True``). A bad config fails before compiling with one line; every
+expected failure ends with one line and its exit status (launch/common.py, README.md); ``--verbose``
+adds tracebacks and orbax's own logging.
 """
 
 from __future__ import annotations

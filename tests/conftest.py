@@ -38,8 +38,9 @@ def shared_data():
 
 @pytest.fixture(scope="session")
 def check_sampling():
-  """``check(workdir, prompt)``: ``launch.sample`` on any project's run (greedy, 3 new tokens) starts with
-  the prompt and continues with the argmax of the loaded model's own forward after it."""
+  """``check(workdir, prompt)``: ``launch.sample`` on any project's run (greedy, 3 new tokens)
+  starts with the prompt and continues with the argmax of the loaded model's own forward after
+  it."""
   import numpy as np
   from launch import sample
   from superpose.train.loader import load_model

@@ -1,4 +1,5 @@
-"""The launch scripts' --dry-run output: every command they would run, one per line, and nothing run."""
+"""The launch scripts' --dry-run output: every command they would run, one per line, and nothing
+run."""
 
 import os
 import pathlib
@@ -22,7 +23,8 @@ PERF_FLAGS = [
 
 @pytest.fixture
 def no_tools(tmp_path):
-  """A PATH whose gcloud, nvidia-smi and tar only leave a mark: a dry run must not call any of them."""
+  """A PATH whose gcloud, nvidia-smi and tar only leave a mark: a dry run must not call any of
+  them."""
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
   for tool in ("gcloud", "nvidia-smi", "tar"):
@@ -283,7 +285,8 @@ def test_gpu_processes_share_the_gpus_in_blocks(no_tools):
 
 
 def test_gpu_flag_preset_is_known_to_the_installed_xla(no_tools):
-  """XLA aborts on an unknown flag; every jaxlib registers the GPU flags, so a CPU run checks them."""
+  """XLA aborts on an unknown flag; every jaxlib registers the GPU flags, so a CPU run checks
+  them."""
   line = _dry("gpu.sh", "--gpus", "1", "--xla-preset", "deterministic", *TRAIN, env=no_tools)[0]
   flags = shlex.split(line.removeprefix("export XLA_FLAGS="))[0]
   r = subprocess.run(

@@ -1,18 +1,22 @@
-"""Language models at scale (GPT-3 125M / 350M / 1.3B shapes, Llama-3 8B) for TPU pods and GPU nodes.
+"""Language models at scale (GPT-3 125M / 350M / 1.3B shapes, Llama-3 8B) for TPU pods and GPU
+nodes.
 
 Plan before running (fake CPU devices; prints memory per device, collectives, HBM fit, step time):
   python -m launch.plan --config configs/lm/scale.py:8b --devices 256 --chip v5p
   python -m launch.plan --config configs/lm/scale.py:8b_2slice --devices 512 --slices 2
   python -m launch.plan --report benchmarks/scale_plan.md     (every size × layout; results there)
-Train (point data.path at a corpus from `python -m superpose.data.corpus build`; the embedded sample is tiny):
-  python -m launch.train --config configs/lm/scale.py:1_3b --workdir workdirs/lm_1_3b --config.data.path=DIR/train.jsonl.gz
+Train (point data.path at a corpus from `python -m superpose.data.corpus build`; the embedded sample
+is tiny):
+  python -m launch.train --config configs/lm/scale.py:1_3b --workdir workdirs/lm_1_3b \\
+      --config.data.path=DIR/train.jsonl.gz
   launch/tpu.sh wraps the same command on every worker of a slice.
 
 Sizes (variant prefix):
-  125m   GPT-2 style (pre-LN, learned positions, tied, gelu): L12 d768 H12, seq 2048, GPT-2 BPE (50,257).
+  125m   GPT-2 style (pre-LN, learned positions, tied, gelu): L12 d768 H12, seq 2048, GPT-2 BPE
+         (50,257).
   350m   L24 d1024 H16, seq 2048.             1_3b   L24 d2048 H16 d_ff 8192, seq 2048.
-  8b     the llama preset as Llama-3-8B: L32 d4096, 32 heads, 8 KV heads, d_ff 14,336, vocab 128,256,
-         RoPE θ 500,000, seq 8192, untied.
+  8b     the llama preset as Llama-3-8B: L32 d4096, 32 heads, 8 KV heads, d_ff 14,336, vocab
+         128,256, RoPE θ 500,000, seq 8192, untied.
 All: bf16 parameters and compute (AdamW moments follow the parameters' dtype, so they are bf16 too;
 `--config.model.param_dtype=float32` gives f32 master weights at 2× the state), scanned layers, full
 rematerialisation, AdamW (β 0.9/0.95, wd 0.1, clip 1.0) with warmup + cosine.
@@ -20,7 +24,8 @@ rematerialisation, AdamW (β 0.9/0.95, wd 0.1, clip 1.0) with warmup + cosine.
 Mesh layouts (variant suffix; axes data × fsdp × tensor):
   _host    8 devices (one TPU host / GPU node): FSDP over all 8 (8b: fsdp 2 × tensor 4).
   (none)   one 256-chip pod slice: FSDP over the slice (8b: fsdp 64 × tensor 4).
-  _2slice  2 slices × 256 over DCN: data 2 across slices (dcn (2,1,1)), the slice layout inside each.
+  _2slice  2 slices × 256 over DCN: data 2 across slices (dcn (2,1,1)), the slice layout inside
+           each.
 Global batch: 32 rows on a host (8 for 8b), 256 on a slice, 512 on two slices (× seq tokens).
 """
 

@@ -1,26 +1,31 @@
-"""The paper's 1-D setting (p1 §3, §10): two frozen GPT-2 small models superposed, from HF weights on disk.
+"""The paper's 1-D setting (p1 §3, §10): two frozen GPT-2 small models superposed, from HF weights
+on disk.
 
 Needs two Hugging Face GPT-2 directories (config.json + model.safetensors or pytorch_model.bin): the
-base `gpt2` and its French fine-tune (the notebook fine-tunes 1 epoch on 20k French Wikipedia rows at
-seq 128). This repository never downloads weights; point the config at yours:
+base `gpt2` and its French fine-tune (the notebook fine-tunes 1 epoch on 20k French Wikipedia rows
+at seq 128). This repository never downloads weights; point the config at yours:
 
-  python -m launch.train --config configs/superposed_experts/gpt2.py --workdir workdirs/superposed_gpt2 \
+  python -m launch.train --config configs/superposed_experts/gpt2.py --workdir \\
+      workdirs/superposed_gpt2 \
       --config.superposed.experts="('/path/to/gpt2', '/path/to/gpt2-french')"
 
-Setting: GPT-2 small (L12 d768, BPE vocab 50257), 16 control points, cubic spline, α init U[0.45, 0.55]
-with 0.1-scaled layer biases; autoencoders Linear(768→576)+GELU → Conv1d(576→768, k3) at blocks 2..10,
-plus block 11 (the post-final-norm state) in training only; loss 3·MSE + LM; AdamW (β 0.9/0.999,
-wd 1e-2), lr α 2e-4 / AE 1e-4, constant, clipping 1.0 per group; batch 32 × seq 128; 10 epochs × 563
-steps = 5,630 steps. Data: English (Shakespeare + KJV) and French (Littré) domains of
+Setting: GPT-2 small (L12 d768, BPE vocab 50257), 16 control points, cubic spline, α init U[0.45,
+0.55] with 0.1-scaled layer biases; autoencoders Linear(768→576)+GELU → Conv1d(576→768, k3) at
+blocks 2..10, plus block 11 (the post-final-norm state) in training only; loss 3·MSE + LM; AdamW (β
+0.9/0.999, wd 1e-2), lr α 2e-4 / AE 1e-4, constant, clipping 1.0 per group; batch 32 × seq 128; 10
+epochs × 563 steps = 5,630 steps. Data: English (Shakespeare + KJV) and French (Littré) domains of
 projects.superposed_experts.data, GPT-2 BPE, built under workdirs/superposed_data (as in tiny.py).
 
 Variants:
   (default)  the setting above with the repo's causal autoencoder decoder (left padding) and padding
-             masked in the reconstruction MSE. Expected: a training LM loss of ~3+ nats, not 0.175 (p1 §7.4).
-  faithful   the notebook's non-causal Conv1d (padding 1: output t sees token t+1) and MSE over every
-             position incl. padding — reproduces the leak (training LM loss falls towards ~0.2).
+             masked in the reconstruction MSE. Expected: a training LM loss of ~3+ nats, not 0.175
+             (p1 §7.4).
+  faithful   the notebook's non-causal Conv1d (padding 1: output t sees token t+1) and MSE over
+             every position incl. padding — reproduces the leak (training LM loss falls towards
+             ~0.2).
   blend_only the same without autoencoders (p1 §8's missing ablation).
-An A100 took ~3 min per epoch in the notebook; both experts run forward only (no backward through them).
+An A100 took ~3 min per epoch in the notebook; both experts run forward only (no backward through
+them).
 """
 
 from superpose.train.config import base_config, model_section

@@ -1,7 +1,8 @@
-"""Superposed experts at CPU size: an English byte-level GPT, its French fine-tune, and their superposition.
+"""Superposed experts at CPU size: an English byte-level GPT, its French fine-tune, and their
+superposition.
 
-Data: the domains of projects.superposed_experts.data (English = Shakespeare + KJV, French = Littré),
-built once under workdirs/superposed_data (the pipeline does it; by hand:
+Data: the domains of projects.superposed_experts.data (English = Shakespeare + KJV, French =
+Littré), built once under workdirs/superposed_data (the pipeline does it; by hand:
 ``python -c "from projects.superposed_experts import data; data.prepare('workdirs/superposed_data',
 {d: data.DOMAINS[d] for d in ('english', 'french')})"``, about 25 s from the download cache).
 Model: bytes, 4 layers, d 128, 4 heads, seq 128, batch 16.
@@ -9,29 +10,33 @@ Model: bytes, 4 layers, d 128, 4 heads, seq 128, batch 16.
 Commands (W=workdirs/superposed_tiny; the pipeline runs them per seed, with --config.seed):
   python -m launch.train --config configs/superposed_experts/tiny.py:base       --workdir $W/base
   python -m launch.train --config configs/superposed_experts/tiny.py:expert     --workdir $W/expert
-  python -m launch.train --config configs/superposed_experts/tiny.py:superpose  --workdir $W/superpose
-  python -m launch.train --config configs/superposed_experts/tiny.py:blend_only --workdir $W/blend_only
+  python -m launch.train --config configs/superposed_experts/tiny.py:superpose  --workdir \\
+      $W/superpose
+  python -m launch.train --config configs/superposed_experts/tiny.py:blend_only --workdir \\
+      $W/blend_only
 
 Variants (measured on this 2-core CPU shared with other jobs, load average ≈ 4; one seed; the losses
-are nats/byte on the validation sequences of data.domain_eval_sets, 256 per domain, English / French):
-  base        an LM on English (trainer superpose.train.lm), 300 steps: 128 s. Its own val windows 2.49;
-              held-out sequences 2.31 / 3.57.
-  expert      the base fine-tuned on French (init_from $W/base), 150 steps: 68 s. 2.37 on French val;
-              held-out 3.06 / 2.37 (English is forgotten: 2.31 → 3.06).
+are nats/byte on the validation sequences of data.domain_eval_sets, 256 per domain, English /
+French):
+  base        an LM on English (trainer superpose.train.lm), 300 steps: 128 s. Its own val windows
+              2.49; held-out sequences 2.31 / 3.57.
+  expert      the base fine-tuned on French (init_from $W/base), 150 steps: 68 s. 2.37 on French
+              val; held-out 3.06 / 2.37 (English is forgotten: 2.31 → 3.06).
   superpose   this project's trainer: experts ($W/base, $W/expert) frozen, 1-D spline α, causal conv
               AEs at blocks 1, 2 (+ 3, the post-final-norm state, in training), 150 steps: 37 s.
               Superposed 2.51 / 2.73 — no better than α = 0.5 without AEs (2.54 / 2.72).
-  blend_only  the same without autoencoders (ae_layers = ()): the "blend without AEs" baseline; 31 s.
-              2.59 / 2.65.
+  blend_only  the same without autoencoders (ae_layers = ()): the "blend without AEs" baseline; 31
+              s. 2.59 / 2.65.
   router      superpose + the per-token router (beyond the paper; model.py docstring): 40 s.
               2.37 / 2.54: the only variant that recovers most of each expert's own domain.
-  faithful    superpose with the notebook's non-causal conv (output t sees token t+1) and recon MSE over
-              padding: 38 s. The leak of p1 §7.4: training LM loss 0.85 (causal: 2.50), and inference
-              2.26 / 2.37, below even the base's own English.
+  faithful    superpose with the notebook's non-causal conv (output t sees token t+1) and recon MSE
+              over padding: 38 s. The leak of p1 §7.4: training LM loss 0.85 (causal: 2.50), and
+              inference 2.26 / 2.37, below even the base's own English.
   smoke       2 layers, d 32, seq 32, 4 steps: the test-suite size.
 
-The α / AE learning rates here are 25× / 10× the paper's (2e-4 / 1e-4, configs/superposed_experts/gpt2.py):
-the paper trains 5,630 steps; a CPU demo has 150, and at 2e-4 α would move by at most ~0.03.
+The α / AE learning rates here are 25× / 10× the paper's (2e-4 / 1e-4,
+configs/superposed_experts/gpt2.py): the paper trains 5,630 steps; a CPU demo has 150, and at 2e-4 α
+would move by at most ~0.03.
 """
 
 from superpose.train.config import base_config, model_section

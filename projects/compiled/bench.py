@@ -7,8 +7,8 @@ the first forward pass after it (jit of that model's shapes). tracr: one ``compi
 which includes Haiku's parameter initialisation under JAX (most of its time); a warm-up compile
 runs first so imports are not counted. The speed-up is conservative: tracr's time over ours *plus*
 our first forward (tracr's compile runs no forward). A row whose model shapes equal an earlier row's
-reuses that jit (and tracr its Haiku init), so both times drop there (hist after length). Also prints
-layers and residual width of both. Configurations are tracr's test cases'.
+reuses that jit (and tracr its Haiku init), so both times drop there (hist after length). Also
+prints layers and residual width of both. Configurations are tracr's test cases'.
 """
 
 from __future__ import annotations

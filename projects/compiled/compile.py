@@ -1,14 +1,16 @@
 """Compile a library RASP program into superpose.nn weights; save, explain, run.
 
     python -m projects.compiled.compile --program sort --max-seq-len 8 --vocab a,b,c --out DIR
-    python -m projects.compiled.compile --program sort --max-seq-len 8 --vocab a,b,c --explain --input c,a,b
+    python -m projects.compiled.compile --program sort --max-seq-len 8 --vocab a,b,c --explain \\
+        --input c,a,b
 
-``--out DIR`` writes ``DIR/config.json`` (``{"model": TransformerConfig, "compiled": encoders, output
-columns, layer allocation, residual labels}``), ``DIR/residual_basis.json`` and the weights as a repo
-checkpoint (``DIR/checkpoints/0/params``; ``superpose.train.checkpoint.load_params(DIR, target)``
-reads them, ``superpose.rasp.compiler.CompiledModel.load(DIR)`` gives the whole compiled model back).
-``--explain`` prints the layer allocation and the residual layout; ``--input`` runs the model on one
-comma-separated input (tokens parsed like the vocab) and prints its output beside RASP's.
+``--out DIR`` writes ``DIR/config.json`` (``{"model": TransformerConfig, "compiled": encoders,
+output columns, layer allocation, residual labels}``), ``DIR/residual_basis.json`` and the weights
+as a repo checkpoint (``DIR/checkpoints/0/params``; ``superpose.train.checkpoint.load_params(DIR,
+target)`` reads them, ``superpose.rasp.compiler.CompiledModel.load(DIR)`` gives the whole compiled
+model back). ``--explain`` prints the layer allocation and the residual layout; ``--input`` runs the
+model on one comma-separated input (tokens parsed like the vocab) and prints its output beside
+RASP's.
 """
 
 from __future__ import annotations

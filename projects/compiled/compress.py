@@ -1,6 +1,7 @@
 """Residual compression of a compiled RASP model (tracr paper §5; spec p2_tracr.md §4.2/§4.4).
 
-    python -m projects.compiled.compress --config configs/compiled/compress.py --workdir workdirs/compress
+    python -m projects.compiled.compress --config configs/compiled/compress.py --workdir \\
+        workdirs/compress
 
 The compiled weights are frozen; only ``W`` (D × d) is learned. The compressed model computes in d
 dimensions and reads / writes the frozen D-dimensional sublayers through W (tracr's
@@ -59,9 +60,10 @@ from superpose.rasp.compiler import CompiledModel, compile_rasp
 from superpose.rasp.compiler.model import NONE_THRESHOLD, graphdef_for
 
 
-# Programs and data ----------------------------------------------------------------------------------
+# Programs and data --------------------------------------------------------------------------------
 def make_program(name: str, vocab, max_seq_len: int, token=None) -> rasp.SOp:
-  """The study's programs as the spec states them; other library programs through ``programs.build``."""
+  """The study's programs as the spec states them; other library programs through
+  ``programs.build``."""
   if name == "frac_prevs":
     return lib.make_frac_prevs(rasp.tokens == (token if token is not None else sorted(vocab)[-1]))
   if name == "sort_unique":
@@ -70,8 +72,8 @@ def make_program(name: str, vocab, max_seq_len: int, token=None) -> rasp.SOp:
 
 
 def input_space(name: str, program, vocab, max_seq_len: int) -> list[tuple]:
-  """Every input of length 1..max_seq_len on which the program is defined (sort_unique: distinct keys)
-  and the compiled model is exact (no Aggregate the compiler refuses on that input)."""
+  """Every input of length 1..max_seq_len on which the program is defined (sort_unique: distinct
+  keys) and the compiled model is exact (no Aggregate the compiler refuses on that input)."""
   inputs = []
   for n in range(1, max_seq_len + 1):
     for xs in itertools.product(sorted(vocab), repeat=n):
@@ -145,11 +147,12 @@ def build_study(
   return Study(name, compiled, splits, tolerance)
 
 
-# The compressed forward pass ------------------------------------------------------------------------
+# The compressed forward pass ----------------------------------------------------------------------
 def compressed_forward(cfg, params, W_Dd, ids_BT, segments_BT, q_scale=1.0):
   """(output columns (B, T, C) — all padded-vocab columns, slice with ``num_columns`` —, sublayer
   outputs (2L, B, T, D) in D dims before the write). ``W = I`` is the compiled model itself.
-  ``q_scale`` multiplies every attention logit (< 1: a warmer softmax, for annealing in training)."""
+  ``q_scale`` multiplies every attention logit (< 1: a warmer softmax, for annealing in
+  training)."""
   if not (isinstance(q_scale, float) and q_scale == 1.0):
     params = {
       **params,
@@ -194,7 +197,8 @@ def make_functions(
   with jax.default_matmul_precision("float32"):
     targets = {k: _targets(cfg, params, s, C) for k, s in study.splits.items()}
   # Adam; the step size is applied per model below. ``adam_eps`` is the gradient scale under which
-  # steps shrink: with 1e-8, f32 round-off gradients (~1e-7) near an exact solution get lr-sized steps.
+  # steps shrink: with 1e-8, f32 round-off gradients (~1e-7) near an exact solution get lr-sized
+  # steps.
   tx = optax.scale_by_adam(eps=adam_eps)
 
   def loss(W, ids, segments, y_tgt, outs_tgt, q_scale=1.0):
@@ -252,7 +256,8 @@ def make_functions(
 
   @jax.jit
   def evaluate(W_MDd, ids, segments, y_tgt, outs_tgt):
-    """Per model: output columns (M, N, T, C), loss (M,), per-sublayer cosine to the original (M, 2L)."""
+    """Per model: output columns (M, N, T, C), loss (M,), per-sublayer cosine to the original (M,
+    2L)."""
 
     def one(W):
       y, outs = compressed_forward(cfg, params, W, ids, segments)
@@ -300,7 +305,8 @@ def accuracy(study: Study, y_NTC: np.ndarray, split: str) -> np.ndarray:
 
 
 def initial_W(key, D: int, d: int, init: str) -> jax.Array:
-  """'orthogonal': orthonormal columns (a random projection; W Wᵀ = I at d = D), 'normal': N(0, 1/d)."""
+  """'orthogonal': orthonormal columns (a random projection; W Wᵀ = I at d = D), 'normal': N(0,
+  1/d)."""
   if init == "orthogonal":
     return jax.nn.initializers.orthogonal()(key, (D, d))
   if init == "normal":
@@ -308,7 +314,7 @@ def initial_W(key, D: int, d: int, init: str) -> jax.Array:
   raise ValueError(f"compress: unknown init {init!r} (orthogonal | normal)")
 
 
-# One d: every (lr, seed) together -------------------------------------------------------------------
+# One d: every (lr, seed) together -----------------------------------------------------------------
 def train_point(
   study: Study,
   d: int,
@@ -386,12 +392,13 @@ def train_point(
   }
 
 
-# Which features share directions ---------------------------------------------------------------------
+# Which features share directions ------------------------------------------------------------------
 def shared_directions(
   W_Dd: np.ndarray, labels, *, cos_threshold: float, drop_fraction: float
 ) -> dict:
   """Rows of W are the features' directions in the d-space. A feature is dropped when its norm is
-  below ``drop_fraction`` × the largest; two kept features share a direction when |cos| ≥ threshold."""
+  below ``drop_fraction`` × the largest; two kept features share a direction when |cos| ≥
+  threshold."""
   norms = np.linalg.norm(W_Dd, axis=1)
   kept = norms >= drop_fraction * norms.max()
   unit = W_Dd / np.maximum(norms[:, None], 1e-12)
@@ -410,7 +417,7 @@ def shared_directions(
   }
 
 
-# The sweep ------------------------------------------------------------------------------------------
+# The sweep ----------------------------------------------------------------------------------------
 def run(config, workdir) -> dict:
   from projects.compiled import compress_report  # matplotlib only where results are written
 

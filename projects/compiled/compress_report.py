@@ -4,7 +4,8 @@ W Wᵀ heatmaps (``wtw_<program>_d<d>.png``).
 The heatmap is the D × D matrix W Wᵀ (W: D × d, row f = feature f's direction in the d-space), rows
 and columns labelled with the residual features: its diagonal is each feature's squared norm (≈0:
 dropped) and its off-diagonal entries are the overlaps between features (≠0: sharing directions).
-This is the matrix of tracr's README figure (there ``w_emb`` is d × D, so it is their ``w_embᵀ w_emb``).
+This is the matrix of tracr's README figure (there ``w_emb`` is d × D, so it is their ``w_embᵀ
+w_emb``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ def _plt():
 
 
 def heatmap_dims(entry: dict, threshold: float, requested=None) -> list[int]:
-  """The d's that get a heatmap: ``requested``, else the smallest d whose median reaches the threshold,
-  d = 8 (the paper's figure) and d = D, where swept."""
+  """The d's that get a heatmap: ``requested``, else the smallest d whose median reaches the
+  threshold, d = 8 (the paper's figure) and d = D, where swept."""
   swept = [p["d"] for p in entry["points"]]
   if requested:
     return [d for d in requested if d in swept]

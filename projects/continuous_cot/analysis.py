@@ -1,30 +1,35 @@
 """The superposition signature of continuous thoughts (spec §3.6; RS Tables 1 and 5).
 
-    python -m projects.continuous_cot.analysis --model construction --data ../shared/data/prosqa --out /tmp/sig \
+    python -m projects.continuous_cot.analysis --model construction --data ../shared/data/prosqa \\
+        --out /tmp/sig \
         [--split graph4 --split graph4_shuffled] [--limit N]
-    python -m projects.continuous_cot.analysis --workdir workdirs/cot_scaled/coconut --out /tmp/sig_trained
+    python -m projects.continuous_cot.analysis --workdir workdirs/cot_scaled/coconut --out \\
+        /tmp/sig_trained
 
-``--workdir`` reads a trained Coconut run at the checkpoint its selection.json names (as evaluate.py) and
-analyses it with its own prompt layout, layer 2, all heads summed.
+``--workdir`` reads a trained Coconut run at the checkpoint its selection.json names (as
+evaluate.py) and analyses it with its own prompt layout, layer 2, all heads summed.
 
-For a model and its prompt layout, :func:`trace` runs the gold-hop thoughts (KV-cached, then one full
-forward with the thoughts in place that returns the attention probabilities) and returns, per problem,
-the thoughts and the attention rows of the positions that produce them. Step i (1-based) is the
-position t0+i−1 (the root for i = 1, else latent slot i−1): its post-final-norm state is [t_i] and its
-attention is the "final pass with n_step = i−1 latents" of the RS notebook (causality makes the two equal).
+For a model and its prompt layout, :func:`trace` runs the gold-hop thoughts (KV-cached, then one
+full forward with the thoughts in place that returns the attention probabilities) and returns, per
+problem, the thoughts and the attention rows of the positions that produce them. Step i (1-based) is
+the position t0+i−1 (the root for i = 1, else latent slot i−1): its post-final-norm state is [t_i]
+and its attention is the "final pass with n_step = i−1 latents" of the RS notebook (causality makes
+the two equal).
 
-Node groups at step i (spec §3.6, the notebook's walk-based sets; nested, so every frontier node is also
-reachable):
+Node groups at step i (spec §3.6, the notebook's walk-based sets; nested, so every frontier node is
+also reachable):
   reachable      nodes with a walk of length ≤ i from the root (the root included);
-  frontier       nodes with a walk of length exactly i (on a DAG this includes nodes whose BFS depth is < i);
+  frontier       nodes with a walk of length exactly i (on a DAG this includes nodes whose BFS depth
+                 is < i);
   optimal        ``neighbor_k[i]``: depth-i nodes on a shortest root → target path;
   not reachable  every other graph node.
 Edge groups at step i (Table 1): the query at step i carries the step-(i−1) set, so an edge s → t is
 grouped by its source: reachable / frontier / not-reachable by s against the step-(i−1) node groups,
-optimal when s ∈ neighbor_k[i−1] and t ∈ neighbor_k[i] (an edge of a shortest path). With this, step 1
-has reachable = frontier (both "the root's edges"), as in Table 1. The attention to an edge is the layer-2
-mass summed over its triplet (s, t, |) and over the heads; as the notebook, the last edge of the 'code'
-layout (no |) is skipped. Statistics are mean ± sd pooled over (problem, node) or (problem, edge) pairs.
+optimal when s ∈ neighbor_k[i−1] and t ∈ neighbor_k[i] (an edge of a shortest path). With this, step
+1 has reachable = frontier (both "the root's edges"), as in Table 1. The attention to an edge is the
+layer-2 mass summed over its triplet (s, t, |) and over the heads; as the notebook, the last edge of
+the 'code' layout (no |) is skipped. Statistics are mean ± sd pooled over (problem, node) or
+(problem, edge) pairs.
 """
 
 from __future__ import annotations
@@ -77,7 +82,7 @@ PAPER_INNER = {
 }
 
 
-# Node and edge groups ----------------------------------------------------------------------------------------
+# Node and edge groups -----------------------------------------------------------------------------
 def walk_levels(problem: graphs.Problem, steps: int) -> list[set[int]]:
   """levels[k] = nodes at the end of some walk of length exactly k from the root, k = 0..steps."""
   children = problem.children
@@ -101,7 +106,8 @@ def node_groups(problem: graphs.Problem, step: int) -> dict[str, set[int]]:
 
 
 def edge_groups(problem: graphs.Problem, step: int) -> dict[str, list[int]]:
-  """Indices into ``problem.edges`` of each edge group at ``step`` ≥ 1 (grouped by the step-(i−1) sets)."""
+  """Indices into ``problem.edges`` of each edge group at ``step`` ≥ 1 (grouped by the step-(i−1)
+  sets)."""
   before = node_groups(problem, step - 1)
   after_optimal = set(problem.neighbor_k().get(step, ()))
   out = {g: [] for g in GROUPS}
@@ -115,7 +121,8 @@ def edge_groups(problem: graphs.Problem, step: int) -> dict[str, list[int]]:
 
 
 def edge_triplets(problem: graphs.Problem, layout: str) -> dict[int, tuple[int, ...]]:
-  """Edge index → prompt positions of (s, t, |) in file order; the 'code' layout's last edge has no |: left out."""
+  """Edge index → prompt positions of (s, t, |) in file order; the 'code' layout's last edge has
+  no |: left out."""
   out = {}
   for j in range(len(problem.edges)):
     if layout == "code" and j == len(problem.edges) - 1:
@@ -124,10 +131,11 @@ def edge_triplets(problem: graphs.Problem, layout: str) -> dict[int, tuple[int, 
   return out
 
 
-# Running a model ---------------------------------------------------------------------------------------------
+# Running a model ----------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Subject:
-  """A superpose.nn model and how to read it: its prompt layout, the attention layer and the heads to sum."""
+  """A superpose.nn model and how to read it: its prompt layout, the attention layer and the heads
+  to sum."""
 
   name: str
   model: nn.Transformer
@@ -165,8 +173,9 @@ def _trace(graphdef, state, tokens_BT, latent_start_B, *, num_thoughts: int, lay
 
 
 def candidate_order(problem: graphs.Problem, i: int) -> tuple[int, int]:
-  """(target, neg) or (neg, target), a fixed coin per problem index: a trained model saw both orders, so the
-  file's target-first order would be a biased prompt (edges keep file order: the triplet positions need it)."""
+  """(target, neg) or (neg, target), a fixed coin per problem index: a trained model saw both
+  orders, so the file's target-first order would be a biased prompt (edges keep file order: the
+  triplet positions need it)."""
   pair = (problem.target, problem.neg_target)
   return pair[::-1] if random.Random(i).random() < 0.5 else pair
 
@@ -174,7 +183,8 @@ def candidate_order(problem: graphs.Problem, i: int) -> tuple[int, int]:
 def trace(
   subject: Subject, problems: Sequence[graphs.Problem], batch_size: int = 64
 ) -> list[Trace]:
-  """Gold-hop thoughts, the attention rows that make them and the answer, per problem (input order)."""
+  """Gold-hop thoughts, the attention rows that make them and the answer, per problem (input
+  order)."""
   graphdef, state = nnx.split(subject.model)
   out: list[Trace | None] = [None] * len(problems)
   by_hops: dict[int, list[int]] = {}
@@ -213,7 +223,8 @@ def trace(
           layer=subject.layer,
         )
       )
-      # the thoughts re-read from the attention pass equal those fed back: it is the pass that made them
+      # the thoughts re-read from the attention pass equal those fed back: it is the pass that made
+      # them
       np.testing.assert_allclose(fed, made, atol=1e-4, rtol=1e-4)
       for r, i in enumerate(chunk):
         out[i] = Trace(
@@ -225,7 +236,7 @@ def trace(
   return out
 
 
-# Statistics --------------------------------------------------------------------------------------------------
+# Statistics ---------------------------------------------------------------------------------------
 def _stats(values: list[float]) -> tuple[float, float, int]:
   a = np.asarray(values, np.float64)
   return (float(a.mean()), float(a.std()), a.size) if a.size else (float("nan"), float("nan"), 0)
@@ -233,7 +244,8 @@ def _stats(values: list[float]) -> tuple[float, float, int]:
 
 def signature(subject: Subject, traces: Sequence[Trace], steps: Sequence[int] = STEPS) -> dict:
   """{'inner' | 'attention': {group: {step: (mean, sd, n)}} pooled over nodes / edges,
-  'inner_by_problem' | 'attention_by_problem': {step: [{group: mean within one problem}]}, 'accuracy', 'count'}."""
+  'inner_by_problem' | 'attention_by_problem': {step: [{group: mean within one problem}]},
+  'accuracy', 'count'}."""
   embed = np.asarray(subject.model.token_embedding.get_value(), np.float64)
   pooled = {key: {g: {s: [] for s in steps} for g in GROUPS} for key in ("inner", "attention")}
   by_problem = {key: {s: [] for s in steps} for key in ("inner", "attention")}
@@ -289,7 +301,8 @@ def _ordered(means: Sequence[float], tol: float) -> tuple[bool, bool]:
 
 
 def ordering(table: dict, steps: Sequence[int] = (1, 2), tol: float = 1e-6) -> dict[str, bool]:
-  """Whether optimal > frontier > reachable > not-reachable holds for the pooled means at every step given."""
+  """Whether optimal > frontier > reachable > not-reachable holds for the pooled means at every step
+  given."""
   checks = [_ordered([table[g][s][0] for g in reversed(GROUPS)], tol) for s in steps]
   return {"strict": all(c[0] for c in checks), "weak": all(c[1] for c in checks)}
 
@@ -297,7 +310,8 @@ def ordering(table: dict, steps: Sequence[int] = (1, 2), tol: float = 1e-6) -> d
 def problem_ordering(
   by_problem: dict, steps: Sequence[int] = (1, 2), tol: float = 1e-6
 ) -> dict[str, float]:
-  """Fraction of (problem, step) pairs whose within-problem group means are ordered (strict / weak)."""
+  """Fraction of (problem, step) pairs whose within-problem group means are ordered (strict /
+  weak)."""
   checks = [_ordered([m[g] for g in reversed(GROUPS)], tol) for s in steps for m in by_problem[s]]
   return {
     "strict": float(np.mean([c[0] for c in checks])),
@@ -305,7 +319,7 @@ def problem_ordering(
   }
 
 
-# Reports -----------------------------------------------------------------------------------------------------
+# Reports ------------------------------------------------------------------------------------------
 def markdown(name: str, result: dict, steps: Sequence[int] = STEPS) -> str:
   head = (
     "| group | " + " | ".join(f"step {s}" for s in steps) + " |\n|---|" + "---|" * len(steps) + "\n"
@@ -385,7 +399,8 @@ def subject_for(name: str) -> Subject:
     from projects.continuous_cot import construction
 
     c = construction.Construction()
-    # Layer 2 of the construction has one live head; the other four have zero weights (uniform, inert attention).
+    # Layer 2 of the construction has one live head; the other four have zero weights (uniform,
+    # inert attention).
     return Subject("construction", construction.build(c), layout=c.layout, layer=1, heads=(0,))
   raise ValueError(
     f"--model {name!r}: only 'construction' is available here (pass a Subject to the API otherwise)"

@@ -1,36 +1,40 @@
 """Side-by-side speed checks in one run: KV-cached thoughts vs a full re-forward (default), or the
-training step's real tokens/s, the previous padded-to-T path vs the bucketed compact one (``--train``).
+training step's real tokens/s, the previous padded-to-T path vs the bucketed compact one
+(``--train``).
 
-    python -m projects.continuous_cot.bench [--size small|d128|tiny|medium|paper] [--batch 32] [--thoughts 4]
+    python -m projects.continuous_cot.bench [--size small|d128|tiny|medium|paper] [--batch 32] \\
+        [--thoughts 4]
                                             [--prompt 80:160] [--rest 2] [--rounds 7] [--steps 3]
     python -m projects.continuous_cot.bench --train [--size small] [--batch 32] [--method coconut]
-                                            [--stage final|0] [--problems 2000] [--window 32] [--steps 8]
-                                            [--rounds 4] [--data DIR] [--profile]
+                                            [--stage final|0] [--problems 2000] [--window 32]
+                                            [--steps 8] [--rounds 4] [--data DIR] [--profile]
 
 Forward (default): ProsQA-shaped batches, each row a prompt of random length in ``--prompt lo:hi``
 tokens (the released graph_4 test prompts average 113 tokens, max 167), ``--thoughts`` latent slots
 and ``--rest`` tokens after them, right-padded to T = hi + thoughts + rest. The cached method runs
-with the static bounds ``prefix_len = hi``, ``rest_len = rest``; the reference re-reads all T columns
-``thoughts + 1`` times. Both are compiled and checked against each other before timing.
+with the static bounds ``prefix_len = hi``, ``rest_len = rest``; the reference re-reads all T
+columns ``thoughts + 1`` times. Both are compiled and checked against each other before timing.
 
 ``--train``: the trainer's own rows and train step (value and gradient through the thoughts plus the
-AdamW update of ``configs/continuous_cot/scaled.py``) on generated problems (``--problems``, 3–4 hops,
-ids shuffled; or ``--data DIR/train.json``), at the model ``--size`` and batch ``--batch``:
+AdamW update of ``configs/continuous_cot/scaled.py``) on generated problems (``--problems``, 3–4
+hops, ids shuffled; or ``--data DIR/train.json``), at the model ``--size`` and batch ``--batch``:
 
-* ``old``: the previous path, ``cot.batching='padded'``: every row padded to T (the longest prompt of
-  the data rounded up to 8, + K thought slots + 2), the full KV-cached forward over all T columns;
-* ``new``: ``cot.batching='bucketed'``: length-bucketed batches (windows of ``--window`` batches sorted
-  by prompt length) and the compact forward (the last layer only where a loss can be).
+* ``old``: the previous path, ``cot.batching='padded'``: every row padded to T (the longest prompt
+  of the data rounded up to 8, + K thought slots + 2), the full KV-cached forward over all T
+  columns;
+* ``new``: ``cot.batching='bucketed'``: length-bucketed batches (windows of ``--window`` batches
+  sorted by prompt length) and the compact forward (the last layer only where a loss can be).
 
 Both run the *same rows in the same batches*: the first ``--steps`` steps of the bucketed order (the
-window after the first, so that ``--stage final`` rows are all at the final stage, earlier stages mixed
-in with probability 0.1; ``--stage 0``: stage-0 rows, no thoughts), the old path with those rows padded
-to T. So both process the same real tokens (prompt, thoughts, answer tokens; no padding) and the ratio of
-real tokens/s is the ratio of step times. Every step starts from the same parameters; each shape is
-compiled before timing (compile times reported, excluded). Rounds alternate the order (ABBA) so that
-machine-speed drift cancels in the per-round ratio; the report gives medians. Before timing, the summed
-cross-entropy of all steps is checked equal between the two paths. ``--profile`` also traces the new
-step and prints where its time goes (matmuls, element-wise, copies/transposes, the thought loop).
+window after the first, so that ``--stage final`` rows are all at the final stage, earlier stages
+mixed in with probability 0.1; ``--stage 0``: stage-0 rows, no thoughts), the old path with those
+rows padded to T. So both process the same real tokens (prompt, thoughts, answer tokens; no padding)
+and the ratio of real tokens/s is the ratio of step times. Every step starts from the same
+parameters; each shape is compiled before timing (compile times reported, excluded). Rounds
+alternate the order (ABBA) so that machine-speed drift cancels in the per-round ratio; the report
+gives medians. Before timing, the summed cross-entropy of all steps is checked equal between the two
+paths. ``--profile`` also traces the new step and prints where its time goes (matmuls, element-wise,
+copies/transposes, the thought loop).
 """
 
 from __future__ import annotations
@@ -73,7 +77,8 @@ def make_batch(batch: int, prompt: tuple[int, int], num_thoughts: int, rest: int
 
 
 def _timed_rounds(calls: dict, rounds: int, measure) -> dict[str, list[float]]:
-  """Per-round values of ``measure(name, seconds)``, the calls in ABBA order (reversed every other round)."""
+  """Per-round values of ``measure(name, seconds)``, the calls in ABBA order (reversed every other
+  round)."""
   names = list(calls)
   out = {name: [] for name in names}
   for round_index in range(rounds):
@@ -84,7 +89,7 @@ def _timed_rounds(calls: dict, rounds: int, measure) -> dict[str, list[float]]:
   return out
 
 
-# --- forward: cached vs re-forward ----------------------------------------------------------------------------
+# --- forward: cached vs re-forward ----------------------------------------------------------------
 def forward_main(args) -> None:
   lo, hi = (int(x) for x in args.prompt.split(":"))
   num_thoughts, rest = args.thoughts, args.rest
@@ -153,7 +158,7 @@ def _header(cfg, state) -> None:
   )
 
 
-# --- train: the old padded path vs the new bucketed one ----------------------------------------------------------
+# --- train: the old padded path vs the new bucketed one -------------------------------------------
 def train_tasks(args):
   """(old task, new task): the scaled config at ``--size``/``--batch``, one with each batching."""
   from configs.continuous_cot import scaled as scaled_cfg
@@ -263,8 +268,9 @@ def train_main(args) -> None:
 
 def profile(fn, state, batches, top: int = 12) -> None:
   """Trace the new path's steps and print the device time by kind of operation (XLA CPU thunk names:
-  ``ynn``/``dot`` fusions are matmuls; ``while`` is the thought loop, whose body's ops also count in their
-  own kinds; operations of one step may overlap on several cores, so shares are of the summed time)."""
+  ``ynn``/``dot`` fusions are matmuls; ``while`` is the thought loop, whose body's ops also count in
+  their own kinds; operations of one step may overlap on several cores, so shares are of the summed
+  time)."""
   with tempfile.TemporaryDirectory() as folder:
     jax.profiler.start_trace(folder, create_perfetto_trace=True)
     for b in batches:

@@ -1,21 +1,23 @@
-"""The Reasoning-by-Superposition 2-layer construction (spec §3) as weights of ``superpose.nn.Transformer``.
+"""The Reasoning-by-Superposition 2-layer construction (spec §3) as weights of
+``superpose.nn.Transformer``.
 
     python -m projects.continuous_cot.construction [--data ../shared/data/prosqa] [--layout code]
 
-Residual layout, d = 3·V + P (V = 40 tokens, P sinusoidal dims): [content | buffer1 | buffer2 | pos].
-Token embeddings are one-hot in content; positions (``position_dims=P``) live only in pos. Every block is
-``h ← l2norm(MLP(h + Σ_heads attn(h)))`` (attn_norm 'none', mlp_norm 'post', norm 'l2', no MLP residual,
-step activation, attention scale 1; a threshold ε per layer is the MLP bias −ε with ``step_threshold=0``).
+Residual layout, d = 3·V + P (V = 40 tokens, P sinusoidal dims): [content | buffer1 | buffer2 |
+pos]. Token embeddings are one-hot in content; positions (``position_dims=P``) live only in pos.
+Every block is ``h ← l2norm(MLP(h + Σ_heads attn(h)))`` (attn_norm 'none', mlp_norm 'post', norm
+'l2', no MLP residual, step activation, attention scale 1; a threshold ε per layer is the MLP bias
+−ε with ``step_threshold=0``).
 
 Layer 1, five "attention choosers" (token set X, lag ℓ): a query whose content is in X attends to
-position i−ℓ, any other query to <eos> at position 0, whose value is zeroed. Heads: (edge markers, 2) →
-buffer1 (the edge's source), (edge markers, 1) → buffer2 (its target), ([R], 2) and ([R], 1) → buffer2
-(the candidates), ([A], 1) → buffer1 (the last thought). The RS code drops the last edge's ``|``; in
-that 'code' layout [Q] also marks an edge (it follows s_m t_m), so both layouts work with five heads.
-Layer 2, one head: content queries buffer1 keys (×τ; [R] also keys on u_[A]), values read buffer2 into
-content: a thought adds the targets of all edges leaving its reachable set, [A] picks up c1 + c2.
-Thought c is then (1/√|V_c|) Σ_{v ∈ V_c} u_v, and at [A] the logit of the reachable candidate is 2/·,
-every other token's at most 1/· (Theorem 1).
+position i−ℓ, any other query to <eos> at position 0, whose value is zeroed. Heads: (edge
+markers, 2) → buffer1 (the edge's source), (edge markers, 1) → buffer2 (its target), ([R], 2) and
+([R], 1) → buffer2 (the candidates), ([A], 1) → buffer1 (the last thought). The RS code drops the
+last edge's ``|``; in that 'code' layout [Q] also marks an edge (it follows s_m t_m), so both
+layouts work with five heads. Layer 2, one head: content queries buffer1 keys (×τ; [R] also keys on
+u_[A]), values read buffer2 into content: a thought adds the targets of all edges leaving its
+reachable set, [A] picks up c1 + c2. Thought c is then (1/√|V_c|) Σ_{v ∈ V_c} u_v, and at [A] the
+logit of the reachable candidate is 2/·, every other token's at most 1/· (Theorem 1).
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ def _rotation(freqs: np.ndarray, lag: int) -> np.ndarray:
 
 
 def chooser_constants(c: Construction) -> tuple[float, float]:
-  """(η, ξ): ξ = max_j 2P / (⟨p0,p0⟩ − ⟨p0,pj⟩) (Lemma 1); η so the best key leads the next by ``margin``."""
+  """(η, ξ): ξ = max_j 2P / (⟨p0,p0⟩ − ⟨p0,pj⟩) (Lemma 1); η so the best key leads the next by
+  ``margin``."""
   table, _ = _table(c)
   gram0 = table @ table[0]
   xi = float(np.max(2 * c.position_dims / (gram0[0] - gram0[1:])))
@@ -187,7 +190,7 @@ def build(c: Construction = Construction()) -> nn.Transformer:
   return model
 
 
-# The continuous-thought loop (un-cached: one full forward per thought) -------------------------------------------
+# The continuous-thought loop (un-cached: one full forward per thought) ----------------------------
 def batch(
   problems: Sequence[graphs.Problem],
   length: int,
@@ -225,8 +228,8 @@ def run_thoughts(
   return_logits: bool = False,
 ):
   """Feeds back the post-final-norm state of position t0+c−1 as the input at t0+c, c = 1..C per row,
-  re-running the whole sequence each time; returns (thoughts (B, Cmax, D), predicted answer ids (B,)),
-  and the answer logits over the 40 tokens (B, 40) with ``return_logits``."""
+  re-running the whole sequence each time; returns (thoughts (B, Cmax, D), predicted answer ids
+  (B,)), and the answer logits over the 40 tokens (B, 40) with ``return_logits``."""
   graphdef, state = nnx.split(model)
   b, t = tokens.shape
   rows = np.arange(b)
@@ -261,8 +264,9 @@ def evaluate(
   model=None,
   batch_size: int = 128,
 ) -> dict:
-  """Accuracy against the BFS answer, and thought c vs (1/√|V_c|) Σ_{V_c} u_v for every thought; ``counts``:
-  the answer metrics and floors of :mod:`metrics` ({name: (k, n)}), candidates in a coin order per problem."""
+  """Accuracy against the BFS answer, and thought c vs (1/√|V_c|) Σ_{V_c} u_v for every thought;
+  ``counts``: the answer metrics and floors of :mod:`metrics` ({name: (k, n)}), candidates in a coin
+  order per problem."""
   model = model or build(c)
   correct, max_dev, min_cos, n_thoughts = 0, 0.0, 1.0, 0
   per_step: dict[int, list[float]] = {}

@@ -1,13 +1,15 @@
-"""Learning curves of continuous-CoT runs from their metrics.jsonl: one figure and one Markdown table.
+"""Learning curves of continuous-CoT runs from their metrics.jsonl: one figure and one Markdown
+table.
 
     python -m projects.continuous_cot.curves --workdir RUN [RUN ...] --out DIR [--name NAME]
 
-Panels: the training loss (Coconut: the drawn label's NLL; CoT / No-CoT: the loss over their supervised
-tokens; a 100-step moving average, stage starts marked), full-vocabulary accuracy, two-candidate accuracy,
-the fraction of answers that are a candidate, and hop-1/2/3 accuracy (the argmax after the root / thought
-or path node k − 1 is a depth-k node on a shortest path), all on the run's generated validation split,
-with the floors (always the first candidate, more ancestors) as dashed lines. The table gives every
-evaluation's numbers with 95 % Wilson intervals, rows seen, real tokens seen and training wall time.
+Panels: the training loss (Coconut: the drawn label's NLL; CoT / No-CoT: the loss over their
+supervised tokens; a 100-step moving average, stage starts marked), full-vocabulary accuracy,
+two-candidate accuracy, the fraction of answers that are a candidate, and hop-1/2/3 accuracy (the
+argmax after the root / thought or path node k − 1 is a depth-k node on a shortest path), all on the
+run's generated validation split, with the floors (always the first candidate, more ancestors) as
+dashed lines. The table gives every evaluation's numbers with 95 % Wilson intervals, rows seen, real
+tokens seen and training wall time.
 """
 
 from __future__ import annotations
@@ -76,8 +78,8 @@ def eval_size(config: dict) -> int:
 
 
 def stage_starts(config: dict) -> list[int]:
-  """Coconut's stage starts (stages 1..4, the graph_4 hop counts) for runs staged by steps; by epochs the
-  training-set size would be needed, and none are marked."""
+  """Coconut's stage starts (stages 1..4, the graph_4 hop counts) for runs staged by steps; by
+  epochs the training-set size would be needed, and none are marked."""
   c = config["cot"]
   if c["method"] != "coconut" or c.get("steps_per_stage", 0) <= 0:
     return []

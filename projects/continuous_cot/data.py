@@ -1,9 +1,12 @@
-"""ProsQA data: the JSON loader, the 40-token vocabulary, prompt layouts as token ids, generated splits, CLI.
+"""ProsQA data: the JSON loader, the 40-token vocabulary, prompt layouts as token ids, generated
+splits, CLI.
 
     python -m projects.continuous_cot.data stats --file ../shared/data/prosqa/prosqa_valid.json
-    python -m projects.continuous_cot.data generate --out /tmp/prosqa_gen [--train 15000 --valid 500 --test 500]
+    python -m projects.continuous_cot.data generate --out /tmp/prosqa_gen [--train 15000 --valid \\
+        500 --test 500]
 
-Prompt layouts (token ids of :data:`VOCAB`; spec §1.1–1.2), edges in file order unless an rng shuffles them:
+Prompt layouts (token ids of :data:`VOCAB`; spec §1.1–1.2), edges in file order unless an rng
+shuffles them:
   'code'   (RS-repo, what the trained models see; 3m+5 tokens)
            <eos> s1 t1 | s2 t2 | ... sm tm [Q] c1 c2 [R] r
   'theory' (the paper's §3; 3m+6 tokens): every edge, the last one too, ends with |
@@ -66,7 +69,7 @@ assert VOCAB.vocab_size == 40 and (LATENT, EDGE, QUESTION, ROOT, ANSWER, EOS) ==
 )
 
 
-# Loading and writing the ProsQA JSON format -----------------------------------------------------------------
+# Loading and writing the ProsQA JSON format -------------------------------------------------------
 def from_record(record: dict) -> Problem:
   symbols = record.get("idx_to_symbol") or ()
   nodes = {v for e in record["edges"] for v in e} | {
@@ -85,7 +88,8 @@ def from_record(record: dict) -> Problem:
 
 
 def load(path: str | pathlib.Path, check: bool = True) -> list[Problem]:
-  """Problems of a ProsQA JSON file; each one's answer is checked by BFS (ValueError names the record)."""
+  """Problems of a ProsQA JSON file; each one's answer is checked by BFS (ValueError names the
+  record)."""
   records = json.loads(pathlib.Path(path).read_text())
   problems = []
   for i, record in enumerate(records):
@@ -162,7 +166,8 @@ def _names(problem: Problem, rng: random.Random) -> tuple[str, ...]:
 
 
 def to_record(problem: Problem, rng: random.Random | None = None) -> dict:
-  """The ProsQA JSON record (with RS's ``neighbor_k``); names are drawn when the problem has none."""
+  """The ProsQA JSON record (with RS's ``neighbor_k``); names are drawn when the problem has
+  none."""
   rng = rng or random.Random(0)
   names = problem.symbols or _names(problem, rng)
   layers = problem.neighbor_k()
@@ -190,7 +195,7 @@ def to_record(problem: Problem, rng: random.Random | None = None) -> dict:
   }
 
 
-# Prompt layout -----------------------------------------------------------------------------------------------
+# Prompt layout ------------------------------------------------------------------------------------
 def prompt_tokens(
   problem: Problem,
   *,
@@ -198,8 +203,9 @@ def prompt_tokens(
   rng: random.Random | None = None,
   candidates: Sequence[int] | None = None,
 ) -> list[int]:
-  """Edges, [Q] c1 c2, [R] r as token ids. ``rng`` shuffles the edge and candidate order (per epoch, as the
-  RS code does); without it edges keep file order and candidates are ``candidates`` or (target, neg)."""
+  """Edges, [Q] c1 c2, [R] r as token ids. ``rng`` shuffles the edge and candidate order (per epoch,
+  as the RS code does); without it edges keep file order and candidates are ``candidates`` or
+  (target, neg)."""
   if layout not in LAYOUTS:
     raise ValueError(f"layout={layout!r}: must be one of {', '.join(LAYOUTS)}")
   edges = list(problem.edges)
@@ -219,7 +225,8 @@ def prompt_tokens(
 def question_tokens(
   problem: Problem, num_thoughts: int, *, with_answer: bool = False, **kwargs
 ) -> list[int]:
-  """The evaluation sequence: prompt, ``num_thoughts`` latent slots, [A] (and the target when teaching)."""
+  """The evaluation sequence: prompt, ``num_thoughts`` latent slots, [A] (and the target when
+  teaching)."""
   tokens = prompt_tokens(problem, **kwargs) + [LATENT] * num_thoughts + [ANSWER]
   return tokens + [problem.target] if with_answer else tokens
 
@@ -228,7 +235,7 @@ def render(tokens: Sequence[int]) -> str:
   return " ".join(VOCAB.decode_symbols(tokens))
 
 
-# Generated splits --------------------------------------------------------------------------------------------
+# Generated splits ---------------------------------------------------------------------------------
 def generate_split(
   count: int,
   seed: int,
@@ -238,8 +245,9 @@ def generate_split(
   shuffle: bool = True,
   cfg: GeneratorConfig = GeneratorConfig(),
 ) -> tuple[list[Problem], set[str]]:
-  """``count`` problems whose graphs (by :func:`graphs.graph_hash`) are new: not in ``exclude`` and not
-  repeated. Returns the problems and their hashes. ``hops`` keeps only those hop counts (None: all)."""
+  """``count`` problems whose graphs (by :func:`graphs.graph_hash`) are new: not in ``exclude`` and
+  not repeated. Returns the problems and their hashes. ``hops`` keeps only those hop counts (None:
+  all)."""
   rng, seen, out = random.Random(seed), set(exclude), []
   while len(out) < count:
     problem = graphs.generate_problem(rng, cfg)

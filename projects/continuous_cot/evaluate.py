@@ -6,11 +6,12 @@
 Each run is read at the step its ``selection.json`` names (chosen on *generated* validation data by
 train.py; the newest checkpoint where there is none) and scored on the released split with the same
 rows and metrics as its in-training evaluation: Coconut with the gold hop count of thoughts and with
-the fixed count (``config.cot.eval_fixed_thoughts``), CoT by greedy decoding, No-CoT at ``[A]``. Every
-row of the table gives the metrics of :mod:`projects.continuous_cot.metrics`: full-vocabulary accuracy
-(the paper's), two-candidate accuracy, the fraction of answers that are a candidate, and the floors
-"always the first candidate" and "the candidate with more ancestors" (per question, in the prompt's
-candidate order). Intervals are 95 % Wilson score intervals. Nothing here feeds back into selection.
+the fixed count (``config.cot.eval_fixed_thoughts``), CoT by greedy decoding, No-CoT at ``[A]``.
+Every row of the table gives the metrics of :mod:`projects.continuous_cot.metrics`: full-vocabulary
+accuracy (the paper's), two-candidate accuracy, the fraction of answers that are a candidate, and
+the floors "always the first candidate" and "the candidate with more ancestors" (per question, in
+the prompt's candidate order). Intervals are 95 % Wilson score intervals. Nothing here feeds back
+into selection.
 """
 
 from __future__ import annotations
@@ -49,16 +50,17 @@ def selected_checkpoint(workdir: pathlib.Path) -> tuple[pathlib.Path, str]:
 
 
 def load_trained(workdir: str | pathlib.Path) -> tuple[dict, nnx.Module, pathlib.Path, str]:
-  """(config, model with the selected checkpoint's parameters, checkpoint path, how it was chosen) of a run."""
+  """(config, model with the selected checkpoint's parameters, checkpoint path, how it was chosen)
+  of a run."""
   path, how = selected_checkpoint(pathlib.Path(workdir))
   run = load_model(workdir, checkpoint=path)
   return run.config, run.model, path, how
 
 
 def evaluate_run(workdir: str | pathlib.Path, problems: list) -> dict:
-  """Counts of one run on ``problems``: {metric: (k, n)} for every 0/1 metric of its evaluation (``acc``,
-  ``acc_two``, ``is_cand``, Coconut's ``*_fixed`` and ``hop{k}``, the floors), and ``means`` of the others
-  (Coconut's ``hop{k}_mass``)."""
+  """Counts of one run on ``problems``: {metric: (k, n)} for every 0/1 metric of its evaluation
+  (``acc``, ``acc_two``, ``is_cand``, Coconut's ``*_fixed`` and ``hop{k}``, the floors), and
+  ``means`` of the others (Coconut's ``hop{k}_mass``)."""
   config, model, path, how = load_trained(workdir)
   task = train_lib.make_task(config, valid=problems)
   graphdef, params = nnx.split(model)

@@ -1,9 +1,10 @@
-"""ProsQA graphs: the problem record, brute-force reachability, Coconut's Algorithm 1, id shuffling, hashing.
+"""ProsQA graphs: the problem record, brute-force reachability, Coconut's Algorithm 1, id shuffling,
+hashing.
 
-A problem is a DAG on nodes 0..n-1 (edges ``s -> t``), a root, and two candidate leaves of which exactly
-one (``target``) is reachable from the root. Everything here is plain Python: the generator, the
-reference answers (breadth-first search over the edge list) and the statistics that the Coconut paper
-reports in its Table 2 (nodes, edges, shortest-path length, number of shortest paths).
+A problem is a DAG on nodes 0..n-1 (edges ``s -> t``), a root, and two candidate leaves of which
+exactly one (``target``) is reachable from the root. Everything here is plain Python: the generator,
+the reference answers (breadth-first search over the edge list) and the statistics that the Coconut
+paper reports in its Table 2 (nodes, edges, shortest-path length, number of shortest paths).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class Problem:
     return self.depths()[self.target]
 
   def neighbor_k(self) -> dict[int, list[int]]:
-    """Nodes at depth k that lie on some shortest root -> target path (the RS-repo ``neighbor_k``)."""
+    """Nodes at depth k that lie on some shortest root -> target path (the RS-repo
+    ``neighbor_k``)."""
     down, up = self.depths(), self.depths(self.target, reverse=True)
     hops = down[self.target]
     return {
@@ -127,10 +129,11 @@ def transitive_reachable(problem: Problem) -> set[int]:
   return seen
 
 
-# Relabelling and hashing ------------------------------------------------------------------------------
+# Relabelling and hashing --------------------------------------------------------------------------
 def relabel(problem: Problem, perm: Sequence[int], num_nodes: int | None = None) -> Problem:
-  """Node v becomes perm[v]; edge order is kept; names follow their nodes. ``num_nodes`` (default: the
-  problem's) is the id range of the result, for a ``perm`` into more ids than the problem has nodes."""
+  """Node v becomes perm[v]; edge order is kept; names follow their nodes. ``num_nodes`` (default:
+  the problem's) is the id range of the result, for a ``perm`` into more ids than the problem has
+  nodes."""
   num_nodes = num_nodes or problem.num_nodes
   symbols = ()
   if problem.symbols:
@@ -185,7 +188,7 @@ def graph_hash(problem: Problem, rounds: int = 6) -> str:
   ]
 
 
-# Coconut's Algorithm 1 ------------------------------------------------------------------------------------
+# Coconut's Algorithm 1 ----------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class GeneratorConfig:
   num_nodes: tuple[int, int] = (
@@ -199,8 +202,8 @@ class GeneratorConfig:
   min_hops: int = 3  # questions need at least this many hops (the released minimum)
   orphan_keep: float = 0.15  # a draw of 0 parents is kept w.p. this, else redrawn (>= 1)
   deep_targets: float = 0.0  # target drawn ∝ exp(deep_targets · hops) among valid leaves
-  # Acceptance probability of a question by its hop count (others rejected): turns the generator's own
-  # histogram (≈ 65/25/7/1.5% for 3/4/5/6 hops) into the released one (41/44/13/2%).
+  # Acceptance probability of a question by its hop count (others rejected): turns the generator's
+  # own histogram (≈ 65/25/7/1.5% for 3/4/5/6 hops) into the released one (41/44/13/2%).
   hop_accept: tuple[tuple[int, float], ...] = ((3, 0.19), (4, 0.63), (5, 0.9), (6, 1.0))
   max_tries: int = 1000
 
@@ -216,7 +219,8 @@ def _poisson(rng: random.Random, lam: float) -> int:
 def _weighted_sample(
   rng: random.Random, items: list[int], weights: list[float], k: int
 ) -> list[int]:
-  """k items without replacement, each draw ∝ weight (numpy's random.choice(replace=False, p=...))."""
+  """k items without replacement, each draw ∝ weight (numpy's random.choice(replace=False,
+  p=...))."""
   items, weights, out = list(items), list(weights), []
   for _ in range(min(k, len(items))):
     i = rng.choices(range(len(items)), weights=weights)[0]
@@ -254,7 +258,8 @@ def _build_dag(rng: random.Random, cfg: GeneratorConfig):
 
 
 def generate_problem(rng: random.Random, cfg: GeneratorConfig = GeneratorConfig()) -> Problem:
-  """One ProsQA-style problem in the released files' convention (topologically ordered ids, root 0/1).
+  """One ProsQA-style problem in the released files' convention (topologically ordered ids, root
+  0/1).
 
   Build the DAG, drop isolated nodes (renumbering in creation order), then ask about node 0 or 1:
   the target is a leaf descending only from the root, the negative a leaf descending only from the
@@ -262,8 +267,8 @@ def generate_problem(rng: random.Random, cfg: GeneratorConfig = GeneratorConfig(
 
   The official generator was never released; three knobs beyond Algorithm 1 were set so the output
   matches the released files (measured on 2,000 graphs vs prosqa_valid.json): the node-count range,
-  ``orphan_keep`` (the released graphs have ≈ 2.5 parentless nodes, a plain Poisson(1.5) gives ≈ 4.4)
-  and ``hop_accept`` (the released hop histogram).
+  ``orphan_keep`` (the released graphs have ≈ 2.5 parentless nodes, a plain Poisson(1.5) gives ≈
+  4.4) and ``hop_accept`` (the released hop histogram).
   """
   for _ in range(cfg.max_tries):
     n_total, edges, labels = _build_dag(rng, cfg)
@@ -300,7 +305,7 @@ def generate_problem(rng: random.Random, cfg: GeneratorConfig = GeneratorConfig(
   raise RuntimeError(f"no valid problem in {cfg.max_tries} tries")
 
 
-# Statistics -------------------------------------------------------------------------------------------------
+# Statistics ---------------------------------------------------------------------------------------
 PAPER_STATS = {
   "nodes": 23.0,
   "edges": 36.0,

@@ -1,7 +1,7 @@
 """Answer metrics and reference floors for ProsQA-style questions, with Wilson 95 % intervals.
 
-A question offers two candidates ``[Q] c1 c2`` (in prompt order); exactly one, the target, is reachable
-from the root. For one answer position (the logits after ``[A]``):
+A question offers two candidates ``[Q] c1 c2`` (in prompt order); exactly one, the target, is
+reachable from the root. For one answer position (the logits after ``[A]``):
 
 * ``acc``      full-vocabulary accuracy, as the paper: argmax over the 40 real tokens == target. An
                untrained model scores ≈ 0 here, not 50 %.
@@ -12,13 +12,13 @@ from the root. For one answer position (the logits after ``[A]``):
 Two model-free reference floors, per question and its prompt's candidate order:
 
 * ``floor_first``      always answer the first candidate (≈ 50 % when the order is a coin per row);
-* ``floor_ancestors``  answer the candidate with more ancestors (nodes with a directed path to it; ties
-                       go to the first candidate). The target hangs under the root's subtree and tends to
-                       have more: ≈ 64 % strict wins on the released graph_4 splits, 68.5 % counting ties
-                       as half.
+* ``floor_ancestors``  answer the candidate with more ancestors (nodes with a directed path to it;
+                       ties go to the first candidate). The target hangs under the root's subtree
+                       and tends to have more: ≈ 64 % strict wins on the released graph_4 splits,
+                       68.5 % counting ties as half.
 
-:func:`answer_metrics` is the jittable per-row form the trainer and the evaluators sum; :func:`table`
-prints counts as Markdown with Wilson intervals.
+:func:`answer_metrics` is the jittable per-row form the trainer and the evaluators sum;
+:func:`table` prints counts as Markdown with Wilson intervals.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def wilson(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
   return centre - half, centre + half
 
 
-# Reference floors (plain Python) ----------------------------------------------------------------------------
+# Reference floors (plain Python) ------------------------------------------------------------------
 def candidates(prompt: Sequence[int]) -> tuple[int, int]:
   """(c1, c2): the two candidates in prompt order, the tokens after ``[Q]``."""
   at = list(prompt).index(data_lib.QUESTION)
@@ -63,14 +63,16 @@ def candidates(prompt: Sequence[int]) -> tuple[int, int]:
 
 
 def coin_order(problem: Problem, i: int) -> tuple[int, int]:
-  """(target, neg) or (neg, target), a fixed coin per problem index (as ``analysis.candidate_order``): for
-  evaluations that build prompts without the trainer's per-row shuffle."""
+  """(target, neg) or (neg, target), a fixed coin per problem index (as
+  ``analysis.candidate_order``): for evaluations that build prompts without the trainer's per-row
+  shuffle."""
   pair = (problem.target, problem.neg_target)
   return pair[::-1] if random.Random(i).random() < 0.5 else pair
 
 
 def ancestor_count(problem: Problem, node: int) -> int:
-  """How many nodes have a directed path to ``node`` (breadth-first search backwards; itself excluded)."""
+  """How many nodes have a directed path to ``node`` (breadth-first search backwards; itself
+  excluded)."""
   depths = problem.depths(node, reverse=True)
   return sum(1 for v, d in enumerate(depths) if d is not None and v != node)
 
@@ -81,19 +83,21 @@ def more_ancestors(problem: Problem, c1: int, c2: int) -> int:
 
 
 def floors(problem: Problem, c1: int, c2: int) -> dict[str, float]:
-  """1.0 / 0.0 per floor: does that rule answer this question (candidates in prompt order) correctly?"""
+  """1.0 / 0.0 per floor: does that rule answer this question (candidates in prompt order)
+  correctly?"""
   return {
     "floor_first": float(c1 == problem.target),
     "floor_ancestors": float(more_ancestors(problem, c1, c2) == problem.target),
   }
 
 
-# Model metrics (jittable, per row) ------------------------------------------------------------------------------
+# Model metrics (jittable, per row) ----------------------------------------------------------------
 def answer_metrics(answer_logits_BV, target_B, cands_B2, *, answer_B=None) -> dict:
   """Per-row 0/1 (f32) ``acc``, ``acc_two``, ``is_cand`` from the logits at the answer position.
 
-  ``answer_B``: the answer token where it is not the argmax of these logits (CoT: the token decoded after
-  the first generated ``[A]``, −1 when there is none); the two-candidate choice still reads the logits.
+  ``answer_B``: the answer token where it is not the argmax of these logits (CoT: the token decoded
+  after the first generated ``[A]``, −1 when there is none); the two-candidate choice still reads
+  the logits.
   """
   logits = answer_logits_BV[:, :VOCAB_SIZE].astype(jnp.float32)
   answer = logits.argmax(-1) if answer_B is None else answer_B
@@ -109,9 +113,10 @@ def answer_metrics(answer_logits_BV, target_B, cands_B2, *, answer_B=None) -> di
 
 
 def hop_metrics(logits_BHV, sets_BHV) -> dict:
-  """Per-row ``hop{k}`` (0/1: the argmax over the 40 real tokens of the k-th logits is in the k-th set) and
-  ``hop{k}_mass`` (the softmax mass on that set), k = 1..H. Coconut with gold thoughts: the k-th logits are
-  those of the root (k = 1) or of thought k − 1, the sets the depth-k nodes on shortest paths."""
+  """Per-row ``hop{k}`` (0/1: the argmax over the 40 real tokens of the k-th logits is in the k-th
+  set) and ``hop{k}_mass`` (the softmax mass on that set), k = 1..H. Coconut with gold thoughts: the
+  k-th logits are those of the root (k = 1) or of thought k − 1, the sets the depth-k nodes on
+  shortest paths."""
   logits = logits_BHV[..., :VOCAB_SIZE].astype(jnp.float32)
   hit = jnp.take_along_axis(sets_BHV, logits.argmax(-1)[..., None], axis=-1)[..., 0]
   mass = (jax.nn.softmax(logits, axis=-1) * sets_BHV).sum(-1)
@@ -121,7 +126,7 @@ def hop_metrics(logits_BHV, sets_BHV) -> dict:
   return out
 
 
-# Tables ---------------------------------------------------------------------------------------------------------
+# Tables -------------------------------------------------------------------------------------------
 def counts_from_means(means: Mapping[str, float], n: int) -> dict[str, tuple[int, int]]:
   """{metric: (k, n)} from mean values over n rows (as the eval loop reports them)."""
   return {k: (int(round(v * n)), n) for k, v in means.items()}

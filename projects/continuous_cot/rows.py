@@ -1,7 +1,8 @@
 """Training rows of ProsQA problems, plain Python (the tests check them token by token): the Coconut
 curriculum's stage of a row and its row (``prompt + s × <|latent|> + label``, the label drawn from
-:func:`label_pool`), the CoT / No-CoT rows, the stage schedule, per-row node relabelling, the label pool as
-a 40-token mask, and padding / next-token targets. :mod:`train` draws them per row from (seed, step, g).
+:func:`label_pool`), the CoT / No-CoT rows, the stage schedule, per-row node relabelling, the label
+pool as a 40-token mask, and padding / next-token targets. :mod:`train` draws them per row from
+(seed, step, g).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ VOCAB_SIZE = data_lib.VOCAB.vocab_size  # 40 real tokens
 def coconut_stage(
   problem: Problem, scheduled_stage: int, rng: random.Random, uniform_prob: float
 ) -> int:
-  """s = min(scheduled, D), or w.p. uniform_prob randint(0, min(scheduled, D)) (RS ``expand_data``)."""
+  """s = min(scheduled, D), or w.p. uniform_prob randint(0, min(scheduled, D)) (RS
+  ``expand_data``)."""
   s = min(scheduled_stage, problem.hops)
   if uniform_prob > 0 and rng.random() < uniform_prob:
     s = rng.randint(0, s)
@@ -29,8 +31,8 @@ def coconut_stage(
 
 
 def label_pool(problem: Problem, s: int, labels: str = "path") -> list[int]:
-  """The nodes a stage-s label is drawn from: depth-(s+1) nodes on a shortest path (``path``) or every
-  node exactly s+1 hops from the root (``bfs``); the target at the final stage s = D."""
+  """The nodes a stage-s label is drawn from: depth-(s+1) nodes on a shortest path (``path``) or
+  every node exactly s+1 hops from the root (``bfs``); the target at the final stage s = D."""
   if s >= problem.hops:
     return [problem.target]
   return problem.neighbor_k()[s + 1] if labels == "path" else sorted(problem.frontier(s + 1))
@@ -39,8 +41,8 @@ def label_pool(problem: Problem, s: int, labels: str = "path") -> list[int]:
 def coconut_row(
   problem: Problem, s: int, prompt: Sequence[int], rng: random.Random, labels: str = "path"
 ):
-  """(tokens, num_thoughts, loss_col) of stage s: ``loss_col`` is the column whose next-token logits carry
-  the loss, i.e. ``tokens[loss_col + 1]`` is the supervised label."""
+  """(tokens, num_thoughts, loss_col) of stage s: ``loss_col`` is the column whose next-token logits
+  carry the loss, i.e. ``tokens[loss_col + 1]`` is the supervised label."""
   hops = problem.hops
   if not 0 <= s <= hops:
     raise ValueError(f"stage {s}: must be in [0, {hops}] for a {hops}-hop problem")
@@ -52,7 +54,8 @@ def coconut_row(
 
 
 def shortest_path(problem: Problem, rng: random.Random) -> list[int]:
-  """A random shortest root → target path (root excluded): each next node a child on the next layer."""
+  """A random shortest root → target path (root excluded): each next node a child on the next
+  layer."""
   layers, children = problem.neighbor_k(), problem.children
   path = [problem.root]
   for k in range(1, problem.hops + 1):
@@ -61,16 +64,18 @@ def shortest_path(problem: Problem, rng: random.Random) -> list[int]:
 
 
 def language_row(problem: Problem, prompt: Sequence[int], rng: random.Random, method: str):
-  """(tokens, first supervised column): CoT or No-CoT; the loss covers every token after the prompt."""
+  """(tokens, first supervised column): CoT or No-CoT; the loss covers every token after the
+  prompt."""
   middle = shortest_path(problem, rng) if method == "cot" else []
   tokens = list(prompt) + middle + [data_lib.ANSWER, problem.target, data_lib.EOS]
   return tokens, len(prompt) - 1
 
 
 def scheduled_stage(cot: Mapping, step: int, batch_size: int, num_train: int) -> int:
-  """The stage of step ``step`` (1-based) under the ``config.cot`` section ``cot``: stage 0 for the first
-  ``stage0_steps`` (or ``stage0_epochs``; 0 = as long as the others), then one stage per ``steps_per_stage``
-  steps (or ``epochs_per_stage`` epochs of ``num_train`` problems at ``batch_size`` rows per step)."""
+  """The stage of step ``step`` (1-based) under the ``config.cot`` section ``cot``: stage 0 for the
+  first ``stage0_steps`` (or ``stage0_epochs``; 0 = as long as the others), then one stage per
+  ``steps_per_stage`` steps (or ``epochs_per_stage`` epochs of ``num_train`` problems at
+  ``batch_size`` rows per step)."""
   if cot["steps_per_stage"] > 0:
     first, per, at = cot["stage0_steps"] or cot["steps_per_stage"], cot["steps_per_stage"], step - 1
   else:
@@ -94,8 +99,8 @@ def stage_starts(
 
 
 def relabel_row(problem: Problem, rng: random.Random) -> Problem:
-  """The problem with its nodes sent to distinct random ids among all ``graphs.MAX_NODES`` node tokens
-  (EoS's per-row ``shuffle_nodes``): no id carries a role, every node token is used."""
+  """The problem with its nodes sent to distinct random ids among all ``graphs.MAX_NODES`` node
+  tokens (EoS's per-row ``shuffle_nodes``): no id carries a role, every node token is used."""
   return graphs.relabel(
     problem, rng.sample(range(graphs.MAX_NODES), problem.num_nodes), graphs.MAX_NODES
   )

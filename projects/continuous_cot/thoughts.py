@@ -12,11 +12,12 @@ previous position (spec §2.3): the vector the tied LM head reads. Two implement
 
 Both take a static number of thought slots K (``num_thoughts``) and, optionally, a per-row count
 ``num_thoughts_B[b] ≤ K`` (default K for every row): row b has thoughts in its first
-``num_thoughts_B[b]`` slots and its own tokens in the others (a row with fewer thoughts goes on with its
-tokens there). Both are traceable functions of an NNX model (call them inside your own ``jax.jit`` /
-``jax.grad``, gradients flow through the thoughts as in Coconut); :func:`forward_with_thoughts` is the
-jitted functional entry point over ``nnx.split(model)``. :func:`compact_forward` is the bucketed training
-path's forward: the same numbers at the columns a loss can read, computing only what they depend on.
+``num_thoughts_B[b]`` slots and its own tokens in the others (a row with fewer thoughts goes on with
+its tokens there). Both are traceable functions of an NNX model (call them inside your own
+``jax.jit`` / ``jax.grad``, gradients flow through the thoughts as in Coconut);
+:func:`forward_with_thoughts` is the jitted functional entry point over ``nnx.split(model)``.
+:func:`compact_forward` is the bucketed training path's forward: the same numbers at the columns a
+loss can read, computing only what they depend on.
 
 Layout (right-padded, per-row offsets). ``tokens_BT[b]`` is ``prefix | K latent slots | rest | pad``
 with the first latent slot at column ``latent_start_B[b]``; row b's tokens sit at their natural
@@ -50,8 +51,8 @@ from superpose.nn import layers
 from superpose.nn.attention import MASK_VALUE
 from superpose.nn.cache import write_rows
 
-# The Reasoning-by-Superposition model is GPT-2 from scratch with 2 layers, 8 heads, d 768 (spec §2.1);
-# the smaller ones keep the depth and change the width, for CPU runs and tests.
+# The Reasoning-by-Superposition model is GPT-2 from scratch with 2 layers, 8 heads, d 768 (spec
+# §2.1); the smaller ones keep the depth and change the width, for CPU runs and tests.
 SIZES = {
   "paper": dict(d_model=768, num_layers=2, num_heads=8),
   "medium": dict(d_model=384, num_layers=2, num_heads=8),
@@ -115,7 +116,8 @@ def check_layout(
   *,
   num_thoughts_B=None,
 ) -> None:
-  """Eager check of concrete offsets (and per-row thought counts) against the bounds; one-line ValueError."""
+  """Eager check of concrete offsets (and per-row thought counts) against the bounds; one-line
+  ValueError."""
   batch, length = shape
   prefix, rest = resolve_bounds(length, num_thoughts, prefix_len, rest_len)
   starts = np.asarray(latent_start_B)
@@ -153,8 +155,8 @@ def _thought_counts(batch: int, num_thoughts: int, num_thoughts_B) -> jax.Array:
 
 
 def _thought_embeds(thoughts_BKD, positions_BN, latent_start_B, num_thoughts_B=None):
-  """(embeddings, mask): thought k at position latent_start + k for k < the row's count (default all K
-  slots), for any (B, N) block of positions."""
+  """(embeddings, mask): thought k at position latent_start + k for k < the row's count (default all
+  K slots), for any (B, N) block of positions."""
   batch, num_thoughts = thoughts_BKD.shape[:2]
   count_B = _thought_counts(batch, num_thoughts, num_thoughts_B)
   offset_BN = positions_BN - latent_start_B[:, None]
@@ -172,10 +174,11 @@ def cached_forward(
   prefix_len: int | None = None,
   rest_len: int | None = None,
 ) -> ThoughtOutput:
-  """Prefill → K = ``num_thoughts`` KV-cached single-position steps → the tokens after them (module doc).
+  """Prefill → K = ``num_thoughts`` KV-cached single-position steps → the tokens after them (module
+  doc).
 
-  Step k of row b feeds the previous post-norm hidden state where k < ``num_thoughts_B[b]`` (default K)
-  and the row's own token at that column otherwise."""
+  Step k of row b feeds the previous post-norm hidden state where k < ``num_thoughts_B[b]`` (default
+  K) and the row's own token at that column otherwise."""
   batch, length = tokens_BT.shape
   prefix, rest = resolve_bounds(length, num_thoughts, prefix_len, rest_len)
   latent_start_B = jnp.asarray(latent_start_B, jnp.int32)
@@ -291,7 +294,8 @@ def thought_forward(
   rest_len: int | None = None,
   method: str = "cached",
 ) -> ThoughtOutput:
-  """Jitted functional form over ``nnx.split(model)``; the whole thought loop runs inside the jit."""
+  """Jitted functional form over ``nnx.split(model)``; the whole thought loop runs inside the
+  jit."""
   model = nnx.merge(graphdef, state)
   return METHODS[method](
     model,
@@ -352,11 +356,12 @@ def forward_with_thoughts(
   )
 
 
-# The training forward: logits only where a loss can be ---------------------------------------------------------
+# The training forward: logits only where a loss can be --------------------------------------------
 #
-# The pieces below apply a superpose.nn Block in parts (its projections, the attention over several key
-# blocks, then the output projection, residuals, norms and MLP), with the same operations as
-# superpose.nn.block.Block and superpose.nn.attention (xla); tests hold them equal to the model's forward.
+# The pieces below apply a superpose.nn Block in parts (its projections, the attention over several
+# key blocks, then the output projection, residuals, norms and MLP), with the same operations as
+# superpose.nn.block.Block and superpose.nn.attention (xla); tests hold them equal to the model's
+# forward.
 
 
 def _attn_input(block, x_BTD):
@@ -382,10 +387,11 @@ def _project(block, h_BTD, which: str, positions_BT):
 
 
 def _attend(q_BTHD, parts, scale: float):
-  """Softmax attention of the queries over the union of key blocks ``parts = [(k_BSKD, v_BSKD, mask_BTS)]``:
-  one f32 softmax over all blocks' logits, GQA without repeated K/V — ``superpose.nn.attention.xla_attention``
-  over the concatenated blocks, without concatenating them. Heads-major layout and masks as an additive
-  −1e30 (exact: x + 0 = x; x − 1e30 rounds to −1e30) are ~1.4× faster than the model's on CPU."""
+  """Softmax attention of the queries over the union of key blocks ``parts = [(k_BSKD, v_BSKD,
+  mask_BTS)]``: one f32 softmax over all blocks' logits, GQA without repeated K/V —
+  ``superpose.nn.attention.xla_attention`` over the concatenated blocks, without concatenating them.
+  Heads-major layout and masks as an additive −1e30 (exact: x + 0 = x; x − 1e30 rounds to −1e30) are
+  ~1.4× faster than the model's on CPU."""
   b, t, h, d = q_BTHD.shape
   kv = parts[0][0].shape[2]
   q_BKGTD = jnp.moveaxis((q_BTHD * scale).reshape(b, t, kv, h // kv, d), 1, 3)
@@ -425,8 +431,8 @@ def _finish(block, x_BTD, attn_BTHD):
 
 def compact_columns(latent_start_B, num_thoughts_B, *, max_thoughts: int, rest_len: int):
   """(columns (B, N), valid (B, N)) of the N = 1 + K + R logits of :func:`compact_forward`: the last
-  prompt column ``latent_start − 1``, the K thought columns ``latent_start + k`` (valid where k < the
-  row's count) and the R columns after the row's own thoughts, ``latent_start + count + j``."""
+  prompt column ``latent_start − 1``, the K thought columns ``latent_start + k`` (valid where k <
+  the row's count) and the R columns after the row's own thoughts, ``latent_start + count + j``."""
   ls = jnp.asarray(latent_start_B, jnp.int32)[:, None]
   count = jnp.asarray(num_thoughts_B, jnp.int32)[:, None]
   k = jnp.arange(max_thoughts, dtype=jnp.int32)[None]
@@ -446,24 +452,25 @@ def compact_forward(
   prefix_len: int,
   rest_len: int,
 ):
-  """Logits (B, 1 + K + R, V) at the :func:`compact_columns` of right-padded rows with a per-row number
-  of thoughts ``num_thoughts_B[b] ≤ K = max_thoughts``: the numbers of :func:`cached_forward` (same
-  counts, ``num_thoughts=K``) at those columns, computing only what they depend on. The bucketed training
-  forward of ``train.py``; it runs the blocks in parts (below), which the model's own cached call cannot.
+  """Logits (B, 1 + K + R, V) at the :func:`compact_columns` of right-padded rows with a per-row
+  number of thoughts ``num_thoughts_B[b] ≤ K = max_thoughts``: the numbers of :func:`cached_forward`
+  (same counts, ``num_thoughts=K``) at those columns, computing only what they depend on. The
+  bucketed training forward of ``train.py``; it runs the blocks in parts (below), which the model's
+  own cached call cannot.
 
-  Row b is ``prompt (latent_start_B[b] ≤ prefix_len columns) | count thoughts | R tokens``. A loss on
-  these columns needs the last layer's output only there, while every column needs every layer's keys
-  and values. So:
+  Row b is ``prompt (latent_start_B[b] ≤ prefix_len columns) | count thoughts | R tokens``. A loss
+  on these columns needs the last layer's output only there, while every column needs every layer's
+  keys and values. So:
 
-  1. prefix (``prefix_len`` columns): every block but the last in full; the last block's keys and values
-     only, and its query, attention and MLP at the one column ``latent_start − 1`` (the first thought's
-     input; the stage-0 / first CoT label). For 2 layers this skips ~40 % of the prefix matmuls and half
-     its attention.
-  2. K single-position thought steps, 3. the R tokens from ``latent_start + count`` in one pass. These
-     attend to the prefix keys (those before ``latent_start``) and to a small per-layer *suffix* cache
-     whose slot i holds position ``latent_start + i`` — no scatter into, or copy of, a full-length cache.
-     A row with fewer thoughts computes steps nobody reads: their slots are overwritten by its rest
-     tokens or lie after them.
+  1. prefix (``prefix_len`` columns): every block but the last in full; the last block's keys and
+     values only, and its query, attention and MLP at the one column ``latent_start − 1`` (the first
+     thought's input; the stage-0 / first CoT label). For 2 layers this skips ~40 % of the prefix
+     matmuls and half its attention.
+  2. K single-position thought steps, 3. the R tokens from ``latent_start + count`` in one pass.
+     These attend to the prefix keys (those before ``latent_start``) and to a small per-layer
+     *suffix* cache whose slot i holds position ``latent_start + i`` — no scatter into, or copy of,
+     a full-length cache. A row with fewer thoughts computes steps nobody reads: their slots are
+     overwritten by its rest tokens or lie after them.
 
   Needs ``scan_layers=False`` and a causal model (deltas are not supported).
   """
@@ -506,8 +513,9 @@ def compact_forward(
   suffix = [(empty, empty) for _ in blocks]
 
   def run(x, positions_BT, slot, suffix):
-    """Every block on new tokens at ``positions_BT`` whose suffix slots are ``slot`` (a scalar: the same
-    for every row, one token per row; or (B, T) per-row slots). Returns (final hidden, updated suffix)."""
+    """Every block on new tokens at ``positions_BT`` whose suffix slots are ``slot`` (a scalar: the
+    same for every row, one token per row; or (B, T) per-row slots). Returns (final hidden, updated
+    suffix)."""
     out = []
     for block, (pk, pv), (ks, vs) in zip(blocks, prefix, suffix):
       h = _attn_input(block, x)

@@ -1,70 +1,76 @@
-"""Training on ProsQA-style graph reachability: Coconut (continuous thoughts, staged curriculum), CoT, No-CoT.
+"""Training on ProsQA-style graph reachability: Coconut (continuous thoughts, staged curriculum),
+CoT, No-CoT.
 
-The trainer of ``configs/continuous_cot/*.py`` (``config.trainer = 'projects.continuous_cot.train'``):
-``make_spec`` / ``make_task`` give the shared loop its task (superpose.train.task: :class:`CotSpec`, the model
-and losses, data-free given its sizes; :class:`CotData`, the rows), so resume, checkpoints, metrics and the
-jitted step are the shared loop's.
+The trainer of ``configs/continuous_cot/*.py`` (``config.trainer =
+'projects.continuous_cot.train'``): ``make_spec`` / ``make_task`` give the shared loop its task
+(superpose.train.task: :class:`CotSpec`, the model and losses, data-free given its sizes;
+:class:`CotData`, the rows), so resume, checkpoints, metrics and the jitted step are the shared
+loop's.
 
 Methods (``config.cot.method``), all on the same model and rows of the same problems:
 
-* ``coconut``: the curriculum of spec §2.2, as the RS code implements it. ``scheduled_stage`` = epoch //
-  ``epochs_per_stage`` (or (step − 1) // ``steps_per_stage`` when that is > 0). Per row,
-  s = min(scheduled_stage, D) (D = the row's hop count); with probability ``uniform_prob`` s is drawn
-  instead from randint(0, min(scheduled_stage, D)) (inclusive). With k = s + 1:
+* ``coconut``: the curriculum of spec §2.2, as the RS code implements it. ``scheduled_stage`` =
+  epoch // ``epochs_per_stage`` (or (step − 1) // ``steps_per_stage`` when that is > 0). Per row,
+  s = min(scheduled_stage, D) (D = the row's hop count); with probability ``uniform_prob`` s is
+  drawn instead from randint(0, min(scheduled_stage, D)) (inclusive). With k = s + 1:
     k ≤ D:   ``prompt + s × <|latent|> + label``, label a depth-k node on a shortest path
              (``labels='bfs'``: any node exactly k hops from the root, Coconut-BFS);
     k = D+1: ``prompt + D × <|latent|> + [A] + target``.
-  The loss is the cross-entropy of that one label token (at the last latent, or at the root when s = 0);
-  ``loss='set'`` replaces it by −log Σ_{v ∈ pool} p(v) over the pool the label is drawn from (the EoS
-  set-valued loss; every row still logs ``label_nll``, ``set_nll`` and ``set_mass``). Curriculum options
-  (issue 20 §3): ``stage0_steps`` / ``stage0_epochs`` give stage 0 its own length; ``reset_optimizer``
-  re-initialises the optimizer state at each stage start (``optim.reset_steps``, filled in by ``make_task``);
-  ``relabel`` sends the nodes of every training row (all methods) to distinct random ids among the 31
-  node tokens, drawn from the row's own seed.
-* ``cot``: ``prompt + n1 … nD + [A] + target + <eos>`` with a random shortest path; loss on every token
-  after the prompt (path, [A], answer, <eos>).
+  The loss is the cross-entropy of that one label token (at the last latent, or at the root when s =
+  0); ``loss='set'`` replaces it by −log Σ_{v ∈ pool} p(v) over the pool the label is drawn from
+  (the EoS set-valued loss; every row still logs ``label_nll``, ``set_nll`` and ``set_mass``).
+  Curriculum options (issue 20 §3): ``stage0_steps`` / ``stage0_epochs`` give stage 0 its own
+  length; ``reset_optimizer`` re-initialises the optimizer state at each stage start
+  (``optim.reset_steps``, filled in by ``make_task``); ``relabel`` sends the nodes of every training
+  row (all methods) to distinct random ids among the 31 node tokens, drawn from the row's own seed.
+* ``cot``: ``prompt + n1 … nD + [A] + target + <eos>`` with a random shortest path; loss on every
+  token after the prompt (path, [A], answer, <eos>).
 * ``nocot``: ``prompt + [A] + target + <eos>``; loss on the tokens after the prompt.
 
-Edges and the candidate order are re-shuffled every time a row is built (spec §1.2). Batches are a pure
-function of (seed, step): row g = (step − 1)·B + r is problem ``perm_e[g mod N]`` of the epoch-e
-permutation (e = g // N), and its random choices come from ``random.Random`` seeded by (seed, g).
+Edges and the candidate order are re-shuffled every time a row is built (spec §1.2). Batches are a
+pure function of (seed, step): row g = (step − 1)·B + r is problem ``perm_e[g mod N]`` of the
+epoch-e permutation (e = g // N), and its random choices come from ``random.Random`` seeded by
+(seed, g).
 
 Batching (``config.cot.batching``):
 
 * ``bucketed`` (default): length-bucketed batches. The seeded row order above is cut into windows of
-  ``bucket_window`` batches; each window's rows are sorted by prompt length (ties: row index), cut into
-  batches, and the batches of a window run in an order drawn from (seed, window). So a step's rows are
-  still a pure function of (seed, step), every row of the unbucketed order is used exactly once per
-  window, and a batch holds prompts of nearly one length. The batch is right-padded to
-  ``Wp + K + R + 1`` columns, ``Wp`` its longest prompt rounded up to ``bucket_multiple`` (one compile per
-  width; ``Wp`` ≤ ``P``), and the loss reads logits only where a loss can be: the last prompt column,
-  the K thought columns and the R = 1 (Coconut), max hops + 2 (CoT) or 2 (No-CoT) columns after the
-  thoughts (:func:`thoughts.compact_forward`: the last layer runs only there; equal to the full forward).
-* ``padded``: the previous path, kept as the reference and the benchmark's baseline: every row padded to
-  ``T`` columns (prompt in ``P``), the full forward over all of them (:func:`thoughts.cached_forward` with
-  per-row thought counts).
+  ``bucket_window`` batches; each window's rows are sorted by prompt length (ties: row index), cut
+  into batches, and the batches of a window run in an order drawn from (seed, window). So a step's
+  rows are still a pure function of (seed, step), every row of the unbucketed order is used exactly
+  once per window, and a batch holds prompts of nearly one length. The batch is right-padded to
+  ``Wp + K + R + 1`` columns, ``Wp`` its longest prompt rounded up to ``bucket_multiple`` (one
+  compile per width; ``Wp`` ≤ ``P``), and the loss reads logits only where a loss can be: the last
+  prompt column, the K thought columns and the R = 1 (Coconut), max hops + 2 (CoT) or 2 (No-CoT)
+  columns after the thoughts (:func:`thoughts.compact_forward`: the last layer runs only there;
+  equal to the full forward).
+* ``padded``: the previous path, kept as the reference and the benchmark's baseline: every row
+  padded to ``T`` columns (prompt in ``P``), the full forward over all of them
+  (:func:`thoughts.cached_forward` with per-row thought counts).
 
-Every row's prompt fits in ``P`` columns (the longest prompt of the data, rounded up to 8); thoughts start
-at the row's own prompt length (``latent_start``) and rows carry their own thought count, up to ``K``
-(static). The thought forward is KV-cached with per-row counts: the k-th single-position step feeds the
-previous post-norm hidden state where k < the row's count. The rows themselves (curriculum stage, label,
-CoT / No-CoT rows, relabelling, padding and targets) are built by :mod:`rows`. Each step logs
-``data/row_tokens`` (real tokens per row: prompt, thoughts and answer tokens, no padding) and
-``data/pad_fraction`` (padding columns / all columns of the batch); ``tokens_per_step`` (the loop's
-``perf/tokens_per_s``) is the expected number of real tokens per step (final-stage rows), not padded positions.
+Every row's prompt fits in ``P`` columns (the longest prompt of the data, rounded up to 8); thoughts
+start at the row's own prompt length (``latent_start``) and rows carry their own thought count, up
+to ``K`` (static). The thought forward is KV-cached with per-row counts: the k-th single-position
+step feeds the previous post-norm hidden state where k < the row's count. The rows themselves
+(curriculum stage, label, CoT / No-CoT rows, relabelling, padding and targets) are built by
+:mod:`rows`. Each step logs ``data/row_tokens`` (real tokens per row: prompt, thoughts and answer
+tokens, no padding) and ``data/pad_fraction`` (padding columns / all columns of the batch);
+``tokens_per_step`` (the loop's ``perf/tokens_per_s``) is the expected number of real tokens per
+step (final-stage rows), not padded positions.
 
-Evaluation (generated validation split only; never the released files): with (a) the gold hop count of
-thoughts (as the paper) and (b) ``eval_fixed_thoughts`` thoughts for every problem (suffix ``_fixed``; does
-not leak the solution length), the metrics of :mod:`metrics`: ``acc`` (argmax over the 40 real tokens
-after ``[A]`` == target), ``acc_two`` (the candidate with the larger logit), ``is_cand`` (the answer is a
-candidate), and the floors ``floor_first`` / ``floor_ancestors``. CoT is decoded greedily (``max hops + 2``
-tokens); its answer is the token after the first generated ``[A]`` and its two-candidate choice reads the
-logits there (the last decoded position when there is no ``[A]``). ``hop{k}`` / ``hop{k}_mass``
-(k = 1 .. the fewest hops of the validation set, ≤ 4; Coconut with gold thoughts, CoT teacher-forced): is the
-argmax after the root (k = 1) or after thought / path node k − 1 a depth-k node on a shortest path, and the
-probability mass on those nodes. ``run`` writes ``selection.json``: the
-evaluated step with the best ``eval/acc`` (the checkpoint to use), chosen on the generated validation
-split, and prints the final metrics with 95 % Wilson intervals and the measured real tokens/s.
+Evaluation (generated validation split only; never the released files): with (a) the gold hop count
+of thoughts (as the paper) and (b) ``eval_fixed_thoughts`` thoughts for every problem (suffix
+``_fixed``; does not leak the solution length), the metrics of :mod:`metrics`: ``acc`` (argmax over
+the 40 real tokens after ``[A]`` == target), ``acc_two`` (the candidate with the larger logit),
+``is_cand`` (the answer is a candidate), and the floors ``floor_first`` / ``floor_ancestors``. CoT
+is decoded greedily (``max hops + 2`` tokens); its answer is the token after the first generated
+``[A]`` and its two-candidate choice reads the logits there (the last decoded position when there is
+no ``[A]``). ``hop{k}`` / ``hop{k}_mass`` (k = 1 .. the fewest hops of the validation set, ≤ 4;
+Coconut with gold thoughts, CoT teacher-forced): is the argmax after the root (k = 1) or after
+thought / path node k − 1 a depth-k node on a shortest path, and the probability mass on those
+nodes. ``run`` writes ``selection.json``: the evaluated step with the best ``eval/acc`` (the
+checkpoint to use), chosen on the generated validation split, and prints the final metrics with 95 %
+Wilson intervals and the measured real tokens/s.
 """
 
 from __future__ import annotations
@@ -157,11 +163,12 @@ def _round_up(n: int, m: int = 8) -> int:
   return -(-n // m) * m
 
 
-# --- losses ------------------------------------------------------------------------------------------------
+# --- losses ---------------------------------------------------------------------------------------
 
 
 def set_nll(logits_BNV, mask_BV, weights_BN):
-  """(mean −log Σ_{v ∈ set} p(v) over the weighted columns, mean Σ_{v ∈ set} p(v)); p over all logits."""
+  """(mean −log Σ_{v ∈ set} p(v) over the weighted columns, mean Σ_{v ∈ set} p(v)); p over all
+  logits."""
   logp = jax.nn.log_softmax(logits_BNV.astype(jnp.float32), axis=-1)[..., :VOCAB_SIZE]
   lp = jax.nn.logsumexp(jnp.where(mask_BV[:, None, :] > 0, logp, -jnp.inf), axis=-1)
   lp = jnp.where(weights_BN > 0, lp, 0.0)
@@ -173,7 +180,7 @@ def _answer_logits(logits_BTV, col_B):
   return thoughts_lib.take_rows(logits_BTV, col_B[:, None])[:, 0, :VOCAB_SIZE].astype(jnp.float32)
 
 
-# --- data --------------------------------------------------------------------------------------------------
+# --- data -----------------------------------------------------------------------------------------
 
 
 def load_split(config: Mapping, key: str) -> list[Problem]:
@@ -199,16 +206,18 @@ def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch, 7]).permutation(n)
 
 
-# ProsQA shapes without reading the data (launch.plan): the longest prompt of the generated 15k/500 split is
-# 186 tokens (P = 192 rounded to 8) and hops are 3–4, so Coconut rows are 200 columns
-# (`python -m projects.continuous_cot.data generate`; override with config.cot.prompt_len / max_thoughts).
+# ProsQA shapes without reading the data (launch.plan): the longest prompt of the generated 15k/500
+# split is 186 tokens (P = 192 rounded to 8) and hops are 3–4, so Coconut rows are 200 columns
+# (`python -m projects.continuous_cot.data generate`; override with config.cot.prompt_len /
+# max_thoughts).
 DEFAULT_PROMPT_LEN, DEFAULT_MAX_HOPS = 192, 4
 
 
 @dataclasses.dataclass(frozen=True)
 class CotDims:
-  """The static sizes of rows: prompt columns P, thought slots K (training) and K_eval, CoT decoding steps,
-  the hop-k accuracies evaluated, and the expected real tokens per training row (for tokens/s)."""
+  """The static sizes of rows: prompt columns P, thought slots K (training) and K_eval, CoT decoding
+  steps, the hop-k accuracies evaluated, and the expected real tokens per training row (for
+  tokens/s)."""
 
   P: int
   K: int
@@ -219,8 +228,9 @@ class CotDims:
 
 
 def default_dims(config: Mapping) -> CotDims:
-  """Dims from the config alone: its prompt_len / max_thoughts, where 0 the generated ProsQA split's sizes
-  above — the prompt cut to what ``model.max_seq_len`` holds (rows are never wider than the model)."""
+  """Dims from the config alone: its prompt_len / max_thoughts, where 0 the generated ProsQA split's
+  sizes above — the prompt cut to what ``model.max_seq_len`` holds (rows are never wider than the
+  model)."""
   c = config["cot"]
   K = c["max_thoughts"] or DEFAULT_MAX_HOPS
   extra = {"coconut": max(K, c["eval_fixed_thoughts"]) + 2, "cot": K + 3}.get(c["method"], 3)
@@ -239,7 +249,8 @@ def default_dims(config: Mapping) -> CotDims:
 
 
 def measured_dims(config: Mapping, train: Sequence[Problem], valid: Sequence[Problem]) -> CotDims:
-  """Dims of these problems (the config's prompt_len / max_thoughts when set, checked against them)."""
+  """Dims of these problems (the config's prompt_len / max_thoughts when set, checked against
+  them)."""
   c = config["cot"]
   every = list(train) + list(valid)
   longest = max(3 * len(p.edges) + 6 for p in every)  # 'theory' layout has one more token
@@ -274,7 +285,8 @@ class CotSpec:
   superpose.train.task and the module docstring)."""
 
   def __init__(self, config: Mapping, dims: CotDims | None = None):
-    # Keys added since a run was made (e.g. an older run's config.json read by evaluate.py) take their defaults.
+    # Keys added since a run was made (e.g. an older run's config.json read by evaluate.py) take
+    # their defaults.
     config = {**config, "cot": {**cot_section().to_dict(), **config["cot"]}}
     self.config = config
     c, t = config["cot"], config["train"]
@@ -347,7 +359,8 @@ class CotSpec:
         f"config.model.max_seq_len={self.model_cfg.max_seq_len} < the "
         f"{max(self.T, self.T_eval)} columns these rows need"
       )
-    # The compact forward's static bounds: thought steps, and columns after the thoughts that carry a loss.
+    # The compact forward's static bounds: thought steps, and columns after the thoughts that carry
+    # a loss.
     self.K_fwd = self.K if self.method == "coconut" else 0
     self.R = {"coconut": 1, "cot": self.gen_steps, "nocot": 2}[self.method]
     self.tokens_per_step = int(round(self.batch_size * self.row_tokens))
@@ -368,7 +381,7 @@ class CotSpec:
       out["label_set"] = Field((B, VOCAB_SIZE), "float32")
     return out
 
-  # model and loss ------------------------------------------------------------------------------------------
+  # model and loss ---------------------------------------------------------------------------------
   def make_model(self) -> nnx.Module:
     return nn.Transformer(self.model_cfg, rngs=nnx.Rngs(self.seed))
 
@@ -421,9 +434,9 @@ class CotSpec:
     return loss, metrics
 
   def _coconut_eval_logits(self, model, batch, name: str):
-    """Logits (B, 1 + K_eval + 1, 40 real tokens) at the compact columns of the row with its ``name``
-    (gold | fixed) number of thoughts: index 0 the root (hop 1), index k the k-th thought (hop k + 1),
-    the last one [A]."""
+    """Logits (B, 1 + K_eval + 1, 40 real tokens) at the compact columns of the row with its
+    ``name`` (gold | fixed) number of thoughts: index 0 the root (hop 1), index k the k-th thought
+    (hop k + 1), the last one [A]."""
     if self.batching == "bucketed":
       logits = thoughts_lib.compact_forward(
         model,
@@ -479,9 +492,9 @@ class CotSpec:
     return loss, metrics
 
   def _greedy_answer(self, model, tokens_BT, start_B):
-    """Greedy decoding of ``gen_steps`` tokens after the prompt (a full forward per token). Returns (the
-    token after the first generated [A], −1 when there is none; the logits that chose it, or those of the
-    last decoded position when there is no [A])."""
+    """Greedy decoding of ``gen_steps`` tokens after the prompt (a full forward per token). Returns
+    (the token after the first generated [A], −1 when there is none; the logits that chose it, or
+    those of the last decoded position when there is no [A])."""
     start_B = start_B.astype(jnp.int32)
     step_logits = []
     for g in range(self.gen_steps):
@@ -549,7 +562,7 @@ class CotData:
       spec.row_tokens,
     )
 
-  # schedule ------------------------------------------------------------------------------------------------
+  # schedule ---------------------------------------------------------------------------------------
   def scheduled_stage(self, step: int) -> int:
     return rows_lib.scheduled_stage(self.config["cot"], step, self.batch_size, len(self.train))
 
@@ -566,7 +579,7 @@ class CotData:
   def _prompt(self, problem: Problem, rng: random.Random) -> list[int]:
     return data_lib.prompt_tokens(problem, layout=self.config["cot"]["layout"], rng=rng)
 
-  # the row order -------------------------------------------------------------------------------------------
+  # the row order ----------------------------------------------------------------------------------
   def problem_index(self, rows: np.ndarray) -> np.ndarray:
     """The training problem of each global row index g: ``perm_e[g mod N]`` with e = g // N."""
     n, rows = len(self.train), np.asarray(rows, np.int64)
@@ -577,8 +590,8 @@ class CotData:
     return out
 
   def _window(self, w: int) -> np.ndarray:
-    """(bucket_window, B) global rows of window w: its rows sorted by prompt length (ties: row index), cut
-    into batches, the batches in an order drawn from (seed, w)."""
+    """(bucket_window, B) global rows of window w: its rows sorted by prompt length (ties: row
+    index), cut into batches, the batches in an order drawn from (seed, w)."""
     if w not in self._windows:
       per = self.window * self.batch_size
       rows = np.arange(w * per, (w + 1) * per, dtype=np.int64)
@@ -590,21 +603,22 @@ class CotData:
     return self._windows[w]
 
   def step_rows(self, step: int) -> np.ndarray:
-    """The B global row indices of step ``step`` (1-based), in batch order: a pure function of (seed, step)."""
+    """The B global row indices of step ``step`` (1-based), in batch order: a pure function of
+    (seed, step)."""
     if self.batching == "padded":
       return np.arange((step - 1) * self.batch_size, step * self.batch_size, dtype=np.int64)
     w, j = divmod(step - 1, self.window)
     return self._window(w)[j]
 
   def width(self, rows: np.ndarray) -> int:
-    """Columns of a batch of these global rows: T (padded), or Wp + K + R + 1 with Wp the longest prompt
-    rounded up to ``bucket_multiple`` (at most P)."""
+    """Columns of a batch of these global rows: T (padded), or Wp + K + R + 1 with Wp the longest
+    prompt rounded up to ``bucket_multiple`` (at most P)."""
     if self.batching == "padded":
       return self.T
     longest = int(self.prompt_lens[self.problem_index(rows)].max())
     return min(_round_up(longest, self.multiple), self.spec.P) + self.spec.K_fwd + self.spec.R + 1
 
-  # rows ----------------------------------------------------------------------------------------------------
+  # rows -------------------------------------------------------------------------------------------
   def row_tokens_of(
     self, step: int, g: int
   ) -> tuple[list[int], int, int, int, int, np.ndarray | None]:
@@ -735,7 +749,8 @@ def make_task(
 
 
 def select_checkpoint(workdir: str | pathlib.Path, metric: str = "eval/acc") -> dict:
-  """The evaluated step with the best ``metric`` on the generated validation split (ties: the earliest)."""
+  """The evaluated step with the best ``metric`` on the generated validation split (ties: the
+  earliest)."""
   workdir = pathlib.Path(workdir)
   rows = [
     json.loads(line)
@@ -761,7 +776,8 @@ def select_checkpoint(workdir: str | pathlib.Path, metric: str = "eval/acc") -> 
 
 def throughput(workdir: str | pathlib.Path, batch_size: int) -> dict:
   """Measured real tokens/s of a run from its metrics.jsonl: the median over timed steps of
-  ``data/row_tokens`` × batch / ``perf/step_time_s``, and the mean padding fraction of all logged steps."""
+  ``data/row_tokens`` × batch / ``perf/step_time_s``, and the mean padding fraction of all logged
+  steps."""
   rows = [
     json.loads(line)
     for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
@@ -781,7 +797,8 @@ def throughput(workdir: str | pathlib.Path, batch_size: int) -> dict:
 
 
 def eval_table(task: Task, values: Mapping[str, float], name: str) -> str:
-  """The final evaluation as a Markdown table (95 % Wilson intervals) on the task's validation rows."""
+  """The final evaluation as a Markdown table (95 % Wilson intervals) on the task's validation
+  rows."""
   counts = metrics_lib.counts_from_means(
     {
       k[len("eval/") :]: v

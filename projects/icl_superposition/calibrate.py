@@ -1,27 +1,30 @@
-"""Mixed-prompt evaluation of from-scratch models (spec §2.4): calibration curves, per-prompt measures and the
-trivial predictors scored by the same code.
+"""Mixed-prompt evaluation of from-scratch models (spec §2.4): calibration curves, per-prompt
+measures and the trivial predictors scored by the same code.
 
-  python -m projects.icl_superposition.calibrate --workdir ~/runs/icl/mod_add_uniform_d96_s0,~/runs/icl/mod_add_uniform_d96_s1 \\
+  python -m projects.icl_superposition.calibrate --workdir \\
+      ~/runs/icl/mod_add_uniform_d96_s0,~/runs/icl/mod_add_uniform_d96_s1 \\
       --out DIR [--prompts 1000] [--mixing bernoulli|exact] [--conditions standard,inside,absent]
 
-A ``--workdir`` entry is one run, or several training seeds of one recipe joined by commas (``NAME=dir1,dir2``
-names it; otherwise the first directory's name without its ``_s<seed>``); intervals then resample seeds and
-prompts. For each mixing value d ∈ {0, 0.1, …, 1}: ``--prompts`` prompts per seed whose in-context lines are each
-task 0 (``config.icl.test_pair[0]``, retrieve2; ``random``: a random pair of the family's tasks per prompt, as the
-paper's mod-10 runs) with probability d and task 1 otherwise (``bernoulli``, the reference code's protocol;
-``exact`` uses round(d·N) lines of task 0), then a fresh query. Scored per prompt (``mixtures``): P(answer of
-task 0 / 1) (each the teacher-forced P(letter, "\\n")), P(elsewhere), KL(s ‖ P) against the prompt's realised
-shares s, the total variation TV(s, P) and r (task answers among the top-2 complete outputs). The same numbers
-for the three reference predictors on the same prompts (diagonal P = d, soft oracle P = s, one-hot oracle),
-and each predictor's mean |Δ| to the reference curve of ``from_scratch_reference/`` named by ``--reference``
-(default: copy / copy_9010 for uniform / skewed retrieval training, bias_add_simple / bias_add_simple_9010
-for mod_add; ``compare``). Per-prompt summaries pool the mixed prompts (0 < d < 1).
+A ``--workdir`` entry is one run, or several training seeds of one recipe joined by commas
+(``NAME=dir1,dir2`` names it; otherwise the first directory's name without its ``_s<seed>``);
+intervals then resample seeds and prompts. For each mixing value d ∈ {0, 0.1, …, 1}: ``--prompts``
+prompts per seed whose in-context lines are each task 0 (``config.icl.test_pair[0]``, retrieve2;
+``random``: a random pair of the family's tasks per prompt, as the paper's mod-10 runs) with
+probability d and task 1 otherwise (``bernoulli``, the reference code's protocol; ``exact`` uses
+round(d·N) lines of task 0), then a fresh query. Scored per prompt (``mixtures``): P(answer of task
+0 / 1) (each the teacher-forced P(letter, "\\n")), P(elsewhere), KL(s ‖ P) against the prompt's
+realised shares s, the total variation TV(s, P) and r (task answers among the top-2 complete
+outputs). The same numbers for the three reference predictors on the same prompts (diagonal P = d,
+soft oracle P = s, one-hot oracle), and each predictor's mean |Δ| to the reference curve of
+``from_scratch_reference/`` named by ``--reference`` (default: copy / copy_9010 for uniform / skewed
+retrieval training, bias_add_simple / bias_add_simple_9010 for mod_add; ``compare``). Per-prompt
+summaries pool the mixed prompts (0 < d < 1).
 
-Conditions: ``standard`` (the run's N lines, then the query: line N + 1, one past the trained row), ``inside``
-(N − 1 lines: the query is line N, inside the trained row length), ``absent`` (mod_add: N lines none of which
-has the query's digit as input, so no line can be copied). Writes ``calibration.json``, ``calibration.md``,
-``calibration_<run>_<condition>.png`` (the curve, and per-prompt P(task 0 | answered) histograms) and, for
-several runs, ``calibration_runs.png``.
+Conditions: ``standard`` (the run's N lines, then the query: line N + 1, one past the trained row),
+``inside`` (N − 1 lines: the query is line N, inside the trained row length), ``absent`` (mod_add: N
+lines none of which has the query's digit as input, so no line can be copied). Writes
+``calibration.json``, ``calibration.md``, ``calibration_<run>_<condition>.png`` (the curve, and
+per-prompt P(task 0 | answered) histograms) and, for several runs, ``calibration_runs.png``.
 """
 
 from __future__ import annotations
@@ -114,7 +117,8 @@ def curve(
   batch_size: int = 50,
   progress: bool = True,
 ) -> list[dict]:
-  """Per mixing value d: {'d', 'p' (n, 2), 'r' (n,), 'shares' (n, 2) realised, 'nominal' (n, 2)} of one model."""
+  """Per mixing value d: {'d', 'p' (n, 2), 'r' (n,), 'shares' (n, 2) realised, 'nominal' (n, 2)} of
+  one model."""
   task0, task1 = evaluation_pair(config)
   family = config["icl"]["family"]
   n_examples, absent = condition_setup(config, condition)
@@ -194,17 +198,18 @@ def compare(
 ) -> dict:
   """Distance of a calibration curve to a reference curve over the mixing values, task 0 and task 1.
 
-  ``mean_abs_delta`` is the mean of |P̄_ours − P_ref| over the 2 × 11 points (the number earlier tables quote).
-  Sampling noise biases it up (|·| of a noisy difference is positive even when the curves agree), so rows that
-  carry per-prompt ``samples`` ((n, 2) P(task 0), P(task 1), or a list of such arrays, one per training seed) also
-  give ``rms_gap``: sqrt of mean[(P̄ − P_ref)² − v̂ − v_ref], an unbiased estimate of the mean squared gap
-  (clipped at 0), with v̂ the bootstrap variance of P̄ (resampling seeds, when several — one choice per draw for
-  every d — and prompts within each seed) and v_ref = P_ref(1 − P_ref)/``ref_prompts``, the largest variance a
-  mean of ``ref_prompts`` probabilities can have (the reference runs' per-prompt values are not published;
-  ``None`` takes the reference as exact). ``rms_gap_ci95`` is the basic bootstrap interval of the squared gap
-  (the draws' deviations from their mean reflected about the estimate; reference points drawn from
-  N(P_ref, v_ref) in each draw), clipped at 0, then square-rooted; it reaches 0
-  when the curves cannot be told apart. ``mean_abs_delta_ci95``: the percentile interval of the mean |Δ| over
+  ``mean_abs_delta`` is the mean of |P̄_ours − P_ref| over the 2 × 11 points (the number earlier
+  tables quote). Sampling noise biases it up (|·| of a noisy difference is positive even when the
+  curves agree), so rows that carry per-prompt ``samples`` ((n, 2) P(task 0), P(task 1), or a list
+  of such arrays, one per training seed) also give ``rms_gap``: sqrt of mean[(P̄ − P_ref)² − v̂ −
+  v_ref], an unbiased estimate of the mean squared gap (clipped at 0), with v̂ the bootstrap
+  variance of P̄ (resampling seeds, when several — one choice per draw for every d — and prompts
+  within each seed) and v_ref = P_ref(1 − P_ref)/``ref_prompts``, the largest variance a mean of
+  ``ref_prompts`` probabilities can have (the reference runs' per-prompt values are not published;
+  ``None`` takes the reference as exact). ``rms_gap_ci95`` is the basic bootstrap interval of the
+  squared gap (the draws' deviations from their mean reflected about the estimate; reference points
+  drawn from N(P_ref, v_ref) in each draw), clipped at 0, then square-rooted; it reaches 0 when the
+  curves cannot be told apart. ``mean_abs_delta_ci95``: the percentile interval of the mean |Δ| over
   the same draws (it inherits the upward bias); ``noise_rms``: sqrt of the mean of v̂ + v_ref."""
   pts = [r for r in rows if r["d"] in ref]
   d0 = [abs(r["p_task0"]["mean"] - ref[r["d"]][0]) for r in pts]
@@ -265,8 +270,9 @@ def analyse(
   draws: int = 2000,
   n_outputs: int | None = None,
 ) -> dict:
-  """Every predictor (the model, over its seeds' ``curve``s, and the references on the same prompts): per-d
-  means with intervals, per-prompt summaries over the mixed prompts, and ``compare`` to ``ref``."""
+  """Every predictor (the model, over its seeds' ``curve``s, and the references on the same
+  prompts): per-d means with intervals, per-prompt summaries over the mixed prompts, and ``compare``
+  to ``ref``."""
   rng = np.random.default_rng([seed, 97])
   names = mixtures.REFERENCES + ((mixtures.GUESS,) if n_outputs else ())
   preds: dict[str, list[list[mixtures.Predictions]]] = {"model": [], **{k: [] for k in names}}
@@ -327,9 +333,10 @@ def plot(
   curves: list[list[dict]],
   path: pathlib.Path,
 ) -> None:
-  """Left: P(task 0), P(task 1), P(elsewhere) against d with the reference curve and the diagonal. Right: the
-  per-prompt P(task 0) / (P(task 0) + P(task 1)) at d = 0.3, 0.5, 0.7 (all seeds), beside the realised shares
-  (what the soft oracle gives): a superposing model piles up near the share, a committing one at 0 and 1."""
+  """Left: P(task 0), P(task 1), P(elsewhere) against d with the reference curve and the diagonal.
+  Right: the per-prompt P(task 0) / (P(task 0) + P(task 1)) at d = 0.3, 0.5, 0.7 (all seeds), beside
+  the realised shares (what the soft oracle gives): a superposing model piles up near the share, a
+  committing one at 0 and 1."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -395,8 +402,8 @@ def plot(
 
 
 def overlay(results: dict, path: pathlib.Path) -> None:
-  """P(answer of task 0) against d for several runs (their standard condition) in one plot; each reference curve
-  once (black, own line style)."""
+  """P(answer of task 0) against d for several runs (their standard condition) in one plot; each
+  reference curve once (black, own line style)."""
   import matplotlib
 
   matplotlib.use("Agg")

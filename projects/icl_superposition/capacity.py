@@ -1,17 +1,20 @@
-"""More tasks in one prompt, and model size: r, per-prompt KL, TV and P(elsewhere) against K and size (spec §5).
+"""More tasks in one prompt, and model size: r, per-prompt KL, TV and P(elsewhere) against K and
+size (spec §5).
 
   python -m projects.icl_superposition.capacity \\
-      --workdir d48=~/runs/icl/mod_add_uniform_d48_s0,~/runs/icl/mod_add_uniform_d48_s1 d96=... d192=... \\
+      --workdir d48=~/runs/icl/mod_add_uniform_d48_s0,~/runs/icl/mod_add_uniform_d48_s1 d96=... \\
+      d192=... \\
       --out DIR [--prompts 300] [--ks 1,2,3,4,5] [--shares uniform,dirichlet]
 
-Each ``--workdir`` entry is one model size, its training seeds joined by commas (``NAME=dir1,dir2``; see
-``calibrate``). For K ∈ ``--ks`` and each share law, ``--prompts`` prompts (the same prompts for every model: a
-paired comparison across sizes) with K distinct tasks of the run's family drawn per prompt and the run's number
-of lines: ``uniform`` shares 1/K each (exact counts), ``dirichlet`` shares drawn from Dirichlet(1, …, 1) and the
-lines' tasks drawn with them (multinomial counts). K = 1 (single-task prompts) gives the single-task accuracy.
-Per prompt (``mixtures``): P(answer of each task), r (task answers among the K most likely complete outputs; the
-greedy completions of the K + 2 most likely first tokens are the candidates), KL(s ‖ P) against the realised
-shares, TV(s, P) and P(elsewhere); the diagonal, soft-oracle and one-hot-oracle rows on the same prompts. Intervals:
+Each ``--workdir`` entry is one model size, its training seeds joined by commas (``NAME=dir1,dir2``;
+see ``calibrate``). For K ∈ ``--ks`` and each share law, ``--prompts`` prompts (the same prompts for
+every model: a paired comparison across sizes) with K distinct tasks of the run's family drawn per
+prompt and the run's number of lines: ``uniform`` shares 1/K each (exact counts), ``dirichlet``
+shares drawn from Dirichlet(1, …, 1) and the lines' tasks drawn with them (multinomial counts). K =
+1 (single-task prompts) gives the single-task accuracy. Per prompt (``mixtures``): P(answer of each
+task), r (task answers among the K most likely complete outputs; the greedy completions of the K + 2
+most likely first tokens are the candidates), KL(s ‖ P) against the realised shares, TV(s, P) and
+P(elsewhere); the diagonal, soft-oracle and one-hot-oracle rows on the same prompts. Intervals:
 bootstrap over seeds and prompts. Writes ``capacity.json``, ``capacity.md`` and ``capacity.png``.
 """
 
@@ -92,8 +95,8 @@ def evaluate(
 def analyse(
   per_seed: list[dict], seed: int = 0, draws: int = 2000, n_outputs: int | None = None
 ) -> dict:
-  """Summaries of the model (its seeds pooled) and of the reference predictors on the first seed's prompts
-  (every seed sees the same prompts)."""
+  """Summaries of the model (its seeds pooled) and of the reference predictors on the first seed's
+  prompts (every seed sees the same prompts)."""
   out = {
     "model": mixtures.summarize(
       [mixtures.per_prompt(e["pred"], e["shares"]) for e in per_seed], draws=draws, seed=seed

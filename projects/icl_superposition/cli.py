@@ -1,5 +1,6 @@
-"""What the analysis commands (calibrate, capacity, task_vectors, task_mass) share: an expected failure is one
-line on stderr and exit status 2; the results are written as ``<stem>.json`` and ``<stem>.md`` (also printed)."""
+"""What the analysis commands (calibrate, capacity, task_vectors, task_mass) share: an expected
+failure is one line on stderr and exit status 2; the results are written as ``<stem>.json`` and
+``<stem>.md`` (also printed)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ def run(
   markdown: Callable[[Any], str],
   after: Callable[[Any, pathlib.Path], None] | None = None,
 ) -> int:
-  """``analyse(out)`` → results (plots go to ``out`` as it goes); ``after(results, out)`` for a last plot."""
+  """``analyse(out)`` → results (plots go to ``out`` as it goes); ``after(results, out)`` for a last
+  plot."""
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   try:

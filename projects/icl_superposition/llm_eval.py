@@ -1,16 +1,18 @@
 """Task superposition of any model superpose.nn loads, on the paper's LLM task families (spec §1).
 
-  python -m projects.icl_superposition.llm_eval --family add_translate --hf-gpt2 DIR --tokenizer gpt2 \\
+  python -m projects.icl_superposition.llm_eval --family add_translate --hf-gpt2 DIR --tokenizer \\
+      gpt2 \\
       --prompts 100 --out workdirs/icl/llm_gpt2
   python -m projects.icl_superposition.llm_eval --family AB --workdir RUN --tokenizer icl_chars ...
 
-Model: ``--hf-gpt2 DIR`` (an HF GPT-2 checkpoint, imported by superpose.nn.hf_gpt2) or ``--workdir RUN`` (any
-training run of this repository). Prompts: the family's tasks in exact proportions (uniform, or
-``--fractions``), ``n_examples`` lines (the paper's 20·K unless ``--examples``), random order, a fresh
-query; the template ``{lines}\\n{query}``. Per task: the teacher-forced P(answer | prompt) with no end token
-(spec §1.3; no renormalisation) as a mean with a 95% interval; P(elsewhere) = 1 − Σ; KL(target ‖ P) with
-target the in-context proportions; r = task answers among the model's K most likely complete outputs
-(first-token top-M with greedy completion to "\\n", see scoring.py). Writes llm_<family>.json/.md/.png.
+Model: ``--hf-gpt2 DIR`` (an HF GPT-2 checkpoint, imported by superpose.nn.hf_gpt2) or ``--workdir
+RUN`` (any training run of this repository). Prompts: the family's tasks in exact proportions
+(uniform, or ``--fractions``), ``n_examples`` lines (the paper's 20·K unless ``--examples``), random
+order, a fresh query; the template ``{lines}\\n{query}``. Per task: the teacher-forced P(answer |
+prompt) with no end token (spec §1.3; no renormalisation) as a mean with a 95% interval;
+P(elsewhere) = 1 − Σ; KL(target ‖ P) with target the in-context proportions; r = task answers among
+the model's K most likely complete outputs (first-token top-M with greedy completion to "\\n", see
+scoring.py). Writes llm_<family>.json/.md/.png.
 """
 
 from __future__ import annotations

@@ -1,25 +1,29 @@
-"""Per-prompt measures of task superposition, the trivial predictors scored by the same code, and intervals.
+"""Per-prompt measures of task superposition, the trivial predictors scored by the same code, and
+intervals.
 
-A mixed prompt holds K tasks with in-context shares s (s_i = the fraction of its lines from task i; ``shares``
-below are the realised fractions, ``nominal`` the ones the prompt was drawn with). A predictor gives
-P_i = P(answer of task i | prompt), unnormalised (1 − Σ P_i is the mass elsewhere). Per prompt:
+A mixed prompt holds K tasks with in-context shares s (s_i = the fraction of its lines from task i;
+``shares`` below are the realised fractions, ``nominal`` the ones the prompt was drawn with). A
+predictor gives P_i = P(answer of task i | prompt), unnormalised (1 − Σ P_i is the mass elsewhere).
+Per prompt:
 
-* ``kl``    KL(s ‖ P) = Σ_i s_i log(s_i / P_i) (the paper's per-prompt calibration, spec §1.3; ∞ where a task
-            in the prompt gets P_i = 0, as for a predictor that commits to one answer);
+* ``kl``    KL(s ‖ P) = Σ_i s_i log(s_i / P_i) (the paper's per-prompt calibration, spec §1.3; ∞
+            where a task in the prompt gets P_i = 0, as for a predictor that commits to one answer);
 * ``tv``    total variation between s and P with the mass elsewhere as its own outcome,
-            ½ (Σ_i |P_i − s_i| + P_elsewhere): 0 for a predictor that reproduces the shares in every prompt,
-            1 − Σ s_i² in expectation for one that commits to one task drawn with the shares, bounded by 1;
+            ½ (Σ_i |P_i − s_i| + P_elsewhere): 0 for a predictor that reproduces the shares in every
+            prompt, 1 − Σ s_i² in expectation for one that commits to one task drawn with the
+            shares, bounded by 1;
 * ``r``     task answers among the K most likely complete outputs (spec §1.3; of K);
 * ``other`` P(elsewhere).
 
-Reference predictors on the same prompts (``references``): ``diagonal`` P = nominal shares (what a perfectly
-calibrated model gives on average), ``soft oracle`` P = realised shares (per-prompt calibration, KL 0, TV 0),
-``one-hot oracle`` P = e_j with j drawn with the realised shares (one task per prompt, calibrated only over
-prompts), ``uniform guess`` P = 1/V on each of the family's V outputs (the chance floor of r: K²/V). A method's mean over prompts can match the diagonal while its per-prompt numbers are the one-hot
-oracle's: the per-prompt columns tell them apart.
+Reference predictors on the same prompts (``references``): ``diagonal`` P = nominal shares (what a
+perfectly calibrated model gives on average), ``soft oracle`` P = realised shares (per-prompt
+calibration, KL 0, TV 0), ``one-hot oracle`` P = e_j with j drawn with the realised shares (one task
+per prompt, calibrated only over prompts), ``uniform guess`` P = 1/V on each of the family's V
+outputs (the chance floor of r: K²/V). A method's mean over prompts can match the diagonal while its
+per-prompt numbers are the one-hot oracle's: the per-prompt columns tell them apart.
 
-Intervals (``bootstrap_ci``): percentiles over resamples of training seeds (with replacement, when there are
-several) and of prompts within each seed.
+Intervals (``bootstrap_ci``): percentiles over resamples of training seeds (with replacement, when
+there are several) and of prompts within each seed.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ class Predictions:
 
 
 def from_scores(scores) -> Predictions:
-  """A model's predictions from ``scoring.score`` (P from its log-probabilities: no underflow to 0)."""
+  """A model's predictions from ``scoring.score`` (P from its log-probabilities: no underflow to
+  0)."""
   return Predictions(p=np.exp(np.asarray(scores.answer_logp, np.float64)), r=np.asarray(scores.r))
 
 
@@ -65,7 +70,8 @@ def shares_of(prompts, k: int) -> np.ndarray:
 
 
 def _r_of(p: np.ndarray) -> np.ndarray:
-  """r of a predictor whose only outputs are the task answers: answers with P > 0 among its K largest."""
+  """r of a predictor whose only outputs are the task answers: answers with P > 0 among its K
+  largest."""
   kth = np.sort(p, axis=1)[:, 0]  # K candidates: the K-th largest is the smallest
   return ((p >= kth[:, None]) & (p > 0)).sum(1)
 
@@ -73,9 +79,9 @@ def _r_of(p: np.ndarray) -> np.ndarray:
 def references(
   nominal: np.ndarray, shares: np.ndarray, rng: np.random.Generator, n_outputs: int | None = None
 ) -> dict[str, Predictions]:
-  """The reference predictors (module docstring); with ``n_outputs`` V also the ``uniform guess``: P = 1/V on each
-  of the family's V plausible outputs, its top K a random K of them (r hypergeometric, mean K²/V) — the chance
-  floor of r, which grows with K."""
+  """The reference predictors (module docstring); with ``n_outputs`` V also the ``uniform guess``: P
+  = 1/V on each of the family's V plausible outputs, its top K a random K of them (r hypergeometric,
+  mean K²/V) — the chance floor of r, which grows with K."""
   nominal, shares = np.asarray(nominal, np.float64), np.asarray(shares, np.float64)
   n, k = shares.shape
   cum = np.cumsum(shares, 1)
@@ -104,8 +110,9 @@ def per_prompt(pred: Predictions, shares: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def bootstrap_ci(groups, stat=np.mean, draws: int = 2000, seed: int = 0) -> list[float]:
-  """95 % percentile interval of ``stat`` over resamples of the groups (training seeds; with replacement when
-  there are several) and of the values within each group (prompts). ∞ values make a mean ∞."""
+  """95 % percentile interval of ``stat`` over resamples of the groups (training seeds; with
+  replacement when there are several) and of the values within each group (prompts). ∞ values make a
+  mean ∞."""
   groups = [np.asarray(g, np.float64) for g in groups]
   if any(np.isinf(g).any() for g in groups) and stat is np.mean:
     return [float("inf"), float("inf")]
@@ -121,7 +128,8 @@ def bootstrap_ci(groups, stat=np.mean, draws: int = 2000, seed: int = 0) -> list
 
 
 def summarize(per_seed: list[dict[str, np.ndarray]], draws: int = 2000, seed: int = 0) -> dict:
-  """Mean [95 %] of every per-prompt metric pooled over seeds; KL also its median [95 %]; per-seed means."""
+  """Mean [95 %] of every per-prompt metric pooled over seeds; KL also its median [95 %]; per-seed
+  means."""
   out = {}
   for key in per_seed[0]:
     groups = [m[key] for m in per_seed]

@@ -1,19 +1,23 @@
-"""Teacher-forced answer probabilities, top-K complete outputs and residual patching for any superpose.nn model.
+"""Teacher-forced answer probabilities, top-K complete outputs and residual patching for any
+superpose.nn model.
 
 One jitted call per batch of prompts (spec §1.3, §2.4, §3):
 
-1. prefill the right-padded prompts into a KV cache (optionally overwriting the residual stream after
-   block ``patch_layer`` at each prompt's last token with a given vector: task-vector patching);
-2. P(answer_i + terminator | prompt) for every task answer, teacher forced from the cache (no renormalisation:
-   1 − Σ_i P(answer_i) is the mass elsewhere);
-3. the model's own most likely complete outputs: each of the ``top_first`` most likely first tokens extended
-   greedily until the terminator (at most ``max_new`` tokens; outputs that do not end are dropped). With the
-   task answers they form the candidate set whose K-th largest probability is ``k_prob``; r = the number of
-   task answers with P ≥ k_prob (the paper's "tasks solved in parallel", its beam search replaced by
-   first-token top-M plus greedy completion, exact for single-character answers);
+1. prefill the right-padded prompts into a KV cache (optionally overwriting the residual stream
+   after block ``patch_layer`` at each prompt's last token with a given vector: task-vector
+   patching);
+2. P(answer_i + terminator | prompt) for every task answer, teacher forced from the cache (no
+   renormalisation: 1 − Σ_i P(answer_i) is the mass elsewhere);
+3. the model's own most likely complete outputs: each of the ``top_first`` most likely first tokens
+   extended greedily until the terminator (at most ``max_new`` tokens; outputs that do not end are
+   dropped). With the task answers they form the candidate set whose K-th largest probability is
+   ``k_prob``; r = the number of task answers with P ≥ k_prob (the paper's "tasks solved in
+   parallel", its beam search replaced by first-token top-M plus greedy completion, exact for
+   single-character answers);
 4. the residual stream at each prompt's last token after every block (task vectors).
 
-The prompt's tokens must be a prefix of prompt + answer (checked; always true for one token per character).
+The prompt's tokens must be a prefix of prompt + answer (checked; always true for one token per
+character).
 """
 
 from __future__ import annotations
@@ -178,12 +182,14 @@ def score(
   length_multiple: int = 64,
   progress: Callable | None = None,
 ) -> Scores:
-  """Scores for ``prompts`` (texts) and their task ``answers`` (same K per prompt; see the module docstring).
+  """Scores for ``prompts`` (texts) and their task ``answers`` (same K per prompt; see the module
+  docstring).
 
-  ``encode`` maps text to token ids; ``prefix`` (e.g. ``[bos]``) goes before every prompt. The answers are
-  scored with the terminator after them (the from-scratch protocol) or, with ``answer_terminator=False``,
-  without it (the LLM protocol; greedy outputs are then compared without their terminator). ``patch``:
-  (D,) or (N, D) vectors written after block ``patch_layer`` at each prompt's last token.
+  ``encode`` maps text to token ids; ``prefix`` (e.g. ``[bos]``) goes before every prompt. The
+  answers are scored with the terminator after them (the from-scratch protocol) or, with
+  ``answer_terminator=False``, without it (the LLM protocol; greedy outputs are then compared
+  without their terminator). ``patch``: (D,) or (N, D) vectors written after block ``patch_layer``
+  at each prompt's last token.
   """
   if len(prompts) != len(answers) or not prompts:
     raise ValueError(f"{len(prompts)} prompts but {len(answers)} answer lists")
@@ -282,7 +288,8 @@ def score(
 
 
 def kl_target_model(target: np.ndarray, answer_logp: np.ndarray) -> np.ndarray:
-  """KL(target ‖ P) = Σ_i t_i (log t_i − log P_i) per prompt, from log P (spec §1.3: P unnormalised, 0·log 0 = 0)."""
+  """KL(target ‖ P) = Σ_i t_i (log t_i − log P_i) per prompt, from log P (spec §1.3: P unnormalised,
+  0·log 0 = 0)."""
   t = np.asarray(target, np.float64)
   log_t = np.log(np.where(t > 0, t, 1.0))
   # tasks with t = 0 add 0 even where P = 0 (log P = −∞); a task with t > 0 and P = 0 makes the KL ∞
@@ -290,7 +297,8 @@ def kl_target_model(target: np.ndarray, answer_logp: np.ndarray) -> np.ndarray:
 
 
 def mean_ci(x) -> dict[str, float]:
-  """Mean and half-width of its normal 95 % interval (1.96 standard errors; 0 for a single value)."""
+  """Mean and half-width of its normal 95 % interval (1.96 standard errors; 0 for a single
+  value)."""
   x = np.asarray(x, np.float64)
   half = 1.959964 * x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else 0.0
   return {"mean": float(x.mean()), "ci95": float(half)}

@@ -1,4 +1,5 @@
-"""The lookup tables of the paper's LLM task families, read from a configurable folder, and a word list.
+"""The lookup tables of the paper's LLM task families, read from a configurable folder, and a word
+list.
 
 The tables (number words 0..999 per language, country → capital / continent) are the official
 repository's ``util/*.pt`` converted to JSON; they live in ../shared/data/icl_tables and are never

@@ -3,20 +3,21 @@
   python -m projects.icl_superposition.task_mass --workdir workdirs/icl/mod_add_skewed \\
       --pairs plus2,plus6 plus1,plus3 plus6,plus8 --out workdirs/icl/task_mass [--prompts 100]
 
-The calibration curves only look at the two tasks in the prompt, so probability on a third task's answer
-counts as "elsewhere". Here, for fixed pairs (task 0, task 1) and d ∈ {0, 0.1, …, 1} (exactly round(d·N)
-lines of task 0, the rest task 1, shuffled; the run's own N), every task's answer to the query is scored
-(teacher-forced P(answer, "\\n"), the calibration protocol) and averaged over ``--prompts`` prompts. For
-the from-scratch families the tasks' answers to one query are distinct (8 distinct letters; x + k mod 10),
-so the masses add up to at most 1. For ``mod_add`` the table also gives the circular mean offset k̄ of the
-mass (the k a model predicts "on average") beside the interpolation d·k0 + (1 − d)·k1 along the shorter arc.
-Writes ``task_mass.json``, ``task_mass.md`` and one heat map per run and pair.
+The calibration curves only look at the two tasks in the prompt, so probability on a third task's
+answer counts as "elsewhere". Here, for fixed pairs (task 0, task 1) and d ∈ {0, 0.1, …, 1} (exactly
+round(d·N) lines of task 0, the rest task 1, shuffled; the run's own N), every task's answer to the
+query is scored (teacher-forced P(answer, "\\n"), the calibration protocol) and averaged over
+``--prompts`` prompts. For the from-scratch families the tasks' answers to one query are distinct (8
+distinct letters; x + k mod 10), so the masses add up to at most 1. For ``mod_add`` the table also
+gives the circular mean offset k̄ of the mass (the k a model predicts "on average") beside the
+interpolation d·k0 + (1 − d)·k1 along the shorter arc. Writes ``task_mass.json``, ``task_mass.md``
+and one heat map per run and pair.
 
-``--copy-source`` (mod_add, whose queries repeat context inputs): per prompt, which in-context line with the
-query's input x the model's choice between the two answers agrees with — the last such line, the first, or the
-majority of them — against the majority task of the whole prompt. A model that copies the answer of one
-matching line agrees with that line's task on every prompt; one that estimates the task from all lines follows
-the prompt majority.
+``--copy-source`` (mod_add, whose queries repeat context inputs): per prompt, which in-context line
+with the query's input x the model's choice between the two answers agrees with — the last such
+line, the first, or the majority of them — against the majority task of the whole prompt. A model
+that copies the answer of one matching line agrees with that line's task on every prompt; one that
+estimates the task from all lines follows the prompt majority.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ DISTINCT_FAMILIES = ("retrieval", "mod_add")
 def mass(
   model, config: dict, task0: str, task1: str, n_prompts: int, seed: int = 0, batch_size: int = 50
 ) -> dict:
-  """{'tasks': family task names, 'd': mixing values, 'mass': (len(d), n_tasks) mean probabilities}."""
+  """{'tasks': family task names, 'd': mixing values, 'mass': (len(d), n_tasks) mean
+  probabilities}."""
   family = config["icl"]["family"]
   if family not in DISTINCT_FAMILIES:
     raise ValueError(
@@ -71,8 +73,9 @@ def mass(
 def copy_source(
   model, config: dict, task0: str, task1: str, n_prompts: int, seed: int = 0, batch_size: int = 50
 ) -> list[dict]:
-  """mod_add: per d (0 < d < 1), how often argmax(P(task 0 answer), P(task 1 answer)) names the task of the last /
-  first / majority of the in-context lines whose input is the query's, and of the prompt's majority."""
+  """mod_add: per d (0 < d < 1), how often argmax(P(task 0 answer), P(task 1 answer)) names the task
+  of the last / first / majority of the in-context lines whose input is the query's, and of the
+  prompt's majority."""
   if config["icl"]["family"] != "mod_add":
     raise ValueError("copy_source: only mod_add repeats the query's input in the context")
   n_examples = config["icl"]["n_examples"]
@@ -125,7 +128,8 @@ def _circular(k: np.ndarray, w: np.ndarray, period: int = 10) -> float:
 
 
 def offsets(res: dict, task0: str, task1: str) -> list[dict]:
-  """mod_add: per d, the circular mean offset of the mass and the interpolation of the two tasks' k."""
+  """mod_add: per d, the circular mean offset of the mass and the interpolation of the two tasks'
+  k."""
   ks = np.array([int(t.removeprefix("plus")) for t in res["tasks"]])
   k0, k1 = int(task0.removeprefix("plus")), int(task1.removeprefix("plus"))
   diff = (k0 - k1 + 5) % 10 - 5  # k0 − k1 along the shorter arc

@@ -1,22 +1,25 @@
-"""Task vectors of a from-scratch model (spec §3): extraction, every layer's effect, convex combinations vs real
-mixed prompts.
+"""Task vectors of a from-scratch model (spec §3): extraction, every layer's effect, convex
+combinations vs real mixed prompts.
 
-  python -m projects.icl_superposition.task_vectors --workdir ~/runs/icl/mod_add_skewed_d96_s0 --out DIR
+  python -m projects.icl_superposition.task_vectors --workdir ~/runs/icl/mod_add_skewed_d96_s0 \\
+      --out DIR
 
-1. v_t[ℓ] = the residual stream after block ℓ at the final ``>`` of a single-task prompt, averaged over
-   ``--prompts`` prompts of task t (the run's number of lines), for the run's test pair (retrieve2,
-   retrieve6), or the family's tasks 2 and 6 when the run evaluates random pairs (plus2, plus6).
-2. Every layer: v_t[ℓ] is written over the residual stream after block ℓ at the ``>`` of a query-only
-   prompt ``<bos>x>`` (``--prompts`` queries); reported per layer: cos(v_0, v_1), P(answer of t) with v_t,
-   P(answer of t) with the OTHER task's vector, and the move from the zero-shot prior (the unpatched query-only
-   prompt) toward the patched task's answer, mean over t of P(ans_t | v_t) − P(ans_t | no patch), with a 95 %
-   bootstrap interval over the queries, and the task-specific part, mean over t of P(ans_t | v_t) − P(ans_t | v_other)
-   (a patch that only erases the prior moves both tasks alike). The chosen layer ℓ* has the largest move. (Choosing by the largest
-   P(answer) instead keeps whatever the zero-shot prior already gives, e.g. a block-0 patch with cos(v_0, v_1)
-   ≈ 1 that changes nothing.)
+1. v_t[ℓ] = the residual stream after block ℓ at the final ``>`` of a single-task prompt, averaged
+   over ``--prompts`` prompts of task t (the run's number of lines), for the run's test pair
+   (retrieve2, retrieve6), or the family's tasks 2 and 6 when the run evaluates random pairs (plus2,
+   plus6).
+2. Every layer: v_t[ℓ] is written over the residual stream after block ℓ at the ``>`` of a
+   query-only prompt ``<bos>x>`` (``--prompts`` queries); reported per layer: cos(v_0, v_1),
+   P(answer of t) with v_t, P(answer of t) with the OTHER task's vector, and the move from the
+   zero-shot prior (the unpatched query-only prompt) toward the patched task's answer, mean over t
+   of P(ans_t | v_t) − P(ans_t | no patch), with a 95 % bootstrap interval over the queries, and the
+   task-specific part, mean over t of P(ans_t | v_t) − P(ans_t | v_other) (a patch that only erases
+   the prior moves both tasks alike). The chosen layer ℓ* has the largest move. (Choosing by the
+   largest P(answer) instead keeps whatever the zero-shot prior already gives, e.g. a block-0 patch
+   with cos(v_0, v_1) ≈ 1 that changes nothing.)
 3. Convex combinations (1 − λ)·v_0 + λ·v_1 at ℓ*, λ ∈ linspace(0, 1, 30): P(answer of task 0),
-   P(answer of task 1), P(elsewhere) on the query-only prompts, beside real mixed prompts with a fraction
-   1 − λ of task-0 lines (7 values of λ, bernoulli mixing as in calibrate.py).
+   P(answer of task 1), P(elsewhere) on the query-only prompts, beside real mixed prompts with a
+   fraction 1 − λ of task-0 lines (7 values of λ, bernoulli mixing as in calibrate.py).
 Writes task_vectors.json, task_vectors.md and task_vectors_<run>.png.
 """
 
@@ -54,7 +57,8 @@ def query_only(task0: str, task1: str, n: int, rng: np.random.Generator) -> list
 
 
 def extract(model, task: str, n_examples: int, n: int, rng: np.random.Generator) -> np.ndarray:
-  """(L+1, D) mean residual stream at the final separator over ``n`` single-task prompts ([0] = embeddings)."""
+  """(L+1, D) mean residual stream at the final separator over ``n`` single-task prompts ([0] =
+  embeddings)."""
   prompts = [tasks_lib.single_task_prompt(task, n_examples, rng) for _ in range(n)]
   s = _score(model, prompts, want_hidden=True)
   return s.last_hidden.mean(axis=1)

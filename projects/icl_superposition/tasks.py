@@ -1,13 +1,15 @@
-"""The task families of "Everything Everywhere All at Once" (spec: ../shared/papers/p4_icl.md §1.1, §2.1).
+"""The task families of "Everything Everywhere All at Once" (spec: ../shared/papers/p4_icl.md §1.1,
+§2.1).
 
 A task maps an input string to an answer string; an in-context line is ``input + sep + answer`` and
-every line, the last example included, ends in ``"\\n"``; a prompt ends with the query ``input + sep``.
-That is both the from-scratch layout (``x1..x8>x_k\\n`` × 100, then ``s*>``) and the LLM template
-``{examples joined by \\n}\\n{query}``.
+every line, the last example included, ends in ``"\\n"``; a prompt ends with the query ``input +
+sep``. That is both the from-scratch layout (``x1..x8>x_k\\n`` × 100, then ``s*>``) and the LLM
+template ``{examples joined by \\n}\\n{query}``.
 
 Families (tasks by name):
   retrieval      retrieve0..retrieve7: 8 distinct letters of a-zA-Z, ``>``, the letter at 0-based
-                 position k (retrieve2 / retrieve6 are the paper's test pair "copy(op2)"/"copy(op6)")
+                 position k (retrieve2 / retrieve6 are the paper's test pair
+                 "copy(op2)"/"copy(op6)")
   mod_add        plus0..plus9: ``x>(x+k) mod 10`` for a digit x
   add_translate  add_or, add_en, add_fr, add_es: ``A+B->`` the sum as a numeral / English / French /
                  Spanish words (number tables), A, B uniform in 10..99
@@ -15,9 +17,10 @@ Families (tasks by name):
   country        country_capital, country_continent, country_upper: ``Country->`` (country tables)
   word           first_letter, last_letter, first_letter_cap, last_letter_cap: ``word->`` a letter
 
-Queries are drawn from the family's input distribution, never equal to an in-context input (except in
-mod_add, whose 10 inputs all appear in a 100-example context), and such that the prompt's tasks give
-different answers (A≠B for AB; first≠last letter for words; k_a≠k_b is implied by distinct tasks).
+Queries are drawn from the family's input distribution, never equal to an in-context input (except
+in mod_add, whose 10 inputs all appear in a 100-example context), and such that the prompt's tasks
+give different answers (A≠B for AB; first≠last letter for words; k_a≠k_b is implied by distinct
+tasks).
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ class Prompt:
     return self.text[self.text.rfind(NEWLINE) + 1 :]
 
 
-# ---- inputs ---------------------------------------------------------------------------------------
+# ---- inputs --------------------------------------------------------------------------------------
 
 
 def _letters8(rng: np.random.Generator) -> str:
@@ -125,7 +128,7 @@ def _word(rng: np.random.Generator) -> str:
   return _WORDS[int(rng.integers(len(_WORDS)))]
 
 
-# ---- families -------------------------------------------------------------------------------------
+# ---- families ------------------------------------------------------------------------------------
 
 
 def _retrieval() -> Family:
@@ -202,7 +205,7 @@ def get_task(task: Task | str) -> Task:
   return TASKS[task]
 
 
-# ---- prompts --------------------------------------------------------------------------------------
+# ---- prompts -------------------------------------------------------------------------------------
 
 
 def example_counts(fractions: Sequence[float], n_examples: int) -> list[int]:
@@ -236,11 +239,12 @@ def multi_task_prompt(
   rng: np.random.Generator,
   query_absent: bool = False,
 ) -> Prompt:
-  """A prompt whose examples come from ``tasks`` in exact proportions ``fractions``, in random order;
-  the query (new input, distinct answers across the tasks) is answered by every task.
+  """A prompt whose examples come from ``tasks`` in exact proportions ``fractions``, in random
+  order; the query (new input, distinct answers across the tasks) is answered by every task.
 
   ``query_absent``: the query is drawn first and no in-context example has its input (a control for
-  ``mod_add``, whose 10 inputs otherwise all appear in a long context, so copying a matching line answers)."""
+  ``mod_add``, whose 10 inputs otherwise all appear in a long context, so copying a matching line
+  answers)."""
   tasks = [get_task(t) for t in tasks]
   if len({t.family for t in tasks}) != 1:
     raise ValueError(
@@ -286,8 +290,9 @@ def single_task_prompt(task: Task | str, n_examples: int, rng: np.random.Generat
 def mixed_prompt(
   task_a: Task | str, task_b: Task | str, n_examples: int, d: float, rng: np.random.Generator
 ) -> Prompt:
-  """floor((1 − d)·N) examples from task b (float-guarded), the rest (≈ d·N) from task a, shuffled; ``answers == (answer_a, answer_b)``. d is the share of task a (task 0), as in ``calibrate``.
-  (The from-scratch code drew each example's task independently; exact counts remove that noise from the
+  """floor((1 − d)·N) examples from task b (float-guarded), the rest (≈ d·N) from task a, shuffled;
+  ``answers == (answer_a, answer_b)``. d is the share of task a (task 0), as in ``calibrate``. (The
+  from-scratch code drew each example's task independently; exact counts remove that noise from the
   calibration curve.)"""
   if not 0.0 <= d <= 1.0:
     raise ValueError(f"mixing fraction d must lie in [0, 1], got {d}")
@@ -318,7 +323,8 @@ def sample_task(
 
 
 def skewed_weights(family: Family | str, p_first_half: float = 0.9) -> list[float]:
-  """The 9010 / 1090 training skew: probability p on the first half of the tasks, uniform within halves."""
+  """The 9010 / 1090 training skew: probability p on the first half of the tasks, uniform within
+  halves."""
   fam = FAMILIES[family] if isinstance(family, str) else family
   n = len(fam.tasks)
   half = n // 2

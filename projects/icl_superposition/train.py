@@ -1,18 +1,20 @@
-"""Training from scratch on one task per sequence (spec §2): the trainer of ``configs/icl_superposition/*.py``.
+"""Training from scratch on one task per sequence (spec §2): the trainer of
+``configs/icl_superposition/*.py``.
 
-``config.trainer = 'projects.icl_superposition.train'``; ``make_spec`` / ``make_task`` give the shared loop its
-task (superpose.train.task), so resume, checkpoints, metrics and the jitted step are the shared loop's.
+``config.trainer = 'projects.icl_superposition.train'``; ``make_spec`` / ``make_task`` give the
+shared loop its task (superpose.train.task), so resume, checkpoints, metrics and the jitted step are
+the shared loop's.
 
 A training row is ``<bos>`` followed by ``n_examples`` lines of ONE task of ``config.icl.family``
-(``retrieval``: ``x1..x8>x_k\\n``; ``mod_add``: ``x>(x+k) mod 10\\n``), the task drawn per row from the
-family with ``config.icl.task_weights`` (``uniform``, or ``skewed``: probability ``skew`` on the first half of
-the tasks, spec's 9010 variant). The loss is the next-token cross-entropy on the answer characters and
-their ``"\\n"`` only (spec §2.2). Rows are a pure function of (seed, global row index), so a resumed run
-sees the same data.
+(``retrieval``: ``x1..x8>x_k\\n``; ``mod_add``: ``x>(x+k) mod 10\\n``), the task drawn per row from
+the family with ``config.icl.task_weights`` (``uniform``, or ``skewed``: probability ``skew`` on the
+first half of the tasks, spec's 9010 variant). The loss is the next-token cross-entropy on the
+answer characters and their ``"\\n"`` only (spec §2.2). Rows are a pure function of (seed, global
+row index), so a resumed run sees the same data.
 
-Evaluation (``eval_prompts`` fixed single-task rows, tasks in turn): ``eval/loss`` on the answer tokens,
-``eval/acc`` = argmax accuracy of every in-context answer character and ``eval/acc_late`` of the answer
-characters of the last quarter of the lines (after the task is evident from the context).
+Evaluation (``eval_prompts`` fixed single-task rows, tasks in turn): ``eval/loss`` on the answer
+tokens, ``eval/acc`` = argmax accuracy of every in-context answer character and ``eval/acc_late`` of
+the answer characters of the last quarter of the lines (after the task is evident from the context).
 """
 
 from __future__ import annotations
@@ -79,8 +81,8 @@ def task_weights(config: Mapping) -> list[float] | None:
 
 
 def example_row(task: tasks_lib.Task, n_examples: int, rng: np.random.Generator, width: int):
-  """(tokens, targets, weights) of one single-task row padded to ``width``: targets[t] = tokens[t+1],
-  weights 1 where that next token is an answer character or its newline."""
+  """(tokens, targets, weights) of one single-task row padded to ``width``: targets[t] =
+  tokens[t+1], weights 1 where that next token is an answer character or its newline."""
   lines = [(x, task.sep, y) for x, y in (task.example(rng) for _ in range(n_examples))]
   ids, mask = chars.encode_lines(lines, bos=True)
   tokens = np.full(width, chars.VOCAB.pad_id, np.int32)
@@ -93,7 +95,8 @@ def example_row(task: tasks_lib.Task, n_examples: int, rng: np.random.Generator,
 
 
 class IclSpec:
-  """The model, losses and batch of one-task-per-row training (data-free; see superpose.train.task)."""
+  """The model, losses and batch of one-task-per-row training (data-free; see
+  superpose.train.task)."""
 
   def __init__(self, config: Mapping):
     self.config = config
@@ -142,7 +145,8 @@ class IclSpec:
     return chars.VOCAB
 
   def eval_loss(self, model, batch):
-    """Per-row means, weighted by ``scale`` so the loop's mean over batches is the mean over prompts."""
+    """Per-row means, weighted by ``scale`` so the loop's mean over batches is the mean over
+    prompts."""
     logits = model(batch["tokens"]).logits_BTV
     scale, targets, weights, late = (
       batch["scale"],
@@ -209,8 +213,8 @@ def make_task(config: Mapping) -> Task:
 
 
 def eval_rows(spec: IclSpec, n: int) -> list[dict[str, np.ndarray]]:
-  """``n`` fixed single-task rows (task i mod K of the family, seeds disjoint from training); ``late``
-  marks the columns of the last quarter of the lines."""
+  """``n`` fixed single-task rows (task i mod K of the family, seeds disjoint from training);
+  ``late`` marks the columns of the last quarter of the lines."""
   fam, line = spec.family, line_length(spec.config["icl"]["family"])
   first_late = 1 + (spec.n_examples - max(spec.n_examples // 4, 1)) * line
   late = (np.arange(spec.T) >= first_late - 1).astype(np.float32)

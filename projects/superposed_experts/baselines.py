@@ -3,10 +3,11 @@
 Weight merges (one model, no extra inference cost): linear interpolation on the simplex, task
 arithmetic and TIES. Output-space methods (need every expert at inference): a fixed mixture of the
 experts' next-token distributions, the causal Bayesian (posterior) mixture and its fixed-share
-variant that can switch experts mid-sequence, a sequence-level router (logistic regression on the base
-model's mean-pooled prefix states) that only scores what it has not read, and oracle routing. And the
-headline arithmetic, the fraction of the gap between the best interpolation and oracle routing that a
-method closes (``gap_closed`` on mean NLL; ``gap_fraction``, the old per-domain perplexity ratios).
+variant that can switch experts mid-sequence, a sequence-level router (logistic regression on the
+base model's mean-pooled prefix states) that only scores what it has not read, and oracle routing.
+And the headline arithmetic, the fraction of the gap between the best interpolation and oracle
+routing that a method closes (``gap_closed`` on mean NLL; ``gap_fraction``, the old per-domain
+perplexity ratios).
 
 Conventions for per-token log-probs: a row of tokens x_0..x_L gives inputs x_0..x_{L-1} and targets
 x_1..x_L, so *target t* is log p(x_{t+1} | x_0..x_t); arrays are [N, T] with a mask [N, T] (1 = real
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 
-# --- weight merges ---------------------------------------------------------------------------------
+# --- weight merges --------------------------------------------------------------------------------
 
 
 def simplex_grid(k: int, steps: int) -> list[tuple[float, ...]]:
@@ -81,7 +82,7 @@ def add_scaled(base, delta, lam: float):
   return jax.tree.map(lambda b, d: b + lam * d, base, delta)
 
 
-# --- output-space methods --------------------------------------------------------------------------
+# --- output-space methods -------------------------------------------------------------------------
 
 
 def mixture_logprobs(logps: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
@@ -106,7 +107,8 @@ def perplexity(logp: np.ndarray, weights: np.ndarray) -> float:
 
 
 def best_mixture(val: Mapping[str, tuple[Sequence[np.ndarray], np.ndarray]], steps: int = 10):
-  """The fixed mixture weights (simplex grid) with the lowest mean validation perplexity over domains.
+  """The fixed mixture weights (simplex grid) with the lowest mean validation perplexity over
+  domains.
 
   ``val[domain] = ([logp of expert k], weights)``. Returns (weights, mean perplexity)."""
   k = len(next(iter(val.values()))[0])
@@ -132,7 +134,8 @@ def _stacked(logps: Sequence[np.ndarray], mask: np.ndarray) -> tuple[np.ndarray,
 
 
 def _log_prior(prior: Sequence[float] | None, k: int) -> np.ndarray:
-  """log of the normalised prior over the ``k`` experts (uniform when None); a zero weight is −inf."""
+  """log of the normalised prior over the ``k`` experts (uniform when None); a zero weight is
+  −inf."""
   if prior is None:
     return np.full(k, -np.log(k))
   p = np.asarray(prior, np.float64)
@@ -145,14 +148,15 @@ def _log_prior(prior: Sequence[float] | None, k: int) -> np.ndarray:
 def posterior_mixture(
   logps: Sequence[np.ndarray], mask: np.ndarray, prior: Sequence[float] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-  """The Bayesian mixture of the experts: (mixture target log-probs float32 [N, T], weights float32 [N, T, K]).
+  """The Bayesian mixture of the experts: (mixture target log-probs float32 [N, T], weights float32
+  [N, T, K]).
 
   Expert k's weight at target t is its posterior given the real targets before t,
   π_k(t) ∝ prior_k · Π_{τ<t, mask_τ} p_k(x_{τ+1} | x_0..x_τ), and the mixture scores target t with
-  log Σ_k π_k(t) p_k(target t). It is strictly causal (target t never informs its own weight), so it is a
-  legitimate language model that needs no domain label: it learns the domain from the sequence itself.
-  Padding does not update the posterior; the mixture's log-prob at padding is 0 (so a product with the
-  mask is never NaN). Closed form in log space (cumulative sums, float64)."""
+  log Σ_k π_k(t) p_k(target t). It is strictly causal (target t never informs its own weight), so it
+  is a legitimate language model that needs no domain label: it learns the domain from the sequence
+  itself. Padding does not update the posterior; the mixture's log-prob at padding is 0 (so a
+  product with the mask is never NaN). Closed form in log space (cumulative sums, float64)."""
   lp, real = _stacked(logps, mask)
   seen = np.where(real[..., None], lp, 0.0)
   before = np.concatenate(
@@ -168,14 +172,16 @@ def posterior_mixture(
 def fixed_share(
   logps: Sequence[np.ndarray], mask: np.ndarray, rate: float, prior: Sequence[float] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Herbster & Warmuth's fixed-share mixture: (target log-probs float32 [N, T], weights float32 [N, T, K]).
+  """Herbster & Warmuth's fixed-share mixture: (target log-probs float32 [N, T], weights float32 [N,
+  T, K]).
 
   Like :func:`posterior_mixture`, but after each real target's Bayes update the weights are mixed
-  with the uniform distribution, π ← (1 − rate)·π + rate/K. A pure posterior concentrates on one expert
-  exponentially fast and then needs as many tokens to leave it; the shared mass keeps every expert
-  reachable, so the mixture can follow a sequence whose domain changes half-way (the switch set).
-  ``rate`` = 0 is the posterior mixture (the share step is skipped, not multiplied by zero). Causal;
-  padding leaves the weights unchanged and scores 0. A loop over positions, vectorised over rows."""
+  with the uniform distribution, π ← (1 − rate)·π + rate/K. A pure posterior concentrates on one
+  expert exponentially fast and then needs as many tokens to leave it; the shared mass keeps every
+  expert reachable, so the mixture can follow a sequence whose domain changes half-way (the switch
+  set). ``rate`` = 0 is the posterior mixture (the share step is skipped, not multiplied by zero).
+  Causal; padding leaves the weights unchanged and scores 0. A loop over positions, vectorised over
+  rows."""
   if not 0.0 <= rate <= 1.0:
     raise ValueError(f"fixed-share rate {rate} is not in [0, 1]")
   lp, real = _stacked(logps, mask)
@@ -203,9 +209,11 @@ def best_rate(
   val: Mapping[str, tuple[Sequence[np.ndarray], np.ndarray]],
   rates: Sequence[float] = FIXED_SHARE_RATES,
 ) -> tuple[float, float]:
-  """The fixed-share rate with the lowest mean over domains of the token-weighted mean validation NLL.
+  """The fixed-share rate with the lowest mean over domains of the token-weighted mean validation
+  NLL.
 
-  ``val[domain] = ([logp of expert k], mask)``. Returns (rate, mean NLL); a tie goes to the smaller rate."""
+  ``val[domain] = ([logp of expert k], mask)``. Returns (rate, mean NLL); a tie goes to the smaller
+  rate."""
   scored = [
     (
       float(
@@ -224,21 +232,23 @@ def best_rate(
 def route(logps: Sequence[np.ndarray], choice: np.ndarray) -> np.ndarray:
   """Per sequence, the target log-probs of the chosen expert (``choice`` int [N]) at every position.
 
-  Not causal when ``choice`` came from reading the sequence itself: the router has then seen the targets
-  it hands to its expert. :func:`causal_route` is the honest version."""
+  Not causal when ``choice`` came from reading the sequence itself: the router has then seen the
+  targets it hands to its expert. :func:`causal_route` is the honest version."""
   return np.stack(logps)[np.asarray(choice), np.arange(len(choice))]
 
 
 def causal_route(
   logps: Sequence[np.ndarray], choice: np.ndarray, prefix: int, default: int
 ) -> np.ndarray:
-  """A sequence router that decides after reading the first ``prefix`` inputs, scored without leakage.
+  """A sequence router that decides after reading the first ``prefix`` inputs, scored without
+  leakage.
 
-  The router reads inputs x_0..x_{prefix−1}; those contain targets 0..prefix−2 (target t is x_{t+1}).
-  So targets t < prefix − 1 are scored by expert ``default`` (the router's decision is not available
-  before it has read them, and it must not score a token it has read), and targets t ≥ prefix − 1 by the
-  chosen expert: target prefix − 1 is x_{prefix}, the first token the router has not seen. prefix 0 or 1
-  (nothing or only x_0 read) hands every target to the chosen expert. Returns [N, T] in the input dtype."""
+  The router reads inputs x_0..x_{prefix−1}; those contain targets 0..prefix−2 (target t is
+  x_{t+1}). So targets t < prefix − 1 are scored by expert ``default`` (the router's decision is not
+  available before it has read them, and it must not score a token it has read), and targets t ≥
+  prefix − 1 by the chosen expert: target prefix − 1 is x_{prefix}, the first token the router has
+  not seen. prefix 0 or 1 (nothing or only x_0 read) hands every target to the chosen expert.
+  Returns [N, T] in the input dtype."""
   lp = np.stack(logps)
   k, n, t_len = lp.shape
   choice = np.asarray(choice)
@@ -290,24 +300,27 @@ def fit_router(
   return Router(mean, std, w, b)
 
 
-# --- the headline arithmetic -----------------------------------------------------------------------
+# --- the headline arithmetic ----------------------------------------------------------------------
 
 
 def best_interpolation(ppl: Mapping[tuple, Mapping[str, float]]) -> tuple:
-  """The interpolation weights whose arithmetic mean over the domains is lowest. Given perplexities this is
-  the old definition (mean perplexity); given mean NLLs it is the choice that goes with :func:`gap_closed`."""
+  """The interpolation weights whose arithmetic mean over the domains is lowest. Given perplexities
+  this is the old definition (mean perplexity); given mean NLLs it is the choice that goes with
+  :func:`gap_closed`."""
   return min(ppl, key=lambda w: (float(np.mean(list(ppl[w].values()))), w))
 
 
 def gap_fraction(
   method: Mapping[str, float], interp: Mapping[str, float], oracle: Mapping[str, float]
 ) -> float:
-  """The old definition: mean of per-domain perplexity ratios (kept for the cached results that use it;
-  :func:`gap_closed` is the one to report: a ratio of means has no domain with a tiny gap dominating).
+  """The old definition: mean of per-domain perplexity ratios (kept for the cached results that use
+  it; :func:`gap_closed` is the one to report: a ratio of means has no domain with a tiny gap
+  dominating).
 
   Mean over domains of (ppl_interp − ppl_method) / (ppl_interp − ppl_oracle): 0 = no better than
   the best single merged model, 1 = as good as routing each sequence to its own domain's expert.
-  A domain without a gap (the interpolation is the oracle there) is left out; NaN if none has one."""
+  A domain without a gap (the interpolation is the oracle there) is left out; NaN if none has
+  one."""
   parts = [
     (interp[d] - method[d]) / (interp[d] - oracle[d]) for d in interp if interp[d] != oracle[d]
   ]
@@ -315,9 +328,9 @@ def gap_fraction(
 
 
 def gap_closed(method_nll: float, interp_nll: float, oracle_nll: float) -> float:
-  """(interp − method) / (interp − oracle) on mean NLL (mean over domains of token-weighted NLL): 0 = no
-  better than the best interpolation, 1 = as good as oracle routing. One ratio of mean NLLs rather than
-  a mean of per-domain ratios, so a domain where the two references nearly agree cannot blow it up.
-  NaN when there is no gap (interp == oracle)."""
+  """(interp − method) / (interp − oracle) on mean NLL (mean over domains of token-weighted NLL): 0
+  = no better than the best interpolation, 1 = as good as oracle routing. One ratio of mean NLLs
+  rather than a mean of per-domain ratios, so a domain where the two references nearly agree cannot
+  blow it up. NaN when there is no gap (interp == oracle)."""
   den = float(interp_nll) - float(oracle_nll)
   return float("nan") if den == 0 else (float(interp_nll) - float(method_nll)) / den

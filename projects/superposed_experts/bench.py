@@ -1,14 +1,16 @@
-"""Inference speed of every method vs one expert: tokens/s of jitted forwards at fixed shapes, side by side.
+"""Inference speed of every method vs one expert: tokens/s of jitted forwards at fixed shapes, side
+by side.
 
-    python -m projects.superposed_experts.bench --workdir DIR [--rounds 7] [--steps 4]   # a pipeline's methods
+    python -m projects.superposed_experts.bench --workdir DIR [--rounds 7] [--steps 4]   # a \\
+        pipeline's methods
     python -m projects.superposed_experts.bench [--sizes tiny,medium] [--rounds 7] [--steps 4]
 
-``--workdir`` (what pipeline.py runs): every learned run of the pipeline's first seed (built from its own
-config with random weights — speed does not depend on the values), the ensemble of the K experts (their
-forwards plus the mixture of their target probabilities: every output-space mixture costs this) and one
-expert, timed in one process; writes ``DIR/bench.json`` with each method's median per-round time per token
-÷ one expert's (``cost_ratio``; each round times the method beside one expert in ABBA order), which
-evaluate.py puts in the cost column.
+``--workdir`` (what pipeline.py runs): every learned run of the pipeline's first seed (built from
+its own config with random weights — speed does not depend on the values), the ensemble of the K
+experts (their forwards plus the mixture of their target probabilities: every output-space mixture
+costs this) and one expert, timed in one process; writes ``DIR/bench.json`` with each method's
+median per-round time per token ÷ one expert's (``cost_ratio``; each round times the method beside
+one expert in ABBA order), which evaluate.py puts in the cost column.
 
 For each size, one run builds a K = 2 superposed model (learned 1-D α, causal conv autoencoders at
 the size's ``ae_layers``, both experts running every layer) and a single expert of the same
@@ -125,11 +127,11 @@ def _filled(module_factory, seed: int = 0, scale: float = 0.02):
 def paired_ratios(
   runners: dict, tokens, rounds: int, steps: int, reference: str = "single", seed: int = 0
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-  """(per-round time ratios to ``reference``, per-call seconds) of every runner, each round timing every
-  method right beside the reference in ABBA order (reference, method, method, reference) and the
-  methods in a fresh random order: a drift of the machine's speed (another tenant, the clock) hits a
-  method and the reference it is divided by alike, where one long pass over all methods lets it bias
-  the methods timed early against those timed late."""
+  """(per-round time ratios to ``reference``, per-call seconds) of every runner, each round timing
+  every method right beside the reference in ABBA order (reference, method, method, reference) and
+  the methods in a fresh random order: a drift of the machine's speed (another tenant, the clock)
+  hits a method and the reference it is divided by alike, where one long pass over all methods lets
+  it bias the methods timed early against those timed late."""
   for fn, s in runners.values():  # compile and warm up
     jax.block_until_ready(fn(s, tokens))
     jax.block_until_ready(fn(s, tokens))
@@ -150,7 +152,8 @@ def paired_ratios(
 
 
 def bench_pipeline(workdir, rounds: int = 9, steps: int = 4, batch: int = 16, log=print) -> dict:
-  """Times the methods of ``workdir/pipeline.json`` (module docstring); writes and returns bench.json."""
+  """Times the methods of ``workdir/pipeline.json`` (module docstring); writes and returns
+  bench.json."""
   import json
   import pathlib
   from projects.superposed_experts import train as sx_train

@@ -1,19 +1,20 @@
-"""What each method costs at inference: FLOPs per token (formula), parameter bytes held, and the tokens/s
-ratio to one expert measured by bench.py in one run.
+"""What each method costs at inference: FLOPs per token (formula), parameter bytes held, and the
+tokens/s ratio to one expert measured by bench.py in one run.
 
-FLOPs follow superpose.train.flops (2 per multiply-add of every matmul the forward runs, causal attention
-halved, embedding lookups, norms and element-wise work not counted) at the evaluation's sequence length:
-one expert's forward is F1 = 2·N_matmul + 2·L·T·H·Dh per token.
+FLOPs follow superpose.train.flops (2 per multiply-add of every matmul the forward runs, causal
+attention halved, embedding lookups, norms and element-wise work not counted) at the evaluation's
+sequence length: one expert's forward is F1 = 2·N_matmul + 2·L·T·H·Dh per token.
 
   one model (an expert, an interpolation, task arithmetic, TIES, the learned merge)    F1
   oracle routing (knows each token's domain; holds every expert)                        F1
-  sequence router (the base reads the prefix P; the chosen expert runs the sequence)    F1 · (1 + P / T)
-  mixtures of the experts' distributions (uniform, fixed, posterior, fixed share)       K · F1
+  sequence router (the base reads the prefix P; the chosen expert runs the sequence)    F1 · (1 + P
+  / T) mixtures of the experts' distributions (uniform, fixed, posterior, fixed share)       K · F1
   the paper's superposition: K experts' blocks, one blended head, autoencoders (+ router)
   one trunk + deltas + gate: F1 + the rank-r paths + the gate (trunk.extra_flops_per_token)
 
 Parameter bytes count every parameter a server must hold (f32 here): K experts for every method that
-runs or routes between them, one model for a merge, the trunk plus deltas and gate for the one trunk.
+runs or routes between them, one model for a merge, the trunk plus deltas and gate for the one
+trunk.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def learned_cost(task, seq_len: int) -> tuple[float, int]:
 
 
 def method_costs(layout: Mapping, per_seed: Mapping, workdir: pathlib.Path) -> dict:
-  """{method: {flops, flops_ratio, param_bytes, measured_ratio}} for every method of the evaluation."""
+  """{method: {flops, flops_ratio, param_bytes, measured_ratio}} for every method of the
+  evaluation."""
   from projects.superposed_experts import evaluate, train as sx_train
 
   names, seq_len = layout["domains"], int(layout["seq_len"])
@@ -124,8 +126,8 @@ def method_costs(layout: Mapping, per_seed: Mapping, workdir: pathlib.Path) -> d
 
 
 def _bench(workdir: pathlib.Path) -> tuple[dict, dict]:
-  """From bench.json, per learned run name | 'single' | 'ensemble': one expert's measured tokens/s ÷ that
-  method's (its time per token in units of one expert's), and the method's tokens/s."""
+  """From bench.json, per learned run name | 'single' | 'ensemble': one expert's measured tokens/s ÷
+  that method's (its time per token in units of one expert's), and the method's tokens/s."""
   path = pathlib.Path(workdir) / "bench.json"
   if not path.exists():
     return {}, {}

@@ -4,17 +4,21 @@ A *domain* (English, French, Python) is the union of some corpora built by ``sup
 (plus ``python``, the standard library's source, built here with the same split and 13-gram
 de-duplication). Its index is the index of its expert: domain 0 is the base model's.
 
-* ``prepare(root, domains)`` builds the corpora and writes ``root/domains/<name>/{train,val,test}.jsonl.gz``
-  (the plain LM trainer reads one file per run: the base and the experts train on these).
-* A document is cut into rows of ``seq_len + 1`` tokens (BOS first; consecutive rows share one token so
-  every next-token pair is a target once); a short last row is padded with -1 and masked.
+* ``prepare(root, domains)`` builds the corpora and writes
+  ``root/domains/<name>/{train,val,test}.jsonl.gz`` (the plain LM trainer reads one file per run:
+  the base and the experts train on these).
+* A document is cut into rows of ``seq_len + 1`` tokens (BOS first; consecutive rows share one token
+  so every next-token pair is a target once); a short last row is padded with -1 and masked.
 * ``DomainStream.batch(step)`` is a balanced mixture: global row r of step s comes from domain
-  (s·B + r) mod K, drawn from that domain's seeded, epoch-reshuffled order, so it is pure in (seed, step).
+  (s·B + r) mod K, drawn from that domain's seeded, epoch-reshuffled order, so it is pure in (seed,
+  step).
 * Held-out sequences (val for checkpoint selection, test for evaluation) are rows of the val/test
-  documents in a seeded order, skipping rows with few targets, exact repeats and rows whose text occurs
-  verbatim in any domain's training text; they are cached as .npy with their sha256 in a manifest.
-* ``switch_rows(test, pairs, count, bos_id=...)``: the switch set, held-out sequences that change domain
-  half-way (the first half of a test row of domain a, then the first half of one of domain b).
+  documents in a seeded order, skipping rows with few targets, exact repeats and rows whose text
+  occurs verbatim in any domain's training text; they are cached as .npy with their sha256 in a
+  manifest.
+* ``switch_rows(test, pairs, count, bos_id=...)``: the switch set, held-out sequences that change
+  domain half-way (the first half of a test row of domain a, then the first half of one of domain
+  b).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ SWITCH_SEED = (
 )
 
 
-# --- corpora and domain files ----------------------------------------------------------------------
+# --- corpora and domain files ---------------------------------------------------------------------
 
 
 def build_python_corpus(
@@ -157,7 +161,7 @@ def domain_file(root: str | pathlib.Path, domain: str, split: str) -> pathlib.Pa
   return pathlib.Path(root) / "domains" / domain / f"{split}.jsonl.gz"
 
 
-# --- rows ------------------------------------------------------------------------------------------
+# --- rows -----------------------------------------------------------------------------------------
 
 
 def encode(docs: Sequence[dict], tokenizer: Tokenizer) -> list[np.ndarray]:
@@ -280,16 +284,16 @@ class SequenceSet:
     return [self.batch(i) for i in range(-(-len(self.rows) // self.batch_size))]
 
 
-# --- verbatim check --------------------------------------------------------------------------------
+# --- verbatim check -------------------------------------------------------------------------------
 
 
 class VerbatimIndex:
   """Exact "does this byte string occur in the training text?" for many short strings.
 
-  Positions whose 8-byte window hashes to 0 mod ``ANCHOR`` are anchors, chosen by content alone, so a
-  string that occurs in the text has, at each of its own anchors, a 32-byte window that starts at an
-  anchor of the text. A string with an anchor window missing from the text's set cannot occur; the
-  rest (including strings without an anchor) are confirmed with a plain substring search.
+  Positions whose 8-byte window hashes to 0 mod ``ANCHOR`` are anchors, chosen by content alone, so
+  a string that occurs in the text has, at each of its own anchors, a 32-byte window that starts at
+  an anchor of the text. A string with an anchor window missing from the text's set cannot occur;
+  the rest (including strings without an anchor) are confirmed with a plain substring search.
   """
 
   ANCHOR, SHORT, LONG = 16, 8, 32
@@ -338,7 +342,7 @@ def row_bytes(row: np.ndarray, tokenizer: Tokenizer) -> bytes:
   return tokenizer.decode(ids).encode()
 
 
-# --- held-out sequences ----------------------------------------------------------------------------
+# --- held-out sequences ---------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -442,8 +446,8 @@ def heldout(
   ``s.heldout_paths``, none of them found verbatim in any of ``s.train_paths``.
 
   Built once into ``cache`` (default: ``heldout/<hash of the settings>`` beside the domain folders)
-  as ``<domain>.npy`` plus ``manifest.json`` (settings, selection counts, sha256 of each file, checked
-  on every read)."""
+  as ``<domain>.npy`` plus ``manifest.json`` (settings, selection counts, sha256 of each file,
+  checked on every read)."""
   settings = heldout_settings(s, count)
   key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
   cache = (
@@ -498,22 +502,23 @@ def switch_rows(
   *,
   bos_id: int | None,
 ) -> dict[str, tuple[np.ndarray, int]]:
-  """The switch set: ``{'a→b': (rows int32 [count, seq_len + 1], s)}``, sequences whose domain changes
-  half-way, to see which methods can follow a change of domain inside one sequence (a sequence router
-  or a posterior mixture commits to one expert; a per-token mechanism need not).
+  """The switch set: ``{'a→b': (rows int32 [count, seq_len + 1], s)}``, sequences whose domain
+  changes half-way, to see which methods can follow a change of domain inside one sequence (a
+  sequence router or a posterior mixture commits to one expert; a per-token mechanism need not).
 
-  A row is the first s + 1 tokens of a test row of domain a followed by the first seq_len − s tokens of a
-  test row of domain b after its BOS (``bos_id``, the tokenizer's; a row that starts a document starts
-  with it, and a BOS in the middle would announce the switch), with s = seq_len // 2. As everywhere,
-  ``rows[:, :-1]`` are the inputs and ``rows[:, 1:]`` the targets, target t being token t + 1. So targets
-  0..s − 1 are a's tokens, and **s is the index of the first target that belongs to b**: target s is b's
-  first token, predicted from a's tokens only; targets s..seq_len − 1 (seq_len − s of them) are b's.
+  A row is the first s + 1 tokens of a test row of domain a followed by the first seq_len − s tokens
+  of a test row of domain b after its BOS (``bos_id``, the tokenizer's; a row that starts a document
+  starts with it, and a BOS in the middle would announce the switch), with s = seq_len // 2. As
+  everywhere, ``rows[:, :-1]`` are the inputs and ``rows[:, 1:]`` the targets, target t being token
+  t + 1. So targets 0..s − 1 are a's tokens, and **s is the index of the first target that belongs
+  to b**: target s is b's first token, predicted from a's tokens only; targets s..seq_len − 1
+  (seq_len − s of them) are b's.
 
-  Only rows without padding in the part used are eligible, so every target is real. For each pair the
-  a-rows and b-rows are drawn in an order seeded by (``seed``, the pair's name), so a pair's rows do not
-  depend on which other pairs are asked for; within a pair a source row is used at most once (also when
-  a == b). ``test`` is the de-duplicated held-out test rows (:func:`heldout`); too few eligible rows is an
-  error rather than a smaller set."""
+  Only rows without padding in the part used are eligible, so every target is real. For each pair
+  the a-rows and b-rows are drawn in an order seeded by (``seed``, the pair's name), so a pair's
+  rows do not depend on which other pairs are asked for; within a pair a source row is used at most
+  once (also when a == b). ``test`` is the de-duplicated held-out test rows (:func:`heldout`); too
+  few eligible rows is an error rather than a smaller set."""
   out: dict[str, tuple[np.ndarray, int]] = {}
   for a, b in pairs:
     name = switch_name(a, b)
@@ -564,7 +569,7 @@ def _read_checked(path: pathlib.Path, digest: str) -> np.ndarray:
   return np.load(path)
 
 
-# --- the API the superposition trainer uses --------------------------------------------------------
+# --- the API the superposition trainer uses -------------------------------------------------------
 
 
 def training_rows(s: Spec) -> list[Rows]:
@@ -579,8 +584,9 @@ def domain_stream(config: Mapping) -> DomainStream:
 
 
 def domain_eval_sets(config: Mapping) -> dict[str, SequenceSet]:
-  """Validation sequences per domain, ``superposed.eval_batches`` full batches each: the first of the
-  VAL_SEQUENCES that evaluation uses to choose λ and mixture weights (the same for every seed)."""
+  """Validation sequences per domain, ``superposed.eval_batches`` full batches each: the first of
+  the VAL_SEQUENCES that evaluation uses to choose λ and mixture weights (the same for every
+  seed)."""
   s = spec(config)
   rows, _ = heldout(s, VAL_SEQUENCES)
   return {n: SequenceSet(rows[n], k, s.batch_size, s.eval_batches) for k, n in enumerate(s.names)}

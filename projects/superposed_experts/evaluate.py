@@ -1,23 +1,23 @@
-"""Every method on the same held-out target tokens: NLL per domain and on the switch set, gap closed,
-forgetting, and what each method costs at inference.
+"""Every method on the same held-out target tokens: NLL per domain and on the switch set, gap
+closed, forgetting, and what each method costs at inference.
 
     python -m projects.superposed_experts.evaluate --workdir DIR      # DIR laid out by pipeline.py
 
 ``DIR/pipeline.json`` names the domains, their data files and, per seed, the runs: ``experts`` (one
 workdir per domain, expert 0 = the base) and ``learned`` ({method name: workdir} of superpose.train
-runs: the paper's model, the learned merge, the one-trunk models …). Test sequences are selected once
-into ``DIR/eval_sequences``; the switch set (sequences whose domain changes half-way) is built from
-them. Each seed's per-sequence NLLs are cached in ``DIR/eval/seed_<s>.npz`` under a key of its runs'
-checkpoints and the sequences' hashes. Writes ``DIR/results.{json,md}`` and the plots.
+runs: the paper's model, the learned merge, the one-trunk models …). Test sequences are selected
+once into ``DIR/eval_sequences``; the switch set (sequences whose domain changes half-way) is built
+from them. Each seed's per-sequence NLLs are cached in ``DIR/eval/seed_<s>.npz`` under a key of its
+runs' checkpoints and the sequences' hashes. Writes ``DIR/results.{json,md}`` and the plots.
 
-Scoring rules (issue §2): every method scores exactly the same targets; NLL is token-weighted within a
-domain, in nats per token (bytes for the byte tokenizer); a method that decides from the input never
-scores a token it has read — the sequence router reads the first ROUTER_PREFIX tokens and its choice
-scores only what follows (before that its default expert, the best single one on validation), the
-posterior and fixed-share mixtures weigh experts by the targets already seen. Everything chosen (the
-interpolation weights, task-arithmetic / TIES λ, fixed mixture weights, the fixed-share rate, the
-router's default) is chosen on the validation sequences, never on test, by the lowest mean NLL over
-domains. Intervals: stats.summarise (paired bootstrap over seeds and sequences).
+Scoring rules (issue §2): every method scores exactly the same targets; NLL is token-weighted within
+a domain, in nats per token (bytes for the byte tokenizer); a method that decides from the input
+never scores a token it has read — the sequence router reads the first ROUTER_PREFIX tokens and its
+choice scores only what follows (before that its default expert, the best single one on validation),
+the posterior and fixed-share mixtures weigh experts by the targets already seen. Everything chosen
+(the interpolation weights, task-arithmetic / TIES λ, fixed mixture weights, the fixed-share rate,
+the router's default) is chosen on the validation sequences, never on test, by the lowest mean NLL
+over domains. Intervals: stats.summarise (paired bootstrap over seeds and sequences).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def switch_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
   return pairs + [(names[0], n) for n in names[2:]]
 
 
-# --- loading and scoring ---------------------------------------------------------------------------
+# --- loading and scoring --------------------------------------------------------------------------
 
 
 def method_of(cfg: Mapping) -> str:
@@ -118,12 +118,13 @@ def weights(rows: np.ndarray) -> np.ndarray:
   return (rows[:, 1:] != data_lib.PAD).astype(np.float32)
 
 
-# --- the evaluation sets -----------------------------------------------------------------------------
+# --- the evaluation sets --------------------------------------------------------------------------
 
 
 class Sets:
-  """The scored rows: test sequences per domain and switch sequences per pair, as named sets, and the
-  groups the table reports: a domain, or one half of a switch pair (``'a→b/1'``, ``'a→b/2'``)."""
+  """The scored rows: test sequences per domain and switch sequences per pair, as named sets, and
+  the groups the table reports: a domain, or one half of a switch pair (``'a→b/1'``,
+  ``'a→b/2'``)."""
 
   def __init__(self, test: Mapping[str, np.ndarray], switch: Mapping[str, tuple[np.ndarray, int]]):
     self.rows = {**{d: r for d, r in test.items()}, **{p: r for p, (r, _) in switch.items()}}
@@ -156,11 +157,12 @@ def _val_nll(logps: Mapping[str, np.ndarray], val: Mapping[str, np.ndarray]) -> 
   return float(np.mean([bl.nll(logps[d], weights(val[d])) for d in val]))
 
 
-# --- one seed ----------------------------------------------------------------------------------------
+# --- one seed -------------------------------------------------------------------------------------
 
 
 class ExpertCache:
-  """Each expert's target log-probs on every set, computed once per expert run (seeds share experts)."""
+  """Each expert's target log-probs on every set, computed once per expert run (seeds share
+  experts)."""
 
   def __init__(self, sets: Sets, val: Mapping[str, np.ndarray], router_rows: np.ndarray):
     self.sets, self.val, self.router_rows = sets, val, router_rows
@@ -194,8 +196,9 @@ def evaluate_seed(
   interp_steps: int,
   log=print,
 ) -> dict:
-  """Per-sequence NLL sums per method and group for one seed's runs, plus what each method chose. The
-  training-free methods depend on the experts alone: seeds that share them (pipeline.py) share those."""
+  """Per-sequence NLL sums per method and group for one seed's runs, plus what each method chose.
+  The training-free methods depend on the experts alone: seeds that share them (pipeline.py) share
+  those."""
   K = len(names)
   E = [experts.get(str(p)) for p in runs["experts"]]
   key = tuple(map(str, runs["experts"]))
@@ -270,8 +273,8 @@ def training_free(
   router_labels: np.ndarray,
   interp_steps: int,
 ) -> tuple[dict, dict]:
-  """(scores, info) of every method built from the experts without training: the experts, oracle routing,
-  the causal sequence router, the mixtures, interpolation, task arithmetic and TIES."""
+  """(scores, info) of every method built from the experts without training: the experts, oracle
+  routing, the causal sequence router, the mixtures, interpolation, task arithmetic and TIES."""
   K = len(names)
   thetas = [e["params"] for e in E]
   lm = lm_scorer(E[0]["graphdef"])
@@ -366,7 +369,8 @@ SWITCH_TRACE_ROWS = 4
 
 
 def gate_trace(model, sets: Sets, names) -> dict:
-  """The trunk's gate probabilities on the first few sequences of each switch pair (for the plot)."""
+  """The trunk's gate probabilities on the first few sequences of each switch pair (for the
+  plot)."""
   out = {}
   for p, s in sets.switch.items():
     rows = sets.rows[p][:SWITCH_TRACE_ROWS]
@@ -384,11 +388,12 @@ def posterior_trace(E, sets: Sets, names) -> dict:
   return out
 
 
-# --- the whole evaluation ------------------------------------------------------------------------------
+# --- the whole evaluation -------------------------------------------------------------------------
 
 
 def run(workdir: str | pathlib.Path, *, interp_steps: int | None = None, log=print) -> dict:
-  """Evaluates every seed of ``workdir/pipeline.json`` (cached per seed), writes and prints the results."""
+  """Evaluates every seed of ``workdir/pipeline.json`` (cached per seed), writes and prints the
+  results."""
   from projects.superposed_experts import plots, report
 
   workdir = pathlib.Path(workdir)

@@ -1,10 +1,11 @@
-"""The paper's weight merge, learned per layer: θ_g = θ_g,0 + Σ_{k≥1} λ_g,k (θ_g,k − θ_g,0) (AdaMerging-style).
+"""The paper's weight merge, learned per layer: θ_g = θ_g,0 + Σ_{k≥1} λ_g,k (θ_g,k − θ_g,0)
+(AdaMerging-style).
 
 p1 Algorithm 1 writes the merge as θ_l = (1 − α_l) θ_base + α_l θ_fine, one α per layer, but the
-notebooks never build it. This is that model for K experts, trained with the same LM loss and data as
-the superposition: a group g is the embedding (token and position tables) or one block, the last block
-with the final norm and, if untied, the unembedding (a group of norms alone would have no task vector
-where the experts' norms agree); λ (G, K − 1), G = L + 1, is unconstrained (task arithmetic's
+notebooks never build it. This is that model for K experts, trained with the same LM loss and data
+as the superposition: a group g is the embedding (token and position tables) or one block, the last
+block with the final norm and, if untied, the unembedding (a group of norms alone would have no task
+vector where the experts' norms agree); λ (G, K − 1), G = L + 1, is unconstrained (task arithmetic's
 extrapolation λ > 1 is allowed) and starts at 1/K — the plain average. Inference is ONE transformer
 with the merged weights (``merged_params``), so its cost is one expert's.
 """
@@ -21,7 +22,8 @@ from superpose.nn.decoder import Transformer
 
 
 def group_of(path: tuple, num_layers: int) -> int:
-  """0 = embedding tables, 1 + l = block l; the final norm and an untied head join the last block."""
+  """0 = embedding tables, 1 + l = block l; the final norm and an untied head join the last
+  block."""
   keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
   if keys[0] in ("token_embedding", "position_embedding"):
     return 0

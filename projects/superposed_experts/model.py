@@ -3,29 +3,31 @@
 Two graphs over the same parameters:
 
 * ``__call__`` — the sequential inference graph of p1 §3.5 (Algorithm 1 unrolled). Per layer every
-  expert's block reads the same input, their outputs are blended, autoencoded at ``ae_layers`` and fed
-  to the next layer.
+  expert's block reads the same input, their outputs are blended, autoencoded at ``ae_layers`` and
+  fed to the next layer.
 * ``train_forward`` — what training differentiates, chosen by ``train_graph``:
   - ``'sequential'`` (default): the inference graph itself, with the experts' parameters under
-    ``stop_gradient`` (frozen; gradients still flow through their activations), so the LM loss reaches
-    the blend weight of EVERY layer and the model trained is the model evaluated. Each autoencoded state
-    is also pulled towards the state the row's labelled expert reaches when it runs alone.
-  - ``'teacher_forced'``: the notebook's graph of p1 §3.4. Every expert runs end-to-end on the raw input
-    under ``stop_gradient``; their states are blended per layer and autoencoded at ``train_ae_layers``
-    independently of each other. Blended states reach the loss only through a reconstruction term, so
-    the α of a layer without an autoencoder — and of every layer but the last in a blend-only run —
-    receives no gradient at all (measured: ``tests/projects/superposed_experts/test_sx_gradients.py``).
-    Kept for the faithful reproduction only.
+    ``stop_gradient`` (frozen; gradients still flow through their activations), so the LM loss
+    reaches the blend weight of EVERY layer and the model trained is the model evaluated. Each
+    autoencoded state is also pulled towards the state the row's labelled expert reaches when it
+    runs alone.
+  - ``'teacher_forced'``: the notebook's graph of p1 §3.4. Every expert runs end-to-end on the raw
+    input under ``stop_gradient``; their states are blended per layer and autoencoded at
+    ``train_ae_layers`` independently of each other. Blended states reach the loss only through a
+    reconstruction term, so the α of a layer without an autoencoder — and of every layer but the
+    last in a blend-only run — receives no gradient at all (measured:
+    ``tests/projects/superposed_experts/test_sx_gradients.py``). Kept for the faithful reproduction
+    only.
 
-States follow Hugging Face's ``hidden_states`` convention (p1 §7.1): state 0 is the embedding (blended
-with the mean over layers of the blend weights), state l + 1 the output of block l, and the last state
-is taken *after* each expert's final norm. The final norm is therefore part of the last layer in both
-graphs: each expert normalises its own last-block output before the blend, and the unembedding reads
-the blended (or reconstructed) normalised state directly. (The notebook instead blends post-norm
-states in training but applies the base model's norm to a blended pre-norm state at inference.)
-The unembedding is blended with the last layer's weights — logits are linear in the table, so this is
-the blend of the experts' own heads on one state — which makes α = 0 / 1 reproduce the base / expert
-exactly when the autoencoders are bypassed.
+States follow Hugging Face's ``hidden_states`` convention (p1 §7.1): state 0 is the embedding
+(blended with the mean over layers of the blend weights), state l + 1 the output of block l, and the
+last state is taken *after* each expert's final norm. The final norm is therefore part of the last
+layer in both graphs: each expert normalises its own last-block output before the blend, and the
+unembedding reads the blended (or reconstructed) normalised state directly. (The notebook instead
+blends post-norm states in training but applies the base model's norm to a blended pre-norm state at
+inference.) The unembedding is blended with the last layer's weights — logits are linear in the
+table, so this is the blend of the experts' own heads on one state — which makes α = 0 / 1 reproduce
+the base / expert exactly when the autoencoders are bypassed.
 
 Blend weights are held as W (L, K, X): layer, expert, and X = 1 (one weight per layer) or X = D
 (the 2-D model, one per hidden dimension); rows sum to one over K.
@@ -235,8 +237,8 @@ class Router(nnx.Module):
 
 
 class Superposed(nnx.Module):
-  """Parameters: ``experts/<k>/...`` (superpose.nn.Transformer), ``blend/...``, ``autoencoders/<layer>/...``
-  and, with ``router``, ``router/...``."""
+  """Parameters: ``experts/<k>/...`` (superpose.nn.Transformer), ``blend/...``,
+  ``autoencoders/<layer>/...`` and, with ``router``, ``router/...``."""
 
   def __init__(self, cfg: SuperposedConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -288,11 +290,13 @@ class Superposed(nnx.Module):
 
   # Blend weights ---------------------------------------------------------------------------------
   def alphas(self) -> jax.Array:
-    """The learned blend: α (L,) for '1d', α (L, D) for '2d' (weight of expert 1), weights (L, K) for 'simplex'."""
+    """The learned blend: α (L,) for '1d', α (L, D) for '2d' (weight of expert 1), weights (L, K)
+    for 'simplex'."""
     return self.blend()
 
   def weights(self, alpha=None) -> jax.Array:
-    """Blend weights W (L, K, X), X ∈ {1, D}, learned (``alpha=None``) or forced (see ``__call__``)."""
+    """Blend weights W (L, K, X), X ∈ {1, D}, learned (``alpha=None``) or forced (see
+    ``__call__``)."""
     cfg = self.cfg
     L, K = cfg.expert.num_layers, cfg.num_experts
     if alpha is None:
@@ -320,8 +324,8 @@ class Superposed(nnx.Module):
     return w_LKX.mean(0)
 
   def _route(self, w_LKX: jax.Array, s_BTD: jax.Array) -> jax.Array:
-    """Per-token weights (B, T, L − router_layer, K, 1) = softmax_K(log W + router offsets) of the layers
-    from ``router_layer`` on."""
+    """Per-token weights (B, T, L − router_layer, K, 1) = softmax_K(log W + router offsets) of the
+    layers from ``router_layer`` on."""
     w = w_LKX[self.cfg.router_layer :, :, 0]
     logits = jnp.log(jnp.maximum(w, _LOG_FLOOR)) + self.router(s_BTD)
     return jax.nn.softmax(logits, axis=-1)[..., None]
@@ -342,8 +346,8 @@ class Superposed(nnx.Module):
     return alpha is None or jnp.shape(alpha) in ((), (L,), (L, D))
 
   def _blend_step(self, l: int, w_KX: jax.Array, states, *, encode: bool, fused: bool) -> jax.Array:
-    """The blended state of layer l, autoencoded when ``encode``; with ``cfg.kernel == 'pallas'`` and
-    ``fused`` (two experts, weights (1 − α, α)) one fused kernel does both."""
+    """The blended state of layer l, autoencoded when ``encode``; with ``cfg.kernel == 'pallas'``
+    and ``fused`` (two experts, weights (1 − α, α)) one fused kernel does both."""
     if encode and fused and self.cfg.kernel == "pallas":
       a = w_KX[1]
       a = a[0] if a.shape == (1,) else a
@@ -387,7 +391,8 @@ class Superposed(nnx.Module):
 
   # Teacher-forced training graph (p1 §3.4) --------------------------------------------------------
   def expert_states(self, tokens_BT, *, positions_BT=None, segment_ids_BT=None) -> jax.Array:
-    """(K, L + 1, B, T, D): every expert run alone, HF convention (last state after its final norm)."""
+    """(K, L + 1, B, T, D): every expert run alone, HF convention (last state after its final
+    norm)."""
     positions_BT = self._positions(tokens_BT, positions_BT)
     out = []
     for expert in self.experts:
@@ -440,7 +445,8 @@ class Superposed(nnx.Module):
     return logits, recon.total, {**recon.parts, "weights": self.weights()}
 
   def _teacher_forced(self, states, recon: "_Recon") -> jax.Array:
-    """The notebook's graph (p1 §3.4): every layer blends the experts' own states (K, L + 1, B, T, D)."""
+    """The notebook's graph (p1 §3.4): every layer blends the experts' own states (K, L + 1, B, T,
+    D)."""
     cfg = self.cfg
     L, K = cfg.expert.num_layers, cfg.num_experts
     w = self.weights()
@@ -469,7 +475,8 @@ class Superposed(nnx.Module):
   ) -> jax.Array:
     """Logits (B, T, V_pad) of the superposed model.
 
-    alpha: None = the learned blend (and router); for 2 experts a scalar or (L,) α (0 = base, 1 = expert)
+    alpha: None = the learned blend (and router); for 2 experts a scalar or (L,) α (0 = base, 1 =
+    expert)
       or (L, D) per dimension; for K experts a (K,) or (L, K) weight array. A traced array is fine:
       one compiled function serves every forced blend.
     use_autoencoders: False bypasses the autoencoders (plain activation blending).

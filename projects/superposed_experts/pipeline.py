@@ -2,20 +2,21 @@
 combining them, then the evaluation of every method and a side-by-side speed benchmark.
 
     python -m projects.superposed_experts.pipeline --config configs/superposed_experts/tiny.py \
-        --workdir workdirs/sx_k2 [--seeds 3] [--experts 2|3] [--router] [--trunks trunk_r4 trunk_r8 ...]
+        --workdir workdirs/sx_k2 [--seeds 3] [--experts 2|3] [--router] [--trunks trunk_r4 \\
+        trunk_r8 ...]
     python -m projects.superposed_experts.pipeline --config configs/superposed_experts/tiny.py \
         --workdir workdirs/sx_k3 --experts 3 --expert-dirs A B C      # reuse experts trained before
 
-Stages run as ``python -m launch.train`` subprocesses (a clean JAX state each). The experts — the base
-(variant ``base``) and one fine-tune per other domain (``expert``, ``init_from`` the base) — are trained
-ONCE, with seed 0, and shared by every seed: the question is how well each method combines given
-experts, so the seeds vary what each method learns (its initialisation and data order), not the
-experts. (Retraining them per seed would add expert-to-expert variance to every row alike; the paired
-intervals of evaluate.py would then also cover it. A K = 3 run may reuse the K = 2 run's base and French
-expert with ``--expert-dirs``.) Per seed: ``superposed`` (the paper's model, sequential training),
-``superposed_tf`` (the same, teacher-forced as the notebook: the "before" of the α plot), ``blend_only``,
-``merge`` (learned per-layer merge), one-trunk runs (``--trunks``, default ``trunk_r8``: rank-8 deltas)
-and with --router ``superposed_router``. Layout::
+Stages run as ``python -m launch.train`` subprocesses (a clean JAX state each). The experts — the
+base (variant ``base``) and one fine-tune per other domain (``expert``, ``init_from`` the base) —
+are trained ONCE, with seed 0, and shared by every seed: the question is how well each method
+combines given experts, so the seeds vary what each method learns (its initialisation and data
+order), not the experts. (Retraining them per seed would add expert-to-expert variance to every row
+alike; the paired intervals of evaluate.py would then also cover it. A K = 3 run may reuse the K = 2
+run's base and French expert with ``--expert-dirs``.) Per seed: ``superposed`` (the paper's model,
+sequential training), ``superposed_tf`` (the same, teacher-forced as the notebook: the "before" of
+the α plot), ``blend_only``, ``merge`` (learned per-layer merge), one-trunk runs (``--trunks``,
+default ``trunk_r8``: rank-8 deltas) and with --router ``superposed_router``. Layout::
 
     DIR/config.py                         the config file, copied: every stage reads this copy
     DIR/pipeline.json                     what evaluate.py reads (domains, files, runs per seed)
@@ -53,8 +54,8 @@ def load_config_module(path: str):
 
 
 def snapshot_config(path: str, workdir: pathlib.Path) -> str:
-  """Copies the config file to ``workdir/config.py`` (every stage of every seed reads the copy, so an
-  edit of the original mid-run cannot mix settings); a resumed run must bring the same file."""
+  """Copies the config file to ``workdir/config.py`` (every stage of every seed reads the copy, so
+  an edit of the original mid-run cannot mix settings); a resumed run must bring the same file."""
   text = pathlib.Path(path).read_text("utf-8")
   copy = workdir / "config.py"
   if copy.exists() and copy.read_text("utf-8") != text:
@@ -82,7 +83,8 @@ def expert_commands(
   data_root: pathlib.Path,
   overrides: dict[str, list[str]],
 ) -> list[tuple[str, list[str]]]:
-  """(stage, argv) of the experts: the base on domain 0, then each other domain's fine-tune of it."""
+  """(stage, argv) of the experts: the base on domain 0, then each other domain's fine-tune of
+  it."""
   from projects.superposed_experts import data as data_lib
 
   w = workdir / "experts"
@@ -118,8 +120,8 @@ TRUNK_ABLATIONS = {
 
 
 def trunk_overrides(stage: str) -> list[str]:
-  """``trunk_r<rank>[_novec][_fullemb][_nokd]`` → the overrides of the ``trunk`` variant: the delta rank, no
-  bias/norm deltas, full embedding deltas, no distillation."""
+  """``trunk_r<rank>[_novec][_fullemb][_nokd]`` → the overrides of the ``trunk`` variant: the delta
+  rank, no bias/norm deltas, full embedding deltas, no distillation."""
   rank, *flags = stage.removeprefix("trunk_r").split("_")
   unknown = [f for f in flags if f not in TRUNK_ABLATIONS]
   if not rank.isdigit() or unknown:
@@ -202,8 +204,8 @@ def run_stage(stage: str, argv: list[str], workdir: pathlib.Path, log=print) -> 
 
 
 def print_forgetting(experts, names, spec, log=print) -> None:
-  """The experts' NLL on each domain's validation sequences (nats/token; bits for bytes): fine-tuning on
-  another domain must visibly raise the base domain's NLL."""
+  """The experts' NLL on each domain's validation sequences (nats/token; bits for bytes):
+  fine-tuning on another domain must visibly raise the base domain's NLL."""
   import math
   from projects.superposed_experts import baselines as bl, data as data_lib, evaluate
   from superpose.train.loader import load_model

@@ -1,5 +1,6 @@
-"""PNG plots of an evaluation (``evaluate.run`` calls :func:`write_all`): mean NLL against cost, NLL per
-domain, the learned blend / merge weights per layer, and the gate per token on switch sequences."""
+"""PNG plots of an evaluation (``evaluate.run`` calls :func:`write_all`): mean NLL against cost, NLL
+per domain, the learned blend / merge weights per layer, and the gate per token on switch
+sequences."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def _pyplot():
 
 
 def write_all(results: Mapping, workdir: str | pathlib.Path, log=print) -> list[str]:
-  """Writes the plots into ``workdir``; returns their paths (none, with a message, without matplotlib)."""
+  """Writes the plots into ``workdir``; returns their paths (none, with a message, without
+  matplotlib)."""
   try:
     plt = _pyplot()
   except ImportError:
@@ -50,9 +52,9 @@ def _color(m: str) -> str:
 def nll_vs_cost(plt, results: Mapping, path: pathlib.Path):
   """Mean NLL (95 % interval) against the time per token in units of one expert's.
 
-  Each point carries a number, listed beside the axes with its methods (methods at the same point, equal
-  to 3 decimals of cost and NLL, share it); a cost known only from FLOPs (no benchmark of that forward)
-  is an open marker."""
+  Each point carries a number, listed beside the axes with its methods (methods at the same point,
+  equal to 3 decimals of cost and NLL, share it); a cost known only from FLOPs (no benchmark of that
+  forward) is an open marker."""
   T, costs = results["table"]["methods"], results["costs"]
   points = {}  # (x, y) rounded -> [methods]
   for m in results["order"]:
@@ -132,8 +134,9 @@ def per_domain(plt, results: Mapping, path: pathlib.Path):
 
 
 def alphas(plt, results: Mapping, path: pathlib.Path):
-  """One panel per learned blend or merge: the weight of each expert ≥ 1 per layer, a line per seed —
-  the teacher-forced run shows the α that training never moved, the sequential one every α trained."""
+  """One panel per learned blend or merge: the weight of each expert ≥ 1 per layer, a line per seed
+  — the teacher-forced run shows the α that training never moved, the sequential one every α
+  trained."""
   seeds, names = results["seeds"], results["domains"]
   methods = sorted({m for s in seeds for m in results["info"][s]["alphas"]})
   if not methods:

@@ -1,9 +1,9 @@
 """The results of an evaluation as one dict (results.json) and a Markdown report (results.md).
 
-``summarise`` turns the per-seed, per-sequence NLL sums of evaluate.py into point estimates with paired
-bootstrap intervals (stats.summarise), adds each method's cost (cost.py) and the old headline definition
-for comparison; ``markdown`` writes the tables and says, in plain sentences, which method wins at each
-cost and whether the issue's targets are met.
+``summarise`` turns the per-seed, per-sequence NLL sums of evaluate.py into point estimates with
+paired bootstrap intervals (stats.summarise), adds each method's cost (cost.py) and the old headline
+definition for comparison; ``markdown`` writes the tables and says, in plain sentences, which method
+wins at each cost and whether the issue's targets are met.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import numpy as np
 from projects.superposed_experts import baselines as bl
 from projects.superposed_experts import stats
 
-# Cost bands for "who wins at this cost" (measured time per token ÷ one expert's, or FLOPs where unmeasured).
+# Cost bands for "who wins at this cost" (measured time per token ÷ one expert's, or FLOPs where
+# unmeasured).
 BANDS = ((1.05, "one model (≤ 1.05×)"), (1.2, "≤ 1.2×"), (2.2, "≤ 2.2×"), (math.inf, "any cost"))
 TRUNK_TARGET_GAP, TRUNK_TARGET_COST = 0.5, 1.2
 
@@ -210,7 +211,8 @@ def markdown(results: Mapping) -> str:
 
 
 def verdict(results: Mapping) -> list[str]:
-  """Plain sentences: the best method in each cost band, the one-trunk target, the posterior-mixture target."""
+  """Plain sentences: the best method in each cost band, the one-trunk target, the posterior-mixture
+  target."""
   T, costs = results["table"]["methods"], results["costs"]
   candidates = [m for m in T if m != "oracle" and not m.endswith("(oracle gate)")]
   out = []

@@ -3,17 +3,18 @@
 Two sources of noise sit under every number in the results table: which seeds were trained (every
 learned method is retrained per seed; pipeline.py shares the experts between seeds, so their own
 training noise is not in the intervals) and which held-out sequences were drawn. A
-replicate of the bootstrap resamples both, independently: the seeds with replacement, and each group's
-sequence indices with replacement. Every method is scored on the same sequences, so one replicate uses
-the same resampled indices for every method (a *paired* bootstrap): the noise the methods share (an
-easy or hard sequence) cancels in their differences and in the gap, which is what the comparison needs.
+replicate of the bootstrap resamples both, independently: the seeds with replacement, and each
+group's sequence indices with replacement. Every method is scored on the same sequences, so one
+replicate uses the same resampled indices for every method (a *paired* bootstrap): the noise the
+methods share (an easy or hard sequence) cancels in their differences and in the gap, which is what
+the comparison needs.
 
 The input is ``scores[method][seed][group] = (sums [N_group], counts [N_group])`` from
-:func:`sequence_nll`: per sequence, the summed NLL of its real targets and their number. A group is a
-domain name (or a half of the switch set); its N_group sequences are the same, in the same order, for
-every method and seed, which is checked through the counts. A group's NLL is token-weighted within a
-seed (Σ sums / Σ counts), then averaged over seeds; ``mean_nll`` is the plain mean over groups, as in
-the table.
+:func:`sequence_nll`: per sequence, the summed NLL of its real targets and their number. A group is
+a domain name (or a half of the switch set); its N_group sequences are the same, in the same order,
+for every method and seed, which is checked through the counts. A group's NLL is token-weighted
+within a seed (Σ sums / Σ counts), then averaged over seeds; ``mean_nll`` is the plain mean over
+groups, as in the table.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ CHUNK = (
 def sequence_nll(logp: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """(Σ −logp over each row's real targets, float64 [N]; the number of real targets, int64 [N]).
 
-  ``mask`` is 1 for a real target and 0 for padding; whatever sits at padding (even NaN) is ignored."""
+  ``mask`` is 1 for a real target and 0 for padding; whatever sits at padding (even NaN) is
+  ignored."""
   logp, mask = np.asarray(logp, np.float64), np.asarray(mask)
   if logp.shape != mask.shape or logp.ndim != 2:
     raise ValueError(f"logp {logp.shape} and mask {mask.shape} must both be [N, T]")
@@ -61,8 +63,8 @@ def _ordered_union(keys) -> list:
 
 
 def _table(scores: Scores, methods: Sequence[str] | None = None) -> _Table:
-  """The scores as arrays, after checking that every method has every seed and group and was scored on
-  the same target tokens (equal counts) as every other."""
+  """The scores as arrays, after checking that every method has every seed and group and was scored
+  on the same target tokens (equal counts) as every other."""
   methods = list(scores) if methods is None else list(methods)
   missing = [m for m in methods if m not in scores]
   if missing:
@@ -114,8 +116,8 @@ def _point(t: _Table) -> tuple[np.ndarray, np.ndarray]:
 def _replicates(t: _Table, n_boot: int, rng_seed: int) -> np.ndarray:
   """Seed-averaged NLL [n_boot, M, G] of each bootstrap replicate.
 
-  The draws depend only on (rng_seed, number of seeds, group sizes), never on the methods, so two calls on
-  different subsets of the same scores resample identically."""
+  The draws depend only on (rng_seed, number of seeds, group sizes), never on the methods, so two
+  calls on different subsets of the same scores resample identically."""
   if n_boot < 1:
     raise ValueError(f"n_boot {n_boot} must be positive")
   rng = np.random.default_rng(rng_seed)
@@ -125,9 +127,9 @@ def _replicates(t: _Table, n_boot: int, rng_seed: int) -> np.ndarray:
   out = np.empty((n_boot, len(t.methods), len(t.groups)))
   for gi, g in enumerate(t.groups):
     n = len(t.counts[g])
-    # Identical (method, seed) rows — the oracle is an expert on its own group, a method compared with
-    # itself — are computed once, so they stay bit-identical in every replicate (a matrix product may
-    # round two equal columns differently) and their difference is exactly 0.
+    # Identical (method, seed) rows — the oracle is an expert on its own group, a method compared
+    # with itself — are computed once, so they stay bit-identical in every replicate (a matrix
+    # product may round two equal columns differently) and their difference is exactly 0.
     unique, inverse = np.unique(
       t.sums[g].reshape(-1, n), axis=0, return_inverse=True
     )  # [U, N], [M·S]
@@ -151,8 +153,8 @@ def _counts(draws: np.ndarray, n: int) -> np.ndarray:
 
 
 def _interval(value: float, reps: np.ndarray, level: float) -> dict[str, float]:
-  """The point estimate and the percentile interval of the replicates (NaN replicates, e.g. a gap whose
-  denominator vanished, are left out)."""
+  """The point estimate and the percentile interval of the replicates (NaN replicates, e.g. a gap
+  whose denominator vanished, are left out)."""
   reps = np.asarray(reps, np.float64)
   finite = reps[np.isfinite(reps)]
   if len(finite) == 0:
@@ -187,19 +189,20 @@ def summarise(
   level: float = 0.95,
   rng_seed: int = 0,
 ) -> dict[str, Any]:
-  """Every method's NLL per group, mean NLL, gap closed and forgetting, each with a bootstrap interval.
+  """Every method's NLL per group, mean NLL, gap closed and forgetting, each with a bootstrap
+  interval.
 
   * ``nll[group]``: token-weighted mean NLL, averaged over seeds.
   * ``mean_nll``: its mean over the groups in ``mean_over`` (default: all groups).
-  * ``gap``: (N_ref − N_m) / (N_ref − N_oracle) on the seed-averaged mean NLLs, with ``reference`` the
-    best interpolation (chosen on validation by the caller) and ``oracle`` oracle routing: 0 and 1 by
-    construction for those two, NaN where they agree.
+  * ``gap``: (N_ref − N_m) / (N_ref − N_oracle) on the seed-averaged mean NLLs, with ``reference``
+    the best interpolation (chosen on validation by the caller) and ``oracle`` oracle routing: 0 and
+    1 by construction for those two, NaN where they agree.
   * ``forgetting[group]`` when ``experts`` maps a group to the method name of its own expert:
     N_m(group) − N_expert(group) (positive = worse than the specialist on its own domain).
   * ``per_seed[seed][group]``: the NLL of each seed alone (no interval).
 
-  Each statistic is ``{"value", "low", "high"}``: the estimate on the observed data and the percentile
-  interval at ``level`` over ``n_boot`` paired replicates (module docstring)."""
+  Each statistic is ``{"value", "low", "high"}``: the estimate on the observed data and the
+  percentile interval at ``level`` over ``n_boot`` paired replicates (module docstring)."""
   t = _table(scores)
   for name, what in (
     (reference, "reference"),
@@ -264,9 +267,9 @@ def paired_difference(
   rng_seed: int = 0,
 ) -> dict[str, Any]:
   """NLL of method ``a`` minus method ``b`` (negative = ``a`` is better): ``{"mean_nll": interval,
-  "nll": {group: interval}}``, each ``{"value", "low", "high"}``. Both methods are evaluated on the same
-  replicates (the same draws as :func:`summarise` with the same ``rng_seed``), so the interval is that
-  of the difference itself, not two overlapping intervals."""
+  "nll": {group: interval}}``, each ``{"value", "low", "high"}``. Both methods are evaluated on the
+  same replicates (the same draws as :func:`summarise` with the same ``rng_seed``), so the interval
+  is that of the difference itself, not two overlapping intervals."""
   t = _table(scores, [a, b])
   cols = _mean_over(t, mean_over)
   point, _ = _point(t)

@@ -2,22 +2,23 @@
 ``config.superposed.method``:
 
 * ``superpose`` — the paper's model (p1 §3.4; model.py): frozen experts, trained blend weights and
-  autoencoders. Loss = ``lm_weight`` · cross-entropy of ``train_forward``'s logits (the sequential graph
-  by default, so every layer's α is trained) + ``recon_weight`` · Σ_layers MSE(reconstruction, state of
-  the row's labelled expert).
+  autoencoders. Loss = ``lm_weight`` · cross-entropy of ``train_forward``'s logits (the sequential
+  graph by default, so every layer's α is trained) + ``recon_weight`` · Σ_layers MSE(reconstruction,
+  state of the row's labelled expert).
 * ``merge`` — the learned per-layer weight merge (merge.py): LM loss only.
-* ``trunk`` — one trunk plus per-expert low-rank deltas behind a causal per-token gate (trunk.py): LM
-  loss + ``gate_label_weight`` · cross-entropy of the gate against the row's domain label.
+* ``trunk`` — one trunk plus per-expert low-rank deltas behind a causal per-token gate (trunk.py):
+  LM loss + ``gate_label_weight`` · cross-entropy of the gate against the row's domain label.
 
     python -m launch.train --config configs/superposed_experts/tiny.py:superpose --workdir DIR
 
 Every method trains on the same balanced, labelled domain batches (data.py) with frozen experts. The
-experts are loaded from the runs named in ``config.superposed.experts`` (one per expert, expert 0 = the
-base): a workdir or checkpoint of ours, or a Hugging Face GPT-2 directory. ``config.optim.frozen`` must
-cover every parameter that came from them.
+experts are loaded from the runs named in ``config.superposed.experts`` (one per expert, expert 0 =
+the base): a workdir or checkpoint of ours, or a Hugging Face GPT-2 directory.
+``config.optim.frozen`` must cover every parameter that came from them.
 
 Evaluation runs the model a user gets (the sequential inference graph; the merged weights; the gated
-trunk), so ``eval/loss`` and ``eval/perplexity`` are its LM loss, and ``eval/ce/<domain>`` splits it.
+trunk), so ``eval/loss`` and ``eval/perplexity`` are its LM loss, and ``eval/ce/<domain>`` splits
+it.
 """
 
 from __future__ import annotations
@@ -151,11 +152,12 @@ def superposed_config(config: Mapping) -> SuperposedConfig:
     raise config_lib.ConfigError(" ".join(str(e).split())) from None
 
 
-# --- experts ---------------------------------------------------------------------------------------
+# --- experts --------------------------------------------------------------------------------------
 
 
 def load_expert(path: str, abs_params, expert_cfg) -> Any:
-  """One expert's params onto ``abs_params``' shardings, from our checkpoint or an HF GPT-2 directory."""
+  """One expert's params onto ``abs_params``' shardings, from our checkpoint or an HF GPT-2
+  directory."""
   p = pathlib.Path(path).expanduser()
   if not p.exists():
     raise FileNotFoundError(f"config.superposed.experts: {p} does not exist")
@@ -176,7 +178,7 @@ def load_expert(path: str, abs_params, expert_cfg) -> Any:
   )
 
 
-# --- evaluation data --------------------------------------------------------------------------------
+# --- evaluation data ------------------------------------------------------------------------------
 
 
 class DomainEvalSet:
@@ -208,16 +210,18 @@ class DomainEvalSet:
     return b
 
 
-# --- the task ----------------------------------------------------------------------------------------
+# --- the task -------------------------------------------------------------------------------------
 
 METHODS = ("superpose", "merge", "trunk")
 
 
 class SuperposedSpec:
-  """Model, losses and batch of every ``config.superposed.method`` (data-free; see superpose.train.task)."""
+  """Model, losses and batch of every ``config.superposed.method`` (data-free; see
+  superpose.train.task)."""
 
   def __init__(self, config: Mapping):
-    """Keys missing from ``config.superposed`` (a run written before they existed) take their defaults."""
+    """Keys missing from ``config.superposed`` (a run written before they existed) take their
+    defaults."""
     config = {**config, "superposed": {**superposed_section().to_dict(), **config["superposed"]}}
     self.config = config
     s, t = config["superposed"], config["train"]
@@ -256,7 +260,8 @@ class SuperposedSpec:
       s["mask_recon"],
     )
     self.gate_label_weight, self.distill_weight = s["gate_label_weight"], s["distill_weight"]
-    # Leaves whose every element must receive a gradient (superpose.train.gradcheck): one α per layer.
+    # Leaves whose every element must receive a gradient (superpose.train.gradcheck): one α per
+    # layer.
     self.gradient_elementwise = (
       ("blend/.*", "router/b_out", "lam") if self.method != "trunk" else ("gate/b_out",)
     )
@@ -400,7 +405,8 @@ def check_experts(paths, num_experts: int) -> None:
 
 
 class SuperposedData:
-  """The balanced, labelled domain batches and the per-domain validation sets (projects.superposed_experts.data)."""
+  """The balanced, labelled domain batches and the per-domain validation sets
+  (projects.superposed_experts.data)."""
 
   def __init__(self, config: Mapping, stream=None, eval_sets: Mapping[str, Any] | None = None):
     from projects.superposed_experts import data as data_lib
@@ -432,10 +438,11 @@ def make_task(config: Mapping, stream=None, eval_sets: Mapping[str, Any] | None 
 
 
 def train_flops_per_token(cfg: SuperposedConfig, seq_len: int) -> float:
-  """The paper's model. Teacher-forced: forward of K experts (2·N + attention) + forward and backward
-  (6·N) of the autoencoders and the head; the experts' backward is never run. Sequential (default):
-  the K experts' forward for the reconstruction targets (when there are autoencoders) + the
-  sequential graph's forward and its backward through the experts' activations (2× forward, no dW)."""
+  """The paper's model. Teacher-forced: forward of K experts (2·N + attention) + forward and
+  backward (6·N) of the autoencoders and the head; the experts' backward is never run. Sequential
+  (default): the K experts' forward for the reconstruction targets (when there are autoencoders) +
+  the sequential graph's forward and its backward through the experts' activations (2× forward, no
+  dW)."""
   e = cfg.expert
   expert_fwd = (
     2.0 * (flops.matmul_params(e) - e.d_model * e.padded_vocab)
@@ -450,7 +457,7 @@ def train_flops_per_token(cfg: SuperposedConfig, seq_len: int) -> float:
   return targets + 3.0 * cfg.num_experts * expert_fwd + 6.0 * (ae + head)
 
 
-# --- optimizer checks ---------------------------------------------------------------------------------
+# --- optimizer checks -----------------------------------------------------------------------------
 
 
 def checked_optim(config: dict, task: SuperposedSpec) -> dict:

@@ -1,24 +1,25 @@
-"""One trunk holds every expert: the trunk's weights plus per-expert low-rank deltas behind a causal gate.
+"""One trunk holds every expert: the trunk's weights plus per-expert low-rank deltas behind a causal
+gate.
 
-For every trunk parameter θ the forward at token t uses θ + Σ_k g_k(t) Δ_k (superpose.nn.deltas): Δ_k is
-low rank for matrices (initialised from the truncated SVD of θ_k − θ_trunk, rank ``rank``), full for
-biases and norm scales, low rank or full for the embedding tables (``delta_embeddings``). The trunk is
-expert 0 (the base; its delta would be zero, so only experts 1..K−1 get one) or, with ``trunk_from``,
-the merged weights of a learned ``merge`` run (then every expert gets a delta).
+For every trunk parameter θ the forward at token t uses θ + Σ_k g_k(t) Δ_k (superpose.nn.deltas):
+Δ_k is low rank for matrices (initialised from the truncated SVD of θ_k − θ_trunk, rank ``rank``),
+full for biases and norm scales, low rank or full for the embedding tables (``delta_embeddings``).
+The trunk is expert 0 (the base; its delta would be zero, so only experts 1..K−1 get one) or, with
+``trunk_from``, the merged weights of a learned ``merge`` run (then every expert gets a delta).
 
-The gate g(t) = softmax over the K experts of a small MLP (superpose.blend.CausalGate) that reads the
-trunk's own input embedding at t and its exponential moving averages over the prefix (several decay
-rates): causal — token t+1 never reaches g(t) — and able to switch domain within a sequence, because the
-short averages forget. Reading the embedding (state 0) rather than a deeper trunk state keeps inference
-to ONE pass of ONE trunk: the gate is known before block 0 runs. The gate's probability of expert 0
-weighs "no delta" when the trunk is the base.
+The gate g(t) = softmax over the K experts of a small MLP (superpose.blend.CausalGate) that reads
+the trunk's own input embedding at t and its exponential moving averages over the prefix (several
+decay rates): causal — token t+1 never reaches g(t) — and able to switch domain within a sequence,
+because the short averages forget. Reading the embedding (state 0) rather than a deeper trunk state
+keeps inference to ONE pass of ONE trunk: the gate is known before block 0 runs. The gate's
+probability of expert 0 weighs "no delta" when the trunk is the base.
 
-Training (train.py, ``method='trunk'``): the trunk is frozen; the deltas and the gate learn from the LM
-loss on the same balanced domain batches as every other method, plus ``gate_label_weight`` · the
-cross-entropy of the gate against the row's domain label (the labels the paper's method also uses) and,
-with ``distill_weight`` > 0, · KL(expert ‖ model) to the next-token distribution of the row's own expert
-(the experts are then held as frozen ``teachers`` during training only: they are in the checkpoint but
-never in the inference forward, and cost.py does not count them).
+Training (train.py, ``method='trunk'``): the trunk is frozen; the deltas and the gate learn from the
+LM loss on the same balanced domain batches as every other method, plus ``gate_label_weight`` · the
+cross-entropy of the gate against the row's domain label (the labels the paper's method also uses)
+and, with ``distill_weight`` > 0, · KL(expert ‖ model) to the next-token distribution of the row's
+own expert (the experts are then held as frozen ``teachers`` during training only: they are in the
+checkpoint but never in the inference forward, and cost.py does not count them).
 """
 
 from __future__ import annotations
@@ -99,13 +100,15 @@ def trunk_config(config: Mapping, expert: TransformerConfig) -> TrunkConfig:
 
 
 class OneTrunk(nnx.Module):
-  """Parameters: ``trunk/...`` (a superpose.nn.Transformer, frozen), ``deltas/...`` (ExpertDeltas at the
-  trunk's paths), ``gate/...`` (CausalGate) and, with ``distill``, ``teachers/<k>/...`` (frozen experts)."""
+  """Parameters: ``trunk/...`` (a superpose.nn.Transformer, frozen), ``deltas/...`` (ExpertDeltas at
+  the trunk's paths), ``gate/...`` (CausalGate) and, with ``distill``, ``teachers/<k>/...`` (frozen
+  experts)."""
 
   def __init__(self, cfg: TrunkConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     self.trunk = Transformer(cfg.expert, rngs=rngs)
-    # Shapes and logical axes from the trunk just built (a nested eval_shape would lose the mesh rules).
+    # Shapes and logical axes from the trunk just built (a nested eval_shape would lose the mesh
+    # rules).
     self.deltas = ExpertDeltas(
       nnx.state(self.trunk, nnx.Param),
       len(cfg.delta_experts),
@@ -197,7 +200,8 @@ def extra_params(cfg: TrunkConfig) -> int:
 
 
 def trunk_params(experts: Sequence, trunk_from: str):
-  """The trunk's parameter values: expert 0's, or the merged weights of the ``merge`` run ``trunk_from``."""
+  """The trunk's parameter values: expert 0's, or the merged weights of the ``merge`` run
+  ``trunk_from``."""
   if not trunk_from:
     return experts[0]
   from projects.superposed_experts import evaluate
@@ -212,8 +216,8 @@ def trunk_params(experts: Sequence, trunk_from: str):
 
 
 def initial_values(cfg: TrunkConfig, experts: Sequence, trunk_from: str, abs_params) -> dict:
-  """{'trunk': the trunk's values, 'deltas': the truncated SVD of each delta expert minus the trunk, and with
-  ``distill`` 'teachers': the experts}, placed with ``abs_params``' shardings."""
+  """{'trunk': the trunk's values, 'deltas': the truncated SVD of each delta expert minus the trunk,
+  and with ``distill`` 'teachers': the experts}, placed with ``abs_params``' shardings."""
   trunk = trunk_params(experts, trunk_from)
   deltas = values_from_experts(
     trunk,
@@ -227,7 +231,8 @@ def initial_values(cfg: TrunkConfig, experts: Sequence, trunk_from: str, abs_par
   )
   out = {"trunk": place(trunk, abs_params["trunk"]), "deltas": place(deltas, abs_params["deltas"])}
   if cfg.distill:
-    # Copies: teacher 0 may be the trunk itself, and one buffer must not be donated twice by the train step.
+    # Copies: teacher 0 may be the trunk itself, and one buffer must not be donated twice by the
+    # train step.
     out["teachers"] = {
       str(k): place(jax.tree.map(jnp.copy, x), abs_params["teachers"][str(k)])
       for k, x in enumerate(experts)

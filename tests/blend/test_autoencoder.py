@@ -1,4 +1,5 @@
-"""The autoencoder of p1 §3.3: a numpy reference, causality, the paper's parameter count, sharding names."""
+"""The autoencoder of p1 §3.3: a numpy reference, causality, the paper's parameter count, sharding
+names."""
 
 import logging
 

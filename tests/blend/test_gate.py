@@ -1,4 +1,5 @@
-"""CausalGate: exact causality, the EMA against a Python loop, document resets, uniform start, training."""
+"""CausalGate: exact causality, the EMA against a Python loop, document resets, uniform start,
+training."""
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,8 @@ def trained_gate(seed=0):
 
 
 def naive_ema(x, beta, segments=None):
-  """m_t = Σ (1 − β) β^(t − τ) x_τ / (1 − β^(t − start + 1)), one token at a time, restarted at documents."""
+  """m_t = Σ (1 − β) β^(t − τ) x_τ / (1 − β^(t − start + 1)), one token at a time, restarted at
+  documents."""
   x = np.asarray(x, np.float64)
   out = np.zeros_like(x)
   for b in range(x.shape[0]):

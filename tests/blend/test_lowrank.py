@@ -1,4 +1,5 @@
-"""ExpertDeltas: layout, logical axes, sizes, SVD values from experts, and the experts through the Transformer."""
+"""ExpertDeltas: layout, logical axes, sizes, SVD values from experts, and the experts through the
+Transformer."""
 
 import functools
 

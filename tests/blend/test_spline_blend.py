@@ -1,4 +1,5 @@
-"""SplineBlend (p1 §3.2), SplineBlend2D (p1 §4) and SimplexBlend: ranges, exact identities, gradients."""
+"""SplineBlend (p1 §3.2), SplineBlend2D (p1 §4) and SimplexBlend: ranges, exact identities,
+gradients."""
 
 import jax
 import jax.numpy as jnp

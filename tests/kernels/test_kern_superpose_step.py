@@ -1,7 +1,7 @@
 """The fused superposition-step kernel (Pallas, interpret mode on CPU), forward and Pallas backward,
-against its plain-JAX reference (values and ``jax.grad``) and against ``superpose.blend.Autoencoder``
-applied to the blended state; the GPU (Triton) variant's math in interpret mode; TPU (Mosaic) and CUDA
-(Triton) lowering of forward and backward on the CPU host."""
+against its plain-JAX reference (values and ``jax.grad``) and against
+``superpose.blend.Autoencoder`` applied to the blended state; the GPU (Triton) variant's math in
+interpret mode; TPU (Mosaic) and CUDA (Triton) lowering of forward and backward on the CPU host."""
 
 import jax
 import jax.numpy as jnp
@@ -67,8 +67,8 @@ def _close(actual, expected, tol):
 
 
 def _grads(fn, args, seed=1, return_h=True):
-  """Gradients of Σ y·c + Σ h·c' (fixed random cotangents; without ``return_h``, fn returns y only and
-  the loss is Σ y·c) with respect to every argument."""
+  """Gradients of Σ y·c + Σ h·c' (fixed random cotangents; without ``return_h``, fn returns y only
+  and the loss is Σ y·c) with respect to every argument."""
   rng = np.random.default_rng(seed)
   c_y, c_h = _normal(rng, args[0].shape), _normal(rng, args[0].shape)
 
@@ -121,7 +121,8 @@ def test_matches_autoencoder_on_blended_state(decoder, kernel_size):
 
 
 def test_halo_of_several_blocks_and_block_sizes():
-  """W − 1 = 8 previous rows (a whole halo block), a 16-row block with an 8-row halo, and one block."""
+  """W − 1 = 8 previous rows (a whole halo block), a 16-row block with an 8-row halo, and one
+  block."""
   args = _args("conv", "scalar", kernel_size=9, t=50)
   y_ref = reference(*args)
   for config in (
@@ -166,7 +167,7 @@ def test_bad_shapes_raise():
     fused(h_base, h_expert, 0.5, enc, enc_bias, wide, dec_bias, config=CFG)
 
 
-# Backward ------------------------------------------------------------------------------------------
+# Backward -----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -218,7 +219,7 @@ def test_backward_ignores_padding_rows_and_future_cotangents():
   assert np.abs(np.asarray(g[:, 11:])).max() == 0 and np.abs(np.asarray(g[:, 7:11])).min() > 0
 
 
-# GPU (Triton) variant -------------------------------------------------------------------------------
+# GPU (Triton) variant -----------------------------------------------------------------------------
 
 GPU_D, GPU_K = 32, 16  # powers of two ≥ 16: Triton's constraint
 
@@ -232,8 +233,8 @@ def test_rational_erf_matches_lax_erf():
   "decoder,alpha,kernel_size", [("conv", "position", 3), ("linear", "feature", 1)]
 )
 def test_gpu_variant_in_interpret_mode(decoder, alpha, kernel_size):
-  """The GPU variant's math (rational erf, selection-matmul row shifts, 16-row halos, zero padding of
-  the row axis to whole blocks) in interpret mode on the CPU, forward and gradients."""
+  """The GPU variant's math (rational erf, selection-matmul row shifts, 16-row halos, zero padding
+  of the row axis to whole blocks) in interpret mode on the CPU, forward and gradients."""
   args = _args(decoder, alpha, kernel_size, t=37, d=GPU_D, k=GPU_K, seed=3)
   config = KernelConfig(block_rows=16, platform="gpu", interpret=True)
   fn = lambda *a: fused(*a, config=config, return_h=True)
@@ -258,7 +259,7 @@ def test_gpu_constraints_raise():
     KernelConfig(backward="jvp")
 
 
-# Lowering on the CPU host ---------------------------------------------------------------------------
+# Lowering on the CPU host -------------------------------------------------------------------------
 
 
 def _lowering_args(dtype, W):
@@ -306,7 +307,8 @@ def _host_can_lower(platform, compiler_params):
   "dtype,W,return_h", [(jnp.float32, 3, False), (jnp.bfloat16, 4, True), (jnp.float32, 1, True)]
 )
 def test_lowers_for_tpu_on_cpu_host(dtype, W, return_h):
-  """Mosaic lowering of forward and Pallas backward (compiled by libtpu on a TPU, not exercised here)."""
+  """Mosaic lowering of forward and Pallas backward (compiled by libtpu on a TPU, not exercised
+  here)."""
   why = _host_can_lower("tpu", pltpu.CompilerParams())
   if why:
     pytest.skip(f"this jax cannot lower Pallas for TPU on this host: {why}")
@@ -319,7 +321,8 @@ def test_lowers_for_tpu_on_cpu_host(dtype, W, return_h):
   "dtype,W,return_h", [(jnp.float32, 3, False), (jnp.bfloat16, 4, True), (jnp.float32, 1, True)]
 )
 def test_lowers_for_cuda_triton_on_cpu_host(dtype, W, return_h):
-  """Pallas Triton lowering of forward and backward for ('cuda',) (Triton IR; ptxas runs on a GPU only)."""
+  """Pallas Triton lowering of forward and backward for ('cuda',) (Triton IR; ptxas runs on a GPU
+  only)."""
   if pltriton is None:
     pytest.skip("jax.experimental.pallas.triton is not importable in this jax")
   why = _host_can_lower("cuda", pltriton.CompilerParams(num_warps=4, num_stages=2))

@@ -141,7 +141,8 @@ def test_plan_fit_table_figures():
 
 
 def test_plan_hlo_mesh_replica_groups_split_ici_and_dcn():
-  """XLA's mesh format; a group of 8 over 2 slices of 4: ICI ring inside each slice, DCN on a quarter."""
+  """XLA's mesh format; a group of 8 over 2 slices of 4: ICI ring inside each slice, DCN on a
+  quarter."""
   attrs = (
     "replica_groups=mesh['axis_0'=1,'axis_1'=4,'axis_2'=2], device_ids=([2,4]T(1,0)) {'axis_1'}, "
     "use_global_device_ids=true"

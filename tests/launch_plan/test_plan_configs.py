@@ -1,9 +1,10 @@
 """launch.plan on every project's paper-size config, compiled for 8 and 64 fake CPU devices.
 
-Run: pytest -p no:xdist -q tests/launch_plan   (about 2 minutes on 2 cores; `-m slow` adds Llama-3 8B on 256)
-The model sizes are the papers'; at 64 devices the batch of the superposed-experts (32) and ICL (400) configs
-is raised to 64 rows so that it splits over data × fsdp, and the projects use a data 8 × fsdp 8 mesh
-(Coconut's unrolled thought loop takes ~95 s to compile on fsdp 64 alone, see the slow test).
+Run: pytest -p no:xdist -q tests/launch_plan   (about 2 minutes on 2 cores; `-m slow` adds Llama-3
+8B on 256) The model sizes are the papers'; at 64 devices the batch of the superposed-experts (32)
+and ICL (400) configs is raised to 64 rows so that it splits over data × fsdp, and the projects use
+a data 8 × fsdp 8 mesh (Coconut's unrolled thought loop takes ~95 s to compile on fsdp 64 alone, see
+the slow test).
 """
 
 from __future__ import annotations
@@ -63,15 +64,16 @@ def test_plan_paper_config(plans, name, n):
   assert set(p["fits"]) == set(rep.CHIPS) and set(p["estimate"]) == set(rep.CHIPS)
   assert all(e["compute_s"] > 0 for e in p["estimate"].values())
   assert p["verdict"].startswith(f"**TPU v5p × {n} chips: ")
-  # data × fsdp meshes: no SPMD "involuntary full rematerialization" (the embedding gathers once had them)
+  # data × fsdp meshes: no SPMD "involuntary full rematerialization" (the embedding gathers once had
+  # them)
   assert not [note for note in p["notes"] if "rematerialization" in note], p["notes"]
   text = rep.markdown(p)
   assert "memory_analysis" in text and "H200" in text
 
 
 def test_plan_params_split_over_fsdp_and_tensor(plans):
-  """Parameters are cut fsdp × tensor ways (the data axis replicates them), up to < 1 MiB of replicated
-  biases and norm scales."""
+  """Parameters are cut fsdp × tensor ways (the data axis replicates them), up to < 1 MiB of
+  replicated biases and norm scales."""
   for (name, n), p in plans.items():
     shape = p["mesh"]["shape"]
     ways = shape["fsdp"] * shape["tensor"]
@@ -86,7 +88,8 @@ def test_plan_params_split_over_fsdp_and_tensor(plans):
 
 @pytest.mark.slow
 def test_plan_llama8b_on_256(tmp_path):
-  """Acceptance of issue 9: Llama-3 8B, FSDP 64 × tensor 4 on 256 fake devices (≈ 15 s, 0.8 GB RAM)."""
+  """Acceptance of issue 9: Llama-3 8B, FSDP 64 × tensor 4 on 256 fake devices (≈ 15 s, 0.8 GB
+  RAM)."""
   out = tmp_path / "plan.json"
   assert (
     plan.main(

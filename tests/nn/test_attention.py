@@ -67,8 +67,9 @@ def test_model_with_fused_attention_equals_xla(impl, causal):
   ref = logits_of(*nnx.split(model), tokens, segments)
   out = logits_of(*nnx.split(same_weights(model, attention=impl)), tokens, segments)
   valid = np.asarray(segments) > 0  # padding rows are garbage by design
-  # f32 logits of size ~3 through 2+ layers: the kernels sum in another order than XLA, and how much that moves
-  # the last bits depends on the CPU's vector width (3.3e-5 seen on an AVX2-only host), hence 1e-4.
+  # f32 logits of size ~3 through 2+ layers: the kernels sum in another order than XLA, and how much
+  # that moves the last bits depends on the CPU's vector width (3.3e-5 seen on an AVX2-only host),
+  # hence 1e-4.
   np.testing.assert_allclose(np.asarray(out)[valid], np.asarray(ref)[valid], atol=1e-4)
   plain = logits_of(*nnx.split(same_weights(model, attention=impl)), tokens, None)
   np.testing.assert_allclose(plain, logits_of(*nnx.split(model), tokens, None), atol=1e-4)

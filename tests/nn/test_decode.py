@@ -17,7 +17,8 @@ SMALL = dict(vocab_size=V, d_model=32, num_layers=2, num_heads=4, max_seq_len=32
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def full_and_incremental(graphdef, state, tokens_BT, num_prefill):
-  """Full-forward logits, and the same logits from a prefill of `num_prefill` tokens + 1-token steps."""
+  """Full-forward logits, and the same logits from a prefill of `num_prefill` tokens + 1-token
+  steps."""
   model = nnx.merge(graphdef, state)
   batch, length = tokens_BT.shape
   full = model(tokens_BT).logits_BTV
@@ -131,8 +132,8 @@ def test_sampling_top_k_one_is_greedy_and_eos_stops(llama):
 
 
 def test_uncached_generation_gives_the_cached_tokens(llama):
-  """The full-forward decoder (models without a KV cache) draws the same tokens as the cached one: greedy,
-  sampled with the same rng, and with EOS."""
+  """The full-forward decoder (models without a KV cache) draws the same tokens as the cached one:
+  greedy, sampled with the same rng, and with EOS."""
   graphdef, state = nnx.split(llama)
   for kw in (
     dict(),

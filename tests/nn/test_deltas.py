@@ -1,4 +1,5 @@
-"""Per-token gated parameter deltas (superpose.nn.deltas) threaded through the Transformer forward."""
+"""Per-token gated parameter deltas (superpose.nn.deltas) threaded through the Transformer
+forward."""
 
 import functools
 
@@ -59,7 +60,8 @@ def is_matrix(name, x):
 
 
 def full_rank_deltas(trunk, experts):
-  """Exact deltas of every parameter: full-rank balanced SVD factors for matrices, differences for vectors."""
+  """Exact deltas of every parameter: full-rank balanced SVD factors for matrices, differences for
+  vectors."""
 
   def make(path, theta, *others):
     name = str(path[-1].key)
@@ -78,7 +80,8 @@ def full_rank_deltas(trunk, experts):
 
 
 def random_deltas(trunk, rank, seed, scale=0.1, full_tables=False):
-  """Random deltas of every parameter: LowRank matrices (Full vocabulary/position tables on request)."""
+  """Random deltas of every parameter: LowRank matrices (Full vocabulary/position tables on
+  request)."""
   rng = np.random.default_rng(seed)
 
   def make(name, x):
@@ -204,7 +207,8 @@ def _with_config(model, **changes):
 
 @pytest.fixture(scope="module")
 def looped_case():
-  """A looped model with rank-2 deltas of every parameter, a random gate, and its loss and gradients."""
+  """A looped model with rank-2 deltas of every parameter, a random gate, and its loss and
+  gradients."""
   model = random_model(CONFIGS["llama_rope_tied_bias"], 0, 0.2)
   delta_params = random_deltas(params(model), rank=2, seed=1)
   gate = jnp.asarray(np.random.default_rng(2).standard_normal((2, T, K)), jnp.float32)
@@ -222,7 +226,8 @@ def test_gradients_reach_every_delta_and_the_gate(looped_case):
   *_, (loss, (grads, gate_grad)) = looped_case
   assert np.isfinite(float(loss))
   flat = jax.tree_util.tree_flatten_with_path(grads)[0]
-  # Per block a and b of 7 matrices, d of 7 biases and 2 norm scales; the final norm; the tied table.
+  # Per block a and b of 7 matrices, d of 7 biases and 2 norm scales; the final norm; the tied
+  # table.
   assert len(flat) == 2 * (2 * 7 + 7 + 2) + 1 + 2
   for path, g in flat:
     assert float(jnp.abs(g).max()) > 0, jax.tree_util.keystr(path)

@@ -1,4 +1,5 @@
-"""HF GPT-2 interop: the committed transformers fixture (fast), and live transformers + torch (slow)."""
+"""HF GPT-2 interop: the committed transformers fixture (fast), and live transformers + torch
+(slow)."""
 
 import json
 import pathlib
@@ -86,7 +87,8 @@ def test_scan_layers_import_and_export(tmp_path):
 
 
 def test_checkpoint_variants_load_the_same(tmp_path):
-  """No ``transformer.`` prefix (GPT2Model), HF's mask buffers and a tied lm_head copy: same params."""
+  """No ``transformer.`` prefix (GPT2Model), HF's mask buffers and a tied lm_head copy: same
+  params."""
   _, params = hf_gpt2.load_hf_gpt2(FIXTURE)
   tensors = hf_gpt2.read_safetensors(FIXTURE / "model.safetensors")
   variant = {k.removeprefix("transformer."): v for k, v in tensors.items()}
@@ -287,8 +289,8 @@ def test_live_transformers_both_ways(tmp_path):
     print(f"HF -> superpose ({sub}): max abs logit difference {diff:.3g}")
     assert diff < TOL
 
-  # Ours → HF: random superpose models through save_hf_gpt2, tied (gelu_tanh, looped) and untied (exact
-  # gelu, scanned, d_ff != 4·d), in both formats.
+  # Ours → HF: random superpose models through save_hf_gpt2, tied (gelu_tanh, looped) and untied
+  # (exact gelu, scanned, d_ff != 4·d), in both formats.
   for overrides in (
     dict(),
     dict(activation="gelu", tie_embeddings=False, scan_layers=True, d_ff=96),

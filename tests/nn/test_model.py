@@ -187,7 +187,8 @@ def as_scanned(looped):
 
 @nnx.jit
 def _manual_passes(looped, tokens):
-  """Embed, then the looped blocks one by one: all taps, and a second pass adding DIRECTION after block 1."""
+  """Embed, then the looped blocks one by one: all taps, and a second pass adding DIRECTION after
+  block 1."""
   positions, mask = (
     nn.decoder.default_positions(*tokens.shape),
     cache_lib.self_mask(None, tokens.shape[1], True),

@@ -1,5 +1,5 @@
-"""Conformance (p2 §5): tracr's 43 cases, the causal cases, the padded cases and the 9 programs that must
-raise, compiled to superpose.nn weights and run through the usual forward pass."""
+"""Conformance (p2 §5): tracr's 43 cases, the causal cases, the padded cases and the 9 programs that
+must raise, compiled to superpose.nn weights and run through the usual forward pass."""
 
 import pytest
 
@@ -96,7 +96,8 @@ def test_unsupported_program_raises_naming_the_operation(case):
 
 
 def test_padded_batches_equal_expected():
-  """tracr's padding test (reverse ×4, length ×6 at max_seq_len 5), as one right-padded batch each."""
+  """tracr's padding test (reverse ×4, length ×6 at max_seq_len 5), as one right-padded batch
+  each."""
   groups = {}
   for case in cases.PADDING_CASES:
     groups.setdefault(case.name.rsplit("_", 1)[0], []).append(case)

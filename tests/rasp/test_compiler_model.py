@@ -1,4 +1,5 @@
-"""The compiled model is an ordinary superpose.nn model: labelled residual, forward, save/load, sharding."""
+"""The compiled model is an ordinary superpose.nn model: labelled residual, forward, save/load,
+sharding."""
 
 import jax
 import numpy as np

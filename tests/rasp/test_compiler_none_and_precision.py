@@ -1,5 +1,5 @@
-"""The compiler's remaining silent cases (issue 23 §4): each compiles to what the evaluator says, or is
-refused with an error that names the expression."""
+"""The compiler's remaining silent cases (issue 23 §4): each compiles to what the evaluator says, or
+is refused with an error that names the expression."""
 
 import itertools
 import math
@@ -30,7 +30,7 @@ def assert_equals_evaluator(program, vocab: str, max_seq_len: int):
   assert not bad, bad[:3]
 
 
-# None -----------------------------------------------------------------------------------------------
+# None ---------------------------------------------------------------------------------------------
 def test_none_queries_and_keys_of_a_select_follow_the_predicate():
   """A None query (or key) used to match no key: the issue's width [2, 1] compiled to [0, 1]."""
   shifted = lib.shift_by(1, tokens)
@@ -111,7 +111,7 @@ def test_none_is_refused_as_a_vocab_token():
     compile_rasp(rasp.Map(lambda t: t, tokens), {"a"}, 3, compiler_bos=None)
 
 
-# Precision ------------------------------------------------------------------------------------------
+# Precision ----------------------------------------------------------------------------------------
 def worst_error(program, compiled, batch, length=None) -> float:
   got = compiled.apply_batch(batch, check=False, length=length)
   return max(
@@ -169,7 +169,8 @@ def run_mlp(block, xs, dtype) -> np.ndarray:
 )
 def test_piecewise_mlp_hits_every_grid_point(name, f):
   """f at every k/n (n ≤ 64) in float64 up to rounding, in float32 to ≤ 5e-5 of its scale (tracr's
-  steps: 1e-4 to 1e-3 here), and 0 at BOS; a straight function costs a few units whatever the grid."""
+  steps: 1e-4 to 1e-3 here), and 0 at BOS; a straight function costs a few units whatever the
+  grid."""
   grid = sorted({k / n for n in range(1, 65) for k in range(n + 1)})
   block = piecewise.numerical_mlp(
     "m", Dir("x"), Dir("y"), [(x, f(x)) for x in grid], Dir("tokens", "BOS")
@@ -203,7 +204,7 @@ def test_numerical_maps_after_frac_prevs_at_every_length(max_seq_len):
     assert worst_error(program, compiled, batch) <= tol
 
 
-# Checks and errors ----------------------------------------------------------------------------------
+# Checks and errors --------------------------------------------------------------------------------
 def test_a_categorical_mean_of_equal_values_is_that_value():
   """``apply`` refused "aab" under an EQ selector: the evaluator could not average ['a', 'a']."""
   program = rasp.Aggregate(rasp.Select(tokens, tokens, rasp.Comparison.EQ), tokens)

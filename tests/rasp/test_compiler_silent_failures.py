@@ -1,4 +1,5 @@
-"""tracr's silent failures (p2 §7, §8.6): each compiles correctly here or is refused with a clear error."""
+"""tracr's silent failures (p2 §7, §8.6): each compiles correctly here or is refused with a clear
+error."""
 
 import itertools
 
@@ -10,8 +11,9 @@ from superpose.rasp.compiler import compile_rasp
 
 
 def test_numerical_map_after_frac_prevs_uses_the_full_k_over_n_grid():
-  """tracr lists only 1/n and 0 as the values of a numerical mean, so `frac_prevs > 0.5` mis-computes
-  (its repro: `xxaxa` → [T,T,F,T,F]); we discretise on {k/n}. Checked on every input up to length 5."""
+  """tracr lists only 1/n and 0 as the values of a numerical mean, so `frac_prevs > 0.5`
+  mis-computes (its repro: `xxaxa` → [T,T,F,T,F]); we discretise on {k/n}. Checked on every input up
+  to length 5."""
   program = rasp.Map(lambda v: v > 0.5, lib.make_frac_prevs(rasp.tokens == "x"))
   compiled = compile_rasp(program, {"a", "x"}, 5)
   assert compiled.apply("xxaxa") == [True] * 5
@@ -22,7 +24,8 @@ def test_numerical_map_after_frac_prevs_uses_the_full_k_over_n_grid():
 
 
 def test_numerical_map_with_negative_outputs_keeps_its_sign():
-  """tracr's categorical→numerical MLP reads f(x) through one ReLU: f(x) < 0 silently becomes 0 (#24)."""
+  """tracr's categorical→numerical MLP reads f(x) through one ReLU: f(x) < 0 silently becomes 0
+  (#24)."""
   program = rasp.numerical(rasp.Map(lambda x: x - 1, rasp.tokens))
   compiled = compile_rasp(program, {0, 1, 2}, 4)
   assert compiled.apply([0, 1, 2]) == [-1.0, 0.0, 1.0]
@@ -42,8 +45,9 @@ def test_categorical_none_decodes_to_none_not_the_first_value():
 
 
 def test_categorical_aggregate_averaging_several_values_is_refused():
-  """A categorical Aggregate selecting several distinct values would mix their one-hots (the compiled
-  model silently outputs one of them, or None); ``apply`` refuses such inputs, naming the Aggregate."""
+  """A categorical Aggregate selecting several distinct values would mix their one-hots (the
+  compiled model silently outputs one of them, or None); ``apply`` refuses such inputs, naming the
+  Aggregate."""
   program = rasp.Aggregate(rasp.Select(rasp.tokens, rasp.tokens, rasp.Comparison.TRUE), rasp.tokens)
   compiled = compile_rasp(program, {1, 2}, 3)
   assert compiled.apply([2, 2]) == [2, 2]  # one distinct value: fine
@@ -66,7 +70,8 @@ def test_non_default_aggregate_defaults_are_refused():
 
 
 def test_long_selector_width_is_exact():
-  """tracr's fixed MLP sharpness miscounted widths above ~10 (#7, #14); ours scales with the grid."""
+  """tracr's fixed MLP sharpness miscounted widths above ~10 (#7, #14); ours scales with the
+  grid."""
   compiled = compile_rasp(lib.make_length(), {"a", "b"}, 50)
   for n in (11, 20, 37, 50):
     assert compiled.apply(["a"] * n) == [n] * n

@@ -1,4 +1,5 @@
-"""tracr's conformance cases (p2 §3.1, §5) through the evaluator, and the validator on the unsupported ones."""
+"""tracr's conformance cases (p2 §3.1, §5) through the evaluator, and the validator on the
+unsupported ones."""
 
 import pytest
 

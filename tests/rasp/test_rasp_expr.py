@@ -1,4 +1,5 @@
-"""The RASP language objects: immutability, labels and ids, encodings, operator sugar, selector algebra."""
+"""The RASP language objects: immutability, labels and ids, encodings, operator sugar, selector
+algebra."""
 
 import logging
 

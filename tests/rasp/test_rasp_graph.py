@@ -1,4 +1,5 @@
-"""The program DAG, value-set inference (with the k/n fix of p2 §2), and the validator's finer rules."""
+"""The program DAG, value-set inference (with the k/n fix of p2 §2), and the validator's finer
+rules."""
 
 import pytest
 
@@ -69,7 +70,8 @@ def test_value_sets_of_the_other_operations():
 
 
 def test_frac_prevs_threshold_is_right_on_the_exact_grid():
-  """p2 §2's silent failure: `frac_prevs > 0.5` on xxaxa is all True; the grid must contain 2/3, 3/4, 3/5."""
+  """p2 §2's silent failure: `frac_prevs > 0.5` on xxaxa is all True; the grid must contain 2/3,
+  3/4, 3/5."""
   prog = rasp.Map(lambda v: v > 0.5, lib.make_frac_prevs(tokens == "x"))
   assert prog("xxaxa") == [True] * 5
   frac = prog.inner

@@ -189,7 +189,8 @@ def test_causal_evaluation_is_evaluation_of_each_prefix(name):
 
 
 def test_causal_count_less_freq_reads_prefix_histograms():
-  """Its selector compares hist values computed on shorter prefixes, so it is not a prefix program."""
+  """Its selector compares hist values computed on shorter prefixes, so it is not a prefix
+  program."""
   prog = lib.make_count_less_freq(1)
   assert rasp.causal_evaluate(prog, ["a", "a"]) == [1, 1]  # hist at key 0 was 1 when computed
   assert [prog(["a", "a"][: i + 1])[i] for i in range(2)] == [1, 0]

@@ -1,5 +1,6 @@
 """A new project needs no edit outside its own files: the toy trainer + config (≤ 60 lines) train,
-resume, checkpoint, plan and sample through the shared launchers (WORKSPACE.md, "How to add a project")."""
+resume, checkpoint, plan and sample through the shared launchers (WORKSPACE.md, "How to add a
+project")."""
 
 import json
 import os

@@ -1,4 +1,5 @@
-"""Checkpointer: round trips, other meshes, keep-N, fall back over broken steps, init_from, SIGTERM."""
+"""Checkpointer: round trips, other meshes, keep-N, fall back over broken steps, init_from,
+SIGTERM."""
 
 import gc
 import logging
@@ -46,7 +47,8 @@ def make_state(mesh, seed=0, step=3):
 
 
 def abstract(state, mesh, specs=None):
-  """ShapeDtypeStructs of ``state`` on ``mesh``, keeping each leaf's spec unless ``specs`` maps its name."""
+  """ShapeDtypeStructs of ``state`` on ``mesh``, keeping each leaf's spec unless ``specs`` maps its
+  name."""
 
   def one(path, x):
     spec = x.sharding.spec
@@ -417,8 +419,9 @@ def _big_state(mesh, seed):
 def test_flipped_bytes_fail_the_checksum_and_the_previous_step_is_restored(
   tmp_path, devices8, caplog
 ):
-  """F1: bytes flipped inside a parameter file of the newest step read back as other numbers without any
-  error from orbax; the checksum catches it, the step is skipped with the reason, the previous one used."""
+  """F1: bytes flipped inside a parameter file of the newest step read back as other numbers without
+  any error from orbax; the checksum catches it, the step is skipped with the reason, the previous
+  one used."""
   mesh = make_mesh((1, 8, 1))
   states = {s: _big_state(mesh, s) for s in (1, 2)}
   with ckpt.Checkpointer(tmp_path) as ck:

@@ -1,6 +1,6 @@
-"""The gradient-flow check: disconnected leaves are dead, frozen leaves stay put (or are caught moving), a
-zero-initialised output layer is alive after the first update, check_loss on a plain function, and the
-language-model trainer passes it."""
+"""The gradient-flow check: disconnected leaves are dead, frozen leaves stay put (or are caught
+moving), a zero-initialised output layer is alive after the first update, check_loss on a plain
+function, and the language-model trainer passes it."""
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +15,9 @@ from superpose.train.task import Task
 
 
 class Tiny(nnx.Module):
-  """y = tanh(x A) B + x F: ``b`` may start at zero (a LoRA-B-like output layer), ``frozen`` (F) is frozen
-  by the configs below; ``times_zero`` reaches the loss multiplied by 0 and ``unused`` never does."""
+  """y = tanh(x A) B + x F: ``b`` may start at zero (a LoRA-B-like output layer), ``frozen`` (F) is
+  frozen by the configs below; ``times_zero`` reaches the loss multiplied by 0 and ``unused`` never
+  does."""
 
   def __init__(self, zero_out: bool = False):
     rng = np.random.default_rng(0)
@@ -77,7 +78,8 @@ def test_disconnected_leaves_are_dead_and_frozen_leaves_stay():
 
 
 def test_zero_initialised_output_layer_is_alive_after_the_first_step():
-  # At the initialisation b = 0, so a's gradient is exactly zero: what the first update is there for.
+  # At the initialisation b = 0, so a's gradient is exactly zero: what the first update is there
+  # for.
   assert gradcheck.check_task(_tiny(zero_out=True), _cfg(), steps=0).dead == [
     "a",
     "times_zero",

@@ -1,5 +1,6 @@
 """launch.train end to end in subprocesses: one-line errors and exit statuses, kill -9 and resume,
-checkpoint fallback over broken and corrupt steps, the workdir's config as the contract of a resume."""
+checkpoint fallback over broken and corrupt steps, the workdir's config as the contract of a
+resume."""
 
 import hashlib
 import json
@@ -241,8 +242,9 @@ def test_truncated_newest_checkpoint_falls_back(trained, tmp_path):
 
 
 def test_flipped_bytes_in_the_newest_checkpoint_fall_back(trained, tmp_path):
-  """F1: 16 bytes flipped inside a parameter data file read back as other numbers without an error from
-  orbax; the content checksum finds it, the step is skipped with the reason and the previous one used."""
+  """F1: 16 bytes flipped inside a parameter data file read back as other numbers without an error
+  from orbax; the content checksum finds it, the step is skipped with the reason and the previous
+  one used."""
   w = _copy(trained, tmp_path)
   data = _largest_params_file(w / "checkpoints" / "10")
   raw = bytearray(data.read_bytes())
@@ -263,7 +265,8 @@ def test_flipped_bytes_in_the_newest_checkpoint_fall_back(trained, tmp_path):
 
 
 def test_no_readable_checkpoint_ends_with_one_line(trained, tmp_path):
-  """F9: every step broken (a data file deleted from each): one line, status 4, nothing changed on disk."""
+  """F9: every step broken (a data file deleted from each): one line, status 4, nothing changed on
+  disk."""
   w = _copy(trained, tmp_path)
   for step in (5, 10):
     _largest_params_file(w / "checkpoints" / str(step)).unlink()
@@ -357,8 +360,9 @@ def test_non_finite_loss_ends_with_one_line_saying_what_is_on_disk(tmp_path):
 
 
 def test_metrics_are_rewritten_from_the_resumed_step(trained, tmp_path):
-  """F10: a run that logged steps 6..10 but whose checkpoint 10 never reached the disk (killed during the
-  save) resumes at 5; metrics.jsonl then holds each step once, the later ones from the resumed run."""
+  """F10: a run that logged steps 6..10 but whose checkpoint 10 never reached the disk (killed
+  during the save) resumes at 5; metrics.jsonl then holds each step once, the later ones from the
+  resumed run."""
   w = _copy(trained, tmp_path)
   shutil.rmtree(w / "checkpoints" / "10")
   old = {row["step"]: row["time"] for row in _rows(w)}

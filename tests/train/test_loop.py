@@ -236,8 +236,9 @@ def test_metrics_of_steps_after_the_restart_point_are_dropped(tmp_path, devices8
 
 
 def test_progress_is_carried_over_sessions(tmp_path, devices8):
-  """A run's step reached and training wall time summed over sessions: progress.json at every checkpoint and
-  in the checkpoint's metadata, so a resumed run (another session, another machine) continues the count."""
+  """A run's step reached and training wall time summed over sessions: progress.json at every
+  checkpoint and in the checkpoint's metadata, so a resumed run (another session, another machine)
+  continues the count."""
   cfg = _cfg(steps=2, checkpoint_every=2)
   loop.train(cfg, tmp_path, lm.make_task(cfg))
   first = json.loads((tmp_path / "progress.json").read_text())

@@ -1,5 +1,6 @@
-"""Two processes × four CPU devices (launch/multiprocess.sh, jax.distributed on localhost, gloo) against
-one process × eight devices: the same 8-device mesh, so the same losses up to float rounding.
+"""Two processes × four CPU devices (launch/multiprocess.sh, jax.distributed on localhost, gloo)
+against one process × eight devices: the same 8-device mesh, so the same losses up to float
+rounding.
 
 The processes record, per step, which rows of the global batch their host data fills and a hash of
 each row (``SUPERPOSE_RECORD_BATCHES``): process p must fill rows [4p, 4p + 4) with exactly the rows
@@ -29,8 +30,8 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 LAUNCHER = REPO / "launch" / "multiprocess.sh"
 SMOKE = f"{REPO}/configs/lm/tiny.py:smoke"
 N = 4  # steps of the first run; the reference and the resumed run go to 2N
-# A constant learning rate after a short warmup: the schedule does not depend on train.steps, so a run
-# to N continued to 2N sees the learning rates of a run to 2N.
+# A constant learning rate after a short warmup: the schedule does not depend on train.steps, so a
+# run to N continued to 2N sees the learning rates of a run to 2N.
 COMMON = [
   "--config.train.progress=False",
   "--config.optim.schedule=constant",
@@ -71,8 +72,8 @@ def _single(workdir, *overrides, timeout=300):
 
 
 def _start(workdir, *overrides, stderr=subprocess.PIPE):
-  """launch/multiprocess.sh: two processes of four devices; its own session, so that a failed test can
-  kill it with its children."""
+  """launch/multiprocess.sh: two processes of four devices; its own session, so that a failed test
+  can kill it with its children."""
   cmd = [
     "bash",
     str(LAUNCHER),
@@ -124,8 +125,8 @@ def _losses(workdir, key="loss") -> dict[int, float]:
 
 
 def _batches(workdir) -> dict[tuple[int, int], dict]:
-  """(step, process) → the rows that process filled at that step and their hashes (the last record of
-  a step wins: a resumed run records its steps again)."""
+  """(step, process) → the rows that process filled at that step and their hashes (the last record
+  of a step wins: a resumed run records its steps again)."""
   out = {}
   for p in (pathlib.Path(workdir) / "debug").glob("batches_process_*.jsonl"):
     for line in p.read_text().splitlines():
@@ -169,7 +170,8 @@ def _steps(workdir) -> list[int]:
 
 
 def test_two_processes_equal_one_process_then_resume(tmp_path, record_property):
-  """(a) N steps on 2 processes = the first N steps on 1 process, each process reading only its rows;
+  """(a) N steps on 2 processes = the first N steps on 1 process, each process reading only its
+      rows;
   (b) the 2-process checkpoint at N, resumed by 2 processes to 2N = 1 process to 2N. One test, so
   that pytest-xdist does not run the shared one-process reference twice."""
   ref, two = tmp_path / "one_process", tmp_path / "two_processes"
@@ -192,8 +194,9 @@ def test_two_processes_equal_one_process_then_resume(tmp_path, record_property):
     jax.tree.leaves(_params(two / "checkpoints" / str(N))),
     jax.tree.leaves(_params(ref / "checkpoints" / str(N))),
   ):
-    # Adam turns last-bit gradient differences of near-zero parameters into ~lr-sized steps: 1.3e-6 seen on an
-    # AVX2-only host; a wrong row or shard would differ by the size of the parameters (≥ 1e-2).
+    # Adam turns last-bit gradient differences of near-zero parameters into ~lr-sized steps: 1.3e-6
+    # seen on an AVX2-only host; a wrong row or shard would differ by the size of the parameters (≥
+    # 1e-2).
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
   _two(two, f"--config.train.steps={2 * N}")
@@ -254,9 +257,9 @@ def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path):
 
 @pytest.mark.slow
 def test_a_dead_peer_ends_the_others_with_one_line(tmp_path):
-  """kill -9 of process 1: process 0, waiting in a collective, notices within config.peer_timeout_s that
-  its peer shows no sign of life and exits with status 5 and one line naming the newest checkpoint
-  (instead of jax's abort with a C++ stack trace after the 100 s heartbeat timeout)."""
+  """kill -9 of process 1: process 0, waiting in a collective, notices within config.peer_timeout_s
+  that its peer shows no sign of life and exits with status 5 and one line naming the newest
+  checkpoint (instead of jax's abort with a C++ stack trace after the 100 s heartbeat timeout)."""
   w = tmp_path / "w"
   err_path = tmp_path / "launcher.err"
   with open(err_path, "w") as err:

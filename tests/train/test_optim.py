@@ -70,7 +70,8 @@ def test_group_learning_rates_and_clipping():
 
 
 def test_global_clipping_excludes_frozen():
-  # With a large eps Adam's first update is lr·g/(|g| + eps), so it shows the clipped gradient scale.
+  # With a large eps Adam's first update is lr·g/(|g| + eps), so it shows the clipped gradient
+  # scale.
   p = {"a": jnp.zeros(4), "f": jnp.zeros(4)}
   g = {"a": jnp.full(4, 3.0), "f": jnp.full(4, 1e6)}
   cfg = {

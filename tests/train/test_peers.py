@@ -1,4 +1,5 @@
-"""The multi-process watchdog against an in-memory key-value store (the real one: test_multiprocess.py)."""
+"""The multi-process watchdog against an in-memory key-value store (the real one:
+test_multiprocess.py)."""
 
 import threading
 import time

@@ -102,8 +102,9 @@ def test_dimension_that_does_not_divide_is_replicated(devices8, caplog):
 
 
 def test_lookup_tables_all_gather_only_where_batch_and_table_axes_collide():
-  """Embedding tables: all-gather the fsdp-sharded model dim only when the batch is sharded over fsdp AND
-  more (data × fsdp), where XLA would otherwise fully rematerialize the gather (launch.plan notes it)."""
+  """Embedding tables: all-gather the fsdp-sharded model dim only when the batch is sharded over
+  fsdp AND more (data × fsdp), where XLA would otherwise fully rematerialize the gather (launch.plan
+  notes it)."""
   on = {"data": 2, "fsdp": 2, "tensor": 2}
   assert shd.lookup_axes(("vocab", "embed"), on) == ("vocab", None)
   assert shd.lookup_axes((None, "embed"), on) == (None, None)

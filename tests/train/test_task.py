@@ -1,5 +1,5 @@
-"""The spec/data contract (superpose.train.task): a host batch that is not what the spec declares fails with
-a line that names the difference, before anything compiles."""
+"""The spec/data contract (superpose.train.task): a host batch that is not what the spec declares
+fails with a line that names the difference, before anything compiles."""
 
 import jax
 import numpy as np

@@ -1,4 +1,5 @@
-"""The workdir before a run writes to it: usable, and its config.json as the contract of a resume."""
+"""The workdir before a run writes to it: usable, and its config.json as the contract of a
+resume."""
 
 import json
 import os

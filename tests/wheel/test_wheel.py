@@ -1,6 +1,7 @@
-"""The distribution is the library only, and the README's "reuse the libraries" example runs against the
-installed wheel: built here (offline, no build isolation), installed into a fresh virtual environment whose
-third-party packages come from this one, run from a folder outside the checkout."""
+"""The distribution is the library only, and the README's "reuse the libraries" example runs against
+the installed wheel: built here (offline, no build isolation), installed into a fresh virtual
+environment whose third-party packages come from this one, run from a folder outside the
+checkout."""
 
 import json
 import os
@@ -52,8 +53,9 @@ def test_wheel_holds_the_library_and_the_example_trains_from_it(tmp_path):
     "superpose/data/samples/shakespeare.jsonl.gz" in names and "superpose/train/loop.py" in names
   )
 
-  # A fresh venv: the wheel in its own site-packages, jax & co. reached through a .pth line (not this
-  # checkout: the editable install's finder lives in a .pth file that a plain path line does not run).
+  # A fresh venv: the wheel in its own site-packages, jax & co. reached through a .pth line (not
+  # this checkout: the editable install's finder lives in a .pth file that a plain path line does
+  # not run).
   _run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")])
   python = tmp_path / "venv" / "bin" / "python"
   site = pathlib.Path(

@@ -1,4 +1,5 @@
-"""The per-layer autoencoder of p1 §3.3: Linear(d → bottleneck) + exact GELU, then a decoder back to d.
+"""The per-layer autoencoder of p1 §3.3: Linear(d → bottleneck) + exact GELU, then a decoder back to
+d.
 
 The decoder is a Linear, or a Conv1d along the sequence axis T of each row (as the paper's). Rows
 are taken to be single sequences: with several packed documents per row the conv's taps would reach

@@ -11,10 +11,11 @@ import numpy as np
 
 
 def clamped_knots(num_control: int, degree: int, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
-  """Knots for ``num_control`` basis functions: ``lo`` and ``hi`` repeated degree+1 times, uniform inside.
+  """Knots for ``num_control`` basis functions: ``lo`` and ``hi`` repeated degree+1 times, uniform
+  inside.
 
-  The vector is concat(lo·1_k, linspace(lo, hi, N − k + 1), hi·1_k), which for N = 16, k = 3 on [0, 1]
-  is p1 §3.2's 20-knot vector.
+  The vector is concat(lo·1_k, linspace(lo, hi, N − k + 1), hi·1_k), which for N = 16, k = 3 on [0,
+  1] is p1 §3.2's 20-knot vector.
   """
   if degree < 0:
     raise ValueError(f"clamped_knots: degree must be >= 0, got {degree}")
@@ -35,7 +36,8 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def basis(x: np.ndarray, knots: np.ndarray, degree: int) -> np.ndarray:
-  """Values (len(x), num_control) of every basis function at ``x``; num_control = len(knots) − degree − 1.
+  """Values (len(x), num_control) of every basis function at ``x``; num_control = len(knots) −
+  degree − 1.
 
   ``x`` must lie in the spline's domain [knots[degree], knots[num_control]]; rows sum to 1 there.
   """
@@ -64,7 +66,8 @@ def basis(x: np.ndarray, knots: np.ndarray, degree: int) -> np.ndarray:
   values = np.zeros((len(x), len(t) - 1))
   values[np.arange(len(x)), span] = 1.0
 
-  # N_{i,p}(x) = (x − t_i)/(t_{i+p} − t_i) · N_{i,p−1}(x) + (t_{i+p+1} − x)/(t_{i+p+1} − t_{i+1}) · N_{i+1,p−1}(x)
+  # N_{i,p}(x) = (x − t_i)/(t_{i+p} − t_i) · N_{i,p−1}(x) + (t_{i+p+1} − x)/(t_{i+p+1} − t_{i+1}) ·
+  # N_{i+1,p−1}(x)
   for p in range(1, degree + 1):
     n = len(t) - 1 - p
     rise = _ratio(x[:, None] - t[None, :n], t[p : p + n] - t[:n])
@@ -74,7 +77,8 @@ def basis(x: np.ndarray, knots: np.ndarray, degree: int) -> np.ndarray:
 
 
 def layer_basis(num_layers: int, num_control: int = 16, degree: int = 3) -> np.ndarray:
-  """Basis at the normalised layer index x = linspace(0, 1, num_layers): p1 §3.2's 12×16 matrix by default."""
+  """Basis at the normalised layer index x = linspace(0, 1, num_layers): p1 §3.2's 12×16 matrix by
+  default."""
   if num_layers < 1:
     raise ValueError(f"layer_basis: num_layers must be >= 1, got {num_layers}")
   x = np.linspace(0.0, 1.0, num_layers)

@@ -7,13 +7,14 @@ for each decay β the bias-corrected EMA over time
 
     m_t = Σ_{τ≤t} (1 − β) β^{t−τ} s_τ / (1 − β^{t+1})        (β = 0: the token itself)
 
-computed with ``jax.lax.associative_scan`` (O(T log T) work, log T depth, causal by construction) and
-restarted at packed-document boundaries when ``segment_ids_BT`` is given (t then counts from the
+computed with ``jax.lax.associative_scan`` (O(T log T) work, log T depth, causal by construction)
+and restarted at packed-document boundaries when ``segment_ids_BT`` is given (t then counts from the
 document's first token). The bias correction is the same scan run on ones: the EMA of a constant is
 that constant from the first token on. Concatenated over decays → dense(hidden) → exact GELU →
-dense(K) = logits. The EMA is linear, so EMA(s)·W = EMA(s·W): the forward projects each position to the
-hidden width first and averages there (hidden ≪ d_model: a few times less scan work, the same logits). The output layer starts at zero, so the gate starts uniform after a softmax;
-its first step moves the output layer only (the hidden layer's gradient goes through it).
+dense(K) = logits. The EMA is linear, so EMA(s)·W = EMA(s·W): the forward projects each position to
+the hidden width first and averages there (hidden ≪ d_model: a few times less scan work, the same
+logits). The output layer starts at zero, so the gate starts uniform after a softmax; its first step
+moves the output layer only (the hidden layer's gradient goes through it).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from superpose.nn import sharding
 def causal_ema(
   x_BTD: jax.Array, decays: Sequence[float], segment_ids_BT: jax.Array | None = None
 ) -> jax.Array:
-  """Bias-corrected EMAs of x over time, one per decay, restarted where the segment id changes: (B, T, N, D) f32.
+  """Bias-corrected EMAs of x over time, one per decay, restarted where the segment id changes: (B,
+  T, N, D) f32.
 
   ``x`` may also be (B, T, N, D) with N = len(decays): decay n then averages x[:, :, n] only."""
   x = x_BTD.astype(jnp.float32)
@@ -57,7 +59,8 @@ def causal_ema(
 
 
 class CausalGate(nnx.Module):
-  """``__call__(s_BTD, segment_ids_BT=None) -> logits_BTK`` (f32); softmax, top-1 … are the caller's."""
+  """``__call__(s_BTD, segment_ids_BT=None) -> logits_BTK`` (f32); softmax, top-1 … are the
+  caller's."""
 
   def __init__(
     self,
@@ -108,7 +111,8 @@ class CausalGate(nnx.Module):
     ].astype(jnp.float32)
 
   def flops_per_token(self) -> int:
-    """2 per multiply-add of the two dense layers, plus 3·hidden per non-zero decay (EMA multiply-add, divide).
+    """2 per multiply-add of the two dense layers, plus 3·hidden per non-zero decay (EMA
+    multiply-add, divide).
 
     The RMS norm, the GELU and the associative scan's extra log T combine steps are not counted.
     """

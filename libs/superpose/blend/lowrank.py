@@ -1,8 +1,9 @@
-"""K experts as one trunk plus per-expert parameter deltas: the learnable side of ``superpose.nn.deltas``.
+"""K experts as one trunk plus per-expert parameter deltas: the learnable side of
+``superpose.nn.deltas``.
 
-``ExpertDeltas`` holds, for every trunk parameter that gets one, the K deltas as ``nnx.Param`` leaves
-at the trunk parameter's own path (``blocks/0/attn/q/{a,b}``, ``final_norm/scale/d``), so its pure
-dict reads like the trunk's and shards like it. ``__call__(gate_BTK)`` returns the
+``ExpertDeltas`` holds, for every trunk parameter that gets one, the K deltas as ``nnx.Param``
+leaves at the trunk parameter's own path (``blocks/0/attn/q/{a,b}``, ``final_norm/scale/d``), so its
+pure dict reads like the trunk's and shards like it. ``__call__(gate_BTK)`` returns the
 ``superpose.nn.deltas.Delta`` that the Transformer's forward takes.
 
 Which delta each parameter gets (by name, not only by rank: a (h, dh) ``q_bias`` is added, not
@@ -10,16 +11,16 @@ multiplied):
   * matrices (q, k, v, o, wi, wg, wo, …): ``LowRank`` a (K, *in, r), b (K, r, *out), with
     r = min(rank, prod(in), prod(out)) — a rank at or above every dimension is exact;
   * biases and norm scales: ``Full`` d (K, *shape) when ``vector_mode='full'``, none for ``'none'``;
-  * the vocabulary and position tables (``token_embedding``, ``position_embedding``, ``unembedding``):
-    ``embedding_mode`` 'lowrank' | 'full' | 'none';
+  * the vocabulary and position tables (``token_embedding``, ``position_embedding``,
+    ``unembedding``): ``embedding_mode`` 'lowrank' | 'full' | 'none';
   * paths matching any regex of ``skip`` (searched in ``"blocks/0/attn/q"``): none.
 A scanned trunk (``blocks/attn/q`` with a leading layer axis) gives stacked deltas, (L, K, …).
 
 Initialisation: a ~ N(0, σ²) with σ = 1/√prod(in) (σ = 1 for lookup tables, whose input is one-hot),
-b = 0, d = 0. Every Δ is then exactly zero — a fresh module reproduces the trunk — yet it trains: ∂L/∂b = aᵀ
-(…) is non-zero from the first step (a zero a AND zero b would be a saddle that never moves). The
-gate's gradient is zero until b moves. To start from the experts, :func:`values_from_experts` and
-:meth:`ExpertDeltas.load`.
+b = 0, d = 0. Every Δ is then exactly zero — a fresh module reproduces the trunk — yet it trains:
+∂L/∂b = aᵀ (…) is non-zero from the first step (a zero a AND zero b would be a saddle that never
+moves). The gate's gradient is zero until b moves. To start from the experts,
+:func:`values_from_experts` and :meth:`ExpertDeltas.load`.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def plan(
   skip: Sequence[str] = (),
   axes=None,
 ) -> tuple[Entry, ...]:
-  """Which delta every trunk parameter gets (see the module docstring); the one rule for shapes and values.
+  """Which delta every trunk parameter gets (see the module docstring); the one rule for shapes and
+  values.
 
   abs_params: the trunk's params — an ``nnx.State`` of Variables (logical axes read from their
   metadata) or a pure dict of arrays / ``jax.ShapeDtypeStruct`` (axes from ``axes``, a pytree of
@@ -156,10 +158,11 @@ def _init_a(entry: Entry):
 
 
 class ExpertDeltas(nnx.Module):
-  """K per-expert deltas of a trunk's parameters; ``__call__(gate_BTK)`` → ``superpose.nn.deltas.Delta``.
+  """K per-expert deltas of a trunk's parameters; ``__call__(gate_BTK)`` →
+  ``superpose.nn.deltas.Delta``.
 
-  The trunk is read for shapes, dtypes, logical axes and layout only (see :func:`plan`). Delta leaves
-  shard like their trunk parameter, with the K axis ('experts') and the rank axis unsharded.
+  The trunk is read for shapes, dtypes, logical axes and layout only (see :func:`plan`). Delta
+  leaves shard like their trunk parameter, with the K axis ('experts') and the rank axis unsharded.
   """
 
   def __init__(
@@ -201,7 +204,8 @@ class ExpertDeltas(nnx.Module):
   def for_config(
     cls, cfg, num_deltas: int, rank: int, *, rngs: nnx.Rngs, **kwargs
   ) -> "ExpertDeltas":
-    """Deltas for a ``superpose.nn.Transformer`` of config ``cfg`` (its abstract params, axes included)."""
+    """Deltas for a ``superpose.nn.Transformer`` of config ``cfg`` (its abstract params, axes
+    included)."""
     from superpose.nn.decoder import Transformer
 
     abstract = nnx.state(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))), nnx.Param)
@@ -235,7 +239,8 @@ class ExpertDeltas(nnx.Module):
     return Delta(gate_BTK, self.delta_params())
 
   def load(self, values) -> None:
-    """Set every delta from a pure dict like :func:`values_from_experts` returns (missing entries raise).
+    """Set every delta from a pure dict like :func:`values_from_experts` returns (missing entries
+    raise).
 
     Eager: a concrete sharded parameter keeps its sharding; an abstract one (``nnx.eval_shape``)
     becomes the given array.
@@ -266,7 +271,8 @@ class ExpertDeltas(nnx.Module):
 
 
 def _container(tree: dict):
-  """nnx.Dict of str keys; an nnx.List for layer indices (empty nnx.Dicts where a layer has no delta)."""
+  """nnx.Dict of str keys; an nnx.List for layer indices (empty nnx.Dicts where a layer has no
+  delta)."""
   if not isinstance(tree, dict):
     return tree
   if tree and all(isinstance(k, int) for k in tree):
@@ -287,10 +293,10 @@ def values_from_experts(
 ) -> dict:
   """The pure dict of delta values (``{path: {'a', 'b'} | {'d'}}``) of K experts against the trunk.
 
-  Matrices: the balanced truncated SVD of θ_k − θ_trunk (``deltas.lowrank_from_difference``, float64,
-  per layer for stacked blocks); Full entries: the exact differences. Params may be pure dicts or
-  ``nnx.State``s of the same layout; the result loads with :meth:`ExpertDeltas.load` for the same
-  ``rank`` and modes.
+  Matrices: the balanced truncated SVD of θ_k − θ_trunk (``deltas.lowrank_from_difference``,
+  float64, per layer for stacked blocks); Full entries: the exact differences. Params may be pure
+  dicts or ``nnx.State``s of the same layout; the result loads with :meth:`ExpertDeltas.load` for
+  the same ``rank`` and modes.
   """
 
   def pure(p):

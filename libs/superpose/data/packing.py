@@ -1,4 +1,5 @@
-"""Packing documents into fixed-length rows, with segment ids so that attention stays inside a document.
+"""Packing documents into fixed-length rows, with segment ids so that attention stays inside a
+document.
 
 A row holds ``L = seq_len + 1`` tokens; the model sees ``inputs = row[:-1]`` and predicts
 ``targets = row[1:]``. The packing, step by step:
@@ -9,8 +10,8 @@ A row holds ``L = seq_len + 1`` tokens; the model sees ``inputs = row[:-1]`` and
    pair and is dropped (so is a 1-token document).
 2. Order. Documents are taken in a permutation drawn from ``seed``; the chunks of a document stay in
    order.
-3. First fit. Each chunk goes into the first row (lowest index) with room for it; a max-tree over the
-   rows' free space finds that row in O(log rows). Chunks are never split further, so a document
+3. First fit. Each chunk goes into the first row (lowest index) with room for it; a max-tree over
+   the rows' free space finds that row in O(log rows). Chunks are never split further, so a document
    shorter than a row is always whole in one row.
 4. Rows are padded with ``pad_id`` and segment 0.
 
@@ -22,7 +23,8 @@ What a row yields (each of length ``seq_len``):
   input that ends a segment (its "target" is the next document's first token or padding).
 
 ``PackedStream.batch(step)`` is, like ``lm.TrainStream``, a pure function of (seed, step): the rows
-are packed once (seeded) and a grain ``MapDataset`` shuffles them, with a new permutation each epoch.
+are packed once (seeded) and a grain ``MapDataset`` shuffles them, with a new permutation each
+epoch.
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ def chunk_bounds(n: int, row_len: int) -> list[tuple[int, int]]:
 
 
 class _FirstFit:
-  """Rows with ``capacity`` free tokens each; ``place(k)`` takes k tokens from the first row that has
-  them and returns (row, offset). A binary tree holds each subtree's largest free space."""
+  """Rows with ``capacity`` free tokens each; ``place(k)`` takes k tokens from the first row that
+  has them and returns (row, offset). A binary tree holds each subtree's largest free space."""
 
   def __init__(self, max_rows: int, capacity: int):
     self.size = 1 << max(0, (max_rows - 1).bit_length())
@@ -153,7 +155,8 @@ class PackedStream:
 
 
 class PackedEvalSet:
-  """A fixed list of evaluation batches: the first packed rows of the held-out documents, in order."""
+  """A fixed list of evaluation batches: the first packed rows of the held-out documents, in
+  order."""
 
   def __init__(
     self,

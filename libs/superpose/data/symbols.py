@@ -1,14 +1,15 @@
 """Symbol vocabularies for synthetic tasks: every symbol (any string) is one token.
 
 Ids: the special tokens first (so ``<pad>`` is 0 by default), then the symbols in the given order.
-Text is a sequence of symbols joined by ``sep`` (a space by default; ``sep=""`` makes every character
-a symbol, e.g. icl_superposition's character vocabulary, whose specials stay multi-character), which gives these tokenizers the same ``encode(str)``/``decode(ids)`` interface as the
-others. Synthetic projects mostly use ``encode_symbols``/``decode_symbols`` on lists directly.
+Text is a sequence of symbols joined by ``sep`` (a space by default; ``sep=""`` makes every
+character a symbol, e.g. icl_superposition's character vocabulary, whose specials stay
+multi-character), which gives these tokenizers the same ``encode(str)``/``decode(ids)`` interface as
+the others. Synthetic projects mostly use ``encode_symbols``/``decode_symbols`` on lists directly.
 
     tok = SymbolTokenizer(("0", "1", "+", "="))
     tok.encode("1 + 1 =")                                            # [4, 5, 4, 6]
-    get_tokenizer("symbols", symbols="0 1 + =".split())              # the same, through the registry
-    register_vocabulary("parity", ["0", "1"]); get_tokenizer("parity")
+    get_tokenizer("symbols", symbols="0 1 + =".split())              # the same, through the
+    registry register_vocabulary("parity", ["0", "1"]); get_tokenizer("parity")
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class SymbolTokenizer:
       raise ValueError(
         f"symbols must be distinct (from each other and the specials): repeated {dupes}"
       )
-    # Specials are ids, never parsed from text: with sep '' only the symbols must be single characters.
+    # Specials are ids, never parsed from text: with sep '' only the symbols must be single
+    # characters.
     bad = [s for s in vocab if not s or (self.sep and self.sep in s)]
     bad += [s for s in self.symbols if not self.sep and len(s) != 1]
     if bad:
@@ -96,7 +98,8 @@ class SymbolTokenizer:
     return self.encode_symbols(text.split(self.sep) if self.sep else list(text)) if text else []
 
   def decode(self, ids: Sequence[int]) -> str:
-    """Symbols joined by ``sep``; special tokens are left out, as ByteTokenizer leaves out its separator."""
+    """Symbols joined by ``sep``; special tokens are left out, as ByteTokenizer leaves out its
+    separator."""
     return self.sep.join(self.decode_symbols(ids, skip_specials=True))
 
 

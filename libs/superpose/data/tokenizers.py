@@ -46,7 +46,8 @@ _REGISTRY = {"bytes": ByteTokenizer, "gpt2": _gpt2, "symbols": _symbols}
 
 
 def get_tokenizer(name: str, **kwargs) -> Tokenizer:
-  """The tokenizer registered as ``name``; keyword arguments go to its factory (e.g. ``symbols=``)."""
+  """The tokenizer registered as ``name``; keyword arguments go to its factory (e.g.
+  ``symbols=``)."""
   if name not in _REGISTRY:
     raise ValueError(
       f"data.tokenizer: unknown tokenizer {name!r} (known: {', '.join(sorted(_REGISTRY))})"
@@ -55,5 +56,6 @@ def get_tokenizer(name: str, **kwargs) -> Tokenizer:
 
 
 def register(name: str, factory) -> None:
-  """Add a tokenizer factory (e.g. superpose.data.symbols.register_vocabulary for a fixed vocabulary)."""
+  """Add a tokenizer factory (e.g. superpose.data.symbols.register_vocabulary for a fixed
+  vocabulary)."""
   _REGISTRY[name] = factory

@@ -1,14 +1,15 @@
 """The math of the superposition step inside the Pallas kernels, on one row block of 2-D values.
 
-``blend`` is shared with the plain-JAX ``reference`` (the same f32 expression in both). The rest is what
-the kernels compute differently from the reference, because Mosaic and Triton lower less than XLA:
+``blend`` is shared with the plain-JAX ``reference`` (the same f32 expression in both). The rest is
+what the kernels compute differently from the reference, because Mosaic and Triton lower less than
+XLA:
   * GELU is ½x(1 + erf(x/√2)) (``gelu_exact``, and ``gelu_exact_grad`` for the backward):
-    ``jax.nn.gelu(approximate=False)``, which the reference uses, goes through erfc, which has no Mosaic
-    lowering in this jax; the two agree to f32 rounding. Triton lowers no erf at all, so on the GPU erf is
-    Eigen's f32 rational approximation (``erf_rational``).
-  * the causal conv's row shifts (``shift_down``, ``shift_up``) are a concatenate and a static slice, or
-    on the GPU (Triton lowers neither value slices nor uneven concatenates) 0/1 selection matmuls at
-    HIGHEST precision, exact;
+    ``jax.nn.gelu(approximate=False)``, which the reference uses, goes through erfc, which has no
+    Mosaic lowering in this jax; the two agree to f32 rounding. Triton lowers no erf at all, so on
+    the GPU erf is Eigen's f32 rational approximation (``erf_rational``).
+  * the causal conv's row shifts (``shift_down``, ``shift_up``) are a concatenate and a static
+    slice, or on the GPU (Triton lowers neither value slices nor uneven concatenates) 0/1 selection
+    matmuls at HIGHEST precision, exact;
   * every matmul is a 2-D ``dot`` with f32 accumulation.
 ``gpu`` selects the Triton-safe variant (also run in interpret mode on the CPU by the tests).
 """
@@ -22,7 +23,8 @@ import jax.numpy as jnp
 
 
 def blend(h_base, h_expert, alpha, dtype) -> jax.Array:
-  """h = (1 − α)·h_base + α·h_expert in f32, cast to ``dtype``; α f32, broadcastable against the states."""
+  """h = (1 − α)·h_base + α·h_expert in f32, cast to ``dtype``; α f32, broadcastable against the
+  states."""
   return ((1.0 - alpha) * h_base.astype(jnp.float32) + alpha * h_expert.astype(jnp.float32)).astype(
     dtype
   )
@@ -65,9 +67,10 @@ def erf(x, gpu: bool):
 
 
 def gelu_exact(x, gpu: bool = False):
-  """Exact GELU x·Φ(x) = ½x(1 + erf(x/√2)) in f32. ``jax.nn.gelu(approximate=False)`` uses erfc, which
-  has no Pallas TPU lowering in this jax; the two agree to f32 rounding (erfc is only more accurate for
-  the tiny values of large negative x). On the GPU erf itself is the rational approximation above."""
+  """Exact GELU x·Φ(x) = ½x(1 + erf(x/√2)) in f32. ``jax.nn.gelu(approximate=False)`` uses erfc,
+  which has no Pallas TPU lowering in this jax; the two agree to f32 rounding (erfc is only more
+  accurate for the tiny values of large negative x). On the GPU erf itself is the rational
+  approximation above."""
   return 0.5 * x * (1.0 + erf(x * math.sqrt(0.5), gpu))
 
 
@@ -79,7 +82,8 @@ def gelu_exact_grad(x, gpu: bool = False):
 
 
 def dot(a, b, contract=(1, 0), precision=None):
-  """2-D dot with f32 accumulation; contract = (a's dim, b's dim): (1, 0) NN, (1, 1) NT, (0, 0) TN."""
+  """2-D dot with f32 accumulation; contract = (a's dim, b's dim): (1, 0) NN, (1, 1) NT, (0, 0)
+  TN."""
   return jax.lax.dot_general(
     a,
     b,
@@ -90,10 +94,12 @@ def dot(a, b, contract=(1, 0), precision=None):
 
 
 def shift_down(x, x_before, s: int, gpu: bool):
-  """out[r] = x[r − s], with the rows r < s taken from the end of x_before (the halo block before x).
+  """out[r] = x[r − s], with the rows r < s taken from the end of x_before (the halo block before
+  x).
 
-  TPU / interpret: a concatenate and a static slice. GPU (Triton lowers neither value slices nor uneven
-  concatenates): two 0/1 selection matmuls at HIGHEST precision (exact: one nonzero term per row)."""
+  TPU / interpret: a concatenate and a static slice. GPU (Triton lowers neither value slices nor
+  uneven concatenates): two 0/1 selection matmuls at HIGHEST precision (exact: one nonzero term per
+  row)."""
   if s == 0:
     return x
   R, H = x.shape[0], x_before.shape[0]
@@ -111,7 +117,8 @@ def shift_down(x, x_before, s: int, gpu: bool):
 
 
 def shift_up(x, x_after, s: int, gpu: bool):
-  """out[r] = x[r + s], with the rows r + s ≥ R taken from the start of x_after (the halo block after x)."""
+  """out[r] = x[r + s], with the rows r + s ≥ R taken from the start of x_after (the halo block
+  after x)."""
   if s == 0:
     return x
   R, H = x.shape[0], x_after.shape[0]
@@ -129,7 +136,8 @@ def shift_up(x, x_after, s: int, gpu: bool):
 
 
 def blend_encode(hb, he, a_row, a_feat, enc, enc_bias, dtype, gpu: bool):
-  """(a, h, pre, z) of a row block: α (rows, D) f32, h in dtype, pre-activation f32, z = GELU(pre) in dtype."""
+  """(a, h, pre, z) of a row block: α (rows, D) f32, h in dtype, pre-activation f32, z = GELU(pre)
+  in dtype."""
   a = a_row * a_feat
   h = blend(hb, he, a, dtype)
   pre = dot(h, enc) + enc_bias

@@ -1,16 +1,18 @@
 """The per-layer superposition step in plain JAX (p1 §3.3): what the Pallas kernels must equal.
 
     h_BTD = (1 − α)·h_base_BTD + α·h_expert_BTD          (f32 math, cast to h_base's dtype)
-    z_BTK = GELU_exact(h_BTD · enc_DK + enc_bias_K)      (f32 accumulation and GELU, cast to the dtype)
-    y_BTD = decoder(z_BTK) + dec_bias_D                  (f32 accumulation, cast to the dtype)
+    z_BTK = GELU_exact(h_BTD · enc_DK + enc_bias_K)      (f32 accumulation and GELU, cast to the
+    dtype) y_BTD = decoder(z_BTK) + dec_bias_D                  (f32 accumulation, cast to the
+    dtype)
 
-The decoder is linear (dec (K, D)) or a causal conv along T (dec (W, K, D), zero padding W − 1 on the
-left: y_t = Σ_j z_{t−(W−1)+j} · dec[j]), exactly the math of ``superpose.blend.Autoencoder`` with
-``causal=True`` (the non-causal conv is not supported here). α is a scalar, per feature (D,) or per
-position (B, T).
+The decoder is linear (dec (K, D)) or a causal conv along T (dec (W, K, D), zero padding W − 1 on
+the left: y_t = Σ_j z_{t−(W−1)+j} · dec[j]), exactly the math of ``superpose.blend.Autoencoder``
+with ``causal=True`` (the non-causal conv is not supported here). α is a scalar, per feature (D,) or
+per position (B, T).
 
-``check_shapes`` and ``cast_params`` are the contract the fused kernel shares (the shapes it accepts, the
-dtypes it computes in); ``reference_math`` is also the fused kernel's ``backward='recompute'`` (its VJP).
+``check_shapes`` and ``cast_params`` are the contract the fused kernel shares (the shapes it
+accepts, the dtypes it computes in); ``reference_math`` is also the fused kernel's
+``backward='recompute'`` (its VJP).
 """
 
 from __future__ import annotations

@@ -1,25 +1,28 @@
-"""The per-layer superposition step, fused: blend two residual states, then the autoencoder (p1 §3.3).
+"""The per-layer superposition step, fused: blend two residual states, then the autoencoder (p1
+§3.3).
 
-The math (h = (1 − α)·h_base + α·h_expert, z = GELU_exact(h·enc + enc_bias), y = decoder(z) + dec_bias,
-the decoder linear or a causal conv along T; α a scalar, per feature or per position) is written out in
-``superpose.kernels.reference``, whose shape checks and casts ``fused`` shares; the kernels' row-block
-math (GELU by erf, the conv's row shifts, the 2-D dots) is in ``superpose.kernels._math``.
+The math (h = (1 − α)·h_base + α·h_expert, z = GELU_exact(h·enc + enc_bias), y = decoder(z) +
+dec_bias, the decoder linear or a causal conv along T; α a scalar, per feature or per position) is
+written out in ``superpose.kernels.reference``, whose shape checks and casts ``fused`` shares; the
+kernels' row-block math (GELU by erf, the conv's row shifts, the 2-D dots) is in
+``superpose.kernels._math``.
 
 Two implementations with one signature:
   * ``reference``: plain JAX under one ``jax.jit``;
-  * ``fused``: one Pallas kernel for the forward (blend + encoder + GELU + decoder per row block, the
-    blended state and z never leave the kernel) and, by default (``KernelConfig(backward='pallas')``),
-    one Pallas kernel for the backward, tied by a ``jax.custom_vjp``. ``backward='recompute'`` keeps the
-    older plain-JAX backward (``jax.vjp`` of the reference math on the saved inputs) for comparison.
+  * ``fused``: one Pallas kernel for the forward (blend + encoder + GELU + decoder per row block,
+    the blended state and z never leave the kernel) and, by default
+    (``KernelConfig(backward='pallas')``), one Pallas kernel for the backward, tied by a
+    ``jax.custom_vjp``. ``backward='recompute'`` keeps the older plain-JAX backward (``jax.vjp`` of
+    the reference math on the saved inputs) for comparison.
 ``superpose_step(..., impl='reference' | 'pallas')`` dispatches by a config string.
 
 Forward kernel. Grid (B, cdiv(T, block_t)), both axes independent ('parallel'). A step reads rows
 [i·block_t, (i+1)·block_t) of one batch row of h_base, h_expert and the per-position α, with every
-parameter (enc, dec, biases, per-feature α) as a whole-array block: D and K are not tiled. The causal
-conv needs z of the W − 1 rows before the block: the kernel re-reads a small halo block of the inputs
-just before its own (a multiple of the sublane tile ≥ W − 1 rows dividing block_t, else a whole block)
-and recomputes their z (a halo recompute, so the grid steps stay independent and need no carried
-state); in the first block of a row the halo is the zero padding. The linear decoder is
+parameter (enc, dec, biases, per-feature α) as a whole-array block: D and K are not tiled. The
+causal conv needs z of the W − 1 rows before the block: the kernel re-reads a small halo block of
+the inputs just before its own (a multiple of the sublane tile ≥ W − 1 rows dividing block_t, else a
+whole block) and recomputes their z (a halo recompute, so the grid steps stay independent and need
+no carried state); in the first block of a row the halo is the zero padding. The linear decoder is
 the W = 1 case on the rows flattened to (1, B·T, D). A T (or B·T) that is not a multiple of block_t
 gives a partial last block: its rows past the end are computed on padding and never written, and the
 causal conv never lets them reach a valid row (row t reads only rows ≤ t).
@@ -27,33 +30,34 @@ causal conv never lets them reach a valid row (row t reads only rows ≤ t).
 Backward kernel (same grid, same blocks, nothing saved but the inputs: h and z are recomputed in the
 kernel). Given g_y (and g_h with ``return_h``) it computes, per block, in f32 accumulation:
   g_dec[j] = Σ_t z_{t−(W−1)+j}ᵀ g_y_t (the forward's halo before the block supplies z_{t<block}),
-  g_z_t = Σ_j g_y_{t+(W−1)−j} dec[j]ᵀ (needs g_y of the W − 1 rows AFTER the block: a second halo block,
-  the mirror of the forward's, its block index clamped at the end and its rows past T zeroed),
-  g_pre = g_z · GELU'(pre), g_enc = hᵀ g_pre, g_h = g_pre encᵀ (+ g_h of the h output),
-  g_h_base = (1 − α) g_h, g_h_expert = α g_h, g_α = g_h (h_expert − h_base) reduced to the per-position
-  (rows, 1) and per-feature (1, D) factors of α.
-Row-local cotangents (h_base, h_expert, per-position α) are written per block; the parameter cotangents
-(enc, enc_bias, dec, dec_bias, per-feature α) are per-block partial sums, outputs of shape
-(B, n_blocks, …) in f32 summed in JAX afterwards (memory B·n_blocks·(W + 1)·K·D·4 bytes: use a large
-block_rows for long T). Rows of a partial last block past T are zeroed before every reduction.
+  g_z_t = Σ_j g_y_{t+(W−1)−j} dec[j]ᵀ (needs g_y of the W − 1 rows AFTER the block: a second halo
+  block, the mirror of the forward's, its block index clamped at the end and its rows past T
+  zeroed), g_pre = g_z · GELU'(pre), g_enc = hᵀ g_pre, g_h = g_pre encᵀ (+ g_h of the h output),
+  g_h_base = (1 − α) g_h, g_h_expert = α g_h, g_α = g_h (h_expert − h_base) reduced to the
+  per-position (rows, 1) and per-feature (1, D) factors of α.
+Row-local cotangents (h_base, h_expert, per-position α) are written per block; the parameter
+cotangents (enc, enc_bias, dec, dec_bias, per-feature α) are per-block partial sums, outputs of
+shape (B, n_blocks, …) in f32 summed in JAX afterwards (memory B·n_blocks·(W + 1)·K·D·4 bytes: use a
+large block_rows for long T). Rows of a partial last block past T are zeroed before every reduction.
 
 Where it runs (``KernelConfig.platform``; None = ``jax.default_backend()`` at trace time):
-  * 'tpu': Mosaic, ``pltpu.CompilerParams`` (both grid axes 'parallel'). Lowering of forward and backward
-    is checked on a CPU host (``lower(lowering_platforms=('tpu',))``); not run on a TPU here.
+  * 'tpu': Mosaic, ``pltpu.CompilerParams`` (both grid axes 'parallel'). Lowering of forward and
+    backward is checked on a CPU host (``lower(lowering_platforms=('tpu',))``); not run on a TPU
+    here.
   * 'gpu': Pallas Triton, ``jax.experimental.pallas.triton.CompilerParams(num_warps, num_stages)``
-    (the Triton backend is deprecated upstream in favour of Mosaic GPU, but it lowers for any CUDA GPU).
-    Triton needs power-of-two block sizes and dot dims ≥ 16: D, K and block_rows must be powers of two
-    ≥ 16 (a ValueError says so otherwise; D and K are not padded). Triton neither masks nor pads a
-    partial last block, so there the row axis is zero-padded to whole blocks in ``fused`` (exact: see
-    there). Triton lowers no erf and no value slices, so on the GPU erf is Eigen's f32 rational
-    approximation and the conv's row shifts are 0/1 selection matmuls at HIGHEST precision (exact)
-    against a ≥ 16-row halo block. enc and dec are whole blocks held by one program, so only modest
-    D·K suit this layout on a GPU. Lowering for ('cuda',) is checked on the CPU host (Triton IR only;
-    ptxas/compilation and speed are not checked here, no GPU run).
+    (the Triton backend is deprecated upstream in favour of Mosaic GPU, but it lowers for any CUDA
+    GPU). Triton needs power-of-two block sizes and dot dims ≥ 16: D, K and block_rows must be
+    powers of two ≥ 16 (a ValueError says so otherwise; D and K are not padded). Triton neither
+    masks nor pads a partial last block, so there the row axis is zero-padded to whole blocks in
+    ``fused`` (exact: see there). Triton lowers no erf and no value slices, so on the GPU erf is
+    Eigen's f32 rational approximation and the conv's row shifts are 0/1 selection matmuls at
+    HIGHEST precision (exact) against a ≥ 16-row halo block. enc and dec are whole blocks held by
+    one program, so only modest D·K suit this layout on a GPU. Lowering for ('cuda',) is checked on
+    the CPU host (Triton IR only; ptxas/compilation and speed are not checked here, no GPU run).
   * 'cpu': interpret mode (a jitted scan over the grid; correctness only, not a speed measure).
-``interpret=True`` runs any platform's variant in interpret mode (so the GPU variant's math is tested
-on the CPU too). Inside the kernel GELU is ½x(1 + erf(x/√2)): ``jax.nn.gelu``'s erfc has no Mosaic
-lowering in this jax (``superpose.kernels._math``).
+``interpret=True`` runs any platform's variant in interpret mode (so the GPU variant's math is
+tested on the CPU too). Inside the kernel GELU is ½x(1 + erf(x/√2)): ``jax.nn.gelu``'s erfc has no
+Mosaic lowering in this jax (``superpose.kernels._math``).
 """
 
 from __future__ import annotations
@@ -87,14 +91,16 @@ class KernelConfig:
   """Static settings of the fused kernel (hashable: a ``jax.jit`` static argument).
 
   block_rows: rows (positions along T; along B·T for the linear decoder) per grid step, a positive
-    multiple of 8 (the TPU sublane tile; use multiples of 16 for bf16). Clamped to the (8-rounded; on the
-    GPU power-of-two, ≥ 16) row count of the input. D and K are not tiled: enc and dec are whole blocks in
-    every step. On the GPU it must be a power of two ≥ 16.
+    multiple of 8 (the TPU sublane tile; use multiples of 16 for bf16). Clamped to the (8-rounded;
+    on the GPU power-of-two, ≥ 16) row count of the input. D and K are not tiled: enc and dec are
+    whole blocks in every step. On the GPU it must be a power of two ≥ 16.
   interpret: run ``pallas_call`` in interpret mode (a jitted scan over the grid, no Mosaic/Triton);
     None = automatically, when the platform is the CPU.
-  backward: 'pallas' (the Pallas backward kernel) or 'recompute' (plain-JAX VJP of the reference math).
-  platform: which compiled variant: 'tpu' (Mosaic), 'gpu' (Pallas Triton), 'cpu' (interpret only), or
-    None = ``jax.default_backend()`` at trace time. Set it to lower for another platform than the host's.
+  backward: 'pallas' (the Pallas backward kernel) or 'recompute' (plain-JAX VJP of the reference
+  math). platform: which compiled variant: 'tpu' (Mosaic), 'gpu' (Pallas Triton), 'cpu' (interpret
+  only), or
+    None = ``jax.default_backend()`` at trace time. Set it to lower for another platform than the
+    host's.
   num_warps, num_stages: Triton compiler params (platform 'gpu' only).
   vmem_limit_bytes: Mosaic's scoped VMEM limit (platform 'tpu' only; None = Mosaic's default). The
     backward keeps enc, dec and their f32 partial cotangents resident (double-buffered), about
@@ -150,9 +156,9 @@ def _alpha_factors(alpha, B: int, T: int, D: int) -> tuple[jax.Array, jax.Array]
 
 
 def _halo_rows(W: int, block_t: int, tile: int) -> int:
-  """Rows of a halo block: the smallest multiple of ``tile`` that is ≥ W − 1 and divides block_t; else
-  block_t. ``tile`` is the TPU sublane tile (8 rows of 32 bits, 16 of bf16) or 16 on the GPU (Triton's
-  smallest dot operand; block_t is a power of two there, so the halo is one too)."""
+  """Rows of a halo block: the smallest multiple of ``tile`` that is ≥ W − 1 and divides block_t;
+  else block_t. ``tile`` is the TPU sublane tile (8 rows of 32 bits, 16 of bf16) or 16 on the GPU
+  (Triton's smallest dot operand; block_t is a power of two there, so the halo is one too)."""
   for rows in range(tile, block_t, tile):
     if rows >= W - 1 and block_t % rows == 0:
       return rows
@@ -173,7 +179,8 @@ def _fwd_kernel(*refs, W: int, halo: int, with_halo: bool, return_h: bool, gpu: 
   """One (batch row, row block) step of the forward. Refs (batch dim squeezed):
 
   hb, he (rows, D); a_row (rows, 1); a_feat (1, D); enc (D, K); enc_bias (1, K); dec (W, K, D);
-  dec_bias (1, D); [halo: hb_h, he_h (halo, D), a_row_h (halo, 1)]; outputs y (rows, D) [, h (rows, D)].
+  dec_bias (1, D); [halo: hb_h, he_h (halo, D), a_row_h (halo, 1)]; outputs y (rows, D) [, h (rows,
+  D)].
   """
   hb_ref, he_ref, ar_ref, af_ref, enc_ref, encb_ref, dec_ref, decb_ref = refs[:8]
   rest = refs[8:]
@@ -201,11 +208,14 @@ def _bwd_kernel(
 ):
   """One (batch row, row block) step of the backward. Refs (batch dim squeezed):
 
-  inputs hb, he (rows, D); a_row (rows, 1); a_feat (1, D); enc (D, K); enc_bias (1, K); dec (W, K, D);
-    g_y (rows, D); [g_h (rows, D)]; [halos: hb_h, he_h (halo, D), a_row_h (halo, 1) before the block,
-    g_y_h (halo, D) after it];
-  outputs g_hb, g_he (rows, D); g_a_row (rows, 1) f32; per-block partial sums (f32, the (batch, block)
-    dims squeezed): g_a_feat (1, D), g_enc (D, K), g_enc_bias (1, K), g_dec (W, K, D), g_dec_bias (1, D).
+  inputs hb, he (rows, D); a_row (rows, 1); a_feat (1, D); enc (D, K); enc_bias (1, K); dec (W, K,
+  D);
+    g_y (rows, D); [g_h (rows, D)]; [halos: hb_h, he_h (halo, D), a_row_h (halo, 1) before the
+    block, g_y_h (halo, D) after it];
+  outputs g_hb, g_he (rows, D); g_a_row (rows, 1) f32; per-block partial sums (f32, the (batch,
+  block)
+    dims squeezed): g_a_feat (1, D), g_enc (D, K), g_enc_bias (1, K), g_dec (W, K, D), g_dec_bias
+    (1, D).
 
   Rows past ``n_rows`` (the padding of a partial last block, also in the halo after it) are zeroed
   before any reduction: they hold undefined values (NaN in interpret mode) and 0·NaN is NaN.
@@ -297,8 +307,8 @@ def _layout(T: int, W: int, dtype, config: KernelConfig) -> tuple[int, int, bool
 
 
 def _check_gpu(D: int, K: int, config: KernelConfig):
-  """Triton's constraints: every loaded/stored block and every dot operand has a power-of-two size, dot
-  dims ≥ 16."""
+  """Triton's constraints: every loaded/stored block and every dot operand has a power-of-two size,
+  dot dims ≥ 16."""
   bad = [
     f"{name} = {v}"
     for name, v in (("D", D), ("K", K), ("block_rows", config.block_rows))
@@ -314,8 +324,8 @@ def _check_gpu(D: int, K: int, config: KernelConfig):
 def _grid(
   hb_BTD, enc_DK, dec_WKD, config: KernelConfig
 ) -> tuple[int, int, int, int, int, int, int, bool, int, str]:
-  """(B, T, D, K, W, block_t, n_t, with_halo, halo, platform) of one kernel call over the rows of hb_BTD (T is
-  the row axis: B·T for the linear decoder), after Triton's checks on the GPU."""
+  """(B, T, D, K, W, block_t, n_t, with_halo, halo, platform) of one kernel call over the rows of
+  hb_BTD (T is the row axis: B·T for the linear decoder), after Triton's checks on the GPU."""
   B, T, D = hb_BTD.shape
   K, W = enc_DK.shape[1], dec_WKD.shape[0]
   block_t, n_t, with_halo, halo, platform = _layout(T, W, hb_BTD.dtype, config)
@@ -434,8 +444,8 @@ def _pallas_backward(
   g_h_BTD,
   config: KernelConfig,
 ):
-  """Cotangents of (hb, he, a_row, a_feat, enc, enc_bias, dec, dec_bias) from one Pallas kernel over the
-  forward's grid; the parameter cotangents are per-block partial sums reduced here."""
+  """Cotangents of (hb, he, a_row, a_feat, enc, enc_bias, dec, dec_bias) from one Pallas kernel over
+  the forward's grid; the parameter cotangents are per-block partial sums reduced here."""
   B, T, D, K, W, block_t, n_t, with_halo, halo, platform = _grid(hb_BTD, enc_DK, dec_WKD, config)
   dtype = hb_BTD.dtype
   with_g_h = g_h_BTD is not None
@@ -552,8 +562,8 @@ def _fused_fwd(
 
 
 def _fused_bwd(config, return_h, residuals, g):
-  """The Pallas backward (``backward='pallas'``) or the plain-JAX recompute (``'recompute'``: the VJP of
-  the reference math at the saved inputs)."""
+  """The Pallas backward (``backward='pallas'``) or the plain-JAX recompute (``'recompute'``: the
+  VJP of the reference math at the saved inputs)."""
   if config.backward == "pallas":
     g_y, g_h = g if return_h else (g, None)
     hb, he, a_row, a_feat, enc, enc_bias, dec, dec_bias = residuals
@@ -600,10 +610,10 @@ def fused(
   L = hb.shape[1]
   pad = 0
   if config.resolved_platform() == "gpu":
-    # Pallas Triton neither masks nor pads a partial last block (its loads and stores would run past the
-    # array), so the row axis is zero-padded to whole blocks. Zero rows at the end are exact: they never
-    # reach an earlier row through the causal conv, and in the backward their g_y, g_h and h_expert − h_base
-    # are zero, so they add nothing to any reduction.
+    # Pallas Triton neither masks nor pads a partial last block (its loads and stores would run past
+    # the array), so the row axis is zero-padded to whole blocks. Zero rows at the end are exact:
+    # they never reach an earlier row through the causal conv, and in the backward their g_y, g_h
+    # and h_expert − h_base are zero, so they add nothing to any reduction.
     block_t = _layout(L, W, hb.dtype, config)[0]
     pad = -L % block_t
     if pad:
@@ -631,7 +641,8 @@ def superpose_step(
   config: KernelConfig | None = None,
   return_h: bool = False,
 ):
-  """y_BTD (and h_BTD with ``return_h``) of one superposition step; ``impl`` picks the implementation."""
+  """y_BTD (and h_BTD with ``return_h``) of one superposition step; ``impl`` picks the
+  implementation."""
   if impl == "reference":
     return reference(
       h_base_BTD, h_expert_BTD, alpha, enc_DK, enc_bias_K, dec, dec_bias_D, return_h=return_h

@@ -210,7 +210,8 @@ def _splash_kernel(length: int, group: int, causal: bool, interpret: bool):
   )
   one = splash.CausalMask((length, length)) if causal else splash.FullMask((length, length))
   # One MQA kernel per kv head: its `group` query heads share that head's K/V (GQA without repeats).
-  # The kernel holds mask-info arrays; build them eagerly so that the cached kernel holds no tracers.
+  # The kernel holds mask-info arrays; build them eagerly so that the cached kernel holds no
+  # tracers.
   with jax.ensure_compile_time_eval():
     kernel = splash.make_splash_mqa(
       splash.MultiHeadMask([one] * group),

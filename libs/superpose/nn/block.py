@@ -65,7 +65,8 @@ class Block(nnx.Module):
 
 
 def remat_policy(name: str):
-  """jax.checkpoint policy for config ``remat`` (``'full'`` saves nothing and recomputes the block)."""
+  """jax.checkpoint policy for config ``remat`` (``'full'`` saves nothing and recomputes the
+  block)."""
   return {
     "full": None,
     "dots": jax.checkpoint_policies.checkpoint_dots,

@@ -34,7 +34,8 @@ KV_AXES = ("layers", "batch", "cache_length", "act_kv_heads", None)
 
 
 def cache_shardings(cache: KVCache, mesh) -> KVCache:
-  """NamedShardings for a (possibly abstract) cache from the logical-axis rules, for jit/device_put."""
+  """NamedShardings for a (possibly abstract) cache from the logical-axis rules, for
+  jit/device_put."""
 
   def named(axes, x):
     return NamedSharding(mesh, sharding.spec_for(axes, x.shape, mesh, what="kv_cache"))
@@ -60,7 +61,8 @@ def init_cache(cfg: TransformerConfig, batch: int, max_len: int) -> KVCache:
 
 
 def write_rows(cache_BS: jax.Array, new_BT: jax.Array, positions_BT: jax.Array) -> jax.Array:
-  """``cache[b, positions[b, t]] = new[b, t]`` for every row and token (out-of-range writes dropped)."""
+  """``cache[b, positions[b, t]] = new[b, t]`` for every row and token (out-of-range writes
+  dropped)."""
   rows_BT = jnp.broadcast_to(jnp.arange(new_BT.shape[0])[:, None], positions_BT.shape)
   return cache_BS.at[rows_BT, positions_BT].set(new_BT.astype(cache_BS.dtype), mode="drop")
 
@@ -71,7 +73,8 @@ def write_segments(cache: KVCache, segment_ids_BT: jax.Array, positions_BT: jax.
 
 
 def self_mask(segment_ids_BT: jax.Array | None, length: int, causal: bool) -> jax.Array:
-  """(B or 1, T, T) boolean mask for attention within one sequence: causal by index, same segment."""
+  """(B or 1, T, T) boolean mask for attention within one sequence: causal by index, same
+  segment."""
   mask_TT = (
     jnp.tril(jnp.ones((length, length), bool)) if causal else jnp.ones((length, length), bool)
   )

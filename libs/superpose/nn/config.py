@@ -27,8 +27,8 @@ class TransformerConfig:
 
   Block layout per sub-layer (attention, then MLP), chosen by ``attn_norm`` / ``mlp_norm``:
     'pre':  x = x + f(norm(x))        (GPT-2, Llama)
-    'post': x = norm(x + f(x))        (original Transformer; with ``mlp_residual=False``: norm(f(x)))
-    'none': x = x + f(x)              (no norm on that sub-layer)
+    'post': x = norm(x + f(x))        (original Transformer; with ``mlp_residual=False``:
+    norm(f(x))) 'none': x = x + f(x)              (no norm on that sub-layer)
   ``mlp_residual=False`` drops the ``x +`` around the MLP (Reasoning-by-Superposition construction:
   ``attn_norm='none', mlp_norm='post', norm='l2'``). ``norm='none'`` removes every norm (Tracr).
   ``causal=False`` gives bidirectional attention (Tracr's non-causal programs).
@@ -206,7 +206,8 @@ def _check_keys(keys):
 
 
 def gpt2(**overrides) -> TransformerConfig:
-  """GPT-2 (small by default): pre-LayerNorm, learned positions, gelu_tanh, biases, tied, d_ff = 4·d."""
+  """GPT-2 (small by default): pre-LayerNorm, learned positions, gelu_tanh, biases, tied, d_ff =
+  4·d."""
   _check_keys(overrides)
   values = dict(
     vocab_size=50257,
@@ -266,7 +267,8 @@ PRESETS: dict[str, Callable[..., TransformerConfig]] = {"base": base, "gpt2": gp
 
 
 def from_dict(values: Mapping[str, Any] | Any) -> TransformerConfig:
-  """Config from a plain dict or ml_collections.ConfigDict: optional ``preset`` key plus overrides."""
+  """Config from a plain dict or ml_collections.ConfigDict: optional ``preset`` key plus
+  overrides."""
   if hasattr(values, "to_dict"):
     values = values.to_dict()
   values = dict(values)
@@ -286,7 +288,8 @@ def from_dict(values: Mapping[str, Any] | Any) -> TransformerConfig:
   return PRESETS[preset](**values)
 
 
-# One line per field (``python -m launch.train --config X --print_config`` shows them beside the values).
+# One line per field (``python -m launch.train --config X --print_config`` shows them beside the
+# values).
 FIELD_DOCS = {
   "vocab_size": "tokens of the tokenizer (the embedding is padded up to vocab_multiple)",
   "d_model": "residual width",

@@ -1,7 +1,7 @@
 """Autoregressive generation: prefill + the whole decode loop in one ``jax.jit``.
 
-Functional style: pass the (graphdef, state) pair from ``nnx.split(model)`` once; the model is merged
-inside the jit and the loop body only calls it on arrays.
+Functional style: pass the (graphdef, state) pair from ``nnx.split(model)`` once; the model is
+merged inside the jit and the loop body only calls it on arrays.
 """
 
 from __future__ import annotations
@@ -55,10 +55,10 @@ def generate(
 ) -> tuple[jax.Array, jax.Array]:
   """Continue right-padded prompts of different lengths; returns (tokens (B, N), lengths (B,)).
 
-  Row b's prompt is ``prompt_BT[b, :prompt_lengths_B[b]]``; the rest of the row is ignored. New token
-  n of row b sits at absolute position ``prompt_lengths_B[b] + n``. With ``eos_id``, a row stops at
-  its first EOS: later tokens are ``eos_id`` and ``lengths`` counts the tokens up to and including
-  that EOS (``max_new_tokens`` for rows that never emit it).
+  Row b's prompt is ``prompt_BT[b, :prompt_lengths_B[b]]``; the rest of the row is ignored. New
+  token n of row b sits at absolute position ``prompt_lengths_B[b] + n``. With ``eos_id``, a row
+  stops at its first EOS: later tokens are ``eos_id`` and ``lengths`` counts the tokens up to and
+  including that EOS (``max_new_tokens`` for rows that never emit it).
   """
   if rng is None:
     if temperature != 0.0:
@@ -160,10 +160,10 @@ def generate_uncached(
   top_k: int | None = None,
   eos_id: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-  """:func:`generate` for any causal module whose call maps tokens (B, T) to logits (B, T, V) (or to an
-  output with ``logits_BTV``) but keeps no KV cache — e.g. a superposition of experts: one full forward
-  per new token over a fixed width, in one jit. The same rows, rngs and EOS handling as :func:`generate`,
-  so both give the same tokens for a Transformer."""
+  """:func:`generate` for any causal module whose call maps tokens (B, T) to logits (B, T, V) (or to
+  an output with ``logits_BTV``) but keeps no KV cache — e.g. a superposition of experts: one full
+  forward per new token over a fixed width, in one jit. The same rows, rngs and EOS handling as
+  :func:`generate`, so both give the same tokens for a Transformer."""
   if rng is None:
     if temperature != 0.0:
       raise ValueError("generate_uncached: sampling with temperature > 0 needs rng")

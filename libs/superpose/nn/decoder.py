@@ -1,11 +1,13 @@
-"""The decoder-only Transformer: embed → blocks (looped or scanned, optional remat) → final norm → logits.
+"""The decoder-only Transformer: embed → blocks (looped or scanned, optional remat) → final norm →
+logits.
 
 Parameter paths: ``token_embedding`` (V_pad, D), ``position_embedding`` (max_seq_len, D) for learned
 positions, ``blocks`` (an ``nnx.List`` of Blocks, or one Block whose params carry a leading
 ``layers`` axis with ``scan_layers``), ``final_norm``, ``unembedding`` (D, V_pad) when untied.
 
 Every forward piece takes an optional ``delta`` (``superpose.nn.deltas.Delta``): per-token gated
-parameter deltas, θ + Σ_k gate[b, t, k] · Δ_k, mirroring these paths; None computes exactly as before.
+parameter deltas, θ + Σ_k gate[b, t, k] · Δ_k, mirroring these paths; None computes exactly as
+before.
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ class Transformer(nnx.Module):
     embeds_mask_BT=None,
     delta: deltas.Delta | None = None,
   ) -> jax.Array:
-    """Token embeddings (or given input embeddings where ``embeds_mask_BT``) plus absolute positions.
+    """Token embeddings (or given input embeddings where ``embeds_mask_BT``) plus absolute
+    positions.
 
     delta: the token table's delta applies to looked-up tokens only (not to given embeddings); the
     learned position table's delta to every position.
@@ -129,8 +132,8 @@ class Transformer(nnx.Module):
 
     delta: its ``blocks`` sub-dict gives each block its deltas; with ``scan_layers`` the stacked
     leaves (leading layer axis) are scanned over with the block params, the gate is shared.
-    Returns (x_BTD, hidden (L+1, B, T, D) with [0] = the input x_BTD, or None; attention (L, B, H, T, S)
-    or None; the updated cache or None).
+    Returns (x_BTD, hidden (L+1, B, T, D) with [0] = the input x_BTD, or None; attention (L, B, H,
+    T, S) or None; the updated cache or None).
     """
     cfg = self.cfg
     embedded_BTD = x_BTD
@@ -289,8 +292,8 @@ class Transformer(nnx.Module):
     hook(layer_index, x_BTD) -> x_BTD edits the residual stream after each block (the index is a
       traced int32 with scan_layers, a Python int otherwise).
     delta: per-token gated parameter deltas (superpose.nn.deltas); gate_BTK is (B, T, K) for the
-      tokens of this call, so a cached decode step passes the gate of its new tokens. Checked against
-      the model's parameters (paths, shapes) when traced.
+      tokens of this call, so a cached decode step passes the gate of its new tokens. Checked
+      against the model's parameters (paths, shapes) when traced.
     """
     if positions_BT is None:
       if cache is not None:
@@ -333,7 +336,7 @@ def default_positions(batch: int, length: int) -> jax.Array:
   return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
 
 
-# Layer layout conversion -----------------------------------------------------------------------------
+# Layer layout conversion --------------------------------------------------------------------------
 def _is_variable(x) -> bool:
   return isinstance(x, nnx.Variable)
 
@@ -347,7 +350,8 @@ def _stack(*leaves):
 
 
 def stack_layers(state):
-  """Param state of a looped model (``blocks/<i>/...``) → scanned layout (``blocks/...`` stacked on axis 0).
+  """Param state of a looped model (``blocks/<i>/...``) → scanned layout (``blocks/...`` stacked on
+  axis 0).
 
   Works on an ``nnx.State`` (Variables keep their metadata; ``'layers'`` is prepended to
   ``out_sharding``) and on the plain nested dict of ``nnx.to_pure_dict``.

@@ -2,10 +2,10 @@
 
 K experts fine-tuned from one trunk are held as the trunk plus K deltas per parameter: low-rank
 (``LowRank``: Δ_k = a_k · b_k) for matrices, full (``Full``) for vectors (biases, norm scales). The
-gate is per token, so every parameter's delta only adds a token-wise term to that parameter's output,
-and it is computed as such — two small einsums through the rank axis, (B, T, K, r) — never as a dense
-(B, T, in, out) matrix. That also makes the KV-cache path work unchanged: a token's keys and values
-are computed once, with that token's gate.
+gate is per token, so every parameter's delta only adds a token-wise term to that parameter's
+output, and it is computed as such — two small einsums through the rank axis, (B, T, K, r) — never
+as a dense (B, T, in, out) matrix. That also makes the KV-cache path work unchanged: a token's keys
+and values are computed once, with that token's gate.
 
 A :class:`Delta` holds the gate and a nested dict mirroring the Transformer's pure param dict
 (``token_embedding``, ``position_embedding``, ``blocks/<i>/attn/q`` …, ``final_norm/scale``,
@@ -17,7 +17,8 @@ parameters.
 
 "In" dims of a matrix (contracted with the module's input): q/k/v (d, h, dh) and wi/wg (d, f), wo
 (f, d), unembedding (D, V): the first dim; o (h, dh, d): the first two; token_embedding (V, D) and
-position_embedding (P, D): the row that the lookup picks (the tied head multiplies by the transpose).
+position_embedding (P, D): the row that the lookup picks (the tied head multiplies by the
+transpose).
 """
 
 from __future__ import annotations
@@ -72,12 +73,14 @@ class Delta:
 
 
 def is_vector(name: str) -> bool:
-  """Biases and norm scales (``q_bias``, ``scale``, …) are added to an output, not multiplied with an input."""
+  """Biases and norm scales (``q_bias``, ``scale``, …) are added to an output, not multiplied with
+  an input."""
   return bool(_VECTOR_NAME.search(name))
 
 
 def in_dims(name: str, ndim: int) -> int:
-  """How many leading dims of matrix parameter ``name`` the input contracts with (1 for unknown names)."""
+  """How many leading dims of matrix parameter ``name`` the input contracts with (1 for unknown
+  names)."""
   if ndim < 2 or is_vector(name):
     raise ValueError(f"deltas: {name!r} of rank {ndim} is not a matrix parameter")
   return MATRIX_IN_DIMS.get(name, 1)
@@ -100,7 +103,8 @@ def _child(tree, key):
 
 
 def sub(delta: Delta | None, *keys) -> Delta | None:
-  """The Delta of a sub-module (same gate, ``params[keys[0]][keys[1]]…``), or None when it has none."""
+  """The Delta of a sub-module (same gate, ``params[keys[0]][keys[1]]…``), or None when it has
+  none."""
   if delta is None:
     return None
   params = delta.params
@@ -117,7 +121,8 @@ def entry(delta: Delta | None, name: str) -> LowRank | Full | None:
 
 
 def _einsum(equation: str, x, w, dtype, out_dtype=None):
-  """layers.einsum (operands in the compute dtype, f32 accumulation), here to avoid a circular import."""
+  """layers.einsum (operands in the compute dtype, f32 accumulation), here to avoid a circular
+  import."""
   out = jnp.einsum(equation, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
   return out.astype(dtype if out_dtype is None else out_dtype)
 
@@ -146,8 +151,9 @@ def linear(x, entry: LowRank | Full, gate_BTK, n_in: int, dtype, out_dtype=None)
 def vector(entry: Full, gate_BTK, dtype) -> jax.Array:
   """Σ_k g_k · d_k: (B, T, *param_shape).
 
-  Written as K element-wise products (K is a handful of experts), not a dot: XLA fuses them into the add
-  that consumes them, where a dot would write a (B, T, *shape) array of its own for every bias and norm."""
+  Written as K element-wise products (K is a handful of experts), not a dot: XLA fuses them into the
+  add that consumes them, where a dot would write a (B, T, *shape) array of its own for every bias
+  and norm."""
   if not isinstance(entry, Full):
     raise TypeError(f"deltas: a vector parameter takes a Full delta, got {type(entry).__name__}")
   d = entry.d.astype(jnp.float32)
@@ -168,7 +174,8 @@ def lookup(ids_BT, entry: LowRank | Full, gate_BTK, dtype) -> jax.Array:
 
 
 def transpose(entry: LowRank | Full, n_in: int) -> LowRank | Full:
-  """The delta of the transposed matrix (out dims first): the tied head's view of the token table."""
+  """The delta of the transposed matrix (out dims first): the tied head's view of the token
+  table."""
   if isinstance(entry, LowRank):
     return LowRank(a=jnp.moveaxis(entry.b, 1, -1), b=jnp.moveaxis(entry.a, -1, 1))
   n_out = entry.d.ndim - 1 - n_in
@@ -177,7 +184,8 @@ def transpose(entry: LowRank | Full, n_in: int) -> LowRank | Full:
 
 
 def add_linear(y, x, delta: Delta | None, name: str, n_in: int, dtype):
-  """``y`` plus the delta term of matrix ``name`` applied to ``x`` (``y`` itself when there is none)."""
+  """``y`` plus the delta term of matrix ``name`` applied to ``x`` (``y`` itself when there is
+  none)."""
   e = entry(delta, name)
   return y if e is None else y + linear(x, e, delta.gate_BTK, n_in, dtype).astype(y.dtype)
 
@@ -188,7 +196,7 @@ def add_vector(y, delta: Delta | None, name: str):
   return y if e is None else y + vector(e, delta.gate_BTK, y.dtype)
 
 
-# Checks ---------------------------------------------------------------------------------------------
+# Checks -------------------------------------------------------------------------------------------
 def _flatten(tree) -> dict[tuple[str, ...], Any]:
   """{path of str keys: leaf} with LowRank / Full (and shape-carrying objects) as leaves."""
   is_leaf = lambda x: isinstance(x, (LowRank, Full)) or hasattr(x, "shape")
@@ -200,7 +208,8 @@ def _flatten(tree) -> dict[tuple[str, ...], Any]:
 
 
 def scanned_layout(paths) -> bool:
-  """Whether flattened param paths hold stacked blocks (``blocks/attn/q``, not ``blocks/0/attn/q``)."""
+  """Whether flattened param paths hold stacked blocks (``blocks/attn/q``, not
+  ``blocks/0/attn/q``)."""
   return any(len(p) > 1 and p[0] == "blocks" and not p[1].isdigit() for p in paths)
 
 
@@ -250,13 +259,14 @@ def validate(delta: Delta, trunk_params) -> None:
     raise ValueError("deltas do not fit the model:\n  " + "\n  ".join(problems))
 
 
-# Construction and cost ------------------------------------------------------------------------------
+# Construction and cost ----------------------------------------------------------------------------
 def lowrank_from_difference(diff, rank: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
   """Balanced rank-r factors of ONE expert's difference θ_expert − θ_trunk (numpy, float64 SVD).
 
   diff (*in, *out) is read as a (prod(in), prod(out)) matrix; its truncated SVD U_r S_r V_rᵀ is the
   best rank-r approximation (Eckart–Young) and is split as a = U_r √S_r (*in, r), b = √S_r V_rᵀ
-  (r, *out), so that both factors have the same scale. ``rank`` is capped at min(prod(in), prod(out)).
+  (r, *out), so that both factors have the same scale. ``rank`` is capped at min(prod(in),
+  prod(out)).
   """
   diff = np.asarray(diff)
   in_shape, out_shape = diff.shape[:n_in], diff.shape[n_in:]
@@ -274,11 +284,11 @@ def flops_per_token(delta_params, *, tied_embeddings: bool) -> int:
   """Forward FLOPs per token of the delta paths: 2 per multiply-add (K, layers and ranks included).
 
   LowRank matrix: x·a_k and u·b_k, 2·(a.size + b.size) (the per-layer sizes summed over layers);
-  embedding lookups gather rows of a, so only the b-matmul counts, 2·b.size; Full vector: Σ_k g_k d_k,
-  2·d.size; Full matrix: 2·d.size; Full lookup: 2·d.size / rows. With ``tied_embeddings`` the token
-  table's delta also runs through the head (transposed): its matmuls count once more. The gate's
-  scaling of u (K·r multiplies) and the adds into the trunk's outputs are not counted. Leaves only
-  need ``.shape`` (ShapeDtypeStructs work).
+  embedding lookups gather rows of a, so only the b-matmul counts, 2·b.size; Full vector: Σ_k g_k
+  d_k, 2·d.size; Full matrix: 2·d.size; Full lookup: 2·d.size / rows. With ``tied_embeddings`` the
+  token table's delta also runs through the head (transposed): its matmuls count once more. The
+  gate's scaling of u (K·r multiplies) and the adds into the trunk's outputs are not counted. Leaves
+  only need ``.shape`` (ShapeDtypeStructs work).
   """
   total = 0
   for path, e in _flatten(delta_params).items():

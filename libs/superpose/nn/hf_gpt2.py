@@ -1,19 +1,24 @@
 """Hugging Face GPT-2 interop: read and write checkpoints in the ``transformers`` GPT-2 layout.
 
-    cfg, params = load_hf_gpt2("path/to/gpt2")          # config.json + model.safetensors | pytorch_model.bin
-    model = to_model(cfg, params)                        # a superpose Transformer (the `gpt2` preset)
-    save_hf_gpt2(cfg, params, "out/")                    # GPT2LMHeadModel.from_pretrained("out/") loads it
+    cfg, params = load_hf_gpt2("path/to/gpt2")          # config.json + model.safetensors |
+    pytorch_model.bin model = to_model(cfg, params)                        # a superpose Transformer
+    (the `gpt2` preset) save_hf_gpt2(cfg, params, "out/")                    #
+    GPT2LMHeadModel.from_pretrained("out/") loads it
 
-``params`` is the string-keyed pure dict of the train state (``params['blocks']['0']['attn']['q']``, or
-stacked ``params['blocks']['attn']['q']`` with ``scan_layers``). The layout differences handled here:
+``params`` is the string-keyed pure dict of the train state (``params['blocks']['0']['attn']['q']``,
+or stacked ``params['blocks']['attn']['q']`` with ``scan_layers``). The layout differences handled
+here:
 
-* HF's ``Conv1D`` stores weights as (in, out), the orientation of our kernels, so nothing is transposed
-  except ``lm_head.weight`` (an ``nn.Linear``, (out, in)).
-* ``attn.c_attn`` fuses q | k | v along its output, each head-major (H·Dh); ``attn.c_proj`` reads the
-  heads merged the same way. We keep heads as their own axis: q/k/v (D, H, Dh), biases (H, Dh), o (H, Dh, D).
-* Our vocabulary is padded to ``vocab_multiple``: imported embeddings get zero rows, exported ones lose them.
+* HF's ``Conv1D`` stores weights as (in, out), the orientation of our kernels, so nothing is
+  transposed except ``lm_head.weight`` (an ``nn.Linear``, (out, in)).
+* ``attn.c_attn`` fuses q | k | v along its output, each head-major (H·Dh); ``attn.c_proj`` reads
+  the heads merged the same way. We keep heads as their own axis: q/k/v (D, H, Dh), biases (H, Dh),
+  o (H, Dh, D).
+* Our vocabulary is padded to ``vocab_multiple``: imported embeddings get zero rows, exported ones
+  lose them.
 * Keys may carry the ``transformer.`` prefix (GPT2LMHeadModel) or not (GPT2Model); HF's causal-mask
-  buffers (``attn.bias``, ``attn.masked_bias``) that old checkpoints hold are not parameters and are skipped.
+  buffers (``attn.bias``, ``attn.masked_bias``) that old checkpoints hold are not parameters and are
+  skipped.
 
 Safetensors files are read and written by a small numpy codec here, so neither torch nor the
 ``safetensors`` package is needed; ``pytorch_model.bin`` needs torch.
@@ -68,7 +73,8 @@ _DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """All tensors of a ``.safetensors`` file: u64-LE header length, JSON header, then the raw bytes."""
+  """All tensors of a ``.safetensors`` file: u64-LE header length, JSON header, then the raw
+  bytes."""
   with open(path, "rb") as f:
     (header_len,) = struct.unpack("<Q", f.read(8))
     header = json.loads(f.read(header_len))
@@ -92,7 +98,8 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def write_safetensors(
   path: str | os.PathLike, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
 ) -> None:
-  """Write a ``.safetensors`` file (readable by the ``safetensors`` package and ``transformers``)."""
+  """Write a ``.safetensors`` file (readable by the ``safetensors`` package and
+  ``transformers``)."""
   header: dict[str, Any] = {"__metadata__": dict(metadata or {"format": "pt"})}
   chunks, offset = [], 0
   for name in sorted(tensors):
@@ -161,7 +168,8 @@ def _write_pytorch(path: pathlib.Path, tensors: dict[str, np.ndarray]) -> None:
 
 
 def read_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Tensors of a ``.safetensors`` or PyTorch file, or of a sharded checkpoint's ``*.index.json``."""
+  """Tensors of a ``.safetensors`` or PyTorch file, or of a sharded checkpoint's
+  ``*.index.json``."""
   path = pathlib.Path(path)
   if path.name.endswith(".index.json"):
     files = sorted(set(json.loads(path.read_text())["weight_map"].values()))
@@ -180,8 +188,9 @@ def read_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def config_from_hf(hf_config: dict, **overrides) -> TransformerConfig:
   """The `gpt2` preset config of an HF ``GPT2Config`` dict (``config.json``).
 
-  ``overrides`` set choices that HF does not fix (``scan_layers``, ``param_dtype``, ``attention``, ...).
-  Options our decoder does not implement raise ``ValueError`` rather than load a different model.
+  ``overrides`` set choices that HF does not fix (``scan_layers``, ``param_dtype``, ``attention``,
+  ...). Options our decoder does not implement raise ``ValueError`` rather than load a different
+  model.
   """
   c = hf_config
   errors = []
@@ -220,7 +229,8 @@ def config_from_hf(hf_config: dict, **overrides) -> TransformerConfig:
 
 
 def config_to_hf(cfg: TransformerConfig) -> dict:
-  """The ``config.json`` dict of a `gpt2`-layout config; ``ValueError`` lists what GPT-2 cannot hold."""
+  """The ``config.json`` dict of a `gpt2`-layout config; ``ValueError`` lists what GPT-2 cannot
+  hold."""
   wanted = dict(
     norm="layernorm",
     attn_norm="pre",
@@ -261,7 +271,8 @@ def config_to_hf(cfg: TransformerConfig) -> dict:
     "scale_attn_by_inverse_layer_idx": False,
     "reorder_and_upcast_attn": False,
     "tie_word_embeddings": cfg.tie_embeddings,
-    # GPT-2's <|endoftext|> is its last id; HF's default (50256) is out of range for smaller vocabularies.
+    # GPT-2's <|endoftext|> is its last id; HF's default (50256) is out of range for smaller
+    # vocabularies.
     "bos_token_id": cfg.vocab_size - 1,
     "eos_token_id": cfg.vocab_size - 1,
     "dtype": cfg.param_dtype,
@@ -351,7 +362,8 @@ def params_from_hf(cfg: TransformerConfig, tensors: dict[str, np.ndarray]) -> di
 
 
 def params_to_hf(cfg: TransformerConfig, params: dict) -> dict[str, np.ndarray]:
-  """Our params (looped or scanned) → the GPT2LMHeadModel state dict (numpy, ``cfg.param_dtype``)."""
+  """Our params (looped or scanned) → the GPT2LMHeadModel state dict (numpy,
+  ``cfg.param_dtype``)."""
   config_to_hf(cfg)  # refuse models GPT-2 cannot express
   if cfg.scan_layers:
     params = unstack_layers(params)
@@ -411,7 +423,8 @@ _WEIGHT_NAMES = (
 
 
 def is_hf_dir(path: str | os.PathLike) -> bool:
-  """A Hugging Face model directory (config.json beside its weights), not a training workdir of ours."""
+  """A Hugging Face model directory (config.json beside its weights), not a training workdir of
+  ours."""
   path = pathlib.Path(path)
   return (
     path.is_dir()
@@ -451,8 +464,9 @@ def load_hf_gpt2(path: str | os.PathLike, **overrides) -> tuple[TransformerConfi
 def save_hf_gpt2(
   cfg: TransformerConfig, params: dict, out_dir: str | os.PathLike, format: str = "safetensors"
 ) -> pathlib.Path:
-  """Write ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin`` with ``format='pytorch'``,
-  which needs torch) that ``transformers.GPT2LMHeadModel.from_pretrained(out_dir)`` loads."""
+  """Write ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin`` with
+  ``format='pytorch'``, which needs torch) that
+  ``transformers.GPT2LMHeadModel.from_pretrained(out_dir)`` loads."""
   if format not in ("safetensors", "pytorch"):
     raise ValueError(f"save_hf_gpt2: format={format!r}: must be 'safetensors' or 'pytorch'")
   hf_config = config_to_hf(cfg)
@@ -468,6 +482,7 @@ def save_hf_gpt2(
 
 
 def to_model(cfg: TransformerConfig, params: dict) -> Transformer:
-  """The Transformer holding ``params`` (structure from an abstract model: no weights are initialised)."""
+  """The Transformer holding ``params`` (structure from an abstract model: no weights are
+  initialised)."""
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
   return nnx.merge(graphdef, params)

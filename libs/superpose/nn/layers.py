@@ -14,7 +14,8 @@ from superpose.nn.config import TransformerConfig
 def einsum(equation: str, x: jax.Array, w: jax.Array, dtype) -> jax.Array:
   """``einsum`` with both operands in the compute dtype and an f32 accumulator.
 
-  Asking for an f32 result is also what makes bf16 matmuls fast on CPU (bf16-out is slower than f32).
+  Asking for an f32 result is also what makes bf16 matmuls fast on CPU (bf16-out is slower than
+  f32).
   """
   out = jnp.einsum(equation, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
   return out.astype(dtype)
@@ -38,7 +39,8 @@ class Norm(nnx.Module):
       self.bias = None
 
   def __call__(self, x: jax.Array, delta: deltas.Delta | None = None) -> jax.Array:
-    """``delta``: per-token deltas of ``scale`` / ``bias`` (y = n(x)·(scale + Σ g Δscale) + (bias + Σ g Δbias))."""
+    """``delta``: per-token deltas of ``scale`` / ``bias`` (y = n(x)·(scale + Σ g Δscale) + (bias +
+    Σ g Δbias))."""
     y = x.astype(jnp.float32)
     if self.kind == "layernorm":
       mean = y.mean(-1, keepdims=True)
@@ -61,7 +63,8 @@ class Norm(nnx.Module):
 
 
 def sinusoidal(positions_BT: jax.Array, dim: int, base: float = 10_000.0) -> jax.Array:
-  """Vaswani et al. table, interleaved: [sin(p·ω_0), cos(p·ω_0), sin(p·ω_1), ...], ω_i = base^(-2i/dim)."""
+  """Vaswani et al. table, interleaved: [sin(p·ω_0), cos(p·ω_0), sin(p·ω_1), ...], ω_i =
+  base^(-2i/dim)."""
   freqs = base ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
   angles = positions_BT.astype(jnp.float32)[..., None] * jnp.asarray(freqs, jnp.float32)
   table = jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1)
@@ -69,7 +72,8 @@ def sinusoidal(positions_BT: jax.Array, dim: int, base: float = 10_000.0) -> jax
 
 
 def rope(x_BTHD: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
-  """Rotary embedding, rotate-half layout (Llama / HF): pair i is (x[i], x[i + D/2]), angle p·θ^(-2i/D)."""
+  """Rotary embedding, rotate-half layout (Llama / HF): pair i is (x[i], x[i + D/2]), angle
+  p·θ^(-2i/D)."""
   dim = x_BTHD.shape[-1]
   freqs = theta ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
   angles_BTF = positions_BT.astype(jnp.float32)[..., None] * jnp.asarray(freqs, jnp.float32)

@@ -98,7 +98,8 @@ def spec_for(
   rules: Rules | None = None,
   what: str = "",
 ) -> P:
-  """PartitionSpec for a tensor with logical ``axes`` (and ``shape``) on ``mesh`` (default: current)."""
+  """PartitionSpec for a tensor with logical ``axes`` (and ``shape``) on ``mesh`` (default:
+  current)."""
   rules = current_rules() if rules is None else rules
   sizes = _mesh_shape(mesh)
   used: set[str] = set()
@@ -151,10 +152,11 @@ def for_lookup(
   """``table`` (logical ``axes``) ready for a gather by indices sharded like ``index_axis``.
 
   When the indices are sharded over mesh axes that also shard the table's non-gathered dims AND over
-  further axes (data × fsdp batches against an fsdp-sharded embedding), XLA's SPMD partitioner cannot
-  reshard the gather's output and falls back to an involuntary full rematerialization; the shared axes
-  are then all-gathered first (what FSDP does for every weight). Otherwise — one batch axis, or no
-  overlap — the table is returned as it is: XLA partitions that gather well, with less memory.
+  further axes (data × fsdp batches against an fsdp-sharded embedding), XLA's SPMD partitioner
+  cannot reshard the gather's output and falls back to an involuntary full rematerialization; the
+  shared axes are then all-gathered first (what FSDP does for every weight). Otherwise — one batch
+  axis, or no overlap — the table is returned as it is: XLA partitions that gather well, with less
+  memory.
   """
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
@@ -169,7 +171,8 @@ def lookup_axes(
   rules: Rules | None = None,
   index_axis: str = "batch",
 ) -> tuple[str | None, ...] | None:
-  """The logical axes :func:`for_lookup` constrains a table to on a mesh of ``sizes`` (None: leave it)."""
+  """The logical axes :func:`for_lookup` constrains a table to on a mesh of ``sizes`` (None: leave
+  it)."""
   rules = current_rules() if rules is None else rules
   index_mesh = {a for a in _lookup(index_axis, rules) if sizes.get(a, 1) > 1}
   table_mesh = {a for name in axes[1:] for a in _lookup(name, rules) if sizes.get(a, 1) > 1}

@@ -50,13 +50,15 @@ class Case:
 
   @property
   def numeric(self) -> bool:
-    """Whether outputs compare with a tolerance (tracr: when the first expected value is a number)."""
+    """Whether outputs compare with a tolerance (tracr: when the first expected value is a
+    number)."""
     return isinstance(self.expected[0], (int, float))
 
 
 @dataclasses.dataclass(frozen=True)
 class UnsupportedCase:
-  """A program a compiler must refuse (NotImplementedError); ``reason`` says which rule it breaks."""
+  """A program a compiler must refuse (NotImplementedError); ``reason`` says which rule it
+  breaks."""
 
   name: str
   make_program: Callable[[], SOp]

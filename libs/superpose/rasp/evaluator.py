@@ -49,7 +49,8 @@ from superpose.rasp.sops import (
 def check_input(
   xs, *, vocab: Collection | None = None, max_seq_len: int | None = None, bos: Value = None
 ) -> list[Value]:
-  """``xs`` as a list, after checking its type and, when given, the vocab, length and absence of BOS."""
+  """``xs`` as a list, after checking its type and, when given, the vocab, length and absence of
+  BOS."""
   if isinstance(xs, np.ndarray):
     if xs.ndim != 1:
       raise ValueError(f"RASP input must be 1-D, got an array of shape {xs.shape}")
@@ -201,12 +202,14 @@ _DEFAULT, _CAUSAL = Evaluator(causal=False), Evaluator(causal=True)
 
 
 def evaluate(expr: RASPExpr, xs, *, causal: bool = False, **input_checks):
-  """``expr`` on ``xs`` (no BOS). ``input_checks``: ``vocab``, ``max_seq_len``, ``bos`` (see ``check_input``)."""
+  """``expr`` on ``xs`` (no BOS). ``input_checks``: ``vocab``, ``max_seq_len``, ``bos`` (see
+  ``check_input``)."""
   return (_CAUSAL if causal else _DEFAULT).evaluate(expr, xs, **input_checks)
 
 
 def causal_evaluate(expr: RASPExpr, xs, **input_checks):
-  """``expr`` on ``xs`` with every selector masked to keys at or before the query (tracr's causal_eval)."""
+  """``expr`` on ``xs`` with every selector masked to keys at or before the query (tracr's
+  causal_eval)."""
   return _CAUSAL.evaluate(expr, xs, **input_checks)
 
 

@@ -3,8 +3,8 @@
 Expressions are immutable: attributes cannot be reassigned after construction, and ``named`` /
 ``annotated`` / ``numerical`` / ``categorical`` return a shallow copy with a fresh id (p2 §1.1). Ids
 come from one global counter and are drawn lazily, the first time ``unique_id`` (or ``label``) is
-read, so the labels a compiler sees follow its own traversal order (``frac_prevs_1``, ``is_x_3``, ...
-as in tracr).
+read, so the labels a compiler sees follow its own traversal order (``frac_prevs_1``, ``is_x_3``,
+... as in tracr).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""A RASP program as a DAG: traversal orders, parents, sources, and a label-keyed graph (p2 §2 stage 1).
+"""A RASP program as a DAG: traversal orders, parents, sources, and a label-keyed graph (p2 §2 stage
+1).
 
-Traversals work on objects (identity), so two copies of ``tokens`` with different annotations are two
-nodes there; ``extract_graph`` keys nodes by ``label`` as tracr does, where such copies share the node
-``"tokens"`` (the one nearest the sink is kept).
+Traversals work on objects (identity), so two copies of ``tokens`` with different annotations are
+two nodes there; ``extract_graph`` keys nodes by ``label`` as tracr does, where such copies share
+the node ``"tokens"`` (the one nearest the sink is kept).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def walk(tip: RASPExpr) -> list[RASPExpr]:
 
 
 def topological_order(tip: RASPExpr) -> list[RASPExpr]:
-  """Every expression reachable from ``tip`` once, children before parents (iterative DFS post-order)."""
+  """Every expression reachable from ``tip`` once, children before parents (iterative DFS
+  post-order)."""
   _check_expr(tip)
   done: set[int] = set()
   order: list[RASPExpr] = []
@@ -74,8 +76,8 @@ def sources(tip: RASPExpr) -> list[RASPExpr]:
 class ExprGraph:
   """The program as a label-keyed DAG; edges run child → parent, as data flows.
 
-  ``nodes[label]`` is the expression; ``children``/``parents`` map a label to labels; ``sink`` is the
-  tip's label and ``sources`` the labels of nodes without children.
+  ``nodes[label]`` is the expression; ``children``/``parents`` map a label to labels; ``sink`` is
+  the tip's label and ``sources`` the labels of nodes without children.
   """
 
   sink: str
@@ -93,7 +95,8 @@ class ExprGraph:
 
 
 def extract_graph(tip: RASPExpr) -> ExprGraph:
-  """The label-keyed DAG of the program ending at ``tip`` (ids are drawn breadth first from the tip)."""
+  """The label-keyed DAG of the program ending at ``tip`` (ids are drawn breadth first from the
+  tip)."""
   nodes: dict[str, RASPExpr] = {}
   for expr in walk(tip):
     nodes.setdefault(expr.label, expr)

@@ -4,7 +4,8 @@ Non-causal only: make_length, make_reverse, make_pair_balance, make_shuffle_dyck
 make_sort_unique, make_sort, make_sort_freq. Causal and non-causal: make_frac_prevs, shift_by,
 detect_pattern, make_count_less_freq, make_count, make_nary_sequencemap.
 
-Intermediate expressions carry tracr's names, so residual labels read the same (``frac_prevs_1``...).
+Intermediate expressions carry tracr's names, so residual labels read the same
+(``frac_prevs_1``...).
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def make_shuffle_dyck2() -> SOp:
 
 
 def make_hist() -> SOp:
-  """How often each position's token occurs in the input: ``make_hist()("abac") == [2, 1, 2, 1]``."""
+  """How often each position's token occurs in the input: ``make_hist()("abac") == [2, 1, 2,
+  1]``."""
   same_tok = Select(tokens, tokens, Comparison.EQ).named("same_tok")
   return SelectorWidth(same_tok).named("hist")
 
@@ -136,7 +138,8 @@ def make_sort(vals: SOp, keys: SOp, *, max_seq_len: int, min_key: float) -> SOp:
 
 
 def make_sort_freq(max_seq_len: int) -> SOp:
-  """The tokens ordered by descending frequency, ties in input order: ``[2, 4, 2, 1] → [2, 2, 4, 1]``."""
+  """The tokens ordered by descending frequency, ties in input order: ``[2, 4, 2, 1] → [2, 2, 4,
+  1]``."""
   hist = -1 * make_hist().named("hist")
   return make_sort(tokens, hist, max_seq_len=max_seq_len, min_key=1).named("sort_freq")
 
@@ -176,12 +179,14 @@ def make_count_less_freq(n: int) -> SOp:
 
 
 def make_count(sop: SOp, token: Value) -> SOp:
-  """How often ``token`` occurs in ``sop``, at every position: ``make_count(tokens, "a")("cabc") == [1]*4``."""
+  """How often ``token`` occurs in ``sop``, at every position: ``make_count(tokens, "a")("cabc") ==
+  [1]*4``."""
   return SelectorWidth(Select(sop, sop, lambda k, q: k == token)).named(f"count_{token}")
 
 
 def make_nary_sequencemap(f: Callable[..., Value], *sops: SOp) -> SOp:
-  """``f(x1, ..., xn)`` elementwise over n S-Ops, as binary SequenceMaps building tuples, then a Map.
+  """``f(x1, ..., xn)`` elementwise over n S-Ops, as binary SequenceMaps building tuples, then a
+  Map.
 
   The tuples are categorical, so the compiled MLPs grow with the product of the value sets.
   """

@@ -1,4 +1,5 @@
-"""S-Ops that need no selector: the primitives, Map, SequenceMap, LinearSequenceMap, Full, ConstantSOp.
+"""S-Ops that need no selector: the primitives, Map, SequenceMap, LinearSequenceMap, Full,
+ConstantSOp.
 
 ``SOp.__eq__`` builds a ``Map`` (``tokens == "x"``), so test whether two expressions are the same
 object with ``is``; S-Ops hash by identity and refuse ``bool()``.
@@ -215,7 +216,8 @@ class Full(SOp):
 
 
 class ConstantSOp(SOp):
-  """A fixed sequence, for tests. ``check_length`` makes evaluation reject inputs of another length."""
+  """A fixed sequence, for tests. ``check_length`` makes evaluation reject inputs of another
+  length."""
 
   default_name = "constant_sop"
 

@@ -130,7 +130,8 @@ def static_issues(program: RASPExpr) -> list[Issue]:
 
 
 def value_issues(program: RASPExpr, vocab: Collection, max_seq_len: int) -> list[Issue]:
-  """``static_issues`` plus the rules that depend on the value sets for ``vocab`` and ``max_seq_len``."""
+  """``static_issues`` plus the rules that depend on the value sets for ``vocab`` and
+  ``max_seq_len``."""
   issues = static_issues(program)
   sets = value_sets.infer_value_sets(program, vocab, max_seq_len)
   for expr in graph.walk(program):
@@ -189,7 +190,8 @@ def _non_numbers(f, inputs) -> list[tuple]:
 def check_compilable(
   program: RASPExpr, vocab: Collection | None = None, max_seq_len: int | None = None
 ):
-  """Raises ``UnsupportedProgramError`` if the program breaks a rule (value rules need vocab and length)."""
+  """Raises ``UnsupportedProgramError`` if the program breaks a rule (value rules need vocab and
+  length)."""
   if vocab is not None and max_seq_len is not None:
     issues = value_issues(program, vocab, max_seq_len)
   else:

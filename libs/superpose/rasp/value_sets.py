@@ -31,7 +31,8 @@ from superpose.rasp.sops import (
 
 
 def is_binary(values: Collection) -> bool:
-  """Whether every value is 0 or 1 (bools included), the values a numerical Aggregate may average."""
+  """Whether every value is 0 or 1 (bools included), the values a numerical Aggregate may
+  average."""
   return all(isinstance(v, (int, float, bool)) and v in (0, 1) for v in values)
 
 

@@ -1,1 +1,2 @@
-"""Mesh, sharded state, optimizer, checkpoints, metrics, the train loop and a gradient-flow check (``gradcheck``)."""
+"""Mesh, sharded state, optimizer, checkpoints, metrics, the train loop and a gradient-flow check
+(``gradcheck``)."""

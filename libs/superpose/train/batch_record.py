@@ -10,9 +10,9 @@ from typing import Mapping
 import numpy as np
 from jax.sharding import NamedSharding
 
-# With this variable set, every process appends to WORKDIR/debug/batches_process_<i>.jsonl, per step,
-# the rows of the global batch that its host data fills and a hash of each row: what the tests use
-# to show that each process reads only its own slice. Unset, it costs one check per step.
+# With this variable set, every process appends to WORKDIR/debug/batches_process_<i>.jsonl, per
+# step, the rows of the global batch that its host data fills and a hash of each row: what the tests
+# use to show that each process reads only its own slice. Unset, it costs one check per step.
 RECORD_BATCHES_ENV = "SUPERPOSE_RECORD_BATCHES"
 
 

@@ -1,4 +1,5 @@
-"""Checkpoints of the train state, and stopping cleanly on SIGTERM. The only module that imports orbax.
+"""Checkpoints of the train state, and stopping cleanly on SIGTERM. The only module that imports
+orbax.
 
 A train state is a dict ``{'params': ..., 'opt_state': ..., 'step': ...}`` of jax.Arrays. A step
 directory holds one orbax item per part, so that ``params`` can be read alone (``init_from``):
@@ -7,16 +8,18 @@ directory holds one orbax item per part, so that ``params`` can be read alone (`
                               /opt_state  optimizer state
                               /extra      every other top-level entry of the state (``step``, ...)
                               /meta       JSON: the step, the data position, anything json-able
-                              /checksums  JSON: a content checksum, shape and dtype of every array above
+                              /checksums  JSON: a content checksum, shape and dtype of every array
+                                          above
 
-Restore reads the arrays and checks them against ``checksums`` (superpose.train.integrity): a step whose
-files changed after the save (a flipped bit, a torn copy) is skipped like an unreadable one, with the
-reason logged, and the previous step is used. A step saved before checksums existed is read unverified.
+Restore reads the arrays and checks them against ``checksums`` (superpose.train.integrity): a step
+whose files changed after the save (a flipped bit, a torn copy) is skipped like an unreadable one,
+with the reason logged, and the previous step is used. A step saved before checksums existed is read
+unverified.
 
-orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames it when every item is committed,
-so a process killed mid-save leaves only a tmp folder, which step listing ignores and the next writer
-deletes. Restore reads straight onto the shardings of an abstract target, which may live on another
-mesh than the one that saved.
+orbax writes a step into ``<step>.orbax-checkpoint-tmp`` and renames it when every item is
+committed, so a process killed mid-save leaves only a tmp folder, which step listing ignores and the
+next writer deletes. Restore reads straight onto the shardings of an abstract target, which may live
+on another mesh than the one that saved.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ class CheckpointError(RuntimeError):
 
 
 class CheckpointMismatch(CheckpointError):
-  """A checkpoint holds arrays of other shapes than the restore target (another model or optimizer)."""
+  """A checkpoint holds arrays of other shapes than the restore target (another model or
+  optimizer)."""
 
 
 class CorruptCheckpoint(CheckpointError):
@@ -62,7 +66,8 @@ def checkpoint_dir(workdir: str | os.PathLike) -> pathlib.Path:
   return pathlib.Path(workdir) / CHECKPOINT_SUBDIR
 
 
-# --- logging: orbax logs several INFO lines per save through absl, which floods runs under absl.app.
+# --- logging: orbax logs several INFO lines per save through absl, which floods runs under
+# absl.app.
 
 _ORBAX_DIR = os.path.dirname(ocp.__file__)
 
@@ -77,7 +82,8 @@ _VERBOSE = [False]
 
 
 def set_orbax_verbose(verbose: bool) -> None:
-  """Show (True) or hide (False, the default) orbax's records below WARNING and its echoes of failed reads."""
+  """Show (True) or hide (False, the default) orbax's records below WARNING and its echoes of failed
+  reads."""
   _VERBOSE[0] = verbose
   for name in (
     "absl",
@@ -93,10 +99,11 @@ def set_orbax_verbose(verbose: bool) -> None:
 set_orbax_verbose(False)
 
 
-# orbax stops reading a step at the first failed chunk; tensorstore finishes the other reads later and
-# reports each to orbax's closed event loop ("Event loop is closed"), and the reads' coroutines raise
-# their own errors again when they are collected, each a traceback through sys.unraisablehook. The
-# failure itself is logged once by ``restore``; these echoes are dropped (shown with verbose logging).
+# orbax stops reading a step at the first failed chunk; tensorstore finishes the other reads later
+# and reports each to orbax's closed event loop ("Event loop is closed"), and the reads' coroutines
+# raise their own errors again when they are collected, each a traceback through sys.unraisablehook.
+# The failure itself is logged once by ``restore``; these echoes are dropped (shown with verbose
+# logging).
 _previous_unraisablehook = sys.unraisablehook
 
 
@@ -152,8 +159,8 @@ def _check_target(target: Any) -> None:
 
 
 def _short(err: BaseException) -> str:
-  # orbax wraps tensorstore's error (which names the file and the failure) in one that prints the whole
-  # TensorStore spec: report the innermost error's first line.
+  # orbax wraps tensorstore's error (which names the file and the failure) in one that prints the
+  # whole TensorStore spec: report the innermost error's first line.
   seen = {id(err)}
   while (err.__cause__ or err.__context__) is not None and id(
     err.__cause__ or err.__context__
@@ -183,8 +190,8 @@ class Checkpointer:
   ``save_interval_steps``: when set, ``save`` skips steps that are not a multiple of it unless
   ``force``; when None, every call saves. ``read_only``: never writes nor cleans up (for readers of
   a directory that a live run may be writing). ``checksums``: write content checksums with each step
-  and verify them on restore (False only to measure what they cost). Every process of a multi-process
-  job calls every method.
+  and verify them on restore (False only to measure what they cost). Every process of a
+  multi-process job calls every method.
   """
 
   def __init__(
@@ -203,11 +210,13 @@ class Checkpointer:
     self._read_only = read_only
     self._last_saved: int | None = None
     self._unreadable: set[int] = set()  # newer steps skipped by the last restore
-    # Read-only is enforced here rather than with orbax's read_only option, which warns on every use.
+    # Read-only is enforced here rather than with orbax's read_only option, which warns on every
+    # use.
     options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep,
       create=not read_only,
-      # tmp folders of saves killed mid-way; a reader must not delete a live writer's save in progress
+      # tmp folders of saves killed mid-way; a reader must not delete a live writer's save in
+      # progress
       cleanup_tmp_directories=not read_only,
       enable_async_checkpointing=async_save,
     )
@@ -279,7 +288,8 @@ class Checkpointer:
   def restore(
     self, target: dict[str, Any], step: int | None = None
   ) -> tuple[int, dict[str, Any], dict]:
-    """Read a step onto ``target`` (jax.ShapeDtypeStructs with shardings); returns (step, state, meta).
+    """Read a step onto ``target`` (jax.ShapeDtypeStructs with shardings); returns (step, state,
+    meta).
 
     ``target`` names the parts to read (``{'params': ...}`` alone reads only the weights). With
     ``step=None`` the newest readable step is read: an unreadable one is logged and skipped.
@@ -389,8 +399,9 @@ class Checkpointer:
 
 
 def steps_on_disk(directory: str | os.PathLike) -> list[int]:
-  """The finalised steps in a checkpoint directory, oldest first, read from the file system alone (no
-  orbax, no collective: safe from any thread, e.g. to say what is on disk when a run ends badly)."""
+  """The finalised steps in a checkpoint directory, oldest first, read from the file system alone
+  (no orbax, no collective: safe from any thread, e.g. to say what is on disk when a run ends
+  badly)."""
   try:
     return sorted(
       int(p.name) for p in pathlib.Path(directory).iterdir() if p.name.isdigit() and p.is_dir()
@@ -400,7 +411,8 @@ def steps_on_disk(directory: str | os.PathLike) -> list[int]:
 
 
 def _resolve(path: pathlib.Path) -> tuple[pathlib.Path, int | None]:
-  """(checkpoint directory, step or None) for a workdir, a checkpoint directory or a step directory."""
+  """(checkpoint directory, step or None) for a workdir, a checkpoint directory or a step
+  directory."""
   if not path.exists():
     raise FileNotFoundError(f"init_from: {path} does not exist")
   if checkpoint_dir(path).is_dir():
@@ -435,8 +447,8 @@ def run_config(workdir: str | os.PathLike) -> dict:
 
 
 def restore_module(make: Callable[[], Any], path: str | os.PathLike) -> tuple[Any, Any]:
-  """(graphdef, params) of the module ``make()`` builds (traced abstractly, never initialised) with the
-  parameters of the checkpoint at ``path`` (as :func:`load_params`), on the first local device.
+  """(graphdef, params) of the module ``make()`` builds (traced abstractly, never initialised) with
+  the parameters of the checkpoint at ``path`` (as :func:`load_params`), on the first local device.
   ``nnx.merge(graphdef, params)`` gives the module."""
   graphdef, abstract, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -1,4 +1,5 @@
-"""The shared config schema (every knob a trainer reads) and its validation before anything compiles.
+"""The shared config schema (every knob a trainer reads) and its validation before anything
+compiles.
 
 Project configs start from :func:`base_config` and change values; a key that is not in the schema is
 an error (``ConfigError``, one line), as is an override with a wrong type (ml_collections), a value
@@ -26,10 +27,11 @@ class ConfigError(ValueError):
   """A bad config value; the launcher prints its message as one line and exits with status 2."""
 
 
-# A section is declared once, as {key: (default, one-line doc)}: `section` makes its ConfigDict, `describe`
-# prints a resolved config with the docs. A trainer declares its own sections as `CONFIG_SECTIONS`
-# ({name: declaration}); `base_config(trainer)` adds them and `check_schema` reads them from the trainer named in
-# the config — no config or launcher has to know a project's sections.
+# A section is declared once, as {key: (default, one-line doc)}: `section` makes its ConfigDict,
+# `describe` prints a resolved config with the docs. A trainer declares its own sections as
+# `CONFIG_SECTIONS` ({name: declaration}); `base_config(trainer)` adds them and `check_schema` reads
+# them from the trainer named in the config — no config or launcher has to know a project's
+# sections.
 Declaration = Mapping[str, tuple[Any, str]]
 
 TOP: Declaration = {
@@ -116,7 +118,8 @@ SECTIONS: dict[str, Declaration] = {
 
 
 def section(declaration: Declaration, **overrides) -> ml_collections.ConfigDict:
-  """The ConfigDict of a declared section, ``overrides`` applied (an unknown key is a ConfigError)."""
+  """The ConfigDict of a declared section, ``overrides`` applied (an unknown key is a
+  ConfigError)."""
   unknown = set(overrides) - set(declaration)
   if unknown:
     raise ConfigError(f"unknown keys {sorted(unknown)} (known: {', '.join(declaration)})")
@@ -124,8 +127,8 @@ def section(declaration: Declaration, **overrides) -> ml_collections.ConfigDict:
 
 
 def variant(arg: str | None, variants, default: str, where: str) -> str:
-  """A config file's variant: ``arg`` (empty: ``default``) when it is one of ``variants``, else a ValueError that
-  names them (``where``: the config file)."""
+  """A config file's variant: ``arg`` (empty: ``default``) when it is one of ``variants``, else a
+  ValueError that names them (``where``: the config file)."""
   name = arg or default
   if name not in variants:
     raise ValueError(f"{where}: unknown variant {name!r} (known: {', '.join(variants)})")
@@ -148,7 +151,8 @@ def trainer_sections(trainer: str) -> dict[str, Declaration]:
 
 
 def base_config(trainer: str | None = None) -> ml_collections.ConfigDict:
-  """Every shared key with its default; with ``trainer``, that trainer's sections too (and config.trainer)."""
+  """Every shared key with its default; with ``trainer``, that trainer's sections too (and
+  config.trainer)."""
   c = ml_collections.ConfigDict({k: v for k, (v, _) in TOP.items()})
   c.model = model_section("gpt2")  # preset name + every TransformerConfig field
   for name, declaration in SECTIONS.items():
@@ -192,9 +196,9 @@ def describe(config: Any) -> str:
 
 
 def model_section(preset: str = "gpt2", **overrides) -> ml_collections.ConfigDict:
-  """Every TransformerConfig field, resolved from ``preset``, so that each one can be overridden from
-  the command line (``--config.model.num_kv_heads=2``). Optional ints become typed placeholders; the
-  attention scale is text ('default', 'one' or a number)."""
+  """Every TransformerConfig field, resolved from ``preset``, so that each one can be overridden
+  from the command line (``--config.model.num_kv_heads=2``). Optional ints become typed
+  placeholders; the attention scale is text ('default', 'one' or a number)."""
   values = {"preset": preset}
   for key, value in nn_config.PRESETS[preset](**overrides).to_dict().items():
     if value is None:
@@ -216,7 +220,8 @@ def _check_keys(cfg: Mapping, ref: Mapping, where: str) -> None:
 
 
 def check_schema(config: Mapping) -> None:
-  """Unknown keys anywhere in ``config``, compared with :func:`base_config` of the trainer it names."""
+  """Unknown keys anywhere in ``config``, compared with :func:`base_config` of the trainer it
+  names."""
   _check_keys(config, base_config(config.get("trainer")).to_dict(), "config.")
 
 
@@ -289,9 +294,9 @@ def _rule(r) -> bool:
   return isinstance(axes, (tuple, list)) and all(a in MESH_AXES for a in axes)
 
 
-# Every key of the shared schema whose values are restricted, with what it must be. The model section
-# is checked by superpose.nn's TransformerConfig (every field with a domain); tokenizer names by the
-# trainer (projects register their own).
+# Every key of the shared schema whose values are restricted, with what it must be. The model
+# section is checked by superpose.nn's TransformerConfig (every field with a domain); tokenizer
+# names by the trainer (projects register their own).
 DOMAINS: dict[str, tuple[Callable[[Any], bool], str]] = {
   "seed": _int_at_least(0),
   "distributed": (
@@ -434,15 +439,17 @@ def check_batch(config: Mapping, num_devices: int, num_processes: int = 1) -> No
 
 
 def check(config: Any) -> None:
-  """What the launcher checks before anything compiles (launch.common.setup; call it when you run a trainer
-  from Python): no unknown key (:func:`check_schema`), every value in its domain (:func:`check_train`)."""
+  """What the launcher checks before anything compiles (launch.common.setup; call it when you run a
+  trainer from Python): no unknown key (:func:`check_schema`), every value in its domain
+  (:func:`check_train`)."""
   cfg = to_dict(config)
   check_schema(cfg)
   check_train(cfg)
 
 
 def check_train(config: Mapping) -> None:
-  """Every value in its domain (:data:`DOMAINS`, the model section) and the keys that depend on each other."""
+  """Every value in its domain (:data:`DOMAINS`, the model section) and the keys that depend on each
+  other."""
   config = to_dict(config)
   check_values(config)
   t = config["train"]

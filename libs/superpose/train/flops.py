@@ -62,7 +62,8 @@ def measure_cpu_peak(n: int = 2048, repeats: int = 4) -> float:
 
 @functools.lru_cache(maxsize=None)
 def measured_cpu_peak(n: int = 2048, repeats: int = 4) -> float:
-  """f32 matmul FLOP/s of this CPU, measured once per process (CPUs have no published peak to quote)."""
+  """f32 matmul FLOP/s of this CPU, measured once per process (CPUs have no published peak to
+  quote)."""
   return measure_cpu_peak(n, repeats)
 
 

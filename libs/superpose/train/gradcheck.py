@@ -1,17 +1,19 @@
 """Gradient flow: trainable parameters that never receive a gradient, frozen ones that move anyway.
 
-Why: a parameter cut off from the loss (a blend coefficient whose layer never reaches the output, a head
-that a slice drops) trains at zero gradient without any error — the loss falls through the other
-parameters and the run reports the initial value as learned. :func:`check_task` runs a task as
-:func:`superpose.train.loop.train` does (the same split, optimizer and train step, real batches) and takes
-the gradient after the first update: a zero-initialised output layer (LoRA B = 0, a router's last layer)
-gives its input layer a zero gradient at step 0 only. :func:`check_loss` is the same test for a plain
-``loss_fn(params, batch)``. Leaves are named by their path ``a/b/c`` (:func:`superpose.train.optim.param_paths`).
+Why: a parameter cut off from the loss (a blend coefficient whose layer never reaches the output, a
+head that a slice drops) trains at zero gradient without any error — the loss falls through the
+other parameters and the run reports the initial value as learned. :func:`check_task` runs a task as
+:func:`superpose.train.loop.train` does (the same split, optimizer and train step, real batches) and
+takes the gradient after the first update: a zero-initialised output layer (LoRA B = 0, a router's
+last layer) gives its input layer a zero gradient at step 0 only. :func:`check_loss` is the same
+test for a plain ``loss_fn(params, batch)``. Leaves are named by their path ``a/b/c``
+(:func:`superpose.train.optim.param_paths`).
 
-A leaf is dead when its whole gradient is zero. Some leaves hold one independent parameter per element —
-a blend weight per layer, a router bias per expert — where one element without a gradient is already the
-bug; ``elementwise`` (regexes of paths; a spec may declare ``gradient_elementwise``) makes every element of
-those leaves count (an embedding table is not such a leaf: rows of tokens absent from the batch get none).
+A leaf is dead when its whole gradient is zero. Some leaves hold one independent parameter per
+element — a blend weight per layer, a router bias per expert — where one element without a gradient
+is already the bug; ``elementwise`` (regexes of paths; a spec may declare ``gradient_elementwise``)
+makes every element of those leaves count (an embedding table is not such a leaf: rows of tokens
+absent from the batch get none).
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ class GradientReport:
 
 
 def _flags(grads) -> Any:
-  """Per leaf [some element non-zero, every element finite, every element non-zero], reduced where the
-  gradient lives."""
+  """Per leaf [some element non-zero, every element finite, every element non-zero], reduced where
+  the gradient lives."""
   return jax.tree.map(
     lambda g: jnp.stack([jnp.any(g != 0), jnp.all(jnp.isfinite(g)), jnp.all(g != 0)]), grads
   )
@@ -70,8 +72,8 @@ def _differs(a, b) -> bool:
 
 
 def _probe(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-  """``tx`` unchanged, plus the :func:`_flags` of the raw gradient of its last update kept in its state, so
-  that one compiled train step both trains and reports the gradient."""
+  """``tx`` unchanged, plus the :func:`_flags` of the raw gradient of its last update kept in its
+  state, so that one compiled train step both trains and reports the gradient."""
 
   def init(params):
     return tx.init(params), jax.tree.map(lambda p: jnp.zeros(3, bool), params)
@@ -109,12 +111,13 @@ def _report(flags, trainable, paths, moved=None, elementwise=()) -> GradientRepo
 
 
 def check_task(task, config, *, steps: int = 1, elementwise=None) -> GradientReport:
-  """``steps`` real train steps of ``task`` (a :class:`superpose.train.task.Task`) from a random init, then the
-  gradient of its train loss at the updated parameters on the next real batch. ``config``: a ConfigDict or
-  the dict of :func:`superpose.train.config.to_dict`. One more step is run when the schedule's first
-  learning rate is 0 (a warmup from 0): that update moves nothing. No mesh: the default device. The
-  gradient comes out of the loop's own train step (the optimizer wrapped by :func:`_probe`): one compile.
-  ``elementwise`` defaults to the spec's ``gradient_elementwise`` (module docstring)."""
+  """``steps`` real train steps of ``task`` (a :class:`superpose.train.task.Task`) from a random
+  init, then the gradient of its train loss at the updated parameters on the next real batch.
+  ``config``: a ConfigDict or the dict of :func:`superpose.train.config.to_dict`. One more step is
+  run when the schedule's first learning rate is 0 (a warmup from 0): that update moves nothing. No
+  mesh: the default device. The gradient comes out of the loop's own train step (the optimizer
+  wrapped by :func:`_probe`): one compile. ``elementwise`` defaults to the spec's
+  ``gradient_elementwise`` (module docstring)."""
   cfg = config_lib.to_dict(config)
   spec, data = task.spec, task.data
   elementwise = tuple(
@@ -161,9 +164,10 @@ def check_task(task, config, *, steps: int = 1, elementwise=None) -> GradientRep
 
 
 def check_loss(loss_fn: Callable, params, batch, *, trainable, elementwise=()) -> GradientReport:
-  """The gradient test for code that is not a loop Task: ``loss_fn(params, batch)`` returns a scalar or
-  ``(scalar, aux)``; ``trainable`` is a pytree of bools like ``params`` or a function of the path ``a/b/c``.
-  No optimizer step: pass parameters that are not at a degenerate point (e.g. an exact optimum)."""
+  """The gradient test for code that is not a loop Task: ``loss_fn(params, batch)`` returns a scalar
+  or ``(scalar, aux)``; ``trainable`` is a pytree of bools like ``params`` or a function of the path
+  ``a/b/c``. No optimizer step: pass parameters that are not at a degenerate point (e.g. an exact
+  optimum)."""
   paths = optim.param_paths(params)
   mask = jax.tree.map(trainable, paths) if callable(trainable) else trainable
 
@@ -176,7 +180,8 @@ def check_loss(loss_fn: Callable, params, batch, *, trainable, elementwise=()) -
 
 
 def assert_gradients_flow(report: GradientReport) -> None:
-  """AssertionError naming the dead and the moved frozen leaves (the first ten of each and a count)."""
+  """AssertionError naming the dead and the moved frozen leaves (the first ten of each and a
+  count)."""
   problems = []
   if report.dead:
     problems.append(

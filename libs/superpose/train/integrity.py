@@ -1,12 +1,13 @@
-"""Content checksums of train-state arrays, to tell a checkpoint that reads back changed from a good one.
+"""Content checksums of train-state arrays, to tell a checkpoint that reads back changed from a good
+one.
 
-A checksum is a function of an array's global contents only (not of how it is sharded), computed where
-the array lives in one jitted pass: every 32-bit word ``w`` at flat position ``i`` is hashed together
-with its position, ``e = fmix32(w ^ (i·φ + c))`` (murmur3's finaliser), and the job keeps two sums mod
-2³², ``Σ e`` and ``Σ e·(2i + 1)``. Integer sums are exact in any order, so every mesh, every number of
-processes and every device kind give the same 64 bits; a change of any word changes ``e`` at random
-and shows with probability 1 − 2⁻⁶⁴. The check is not cryptographic (no protection from someone who
-wants a collision), only from disks, copies and bugs.
+A checksum is a function of an array's global contents only (not of how it is sharded), computed
+where the array lives in one jitted pass: every 32-bit word ``w`` at flat position ``i`` is hashed
+together with its position, ``e = fmix32(w ^ (i·φ + c))`` (murmur3's finaliser), and the job keeps
+two sums mod 2³², ``Σ e`` and ``Σ e·(2i + 1)``. Integer sums are exact in any order, so every mesh,
+every number of processes and every device kind give the same 64 bits; a change of any word changes
+``e`` at random and shows with probability 1 − 2⁻⁶⁴. The check is not cryptographic (no protection
+from someone who wants a collision), only from disks, copies and bugs.
 """
 
 from __future__ import annotations
@@ -101,8 +102,9 @@ def _hex_sums(leaves: list) -> list[str]:
 
 
 def checksums(tree: Any) -> dict[str, dict]:
-  """``{path: {"sum": 16 hex digits, "shape": [...], "dtype": name}}`` for every array leaf of ``tree``.
-  Every process of a multi-process job must call it with the same tree (one jitted computation)."""
+  """``{path: {"sum": 16 hex digits, "shape": [...], "dtype": name}}`` for every array leaf of
+  ``tree``. Every process of a multi-process job must call it with the same tree (one jitted
+  computation)."""
   leaves = _paths(tree)
   sums = _hex_sums([leaf for _, leaf in leaves])
   return {
@@ -121,9 +123,9 @@ def shape_mismatches(target: Any, saved: Mapping[str, dict]) -> list[str]:
 
 
 def mismatches(tree: Any, saved: Mapping[str, dict]) -> list[str]:
-  """Leaves of ``tree`` (as read back) whose content differs from the saved checksum. Leaves that the
-  checksums do not cover (another version's checkpoint) or that were cast to another dtype on reading
-  are not compared."""
+  """Leaves of ``tree`` (as read back) whose content differs from the saved checksum. Leaves that
+  the checksums do not cover (another version's checkpoint) or that were cast to another dtype on
+  reading are not compared."""
   leaves = [
     (p, leaf) for p, leaf in _paths(tree) if p in saved and str(leaf.dtype) == saved[p]["dtype"]
   ]

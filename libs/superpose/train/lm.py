@@ -26,7 +26,8 @@ def model_config(config: Mapping) -> nn_config.TransformerConfig:
 
 
 class LMSpec:
-  """Next-token prediction with a :class:`superpose.nn.Transformer` (data-free; see superpose.train.task)."""
+  """Next-token prediction with a :class:`superpose.nn.Transformer` (data-free; see
+  superpose.train.task)."""
 
   def __init__(self, config: Mapping):
     self.config = config
@@ -65,7 +66,8 @@ class LMSpec:
 
 
 class LMData:
-  """Documents of a file, split by document into training windows and held-out evaluation batches."""
+  """Documents of a file, split by document into training windows and held-out evaluation
+  batches."""
 
   def __init__(self, config: Mapping, model_cfg: nn_config.TransformerConfig):
     t, d = config["train"], config["data"]

@@ -1,9 +1,9 @@
-"""One way to get a trained model back: ``load_model(path)`` for any run of any trainer, or a Hugging Face
-GPT-2 directory.
+"""One way to get a trained model back: ``load_model(path)`` for any run of any trainer, or a
+Hugging Face GPT-2 directory.
 
 A run's ``config.json`` names its trainer (``config.trainer``); that module's ``make_spec(config)``
-(superpose.train.task) builds the model abstractly and the checkpoint's parameters are read onto it on
-the first local device. Nothing here names a project: the trainer is imported by the name the run
+(superpose.train.task) builds the model abstractly and the checkpoint's parameters are read onto it
+on the first local device. Nothing here names a project: the trainer is imported by the name the run
 recorded, as ``launch.train`` does.
 
     from superpose.train.loader import load_model
@@ -32,9 +32,9 @@ __all__ = ["Loaded", "load_model", "make_spec", "with_defaults"]
 
 @dataclasses.dataclass
 class Loaded:
-  """A restored model: ``config`` (the run's config.json; ``{"hf": path}`` for an HF directory), ``spec``
-  (its trainer's spec; None for an HF directory), ``graphdef`` + ``params`` (``model`` merges them) and the
-  checkpoint read."""
+  """A restored model: ``config`` (the run's config.json; ``{"hf": path}`` for an HF directory),
+  ``spec`` (its trainer's spec; None for an HF directory), ``graphdef`` + ``params`` (``model``
+  merges them) and the checkpoint read."""
 
   config: dict
   spec: Any
@@ -63,8 +63,8 @@ def make_spec(config: dict):
 
 
 def with_defaults(recorded: dict) -> dict:
-  """A recorded config with the keys it lacks (a run written before they existed, a hand-written config.json)
-  at their defaults; the model section as recorded."""
+  """A recorded config with the keys it lacks (a run written before they existed, a hand-written
+  config.json) at their defaults; the model section as recorded."""
   out = config_lib.base_config(recorded.get("trainer")).to_dict()
   for key, value in recorded.items():
     section = isinstance(value, dict) and isinstance(out.get(key), dict) and key != "model"
@@ -73,8 +73,9 @@ def with_defaults(recorded: dict) -> dict:
 
 
 def load_model(path: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> Loaded:
-  """The model of ``path``: a workdir of any trainer (parameters of ``checkpoint`` when given — a checkpoint
-  directory or one step's directory — else of the newest readable step) or a Hugging Face GPT-2 directory."""
+  """The model of ``path``: a workdir of any trainer (parameters of ``checkpoint`` when given — a
+  checkpoint directory or one step's directory — else of the newest readable step) or a Hugging Face
+  GPT-2 directory."""
   path = pathlib.Path(path).expanduser()
   if not path.exists():
     raise FileNotFoundError(f"{path} does not exist")

@@ -1,9 +1,9 @@
 """The train loop shared by every project: resume, steps, eval, metrics, checkpoints, profiling.
 
-A project supplies a *task* (:class:`superpose.train.task.Task`): a data-free spec — the model, the train
-and eval losses, the batch it takes — and its data, host batches as a pure function of the step. Everything
-else — mesh, sharded state, the jitted step, orbax checkpoints, SIGTERM, NaN guard, metrics and MFU — lives
-here once.
+A project supplies a *task* (:class:`superpose.train.task.Task`): a data-free spec — the model, the
+train and eval losses, the batch it takes — and its data, host batches as a pure function of the
+step. Everything else — mesh, sharded state, the jitted step, orbax checkpoints, SIGTERM, NaN guard,
+metrics and MFU — lives here once.
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ log = logging.getLogger(__name__)
 
 
 class RowsEvalSet:
-  """Fixed evaluation rows (dicts of equally shaped arrays) in batches of ``batch_size``. Each batch gets a
-  ``scale`` entry: ``num_batches / n`` on real rows and 0 on the padding rows (copies of row 0) that
-  fill the last batch, so the loop's mean over batches of a task's Σ(metric · scale) is the mean over
-  the ``n`` rows."""
+  """Fixed evaluation rows (dicts of equally shaped arrays) in batches of ``batch_size``. Each batch
+  gets a ``scale`` entry: ``num_batches / n`` on real rows and 0 on the padding rows (copies of
+  row 0) that fill the last batch, so the loop's mean over batches of a task's Σ(metric · scale) is
+  the mean over the ``n`` rows."""
 
   def __init__(self, rows: list[dict[str, np.ndarray]], batch_size: int):
     if not rows:
@@ -66,9 +66,9 @@ class RowsEvalSet:
 
 class RowsStream:
   """Training batches assembled row by row: global row g of step s (1-based) is ``row(g)`` with
-  g = (s − 1)·batch_size + r, a dict of equally shaped arrays; each process builds only its share of the rows.
-  A task's ``train_batch`` when its rows are a pure function of their global index (the counterpart of
-  :class:`RowsEvalSet`)."""
+  g = (s − 1)·batch_size + r, a dict of equally shaped arrays; each process builds only its share of
+  the rows. A task's ``train_batch`` when its rows are a pure function of their global index (the
+  counterpart of :class:`RowsEvalSet`)."""
 
   def __init__(self, row, batch_size: int):
     self.row, self.batch_size = row, batch_size
@@ -114,7 +114,8 @@ def _batch_shardings(fields: Mapping[str, Field], mesh) -> dict[str, NamedShardi
 
 
 def _eval_fields(spec, example: Mapping[str, np.ndarray], process_count: int) -> dict[str, Field]:
-  """Fields of the eval batches (their own keys and shapes; axes of a key the train batch shares)."""
+  """Fields of the eval batches (their own keys and shapes; axes of a key the train batch
+  shares)."""
   train = spec.batch_spec()
   return {
     k: Field(
@@ -143,7 +144,8 @@ def evaluate(
 
 
 def _on_disk(directory) -> str:
-  """What a run that ends badly leaves to resume from (read from the file system, true when it is said)."""
+  """What a run that ends badly leaves to resume from (read from the file system, true when it is
+  said)."""
   steps = ckpt_lib.steps_on_disk(directory)
   if not steps:
     return f"no checkpoint on disk in {directory}"
@@ -154,8 +156,8 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
   cfg = config_lib.to_dict(config)
   t = cfg["train"]
   workdir = pathlib.Path(workdir)
-  # Nothing is written to the workdir before the run is accepted: a usable directory, a config that may
-  # continue the one recorded there, and a state created or restored.
+  # Nothing is written to the workdir before the run is accepted: a usable directory, a config that
+  # may continue the one recorded there, and a state created or restored.
   workdir_lib.check_writable(workdir)
   changes = workdir_lib.check_resume(workdir, cfg)
   for key, (old, new, kind) in changes.items():
@@ -256,9 +258,9 @@ def train(config: Any, workdir: str | pathlib.Path, task: Task) -> Result:
 
 
 class Progress:
-  """How far a run has come over all its sessions: the step reached, the training wall time summed over
-  sessions (each from its accepted start to its last checkpoint) and the number of sessions. Carried in
-  every checkpoint's metadata and written to ``progress.json`` at each checkpoint."""
+  """How far a run has come over all its sessions: the step reached, the training wall time summed
+  over sessions (each from its accepted start to its last checkpoint) and the number of sessions.
+  Carried in every checkpoint's metadata and written to ``progress.json`` at each checkpoint."""
 
   def __init__(self, wall_time_s: float = 0.0, sessions: int = 1):
     self.before, self.sessions, self.since = float(wall_time_s), int(sessions), time.monotonic()
@@ -277,7 +279,8 @@ class Progress:
     }
 
   def write(self, workdir: pathlib.Path, meta: Mapping) -> None:
-    """``progress.json``: ``meta`` (as saved with the checkpoint), the time written, finished or not."""
+    """``progress.json``: ``meta`` (as saved with the checkpoint), the time written, finished or
+    not."""
     if jax.process_index() == 0:
       out = {
         **meta,

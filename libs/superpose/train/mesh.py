@@ -46,10 +46,12 @@ def make_mesh(
   axis_names: Sequence[str] = AXES,
   devices: Sequence[jax.Device] | None = None,
 ) -> Mesh:
-  """Mesh over ``axis_names`` with Auto axis types (GSPMD style; jax.make_mesh defaults to Explicit).
+  """Mesh over ``axis_names`` with Auto axis types (GSPMD style; jax.make_mesh defaults to
+  Explicit).
 
   ``ici`` are the sizes within a slice; ``dcn`` (optional) the sizes across slices, whose product is
-  the number of slices. The total size of an axis is ``ici * dcn``. One ``-1`` per group is filled in.
+  the number of slices. The total size of an axis is ``ici * dcn``. One ``-1`` per group is filled
+  in.
   """
   devices = list(jax.devices() if devices is None else devices)
   if len(ici) != len(axis_names):

@@ -44,7 +44,8 @@ def _scalar(v: Any) -> Any:
 
 
 def _drop_after(path: pathlib.Path, step: int) -> int:
-  """Rewrite ``path`` (JSONL) without the rows of steps after ``step``; returns how many were dropped."""
+  """Rewrite ``path`` (JSONL) without the rows of steps after ``step``; returns how many were
+  dropped."""
   kept, dropped = [], 0
   for line in path.read_text("utf-8").splitlines():
     if not line.strip():

@@ -3,9 +3,9 @@
 Parameters are addressed by their path, e.g. ``blocks/0/attn/q``; ``groups`` and ``frozen`` match
 paths with ``re.fullmatch``. Each group has its own learning rate, weight decay and clipping; frozen
 parameters get no optimizer state and no update, and do not count towards the global gradient norm.
-``reset_steps`` lists steps (1-based) before whose update the whole optimizer state is set back to its
-initial value (Adam moments and bias-correction counts; the learning-rate schedule keeps the step),
-e.g. at the stage changes of a curriculum.
+``reset_steps`` lists steps (1-based) before whose update the whole optimizer state is set back to
+its initial value (Adam moments and bias-correction counts; the learning-rate schedule keeps the
+step), e.g. at the stage changes of a curriculum.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def schedule(
   decay_fraction: float = 0.2,
   min_ratio: float = 0.0,
 ) -> optax.Schedule:
-  """constant (after warmup) | warmup_cosine | wsd (warmup, stable, linear decay over the last fraction)."""
+  """constant (after warmup) | warmup_cosine | wsd (warmup, stable, linear decay over the last
+  fraction)."""
   warmup_steps = min(warmup_steps, total_steps)
   end = peak * min_ratio
   if kind == "constant":
@@ -181,8 +182,8 @@ class ResetState(NamedTuple):
 def reset_at(
   inner: optax.GradientTransformation, steps: Sequence[int]
 ) -> optax.GradientTransformation:
-  """``inner`` whose state is re-initialised before the update of each step in ``steps`` (1-based: the
-  update that makes step s), inside the jitted update."""
+  """``inner`` whose state is re-initialised before the update of each step in ``steps`` (1-based:
+  the update that makes step s), inside the jitted update."""
   steps_arr = jnp.asarray(sorted(int(s) for s in steps), jnp.int32)
 
   def init(params):

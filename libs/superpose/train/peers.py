@@ -2,12 +2,13 @@
 
 When one process of a ``jax.distributed`` job dies (kill -9, out of memory, a lost host), the others
 wait in their next collective until the coordination service's heartbeat timeout (100 s by default),
-and then jax's runtime aborts them with a C++ stack trace. A :class:`Watchdog` thread in every process
-instead bumps a counter in the service's key-value store every couple of seconds and reads everyone
-else's; a peer whose counter has not moved for ``timeout_s`` is taken as dead and this process exits
-with one line on stderr — which process, and what is on disk to resume from — and its own status
-(``launch.common.EXIT_PEER_LOST``). A process that loses the coordinator itself (process 0) is aborted
-by jax's runtime at once, before any thread of ours can speak: its own message says so.
+and then jax's runtime aborts them with a C++ stack trace. A :class:`Watchdog` thread in every
+process instead bumps a counter in the service's key-value store every couple of seconds and reads
+everyone else's; a peer whose counter has not moved for ``timeout_s`` is taken as dead and this
+process exits with one line on stderr — which process, and what is on disk to resume from — and its
+own status (``launch.common.EXIT_PEER_LOST``). A process that loses the coordinator itself
+(process 0) is aborted by jax's runtime at once, before any thread of ours can speak: its own
+message says so.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ def describe_disk_with(fn: Callable[[], str] | None) -> None:
 
 
 class Watchdog:
-  """``client``: the jax.distributed client (its key-value store); ``index``/``count``: this process and
-  the number of processes (default: jax's); ``exit``: how to end the process (tests replace it)."""
+  """``client``: the jax.distributed client (its key-value store); ``index``/``count``: this process
+  and the number of processes (default: jax's); ``exit``: how to end the process (tests replace
+  it)."""
 
   def __init__(
     self,
@@ -114,8 +116,8 @@ class Watchdog:
 
 
 def start_watchdog(timeout_s: float, exit_code: int) -> Watchdog | None:
-  """Start the watchdog of this process (after ``jax.distributed.initialize``); None when there is no
-  multi-process runtime."""
+  """Start the watchdog of this process (after ``jax.distributed.initialize``); None when there is
+  no multi-process runtime."""
   if jax.process_count() == 1:
     return None
   try:
@@ -135,13 +137,15 @@ def start_watchdog(timeout_s: float, exit_code: int) -> Watchdog | None:
 
 
 def is_collective_failure(error: BaseException) -> bool:
-  """A runtime error of a multi-process job (e.g. gloo's "Connection reset by peer"): a peer may be gone."""
+  """A runtime error of a multi-process job (e.g. gloo's "Connection reset by peer"): a peer may be
+  gone."""
   return jax.process_count() > 1 and type(error).__name__ in ("JaxRuntimeError", "XlaRuntimeError")
 
 
 def await_verdict() -> None:
-  """After a collective failed: give the watchdog the time to tell a dead peer (it then ends this process
-  with its line and status); returns when every peer kept showing signs of life (the error is real)."""
+  """After a collective failed: give the watchdog the time to tell a dead peer (it then ends this
+  process with its line and status); returns when every peer kept showing signs of life (the error
+  is real)."""
   dog = _current[0]
   if dog is None or not dog.running:
     return

@@ -1,8 +1,10 @@
-"""Sharded train state: split the model once, create everything under ``jax.jit`` with out-shardings.
+"""Sharded train state: split the model once, create everything under ``jax.jit`` with
+out-shardings.
 
-The train state is a plain pytree ``{'params', 'opt_state', 'step'}``; ``params`` is the model's pure
-dict of arrays (``nnx.to_pure_dict``), so the train step is a pure function that rebuilds the model
-with ``nnx.merge(graphdef, params)`` inside the jit and never traverses NNX objects on the host.
+The train state is a plain pytree ``{'params', 'opt_state', 'step'}``; ``params`` is the model's
+pure dict of arrays (``nnx.to_pure_dict``), so the train step is a pure function that rebuilds the
+model with ``nnx.merge(graphdef, params)`` inside the jit and never traverses NNX objects on the
+host.
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ def merge(graphdef, params) -> nnx.Module:
 
 
 def frozen_view(module: nnx.Module) -> nnx.Module:
-  """``module`` with its state under ``stop_gradient``: a frozen part of a model whose activations still
-  carry gradients to what comes before it, but whose own weight gradients are never computed."""
+  """``module`` with its state under ``stop_gradient``: a frozen part of a model whose activations
+  still carry gradients to what comes before it, but whose own weight gradients are never
+  computed."""
   graphdef, state = nnx.split(module)
   return nnx.merge(graphdef, jax.tree.map(jax.lax.stop_gradient, state))
 

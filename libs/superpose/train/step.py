@@ -29,8 +29,8 @@ def make_train_step(
   graphdef, loss_fn: LossFn, tx: optax.GradientTransformation, accum_steps: int = 1
 ):
   """``step(state, batch) -> (state, metrics)``. With ``accum_steps > 1`` the batch is split into
-  equal microbatches whose gradients (and losses) are averaged. A step whose loss or gradient norm is
-  not finite leaves the state unchanged and reports ``finite = 0``."""
+  equal microbatches whose gradients (and losses) are averaged. A step whose loss or gradient norm
+  is not finite leaves the state unchanged and reports ``finite = 0``."""
 
   def loss_of(params, batch):
     return loss_fn(nnx.merge(graphdef, params), batch)

@@ -2,15 +2,16 @@
 
 A trainer module (``config.trainer``) exposes::
 
-    make_spec(cfg) -> Spec     # no file is read: the planner (launch.plan) compiles the step from it alone
+    make_spec(cfg) -> Spec     # no file is read: the planner (launch.plan) compiles the step from
+                               it alone
     make_task(cfg) -> Task     # Task(spec, data): what launch.train runs
     run(config, workdir)       # make_task + superpose.train.loop.train + the trainer's summary line
 
 The spec says everything about shapes and compute — the model, the train loss and the eval loss as
-separate functions, the batch it takes (:class:`Field`: global shape, dtype, logical axes), tokens and
-FLOPs per step, and the config the run records (a trainer may resolve defaults there, e.g. freeze its
-experts) — so the train step compiles without data. The data holds the host batches, a pure function of
-the step, and the evaluation set.
+separate functions, the batch it takes (:class:`Field`: global shape, dtype, logical axes), tokens
+and FLOPs per step, and the config the run records (a trainer may resolve defaults there, e.g.
+freeze its experts) — so the train step compiles without data. The data holds the host batches, a
+pure function of the step, and the evaluation set.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ __all__ = ["Field", "Spec", "Data", "Task", "abstract_batch", "check_batch", "ro
 
 @dataclasses.dataclass(frozen=True)
 class Field:
-  """One entry of a train batch: the global shape (rows over all processes first; the widest batch where
-  widths vary by step), the dtype and the logical axes (None: ``("batch", None, ...)``)."""
+  """One entry of a train batch: the global shape (rows over all processes first; the widest batch
+  where widths vary by step), the dtype and the logical axes (None: ``("batch", None, ...)``)."""
 
   shape: tuple[int, ...]
   dtype: str
@@ -87,13 +88,15 @@ def rows_fields(
   axes=None,
   dtypes: Mapping[str, str] | None = None,
 ) -> dict[str, Field]:
-  """``(batch_size, width)`` fields, int32 unless ``dtypes`` says otherwise (``weights`` float32)."""
+  """``(batch_size, width)`` fields, int32 unless ``dtypes`` says otherwise (``weights``
+  float32)."""
   dtypes = {"weights": "float32", **(dtypes or {})}
   return {k: Field((batch_size, width), dtypes.get(k, "int32"), axes) for k in keys}
 
 
 def abstract_batch(fields: Mapping[str, Field], shardings: Mapping[str, Any] | None = None) -> dict:
-  """``jax.ShapeDtypeStruct`` per field (with its sharding when given): what the planner compiles on."""
+  """``jax.ShapeDtypeStruct`` per field (with its sharding when given): what the planner compiles
+  on."""
   return {
     k: jax.ShapeDtypeStruct(f.shape, f.dtype, sharding=(shardings or {}).get(k))
     for k, f in fields.items()
@@ -106,8 +109,9 @@ def check_batch(
   process_count: int = 1,
   what: str = "train batch",
 ) -> None:
-  """A host batch against its spec: the same keys, dtypes and ranks, this process's share of the rows,
-  no dimension wider than the spec's. ValueError naming the first difference (a trainer bug)."""
+  """A host batch against its spec: the same keys, dtypes and ranks, this process's share of the
+  rows, no dimension wider than the spec's. ValueError naming the first difference (a trainer
+  bug)."""
   if set(host) != set(fields):
     missing, extra = sorted(set(fields) - set(host)), sorted(set(host) - set(fields))
     raise ValueError(

@@ -1,14 +1,15 @@
-"""A run directory: usable before anything is written to it, and its config as the contract of a resume.
+"""A run directory: usable before anything is written to it, and its config as the contract of a
+resume.
 
-A workdir's ``config.json`` records the config its checkpoints were trained with. A run into a workdir
-that holds checkpoints is compared with it key by key before anything is written (without a checkpoint
-there is nothing to resume: the run starts over with its own config):
+A workdir's ``config.json`` records the config its checkpoints were trained with. A run into a
+workdir that holds checkpoints is compared with it key by key before anything is written (without a
+checkpoint there is nothing to resume: the run starts over with its own config):
 
-- keys that only steer bookkeeping or layout (:data:`FREE_ON_RESUME`: logging, checkpoint cadence, the
-  mesh, the run length ``train.steps``, ...) may change; the changes are logged and recorded in the
-  ``start`` row of ``metrics.jsonl``;
-- keys whose change keeps the train state's shape (:data:`SAFE_ON_RESUME`: learning rate, schedule, Adam
-  constants, accumulation, ...) may change only with ``--config.train.allow_changes=True``;
+- keys that only steer bookkeeping or layout (:data:`FREE_ON_RESUME`: logging, checkpoint cadence,
+  the mesh, the run length ``train.steps``, ...) may change; the changes are logged and recorded in
+  the ``start`` row of ``metrics.jsonl``;
+- keys whose change keeps the train state's shape (:data:`SAFE_ON_RESUME`: learning rate, schedule,
+  Adam constants, accumulation, ...) may change only with ``--config.train.allow_changes=True``;
 - every other key (model, data, seed, batch size, sequence length, optimizer structure, project
   sections) defines the run: a resume that changes one is refused, naming the keys.
 """
@@ -72,7 +73,8 @@ _SAME_SHAPE = {"clip_norm": lambda a, b: _clipping(a) == _clipping(b)}
 
 
 def check_writable(workdir: str | os.PathLike) -> None:
-  """ConfigError when ``workdir`` cannot be a run directory: a file, under a file, or not writable."""
+  """ConfigError when ``workdir`` cannot be a run directory: a file, under a file, or not
+  writable."""
   path = pathlib.Path(workdir).absolute()
   if path.exists() and not path.is_dir():
     raise ConfigError(f"workdir {path} is a file, not a directory")
@@ -134,7 +136,8 @@ _ABSENT = _Absent()
 
 def config_changes(saved: Mapping, new: Mapping) -> dict[str, tuple[Any, Any, str]]:
   """{key: (saved value, new value, class)} for every key whose value differs. A key that the saved
-  config lacks (the schema grew since) counts only when its new value is not the schema's default."""
+  config lacks (the schema grew since) counts only when its new value is not the schema's
+  default."""
   old, cur = _flatten(normalised(saved)), _flatten(normalised(new))
   defaults = _flatten(normalised(base_config().to_dict()))
   out = {}

@@ -1,5 +1,5 @@
-"""The compression study's loss sends a gradient to its learned W (the compiled weights are constants),
-and at W = I — the exact optimum, loss 0 — the check reports W dead, as it should."""
+"""The compression study's loss sends a gradient to its learned W (the compiled weights are
+constants), and at W = I — the exact optimum, loss 0 — the check reports W dead, as it should."""
 
 import jax
 import jax.numpy as jnp

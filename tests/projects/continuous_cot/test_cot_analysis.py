@@ -1,4 +1,5 @@
-"""The superposition-signature analysis: group definitions by hand, the construction's signature, the CLI."""
+"""The superposition-signature analysis: group definitions by hand, the construction's signature,
+the CLI."""
 
 import math
 
@@ -7,8 +8,9 @@ import pytest
 
 from projects.continuous_cot import analysis, construction, graphs
 
-# root 0; 0→1, 0→2, 1→2, 1→3, 2→4, 3→5, 6→7, 6→3; target 4 (0→2→4), neg 7 (only from the unreachable 6).
-# BFS depths 0:0 1:1 2:1 3:2 4:2 5:3. Walks of length 2 reach 2 (via 1), 3, 4; of length 3, 4 (via 1→2) and 5.
+# root 0; 0→1, 0→2, 1→2, 1→3, 2→4, 3→5, 6→7, 6→3; target 4 (0→2→4), neg 7 (only from the unreachable
+# 6). BFS depths 0:0 1:1 2:1 3:2 4:2 5:3. Walks of length 2 reach 2 (via 1), 3, 4; of length 3, 4
+# (via 1→2) and 5.
 EDGES = ((0, 1), (0, 2), (1, 2), (1, 3), (2, 4), (3, 5), (6, 7), (6, 3))
 SMALL = graphs.Problem(8, EDGES, root=0, target=4, neg_target=7)
 
@@ -93,7 +95,8 @@ def test_construction_signature(construction_run):
       assert abs(means["not_reachable"]) < 1e-6
     for means in result["attention_by_problem"][step]:
       assert means["not_reachable"] < 1e-4 and means["reachable"] > 0.01
-  # the ordering holds with ties (≥ ≥ >) in every problem, never strictly: the construction weights uniformly
+  # the ordering holds with ties (≥ ≥ >) in every problem, never strictly: the construction weights
+  # uniformly
   for key in ("inner", "attention"):
     each = analysis.problem_ordering(result[f"{key}_by_problem"])
     assert each == {"strict": 0.0, "weak": 1.0}

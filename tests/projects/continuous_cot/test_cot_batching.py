@@ -1,7 +1,7 @@
 """Length-bucketed batches and the compact training forward: the row order stays a pure function of
-(seed, step) and uses every row once per window; the compact forward equals the full KV-cached forward at
-every column that can carry a loss (values and gradients), for a GPT-2 and a RoPE/GQA model; a bucketed
-batch gives the loss and gradients of the same rows padded to T."""
+(seed, step) and uses every row once per window; the compact forward equals the full KV-cached
+forward at every column that can carry a loss (values and gradients), for a GPT-2 and a RoPE/GQA
+model; a bucketed batch gives the loss and gradients of the same rows padded to T."""
 
 import jax
 import jax.numpy as jnp
@@ -78,8 +78,9 @@ def _models(kind):
 
 
 def _compact_and_full(model, K=2, P=10, R=2):
-  """(compact loss, full loss) as functions of the params, and the (B, N) valid mask: the same weighted
-  log-probability sum, read from the compact forward and from the full forward at the compact columns."""
+  """(compact loss, full loss) as functions of the params, and the (B, N) valid mask: the same
+  weighted log-probability sum, read from the compact forward and from the full forward at the
+  compact columns."""
   tokens, starts, counts = _rows(np.random.default_rng(0), 5, P + K + R + 1, P, K)
   starts[0], counts[0] = P, K  # the widest row fills every column
   args = [jnp.asarray(x) for x in (tokens, starts, counts)]
@@ -153,7 +154,8 @@ def test_compact_forward_needs_unscanned_blocks():
 
 def _same_rows(problems, method, step=3):
   """(bucketed task, its batch of ``step``, padded task, the same rows padded to T)."""
-  # steps_per_stage=1: step 3 is stage 2; uniform_prob 0.5 and 3/4-hop problems mix the thought counts
+  # steps_per_stage=1: step 3 is stage 2; uniform_prob 0.5 and 3/4-hop problems mix the thought
+  # counts
   task = _task(problems, method, steps_per_stage=1, uniform_prob=0.5)
   padded = _task(problems, method, batching="padded", steps_per_stage=1, uniform_prob=0.5)
   bucketed = task.train_batch(step)

@@ -1,4 +1,5 @@
-"""The hand-set 2-layer construction: 100% on samples of the released splits, thoughts = superposition."""
+"""The hand-set 2-layer construction: 100% on samples of the released splits, thoughts =
+superposition."""
 
 import numpy as np
 import pytest

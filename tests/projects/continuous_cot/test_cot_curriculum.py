@@ -1,5 +1,6 @@
-"""The curriculum options of issue 20 §3: a separate stage-0 length, per-row node relabelling, the optimizer
-reset at stage changes, the set-valued (frontier) loss, and the hop-k evaluation metrics."""
+"""The curriculum options of issue 20 §3: a separate stage-0 length, per-row node relabelling, the
+optimizer reset at stage changes, the set-valued (frontier) loss, and the hop-k evaluation
+metrics."""
 
 import random
 
@@ -122,8 +123,8 @@ def test_set_nll():
 
 
 def test_set_loss_trains_on_the_label_pool(problems):
-  """loss='set': the row's mask is its label pool; the loss is −log of the pool's mass, the drawn label's NLL
-  is still logged; gradients reach the model."""
+  """loss='set': the row's mask is its label pool; the loss is −log of the pool's mass, the drawn
+  label's NLL is still logged; gradients reach the model."""
   task = _task(problems, loss="set", steps_per_stage=1)
   batch = task.train_batch(1)  # stage 0: the pool is the root's children on shortest paths
   for r, g in enumerate(task.step_rows(1)):
@@ -177,7 +178,8 @@ def test_eval_reports_hop_accuracy(problems):
   )(state)
   for k in ("acc", "hop1", "hop2_mass", "hop3"):
     assert float(mp[k]) == pytest.approx(float(m[k]), abs=1e-5)
-  # CoT reads hop 1 at the same prompt's root column (teacher forced): the same number on the same weights
+  # CoT reads hop 1 at the same prompt's root column (teacher forced): the same number on the same
+  # weights
   cot = _task(problems, method="cot")
   _, mc = jax.jit(lambda s, b: cot.spec.eval_loss(nnx.merge(graphdef, s), b))(
     state, cot.eval_set.batch(0)

@@ -1,5 +1,6 @@
-"""The learning-curve report reads a run's metrics.jsonl and config.json: a plot and a table whose cells are
-the evaluations' numbers with Wilson intervals, rows and real tokens seen up to each evaluation."""
+"""The learning-curve report reads a run's metrics.jsonl and config.json: a plot and a table whose
+cells are the evaluations' numbers with Wilson intervals, rows and real tokens seen up to each
+evaluation."""
 
 import json
 
@@ -55,7 +56,8 @@ def test_curves_table_and_plot(tmp_path, capsys):
     curves.main(["--workdir", str(a), str(b), "--out", str(tmp_path / "out"), "--name", "x"]) == 0
   )
   text = (tmp_path / "out/x.md").read_text()
-  # step 30: 120 rows, 30 × 4 × 50 = 6,000 real tokens; acc 0.25 of 200 = 50/200 with its Wilson interval
+  # step 30: 120 rows, 30 × 4 × 50 = 6,000 real tokens; acc 0.25 of 200 = 50/200 with its Wilson
+  # interval
   assert "| coconut | 30 | 120 | 0.0M | 25.0% (19.5%–31.4%) |" in text
   assert "| cot | 60 | 240 |" in text and "coconut 2.0 min to step 60" in text
   assert (tmp_path / "out/x.png").stat().st_size > 10_000

@@ -1,4 +1,5 @@
-"""ProsQA data: generator statistics, BFS answers, id shuffling, prompt layout, disjointness, the CLI."""
+"""ProsQA data: generator statistics, BFS answers, id shuffling, prompt layout, disjointness, the
+CLI."""
 
 import json
 import random

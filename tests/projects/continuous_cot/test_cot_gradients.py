@@ -1,5 +1,5 @@
-"""Every parameter of the continuous-CoT trainer gets a gradient, for each method its scaled config offers
-(Coconut with path and BFS labels, CoT, No-CoT), on generated problems at the smoke size."""
+"""Every parameter of the continuous-CoT trainer gets a gradient, for each method its scaled config
+offers (Coconut with path and BFS labels, CoT, No-CoT), on generated problems at the smoke size."""
 
 import pytest
 
@@ -10,7 +10,8 @@ from superpose.train import gradcheck
 
 @pytest.fixture(scope="module")
 def problems():
-  # 3 hops only: K = 3 thought slots, one unrolled cached step fewer to compile than with 4-hop problems.
+  # 3 hops only: K = 3 thought slots, one unrolled cached step fewer to compile than with 4-hop
+  # problems.
   train_set, used = data.generate_split(16, 0, hops=(3,))
   valid_set, _ = data.generate_split(4, 1, exclude=used, hops=(3,))
   return train_set, valid_set
@@ -36,7 +37,8 @@ def test_cot_gradients_flow(variant, problems):
 
 
 def test_cpu_recipe_gradients_flow(problems):
-  """The CPU recipe's Coconut with the set-valued loss, RoPE, relabelled rows and an optimizer reset."""
+  """The CPU recipe's Coconut with the set-valued loss, RoPE, relabelled rows and an optimizer
+  reset."""
   c = cpu_cfg.get_config("coconut_set")
   smoke = scaled_cfg.get_config("smoke")
   c.model = smoke.model

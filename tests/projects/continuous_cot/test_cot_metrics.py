@@ -1,6 +1,6 @@
-"""Answer metrics and reference floors: the floors against a brute-force reference on the released ProsQA
-validation splits, the per-row metrics by hand, the trainer's evaluation against a direct recomputation
-(bucketed and padded evaluation alike), and the Wilson tables."""
+"""Answer metrics and reference floors: the floors against a brute-force reference on the released
+ProsQA validation splits, the per-row metrics by hand, the trainer's evaluation against a direct
+recomputation (bucketed and padded evaluation alike), and the Wilson tables."""
 
 import jax
 import jax.numpy as jnp
@@ -77,7 +77,8 @@ def test_answer_metrics_by_hand():
   )
   answer = np.array([target, 11, neg, neg, -1], np.int32)
   got = metrics.answer_metrics(jnp.asarray(logits), jnp.full(5, target), jnp.asarray(cands))
-  # row 3: the full-vocabulary argmax of a tie is the lower id (the target); the two-candidate choice the first
+  # row 3: the full-vocabulary argmax of a tie is the lower id (the target); the two-candidate
+  # choice the first
   assert [list(np.asarray(got[k])) for k in ("acc", "acc_two", "is_cand")] == [
     [1, 0, 0, 1, 1],
     [1, 1, 0, 0, 1],
@@ -164,7 +165,8 @@ def test_evaluation_metrics_against_a_direct_recomputation(graph4_task):
       for name in ("gold", "fixed")
     ]
   )(params, batch)
-  # hop k (gold thoughts): the logits at column latent_start − 1 + (k − 1) (the root, then thought k − 1)
+  # hop k (gold thoughts): the logits at column latent_start − 1 + (k − 1) (the root, then thought k
+  # − 1)
   gold = np.asarray(full[0])
   for k in range(1, 4):
     cols = np.array([r["latent_start"] for r in rows]) - 1 + (k - 1)

@@ -1,5 +1,5 @@
-"""Continuous thoughts: the KV-cached forward equals the full re-forward per thought (values and grads), with
-one thought count for every row and with per-row counts."""
+"""Continuous thoughts: the KV-cached forward equals the full re-forward per thought (values and
+grads), with one thought count for every row and with per-row counts."""
 
 import functools
 
@@ -167,8 +167,9 @@ def test_gradients_flow_through_thoughts(gpt2):
   "bounds", [(None, None), TIGHT, CLAMPED], ids=["default", "tight", "clamped"]
 )
 def test_per_row_counts_equal_reforward(gpt2, bounds):
-  """Per-row counts (one row without thoughts): the cached forward equals the re-forward reference, the thoughts
-  past a row's count are zero, and each row equals its own forward with its count for every row."""
+  """Per-row counts (one row without thoughts): the cached forward equals the re-forward reference,
+  the thoughts past a row's count are zero, and each row equals its own forward with its count for
+  every row."""
   tok = tokens(7)
   cached = th.forward_with_thoughts(
     gpt2,
@@ -303,7 +304,8 @@ def test_sharded_cached_equals_unsharded(devices8, gpt2, shape):
     )
   assert len(out.logits_BTV.sharding.device_set) == 8
   valid = np.arange(T)[None] < lengths[:, None]
-  # Sharded matmuls sum in another order; on an AVX2-only host logits of size ~5 moved by up to 9.5e-5.
+  # Sharded matmuls sum in another order; on an AVX2-only host logits of size ~5 moved by up to
+  # 9.5e-5.
   np.testing.assert_allclose(
     np.asarray(out.logits_BTV)[valid], np.asarray(reference.logits_BTV)[valid], atol=3e-4, rtol=1e-4
   )

@@ -1,5 +1,5 @@
-"""The continuous-CoT trainer: curriculum rows token by token, loss masks, per-row thought counts, smoke
-runs of the three methods through run(config, workdir), and resume giving the same batches."""
+"""The continuous-CoT trainer: curriculum rows token by token, loss masks, per-row thought counts,
+smoke runs of the three methods through run(config, workdir), and resume giving the same batches."""
 
 import json
 import random
@@ -38,7 +38,8 @@ def test_curriculum_rows_token_exact():
   # Stage 0 supervises the root position; stage s the last latent; the final stage the [A] position.
   assert rows.coconut_row(TOY, 0, prompt, random.Random(0))[2] == len(prompt) - 1
   assert rows.coconut_row(TOY, 2, prompt, random.Random(0))[2] == len(prompt) + 1
-  # Coconut-BFS: the stage-0 label is any node one hop from the root (1 or 6), the path label only 1.
+  # Coconut-BFS: the stage-0 label is any node one hop from the root (1 or 6), the path label only
+  # 1.
   assert {rows.coconut_row(TOY, 0, prompt, random.Random(i), "bfs")[0][-1] for i in range(40)} == {
     1,
     6,
@@ -144,8 +145,8 @@ def test_batches_pure_function_of_seed_and_step(gen_dir):
 
 
 def test_rowwise_thoughts_match_cached_forward():
-  """The padded path's call (per-row counts, prefix P, the rest from latent_start + K) row by row equals
-  the cached forward of that row alone with its own count."""
+  """The padded path's call (per-row counts, prefix P, the rest from latent_start + K) row by row
+  equals the cached forward of that row alone with its own count."""
   import jax.numpy as jnp
 
   model = random_model(th.model_config("tiny", vocab_size=40, max_seq_len=32), seed=0, scale=0.3)
@@ -195,12 +196,14 @@ def test_smoke_run(method, gen_dir, tmp_path, check_sampling):
   assert ("eval/acc_fixed" in result.eval) == (method == "coconut")
   sel = json.loads((tmp_path / "selection.json").read_text())
   assert sel["step"] == 2 and sel["split"] == "generated validation" and sel["checkpoint"]
-  # The released-split evaluator, given the generated validation problems, reproduces the in-training numbers.
+  # The released-split evaluator, given the generated validation problems, reproduces the
+  # in-training numbers.
   scored = cot_eval.evaluate_run(tmp_path, data.load(gen_dir / "valid.json"))
   assert scored["method"] == method and scored["checkpoint"] == sel["checkpoint"]
   for metric, (k, n) in scored["counts"].items():
     assert n == 8 and k / n == pytest.approx(result.eval[f"eval/{metric}"], abs=1e-6)
-  # The CLI on any ProsQA file (here the generated validation split) writes the same numbers as a table.
+  # The CLI on any ProsQA file (here the generated validation split) writes the same numbers as a
+  # table.
   assert (
     cot_eval.main(
       [

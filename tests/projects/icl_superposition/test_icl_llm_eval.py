@@ -1,5 +1,5 @@
-"""The any-model runner on the paper's four LLM families: a tiny random model through the Python API and an
-HF-format GPT-2 checkpoint through the CLI; probabilities checked against full forwards."""
+"""The any-model runner on the paper's four LLM families: a tiny random model through the Python API
+and an HF-format GPT-2 checkpoint through the CLI; probabilities checked against full forwards."""
 
 import json
 

@@ -1,4 +1,5 @@
-"""Per-prompt superposition measures, the reference predictors, the intervals and the K-task / control prompts."""
+"""Per-prompt superposition measures, the reference predictors, the intervals and the K-task /
+control prompts."""
 
 import numpy as np
 import pytest
@@ -20,7 +21,8 @@ def test_reference_predictors_per_prompt():
   assert np.all(soft["r"] == 2)
   hot = mixtures.per_prompt(refs["one-hot oracle"], shares)
   assert np.isinf(hot["kl"]).all() and np.all(hot["r"] == 1)
-  # one task per prompt, drawn with the shares: E[TV] = 1 − Σ s², and the mean P matches the mean share
+  # one task per prompt, drawn with the shares: E[TV] = 1 − Σ s², and the mean P matches the mean
+  # share
   assert hot["tv"].mean() == pytest.approx(np.mean(1 - (shares**2).sum(1)), abs=0.01)
   assert refs["one-hot oracle"].p.mean(0) == pytest.approx(shares.mean(0), abs=0.02)
   diag = mixtures.per_prompt(refs["diagonal"], shares)
@@ -128,8 +130,8 @@ def test_run_groups():
 
 
 def test_analyse_two_seeds_and_markdown():
-  """Two seeds of synthetic curves: the model's rows pool them, the references are scored on the same prompts, the
-  table names every predictor and the per-seed values."""
+  """Two seeds of synthetic curves: the model's rows pool them, the references are scored on the
+  same prompts, the table names every predictor and the per-seed values."""
 
   def fake_curve(rng, leak):
     rows = []

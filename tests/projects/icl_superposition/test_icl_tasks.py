@@ -1,4 +1,5 @@
-"""The ICL task families: formats, answers against independent computations, seeding, exact mixing."""
+"""The ICL task families: formats, answers against independent computations, seeding, exact
+mixing."""
 
 import json
 import re

@@ -1,5 +1,5 @@
-"""ICL from-scratch training rows and loss masks, a smoke run, teacher-forced scoring against full forwards,
-residual patching, the calibration, task-vector and task-mass CLIs on the smoke run."""
+"""ICL from-scratch training rows and loss masks, a smoke run, teacher-forced scoring against full
+forwards, residual patching, the calibration, task-vector and task-mass CLIs on the smoke run."""
 
 import json
 import types
@@ -223,7 +223,8 @@ def test_scoring_equals_full_forward_and_counts_r():
     for k, a in enumerate(answers[i]):
       ids = [chars.VOCAB.bos_id] + chars.VOCAB.encode(p.text + a + "\n")
       assert s.answer_prob[i, k] == pytest.approx(np.exp(_full_logp(model, ids, start)), rel=1e-4)
-    # greedy candidates: their probabilities are full-forward products too, and r follows its definition
+    # greedy candidates: their probabilities are full-forward products too, and r follows its
+    # definition
     for out, prob in s.top_outputs[i]:
       assert out[-1] == NL
       ids = [chars.VOCAB.bos_id] + chars.VOCAB.encode(p.text) + list(out)
@@ -323,7 +324,8 @@ def test_reference_curve_and_compare(shared_data):
 
 
 def _noisy_rows(rng, ref, gap, n=300, seeds=1):
-  """Curves whose prompts commit to one task (0/1 samples) with mean P_ref + gap, ``seeds`` groups each."""
+  """Curves whose prompts commit to one task (0/1 samples) with mean P_ref + gap, ``seeds`` groups
+  each."""
   rows = []
   for d in calibrate.MIXING:
     p = float(np.clip(ref[d][0] + gap, 0, 1))
@@ -344,8 +346,8 @@ def _noisy_rows(rng, ref, gap, n=300, seeds=1):
 
 
 def test_compare_bootstrap_interval():
-  """With every mean 0.1 above its reference, |Δ| keeps its sign, so the mean |Δ| is a plain mean of 22 independent
-  sample means: its 95 % interval is ±1.96·sqrt(Σ var_i / n) / 22 around 0.1."""
+  """With every mean 0.1 above its reference, |Δ| keeps its sign, so the mean |Δ| is a plain mean of
+  22 independent sample means: its 95 % interval is ±1.96·sqrt(Σ var_i / n) / 22 around 0.1."""
   rng = np.random.default_rng(0)
   ref = {d: (0.2, 0.5, 0.3) for d in calibrate.MIXING}
   n, sd = 400, 0.2
@@ -380,10 +382,11 @@ def test_compare_bootstrap_interval():
 
 
 def test_compare_gap_interval_coverage():
-  """Committing predictors (0/1 per prompt) whose mean equals the reference: the percentile interval of the mean
+  """Committing predictors (0/1 per prompt) whose mean equals the reference: the percentile interval
+  of the mean
   |Δ| excludes the true 0 every time (|·| biases it up), the noise-corrected RMS gap's interval reaches 0 in ≥ 90 %
-  of replicates; with a true gap of 0.08 at every point its interval covers 0.08 in ≥ 80 % and excludes 0.
-  Two training seeds work the same way."""
+  of replicates; with a true gap of 0.08 at every point its interval covers 0.08 in ≥ 80 % and
+  excludes 0. Two training seeds work the same way."""
   ref = {d: (0.1 + 0.8 * d, 0.9 - 0.8 * d, 0.0) for d in calibrate.MIXING}
   zero, biased, covered, excluded = 0, 0, 0, 0
   reps = 30
@@ -596,8 +599,9 @@ def test_task_mass_offsets():
 
 
 def test_task_mass_copy_source(monkeypatch):
-  """A scorer that copies the answer of the LAST in-context line with the query's input agrees with 'last' on every
-  prompt, and with the prompt majority less often; the retrieval family (fresh queries) is refused."""
+  """A scorer that copies the answer of the LAST in-context line with the query's input agrees with
+  'last' on every prompt, and with the prompt majority less often; the retrieval family (fresh
+  queries) is refused."""
 
   def fake_score(model, texts, answers, encode, **kw):
     probs = []

@@ -1,5 +1,5 @@
-"""The superposed_experts tests' shared fixture: two tiny domains and two numpy-drawn experts saved as
-our checkpoints, with the tiny config's smoke variant pointing at them."""
+"""The superposed_experts tests' shared fixture: two tiny domains and two numpy-drawn experts saved
+as our checkpoints, with the tiny config's smoke variant pointing at them."""
 
 import gzip
 import json

@@ -52,8 +52,9 @@ def test_task_arithmetic_and_ties_on_known_deltas():
   np.testing.assert_allclose(
     bl.task_arithmetic(base, [e1, e2], 0.5)["w"], [1.5, -0.5, 0.0, 1.0, 0.25]
   )
-  # density 0.4 keeps the top 2 of 5 magnitudes of each task vector: e1 → [0,-2,0,3,0]; e2 → [2,1,0,0,0].
-  # Elected signs of the sum [2,-1,0,3,0]: +,-,0,+,0; kept entries agreeing with them: mean over agreeing.
+  # density 0.4 keeps the top 2 of 5 magnitudes of each task vector: e1 → [0,-2,0,3,0]; e2 →
+  # [2,1,0,0,0]. Elected signs of the sum [2,-1,0,3,0]: +,-,0,+,0; kept entries agreeing with them:
+  # mean over agreeing.
   delta = bl.ties_delta([e1["w"], e2["w"]], density=0.4)
   np.testing.assert_allclose(delta, [2.0, -2.0, 0.0, 3.0, 0.0])
   np.testing.assert_allclose(
@@ -76,7 +77,8 @@ def test_mixture_weight_one_is_one_model_and_matches_probabilities():
   w = np.ones((4, 7))
   w[0, 3:] = 0
   assert bl.perplexity(a, w) == pytest.approx(np.exp(-(a * w).sum() / w.sum()))
-  # Domain 0 is modelled only by expert 0 and domain 1 only by expert 1: uniform beats either corner.
+  # Domain 0 is modelled only by expert 0 and domain 1 only by expert 1: uniform beats either
+  # corner.
   good, bad = np.full((3, 5), np.log(0.9)), np.full((3, 5), np.log(0.01))
   weights, _ = bl.best_mixture(
     {"x": ([good, bad], np.ones((3, 5))), "y": ([bad, good], np.ones((3, 5)))}
@@ -110,7 +112,8 @@ def test_gap_fraction_and_best_interpolation():
   oracle = {"a": 10.0, "b": 9.0}
   assert bl.gap_fraction(interp[best], interp[best], oracle) == 0.0
   assert bl.gap_fraction(oracle, interp[best], oracle) == 1.0
-  # a: (14 − 12)/(14 − 10) = 0.5; b: (18 − 18)/(18 − 9) = 0 → mean 0.25; worse than interp is negative.
+  # a: (14 − 12)/(14 − 10) = 0.5; b: (18 − 18)/(18 − 9) = 0 → mean 0.25; worse than interp is
+  # negative.
   assert bl.gap_fraction({"a": 12.0, "b": 18.0}, interp[best], oracle) == pytest.approx(0.25)
   assert bl.gap_fraction({"a": 18.0, "b": 18.0}, interp[best], oracle) == pytest.approx(-0.5)
   # A domain without a gap is left out of the mean.

@@ -1,4 +1,5 @@
-"""Domain data: pure, balanced training batches; fixed held-out sequences disjoint from training text."""
+"""Domain data: pure, balanced training batches; fixed held-out sequences disjoint from training
+text."""
 
 import pathlib
 
@@ -74,7 +75,8 @@ def test_stream_is_pure_in_seed_and_step_and_balanced(tmp_path):
   assert not np.array_equal(a.batch(0)["inputs"], other.batch(0)["inputs"])
   labels = np.concatenate([a.batch(s)["labels"] for s in range(10)])
   assert labels.dtype == np.int32 and np.bincount(labels).tolist() == [30, 30]
-  # Each row's text comes from its labelled domain (French bytes never in English rows and vice versa).
+  # Each row's text comes from its labelled domain (French bytes never in English rows and vice
+  # versa).
   x = a.batch(2)
   for row, label in zip(x["inputs"], x["labels"]):
     text = bytes(int(t) for t in row if t < 256).decode("utf-8", "ignore")
@@ -147,8 +149,9 @@ def test_python_corpus_split_and_dedup(tmp_path):
 
 
 def _switch_test_rows(seq_len=24):
-  """Held-out-like rows of two domains with disjoint alphabets (English lowercase, French uppercase), cut
-  by ``data.Rows`` so that document-first rows start with BOS and last rows are padded."""
+  """Held-out-like rows of two domains with disjoint alphabets (English lowercase, French
+  uppercase), cut by ``data.Rows`` so that document-first rows start with BOS and last rows are
+  padded."""
   rng = np.random.default_rng(0)
   tok = ByteTokenizer()
   out = {}
@@ -181,7 +184,8 @@ def test_switch_rows_change_domain_at_the_switch_position():
     lower = (targets >= ord("a")) & (targets <= ord("z"))
     if a != b:  # targets before s are a's letters, targets from s on are b's
       assert (lower[:, :s] == (a == "english")).all() and (lower[:, s:] == (b == "english")).all()
-    # Each half is the first half of one source row (b's after its BOS), and no source row is used twice.
+    # Each half is the first half of one source row (b's after its BOS), and no source row is used
+    # twice.
     src_a = [
       i for r in rows for i, t in enumerate(test[a]) if np.array_equal(t[: s + 1], r[: s + 1])
     ]

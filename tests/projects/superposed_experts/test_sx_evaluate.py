@@ -54,7 +54,8 @@ def _pure(model):
 
 
 def make_runs(root: pathlib.Path, seed: int, k: int = 2) -> dict:
-  """Expert workdirs (random models) and, holding copies of them, a superposed, a merge and a trunk run."""
+  """Expert workdirs (random models) and, holding copies of them, a superposed, a merge and a trunk
+  run."""
   lm_cfg = {**base_config().to_dict(), "model": model_section("gpt2", **MODEL).to_dict()}
   lm_cfg["train"]["seq_len"] = SEQ
   experts = [random_model(model_config(lm_cfg), seed=10 * seed + i, scale=0.2) for i in range(k)]

@@ -1,6 +1,7 @@
-"""Every trainable parameter of every superposed_experts method receives a gradient (and frozen experts do
-not move) — superpose.train.gradcheck on real batches. The notebook's teacher-forced graph without
-autoencoders is the counter-example: its α of every layer but the last never trains."""
+"""Every trainable parameter of every superposed_experts method receives a gradient (and frozen
+experts do not move) — superpose.train.gradcheck on real batches. The notebook's teacher-forced
+graph without autoencoders is the counter-example: its α of every layer but the last never
+trains."""
 
 import pytest
 

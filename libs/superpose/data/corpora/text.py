@@ -21,7 +21,8 @@ _WORD = re.compile(r"\w+")
 
 
 def clean_text(text: str) -> str:
-  """NFC, Unix newlines, no trailing spaces, at most one blank line in a row, no outer blank lines."""
+  """NFC, Unix newlines, no trailing spaces, at most one blank line in a row, no outer blank
+  lines."""
   text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
   text = "\n".join(line.rstrip() for line in text.split("\n"))
   return _BLANKS.sub("\n\n", text).strip("\n")

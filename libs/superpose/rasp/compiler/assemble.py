@@ -3,8 +3,8 @@
 The model is tracr's: no norms, ReLU MLPs, no biases (the ``one`` direction carries them), learned
 positions with row 0 (BOS) all zero and row p ≥ 1 = ``indices:(p−1)``, untied unembedding that reads
 the output S-Op's directions, attention scale 1 (the coldness is in W_Q), heads padded to the most
-heads of any layer and MLPs to the widest, with zeros. Token id i embeds as ``tokens:<token i>`` plus
-``one``.
+heads of any layer and MLPs to the widest, with zeros. Token id i embeds as ``tokens:<token i>``
+plus ``one``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from superpose.rasp.compiler.blocks import ONE_DIR
 
 
 def _factor(pairs: list[tuple[Dir, Dir, float]]):
-  """W (left × right) as L @ R.T with the smaller side the identity: (left dirs, right dirs, L, R)."""
+  """W (left × right) as L @ R.T with the smaller side the identity: (left dirs, right dirs, L,
+  R)."""
   left = list(dict.fromkeys(a for a, _, _ in pairs))
   right = list(dict.fromkeys(b for _, b, _ in pairs))
   li, ri = {d: i for i, d in enumerate(left)}, {d: i for i, d in enumerate(right)}
@@ -50,7 +51,8 @@ def assemble(
   max_seq_len: int,
   causal: bool,
 ) -> tuple[TransformerConfig, dict]:
-  """``layers[l]`` = {'attention': [AttentionHead...], 'mlp': [MLPBlock...]}. Returns (config, params)."""
+  """``layers[l]`` = {'attention': [AttentionHead...], 'mlp': [MLPBlock...]}. Returns (config,
+  params)."""
   index = {d: i for i, d in enumerate(residual)}
   if len(index) != len(residual):
     raise ValueError("assemble: the residual basis has a repeated direction")

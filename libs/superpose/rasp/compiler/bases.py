@@ -1,8 +1,8 @@
 """Labelled residual directions and the building blocks of a compiled model, before assembly.
 
 A ``Dir`` is one residual dimension: ``Dir(name, value)`` is the one-hot direction of a categorical
-S-Op taking ``value`` (label ``"name:value"``), ``Dir(name)`` the single direction of a numerical S-Op
-or of a helper (``one``; label ``"name"``). Blocks hold their weights as sparse triples over
+S-Op taking ``value`` (label ``"name:value"``), ``Dir(name)`` the single direction of a numerical
+S-Op or of a helper (``one``; label ``"name"``). Blocks hold their weights as sparse triples over
 directions, so they can be written before the residual layout is known (p2 §2.1 "craft" level).
 """
 
@@ -34,7 +34,8 @@ def value_label(value) -> str:
 
 
 def sort_key(value):
-  """A total order over mixed token values: numbers (bools too), then strings, then the rest by repr."""
+  """A total order over mixed token values: numbers (bools too), then strings, then the rest by
+  repr."""
   if isinstance(value, (bool, int, float)):
     return (0, float(value), repr(value))
   if isinstance(value, str):
@@ -52,7 +53,8 @@ def categorical_dirs(name: str, values: Iterable) -> list[Dir]:
 
 @dataclasses.dataclass
 class MLPBlock:
-  """``out = W_out · relu(W_in · x)``: ``w_in`` entries (in_dir, unit, weight), ``w_out`` (unit, out_dir, weight)."""
+  """``out = W_out · relu(W_in · x)``: ``w_in`` entries (in_dir, unit, weight), ``w_out`` (unit,
+  out_dir, weight)."""
 
   node: str
   hidden: int
@@ -74,8 +76,8 @@ class MLPBlock:
 class AttentionHead:
   """One head: logits ``q_res · W_QK · k_res`` and output ``Σ_s p_s · (v_res_s · W_OV)``.
 
-  ``qk`` entries (query_dir, key_dir, weight), ``ov`` entries (value_dir, out_dir, weight). The model
-  runs with attention scale 1, so weights are the logits themselves (coldness included).
+  ``qk`` entries (query_dir, key_dir, weight), ``ov`` entries (value_dir, out_dir, weight). The
+  model runs with attention scale 1, so weights are the logits themselves (coldness included).
   """
 
   node: str

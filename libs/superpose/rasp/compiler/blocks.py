@@ -1,8 +1,8 @@
 """Weight constructions for each kind of S-Op (p2 §2.1), as sparse blocks over labelled directions.
 
 Departures from tracr, each for a silent failure or a cleaner model:
-- MLP biases ride on ``one − tokens:BOS`` rather than ``one``, so every MLP writes exactly zero at the
-  BOS position (BOS stays clean for later selectors without tracr's separate BOS-cleanup units).
+- MLP biases ride on ``one − tokens:BOS`` rather than ``one``, so every MLP writes exactly zero at
+  the BOS position (BOS stays clean for later selectors without tracr's separate BOS-cleanup units).
 - A categorical→numerical Map with negative outputs gets a second, negated unit (tracr's single
   ReLU unit turns f(x) < 0 into 0, issue #24).
 - Discretising MLPs with a categorical output use a step centred between grid points and a sharpness
@@ -25,7 +25,8 @@ ONE_DIR = Dir(ONE)
 
 
 def _call(f, *args):
-  """``f(*args)``, or None where ``f`` raises an arithmetic error (as value-set inference skips them)."""
+  """``f(*args)``, or None where ``f`` raises an arithmetic error (as value-set inference skips
+  them)."""
   try:
     return f(*args)
   except ArithmeticError:
@@ -103,7 +104,8 @@ def discretising_mlp(
   bos: Dir,
   min_sharpness: float = 100.0,
 ) -> MLPBlock:
-  """f of the nearest grid point: ``points`` are (x, f(x)) on the input grid; ``write(y)`` its output.
+  """f of the nearest grid point: ``points`` are (x, f(x)) on the input grid; ``write(y)`` its
+  output.
 
   Output = write(y_0)·start + Σ_k (write(y_k) − write(y_{k−1}))·step_k(x), where step_k rises from 0
   to 1 over a width 1/L centred on the midpoint t_k between grid points k−1 and k.
@@ -168,9 +170,9 @@ def select_head(
   none_queries: bool = False,
   none_keys: bool = False,
 ) -> AttentionHead:
-  """Attention for ``Select(keys, queries, predicate)``: matching keys score ``coldness``, BOS scores
-  ``bos_weight·coldness`` (0.5: a fallback read only by rows with no match, giving the default; 1: BOS
-  ties with the matches, as selector width needs), every other key 0.
+  """Attention for ``Select(keys, queries, predicate)``: matching keys score ``coldness``, BOS
+  scores ``bos_weight·coldness`` (0.5: a fallback read only by rows with no match, giving the
+  default; 1: BOS ties with the matches, as selector width needs), every other key 0.
 
   A None query or key (an S-Op that may be None: all of its directions 0) is a direction of its own,
   ``one − tokens:BOS − Σ its value directions`` (1 where it is None, 0 at BOS and elsewhere), scored

@@ -45,8 +45,9 @@ def compile_rasp(
 ) -> CompiledModel:
   """Compiles ``program`` for inputs over ``vocab`` of up to ``max_seq_len`` tokens (BOS excluded).
 
-  ``causal=True`` only masks attention (as tracr); the model then agrees with ``rasp.causal_evaluate``.
-  Raises ``UnsupportedProgramError`` (a NotImplementedError) naming every unsupported operation.
+  ``causal=True`` only masks attention (as tracr); the model then agrees with
+  ``rasp.causal_evaluate``. Raises ``UnsupportedProgramError`` (a NotImplementedError) naming every
+  unsupported operation.
   """
   start = time.perf_counter()
   vocab = frozenset(vocab)

@@ -3,10 +3,11 @@ basis, and the encode / decode around the forward pass.
 
     compiled = compile_rasp(lib.make_sort_unique(tokens, tokens), {1, 2, 3}, 5)
     compiled.apply([3, 1, 2])                     # [1, 2, 3]      (no BOS in, none out)
-    ids, segments = compiled.encode([[3, 1, 2], [2, 1]])       # BOS prepended, right-padded with PAD
-    out = compiled.forward(ids, segments)         # superpose.nn.Output (logits read the output S-Op)
-    compiled.decode(out.logits_BTV, segments)     # [[1, 2, 3], [1, 2]]
-    compiled.save(DIR); CompiledModel.load(DIR)   # repo checkpoint + config.json + residual_basis.json
+    ids, segments = compiled.encode([[3, 1, 2], [2, 1]])       # BOS prepended, right-padded with
+    PAD out = compiled.forward(ids, segments)         # superpose.nn.Output (logits read the output
+    S-Op) compiled.decode(out.logits_BTV, segments)     # [[1, 2, 3], [1, 2]]
+    compiled.save(DIR); CompiledModel.load(DIR)   # repo checkpoint + config.json +
+                                                  residual_basis.json
 
 Outputs are not logits in the learned-model sense: for a categorical output, column j of the
 unembedding reads direction ``output_label:output_values[j]`` (≈1 where that value is computed,
@@ -73,8 +74,8 @@ class CompiledModel:
 
   # Encoding / decoding ---------------------------------------------------------------------------
   def encode(self, batch, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Token sequences (BOS optional) → (ids (B, T) with BOS first and PAD after the end, segment ids
-    (B, T): 1 on BOS and tokens, 0 on pads). ``T`` = ``length`` or the longest input + 1."""
+    """Token sequences (BOS optional) → (ids (B, T) with BOS first and PAD after the end, segment
+    ids (B, T): 1 on BOS and tokens, 0 on pads). ``T`` = ``length`` or the longest input + 1."""
     seqs = [self._with_bos(list(xs)) for xs in batch]
     width = length or max(len(s) for s in seqs)
     if width > self.max_seq_len + 1 or any(len(s) > width for s in seqs):
@@ -142,8 +143,9 @@ class CompiledModel:
   def apply_batch(self, batch, *, check: bool = True, length: int | None = None) -> list[list]:
     """Decoded outputs for a batch of inputs (without BOS), one forward pass.
 
-    ``check`` (as in ``apply``) runs the evaluator on every input first; pass ``check=False`` to skip
-    it where the inputs are known to be fine (e.g. when comparing against the evaluator anyway).
+    ``check`` (as in ``apply``) runs the evaluator on every input first; pass ``check=False`` to
+    skip it where the inputs are known to be fine (e.g. when comparing against the evaluator
+    anyway).
     """
     batch = [list(xs) for xs in batch]
     if check:
@@ -271,7 +273,8 @@ class CompiledModel:
 
   @classmethod
   def load(cls, directory, mesh=None) -> "CompiledModel":
-    """Reads what ``save`` wrote; params land on ``mesh`` (default: one device) with the repo's rules."""
+    """Reads what ``save`` wrote; params land on ``mesh`` (default: one device) with the repo's
+    rules."""
     from superpose.train import checkpoint, mesh as mesh_lib, state
 
     directory = pathlib.Path(directory)

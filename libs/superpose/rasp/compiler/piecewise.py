@@ -1,7 +1,8 @@
-"""A numerical S-Op read through a numerical function, as one ReLU MLP: ``y = f(x)`` on the grid of x.
+"""A numerical S-Op read through a numerical function, as one ReLU MLP: ``y = f(x)`` on the grid of
+x.
 
-The MLP computes a piecewise-linear ``g`` with ``g(x_k) = f(x_k)`` at every grid point ``x_k`` of the
-input's value set, flat outside the grid. Between two neighbours g is the straight line, unless
+The MLP computes a piecewise-linear ``g`` with ``g(x_k) = f(x_k)`` at every grid point ``x_k`` of
+the input's value set, flat outside the grid. Between two neighbours g is the straight line, unless
 that line is steep for the function's scale (a jump: slope > ``max_relative_slope`` · y-range /
 x-range); a jump is flat, rises over a quarter to a half of the gap around its middle, and is flat
 again, so the float error on x (~1e-7) does not move the output at the grid points.
@@ -37,7 +38,8 @@ def numerical_mlp(
   bos: Dir,
   max_relative_slope: float = MAX_RELATIVE_SLOPE,
 ) -> MLPBlock:
-  """``points``: (x, f(x)) on the input's grid, distinct x. Biases ride on ``one − bos`` (0 at BOS)."""
+  """``points``: (x, f(x)) on the input's grid, distinct x. Biases ride on ``one − bos`` (0 at
+  BOS)."""
   knots = simplify(knots_through(points, max_relative_slope))
   if not knots:
     return MLPBlock(node, 0, [], [])
@@ -93,10 +95,10 @@ def knots_through(
 
 
 def ramp(x0: float, x1: float) -> tuple[float, float]:
-  """Where a jump rises: over a power-of-two width in (¼, ½] of the gap, around its middle, with both
-  ends on a binary grid finer than the gap / 64. Ends with few significant bits are exact float32
-  weights, ``x − start`` and ``x − end`` then round alike (the ramp's two units differ by the exact
-  width once both are active), and the ramp's slope is a power of two times the jump."""
+  """Where a jump rises: over a power-of-two width in (¼, ½] of the gap, around its middle, with
+  both ends on a binary grid finer than the gap / 64. Ends with few significant bits are exact
+  float32 weights, ``x − start`` and ``x − end`` then round alike (the ramp's two units differ by
+  the exact width once both are active), and the ramp's slope is a power of two times the jump."""
   gap = x1 - x0
   half_width = 2.0 ** math.floor(math.log2(gap / 2)) / 2
   unit = 2.0 ** math.floor(math.log2(gap / 64))
@@ -105,7 +107,8 @@ def ramp(x0: float, x1: float) -> tuple[float, float]:
 
 
 def simplify(knots: list[tuple[float, float]], rel_tol: float = 1e-9) -> list[tuple[float, float]]:
-  """Drops knots that lie on the line through their kept neighbours, to ``rel_tol`` of the largest |value|.
+  """Drops knots that lie on the line through their kept neighbours, to ``rel_tol`` of the
+  largest |value|.
 
   One pass: from the last kept knot, the line to a new end is accepted while it passes within the
   tolerance of every knot skipped on the way (their allowed slopes form an interval [lo, hi]).
@@ -131,7 +134,8 @@ def simplify(knots: list[tuple[float, float]], rel_tol: float = 1e-9) -> list[tu
 
 def pivot(ps: Sequence[float], changes: Sequence[float], slopes: Sequence[float]) -> int:
   """The knot z minimising the largest partial sum of the read-out: right of z the units of knots
-  i ≥ z are active (each |change| · (x − p_i) ≤ |change| · (p_last − p_i)), left of it those of i ≤ z."""
+  i ≥ z are active (each |change| · (x − p_i) ≤ |change| · (p_last − p_i)), left of it those of i ≤
+  z."""
   n = len(ps)
   left = [0.0] * n  # Σ_{i<z} |change_i| · (p_i − p_0)
   for z in range(1, n):
