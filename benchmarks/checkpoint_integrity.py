@@ -72,7 +72,8 @@ def main():
   leaves = jax.tree.leaves(state)
   nbytes = sum(x.nbytes for x in leaves)
   print(
-    f"{args.size} train state: {sum(x.size for x in jax.tree.leaves(state['params'])) / 1e6:.1f} M parameters, "
+    f"{args.size} train state: {sum(x.size for x in jax.tree.leaves(state['params'])) / 1e6:.1f} M "
+    "parameters, "
     f"{len(leaves)} arrays, {nbytes / 2**20:.0f} MiB ({jax.devices()[0].device_kind}, "
     f"{jax.devices()[0].platform})"
   )
@@ -80,7 +81,8 @@ def main():
   integrity.checksums(state)  # compile
   sums = [timed(lambda: integrity.checksums(state)) for _ in range(5)]
   print(
-    f"checksums alone: median {statistics.median(sums):.3f} s ({nbytes / statistics.median(sums) / 2**30:.2f} GiB/s)"
+    f"checksums alone: median {statistics.median(sums):.3f} s "
+    f"({nbytes / statistics.median(sums) / 2**30:.2f} GiB/s)"
   )
 
   root = pathlib.Path(args.dir or tempfile.mkdtemp(prefix="ckpt_bench_"))
@@ -110,7 +112,8 @@ def main():
     ratios = [a / b for a, b in zip(times[kind, True], times[kind, False])]
     print(
       f"{kind:7s} with checksums {med[kind, True]:.2f} s, without {med[kind, False]:.2f} s: "
-      f"ratio {med[kind, True] / med[kind, False]:.3f} (per round {', '.join(f'{x:.3f}' for x in ratios)})"
+      f"ratio {med[kind, True] / med[kind, False]:.3f} (per round "
+      f"{', '.join(f'{x:.3f}' for x in ratios)})"
     )
 
 

@@ -137,13 +137,15 @@ def main():
   global L, D, H, T, B, V, DTYPE
   device = jax.devices()[0]
   print(
-    f"device: {device.device_kind} ({device.platform}), {jax.local_device_count()} local device(s); "
+    f"device: {device.device_kind} ({device.platform}), {jax.local_device_count()} local "
+    "device(s); "
     f"jax {jax.__version__}"
   )
   size = args.size
   if size != "default" and device.platform == "cpu" and not args.force:
     print(
-      f"--size {size} is the accelerator benchmark; this is a CPU, so the default shape runs (--force to override)"
+      f"--size {size} is the accelerator benchmark; this is a CPU, so the default shape runs "
+      "(--force to override)"
     )
     size = "default"
   L, D, H, T, B, V, DTYPE = SIZES[size]

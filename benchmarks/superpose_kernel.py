@@ -84,7 +84,8 @@ def main():
   device = jax.devices()[0]
   on_cpu = device.platform == "cpu"
   print(
-    f"device: {device.device_kind} ({device.platform}), {jax.local_device_count()} local device(s); "
+    f"device: {device.device_kind} ({device.platform}), {jax.local_device_count()} local "
+    "device(s); "
     f"jax {jax.__version__}"
   )
   configs = {
@@ -96,7 +97,8 @@ def main():
   if interpret:
     print(
       "NOTE: Pallas runs in INTERPRET MODE here (each kernel is a jitted scan over its grid, no "
-      "Mosaic/Triton): the times below are NOT a speed measure of the kernels, only a check that all "
+      "Mosaic/Triton): the times below are NOT a speed measure of the kernels, only a check that "
+      "all "
       "paths run and agree"
     )
   default = (
@@ -138,7 +140,8 @@ def main():
       for a, b in zip(jax.tree.leaves(outs[name]), ref_leaves)
     )
     print(
-      f"{name}: max relative |difference| from reference over the loss and all 7 gradients: {rel:.2e}"
+      f"{name}: max relative |difference| from reference over the loss and all 7 gradients: "
+      f"{rel:.2e}"
     )
 
   med, ratio = {}, {}
@@ -163,7 +166,8 @@ def main():
       f"{med['fwd+bwd', name] * 1e3:.3f} | {ratio['fwd+bwd', name]:.2f} |"
     )
   print(
-    f"(medians of {args.rounds} rounds × {args.iters} calls; ratio = median over rounds of reference / impl)"
+    f"(medians of {args.rounds} rounds × {args.iters} calls; ratio = median over rounds of "
+    "reference / impl)"
   )
 
 

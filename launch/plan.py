@@ -181,7 +181,8 @@ def plan_one(job: Mapping[str, Any]) -> dict[str, Any]:
   notes = []
   if config.model.attention != "xla":
     notes.append(
-      f"model.attention={config.model.attention!r} replaced by 'xla' (the CPU compile cannot lower it)"
+      f"model.attention={config.model.attention!r} replaced by 'xla' (the CPU compile cannot lower "
+      "it)"
     )
     config.model.attention = "xla"
   config.mesh.ici, config.mesh.dcn = ici, dcn

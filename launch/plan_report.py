@@ -91,7 +91,8 @@ CHIPS: dict[str, Chip] = {
 
 # MaxText's published MFU for comparable dense models (../shared/papers/infra_anchors.md §4.1).
 MAXTEXT_MFU = {
-  "8b": "Llama3.1-8B, v6e-256, seq 8192: 45.46 % (7,207 tok/s/chip); Llama2-7B, H100: ≈50 % (1 node) … 38 % (16)",
+  "8b": "Llama3.1-8B, v6e-256, seq 8192: 45.46 % (7,207 tok/s/chip); Llama2-7B, H100: ≈50 % (1 "
+  "node) … 38 % (16)",
   "none": "not available (smallest MaxText model with a published MFU: 7–8B)",
 }
 
@@ -421,7 +422,8 @@ def markdown(plan: Mapping[str, Any], chip: str = "v5p") -> str:
     lines += ["Every parameter and optimizer tensor is sharded (none held whole).", ""]
   if p["collectives"]:
     lines += [
-      "| collective | dtype | group | network | count/step | bytes each | bytes/step | sent/device/step |",
+      "| collective | dtype | group | network | count/step | bytes each | bytes/step | "
+      "sent/device/step |",
       "|---|---|---|---|---|---|---|---|",
     ]
     for r in p["collectives"][:12]:
@@ -432,14 +434,19 @@ def markdown(plan: Mapping[str, Any], chip: str = "v5p") -> str:
     if len(p["collectives"]) > 12:
       lines.append(f"| … {len(p['collectives']) - 12} more kinds/sizes | | | | | | | |")
     t = p["collective_summary"]["total"]
+    bf16_use = (
+      "used for the step time: bf16 model"
+      if p["f32_as_bf16"]
+      else "not used: the model is not all-bf16"
+    )
     lines += [
       "",
       f"Collectives per step per device: {int(t['count'])} ops, {fmt_bytes(t['bytes_per_step'])} "
-      f"of buffers, {fmt_bytes(t['ici_traffic'])} sent over ICI and {fmt_bytes(t['dcn_traffic'])} over DCN "
-      f"as compiled; {fmt_bytes(t['ici_traffic_bf16'])} / {fmt_bytes(t['dcn_traffic_bf16'])} with f32 collectives "
-      f"counted at bf16 ({'used for the step time: bf16 model' if p['f32_as_bf16'] else 'not used: the model is not all-bf16'}). "
-      "XLA:CPU also leaves FSDP gradient reductions as all-reduce (+ slice) where XLA:TPU/GPU form "
-      "reduce-scatter (half the traffic), so comm times are upper-side estimates.",
+      f"of buffers, {fmt_bytes(t['ici_traffic'])} sent over ICI and {fmt_bytes(t['dcn_traffic'])} "
+      f"over DCN as compiled; {fmt_bytes(t['ici_traffic_bf16'])} / "
+      f"{fmt_bytes(t['dcn_traffic_bf16'])} with f32 collectives counted at bf16 ({bf16_use}). "
+      "XLA:CPU also leaves FSDP gradient reductions as all-reduce (+ slice) where XLA:TPU/GPU "
+      "form reduce-scatter (half the traffic), so comm times are upper-side estimates.",
       "",
     ]
   else:
@@ -447,9 +454,11 @@ def markdown(plan: Mapping[str, Any], chip: str = "v5p") -> str:
   lines += [
     f"Model FLOPs per step {p['flops_per_step']:.3e} (superpose.train.flops, causal-halved), "
     f"{p['flops_per_device']:.3e} per device; XLA's cost_analysis of the per-device program "
-    f"{p['xla_flops_per_device']:.3e} (counts scanned layer bodies once and includes remat recompute).",
+    f"{p['xla_flops_per_device']:.3e} (counts scanned layer bodies once and includes remat "
+    "recompute).",
     "",
-    "| chip | HBM | uses | fits | bf16 peak | compute | comm | step (overlap … serial) | bandwidths |",
+    "| chip | HBM | uses | fits | bf16 peak | compute | comm | step (overlap … serial) | "
+    "bandwidths |",
     "|---|---|---|---|---|---|---|---|---|",
   ]
   for k, c in CHIPS.items():
@@ -468,13 +477,16 @@ def markdown(plan: Mapping[str, Any], chip: str = "v5p") -> str:
 def verdict(plan: Mapping[str, Any], chip: str) -> str:
   c, f, m = CHIPS[chip], plan["fits"][chip], plan["memory"]
   parts = (
-    f"parameters {fmt_bytes(m['params'])} + optimizer {fmt_bytes(m['opt_state'])} + batch {fmt_bytes(m['batch'])} "
+    f"parameters {fmt_bytes(m['params'])} + optimizer {fmt_bytes(m['opt_state'])} + batch "
+    f"{fmt_bytes(m['batch'])} "
     f"+ temp {fmt_bytes(m['temp'])} + unaliased outputs {fmt_bytes(m['output'] - m['alias'])}"
   )
   word = "FITS" if f["fits"] else "DOES NOT FIT"
   return (
-    f"**{c.name} × {plan['devices']} chips: {word}** — {parts} = {fmt_bytes(m['peak'])} per chip, {f['used']:.0%} of "
-    f"{c.hbm_gib:g} GiB (CPU compile: XLA:TPU schedules and fuses differently, and the CPU backend keeps some "
+    f"**{c.name} × {plan['devices']} chips: {word}** — {parts} = {fmt_bytes(m['peak'])} per chip, "
+    f"{f['used']:.0%} of "
+    f"{c.hbm_gib:g} GiB (CPU compile: XLA:TPU schedules and fuses differently, and the CPU backend "
+    "keeps some "
     "bf16 buffers in f32, so treat temp as an estimate)."
   )
 
@@ -488,18 +500,29 @@ def report_markdown(
   lines = [
     "# Scale plan: the real train step compiled for N devices",
     "",
-    f"Generated {date} by `python -m launch.plan --report {md_path}` in {wall_s / 60:.1f} min on a 2-core CPU "
-    f"(every row below is a compile that ran); jax {v.get('jax')}, flax {v.get('flax')}, Python {v.get('python')}.",
-    "Devices: **fake CPU devices** (`XLA_FLAGS=--xla_force_host_platform_device_count=N`; libtpu, which "
-    "`jax.experimental.topologies` needs for a TPU AOT compile, is not installed in the shared venv). A device "
-    "is a chip: 256 v5p chips is the Cloud accelerator type v5p-512 (2 TensorCores per chip). Memory is XLA:CPU's "
-    "`compiled.memory_analysis()` of the per-device SPMD program: parameter and optimizer bytes follow exactly "
-    "from the shardings; temp/activation bytes are CPU-backend estimates (XLA:TPU fuses and schedules "
-    "differently, XLA:CPU keeps some bf16 math in f32, and attention is the XLA path, which materialises "
+    f"Generated {date} by `python -m launch.plan --report {md_path}` in {wall_s / 60:.1f} min on a "
+    "2-core CPU "
+    f"(every row below is a compile that ran); jax {v.get('jax')}, flax {v.get('flax')}, Python "
+    f"{v.get('python')}.",
+    "Devices: **fake CPU devices** (`XLA_FLAGS=--xla_force_host_platform_device_count=N`; libtpu, "
+    "which "
+    "`jax.experimental.topologies` needs for a TPU AOT compile, is not installed in the shared "
+    "venv). A device "
+    "is a chip: 256 v5p chips is the Cloud accelerator type v5p-512 (2 TensorCores per chip). "
+    "Memory is XLA:CPU's "
+    "`compiled.memory_analysis()` of the per-device SPMD program: parameter and optimizer bytes "
+    "follow exactly "
+    "from the shardings; temp/activation bytes are CPU-backend estimates (XLA:TPU fuses and "
+    "schedules "
+    "differently, XLA:CPU keeps some bf16 math in f32, and attention is the XLA path, which "
+    "materialises "
     "the T×T scores that splash/cuDNN attention would not).",
-    "Collectives: read from the compiled HLO, loops × trip count. XLA:CPU promotes bf16 collectives to f32 "
-    "and leaves FSDP gradient reductions as all-reduce where XLA:TPU/GPU form reduce-scatter, so the bytes "
-    "are upper-side; for all-bf16 models the step time counts f32 collectives at bf16. Groups that span slices "
+    "Collectives: read from the compiled HLO, loops × trip count. XLA:CPU promotes bf16 "
+    "collectives to f32 "
+    "and leaves FSDP gradient reductions as all-reduce where XLA:TPU/GPU form reduce-scatter, so "
+    "the bytes "
+    "are upper-side; for all-bf16 models the step time counts f32 collectives at bf16. Groups that "
+    "span slices "
     "are split hierarchically (ICI inside each slice, DCN on the slice's share).",
     "",
     "Chip figures: "
@@ -508,13 +531,16 @@ def report_markdown(
       for c in CHIPS.values()
     )
     + ".",
-    "Step time per chip: compute = model FLOPs per device (superpose.train.flops, causal-halved) / bf16 peak, "
+    "Step time per chip: compute = model FLOPs per device (superpose.train.flops, causal-halved) / "
+    "bf16 peak, "
     "i.e. at 100 % MFU; comm = bytes each device sends per step / bandwidth; the step lies between "
     "max(compute, comm) (full overlap, shown) and their sum (in each plan below). "
     "MaxText MFU for comparable sizes from ../shared/papers/infra_anchors.md §4.1.",
     "",
-    "| config | devices | mesh | params | params/dev | opt/dev | temp/dev | peak/dev | largest whole | "
-    "collective bytes/step | sent ICI / DCN | v5p step (overlap) | fits v4 · v5e · v5p · v6e · H100 · H200 | "
+    "| config | devices | mesh | params | params/dev | opt/dev | temp/dev | peak/dev | largest "
+    "whole | "
+    "collective bytes/step | sent ICI / DCN | v5p step (overlap) | fits v4 · v5e · v5p · v6e · "
+    "H100 · H200 | "
     "compile | MaxText MFU, comparable size |",
     "|" + "---|" * 15,
   ]
@@ -534,10 +560,14 @@ def report_markdown(
       else ""
     )
     lines.append(
-      f"| `{plan['config'].removeprefix('configs/')}` | {plan['devices']} | {plan['mesh_text']}{warn} | "
-      f"{plan['params'] / 1e6:,.0f} M | {fmt_bytes(m['params'])} | {fmt_bytes(m['opt_state'])} | {fmt_bytes(m['temp'])} | "
-      f"{fmt_bytes(m['peak'])} | {fmt_bytes(w['bytes']) if w else '—'} | {fmt_bytes(t['bytes_per_step'])} | "
-      f"{fmt_bytes(t['ici_traffic'])} / {fmt_bytes(t['dcn_traffic'])} | {fmt_s(e['step_s_overlap'])} | {fit} | "
+      f"| `{plan['config'].removeprefix('configs/')}` | {plan['devices']} | "
+      f"{plan['mesh_text']}{warn} | "
+      f"{plan['params'] / 1e6:,.0f} M | {fmt_bytes(m['params'])} | {fmt_bytes(m['opt_state'])} | "
+      f"{fmt_bytes(m['temp'])} | "
+      f"{fmt_bytes(m['peak'])} | {fmt_bytes(w['bytes']) if w else '—'} | "
+      f"{fmt_bytes(t['bytes_per_step'])} | "
+      f"{fmt_bytes(t['ici_traffic'])} / {fmt_bytes(t['dcn_traffic'])} | "
+      f"{fmt_s(e['step_s_overlap'])} | {fit} | "
       f"{plan['compile_s']:.0f} s | {MAXTEXT_MFU['8b' if plan['params'] > 5e9 else 'none']} |"
     )
     details.append(markdown(plan))

@@ -85,15 +85,16 @@ def test_tpu_all_creates_copies_installs_and_runs_on_every_worker(no_tools):
   )
   where = "--zone=europe-west4-a --project=proj"
   assert (
-    lines[0]
-    == f"gcloud compute tpus tpu-vm create lm {where} --accelerator-type=v4-32 --version=tpu-ubuntu2204-base"
+    lines[0] == f"gcloud compute tpus tpu-vm create lm {where} --accelerator-type=v4-32 "
+    "--version=tpu-ubuntu2204-base"
   )
   assert lines[1].startswith(
     f"tar -czf {no_tools['TMPDIR']}/lm-tree.tgz -C {REPO} --exclude=./.git"
   )
   assert (
     lines[2]
-    == f"gcloud compute tpus tpu-vm scp {no_tools['TMPDIR']}/lm-tree.tgz lm:superpose.tgz {where} --worker=all"
+    == f"gcloud compute tpus tpu-vm scp {no_tools['TMPDIR']}/lm-tree.tgz lm:superpose.tgz {where} "
+    "--worker=all"
   )
   ssh = [l for l in lines if " ssh " in l]
   assert len(lines) == 6 and ssh == lines[3:]

@@ -233,7 +233,8 @@ def make_config(
     )
   if k["stage"] == "finetune" and skewed:
     raise ValueError(
-      f"{where}: stage=finetune is uniform training from the skewed run (weights=uniform); got {arg!r}"
+      f"{where}: stage=finetune is uniform training from the skewed run (weights=uniform); got "
+      f"{arg!r}"
     )
   stage = k["stage"] or ("short" if wide else "full")
   short, long_, finetune = stage == "short", stage == "long", stage == "finetune"

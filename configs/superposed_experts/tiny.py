@@ -71,7 +71,8 @@ def get_config(variant: str = "superpose"):
     stage, smoke = variant.removeprefix("smoke").lstrip("_") or "superpose", True
   if variant not in VARIANTS:
     raise ValueError(
-      f"configs/superposed_experts/tiny.py: unknown variant {variant!r} (known: {', '.join(VARIANTS)})"
+      f"configs/superposed_experts/tiny.py: unknown variant {variant!r} (known: "
+      f"{', '.join(VARIANTS)})"
     )
 
   lm_stage = stage in (

@@ -494,7 +494,8 @@ def run(config, workdir) -> dict:
       )
       entry["points"].append(point)
       log(
-        f"{name} d={d:3d}: test acc median {point['median']:.4f}  min {point['min']:.4f}  max {point['max']:.4f}"
+        f"{name} d={d:3d}: test acc median {point['median']:.4f}  min {point['min']:.4f}  max "
+        f"{point['max']:.4f}"
         f"  lr {point['lr']}  {point['seconds']:.1f}s  (elapsed {time.perf_counter() - start:.0f}s)"
       )
     np.savez(workdir / f"W_{name}.npz", **Ws)

@@ -47,9 +47,11 @@ def write(
   cfg = results["config"]["train"]
   lines += [
     f"Adam on W only; lr grid {list(cfg['lrs'])} (fixed before the run), {cfg['num_seeds']} seeds, "
-    f"{cfg['steps']} steps, batch {cfg['batch_size']}, λ = {cfg['layer_weight']}, W init {cfg['init']}. "
+    f"{cfg['steps']} steps, batch {cfg['batch_size']}, λ = {cfg['layer_weight']}, W init "
+    f"{cfg['init']}. "
     f"Accuracy: fraction of test inputs whose decoded output equals the RASP evaluator's at every "
-    f"position (numerical: within {results['config']['eval']['tolerance']}); per seed the lr with the "
+    f"position (numerical: within {results['config']['eval']['tolerance']}); per seed the lr with "
+    "the "
     f"best validation accuracy. Wall time {results.get('seconds', 0):.0f} s.",
     "",
   ]
@@ -70,14 +72,16 @@ def write(
     note = (
       "layer cos: per seed the lowest, over the sublayers that write anything, of the mean cosine "
       "between compressed and original sublayer outputs on test positions; median over seeds. A "
-      "sublayer that writes a single direction (frac_prevs' MLP and head) has cosine ±1 whatever W is."
+      "sublayer that writes a single direction (frac_prevs' MLP and head) has cosine ±1 whatever W "
+      "is."
     )
     for p in pts:
       cos = np.asarray(p["layer_cos"])
       live = [np.min(c[c != 0]) if np.any(c != 0) else np.nan for c in cos]
       lines.append(
         f"| {p['d']} | {p['median']:.4f} | {p['min']:.4f} | {p['max']:.4f} | "
-        f"{', '.join(f'{lr:g}' for lr in p['lr'])} | {np.nanmedian(live):.3f} | {p['seconds']:.0f} |"
+        f"{', '.join(f'{lr:g}' for lr in p['lr'])} | {np.nanmedian(live):.3f} | {p['seconds']:.0f} "
+        "|"
       )
     passing = [p["d"] for p in pts if p["median"] >= threshold]
     lines += [

@@ -340,20 +340,18 @@ def markdown(name: str, result: dict, steps: Sequence[int] = STEPS) -> str:
   def order_line(key):
     pooled, each = ordering(result[key]), problem_ordering(result[f"{key}_by_problem"])
     return (
-      f"Ordering optimal > frontier > reachable > not-reachable at steps 1–2 — pooled means: strict "
+      "Ordering optimal > frontier > reachable > not-reachable at steps 1–2 — pooled means: "
+      "strict "
       f"{pooled['strict']}, weak (≥ ≥ >) {pooled['weak']}; within each problem: strict in "
       f"{each['strict']:.0%}, weak in {each['weak']:.0%} of (problem, step) pairs.\n"
     )
 
   return (
     f"## {name}\n\n{result['count']} problems, accuracy {result['accuracy']:.4f}.\n\n"
-    f"### Inner product ⟨[t_i], u_v⟩ by node group (mean±sd over nodes; paper: RS Table 5, three seeds)\n\n"
-    + head
-    + rows(result["inner"], PAPER_INNER)
-    + "\n"
-    + order_line("inner")
-    + "\n"
-    "### Layer-2 attention mass per edge triplet by edge group (mean±sd over edges; paper: RS Table 1)\n\n"
+    "### Inner product ⟨[t_i], u_v⟩ by node group (mean±sd over nodes; paper: RS Table 5, three "
+    "seeds)\n\n" + head + rows(result["inner"], PAPER_INNER) + "\n" + order_line("inner") + "\n"
+    "### Layer-2 attention mass per edge triplet by edge group (mean±sd over edges; paper: RS "
+    "Table 1)\n\n"
     + head
     + rows(result["attention"], PAPER_ATTENTION)
     + "\n"
@@ -414,7 +412,8 @@ def subject_from_run(workdir: str | pathlib.Path) -> Subject:
   config, model, _, how = evaluate.load_trained(workdir)
   if config["cot"]["method"] != "coconut":
     raise ValueError(
-      f"{workdir}: method {config['cot']['method']!r}; the signature needs continuous thoughts (coconut)"
+      f"{workdir}: method {config['cot']['method']!r}; the signature needs continuous thoughts "
+      "(coconut)"
     )
   return Subject(
     f"{pathlib.Path(workdir).name} ({how})",
@@ -461,7 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     "--file",
     action="append",
     default=[],
-    help="any ProsQA JSON file (e.g. a generated test.json), analysed as the split named by its stem",
+    help="any ProsQA JSON file (e.g. a generated test.json), analysed as the split named by its "
+    "stem",
   )
   parser.add_argument(
     "--limit", type=int, default=0, help="first N problems of each split (0 = all)"

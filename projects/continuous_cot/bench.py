@@ -128,11 +128,14 @@ def forward_main(args) -> None:
 
   _header(cfg, state)
   print(
-    f"batch {args.batch}, prompt {lo}..{hi} tokens (mean {starts.mean():.1f}), {num_thoughts} thoughts, "
-    f"{rest} after, padded width T={width}; cached bounds prefix_len={prefix_len} rest_len={rest_len}"
+    f"batch {args.batch}, prompt {lo}..{hi} tokens (mean {starts.mean():.1f}), {num_thoughts} "
+    "thoughts, "
+    f"{rest} after, padded width T={width}; cached bounds prefix_len={prefix_len} "
+    f"rest_len={rest_len}"
   )
   print(
-    f"mode: forward; {args.rounds} rounds x {args.steps} calls, ABBA; compile cached {compile_s['cached']:.1f}s, "
+    f"mode: forward; {args.rounds} rounds x {args.steps} calls, ABBA; compile cached "
+    f"{compile_s['cached']:.1f}s, "
     f"reforward {compile_s['reforward']:.1f}s (excluded); max |Δlogit| {delta:.1e}"
   )
   for method in METHODS:
@@ -150,10 +153,12 @@ def _header(cfg, state) -> None:
   device = jax.devices()[0]
   params = sum(x.size for x in jax.tree.leaves(state))
   print(
-    f"device: {device.platform} {device.device_kind} (jax {jax.__version__}, {jax.device_count()} device(s))"
+    f"device: {device.platform} {device.device_kind} (jax {jax.__version__}, {jax.device_count()} "
+    "device(s))"
   )
   print(
-    f"model: gpt2 L{cfg.num_layers} H{cfg.num_heads} d{cfg.d_model} d_ff {cfg.d_ff} V{cfg.vocab_size}, "
+    f"model: gpt2 L{cfg.num_layers} H{cfg.num_heads} d{cfg.d_model} d_ff {cfg.d_ff} "
+    f"V{cfg.vocab_size}, "
     f"{params / 1e6:.2f}M params, f32"
   )
 
@@ -236,13 +241,16 @@ def train_main(args) -> None:
   stage = "final stage (earlier stages mixed in w.p. 0.1)" if args.stage == "final" else "stage 0"
   print(
     f"method {args.method}, {stage}; batch {args.batch}; {len(new.data.train)} training problems; "
-    f"{args.steps} steps of {args.batch} rows, {real:,} real tokens ({real / args.steps / args.batch:.1f} per row)"
+    f"{args.steps} steps of {args.batch} rows, {real:,} real tokens "
+    f"({real / args.steps / args.batch:.1f} per row)"
   )
   print(
-    f"old: padded to T={old.spec.T} (P={old.spec.P}, K={old.spec.K}), full KV-cached forward; padding {pad['old']:.1%}"
+    f"old: padded to T={old.spec.T} (P={old.spec.P}, K={old.spec.K}), full KV-cached forward; "
+    f"padding {pad['old']:.1%}"
   )
   print(
-    f"new: bucketed (window {args.window} batches, widths {widths}), compact forward; padding {pad['new']:.1%}"
+    f"new: bucketed (window {args.window} batches, widths {widths}), compact forward; padding "
+    f"{pad['new']:.1%}"
   )
   print(
     f"summed cross-entropy of the {args.steps} steps: old {ce['old']:.4f}, new {ce['new']:.4f} "

@@ -323,7 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   eta, xi = chooser_constants(Construction())
   print(
-    f"construction: d_model={Construction().d_model}, η={eta:.3f}, ξ={xi:.2f}, τ={Construction().tau}, "
+    f"construction: d_model={Construction().d_model}, η={eta:.3f}, ξ={xi:.2f}, "
+    f"τ={Construction().tau}, "
     f"ε1={Construction().eps1:.4f}, ε2={Construction().eps2:.4f}"
   )
   status = 0
@@ -341,8 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       r = evaluate(problems, c, model)
       steps = ", ".join(f"{k}: {v:.1e}" for k, v in r["max_abs_deviation_by_step"].items())
       print(
-        f"[{layout}] {path.name}: accuracy {r['accuracy']:.4f} ({round(r['accuracy'] * r['count'])}/"
-        f"{r['count']}); {r['thoughts']} thoughts, max |thought − ideal| {r['max_abs_deviation']:.2e}, "
+        f"[{layout}] {path.name}: accuracy {r['accuracy']:.4f} "
+        f"({round(r['accuracy'] * r['count'])}/"
+        f"{r['count']}); {r['thoughts']} thoughts, max |thought − ideal| "
+        f"{r['max_abs_deviation']:.2e}, "
         f"min cosine {r['min_cosine']:.8f}; max deviation by step {{{steps}}}"
       )
       status |= int(r["accuracy"] < 1.0)

@@ -365,7 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   (out / "stats.json").write_text(json.dumps(rows, indent=1))
   print(stats_table(rows))
   print(
-    f"wrote {out}/{{train,valid,test}}.json and stats.json; all graphs distinct and disjoint from the "
+    f"wrote {out}/{{train,valid,test}}.json and stats.json; all graphs distinct and disjoint from "
+    "the "
     f"{len(exclude)} released graphs by graph hash"
   )
   return 0

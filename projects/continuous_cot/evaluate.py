@@ -103,7 +103,8 @@ def markdown(split: str, results: dict[str, dict]) -> str:
   return (
     f"# Answers on `{split}` (95% Wilson intervals)\n\n"
     + metrics_lib.table(rows)
-    + "\n\nFloors are per question in the prompt's candidate order; ties in ancestors go to the first "
+    + "\n\nFloors are per question in the prompt's candidate order; ties in ancestors go to the "
+    "first "
     "candidate.\n\nCheckpoints:\n" + "\n".join(chosen) + "\n"
   )
 

@@ -131,7 +131,8 @@ def check_layout(
   counts = np.full(batch, num_thoughts) if num_thoughts_B is None else np.asarray(num_thoughts_B)
   if counts.shape != (batch,) or counts.min() < 0 or counts.max() > num_thoughts:
     raise ValueError(
-      f"num_thoughts_B={counts.tolist()}: must be {batch} counts in [0, num_thoughts={num_thoughts}]"
+      f"num_thoughts_B={counts.tolist()}: must be {batch} counts in [0, "
+      f"num_thoughts={num_thoughts}]"
     )
   if lengths_B is not None:
     after = np.asarray(lengths_B) - starts - num_thoughts

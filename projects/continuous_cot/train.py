@@ -548,7 +548,8 @@ class CotData:
       [self.eval_row(i) for i in range(len(self.valid))], self.batch_size
     )
     log.info(
-      "cot task: method %s, %s batches, %d train / %d valid problems, P=%d K=%d T=%d (eval K=%d T=%d), "
+      "cot task: method %s, %s batches, %d train / %d valid problems, P=%d K=%d T=%d (eval K=%d "
+      "T=%d), "
       "%.1f real tokens per row",
       self.method,
       self.batching,
@@ -827,10 +828,12 @@ def run(config: Any, workdir: str) -> loop.Result:
       speed = throughput(workdir, spec.batch_size)
       print(
         f"method {spec.method}: best eval/acc {sel['value']:.4f} at step {sel['step']} "
-        f"(generated validation, {task.data.eval_set.n} problems); {spec.batching} batches, padding "
+        f"(generated validation, {task.data.eval_set.n} problems); {spec.batching} batches, "
+        "padding "
         f"{speed['pad_fraction']:.1%}"
         + (
-          f", {speed['real_tokens_per_s']:,.0f} real tokens/s (median of {speed['timed_steps']} timed steps)"
+          f", {speed['real_tokens_per_s']:,.0f} real tokens/s (median of {speed['timed_steps']} "
+          "timed steps)"
           if math.isfinite(speed["real_tokens_per_s"])
           else ""
         )

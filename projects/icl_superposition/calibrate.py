@@ -457,8 +457,10 @@ def overlay(results: dict, path: pathlib.Path) -> None:
 def summary_table(name: str, cond: dict, ref_name: str | None) -> list[str]:
   """One row per predictor: the curve's distance to the reference and the per-prompt measures."""
   lines = [
-    f"| {name} | mean \\|Δ\\| to {ref_name or '–'} | RMS gap, noise-corrected [95 %] | per-prompt KL(s‖P) "
-    "median [95 %] | mean KL | TV(s, P) [95 %] | r (of 2) [95 %] | P(elsewhere) [95 %] | max over d |",
+    f"| {name} | mean \\|Δ\\| to {ref_name or '–'} | RMS gap, noise-corrected [95 %] | per-prompt "
+    "KL(s‖P) "
+    "median [95 %] | mean KL | TV(s, P) [95 %] | r (of 2) [95 %] | P(elsewhere) [95 %] | max over "
+    "d |",
     "|---|---|---|---|---|---|---|---|---|",
   ]
   for pred, res in cond.items():
@@ -473,7 +475,8 @@ def summary_table(name: str, cond: dict, ref_name: str | None) -> list[str]:
     lines.append(
       f"| {label} | {delta} | {gap} | {mixtures.fmt_ci(pp['kl'], 'median', 2)} | "
       f"{mixtures.fmt(pp['kl']['mean'], 2)} | {mixtures.fmt_ci(pp['tv'])} | "
-      f"{mixtures.fmt_ci(pp['r'], digits=2)} | {mixtures.fmt_ci(pp['other'])} | {res['max_other']:.3f} |"
+      f"{mixtures.fmt_ci(pp['r'], digits=2)} | {mixtures.fmt_ci(pp['other'])} | "
+      f"{res['max_other']:.3f} |"
     )
   return lines
 
@@ -485,10 +488,12 @@ def markdown(results: dict) -> str:
       model = cond["model"]
       lines += [
         f"### {name} — {condition} ({len(res['workdirs'])} seed(s): {', '.join(res['workdirs'])}; "
-        f"{res['prompts']} prompts per d per seed, {res['mixing']} mixing, {res['lines'][condition]} lines)",
+        f"{res['prompts']} prompts per d per seed, {res['mixing']} mixing, "
+        f"{res['lines'][condition]} lines)",
         "",
         f"single-task P(answer): {model['single_task'][0]:.3f} (task 1 at d = 0) / "
-        f"{model['single_task'][1]:.3f} (task 0 at d = 1). Per-prompt columns pool the mixed prompts "
+        f"{model['single_task'][1]:.3f} (task 0 at d = 1). Per-prompt columns pool the mixed "
+        "prompts "
         "(0 < d < 1); KL against the realised shares s.",
         "",
       ]
@@ -507,7 +512,8 @@ def markdown(results: dict) -> str:
         ]
       ref = res.get("reference_curve", {})
       lines += [
-        "| d | P(task 0) [95 %] | P(task 1) [95 %] | P(elsewhere) | KL median | TV | r (of 2) | reference P0 / P1 |",
+        "| d | P(task 0) [95 %] | P(task 1) [95 %] | P(elsewhere) | KL median | TV | r (of 2) | "
+        "reference P0 / P1 |",
         "|---|---|---|---|---|---|---|---|",
       ]
       for r in model["rows"]:
@@ -544,7 +550,8 @@ def main(argv=None) -> int:
     "--workdir",
     nargs="+",
     required=True,
-    help="training run directories; seeds of one recipe joined by commas, optionally NAME=dir1,dir2",
+    help="training run directories; seeds of one recipe joined by commas, optionally "
+    "NAME=dir1,dir2",
   )
   ap.add_argument("--out", required=True)
   ap.add_argument("--prompts", type=int, default=1000, help="prompts per mixing value and seed")
@@ -602,7 +609,8 @@ def main(argv=None) -> int:
         )
         m = cond["model"]
         print(
-          f"{name} [{condition}]: mean |Δ| to {ref_name} {m['compare']['mean_abs_delta']:.3f}, RMS gap "
+          f"{name} [{condition}]: mean |Δ| to {ref_name} {m['compare']['mean_abs_delta']:.3f}, RMS "
+          "gap "
           f"{m['compare']['rms_gap']:.3f}; per-prompt TV {m['per_prompt']['tv']['mean']:.3f} "
           f"(one-hot oracle {cond['one-hot oracle']['per_prompt']['tv']['mean']:.3f}); "
           f"P(elsewhere) max {m['max_other']:.3f}",

@@ -184,7 +184,8 @@ def plot(results: dict, path: pathlib.Path) -> None:
 
 def markdown(results: dict) -> str:
   lines = [
-    f"{results['prompts']} prompts per condition and seed (the same prompts for every size); intervals: "
+    f"{results['prompts']} prompts per condition and seed (the same prompts for every size); "
+    "intervals: "
     "bootstrap over seeds and prompts. KL against the realised shares; r of K.",
     "",
     "| model | seeds | parameters |",
@@ -227,7 +228,8 @@ def main(argv=None) -> int:
   ap.add_argument(
     "--add",
     action="store_true",
-    help="add these models to OUT/capacity.json (same prompts, conditions and seed) instead of starting anew",
+    help="add these models to OUT/capacity.json (same prompts, conditions and seed) instead of "
+    "starting anew",
   )
   args = ap.parse_args(argv)
 

@@ -94,7 +94,8 @@ def markdown(res: dict, model_name: str) -> str:
     f"| elsewhere | {res['p_other']['mean']:.4f} |",
     "",
     f"KL(target ‖ P) = {res['kl']['mean']:.3f} ± {res['kl']['ci95']:.3f}; "
-    f"r = {res['r']['mean']:.2f} of {len(res['tasks'])} task answers among the top-{len(res['tasks'])} outputs",
+    f"r = {res['r']['mean']:.2f} of {len(res['tasks'])} task answers among the "
+    f"top-{len(res['tasks'])} outputs",
     "",
   ]
   return "\n".join(lines)

@@ -84,33 +84,34 @@ def countries() -> tuple[str, ...]:
 
 WORDS = tuple(
   """
-able about above across action actor admit adult after again agent agree ahead alarm album alert alive
-allow alone along alter amount anger angle animal answer apple april area argue arrive artist aspect
-attack august author avoid award baby back badge baker ball band bank basic basket beach bean bear
-beauty become before begin behind belt bench best better bird birth black blade blank blind block blood
-board boat body bomb bond bone book border bottom brain branch brand bread break brick bridge brief
-bring broad brown brush build burn butter cabin cable camp candy canvas carbon card cargo carpet carry
-castle catch cause chain chair chalk change chapter charm chart cheap check chest chief child choir
-circle city claim class clean clear client climb clock cloud coast coffee cold color column comic
-common copper corner cotton count court cousin cover craft crowd cruel cycle daily dance danger
-dark data dealer debut decade deep degree delay demand depth design desk detail dinner direct doctor
-dollar domain door double draft dragon drama dream dress drink drive driver during early earth east
-editor effort eight either empty energy engine entry equal error escape event exact expert export
-factor family farm farmer father field fight final finger first flag flight floor flower focus forest
-format found frame friend front fruit funny garden giant girl glass global goal gold good grain grand
-grant grass green ground group guard guest guitar habit hand happy harbor heart heavy height hello
-helmet history honey horn horse hotel human humor hunt idea image index input island jacket joint
-journal judge jump junior kind king kitchen knife label ladder lamp land laser laugh lawyer layer
-leader lemon letter level light limit liquid little lunch magic major maker march market metal method
-middle minor mirror model moment month morning mother motor mount mouth music napkin narrow nation
-nature north novel number object ocean office orange order outcome oxygen packet paint panel paper
-parent party pencil people pepper period person phone piano pilot planet plant pocket poem point
-police pond powder power print prison profit proof public purple puzzle quick quiet radio random
-reason record region report result ribbon river robot rocket round rubber safety sailor salad salt
-sample school screen season second secret sector senior server shadow sheet shirt short signal silver
-singer sister small smart smoke social soft south speed spirit spring stand start station stock storm
-story strong studio sugar summer sunday super table target teacher tennis theory thing throat ticket
-tiger timber today token tower track travel trust tunnel turn valley velvet victim violin visit
-wagon wall water weather window winter wolf wonder world writer yellow young
+able about above across action actor admit adult after again agent agree ahead alarm album alert
+alive allow alone along alter amount anger angle animal answer apple april area argue arrive artist
+aspect attack august author avoid award baby back badge baker ball band bank basic basket beach bean
+bear beauty become before begin behind belt bench best better bird birth black blade blank blind
+block blood board boat body bomb bond bone book border bottom brain branch brand bread break brick
+bridge brief bring broad brown brush build burn butter cabin cable camp candy canvas carbon card
+cargo carpet carry castle catch cause chain chair chalk change chapter charm chart cheap check chest
+chief child choir circle city claim class clean clear client climb clock cloud coast coffee cold
+color column comic common copper corner cotton count court cousin cover craft crowd cruel cycle
+daily dance danger dark data dealer debut decade deep degree delay demand depth design desk detail
+dinner direct doctor dollar domain door double draft dragon drama dream dress drink drive driver
+during early earth east editor effort eight either empty energy engine entry equal error escape
+event exact expert export factor family farm farmer father field fight final finger first flag
+flight floor flower focus forest format found frame friend front fruit funny garden giant girl glass
+global goal gold good grain grand grant grass green ground group guard guest guitar habit hand happy
+harbor heart heavy height hello helmet history honey horn horse hotel human humor hunt idea image
+index input island jacket joint journal judge jump junior kind king kitchen knife label ladder lamp
+land laser laugh lawyer layer leader lemon letter level light limit liquid little lunch magic major
+maker march market metal method middle minor mirror model moment month morning mother motor mount
+mouth music napkin narrow nation nature north novel number object ocean office orange order outcome
+oxygen packet paint panel paper parent party pencil people pepper period person phone piano pilot
+planet plant pocket poem point police pond powder power print prison profit proof public purple
+puzzle quick quiet radio random reason record region report result ribbon river robot rocket round
+rubber safety sailor salad salt sample school screen season second secret sector senior server
+shadow sheet shirt short signal silver singer sister small smart smoke social soft south speed
+spirit spring stand start station stock storm story strong studio sugar summer sunday super table
+target teacher tennis theory thing throat ticket tiger timber today token tower track travel trust
+tunnel turn valley velvet victim violin visit wagon wall water weather window winter wolf wonder
+world writer yellow young
 """.split()
 )

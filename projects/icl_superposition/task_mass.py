@@ -181,7 +181,8 @@ def markdown(results: dict) -> str:
     for pair, res in runs["pairs"].items():
       task0, task1 = pair.split(",")
       lines += [
-        f"### {name}: {task0} (fraction d) × {task1} ({runs['prompts']} prompts per d, exact mixing)",
+        f"### {name}: {task0} (fraction d) × {task1} ({runs['prompts']} prompts per d, exact "
+        "mixing)",
         "",
         "| d | "
         + " | ".join(res["tasks"])
@@ -201,15 +202,19 @@ def markdown(results: dict) -> str:
       if res.get("copy_source"):
         fmt = lambda v: "–" if v is None else f"{v:.2f}"
         lines += [
-          f"Copy source ({task0} × {task1}): the fraction of prompts whose choice between the two answers "
-          "is the task of the last / first / majority of the lines with the query's input, or of the "
+          f"Copy source ({task0} × {task1}): the fraction of prompts whose choice between the two "
+          "answers "
+          "is the task of the last / first / majority of the lines with the query's input, or of "
+          "the "
           "prompt's majority.",
           "",
-          "| d | prompts | matching lines | last | first | majority of matching | prompt majority |",
+          "| d | prompts | matching lines | last | first | majority of matching | prompt majority "
+          "|",
           "|---|---|---|---|---|---|---|",
         ]
         lines += [
-          f"| {r['d']:.1f} | {r['prompts']} | {r['mean_matches']:.1f} | {r['last']:.2f} | {r['first']:.2f} | "
+          f"| {r['d']:.1f} | {r['prompts']} | {r['mean_matches']:.1f} | {r['last']:.2f} | "
+          f"{r['first']:.2f} | "
           f"{fmt(r['match_majority'])} | {fmt(r['prompt_majority'])} |"
           for r in res["copy_source"]
         ]

@@ -191,19 +191,24 @@ def markdown(results: dict) -> str:
       f"### {name}: task vectors of {t0} (v0) and {t1} (v1), {r['prompts']} prompts each",
       "",
       f"zero-shot (no patch): P({t0} answer) {r['zero_shot']['p_task0']:.3f}, P({t1} answer) "
-      f"{r['zero_shot']['p_task1']:.3f}; chosen layer (largest move toward the patched task's answer): "
+      f"{r['zero_shot']['p_task1']:.3f}; chosen layer (largest move toward the patched task's "
+      "answer): "
       f"after block {r['best_layer']}",
       "",
-      "| patched after block | cos(v0, v1) | P(ans0 \\| v0) | P(ans1 \\| v1) | P(ans0 \\| v1) | P(ans1 \\| v0) | "
+      "| patched after block | cos(v0, v1) | P(ans0 \\| v0) | P(ans1 \\| v1) | P(ans0 \\| v1) | "
+      "P(ans1 \\| v0) | "
       "move from zero-shot [95 %] | own − other vector |",
       "|---|---|---|---|---|---|---|---|",
     ]
     for row in r["by_layer"]:
       lo, hi = row["move_ci95"]
       lines.append(
-        f"| {row['layer']}{' (chosen)' if row['layer'] == r['best_layer'] else ''} | {row['cosine']:.3f} | "
-        f"{row['p_task0_with_v0']:.3f} | {row['p_task1_with_v1']:.3f} | {row['p_task0_with_v1']:.3f} | "
-        f"{row['p_task1_with_v0']:.3f} | {row['move']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {row['specific']:+.3f} |"
+        f"| {row['layer']}{' (chosen)' if row['layer'] == r['best_layer'] else ''} | "
+        f"{row['cosine']:.3f} | "
+        f"{row['p_task0_with_v0']:.3f} | {row['p_task1_with_v1']:.3f} | "
+        f"{row['p_task0_with_v1']:.3f} | "
+        f"{row['p_task1_with_v0']:.3f} | {row['move']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+        f"{row['specific']:+.3f} |"
       )
     lines += [
       "",
@@ -239,7 +244,8 @@ def main(argv=None) -> int:
       results[name] = analyse(model, config, args.prompts, args.seed)
       plot(name, results[name], out / f"task_vectors_{name}.png")
       print(
-        f"{name}: chosen layer {results[name]['best_layer']} (largest move toward the patched answer)",
+        f"{name}: chosen layer {results[name]['best_layer']} (largest move toward the patched "
+        "answer)",
         flush=True,
       )
     return results

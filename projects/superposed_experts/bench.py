@@ -209,7 +209,8 @@ def bench_pipeline(workdir, rounds: int = 9, steps: int = 4, batch: int = 16, lo
       "cost_ratio_max": max(ratios),
     }
     log(
-      f"  bench {name:>18}: {out['methods'][name]['tok_s']:>9,.0f} tok/s, time per token ÷ one expert's "
+      f"  bench {name:>18}: {out['methods'][name]['tok_s']:>9,.0f} tok/s, time per token ÷ one "
+      "expert's "
       f"{statistics.median(ratios):.3f} [min {min(ratios):.3f}, max {max(ratios):.3f}]"
     )
   (workdir / "bench.json").write_text(json.dumps(out, indent=1) + "\n", "utf-8")
@@ -246,7 +247,8 @@ def main():
     overrides = SIZES[size][0]
     print(
       f"{size:>6}: B×T {r['shape'][0]}×{r['shape'][1]}, L{overrides.get('num_layers', 12)} "
-      f"d{overrides.get('d_model', 768)} V{overrides.get('vocab_size', 50257)}, AEs at {list(r['ae_layers'])}: "
+      f"d{overrides.get('d_model', 768)} V{overrides.get('vocab_size', 50257)}, AEs at "
+      f"{list(r['ae_layers'])}: "
       f"superposed {r['superposed_tok_s']:,.0f} tok/s, single {r['single_tok_s']:,.0f} tok/s, "
       f"ratio {r['ratio']:.3f} [min {r['ratio_min']:.3f}, max {r['ratio_max']:.3f}]"
     )

@@ -438,7 +438,8 @@ def run(workdir: str | pathlib.Path, *, interp_steps: int | None = None, log=pri
       continue
     start = time.time()
     log(
-      f"seed {seed}: evaluating {len(runs['experts'])} experts and {len(runs.get('learned', {}))} learned runs"
+      f"seed {seed}: evaluating {len(runs['experts'])} experts and {len(runs.get('learned', {}))} "
+      "learned runs"
     )
     if experts is None:
       stream = data_lib.DomainStream(data_lib.training_rows(spec), K * ROUTER_TRAIN, 10_000)

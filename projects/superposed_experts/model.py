@@ -124,7 +124,8 @@ class SuperposedConfig:
     missing = sorted(set(self.ae_layers) - set(self.trained_ae_layers))
     if missing:
       errors.append(
-        f"ae_layers {missing} are not in train_ae_layers={self.train_ae_layers}: they would never be trained"
+        f"ae_layers {missing} are not in train_ae_layers={self.train_ae_layers}: they would never "
+        "be trained"
       )
     if self.bottleneck < 0:
       errors.append(f"bottleneck={self.bottleneck}: must be ≥ 0 (0 = 0.75·d_model)")
@@ -144,7 +145,8 @@ class SuperposedConfig:
       )
       if len(dead):
         errors.append(
-          f"num_control={self.num_control} with {L} layers: control points {dead.tolist()} affect no "
+          f"num_control={self.num_control} with {L} layers: control points {dead.tolist()} affect "
+          "no "
           f"layer's weight, so they could never train; use 0 (automatic)"
         )
     if self.train_graph not in TRAIN_GRAPHS:

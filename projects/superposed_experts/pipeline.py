@@ -255,7 +255,8 @@ def main(argv=None) -> int:
     "--trunks",
     nargs="*",
     default=["trunk_r8"],
-    help="one-trunk runs: trunk_r<rank>[_novec][_fullemb][_nokd] (no bias/norm deltas, full embedding "
+    help="one-trunk runs: trunk_r<rank>[_novec][_fullemb][_nokd] (no bias/norm deltas, full "
+    "embedding "
     "deltas, no distillation)",
   )
   ap.add_argument(
@@ -276,7 +277,8 @@ def main(argv=None) -> int:
     action="append",
     default=[],
     metavar="[STAGE:]KEY=VALUE",
-    help="extra --config.KEY=VALUE for one stage (base, expert_french, superposed, trunk_r8, ...) or all",
+    help="extra --config.KEY=VALUE for one stage (base, expert_french, superposed, trunk_r8, ...) "
+    "or all",
   )
   args = ap.parse_args(argv)
   from projects.superposed_experts import bench, data as data_lib, evaluate
@@ -352,8 +354,10 @@ def main(argv=None) -> int:
   eval_s = time.time() - eval_start
   total = time.time() - start
   print(
-    f"wall time {total / 60:.1f} min: training {train_s / 60:.1f} min ({sum(t > 0 for t in times.values())} of "
-    f"{len(times)} stages run now), benchmark {bench_s / 60:.1f} min, evaluation {eval_s / 60:.1f} min"
+    f"wall time {total / 60:.1f} min: training {train_s / 60:.1f} min "
+    f"({sum(t > 0 for t in times.values())} of "
+    f"{len(times)} stages run now), benchmark {bench_s / 60:.1f} min, evaluation {eval_s / 60:.1f} "
+    "min"
   )
   return 0
 

@@ -125,13 +125,18 @@ def markdown(results: Mapping) -> str:
   lines = [
     f"# Superposed experts: {len(names)} domains ({', '.join(names)}), {len(seeds)} seeds",
     "",
-    "NLL in nats per token (a token is a byte here), token-weighted per domain, averaged over seeds; "
-    f"[95 % interval]: {table['interval']}, {table['n_boot']} replicates. Every method scores exactly the "
-    "same target tokens. *Gap closed* = (NLL_interp − NLL_method) / (NLL_interp − NLL_oracle) on the mean "
-    "NLL over domains, the interpolation chosen on validation by the same criterion; *old gap* = the "
+    "NLL in nats per token (a token is a byte here), token-weighted per domain, averaged over "
+    "seeds; "
+    f"[95 % interval]: {table['interval']}, {table['n_boot']} replicates. Every method scores "
+    "exactly the "
+    "same target tokens. *Gap closed* = (NLL_interp − NLL_method) / (NLL_interp − NLL_oracle) on "
+    "the mean "
+    "NLL over domains, the interpolation chosen on validation by the same criterion; *old gap* = "
+    "the "
     "previous definition (mean over domains of per-domain perplexity ratios), for comparison only. "
     "*Forgetting* = NLL on a domain minus that domain's own expert. *Switch* = the switch set "
-    f"({', '.join(pairs)}; the domain changes half-way), NLL of the first / second half averaged over pairs. "
+    f"({', '.join(pairs)}; the domain changes half-way), NLL of the first / second half averaged "
+    "over pairs. "
     "*Cost* = time per token ÷ one expert's, measured side by side by bench.py"
     + ("" if measured else " (not measured for this table: FLOPs ratio shown)")
     + "; FLOPs = per-token forward FLOPs ÷ one expert's; MB = parameters a server holds (f32).",
@@ -173,9 +178,11 @@ def markdown(results: Mapping) -> str:
   for s in seeds:
     info = results["info"][s]
     lines.append(
-      f"- seed {s}: best interpolation {info['best_interp']}; task arithmetic λ {info['task arithmetic λ']}"
+      f"- seed {s}: best interpolation {info['best_interp']}; task arithmetic λ "
+      f"{info['task arithmetic λ']}"
       + (f"; TIES λ {info['TIES λ']}" if "TIES λ" in info else "")
-      + f"; mixture weights {info['mixture_weights']}; fixed-share rate {info['fixed_share_rate']}; "
+      + f"; mixture weights {info['mixture_weights']}; fixed-share rate "
+      f"{info['fixed_share_rate']}; "
       f"router default {info['router_default']}, accuracy "
       + ", ".join(f"{d} {a:.1%}" for d, a in info["router_accuracy"].items())
       + "".join(f"; {k} {v:.2g}" for k, v in info.items() if k.startswith("bypass"))
@@ -185,8 +192,10 @@ def markdown(results: Mapping) -> str:
   lines.append(
     "- test sequences per domain: "
     + ", ".join(
-      f"{d} {st['kept']} ({table['tokens'][d]:,} target tokens; of {st['candidates']:,} rows: {st['short']} short, "
-      f"{st['repeated']} repeated, {st['verbatim_in_train']} found verbatim in training text; sha256 "
+      f"{d} {st['kept']} ({table['tokens'][d]:,} target tokens; of {st['candidates']:,} rows: "
+      f"{st['short']} short, "
+      f"{st['repeated']} repeated, {st['verbatim_in_train']} found verbatim in training text; "
+      "sha256 "
       f"{ts['sha256'][d][:12]})"
       for d, st in ts["stats"].items()
     )
@@ -229,7 +238,8 @@ def verdict(results: Mapping) -> list[str]:
     g, c = T[m]["gap"], cost_of(costs[m])
     ok = g["value"] >= TRUNK_TARGET_GAP and c <= TRUNK_TARGET_COST
     out.append(
-      f"- Target (one trunk ≥ {TRUNK_TARGET_GAP:.0%} of the gap at ≤ {TRUNK_TARGET_COST}×): {label(m).strip('*')} "
+      f"- Target (one trunk ≥ {TRUNK_TARGET_GAP:.0%} of the gap at ≤ {TRUNK_TARGET_COST}×): "
+      f"{label(m).strip('*')} "
       f"closes {_iv(g, 2)} at {c:.2f}× — **{'met' if ok else 'not met'}**."
     )
   within = [m for m in candidates if cost_of(costs[m]) <= 2.2 and m != "posterior mixture"]
@@ -244,7 +254,8 @@ def verdict(results: Mapping) -> list[str]:
       else "loses to it: not met"
     )
     out.append(
-      f"- Target (the best method at ≤ 2.2× matches or beats the posterior mixture): {label(best).strip('*')} "
+      "- Target (the best method at ≤ 2.2× matches or beats the posterior mixture): "
+      f"{label(best).strip('*')} "
       f"− posterior mixture = {_iv(d, 4)} nats, paired — **{outcome}**."
     )
   for m in ("superposed", "superposed_tf", "blend_only"):

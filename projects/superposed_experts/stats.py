@@ -251,7 +251,8 @@ def summarise(
     "n_boot": int(n_boot),
     "level": float(level),
     "rng_seed": int(rng_seed),
-    "interval": "percentile bootstrap; each replicate resamples seeds and, independently, each group's "
+    "interval": "percentile bootstrap; each replicate resamples seeds and, independently, each "
+    "group's "
     "sequences, both with replacement, the same draws for every method (paired)",
   }
 

@@ -357,7 +357,8 @@ class SuperposedSpec:
     tops = {p.rstrip("/") for p in self.frozen_prefixes}
     fresh_sh = {k: v for k, v in shardings.items() if k not in tops}
 
-    def init():  # only the non-expert parameters are outputs, so XLA never draws the experts' weights
+    # only the non-expert parameters are outputs, so XLA never draws the experts' weights
+    def init():
       _, params, _ = nnx.split(self.make_model(), nnx.Param, ...)
       return {k: v for k, v in state_lib.pure_dict(params).items() if k in fresh_sh}
 
@@ -505,7 +506,8 @@ def run(config: Any, workdir: str) -> loop.Result:
     )
     loss = result.eval.get("eval/loss", float("nan"))
     print(
-      f"final step {result.step}: {task.spec.method} val loss {loss:.4f} (perplexity {math.exp(min(loss, 50)):.3f}); "
+      f"final step {result.step}: {task.spec.method} val loss {loss:.4f} (perplexity "
+      f"{math.exp(min(loss, 50)):.3f}); "
       f"per domain: {parts}"
     )
   return result

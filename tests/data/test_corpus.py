@@ -146,7 +146,8 @@ def test_gcide_extractor(tmp_path):
     ("00-database-info", "licence header\n"),
     (
       "Cat",
-      "Cat \\Cat\\, n.\n   1. A small animal.\n      [1913 Webster]\n\n            Quote here.   --Shak.\n   [WordNet 1.5 +PJC]\n",
+      "Cat \\Cat\\, n.\n   1. A small animal.\n      [1913 Webster]\n\n            Quote here.   "
+      "--Shak.\n   [WordNet 1.5 +PJC]\n",
     ),
     ("Dog", "Dog \\Dog\\, n. [Obs.]\n   A friend.\n"),
   ]
@@ -171,12 +172,14 @@ def test_gcide_extractor(tmp_path):
 def test_littre_extractor(tmp_path):
   article = (
     "<i><small>(cha) s. m.</small></i>\n<b>1°</b> Animal domestique. \n"
-    '<span foreground="#0000CD">Le chat est infidèle</span>, <span foreground="#B22222">BUFFON</span>, '
+    '<span foreground="#0000CD">Le chat est infidèle</span>, <span '
+    'foreground="#B22222">BUFFON</span>, '
     '<span foreground="#556B2F">Chat.</span>.\n'
     '<span foreground="#0000CD">Un chat &amp; un rat</span>, <span foreground="#B22222"></span>, '
     '<span foreground="#556B2F">Journ.</span>.\n'
     '<b><big>HISTORIQUE</big></b>\n    XIIIe s. \n<span foreground="#0000CD">Li chas</span>\n'
-    "<b><big>ÉTYMOLOGIE</big></b>\n    Lat. cattus.\n<b><big>PROVERBES</big></b>\n    À bon chat bon rat."
+    "<b><big>ÉTYMOLOGIE</big></b>\n    Lat. cattus.\n<b><big>PROVERBES</big></b>\n    À bon chat "
+    "bon rat."
   )
   raw = article.encode()
   base = tmp_path / "usr/share/stardict/dic"
@@ -196,7 +199,9 @@ def test_libreoffice_page_text():
   page = """<html><head><title>T</title><script>var x = 1;</script></head><body>
   <header><p>LibreOffice 7.4 Help</p></header><aside><div>Contents</div></aside>
   <div id="DisplayArea"><h1>Load/Save   options</h1>
-  <p class="paragraph">Choose <span class="switchinline"><span hidden="true" class="MAC">LibreOffice - Preferences</span><span hidden="true" id="default1">Tools - Options</span></span> - Load/Save.</p>
+  <p class="paragraph">Choose <span class="switchinline"><span hidden="true" class="MAC">
+  LibreOffice - Preferences</span><span hidden="true" id="default1">Tools - Options</span></span>
+  - Load/Save.</p>
   <table><tr><td>Key</td><td>Effect</td></tr></table>
   <div class="bascode"><pre><code>Dim a As Integer
 a = 1</code></pre></div></div>

@@ -92,7 +92,7 @@ ENTRY %main (a: f32[64,32]) -> f32[64,32] {
   %cp = bf16[16]{0} collective-permute(%x), channel_id=3, source_target_pairs={{0,1},{1,0}}
   ROOT %r = f32[64,32]{1,0} get-tuple-element(%wl), index=1
 }
-"""
+"""  # noqa: E501 (compiler output, one instruction per line)
 
 
 def test_plan_hlo_collectives_count_loops_and_slices():
@@ -165,7 +165,8 @@ def test_plan_hlo_mesh_replica_groups_split_ici_and_dcn():
 
 def test_plan_spmd_warnings_are_attributed_to_jobs():
   err = (
-    f"{plan._MARK}0\nW spmd_partitioner.cc] [SPMD] Involuntary full rematerialization. The compiler cannot go "
+    f"{plan._MARK}0\nW spmd_partitioner.cc] [SPMD] Involuntary full rematerialization. The "
+    "compiler cannot go "
     f"from A to B. As the last resort, SPMD will replicate\n{plan._MARK}1\nother line\n"
   )
   assert plan._spmd_warnings(err, 2) == [

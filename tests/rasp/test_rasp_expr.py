@@ -265,5 +265,8 @@ def test_public_api_resolves_and_imports_no_jax():
 
   for name in pkg.__all__:
     assert getattr(pkg, name) is not None, name
-  code = "import sys, superpose.rasp; assert not any(m.split('.')[0] in ('jax', 'flax') for m in sys.modules)"
+  code = (
+    "import sys, superpose.rasp\n"
+    "assert not any(m.split('.')[0] in ('jax', 'flax') for m in sys.modules)"
+  )
   subprocess.run([sys.executable, "-c", code], check=True)

@@ -155,7 +155,8 @@ def test_nary_sequencemap():
     lib.make_nary_sequencemap(lambda: 0)
 
 
-CAUSAL_SAFE = {  # tracr's "work under causal and non-causal evaluation" programs that only look back
+# tracr's "work under causal and non-causal evaluation" programs that only look back
+CAUSAL_SAFE = {
   "frac_prevs": lambda: lib.make_frac_prevs(tokens == "a"),
   "shift_by": lambda: lib.shift_by(2, tokens),
   "detect_pattern": lambda: lib.detect_pattern(tokens, "ab"),

@@ -21,7 +21,8 @@ def clamped_knots(num_control: int, degree: int, lo: float = 0.0, hi: float = 1.
     raise ValueError(f"clamped_knots: degree must be >= 0, got {degree}")
   if num_control < degree + 1:
     raise ValueError(
-      f"clamped_knots: a degree-{degree} spline needs >= {degree + 1} control points, got {num_control}"
+      f"clamped_knots: a degree-{degree} spline needs >= {degree + 1} control points, got "
+      f"{num_control}"
     )
   if not hi > lo:
     raise ValueError(f"clamped_knots: need lo < hi, got [{lo}, {hi}]")

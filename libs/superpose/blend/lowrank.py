@@ -112,7 +112,8 @@ def plan(
     )
   if embedding_mode not in EMBEDDING_MODES:
     raise ValueError(
-      f"ExpertDeltas: embedding_mode={embedding_mode!r}: must be one of {', '.join(EMBEDDING_MODES)}"
+      f"ExpertDeltas: embedding_mode={embedding_mode!r}: must be one of "
+      f"{', '.join(EMBEDDING_MODES)}"
     )
   if rank < 1:
     raise ValueError(f"ExpertDeltas: rank={rank} must be >= 1")

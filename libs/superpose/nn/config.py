@@ -119,14 +119,16 @@ class TransformerConfig:
         and self.num_kv_heads > 0
         and isinstance(self.num_heads, int)
         and self.num_heads % self.num_kv_heads == 0,
-        f"model.num_kv_heads={self.num_kv_heads!r}: must be a positive divisor of num_heads={self.num_heads}",
+        f"model.num_kv_heads={self.num_kv_heads!r}: must be a positive divisor of "
+        f"num_heads={self.num_heads}",
       )
     if self.head_dim is None:
       check(
         isinstance(self.num_heads, int)
         and self.num_heads > 0
         and self.d_model % self.num_heads == 0,
-        f"model.head_dim=None: d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
+        f"model.head_dim=None: d_model={self.d_model} is not divisible by "
+        f"num_heads={self.num_heads}; "
         "set head_dim explicitly",
       )
     else:

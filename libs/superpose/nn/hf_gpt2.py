@@ -301,7 +301,8 @@ def params_from_hf(cfg: TransformerConfig, tensors: dict[str, np.ndarray]) -> di
     array = tensors[name]
     if tuple(array.shape) != tuple(shape):
       raise ValueError(
-        f"GPT-2 checkpoint: {name!r} has shape {tuple(array.shape)}, the config needs {tuple(shape)}"
+        f"GPT-2 checkpoint: {name!r} has shape {tuple(array.shape)}, the config needs "
+        f"{tuple(shape)}"
       )
     used.add(name)
     return np.asarray(

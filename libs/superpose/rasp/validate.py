@@ -101,7 +101,8 @@ def _static_issues_of(expr: RASPExpr) -> list[str]:
     out = []
     if _enc(expr) != _enc(expr.sop):
       out.append(
-        f"a {_enc(expr)} Aggregate of the {_enc(expr.sop)} S-Op {expr.sop.label}: encodings must match"
+        f"a {_enc(expr)} Aggregate of the {_enc(expr.sop)} S-Op {expr.sop.label}: encodings must "
+        "match"
       )
     if is_categorical(expr) and expr.default is not None:
       out.append(f"a categorical Aggregate needs default None, got {expr.default!r}")

@@ -168,7 +168,8 @@ def _short(err: BaseException) -> str:
     err = err.__cause__ or err.__context__
     seen.add(id(err))
   text = str(err).strip().splitlines()
-  return f"{type(err).__name__}: {text[0].split(' See full TensorStore details')[0][:300] if text else ''}"
+  first = text[0].split(" See full TensorStore details")[0][:300] if text else ""
+  return f"{type(err).__name__}: {first}"
 
 
 def _all_processes(ok: bool) -> bool:
@@ -316,7 +317,8 @@ class Checkpointer:
           error
           if isinstance(error, CheckpointMismatch)
           else CheckpointMismatch(
-            f"checkpoint step {s} in {self.directory} does not fit the restore target (seen by another process)"
+            f"checkpoint step {s} in {self.directory} does not fit the restore target (seen by "
+            "another process)"
           )
         )
       if _all_processes(error is None):

@@ -53,8 +53,10 @@ class GradientReport:
 
   def __str__(self) -> str:
     return (
-      f"gradient check of {self.trainable} trainable / {self.frozen} frozen leaves: dead {_names(self.dead)}; "
-      f"moved frozen {_names(self.moved_frozen)}; frozen with a gradient {len(self.frozen_with_grad)}"
+      f"gradient check of {self.trainable} trainable / {self.frozen} frozen leaves: dead "
+      f"{_names(self.dead)}; "
+      f"moved frozen {_names(self.moved_frozen)}; frozen with a gradient "
+      f"{len(self.frozen_with_grad)}"
     )
 
 
@@ -130,7 +132,8 @@ def check_task(task, config, *, steps: int = 1, elementwise=None) -> GradientRep
   graphdef, _, rest = jax.eval_shape(split)
   if jax.tree.leaves(rest):
     raise ValueError(
-      "check_task: the model holds non-parameter state; the loop's train state carries nnx.Param only"
+      "check_task: the model holds non-parameter state; the loop's train state carries nnx.Param "
+      "only"
     )
   params = jax.jit(lambda: state_lib.pure_dict(split()[1]))()  # one compile, not one per PRNG shape
   paths = optim.param_paths(params)
@@ -154,7 +157,8 @@ def check_task(task, config, *, steps: int = 1, elementwise=None) -> GradientRep
   probed, metrics = train_step(state, batch)  # step n + 1 only for the gradient it computes
   if int(metrics["finite"]):
     flags = probed["opt_state"][1]
-  else:  # the guarded step kept the old state: name the non-finite leaves with a gradient of our own
+  else:
+    # the guarded step kept the old state: name the non-finite leaves with a gradient of our own
 
     def grad_flags(p):
       return _flags(jax.grad(lambda q: spec.train_loss(nnx.merge(graphdef, q), batch)[0])(p))

@@ -383,10 +383,9 @@ def test_compare_bootstrap_interval():
 
 def test_compare_gap_interval_coverage():
   """Committing predictors (0/1 per prompt) whose mean equals the reference: the percentile interval
-  of the mean
-  |Δ| excludes the true 0 every time (|·| biases it up), the noise-corrected RMS gap's interval reaches 0 in ≥ 90 %
-  of replicates; with a true gap of 0.08 at every point its interval covers 0.08 in ≥ 80 % and
-  excludes 0. Two training seeds work the same way."""
+  of the mean |Δ| excludes the true 0 every time (|·| biases it up), the noise-corrected RMS gap's
+  interval reaches 0 in ≥ 90 % of replicates; with a true gap of 0.08 at every point its interval
+  covers 0.08 in ≥ 80 % and excludes 0. Two training seeds work the same way."""
   ref = {d: (0.1 + 0.8 * d, 0.9 - 0.8 * d, 0.0) for d in calibrate.MIXING}
   zero, biased, covered, excluded = 0, 0, 0, 0
   reps = 30

@@ -181,7 +181,8 @@ def test_evaluate_end_to_end(tmp_path, monkeypatch):
   assert again["table"]["methods"]["superposed"]["nll"] == T["superposed"]["nll"]
 
 
-@pytest.mark.slow  # K = 3 through the same code as K = 2 (test_evaluate_end_to_end); 40-50 s on 2 cores
+# K = 3 through the same code as K = 2 (test_evaluate_end_to_end); 40-50 s on 2 cores
+@pytest.mark.slow
 def test_three_experts_add_ties(tmp_path, monkeypatch):
   monkeypatch.setattr(evaluate, "ROUTER_TRAIN", 8)
   monkeypatch.setattr(evaluate, "ROUTER_PREFIX", 8)

@@ -97,11 +97,16 @@ def gcide(roots: list[Path]) -> list[dict]:
 KJV_BOOKS = tuple(
   name.replace("_", " ")
   for name in (
-    "Genesis Exodus Leviticus Numbers Deuteronomy Joshua Judges Ruth 1_Samuel 2_Samuel 1_Kings 2_Kings "
-    "1_Chronicles 2_Chronicles Ezra Nehemiah Esther Job Psalms Proverbs Ecclesiastes Song_of_Solomon "
-    "Isaiah Jeremiah Lamentations Ezekiel Daniel Hosea Joel Amos Obadiah Jonah Micah Nahum Habakkuk "
-    "Zephaniah Haggai Zechariah Malachi Matthew Mark Luke John Acts Romans 1_Corinthians 2_Corinthians "
-    "Galatians Ephesians Philippians Colossians 1_Thessalonians 2_Thessalonians 1_Timothy 2_Timothy "
+    "Genesis Exodus Leviticus Numbers Deuteronomy Joshua Judges Ruth 1_Samuel 2_Samuel 1_Kings "
+    "2_Kings "
+    "1_Chronicles 2_Chronicles Ezra Nehemiah Esther Job Psalms Proverbs Ecclesiastes "
+    "Song_of_Solomon "
+    "Isaiah Jeremiah Lamentations Ezekiel Daniel Hosea Joel Amos Obadiah Jonah Micah Nahum "
+    "Habakkuk "
+    "Zephaniah Haggai Zechariah Malachi Matthew Mark Luke John Acts Romans 1_Corinthians "
+    "2_Corinthians "
+    "Galatians Ephesians Philippians Colossians 1_Thessalonians 2_Thessalonians 1_Timothy "
+    "2_Timothy "
     "Titus Philemon Hebrews James 1_Peter 2_Peter 1_John 2_John 3_John Jude Revelation"
   ).split()
 )
@@ -246,7 +251,8 @@ CORPORA = {
       ),
       "public domain (KJV text); package GPL-2+",
       ("0:usr/share/doc/bible-kjv-text/copyright", "1:usr/share/doc/bible-kjv/copyright"),
-      f"King James Version (1611), from {_DEBIAN} bible-kjv-text, decoded with bible-kjv's program.",
+      f"King James Version (1611), from {_DEBIAN} bible-kjv-text, decoded with bible-kjv's "
+      "program.",
       kjv,
       (4.0, 4.6),
       needs=_needs_bible_program,
@@ -300,7 +306,8 @@ CORPORA = {
       "MPL-2.0 (LibreOffice help)",
       ("0:usr/share/doc/libreoffice-help-en-us/copyright",),
       f"LibreOffice 7.4 help pages, English, {_DEBIAN}. Parallel to lo-help-fr: the same pages "
-      "under the same titles, hence the same split; de-duplication runs per language, so a held-out "
+      "under the same titles, hence the same split; de-duplication runs per language, so a "
+      "held-out "
       "page can be missing on one side.",
       libreoffice_help("en-US"),
       (3.0, 5.0),
@@ -320,7 +327,8 @@ CORPORA = {
       "MPL-2.0 (LibreOffice help)",
       ("0:usr/share/doc/libreoffice-help-fr/copyright",),
       f"LibreOffice 7.4 help pages, French, {_DEBIAN}. Parallel to lo-help-en: the same pages "
-      "under the same titles, hence the same split; de-duplication runs per language, so a held-out "
+      "under the same titles, hence the same split; de-duplication runs per language, so a "
+      "held-out "
       "page can be missing on one side.",
       libreoffice_help("fr"),
       (3.5, 6.0),
