@@ -3,7 +3,7 @@ plain-JAX reference.
 
     python -m benchmarks.superpose_kernel [--rounds 5] [--iters 10] [--decoder conv] [--dtype \\
         float32]
-                                          [--block-rows 128] [--shape B,T,D,K] [--platform
+                                          [--block-rows 128] [--shape B,T,D,Z] [--platform
                                           tpu|gpu|cpu]
     quick check: python -m benchmarks.superpose_kernel --rounds 1 --iters 1 --shape 1,64,64,32
 
@@ -18,7 +18,7 @@ The two fused rows share the forward kernel, so their fwd columns measure the sa
 On a CPU, Pallas runs in interpret mode (a jitted scan over the grid): the table then checks that
 the paths run and agree, it is NOT a speed measure (nothing about a TPU or GPU); the default shape
 there is small. On a TPU the default is the p1 shape d768 / bottleneck 576; on a GPU, where the
-Triton kernel needs power-of-two D and K, it is B8 T1024 D512 K256 (or pass e.g. --shape
+Triton kernel needs power-of-two D and Z, it is B8 T1024 D512 Z256 (or pass e.g. --shape
 8,1024,1024,512).
 """
 
@@ -34,22 +34,22 @@ import numpy as np
 
 from superpose.kernels import KernelConfig, fused, reference
 
-CPU_SHAPE = (2, 256, 128, 96)  # B, T, D, K
+CPU_SHAPE = (2, 256, 128, 96)  # B, T, D, Z
 DEVICE_SHAPE = (8, 1024, 768, 576)  # p1's GPT-2 width and bottleneck (TPU)
-GPU_SHAPE = (8, 1024, 512, 256)  # Triton needs power-of-two D and K
+GPU_SHAPE = (8, 1024, 512, 256)  # Triton needs power-of-two D and Z
 
 
 def make_args(shape, decoder: str, kernel_size: int, dtype, seed: int = 0):
-  B, T, D, K = shape
+  B, T, D, Z = shape
   rng = np.random.default_rng(seed)
   normal = lambda s, scale=1.0, dt=dtype: jnp.asarray(scale * rng.normal(size=s), dt)
-  dec_shape, fan = ((K, D), K) if decoder == "linear" else ((kernel_size, K, D), K * kernel_size)
+  dec_shape, fan = ((Z, D), Z) if decoder == "linear" else ((kernel_size, Z, D), Z * kernel_size)
   args = (
     normal((B, T, D)),
     normal((B, T, D)),
     jnp.asarray(rng.uniform(size=(D,)), jnp.float32),
-    normal((D, K), D**-0.5, jnp.float32),
-    normal((K,), D**-0.5, jnp.float32),
+    normal((D, Z), D**-0.5, jnp.float32),
+    normal((Z,), D**-0.5, jnp.float32),
     normal(dec_shape, fan**-0.5, jnp.float32),
     normal((D,), fan**-0.5, jnp.float32),
   )
@@ -72,7 +72,7 @@ def main():
   parser.add_argument("--kernel-size", type=int, default=3)
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   parser.add_argument("--block-rows", type=int, default=128)
-  parser.add_argument("--shape", type=str, default=None, help="B,T,D,K (default: by device)")
+  parser.add_argument("--shape", type=str, default=None, help="B,T,D,Z (default: by device)")
   parser.add_argument(
     "--platform",
     choices=("tpu", "gpu", "cpu"),
@@ -107,10 +107,10 @@ def main():
   shape = tuple(int(s) for s in args.shape.split(",")) if args.shape else default
   dtype = jnp.dtype(args.dtype)
   inputs = make_args(shape, args.decoder, args.kernel_size, dtype)
-  B, T, D, K = shape
+  B, T, D, Z = shape
   W = 1 if args.decoder == "linear" else args.kernel_size
   print(
-    f"shape: B{B} T{T} D{D} K{K}, decoder {args.decoder} (W={W}), α per feature, {args.dtype}; "
+    f"shape: B{B} T{T} D{D} Z{Z}, decoder {args.decoder} (W={W}), α per feature, {args.dtype}; "
     f"block_rows {config.block_rows}, platform {config.resolved_platform()}, interpret {interpret}"
   )
 

@@ -287,10 +287,10 @@ def _targets(cfg, params, split: Split, C: int):
   return y[..., :C], jnp.swapaxes(outs, 0, 1)  # (N, 2L, T, D): rows index inputs
 
 
-def accuracy(study: Study, y_NTC: np.ndarray, split: str) -> np.ndarray:
+def accuracy(study: Study, y_BTX: np.ndarray, split: str) -> np.ndarray:
   """Per input: 1.0 if the decoded output equals the evaluator's at every position."""
   s, c = study.splits[split], study.compiled
-  y = np.asarray(y_NTC, np.float64)
+  y = np.asarray(y_BTX, np.float64)
   correct = np.zeros(len(s.inputs))
   for b, (xs, want) in enumerate(zip(s.inputs, s.expected)):
     row = y[b, 1 : len(xs) + 1]

@@ -159,17 +159,17 @@ def _trace(graphdef, state, tokens_BT, latent_start_B, *, num_thoughts: int, lay
   model = nnx.merge(graphdef, state)
   out = thoughts_lib.cached_forward(model, tokens_BT, latent_start_B, num_thoughts=num_thoughts)
   batch, length = tokens_BT.shape
-  slots_BK = latent_start_B[:, None] + jnp.arange(num_thoughts)
-  embeds_BTD = jnp.zeros((batch, length, model.cfg.d_model), out.thoughts_BKD.dtype)
-  embeds_BTD = embeds_BTD.at[jnp.arange(batch)[:, None], slots_BK].set(out.thoughts_BKD)
-  mask_BT = jnp.zeros((batch, length), bool).at[jnp.arange(batch)[:, None], slots_BK].set(True)
+  slots_BU = latent_start_B[:, None] + jnp.arange(num_thoughts)
+  embeds_BTD = jnp.zeros((batch, length, model.cfg.d_model), out.thoughts_BUD.dtype)
+  embeds_BTD = embeds_BTD.at[jnp.arange(batch)[:, None], slots_BU].set(out.thoughts_BUD)
+  mask_BT = jnp.zeros((batch, length), bool).at[jnp.arange(batch)[:, None], slots_BU].set(True)
   full = model(tokens_BT, embeds_BTD=embeds_BTD, embeds_mask_BT=mask_BT, return_attention=True)
-  rows_BK = slots_BK - 1  # the positions that produce the thoughts
-  attn_BHKS = jnp.take_along_axis(full.attention[layer], rows_BK[:, None, :, None], axis=2)
-  made_BKD = jnp.take_along_axis(full.final_hidden_BTD, rows_BK[:, :, None], axis=1)
+  rows_BU = slots_BU - 1  # the positions that produce the thoughts
+  attn_BHUS = jnp.take_along_axis(full.attention[layer], rows_BU[:, None, :, None], axis=2)
+  made_BUD = jnp.take_along_axis(full.final_hidden_BTD, rows_BU[:, :, None], axis=1)
   answer_pos = latent_start_B + num_thoughts
   answer_logits = jnp.take_along_axis(full.logits_BTV, answer_pos[:, None, None], axis=1)[:, 0]
-  return out.thoughts_BKD, made_BKD, jnp.swapaxes(attn_BHKS, 1, 2), answer_logits
+  return out.thoughts_BUD, made_BUD, jnp.swapaxes(attn_BHUS, 1, 2), answer_logits
 
 
 def candidate_order(problem: graphs.Problem, i: int) -> tuple[int, int]:

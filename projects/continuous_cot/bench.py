@@ -20,7 +20,7 @@ AdamW update of ``configs/continuous_cot/scaled.py``) on generated problems (``-
 hops, ids shuffled; or ``--data DIR/train.json``), at the model ``--size`` and batch ``--batch``:
 
 * ``old``: the previous path, ``cot.batching='padded'``: every row padded to T (the longest prompt
-  of the data rounded up to 8, + K thought slots + 2), the full KV-cached forward over all T
+  of the data rounded up to 8, + U thought slots + 2), the full KV-cached forward over all T
   columns;
 * ``new``: ``cot.batching='bucketed'``: length-bucketed batches (windows of ``--window`` batches
   sorted by prompt length) and the compact forward (the last layer only where a loss can be).
@@ -245,7 +245,7 @@ def train_main(args) -> None:
     f"({real / args.steps / args.batch:.1f} per row)"
   )
   print(
-    f"old: padded to T={old.spec.T} (P={old.spec.P}, K={old.spec.K}), full KV-cached forward; "
+    f"old: padded to T={old.spec.T} (P={old.spec.P}, U={old.spec.U}), full KV-cached forward; "
     f"padding {pad['old']:.1%}"
   )
   print(

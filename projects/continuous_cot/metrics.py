@@ -112,14 +112,14 @@ def answer_metrics(answer_logits_BV, target_B, cands_B2, *, answer_B=None) -> di
   }
 
 
-def hop_metrics(logits_BHV, sets_BHV) -> dict:
+def hop_metrics(logits_BOV, sets_BOV) -> dict:
   """Per-row ``hop{k}`` (0/1: the argmax over the 40 real tokens of the k-th logits is in the k-th
-  set) and ``hop{k}_mass`` (the softmax mass on that set), k = 1..H. Coconut with gold thoughts: the
+  set) and ``hop{k}_mass`` (the softmax mass on that set), k = 1..O. Coconut with gold thoughts: the
   k-th logits are those of the root (k = 1) or of thought k − 1, the sets the depth-k nodes on
   shortest paths."""
-  logits = logits_BHV[..., :VOCAB_SIZE].astype(jnp.float32)
-  hit = jnp.take_along_axis(sets_BHV, logits.argmax(-1)[..., None], axis=-1)[..., 0]
-  mass = (jax.nn.softmax(logits, axis=-1) * sets_BHV).sum(-1)
+  logits = logits_BOV[..., :VOCAB_SIZE].astype(jnp.float32)
+  hit = jnp.take_along_axis(sets_BOV, logits.argmax(-1)[..., None], axis=-1)[..., 0]
+  mass = (jax.nn.softmax(logits, axis=-1) * sets_BOV).sum(-1)
   out = {}
   for k in range(logits.shape[1]):
     out[f"hop{k + 1}"], out[f"hop{k + 1}_mass"] = hit[:, k], mass[:, k]

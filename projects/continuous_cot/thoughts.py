@@ -10,8 +10,8 @@ previous position (spec §2.3): the vector the tied LM head reads. Two implement
 * :func:`reforward`: the reference; one full forward of the whole sequence per thought, then a final
   full forward. Costs ``num_thoughts + 1`` full forwards.
 
-Both take a static number of thought slots K (``num_thoughts``) and, optionally, a per-row count
-``num_thoughts_B[b] ≤ K`` (default K for every row): row b has thoughts in its first
+Both take a static number of thought slots U (``num_thoughts``) and, optionally, a per-row count
+``num_thoughts_B[b] ≤ U`` (default U for every row): row b has thoughts in its first
 ``num_thoughts_B[b]`` slots and its own tokens in the others (a row with fewer thoughts goes on with
 its tokens there). Both are traceable functions of an NNX model (call them inside your own
 ``jax.jit`` / ``jax.grad``, gradients flow through the thoughts as in Coconut);
@@ -19,7 +19,7 @@ its tokens there). Both are traceable functions of an NNX model (call them insid
 :func:`compact_forward` is the bucketed training path's forward: the same numbers at the columns a
 loss can read, computing only what they depend on.
 
-Layout (right-padded, per-row offsets). ``tokens_BT[b]`` is ``prefix | K latent slots | rest | pad``
+Layout (right-padded, per-row offsets). ``tokens_BT[b]`` is ``prefix | U latent slots | rest | pad``
 with the first latent slot at column ``latent_start_B[b]``; row b's tokens sit at their natural
 absolute positions (column = position), so rows of different prefix lengths share one fixed shape
 and need no mask beyond causality: padding only ever follows the real tokens. (Coconut's collator
@@ -27,12 +27,12 @@ left-pads instead so that the first latent shares one column; right-padding keep
 columns and cache slots, as in ``superpose.nn.decode``.) The token ids in a row's thought slots are
 ignored. Static bounds keep the shapes fixed:
 
-* ``prefix_len`` ≥ max ``latent_start_B`` (default ``T - K``): width of the prefill;
-* ``rest_len`` ≥ max over rows of (tokens after the K slots) (default ``T - K - 1``, always enough):
-  width of the last pass. Its window starts at ``latent_start + K``, clamped to ``T - rest_len``; a
+* ``prefix_len`` ≥ max ``latent_start_B`` (default ``T - U``): width of the prefill;
+* ``rest_len`` ≥ max over rows of (tokens after the U slots) (default ``T - U - 1``, always enough):
+  width of the last pass. Its window starts at ``latent_start + U``, clamped to ``T - rest_len``; a
   clamped window recomputes some earlier positions (thoughts fed back in place) with equal results.
 
-Logits at columns past a row's ``latent_start + K + rest_len`` (its padding) are unspecified, and
+Logits at columns past a row's ``latent_start + U + rest_len`` (its padding) are unspecified, and
 differ between the two implementations. Needs ``attention='xla'`` or ``'cudnn'`` (splash cannot
 read a cache). :func:`layout_bounds` gives the tightest bounds for a set of rows.
 """
@@ -79,7 +79,7 @@ def model_config(
 @struct.dataclass
 class ThoughtOutput:
   logits_BTV: jax.Array  # f32, the whole sequence (teacher forcing), padded vocab
-  thoughts_BKD: (
+  thoughts_BUD: (
     jax.Array
   )  # thought k = the input embedding at column latent_start + k; 0 where k ≥ the count
   final_hidden_BTD: jax.Array  # post-final-norm hidden states of the whole sequence
@@ -155,14 +155,14 @@ def _thought_counts(batch: int, num_thoughts: int, num_thoughts_B) -> jax.Array:
   return jnp.asarray(num_thoughts_B, jnp.int32)
 
 
-def _thought_embeds(thoughts_BKD, positions_BN, latent_start_B, num_thoughts_B=None):
+def _thought_embeds(thoughts_BUD, positions_BN, latent_start_B, num_thoughts_B=None):
   """(embeddings, mask): thought k at position latent_start + k for k < the row's count (default all
-  K slots), for any (B, N) block of positions."""
-  batch, num_thoughts = thoughts_BKD.shape[:2]
+  U slots), for any (B, N) block of positions."""
+  batch, num_thoughts = thoughts_BUD.shape[:2]
   count_B = _thought_counts(batch, num_thoughts, num_thoughts_B)
   offset_BN = positions_BN - latent_start_B[:, None]
   mask_BN = (offset_BN >= 0) & (offset_BN < count_B[:, None])
-  return take_rows(thoughts_BKD, jnp.clip(offset_BN, 0, num_thoughts - 1)), mask_BN
+  return take_rows(thoughts_BUD, jnp.clip(offset_BN, 0, num_thoughts - 1)), mask_BN
 
 
 def cached_forward(
@@ -175,11 +175,11 @@ def cached_forward(
   prefix_len: int | None = None,
   rest_len: int | None = None,
 ) -> ThoughtOutput:
-  """Prefill → K = ``num_thoughts`` KV-cached single-position steps → the tokens after them (module
+  """Prefill → U = ``num_thoughts`` KV-cached single-position steps → the tokens after them (module
   doc).
 
   Step k of row b feeds the previous post-norm hidden state where k < ``num_thoughts_B[b]`` (default
-  K) and the row's own token at that column otherwise."""
+  U) and the row's own token at that column otherwise."""
   batch, length = tokens_BT.shape
   prefix, rest = resolve_bounds(length, num_thoughts, prefix_len, rest_len)
   latent_start_B = jnp.asarray(latent_start_B, jnp.int32)
@@ -210,33 +210,33 @@ def cached_forward(
     thought_BD = jnp.where(is_thought_B1, prev_BD, jnp.zeros_like(prev_BD))
     return (step.cache, next_BD), (thought_BD, step.logits_BTV[:, 0], next_BD)
 
-  (cache, _), (thoughts_KBD, step_logits_KBV, step_hidden_KBD) = jax.lax.scan(
+  (cache, _), (thoughts_UBD, step_logits_UBV, step_hidden_UBD) = jax.lax.scan(
     think, (out.cache, first_BD), jnp.arange(num_thoughts, dtype=jnp.int32)
   )
-  thoughts_BKD = jnp.swapaxes(thoughts_KBD, 0, 1)
-  thought_positions_BK = latent_start_B[:, None] + jnp.arange(num_thoughts, dtype=jnp.int32)
-  logits_BTV = write_rows(logits_BTV, jnp.swapaxes(step_logits_KBV, 0, 1), thought_positions_BK)
-  hidden_BTD = write_rows(hidden_BTD, jnp.swapaxes(step_hidden_KBD, 0, 1), thought_positions_BK)
+  thoughts_BUD = jnp.swapaxes(thoughts_UBD, 0, 1)
+  thought_positions_BU = latent_start_B[:, None] + jnp.arange(num_thoughts, dtype=jnp.int32)
+  logits_BTV = write_rows(logits_BTV, jnp.swapaxes(step_logits_UBV, 0, 1), thought_positions_BU)
+  hidden_BTD = write_rows(hidden_BTD, jnp.swapaxes(step_hidden_UBD, 0, 1), thought_positions_BU)
 
   if rest > 0:
     start_B = jnp.minimum(latent_start_B + num_thoughts, length - rest)
-    rest_positions_BR = start_B[:, None] + jnp.arange(rest, dtype=jnp.int32)
+    rest_positions_BN = start_B[:, None] + jnp.arange(rest, dtype=jnp.int32)
     embeds = (
       (None, None)
       if num_thoughts == 0
-      else _thought_embeds(thoughts_BKD, rest_positions_BR, latent_start_B, count_B)
+      else _thought_embeds(thoughts_BUD, rest_positions_BN, latent_start_B, count_B)
     )
     out = model(
-      take_rows(tokens_BT, rest_positions_BR),
-      positions_BT=rest_positions_BR,
+      take_rows(tokens_BT, rest_positions_BN),
+      positions_BT=rest_positions_BN,
       embeds_BTD=embeds[0],
       embeds_mask_BT=embeds[1],
       cache=cache,
     )
-    logits_BTV = write_rows(logits_BTV, out.logits_BTV, rest_positions_BR)
-    hidden_BTD = write_rows(hidden_BTD, out.final_hidden_BTD, rest_positions_BR)
+    logits_BTV = write_rows(logits_BTV, out.logits_BTV, rest_positions_BN)
+    hidden_BTD = write_rows(hidden_BTD, out.final_hidden_BTD, rest_positions_BN)
   return ThoughtOutput(
-    logits_BTV=logits_BTV, thoughts_BKD=thoughts_BKD, final_hidden_BTD=hidden_BTD
+    logits_BTV=logits_BTV, thoughts_BUD=thoughts_BUD, final_hidden_BTD=hidden_BTD
   )
 
 
@@ -253,27 +253,27 @@ def reforward(
 
   Thought k is read from the full forward in which thoughts 0..k-1 are in place (later latent slots
   hold zeros, which causality hides from every position that is read); a row's slots from its count
-  ``num_thoughts_B[b]`` (default K) on hold its tokens.
+  ``num_thoughts_B[b]`` (default U) on hold its tokens.
   """
   batch, length = tokens_BT.shape
   latent_start_B = jnp.asarray(latent_start_B, jnp.int32)
   count_B = _thought_counts(batch, num_thoughts, num_thoughts_B)
   positions_BT = nn.decoder.default_positions(batch, length)
-  thoughts_BKD = jnp.zeros((batch, num_thoughts, model.cfg.d_model), model.cfg.compute_dtype)
+  thoughts_BUD = jnp.zeros((batch, num_thoughts, model.cfg.d_model), model.cfg.compute_dtype)
 
-  def full(thoughts_BKD):
+  def full(thoughts_BUD):
     if num_thoughts == 0:
       return model(tokens_BT)
-    embeds_BTD, mask_BT = _thought_embeds(thoughts_BKD, positions_BT, latent_start_B, count_B)
+    embeds_BTD, mask_BT = _thought_embeds(thoughts_BUD, positions_BT, latent_start_B, count_B)
     return model(tokens_BT, embeds_BTD=embeds_BTD, embeds_mask_BT=mask_BT)
 
   for k in range(num_thoughts):
-    hidden_BTD = full(thoughts_BKD).final_hidden_BTD
+    hidden_BTD = full(thoughts_BUD).final_hidden_BTD
     thought_BD = take_rows(hidden_BTD, (latent_start_B + k - 1)[:, None])[:, 0]
-    thoughts_BKD = thoughts_BKD.at[:, k].set(jnp.where((k < count_B)[:, None], thought_BD, 0))
-  out = full(thoughts_BKD)
+    thoughts_BUD = thoughts_BUD.at[:, k].set(jnp.where((k < count_B)[:, None], thought_BD, 0))
+  out = full(thoughts_BUD)
   return ThoughtOutput(
-    logits_BTV=out.logits_BTV, thoughts_BKD=thoughts_BKD, final_hidden_BTD=out.final_hidden_BTD
+    logits_BTV=out.logits_BTV, thoughts_BUD=thoughts_BUD, final_hidden_BTD=out.final_hidden_BTD
   )
 
 
@@ -323,7 +323,7 @@ def forward_with_thoughts(
 ) -> ThoughtOutput:
   """Logits of the whole sequence and the thought vectors; checks concrete offsets first.
 
-  ``num_thoughts``: the thought slots K; ``num_thoughts_B`` (optional): per-row counts ≤ K.
+  ``num_thoughts``: the thought slots U; ``num_thoughts_B`` (optional): per-row counts ≤ U.
   ``method``: ``'cached'`` (KV cache, one position per thought) or ``'reforward'`` (the reference).
   ``lengths_B`` (optional, real tokens per row) is only used to check ``rest_len`` before compiling.
   """
@@ -387,37 +387,37 @@ def _project(block, h_BTD, which: str, positions_BT):
   return y
 
 
-def _attend(q_BTHD, parts, scale: float):
-  """Softmax attention of the queries over the union of key blocks ``parts = [(k_BSKD, v_BSKD,
+def _attend(q_BTHA, parts, scale: float):
+  """Softmax attention of the queries over the union of key blocks ``parts = [(k_BSKA, v_BSKA,
   mask_BTS)]``: one f32 softmax over all blocks' logits, GQA without repeated K/V —
   ``superpose.nn.attention.xla_attention`` over the concatenated blocks, without concatenating them.
   Heads-major layout and masks as an additive −1e30 (exact: x + 0 = x; x − 1e30 rounds to −1e30) are
   ~1.4× faster than the model's on CPU."""
-  b, t, h, d = q_BTHD.shape
+  b, t, h, d = q_BTHA.shape
   kv = parts[0][0].shape[2]
-  q_BKGTD = jnp.moveaxis((q_BTHD * scale).reshape(b, t, kv, h // kv, d), 1, 3)
+  q_BKGTA = jnp.moveaxis((q_BTHA * scale).reshape(b, t, kv, h // kv, d), 1, 3)
   logits, sizes = [], []
-  for k_BSKD, _, mask_BTS in parts:
+  for k_BSKA, _, mask_BTS in parts:
     part = jnp.einsum(
-      "bkgtd,bksd->bkgts", q_BKGTD, jnp.swapaxes(k_BSKD, 1, 2), preferred_element_type=jnp.float32
+      "bkgtd,bksd->bkgts", q_BKGTA, jnp.swapaxes(k_BSKA, 1, 2), preferred_element_type=jnp.float32
     )
     logits.append(part + jnp.where(mask_BTS, 0.0, MASK_VALUE)[:, None, None])
-    sizes.append(k_BSKD.shape[1])
+    sizes.append(k_BSKA.shape[1])
   probs = jax.nn.softmax(jnp.concatenate(logits, axis=-1), axis=-1)
   out, start = 0.0, 0
-  for (_, v_BSKD, _), size in zip(parts, sizes):
-    p = probs[..., start : start + size].astype(v_BSKD.dtype)
+  for (_, v_BSKA, _), size in zip(parts, sizes):
+    p = probs[..., start : start + size].astype(v_BSKA.dtype)
     out = out + jnp.einsum(
-      "bkgts,bksd->bkgtd", p, jnp.swapaxes(v_BSKD, 1, 2), preferred_element_type=jnp.float32
+      "bkgts,bksd->bkgtd", p, jnp.swapaxes(v_BSKA, 1, 2), preferred_element_type=jnp.float32
     )
     start += size
-  return jnp.moveaxis(out, 3, 1).astype(q_BTHD.dtype).reshape(b, t, h, d)
+  return jnp.moveaxis(out, 3, 1).astype(q_BTHA.dtype).reshape(b, t, h, d)
 
 
-def _finish(block, x_BTD, attn_BTHD):
+def _finish(block, x_BTD, attn_BTHA):
   """The block after its attention: output projection, residual, norms, MLP."""
   cfg, attn = block.cfg, block.attn
-  y = layers.einsum("bthk,hkd->btd", attn_BTHD, attn.o[...], cfg.compute_dtype)
+  y = layers.einsum("bthk,hkd->btd", attn_BTHA, attn.o[...], cfg.compute_dtype)
   if attn.o_bias is not None:
     y = y + attn.o_bias[...].astype(y.dtype)
   x = x_BTD + y
@@ -431,9 +431,9 @@ def _finish(block, x_BTD, attn_BTHD):
 
 
 def compact_columns(latent_start_B, num_thoughts_B, *, max_thoughts: int, rest_len: int):
-  """(columns (B, N), valid (B, N)) of the N = 1 + K + R logits of :func:`compact_forward`: the last
-  prompt column ``latent_start − 1``, the K thought columns ``latent_start + k`` (valid where k <
-  the row's count) and the R columns after the row's own thoughts, ``latent_start + count + j``."""
+  """(columns (B, N), valid (B, N)) of the N = 1 + U + J logits of :func:`compact_forward`: the last
+  prompt column ``latent_start − 1``, the U thought columns ``latent_start + k`` (valid where k <
+  the row's count) and the J columns after the row's own thoughts, ``latent_start + count + j``."""
   ls = jnp.asarray(latent_start_B, jnp.int32)[:, None]
   count = jnp.asarray(num_thoughts_B, jnp.int32)[:, None]
   k = jnp.arange(max_thoughts, dtype=jnp.int32)[None]
@@ -453,13 +453,13 @@ def compact_forward(
   prefix_len: int,
   rest_len: int,
 ):
-  """Logits (B, 1 + K + R, V) at the :func:`compact_columns` of right-padded rows with a per-row
-  number of thoughts ``num_thoughts_B[b] ≤ K = max_thoughts``: the numbers of :func:`cached_forward`
-  (same counts, ``num_thoughts=K``) at those columns, computing only what they depend on. The
+  """Logits (B, 1 + U + J, V) at the :func:`compact_columns` of right-padded rows with a per-row
+  number of thoughts ``num_thoughts_B[b] ≤ U = max_thoughts``: the numbers of :func:`cached_forward`
+  (same counts, ``num_thoughts=U``) at those columns, computing only what they depend on. The
   bucketed training forward of ``train.py``; it runs the blocks in parts (below), which the model's
   own cached call cannot.
 
-  Row b is ``prompt (latent_start_B[b] ≤ prefix_len columns) | count thoughts | R tokens``. A loss
+  Row b is ``prompt (latent_start_B[b] ≤ prefix_len columns) | count thoughts | J tokens``. A loss
   on these columns needs the last layer's output only there, while every column needs every layer's
   keys and values. So:
 
@@ -467,7 +467,7 @@ def compact_forward(
      values only, and its query, attention and MLP at the one column ``latent_start − 1`` (the first
      thought's input; the stage-0 / first CoT label). For 2 layers this skips ~40 % of the prefix
      matmuls and half its attention.
-  2. K single-position thought steps, 3. the R tokens from ``latent_start + count`` in one pass.
+  2. U single-position thought steps, 3. the J tokens from ``latent_start + count`` in one pass.
      These attend to the prefix keys (those before ``latent_start``) and to a small per-layer
      *suffix* cache whose slot i holds position ``latent_start + i`` — no scatter into, or copy of,
      a full-length cache. A row with fewer thoughts computes steps nobody reads: their slots are
@@ -481,7 +481,7 @@ def compact_forward(
       "compact_forward reads the blocks one by one: needs scan_layers=False and causal=True"
     )
   batch = tokens_BT.shape[0]
-  K, R, P = int(max_thoughts), int(rest_len), int(prefix_len)
+  U, J, P = int(max_thoughts), int(rest_len), int(prefix_len)
   ls = jnp.asarray(latent_start_B, jnp.int32)
   count = jnp.asarray(num_thoughts_B, jnp.int32)
   blocks = list(model.blocks)
@@ -508,7 +508,7 @@ def compact_forward(
   logits = [model.logits(prev_B1D)]
 
   # 2.-3. Thoughts and the rest, against the prefix and the suffix cache.
-  slots = K + R
+  slots = U + J
   prompt_B1P = (jnp.arange(P)[None, :] < ls[:, None])[:, None, :]
   empty = jnp.zeros((batch, slots, cfg.kv_heads, cfg.head_size), cfg.compute_dtype)
   suffix = [(empty, empty) for _ in blocks]
@@ -541,16 +541,16 @@ def compact_forward(
     )
     return (hidden_B1D, suffix), model.logits(hidden_B1D)[:, 0]
 
-  if K:
-    (prev_B1D, suffix), step_logits_KBV = jax.lax.scan(
-      think, (prev_B1D, suffix), jnp.arange(K, dtype=jnp.int32)
+  if U:
+    (prev_B1D, suffix), step_logits_UBV = jax.lax.scan(
+      think, (prev_B1D, suffix), jnp.arange(U, dtype=jnp.int32)
     )
-    logits.append(jnp.swapaxes(step_logits_KBV, 0, 1))
-  if R:
-    slots_BR = count[:, None] + jnp.arange(R, dtype=jnp.int32)
-    positions_BR = ls[:, None] + slots_BR
-    hidden_BRD, _ = run(
-      model.embed(take_rows(tokens_BT, positions_BR), positions_BR), positions_BR, slots_BR, suffix
+    logits.append(jnp.swapaxes(step_logits_UBV, 0, 1))
+  if J:
+    slots_BN = count[:, None] + jnp.arange(J, dtype=jnp.int32)
+    positions_BN = ls[:, None] + slots_BN
+    hidden_BND, _ = run(
+      model.embed(take_rows(tokens_BT, positions_BN), positions_BN), positions_BN, slots_BN, suffix
     )
-    logits.append(model.logits(hidden_BRD))
+    logits.append(model.logits(hidden_BND))
   return jnp.concatenate(logits, axis=1)

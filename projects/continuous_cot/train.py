@@ -39,9 +39,9 @@ Batching (``config.cot.batching``):
   into batches, and the batches of a window run in an order drawn from (seed, window). So a step's
   rows are still a pure function of (seed, step), every row of the unbucketed order is used exactly
   once per window, and a batch holds prompts of nearly one length. The batch is right-padded to
-  ``Wp + K + R + 1`` columns, ``Wp`` its longest prompt rounded up to ``bucket_multiple`` (one
+  ``Wp + U + J + 1`` columns, ``Wp`` its longest prompt rounded up to ``bucket_multiple`` (one
   compile per width; ``Wp`` ≤ ``P``), and the loss reads logits only where a loss can be: the last
-  prompt column, the K thought columns and the R = 1 (Coconut), max hops + 2 (CoT) or 2 (No-CoT)
+  prompt column, the U thought columns and the J = 1 (Coconut), max hops + 2 (CoT) or 2 (No-CoT)
   columns after the thoughts (:func:`thoughts.compact_forward`: the last layer runs only there;
   equal to the full forward).
 * ``padded``: the previous path, kept as the reference and the benchmark's baseline: every row
@@ -50,7 +50,7 @@ Batching (``config.cot.batching``):
 
 Every row's prompt fits in ``P`` columns (the longest prompt of the data, rounded up to 8); thoughts
 start at the row's own prompt length (``latent_start``) and rows carry their own thought count, up
-to ``K`` (static). The thought forward is KV-cached with per-row counts: the k-th single-position
+to ``U`` (static). The thought forward is KV-cached with per-row counts: the k-th single-position
 step feeds the previous post-norm hidden state where k < the row's count. The rows themselves
 (curriculum stage, label, CoT / No-CoT rows, relabelling, padding and targets) are built by
 :mod:`rows`. Each step logs ``data/row_tokens`` (real tokens per row: prompt, thoughts and answer
@@ -142,7 +142,7 @@ COT: config_lib.Declaration = {
   "loss": ("label", "label (CE of the drawn label, RS) | set (−log Σ_{v ∈ label pool} p(v), EoS)"),
   "uniform_prob": (0.1, "probability of a row drawing an earlier stage (spec §2.2)"),
   "labels": ("path", "path (RS) | bfs (Coconut-BFS, RS §5.4)"),
-  "max_thoughts": (0, "K, thought slots in training rows (0 = the largest hop count in train)"),
+  "max_thoughts": (0, "U, thought slots in training rows (0 = the largest hop count in train)"),
   "eval_fixed_thoughts": (4, "the fixed thought count of eval/acc_fixed"),
   "prompt_len": (0, "P, columns for the prompt (0 = longest prompt of the data, rounded to 8)"),
   "batching": (
@@ -215,13 +215,13 @@ DEFAULT_PROMPT_LEN, DEFAULT_MAX_HOPS = 192, 4
 
 @dataclasses.dataclass(frozen=True)
 class CotDims:
-  """The static sizes of rows: prompt columns P, thought slots K (training) and K_eval, CoT decoding
+  """The static sizes of rows: prompt columns P, thought slots U (training) and U_eval, CoT decoding
   steps, the hop-k accuracies evaluated, and the expected real tokens per training row (for
   tokens/s)."""
 
   P: int
-  K: int
-  K_eval: int
+  U: int
+  U_eval: int
   gen_steps: int
   eval_hops: int
   row_tokens: float
@@ -232,19 +232,19 @@ def default_dims(config: Mapping) -> CotDims:
   sizes above — the prompt cut to what ``model.max_seq_len`` holds (rows are never wider than the
   model)."""
   c = config["cot"]
-  K = c["max_thoughts"] or DEFAULT_MAX_HOPS
-  extra = {"coconut": max(K, c["eval_fixed_thoughts"]) + 2, "cot": K + 3}.get(c["method"], 3)
+  U = c["max_thoughts"] or DEFAULT_MAX_HOPS
+  extra = {"coconut": max(U, c["eval_fixed_thoughts"]) + 2, "cot": U + 3}.get(c["method"], 3)
   P = c["prompt_len"] or max(
     8, min(DEFAULT_PROMPT_LEN, (config["model"]["max_seq_len"] - extra) // 8 * 8)
   )
   after = {"coconut": 2, "cot": 3, "nocot": 3}.get(c["method"], 3)
   return CotDims(
     P=P,
-    K=K,
-    K_eval=max(K, c["eval_fixed_thoughts"]),
-    gen_steps=K + 2,
-    eval_hops=min(4, K),
-    row_tokens=float(P + (K if c["method"] != "nocot" else 0) + after),
+    U=U,
+    U_eval=max(U, c["eval_fixed_thoughts"]),
+    gen_steps=U + 2,
+    eval_hops=min(4, U),
+    row_tokens=float(P + (U if c["method"] != "nocot" else 0) + after),
   )
 
 
@@ -260,10 +260,10 @@ def measured_dims(config: Mapping, train: Sequence[Problem], valid: Sequence[Pro
       f"config.cot.prompt_len={P} < the longest prompt ({longest} tokens)"
     )
   train_hops = max(p.hops for p in train)
-  K = c["max_thoughts"] or train_hops
-  if K < train_hops:
+  U = c["max_thoughts"] or train_hops
+  if U < train_hops:
     raise config_lib.ConfigError(
-      f"config.cot.max_thoughts={K} < the largest training hop count {train_hops}"
+      f"config.cot.max_thoughts={U} < the largest training hop count {train_hops}"
     )
   prompt_lens = np.array(
     [len(data_lib.prompt_tokens(p, layout=c["layout"])) for p in train], np.int64
@@ -272,8 +272,8 @@ def measured_dims(config: Mapping, train: Sequence[Problem], valid: Sequence[Pro
   hops = np.array([p.hops for p in train]) if c["method"] != "nocot" else 0
   return CotDims(
     P=P,
-    K=K,
-    K_eval=max(K, c["eval_fixed_thoughts"], max(p.hops for p in valid)),
+    U=U,
+    U_eval=max(U, c["eval_fixed_thoughts"], max(p.hops for p in valid)),
     gen_steps=max(p.hops for p in every) + 2,  # CoT decoding: D nodes, [A], answer
     eval_hops=min(4, min(p.hops for p in valid)),
     row_tokens=float(np.mean(prompt_lens + hops + after)),
@@ -342,14 +342,14 @@ class CotSpec:
 
     self.dims = dims = dims or default_dims(config)
     self.batch_size = t["batch_size"]
-    self.P, self.K, self.K_eval, self.gen_steps = dims.P, dims.K, dims.K_eval, dims.gen_steps
+    self.P, self.U, self.U_eval, self.gen_steps = dims.P, dims.U, dims.U_eval, dims.gen_steps
     self.eval_hops, self.row_tokens, self.fixed = (
       dims.eval_hops,
       dims.row_tokens,
       c["eval_fixed_thoughts"],
     )
     if self.method == "coconut":
-      self.T, self.T_eval = _round_up(self.P + self.K + 2), _round_up(self.P + self.K_eval + 2)
+      self.T, self.T_eval = _round_up(self.P + self.U + 2), _round_up(self.P + self.U_eval + 2)
     elif self.method == "cot":
       self.T = self.T_eval = _round_up(self.P + self.gen_steps + 1)
     else:
@@ -361,8 +361,8 @@ class CotSpec:
       )
     # The compact forward's static bounds: thought steps, and columns after the thoughts that carry
     # a loss.
-    self.K_fwd = self.K if self.method == "coconut" else 0
-    self.R = {"coconut": 1, "cot": self.gen_steps, "nocot": 2}[self.method]
+    self.U_fwd = self.U if self.method == "coconut" else 0
+    self.J = {"coconut": 1, "cot": self.gen_steps, "nocot": 2}[self.method]
     self.tokens_per_step = int(round(self.batch_size * self.row_tokens))
     self.flops_per_step = (
       flops.train_flops_per_token(self.model_cfg, round(self.row_tokens)) * self.tokens_per_step
@@ -388,7 +388,7 @@ class CotSpec:
   def _logits(self, model, tokens, batch, count_key: str, max_thoughts: int):
     if self.method != "coconut":
       return model(tokens).logits_BTV
-    rest = tokens.shape[1] - self.P - max_thoughts  # from latent_start + K: no window is clamped
+    rest = tokens.shape[1] - self.P - max_thoughts  # from latent_start + U: no window is clamped
     return thoughts_lib.cached_forward(
       model,
       tokens,
@@ -401,24 +401,24 @@ class CotSpec:
 
   def train_loss(self, model, batch):
     if self.batching == "bucketed":
-      K, R = self.K_fwd, self.R
-      prefix = batch["tokens"].shape[1] - K - R - 1
+      U, J = self.U_fwd, self.J
+      prefix = batch["tokens"].shape[1] - U - J - 1
       logits = thoughts_lib.compact_forward(
         model,
         batch["tokens"],
         batch["latent_start"],
         batch["num_thoughts"],
-        max_thoughts=K,
+        max_thoughts=U,
         prefix_len=prefix,
-        rest_len=R,
+        rest_len=J,
       )
       cols, valid = thoughts_lib.compact_columns(
-        batch["latent_start"], batch["num_thoughts"], max_thoughts=K, rest_len=R
+        batch["latent_start"], batch["num_thoughts"], max_thoughts=U, rest_len=J
       )
       targets = jnp.take_along_axis(batch["targets"], cols, axis=1)
       weights = jnp.take_along_axis(batch["weights"], cols, axis=1) * valid
     else:
-      logits = self._logits(model, batch["tokens"], batch, "num_thoughts", self.K)
+      logits = self._logits(model, batch["tokens"], batch, "num_thoughts", self.U)
       targets, weights = batch["targets"], batch["weights"]
     loss, metrics = lm_loss(logits, targets, weights)
     if (
@@ -434,7 +434,7 @@ class CotSpec:
     return loss, metrics
 
   def _coconut_eval_logits(self, model, batch, name: str):
-    """Logits (B, 1 + K_eval + 1, 40 real tokens) at the compact columns of the row with its
+    """Logits (B, 1 + U_eval + 1, 40 real tokens) at the compact columns of the row with its
     ``name`` (gold | fixed) number of thoughts: index 0 the root (hop 1), index k the k-th thought
     (hop k + 1), the last one [A]."""
     if self.batching == "bucketed":
@@ -443,14 +443,14 @@ class CotSpec:
         batch[f"tokens_{name}"],
         batch["latent_start"],
         batch[f"num_{name}"],
-        max_thoughts=self.K_eval,
+        max_thoughts=self.U_eval,
         prefix_len=self.P,
         rest_len=1,
       )
     else:
-      full = self._logits(model, batch[f"tokens_{name}"], batch, f"num_{name}", self.K_eval)
+      full = self._logits(model, batch[f"tokens_{name}"], batch, f"num_{name}", self.U_eval)
       cols, _ = thoughts_lib.compact_columns(
-        batch["latent_start"], batch[f"num_{name}"], max_thoughts=self.K_eval, rest_len=1
+        batch["latent_start"], batch[f"num_{name}"], max_thoughts=self.U_eval, rest_len=1
       )
       logits = jnp.take_along_axis(full, cols[..., None], axis=1)
     return logits[..., :VOCAB_SIZE].astype(jnp.float32)
@@ -503,13 +503,13 @@ class CotSpec:
       step = thoughts_lib.take_rows(logits, pos_B1 - 1)[:, 0, :VOCAB_SIZE].astype(jnp.float32)
       step_logits.append(step)
       tokens_BT = write_rows(tokens_BT, step.argmax(-1).astype(jnp.int32)[:, None], pos_B1)
-    gen_BG = thoughts_lib.take_rows(
+    gen_BN = thoughts_lib.take_rows(
       tokens_BT, start_B[:, None] + jnp.arange(self.gen_steps, dtype=jnp.int32)
     )
-    is_a = gen_BG[:, :-1] == data_lib.ANSWER
+    is_a = gen_BN[:, :-1] == data_lib.ANSWER
     has_a = is_a.any(axis=1)
     at_B = jnp.where(has_a, jnp.argmax(is_a, axis=1) + 1, self.gen_steps - 1)
-    answer = jnp.take_along_axis(gen_BG, at_B[:, None], axis=1)[:, 0]
+    answer = jnp.take_along_axis(gen_BN, at_B[:, None], axis=1)[:, 0]
     logits_BV = jnp.take_along_axis(jnp.stack(step_logits, axis=1), at_B[:, None, None], axis=1)[
       :, 0
     ]
@@ -548,7 +548,7 @@ class CotData:
       [self.eval_row(i) for i in range(len(self.valid))], self.batch_size
     )
     log.info(
-      "cot task: method %s, %s batches, %d train / %d valid problems, P=%d K=%d T=%d (eval K=%d "
+      "cot task: method %s, %s batches, %d train / %d valid problems, P=%d U=%d T=%d (eval U=%d "
       "T=%d), "
       "%.1f real tokens per row",
       self.method,
@@ -556,9 +556,9 @@ class CotData:
       len(self.train),
       len(self.valid),
       spec.P,
-      spec.K,
+      spec.U,
       self.T,
-      spec.K_eval,
+      spec.U_eval,
       self.T_eval,
       spec.row_tokens,
     )
@@ -612,12 +612,12 @@ class CotData:
     return self._window(w)[j]
 
   def width(self, rows: np.ndarray) -> int:
-    """Columns of a batch of these global rows: T (padded), or Wp + K + R + 1 with Wp the longest
+    """Columns of a batch of these global rows: T (padded), or Wp + U + J + 1 with Wp the longest
     prompt rounded up to ``bucket_multiple`` (at most P)."""
     if self.batching == "padded":
       return self.T
     longest = int(self.prompt_lens[self.problem_index(rows)].max())
-    return min(_round_up(longest, self.multiple), self.spec.P) + self.spec.K_fwd + self.spec.R + 1
+    return min(_round_up(longest, self.multiple), self.spec.P) + self.spec.U_fwd + self.spec.J + 1
 
   # rows -------------------------------------------------------------------------------------------
   def row_tokens_of(
@@ -662,7 +662,7 @@ class CotData:
       covered = {
         start - 1,
         *range(start, start + count),
-        *range(start + count, start + count + self.spec.R),
+        *range(start + count, start + count + self.spec.J),
       }
       if not set(range(first, last + 1)) <= covered:
         raise AssertionError(

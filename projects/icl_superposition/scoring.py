@@ -70,8 +70,8 @@ def _score_batch(
   state,
   prompt_BT,
   lengths_B,
-  answers_BKL,
-  answer_lens_BK,
+  answers_BMN,
+  answer_lens_BM,
   terminator,
   patch_BD,
   *,
@@ -82,7 +82,7 @@ def _score_batch(
 ):
   model = nnx.merge(graphdef, state)
   B, T = prompt_BT.shape
-  L = answers_BKL.shape[-1]
+  L = answers_BMN.shape[-1]
   cache = init_cache(model.cfg, B, T + max(L, max_new) + 1)
   positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
   segments_BT = (positions_BT < lengths_B[:, None]).astype(jnp.int32)
@@ -122,10 +122,10 @@ def _score_batch(
       lp_B = lp_B + (step_BN * (jnp.arange(1, n) < lens_B[:, None])).sum(-1)
     return lp_B
 
-  answer_logp_BK = jnp.stack(
+  answer_logp_BM = jnp.stack(
     [
-      continuation_logp(answers_BKL[:, k], answer_lens_BK[:, k])
-      for k in range(answers_BKL.shape[1])
+      continuation_logp(answers_BMN[:, k], answer_lens_BM[:, k])
+      for k in range(answers_BMN.shape[1])
     ],
     axis=1,
   )
@@ -152,7 +152,7 @@ def _score_batch(
       done_B = done_B | (nxt_B == terminator)
     outputs.append(tokens_BN)
     output_logps.append(jnp.where(done_B, logp_B, -jnp.inf))
-  return answer_logp_BK, jnp.stack(outputs, 1), jnp.stack(output_logps, 1), hidden
+  return answer_logp_BM, jnp.stack(outputs, 1), jnp.stack(output_logps, 1), hidden
 
 
 def _strip(tokens: Sequence[int], terminator: int) -> tuple[int, ...]:
@@ -233,22 +233,22 @@ def score(
     rows = idx + [idx[0]] * (batch_size - len(idx))  # fixed batch shape: one compile
     prompt_BT = np.zeros((batch_size, T), np.int32)
     lengths_B = np.zeros(batch_size, np.int32)
-    ans_BKL = np.zeros((batch_size, K, L), np.int32)
-    ans_len_BK = np.zeros((batch_size, K), np.int32)
+    ans_BMN = np.zeros((batch_size, K, L), np.int32)
+    ans_len_BM = np.zeros((batch_size, K), np.int32)
     for b, i in enumerate(rows):
       prompt_BT[b, : len(prompt_ids[i])] = prompt_ids[i]
       lengths_B[b] = len(prompt_ids[i])
       for k, a in enumerate(answer_ids[i]):
-        ans_BKL[b, k, : len(a)] = a
-        ans_len_BK[b, k] = len(a)
+        ans_BMN[b, k, : len(a)] = a
+        ans_len_BM[b, k] = len(a)
     a_lp, outs, out_lp, hid = jax.device_get(
       _score_batch(
         graphdef,
         state,
         prompt_BT,
         lengths_B,
-        ans_BKL,
-        ans_len_BK,
+        ans_BMN,
+        ans_len_BM,
         np.int32(term_ids[0]),
         patch_all[rows],
         top_first=top_first,

@@ -238,7 +238,7 @@ def evaluate_seed(
             oracle_fn,
             theta,
             sets.rows[n],
-            per_row=lambda i, b, n=n: {"gate_BTK": _pad_rows(onehot[n][i : i + b], b)},
+            per_row=lambda i, b, n=n: {"gate_BTE": _pad_rows(onehot[n][i : i + b], b)},
           )[0]
         ),
       )

@@ -1,4 +1,4 @@
-"""Superposed experts (p1 §3): K frozen transformers whose hidden states are blended layer by layer.
+"""Superposed experts (p1 §3): E frozen transformers whose hidden states are blended layer by layer.
 
 Two graphs over the same parameters:
 
@@ -29,15 +29,15 @@ inference.) The unembedding is blended with the last layer's weights — logits 
 table, so this is the blend of the experts' own heads on one state — which makes α = 0 / 1 reproduce
 the base / expert exactly when the autoencoders are bypassed.
 
-Blend weights are held as W (L, K, X): layer, expert, and X = 1 (one weight per layer) or X = D
-(the 2-D model, one per hidden dimension); rows sum to one over K.
+Blend weights are held as W (L, E, X): layer, expert, and X = 1 (one weight per layer) or X = D
+(the 2-D model, one per hidden dimension); rows sum to one over E.
 
 Router (``router=True``, beyond the paper; p1 §8 asks for input-dependent switching): a small MLP
 reads the residual state that enters block ``router_layer`` — for the default 0, the blended
 embedding, which is the same in both graphs — as [rms(s_t), mean_{τ≤t} rms(s_τ)]: the token and a
 causal running summary of the prefix, so it can tell the domain from the context seen so far without
-looking ahead. It outputs per-token logit offsets r (B, T, L, K) and the routed weights are
-softmax_K(log W + r) for layers ≥ ``router_layer`` and the head (earlier layers have already run).
+looking ahead. It outputs per-token logit offsets r (B, T, L, E) and the routed weights are
+softmax_E(log W + r) for layers ≥ ``router_layer`` and the head (earlier layers have already run).
 The output layer starts at zero, so training starts from exactly the learned static blend. The
 running mean crosses packed-document boundaries: use it on one document per row.
 """
@@ -71,7 +71,7 @@ _LOG_FLOOR = 1e-6  # log of a zero blend weight (a clamped α) for the router's 
 @dataclasses.dataclass(frozen=True)
 class SuperposedConfig:
   expert: TransformerConfig  # every expert has this architecture (one vocabulary)
-  num_experts: int = 2  # K; K = 2 is the paper (expert 0 = base, 1 = fine-tuned)
+  num_experts: int = 2  # E; E = 2 is the paper (expert 0 = base, 1 = fine-tuned)
   ae_layers: tuple[
     int, ...
   ] = ()  # 0-based block indices whose blended output is autoencoded (inference)
@@ -82,7 +82,7 @@ class SuperposedConfig:
   ae_decoder: str = "conv"  # 'conv' (Conv1d over T, the paper's) | 'linear'
   ae_kernel: int = 3
   ae_causal: bool = True  # False = the paper's symmetric padding (leaks token t+1)
-  blend: str = "1d"  # '1d' (SplineBlend) | '2d' (SplineBlend2D) | 'simplex' (K ≥ 3 forces it)
+  blend: str = "1d"  # '1d' (SplineBlend) | '2d' (SplineBlend2D) | 'simplex' (E ≥ 3 forces it)
   num_control: int = (
     0  # 0 = min(16, L) (and degree ≤ L − 1): the paper's 16 at L = 12, none dead at small L
   )
@@ -211,7 +211,7 @@ class SuperposedConfig:
 
 
 class Router(nnx.Module):
-  """Per-token logit offsets (B, T, L, K) from a residual state and its causal running mean."""
+  """Per-token logit offsets (B, T, L, E) from a residual state and its causal running mean."""
 
   def __init__(
     self, d_model: int, num_layers: int, num_experts: int, hidden: int, *, rngs: nnx.Rngs
@@ -244,8 +244,8 @@ class Superposed(nnx.Module):
 
   def __init__(self, cfg: SuperposedConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
-    e, L, K = cfg.expert, cfg.expert.num_layers, cfg.num_experts
-    self.experts = nnx.List([Transformer(e, rngs=rngs) for _ in range(K)])
+    e, L, E = cfg.expert, cfg.expert.num_layers, cfg.num_experts
+    self.experts = nnx.List([Transformer(e, rngs=rngs) for _ in range(E)])
     scale = {"bias_scale": cfg.bias_scale} if cfg.bias_scale else {}
     if cfg.blend_kind == "1d":
       self.blend = SplineBlend(
@@ -268,7 +268,7 @@ class Superposed(nnx.Module):
       )
     else:
       self.blend = SimplexBlend(
-        L, K, num_control=cfg.control_points, degree=cfg.spline_degree, rngs=rngs
+        L, E, num_control=cfg.control_points, degree=cfg.spline_degree, rngs=rngs
       )
     self.autoencoders = nnx.Dict(
       {
@@ -285,22 +285,22 @@ class Superposed(nnx.Module):
     )
     # Offsets only for the layers the router can still change (≥ router_layer): no output is dead.
     self.router = (
-      Router(e.d_model, L - cfg.router_layer, K, cfg.router_hidden, rngs=rngs)
+      Router(e.d_model, L - cfg.router_layer, E, cfg.router_hidden, rngs=rngs)
       if cfg.router
       else None
     )
 
   # Blend weights ---------------------------------------------------------------------------------
   def alphas(self) -> jax.Array:
-    """The learned blend: α (L,) for '1d', α (L, D) for '2d' (weight of expert 1), weights (L, K)
+    """The learned blend: α (L,) for '1d', α (L, D) for '2d' (weight of expert 1), weights (L, E)
     for 'simplex'."""
     return self.blend()
 
   def weights(self, alpha=None) -> jax.Array:
-    """Blend weights W (L, K, X), X ∈ {1, D}, learned (``alpha=None``) or forced (see
+    """Blend weights W (L, E, X), X ∈ {1, D}, learned (``alpha=None``) or forced (see
     ``__call__``)."""
     cfg = self.cfg
-    L, K = cfg.expert.num_layers, cfg.num_experts
+    L, E = cfg.expert.num_layers, cfg.num_experts
     if alpha is None:
       a = self.blend().astype(jnp.float32)
       if cfg.blend_kind == "simplex":
@@ -308,35 +308,35 @@ class Superposed(nnx.Module):
       w = jnp.stack([1.0 - a, a], axis=1)  # (L, 2) or (L, 2, D)
       return w[..., None] if a.ndim == 1 else w
     a = jnp.asarray(alpha, jnp.float32)
-    if K == 2 and a.ndim <= 1 and a.shape in ((), (L,)):
+    if E == 2 and a.ndim <= 1 and a.shape in ((), (L,)):
       a = jnp.broadcast_to(a, (L,))
       return jnp.stack([1.0 - a, a], axis=1)[..., None]
-    if K == 2 and a.shape == (L, cfg.expert.d_model) and a.shape != (L, K):
+    if E == 2 and a.shape == (L, cfg.expert.d_model) and a.shape != (L, E):
       return jnp.stack([1.0 - a, a], axis=1)
-    if a.shape in ((K,), (L, K)):
-      return jnp.broadcast_to(a, (L, K))[..., None]
+    if a.shape in ((E,), (L, E)):
+      return jnp.broadcast_to(a, (L, E))[..., None]
     raise ValueError(
-      f"alpha of shape {a.shape}: expected a scalar or ({L},) α for 2 experts, or a ({K},) / "
-      f"({L}, {K}) weight array"
+      f"alpha of shape {a.shape}: expected a scalar or ({L},) α for 2 experts, or a ({E},) / "
+      f"({L}, {E}) weight array"
     )
 
-  def _embed_weights(self, w_LKX: jax.Array) -> jax.Array:
+  def _embed_weights(self, w_LEX: jax.Array) -> jax.Array:
     if self.cfg.embed_blend == "base":
-      return jnp.zeros_like(w_LKX[0]).at[0].set(1.0)
-    return w_LKX.mean(0)
+      return jnp.zeros_like(w_LEX[0]).at[0].set(1.0)
+    return w_LEX.mean(0)
 
-  def _route(self, w_LKX: jax.Array, s_BTD: jax.Array) -> jax.Array:
-    """Per-token weights (B, T, L − router_layer, K, 1) = softmax_K(log W + router offsets) of the
+  def _route(self, w_LEX: jax.Array, s_BTD: jax.Array) -> jax.Array:
+    """Per-token weights (B, T, L − router_layer, E, 1) = softmax_E(log W + router offsets) of the
     layers from ``router_layer`` on."""
-    w = w_LKX[self.cfg.router_layer :, :, 0]
+    w = w_LEX[self.cfg.router_layer :, :, 0]
     logits = jnp.log(jnp.maximum(w, _LOG_FLOOR)) + self.router(s_BTD)
     return jax.nn.softmax(logits, axis=-1)[..., None]
 
   # Pieces ----------------------------------------------------------------------------------------
   @staticmethod
-  def _mix(w_KX: jax.Array, states) -> jax.Array:
-    """Σ_k w_k ⊙ h_k; w is (K, X) or per token (B, T, K, X)."""
-    out = sum(w_KX[..., k, :] * h.astype(jnp.float32) for k, h in enumerate(states))
+  def _mix(w_EX: jax.Array, states) -> jax.Array:
+    """Σ_k w_k ⊙ h_k; w is (E, X) or per token (B, T, E, X)."""
+    out = sum(w_EX[..., k, :] * h.astype(jnp.float32) for k, h in enumerate(states))
     return sharding.constrain(out.astype(states[0].dtype), RESIDUAL_AXES)
 
   def _alpha_form(self, alpha) -> bool:
@@ -347,11 +347,11 @@ class Superposed(nnx.Module):
     L, D = cfg.expert.num_layers, cfg.expert.d_model
     return alpha is None or jnp.shape(alpha) in ((), (L,), (L, D))
 
-  def _blend_step(self, l: int, w_KX: jax.Array, states, *, encode: bool, fused: bool) -> jax.Array:
+  def _blend_step(self, l: int, w_EX: jax.Array, states, *, encode: bool, fused: bool) -> jax.Array:
     """The blended state of layer l, autoencoded when ``encode``; with ``cfg.kernel == 'pallas'``
     and ``fused`` (two experts, weights (1 − α, α)) one fused kernel does both."""
     if encode and fused and self.cfg.kernel == "pallas":
-      a = w_KX[1]
+      a = w_EX[1]
       a = a[0] if a.shape == (1,) else a
       params = kernel_lib.autoencoder_params(self.autoencoders[str(l)])
       return kernel_lib.superpose_step(
@@ -362,10 +362,10 @@ class Superposed(nnx.Module):
         impl="pallas",
         config=kernel_lib.KernelConfig(block_rows=self.cfg.kernel_block_rows),
       )
-    state = self._mix(w_KX, states)
+    state = self._mix(w_EX, states)
     return self.autoencoders[str(l)](state) if encode else state
 
-  def _unembed(self, h_BTD: jax.Array, w_KX: jax.Array, frozen: bool) -> jax.Array:
+  def _unembed(self, h_BTD: jax.Array, w_EX: jax.Array, frozen: bool) -> jax.Array:
     """Logits of the blended head: Σ_k h · (w_k ⊙ E_k)ᵀ, with the padded vocabulary ids masked."""
     e = self.cfg.expert
     dtype = e.compute_dtype
@@ -374,15 +374,15 @@ class Superposed(nnx.Module):
     ]
     if frozen:
       tables = [jax.lax.stop_gradient(t) for t in tables]
-    if w_KX.ndim == 2:  # one table: the cost of a single head
-      table = sum(w_KX[k][None, :] * t.astype(jnp.float32) for k, t in enumerate(tables))
+    if w_EX.ndim == 2:  # one table: the cost of a single head
+      table = sum(w_EX[k][None, :] * t.astype(jnp.float32) for k, t in enumerate(tables))
       logits = jnp.einsum(
         "btd,vd->btv", h_BTD.astype(dtype), table.astype(dtype), preferred_element_type=jnp.float32
       )
     else:  # per-token weights: contract over (expert, dim) in one matmul
-      x_BTKD = (w_KX * h_BTD.astype(jnp.float32)[:, :, None, :]).astype(dtype)
+      x_BTED = (w_EX * h_BTD.astype(jnp.float32)[:, :, None, :]).astype(dtype)
       logits = jnp.einsum(
-        "btkd,kvd->btv", x_BTKD, jnp.stack(tables).astype(dtype), preferred_element_type=jnp.float32
+        "btkd,kvd->btv", x_BTED, jnp.stack(tables).astype(dtype), preferred_element_type=jnp.float32
       )
     if e.padded_vocab > e.vocab_size:
       logits = jnp.where(jnp.arange(e.padded_vocab) < e.vocab_size, logits, VOCAB_PAD_LOGIT)
@@ -393,7 +393,7 @@ class Superposed(nnx.Module):
 
   # Teacher-forced training graph (p1 §3.4) --------------------------------------------------------
   def expert_states(self, tokens_BT, *, positions_BT=None, segment_ids_BT=None) -> jax.Array:
-    """(K, L + 1, B, T, D): every expert run alone, HF convention (last state after its final
+    """(E, L + 1, B, T, D): every expert run alone, HF convention (last state after its final
     norm)."""
     positions_BT = self._positions(tokens_BT, positions_BT)
     out = []
@@ -413,7 +413,7 @@ class Superposed(nnx.Module):
     recon_loss = Σ over ``train_ae_layers`` of the mean squared error between the reconstruction and
     the state of expert ``labels_B[b]`` of each row (run alone), averaged over the positions where
     ``mask_BT`` (default: all) and the hidden dimension. aux: ``recon/<layer>`` per layer and
-    ``weights`` (L, K, X).
+    ``weights`` (L, E, X).
     """
     cfg = self.cfg
     encoded = cfg.trained_ae_layers
@@ -423,9 +423,9 @@ class Superposed(nnx.Module):
         self.expert_states(tokens_BT, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT)
       )
     if encoded:
-      onehot_BK = jax.nn.one_hot(labels_B, cfg.num_experts, dtype=jnp.float32)
+      onehot_BE = jax.nn.one_hot(labels_B, cfg.num_experts, dtype=jnp.float32)
       targets = {
-        l: jnp.einsum("bk,kbtd->btd", onehot_BK, states[:, l + 1].astype(jnp.float32))
+        l: jnp.einsum("bk,kbtd->btd", onehot_BE, states[:, l + 1].astype(jnp.float32))
         for l in encoded
       }
     mask = (
@@ -447,10 +447,10 @@ class Superposed(nnx.Module):
     return logits, recon.total, {**recon.parts, "weights": self.weights()}
 
   def _teacher_forced(self, states, recon: "_Recon") -> jax.Array:
-    """The notebook's graph (p1 §3.4): every layer blends the experts' own states (K, L + 1, B, T,
+    """The notebook's graph (p1 §3.4): every layer blends the experts' own states (E, L + 1, B, T,
     D)."""
     cfg = self.cfg
-    L, K = cfg.expert.num_layers, cfg.num_experts
+    L, E = cfg.expert.num_layers, cfg.num_experts
     w = self.weights()
     state = self._mix(self._embed_weights(w), states[:, 0])  # what block 0 would read
     routed = None
@@ -462,7 +462,7 @@ class Superposed(nnx.Module):
       state = self._blend_step(
         l,
         w_l,
-        [states[k, l + 1] for k in range(K)],
+        [states[k, l + 1] for k in range(E)],
         encode=encode,
         fused=routed is None and self._alpha_form(None),
       )
@@ -479,7 +479,7 @@ class Superposed(nnx.Module):
 
     alpha: None = the learned blend (and router); for 2 experts a scalar or (L,) α (0 = base, 1 =
     expert)
-      or (L, D) per dimension; for K experts a (K,) or (L, K) weight array. A traced array is fine:
+      or (L, D) per dimension; for E experts a (E,) or (L, E) weight array. A traced array is fine:
       one compiled function serves every forced blend.
     use_autoencoders: False bypasses the autoencoders (plain activation blending).
     """

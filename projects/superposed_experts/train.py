@@ -307,7 +307,7 @@ class SuperposedSpec:
         metrics[f"lambda/{k + 1}"] = model.lam[...][:, k].mean()
       return ce, metrics
     if self.method == "trunk":
-      logits, gate_BTK = model.forward(batch["inputs"], stop_trunk=True, **kw)
+      logits, gate_BTE = model.forward(batch["inputs"], stop_trunk=True, **kw)
       ce, metrics = lm_loss(logits, batch["targets"], batch["weights"])
       w = batch["weights"]
       loss = self.lm_weight * ce
@@ -317,7 +317,7 @@ class SuperposedSpec:
         kl = (jnp.exp(teacher) * (teacher - logp_model)).sum(-1)
         metrics["distill_kl"] = (kl * w).sum() / jnp.maximum(w.sum(), 1.0)
         loss = loss + self.distill_weight * metrics["distill_kl"]
-      logp = jax.nn.log_softmax(gate_BTK.astype(jnp.float32), -1)
+      logp = jax.nn.log_softmax(gate_BTE.astype(jnp.float32), -1)
       label_nll = -jnp.take_along_axis(
         logp, batch["labels"][:, None, None].repeat(logp.shape[1], 1), -1
       )[..., 0]

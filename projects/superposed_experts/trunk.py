@@ -4,10 +4,10 @@ gate.
 For every trunk parameter θ the forward at token t uses θ + Σ_k g_k(t) Δ_k (superpose.nn.deltas):
 Δ_k is low rank for matrices (initialised from the truncated SVD of θ_k − θ_trunk, rank ``rank``),
 full for biases and norm scales, low rank or full for the embedding tables (``delta_embeddings``).
-The trunk is expert 0 (the base; its delta would be zero, so only experts 1..K−1 get one) or, with
+The trunk is expert 0 (the base; its delta would be zero, so only experts 1..E−1 get one) or, with
 ``trunk_from``, the merged weights of a learned ``merge`` run (then every expert gets a delta).
 
-The gate g(t) = softmax over the K experts of a small MLP (superpose.blend.CausalGate) that reads
+The gate g(t) = softmax over the E experts of a small MLP (superpose.blend.CausalGate) that reads
 the trunk's own input embedding at t and its exponential moving averages over the prefix (several
 decay rates): causal — token t+1 never reaches g(t) — and able to switch domain within a sequence,
 because the short averages forget. Reading the embedding (state 0) rather than a deeper trunk state
@@ -50,13 +50,13 @@ class TrunkConfig:
   num_experts: int
   delta_experts: tuple[
     int, ...
-  ]  # experts with a delta, in gate order (1..K−1 when the trunk is the base)
+  ]  # experts with a delta, in gate order (1..E−1 when the trunk is the base)
   rank: int = 8
   delta_vectors: str = "full"
   delta_embeddings: str = "lowrank"
   gate_hidden: int = 32
   gate_decays: tuple[float, ...] = (0.0, 0.9, 0.98)
-  distill: bool = False  # hold the K experts as frozen teachers (training only)
+  distill: bool = False  # hold the E experts as frozen teachers (training only)
 
   def __post_init__(self):
     errors = []
@@ -82,12 +82,12 @@ class TrunkConfig:
 
 def trunk_config(config: Mapping, expert: TransformerConfig) -> TrunkConfig:
   s = config["superposed"]
-  K = int(s["num_experts"])
+  E = int(s["num_experts"])
   try:
     return TrunkConfig(
       expert=expert,
-      num_experts=K,
-      delta_experts=tuple(range(K)) if s["trunk_from"] else tuple(range(1, K)),
+      num_experts=E,
+      delta_experts=tuple(range(E)) if s["trunk_from"] else tuple(range(1, E)),
       rank=int(s["rank"]),
       delta_vectors=s["delta_vectors"],
       delta_embeddings=s["delta_embeddings"],
@@ -144,7 +144,7 @@ class OneTrunk(nnx.Module):
   def gate_logits(
     self, tokens_BT, *, positions_BT=None, segment_ids_BT=None, trunk=None
   ) -> jax.Array:
-    """(B, T, K): the gate reads the trunk's input embedding (no delta) and its causal averages."""
+    """(B, T, E): the gate reads the trunk's input embedding (no delta) and its causal averages."""
     trunk = self.trunk if trunk is None else trunk
     return self.gate(trunk.embed(tokens_BT, positions_BT), segment_ids_BT)
 
@@ -155,31 +155,31 @@ class OneTrunk(nnx.Module):
     self,
     tokens_BT,
     *,
-    gate_BTK=None,
+    gate_BTE=None,
     stop_trunk: bool = False,
     positions_BT=None,
     segment_ids_BT=None,
   ) -> tuple[jax.Array, jax.Array]:
-    """(logits_BTV, gate logits (B, T, K)). ``gate_BTK`` forces the expert weights (an oracle gate);
+    """(logits_BTV, gate logits (B, T, E)). ``gate_BTE`` forces the expert weights (an oracle gate);
     ``stop_trunk`` makes the trunk's parameters constants for autodiff (training: it is frozen)."""
     trunk = state_lib.frozen_view(self.trunk) if stop_trunk else self.trunk
-    logits_BTK = self.gate_logits(
+    logits_BTE = self.gate_logits(
       tokens_BT, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT, trunk=trunk
     )
     probs = (
-      jax.nn.softmax(logits_BTK.astype(jnp.float32), -1)
-      if gate_BTK is None
-      else gate_BTK.astype(jnp.float32)
+      jax.nn.softmax(logits_BTE.astype(jnp.float32), -1)
+      if gate_BTE is None
+      else gate_BTE.astype(jnp.float32)
     )
     delta = self.deltas(probs[..., jnp.asarray(self.cfg.delta_experts)])
     out = trunk(tokens_BT, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT, delta=delta)
-    return out.logits_BTV, logits_BTK
+    return out.logits_BTV, logits_BTE
 
   def __call__(
-    self, tokens_BT, *, gate_BTK=None, positions_BT=None, segment_ids_BT=None
+    self, tokens_BT, *, gate_BTE=None, positions_BT=None, segment_ids_BT=None
   ) -> jax.Array:
     return self.forward(
-      tokens_BT, gate_BTK=gate_BTK, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT
+      tokens_BT, gate_BTE=gate_BTE, positions_BT=positions_BT, segment_ids_BT=segment_ids_BT
     )[0]
 
 

@@ -20,12 +20,12 @@ from superpose.blend import Autoencoder
 from superpose.kernels import KernelConfig, autoencoder_params, fused, reference, superpose_step
 from superpose.kernels import _math as kernel_math
 
-B, T, D, K = (
+B, T, D, Z = (
   2,
   37,
   20,
   12,
-)  # T spans 5 blocks of 8 rows (the last one partial); D, K not multiples of 8
+)  # T spans 5 blocks of 8 rows (the last one partial); D, Z not multiples of 8
 CFG = KernelConfig(block_rows=8)
 ARGNUMS = tuple(range(7))  # h_base, h_expert, alpha, enc, enc_bias, dec, dec_bias
 
@@ -35,24 +35,24 @@ def _normal(rng, shape, scale=1.0, dtype=jnp.float32):
 
 
 def _args(
-  decoder="conv", alpha="scalar", kernel_size=3, dtype=jnp.float32, t=T, seed=0, b=B, d=D, k=K
+  decoder="conv", alpha="scalar", kernel_size=3, dtype=jnp.float32, t=T, seed=0, b=B, d=D, k=Z
 ):
   """h_base, h_expert, alpha, enc, enc_bias, dec, dec_bias at the Autoencoder's initial scale."""
-  B, D, K = b, d, k
+  B, D, Z = b, d, k
   rng = np.random.default_rng(seed)
   a = {
     "scalar": jnp.float32(0.3),
     "feature": jax.nn.sigmoid(_normal(rng, (D,))),
     "position": jax.nn.sigmoid(_normal(rng, (B, t))),
   }[alpha]
-  dec_shape = (K, D) if decoder == "linear" else (kernel_size, K, D)
-  fan = K if decoder == "linear" else K * kernel_size
+  dec_shape = (Z, D) if decoder == "linear" else (kernel_size, Z, D)
+  fan = Z if decoder == "linear" else Z * kernel_size
   return (
     _normal(rng, (B, t, D), dtype=dtype),
     _normal(rng, (B, t, D), dtype=dtype),
     a,
-    _normal(rng, (D, K), D**-0.5),
-    _normal(rng, (K,), D**-0.5),
+    _normal(rng, (D, Z), D**-0.5),
+    _normal(rng, (Z,), D**-0.5),
     _normal(rng, dec_shape, fan**-0.5),
     _normal(rng, (D,), fan**-0.5),
   )
@@ -113,7 +113,7 @@ def test_bf16_forward_and_grads_match_reference():
 
 @pytest.mark.parametrize("decoder,kernel_size", [("conv", 4), ("linear", 1)])
 def test_matches_autoencoder_on_blended_state(decoder, kernel_size):
-  ae = Autoencoder(D, K, decoder=decoder, kernel_size=kernel_size, rngs=nnx.Rngs(0))
+  ae = Autoencoder(D, Z, decoder=decoder, kernel_size=kernel_size, rngs=nnx.Rngs(0))
   h_base, h_expert, alpha = _args(decoder, "feature", kernel_size)[:3]
   h = ((1 - alpha) * h_base + alpha * h_expert).astype(h_base.dtype)
   y = fused(h_base, h_expert, alpha, config=KernelConfig(block_rows=16), **autoencoder_params(ae))
@@ -157,12 +157,12 @@ def test_dispatch_and_config():
 def test_bad_shapes_raise():
   h_base, h_expert, _, enc, enc_bias, dec, dec_bias = _args("conv", "scalar")
   with pytest.raises(ValueError, match="alpha"):
-    fused(h_base, h_expert, jnp.ones((K,)), enc, enc_bias, dec, dec_bias)
+    fused(h_base, h_expert, jnp.ones((Z,)), enc, enc_bias, dec, dec_bias)
   with pytest.raises(ValueError, match="dec must be"):
     reference(h_base, h_expert, 0.5, enc, enc_bias, dec[:, :, :-1], dec_bias)
   with pytest.raises(ValueError, match="h_base and h_expert"):
     fused(h_base, h_expert[:, :-1], 0.5, enc, enc_bias, dec, dec_bias)
-  wide = jnp.zeros((10, K, D))  # W − 1 = 9 rows of halo > an 8-row block
+  wide = jnp.zeros((10, Z, D))  # W − 1 = 9 rows of halo > an 8-row block
   with pytest.raises(ValueError, match="block_rows"):
     fused(h_base, h_expert, 0.5, enc, enc_bias, wide, dec_bias, config=CFG)
 
@@ -246,7 +246,7 @@ def test_gpu_variant_in_interpret_mode(decoder, alpha, kernel_size):
 
 
 def test_gpu_constraints_raise():
-  args = _args("conv", "scalar")  # D = 20, K = 12
+  args = _args("conv", "scalar")  # D = 20, Z = 12
   with pytest.raises(ValueError, match="powers of two"):
     fused(*args, config=KernelConfig(block_rows=16, platform="gpu", interpret=True))
   with pytest.raises(ValueError, match="block_rows = 24"):

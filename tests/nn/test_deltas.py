@@ -131,7 +131,7 @@ def test_constant_gate_equals_materialised_weights(name):
   delta_params = random_deltas(
     theta, rank=3, seed=1, scale=0.3, full_tables=True
   )  # Full lookups and head
-  gate_K = np.asarray([0.3, -0.7], np.float32)
+  gate_E = np.asarray([0.3, -0.7], np.float32)
 
   def materialise(x, e):
     if isinstance(e, LowRank):
@@ -144,7 +144,7 @@ def test_constant_gate_equals_materialised_weights(name):
       )  # r < min dim
     else:
       dense = np.asarray(e.d)
-    return jnp.asarray(np.asarray(x) + np.tensordot(gate_K, dense, axes=1), jnp.float32)
+    return jnp.asarray(np.asarray(x) + np.tensordot(gate_E, dense, axes=1), jnp.float32)
 
   merged = jax.tree.map(
     materialise, theta, delta_params, is_leaf=lambda x: isinstance(x, (LowRank, Full))
@@ -154,7 +154,7 @@ def test_constant_gate_equals_materialised_weights(name):
   nnx.replace_by_pure_dict(state, merged)
   nnx.update(target, state)
   tokens = tokens_for(3)
-  gate = jnp.broadcast_to(jnp.asarray(gate_K), (2, T, K))
+  gate = jnp.broadcast_to(jnp.asarray(gate_E), (2, T, K))
   expected = logits(target, tokens)
   assert np.abs(expected - logits(trunk, tokens))[..., :V].max() > 0.1
   np.testing.assert_allclose(

@@ -29,8 +29,8 @@ class Tiny(nnx.Module):
     self.times_zero = nnx.Param(jnp.ones((3,)))
     self.unused = nnx.Param(jnp.ones((2,)))
 
-  def __call__(self, x_BI):
-    return jnp.tanh(x_BI @ self.a) @ self.b + x_BI @ self.frozen + 0.0 * self.times_zero.sum()
+  def __call__(self, x_BX):
+    return jnp.tanh(x_BX @ self.a) @ self.b + x_BX @ self.frozen + 0.0 * self.times_zero.sum()
 
 
 class TinySpecAndData:
@@ -125,23 +125,23 @@ def test_check_loss_on_a_plain_function():
     "unused": jnp.ones(4),
     "nested": {"bias": jnp.zeros(2)},
   }
-  x_BI = jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
+  x_BX = jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
 
   def loss_fn(p, x):
     y = x @ p["w"] * p["frozen"] + p["nested"]["bias"]
     loss = jnp.mean(y**2) + jnp.sqrt(p["sqrt_at_zero"]).sum()  # d sqrt(x)/dx = inf at 0: not finite
     return loss, {"y": y}
 
-  report = gradcheck.check_loss(loss_fn, params, x_BI, trainable=lambda path: path != "frozen")
+  report = gradcheck.check_loss(loss_fn, params, x_BX, trainable=lambda path: path != "frozen")
   assert report.dead == ["sqrt_at_zero", "unused"] and report.frozen_with_grad == ["frozen"]
   assert (report.trainable, report.frozen, report.moved_frozen) == (4, 1, [])
   mask = jax.tree.map(lambda _: True, params) | {"frozen": False}
-  assert gradcheck.check_loss(lambda p, x: loss_fn(p, x)[0], params, x_BI, trainable=mask) == report
+  assert gradcheck.check_loss(lambda p, x: loss_fn(p, x)[0], params, x_BX, trainable=mask) == report
   alive = {k: v for k, v in params.items() if k not in ("sqrt_at_zero", "unused")}
   clean = gradcheck.check_loss(
     lambda p, x: jnp.mean((x @ p["w"] * p["frozen"] + p["nested"]["bias"]) ** 2),
     alive,
-    x_BI,
+    x_BX,
     trainable=lambda path: True,
   )
   gradcheck.assert_gradients_flow(clean)

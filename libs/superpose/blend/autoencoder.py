@@ -100,20 +100,20 @@ class Autoencoder(nnx.Module):
   def __call__(self, h_BTD: jax.Array) -> jax.Array:
     """Reconstruction of ``h_BTD``, computed in its dtype with f32 accumulation; GELU in f32."""
     dtype = h_BTD.dtype
-    z_BTK = jnp.einsum(
+    z_BTZ = jnp.einsum(
       "btd,dk->btk", h_BTD, self.enc[...].astype(dtype), preferred_element_type=jnp.float32
     )
-    z_BTK = jax.nn.gelu(z_BTK + self.enc_bias[...].astype(jnp.float32), approximate=False).astype(
+    z_BTZ = jax.nn.gelu(z_BTZ + self.enc_bias[...].astype(jnp.float32), approximate=False).astype(
       dtype
     )
     if self.decoder == "linear":
       y_BTD = jnp.einsum(
-        "btk,kd->btd", z_BTK, self.dec[...].astype(dtype), preferred_element_type=jnp.float32
+        "btk,kd->btd", z_BTZ, self.dec[...].astype(dtype), preferred_element_type=jnp.float32
       )
     else:
       # Cross-correlation over T like torch's Conv1d: y_t = Σ_j z_{t − left + j} · W_j.
       y_BTD = jax.lax.conv_general_dilated(
-        z_BTK,
+        z_BTZ,
         self.dec[...].astype(dtype),
         window_strides=(1,),
         padding=[self.padding()],

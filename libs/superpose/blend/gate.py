@@ -1,4 +1,4 @@
-"""A causal per-token gate over K experts from a residual state: EMA features → MLP → logits.
+"""A causal per-token gate over E experts from a residual state: EMA features → MLP → logits.
 
 The gate must be causal (token t never sees t+1, or a language-model loss leaks the future) and must
 be able to switch domain mid-sequence: a cumulative mean over the prefix cannot forget the first
@@ -11,7 +11,7 @@ computed with ``jax.lax.associative_scan`` (O(T log T) work, log T depth, causal
 and restarted at packed-document boundaries when ``segment_ids_BT`` is given (t then counts from the
 document's first token). The bias correction is the same scan run on ones: the EMA of a constant is
 that constant from the first token on. Concatenated over decays → dense(hidden) → exact GELU →
-dense(K) = logits. The EMA is linear, so EMA(s)·W = EMA(s·W): the forward projects each position to
+dense(E) = logits. The EMA is linear, so EMA(s)·W = EMA(s·W): the forward projects each position to
 the hidden width first and averages there (hidden ≪ d_model: a few times less scan work, the same
 logits). The output layer starts at zero, so the gate starts uniform after a softmax; its first step
 moves the output layer only (the hidden layer's gradient goes through it).
@@ -40,26 +40,26 @@ def causal_ema(
   if x.ndim == 3:
     x = jnp.broadcast_to(x[:, :, None, :], x.shape[:2] + (len(decays),) + x.shape[2:])
   batch, length, _, dim = x.shape
-  beta_N = jnp.asarray(decays, jnp.float32)
+  beta_Y = jnp.asarray(decays, jnp.float32)
   start_BT = jnp.zeros((batch, length), bool).at[:, 0].set(True)
   if segment_ids_BT is not None:
     start_BT = start_BT.at[:, 1:].set(segment_ids_BT[:, 1:] != segment_ids_BT[:, :-1])
   # h_t = A_t · h_{t−1} + u_t with A_t = β (0 at a document start) and u_t = (1 − β)·[x_t, 1].
-  decay_BTN = jnp.where(start_BT[..., None], 0.0, beta_N)
+  decay_BTY = jnp.where(start_BT[..., None], 0.0, beta_Y)
   ones = jnp.ones((batch, length, len(decays), 1), jnp.float32)
-  u_BTNE = (1.0 - beta_N)[:, None] * jnp.concatenate([x, ones], axis=-1)
+  u_BTYX = (1.0 - beta_Y)[:, None] * jnp.concatenate([x, ones], axis=-1)
 
   def combine(earlier, later):
     a1, u1 = earlier
     a2, u2 = later
     return a1 * a2, a2[..., None] * u1 + u2
 
-  _, h_BTNE = jax.lax.associative_scan(combine, (decay_BTN, u_BTNE), axis=1)
-  return h_BTNE[..., :dim] / h_BTNE[..., dim:]  # the ones-channel holds 1 − β^(t − start + 1)
+  _, h_BTYX = jax.lax.associative_scan(combine, (decay_BTY, u_BTYX), axis=1)
+  return h_BTYX[..., :dim] / h_BTYX[..., dim:]  # the ones-channel holds 1 − β^(t − start + 1)
 
 
 class CausalGate(nnx.Module):
-  """``__call__(s_BTD, segment_ids_BT=None) -> logits_BTK`` (f32); softmax, top-1 … are the
+  """``__call__(s_BTD, segment_ids_BT=None) -> logits_BTE`` (f32); softmax, top-1 … are the
   caller's."""
 
   def __init__(
@@ -101,12 +101,12 @@ class CausalGate(nnx.Module):
   def __call__(self, s_BTD: jax.Array, segment_ids_BT: jax.Array | None = None) -> jax.Array:
     s = s_BTD.astype(jnp.float32)
     s = s * jax.lax.rsqrt(jnp.mean(jnp.square(s), axis=-1, keepdims=True) + self.eps)
-    p_BTNH = jnp.einsum(
+    p_BTYF = jnp.einsum(
       "btd,ndh->btnh", s, self.w_in[...].astype(jnp.float32)
     )  # project, then average
-    h_BTH = causal_ema(p_BTNH, self.decays, segment_ids_BT).sum(2)
-    h_BTH = jax.nn.gelu(h_BTH + self.b_in[...].astype(jnp.float32), approximate=False)
-    return jnp.einsum("bth,hk->btk", h_BTH, self.w_out[...].astype(jnp.float32)) + self.b_out[
+    h_BTF = causal_ema(p_BTYF, self.decays, segment_ids_BT).sum(2)
+    h_BTF = jax.nn.gelu(h_BTF + self.b_in[...].astype(jnp.float32), approximate=False)
+    return jnp.einsum("bth,hk->btk", h_BTF, self.w_out[...].astype(jnp.float32)) + self.b_out[
       ...
     ].astype(jnp.float32)
 

@@ -1,20 +1,20 @@
-"""K experts as one trunk plus per-expert parameter deltas: the learnable side of
+"""E experts as one trunk plus per-expert parameter deltas: the learnable side of
 ``superpose.nn.deltas``.
 
-``ExpertDeltas`` holds, for every trunk parameter that gets one, the K deltas as ``nnx.Param``
+``ExpertDeltas`` holds, for every trunk parameter that gets one, the E deltas as ``nnx.Param``
 leaves at the trunk parameter's own path (``blocks/0/attn/q/{a,b}``, ``final_norm/scale/d``), so its
-pure dict reads like the trunk's and shards like it. ``__call__(gate_BTK)`` returns the
+pure dict reads like the trunk's and shards like it. ``__call__(gate_BTE)`` returns the
 ``superpose.nn.deltas.Delta`` that the Transformer's forward takes.
 
 Which delta each parameter gets (by name, not only by rank: a (h, dh) ``q_bias`` is added, not
 multiplied):
-  * matrices (q, k, v, o, wi, wg, wo, …): ``LowRank`` a (K, *in, r), b (K, r, *out), with
+  * matrices (q, k, v, o, wi, wg, wo, …): ``LowRank`` a (E, *in, r), b (E, r, *out), with
     r = min(rank, prod(in), prod(out)) — a rank at or above every dimension is exact;
-  * biases and norm scales: ``Full`` d (K, *shape) when ``vector_mode='full'``, none for ``'none'``;
+  * biases and norm scales: ``Full`` d (E, *shape) when ``vector_mode='full'``, none for ``'none'``;
   * the vocabulary and position tables (``token_embedding``, ``position_embedding``,
     ``unembedding``): ``embedding_mode`` 'lowrank' | 'full' | 'none';
   * paths matching any regex of ``skip`` (searched in ``"blocks/0/attn/q"``): none.
-A scanned trunk (``blocks/attn/q`` with a leading layer axis) gives stacked deltas, (L, K, …).
+A scanned trunk (``blocks/attn/q`` with a leading layer axis) gives stacked deltas, (L, E, …).
 
 Initialisation: a ~ N(0, σ²) with σ = 1/√prod(in) (σ = 1 for lookup tables, whose input is one-hot),
 b = 0, d = 0. Every Δ is then exactly zero — a fresh module reproduces the trunk — yet it trains:
@@ -159,11 +159,11 @@ def _init_a(entry: Entry):
 
 
 class ExpertDeltas(nnx.Module):
-  """K per-expert deltas of a trunk's parameters; ``__call__(gate_BTK)`` →
+  """E per-expert deltas of a trunk's parameters; ``__call__(gate_BTE)`` →
   ``superpose.nn.deltas.Delta``.
 
   The trunk is read for shapes, dtypes, logical axes and layout only (see :func:`plan`). Delta
-  leaves shard like their trunk parameter, with the K axis ('experts') and the rank axis unsharded.
+  leaves shard like their trunk parameter, with the E axis ('experts') and the rank axis unsharded.
   """
 
   def __init__(
@@ -232,12 +232,12 @@ class ExpertDeltas(nnx.Module):
       node[e.path[-1]] = Full(value["d"]) if e.kind == "full" else LowRank(value["a"], value["b"])
     return out
 
-  def __call__(self, gate_BTK: jax.Array) -> Delta:
-    if gate_BTK.shape[-1] != self.num_deltas:
+  def __call__(self, gate_BTE: jax.Array) -> Delta:
+    if gate_BTE.shape[-1] != self.num_deltas:
       raise ValueError(
-        f"ExpertDeltas: a gate over {gate_BTK.shape[-1]} for {self.num_deltas} deltas"
+        f"ExpertDeltas: a gate over {gate_BTE.shape[-1]} for {self.num_deltas} deltas"
       )
-    return Delta(gate_BTK, self.delta_params())
+    return Delta(gate_BTE, self.delta_params())
 
   def load(self, values) -> None:
     """Set every delta from a pure dict like :func:`values_from_experts` returns (missing entries
@@ -292,7 +292,7 @@ def values_from_experts(
   embedding_mode: str = "lowrank",
   skip: Sequence[str] = (),
 ) -> dict:
-  """The pure dict of delta values (``{path: {'a', 'b'} | {'d'}}``) of K experts against the trunk.
+  """The pure dict of delta values (``{path: {'a', 'b'} | {'d'}}``) of E experts against the trunk.
 
   Matrices: the balanced truncated SVD of θ_k − θ_trunk (``deltas.lowrank_from_difference``,
   float64, per layer for stacked blocks); Full entries: the exact differences. Params may be pure
@@ -321,7 +321,7 @@ def values_from_experts(
         [deltas.lowrank_from_difference(m, e.rank, e.n_in) for m in per_layer]
         for per_layer in layers
       ]
-      # (K, …) per layer, then the layer axis in front for stacked blocks.
+      # (E, …) per layer, then the layer axis in front for stacked blocks.
       a, b = (
         [np.stack([pairs[k][i][j] for k in range(len(diffs))]) for i in range(len(layers[0]))]
         for j in (0, 1)

@@ -18,7 +18,7 @@ Two implementations with one signature:
 
 Forward kernel. Grid (B, cdiv(T, block_t)), both axes independent ('parallel'). A step reads rows
 [i·block_t, (i+1)·block_t) of one batch row of h_base, h_expert and the per-position α, with every
-parameter (enc, dec, biases, per-feature α) as a whole-array block: D and K are not tiled. The
+parameter (enc, dec, biases, per-feature α) as a whole-array block: D and Z are not tiled. The
 causal conv needs z of the W − 1 rows before the block: the kernel re-reads a small halo block of
 the inputs just before its own (a multiple of the sublane tile ≥ W − 1 rows dividing block_t, else a
 whole block) and recomputes their z (a halo recompute, so the grid steps stay independent and need
@@ -37,7 +37,7 @@ kernel). Given g_y (and g_h with ``return_h``) it computes, per block, in f32 ac
   per-position (rows, 1) and per-feature (1, D) factors of α.
 Row-local cotangents (h_base, h_expert, per-position α) are written per block; the parameter
 cotangents (enc, enc_bias, dec, dec_bias, per-feature α) are per-block partial sums, outputs of
-shape (B, n_blocks, …) in f32 summed in JAX afterwards (memory B·n_blocks·(W + 1)·K·D·4 bytes: use a
+shape (B, n_blocks, …) in f32 summed in JAX afterwards (memory B·n_blocks·(W + 1)·Z·D·4 bytes: use a
 large block_rows for long T). Rows of a partial last block past T are zeroed before every reduction.
 
 Where it runs (``KernelConfig.platform``; None = ``jax.default_backend()`` at trace time):
@@ -46,13 +46,13 @@ Where it runs (``KernelConfig.platform``; None = ``jax.default_backend()`` at tr
     here.
   * 'gpu': Pallas Triton, ``jax.experimental.pallas.triton.CompilerParams(num_warps, num_stages)``
     (the Triton backend is deprecated upstream in favour of Mosaic GPU, but it lowers for any CUDA
-    GPU). Triton needs power-of-two block sizes and dot dims ≥ 16: D, K and block_rows must be
-    powers of two ≥ 16 (a ValueError says so otherwise; D and K are not padded). Triton neither
+    GPU). Triton needs power-of-two block sizes and dot dims ≥ 16: D, Z and block_rows must be
+    powers of two ≥ 16 (a ValueError says so otherwise; D and Z are not padded). Triton neither
     masks nor pads a partial last block, so there the row axis is zero-padded to whole blocks in
     ``fused`` (exact: see there). Triton lowers no erf and no value slices, so on the GPU erf is
     Eigen's f32 rational approximation and the conv's row shifts are 0/1 selection matmuls at
     HIGHEST precision (exact) against a ≥ 16-row halo block. enc and dec are whole blocks held by
-    one program, so only modest D·K suit this layout on a GPU. Lowering for ('cuda',) is checked on
+    one program, so only modest D·Z suit this layout on a GPU. Lowering for ('cuda',) is checked on
     the CPU host (Triton IR only; ptxas/compilation and speed are not checked here, no GPU run).
   * 'cpu': interpret mode (a jitted scan over the grid; correctness only, not a speed measure).
 ``interpret=True`` runs any platform's variant in interpret mode (so the GPU variant's math is
@@ -92,7 +92,7 @@ class KernelConfig:
 
   block_rows: rows (positions along T; along B·T for the linear decoder) per grid step, a positive
     multiple of 8 (the TPU sublane tile; use multiples of 16 for bf16). Clamped to the (8-rounded;
-    on the GPU power-of-two, ≥ 16) row count of the input. D and K are not tiled: enc and dec are
+    on the GPU power-of-two, ≥ 16) row count of the input. D and Z are not tiled: enc and dec are
     whole blocks in every step. On the GPU it must be a power of two ≥ 16.
   interpret: run ``pallas_call`` in interpret mode (a jitted scan over the grid, no Mosaic/Triton);
     None = automatically, when the platform is the CPU.
@@ -104,7 +104,7 @@ class KernelConfig:
   num_warps, num_stages: Triton compiler params (platform 'gpu' only).
   vmem_limit_bytes: Mosaic's scoped VMEM limit (platform 'tpu' only; None = Mosaic's default). The
     backward keeps enc, dec and their f32 partial cotangents resident (double-buffered), about
-    2·(itemsize + 4)·(W + 1)·K·D bytes: raise it for large D·K.
+    2·(itemsize + 4)·(W + 1)·Z·D bytes: raise it for large D·Z.
   """
 
   block_rows: int = 128
@@ -178,7 +178,7 @@ def _halo_z(hbh_ref, heh_ref, arh_ref, a_feat, enc, enc_bias, dtype, W: int, hal
 def _fwd_kernel(*refs, W: int, halo: int, with_halo: bool, return_h: bool, gpu: bool):
   """One (batch row, row block) step of the forward. Refs (batch dim squeezed):
 
-  hb, he (rows, D); a_row (rows, 1); a_feat (1, D); enc (D, K); enc_bias (1, K); dec (W, K, D);
+  hb, he (rows, D); a_row (rows, 1); a_feat (1, D); enc (D, Z); enc_bias (1, Z); dec (W, Z, D);
   dec_bias (1, D); [halo: hb_h, he_h (halo, D), a_row_h (halo, 1)]; outputs y (rows, D) [, h (rows,
   D)].
   """
@@ -208,13 +208,13 @@ def _bwd_kernel(
 ):
   """One (batch row, row block) step of the backward. Refs (batch dim squeezed):
 
-  inputs hb, he (rows, D); a_row (rows, 1); a_feat (1, D); enc (D, K); enc_bias (1, K); dec (W, K,
+  inputs hb, he (rows, D); a_row (rows, 1); a_feat (1, D); enc (D, Z); enc_bias (1, Z); dec (W, Z,
   D);
     g_y (rows, D); [g_h (rows, D)]; [halos: hb_h, he_h (halo, D), a_row_h (halo, 1) before the
     block, g_y_h (halo, D) after it];
   outputs g_hb, g_he (rows, D); g_a_row (rows, 1) f32; per-block partial sums (f32, the (batch,
   block)
-    dims squeezed): g_a_feat (1, D), g_enc (D, K), g_enc_bias (1, K), g_dec (W, K, D), g_dec_bias
+    dims squeezed): g_a_feat (1, D), g_enc (D, Z), g_enc_bias (1, Z), g_dec (W, Z, D), g_dec_bias
     (1, D).
 
   Rows past ``n_rows`` (the padding of a partial last block, also in the halo after it) are zeroed
@@ -258,7 +258,7 @@ def _bwd_kernel(
     else:
       z_before = jnp.zeros((16 if gpu else W - 1, z.shape[1]), dtype)
       g_y_after = jnp.zeros((16 if gpu else W - 1, g_y.shape[1]), g_y.dtype)
-  g_z = dot(g_y, dec_ref[W - 1], (1, 1))  # (rows, K) f32
+  g_z = dot(g_y, dec_ref[W - 1], (1, 1))  # (rows, Z) f32
   gdec_ref[W - 1] = dot(z, g_y, (0, 0))
   for j in range(W - 1):
     s = W - 1 - j
@@ -268,7 +268,7 @@ def _bwd_kernel(
     )  # g_z_t += g_y_{t+s} dec[j]ᵀ
 
   # Encoder and GELU.
-  g_pre = g_z.astype(dtype).astype(f32) * gelu_exact_grad(pre, gpu)  # (rows, K) f32
+  g_pre = g_z.astype(dtype).astype(f32) * gelu_exact_grad(pre, gpu)  # (rows, Z) f32
   gencb_ref[...] = jnp.sum(g_pre, axis=0, keepdims=True)
   g_pre_d = g_pre.astype(dtype)
   genc_ref[...] = dot(h, g_pre_d, (0, 0))
@@ -306,32 +306,32 @@ def _layout(T: int, W: int, dtype, config: KernelConfig) -> tuple[int, int, bool
   return block_t, n_t, with_halo, halo, platform
 
 
-def _check_gpu(D: int, K: int, config: KernelConfig):
+def _check_gpu(D: int, Z: int, config: KernelConfig):
   """Triton's constraints: every loaded/stored block and every dot operand has a power-of-two size,
   dot dims ≥ 16."""
   bad = [
     f"{name} = {v}"
-    for name, v in (("D", D), ("K", K), ("block_rows", config.block_rows))
+    for name, v in (("D", D), ("Z", Z), ("block_rows", config.block_rows))
     if v < 16 or v & (v - 1)
   ]
   if bad:
     raise ValueError(
-      f"superpose_step: the GPU (Pallas Triton) kernel needs D, K and block_rows to be powers "
-      f"of two ≥ 16; got {', '.join(bad)} (pad D/K, or use impl='reference' on the GPU)"
+      f"superpose_step: the GPU (Pallas Triton) kernel needs D, Z and block_rows to be powers "
+      f"of two ≥ 16; got {', '.join(bad)} (pad D/Z, or use impl='reference' on the GPU)"
     )
 
 
 def _grid(
-  hb_BTD, enc_DK, dec_WKD, config: KernelConfig
+  hb_BTD, enc_DZ, dec_WZD, config: KernelConfig
 ) -> tuple[int, int, int, int, int, int, int, bool, int, str]:
-  """(B, T, D, K, W, block_t, n_t, with_halo, halo, platform) of one kernel call over the rows of
+  """(B, T, D, Z, W, block_t, n_t, with_halo, halo, platform) of one kernel call over the rows of
   hb_BTD (T is the row axis: B·T for the linear decoder), after Triton's checks on the GPU."""
   B, T, D = hb_BTD.shape
-  K, W = enc_DK.shape[1], dec_WKD.shape[0]
+  Z, W = enc_DZ.shape[1], dec_WZD.shape[0]
   block_t, n_t, with_halo, halo, platform = _layout(T, W, hb_BTD.dtype, config)
   if platform == "gpu":
-    _check_gpu(D, K, config)
-  return B, T, D, K, W, block_t, n_t, with_halo, halo, platform
+    _check_gpu(D, Z, config)
+  return B, T, D, Z, W, block_t, n_t, with_halo, halo, platform
 
 
 def _compiler_params(config: KernelConfig, platform: str, n_axes: int = 2):
@@ -353,7 +353,7 @@ def _compiler_params(config: KernelConfig, platform: str, n_axes: int = 2):
   )
 
 
-def _specs(block_t: int, D: int, K: int, W: int):
+def _specs(block_t: int, D: int, Z: int, W: int):
   row = lambda b, i: (b, i, 0)
   whole2 = lambda b, i: (0, 0)
   return [
@@ -361,9 +361,9 @@ def _specs(block_t: int, D: int, K: int, W: int):
     pl.BlockSpec((None, block_t, D), row),  # h_expert
     pl.BlockSpec((None, block_t, 1), row),  # α per position
     pl.BlockSpec((1, D), whole2),  # α per feature
-    pl.BlockSpec((D, K), whole2),  # enc
-    pl.BlockSpec((1, K), whole2),  # enc_bias
-    pl.BlockSpec((W, K, D), lambda b, i: (0, 0, 0)),  # dec
+    pl.BlockSpec((D, Z), whole2),  # enc
+    pl.BlockSpec((1, Z), whole2),  # enc_bias
+    pl.BlockSpec((W, Z, D), lambda b, i: (0, 0, 0)),  # dec
   ]
 
 
@@ -372,26 +372,26 @@ def _pallas_forward(
   he_BTD,
   a_row_BT1,
   a_feat_1D,
-  enc_DK,
-  enc_bias_K,
-  dec_WKD,
+  enc_DZ,
+  enc_bias_Z,
+  dec_WZD,
   dec_bias_D,
   config: KernelConfig,
   return_h: bool,
 ):
-  B, T, D, K, W, block_t, n_t, with_halo, halo, platform = _grid(hb_BTD, enc_DK, dec_WKD, config)
+  B, T, D, Z, W, block_t, n_t, with_halo, halo, platform = _grid(hb_BTD, enc_DZ, dec_WZD, config)
   dtype = hb_BTD.dtype
 
   row = lambda b, i: (b, i, 0)
-  in_specs = _specs(block_t, D, K, W) + [pl.BlockSpec((1, D), lambda b, i: (0, 0))]  # + dec_bias
+  in_specs = _specs(block_t, D, Z, W) + [pl.BlockSpec((1, D), lambda b, i: (0, 0))]  # + dec_bias
   args = [
     hb_BTD,
     he_BTD,
     a_row_BT1,
     a_feat_1D,
-    enc_DK,
-    enc_bias_K[None, :],
-    dec_WKD,
+    enc_DZ,
+    enc_bias_Z[None, :],
+    dec_WZD,
     dec_bias_D[None, :],
   ]
   if with_halo:
@@ -414,9 +414,9 @@ def _pallas_forward(
   )
   itemsize = jnp.dtype(dtype).itemsize
   cost = pl.CostEstimate(
-    flops=int(2 * B * T * K * D * (1 + W) + 6 * B * T * D),
-    transcendentals=int(B * T * K),
-    bytes_accessed=int(itemsize * B * T * D * (3 + return_h) + itemsize * K * D * (1 + W)),
+    flops=int(2 * B * T * Z * D * (1 + W) + 6 * B * T * D),
+    transcendentals=int(B * T * Z),
+    bytes_accessed=int(itemsize * B * T * D * (3 + return_h) + itemsize * Z * D * (1 + W)),
   )
   outs = pl.pallas_call(
     kernel,
@@ -437,22 +437,22 @@ def _pallas_backward(
   he_BTD,
   a_row_BT1,
   a_feat_1D,
-  enc_DK,
-  enc_bias_K,
-  dec_WKD,
+  enc_DZ,
+  enc_bias_Z,
+  dec_WZD,
   g_y_BTD,
   g_h_BTD,
   config: KernelConfig,
 ):
   """Cotangents of (hb, he, a_row, a_feat, enc, enc_bias, dec, dec_bias) from one Pallas kernel over
   the forward's grid; the parameter cotangents are per-block partial sums reduced here."""
-  B, T, D, K, W, block_t, n_t, with_halo, halo, platform = _grid(hb_BTD, enc_DK, dec_WKD, config)
+  B, T, D, Z, W, block_t, n_t, with_halo, halo, platform = _grid(hb_BTD, enc_DZ, dec_WZD, config)
   dtype = hb_BTD.dtype
   with_g_h = g_h_BTD is not None
 
   row = lambda b, i: (b, i, 0)
-  in_specs = _specs(block_t, D, K, W) + [pl.BlockSpec((None, block_t, D), row)]  # + g_y
-  args = [hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DK, enc_bias_K[None, :], dec_WKD, g_y_BTD]
+  in_specs = _specs(block_t, D, Z, W) + [pl.BlockSpec((None, block_t, D), row)]  # + g_y
+  args = [hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DZ, enc_bias_Z[None, :], dec_WZD, g_y_BTD]
   if with_g_h:
     in_specs.append(pl.BlockSpec((None, block_t, D), row))
     args.append(g_h_BTD)
@@ -488,9 +488,9 @@ def _pallas_backward(
     (jax.ShapeDtypeStruct((B, T, 1), f32), pl.BlockSpec((None, block_t, 1), row)),  # g_a_row
     # partial sums of g_a_feat, g_enc, g_enc_bias, g_dec, g_dec_bias
     part(1, D),
-    part(D, K),
-    part(1, K),
-    part(W, K, D),
+    part(D, Z),
+    part(1, Z),
+    part(W, Z, D),
     part(1, D),
   ]
   kernel = functools.partial(
@@ -505,9 +505,9 @@ def _pallas_backward(
   )
   itemsize = jnp.dtype(dtype).itemsize
   cost = pl.CostEstimate(
-    flops=int(2 * B * T * K * D * (3 + 2 * W) + 20 * B * T * D),
-    transcendentals=int(2 * B * T * K),
-    bytes_accessed=int(itemsize * B * T * D * (5 + with_g_h) + 4 * B * n_t * K * D * (1 + W)),
+    flops=int(2 * B * T * Z * D * (3 + 2 * W) + 20 * B * T * D),
+    transcendentals=int(2 * B * T * Z),
+    bytes_accessed=int(itemsize * B * T * D * (5 + with_g_h) + 4 * B * n_t * Z * D * (1 + W)),
   )
   g_hb, g_he, g_a_row, p_af, p_enc, p_encb, p_dec, p_decb = pl.pallas_call(
     kernel,
@@ -526,9 +526,9 @@ def _pallas_backward(
     g_he,
     g_a_row,
     total(p_af),
-    total(p_enc).astype(enc_DK.dtype),
+    total(p_enc).astype(enc_DZ.dtype),
     total(p_encb)[0],
-    total(p_dec).astype(dec_WKD.dtype),
+    total(p_dec).astype(dec_WZD.dtype),
     total(p_decb)[0],
   )
 
@@ -539,26 +539,26 @@ def _fused_core(
   he_BTD,
   a_row_BT1,
   a_feat_1D,
-  enc_DK,
-  enc_bias_K,
-  dec_WKD,
+  enc_DZ,
+  enc_bias_Z,
+  dec_WZD,
   dec_bias_D,
   config: KernelConfig,
   return_h: bool,
 ):
   y_BTD, h_BTD = _pallas_forward(
-    hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DK, enc_bias_K, dec_WKD, dec_bias_D, config, return_h
+    hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DZ, enc_bias_Z, dec_WZD, dec_bias_D, config, return_h
   )
   return (y_BTD, h_BTD) if return_h else y_BTD
 
 
 def _fused_fwd(
-  hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DK, enc_bias_K, dec_WKD, dec_bias_D, config, return_h
+  hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DZ, enc_bias_Z, dec_WZD, dec_bias_D, config, return_h
 ):
   out = _fused_core(
-    hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DK, enc_bias_K, dec_WKD, dec_bias_D, config, return_h
+    hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DZ, enc_bias_Z, dec_WZD, dec_bias_D, config, return_h
   )
-  return out, (hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DK, enc_bias_K, dec_WKD, dec_bias_D)
+  return out, (hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DZ, enc_bias_Z, dec_WZD, dec_bias_D)
 
 
 def _fused_bwd(config, return_h, residuals, g):
@@ -586,8 +586,8 @@ def fused(
   h_base_BTD,
   h_expert_BTD,
   alpha,
-  enc_DK,
-  enc_bias_K,
+  enc_DZ,
+  enc_bias_Z,
   dec,
   dec_bias_D,
   *,
@@ -595,9 +595,9 @@ def fused(
   return_h: bool = False,
 ):
   """Pallas superposition step, same signature and result as ``reference`` (differentiable)."""
-  B, T, D, _, W = check_shapes(h_base_BTD, h_expert_BTD, alpha, enc_DK, enc_bias_K, dec, dec_bias_D)
-  enc, enc_bias, dec_WKD, dec_bias = cast_params(
-    h_base_BTD.dtype, enc_DK, enc_bias_K, dec, dec_bias_D
+  B, T, D, _, W = check_shapes(h_base_BTD, h_expert_BTD, alpha, enc_DZ, enc_bias_Z, dec, dec_bias_D)
+  enc, enc_bias, dec_WZD, dec_bias = cast_params(
+    h_base_BTD.dtype, enc_DZ, enc_bias_Z, dec, dec_bias_D
   )
   a_row_BT1, a_feat_1D = _alpha_factors(alpha, B, T, D)
   hb, he = h_base_BTD, h_expert_BTD
@@ -620,7 +620,7 @@ def fused(
       widths = ((0, 0), (0, pad), (0, 0))
       hb, he, a_row_BT1 = jnp.pad(hb, widths), jnp.pad(he, widths), jnp.pad(a_row_BT1, widths)
   out = _fused_core(
-    hb, he, a_row_BT1, a_feat_1D, enc, enc_bias, dec_WKD, dec_bias, config, return_h
+    hb, he, a_row_BT1, a_feat_1D, enc, enc_bias, dec_WZD, dec_bias, config, return_h
   )
   unpad = lambda x: x[:, :L].reshape(B, T, D)
   if return_h:
@@ -632,8 +632,8 @@ def superpose_step(
   h_base_BTD,
   h_expert_BTD,
   alpha,
-  enc_DK,
-  enc_bias_K,
+  enc_DZ,
+  enc_bias_Z,
   dec,
   dec_bias_D,
   *,
@@ -645,15 +645,15 @@ def superpose_step(
   implementation."""
   if impl == "reference":
     return reference(
-      h_base_BTD, h_expert_BTD, alpha, enc_DK, enc_bias_K, dec, dec_bias_D, return_h=return_h
+      h_base_BTD, h_expert_BTD, alpha, enc_DZ, enc_bias_Z, dec, dec_bias_D, return_h=return_h
     )
   if impl == "pallas":
     return fused(
       h_base_BTD,
       h_expert_BTD,
       alpha,
-      enc_DK,
-      enc_bias_K,
+      enc_DZ,
+      enc_bias_Z,
       dec,
       dec_bias_D,
       config=config or KernelConfig(),
@@ -669,8 +669,8 @@ def autoencoder_params(ae) -> dict[str, jax.Array]:
       "superpose_step: only the causal conv decoder is supported (the Autoencoder has causal=False)"
     )
   return {
-    "enc_DK": ae.enc[...],
-    "enc_bias_K": ae.enc_bias[...],
+    "enc_DZ": ae.enc[...],
+    "enc_bias_Z": ae.enc_bias[...],
     "dec": ae.dec[...],
     "dec_bias_D": ae.dec_bias[...],
   }

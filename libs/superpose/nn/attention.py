@@ -78,37 +78,37 @@ class Attention(nnx.Module):
     token's own gate before they enter the cache, so a cached decode needs nothing more.
     """
     cfg = self.cfg
-    q_BTHD = self._project(x_BTD, self.q, self.q_bias, "act_heads", delta, "q")
-    k_BTKD = self._project(x_BTD, self.k, self.k_bias, "act_kv_heads", delta, "k")
-    v_BTKD = self._project(x_BTD, self.v, self.v_bias, "act_kv_heads", delta, "v")
+    q_BTHA = self._project(x_BTD, self.q, self.q_bias, "act_heads", delta, "q")
+    k_BTKA = self._project(x_BTD, self.k, self.k_bias, "act_kv_heads", delta, "k")
+    v_BTKA = self._project(x_BTD, self.v, self.v_bias, "act_kv_heads", delta, "v")
     if cfg.positions == "rope":
-      q_BTHD = layers.rope(q_BTHD, positions_BT, cfg.rope_theta)
-      k_BTKD = layers.rope(k_BTKD, positions_BT, cfg.rope_theta)
+      q_BTHA = layers.rope(q_BTHA, positions_BT, cfg.rope_theta)
+      k_BTKA = layers.rope(k_BTKA, positions_BT, cfg.rope_theta)
     new_cache = None
     if kv_cache is not None:
       k_cache, v_cache = kv_cache
-      k_BTKD = cache_lib.write_rows(
-        k_cache, k_BTKD, positions_BT
-      )  # now (B, S, K, D) over all slots
-      v_BTKD = cache_lib.write_rows(v_cache, v_BTKD, positions_BT)
+      k_BTKA = cache_lib.write_rows(
+        k_cache, k_BTKA, positions_BT
+      )  # now (B, S, K, A) over all slots
+      v_BTKA = cache_lib.write_rows(v_cache, v_BTKA, positions_BT)
       cache_axes = ("batch", "cache_length", "act_kv_heads", None)
-      k_BTKD, v_BTKD = (
-        sharding.constrain(k_BTKD, cache_axes),
-        sharding.constrain(v_BTKD, cache_axes),
+      k_BTKA, v_BTKA = (
+        sharding.constrain(k_BTKA, cache_axes),
+        sharding.constrain(v_BTKA, cache_axes),
       )
-      new_cache = (k_BTKD, v_BTKD)
-    out_BTHD, probs = attend(
+      new_cache = (k_BTKA, v_BTKA)
+    out_BTHA, probs = attend(
       cfg,
-      q_BTHD,
-      k_BTKD,
-      v_BTKD,
+      q_BTHA,
+      k_BTKA,
+      v_BTKA,
       mask_BTS=mask_BTS,
       segment_ids_BT=segment_ids_BT,
       uses_cache=kv_cache is not None,
       return_probs=return_probs,
     )
-    y_BTD = layers.einsum("bthk,hkd->btd", out_BTHD, self.o[...], cfg.compute_dtype)
-    y_BTD = deltas.add_linear(y_BTD, out_BTHD, delta, "o", 2, cfg.compute_dtype)
+    y_BTD = layers.einsum("bthk,hkd->btd", out_BTHA, self.o[...], cfg.compute_dtype)
+    y_BTD = deltas.add_linear(y_BTD, out_BTHA, delta, "o", 2, cfg.compute_dtype)
     if self.o_bias is not None:
       y_BTD = deltas.add_vector(y_BTD + self.o_bias[...].astype(y_BTD.dtype), delta, "o_bias")
     return y_BTD, new_cache, probs
@@ -116,18 +116,18 @@ class Attention(nnx.Module):
 
 def attend(
   cfg: TransformerConfig,
-  q_BTHD,
-  k_BSKD,
-  v_BSKD,
+  q_BTHA,
+  k_BSKA,
+  v_BSKA,
   *,
   mask_BTS,
   segment_ids_BT,
   uses_cache,
   return_probs,
 ):
-  """Dispatch to the configured implementation. Returns (out_BTHD, probs_BHTS or None)."""
+  """Dispatch to the configured implementation. Returns (out_BTHA, probs_BHTS or None)."""
   if cfg.attention == "xla":
-    return xla_attention(q_BTHD, k_BSKD, v_BSKD, mask_BTS, cfg.scale, return_probs)
+    return xla_attention(q_BTHA, k_BSKA, v_BSKA, mask_BTS, cfg.scale, return_probs)
   if return_probs:
     raise ValueError(
       f"return_attention needs attention='xla' (the model uses {cfg.attention!r}, "
@@ -135,9 +135,9 @@ def attend(
     )
   if cfg.attention == "cudnn":
     return cudnn_attention(
-      q_BTHD,
-      k_BSKD,
-      v_BSKD,
+      q_BTHA,
+      k_BSKA,
+      v_BSKA,
       mask_BTS,
       cfg.scale,
       cfg.causal,
@@ -148,44 +148,44 @@ def attend(
       "attention='splash' cannot read a KV cache; decode with attention='xla' or 'cudnn' "
       "(cfg.replace(attention='xla') runs the same weights)"
     )
-  return splash_attention(q_BTHD, k_BSKD, v_BSKD, segment_ids_BT, cfg.scale, cfg.causal), None
+  return splash_attention(q_BTHA, k_BSKA, v_BSKA, segment_ids_BT, cfg.scale, cfg.causal), None
 
 
-def xla_attention(q_BTHD, k_BSKD, v_BSKD, mask_BTS, scale, return_probs=False):
-  b, t, h, d = q_BTHD.shape
-  kv = k_BSKD.shape[2]
-  q_BTKGD = q_BTHD.reshape(b, t, kv, h // kv, d)
+def xla_attention(q_BTHA, k_BSKA, v_BSKA, mask_BTS, scale, return_probs=False):
+  b, t, h, d = q_BTHA.shape
+  kv = k_BSKA.shape[2]
+  q_BTKGA = q_BTHA.reshape(b, t, kv, h // kv, d)
   logits = (
-    jnp.einsum("btkgd,bskd->bkgts", q_BTKGD, k_BSKD, preferred_element_type=jnp.float32) * scale
+    jnp.einsum("btkgd,bskd->bkgts", q_BTKGA, k_BSKA, preferred_element_type=jnp.float32) * scale
   )
   logits = jnp.where(mask_BTS[:, None, None], logits, MASK_VALUE)
   probs = jax.nn.softmax(logits, axis=-1)
   out = jnp.einsum(
-    "bkgts,bskd->btkgd", probs.astype(v_BSKD.dtype), v_BSKD, preferred_element_type=jnp.float32
+    "bkgts,bskd->btkgd", probs.astype(v_BSKA.dtype), v_BSKA, preferred_element_type=jnp.float32
   )
-  out_BTHD = out.astype(q_BTHD.dtype).reshape(b, t, h, d)
-  return out_BTHD, probs.reshape(b, h, t, -1) if return_probs else None
+  out_BTHA = out.astype(q_BTHA.dtype).reshape(b, t, h, d)
+  return out_BTHA, probs.reshape(b, h, t, -1) if return_probs else None
 
 
-def cudnn_attention(q_BTHD, k_BSKD, v_BSKD, mask_BTS, scale, causal, plain):
+def cudnn_attention(q_BTHA, k_BSKA, v_BSKA, mask_BTS, scale, causal, plain):
   implementation = (
     None  # jax's XLA path: off GPU, and for f32 compute, which cuDNN flash attention lacks
   )
   if jax.default_backend() == "gpu":
-    if q_BTHD.dtype in (jnp.bfloat16, jnp.float16):
+    if q_BTHA.dtype in (jnp.bfloat16, jnp.float16):
       implementation = "cudnn"
-    elif q_BTHD.dtype not in _LOGGED_FALLBACKS:
-      _LOGGED_FALLBACKS.add(q_BTHD.dtype)
+    elif q_BTHA.dtype not in _LOGGED_FALLBACKS:
+      _LOGGED_FALLBACKS.add(q_BTHA.dtype)
       log.warning(
-        "attention='cudnn' needs bf16/fp16 compute; %s runs jax's XLA attention", q_BTHD.dtype
+        "attention='cudnn' needs bf16/fp16 compute; %s runs jax's XLA attention", q_BTHA.dtype
       )
   if plain:  # no segments, no cache: let the kernel skip the masked blocks itself
     return jax.nn.dot_product_attention(
-      q_BTHD, k_BSKD, v_BSKD, scale=scale, is_causal=causal, implementation=implementation
+      q_BTHA, k_BSKA, v_BSKA, scale=scale, is_causal=causal, implementation=implementation
     )
-  mask = jnp.broadcast_to(mask_BTS, (q_BTHD.shape[0],) + mask_BTS.shape[1:])[:, None]
+  mask = jnp.broadcast_to(mask_BTS, (q_BTHA.shape[0],) + mask_BTS.shape[1:])[:, None]
   return jax.nn.dot_product_attention(
-    q_BTHD, k_BSKD, v_BSKD, mask=mask, scale=scale, implementation=implementation
+    q_BTHA, k_BSKA, v_BSKA, mask=mask, scale=scale, implementation=implementation
   )
 
 
@@ -223,27 +223,27 @@ def _splash_kernel(length: int, group: int, causal: bool, interpret: bool):
   return kernel, splash.SegmentIds
 
 
-def splash_attention(q_BTHD, k_BSKD, v_BSKD, segment_ids_BT, scale, causal):
-  b, t, h, d = q_BTHD.shape
-  kv = k_BSKD.shape[2]
-  if k_BSKD.shape[1] != t:
+def splash_attention(q_BTHA, k_BSKA, v_BSKA, segment_ids_BT, scale, causal):
+  b, t, h, d = q_BTHA.shape
+  kv = k_BSKA.shape[2]
+  if k_BSKA.shape[1] != t:
     raise ValueError(
-      f"attention='splash' needs as many keys as queries; got {k_BSKD.shape[1]} and {t}"
+      f"attention='splash' needs as many keys as queries; got {k_BSKA.shape[1]} and {t}"
     )
   kernel, segment_type = _splash_kernel(t, h // kv, causal, jax.default_backend() != "tpu")
   if segment_ids_BT is None:
     segment_ids_BT = jnp.ones((b, t), jnp.int32)
 
-  def run(q_BKGTD, k_BKSD, v_BKSD, seg_BT):
+  def run(q_BKGTA, k_BKSA, v_BKSA, seg_BT):
     per_head = jax.vmap(
       lambda q, k, v, s: kernel(q, k, v, segment_ids=segment_type(s, s)), in_axes=(0, 0, 0, None)
     )
-    return jax.vmap(per_head)(q_BKGTD, k_BKSD, v_BKSD, seg_BT)
+    return jax.vmap(per_head)(q_BKGTA, k_BKSA, v_BKSA, seg_BT)
 
   # Splash does not scale the logits itself; scaling q in f32 first keeps bf16 rounding as in xla.
-  q = (q_BTHD.astype(jnp.float32) * scale).astype(q_BTHD.dtype)
-  q_BKGTD = q.reshape(b, t, kv, h // kv, d).transpose(0, 2, 3, 1, 4)
-  k_BKSD, v_BKSD = k_BSKD.transpose(0, 2, 1, 3), v_BSKD.transpose(0, 2, 1, 3)
+  q = (q_BTHA.astype(jnp.float32) * scale).astype(q_BTHA.dtype)
+  q_BKGTA = q.reshape(b, t, kv, h // kv, d).transpose(0, 2, 3, 1, 4)
+  k_BKSA, v_BKSA = k_BSKA.transpose(0, 2, 1, 3), v_BSKA.transpose(0, 2, 1, 3)
   seg_BT = segment_ids_BT.astype(jnp.int32)
   mesh = jax.sharding.get_abstract_mesh()
   if not mesh.empty and math.prod(mesh.shape.values()) > 1:
@@ -257,8 +257,8 @@ def splash_attention(q_BTHD, k_BSKD, v_BSKD, segment_ids_BT, scale, causal):
       out_specs=q_spec,
       check_vma=False,
     )
-  out_BKGTD = run(q_BKGTD, k_BKSD, v_BKSD, seg_BT)
-  return out_BKGTD.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d).astype(q_BTHD.dtype)
+  out_BKGTA = run(q_BKGTA, k_BKSA, v_BKSA, seg_BT)
+  return out_BKGTA.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d).astype(q_BTHA.dtype)
 
 
 def _pad_spec(spec: P, rank: int) -> P:

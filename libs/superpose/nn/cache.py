@@ -21,8 +21,8 @@ from superpose.nn.config import TransformerConfig
 
 @struct.dataclass
 class KVCache:
-  k: jax.Array  # (L, B, S, Hkv, Dh), rotary-embedded keys when positions='rope'
-  v: jax.Array  # (L, B, S, Hkv, Dh)
+  k: jax.Array  # (L, B, S, K, A), rotary-embedded keys when positions='rope'
+  v: jax.Array  # (L, B, S, K, A)
   segment_ids: jax.Array  # (B, S) int32, 0 = empty slot or padding
 
   @property

@@ -94,7 +94,7 @@ class Transformer(nnx.Module):
       table_VD = sharding.for_lookup(self.token_embedding[...], ("vocab", "embed"))
       x_BTD = jnp.take(table_VD, tokens_BT, axis=0).astype(dtype)
       if (token_delta := deltas.entry(delta, "token_embedding")) is not None:
-        x_BTD = x_BTD + deltas.lookup(tokens_BT, token_delta, delta.gate_BTK, dtype)
+        x_BTD = x_BTD + deltas.lookup(tokens_BT, token_delta, delta.gate_BTE, dtype)
       if embeds_BTD is not None:
         if embeds_mask_BT is None:
           raise ValueError(
@@ -105,15 +105,15 @@ class Transformer(nnx.Module):
     if positions_BT is None:
       positions_BT = self._default_positions(*x_BTD.shape[:2])
     if cfg.positions == "learned":
-      table_PD = sharding.for_lookup(self.position_embedding[...], (None, "embed"))
-      x_BTD = x_BTD + jnp.take(table_PD, positions_BT, axis=0).astype(dtype)
+      table_TD = sharding.for_lookup(self.position_embedding[...], (None, "embed"))
+      x_BTD = x_BTD + jnp.take(table_TD, positions_BT, axis=0).astype(dtype)
       if (position_delta := deltas.entry(delta, "position_embedding")) is not None:
-        x_BTD = x_BTD + deltas.lookup(positions_BT, position_delta, delta.gate_BTK, dtype)
+        x_BTD = x_BTD + deltas.lookup(positions_BT, position_delta, delta.gate_BTE, dtype)
     elif cfg.positions == "sinusoidal":
       # position_dims < d_model keeps the table in its own subspace (hand-set constructions).
       dims = cfg.position_dims or cfg.d_model
-      table_BTP = layers.sinusoidal(positions_BT, dims).astype(dtype)
-      x_BTD = x_BTD.at[..., cfg.d_model - dims :].add(table_BTP)
+      table_BTX = layers.sinusoidal(positions_BT, dims).astype(dtype)
+      x_BTD = x_BTD.at[..., cfg.d_model - dims :].add(table_BTX)
     return sharding.constrain(x_BTD, RESIDUAL_AXES)
 
   def run_blocks(
@@ -181,7 +181,7 @@ class Transformer(nnx.Module):
       def body(x, xs):
         block_state, index, kv, layer_params = xs
         block_delta = (
-          None if layer_params is None else deltas.Delta(blocks_delta.gate_BTK, layer_params)
+          None if layer_params is None else deltas.Delta(blocks_delta.gate_BTE, layer_params)
         )
         x, kv, probs = apply_block(graphdef, block_state, x, kv, block_delta)
         if hook is not None:
@@ -245,7 +245,7 @@ class Transformer(nnx.Module):
       head_delta = deltas.entry(delta, "unembedding")
     if head_delta is not None:
       logits_BTV = logits_BTV + deltas.linear(
-        h, head_delta, delta.gate_BTK, 1, cfg.compute_dtype, jnp.float32
+        h, head_delta, delta.gate_BTE, 1, cfg.compute_dtype, jnp.float32
       )
     if cfg.padded_vocab > cfg.vocab_size:
       logits_BTV = jnp.where(
@@ -291,7 +291,7 @@ class Transformer(nnx.Module):
       returned in ``Output.cache``.
     hook(layer_index, x_BTD) -> x_BTD edits the residual stream after each block (the index is a
       traced int32 with scan_layers, a Python int otherwise).
-    delta: per-token gated parameter deltas (superpose.nn.deltas); gate_BTK is (B, T, K) for the
+    delta: per-token gated parameter deltas (superpose.nn.deltas); gate_BTE is (B, T, E) for the
       tokens of this call, so a cached decode step passes the gate of its new tokens. Checked
       against the model's parameters (paths, shapes) when traced.
     """
@@ -305,9 +305,9 @@ class Transformer(nnx.Module):
         raise ValueError("Transformer: pass tokens_BT, embeds_BTD or both")
       positions_BT = self._default_positions(*reference.shape[:2])
     if delta is not None:
-      if tuple(delta.gate_BTK.shape[:-1]) != tuple(positions_BT.shape):
+      if tuple(delta.gate_BTE.shape[:-1]) != tuple(positions_BT.shape):
         raise ValueError(
-          f"Transformer: delta.gate_BTK {tuple(delta.gate_BTK.shape)} does not match "
+          f"Transformer: delta.gate_BTE {tuple(delta.gate_BTE.shape)} does not match "
           f"the {tuple(positions_BT.shape)} tokens of this call"
         )
       deltas.validate(delta, nnx.state(self, nnx.Param))

@@ -1,9 +1,9 @@
 """Per-token gated parameter deltas: the forward at token (b, t) uses θ + Σ_k gate[b, t, k] · Δ_k.
 
-K experts fine-tuned from one trunk are held as the trunk plus K deltas per parameter: low-rank
+E experts fine-tuned from one trunk are held as the trunk plus E deltas per parameter: low-rank
 (``LowRank``: Δ_k = a_k · b_k) for matrices, full (``Full``) for vectors (biases, norm scales). The
 gate is per token, so every parameter's delta only adds a token-wise term to that parameter's
-output, and it is computed as such — two small einsums through the rank axis, (B, T, K, r) — never
+output, and it is computed as such — two small einsums through the rank axis, (B, T, E, r) — never
 as a dense (B, T, in, out) matrix. That also makes the KV-cache path work unchanged: a token's keys
 and values are computed once, with that token's gate.
 
@@ -51,7 +51,7 @@ _VECTOR_NAME = re.compile(r"(^|_)(bias|scale)$")
 
 @struct.dataclass
 class LowRank:
-  """Δ_k = a_k · b_k. a: (K, *in, r), b: (K, r, *out); the number of in dims is ``a.ndim - 2``."""
+  """Δ_k = a_k · b_k. a: (E, *in, r), b: (E, r, *out); the number of in dims is ``a.ndim - 2``."""
 
   a: jax.Array
   b: jax.Array
@@ -59,16 +59,16 @@ class LowRank:
 
 @struct.dataclass
 class Full:
-  """Δ_k = d_k, d: (K, *param_shape)."""
+  """Δ_k = d_k, d: (E, *param_shape)."""
 
   d: jax.Array
 
 
 @struct.dataclass
 class Delta:
-  """The per-token weights of the K deltas and the deltas of (a sub-tree of) the parameters."""
+  """The per-token weights of the E deltas and the deltas of (a sub-tree of) the parameters."""
 
-  gate_BTK: jax.Array  # any real numbers: softmax, one-hot, … is the caller's choice
+  gate_BTE: jax.Array  # any real numbers: softmax, one-hot, … is the caller's choice
   params: Mapping[str, Any]
 
 
@@ -112,7 +112,7 @@ def sub(delta: Delta | None, *keys) -> Delta | None:
     params = _child(params, key) if isinstance(params, Mapping) else None
     if not params:
       return None
-  return Delta(delta.gate_BTK, params)
+  return Delta(delta.gate_BTE, params)
 
 
 def entry(delta: Delta | None, name: str) -> LowRank | Full | None:
@@ -131,46 +131,46 @@ def _letters(first: str, n: int) -> str:
   return "".join(chr(ord(first) + i) for i in range(n))
 
 
-def linear(x, entry: LowRank | Full, gate_BTK, n_in: int, dtype, out_dtype=None) -> jax.Array:
+def linear(x, entry: LowRank | Full, gate_BTE, n_in: int, dtype, out_dtype=None) -> jax.Array:
   """Σ_k g_k · x · Δ_k for x (B, T, *in): (B, T, *out).
 
-  LowRank goes through the rank: u = x · a_k (B, T, K, r), scaled by the gate, then · b_k. Full
-  contracts x with every d_k (B, T, K, *out) and then sums over k with the gate.
+  LowRank goes through the rank: u = x · a_k (B, T, E, r), scaled by the gate, then · b_k. Full
+  contracts x with every d_k (B, T, E, *out) and then sums over k with the gate.
   """
   ins = _letters("c", n_in)  # c… (never b, t, k, r: those are named)
   if isinstance(entry, LowRank):
     outs = _letters("u", entry.b.ndim - 2)
     u = _einsum(f"...{ins},k{ins}r->...kr", x, entry.a, dtype)
-    u = u * gate_BTK[..., None].astype(dtype)
+    u = u * gate_BTE[..., None].astype(dtype)
     return _einsum(f"...kr,kr{outs}->...{outs}", u, entry.b, dtype, out_dtype)
   outs = _letters("u", entry.d.ndim - 1 - n_in)
   per_k = _einsum(f"...{ins},k{ins}{outs}->...k{outs}", x, entry.d, dtype)
-  return _einsum(f"...k{outs},...k->...{outs}", per_k, gate_BTK, dtype, out_dtype)
+  return _einsum(f"...k{outs},...k->...{outs}", per_k, gate_BTE, dtype, out_dtype)
 
 
-def vector(entry: Full, gate_BTK, dtype) -> jax.Array:
+def vector(entry: Full, gate_BTE, dtype) -> jax.Array:
   """Σ_k g_k · d_k: (B, T, *param_shape).
 
-  Written as K element-wise products (K is a handful of experts), not a dot: XLA fuses them into the
+  Written as E element-wise products (E is a handful of experts), not a dot: XLA fuses them into the
   add that consumes them, where a dot would write a (B, T, *shape) array of its own for every bias
   and norm."""
   if not isinstance(entry, Full):
     raise TypeError(f"deltas: a vector parameter takes a Full delta, got {type(entry).__name__}")
   d = entry.d.astype(jnp.float32)
-  g = gate_BTK.astype(jnp.float32)
+  g = gate_BTE.astype(jnp.float32)
   extra = (1,) * (d.ndim - 1)
   out = sum(g[..., k].reshape(g.shape[:-1] + extra) * d[k] for k in range(d.shape[0]))
   return out.astype(dtype)
 
 
-def lookup(ids_BT, entry: LowRank | Full, gate_BTK, dtype) -> jax.Array:
+def lookup(ids_BT, entry: LowRank | Full, gate_BTE, dtype) -> jax.Array:
   """Σ_k g_k · Δ_k[ids]: the delta of an embedding-table lookup (rows of a, or of d, gathered)."""
   if isinstance(entry, LowRank):
-    rows_BTKR = jnp.moveaxis(jnp.take(entry.a, ids_BT, axis=1), 0, -2)
-    u = rows_BTKR.astype(dtype) * gate_BTK[..., None].astype(dtype)
+    rows_BTER = jnp.moveaxis(jnp.take(entry.a, ids_BT, axis=1), 0, -2)
+    u = rows_BTER.astype(dtype) * gate_BTE[..., None].astype(dtype)
     return _einsum("...kr,krd->...d", u, entry.b, dtype)
-  rows_BTKD = jnp.moveaxis(jnp.take(entry.d, ids_BT, axis=1), 0, -2)
-  return _einsum("...kd,...k->...d", rows_BTKD, gate_BTK, dtype)
+  rows_BTED = jnp.moveaxis(jnp.take(entry.d, ids_BT, axis=1), 0, -2)
+  return _einsum("...kd,...k->...d", rows_BTED, gate_BTE, dtype)
 
 
 def transpose(entry: LowRank | Full, n_in: int) -> LowRank | Full:
@@ -187,13 +187,13 @@ def add_linear(y, x, delta: Delta | None, name: str, n_in: int, dtype):
   """``y`` plus the delta term of matrix ``name`` applied to ``x`` (``y`` itself when there is
   none)."""
   e = entry(delta, name)
-  return y if e is None else y + linear(x, e, delta.gate_BTK, n_in, dtype).astype(y.dtype)
+  return y if e is None else y + linear(x, e, delta.gate_BTE, n_in, dtype).astype(y.dtype)
 
 
 def add_vector(y, delta: Delta | None, name: str):
   """``y`` plus Σ_k g_k Δ_k of the added parameter ``name`` (``y`` itself when there is none)."""
   e = entry(delta, name)
-  return y if e is None else y + vector(e, delta.gate_BTK, y.dtype)
+  return y if e is None else y + vector(e, delta.gate_BTE, y.dtype)
 
 
 # Checks -------------------------------------------------------------------------------------------
@@ -214,7 +214,7 @@ def scanned_layout(paths) -> bool:
 
 
 def validate(delta: Delta, trunk_params) -> None:
-  """Raise ValueError unless every delta matches a trunk parameter (path, shape, in dims, K).
+  """Raise ValueError unless every delta matches a trunk parameter (path, shape, in dims, E).
 
   A delta at a path the model does not have (a bias delta with ``use_bias=False``, a looped
   ``blocks/0/…`` dict for a scanned model) would otherwise be ignored silently. ``trunk_params``:
@@ -222,7 +222,7 @@ def validate(delta: Delta, trunk_params) -> None:
   """
   trunk = {p: tuple(v.shape) for p, v in _flatten(trunk_params).items()}
   scanned = scanned_layout(trunk)
-  k = delta.gate_BTK.shape[-1]
+  k = delta.gate_BTE.shape[-1]
   problems = []
   for path, e in _flatten(delta.params).items():
     where = "/".join(path)
@@ -281,13 +281,13 @@ def lowrank_from_difference(diff, rank: int, n_in: int) -> tuple[np.ndarray, np.
 
 
 def flops_per_token(delta_params, *, tied_embeddings: bool) -> int:
-  """Forward FLOPs per token of the delta paths: 2 per multiply-add (K, layers and ranks included).
+  """Forward FLOPs per token of the delta paths: 2 per multiply-add (E, layers and ranks included).
 
   LowRank matrix: x·a_k and u·b_k, 2·(a.size + b.size) (the per-layer sizes summed over layers);
   embedding lookups gather rows of a, so only the b-matmul counts, 2·b.size; Full vector: Σ_k g_k
   d_k, 2·d.size; Full matrix: 2·d.size; Full lookup: 2·d.size / rows. With ``tied_embeddings`` the
   token table's delta also runs through the head (transposed): its matmuls count once more. The
-  gate's scaling of u (K·r multiplies) and the adds into the trunk's outputs are not counted. Leaves
+  gate's scaling of u (E·r multiplies) and the adds into the trunk's outputs are not counted. Leaves
   only need ``.shape`` (ShapeDtypeStructs work).
   """
   total = 0

@@ -11,9 +11,9 @@ here:
 
 * HF's ``Conv1D`` stores weights as (in, out), the orientation of our kernels, so nothing is
   transposed except ``lm_head.weight`` (an ``nn.Linear``, (out, in)).
-* ``attn.c_attn`` fuses q | k | v along its output, each head-major (H·Dh); ``attn.c_proj`` reads
-  the heads merged the same way. We keep heads as their own axis: q/k/v (D, H, Dh), biases (H, Dh),
-  o (H, Dh, D).
+* ``attn.c_attn`` fuses q | k | v along its output, each head-major (H·A); ``attn.c_proj`` reads
+  the heads merged the same way. We keep heads as their own axis: q/k/v (D, H, A), biases (H, A),
+  o (H, A, D).
 * Our vocabulary is padded to ``vocab_multiple``: imported embeddings get zero rows, exported ones
   lose them.
 * Keys may carry the ``transformer.`` prefix (GPT2LMHeadModel) or not (GPT2Model); HF's causal-mask

@@ -71,14 +71,14 @@ def sinusoidal(positions_BT: jax.Array, dim: int, base: float = 10_000.0) -> jax
   return table.reshape(*positions_BT.shape, dim)
 
 
-def rope(x_BTHD: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
+def rope(x_BTHA: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
   """Rotary embedding, rotate-half layout (Llama / HF): pair i is (x[i], x[i + D/2]), angle
   p·θ^(-2i/D)."""
-  dim = x_BTHD.shape[-1]
+  dim = x_BTHA.shape[-1]
   freqs = theta ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
   angles_BTF = positions_BT.astype(jnp.float32)[..., None] * jnp.asarray(freqs, jnp.float32)
   cos, sin = jnp.cos(angles_BTF)[:, :, None, :], jnp.sin(angles_BTF)[:, :, None, :]
-  x = x_BTHD.astype(jnp.float32)
+  x = x_BTHA.astype(jnp.float32)
   first, second = x[..., : dim // 2], x[..., dim // 2 :]
   out = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
-  return out.astype(x_BTHD.dtype)
+  return out.astype(x_BTHA.dtype)

@@ -60,10 +60,10 @@ def test_bucketed_order_pure_function_and_one_pass_per_window(problems):
   )
 
 
-def _rows(rng, batch, width, prefix, K):
+def _rows(rng, batch, width, prefix, U):
   tokens = rng.integers(0, 40, (batch, width)).astype(np.int32)
   starts = rng.integers(2, prefix + 1, batch).astype(np.int32)
-  counts = rng.integers(0, K + 1, batch).astype(np.int32)
+  counts = rng.integers(0, U + 1, batch).astype(np.int32)
   return tokens, starts, counts
 
 
@@ -77,22 +77,22 @@ def _models(kind):
   return random_model(cfg, seed=0, scale=0.3)
 
 
-def _compact_and_full(model, K=2, P=10, R=2):
+def _compact_and_full(model, U=2, P=10, J=2):
   """(compact loss, full loss) as functions of the params, and the (B, N) valid mask: the same
   weighted log-probability sum, read from the compact forward and from the full forward at the
   compact columns."""
-  tokens, starts, counts = _rows(np.random.default_rng(0), 5, P + K + R + 1, P, K)
-  starts[0], counts[0] = P, K  # the widest row fills every column
+  tokens, starts, counts = _rows(np.random.default_rng(0), 5, P + U + J + 1, P, U)
+  starts[0], counts[0] = P, U  # the widest row fills every column
   args = [jnp.asarray(x) for x in (tokens, starts, counts)]
   cols, valid = (
-    np.asarray(a) for a in th.compact_columns(starts, counts, max_thoughts=K, rest_len=R)
+    np.asarray(a) for a in th.compact_columns(starts, counts, max_thoughts=U, rest_len=J)
   )
   weights = np.random.default_rng(1).random(cols.shape).astype(np.float32) * valid
   graphdef, _ = nnx.split(model)
 
   def compact(state):
     logits = th.compact_forward(
-      nnx.merge(graphdef, state), *args, max_thoughts=K, prefix_len=P, rest_len=R
+      nnx.merge(graphdef, state), *args, max_thoughts=U, prefix_len=P, rest_len=J
     )
     return (jax.nn.log_softmax(logits[..., :40]).max(-1) * weights).sum(), logits
 
@@ -101,10 +101,10 @@ def _compact_and_full(model, K=2, P=10, R=2):
       nnx.merge(graphdef, state),
       args[0],
       args[1],
-      num_thoughts=K,
+      num_thoughts=U,
       num_thoughts_B=args[2],
       prefix_len=P,
-      rest_len=R + 1,
+      rest_len=J + 1,
     ).logits_BTV
     logits = jnp.take_along_axis(logits, jnp.asarray(cols)[..., None], axis=1)
     return (jax.nn.log_softmax(logits[..., :40]).max(-1) * weights).sum(), logits

@@ -10,7 +10,7 @@ from superpose.train import gradcheck
 
 @pytest.fixture(scope="module")
 def problems():
-  # 3 hops only: K = 3 thought slots, one unrolled cached step fewer to compile than with 4-hop
+  # 3 hops only: U = 3 thought slots, one unrolled cached step fewer to compile than with 4-hop
   # problems.
   train_set, used = data.generate_split(16, 0, hops=(3,))
   valid_set, _ = data.generate_split(4, 1, exclude=used, hops=(3,))

@@ -160,7 +160,7 @@ def test_evaluation_metrics_against_a_direct_recomputation(graph4_task):
   full = jax.jit(
     lambda p, b: [
       padded.spec._logits(
-        nnx.merge(graphdef, p), b[f"tokens_{name}"], b, f"num_{name}", padded.spec.K_eval
+        nnx.merge(graphdef, p), b[f"tokens_{name}"], b, f"num_{name}", padded.spec.U_eval
       )[..., :40]
       for name in ("gold", "fixed")
     ]

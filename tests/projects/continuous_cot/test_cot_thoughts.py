@@ -16,14 +16,14 @@ from superpose.nn import sharding
 from superpose.nn.testing import random_model
 from superpose.train.mesh import make_mesh
 
-V, T, K = 40, 16, 3
+V, T, U = 40, 16, 3
 STARTS = np.array([5, 9, 7], np.int32)  # a different prefix length per row
-LENGTHS = np.array([10, 14, 12], np.int32)  # prefix + K thoughts + 2 tokens, then right padding
-TIGHT = th.layout_bounds(STARTS, LENGTHS, K)  # (9, 2): rest windows start at latent_start + K
+LENGTHS = np.array([10, 14, 12], np.int32)  # prefix + U thoughts + 2 tokens, then right padding
+TIGHT = th.layout_bounds(STARTS, LENGTHS, U)  # (9, 2): rest windows start at latent_start + U
 CLAMPED = (9, 5)  # row 1's window is clamped: it recomputes a thought
 COUNTS = np.array(
   [3, 0, 2], np.int32
-)  # per-row thought counts ≤ K; a row's other slots hold its tokens
+)  # per-row thought counts ≤ U; a row's other slots hold its tokens
 
 
 def tokens(seed=1):
@@ -63,11 +63,11 @@ def test_cached_equals_reforward(gpt2, bounds):
   prefix_len, rest_len = bounds
   tok = tokens()
   cached = th.forward_with_thoughts(
-    gpt2, tok, STARTS, K, prefix_len=prefix_len, rest_len=rest_len, lengths_B=LENGTHS
+    gpt2, tok, STARTS, U, prefix_len=prefix_len, rest_len=rest_len, lengths_B=LENGTHS
   )
-  ref = th.forward_with_thoughts(gpt2, tok, STARTS, K, method="reforward")
-  assert cached.thoughts_BKD.shape == (3, K, 64) and cached.logits_BTV.shape == (3, T, V)
-  np.testing.assert_allclose(cached.thoughts_BKD, ref.thoughts_BKD, atol=1e-5, rtol=1e-5)
+  ref = th.forward_with_thoughts(gpt2, tok, STARTS, U, method="reforward")
+  assert cached.thoughts_BUD.shape == (3, U, 64) and cached.logits_BTV.shape == (3, T, V)
+  np.testing.assert_allclose(cached.thoughts_BUD, ref.thoughts_BUD, atol=1e-5, rtol=1e-5)
   valid = valid_mask()
   np.testing.assert_allclose(
     np.asarray(cached.logits_BTV)[valid], np.asarray(ref.logits_BTV)[valid], atol=2e-5, rtol=1e-5
@@ -99,10 +99,10 @@ def test_cached_equals_reforward_rope_scanned():
     scale=0.3,
   )
   cached = th.forward_with_thoughts(
-    model, tokens(3), STARTS, K, prefix_len=TIGHT[0], rest_len=TIGHT[1]
+    model, tokens(3), STARTS, U, prefix_len=TIGHT[0], rest_len=TIGHT[1]
   )
-  ref = th.forward_with_thoughts(model, tokens(3), STARTS, K, method="reforward")
-  np.testing.assert_allclose(cached.thoughts_BKD, ref.thoughts_BKD, atol=1e-5, rtol=1e-5)
+  ref = th.forward_with_thoughts(model, tokens(3), STARTS, U, method="reforward")
+  np.testing.assert_allclose(cached.thoughts_BUD, ref.thoughts_BUD, atol=1e-5, rtol=1e-5)
   valid = valid_mask()
   np.testing.assert_allclose(
     np.asarray(cached.logits_BTV)[valid], np.asarray(ref.logits_BTV)[valid], atol=2e-5, rtol=1e-5
@@ -112,7 +112,7 @@ def test_cached_equals_reforward_rope_scanned():
 def detached(model, tokens_BT, latent_start_B, *, num_thoughts, **unused):
   """Thoughts computed, then fed back without a gradient path: what Coconut does *not* do."""
   thoughts = jax.lax.stop_gradient(
-    th.reforward(model, tokens_BT, latent_start_B, num_thoughts=num_thoughts).thoughts_BKD
+    th.reforward(model, tokens_BT, latent_start_B, num_thoughts=num_thoughts).thoughts_BUD
   )
   embeds, mask = th._thought_embeds(
     thoughts, nn.decoder.default_positions(*tokens_BT.shape), latent_start_B
@@ -132,13 +132,13 @@ def loss_grads(
       nnx.merge(graphdef, state),
       tokens_BT,
       latent_start_B,
-      num_thoughts=K,
+      num_thoughts=U,
       num_thoughts_B=num_thoughts_B,
       prefix_len=TIGHT[0],
       rest_len=TIGHT[1],
     )
     ce = optax.softmax_cross_entropy_with_integer_labels(out.logits_BTV[:, :-1], tokens_BT[:, 1:])
-    return (ce * weights_BT[:, 1:]).sum() + 0.1 * jnp.square(out.thoughts_BKD).mean()
+    return (ce * weights_BT[:, 1:]).sum() + 0.1 * jnp.square(out.thoughts_BUD).mean()
 
   return jax.value_and_grad(loss)(state)
 
@@ -146,7 +146,7 @@ def loss_grads(
 def test_gradients_flow_through_thoughts(gpt2):
   graphdef, state = nnx.split(gpt2)
   tok = jnp.asarray(tokens())
-  after_thoughts = np.arange(T)[None] >= (STARTS + K)[:, None]
+  after_thoughts = np.arange(T)[None] >= (STARTS + U)[:, None]
   weights = jnp.asarray(valid_mask() & after_thoughts, jnp.float32)  # loss only after the thoughts
   args = (state, tok, jnp.asarray(STARTS), weights)
   loss_c, grads_c = loss_grads(graphdef, th.cached_forward, *args)
@@ -175,15 +175,15 @@ def test_per_row_counts_equal_reforward(gpt2, bounds):
     gpt2,
     tok,
     STARTS,
-    K,
+    U,
     num_thoughts_B=COUNTS,
     prefix_len=bounds[0],
     rest_len=bounds[1],
     lengths_B=LENGTHS,
   )
-  ref = th.forward_with_thoughts(gpt2, tok, STARTS, K, num_thoughts_B=COUNTS, method="reforward")
-  np.testing.assert_allclose(cached.thoughts_BKD, ref.thoughts_BKD, atol=1e-5, rtol=1e-5)
-  assert (np.asarray(cached.thoughts_BKD)[np.arange(K)[None] >= COUNTS[:, None]] == 0).all()
+  ref = th.forward_with_thoughts(gpt2, tok, STARTS, U, num_thoughts_B=COUNTS, method="reforward")
+  np.testing.assert_allclose(cached.thoughts_BUD, ref.thoughts_BUD, atol=1e-5, rtol=1e-5)
+  assert (np.asarray(cached.thoughts_BUD)[np.arange(U)[None] >= COUNTS[:, None]] == 0).all()
   valid = valid_mask()
   np.testing.assert_allclose(
     np.asarray(cached.logits_BTV)[valid], np.asarray(ref.logits_BTV)[valid], atol=2e-5, rtol=1e-5
@@ -219,7 +219,7 @@ def test_zero_thoughts_is_a_plain_forward(gpt2, bounds):
   tok = tokens(4)
   out = th.forward_with_thoughts(gpt2, tok, STARTS, 0, prefix_len=bounds[0], rest_len=bounds[1])
   plain = gpt2(jnp.asarray(tok))
-  assert out.thoughts_BKD.shape == (3, 0, 64)
+  assert out.thoughts_BUD.shape == (3, 0, 64)
   valid = np.arange(T)[None] < (STARTS + (bounds[1] or T))[:, None]
   np.testing.assert_allclose(
     np.asarray(out.logits_BTV)[valid], np.asarray(plain.logits_BTV)[valid], atol=1e-5, rtol=1e-5
@@ -228,18 +228,18 @@ def test_zero_thoughts_is_a_plain_forward(gpt2, bounds):
 
 def test_thought_is_post_final_norm_state_of_previous_position(gpt2):
   tok = tokens(5)
-  out = th.forward_with_thoughts(gpt2, tok, STARTS, K, prefix_len=TIGHT[0], rest_len=TIGHT[1])
+  out = th.forward_with_thoughts(gpt2, tok, STARTS, U, prefix_len=TIGHT[0], rest_len=TIGHT[1])
   embeds, mask = th._thought_embeds(
-    out.thoughts_BKD, nn.decoder.default_positions(3, T), jnp.asarray(STARTS)
+    out.thoughts_BUD, nn.decoder.default_positions(3, T), jnp.asarray(STARTS)
   )
   full = gpt2(jnp.asarray(tok), embeds_BTD=embeds, embeds_mask_BT=mask, return_hidden=True)
   post_norm = np.asarray(
     gpt2.final_norm(full.hidden[-1])
   )  # hidden[L] is the residual before the final norm
   for b, start in enumerate(STARTS):
-    for k in range(K):
+    for k in range(U):
       np.testing.assert_allclose(
-        out.thoughts_BKD[b, k], post_norm[b, start + k - 1], atol=1e-5, rtol=1e-5
+        out.thoughts_BUD[b, k], post_norm[b, start + k - 1], atol=1e-5, rtol=1e-5
       )
       assert (
         abs(
@@ -253,42 +253,42 @@ def test_thought_is_post_final_norm_state_of_previous_position(gpt2):
       )
     # The input embedding at a latent slot is the thought plus the position embedding.
     np.testing.assert_allclose(
-      full.hidden[0][b, start : start + K],
-      out.thoughts_BKD[b] + gpt2.position_embedding[...][start : start + K],
+      full.hidden[0][b, start : start + U],
+      out.thoughts_BUD[b] + gpt2.position_embedding[...][start : start + U],
       atol=1e-5,
     )
 
 
 def test_layout_checks():
   assert TIGHT == (9, 2)
-  th.check_layout((3, T), STARTS, K, *TIGHT, lengths_B=LENGTHS)
+  th.check_layout((3, T), STARTS, U, *TIGHT, lengths_B=LENGTHS)
   with pytest.raises(ValueError, match="must lie in"):
-    th.check_layout((3, T), STARTS, K, prefix_len=8)
+    th.check_layout((3, T), STARTS, U, prefix_len=8)
   with pytest.raises(ValueError, match="must lie in"):
-    th.check_layout((3, T), np.array([0, 9, 7]), K)
+    th.check_layout((3, T), np.array([0, 9, 7]), U)
   with pytest.raises(ValueError, match="tokens after its thoughts"):
-    th.check_layout((3, T), STARTS, K, *TIGHT, lengths_B=LENGTHS + 1)
+    th.check_layout((3, T), STARTS, U, *TIGHT, lengths_B=LENGTHS + 1)
   with pytest.raises(ValueError, match="prefix_len=14"):
-    th.check_layout((3, T), STARTS, K, prefix_len=14)
+    th.check_layout((3, T), STARTS, U, prefix_len=14)
   with pytest.raises(ValueError, match="counts in"):
-    th.check_layout((3, T), STARTS, K, num_thoughts_B=np.array([0, 4, 1]))
+    th.check_layout((3, T), STARTS, U, num_thoughts_B=np.array([0, 4, 1]))
   with pytest.raises(ValueError, match="shorter than"):
-    th.check_layout((3, T), STARTS, K, lengths_B=STARTS + 1, num_thoughts_B=np.array([2, 0, 1]))
+    th.check_layout((3, T), STARTS, U, lengths_B=STARTS + 1, num_thoughts_B=np.array([2, 0, 1]))
   th.check_layout(
-    (3, T), STARTS, K, *TIGHT, lengths_B=STARTS + 1, num_thoughts_B=np.array([1, 0, 1])
+    (3, T), STARTS, U, *TIGHT, lengths_B=STARTS + 1, num_thoughts_B=np.array([1, 0, 1])
   )
   with pytest.raises(ValueError, match="method="):
-    th.forward_with_thoughts(None, np.zeros((3, T), np.int32), STARTS, K, method="fast")
+    th.forward_with_thoughts(None, np.zeros((3, T), np.int32), STARTS, U, method="fast")
 
 
 @pytest.mark.parametrize("shape", [(2, 2, 2), (4, 1, 2)], ids=lambda s: "x".join(map(str, s)))
 def test_sharded_cached_equals_unsharded(devices8, gpt2, shape):
   starts, lengths = np.array([5, 9, 7, 6], np.int32), np.array([10, 14, 12, 11], np.int32)
   tok = np.random.default_rng(6).integers(0, V, (4, T)).astype(np.int32)
-  bounds = th.layout_bounds(starts, lengths, K)
+  bounds = th.layout_bounds(starts, lengths, U)
   graphdef, state = nnx.split(gpt2)
   reference = th.thought_forward(
-    graphdef, state, tok, starts, num_thoughts=K, prefix_len=bounds[0], rest_len=bounds[1]
+    graphdef, state, tok, starts, num_thoughts=U, prefix_len=bounds[0], rest_len=bounds[1]
   )
   mesh = make_mesh(shape)
   abstract = nnx.state(nnx.eval_shape(lambda: nn.Transformer(gpt2.cfg, rngs=nnx.Rngs(0))))
@@ -300,7 +300,7 @@ def test_sharded_cached_equals_unsharded(devices8, gpt2, shape):
       (jax.NamedSharding(mesh, sharding.spec_for(("batch", "length"), tok.shape)), rows),
     )
     out = th.thought_forward(
-      graphdef, placed, tok_s, starts_s, num_thoughts=K, prefix_len=bounds[0], rest_len=bounds[1]
+      graphdef, placed, tok_s, starts_s, num_thoughts=U, prefix_len=bounds[0], rest_len=bounds[1]
     )
   assert len(out.logits_BTV.sharding.device_set) == 8
   valid = np.arange(T)[None] < lengths[:, None]
@@ -309,4 +309,4 @@ def test_sharded_cached_equals_unsharded(devices8, gpt2, shape):
   np.testing.assert_allclose(
     np.asarray(out.logits_BTV)[valid], np.asarray(reference.logits_BTV)[valid], atol=3e-4, rtol=1e-4
   )
-  np.testing.assert_allclose(out.thoughts_BKD, reference.thoughts_BKD, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(out.thoughts_BUD, reference.thoughts_BUD, atol=1e-4, rtol=1e-4)

@@ -145,28 +145,28 @@ def test_batches_pure_function_of_seed_and_step(gen_dir):
 
 
 def test_rowwise_thoughts_match_cached_forward():
-  """The padded path's call (per-row counts, prefix P, the rest from latent_start + K) row by row
+  """The padded path's call (per-row counts, prefix P, the rest from latent_start + U) row by row
   equals the cached forward of that row alone with its own count."""
   import jax.numpy as jnp
 
   model = random_model(th.model_config("tiny", vocab_size=40, max_seq_len=32), seed=0, scale=0.3)
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, 40, (3, 20)).astype(np.int32)
-  starts, counts, K, P = np.array([5, 9, 7], np.int32), np.array([2, 0, 1], np.int32), 2, 12
+  starts, counts, U, P = np.array([5, 9, 7], np.int32), np.array([2, 0, 1], np.int32), 2, 12
   got = np.asarray(
     th.cached_forward(
       model,
       jnp.asarray(tokens),
       jnp.asarray(starts),
-      num_thoughts=K,
+      num_thoughts=U,
       num_thoughts_B=jnp.asarray(counts),
       prefix_len=P,
-      rest_len=20 - P - K,
+      rest_len=20 - P - U,
     ).logits_BTV
   )
   for b in range(
     3
-  ):  # defined up to latent_start + K + (T - P - K): the row's prefix, thoughts and rest
+  ):  # defined up to latent_start + U + (T - P - U): the row's prefix, thoughts and rest
     ref = th.forward_with_thoughts(
       model, tokens[b : b + 1], starts[b : b + 1], int(counts[b])
     ).logits_BTV
