@@ -41,6 +41,42 @@ def sample_logits(
   return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
 
 
+def _checked_args(
+  name, prompt_BT, prompt_lengths_B, max_new_tokens, rng, temperature, top_k, eos_id
+):
+  """The checked arguments of a jitted generator: (prompt, lengths, rng, temperature), statics."""
+  if rng is None:
+    if temperature != 0.0:
+      raise ValueError(f"{name}: sampling with temperature > 0 needs rng")
+    rng = jax.random.key(0)
+  if temperature < 0:
+    raise ValueError(f"{name}: temperature={temperature} must be >= 0")
+  if max_new_tokens < 1:
+    raise ValueError(f"{name}: max_new_tokens={max_new_tokens} must be >= 1")
+  args = (
+    jnp.asarray(prompt_BT, jnp.int32),
+    jnp.asarray(prompt_lengths_B, jnp.int32),
+    rng,
+    jnp.float32(max(temperature, 1e-6)),
+  )
+  statics = dict(
+    max_new_tokens=int(max_new_tokens),
+    greedy=temperature == 0.0,
+    top_k=None if top_k is None else int(top_k),
+    eos_id=None if eos_id is None else int(eos_id),
+  )
+  return args, statics
+
+
+def _eos_step(token_B, done_B, lengths_B, n, eos_id):
+  """After new token n: rows already done emit ``eos_id``; a row's first EOS fixes its length."""
+  if eos_id is None:
+    return token_B, done_B, lengths_B
+  token_B = jnp.where(done_B, eos_id, token_B)
+  newly_done_B = ~done_B & (token_B == eos_id)
+  return token_B, done_B | newly_done_B, jnp.where(newly_done_B, n + 1, lengths_B)
+
+
 def generate(
   graphdef,
   state,
@@ -60,26 +96,10 @@ def generate(
   stops at its first EOS: later tokens are ``eos_id`` and ``lengths`` counts the tokens up to and
   including that EOS (``max_new_tokens`` for rows that never emit it).
   """
-  if rng is None:
-    if temperature != 0.0:
-      raise ValueError("generate: sampling with temperature > 0 needs rng")
-    rng = jax.random.key(0)
-  if temperature < 0:
-    raise ValueError(f"generate: temperature={temperature} must be >= 0")
-  if max_new_tokens < 1:
-    raise ValueError(f"generate: max_new_tokens={max_new_tokens} must be >= 1")
-  return _generate(
-    graphdef,
-    state,
-    jnp.asarray(prompt_BT, jnp.int32),
-    jnp.asarray(prompt_lengths_B, jnp.int32),
-    rng,
-    jnp.float32(max(temperature, 1e-6)),
-    max_new_tokens=int(max_new_tokens),
-    greedy=temperature == 0.0,
-    top_k=None if top_k is None else int(top_k),
-    eos_id=None if eos_id is None else int(eos_id),
+  args, kwargs = _checked_args(
+    "generate", prompt_BT, prompt_lengths_B, max_new_tokens, rng, temperature, top_k, eos_id
   )
+  return _generate(graphdef, state, *args, **kwargs)
 
 
 @functools.partial(
@@ -135,11 +155,7 @@ def _generate(
     out = model(previous_B[:, None], positions_BT=positions_B1, cache=cache)
     rng, step_rng = jax.random.split(rng)
     token_B = sample_logits(out.logits_BTV[:, 0], step_rng, temperature, top_k, greedy=greedy)
-    if eos_id is not None:
-      token_B = jnp.where(done_B, eos_id, token_B)
-      newly_done_B = ~done_B & (token_B == eos_id)
-      lengths_B = jnp.where(newly_done_B, n + 1, lengths_B)
-      done_B = done_B | newly_done_B
+    token_B, done_B, lengths_B = _eos_step(token_B, done_B, lengths_B, n, eos_id)
     return tokens_BN.at[:, n].set(token_B), out.cache, done_B, lengths_B, rng
 
   tokens_BN, _, _, lengths_B, _ = jax.lax.fori_loop(
@@ -164,27 +180,17 @@ def generate_uncached(
   an output with ``logits_BTV``) but keeps no KV cache — e.g. a superposition of experts: one full
   forward per new token over a fixed width, in one jit. The same rows, rngs and EOS handling as
   :func:`generate`, so both give the same tokens for a Transformer."""
-  if rng is None:
-    if temperature != 0.0:
-      raise ValueError("generate_uncached: sampling with temperature > 0 needs rng")
-    rng = jax.random.key(0)
-  if temperature < 0 or max_new_tokens < 1:
-    raise ValueError(
-      f"generate_uncached: temperature={temperature} must be >= 0 and max_new_tokens="
-      f"{max_new_tokens} >= 1"
-    )
-  return _generate_uncached(
-    graphdef,
-    state,
-    jnp.asarray(prompt_BT, jnp.int32),
-    jnp.asarray(prompt_lengths_B, jnp.int32),
+  args, kwargs = _checked_args(
+    "generate_uncached",
+    prompt_BT,
+    prompt_lengths_B,
+    max_new_tokens,
     rng,
-    jnp.float32(max(temperature, 1e-6)),
-    max_new_tokens=int(max_new_tokens),
-    greedy=temperature == 0.0,
-    top_k=None if top_k is None else int(top_k),
-    eos_id=None if eos_id is None else int(eos_id),
+    temperature,
+    top_k,
+    eos_id,
   )
+  return _generate_uncached(graphdef, state, *args, **kwargs)
 
 
 @functools.partial(
@@ -219,11 +225,7 @@ def _generate_uncached(
     ]
     rng, step_rng = jax.random.split(rng)
     token_B = sample_logits(last_BV, step_rng, temperature, top_k, greedy=greedy)
-    if eos_id is not None:
-      token_B = jnp.where(done_B, eos_id, token_B)
-      newly_done_B = ~done_B & (token_B == eos_id)
-      lengths_B = jnp.where(newly_done_B, n + 1, lengths_B)
-      done_B = done_B | newly_done_B
+    token_B, done_B, lengths_B = _eos_step(token_B, done_B, lengths_B, n, eos_id)
     return tokens_BT.at[rows_B, prompt_lengths_B + n].set(token_B), done_B, lengths_B, rng
 
   done_B = jnp.zeros((batch,), bool)
