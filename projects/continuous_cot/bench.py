@@ -3,11 +3,10 @@ training step's real tokens/s, the previous padded-to-T path vs the bucketed com
 (``--train``).
 
     python -m projects.continuous_cot.bench [--size small|d128|tiny|medium|paper] [--batch 32] \\
-        [--thoughts 4]
-                                            [--prompt 80:160] [--rest 2] [--rounds 7] [--steps 3]
-    python -m projects.continuous_cot.bench --train [--size small] [--batch 32] [--method coconut]
-                                            [--stage final|0] [--problems 2000] [--window 32]
-                                            [--steps 8] [--rounds 4] [--data DIR] [--profile]
+        [--thoughts 4] [--prompt 80:160] [--rest 2] [--rounds 7] [--steps 3]
+    python -m projects.continuous_cot.bench --train [--size small] [--batch 32] \\
+        [--method coconut] [--stage final|0] [--problems 2000] [--window 32] [--steps 8] \\
+        [--rounds 4] [--data DIR] [--profile]
 
 Forward (default): ProsQA-shaped batches, each row a prompt of random length in ``--prompt lo:hi``
 tokens (the released graph_4 test prompts average 113 tokens, max 167), ``--thoughts`` latent slots

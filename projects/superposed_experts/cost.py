@@ -5,11 +5,11 @@ FLOPs follow superpose.train.flops (2 per multiply-add of every matmul the forwa
 attention halved, embedding lookups, norms and element-wise work not counted) at the evaluation's
 sequence length: one expert's forward is F1 = 2·N_matmul + 2·L·T·H·Dh per token.
 
-  one model (an expert, an interpolation, task arithmetic, TIES, the learned merge)    F1
-  oracle routing (knows each token's domain; holds every expert)                        F1
-  sequence router (the base reads the prefix P; the chosen expert runs the sequence)    F1 · (1 + P
-  / T) mixtures of the experts' distributions (uniform, fixed, posterior, fixed share)       K · F1
-  the paper's superposition: K experts' blocks, one blended head, autoencoders (+ router)
+  one model (an expert, an interpolation, task arithmetic, TIES, the learned merge)  F1
+  oracle routing (knows each token's domain; holds every expert)                      F1
+  sequence router (the base reads the prefix P; the chosen expert runs the sequence)  F1 · (1 + P/T)
+  mixtures of the experts' distributions (uniform, fixed, posterior, fixed share)     E · F1
+  the paper's superposition: E experts' blocks, one blended head, autoencoders (+ router)
   one trunk + deltas + gate: F1 + the rank-r paths + the gate (trunk.extra_flops_per_token)
 
 Parameter bytes count every parameter a server must hold (f32 here): K experts for every method that

@@ -1,12 +1,13 @@
 """Blending primitives: B-spline bases, learned per-layer blends, and the residual-stream
 autoencoder.
 
-blend = SplineBlend(num_layers=12, rngs=nnx.Rngs(0))       # α (12,) in [0, 1]  (p1 §3.2)
-ae = Autoencoder(768, 576, rngs=nnx.Rngs(0))               # causal Conv1d decoder by default
+blend = SplineBlend(num_layers=12, rngs=nnx.Rngs(0))      # α (12,) in [0, 1]  (p1 §3.2)
+ae = Autoencoder(768, 576, rngs=nnx.Rngs(0))              # causal Conv1d decoder by default
 h_BTD = (1 - a) * h_base_BTD + a * h_ft_BTD; ae(h_BTD)
-deltas = ExpertDeltas.for_config(cfg, num_deltas=K, rank=16, rngs=nnx.Rngs(0))  # trunk + K low-rank
-deltas gate = CausalGate(cfg.d_model, K, rngs=nnx.Rngs(0))                             # causal
-per-token logits model(tokens_BT, delta=deltas(jax.nn.softmax(gate(embedded_BTD))))
+# one trunk + E low-rank deltas behind a causal per-token gate:
+deltas = ExpertDeltas.for_config(cfg, num_deltas=E, rank=16, rngs=nnx.Rngs(0))
+gate = CausalGate(cfg.d_model, E, rngs=nnx.Rngs(0))
+model(tokens_BT, delta=deltas(jax.nn.softmax(gate(embedded_BTD))))
 """
 
 from superpose.blend import bspline

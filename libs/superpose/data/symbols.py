@@ -8,8 +8,8 @@ the others. Synthetic projects mostly use ``encode_symbols``/``decode_symbols`` 
 
     tok = SymbolTokenizer(("0", "1", "+", "="))
     tok.encode("1 + 1 =")                                            # [4, 5, 4, 6]
-    get_tokenizer("symbols", symbols="0 1 + =".split())              # the same, through the
-    registry register_vocabulary("parity", ["0", "1"]); get_tokenizer("parity")
+    get_tokenizer("symbols", symbols="0 1 + =".split())              # the same, via the registry
+    register_vocabulary("parity", ["0", "1"]); get_tokenizer("parity")
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The per-layer superposition step in plain JAX (p1 §3.3): what the Pallas kernels must equal.
 
-    h_BTD = (1 − α)·h_base_BTD + α·h_expert_BTD          (f32 math, cast to h_base's dtype)
-    z_BTZ = GELU_exact(h_BTD · enc_DZ + enc_bias_Z)      (f32 accumulation and GELU, cast to the
-    dtype) y_BTD = decoder(z_BTZ) + dec_bias_D                  (f32 accumulation, cast to the
-    dtype)
+    h_BTD = (1 − α)·h_base_BTD + α·h_expert_BTD     (f32 math, cast to h_base's dtype)
+    z_BTZ = GELU_exact(h_BTD · enc_DZ + enc_bias_Z) (f32 accumulation and GELU, cast to the dtype)
+    y_BTD = decoder(z_BTZ) + dec_bias_D             (f32 accumulation, cast to the dtype)
 
 The decoder is linear (dec (Z, D)) or a causal conv along T (dec (W, Z, D), zero padding W − 1 on
 the left: y_t = Σ_j z_{t−(W−1)+j} · dec[j]), exactly the math of ``superpose.blend.Autoencoder``

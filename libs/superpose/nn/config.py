@@ -27,8 +27,8 @@ class TransformerConfig:
 
   Block layout per sub-layer (attention, then MLP), chosen by ``attn_norm`` / ``mlp_norm``:
     'pre':  x = x + f(norm(x))        (GPT-2, Llama)
-    'post': x = norm(x + f(x))        (original Transformer; with ``mlp_residual=False``:
-    norm(f(x))) 'none': x = x + f(x)              (no norm on that sub-layer)
+    'post': x = norm(x + f(x))        (original Transformer; ``mlp_residual=False``: norm(f(x)))
+    'none': x = x + f(x)              (no norm on that sub-layer)
   ``mlp_residual=False`` drops the ``x +`` around the MLP (Reasoning-by-Superposition construction:
   ``attn_norm='none', mlp_norm='post', norm='l2'``). ``norm='none'`` removes every norm (Tracr).
   ``causal=False`` gives bidirectional attention (Tracr's non-causal programs).

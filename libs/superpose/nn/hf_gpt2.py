@@ -1,9 +1,8 @@
 """Hugging Face GPT-2 interop: read and write checkpoints in the ``transformers`` GPT-2 layout.
 
-    cfg, params = load_hf_gpt2("path/to/gpt2")          # config.json + model.safetensors |
-    pytorch_model.bin model = to_model(cfg, params)                        # a superpose Transformer
-    (the `gpt2` preset) save_hf_gpt2(cfg, params, "out/")                    #
-    GPT2LMHeadModel.from_pretrained("out/") loads it
+    cfg, params = load_hf_gpt2("path/to/gpt2")  # config.json + model.safetensors (or .bin)
+    model = to_model(cfg, params)               # a superpose Transformer (the `gpt2` preset)
+    save_hf_gpt2(cfg, params, "out/")           # GPT2LMHeadModel.from_pretrained("out/") loads it
 
 ``params`` is the string-keyed pure dict of the train state (``params['blocks']['0']['attn']['q']``,
 or stacked ``params['blocks']['attn']['q']`` with ``scan_layers``). The layout differences handled

@@ -2,12 +2,11 @@
 basis, and the encode / decode around the forward pass.
 
     compiled = compile_rasp(lib.make_sort_unique(tokens, tokens), {1, 2, 3}, 5)
-    compiled.apply([3, 1, 2])                     # [1, 2, 3]      (no BOS in, none out)
-    ids, segments = compiled.encode([[3, 1, 2], [2, 1]])       # BOS prepended, right-padded with
-    PAD out = compiled.forward(ids, segments)         # superpose.nn.Output (logits read the output
-    S-Op) compiled.decode(out.logits_BTV, segments)     # [[1, 2, 3], [1, 2]]
-    compiled.save(DIR); CompiledModel.load(DIR)   # repo checkpoint + config.json +
-                                                  residual_basis.json
+    compiled.apply([3, 1, 2])                 # [1, 2, 3]      (no BOS in, none out)
+    ids, segments = compiled.encode([[3, 1, 2], [2, 1]])  # BOS prepended, right-padded with PAD
+    out = compiled.forward(ids, segments)     # superpose.nn.Output (logits read the output S-Op)
+    compiled.decode(out.logits_BTV, segments) # [[1, 2, 3], [1, 2]]
+    compiled.save(DIR); CompiledModel.load(DIR)  # checkpoint + config.json + residual_basis.json
 
 Outputs are not logits in the learned-model sense: for a categorical output, column j of the
 unembedding reads direction ``output_label:output_values[j]`` (≈1 where that value is computed,
