@@ -39,7 +39,10 @@ running; wall 3.35 s per step, operations 3.63 s):
 
 Dense matmuls take 62 % of the operation time. The largest single operations are seven backward
 ``add_any`` loop fusions (gradient sums fused with copies) of 58–84 ms each, ≈ 0.45 s per step
-together; the q/k/v projections (3·d² per token) take 1.2× the MLP's first matmul (4·d²).
+together; the q/k/v projections (3·d² per token) take 1.2× the MLP's first matmul (4·d²). The
+same model with ``scan_layers=True`` (same math; medians of 4 ABBA rounds in one run): 568 → 624
+tokens/s, element-wise 1,088 → 541 ms (no cross-layer fusions), but wall 3.28 s against 2.75 s of
+operations — a lead, not yet applied.
 """
 
 from __future__ import annotations

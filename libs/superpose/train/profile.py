@@ -99,7 +99,7 @@ def kind(op: Op) -> str:
   if op.opcode in _CONTAINERS:
     return "container"
   if op.ops & {"dot", "convolution"}:
-    spec = re.findall(r"\(([a-z]+,[a-z]+->[a-z]+)\)", op.dot_name)
+    spec = re.findall(r"\b([a-z]+,[a-z]+->[a-z]+)\b", op.dot_name)
     return f"matmul {spec[-1]}" if spec else "matmul"
   if op.opcode == "custom-call":
     return "custom call"
