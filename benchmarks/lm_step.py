@@ -42,7 +42,10 @@ Dense matmuls take 62 % of the operation time. The largest single operations are
 together; the q/k/v projections (3·d² per token) take 1.2× the MLP's first matmul (4·d²). The
 same model with ``scan_layers=True`` (same math; medians of 4 ABBA rounds in one run): 568 → 624
 tokens/s, element-wise 1,088 → 541 ms (no cross-layer fusions), but wall 3.28 s against 2.75 s of
-operations — a lead, not yet applied. ``remat='dots'``: 600 → 616 tokens/s (same run design).
+operations. A second run: 612 → 654 tokens/s; some operation is running during 2.94 of 3.26 s
+of the unrolled step but only 2.23 of 3.01 s of the scanned one: the scan removes 0.7 s of operation
+time and adds 0.45 s of idle time in the loop — where to look next. ``remat='dots'``: 600 → 616
+tokens/s (same run design).
 Fused q/k/v (one einsum over the concatenated weights), forward + backward of the projections alone
 at this shape: 98 ms against 65 ms for three einsums (65.5 ms as one 2-D matmul): no gain here, the
 projections' lower rate is that of a 512-wide matmul on this CPU.
