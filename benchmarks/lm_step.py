@@ -21,34 +21,31 @@ Targets (issue 3): overhead ratio ≥ 0.97, MFU ≥ 36 %.
 
 ``--profile`` prints where superpose's step time goes instead (superpose.train.profile: XLA:CPU's
 per-operation trace events joined with the optimized HLO; kinds by what an operation computes,
-phases by the JAX name stack). Before issue 24's changes (2026-12-07, this 2-core CPU, nothing else
-running; wall 3.35 s per step, operations 3.63 s):
+phases by the JAX name stack; where operations overlap, the moment is shared among them). Before
+issue 24's changes (2026-12-07, this 2-core CPU, nothing else running; wall 3.34 s per step, some
+operation running during 3.24 s):
 
   kind                       ms   share  forward / backward / update ms
-  element-wise             1088   30.0 %  257 / 753 / 78
-  matmul btd,dhk->bthk      610   16.8 %  208 / 402 / 0      (q, k, v projections)
-  matmul btd,df->btf        494   13.6 %  186 / 308 / 0      (MLP in)
-  matmul btf,fd->btd        447   12.3 %  162 / 285 / 0      (MLP out)
-  matmul bkgts,bskd->btkgd  212    5.8 %  63 / 149 / 0       (attention · values)
-  matmul bthk,hkd->btd      187    5.1 %  45 / 142 / 0       (attention out)
-  layout                    172    4.8 %  36 / 76 / 61
-  matmul btkgd,bskd->bkgts  164    4.5 %  58 / 107 / 0       (scores)
-  matmul btd,vd->btv        160    4.4 %  58 / 102 / 0       (unembedding)
-  reduction                  49    1.4 %
-  softmax / exp              43    1.2 %
+  element-wise             1343   41.4 %  523 / 781 / 40
+  matmul btd,df->btf        499   15.4 %  88 / 411 / 0       (MLP in)
+  matmul btf,fd->btd        435   13.4 %  74 / 361 / 0       (MLP out)
+  matmul btd,dhk->bthk      307    9.5 %  83 / 224 / 0       (q, k, v projections)
+  layout                    258    7.9 %  50 / 108 / 99
+  matmul bkgts,bskd->btkgd  112    3.5 %  32 / 80 / 0        (attention · values)
+  matmul bthk,hkd->btd       87    2.7 %  22 / 65 / 0        (attention out)
+  matmul btkgd,bskd->bkgts   79    2.4 %  33 / 46 / 0        (scores)
+  matmul btd,vd->btv         78    2.4 %  28 / 50 / 0        (unembedding)
+  reduction, softmax / exp   46    1.4 %
 
-Dense matmuls take 62 % of the operation time. The largest single operations are seven backward
-``add_any`` loop fusions (gradient sums fused with copies) of 58–84 ms each, ≈ 0.45 s per step
-together; the q/k/v projections (3·d² per token) take 1.2× the MLP's first matmul (4·d²). The
-same model with ``scan_layers=True`` (same math; medians of 4 ABBA rounds in one run): 568 → 624
-tokens/s, element-wise 1,088 → 541 ms (no cross-layer fusions), but wall 3.28 s against 2.75 s of
-operations. A second run: 612 → 654 tokens/s; some operation is running during 2.94 of 3.26 s
-of the unrolled step but only 2.23 of 3.01 s of the scanned one: the scan removes 0.7 s of operation
-time and adds 0.45 s of idle time in the loop — where to look next. ``remat='dots'``: 600 → 616
-tokens/s (same run design).
-Fused q/k/v (one einsum over the concatenated weights), forward + backward of the projections alone
-at this shape: 98 ms against 65 ms for three einsums (65.5 ms as one 2-D matmul): no gain here, the
-projections' lower rate is that of a 512-wide matmul on this CPU.
+Element-wise work takes 41 %, most of it in the backward: the largest single operations are the
+backward ``add_any`` loop fusions (residual-gradient sums recomputed across layers, written
+transposed for the next weight-gradient matmul) of 48–84 ms each. The same model with
+``scan_layers=True`` (same math; medians of 4 ABBA rounds in one run): 613 → 671 tokens/s,
+element-wise 1,343 → 783 ms (no cross-layer fusions) but layout 258 → 618 ms (453 ms of it in the
+optimizer update over the stacked parameters) — a lead, not yet applied. ``remat='dots'``: 600 →
+616 tokens/s (same run design). Fused q/k/v (one einsum over the concatenated weights), forward +
+backward of the projections alone at this shape: 98 ms against 65 ms for three einsums (65.5 ms as
+one 2-D matmul): no gain on this CPU.
 """
 
 from __future__ import annotations

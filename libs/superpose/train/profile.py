@@ -11,8 +11,10 @@ named as in the optimized HLO) with the HLO that each one runs. Every operation 
   (under ``transpose``), ``update`` (the rest: optimizer, guards, metrics).
 
 Container operations (while loops, calls, conditionals) are left out, their bodies' operations are
-counted. Operations can overlap on several threads, so the sum of their times may exceed the wall
-time of the step; shares are of that sum.
+counted. An operation runs from its start event to its completion (the ``end: <name>`` event of
+one XLA ran asynchronously); where operations overlap, each moment is shared equally among those
+running, so the operations' times add up to ``busy_s``, the time during which some operation ran
+(at most the wall time).
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ def phase(op: Op) -> str:
 @dataclasses.dataclass
 class Breakdown:
   wall_s: float  # wall time per call (without the profiler)
-  op_s: float  # summed operation time per call
+  op_s: float  # summed operation time per call (= busy_s: overlaps are shared out)
   busy_s: float  # time per call during which at least one operation ran (the union of their spans)
   by: dict[tuple[str, str], float]  # (kind, phase) → seconds per call
   top: list[
@@ -142,8 +144,8 @@ class Breakdown:
       kinds[k][p] = s
     rows = sorted(kinds.items(), key=lambda kv: -sum(kv[1].values()))
     lines = [
-      f"wall {self.wall_s * 1e3:.1f} ms per call; operations sum to {self.op_s * 1e3:.1f} ms and "
-      f"some operation runs during {self.busy_s * 1e3:.1f} ms (the rest: dispatch, loops, waits)",
+      f"wall {self.wall_s * 1e3:.1f} ms per call; some operation runs during "
+      f"{self.busy_s * 1e3:.1f} ms (the rest: dispatch, loop control, waits)",
       "",
       "| kind | ms | share | forward / backward / update ms |",
       "|---|---|---|---|",
@@ -182,18 +184,42 @@ def breakdown(fn, *args, calls: int = 3, advance=None) -> Breakdown:
       args = advance(jax.block_until_ready(fn(*args)))
     jax.profiler.stop_trace()
     events = _events(d)
-  per_op = collections.Counter()
-  spans = []
+  # An operation's event marks its start; XLA:CPU runs some asynchronously (dots on its thread pool,
+  # parallel loop fusions) and marks their completion with an ``end: <name>`` event: a span runs
+  # from the start to the later of the two ends.
+  ends = collections.defaultdict(list)
   for e in events:
+    if e.get("ph") == "X" and e.get("name", "").startswith("end: "):
+      ends[e["name"][5:]].append(e["ts"] + e.get("dur", 0))
+  for v in ends.values():
+    v.sort()
+  spans = []  # (start, stop, name)
+  for e in sorted(events, key=lambda e: e.get("ts", 0)):
     name = e.get("name", "")
     if e.get("ph") == "X" and name in ops and "dur" in e and kind(ops[name]) != "container":
-      per_op[name] += e["dur"] * 1e-6 / calls
-      spans.append((e["ts"], e["ts"] + e["dur"]))
-  busy, end = 0.0, float("-inf")
-  for a, b in sorted(spans):  # the union of the operations' spans
-    if b > end:
-      busy += b - max(a, end)
-      end = b
+      stop = e["ts"] + e["dur"]
+      pending = ends.get(name)
+      while pending and pending[0] < e["ts"]:
+        pending.pop(0)
+      if pending:
+        stop = max(stop, pending.pop(0))
+      spans.append((e["ts"], stop, name))
+  # Each moment of the trace is shared equally by the operations running then, so that the
+  # operations' times add up to the busy time (an asynchronous operation's span also covers time
+  # it spent queued behind others).
+  per_op = collections.Counter()
+  bounds = sorted({t for a, b, _ in spans for t in (a, b)})
+  starts = sorted(spans)
+  active, k, busy = [], 0, 0.0
+  for t0, t1 in zip(bounds, bounds[1:]):
+    while k < len(starts) and starts[k][0] <= t0:
+      active.append(starts[k])
+      k += 1
+    active = [sp for sp in active if sp[1] > t0]
+    if active:
+      busy += t1 - t0
+      for _, _, name in active:
+        per_op[name] += (t1 - t0) * 1e-6 / calls / len(active)
   by = collections.Counter()
   top = []
   for name, s in per_op.items():
