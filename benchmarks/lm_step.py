@@ -25,7 +25,7 @@ phases by the JAX name stack; where operations overlap, the moment is shared amo
 issue 24's changes (2026-12-07, this 2-core CPU, nothing else running; wall 3.34 s per step, some
 operation running during 3.24 s):
 
-  kind                       ms   share  forward / backward / update ms
+  kind                       ms   share  forward / backward / rest ms
   element-wise             1343   41.4 %  523 / 781 / 40
   matmul btd,df->btf        499   15.4 %  88 / 411 / 0       (MLP in)
   matmul btf,fd->btd        435   13.4 %  74 / 361 / 0       (MLP out)
@@ -41,11 +41,11 @@ Element-wise work takes 41 %, most of it in the backward: the largest single ope
 backward ``add_any`` loop fusions (residual-gradient sums recomputed across layers, written
 transposed for the next weight-gradient matmul) of 48–84 ms each. The same model with
 ``scan_layers=True`` (same math; medians of 4 ABBA rounds in one run): 613 → 671 tokens/s,
-element-wise 1,343 → 783 ms (no cross-layer fusions) but layout 258 → 618 ms (453 ms of it in the
-optimizer update over the stacked parameters) — a lead, not yet applied. ``remat='dots'``: 600 →
-616 tokens/s (same run design). Fused q/k/v (one einsum over the concatenated weights), forward +
-backward of the projections alone at this shape: 98 ms against 65 ms for three einsums (65.5 ms as
-one 2-D matmul): no gain on this CPU.
+element-wise 1,343 → 783 ms (no cross-layer fusions) but layout 258 → 618 ms (453 ms of it outside
+differentiation: the optimizer update over the stacked parameters) — a lead, not yet applied.
+``remat='dots'``: 600 → 616 tokens/s (same run design). Fused q/k/v (one einsum over the
+concatenated weights), forward + backward of the projections alone at this shape: 98 ms against
+65 ms for three einsums (65.5 ms as one 2-D matmul): no gain on this CPU.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ named as in the optimized HLO) with the HLO that each one runs. Every operation 
   ``softmax / exp`` (an exponential and a reduction), ``norm`` (an rsqrt), ``reduction``,
   ``layout`` (copies, transposes, slices, concatenations: no arithmetic), ``element-wise``;
 * a phase from the JAX name stack in its metadata: ``forward`` (under ``jvp``), ``backward``
-  (under ``transpose``), ``update`` (the rest: optimizer, guards, metrics).
+  (under ``transpose``), ``rest`` (outside differentiation: the optimizer update, guards, metrics —
+  or all of a function that takes no gradient).
 
 Container operations (while loops, calls, conditionals) are left out, their bodies' operations are
 counted. An operation runs from its start event to its completion (the ``end: <name>`` event of
@@ -124,7 +125,7 @@ def phase(op: Op) -> str:
     return "backward"
   if "jvp(" in name:
     return "forward"
-  return "update"
+  return "rest"
 
 
 @dataclasses.dataclass
@@ -147,12 +148,12 @@ class Breakdown:
       f"wall {self.wall_s * 1e3:.1f} ms per call; some operation runs during "
       f"{self.busy_s * 1e3:.1f} ms (the rest: dispatch, loop control, waits)",
       "",
-      "| kind | ms | share | forward / backward / update ms |",
+      "| kind | ms | share | forward / backward / rest ms |",
       "|---|---|---|---|",
     ]
     for k, ph in rows:
       s = sum(ph.values())
-      split = " / ".join(f"{ph.get(p, 0.0) * 1e3:.1f}" for p in ("forward", "backward", "update"))
+      split = " / ".join(f"{ph.get(p, 0.0) * 1e3:.1f}" for p in ("forward", "backward", "rest"))
       lines.append(f"| {k} | {s * 1e3:.1f} | {s / self.op_s:.1%} | {split} |")
     lines += ["", "| operation | kind | ms | from (JAX op_name) |", "|---|---|---|---|"]
     lines += [
@@ -210,11 +211,11 @@ def breakdown(fn, *args, calls: int = 3, advance=None) -> Breakdown:
   per_op = collections.Counter()
   bounds = sorted({t for a, b, _ in spans for t in (a, b)})
   starts = sorted(spans)
-  active, k, busy = [], 0, 0.0
+  active, nxt, busy = [], 0, 0.0
   for t0, t1 in zip(bounds, bounds[1:]):
-    while k < len(starts) and starts[k][0] <= t0:
-      active.append(starts[k])
-      k += 1
+    while nxt < len(starts) and starts[nxt][0] <= t0:
+      active.append(starts[nxt])
+      nxt += 1
     active = [sp for sp in active if sp[1] > t0]
     if active:
       busy += t1 - t0
