@@ -77,7 +77,26 @@ class _DropOrbaxInfo(logging.Filter):
     return record.levelno >= logging.WARNING or not record.pathname.startswith(_ORBAX_DIR)
 
 
+def _from_orbax(exc: BaseException | None) -> bool:
+  """Whether an exception was raised inside orbax (a frame of its traceback is in orbax)."""
+  tb = exc.__traceback__ if exc is not None else None
+  while tb is not None:
+    if tb.tb_frame.f_code.co_filename.startswith(_ORBAX_DIR):
+      return True
+    tb = tb.tb_next
+  return False
+
+
+class _DropReadEchoes(logging.Filter):
+  """asyncio's "Task exception was never retrieved" for one of orbax's failed reads: an echo of a
+  failure ``restore`` has already reported (see ``_drop_closed_loop_echo``)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.exc_info and _from_orbax(record.exc_info[1]))
+
+
 _ORBAX_FILTER = _DropOrbaxInfo()
+_ECHO_FILTER = _DropReadEchoes()
 _VERBOSE = [False]
 
 
@@ -94,6 +113,11 @@ def set_orbax_verbose(verbose: bool) -> None:
       logger.removeFilter(_ORBAX_FILTER)
     elif _ORBAX_FILTER not in logger.filters:
       logger.addFilter(_ORBAX_FILTER)
+  asyncio_logger = logging.getLogger("asyncio")  # its records reach the root's handlers unfiltered
+  if verbose:
+    asyncio_logger.removeFilter(_ECHO_FILTER)
+  elif _ECHO_FILTER not in asyncio_logger.filters:
+    asyncio_logger.addFilter(_ECHO_FILTER)
 
 
 set_orbax_verbose(False)
@@ -112,7 +136,7 @@ def _is_read_echo(unraisable) -> bool:
   if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
     return True
   code = getattr(obj, "cr_code", None)  # a coroutine of orbax's
-  return code is not None and code.co_filename.startswith(_ORBAX_DIR)
+  return (code is not None and code.co_filename.startswith(_ORBAX_DIR)) or _from_orbax(exc)
 
 
 def _drop_closed_loop_echo(unraisable) -> None:
