@@ -131,12 +131,16 @@ def phase(op: Op) -> str:
 @dataclasses.dataclass
 class Breakdown:
   wall_s: float  # wall time per call (without the profiler)
-  op_s: float  # summed operation time per call (= busy_s: overlaps are shared out)
   busy_s: float  # time per call during which at least one operation ran (the union of their spans)
   by: dict[tuple[str, str], float]  # (kind, phase) → seconds per call
   top: list[
     tuple[str, str, float, str]
   ]  # (operation, kind, s per call, JAX op_name), largest first
+
+  @property
+  def op_s(self) -> float:
+    """Summed operation time per call (equal to ``busy_s``: overlapping moments are shared out)."""
+    return sum(self.by.values())
 
   def table(self, top: int = 12) -> str:
     """Markdown: kinds (summed over phases) with their phase split, then the largest operations."""
@@ -223,12 +227,10 @@ def breakdown(fn, *args, calls: int = 3, advance=None) -> Breakdown:
         per_op[name] += (t1 - t0) * 1e-6 / calls / len(active)
   by = collections.Counter()
   top = []
-  for name, s in per_op.items():
+  for name, s in per_op.items():  # containers have no span
     op = ops[name]
     k = kind(op)
-    if k == "container":
-      continue
     by[(k, phase(op))] += s
     top.append((name, k, s, op.op_name))
   top.sort(key=lambda t: -t[2])
-  return Breakdown(wall, sum(by.values()), busy * 1e-6 / calls, dict(by), top)
+  return Breakdown(wall, busy * 1e-6 / calls, dict(by), top)
