@@ -1,6 +1,7 @@
 """LM train-step benchmark at a fixed shape: L6 d512 H8 T256 B8 V4096, f32, one device.
 
     python benchmarks/lm_step.py [--rounds 7] [--steps 4]
+    python benchmarks/lm_step.py --size small    # L4 d256 H4 T256 B8 V1024, f32
     python benchmarks/lm_step.py --size 350m     # gpt2 L24 d1024 H16 T1024 B8 V50304, bf16 \\
         (accelerators)
 
@@ -77,6 +78,7 @@ L, D, H, T, B, V = 6, 512, 8, 256, 8, 4096
 DTYPE = "float32"
 SIZES = {
   "default": (6, 512, 8, 256, 8, 4096, "float32"),
+  "small": (4, 256, 4, 256, 8, 1024, "float32"),
   "350m": (24, 1024, 16, 1024, 8, 50304, "bfloat16"),
 }
 
@@ -192,7 +194,7 @@ def main():
     f"jax {jax.__version__}"
   )
   size = args.size
-  if size != "default" and device.platform == "cpu" and not args.force:
+  if size == "350m" and device.platform == "cpu" and not args.force:
     print(
       f"--size {size} is the accelerator benchmark; this is a CPU, so the default shape runs "
       "(--force to override)"

@@ -129,6 +129,54 @@ def test_activations():
   np.testing.assert_array_equal(mlp.activate(x, "step"), [0, 0, 0, 1, 1, 1])
 
 
+def test_gelu_tanh_derivative_matches_float64_finite_differences():
+  x = np.linspace(-6, 6, 241)
+  grad = jax.vmap(jax.grad(lambda v: mlp.activate(v, "gelu_tanh")))(jnp.asarray(x, jnp.float32))
+  f = lambda v: 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3)))
+  np.testing.assert_allclose(grad, (f(x + 1e-6) - f(x - 1e-6)) / 2e-6, atol=1e-5)  # f32 rounding
+  autodiff = jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, approximate=True)))(jnp.asarray(x, "f4"))
+  np.testing.assert_allclose(grad, autodiff, atol=2e-6)
+  # the forward of the differentiated function is jax.nn.gelu's, bit for bit
+  xs = jax.random.normal(jax.random.key(0), (4096,), jnp.float32) * 4
+  primal = jax.jit(lambda v: jax.jvp(mlp.gelu_tanh, (v,), (jnp.ones_like(v),))[0])(xs)
+  np.testing.assert_array_equal(primal, jax.jit(lambda v: jax.nn.gelu(v, approximate=True))(xs))
+
+
+@pytest.mark.parametrize(
+  "equation, x_shape, w_shape",
+  [
+    ("btd,df->btf", (2, 3, 4), (4, 5)),
+    ("btd,dhk->bthk", (2, 3, 4), (4, 2, 3)),
+    ("bthk,hkd->btd", (2, 3, 2, 3), (2, 3, 4)),
+    ("btd,vd->btv", (2, 3, 4), (6, 4)),
+  ],
+)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_projection_gradients_equal_autodiff_of_einsum(equation, x_shape, w_shape, dtype):
+  kx, kw = jax.random.split(jax.random.key(1))
+  x = jax.random.normal(kx, x_shape).astype(dtype)
+  w = jax.random.normal(kw, w_shape).astype(dtype)
+
+  def loss(f):
+    return lambda x, w: jnp.sin(f(x, w).astype(jnp.float32)).sum()
+
+  ours = lambda x, w: layers.einsum(equation, x, w, dtype)
+  plain = lambda x, w: jnp.einsum(equation, x, w, preferred_element_type=jnp.float32).astype(dtype)
+  got, want = jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(plain), (0, 1))(x, w)
+  for g, r in zip(got, want):
+    assert g.dtype == r.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(r, np.float32))
+  # under remat (the blocks' jax.checkpoint policies) too
+  remat = jax.grad(jax.checkpoint(loss(ours), policy=jax.checkpoint_policies.checkpoint_dots))
+  np.testing.assert_array_equal(remat(x, w), got[0])
+
+
+@pytest.mark.parametrize("equation", ["...d,df->...f", "bd,df", "bdd,df->bf", "bd,df->b"])
+def test_projection_refuses_equations_without_an_einsum_gradient(equation):
+  with pytest.raises(ValueError, match="projection"):
+    layers.projection(equation, jnp.ones((2, 4)), jnp.ones((4, 5)))
+
+
 # --- full GPT-2 forward in numpy ------------------------------------------------------------------
 def _np_layernorm(x, g, b):
   mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)

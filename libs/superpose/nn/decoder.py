@@ -236,12 +236,12 @@ class Transformer(nnx.Module):
     h = h_BTD.astype(cfg.compute_dtype)
     if cfg.tie_embeddings:
       table = self.token_embedding[...].astype(cfg.compute_dtype)
-      logits_BTV = jnp.einsum("btd,vd->btv", h, table, preferred_element_type=jnp.float32)
+      logits_BTV = layers.projection("btd,vd->btv", h, table)
       if (head_delta := deltas.entry(delta, "token_embedding")) is not None:
         head_delta = deltas.transpose(head_delta, 1)
     else:
       table = self.unembedding[...].astype(cfg.compute_dtype)
-      logits_BTV = jnp.einsum("btd,dv->btv", h, table, preferred_element_type=jnp.float32)
+      logits_BTV = layers.projection("btd,dv->btv", h, table)
       head_delta = deltas.entry(delta, "unembedding")
     if head_delta is not None:
       logits_BTV = logits_BTV + deltas.linear(

@@ -6,6 +6,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from superpose.nn import deltas, layers, sharding
@@ -18,7 +19,7 @@ def activate(h: jax.Array, kind: str, step_threshold: float = 0.0) -> jax.Array:
   if kind == "gelu":
     y = jax.nn.gelu(x, approximate=False)
   elif kind == "gelu_tanh":
-    y = jax.nn.gelu(x, approximate=True)
+    y = gelu_tanh(x)
   elif kind == "relu":
     y = jax.nn.relu(x)
   elif kind == "step":  # Heaviside: hand-set threshold units; its gradient is zero everywhere
@@ -76,3 +77,23 @@ class MLP(nnx.Module):
     if self.wo_bias is not None:
       y_BTD = deltas.add_vector(y_BTD + self.wo_bias[...].astype(y_BTD.dtype), delta, "wo_bias")
     return y_BTD
+
+
+@jax.custom_jvp
+def gelu_tanh(x: jax.Array) -> jax.Array:
+  """``jax.nn.gelu(x, approximate=True)``, differentiated through its closed-form derivative: the
+  forward keeps one array (the derivative) for the backward instead of the tanh chain's
+  intermediates (issue 24: ≈ 3 % of the L6 d512 train step on a CPU)."""
+  return jax.nn.gelu(x, approximate=True)
+
+
+@gelu_tanh.defjvp
+def _gelu_tanh_jvp(primals, tangents):
+  # y = x/2 · (1 + tanh u), u = c (x + a x³): y' = (1 + t)/2 + x/2 · (1 − t²) · c (1 + 3 a x²)
+  # (y written as jax.nn.gelu writes it, so that the value is the same bits)
+  (x,), (dx,) = primals, tangents
+  c, a = np.sqrt(2 / np.pi).astype(x.dtype), 0.044715
+  t = jnp.tanh(c * (x + a * (x**3)))
+  cdf = 0.5 * (1.0 + t)
+  dy = cdf + 0.5 * x * (1 - t * t) * c * (1 + 3 * a * x * x)
+  return x * cdf, dy * dx
