@@ -40,13 +40,37 @@ operation running during 3.24 s):
 
 Element-wise work takes 41 %, most of it in the backward: the largest single operations are the
 backward ``add_any`` loop fusions (residual-gradient sums recomputed across layers, written
-transposed for the next weight-gradient matmul) of 48–84 ms each. The same model with
-``scan_layers=True`` (same math; medians of 4 ABBA rounds in one run): 613 → 671 tokens/s,
-element-wise 1,343 → 783 ms (no cross-layer fusions) but layout 258 → 618 ms (453 ms of it outside
-differentiation: the optimizer update over the stacked parameters) — a lead, not yet applied.
-``remat='dots'``: 600 → 616 tokens/s (same run design). Fused q/k/v (one einsum over the
-concatenated weights), forward + backward of the projections alone at this shape: 98 ms against
-65 ms for three einsums (65.5 ms as one 2-D matmul): no gain on this CPU.
+transposed for the next weight-gradient matmul) of 48–84 ms each — and the MLP weight gradients ran
+as matmuls with both operands transposed outside XLA:CPU's fast (YNNPACK) path, at about half the
+matmul peak (37–43 ms per layer against 22 ms for the same contraction written ``x,g->w``): JAX
+transposes a contraction as ``g,x->wᵀ`` followed by a transpose, which XLA folds into the dot.
+
+After (``superpose.nn.layers.projection``: every projection differentiated by its own einsums,
+``out,w->x`` and ``x,out->w``; ``mlp.gelu_tanh`` through its closed-form derivative; same math,
+gradients equal to autodiff's bit for bit in tests/nn/test_layers.py), same machine, wall 2.79 s
+under the profiler (2.42–2.47 s in the timed rounds below):
+
+  kind                       ms   share  forward / backward / rest ms
+  element-wise             1081   37.6 %  744 / 308 / 30
+  matmuls (all)            1461   50.8 %  the MLP weight gradients (btd,btf->df, btf,btd->fd) now
+                                          117 and 134 ms over 6 layers, ≈ 20 ms per matmul
+  layout                    276    9.6 %  82 / 113 / 81
+  reduction, softmax / exp   60    2.1 %
+
+Backward element-wise work fell from 781 to 308 ms; the forward's rose from 523 to 744 ms, since it
+now also writes the activations transposed for the weight-gradient matmuls (the largest forward
+operations: the GELU's tanh fusions, 32–59 ms, and bias / residual adds, 34–43 ms). Before → after,
+this script run from each checkout in interleaved processes (2 rounds each, 3 rounds × 3 steps per
+process, MFU against each process's own peak, 187–213 GFLOP/s): L6 d512 683 / 687 → 830 / 848
+tokens/s (MFU 47.7 / 43.4 % → 52.0 / 55.2 %); ``--size small`` (L4 d256) 3,263 / 3,030 → 3,685 /
+3,371 tokens/s (MFU 34.6 / 35.1 % → 38.1 / 35.8 %). Tried and not kept (medians of 4–6 ABBA
+rounds in one process): ``scan_layers=True`` on top, 2,671 → 2,595 ms (−3 %, within the rounds'
+spread; the scan adds zero-filled stacked residual buffers and copies of the optimizer's second
+moments); ``remat='dots'`` 2,671 → 2,754 ms; the non-finite guard as a ``lax.cond`` around the
+update instead of a select over the state: 2,600 → 2,558 ms with the scan, 2,727 → 2,773 ms
+without (the select costs ≈ 21–29 ms, fused into the update); the weight-gradient matmul with the
+smaller operand transposed (an optimization barrier and a transposed result): slower, backward
+element-wise 308 → 623 ms.
 """
 
 from __future__ import annotations
