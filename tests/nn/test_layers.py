@@ -171,6 +171,16 @@ def test_projection_gradients_equal_autodiff_of_einsum(equation, x_shape, w_shap
   np.testing.assert_array_equal(remat(x, w), got[0])
 
 
+def test_projection_traces_only_the_gradients_it_needs():
+  x, w = jnp.ones((2, 3, 4)), jnp.ones((4, 5))
+  loss = lambda x, w: layers.projection("btd,df->btf", x, w).sum()
+  dots = lambda f: str(jax.make_jaxpr(f)(x, w)).count("dot_general")
+  assert dots(jax.grad(loss, (0, 1))) == 3  # forward, dx, dw
+  assert dots(jax.grad(lambda x, w: loss(x, jax.lax.stop_gradient(w)))) == 2  # no dw
+  assert dots(jax.grad(loss, 1)) == 2  # no dx
+  np.testing.assert_array_equal(jax.grad(loss, 1)(x, w), jnp.full((4, 5), 6.0))
+
+
 @pytest.mark.parametrize("equation", ["...d,df->...f", "bd,df", "bdd,df->bf", "bd,df->b"])
 def test_projection_refuses_equations_without_an_einsum_gradient(equation):
   with pytest.raises(ValueError, match="projection"):

@@ -53,19 +53,28 @@ def _letters(equation: str) -> tuple[str, str, str]:
 
 
 def _projection_fwd(equation, x, w):
-  return projection(equation, x, w), (x, w)
+  # x and w are CustomVJPPrimal (symbolic_zeros): keep only what the needed gradients read, so that
+  # a frozen operand's gradient (e.g. stop_gradient-ed expert weights) is not even traced.
+  out = projection(equation, x.value, w.value)
+  dtypes = (jnp.zeros((0,), x.value.dtype), jnp.zeros((0,), w.value.dtype))
+  return out, (x.value if w.perturbed else None, w.value if x.perturbed else None, dtypes)
 
 
 def _projection_bwd(equation, res, g):
-  x, w = res
+  x, w, (x_dtype, w_dtype) = res
+  if isinstance(g, jax.custom_derivatives.SymbolicZero):
+    return None, None
   xs, ws, out = _letters(equation)
   f32 = jnp.float32
-  dx = jnp.einsum(f"{out},{ws}->{xs}", g, w, preferred_element_type=f32)
-  dw = jnp.einsum(f"{xs},{out}->{ws}", x, g, preferred_element_type=f32)
-  return dx.astype(x.dtype), dw.astype(w.dtype)
+  dx = None if w is None else jnp.einsum(f"{out},{ws}->{xs}", g, w, preferred_element_type=f32)
+  dw = None if x is None else jnp.einsum(f"{xs},{out}->{ws}", x, g, preferred_element_type=f32)
+  return (
+    None if dx is None else dx.astype(x_dtype.dtype),
+    None if dw is None else dw.astype(w_dtype.dtype),
+  )
 
 
-projection.defvjp(_projection_fwd, _projection_bwd)
+projection.defvjp(_projection_fwd, _projection_bwd, symbolic_zeros=True)
 
 
 class Norm(nnx.Module):
