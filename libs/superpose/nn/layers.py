@@ -30,8 +30,9 @@ def projection(equation: str, x: jax.Array, w: jax.Array) -> jax.Array:
   JAX's own transpose of a contraction computes the weight gradient as ``out,x->w'`` followed by a
   transpose, which XLA:CPU folds into a matmul with both operands transposed and runs outside its
   fast (YNNPACK) path at about half the matmul peak; written as ``x,out->w`` it is an ordinary
-  matmul (issue 24: 628 → 760 tokens/s at L6 d512). ``equation``: two operands, no ellipsis, no
-  letter twice in one operand, every letter of each operand in the other operand or the output.
+  matmul (issue 24: ≈ 20 % more tokens/s at L6 d512; benchmarks/lm_step.py). ``equation``: two
+  operands, no ellipsis, no letter twice in one operand, every letter of each operand in the other
+  operand or the output.
   """
   _letters(equation)
   return jnp.einsum(equation, x, w, preferred_element_type=jnp.float32)
