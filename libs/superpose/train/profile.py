@@ -196,29 +196,27 @@ def breakdown(fn, *args, calls: int = 3, advance=None) -> Breakdown:
   for e in events:
     if e.get("ph") == "X" and e.get("name", "").startswith("end: "):
       ends[e["name"][5:]].append(e["ts"] + e.get("dur", 0))
-  for v in ends.values():
-    v.sort()
-  spans = []  # (start, stop, name)
+  ends = {name: collections.deque(sorted(v)) for name, v in ends.items()}
+  spans = []  # (start, stop, name), in order of start
   for e in sorted(events, key=lambda e: e.get("ts", 0)):
     name = e.get("name", "")
     if e.get("ph") == "X" and name in ops and "dur" in e and kind(ops[name]) != "container":
       stop = e["ts"] + e["dur"]
       pending = ends.get(name)
       while pending and pending[0] < e["ts"]:
-        pending.pop(0)
+        pending.popleft()
       if pending:
-        stop = max(stop, pending.pop(0))
+        stop = max(stop, pending.popleft())
       spans.append((e["ts"], stop, name))
   # Each moment of the trace is shared equally by the operations running then, so that the
   # operations' times add up to the busy time (an asynchronous operation's span also covers time
   # it spent queued behind others).
   per_op = collections.Counter()
   bounds = sorted({t for a, b, _ in spans for t in (a, b)})
-  starts = sorted(spans)
   active, nxt, busy = [], 0, 0.0
   for t0, t1 in zip(bounds, bounds[1:]):
-    while nxt < len(starts) and starts[nxt][0] <= t0:
-      active.append(starts[nxt])
+    while nxt < len(spans) and spans[nxt][0] <= t0:
+      active.append(spans[nxt])
       nxt += 1
     active = [sp for sp in active if sp[1] > t0]
     if active:
