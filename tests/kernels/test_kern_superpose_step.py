@@ -1,7 +1,10 @@
 """The fused superposition-step kernel (Pallas, interpret mode on CPU), forward and Pallas backward,
 against its plain-JAX reference (values and ``jax.grad``) and against
 ``superpose.blend.Autoencoder`` applied to the blended state; the GPU (Triton) variant's math in
-interpret mode; TPU (Mosaic) and CUDA (Triton) lowering of forward and backward on the CPU host."""
+interpret mode; the Mosaic GPU variant's math in Pallas' GPU interpreter; TPU (Mosaic), CUDA
+(Triton) and CUDA (Mosaic GPU) lowering of forward and backward on the CPU host."""
+
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +22,7 @@ except ImportError:  # a jax without the (deprecated) Pallas Triton backend
 from superpose.blend import Autoencoder
 from superpose.kernels import KernelConfig, autoencoder_params, fused, reference, superpose_step
 from superpose.kernels import _math as kernel_math
+from superpose.kernels import superpose_step_mgpu as mgpu
 
 B, T, D, Z = (
   2,
@@ -328,5 +332,85 @@ def test_lowers_for_cuda_triton_on_cpu_host(dtype, W, return_h):
   why = _host_can_lower("cuda", pltriton.CompilerParams(num_warps=4, num_stages=2))
   if why:
     pytest.skip(f"this jax cannot lower Pallas Triton for CUDA on this host: {why}")
-  text = _lower_fwd_bwd(KernelConfig(block_rows=64, platform="gpu"), dtype, W, return_h, "cuda")
+  config = KernelConfig(block_rows=64, platform="gpu", gpu_backend="triton")
+  text = _lower_fwd_bwd(config, dtype, W, return_h, "cuda")
   assert text.count("__gpu$xla.gpu.triton") == 2  # the forward and the backward kernel
+
+
+# Mosaic GPU ---------------------------------------------------------------------------------------
+
+needs_mosaic_gpu = pytest.mark.skipif(
+  not mgpu.available(), reason=f"jax {jax.__version__} lacks the Mosaic GPU API (jax ≥ 0.12)"
+)
+MGPU_D, MGPU_Z = 64, 128  # multiples of 64
+
+
+@needs_mosaic_gpu
+@pytest.mark.parametrize(
+  "decoder,alpha,kernel_size,t", [("conv", "position", 3, 150), ("linear", "feature", 1, 45)]
+)
+def test_mosaic_gpu_variant_in_interpret_mode(decoder, alpha, kernel_size, t):
+  """The Mosaic GPU kernels (wgmma matmuls, selection-matmul row shifts, 64-row halos before and
+  after a block, zero padding to whole blocks: t = 150 is 3 blocks of 64, the last partial) in
+  Pallas' GPU interpreter, forward and gradients: equal to the TPU variant's math (same cast points)
+  up to f32 summation order, and to the reference within bf16 rounding."""
+  args = _args(decoder, alpha, kernel_size, dtype=jnp.bfloat16, t=t, d=MGPU_D, k=MGPU_Z, seed=5)
+  config = KernelConfig(block_rows=64, platform="gpu", interpret=True)
+  assert config.kernel_variant(jnp.bfloat16) == "mosaic"
+  same_math = KernelConfig(block_rows=64, platform="tpu", interpret=True)
+  fn = lambda *a: fused(*a, config=config, return_h=True)
+  tpu = lambda *a: fused(*a, config=same_math, return_h=True)
+  (y, h), (y_tpu, _), (y_ref, h_ref) = fn(*args), tpu(*args), _reference(*args)
+  assert y.dtype == h.dtype == jnp.bfloat16
+  _close(h, h_ref, 0)  # the blend is elementwise: bit-equal
+  _close(y, y_tpu, 4e-3)  # ≤ one bf16 ulp: a rounding flipped by the f32 summation order
+  _close(y, y_ref, 2e-2)
+  grads = _grads(fn, args)
+  for g, g_tpu, g_ref in zip(grads, _grads(tpu, args), _grads(_reference, args)):
+    _close(g, g_tpu, 4e-3)
+    _close(g, g_ref, 2e-2)
+
+
+@needs_mosaic_gpu
+def test_mosaic_gpu_is_the_default_for_16_bit_states_and_says_what_it_cannot_take():
+  gpu = KernelConfig(block_rows=64, platform="gpu")
+  assert gpu.kernel_variant(jnp.bfloat16) == gpu.kernel_variant(jnp.float16) == "mosaic"
+  assert gpu.kernel_variant(jnp.float32) == "triton"  # wgmma would read f32 as tf32
+  assert KernelConfig(platform="tpu").kernel_variant(jnp.bfloat16) == "tpu"
+  forced = KernelConfig(block_rows=64, platform="gpu", gpu_backend="mosaic", interpret=True)
+  with pytest.raises(ValueError, match="tf32"):
+    fused(*_args("conv", "scalar", t=64, d=MGPU_D, k=MGPU_Z), config=forced)
+  with pytest.raises(ValueError, match="D = 20"):
+    fused(*_args("conv", "scalar", dtype=jnp.bfloat16), config=forced)
+  with pytest.raises(ValueError, match="block_rows = 72"):
+    args = _args("conv", "scalar", dtype=jnp.bfloat16, t=256, d=MGPU_D, k=MGPU_Z)
+    fused(*args, config=KernelConfig(block_rows=72, platform="gpu", interpret=True))
+  with pytest.raises(ValueError, match="shared memory"):
+    args = _args("conv", "scalar", dtype=jnp.bfloat16, t=256, d=256, k=256, kernel_size=4)
+    fused(*args, config=KernelConfig(block_rows=128, platform="gpu", interpret=True))
+  with pytest.raises(ValueError, match="gpu_backend"):
+    KernelConfig(gpu_backend="cuda")
+
+
+@needs_mosaic_gpu
+@pytest.mark.parametrize("W,return_h", [(4, True), (1, False)])
+def test_lowers_for_cuda_mosaic_gpu_on_cpu_host(W, return_h):
+  """The default GPU path for bf16 states lowers forward and backward to two Mosaic GPU kernels for
+  ('cuda',) on the CPU host (ptxas and the GPU run happen on a GPU only), with no deprecation
+  warning (Pallas Triton warns when it lowers)."""
+  s = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16)
+  dec = s(W, 64, 128) if W > 1 else s(64, 128)  # D = 128, Z = 64: within the shared memory
+  alpha = jax.ShapeDtypeStruct((2, 256), jnp.float32)
+  args = (s(2, 256, 128), s(2, 256, 128), alpha, s(128, 64), s(64), dec, s(128))
+
+  def loss(*b):
+    out = fused(*b, config=KernelConfig(block_rows=64, platform="gpu"), return_h=return_h)
+    return sum(o.astype(jnp.float32).sum() for o in (out if return_h else (out,)))
+
+  f = lambda *a: jax.value_and_grad(loss, argnums=ARGNUMS)(*a)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    text = jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+  assert text.count("stablehlo.custom_call @mosaic_gpu") == 2  # the forward and the backward
+  assert "triton" not in text
+  assert not [w for w in caught if "deprecat" in str(w.message).lower()]

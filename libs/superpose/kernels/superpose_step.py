@@ -44,16 +44,22 @@ Where it runs (``KernelConfig.platform``; None = ``jax.default_backend()`` at tr
   * 'tpu': Mosaic, ``pltpu.CompilerParams`` (both grid axes 'parallel'). Lowering of forward and
     backward is checked on a CPU host (``lower(lowering_platforms=('tpu',))``); not run on a TPU
     here.
-  * 'gpu': Pallas Triton, ``jax.experimental.pallas.triton.CompilerParams(num_warps, num_stages)``
-    (the Triton backend is deprecated upstream in favour of Mosaic GPU, but it lowers for any CUDA
-    GPU). Triton needs power-of-two block sizes and dot dims ≥ 16: D, Z and block_rows must be
-    powers of two ≥ 16 (a ValueError says so otherwise; D and Z are not padded). Triton neither
+  * 'gpu', ``KernelConfig.gpu_backend``: 'mosaic' — Pallas Mosaic GPU (``superpose_step_mgpu``,
+    its own docstring: Hopper wgmma, bf16/f16 states, D and Z multiples of 64 ≤ 256), the default
+    for 16-bit states where the installed jax has that API (jax ≥ 0.12); lowering for ('cuda',)
+    and its math in Pallas' GPU interpreter are checked on the CPU host. 'triton' — the default
+    for f32 states and older jax: Pallas Triton,
+    ``jax.experimental.pallas.triton.CompilerParams(num_warps, num_stages)`` (deprecated upstream in
+    favour of Mosaic GPU; it warns when it lowers). Triton needs power-of-two block sizes and dot
+    dims ≥ 16: D, Z and block_rows must be powers of two ≥ 16 (a ValueError says so otherwise; D
+    and Z are not padded). Triton neither
     masks nor pads a partial last block, so there the row axis is zero-padded to whole blocks in
     ``fused`` (exact: see there). Triton lowers no erf and no value slices, so on the GPU erf is
     Eigen's f32 rational approximation and the conv's row shifts are 0/1 selection matmuls at
     HIGHEST precision (exact) against a ≥ 16-row halo block. enc and dec are whole blocks held by
     one program, so only modest D·Z suit this layout on a GPU. Lowering for ('cuda',) is checked on
-    the CPU host (Triton IR only; ptxas/compilation and speed are not checked here, no GPU run).
+    the CPU host by jax 0.10 (Triton IR only; jax 0.12 needs a GPU to lower it; ptxas/compilation
+    and speed are not checked here, no GPU run).
   * 'cpu': interpret mode (a jitted scan over the grid; correctness only, not a speed measure).
 ``interpret=True`` runs any platform's variant in interpret mode (so the GPU variant's math is
 tested on the CPU too). Inside the kernel GELU is ½x(1 + erf(x/√2)): ``jax.nn.gelu``'s erfc has no
@@ -72,6 +78,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from superpose.kernels import superpose_step_mgpu as mgpu
 from superpose.kernels._math import blend_encode, dot, gelu_exact_grad, shift_down, shift_up
 from superpose.kernels.reference import cast_params, check_shapes, reference, reference_math
 
@@ -83,6 +90,7 @@ except ImportError:  # pragma: no cover
 IMPLS = ("reference", "pallas")
 BACKWARDS = ("pallas", "recompute")
 PLATFORMS = (None, "tpu", "gpu", "cpu")
+GPU_BACKENDS = (None, "mosaic", "triton")
 _BACKEND_PLATFORM = {"tpu": "tpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "cpu": "cpu"}
 
 
@@ -101,6 +109,10 @@ class KernelConfig:
   only), or
     None = ``jax.default_backend()`` at trace time. Set it to lower for another platform than the
     host's.
+  gpu_backend: which GPU kernel: 'mosaic' (Pallas Mosaic GPU, ``superpose_step_mgpu``: bf16/f16,
+    D and Z multiples of 64 ≤ 256, block_rows a multiple of 64), 'triton' (Pallas Triton,
+    deprecated upstream), or None = Mosaic GPU where this jax has it (``mgpu.available()``) and the
+    states are 16-bit, else Triton (f32 states: Mosaic's wgmma would read them as tf32).
   num_warps, num_stages: Triton compiler params (platform 'gpu' only).
   vmem_limit_bytes: Mosaic's scoped VMEM limit (platform 'tpu' only; None = Mosaic's default). The
     backward keeps enc, dec and their f32 partial cotangents resident (double-buffered), about
@@ -111,6 +123,7 @@ class KernelConfig:
   interpret: bool | None = None
   backward: Literal["pallas", "recompute"] = "pallas"
   platform: Literal["tpu", "gpu", "cpu"] | None = None
+  gpu_backend: Literal["mosaic", "triton"] | None = None
   num_warps: int = 4
   num_stages: int = 2
   vmem_limit_bytes: int | None = None
@@ -128,6 +141,10 @@ class KernelConfig:
       raise ValueError(f"KernelConfig: backward must be one of {BACKWARDS}, got {self.backward!r}")
     if self.platform not in PLATFORMS:
       raise ValueError(f"KernelConfig: platform must be one of {PLATFORMS}, got {self.platform!r}")
+    if self.gpu_backend not in GPU_BACKENDS:
+      raise ValueError(
+        f"KernelConfig: gpu_backend must be one of {GPU_BACKENDS}, got {self.gpu_backend!r}"
+      )
 
   def resolved_platform(self) -> str:
     if self.platform is not None:
@@ -139,6 +156,21 @@ class KernelConfig:
 
   def use_interpret(self) -> bool:
     return self.resolved_platform() == "cpu" if self.interpret is None else self.interpret
+
+  def kernel_variant(self, dtype) -> str:
+    """'tpu', 'mosaic' (GPU), 'triton' (GPU) or 'cpu': the kernel that runs states of ``dtype``."""
+    platform = self.resolved_platform()
+    if platform != "gpu":
+      return platform
+    if self.gpu_backend == "mosaic" and not mgpu.available():
+      raise ValueError(
+        "KernelConfig: gpu_backend='mosaic' needs jax.experimental.pallas.mosaic_gpu as in "
+        f"jax ≥ 0.12 (this is jax {jax.__version__}); use gpu_backend='triton'"
+      )
+    if self.gpu_backend is not None:
+      return self.gpu_backend
+    sixteen_bit = jnp.dtype(dtype).itemsize == 2
+    return "mosaic" if mgpu.available() and sixteen_bit else "triton"
 
 
 # α ------------------------------------------------------------------------------------------------
@@ -288,6 +320,9 @@ def _layout(T: int, W: int, dtype, config: KernelConfig) -> tuple[int, int, bool
   """(block_t, n_t, with_halo, halo, platform) of a row axis of length T."""
   platform = config.resolved_platform()
   gpu = platform == "gpu"
+  if config.kernel_variant(dtype) == "mosaic":  # halos of 64 rows inside the kernel
+    block_t = min(config.block_rows, 64 * math.ceil(T / 64))
+    return block_t, pl.cdiv(T, block_t), False, 0, platform
   if gpu:
     block_t = min(config.block_rows, max(16, 1 << (T - 1).bit_length()))
   else:
@@ -379,6 +414,20 @@ def _pallas_forward(
   config: KernelConfig,
   return_h: bool,
 ):
+  if config.kernel_variant(hb_BTD.dtype) == "mosaic":
+    return mgpu.forward(
+      hb_BTD,
+      he_BTD,
+      a_row_BT1,
+      a_feat_1D,
+      enc_DZ,
+      enc_bias_Z,
+      dec_WZD,
+      dec_bias_D,
+      block_rows=_layout(hb_BTD.shape[1], dec_WZD.shape[0], hb_BTD.dtype, config)[0],
+      return_h=return_h,
+      interpret=config.use_interpret(),
+    )
   B, T, D, Z, W, block_t, n_t, with_halo, halo, platform = _grid(hb_BTD, enc_DZ, dec_WZD, config)
   dtype = hb_BTD.dtype
 
@@ -446,6 +495,20 @@ def _pallas_backward(
 ):
   """Cotangents of (hb, he, a_row, a_feat, enc, enc_bias, dec, dec_bias) from one Pallas kernel over
   the forward's grid; the parameter cotangents are per-block partial sums reduced here."""
+  if config.kernel_variant(hb_BTD.dtype) == "mosaic":
+    return mgpu.backward(
+      hb_BTD,
+      he_BTD,
+      a_row_BT1,
+      a_feat_1D,
+      enc_DZ,
+      enc_bias_Z,
+      dec_WZD,
+      g_y_BTD,
+      g_h_BTD,
+      block_rows=_layout(hb_BTD.shape[1], dec_WZD.shape[0], hb_BTD.dtype, config)[0],
+      interpret=config.use_interpret(),
+    )
   B, T, D, Z, W, block_t, n_t, with_halo, halo, platform = _grid(hb_BTD, enc_DZ, dec_WZD, config)
   dtype = hb_BTD.dtype
   with_g_h = g_h_BTD is not None
@@ -611,7 +674,8 @@ def fused(
   pad = 0
   if config.resolved_platform() == "gpu":
     # Pallas Triton neither masks nor pads a partial last block (its loads and stores would run past
-    # the array), so the row axis is zero-padded to whole blocks. Zero rows at the end are exact:
+    # the array), nor do the Mosaic GPU kernel's TMA copies of whole blocks, so the row axis is
+    # zero-padded to whole blocks. Zero rows at the end are exact:
     # they never reach an earlier row through the causal conv, and in the backward their g_y, g_h
     # and h_expert − h_base are zero, so they add nothing to any reduction.
     block_t = _layout(L, W, hb.dtype, config)[0]
