@@ -287,7 +287,8 @@ def main():
       print(f"MFU against the {source}: {peak / 1e12:.0f} TFLOP/s")
 
   print(
-    f"model: L{L} d{D} H{H} T{T} B{B} V{V} {'float32 and bfloat16' if both else DTYPE}, {flops_per_step / 1e9:.1f} GFLOP per step "
+    f"model: L{L} d{D} H{H} T{T} B{B} V{V} {'float32 and bfloat16' if both else DTYPE}, "
+    f"{flops_per_step / 1e9:.1f} GFLOP per step "
     "(6N + 6·L·T·D, N incl. unembedding)"
   )
   for name, ts in times.items():
