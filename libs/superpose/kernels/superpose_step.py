@@ -52,9 +52,8 @@ Where it runs (``KernelConfig.platform``; None = ``jax.default_backend()`` at tr
     ``jax.experimental.pallas.triton.CompilerParams(num_warps, num_stages)`` (deprecated upstream in
     favour of Mosaic GPU; it warns when it lowers). Triton needs power-of-two block sizes and dot
     dims ≥ 16: D, Z and block_rows must be powers of two ≥ 16 (a ValueError says so otherwise; D
-    and Z are not padded). Triton neither
-    masks nor pads a partial last block, so there the row axis is zero-padded to whole blocks in
-    ``fused`` (exact: see there). Triton lowers no erf and no value slices, so on the GPU erf is
+    and Z are not padded). Neither GPU kernel masks nor pads a partial last block, so there the
+    row axis is zero-padded to whole blocks in ``fused`` (exact: see there). Triton lowers no erf and no value slices, so on the GPU erf is
     Eigen's f32 rational approximation and the conv's row shifts are 0/1 selection matmuls at
     HIGHEST precision (exact) against a ≥ 16-row halo block. enc and dec are whole blocks held by
     one program, so only modest D·Z suit this layout on a GPU. Lowering for ('cuda',) is checked on
