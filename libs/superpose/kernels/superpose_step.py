@@ -53,10 +53,11 @@ Where it runs (``KernelConfig.platform``; None = ``jax.default_backend()`` at tr
     favour of Mosaic GPU; it warns when it lowers). Triton needs power-of-two block sizes and dot
     dims ≥ 16: D, Z and block_rows must be powers of two ≥ 16 (a ValueError says so otherwise; D
     and Z are not padded). Neither GPU kernel masks nor pads a partial last block, so there the
-    row axis is zero-padded to whole blocks in ``fused`` (exact: see there). Triton lowers no erf and no value slices, so on the GPU erf is
-    Eigen's f32 rational approximation and the conv's row shifts are 0/1 selection matmuls at
-    HIGHEST precision (exact) against a ≥ 16-row halo block. enc and dec are whole blocks held by
-    one program, so only modest D·Z suit this layout on a GPU. Lowering for ('cuda',) is checked on
+    row axis is zero-padded to whole blocks in ``fused`` (exact: see there). Triton lowers no erf
+    and no value slices, so in its kernel erf is Eigen's f32 rational approximation and the conv's
+    row shifts are 0/1 selection matmuls at HIGHEST precision (exact) against a ≥ 16-row halo
+    block. enc and dec are whole blocks held by one program, so only modest D·Z suit this layout on
+    a GPU. Lowering for ('cuda',) is checked on
     the CPU host by jax 0.10 (Triton IR only; jax 0.12 needs a GPU to lower it; ptxas/compilation
     and speed are not checked here, no GPU run).
   * 'cpu': interpret mode (a jitted scan over the grid; correctness only, not a speed measure).
