@@ -343,7 +343,7 @@ def backward(
   check(D, Z, W, dtype, R, backward=True)
   n_t, H = T // R, HALO
   with_g_h = g_h_BTD is not None
-  L, ROW, COL = _layouts()
+  L = _layouts()[0]
   outputs = ("g_hb", "g_he", "g_a_row", "g_a_feat", "g_enc", "g_enc_bias", "g_dec", "g_dec_bias")
 
   def body(*refs_s_bar):
