@@ -321,7 +321,7 @@ def _layout(T: int, W: int, dtype, config: KernelConfig) -> tuple[int, int, bool
   platform = config.resolved_platform()
   gpu = platform == "gpu"
   if config.kernel_variant(dtype) == "mosaic":  # halos of 64 rows inside the kernel
-    block_t = min(config.block_rows, 64 * math.ceil(T / 64))
+    block_t = mgpu.block_rows(T, config.block_rows)
     return block_t, pl.cdiv(T, block_t), False, 0, platform
   if gpu:
     block_t = min(config.block_rows, max(16, 1 << (T - 1).bit_length()))
@@ -414,20 +414,6 @@ def _pallas_forward(
   config: KernelConfig,
   return_h: bool,
 ):
-  if config.kernel_variant(hb_BTD.dtype) == "mosaic":
-    return mgpu.forward(
-      hb_BTD,
-      he_BTD,
-      a_row_BT1,
-      a_feat_1D,
-      enc_DZ,
-      enc_bias_Z,
-      dec_WZD,
-      dec_bias_D,
-      block_rows=_layout(hb_BTD.shape[1], dec_WZD.shape[0], hb_BTD.dtype, config)[0],
-      return_h=return_h,
-      interpret=config.use_interpret(),
-    )
   B, T, D, Z, W, block_t, n_t, with_halo, halo, platform = _grid(hb_BTD, enc_DZ, dec_WZD, config)
   dtype = hb_BTD.dtype
 
@@ -495,20 +481,6 @@ def _pallas_backward(
 ):
   """Cotangents of (hb, he, a_row, a_feat, enc, enc_bias, dec, dec_bias) from one Pallas kernel over
   the forward's grid; the parameter cotangents are per-block partial sums reduced here."""
-  if config.kernel_variant(hb_BTD.dtype) == "mosaic":
-    return mgpu.backward(
-      hb_BTD,
-      he_BTD,
-      a_row_BT1,
-      a_feat_1D,
-      enc_DZ,
-      enc_bias_Z,
-      dec_WZD,
-      g_y_BTD,
-      g_h_BTD,
-      block_rows=_layout(hb_BTD.shape[1], dec_WZD.shape[0], hb_BTD.dtype, config)[0],
-      interpret=config.use_interpret(),
-    )
   B, T, D, Z, W, block_t, n_t, with_halo, halo, platform = _grid(hb_BTD, enc_DZ, dec_WZD, config)
   dtype = hb_BTD.dtype
   with_g_h = g_h_BTD is not None
@@ -596,6 +568,14 @@ def _pallas_backward(
   )
 
 
+def _kernels(config: KernelConfig, dtype):
+  """(forward, backward) Pallas kernels that run states of ``dtype`` under ``config``: Mosaic GPU's
+  (``superpose_step_mgpu``) or those of this module (Mosaic TPU, Triton, interpret mode)."""
+  if config.kernel_variant(dtype) == "mosaic":
+    return mgpu.forward, mgpu.backward
+  return _pallas_forward, _pallas_backward
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9))
 def _fused_core(
   hb_BTD,
@@ -609,7 +589,8 @@ def _fused_core(
   config: KernelConfig,
   return_h: bool,
 ):
-  y_BTD, h_BTD = _pallas_forward(
+  forward, _ = _kernels(config, hb_BTD.dtype)
+  y_BTD, h_BTD = forward(
     hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DZ, enc_bias_Z, dec_WZD, dec_bias_D, config, return_h
   )
   return (y_BTD, h_BTD) if return_h else y_BTD
@@ -630,7 +611,8 @@ def _fused_bwd(config, return_h, residuals, g):
   if config.backward == "pallas":
     g_y, g_h = g if return_h else (g, None)
     hb, he, a_row, a_feat, enc, enc_bias, dec, dec_bias = residuals
-    grads = _pallas_backward(hb, he, a_row, a_feat, enc, enc_bias, dec, g_y, g_h, config)
+    _, backward = _kernels(config, hb.dtype)
+    grads = backward(hb, he, a_row, a_feat, enc, enc_bias, dec, g_y, g_h, config)
     return tuple(gr.astype(r.dtype) for gr, r in zip(grads, residuals))
 
   def math_(hb, he, a_row, a_feat, enc, enc_bias, dec, dec_bias):

@@ -63,6 +63,12 @@ def available() -> bool:
   return "idx" not in inspect.signature(plgpu.load).parameters
 
 
+def block_rows(T: int, requested: int) -> int:
+  """Rows per CTA for a row axis of T: ``requested`` (a multiple of 64), or T rounded up to 64 if
+  that is fewer (``superpose_step`` pads the row axis to a multiple of it)."""
+  return min(requested, 64 * math.ceil(T / 64))
+
+
 def _smem(shape, dtype):
   """A shared-memory buffer laid out for wgmma: tiles of 8 rows × 128 bytes, 128-byte swizzle."""
   itemsize = jnp.dtype(dtype).itemsize
@@ -242,11 +248,6 @@ def _shifted_z(s, shift, R, Z, dtype):
   return s["z"]
 
 
-def _interpret(interpret: bool):
-  """``plgpu.kernel``'s interpret argument: Pallas' GPU interpreter on the host, or compiled."""
-  return plgpu.InterpretGPUParams() if interpret else None
-
-
 def _call(body, bufs, out_type, grid, interpret, *args):
   def entry(*refs):
     pl.run_scoped(lambda *sm: body(*refs, dict(zip(bufs, sm)), sm[-1]), *_allocate(bufs))
@@ -257,7 +258,7 @@ def _call(body, bufs, out_type, grid, interpret, *args):
     grid=grid,
     grid_names=("b", "t"),
     compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane),
-    interpret=_interpret(interpret),
+    interpret=plgpu.InterpretGPUParams() if interpret else None,  # Pallas' GPU interpreter
   )(*args)
 
 
@@ -271,23 +272,12 @@ def _inputs(hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DZ, enc_bias_Z, dec_WZD):
 
 
 def forward(
-  hb_BTD,
-  he_BTD,
-  a_row_BT1,
-  a_feat_1D,
-  enc_DZ,
-  enc_bias_Z,
-  dec_WZD,
-  dec_bias_D,
-  *,
-  block_rows,
-  return_h,
-  interpret=False,
+  hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DZ, enc_bias_Z, dec_WZD, dec_bias_D, config, return_h
 ):
-  """(y_BTD, h_BTD or None), as ``superpose_step._pallas_forward``; T a multiple of block_rows
-  (the caller pads)."""
+  """(y_BTD, h_BTD or None), as ``superpose_step._pallas_forward`` (same arguments; ``config`` a
+  ``KernelConfig``); T a multiple of the row block (the caller pads)."""
   B, T, D = hb_BTD.shape
-  Z, W, R, dtype = enc_DZ.shape[1], dec_WZD.shape[0], block_rows, hb_BTD.dtype
+  Z, W, R, dtype = enc_DZ.shape[1], dec_WZD.shape[0], block_rows(T, config.block_rows), hb_BTD.dtype
   check(D, Z, W, dtype, R, backward=False)
   n_t = T // R
   _, _, COL = _layouts()
@@ -317,29 +307,21 @@ def forward(
   args = _inputs(hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DZ, enc_bias_Z, dec_WZD)
   bufs = _scratch(R, D, Z, W, dtype, backward=False)
   out_type = (out, out) if return_h else (out,)
-  outs = _call(body, bufs, out_type, (B, n_t), interpret, *args, dec_bias_D.astype(_f32))
+  outs = _call(
+    body, bufs, out_type, (B, n_t), config.use_interpret(), *args, dec_bias_D.astype(_f32)
+  )
   return (outs[0], outs[1]) if return_h else (outs[0], None)
 
 
 def backward(
-  hb_BTD,
-  he_BTD,
-  a_row_BT1,
-  a_feat_1D,
-  enc_DZ,
-  enc_bias_Z,
-  dec_WZD,
-  g_y_BTD,
-  g_h_BTD,
-  *,
-  block_rows,
-  interpret=False,
+  hb_BTD, he_BTD, a_row_BT1, a_feat_1D, enc_DZ, enc_bias_Z, dec_WZD, g_y_BTD, g_h_BTD, config
 ):
   """Cotangents of (hb, he, a_row, a_feat, enc, enc_bias, dec, dec_bias), as
-  ``superpose_step._pallas_backward`` returns them; the parameter cotangents are per-block partial
-  sums (f32) reduced here. T a multiple of block_rows (the caller pads with zeros)."""
+  ``superpose_step._pallas_backward`` returns them (same arguments); the parameter cotangents are
+  per-block partial sums (f32) reduced here. T a multiple of the row block (the caller pads with
+  zeros)."""
   B, T, D = hb_BTD.shape
-  Z, W, R, dtype = enc_DZ.shape[1], dec_WZD.shape[0], block_rows, hb_BTD.dtype
+  Z, W, R, dtype = enc_DZ.shape[1], dec_WZD.shape[0], block_rows(T, config.block_rows), hb_BTD.dtype
   check(D, Z, W, dtype, R, backward=True)
   n_t, H = T // R, HALO
   with_g_h = g_h_BTD is not None
@@ -419,7 +401,7 @@ def backward(
   args += (g_h_BTD,) if with_g_h else ()
   bufs = _scratch(R, D, Z, W, dtype, backward=True)
   g_hb, g_he, g_a_row, p_af, p_enc, p_encb, p_dec, p_decb = _call(
-    body, bufs, out_type, (B, n_t), interpret, *args
+    body, bufs, out_type, (B, n_t), config.use_interpret(), *args
   )
   total = lambda p: jnp.sum(p, axis=(0, 1))
   return (
