@@ -87,12 +87,25 @@ def _from_orbax(exc: BaseException | None) -> bool:
   return False
 
 
+# Step directories whose failed read ``restore`` has reported: later errors naming them are echoes.
+_FAILED_READS: set[str] = set()
+
+
+def _is_failed_read(exc: BaseException | None) -> bool:
+  """Whether an exception comes from a read that has already failed and been reported: raised inside
+  orbax, or (tensorstore's futures carry no Python frames) naming a step directory in
+  ``_FAILED_READS``."""
+  if exc is None:
+    return False
+  return _from_orbax(exc) or any(path in str(exc) for path in _FAILED_READS)
+
+
 class _DropReadEchoes(logging.Filter):
-  """asyncio's "Task exception was never retrieved" for one of orbax's failed reads: an echo of a
-  failure ``restore`` has already reported (see ``_drop_closed_loop_echo``)."""
+  """asyncio's "Task / Future exception was never retrieved" for one of orbax's failed reads: an
+  echo of a failure ``restore`` has already reported (see ``_drop_closed_loop_echo``)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return not (record.exc_info and _from_orbax(record.exc_info[1]))
+    return not (record.exc_info and _is_failed_read(record.exc_info[1]))
 
 
 _ORBAX_FILTER = _DropOrbaxInfo()
@@ -136,7 +149,7 @@ def _is_read_echo(unraisable) -> bool:
   if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
     return True
   code = getattr(obj, "cr_code", None)  # a coroutine of orbax's
-  return (code is not None and code.co_filename.startswith(_ORBAX_DIR)) or _from_orbax(exc)
+  return (code is not None and code.co_filename.startswith(_ORBAX_DIR)) or _is_failed_read(exc)
 
 
 def _drop_closed_loop_echo(unraisable) -> None:
@@ -334,6 +347,7 @@ class Checkpointer:
         state, meta = self._restore_step(s, target)
       except Exception as e:  # noqa: BLE001 - any failure to read makes the step unreadable
         error = e
+        _FAILED_READS.add(os.path.join(str(self.directory), str(s), ""))
       if _any_process(
         isinstance(error, CheckpointMismatch)
       ):  # another model: older steps will not fit either
