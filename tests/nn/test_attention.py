@@ -139,3 +139,42 @@ def test_generate_under_mesh_equals_unsharded(mesh):
     specs = nn.cache_shardings(cache, mesh)
   np.testing.assert_array_equal(tokens, reference)
   assert specs.k.spec == jax.sharding.PartitionSpec(None, ("data", "fsdp"), None, "tensor")
+
+
+@pytest.mark.parametrize("block", [32, 64])
+def test_causal_blocks_equal_one_block(block):
+  """Queries in causal blocks (each scoring only the keys up to its last row) give the logits and
+  every gradient of the one-block attention: T = 100 leaves a partial last block; segments and
+  padding; grouped K/V heads."""
+  model = build(nn.llama(**SMALL, num_kv_heads=2, causal_block=block))
+  tokens, segments = packed_batch(2, 100)
+  one = same_weights(model, causal_block=0)
+
+  def loss(state, graphdef):
+    logits = nnx.merge(graphdef, state)(tokens, segment_ids_BT=segments).logits_BTV
+    return jnp.sum(jnp.sin(logits) * (segments > 0)[..., None])
+
+  grads = {}
+  for name, m in (("blocks", model), ("one", one)):
+    graphdef, state = nnx.split(m)
+    grads[name] = jax.jit(jax.value_and_grad(loss), static_argnums=1)(state, graphdef)
+  np.testing.assert_allclose(grads["blocks"][0], grads["one"][0], rtol=1e-5)
+  flat = jax.tree.leaves(grads["blocks"][1]), jax.tree.leaves(grads["one"][1])
+  assert len(flat[0]) == len(flat[1]) > 0
+  for a, b in zip(*flat):  # f32 sums in another order: within 1e-5 of each leaf's largest entry
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
+
+  # the blocks are really taken: only the one-block program scores all 100 × 100 pairs at once
+  def scores_all_pairs(m):
+    graphdef, state = nnx.split(m)
+    return (
+      "tensor<2x2x2x100x100xf32>"
+      in jax.jit(loss, static_argnums=1).lower(state, graphdef).as_text()
+    )
+
+  assert scores_all_pairs(one) and not scores_all_pairs(model)
+
+
+def test_causal_block_validated():
+  with pytest.raises(ValueError, match="causal_block"):
+    nn.gpt2(**SMALL, causal_block=-1)

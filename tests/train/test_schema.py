@@ -156,6 +156,7 @@ DOMAIN_CASES = [
   ("model.rope_theta", [0.0], 5e5),
   ("model.position_dims", [3], 0),
   ("model.attention", ["flash"], "xla"),
+  ("model.causal_block", [-1, 1.5], 0),
   ("model.attn_scale", ["big", "nan"], "one"),
   ("model.remat", ["some"], "full"),
   ("model.param_dtype", ["int8"], "bfloat16"),

@@ -2,7 +2,11 @@
 
 * ``xla``: explicit einsums, f32 softmax, any boolean mask (causal, segments, cache); the only one
   that can return attention probabilities. Grouped heads attend to their shared K/V without
-  materialising repeated K/V.
+  materialising repeated K/V. Causal self-attention without a cache takes the queries in blocks of
+  ``cfg.causal_block`` rows, each scoring only the keys up to its own last row: the keys after it
+  are masked for every row of the block, their probabilities exactly 0, so the result is the same
+  (up to the order of the softmax sums) for about (n − 1) / 2n less score and softmax work with n
+  blocks (1.2–1.3× faster attention at T 256 on a CPU; benchmarks/lm_step.py).
 * ``cudnn``: ``jax.nn.dot_product_attention`` with ``implementation='cudnn'`` on GPU with bf16/fp16
   compute, and jax's own XLA path elsewhere (CPU, TPU, f32 compute; logged once on GPU), so it is
   testable on CPU. Plain causal attention uses ``is_causal``; segment ids and caches are passed as
@@ -127,7 +131,10 @@ def attend(
 ):
   """Dispatch to the configured implementation. Returns (out_BTHA, probs_BHTS or None)."""
   if cfg.attention == "xla":
-    return xla_attention(q_BTHA, k_BSKA, v_BSKA, mask_BTS, cfg.scale, return_probs)
+    # Blocks only where the mask is inside the causal triangle: causal self-attention without a
+    # cache (whose every row also sees its own position, so no row of a block is left empty).
+    block = cfg.causal_block if cfg.causal and not uses_cache and not return_probs else 0
+    return xla_attention(q_BTHA, k_BSKA, v_BSKA, mask_BTS, cfg.scale, return_probs, block)
   if return_probs:
     raise ValueError(
       f"return_attention needs attention='xla' (the model uses {cfg.attention!r}, "
@@ -151,7 +158,24 @@ def attend(
   return splash_attention(q_BTHA, k_BSKA, v_BSKA, segment_ids_BT, cfg.scale, cfg.causal), None
 
 
-def xla_attention(q_BTHA, k_BSKA, v_BSKA, mask_BTS, scale, return_probs=False):
+def xla_attention(q_BTHA, k_BSKA, v_BSKA, mask_BTS, scale, return_probs=False, causal_block=0):
+  """Softmax attention by einsums. ``causal_block`` > 0 (only for a mask inside the causal
+  triangle, queries and keys of one sequence): query rows [a, b) in blocks of that many attend to
+  keys [0, b) only."""
+  t = q_BTHA.shape[1]
+  if causal_block and not return_probs and t > causal_block and k_BSKA.shape[1] == t:
+    ends = list(range(causal_block, t, causal_block)) + [t]
+    outs = [
+      _dense_attention(
+        q_BTHA[:, a:e], k_BSKA[:, :e], v_BSKA[:, :e], mask_BTS[:, a:e, :e], scale, False
+      )[0]
+      for a, e in zip([0] + ends[:-1], ends)
+    ]
+    return jnp.concatenate(outs, axis=1), None
+  return _dense_attention(q_BTHA, k_BSKA, v_BSKA, mask_BTS, scale, return_probs)
+
+
+def _dense_attention(q_BTHA, k_BSKA, v_BSKA, mask_BTS, scale, return_probs):
   b, t, h, d = q_BTHA.shape
   kv = k_BSKA.shape[2]
   q_BTKGA = q_BTHA.reshape(b, t, kv, h // kv, d)

@@ -56,6 +56,7 @@ class TransformerConfig:
   causal: bool = True
   attn_scale: str | float = "default"  # 'default' = 1/sqrt(head_size), 'one' = 1, or a float.
   attention: str = "xla"  # 'xla' | 'cudnn' | 'splash'
+  causal_block: int = 64  # xla, causal, no cache: query blocks skip the keys after them (0: off)
   # Positions and embeddings.
   positions: str = "learned"
   rope_theta: float = 10_000.0
@@ -107,6 +108,12 @@ class TransformerConfig:
     check(self.norm_eps > 0, f"model.norm_eps={self.norm_eps!r}: must be positive")
     check(self.init_std >= 0, f"model.init_std={self.init_std!r}: must be non-negative")
     check(self.rope_theta > 0, f"model.rope_theta={self.rope_theta!r}: must be positive")
+    check(
+      isinstance(self.causal_block, int)
+      and not isinstance(self.causal_block, bool)
+      and self.causal_block >= 0,
+      f"model.causal_block={self.causal_block!r}: must be a non-negative integer (0 = off)",
+    )
     scale = self.attn_scale
     check(
       scale in ("default", "one")
@@ -312,6 +319,9 @@ FIELD_DOCS = {
   "causal": "causal attention mask (False: bidirectional)",
   "attn_scale": "'default' = 1/sqrt(head size), 'one' = 1, or a number",
   "attention": "attention implementation: " + " | ".join(ATTENTIONS),
+  "causal_block": "attention='xla' with causal=True and no cache: queries in blocks of this many "
+  "rows, each block scoring only the keys up to its last row (same math, skips most of the "
+  "masked half of the score work); 0 = one block",
   "positions": "position encoding: " + " | ".join(POSITIONS),
   "rope_theta": "RoPE base",
   "position_dims": "sinusoidal only: the table fills the last position_dims dims (0 = all)",
