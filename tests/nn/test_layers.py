@@ -171,6 +171,31 @@ def test_projection_gradients_equal_autodiff_of_einsum(equation, x_shape, w_shap
   np.testing.assert_array_equal(remat(x, w), got[0])
 
 
+def test_projection_runs_matmuls_over_merged_token_dimensions():
+  """Forward, dx and dw of ``btd,df->btf`` are 2-D matmuls over b·t (one contracting dimension for
+  the weight gradient): XLA:CPU writes an operand transposed for a contraction over (b, t)."""
+  x, w = jnp.ones((2, 3, 4)), jnp.ones((4, 5))
+  loss = lambda x, w: layers.projection("btd,df->btf", x, w).sum()
+
+  def dots_in(jaxpr):  # the forward's dot sits inside the custom_vjp call's jaxpr
+    for e in jaxpr.eqns:
+      if e.primitive.name == "dot_general":
+        yield e
+      for sub in e.params.values():
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          yield from dots_in(inner)
+
+  dots = list(dots_in(jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, w).jaxpr))
+  assert len(dots) == 3
+  for e in dots:
+    (contract, _), (batch, _) = e.params["dimension_numbers"]
+    assert [v.aval.ndim for v in e.invars] == [2, 2] and len(contract) == 1 and not batch
+  # equations without a shared leading run are left as written
+  out = layers.projection("bthk,hkd->btd", jnp.ones((2, 3, 2, 4)), jnp.ones((2, 4, 5)))
+  np.testing.assert_array_equal(out, jnp.full((2, 3, 5), 8.0))
+
+
 def test_projection_traces_only_the_gradients_it_needs():
   x, w = jnp.ones((2, 3, 4)), jnp.ones((4, 5))
   loss = lambda x, w: layers.projection("btd,df->btf", x, w).sum()
