@@ -19,7 +19,7 @@ Prints, measured side by side in one run:
   * the same model, loss and optimizer stepped by a plain ``jax.jit`` over the split state;
   * their ratio (plain time / superpose time; ≥ 0.97 means ≤ 3 % framework overhead).
 Rounds alternate the two (ABBA order) and the medians of per-round values are reported.
-Targets (issue 3): overhead ratio ≥ 0.97, MFU ≥ 36 %.
+Targets: overhead ratio ≥ 0.97 (issue 3); MFU ≥ 58 % at L6 d512 and ≥ 50 % at L4 d256 (issue 24).
 
 ``--profile`` prints where superpose's step time goes instead (superpose.train.profile: XLA:CPU's
 per-operation trace events joined with the optimized HLO; kinds by what an operation computes,
@@ -76,6 +76,47 @@ the conditional's body with gaps between its operations (profiled: busy 2,498 �
 non-finite step) would keep both; the weight-gradient matmul with the
 smaller operand transposed (an optimization barrier and a transposed result): slower, backward
 element-wise 308 → 623 ms.
+
+Second round (2026-12-08, same machine). Three changes, each measured in one process against the
+step without it, alternating single steps (median speed-up with the quartiles of 10–30 steps):
+
+* causal blocks (``model.causal_block``, 64; superpose.nn.attention): causal self-attention takes
+  its queries in blocks of 64 rows, each scoring only the keys up to its last row — the masked
+  part of the score, softmax and probs · values work is skipped, the result the same up to the
+  order of the softmax sums. L4 d256 1.124 [1.075, 1.175] (blocks of 128: 1.076, of 32: 1.079);
+  L6 d512 1.046 [1.019, 1.071] (128: 1.031). The FLOP count above already counts causal
+  attention at half, so MFU is not flattered by the skipped work.
+* matmuls over merged token dimensions (superpose.nn.layers.projection): ``btd,btf->df`` runs as
+  ``(bt)d,(bt)f->df``, ``btd,df->btf`` as ``(bt)d,df->(bt)f``. For a contraction over two
+  dimensions XLA:CPU writes an operand transposed inside the element-wise fusion that produces it,
+  a loop at ≈ 1.4 GB/s (the GELU output's transposed copy took 18–30 ms per layer at d256); over
+  one it runs Eigen's transposed-operand matmul on the operand as it is. L4 d256 1.093
+  [1.072, 1.136]; L6 d512 1.060 [1.050, 1.096]. Gradients still bit-equal to autodiff's.
+* accuracy without an argmax (superpose.train.losses.argmax_hits): XLA:CPU's index-carrying
+  argmax reduction took 4.9 ms at 8 × 256 × 1024 and 19.1 ms at V 4096; one max and one masked
+  any take 0.6 / 2.7 ms, same result (first maximum on ties).
+
+Before (5c11924) → after, this script from each checkout in alternating processes (2 each, 3
+rounds × 3 steps per process, MFU against each process's own measured peak, 200–216 GFLOP/s):
+L4 d256 3,873 / 4,068 → **4,999 / 4,829 tokens/s**, MFU 40.5 / 42.3 % → **51.0 / 50.8 %**; L6 d512
+856 / 894 → **1,059 / 1,028 tokens/s**, MFU 55.9 / 55.7 % → **65.4 / 62.7 %**. ``--profile`` at
+L6 after (busy 1,947 ms): element-wise 510 ms (26 %; 1,081 ms, 38 % before this round), layout
+132 ms (276), matmuls 1,271 ms (65 % of the busy time; 51 %), reductions 21, softmax 13. The
+largest single operations are now matmuls: the MLP-out weight gradient ``af,ad->fd`` (Eigen,
+transposed operand, 27–45 ms per layer) and the unembedding's. The project-size models (one
+process, the three changes off vs on, 30 alternating steps): ICL llama L3 d96 H6 T88 B16 1.101
+[1.037, 1.141]; CoT gpt2 L2 d128 RoPE T96 B64 1.165 [1.136, 1.192].
+
+Tried in this round and not kept (same in-process comparison): an AdamW taking the non-finite
+guard as scalar coefficients (gradient 0, decays 1, step size 0 on a skipped step; no select over
+the state): 1.004 at L4, 1.001 at L6 — the moment copies the select forces no longer cost
+anything measurable; attention in heads-major layout (q, k, v transposed once to b·k·t·d): 0.998;
+the weight gradient with the smaller operand transposed (result transposed back): 1.031 at L4,
+0.992 at L6; XLA:CPU options (``compiler_options``): ``xla_cpu_prefer_vector_width=512`` 0.965,
+YNNPACK element-wise fusions 0.910, the concurrency-optimized scheduler 0.927, YNNPACK off
+1.004. Step times of the same code vary by up to 13 % between processes on this machine (2,131 to
+2,408 ms at L6 with causal blocks alone), which is why every comparison above is made inside one
+process.
 
 bf16 compute (parameters and optimizer f32; ``--dtype both``, one process per size, 4 ABBA rounds
 × 3 steps, 2026-12-07): this CPU (AMD EPYC, avx512_bf16) multiplies bf16 at 362–383 GFLOP/s

@@ -3,8 +3,8 @@
 Command:
   python -m launch.train --config configs/lm/tiny.py --workdir workdirs/lm_tiny
 Rerunning the same command resumes from the newest checkpoint (once finished, it only re-evaluates).
-Expected on a 2-core CPU (README results table): about 6 minutes at ~5.7k tokens/s; validation loss
-about 2.04 nats/byte (2.95 bits/byte, perplexity ≈ 7.7) on two held-out plays.
+Expected on a 2-core CPU (README results table): about 5 minutes at ~7k tokens/s; validation loss
+about 2.05 nats/byte (2.95 bits/byte, perplexity ≈ 7.7) on two held-out plays.
 
 Variants (`configs/lm/tiny.py:<variant>`):
   (default)  4 layers, d 192, 4 heads, seq 256, batch 16, 500 steps (2.0 M tokens).
