@@ -59,18 +59,16 @@ def _matmul_einsum(equation: str, a: jax.Array, b: jax.Array) -> jax.Array:
     return n
 
   f32 = jnp.float32
-  merged = next(c for c in string.ascii_letters if c not in a_letters + b_letters + out)
+  m = next(c for c in string.ascii_letters if c not in a_letters + b_letters + out)
+  merge = lambda arr, n: arr.reshape((math.prod(arr.shape[:n]),) + arr.shape[n:])
   n = shared_prefix(a_letters, b_letters, out)
   if n > 1:
-    a2 = a.reshape((math.prod(a.shape[:n]),) + a.shape[n:])
-    b2 = b.reshape((math.prod(b.shape[:n]),) + b.shape[n:])
-    eq = f"{merged}{a_letters[n:]},{merged}{b_letters[n:]}->{out}"
-    return jnp.einsum(eq, a2, b2, preferred_element_type=f32)
+    eq = f"{m}{a_letters[n:]},{m}{b_letters[n:]}->{out}"
+    return jnp.einsum(eq, merge(a, n), merge(b, n), preferred_element_type=f32)
   n = shared_prefix(a_letters, out, b_letters)
   if n > 1:
-    a2 = a.reshape((math.prod(a.shape[:n]),) + a.shape[n:])
-    eq = f"{merged}{a_letters[n:]},{b_letters}->{merged}{out[n:]}"
-    y = jnp.einsum(eq, a2, b, preferred_element_type=f32)
+    eq = f"{m}{a_letters[n:]},{b_letters}->{m}{out[n:]}"
+    y = jnp.einsum(eq, merge(a, n), b, preferred_element_type=f32)
     return y.reshape(a.shape[:n] + y.shape[1:])
   return jnp.einsum(equation, a, b, preferred_element_type=f32)
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["lm_loss"]
+__all__ = ["argmax_hits", "lm_loss"]
 
 
 def argmax_hits(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
