@@ -78,7 +78,8 @@ smaller operand transposed (an optimization barrier and a transposed result): sl
 element-wise 308 → 623 ms.
 
 Second round (2026-12-08, same machine). Three changes, each measured in one process against the
-step without it, alternating single steps (median speed-up with the quartiles of 10–30 steps):
+step without it, alternating single steps (median speed-up with the quartiles of 10–30 steps;
+``benchmarks/step_ablation.py`` runs these comparisons):
 
 * causal blocks (``model.causal_block``, 64; superpose.nn.attention): causal self-attention takes
   its queries in blocks of 64 rows, each scoring only the keys up to its last row — the masked
