@@ -307,10 +307,10 @@ def main():
     if args.profile:  # superpose's step alone: the plain one is not compiled
       print(superpose_runner(cfg, mesh).profile(data[0]).table())
       return
-    runners = {"superpose": superpose_runner(cfg, mesh), "plain jit": plain_runner(cfg)}
+    runners = {"superpose": superpose_runner(cfg, mesh)}
     if both:
-      runners = {"superpose": runners["superpose"], "superpose bf16": None, **runners}
       runners["superpose bf16"] = superpose_runner(model("bfloat16"), mesh)
+    runners["plain jit"] = plain_runner(cfg)
     for run in runners.values():  # compile and warm up
       run(data[:2])
     times = {name: [] for name in runners}

@@ -1,19 +1,20 @@
 """One train step with and without each of issue 24's second-round changes, in one process.
 
     python benchmarks/step_ablation.py --size small --variants before,base --steps 30
-    python benchmarks/step_ablation.py --size default --variants one_block,base,causal_block=128
+    python benchmarks/step_ablation.py --size default --variants causal_block=0,base,unmerged
     python benchmarks/step_ablation.py --size icl --variants before,base  # and --size cot
 
-Each variant is superpose's train step (benchmarks/lm_step.py's model, loss and optimizer) compiled
-with one change; the variants then run one step each in turn (order reversed every round), so that
+Each variant is superpose's train step as lm_step.py runs it (its model, loss, optimizer and runner:
+host batch → global array → jitted step) compiled with one change; the variants then run one step
+each in turn (order reversed every round), so that
 the machine's drift between processes (up to 13 % here) falls on all of them alike. Prints each
 variant's median step time and tokens/s, and its speed-up over the first variant: the median of the
 per-round ratios with their quartiles.
 
 Variants: ``base`` (the code as it is); ``before`` (all three changes off: one query block, einsums
-over the token dimensions as written, accuracy by argmax); ``one_block`` (``causal_block=0``),
-``unmerged`` (projection einsums as written), ``argmax`` (accuracy by ``argmax``) — each change off
-alone; ``KEY=VALUE`` (a model config field, e.g. ``causal_block=128``).
+over the token dimensions as written, accuracy by argmax); each change off alone: ``causal_block=0``
+(one query block; any ``KEY=VALUE`` sets a model config field), ``unmerged`` (projection einsums as
+written), ``argmax`` (accuracy by ``argmax``).
 Sizes: ``default`` / ``small`` (lm_step's), ``icl`` (llama L3 d96 H6 T88 B16, the ICL model),
 ``cot`` (gpt2 L2 d128 RoPE T96 B64, the continuous-CoT model).
 """
@@ -28,12 +29,10 @@ import time
 import jax
 import jax.numpy as jnp
 import lm_step
-from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from superpose import nn
 from superpose.nn import layers
-from superpose.train import losses, optim, state as state_lib, step as step_lib
+from superpose.train import losses
 from superpose.train.mesh import make_mesh
 
 SIZES = {  # preset, (L, D, H, T, B, V), extra fields
@@ -70,7 +69,6 @@ def main():
   shape = dict(vocab_size=V, d_model=D, num_layers=L, num_heads=H, max_seq_len=T, d_ff=4 * D)
   base_cfg = preset(**{**shape, "dtype": "float32", **extra})
   mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  batch_sh = {k: NamedSharding(mesh, P()) for k in ("inputs", "targets", "weights")}
   runs = {}
   with jax.set_mesh(mesh):
     host = lm_step.batches(3)
@@ -78,8 +76,6 @@ def main():
       cfg, off = base_cfg, {"unmerged": False, "argmax": False}
       if name == "before":
         cfg, off = cfg.replace(causal_block=0), {"unmerged": True, "argmax": True}
-      elif name == "one_block":
-        cfg = cfg.replace(causal_block=0)
       elif name in off:
         off[name] = True
       elif "=" in name:
@@ -87,33 +83,14 @@ def main():
         cfg = cfg.replace(**{key: type(getattr(cfg, key))(value)})
       elif name != "base":
         parser.error(f"unknown variant {name!r}")
-      make = lambda cfg=cfg: nn.Transformer(cfg, rngs=nnx.Rngs(0))
-      graphdef, abs_params, _ = state_lib.split_model(make, mesh)
-      tx, _ = optim.make_optimizer(lm_step.OPTIM, abs_params, 1000)
-      state, state_sh = state_lib.create(make, tx, abs_params, mesh)
-      step = step_lib.jit_train_step(
-        step_lib.make_train_step(graphdef, lm_step.loss_fn, tx), state_sh, batch_sh
-      )
-      data = [
-        {k: jax.make_array_from_process_local_data(batch_sh[k], v, v.shape) for k, v in h.items()}
-        for h in host
-      ]
-      with _changes_off(**off):
-        compiled = step.lower(state, data[0]).compile()
-      runs[name] = [compiled, state, data]
-
-    def one_step(name, i):
-      run = runs[name]
-      run[1], _ = run[0](run[1], run[2][i % 3])
-      jax.block_until_ready(run[1])
-
-    for i, name in enumerate(runs):  # warm up
-      one_step(name, i)
+      runs[name] = lm_step.superpose_runner(cfg, mesh)
+      with _changes_off(**off):  # the step is traced and compiled at its first call
+        runs[name](host[:1])
     times = {name: [] for name in runs}
     for r in range(args.steps):
       for name in runs if r % 2 == 0 else reversed(runs):
         t0 = time.perf_counter()
-        one_step(name, r)
+        runs[name]([host[r % 3]])
         times[name].append(time.perf_counter() - t0)
   first = times[next(iter(times))]
   print(f"{args.size}: L{L} d{D} H{H} T{T} B{B} V{V}, {args.steps} rounds")
