@@ -106,7 +106,9 @@ L6 after (busy 1,947 ms): element-wise 510 ms (26 %; 1,081 ms, 38 % before this 
 largest single operations are now matmuls: the MLP-out weight gradient ``af,ad->fd`` (Eigen,
 transposed operand, 27–45 ms per layer) and the unembedding's. The project-size models (one
 process, the three changes off vs on, 30 alternating steps): ICL llama L3 d96 H6 T88 B16 1.101
-[1.037, 1.141]; CoT gpt2 L2 d128 RoPE T96 B64 1.165 [1.136, 1.192].
+[1.037, 1.141] (re-runs with step_ablation.py 1.067 and 1.073: the causal blocks' gain — at d96
+the merged token dimensions are neutral, "unmerged" alone 1.106 [1.085, 1.146]); CoT gpt2 L2
+d128 RoPE T96 B64 1.165 [1.136, 1.192].
 
 Tried in this round and not kept (same in-process comparison): an AdamW taking the non-finite
 guard as scalar coefficients (gradient 0, decays 1, step size 0 on a skipped step; no select over
